@@ -1,0 +1,1 @@
+"""Checkpoint, restart and migration of workspaces: see issue 4."""

@@ -1,0 +1,1 @@
+"""xos native parts: the spawn path, syscalls, cgroup counters."""

@@ -1,0 +1,1 @@
+"""Declaration modules for the `xos._native._sys` CFFI extension, one per subsystem."""

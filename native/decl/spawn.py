@@ -1,0 +1,39 @@
+"""The fork-to-exec path (spawn.c)."""
+
+INCLUDES = """
+#include "spawn.h"
+"""
+
+TYPES = """
+struct xos_spawn_args {
+    char *const *paths;
+    int n_paths;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int uid;
+    int gid;
+    int ngroups;
+    const gid_t *groups;
+    int cgroup_fd;
+    const int *cgroup_procs_fds;
+    int n_cgroup_procs;
+    int ns_pidfd;
+    int ns_flags;
+    int new_ns_flags;
+    int stdin_fd, stdout_fd, stderr_fd;
+    int n_rlimits;
+    const int *rlimit_res;
+    const uint64_t *rlimit_cur;
+    const uint64_t *rlimit_max;
+    int pdeathsig;
+    int setsid;
+};
+"""
+
+FUNCTIONS = """
+int xos_spawn(const struct xos_spawn_args *, int *, int *, int *);
+"""
+
+CUSTOMIZATIONS = ""
+SOURCES = ["native/spawn.c"]

@@ -1,0 +1,208 @@
+"""The `xos` command: daemons (`xos serve ROLE`) and the user-facing verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from xos import units
+from xos.errors import InvalidInput, XosError
+
+ALLOC_FLAGS = ("cpu", "memory", "pids", "egress", "ingress")
+
+
+def _alloc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpu", help="CPUs, e.g. 0.25 or 2")
+    p.add_argument("--memory", help="memory with units, e.g. 512M")
+    p.add_argument("--pids", help="most processes at once")
+    p.add_argument("--egress", help="outgoing bandwidth, e.g. 20mbit")
+    p.add_argument("--ingress", help="incoming bandwidth, e.g. 20mbit")
+
+
+def _alloc(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ALLOC_FLAGS if getattr(args, k) is not None}
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise InvalidInput("no command given: write it after --")
+    return cmd
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    p = argparse.ArgumentParser(prog="xos", description="xos: a grid operating-system layer for Linux")
+    p.add_argument("--socket", help="node daemon socket (default $XOS_RUN/node.sock)")
+    sub = p.add_subparsers(dest="area", required=True)
+
+    serve = sub.add_parser("serve", help="run a daemon").add_subparsers(dest="role", required=True)
+    sn = serve.add_parser("node", help="the node daemon: workspaces, accounting")
+    sn.add_argument("--config", help="TOML file with a [node] table")
+    sn.add_argument("--name", help="node name (default: host name)")
+    sn.add_argument("--subnet", help="workspace subnet (default 198.19.0.0/22)")
+    sn.add_argument("--bridge", help="bridge name (default xosbr0)")
+    sn.add_argument("--cgroup", choices=["auto", "v1", "v2"], help="cgroup hierarchy (default auto)")
+    sn.add_argument("--cgroup-root", help="the node's own cgroup (default xos.NAME)")
+    sn.add_argument("--cpu", help="CPUs the node may hand out (default: all)")
+    sn.add_argument("--memory", help="memory the node may hand out (default: all)")
+    sn.add_argument("--bandwidth", help="bandwidth per direction it may hand out (default 10gbit)")
+    sn.add_argument("--sample-interval", type=float, help="seconds between usage samples (default 5)")
+    sn.add_argument("--log-level", default="INFO")
+
+    ws = sub.add_parser("ws", help="workspaces").add_subparsers(dest="verb", required=True)
+    c = ws.add_parser("create", help="create a workspace")
+    c.add_argument("name")
+    _alloc_args(c)
+    c.add_argument("--uid", type=int)
+    c.add_argument("--gid", type=int)
+    e = ws.add_parser("exec", help="run a command in a workspace")
+    e.add_argument("name")
+    e.add_argument("command", nargs=argparse.REMAINDER)
+    r = ws.add_parser("run", help="create, run a command, destroy")
+    r.add_argument("name")
+    _alloc_args(r)
+    r.add_argument("--uid", type=int)
+    r.add_argument("--gid", type=int)
+    r.add_argument("command", nargs=argparse.REMAINDER)
+    s = ws.add_parser("set", help="renegotiate the allocation")
+    s.add_argument("name")
+    _alloc_args(s)
+    st = ws.add_parser("stat", help="allocation, usage, address, state")
+    st.add_argument("name")
+    st.add_argument("--json", action="store_true")
+    for verb in ("freeze", "thaw", "kill", "rm"):
+        ws.add_parser(verb).add_argument("name")
+    ls = ws.add_parser("ls", help="list workspaces")
+    ls.add_argument("--json", action="store_true")
+    u = ws.add_parser("usage", help="usage records, also of destroyed workspaces")
+    u.add_argument("name", nargs="?")
+    u.add_argument("--json", action="store_true")
+
+    node = sub.add_parser("node", help="this node").add_subparsers(dest="verb", required=True)
+    node.add_parser("info", help="capacity and allocations")
+    node.add_parser("metrics", help="Prometheus metrics")
+    return p
+
+
+def _print_stat(d: dict[str, Any]) -> None:
+    a = d["allocation"]
+    k = d.get("kernel", {})
+    u = d["usage"]
+    print(f"{d['name']}  {d['state']}  {d['address']}  uid={d['uid']} gid={d['gid']}  id={d['id']}")
+    print(f"  allocation  cpu={a['cpu']:g} memory={units.format_size(a['memory'])} pids={a['pids']} "
+          f"egress={units.format_rate(a['egress'])} ingress={units.format_rate(a['ingress'])}")
+    if k:
+        print(f"  kernel      cpu={k['cpu']} memory={k['memory']} pids={k['pids']} egress={k['egress']} "
+              f"ingress={k['ingress']}  processes={d.get('processes', 0)}")
+    print(f"  usage       cpu={u['cpu_seconds']:.2f}s memory_peak={units.format_size(u['memory_peak'])} "
+          f"in={u['bytes_in']}B out={u['bytes_out']}B oom_kills={u['oom_kills']} wall={u['wall_seconds']:.1f}s")
+
+
+def _write(stream: Any) -> Callable[[bytes], None]:
+    def sink(data: bytes) -> None:
+        stream.buffer.write(data)
+        stream.buffer.flush()
+    return sink
+
+
+async def _client_main(args: argparse.Namespace) -> int:
+    from xos.node import Client
+
+    async with Client(args.socket) as node:
+        if args.area == "node":
+            if args.verb == "info":
+                print(json.dumps(await node.info(), indent=2))
+            else:
+                sys.stdout.write(await node.metrics())
+            return 0
+        v = args.verb
+        if v == "create":
+            d = await node.create(args.name, uid=args.uid, gid=args.gid, **_alloc(args))
+            print(f"{d['name']} {d['state']} {d['address']}")
+        elif v == "exec":
+            res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),
+                                  on_stderr=_write(sys.stderr))
+            return _status(res)
+        elif v == "run":
+            cmd = _command(args)
+            res = await node.run(args.name, cmd, uid=args.uid, gid=args.gid, on_stdout=_write(sys.stdout),
+                                 on_stderr=_write(sys.stderr), **_alloc(args))
+            return _status(res)
+        elif v == "set":
+            d = await node.set(args.name, **_alloc(args))
+            _print_stat(d)
+        elif v == "stat":
+            d = await node.stat(args.name)
+            print(json.dumps(d, indent=2)) if args.json else _print_stat(d)
+        elif v in ("freeze", "thaw", "kill"):
+            d = await getattr(node, v)(args.name)
+            print(f"{d['name']} {d['state']} processes={d.get('processes', 0)}")
+        elif v == "rm":
+            d = await node.rm(args.name)
+            print(f"{d['name']} destroyed")
+        elif v == "ls":
+            rows = await node.ls()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'NAME':20} {'STATE':10} {'ADDRESS':15} {'CPU':>5} {'MEMORY':>7} {'EGRESS':>8} {'INGRESS':>8}")
+                for d in rows:
+                    a = d["allocation"]
+                    print(f"{d['name']:20} {d['state']:10} {d['address']:15} {a['cpu']:>5g} "
+                          f"{units.format_size(a['memory']):>7} {units.format_rate(a['egress']):>8} "
+                          f"{units.format_rate(a['ingress']):>8}")
+        elif v == "usage":
+            rows = await node.usage(args.name)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                print(f"{'WORKSPACE':20} {'CPU s':>8} {'MEM PEAK':>9} {'IN B':>12} {'OUT B':>12} {'OOM':>4} {'WALL s':>8}")
+                for r in rows:
+                    print(f"{r['workspace']:20} {r['cpu_seconds']:8.2f} {units.format_size(r['memory_peak']):>9} "
+                          f"{r['bytes_in']:12d} {r['bytes_out']:12d} {r['oom_kills']:4d} {r['wall_seconds']:8.1f}")
+    return 0
+
+
+def _status(res: dict[str, Any]) -> int:
+    if res.get("oom_killed"):
+        print("xos: the command was killed: out of memory in its workspace", file=sys.stderr)
+    return int(res["status"])
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from xos import log
+    from xos.config import NodeConfig
+    from xos.nodeapi import serve_node
+
+    log.setup(args.log_level)
+    overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
+                                               "memory", "bandwidth", "sample_interval")}
+    cfg = NodeConfig.load(args.config, overrides)
+    asyncio.run(serve_node(cfg))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; every error a user can cause is one line and a non-zero exit."""
+    args = parser().parse_args(argv)
+    try:
+        if args.area == "serve":
+            return _serve(args)
+        runner: Callable[[argparse.Namespace], Awaitable[int]] = _client_main
+        return asyncio.run(runner(args))
+    except XosError as e:
+        print(f"xos: error {e.code}: {e.message}", file=sys.stderr)
+        return 2 if e.code in ("invalid-input", "bad-request") else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Configuration of a node: one TOML file, every option also a flag, XOS_HOME and XOS_RUN honoured."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from xos import units
+from xos.allocation import Capacity
+from xos.errors import InvalidInput
+
+
+def home() -> str:
+    """State directory: $XOS_HOME or /var/lib/xos."""
+    return os.environ.get("XOS_HOME") or "/var/lib/xos"
+
+
+def run_dir() -> str:
+    """Socket directory: $XOS_RUN or /run/xos."""
+    return os.environ.get("XOS_RUN") or "/run/xos"
+
+
+def node_socket(run: str | None = None) -> str:
+    """The node daemon's local HTTP socket."""
+    return os.path.join(run or run_dir(), "node.sock")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `xos serve node` needs to know."""
+
+    name: str = ""
+    home: str = ""
+    run: str = ""
+    subnet: str = "198.19.0.0/22"
+    bridge: str = "xosbr0"
+    cgroup: str = "auto"
+    cgroup_root: str = ""
+    cpu: float = 0.0
+    memory: int = 0
+    bandwidth: int = 10_000_000_000
+    sample_interval: float = 5.0
+    default_uid: int = 65534
+    default_gid: int = 65534
+
+    def resolved(self) -> NodeConfig:
+        """Fill what was left empty from the environment and the machine."""
+        name = self.name or socket.gethostname()
+        cap = Capacity.of_machine(self.bandwidth)
+        return replace(
+            self,
+            name=name,
+            home=self.home or home(),
+            run=self.run or run_dir(),
+            cgroup_root=self.cgroup_root or f"xos.{name}",
+            cpu=self.cpu or cap.cpu,
+            memory=self.memory or cap.memory,
+        )
+
+    @property
+    def capacity(self) -> Capacity:
+        """What admission control may hand out."""
+        return Capacity(cpu=self.cpu, memory=self.memory, bandwidth=self.bandwidth)
+
+    @classmethod
+    def load(cls, path: str | None, overrides: dict[str, Any]) -> NodeConfig:
+        """The TOML file's [node] table (if any), then flags, then defaults for the rest."""
+        values: dict[str, Any] = {}
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    values.update(tomllib.load(f).get("node", {}))
+            except FileNotFoundError:
+                raise InvalidInput(f"configuration file {path} does not exist") from None
+            except tomllib.TOMLDecodeError as e:
+                raise InvalidInput(f"configuration file {path} is not valid TOML: {e}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise InvalidInput(f"unknown node option(s): {', '.join(sorted(unknown))}")
+        if "memory" in values:
+            values["memory"] = units.parse_size(values["memory"])
+        if "bandwidth" in values:
+            values["bandwidth"] = units.parse_rate(values["bandwidth"])
+        if "cpu" in values:
+            values["cpu"] = units.parse_cpus(values["cpu"])
+        return cls(**values).resolved()

@@ -1,0 +1,165 @@
+"""The one error hierarchy of xos: every error a user can cause has a stable code."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Any, ClassVar
+
+
+class XosError(Exception):
+    """Root of all xos errors; `code` is stable and shown by the CLI and the HTTP API."""
+
+    code: ClassVar[str] = "internal"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of a failed HTTP response."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail:
+            body["detail"] = self.detail
+        return {"error": body}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidInput(XosError):
+    """Something the user typed or sent is malformed."""
+
+    code = "invalid-input"
+    http_status = 400
+
+
+class BadSize(InvalidInput):
+    code = "bad-size"
+
+
+class BadRate(InvalidInput):
+    code = "bad-rate"
+
+
+class UnknownUnit(InvalidInput):
+    code = "unknown-unit"
+
+
+class BadName(InvalidInput):
+    code = "bad-name"
+
+
+class BadRequest(InvalidInput):
+    """A request on a socket that is not what the protocol says."""
+
+    code = "bad-request"
+
+
+class NotFound(XosError):
+    code = "not-found"
+    http_status = 404
+
+
+class WorkspaceNotFound(NotFound):
+    code = "workspace-not-found"
+
+
+class UnknownUser(NotFound):
+    code = "unknown-user"
+
+
+class Conflict(XosError):
+    code = "conflict"
+    http_status = 409
+
+
+class WorkspaceExists(Conflict):
+    code = "workspace-exists"
+
+
+class IllegalTransition(Conflict):
+    """A lifecycle step that the current state does not allow."""
+
+    code = "illegal-transition"
+
+
+class OverCapacity(XosError):
+    """Admission control refused an allocation; the message says what is short."""
+
+    code = "over-capacity"
+    http_status = 409
+
+
+class Unavailable(XosError):
+    """A daemon or peer cannot be reached."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class KernelError(XosError):
+    """The kernel refused an operation; carries errno."""
+
+    code = "kernel-error"
+
+    def __init__(self, message: str, errno: int, **detail: Any) -> None:
+        super().__init__(f"{message}: {os.strerror(errno)} ({_errno.errorcode.get(errno, errno)})",
+                         errno=errno, **detail)
+        self.errno = errno
+
+
+class MissingFeature(KernelError):
+    """The kernel or the machine lacks something xos needs; the message names it."""
+
+    code = "missing-feature"
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        XosError.__init__(self, message, **detail)
+        self.errno = _errno.ENOSYS
+
+
+class SpawnError(KernelError):
+    """A step between fork and exec failed in the child; `step` names it."""
+
+    code = "spawn-failed"
+    http_status = 422
+
+    def __init__(self, step: str, errno: int, program: str) -> None:
+        super().__init__(f"cannot start {program}: step {step} failed", errno, step=step, program=program)
+        self.step = step
+
+
+class ExternalError(XosError):
+    """An external program xos drives (runc, CRIU) failed; its own output is attached."""
+
+    code = "external-error"
+
+
+_BY_CODE: dict[str, type[XosError]] = {}
+
+
+def _register(cls: type[XosError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+def from_json(body: dict[str, Any], status: int = 500) -> XosError:
+    """Rebuild the error a peer reported, keeping its code."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return Unavailable(f"peer answered HTTP {status} without an error body")
+    code = str(err.get("code", "internal"))
+    message = str(err.get("message", ""))
+    cls = _BY_CODE.get(code, XosError)
+    exc = XosError.__new__(cls)
+    XosError.__init__(exc, message, **(err.get("detail") or {}))
+    if code not in _BY_CODE:
+        exc.code = code  # type: ignore[misc]  # an unknown code from a newer peer stays visible
+    return exc
+
+
+_register(XosError)

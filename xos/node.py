@@ -1,0 +1,161 @@
+"""Python API of a node: the verbs of `xos ws`, over the node daemon's Unix socket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from xos import rpc
+from xos.config import node_socket
+from xos.errors import BadRequest, Unavailable, XosError, from_json
+
+Output = Callable[[bytes], None]
+
+
+def _alloc(cpu: Any = None, memory: Any = None, pids: Any = None, egress: Any = None,
+           ingress: Any = None) -> dict[str, Any]:
+    return {k: v for k, v in dict(cpu=cpu, memory=memory, pids=pids, egress=egress, ingress=ingress).items()
+            if v is not None}
+
+
+class Client:
+    """An asyncio client of one node daemon; use as `async with Client() as node:`."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path or node_socket()
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        conn = aiohttp.UnixConnector(path=self.socket_path)
+        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, body: Any = None, read_timeout: float | None = None) -> Any:
+        if self._session is None:
+            raise RuntimeError("use Client as an async context manager")
+        kw: dict[str, Any] = {}
+        if body is not None:
+            kw["json"] = body
+        if read_timeout is not None:
+            kw["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+        try:
+            async with self._session.request(method, f"http://node{path}", **kw) as resp:
+                text = await resp.text()
+                data = json.loads(text) if resp.content_type == "application/json" else text
+                if resp.status >= 400:
+                    raise from_json(data if isinstance(data, dict) else {}, resp.status)
+                return data
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise Unavailable(f"node daemon at {self.socket_path} is not reachable: {e}") from None
+
+    async def info(self) -> dict[str, Any]:
+        """The node: name, cgroup hierarchy, capacity, what is allocated."""
+        return await self._call("GET", "/v1/node")
+
+    async def create(self, name: str, *, uid: int | None = None, gid: int | None = None,
+                     **alloc: Any) -> dict[str, Any]:
+        """Create a workspace; allocation keywords: cpu, memory, pids, egress, ingress."""
+        body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
+        if uid is not None:
+            body["uid"] = uid
+        if gid is not None:
+            body["gid"] = gid
+        return await self._call("POST", "/v1/workspaces", body, read_timeout=120)
+
+    async def ls(self) -> list[dict[str, Any]]:
+        """Every live workspace."""
+        return await self._call("GET", "/v1/workspaces")
+
+    async def stat(self, name: str) -> dict[str, Any]:
+        """Allocation (as the kernel holds it), usage, address and state of a workspace."""
+        return await self._call("GET", f"/v1/workspaces/{name}")
+
+    async def set(self, name: str, **alloc: Any) -> dict[str, Any]:
+        """Renegotiate the allocation of a running workspace."""
+        return await self._call("PATCH", f"/v1/workspaces/{name}", {"allocation": _alloc(**alloc)})
+
+    async def freeze(self, name: str) -> dict[str, Any]:
+        """Freeze every process."""
+        return await self._call("POST", f"/v1/workspaces/{name}/freeze")
+
+    async def thaw(self, name: str) -> dict[str, Any]:
+        """Thaw a frozen workspace."""
+        return await self._call("POST", f"/v1/workspaces/{name}/thaw")
+
+    async def kill(self, name: str) -> dict[str, Any]:
+        """Kill every process; the workspace stays."""
+        return await self._call("POST", f"/v1/workspaces/{name}/kill")
+
+    async def rm(self, name: str) -> dict[str, Any]:
+        """Destroy a workspace; returns its final usage."""
+        return await self._call("DELETE", f"/v1/workspaces/{name}", read_timeout=120)
+
+    async def usage(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Usage records, kept after workspaces are destroyed."""
+        return await self._call("GET", "/v1/usage" + (f"?name={name}" if name else ""))
+
+    async def processes(self, name: str) -> list[dict[str, Any]]:
+        """Processes started in a workspace and how they ended."""
+        return await self._call("GET", f"/v1/workspaces/{name}/processes")
+
+    async def metrics(self) -> str:
+        """The Prometheus text of the node."""
+        return await self._call("GET", "/metrics")
+
+    async def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+                    cwd: str | None = None, stdout: str = "stdout", stderr: str = "stderr") -> int:
+        """Start a detached process whose output goes to files in the workspace directory; its pid."""
+        body = {"argv": argv, "env": env, "cwd": cwd, "detach": True, "stdout": stdout, "stderr": stderr}
+        return int((await self._call("POST", f"/v1/workspaces/{name}/exec", body))["pid"])
+
+    async def exec(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
+                   on_stdout: Output | None = None, on_stderr: Output | None = None) -> dict[str, Any]:
+        """Run `argv` in the workspace, streaming its output; the exit record (status, signal, oom_killed)."""
+        if self._session is None:
+            raise RuntimeError("use Client as an async context manager")
+        body = {"argv": argv, "env": env, "cwd": cwd}
+        try:
+            async with self._session.post(f"http://node/v1/workspaces/{name}/exec", json=body,
+                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
+                if resp.status >= 400:
+                    raise from_json(await resp.json(), resp.status)
+                while True:
+                    try:
+                        head = await resp.content.readexactly(rpc.FRAME.size)
+                    except Exception:
+                        raise Unavailable("node closed the exec stream before the exit status") from None
+                    channel, length = rpc.FRAME.unpack(head)
+                    payload = await resp.content.readexactly(length)
+                    if channel == rpc.EXIT:
+                        return json.loads(payload)
+                    sink = on_stdout if channel == rpc.STDOUT else on_stderr
+                    if sink is not None:
+                        sink(payload)
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise Unavailable(f"node daemon at {self.socket_path} is not reachable: {e}") from None
+
+    async def run(self, name: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
+                  on_stdout: Output | None = None, on_stderr: Output | None = None,
+                  **alloc: Any) -> dict[str, Any]:
+        """Create a workspace, run `argv` in it, destroy it; the exit record."""
+        await self.create(name, uid=uid, gid=gid, **alloc)
+        try:
+            return await self.exec(name, argv, on_stdout=on_stdout, on_stderr=on_stderr)
+        finally:
+            await self.rm(name)
+
+
+__all__ = ["Client", "XosError", "BadRequest"]

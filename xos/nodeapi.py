@@ -1,0 +1,246 @@
+"""The node daemon's HTTP API on its Unix socket, and `xos serve node`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import stat as stat_mod
+from typing import Any
+
+from aiohttp import web
+
+from xos import rpc
+from xos.allocation import Allocation
+from xos.config import NodeConfig, node_socket
+from xos.errors import InvalidInput
+from xos.noded import NodeService
+
+log = logging.getLogger(__name__)
+
+SERVICE: web.AppKey[NodeService] = web.AppKey("service", NodeService)
+OUTPUT_NAME_MAX = 255
+
+
+def _svc(request: web.Request) -> NodeService:
+    return request.app[SERVICE]
+
+
+async def node_info(request: web.Request) -> web.Response:
+    return rpc.json_response(_svc(request).node_info())
+
+
+async def list_workspaces(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    return rpc.json_response([await ws.describe() for ws in svc.workspaces.values()])
+
+
+async def create_workspace(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await rpc.read_body(request)
+    alloc_in = rpc.field(body, "allocation", dict, {})
+    alloc = Allocation.parse(alloc_in)
+    ws = await svc.create(rpc.field(body, "name", str, None), alloc, rpc.field(body, "uid", int),
+                          rpc.field(body, "gid", int))
+    return rpc.json_response(await ws.describe(), status=201)
+
+
+async def get_workspace(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    ws = svc.get(request.match_info["name"])
+    ws.sample(_link_stats(svc))
+    return rpc.json_response(await ws.describe())
+
+
+def _link_stats(svc: NodeService) -> dict[str, tuple[int, int]]:
+    from xos import network
+
+    assert svc.ctx is not None
+    return network.link_stats(svc.ctx.stats_socket)
+
+
+async def set_workspace(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await rpc.read_body(request)
+    ws = await svc.set_alloc(request.match_info["name"], rpc.field(body, "allocation", dict, {}))
+    return rpc.json_response(await ws.describe())
+
+
+async def delete_workspace(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    name = request.match_info["name"]
+    usage = svc.get(name).usage_rec
+    await svc.destroy(name)
+    return rpc.json_response({"name": name, "state": "destroyed", "usage": usage.to_json()})
+
+
+async def control(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    name, verb = request.match_info["name"], request.match_info["verb"]
+    actions = {"freeze": svc.freeze, "thaw": svc.thaw, "kill": svc.kill}
+    if verb not in actions:
+        raise web.HTTPNotFound(reason=f"unknown action {verb!r}: use freeze, thaw or kill")
+    await actions[verb](name)
+    return rpc.json_response(await svc.get(name).describe())
+
+
+async def processes(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    ws = svc.get(request.match_info["name"])
+    assert svc.store is not None
+    return rpc.json_response([p.__dict__ for p in svc.store.processes(ws.rec.id)])
+
+
+async def usage(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    svc.sample()
+    assert svc.store is not None
+    name = request.query.get("name")
+    return rpc.json_response([u.to_json() for u in svc.store.usage(name)])
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=_svc(request).metrics(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Format": "prometheus-0.0.4"})
+
+
+def _output_file(svc: NodeService, name: str, rel: Any, field: str) -> int:
+    """A file in the workspace directory for detached output, never following a link out of it."""
+    if not isinstance(rel, str) or not rel or "/" in rel or rel in (".", "..") or len(rel) > OUTPUT_NAME_MAX:
+        raise InvalidInput(f"{field} must be a plain file name inside the workspace directory", field=field)
+    ws = svc.get(name)
+    assert svc.ctx is not None
+    dirfd = os.open(svc.ctx.directory(ws.rec), os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dirfd)
+    finally:
+        os.close(dirfd)
+    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidInput(f"{field} {rel!r} is not a regular file", field=field)
+    os.fchown(fd, ws.rec.uid, ws.rec.gid)
+    return fd
+
+
+async def exec_(request: web.Request) -> web.StreamResponse:
+    svc = _svc(request)
+    name = request.match_info["name"]
+    body = await rpc.read_body(request)
+    argv, env, cwd = body.get("argv"), body.get("env"), body.get("cwd")
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    if rpc.field(body, "detach", bool, False):
+        fds = [null]
+        try:
+            out = _output_file(svc, name, body.get("stdout", "stdout"), "stdout")
+            fds.append(out)
+            err = _output_file(svc, name, body.get("stderr", "stderr"), "stderr")
+            fds.append(err)
+            proc = svc.start_process(name, argv, env, cwd, null, out, err)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return rpc.json_response({"pid": proc.pid}, status=201)
+
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = svc.start_process(name, argv, env, cwd, null, out_w, err_w)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (null, out_w, err_w):
+            os.close(fd)
+
+    resp = web.StreamResponse(headers={"Content-Type": rpc.STREAM_TYPE})
+    queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    open_fds = {out_r: rpc.STDOUT, err_r: rpc.STDERR}
+
+    def readable(fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            loop.remove_reader(fd)
+            os.close(fd)
+            del open_fds[fd]
+        queue.put_nowait((open_fds.get(fd, b""), data))
+
+    for fd in list(open_fds):
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, readable, fd)
+    try:
+        await resp.prepare(request)
+        while open_fds or not queue.empty():
+            channel, data = await queue.get()
+            if data:
+                await resp.write(rpc.frame(channel, data))
+        result = await proc.done
+        await resp.write(rpc.frame(rpc.EXIT, json.dumps(result).encode()))
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The client went away: its program goes too, as over ssh.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        for fd in list(open_fds):
+            loop.remove_reader(fd)
+            os.close(fd)
+    return resp
+
+
+def make_app(svc: NodeService) -> web.Application:
+    """The node's routes."""
+    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=rpc.MAX_BODY)
+    app[SERVICE] = svc
+    app.add_routes([
+        web.get("/v1/node", node_info),
+        web.get("/v1/workspaces", list_workspaces),
+        web.post("/v1/workspaces", create_workspace),
+        web.get("/v1/workspaces/{name}", get_workspace),
+        web.patch("/v1/workspaces/{name}", set_workspace),
+        web.delete("/v1/workspaces/{name}", delete_workspace),
+        web.post("/v1/workspaces/{name}/exec", exec_),
+        web.get("/v1/workspaces/{name}/processes", processes),
+        web.post("/v1/workspaces/{name}/{verb}", control),
+        web.get("/v1/usage", usage),
+        web.get("/metrics", metrics),
+    ])
+    return app
+
+
+async def serve_node(config: NodeConfig) -> None:
+    """Run the node daemon until SIGTERM or SIGINT."""
+    svc = NodeService(config)
+    await svc.start()
+    runner = web.AppRunner(make_app(svc), access_log=None, handle_signals=False)
+    await runner.setup()
+    path = node_socket(config.run)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    old = os.umask(0o077)  # root only until the identity layer says who else may talk to us
+    try:
+        site = web.UnixSite(runner, path)
+        await site.start()
+    finally:
+        os.umask(old)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("node %s serving on %s", config.name, path)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await svc.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

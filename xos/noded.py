@@ -1,0 +1,378 @@
+"""The node daemon's core: workspaces, admission control, accounting, reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from xos import network
+from xos import spawn as sp
+from xos.allocation import Allocation
+from xos.cgroup import detect
+from xos.config import NodeConfig
+from xos.errors import (
+    BadName,
+    InvalidInput,
+    OverCapacity,
+    UnknownUser,
+    WorkspaceExists,
+    WorkspaceNotFound,
+    XosError,
+)
+from xos.store import NodeStore, ProcessRecord, WorkspaceRecord, open_store
+from xos.workspace import NodeContext, Workspace
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ARGV = 4096
+
+
+def check_name(name: Any) -> str:
+    """A workspace name: lower-case letters, digits, '.', '_', '-', at most 63."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise BadName(f"bad workspace name {name!r}: use 1-63 of a-z, 0-9, '.', '_', '-', starting with a "
+                      "letter or digit", name=str(name))
+    return name
+
+
+@dataclass
+class Process:
+    """A process the daemon started in a workspace and waits for."""
+
+    ws: Workspace
+    pid: int
+    pidfd: int
+    row: int
+    ooms_before: int
+    done: asyncio.Future[dict[str, Any]]
+
+
+class NodeService:
+    """Everything `xos serve node` does, independent of the HTTP layer."""
+
+    def __init__(self, config: NodeConfig, store: NodeStore | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.ctx: NodeContext | None = None
+        self.workspaces: dict[str, Workspace] = {}
+        self.admission = asyncio.Lock()
+        self.processes: dict[int, Process] = {}
+        self._sampler: asyncio.Task[None] | None = None
+
+    # -- start-up and shutdown ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open state, cgroups and netlink; reconcile with what the kernel has; start sampling."""
+        cfg = self.config
+        os.makedirs(os.path.join(cfg.home, "workspaces"), mode=0o711, exist_ok=True)
+        os.makedirs(cfg.run, mode=0o755, exist_ok=True)
+        if self.store is None:
+            self.store = open_store(cfg.home)
+        hierarchy = detect(cfg.cgroup)
+        hierarchy.prepare(cfg.cgroup_root)
+        subnet = network.Subnet.parse(cfg.subnet)
+        rtnl = await network.open_rtnl()
+        bridge = await network.ensure_bridge(rtnl, cfg.bridge, subnet)
+        self.ctx = NodeContext(cfg, hierarchy, self.store, rtnl, bridge, subnet, network.netlink_socket())
+        await self.reconcile()
+        self._sampler = asyncio.create_task(self._sample_loop())
+        log.info("node %s up: cgroup %s, bridge %s %s, %d workspace(s) adopted", cfg.name, hierarchy.name,
+                 cfg.bridge, cfg.subnet, len(self.workspaces))
+
+    async def stop(self) -> None:
+        """Stop serving; workspaces keep running and are adopted by the next start."""
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        self.sample()
+        for ws in self.workspaces.values():
+            ws._close_handles()
+        if self.ctx is not None:
+            self.ctx.rtnl.close()
+            self.ctx.stats_socket.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def reconcile(self, adopt: bool = True) -> dict[str, list[str]]:
+        """Adopt live workspaces, remove remains of dead ones and orphans nobody recorded."""
+        ctx = self._ctx()
+        report: dict[str, list[str]] = {"adopted": [], "removed": [], "orphans": []}
+        for rec in ctx.store.workspaces():
+            ws = await Workspace.adopt(ctx, rec) if adopt else None
+            if ws is not None:
+                self.workspaces[rec.name] = ws
+                report["adopted"].append(rec.name)
+                continue
+            log.warning("workspace %s (%s) did not survive; removing its remains", rec.name, rec.state)
+            await Workspace(ctx, rec).destroy("found dead at start-up")
+            report["removed"].append(rec.name)
+        known = {ws.rec.id for ws in self.workspaces.values()}
+        for child in ctx.hierarchy.children(ctx.config.cgroup_root):
+            if child.startswith("ws-") and child[3:] not in known:
+                cg = ctx.hierarchy.cgroup(f"{ctx.config.cgroup_root}/{child}")
+                cg.kill()
+                cg.remove()
+                report["orphans"].append(f"cgroup {child}")
+        for name in network.link_stats(ctx.stats_socket):
+            if name[len(network.HOST_PREFIX):] not in known:
+                await network.remove_link(ctx.rtnl, name)
+                report["orphans"].append(f"link {name}")
+        wroot = os.path.join(ctx.config.home, "workspaces")
+        for entry in os.listdir(wroot):
+            if entry not in known:
+                shutil.rmtree(os.path.join(wroot, entry), ignore_errors=True)
+        if report["orphans"]:
+            log.warning("removed orphans: %s", ", ".join(report["orphans"]))
+        return report
+
+    async def purge(self) -> None:
+        """Destroy every workspace and remove the node's bridge and cgroup root."""
+        ctx = self._ctx()
+        for name in list(self.workspaces):
+            await self.destroy(name)
+        await network.remove_link(ctx.rtnl, ctx.config.bridge)
+        ctx.hierarchy.remove_root(ctx.config.cgroup_root)
+
+    def _ctx(self) -> NodeContext:
+        if self.ctx is None:
+            raise RuntimeError("node service not started")
+        return self.ctx
+
+    # -- workspaces ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Workspace:
+        """The live workspace called `name`."""
+        ws = self.workspaces.get(name)
+        if ws is None:
+            raise WorkspaceNotFound(f"no workspace named {name!r} on node {self.config.name}", name=name)
+        return ws
+
+    async def create(self, name: str, alloc: Allocation, uid: int | None = None,
+                     gid: int | None = None) -> Workspace:
+        """Admit and build a workspace; nothing is left behind if that fails."""
+        ctx = self._ctx()
+        check_name(name)
+        uid = self.config.default_uid if uid is None else uid
+        gid = self.config.default_gid if gid is None else gid
+        _check_ids(uid, gid)
+        async with self.admission:
+            if name in self.workspaces:
+                raise WorkspaceExists(f"workspace {name!r} exists already", name=name)
+            ctx.config.capacity.admit(alloc, [w.rec.alloc for w in self.workspaces.values()])
+            used = {w.rec.address for w in self.workspaces.values()}
+            address = next((a for a in ctx.subnet.hosts() if a not in used), None)
+            if address is None:
+                raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")
+            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid,
+                                  gid=gid, address=address)
+            ws = await Workspace.create(ctx, rec)
+            self.workspaces[name] = ws
+        ctx.store.save_usage(ws.usage_rec)
+        return ws
+
+    async def set_alloc(self, name: str, changes: dict[str, Any]) -> Workspace:
+        """Renegotiate a running workspace's allocation, admitted against the others."""
+        ws = self.get(name)
+        new = Allocation.parse(changes, base=ws.rec.alloc)
+        async with self.admission, ws.lock:
+            others = [w.rec.alloc for w in self.workspaces.values() if w is not ws]
+            self._ctx().config.capacity.admit(new, others)
+            await ws.set_alloc(new)
+        return ws
+
+    async def destroy(self, name: str) -> None:
+        """Remove a workspace and everything it had."""
+        ws = self.get(name)
+        async with ws.lock:
+            await ws.destroy("destroy requested")
+            self.workspaces.pop(name, None)
+
+    async def freeze(self, name: str) -> None:
+        """Freeze every process of a workspace."""
+        ws = self.get(name)
+        async with ws.lock:
+            ws.freeze()
+
+    async def thaw(self, name: str) -> None:
+        """Thaw a frozen workspace."""
+        ws = self.get(name)
+        async with ws.lock:
+            ws.thaw()
+
+    async def kill(self, name: str) -> None:
+        """Kill every process of a workspace; it stays, empty."""
+        ws = self.get(name)
+        async with ws.lock:
+            ws.kill()
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def start_process(self, name: str, argv: Any, env: Any = None, cwd: Any = None, stdin: int = -1,
+                      stdout: int = -1, stderr: int = -1) -> Process:
+        """Start `argv` in workspace `name`; the returned Process's `done` resolves with its exit."""
+        ws = self.get(name)
+        if (not isinstance(argv, list) or not argv or len(argv) > MAX_ARGV
+                or not all(isinstance(a, str) and "\0" not in a for a in argv)):
+            raise InvalidInput("argv must be a non-empty list of strings without NUL bytes", field="argv")
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
+                for k, v in env.items())):
+            raise InvalidInput("env must map variable names to strings", field="env")
+        if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
+            raise InvalidInput("cwd must be an absolute path", field="cwd")
+        full_env = self.base_env(ws)
+        full_env.update(env or {})
+        ooms = ws.cgroup.usage().oom_kills
+        pid = ws.spawn(argv, full_env, cwd, stdin, stdout, stderr)
+        pidfd = sp.pidfd_open(pid)
+        row = self._ctx().store.add_process(ProcessRecord(ws.rec.id, pid, argv, time.time()))
+        loop = asyncio.get_running_loop()
+        proc = Process(ws, pid, pidfd, row, ooms, loop.create_future())
+        self.processes[pid] = proc
+        loop.add_reader(pidfd, self._reap, proc)
+        return proc
+
+    def base_env(self, ws: Workspace) -> dict[str, str]:
+        """The environment every process of a workspace starts with."""
+        try:
+            user = pwd.getpwuid(ws.rec.uid).pw_name
+        except KeyError:
+            user = str(ws.rec.uid)
+        return {"PATH": sp.DEFAULT_PATH, "HOME": self._ctx().directory(ws.rec), "USER": user, "LOGNAME": user,
+                "LANG": "C.UTF-8", "XOS_WORKSPACE": ws.rec.name}
+
+    def _reap(self, proc: Process) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            info = os.waitid(os.P_PIDFD, proc.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            info = None
+        if info is None and _alive(proc.pidfd):
+            return
+        loop.remove_reader(proc.pidfd)
+        os.close(proc.pidfd)
+        self.processes.pop(proc.pid, None)
+        code = sig = None
+        if info is not None and info.si_code == os.CLD_EXITED:
+            code = info.si_status
+        elif info is not None:
+            sig = info.si_status
+        oom = False
+        if sig == signal.SIGKILL and proc.ws.rec.state != "destroyed":
+            with contextlib.suppress(OSError, XosError):
+                oom = proc.ws.cgroup.usage().oom_kills > proc.ooms_before
+        self._ctx().store.end_process(proc.row, time.time(), code, sig, oom)
+        result = {"pid": proc.pid, "exit_code": code, "signal": sig, "oom_killed": oom,
+                  "status": code if code is not None else 128 + (sig or 0)}
+        if not proc.done.done():
+            proc.done.set_result(result)
+
+    # -- accounting and monitoring -----------------------------------------------------------
+
+    def sample(self) -> None:
+        """Sample every workspace's counters and persist the usage records."""
+        if self.ctx is None or not self.workspaces:
+            return
+        stats = network.link_stats(self.ctx.stats_socket)
+        for ws in list(self.workspaces.values()):
+            with contextlib.suppress(OSError, XosError):
+                self.ctx.store.save_usage(ws.sample(stats))
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sample_interval)
+            try:
+                self.sample()
+            except Exception:
+                log.exception("sampling failed")
+
+    def node_info(self) -> dict[str, Any]:
+        """What the node is and what it has handed out."""
+        ctx = self._ctx()
+        allocs = [w.rec.alloc for w in self.workspaces.values()]
+        return {
+            "name": self.config.name, "cgroup": ctx.hierarchy.name, "subnet": self.config.subnet,
+            "bridge": self.config.bridge, "capacity": self.config.capacity.to_json(),
+            "allocated": {"cpu": round(sum(a.cpu for a in allocs), 4), "memory": sum(a.memory for a in allocs),
+                          "egress": sum(a.egress for a in allocs), "ingress": sum(a.ingress for a in allocs)},
+            "workspaces": len(self.workspaces),
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text exposition of workspaces, allocations and usage."""
+        self.sample()
+        info = self.node_info()
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, helptext: str, rows: list[tuple[dict[str, str], float]]) -> None:
+            lines.append(f"# HELP {name} {helptext}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in rows:
+                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+
+        node = {"node": self.config.name}
+        metric("xos_workspaces", "gauge", "Live workspaces on this node.", [(node, info["workspaces"])])
+        metric("xos_capacity", "gauge", "What the node may hand out.",
+               [({**node, "resource": k}, float(v)) for k, v in info["capacity"].items()])
+        metric("xos_allocated", "gauge", "What the node has handed out.",
+               [({**node, "resource": k}, float(v)) for k, v in info["allocated"].items()])
+        per_ws: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for ws in self.workspaces.values():
+            lab = {**node, "workspace": ws.rec.name, "id": ws.rec.id}
+            u = ws.usage_rec
+            for key, value in (("xos_workspace_cpu_seconds_total", u.cpu_ns / 1e9),
+                               ("xos_workspace_memory_peak_bytes", u.memory_peak),
+                               ("xos_workspace_bytes_in_total", u.bytes_in),
+                               ("xos_workspace_bytes_out_total", u.bytes_out),
+                               ("xos_workspace_oom_kills_total", u.oom_kills)):
+                per_ws.setdefault(key, []).append((lab, float(value)))
+            for res, value in ws.rec.alloc.to_json().items():
+                per_ws.setdefault("xos_workspace_allocation", []).append(({**lab, "resource": res}, float(value)))
+        kinds = {"xos_workspace_memory_peak_bytes": "gauge", "xos_workspace_allocation": "gauge"}
+        for key, rows in per_ws.items():
+            metric(key, kinds.get(key, "counter"), key.replace("xos_workspace_", "workspace ").replace("_", " "), rows)
+        return "\n".join(lines) + "\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        sp.pidfd_send_signal(pidfd, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
+
+
+def _check_ids(uid: Any, gid: Any) -> None:
+    if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid < 2**32 - 1:
+        raise InvalidInput(f"uid {uid!r} is not a number", field="uid")
+    if not isinstance(gid, int) or isinstance(gid, bool) or not 0 <= gid < 2**32 - 1:
+        raise InvalidInput(f"gid {gid!r} is not a number", field="gid")
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        raise UnknownUser(f"uid {uid} does not exist on this node", uid=uid) from None
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        raise UnknownUser(f"gid {gid} does not exist on this node", gid=gid) from None
+

@@ -1,0 +1,99 @@
+"""HTTP/JSON plumbing shared by every daemon and client: errors, bodies, stream frames, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from xos.errors import BadRequest, InvalidInput, Unavailable, XosError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20
+T = TypeVar("T")
+
+# Stream frames: one channel byte, a 4-byte big-endian length, the payload.
+FRAME = struct.Struct(">cI")
+STDOUT, STDERR, EXIT = b"1", b"2", b"x"
+STREAM_TYPE = "application/x-xos-stream"
+
+
+def frame(channel: bytes, payload: bytes) -> bytes:
+    """One frame of an exec stream."""
+    return FRAME.pack(channel, len(payload)) + payload
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a request; BadRequest for anything else."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """body[name] if it has the right type, `default` if absent; InvalidInput naming the field otherwise."""
+    value = body.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidInput(f"field {name!r} has the wrong type", field=name)
+    return value
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON response."""
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, separators=(",", ":")))
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Every failure as {"error": {"code", "message"}} with a stable code; never a traceback."""
+    try:
+        return await handler(request)
+    except XosError as e:
+        if e.http_status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, e)
+        return json_response(e.to_json(), status=e.http_status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(e.status, "bad-request")
+        return json_response({"error": {"code": code, "message": e.reason}}, status=e.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"error": {"code": "internal", "message": f"internal error: {type(e).__name__}"}},
+                             status=500)
+
+
+async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float = 0.05, cap: float = 1.0,
+                retry_on: tuple[type[BaseException], ...] = (Unavailable, ConnectionError)) -> T:
+    """Run `op`, retrying transient failures with jittered exponential backoff, a bounded number of times."""
+    for i in range(attempts):
+        try:
+            return await op()
+        except retry_on:
+            if i == attempts - 1:
+                raise
+            await asyncio.sleep(min(cap, base * 2**i) * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")

@@ -1,0 +1,208 @@
+"""The node's persistent state behind one narrow interface; SQLite (WAL) by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from xos.allocation import Allocation
+
+
+@dataclass
+class WorkspaceRecord:
+    """What the node remembers of a workspace across restarts."""
+
+    id: str
+    name: str
+    state: str
+    alloc: Allocation
+    uid: int
+    gid: int
+    address: str
+    init_pid: int = 0
+    init_start: int = 0
+    created: float = field(default_factory=time.time)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UsageRecord:
+    """Accounting of one workspace; kept after the workspace is destroyed."""
+
+    ws_id: str
+    name: str
+    started: float
+    ended: float | None = None
+    cpu_ns: int = 0
+    memory_peak: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    oom_kills: int = 0
+    pids_refused: int = 0
+
+    @property
+    def wall(self) -> float:
+        """Seconds from creation to destruction (or now)."""
+        return (self.ended or time.time()) - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values, wall time included."""
+        return {
+            "workspace": self.name, "id": self.ws_id, "started": self.started, "ended": self.ended,
+            "cpu_seconds": self.cpu_ns / 1e9, "memory_peak": self.memory_peak, "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out, "oom_kills": self.oom_kills, "pids_refused": self.pids_refused,
+            "wall_seconds": round(self.wall, 3),
+        }
+
+
+@dataclass
+class ProcessRecord:
+    """One process started in a workspace, and how it ended."""
+
+    ws_id: str
+    pid: int
+    argv: list[str]
+    started: float
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    oom_killed: bool = False
+
+
+class NodeStore(Protocol):
+    """What the node daemon keeps; every change is durable when the call returns."""
+
+    def add_workspace(self, rec: WorkspaceRecord) -> None: ...
+    def update_workspace(self, rec: WorkspaceRecord) -> None: ...
+    def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None: ...
+    def workspaces(self, include_destroyed: bool = False) -> list[WorkspaceRecord]: ...
+    def transitions(self, ws_id: str) -> list[tuple[str, str, float, str]]: ...
+    def save_usage(self, rec: UsageRecord) -> None: ...
+    def usage(self, name: str | None = None) -> list[UsageRecord]: ...
+    def add_process(self, rec: ProcessRecord) -> int: ...
+    def end_process(self, row: int, ended: float, code: int | None, sig: int | None, oom: bool) -> None: ...
+    def processes(self, ws_id: str) -> list[ProcessRecord]: ...
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, alloc TEXT NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, address TEXT NOT NULL,
+    init_pid INTEGER NOT NULL, init_start INTEGER NOT NULL, created REAL NOT NULL,
+    checkpoint TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS live_names ON workspaces(name) WHERE state != 'destroyed';
+CREATE TABLE IF NOT EXISTS transitions (
+    ws_id TEXT NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    ws_id TEXT PRIMARY KEY, name TEXT NOT NULL, started REAL NOT NULL, ended REAL,
+    cpu_ns INTEGER NOT NULL, memory_peak INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL, oom_kills INTEGER NOT NULL, pids_refused INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processes (
+    row INTEGER PRIMARY KEY, ws_id TEXT NOT NULL, pid INTEGER NOT NULL, argv TEXT NOT NULL,
+    started REAL NOT NULL, ended REAL, exit_code INTEGER, signal INTEGER, oom_killed INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteNodeStore:
+    """NodeStore in one SQLite file in WAL mode."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def add_workspace(self, rec: WorkspaceRecord) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
+            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, "", rec.state, time.time(), "created"))
+
+    def update_workspace(self, rec: WorkspaceRecord) -> None:
+        with self._tx() as db:
+            db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
+
+    def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, rec.state, new, time.time(), reason))
+            db.execute("UPDATE workspaces SET state=? WHERE id=?", (new, rec.id))
+        rec.state = new
+
+    def workspaces(self, include_destroyed: bool = False) -> list[WorkspaceRecord]:
+        q = "SELECT * FROM workspaces" + ("" if include_destroyed else " WHERE state != 'destroyed'")
+        return [self._rec(r) for r in self._db.execute(q + " ORDER BY created")]
+
+    def transitions(self, ws_id: str) -> list[tuple[str, str, float, str]]:
+        return list(self._db.execute("SELECT old, new, at, reason FROM transitions WHERE ws_id=? ORDER BY rowid",
+                                     (ws_id,)))
+
+    def save_usage(self, rec: UsageRecord) -> None:
+        with self._tx() as db:
+            db.execute("REPLACE INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (rec.ws_id, rec.name, rec.started, rec.ended, rec.cpu_ns, rec.memory_peak, rec.bytes_in,
+                        rec.bytes_out, rec.oom_kills, rec.pids_refused))
+
+    def usage(self, name: str | None = None) -> list[UsageRecord]:
+        q, args = "SELECT * FROM usage", ()
+        if name is not None:
+            q, args = q + " WHERE name=?", (name,)
+        return [UsageRecord(*r) for r in self._db.execute(q + " ORDER BY started", args)]
+
+    def add_process(self, rec: ProcessRecord) -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO processes (ws_id, pid, argv, started, oom_killed) VALUES (?,?,?,?,0)",
+                             (rec.ws_id, rec.pid, json.dumps(rec.argv), rec.started))
+            return int(cur.lastrowid or 0)
+
+    def end_process(self, row: int, ended: float, code: int | None, sig: int | None, oom: bool) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE processes SET ended=?, exit_code=?, signal=?, oom_killed=? WHERE row=?",
+                       (ended, code, sig, int(oom), row))
+
+    def processes(self, ws_id: str) -> list[ProcessRecord]:
+        rows = self._db.execute("SELECT ws_id, pid, argv, started, ended, exit_code, signal, oom_killed "
+                                "FROM processes WHERE ws_id=? ORDER BY row", (ws_id,))
+        return [ProcessRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+    @staticmethod
+    def _row(rec: WorkspaceRecord) -> tuple[Any, ...]:
+        return (rec.id, rec.name, rec.state, json.dumps(rec.alloc.to_json()), rec.uid, rec.gid, rec.address,
+                rec.init_pid, rec.init_start, rec.created, json.dumps(rec.checkpoint))
+
+    @staticmethod
+    def _rec(r: tuple[Any, ...]) -> WorkspaceRecord:
+        return WorkspaceRecord(id=r[0], name=r[1], state=r[2], alloc=Allocation(**json.loads(r[3])), uid=r[4],
+                               gid=r[5], address=r[6], init_pid=r[7], init_start=r[8], created=r[9],
+                               checkpoint=json.loads(r[10]))
+
+
+BACKENDS: dict[str, Callable[[str], NodeStore]] = {"sqlite": SQLiteNodeStore}
+
+
+def open_store(home: str, backend: str = "sqlite") -> NodeStore:
+    """The node store under `home`, by backend name."""
+    return BACKENDS[backend](os.path.join(home, "node.db"))

@@ -1,0 +1,353 @@
+"""A workspace: a cgroup, PID/mount/network namespaces held by xos-init, a shaped veth pair."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.resources
+import logging
+import os
+import resource
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+
+from xos import network
+from xos import spawn as sp
+from xos.allocation import Allocation
+from xos.cgroup import Cgroup, Hierarchy
+from xos.config import NodeConfig
+from xos.errors import IllegalTransition, KernelError, XosError
+from xos.store import NodeStore, UsageRecord, WorkspaceRecord
+
+log = logging.getLogger(__name__)
+
+# The lifecycle; transition() refuses anything else.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "creating": frozenset({"running", "destroying"}),
+    "running": frozenset({"frozen", "destroying"}),
+    "frozen": frozenset({"running", "destroying"}),
+    "destroying": frozenset({"destroyed"}),
+    "destroyed": frozenset(),
+}
+
+NS_FLAGS = sp.CLONE_NEWPID | sp.CLONE_NEWNS | sp.CLONE_NEWNET
+
+
+def _rlimits() -> dict[int, tuple[int, int]]:
+    # Only ever lowered: raising a hard limit needs CAP_SYS_RESOURCE, which a node may not have.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cap = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    return {resource.RLIMIT_NOFILE: (min(1024, cap), cap), resource.RLIMIT_CORE: (0, 0)}
+
+
+RLIMITS = _rlimits()
+INIT_TIMEOUT = 5.0
+
+
+def init_program() -> str:
+    """Path of the xos-init executable built with the package."""
+    return str(importlib.resources.files("xos._native") / "xos-init")
+
+
+def start_time(pid: int) -> int:
+    """The process's start time in clock ticks since boot (0 if it is gone): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+@dataclass
+class NodeContext:
+    """What every workspace of a node shares."""
+
+    config: NodeConfig
+    hierarchy: Hierarchy
+    store: NodeStore
+    rtnl: AsyncIPRoute
+    bridge: int
+    subnet: network.Subnet
+    stats_socket: socket.socket  # raw netlink socket of the node's namespace, for link counters
+
+    def cgroup_rel(self, wsid: str) -> str:
+        """Where the workspace's cgroup lives, tagged with its id."""
+        return f"{self.config.cgroup_root}/ws-{wsid}"
+
+    def directory(self, rec: WorkspaceRecord) -> str:
+        """The workspace's own directory, the default cwd of its processes."""
+        return os.path.join(self.config.home, "workspaces", rec.id)
+
+
+class Workspace:
+    """A live workspace of this node."""
+
+    def __init__(self, ctx: NodeContext, rec: WorkspaceRecord) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.cgroup: Cgroup = ctx.hierarchy.cgroup(ctx.cgroup_rel(rec.id))
+        self.lock = asyncio.Lock()
+        self.init_pidfd = -1
+        self.nsfd = -1
+        self.rtnl: AsyncIPRoute | None = None
+        self._stats: tuple[int, int] = (0, 0)
+        self.usage_rec = UsageRecord(ws_id=rec.id, name=rec.name, started=rec.created)
+
+    @property
+    def host_link(self) -> str:
+        """The bridge side of the veth pair."""
+        return network.HOST_PREFIX + self.rec.id
+
+    @property
+    def tag(self) -> str:
+        """Written on kernel objects so start-up can tell whose they are."""
+        return f"xos:{self.ctx.config.name}:{self.rec.id}:{self.rec.name}"
+
+    def transition(self, new: str, reason: str) -> None:
+        """Move to `new` if the lifecycle allows it, persisted before returning."""
+        if new not in TRANSITIONS[self.rec.state]:
+            raise IllegalTransition(f"workspace {self.rec.name} is {self.rec.state}; it cannot become {new}",
+                                    state=self.rec.state, wanted=new)
+        self.ctx.store.transition(self.rec, new, reason)
+        log.info("workspace %s: %s", self.rec.name, new, extra={"workspace": self.rec.name, "reason": reason})
+
+    # -- creation, adoption, destruction -------------------------------------------------------
+
+    @classmethod
+    async def create(cls, ctx: NodeContext, rec: WorkspaceRecord) -> Workspace:
+        """Make every kernel object of a new workspace; on failure remove what was made."""
+        ctx.store.add_workspace(rec)  # first, so a crash in the middle is reconciled at start-up
+        ws = cls(ctx, rec)
+        try:
+            await ws._build()
+        except BaseException as e:
+            log.warning("workspace %s: creation failed: %s", rec.name, e)
+            with contextlib.suppress(Exception):
+                await ws.destroy(f"creation failed: {e}")
+            raise
+        ws.transition("running", "created")
+        return ws
+
+    async def _build(self) -> None:
+        ctx, rec = self.ctx, self.rec
+        self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
+        self.cgroup.apply(rec.alloc)
+        wdir = ctx.directory(rec)
+        os.makedirs(wdir, mode=0o700)
+        os.chown(wdir, rec.uid, rec.gid)
+
+        cgfd, procs = self.cgroup.spawn_target()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                pid = sp.spawn(sp.SpawnSpec(argv=[init_program()], new_ns_flags=NS_FLAGS, cgroup_fd=cgfd,
+                                            cgroup_procs_fds=procs, stdin=null, stdout=w, stderr=null,
+                                            setsid=True, cwd="/"))
+            finally:
+                os.close(null)
+            os.close(w)
+            w = -1
+            self.init_pidfd = sp.pidfd_open(pid)
+            rec.init_pid, rec.init_start = pid, start_time(pid)
+            ctx.store.update_workspace(rec)
+            line = await asyncio.wait_for(_read_line(r), INIT_TIMEOUT)
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+        if not line.startswith("ready"):
+            raise KernelError(f"xos-init of {rec.name} failed: {line.strip() or 'no answer'}", errno.EIO)
+        await self._open_netns()
+        assert self.rtnl is not None
+        await network.attach(ctx.rtnl, self.rtnl, ctx.bridge, rec.id, self.tag, rec.init_pid, rec.address,
+                             ctx.subnet)
+        await network.shape(self.rtnl, "eth0", rec.alloc.egress)
+        await network.shape(ctx.rtnl, self.host_link, rec.alloc.ingress)
+
+    async def _open_netns(self) -> None:
+        try:
+            self.nsfd = os.open(f"/proc/{self.rec.init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise KernelError(f"cannot open the network namespace of {self.rec.name}", e.errno or errno.EIO) from None
+        self.rtnl = await network.open_rtnl(self.nsfd)
+
+    @classmethod
+    async def adopt(cls, ctx: NodeContext, rec: WorkspaceRecord) -> Workspace | None:
+        """Take over a workspace that outlived a daemon; None if it did not survive whole."""
+        ws = cls(ctx, rec)
+        if rec.state not in ("running", "frozen") or rec.init_pid <= 0:
+            return None
+        if start_time(rec.init_pid) != rec.init_start:
+            return None
+        try:
+            ws.init_pidfd = sp.pidfd_open(rec.init_pid)
+            if rec.init_pid not in ws.cgroup.procs():
+                raise KernelError("init is not in the workspace cgroup", errno.ESRCH)
+            await ws._open_netns()
+            if await network.link_index(ctx.rtnl, ws.host_link) is None:
+                raise KernelError("veth pair is gone", errno.ENODEV)
+        except (OSError, XosError) as e:
+            log.warning("workspace %s cannot be adopted: %s", rec.name, e)
+            ws._close_handles()
+            return None
+        for u in ctx.store.usage(rec.name):
+            if u.ws_id == rec.id:
+                ws.usage_rec = u
+        return ws
+
+    async def destroy(self, reason: str) -> None:
+        """Kill every process and remove every kernel object; the usage record stays."""
+        if self.rec.state != "destroying":
+            self.transition("destroying", reason)
+        if self.cgroup.exists():
+            self.cgroup.kill()
+            self._sample_cgroup()
+        if self.init_pidfd >= 0:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, self.init_pidfd, os.WEXITED | os.WNOHANG)
+        with contextlib.suppress(XosError, OSError):
+            self._take_link_stats(network.link_stats(self.ctx.stats_socket))
+        self.usage_rec.ended = time.time()
+        self.ctx.store.save_usage(self.usage_rec)
+        self._close_handles()
+        await network.remove_link(self.ctx.rtnl, self.host_link)
+        self.cgroup.remove()
+        shutil.rmtree(self.ctx.directory(self.rec), ignore_errors=True)
+        self.transition("destroyed", reason)
+
+    def _close_handles(self) -> None:
+        if self.rtnl is not None:
+            with contextlib.suppress(Exception):
+                self.rtnl.close()
+            self.rtnl = None
+        for fd in (self.nsfd, self.init_pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.nsfd = self.init_pidfd = -1
+        self.cgroup.close()
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def set_alloc(self, new: Allocation, reason: str = "renegotiated") -> None:
+        """Apply a new allocation to the running processes; nothing else changes."""
+        old = self.rec.alloc
+        assert self.rtnl is not None
+        self.cgroup.apply(new, old)
+        if new.egress != old.egress:
+            await network.reshape(self.rtnl, "eth0", new.egress)
+        if new.ingress != old.ingress:
+            await network.reshape(self.ctx.rtnl, self.host_link, new.ingress)
+        self.rec.alloc = new
+        self.ctx.store.update_workspace(self.rec)
+        log.info("workspace %s: allocation %s (%s)", self.rec.name, new.describe(), reason)
+
+    def freeze(self) -> None:
+        """Stop every process of the workspace where it is."""
+        if self.rec.state == "frozen":
+            return
+        self.transition("frozen", "freeze requested")
+        self.cgroup.set_frozen(True)
+
+    def thaw(self) -> None:
+        """Let the processes run again."""
+        if self.rec.state == "running":
+            return
+        self.cgroup.set_frozen(False)
+        self.transition("running", "thaw requested")
+
+    def kill(self) -> None:
+        """Kill every process of the workspace but its init; the workspace stays."""
+        was_frozen = self.rec.state == "frozen"
+        self.cgroup.kill(spare=self.rec.init_pid)
+        if was_frozen:
+            self.cgroup.set_frozen(True)
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None, stdin: int, stdout: int,
+              stderr: int) -> int:
+        """Start a program inside the workspace as its user; the pid (a child of the daemon)."""
+        if self.rec.state != "running":
+            raise IllegalTransition(f"workspace {self.rec.name} is {self.rec.state}; start processes only "
+                                    "when it is running", state=self.rec.state)
+        cgfd, procs = self.cgroup.spawn_target()
+        return sp.spawn(sp.SpawnSpec(
+            argv=argv, env=env, cwd=cwd or self.ctx.directory(self.rec), uid=self.rec.uid, gid=self.rec.gid,
+            groups=[self.rec.gid], cgroup_fd=cgfd, cgroup_procs_fds=procs, ns_pidfd=self.init_pidfd,
+            ns_flags=NS_FLAGS, stdin=stdin, stdout=stdout, stderr=stderr, rlimits=RLIMITS, setsid=True))
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def _sample_cgroup(self) -> None:
+        u = self.cgroup.usage()
+        rec = self.usage_rec
+        rec.cpu_ns = max(rec.cpu_ns, u.cpu_ns)
+        rec.memory_peak = max(rec.memory_peak, u.memory_peak)
+        rec.oom_kills = max(rec.oom_kills, u.oom_kills)
+        rec.pids_refused = max(rec.pids_refused, u.pids_refused)
+
+    def _take_link_stats(self, stats: dict[str, tuple[int, int]]) -> None:
+        rx_tx = stats.get(self.host_link)
+        if rx_tx is not None:
+            # The bridge side receives what the workspace sends.
+            self.usage_rec.bytes_out = max(self.usage_rec.bytes_out, rx_tx[0])
+            self.usage_rec.bytes_in = max(self.usage_rec.bytes_in, rx_tx[1])
+
+    def sample(self, stats: dict[str, tuple[int, int]]) -> UsageRecord:
+        """Update the usage record from the kernel counters (not persisted)."""
+        if self.rec.state in ("running", "frozen"):
+            self._sample_cgroup()
+            self._take_link_stats(stats)
+        return self.usage_rec
+
+    async def describe(self) -> dict[str, Any]:
+        """State, allocation as the kernel holds it, usage, address."""
+        rec = self.rec
+        out: dict[str, Any] = {
+            "name": rec.name, "id": rec.id, "state": rec.state, "address": rec.address,
+            "uid": rec.uid, "gid": rec.gid, "allocation": rec.alloc.to_json(), "init_pid": rec.init_pid,
+            "created": rec.created, "directory": self.ctx.directory(rec),
+        }
+        if rec.state in ("running", "frozen"):
+            limits = dict(self.cgroup.limits())
+            assert self.rtnl is not None
+            limits["egress"] = await network.shaped_rate(self.rtnl, "eth0")
+            limits["ingress"] = await network.shaped_rate(self.ctx.rtnl, self.host_link)
+            out["kernel"] = limits
+            out["processes"] = len([p for p in self.cgroup.procs() if p != rec.init_pid])
+        out["usage"] = self.usage_rec.to_json()
+        return out
+
+
+async def _read_line(fd: int) -> str:
+    """Read what the init writes until it closes its end."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 256)
+        except BlockingIOError:
+            return
+        if data:
+            chunks.append(data)
+            if b"\n" not in data:
+                return
+        loop.remove_reader(fd)
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks).decode(errors="replace")
