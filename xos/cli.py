@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from xos import units
 from xos.errors import InvalidInput, XosError
@@ -28,17 +28,22 @@ def _alloc(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _command(args: argparse.Namespace) -> list[str]:
-    cmd = list(args.command)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
+    cmd = list(args.command or [])
     if not cmd:
         raise InvalidInput("no command given: write it after --")
     return cmd
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line and a stable code, like every other xos error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"xos: error usage: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    p = argparse.ArgumentParser(prog="xos", description="xos: a grid operating-system layer for Linux")
+    p = _Parser(prog="xos", description="xos: a grid operating-system layer for Linux")
     p.add_argument("--socket", help="node daemon socket (default $XOS_RUN/node.sock)")
     sub = p.add_subparsers(dest="area", required=True)
 
@@ -64,13 +69,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--gid", type=int)
     e = ws.add_parser("exec", help="run a command in a workspace")
     e.add_argument("name")
-    e.add_argument("command", nargs=argparse.REMAINDER)
     r = ws.add_parser("run", help="create, run a command, destroy")
     r.add_argument("name")
     _alloc_args(r)
     r.add_argument("--uid", type=int)
     r.add_argument("--gid", type=int)
-    r.add_argument("command", nargs=argparse.REMAINDER)
     s = ws.add_parser("set", help="renegotiate the allocation")
     s.add_argument("name")
     _alloc_args(s)
@@ -191,7 +194,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; every error a user can cause is one line and a non-zero exit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the command, untouched by option parsing (flags may precede it).
+    command = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
+    args.command = command
     try:
         if args.area == "serve":
             return _serve(args)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 
 from xos import rpc
 from xos.config import node_socket
-from xos.errors import BadRequest, Unavailable, XosError, from_json
+from xos.errors import Unavailable, from_json
 
 Output = Callable[[bytes], None]
+T = TypeVar("T")
 
 
 def _alloc(cpu: Any = None, memory: Any = None, pids: Any = None, egress: Any = None,
@@ -158,4 +160,38 @@ class Client:
             await self.rm(name)
 
 
-__all__ = ["Client", "XosError", "BadRequest"]
+class SyncClient:
+    """The same verbs without asyncio, for scripts, the demo and tests: `with SyncClient() as node:`."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = 60.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.client = Client(socket_path, timeout)
+
+    def __enter__(self) -> SyncClient:
+        if self.client._session is None:
+            self._loop.run_until_complete(self.client.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection and the private event loop."""
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.client.close())
+            self._loop.close()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run one coroutine of `self.client` (or several, with asyncio.gather) to completion."""
+        return self._loop.run_until_complete(coro)
+
+    def __getattr__(self, verb: str) -> Callable[..., Any]:
+        method = getattr(self.client, verb)
+        if not asyncio.iscoroutinefunction(method):
+            raise AttributeError(verb)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(method(*args, **kwargs))
+
+        call.__doc__ = method.__doc__
+        return call

@@ -50,6 +50,12 @@ RLIMITS = _rlimits()
 INIT_TIMEOUT = 5.0
 
 
+def check_transition(name: str, old: str, new: str) -> None:
+    """Raise IllegalTransition unless the lifecycle allows old -> new."""
+    if new not in TRANSITIONS.get(old, frozenset()):
+        raise IllegalTransition(f"workspace {name} is {old}; it cannot become {new}", state=old, wanted=new)
+
+
 def init_program() -> str:
     """Path of the xos-init executable built with the package."""
     return str(importlib.resources.files("xos._native") / "xos-init")
@@ -112,9 +118,7 @@ class Workspace:
 
     def transition(self, new: str, reason: str) -> None:
         """Move to `new` if the lifecycle allows it, persisted before returning."""
-        if new not in TRANSITIONS[self.rec.state]:
-            raise IllegalTransition(f"workspace {self.rec.name} is {self.rec.state}; it cannot become {new}",
-                                    state=self.rec.state, wanted=new)
+        check_transition(self.rec.name, self.rec.state, new)
         self.ctx.store.transition(self.rec, new, reason)
         log.info("workspace %s: %s", self.rec.name, new, extra={"workspace": self.rec.name, "reason": reason})
 
@@ -211,6 +215,9 @@ class Workspace:
             self.cgroup.kill()
             self._sample_cgroup()
         if self.init_pidfd >= 0:
+            # A dying PID-namespace init waits until every process of its namespace is reaped, and the
+            # processes we exec'd are our children: keep the event loop (and its reapers) running.
+            await wait_exit(self.init_pidfd, 10.0)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitid(os.P_PIDFD, self.init_pidfd, os.WEXITED | os.WNOHANG)
         with contextlib.suppress(XosError, OSError):
@@ -323,6 +330,19 @@ class Workspace:
             out["processes"] = len([p for p in self.cgroup.procs() if p != rec.init_pid])
         out["usage"] = self.usage_rec.to_json()
         return out
+
+
+async def wait_exit(pidfd: int, timeout: float) -> None:
+    """Wait until the process behind `pidfd` has exited (a pidfd polls readable then)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        raise KernelError(f"process behind pidfd {pidfd} did not exit", errno.ETIMEDOUT) from None
+    finally:
+        loop.remove_reader(pidfd)
 
 
 async def _read_line(fd: int) -> str:

@@ -1,0 +1,84 @@
+"""Destroy leaves nothing; a daemon killed with SIGKILL comes back and reconciles."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from pyroute2 import IPRoute
+
+from xos import network
+from xos.cgroup import detect
+from xos.testing import TestNode, wait_for
+
+
+def links(node: TestNode) -> set[str]:
+    fd = os.open(node.netns_path, os.O_RDONLY)
+    try:
+        with IPRoute(use_socket=network.netlink_socket(fd)) as ipr:
+            return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    finally:
+        os.close(fd)
+
+
+def cgroup_dirs(node: TestNode, wsid: str) -> list[str]:
+    return [d for d in detect().cgroup(f"{node.cgroup_root}/ws-{wsid}").dirs() if os.path.isdir(d)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_destroy_leaves_nothing(node):
+    with node.client() as c:
+        ws = c.create("gone", egress="10mbit", ingress="10mbit")
+        pid = c.spawn("gone", ["sleep", "600"])
+        host = network.HOST_PREFIX + ws["id"]
+        assert host in links(node) and cgroup_dirs(node, ws["id"]) and os.path.isdir(ws["directory"])
+        netns = os.readlink(f"/proc/{ws['init_pid']}/ns/net")
+        c.rm("gone")
+    assert host not in links(node)
+    assert cgroup_dirs(node, ws["id"]) == []
+    assert not os.path.exists(ws["directory"])
+    assert not alive(pid) and not alive(ws["init_pid"])
+    # No process on the machine holds the workspace's network namespace any more.
+    holders = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{p}/ns/net") == netns:
+                holders.append(p)
+        except OSError:
+            pass
+    assert holders == []
+
+
+def test_sigkill_restart_adopts_live_and_removes_dead(node):
+    with node.client() as c:
+        live = c.create("live", cpu="0.5")
+        dead = c.create("dead")
+        c.spawn("live", ["sleep", "600"])
+    node.stop(signal.SIGKILL)
+    # While the daemon is down: one workspace dies, and someone leaves an orphan cgroup.
+    os.kill(dead["init_pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(dead["init_pid"]), 10, "the dead workspace's init to go")
+    hierarchy = detect()
+    orphan = hierarchy.create(f"{node.cgroup_root}/ws-0rphan00")
+    node.expect_warning("did not survive")
+    node.expect_warning("removed orphans")
+    node.start()
+    with node.client() as c:
+        names = [w["name"] for w in c.ls()]
+        assert names == ["live"]
+        again = c.stat("live")
+        assert again["id"] == live["id"] and again["address"] == live["address"] and again["kernel"]["cpu"] == 0.5
+        assert again["processes"] == 1  # the sleep survived the daemon
+        assert c.exec("live", ["true"])["status"] == 0
+        [rec] = c.usage("dead")
+        assert rec["ended"] is not None
+    assert cgroup_dirs(node, dead["id"]) == [] and not orphan.exists()
+    assert network.HOST_PREFIX + dead["id"] not in links(node)
+    assert network.HOST_PREFIX + live["id"] in links(node)

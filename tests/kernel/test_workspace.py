@@ -1,0 +1,128 @@
+"""Workspaces through the node daemon: allocations measured, renegotiated, enforced."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tests.kernel.helpers import cpu_share, transfer
+from xos.errors import IllegalTransition, WorkspaceNotFound
+from xos.testing import traffic, wait_for
+
+BUSY = ["sh", "-c", "while :; do :; done"]
+
+
+def test_cpu_quota_measured_and_renegotiated(node):
+    with node.client() as c:
+        c.create("cpu", cpu="0.25")
+        c.spawn("cpu", BUSY)
+        c.spawn("cpu", BUSY)  # two busy loops: the quota, not one core, is the bound
+        share = cpu_share(c, "cpu")
+        assert 0.20 <= share <= 0.30, share
+        c.set("cpu", cpu="0.5")
+        assert c.stat("cpu")["kernel"]["cpu"] == 0.5
+        share = cpu_share(c, "cpu")
+        assert 0.42 <= share <= 0.58, share
+
+
+def test_memory_limit_oom_kills_and_is_recorded(node):
+    with node.client() as c:
+        c.create("mem", memory="64M")
+        res = c.exec("mem", [traffic.PYTHON, "-c", "b = bytearray(128 << 20); print('survived')"])
+        assert res["signal"] == signal.SIGKILL and res["oom_killed"] is True
+        assert c.stat("mem")["usage"]["oom_kills"] >= 1
+        assert c.exec("mem", ["true"])["status"] == 0  # the workspace and the node live on
+        [proc] = [p for p in c.processes("mem") if p["argv"][0] == traffic.PYTHON]
+        assert proc["oom_killed"] and proc["signal"] == signal.SIGKILL
+
+
+def test_pids_limit_stops_a_fork_loop(node):
+    with node.client() as c:
+        c.create("pids", pids="16")
+        code = ("import os, time\nn = 0\nfor _ in range(64):\n    try:\n        pid = os.fork()\n"
+                "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30); os._exit(0)\n"
+                "    n += 1\nprint(n)\n")
+        out = bytearray()
+        c.exec("pids", [traffic.PYTHON, "-c", code], on_stdout=out.extend)
+        forked = int(out.decode())
+        assert forked < 16  # init and python itself count too
+        st = c.stat("pids")
+        assert st["kernel"]["pids"] == 16 and st["usage"]["pids_refused"] >= 1
+        c.kill("pids")
+        assert c.stat("pids")["processes"] == 0
+        assert c.info()["workspaces"] == 1
+
+
+@pytest.mark.parametrize("direction", ["egress", "ingress"])
+def test_bandwidth_shaped_and_renegotiated(node, direction):
+    with node.client() as c:
+        c.create("src", **({"egress": "20mbit"} if direction == "egress" else {}))
+        c.create("dst", **({"ingress": "20mbit"} if direction == "ingress" else {}))
+        shaped = "src" if direction == "egress" else "dst"
+        rate = transfer(c, "src", "dst")
+        assert 17 <= rate <= 23, rate
+        c.set(shaped, **{direction: "40mbit"})
+        assert c.stat(shaped)["kernel"][direction] == 40_000_000
+        rate = transfer(c, "src", "dst", port=5002)
+        assert 34 <= rate <= 46, rate
+        usage = c.stat("src")["usage"]
+        assert usage["bytes_out"] > 5_000_000  # accounting saw the traffic leave
+
+
+def test_freeze_stops_and_thaw_resumes_a_counter(node):
+    with node.client() as c:
+        ws = c.create("frz")
+        path = os.path.join(ws["directory"], "count")
+        c.spawn("frz", traffic.counter(path))
+
+        def value() -> int:
+            try:
+                with open(path) as f:
+                    return int(f.read() or 0)
+            except (FileNotFoundError, ValueError):
+                return 0
+
+        wait_for(lambda: value() > 0, 10, "the counter to start")
+        c.freeze("frz")
+        assert c.stat("frz")["state"] == "frozen"
+        frozen_at = value()
+        with pytest.raises(IllegalTransition):
+            c.exec("frz", ["true"])
+        wait_for(lambda: c.stat("frz")["usage"]["wall_seconds"] > ws["usage"]["wall_seconds"] + 0.5, 5, "time")
+        assert value() == frozen_at
+        c.thaw("frz")
+        wait_for(lambda: value() > frozen_at, 10, "the counter to resume")
+        c.kill("frz")
+        assert c.stat("frz")["processes"] == 0
+        assert any(p["signal"] == signal.SIGKILL for p in c.processes("frz"))
+
+
+def test_exec_streams_and_returns_status(node):
+    code, out, err = node.cli("ws", "run", "once", "--cpu", "0.5", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (code, out, err) == (7, "out\n", "err\n")
+    code, out, _ = node.cli("ws", "ls", "--json")
+    assert out.strip() == "[]"
+
+
+def test_usage_kept_after_destroy(node):
+    with node.client() as c:
+        c.create("acct")
+        c.exec("acct", traffic.burn(0.5))
+        final = c.rm("acct")["usage"]
+        with pytest.raises(WorkspaceNotFound):
+            c.stat("acct")
+        [rec] = c.usage("acct")
+        assert rec["ended"] is not None and rec["cpu_seconds"] >= 0.3
+        assert rec["cpu_seconds"] == pytest.approx(final["cpu_seconds"])
+        assert rec["wall_seconds"] > 0
+
+
+def test_metrics(node):
+    with node.client() as c:
+        c.create("m1", cpu="0.5", memory="128M")
+        text = c.metrics()
+    assert "xos_workspaces{node=" in text and "} 1" in text
+    assert f'xos_workspace_allocation{{node="{node.name}",workspace="m1"' in text
+    assert "xos_workspace_cpu_seconds_total" in text

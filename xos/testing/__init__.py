@@ -1,0 +1,292 @@
+"""Fixtures that build real nodes: each in its own network namespace on a bridge made for it.
+
+Used by the tests, the demo and the benchmarks. Everything is removed on teardown, also when
+the daemon was killed or a test failed half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from xos import network
+from xos import spawn as sp
+from xos.cgroup import detect
+from xos.errors import Unavailable, XosError
+from xos.node import SyncClient
+from xos.testing import netns
+
+GRID_NET = "198.18.0"  # the grid bridge's /24; node i is .(10+i)
+
+
+def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) -> None:
+    """Poll a condition until true; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    delay = interval
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+@dataclass
+class TestNode:
+    """One node: state dir, run dir, cgroup root and network namespace of its own, its own daemon."""
+
+    __test__ = False  # not a pytest test class
+
+    index: int
+    tag: str
+    base: str
+    subnet: str
+    netns_path: str
+    extra_args: list[str] = field(default_factory=list)
+    pid: int = 0
+    pidfd: int = -1
+    allowed_warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return f"n{self.index}-{self.tag}"
+
+    @property
+    def home(self) -> str:
+        return os.path.join(self.base, self.name, "home")
+
+    @property
+    def run(self) -> str:
+        return os.path.join(self.base, self.name, "run")
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.base, self.name, "node.log")
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run, "node.sock")
+
+    @property
+    def cgroup_root(self) -> str:
+        return f"xos.{self.name}"
+
+    @property
+    def address(self) -> str:
+        """The node's address on the grid bridge."""
+        return f"{GRID_NET}.{10 + self.index}"
+
+    def env(self) -> dict[str, str]:
+        """Environment that points CLI calls at this node."""
+        return {**os.environ, "XOS_HOME": self.home, "XOS_RUN": self.run}
+
+    def start(self) -> None:
+        """Start `xos serve node` inside the node's namespace and wait until it answers."""
+        os.makedirs(self.home, exist_ok=True)
+        os.makedirs(self.run, exist_ok=True)
+        argv = [sys.executable, "-m", "xos.cli", "serve", "node", "--name", self.name, "--subnet", self.subnet,
+                "--cgroup-root", self.cgroup_root, *self.extra_args]
+        nsfd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        logfd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.pid = sp.spawn(sp.SpawnSpec(argv=argv, env=self.env(), ns_pidfd=nsfd, ns_flags=sp.CLONE_NEWNET,
+                                             stdin=null, stdout=logfd, stderr=logfd, cwd=self.base,
+                                             pdeathsig=signal.SIGTERM))
+        finally:
+            for fd in (nsfd, logfd, null):
+                os.close(fd)
+        self.pidfd = sp.pidfd_open(self.pid)
+        wait_for(self._answers, 20, f"node {self.name} to answer on {self.socket}")
+
+    def _answers(self) -> bool:
+        if self.exited() is not None:
+            raise RuntimeError(f"node {self.name} exited at start-up:\n{self.log()[-3000:]}")
+        if not os.path.exists(self.socket):
+            return False
+        try:
+            with SyncClient(self.socket) as c:
+                c.info()
+            return True
+        except Unavailable:
+            return False
+
+    def exited(self) -> int | None:
+        """The daemon's exit status once it has exited (reaped here), else None."""
+        if self.pidfd < 0:
+            return -1
+        try:
+            info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return -1
+        if info is None:
+            return None
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return info.si_status
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        """Signal the daemon and wait for it to exit."""
+        if self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            sp.pidfd_send_signal(self.pidfd, sig)
+        wait_for(lambda: self.exited() is not None, timeout, f"node {self.name} to exit")
+
+    def client(self) -> SyncClient:
+        """A client of this node's daemon (close it, or use `with`)."""
+        return SyncClient(self.socket).__enter__()
+
+    def cli(self, *args: str) -> tuple[int, str, str]:
+        """Run the `xos` CLI against this node: (exit status, stdout, stderr)."""
+        import subprocess
+
+        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=self.env(), capture_output=True,
+                           text=True, timeout=120)
+        return p.returncode, p.stdout, p.stderr
+
+    def log(self) -> str:
+        """What the daemon wrote so far."""
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def expect_warning(self, pattern: str) -> None:
+        """Declare a warning the test provokes on purpose."""
+        self.allowed_warnings.append(pattern)
+
+    def unexpected_warnings(self) -> list[str]:
+        """Warnings and errors in the daemon log that no test declared."""
+        bad = []
+        for line in self.log().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(line)  # a traceback or anything not from our logger
+                continue
+            if rec.get("level") in ("warning", "error", "critical") and not any(
+                    re.search(p, rec.get("msg", "")) for p in self.allowed_warnings):
+                bad.append(rec.get("msg", line))
+        return bad
+
+    def teardown(self) -> None:
+        """Destroy workspaces through the daemon if it lives, then remove whatever is left."""
+        if self.exited() is None:
+            with contextlib.suppress(XosError, OSError, TimeoutError):
+                with SyncClient(self.socket, timeout=30) as c:
+                    for ws in c.ls():
+                        c.rm(ws["name"])
+            with contextlib.suppress(TimeoutError):
+                self.stop()
+            if self.exited() is None:
+                self.stop(signal.SIGKILL)
+        purge_cgroups(self.cgroup_root)
+
+
+def purge_cgroups(root: str) -> None:
+    """Kill every process under a node's cgroup root and remove the cgroups (no daemon needed)."""
+    hierarchy = detect()
+    for child in hierarchy.children(root):
+        cg = hierarchy.cgroup(f"{root}/{child}")
+        with contextlib.suppress(XosError, OSError):
+            cg.kill()
+        cg.remove()
+    with contextlib.suppress(FileNotFoundError):
+        hierarchy.remove_root(root)
+
+
+class TestGrid:
+    """N nodes, each in its own network namespace, joined by a bridge in the root namespace."""
+
+    __test__ = False
+
+    def __init__(self, n: int = 1, extra_args: list[str] | None = None) -> None:
+        self.tag = secrets.token_hex(2)
+        self.base = tempfile.mkdtemp(prefix=f"xos-grid-{self.tag}-")
+        os.chmod(self.base, 0o755)
+        self.bridge = f"xg{self.tag}"
+        self.nodes: list[TestNode] = []
+        self._n = n
+        self._extra = extra_args or []
+
+    def __enter__(self) -> TestGrid:
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def _build(self) -> None:
+        with IPRoute(use_socket=network.netlink_socket()) as ipr:
+            ipr.link("add", ifname=self.bridge, kind="bridge")
+            br = ipr.link_lookup(ifname=self.bridge)[0]
+            ipr.addr("add", index=br, address=f"{GRID_NET}.1", prefixlen=24)
+            ipr.link("set", index=br, state="up")
+            for i in range(self._n):
+                ns_path = netns.create(f"xos-{self.tag}-n{i}")
+                node = TestNode(i, self.tag, self.base, f"198.19.{8 + i}.0/24", ns_path, list(self._extra))
+                self.nodes.append(node)
+                self._wire(ipr, br, node)
+        for node in self.nodes:
+            node.start()
+
+    def _wire(self, ipr: IPRoute, br: int, node: TestNode) -> None:
+        host = f"xg{self.tag}n{node.index}"
+        nsfd = os.open(node.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=host, kind="veth", peer={"ifname": f"{host}p", "net_ns_fd": nsfd})
+            idx = ipr.link_lookup(ifname=host)[0]
+            ipr.link("set", index=idx, master=br, state="up")
+            with IPRoute(use_socket=network.netlink_socket(nsfd)) as inner:
+                lo = inner.link_lookup(ifname="lo")[0]
+                inner.link("set", index=lo, state="up")
+                peer = inner.link_lookup(ifname=f"{host}p")[0]
+                inner.link("set", index=peer, ifname="eth0", state="up")
+                inner.addr("add", index=peer, address=node.address, prefixlen=24)
+                for other in range(self._n):
+                    if other != node.index:
+                        inner.route("add", dst=f"198.19.{8 + other}.0/24", gateway=f"{GRID_NET}.{10 + other}")
+            netns.write_sysctl(nsfd, "net.ipv4.ip_forward", "1")
+        finally:
+            os.close(nsfd)
+
+    def teardown(self) -> None:
+        """Remove every node, namespace, link and directory, whatever state they are in."""
+        errors = []
+        for node in self.nodes:
+            try:
+                node.teardown()
+            except Exception as e:  # keep going: the rest must still be removed
+                errors.append(e)
+            netns.remove(node.netns_path)
+        with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
+            for idx in ipr.link_lookup(ifname=self.bridge):
+                ipr.link("del", index=idx)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def node(extra_args: list[str] | None = None) -> Iterator[TestNode]:
+    """A single test node (a grid of one)."""
+    with TestGrid(1, extra_args) as grid:
+        yield grid.nodes[0]
