@@ -45,6 +45,8 @@ class Client:
             await self._session.close()
             self._session = None
 
+    last_server_ms: float = 0.0  # time the daemon spent on the last call (its Server-Timing)
+
     async def _call(self, method: str, path: str, body: Any = None, read_timeout: float | None = None) -> Any:
         if self._session is None:
             raise RuntimeError("use Client as an async context manager")
@@ -56,6 +58,9 @@ class Client:
         try:
             async with self._session.request(method, f"http://node{path}", **kw) as resp:
                 text = await resp.text()
+                timing = resp.headers.get("Server-Timing", "")
+                if "dur=" in timing:
+                    self.last_server_ms = float(timing.split("dur=")[1])
                 data = json.loads(text) if resp.content_type == "application/json" else text
                 if resp.status >= 400:
                     raise from_json(data if isinstance(data, dict) else {}, resp.status)
@@ -76,6 +81,10 @@ class Client:
         if gid is not None:
             body["gid"] = gid
         return await self._call("POST", "/v1/workspaces", body, read_timeout=120)
+
+    async def sample(self) -> dict[str, Any]:
+        """Sample every workspace now; how many and how long the sweep took inside the daemon."""
+        return await self._call("POST", "/v1/node/sample")
 
     async def ls(self) -> list[dict[str, Any]]:
         """Every live workspace."""

@@ -9,11 +9,12 @@ import logging
 import os
 import signal
 import stat as stat_mod
+import time
 from typing import Any
 
 from aiohttp import web
 
-from xos import rpc
+from xos import network, rpc
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
 from xos.errors import InvalidInput
@@ -31,6 +32,13 @@ def _svc(request: web.Request) -> NodeService:
 
 async def node_info(request: web.Request) -> web.Response:
     return rpc.json_response(_svc(request).node_info())
+
+
+async def sample(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    t0 = time.perf_counter()
+    svc.sample()
+    return rpc.json_response({"workspaces": len(svc.workspaces), "seconds": time.perf_counter() - t0})
 
 
 async def list_workspaces(request: web.Request) -> web.Response:
@@ -56,8 +64,6 @@ async def get_workspace(request: web.Request) -> web.Response:
 
 
 def _link_stats(svc: NodeService) -> dict[str, tuple[int, int]]:
-    from xos import network
-
     assert svc.ctx is not None
     return network.link_stats(svc.ctx.stats_socket)
 
@@ -203,6 +209,7 @@ def make_app(svc: NodeService) -> web.Application:
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/node", node_info),
+        web.post("/v1/node/sample", sample),
         web.get("/v1/workspaces", list_workspaces),
         web.post("/v1/workspaces", create_workspace),
         web.get("/v1/workspaces/{name}", get_workspace),

@@ -285,13 +285,17 @@ class NodeService:
     # -- accounting and monitoring -----------------------------------------------------------
 
     def sample(self) -> None:
-        """Sample every workspace's counters and persist the usage records."""
+        """Sample every workspace's counters and persist the usage records, in one transaction."""
         if self.ctx is None or not self.workspaces:
             return
         stats = network.link_stats(self.ctx.stats_socket)
+        records = []
         for ws in list(self.workspaces.values()):
-            with contextlib.suppress(OSError, XosError):
-                self.ctx.store.save_usage(ws.sample(stats))
+            try:
+                records.append(ws.sample(stats))
+            except (OSError, XosError) as e:
+                log.warning("cannot sample workspace %s: %s", ws.rec.name, e, extra={"workspace": ws.rec.name})
+        self.ctx.store.save_usage(*records)
 
     async def _sample_loop(self) -> None:
         while True:

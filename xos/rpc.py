@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -66,9 +67,16 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Every failure as {"error": {"code", "message"}} with a stable code; never a traceback."""
+    """Every failure as {"error": {"code", "message"}} with a stable code; never a traceback.
+
+    Successful responses carry Server-Timing with the time spent inside the daemon.
+    """
+    t0 = time.perf_counter()
     try:
-        return await handler(request)
+        resp = await handler(request)
+        if not resp.prepared:
+            resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"
+        return resp
     except XosError as e:
         if e.http_status >= 500:
             log.warning("%s %s: %s", request.method, request.path, e)
