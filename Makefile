@@ -1,0 +1,41 @@
+# xos: `make demo` and `make test` work on a fresh Debian 12 machine, as root.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc
+STAMP := $(VENV)/.xos-setup
+NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py)
+
+.PHONY: setup apt test lint demo bench clean
+
+setup: $(STAMP)
+
+# Idempotent and quick when nothing changed: apt only for packages that are missing, the build only
+# when the project or its native sources changed.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing$$(echo ' '$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py $(NATIVE) | apt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip "setuptools>=74" "cython>=3" "cffi>=1.17" wheel
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check xos tests bench fs checkpoint
+
+test: setup lint
+	$(PY) -m pytest tests
+
+demo: setup
+	$(PY) -m xos.testing.demo
+
+bench: setup
+	$(PY) bench/workspace.py --out bench/out/workspace.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init
