@@ -166,7 +166,8 @@ async def _client_main(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                print(f"{'WORKSPACE':20} {'CPU s':>8} {'MEM PEAK':>9} {'IN B':>12} {'OUT B':>12} {'OOM':>4} {'WALL s':>8}")
+                print(f"{'WORKSPACE':20} {'CPU s':>8} {'MEM PEAK':>9} {'IN B':>12} {'OUT B':>12} {'OOM':>4} "
+                      f"{'WALL s':>8}")
                 for r in rows:
                     print(f"{r['workspace']:20} {r['cpu_seconds']:8.2f} {units.format_size(r['memory_peak']):>9} "
                           f"{r['bytes_in']:12d} {r['bytes_out']:12d} {r['oom_kills']:4d} {r['wall_seconds']:8.1f}")

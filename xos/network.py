@@ -25,11 +25,7 @@ log = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
 HOST_PREFIX = "xvh-"
-PEER_PREFIX = "xvp-"
 MTU = 1500
-# HTB needs an explicit quantum: the default derives from rate/r2q and is out of range
-# (and noisy in the kernel log) for both slow and fast classes.
-QUANTUM = 10 * (MTU + 14)
 
 
 def netlink_socket(nsfd: int | None = None, protocol: int = NETLINK_ROUTE) -> socket.socket:
@@ -115,6 +111,14 @@ async def ensure_bridge(ipr: AsyncIPRoute, name: str, subnet: Subnet) -> int:
     return idx
 
 
+async def _collect(coro: object) -> list:
+    """The messages of a pyroute2 call, whether it returns a list or an async generator."""
+    res = await coro  # type: ignore[misc]
+    if isinstance(res, list | tuple):
+        return list(res)
+    return [m async for m in res]
+
+
 async def remove_link(ipr: AsyncIPRoute, ifname: str) -> bool:
     """Delete a link if it exists; whether it did."""
     idx = await link_index(ipr, ifname)
@@ -129,72 +133,28 @@ async def remove_link(ipr: AsyncIPRoute, ifname: str) -> bool:
 
 
 async def attach(node: AsyncIPRoute, ws: AsyncIPRoute, bridge: int, wsid: str, tag: str, init_pid: int,
-                 address: str, subnet: Subnet) -> None:
-    """Give a workspace its veth pair: host end on the bridge, eth0 with `address` inside."""
-    host, peer = HOST_PREFIX + wsid, PEER_PREFIX + wsid
+                 address: str, subnet: Subnet) -> tuple[int, int]:
+    """Give a workspace its veth pair: host end on the bridge, eth0 with `address` inside; both indexes."""
+    host = HOST_PREFIX + wsid
     try:
-        await node.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_pid": init_pid})
+        # The peer is made inside the workspace's namespace under its final name: no rename, no move.
+        await node.link("add", ifname=host, kind="veth", master=bridge, ifalias=tag,
+                        peer={"ifname": "eth0", "net_ns_pid": init_pid})
         hidx = await link_index(node, host)
-        assert hidx is not None
-        await node.link("set", index=hidx, master=bridge, ifalias=tag, state="up")
-        pidx = await link_index(ws, peer)
-        lo = await link_index(ws, "lo")
-        assert pidx is not None and lo is not None
-        await ws.link("set", index=lo, state="up")
-        await ws.link("set", index=pidx, ifname="eth0", ifalias=tag, state="up")
+        pidx = await link_index(ws, "eth0")
+        assert hidx is not None and pidx is not None
+        await node.link("set", index=hidx, state="up")
+        await ws.link("set", index=1, state="up")  # lo is always index 1 in a new namespace
+        await ws.link("set", index=pidx, ifalias=tag, state="up")
         await ws.addr("add", index=pidx, address=address, prefixlen=subnet.network.prefixlen)
         await ws.route("add", dst="0.0.0.0/0", gateway=subnet.gateway)
     except NetlinkError as e:
         raise kernel_error(f"cannot connect workspace {wsid} to the bridge", e) from None
+    return hidx, pidx
 
 
-async def _htb(ipr: AsyncIPRoute, ifname: str, rate: int, command: str) -> None:
-    idx = await link_index(ipr, ifname)
-    if idx is None:
-        raise KernelError(f"link {ifname} is gone", errno.ENODEV)
-    # Bytes the class may send at line speed: at least 10 ms of its rate, never below a few MTUs,
-    # or TCP never reaches the configured rate.
-    burst = max(rate // 8 // 100, 4 * MTU)
-    try:
-        if command == "add":
-            await ipr.tc("add", "htb", index=idx, handle="1:", default=0x10)
-        await ipr.tc(f"{command}-class", "htb", index=idx, handle="1:10", parent="1:",
-                     rate=f"{rate}bit", ceil=f"{rate}bit", burst=burst, cburst=burst, quantum=QUANTUM)
-    except NetlinkError as e:
-        raise kernel_error(f"cannot shape {ifname} to {rate} bit/s", e) from None
-
-
-async def shape(ipr: AsyncIPRoute, ifname: str, rate: int) -> None:
-    """Put an HTB root with one class of `rate` bit/s on `ifname`'s egress."""
-    await _htb(ipr, ifname, rate, "add")
-
-
-async def reshape(ipr: AsyncIPRoute, ifname: str, rate: int) -> None:
-    """Change the class rate in place, without touching the queue (no packet loss)."""
-    await _htb(ipr, ifname, rate, "change")
-
-
-async def shaped_rate(ipr: AsyncIPRoute, ifname: str) -> int | None:
-    """The rate in bit/s the kernel holds for `ifname`'s class, read back."""
-    idx = await link_index(ipr, ifname)
-    if idx is None:
-        return None
-    for msg in await _collect(ipr.get_classes(index=idx)):
-        parms = msg.get_nested("TCA_OPTIONS", "TCA_HTB_PARMS")
-        if parms:
-            return int(parms["rate"]) * 8
-    return None
-
-
-async def _collect(coro: object) -> list:
-    res = await coro  # type: ignore[misc]
-    if isinstance(res, list):
-        return res
-    return [m async for m in res]
-
-
-# RTM_GETLINK dump parsed by hand: pyroute2 decodes every attribute of every link, which for a
-# node with hundreds of workspaces costs more than the whole cgroup sweep.
+# RTM_GETLINK dump parsed by hand, for start-up's search for orphans by name; the periodic
+# sweep uses rtnl.link_counters, which is lighter still.
 _NLMSG = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _RTA = struct.Struct("=HH")
@@ -205,7 +165,7 @@ IFLA_IFNAME, IFLA_STATS64 = 3, 23
 
 
 def link_stats(sock: socket.socket, prefix: str = HOST_PREFIX) -> dict[str, tuple[int, int]]:
-    """(rx_bytes, tx_bytes) of every link whose name starts with `prefix`, in one dump."""
+    """(rx_bytes, tx_bytes) by name of every link whose name starts with `prefix`, in one dump."""
     req = _NLMSG.pack(_NLMSG.size + 16, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + bytes(16)
     sock.send(req)
     out: dict[str, tuple[int, int]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xos import network, rpc
+from xos import rpc
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
 from xos.errors import InvalidInput
@@ -59,13 +59,8 @@ async def create_workspace(request: web.Request) -> web.Response:
 async def get_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
     ws = svc.get(request.match_info["name"])
-    ws.sample(_link_stats(svc))
+    ws.sample()
     return rpc.json_response(await ws.describe())
-
-
-def _link_stats(svc: NodeService) -> dict[str, tuple[int, int]]:
-    assert svc.ctx is not None
-    return network.link_stats(svc.ctx.stats_socket)
 
 
 async def set_workspace(request: web.Request) -> web.Response:

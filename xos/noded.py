@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from xos import network
+from xos import rtnl as rtnl_raw
 from xos import spawn as sp
+from xos._native.cgstat import read_many
 from xos.allocation import Allocation
 from xos.cgroup import detect
 from xos.config import NodeConfig
@@ -85,9 +87,10 @@ class NodeService:
         hierarchy = detect(cfg.cgroup)
         hierarchy.prepare(cfg.cgroup_root)
         subnet = network.Subnet.parse(cfg.subnet)
-        rtnl = await network.open_rtnl()
-        bridge = await network.ensure_bridge(rtnl, cfg.bridge, subnet)
-        self.ctx = NodeContext(cfg, hierarchy, self.store, rtnl, bridge, subnet, network.netlink_socket())
+        ipr = await network.open_rtnl()
+        bridge = await network.ensure_bridge(ipr, cfg.bridge, subnet)
+        raw = rtnl_raw.RawRtnl(network.netlink_socket())
+        self.ctx = NodeContext(cfg, hierarchy, self.store, ipr, bridge, subnet, raw)
         await self.reconcile()
         self._sampler = asyncio.create_task(self._sample_loop())
         log.info("node %s up: cgroup %s, bridge %s %s, %d workspace(s) adopted", cfg.name, hierarchy.name,
@@ -104,7 +107,7 @@ class NodeService:
             ws._close_handles()
         if self.ctx is not None:
             self.ctx.rtnl.close()
-            self.ctx.stats_socket.close()
+            self.ctx.raw.close()
         if self.store is not None:
             self.store.close()
 
@@ -128,7 +131,7 @@ class NodeService:
                 cg.kill()
                 cg.remove()
                 report["orphans"].append(f"cgroup {child}")
-        for name in network.link_stats(ctx.stats_socket):
+        for name in network.link_stats(ctx.raw.sock):
             if name[len(network.HOST_PREFIX):] not in known:
                 await network.remove_link(ctx.rtnl, name)
                 report["orphans"].append(f"link {name}")
@@ -288,14 +291,16 @@ class NodeService:
         """Sample every workspace's counters and persist the usage records, in one transaction."""
         if self.ctx is None or not self.workspaces:
             return
-        stats = network.link_stats(self.ctx.stats_socket)
-        records = []
-        for ws in list(self.workspaces.values()):
-            try:
-                records.append(ws.sample(stats))
-            except (OSError, XosError) as e:
-                log.warning("cannot sample workspace %s: %s", ws.rec.name, e, extra={"workspace": ws.rec.name})
-        self.ctx.store.save_usage(*records)
+        live = [ws for ws in self.workspaces.values() if ws.rec.state in ("running", "frozen")]
+        try:
+            values = read_many([ws.cgroup.counters() for ws in live])
+        except OSError as e:
+            log.warning("cannot sample workspaces: %s", e)
+            return
+        net = rtnl_raw.link_counters(self.ctx.raw)
+        changed = [ws.usage_rec for ws, v in zip(live, values, strict=True) if ws.take(v, net.get(ws.host_index))]
+        if changed:
+            self.ctx.store.save_usage(*changed)
 
     async def _sample_loop(self) -> None:
         while True:

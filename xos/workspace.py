@@ -10,14 +10,13 @@ import logging
 import os
 import resource
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
-from xos import network
+from xos import network, rtnl
 from xos import spawn as sp
 from xos.allocation import Allocation
 from xos.cgroup import Cgroup, Hierarchy
@@ -36,6 +35,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "destroyed": frozenset(),
 }
 
+QUANTUM = 10 * (network.MTU + 14)
 NS_FLAGS = sp.CLONE_NEWPID | sp.CLONE_NEWNS | sp.CLONE_NEWNET
 
 
@@ -81,7 +81,7 @@ class NodeContext:
     rtnl: AsyncIPRoute
     bridge: int
     subnet: network.Subnet
-    stats_socket: socket.socket  # raw netlink socket of the node's namespace, for link counters
+    raw: rtnl.RawRtnl  # hand-encoded netlink of the node's namespace: shaping, link counters
 
     def cgroup_rel(self, wsid: str) -> str:
         """Where the workspace's cgroup lives, tagged with its id."""
@@ -103,6 +103,9 @@ class Workspace:
         self.init_pidfd = -1
         self.nsfd = -1
         self.rtnl: AsyncIPRoute | None = None
+        self.raw: rtnl.RawRtnl | None = None
+        self.host_index = 0  # the bridge side of the veth pair, in the node's namespace
+        self.eth0_index = 0  # the workspace side, in its own namespace
         self._stats: tuple[int, int] = (0, 0)
         self.usage_rec = UsageRecord(ws_id=rec.id, name=rec.name, started=rec.created)
 
@@ -170,11 +173,15 @@ class Workspace:
         if not line.startswith("ready"):
             raise KernelError(f"xos-init of {rec.name} failed: {line.strip() or 'no answer'}", errno.EIO)
         await self._open_netns()
-        assert self.rtnl is not None
-        await network.attach(ctx.rtnl, self.rtnl, ctx.bridge, rec.id, self.tag, rec.init_pid, rec.address,
-                             ctx.subnet)
-        await network.shape(self.rtnl, "eth0", rec.alloc.egress)
-        await network.shape(ctx.rtnl, self.host_link, rec.alloc.ingress)
+        assert self.rtnl is not None and self.raw is not None
+        self.host_index, self.eth0_index = await network.attach(
+            ctx.rtnl, self.rtnl, ctx.bridge, rec.id, self.tag, rec.init_pid, rec.address, ctx.subnet)
+        # HTB needs an explicit quantum: its default derives from rate/r2q and is out of range
+        # (and noisy in the kernel log) for both slow and fast classes.
+        for raw, index, rate in ((self.raw, self.eth0_index, rec.alloc.egress),
+                                 (ctx.raw, self.host_index, rec.alloc.ingress)):
+            rtnl.htb_root(raw, index)
+            rtnl.htb_class(raw, index, rate, QUANTUM, create=True)
 
     async def _open_netns(self) -> None:
         try:
@@ -182,6 +189,7 @@ class Workspace:
         except OSError as e:
             raise KernelError(f"cannot open the network namespace of {self.rec.name}", e.errno or errno.EIO) from None
         self.rtnl = await network.open_rtnl(self.nsfd)
+        self.raw = rtnl.RawRtnl(network.netlink_socket(self.nsfd))
 
     @classmethod
     async def adopt(cls, ctx: NodeContext, rec: WorkspaceRecord) -> Workspace | None:
@@ -196,8 +204,11 @@ class Workspace:
             if rec.init_pid not in ws.cgroup.procs():
                 raise KernelError("init is not in the workspace cgroup", errno.ESRCH)
             await ws._open_netns()
-            if await network.link_index(ctx.rtnl, ws.host_link) is None:
+            assert ws.rtnl is not None
+            host, eth0 = await network.link_index(ctx.rtnl, ws.host_link), await network.link_index(ws.rtnl, "eth0")
+            if host is None or eth0 is None:
                 raise KernelError("veth pair is gone", errno.ENODEV)
+            ws.host_index, ws.eth0_index = host, eth0
         except (OSError, XosError) as e:
             log.warning("workspace %s cannot be adopted: %s", rec.name, e)
             ws._close_handles()
@@ -220,12 +231,14 @@ class Workspace:
             await wait_exit(self.init_pidfd, 10.0)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitid(os.P_PIDFD, self.init_pidfd, os.WEXITED | os.WNOHANG)
-        with contextlib.suppress(XosError, OSError):
-            self._take_link_stats(network.link_stats(self.ctx.stats_socket))
+        if self.host_index:
+            with contextlib.suppress(XosError, OSError):
+                self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))
         self.usage_rec.ended = time.time()
         self.ctx.store.save_usage(self.usage_rec)
+        # Closing our handles lets the namespace go; the kernel then removes the veth pair itself,
+        # in its batched namespace clean-up, instead of in an RCU-synchronous RTM_DELLINK (~20 ms).
         self._close_handles()
-        await network.remove_link(self.ctx.rtnl, self.host_link)
         self.cgroup.remove()
         shutil.rmtree(self.ctx.directory(self.rec), ignore_errors=True)
         self.transition("destroyed", reason)
@@ -235,6 +248,9 @@ class Workspace:
             with contextlib.suppress(Exception):
                 self.rtnl.close()
             self.rtnl = None
+        if self.raw is not None:
+            self.raw.close()
+            self.raw = None
         for fd in (self.nsfd, self.init_pidfd):
             if fd >= 0:
                 os.close(fd)
@@ -246,12 +262,12 @@ class Workspace:
     async def set_alloc(self, new: Allocation, reason: str = "renegotiated") -> None:
         """Apply a new allocation to the running processes; nothing else changes."""
         old = self.rec.alloc
-        assert self.rtnl is not None
+        assert self.raw is not None
         self.cgroup.apply(new, old)
         if new.egress != old.egress:
-            await network.reshape(self.rtnl, "eth0", new.egress)
+            rtnl.htb_class(self.raw, self.eth0_index, new.egress, QUANTUM, create=False)
         if new.ingress != old.ingress:
-            await network.reshape(self.ctx.rtnl, self.host_link, new.ingress)
+            rtnl.htb_class(self.ctx.raw, self.host_index, new.ingress, QUANTUM, create=False)
         self.rec.alloc = new
         self.ctx.store.update_workspace(self.rec)
         log.info("workspace %s: allocation %s (%s)", self.rec.name, new.describe(), reason)
@@ -292,25 +308,35 @@ class Workspace:
     # -- accounting ---------------------------------------------------------------------------
 
     def _sample_cgroup(self) -> None:
-        u = self.cgroup.usage()
+        self.take(self.cgroup.counters().read(), None)
+
+    def _take_net(self, rx_tx: tuple[int, int] | None) -> bool:
         rec = self.usage_rec
-        rec.cpu_ns = max(rec.cpu_ns, u.cpu_ns)
-        rec.memory_peak = max(rec.memory_peak, u.memory_peak)
-        rec.oom_kills = max(rec.oom_kills, u.oom_kills)
-        rec.pids_refused = max(rec.pids_refused, u.pids_refused)
+        if rx_tx is None or (rx_tx[0] <= rec.bytes_out and rx_tx[1] <= rec.bytes_in):
+            return False
+        # The bridge side receives what the workspace sends.
+        rec.bytes_out = max(rec.bytes_out, rx_tx[0])
+        rec.bytes_in = max(rec.bytes_in, rx_tx[1])
+        return True
 
-    def _take_link_stats(self, stats: dict[str, tuple[int, int]]) -> None:
-        rx_tx = stats.get(self.host_link)
-        if rx_tx is not None:
-            # The bridge side receives what the workspace sends.
-            self.usage_rec.bytes_out = max(self.usage_rec.bytes_out, rx_tx[0])
-            self.usage_rec.bytes_in = max(self.usage_rec.bytes_in, rx_tx[1])
+    def take(self, values: tuple[int, ...], rx_tx: tuple[int, int] | None) -> bool:
+        """Fold one read of the cgroup counters and the link counters into the usage record; changed?"""
+        rec = self.usage_rec
+        cpu = values[0] * self.cgroup.cpu_scale()
+        changed = cpu > rec.cpu_ns or values[2] > rec.memory_peak or values[4] > rec.oom_kills \
+            or values[5] > rec.pids_refused
+        if changed:
+            rec.cpu_ns = max(rec.cpu_ns, cpu)
+            rec.memory_peak = max(rec.memory_peak, values[2])
+            rec.oom_kills = max(rec.oom_kills, values[4])
+            rec.pids_refused = max(rec.pids_refused, values[5])
+        return self._take_net(rx_tx) or changed
 
-    def sample(self, stats: dict[str, tuple[int, int]]) -> UsageRecord:
+    def sample(self) -> UsageRecord:
         """Update the usage record from the kernel counters (not persisted)."""
         if self.rec.state in ("running", "frozen"):
             self._sample_cgroup()
-            self._take_link_stats(stats)
+            self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))
         return self.usage_rec
 
     async def describe(self) -> dict[str, Any]:
@@ -323,9 +349,9 @@ class Workspace:
         }
         if rec.state in ("running", "frozen"):
             limits = dict(self.cgroup.limits())
-            assert self.rtnl is not None
-            limits["egress"] = await network.shaped_rate(self.rtnl, "eth0")
-            limits["ingress"] = await network.shaped_rate(self.ctx.rtnl, self.host_link)
+            assert self.raw is not None
+            limits["egress"] = rtnl.htb_rate(self.raw, self.eth0_index)
+            limits["ingress"] = rtnl.htb_rate(self.ctx.raw, self.host_index)
             out["kernel"] = limits
             out["processes"] = len([p for p in self.cgroup.procs() if p != rec.init_pid])
         out["usage"] = self.usage_rec.to_json()

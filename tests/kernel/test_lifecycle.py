@@ -41,7 +41,8 @@ def test_destroy_leaves_nothing(node):
         assert host in links(node) and cgroup_dirs(node, ws["id"]) and os.path.isdir(ws["directory"])
         netns = os.readlink(f"/proc/{ws['init_pid']}/ns/net")
         c.rm("gone")
-    assert host not in links(node)
+    # The kernel removes the veth pair with the namespace, in its own (asynchronous) clean-up.
+    wait_for(lambda: host not in links(node), 10, "the veth pair to go with the namespace")
     assert cgroup_dirs(node, ws["id"]) == []
     assert not os.path.exists(ws["directory"])
     assert not alive(pid) and not alive(ws["init_pid"])
@@ -80,5 +81,5 @@ def test_sigkill_restart_adopts_live_and_removes_dead(node):
         [rec] = c.usage("dead")
         assert rec["ended"] is not None
     assert cgroup_dirs(node, dead["id"]) == [] and not orphan.exists()
-    assert network.HOST_PREFIX + dead["id"] not in links(node)
+    wait_for(lambda: network.HOST_PREFIX + dead["id"] not in links(node), 10, "the dead veth to go")
     assert network.HOST_PREFIX + live["id"] in links(node)

@@ -144,13 +144,21 @@ class Cgroup(ABC):
         except FileNotFoundError:
             return []
 
-    def usage(self) -> Usage:
-        """Sample the counters through descriptors kept open."""
+    def counters(self) -> Counters:
+        """The kept-open counters (cpu, memory, peak, pids, oom kills, refused forks); see usage()."""
         if self._counters is None:
             self._counters = Counters(self.counter_specs())
-        cpu, mem, peak, pids, ooms, refused = self._counters.read()
+        return self._counters
+
+    def to_usage(self, values: tuple[int, ...]) -> Usage:
+        """A Usage from one read of counters()."""
+        cpu, mem, peak, pids, ooms, refused = values
         return Usage(max(cpu, 0) * self.cpu_scale(), max(mem, 0), max(peak, 0), max(pids, 0),
                      max(ooms, 0), max(refused, 0))
+
+    def usage(self) -> Usage:
+        """Sample the counters through descriptors kept open."""
+        return self.to_usage(self.counters().read())
 
     def kill(self, spare: int = 0, timeout: float = 5.0) -> None:
         """SIGKILL every process but `spare`, frozen first so none can fork away, and wait."""
