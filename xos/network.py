@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from xos import rtnl
 from xos import spawn as sp
 from xos.errors import KernelError
 
@@ -132,24 +133,23 @@ async def remove_link(ipr: AsyncIPRoute, ifname: str) -> bool:
     return True
 
 
-async def attach(node: AsyncIPRoute, ws: AsyncIPRoute, bridge: int, wsid: str, tag: str, init_pid: int,
-                 address: str, subnet: Subnet) -> tuple[int, int]:
-    """Give a workspace its veth pair: host end on the bridge, eth0 with `address` inside; both indexes."""
+def attach(node: rtnl.RawRtnl, ws: rtnl.RawRtnl, bridge: int, wsid: str, tag: str, init_pid: int,
+           address: str, subnet: Subnet) -> tuple[int, int]:
+    """Give a workspace its veth pair: host end on the bridge, eth0 with `address` inside; both indexes.
+
+    Hand-encoded: seven messages that pyroute2 took about 5 ms to encode and decode.
+    """
     host = HOST_PREFIX + wsid
-    try:
-        # The peer is made inside the workspace's namespace under its final name: no rename, no move.
-        await node.link("add", ifname=host, kind="veth", master=bridge, ifalias=tag,
-                        peer={"ifname": "eth0", "net_ns_pid": init_pid})
-        hidx = await link_index(node, host)
-        pidx = await link_index(ws, "eth0")
-        assert hidx is not None and pidx is not None
-        await node.link("set", index=hidx, state="up")
-        await ws.link("set", index=1, state="up")  # lo is always index 1 in a new namespace
-        await ws.link("set", index=pidx, ifalias=tag, state="up")
-        await ws.addr("add", index=pidx, address=address, prefixlen=subnet.network.prefixlen)
-        await ws.route("add", dst="0.0.0.0/0", gateway=subnet.gateway)
-    except NetlinkError as e:
-        raise kernel_error(f"cannot connect workspace {wsid} to the bridge", e) from None
+    # The peer is made inside the workspace's namespace under its final name: no rename, no move.
+    rtnl.add_veth(node, host, bridge, "eth0", init_pid)
+    hidx, pidx = rtnl.link_index(node, host), rtnl.link_index(ws, "eth0")
+    if hidx is None or pidx is None:
+        raise KernelError(f"veth pair of workspace {wsid} vanished while being made", errno.ENODEV)
+    rtnl.set_link(node, hidx, alias=tag)
+    rtnl.set_link(ws, 1)  # lo is always index 1 in a new namespace
+    rtnl.set_link(ws, pidx, alias=tag)
+    rtnl.add_address(ws, pidx, address, subnet.network.prefixlen)
+    rtnl.add_default_route(ws, subnet.gateway)
     return hidx, pidx
 
 

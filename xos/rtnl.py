@@ -173,3 +173,72 @@ def link_counters(rt: RawRtnl) -> dict[int, tuple[int, int]]:
             _rxp, _txp, rx, tx = struct.unpack_from("=QQQQ", payload, head)
             out[ifindex] = (rx, tx)
     return out
+
+
+# -- links, addresses, routes: the workspace's veth pair ---------------------------------------
+
+IFINFO = struct.Struct("=BxHiII")
+IFADDR = struct.Struct("=BBBBI")
+RTMSG = struct.Struct("=BBBBBBBBI")
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 18, 20, 24
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_PID, IFLA_IFALIAS = 3, 10, 18, 19, 20
+IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_GATEWAY = 5
+IFF_UP = 0x1
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
+
+
+def _name(name: str) -> bytes:
+    return attr(IFLA_IFNAME, name.encode() + b"\0")
+
+
+def add_veth(rt: RawRtnl, host: str, master: int, peer: str, peer_pid: int) -> None:
+    """A veth pair: `host` up on bridge `master` here, `peer` (down) made inside `peer_pid`'s netns."""
+    # Asking for the peer up in the same message is refused (ENOTCONN): the pair is not joined yet.
+    peer_msg = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(peer) + attr(
+        IFLA_NET_NS_PID, struct.pack("=I", peer_pid))
+    info = attr(IFLA_INFO_KIND, b"veth") + attr(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_msg))
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _name(host) + attr(
+        IFLA_MASTER, struct.pack("=I", master)) + attr(IFLA_LINKINFO, info)
+    rt.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"cannot create veth pair {host}")
+
+
+def set_link(rt: RawRtnl, index: int, up: bool = True, alias: str | None = None) -> None:
+    """Bring a link up and optionally label it (ifalias)."""
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP if up else 0, IFF_UP)
+    if alias is not None:
+        body += attr(IFLA_IFALIAS, alias.encode())
+    rt.request(RTM_NEWLINK, 0, body, f"cannot set link {index}")
+
+
+def link_index(rt: RawRtnl, name: str) -> int | None:
+    """The index of link `name`, None if there is none."""
+    rt._seq = (rt._seq + 1) & 0xFFFFFFFF
+    body = IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name)
+    rt.sock.send(NLMSG.pack(NLMSG.size + len(body), RTM_GETLINK, NLM_F_REQUEST, rt._seq, 0) + body)
+    while True:
+        data = rt.sock.recv(65536)
+        length, kind, _flags, seq, _pid = NLMSG.unpack_from(data, 0)
+        if seq != rt._seq:
+            continue
+        if kind == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, NLMSG.size)
+            if -code == errno.ENODEV:
+                return None
+            raise KernelError(f"cannot look up link {name}", -code or errno.EIO)
+        return int(IFINFO.unpack_from(data, NLMSG.size)[2])
+
+
+def add_address(rt: RawRtnl, index: int, address: str, prefixlen: int) -> None:
+    """An IPv4 address on a link."""
+    raw = socket.inet_aton(address)
+    body = IFADDR.pack(socket.AF_INET, prefixlen, 0, 0, index) + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
+    rt.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"cannot add address {address}")
+
+
+def add_default_route(rt: RawRtnl, gateway: str) -> None:
+    """The default IPv4 route via `gateway`."""
+    body = RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    body += attr(RTA_GATEWAY, socket.inet_aton(gateway))
+    rt.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"cannot add a default route via {gateway}")

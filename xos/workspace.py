@@ -173,9 +173,9 @@ class Workspace:
         if not line.startswith("ready"):
             raise KernelError(f"xos-init of {rec.name} failed: {line.strip() or 'no answer'}", errno.EIO)
         await self._open_netns()
-        assert self.rtnl is not None and self.raw is not None
-        self.host_index, self.eth0_index = await network.attach(
-            ctx.rtnl, self.rtnl, ctx.bridge, rec.id, self.tag, rec.init_pid, rec.address, ctx.subnet)
+        assert self.raw is not None
+        self.host_index, self.eth0_index = network.attach(
+            ctx.raw, self.raw, ctx.bridge, rec.id, self.tag, rec.init_pid, rec.address, ctx.subnet)
         # HTB needs an explicit quantum: its default derives from rate/r2q and is out of range
         # (and noisy in the kernel log) for both slow and fast classes.
         for raw, index, rate in ((self.raw, self.eth0_index, rec.alloc.egress),
