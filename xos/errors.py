@@ -52,6 +52,12 @@ class BadName(InvalidInput):
     code = "bad-name"
 
 
+class BadConfig(InvalidInput):
+    """A node or daemon configuration that cannot work."""
+
+    code = "bad-config"
+
+
 class BadRequest(InvalidInput):
     """A request on a socket that is not what the protocol says."""
 

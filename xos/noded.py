@@ -25,6 +25,7 @@ from xos.allocation import Allocation
 from xos.cgroup import detect
 from xos.config import NodeConfig
 from xos.errors import (
+    BadConfig,
     BadName,
     InvalidInput,
     OverCapacity,
@@ -81,6 +82,7 @@ class NodeService:
         """Open state, cgroups and netlink; reconcile with what the kernel has; start sampling."""
         cfg = self.config
         os.makedirs(os.path.join(cfg.home, "workspaces"), mode=0o711, exist_ok=True)
+        _check_reachable(os.path.join(cfg.home, "workspaces"))
         os.makedirs(cfg.run, mode=0o755, exist_ok=True)
         if self.store is None:
             self.store = open_store(cfg.home)
@@ -369,6 +371,16 @@ def _alive(pidfd: int) -> bool:
     except OSError as e:
         return e.errno != errno.ESRCH
     return True
+
+
+def _check_reachable(path: str) -> None:
+    """Workspace users must be able to reach their directories: every ancestor searchable by others."""
+    parts = os.path.abspath(path).split("/")
+    for i in range(2, len(parts) + 1):
+        d = "/".join(parts[:i])
+        if not os.stat(d).st_mode & 0o001:
+            raise BadConfig(f"{d} is not searchable by others, so workspace users could not reach their "
+                            f"directories under {path}: choose another XOS_HOME or chmod o+x {d}", path=d)
 
 
 def _check_ids(uid: Any, gid: Any) -> None:

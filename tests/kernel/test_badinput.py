@@ -93,3 +93,15 @@ def test_missing_kernel_feature_is_one_line(node):
     other = "v2" if detect().name == "v1" else "v1"
     rc, out, err = node.cli("serve", "node", "--cgroup", other, "--name", "never", "--cgroup-root", "xos.never")
     assert rc != 0 and err.count("\n") == 1 and err.startswith("xos: error missing-feature:"), err
+
+
+def test_unreachable_home_is_refused_at_start(node, tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    env = {**node.env(), "XOS_HOME": str(closed / "home"), "XOS_RUN": str(tmp_path / "run")}
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "xos.cli", "serve", "node", "--name", "never", "--cgroup-root",
+                        "xos.never"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and p.stderr.startswith("xos: error bad-config:") and p.stderr.count("\n") == 1
