@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE) | apt
 
 lint: setup
 	$(VENV)/bin/ruff check xos tests bench fs checkpoint
+	$(VENV)/bin/mypy xos
 
 test: setup lint
 	$(PY) -m pytest tests

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 from xos import units
@@ -67,8 +69,9 @@ def parser() -> argparse.ArgumentParser:
     _alloc_args(c)
     c.add_argument("--uid", type=int)
     c.add_argument("--gid", type=int)
-    e = ws.add_parser("exec", help="run a command in a workspace")
+    e = ws.add_parser("exec", help="run a command in a workspace (after --), stdin and output streamed")
     e.add_argument("name")
+    e.add_argument("-n", "--no-stdin", action="store_true", help="give the command an empty stdin")
     r = ws.add_parser("run", help="create, run a command, destroy")
     r.add_argument("name")
     _alloc_args(r)
@@ -131,7 +134,7 @@ async def _client_main(args: argparse.Namespace) -> int:
             print(f"{d['name']} {d['state']} {d['address']}")
         elif v == "exec":
             res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),
-                                  on_stderr=_write(sys.stderr))
+                                  on_stderr=_write(sys.stderr), stdin=None if args.no_stdin else _stdin())
             return _status(res)
         elif v == "run":
             cmd = _command(args)
@@ -174,6 +177,31 @@ async def _client_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdin() -> AsyncIterator[bytes]:
+    """Our stdin as chunks, read by a daemon thread: works for pipes, files and terminals alike, and a
+    read still blocked on a terminal when the command ends does not keep us from exiting."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+            if not data:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while data := await queue.get():
+            yield data
+
+    return chunks()
+
+
 def _status(res: dict[str, Any]) -> int:
     if res.get("oom_killed"):
         print("xos: the command was killed: out of memory in its workspace", file=sys.stderr)
@@ -206,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.area == "serve":
             return _serve(args)
-        runner: Callable[[argparse.Namespace], Awaitable[int]] = _client_main
-        return asyncio.run(runner(args))
+        return asyncio.run(_client_main(args))
     except XosError as e:
         print(f"xos: error {e.code}: {e.message}", file=sys.stderr)
         return 2 if e.code in ("invalid-input", "bad-request") else 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -133,13 +133,23 @@ class Client:
         return int((await self._call("POST", f"/v1/workspaces/{name}/exec", body))["pid"])
 
     async def exec(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
-                   on_stdout: Output | None = None, on_stderr: Output | None = None) -> dict[str, Any]:
-        """Run `argv` in the workspace, streaming its output; the exit record (status, signal, oom_killed)."""
+                   on_stdout: Output | None = None, on_stderr: Output | None = None,
+                   stdin: AsyncIterator[bytes] | bytes | None = None) -> dict[str, Any]:
+        """Run `argv` in the workspace, streaming stdin in and output out; the exit record."""
         if self._session is None:
             raise RuntimeError("use Client as an async context manager")
-        body = {"argv": argv, "env": env, "cwd": cwd}
+        head = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            if isinstance(stdin, bytes):
+                yield stdin
+            elif stdin is not None:
+                async for chunk in stdin:
+                    yield chunk
+
         try:
-            async with self._session.post(f"http://node/v1/workspaces/{name}/exec", json=body,
+            async with self._session.post(f"http://node/v1/workspaces/{name}/exec", data=body(),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
                 if resp.status >= 400:
                     raise from_json(await resp.json(), resp.status)

@@ -130,7 +130,8 @@ def _output_file(svc: NodeService, name: str, rel: Any, field: str) -> int:
 async def exec_(request: web.Request) -> web.StreamResponse:
     svc = _svc(request)
     name = request.match_info["name"]
-    body = await rpc.read_body(request)
+    # The first line is the JSON request; anything after it is the program's stdin, streamed.
+    body = await rpc.read_head(request)
     argv, env, cwd = body.get("argv"), body.get("env"), body.get("cwd")
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     if rpc.field(body, "detach", bool, False):
@@ -146,17 +147,20 @@ async def exec_(request: web.Request) -> web.StreamResponse:
                 os.close(fd)
         return rpc.json_response({"pid": proc.pid}, status=201)
 
+    os.close(null)
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = svc.start_process(name, argv, env, cwd, null, out_w, err_w)
+        proc = svc.start_process(name, argv, env, cwd, in_r, out_w, err_w)
     except BaseException:
-        for fd in (out_r, err_r):
+        for fd in (out_r, err_r, in_w):
             os.close(fd)
         raise
     finally:
-        for fd in (null, out_w, err_w):
+        for fd in (in_r, out_w, err_w):
             os.close(fd)
+    feeder = asyncio.ensure_future(_feed_stdin(request, in_w))
 
     resp = web.StreamResponse(headers={"Content-Type": rpc.STREAM_TYPE})
     queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
@@ -192,10 +196,29 @@ async def exec_(request: web.Request) -> web.StreamResponse:
             os.killpg(proc.pid, signal.SIGKILL)
         raise
     finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await feeder
         for fd in list(open_fds):
             loop.remove_reader(fd)
             os.close(fd)
     return resp
+
+
+async def _feed_stdin(request: web.Request, fd: int) -> None:
+    """Copy the rest of the request body into the program's stdin, with back-pressure; EOF at the end."""
+    loop = asyncio.get_running_loop()
+    pipe = os.fdopen(fd, "wb", buffering=0)
+    transport, protocol = await loop.connect_write_pipe(lambda: asyncio.streams.FlowControlMixin(loop), pipe)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)  # type: ignore[arg-type]
+    try:
+        async for chunk in request.content.iter_any():
+            writer.write(chunk)
+            await writer.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the program stopped reading: the rest of its input goes nowhere, as with a shell pipe
+    finally:
+        transport.close()
 
 
 def make_app(svc: NodeService) -> web.Application:

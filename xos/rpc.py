@@ -49,6 +49,21 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def read_head(request: web.Request) -> dict[str, Any]:
+    """The JSON object on the first line of a streamed body; what follows stays in request.content."""
+    try:
+        raw = await request.content.readline()
+    except ValueError:
+        raise BadRequest("the first line of the request body is too long") from None
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"request body does not start with a JSON line: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must start with a JSON object")
+    return body
+
+
 def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
     """body[name] if it has the right type, `default` if absent; InvalidInput naming the field otherwise."""
     value = body.get(name, default)

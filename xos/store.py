@@ -164,7 +164,7 @@ class SQLiteNodeStore:
                              r.oom_kills, r.pids_refused) for r in recs])
 
     def usage(self, name: str | None = None) -> list[UsageRecord]:
-        q, args = "SELECT * FROM usage", ()
+        q, args = "SELECT * FROM usage", ()  # type: tuple[str, tuple[str, ...]]
         if name is not None:
             q, args = q + " WHERE name=?", (name,)
         return [UsageRecord(*r) for r in self._db.execute(q + " ORDER BY started", args)]

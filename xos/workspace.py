@@ -362,7 +362,12 @@ async def wait_exit(pidfd: int, timeout: float) -> None:
     """Wait until the process behind `pidfd` has exited (a pidfd polls readable then)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, readable)
     try:
         await asyncio.wait_for(done, timeout)
     except TimeoutError:

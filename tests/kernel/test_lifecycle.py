@@ -9,7 +9,7 @@ from pyroute2 import IPRoute
 
 from xos import network
 from xos.cgroup import detect
-from xos.testing import TestNode, wait_for
+from xos.testing import TestNode, traffic, wait_for
 
 
 def links(node: TestNode) -> set[str]:
@@ -62,6 +62,9 @@ def test_sigkill_restart_adopts_live_and_removes_dead(node):
         live = c.create("live", cpu="0.5")
         dead = c.create("dead")
         c.spawn("live", ["sleep", "600"])
+        c.exec("live", traffic.burn(1.0))
+        used = c.stat("live")["usage"]["cpu_seconds"]
+        assert used >= 0.3  # a second of burning at cpu 0.5
     node.stop(signal.SIGKILL)
     # While the daemon is down: one workspace dies, and someone leaves an orphan cgroup.
     os.kill(dead["init_pid"], signal.SIGKILL)
@@ -77,6 +80,7 @@ def test_sigkill_restart_adopts_live_and_removes_dead(node):
         again = c.stat("live")
         assert again["id"] == live["id"] and again["address"] == live["address"] and again["kernel"]["cpu"] == 0.5
         assert again["processes"] == 1  # the sleep survived the daemon
+        assert again["usage"]["cpu_seconds"] >= used  # accounting carries on from the kernel counters
         assert c.exec("live", ["true"])["status"] == 0
         [rec] = c.usage("dead")
         assert rec["ended"] is not None

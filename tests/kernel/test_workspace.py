@@ -126,3 +126,24 @@ def test_metrics(node):
     assert "xos_workspaces{node=" in text and "} 1" in text
     assert f'xos_workspace_allocation{{node="{node.name}",workspace="m1"' in text
     assert "xos_workspace_cpu_seconds_total" in text
+
+
+def test_exec_streams_stdin_in_and_stops_feeding_a_closed_reader(node):
+    import subprocess
+    import sys
+
+    assert node.cli("ws", "create", "io")[0] == 0
+    base = [sys.executable, "-m", "xos.cli", "ws", "exec", "io", "--"]
+    p = subprocess.run([*base, "sh", "-c", "wc -c; echo done"], input=b"x" * 3_000_000, env=node.env(),
+                       capture_output=True, timeout=60)
+    assert (p.returncode, p.stdout.split()) == (0, [b"3000000", b"done"])
+    # The reader exits after two lines while the writer would go on forever: no hang, no error.
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE)
+    try:
+        p = subprocess.run([*base, "head", "-2"], stdin=yes.stdout, env=node.env(), capture_output=True, timeout=60)
+    finally:
+        yes.kill()
+        yes.wait()
+    assert (p.returncode, p.stdout) == (0, b"y\ny\n")
+    p = subprocess.run([*base[:4], "exec", "-n", "io", "--", "cat"], env=node.env(), capture_output=True, timeout=60)
+    assert (p.returncode, p.stdout) == (0, b"")
