@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from xos.cgroup import detect  # noqa: E402
+from xos.cgroup import detect, mounts, walk  # noqa: E402
 from xos.node import Client  # noqa: E402
 from xos.testing import TestNode, node  # noqa: E402
 
@@ -72,13 +72,13 @@ def bench_runc(bundle: str, runs: int) -> list[float]:
 
 
 def cleanup_runc() -> None:
-    h = detect()
-    for d in h.cgroup(RUNC_CGROUP).dirs():
-        if os.path.isdir(d):
-            for sub in os.listdir(d):
-                if os.path.isdir(os.path.join(d, sub)):
-                    os.rmdir(os.path.join(d, sub))
-            os.rmdir(d)
+    """Remove the cgroups runc made, in every hierarchy it touched (it uses all of them)."""
+    for m in mounts():
+        top = os.path.join(m.path, RUNC_CGROUP)
+        if os.path.isdir(top):
+            for sub in walk(top):
+                os.rmdir(sub)
+            os.rmdir(top)
 
 
 async def bench_xos(c: Client, runs: int) -> list[float]:
