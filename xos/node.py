@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -23,50 +22,11 @@ def _alloc(cpu: Any = None, memory: Any = None, pids: Any = None, egress: Any = 
             if v is not None}
 
 
-class Client:
+class Client(rpc.HttpClient):
     """An asyncio client of one node daemon; use as `async with Client() as node:`."""
 
     def __init__(self, socket_path: str | None = None, timeout: float = 60.0) -> None:
-        self.socket_path = socket_path or node_socket()
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> Client:
-        conn = aiohttp.UnixConnector(path=self.socket_path)
-        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Release the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    last_server_ms: float = 0.0  # time the daemon spent on the last call (its Server-Timing)
-
-    async def _call(self, method: str, path: str, body: Any = None, read_timeout: float | None = None) -> Any:
-        if self._session is None:
-            raise RuntimeError("use Client as an async context manager")
-        kw: dict[str, Any] = {}
-        if body is not None:
-            kw["json"] = body
-        if read_timeout is not None:
-            kw["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
-        try:
-            async with self._session.request(method, f"http://node{path}", **kw) as resp:
-                text = await resp.text()
-                timing = resp.headers.get("Server-Timing", "")
-                if "dur=" in timing:
-                    self.last_server_ms = float(timing.split("dur=")[1])
-                data = json.loads(text) if resp.content_type == "application/json" else text
-                if resp.status >= 400:
-                    raise from_json(data if isinstance(data, dict) else {}, resp.status)
-                return data
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise Unavailable(f"node daemon at {self.socket_path} is not reachable: {e}") from None
+        super().__init__(socket_path or node_socket(), timeout=timeout, what="node daemon")
 
     async def info(self) -> dict[str, Any]:
         """The node: name, cgroup hierarchy, capacity, what is allocated."""
@@ -149,7 +109,7 @@ class Client:
                     yield chunk
 
         try:
-            async with self._session.post(f"http://node/v1/workspaces/{name}/exec", data=body(),
+            async with self._session.post(f"{self.base_url}/v1/workspaces/{name}/exec", data=body(),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
                 if resp.status >= 400:
                     raise from_json(await resp.json(), resp.status)
@@ -166,7 +126,7 @@ class Client:
                     if sink is not None:
                         sink(payload)
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise Unavailable(f"node daemon at {self.socket_path} is not reachable: {e}") from None
+            raise Unavailable(f"{self.what} at {self.where} is not reachable: {e}") from None
 
     async def run(self, name: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
                   on_stdout: Output | None = None, on_stderr: Output | None = None,
@@ -179,38 +139,10 @@ class Client:
             await self.rm(name)
 
 
-class SyncClient:
-    """The same verbs without asyncio, for scripts, the demo and tests: `with SyncClient() as node:`."""
+class SyncClient(rpc.Sync):
+    """The node verbs without asyncio, for scripts, the demo and tests: `with SyncClient() as node:`."""
+
+    client: Client
 
     def __init__(self, socket_path: str | None = None, timeout: float = 60.0) -> None:
-        self._loop = asyncio.new_event_loop()
-        self.client = Client(socket_path, timeout)
-
-    def __enter__(self) -> SyncClient:
-        if self.client._session is None:
-            self._loop.run_until_complete(self.client.__aenter__())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the connection and the private event loop."""
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self.client.close())
-            self._loop.close()
-
-    def run(self, coro: Awaitable[T]) -> T:
-        """Run one coroutine of `self.client` (or several, with asyncio.gather) to completion."""
-        return self._loop.run_until_complete(coro)
-
-    def __getattr__(self, verb: str) -> Callable[..., Any]:
-        method = getattr(self.client, verb)
-        if not asyncio.iscoroutinefunction(method):
-            raise AttributeError(verb)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loop.run_until_complete(method(*args, **kwargs))
-
-        call.__doc__ = method.__doc__
-        return call
+        super().__init__(Client(socket_path, timeout))

@@ -11,14 +11,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 
-from xos.errors import BadRequest, InvalidInput, Unavailable, XosError
+from xos.errors import BadRequest, InvalidInput, Unavailable, XosError, from_json
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 T = TypeVar("T")
+C = TypeVar("C", bound="HttpClient")
+S = TypeVar("S", bound="Sync")
 
 # Stream frames: one channel byte, a 4-byte big-endian length, the payload.
 FRAME = struct.Struct(">cI")
@@ -120,3 +123,94 @@ async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float =
                 raise
             await asyncio.sleep(min(cap, base * 2**i) * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
+
+
+class HttpClient:
+    """An asyncio JSON client of one daemon, over its Unix socket or a base URL."""
+
+    last_server_ms: float = 0.0  # time the daemon spent on the last call (its Server-Timing)
+
+    def __init__(self, socket_path: str | None = None, base_url: str | None = None, timeout: float = 60.0,
+                 what: str = "daemon") -> None:
+        self.socket_path = socket_path
+        self.base_url = base_url or "http://localhost"
+        self.what = what
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def where(self) -> str:
+        """Where the daemon is supposed to be, for messages."""
+        return self.socket_path or self.base_url
+
+    async def __aenter__(self: C) -> C:
+        conn = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, body: Any = None, read_timeout: float | None = None) -> Any:
+        if self._session is None:
+            raise RuntimeError("use the client as an async context manager")
+        kw: dict[str, Any] = {}
+        if body is not None:
+            kw["json"] = body
+        if read_timeout is not None:
+            kw["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+        try:
+            async with self._session.request(method, self.base_url + path, **kw) as resp:
+                text = await resp.text()
+                timing = resp.headers.get("Server-Timing", "")
+                if "dur=" in timing:
+                    self.last_server_ms = float(timing.split("dur=")[1])
+                data = json.loads(text) if resp.content_type == "application/json" else text
+                if resp.status >= 400:
+                    raise from_json(data if isinstance(data, dict) else {}, resp.status)
+                return data
+        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
+            raise Unavailable(f"{self.what} at {self.where} is not reachable: {e}") from None
+
+
+class Sync:
+    """The verbs of an HttpClient without asyncio: each call runs on a private event loop."""
+
+    def __init__(self, client: HttpClient) -> None:
+        self._loop = asyncio.new_event_loop()
+        self.client = client
+
+    def __enter__(self: S) -> S:
+        if self.client._session is None:
+            self._loop.run_until_complete(self.client.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection and the private event loop."""
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.client.close())
+            self._loop.close()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run one coroutine of `self.client` (or several, with asyncio.gather) to completion."""
+        return self._loop.run_until_complete(coro)
+
+    def __getattr__(self, verb: str) -> Callable[..., Any]:
+        method = getattr(self.client, verb)
+        if not asyncio.iscoroutinefunction(method):
+            raise AttributeError(verb)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(method(*args, **kwargs))
+
+        call.__doc__ = method.__doc__
+        return call

@@ -1,0 +1,272 @@
+"""VO credentials: Ed25519 keys, EdDSA JWTs, and their verification against a trust directory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from xos.errors import InvalidInput, NotFound, XosError
+
+MAX_TOKEN = 8192
+CLOCK_SKEW = 60  # seconds of clock difference tolerated between VO service and node
+VO_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+
+
+class CredentialError(XosError):
+    """A credential that must not be accepted; the code says why."""
+
+    code = "credential-invalid"
+    http_status = 401
+
+
+class CredentialMalformed(CredentialError):
+    code = "credential-malformed"
+
+
+class CredentialBadSignature(CredentialError):
+    code = "credential-bad-signature"
+
+
+class CredentialExpired(CredentialError):
+    code = "credential-expired"
+
+
+class CredentialNotYetValid(CredentialError):
+    code = "credential-not-yet-valid"
+
+
+class CredentialRevoked(CredentialError):
+    code = "credential-revoked"
+
+
+class CredentialUnknownVO(CredentialError):
+    code = "credential-unknown-vo"
+
+
+class CredentialWrongVO(CredentialError):
+    code = "credential-wrong-vo"
+
+
+def check_vo_name(name: Any) -> str:
+    """A VO name: lower-case letter, then letters, digits or '-', at most 31."""
+    if not isinstance(name, str) or not VO_NAME.match(name):
+        raise InvalidInput(f"bad VO name {name!r}: use a lower-case letter then up to 30 of a-z, 0-9, '-'",
+                           name=str(name))
+    return name
+
+
+def check_user_name(name: Any) -> str:
+    """A grid user name, usable in the account name <user>.<vo>."""
+    if not isinstance(name, str) or not USER_NAME.match(name):
+        raise InvalidInput(f"bad user name {name!r}: use up to 31 of a-z, 0-9, '_', '-', not starting with a "
+                           "digit or '-'", name=str(name))
+    return name
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short stable id of a public key, carried as the JWT's `kid`."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def new_key(path: str) -> Ed25519PrivateKey:
+    """Create an Ed25519 signing key at `path` (0600) and its public half at `path`.pub."""
+    key = Ed25519PrivateKey.generate()
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    with open(path + ".pub", "wb") as f:
+        f.write(public_pem(key.public_key()))
+    return key
+
+
+def load_key(path: str) -> Ed25519PrivateKey:
+    """The signing key at `path`."""
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except FileNotFoundError:
+        raise NotFound(f"no signing key at {path}: run 'xos init' first", path=path) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"{path} is not an Ed25519 key")
+    return key
+
+
+def public_pem(public: Ed25519PublicKey) -> bytes:
+    """A public key as PEM."""
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public(data: bytes, source: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM bytes; InvalidInput naming `source` otherwise."""
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise InvalidInput(f"{source} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInput(f"{source} is not an Ed25519 public key")
+    return key
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified credential says."""
+
+    sub: str
+    vo: str
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+    iat: int
+    exp: int
+    jti: str
+    kid: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The claims as JSON values."""
+        return {"sub": self.sub, "vo": self.vo, "roles": list(self.roles), "groups": list(self.groups),
+                "iat": self.iat, "exp": self.exp, "jti": self.jti, "kid": self.kid}
+
+
+def issue(key: Ed25519PrivateKey, sub: str, vo: str, roles: list[str], groups: list[str], ttl: int,
+          now: float | None = None) -> tuple[str, Claims]:
+    """Sign a credential for `sub` in `vo` valid for `ttl` seconds; the token and its claims."""
+    iat = int(now if now is not None else time.time())
+    claims = Claims(sub=sub, vo=vo, roles=tuple(roles), groups=tuple(groups), iat=iat, exp=iat + ttl,
+                    jti=secrets.token_hex(12), kid=key_id(key.public_key()))
+    payload = {k: v for k, v in claims.to_json().items() if k != "kid"}
+    payload["nbf"] = iat
+    token = jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": claims.kid})
+    return token, claims
+
+
+def _b64json(part: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise CredentialMalformed("credential is not a JWT: a part is not base64url JSON") from None
+    if not isinstance(data, dict):
+        raise CredentialMalformed("credential is not a JWT: a part is not a JSON object")
+    return data
+
+
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and payload of a token, not verified: only to find which key to check it with."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN:
+        raise CredentialMalformed(f"credential is not a JWT of at most {MAX_TOKEN} characters")
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise CredentialMalformed("credential is not a JWT: it needs three dot-separated parts")
+    return _b64json(parts[0]), _b64json(parts[1])
+
+
+class TrustStore:
+    """VO public keys in a directory (<vo>.pub), re-read when a file changes: trusting needs no restart."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._cache: dict[str, tuple[float, Ed25519PublicKey]] = {}
+
+    def trust(self, vo: str, pem: bytes) -> str:
+        """Trust `vo`'s key; the key id."""
+        check_vo_name(vo)
+        key = load_public(pem, "the key file")
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        tmp = os.path.join(self.directory, f".{vo}.pub.tmp")
+        with open(tmp, "wb") as f:
+            f.write(public_pem(key))
+        os.replace(tmp, os.path.join(self.directory, f"{vo}.pub"))
+        return key_id(key)
+
+    def untrust(self, vo: str) -> bool:
+        """Stop trusting `vo`; whether it was trusted."""
+        try:
+            os.unlink(os.path.join(self.directory, f"{check_vo_name(vo)}.pub"))
+        except FileNotFoundError:
+            return False
+        self._cache.pop(vo, None)
+        return True
+
+    def key(self, vo: str) -> Ed25519PublicKey | None:
+        """The trusted key of `vo`, or None."""
+        if not VO_NAME.match(vo):
+            return None
+        path = os.path.join(self.directory, f"{vo}.pub")
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            self._cache.pop(vo, None)
+            return None
+        cached = self._cache.get(vo)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        with open(path, "rb") as f:
+            key = load_public(f.read(), path)
+        self._cache[vo] = (mtime, key)
+        return key
+
+    def vos(self) -> list[str]:
+        """Every trusted VO."""
+        try:
+            return sorted(n[:-4] for n in os.listdir(self.directory) if n.endswith(".pub") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+
+def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = frozenset(),
+           vo: str | None = None, now: float | None = None) -> Claims:
+    """The claims of a credential that is well-formed, signed by its VO's trusted key, current and not revoked."""
+    header, payload = unverified(token)
+    claimed_vo = payload.get("vo")
+    if not isinstance(claimed_vo, str):
+        raise CredentialMalformed("credential names no VO")
+    if vo is not None and claimed_vo != vo:
+        raise CredentialWrongVO(f"credential is for VO {claimed_vo!r}, not {vo!r}", vo=claimed_vo)
+    key = trust.key(claimed_vo)
+    if key is None:
+        raise CredentialUnknownVO(f"VO {claimed_vo!r} is not trusted here", vo=claimed_vo)
+    if header.get("alg") != "EdDSA":
+        raise CredentialMalformed(f"credential is signed with {header.get('alg')!r}; only EdDSA is accepted")
+    if header.get("kid") not in (None, key_id(key)):
+        raise CredentialBadSignature(f"credential was signed by key {header.get('kid')!r}, not VO "
+                                     f"{claimed_vo!r}'s key {key_id(key)}", vo=claimed_vo)
+    t = time.time() if now is None else now
+    try:
+        data = jwt.decode(token, key, algorithms=["EdDSA"], leeway=CLOCK_SKEW,
+                          options={"require": ["exp", "iat", "sub", "jti"], "verify_exp": False,
+                                   "verify_nbf": False, "verify_iat": False})
+    except jwt.InvalidSignatureError:
+        raise CredentialBadSignature(f"credential signature does not match VO {claimed_vo!r}'s key",
+                                     vo=claimed_vo) from None
+    except jwt.PyJWTError as e:
+        raise CredentialMalformed(f"credential is not valid: {e}") from None
+    try:
+        claims = Claims(sub=str(data["sub"]), vo=claimed_vo, roles=tuple(map(str, data.get("roles", []))),
+                        groups=tuple(map(str, data.get("groups", []))), iat=int(data["iat"]), exp=int(data["exp"]),
+                        jti=str(data["jti"]), kid=str(header.get("kid", "")))
+    except (TypeError, ValueError):
+        raise CredentialMalformed("credential claims have the wrong types") from None
+    nbf = data.get("nbf", claims.iat)
+    start = max(nbf if isinstance(nbf, int) else claims.iat, claims.iat)
+    if t + CLOCK_SKEW < start:
+        raise CredentialNotYetValid(f"credential is valid only from {time.ctime(start)}", jti=claims.jti)
+    if t - CLOCK_SKEW >= claims.exp:
+        raise CredentialExpired(f"credential expired at {time.ctime(claims.exp)}", jti=claims.jti)
+    if claims.jti in revoked:
+        raise CredentialRevoked(f"credential {claims.jti} was revoked", jti=claims.jti)
+    return claims
