@@ -8,10 +8,11 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
-from xos import units
+from xos import config, units
 from xos.errors import InvalidInput, XosError
 
 ALLOC_FLAGS = ("cpu", "memory", "pids", "egress", "ingress")
@@ -63,6 +64,41 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--sample-interval", type=float, help="seconds between usage samples (default 5)")
     sn.add_argument("--log-level", default="INFO")
 
+    sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
+    sv.add_argument("--listen", help="also serve revocations and keys to nodes on HOST:PORT")
+    sv.add_argument("--log-level", default="INFO")
+
+    sub.add_parser("init", help="make this host's VO signing key ($XOS_HOME/vo/signing.key)")
+
+    vo = sub.add_parser("vo", help="virtual organizations").add_subparsers(dest="verb", required=True)
+    v = vo.add_parser("create", help="form a VO")
+    v.add_argument("vo")
+    v.add_argument("--owner", default="root")
+    v.add_argument("--ttl", help="lifetime of the VO, e.g. 30d")
+    v = vo.add_parser("add", help="add a member, or change their roles")
+    v.add_argument("vo")
+    v.add_argument("user")
+    v.add_argument("--role", action="append", dest="roles")
+    v.add_argument("--group", action="append", dest="groups")
+    v = vo.add_parser("remove", help="remove a member (their credentials are revoked)")
+    v.add_argument("vo")
+    v.add_argument("user")
+    v = vo.add_parser("issue", help="print a credential for a member")
+    v.add_argument("vo")
+    v.add_argument("user")
+    v.add_argument("--ttl", default="12h")
+    v = vo.add_parser("revoke", help="revoke a credential, or all of a member's")
+    v.add_argument("--jti")
+    v.add_argument("vo", nargs="?")
+    v.add_argument("user", nargs="?")
+    v = vo.add_parser("ls", help="VOs and members")
+    v.add_argument("--json", action="store_true")
+    vo.add_parser("dissolve", help="dissolve a VO").add_argument("vo")
+    vo.add_parser("pubkey", help="print the key that signs a VO's credentials").add_argument("vo")
+
+    cred = sub.add_parser("cred", help="credentials").add_subparsers(dest="verb", required=True)
+    cred.add_parser("show", help="decode and verify a credential").add_argument("file", nargs="?")
+
     ws = sub.add_parser("ws", help="workspaces").add_subparsers(dest="verb", required=True)
     c = ws.add_parser("create", help="create a workspace")
     c.add_argument("name")
@@ -94,6 +130,10 @@ def parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="this node").add_subparsers(dest="verb", required=True)
     node.add_parser("info", help="capacity and allocations")
     node.add_parser("metrics", help="Prometheus metrics")
+    t = node.add_parser("trust", help="trust a VO's signing key (no restart needed)")
+    t.add_argument("vo")
+    t.add_argument("keyfile")
+    node.add_parser("untrust", help="stop trusting a VO").add_argument("vo")
     return p
 
 
@@ -118,9 +158,117 @@ def _write(stream: Any) -> Callable[[bytes], None]:
     return sink
 
 
+def _trust_dir() -> str:
+    return os.path.join(config.home(), "trust")
+
+
+def _init() -> int:
+    from xos import credential
+
+    path = os.path.join(config.home(), "vo", "signing.key")
+    if os.path.exists(path):
+        key = credential.load_key(path)
+        print(f"signing key exists: {path} (key id {credential.key_id(key.public_key())})")
+        return 0
+    key = credential.new_key(path)
+    print(f"signing key made: {path}, public key {path}.pub (key id {credential.key_id(key.public_key())})")
+    return 0
+
+
+def _read_token(path: str | None) -> str:
+    try:
+        if path is None or path == "-":
+            return sys.stdin.read(credential_max() + 1).strip()
+        with open(path) as f:
+            return f.read(credential_max() + 1).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read credential {path}: {e}") from None
+
+
+def credential_max() -> int:
+    from xos.credential import MAX_TOKEN
+
+    return MAX_TOKEN
+
+
+def _cred_show(args: argparse.Namespace) -> int:
+    from xos import credential
+
+    token = _read_token(args.file)
+    trust: Any = credential.TrustStore(_trust_dir())
+    header, payload = credential.unverified(token)
+    local = os.path.join(config.home(), "vo", "signing.key")
+    if trust.key(str(payload.get("vo"))) is None and os.path.exists(local):
+        key = credential.load_key(local).public_key()
+
+        class Local:
+            def key(self, vo: str) -> Any:
+                return key
+
+        trust = Local()
+    claims = credential.verify(token, trust)
+    print(json.dumps({**claims.to_json(), "verified": True, "expires_in": claims.exp - int(time.time())}, indent=2))
+    return 0
+
+
+async def _vo_main(args: argparse.Namespace) -> int:
+    from xos.vo import Client
+
+    async with Client() as vo:
+        v = args.verb
+        if v == "create":
+            d = await vo.create(args.vo, args.owner, args.ttl)
+            print(f"VO {d['name']} formed, owner {d['owner']}")
+        elif v == "add":
+            d = await vo.add(args.vo, args.user, args.roles, args.groups)
+            print(f"{d['user']} in {d['vo']}: roles {','.join(d['roles']) or '-'}, groups {','.join(d['groups'])}")
+        elif v == "remove":
+            d = await vo.remove(args.vo, args.user)
+            print(f"{args.user} removed from {args.vo}; {len(d['revoked'])} credential(s) revoked")
+        elif v == "issue":
+            d = await vo.issue(args.vo, args.user, args.ttl)
+            print(d["token"])
+        elif v == "revoke":
+            if args.jti is None and (args.vo is None or args.user is None):
+                raise InvalidInput("name --jti ID, or VO and USER")
+            d = await vo.revoke(args.jti, args.vo, args.user)
+            print(f"{len(d['revoked'])} credential(s) revoked")
+        elif v == "dissolve":
+            d = await vo.dissolve(args.vo)
+            print(f"VO {args.vo} dissolved; {len(d['revoked'])} credential(s) revoked")
+        elif v == "pubkey":
+            sys.stdout.write(await vo.public_key(args.vo))
+        elif v == "ls":
+            rows = await vo.ls()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    members = ", ".join(f"{m['user']}({','.join(m['roles'])})" if m["roles"] else m["user"]
+                                        for m in r["members"])
+                    print(f"{r['name']:16} {r['state']:10} owner={r['owner']}  members: {members}")
+    return 0
+
+
 async def _client_main(args: argparse.Namespace) -> int:
     from xos.node import Client
 
+    if args.area == "node" and args.verb in ("trust", "untrust"):
+        from xos import credential
+
+        store = credential.TrustStore(_trust_dir())
+        if args.verb == "untrust":
+            print(f"VO {args.vo} {'no longer trusted' if store.untrust(args.vo) else 'was not trusted'}")
+            return 0
+        try:
+            with open(args.keyfile, "rb") as f:
+                pem = f.read(65536)
+        except OSError as e:
+            raise InvalidInput(f"cannot read key file {args.keyfile}: {e}") from None
+        print(f"VO {args.vo} trusted (key id {store.trust(args.vo, pem)})")
+        return 0
+    if args.area == "vo":
+        return await _vo_main(args)
     async with Client(args.socket) as node:
         if args.area == "node":
             if args.verb == "info":
@@ -208,6 +356,15 @@ def _status(res: dict[str, Any]) -> int:
     return int(res["status"])
 
 
+def _serve_vo(args: argparse.Namespace) -> int:
+    from xos import log
+    from xos.vod import serve_vo
+
+    log.setup(args.log_level)
+    asyncio.run(serve_vo(config.home(), config.run_dir(), args.listen))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from xos import log
     from xos.config import NodeConfig
@@ -233,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     args.command = command
     try:
         if args.area == "serve":
-            return _serve(args)
+            return _serve_vo(args) if args.role == "vo" else _serve(args)
+        if args.area == "init":
+            return _init()
+        if args.area == "cred":
+            return _cred_show(args)
         return asyncio.run(_client_main(args))
     except XosError as e:
         print(f"xos: error {e.code}: {e.message}", file=sys.stderr)

@@ -160,6 +160,8 @@ def from_json(body: dict[str, Any], status: int = 500) -> XosError:
         return Unavailable(f"peer answered HTTP {status} without an error body")
     code = str(err.get("code", "internal"))
     message = str(err.get("message", ""))
+    if code not in _BY_CODE:
+        _register(XosError)  # classes defined in modules imported since
     cls = _BY_CODE.get(code, XosError)
     exc = XosError.__new__(cls)
     XosError.__init__(exc, message, **(err.get("detail") or {}))

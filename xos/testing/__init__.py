@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,15 +172,20 @@ class TestNode:
 
     def unexpected_warnings(self) -> list[str]:
         """Warnings and errors in the daemon log that no test declared."""
+        return self.scan_log(self.log(), self.allowed_warnings)
+
+    @staticmethod
+    def scan_log(text: str, allowed: list[str]) -> list[str]:
+        """Warning and error lines of a JSON log that match none of the `allowed` patterns."""
         bad = []
-        for line in self.log().splitlines():
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 bad.append(line)  # a traceback or anything not from our logger
                 continue
             if rec.get("level") in ("warning", "error", "critical") and not any(
-                    re.search(p, rec.get("msg", "")) for p in self.allowed_warnings):
+                    re.search(p, rec.get("msg", "")) for p in allowed):
                 bad.append(rec.get("msg", line))
         return bad
 
@@ -283,6 +289,79 @@ class TestGrid:
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             raise errors[0]
+
+
+class TestVOService:
+    """A VO service with its own XOS_HOME, signing key and management socket (and optionally TCP)."""
+
+    __test__ = False
+
+    def __init__(self, listen: str | None = None) -> None:
+        self.base = tempfile.mkdtemp(prefix="xos-vo-")
+        os.chmod(self.base, 0o755)
+        self.home = os.path.join(self.base, "home")
+        self.run = os.path.join(self.base, "run")
+        self.listen = listen
+        self.log_path = os.path.join(self.base, "vo.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.allowed_warnings: list[str] = []
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run, "vo.sock")
+
+    def env(self) -> dict[str, str]:
+        """Environment that points CLI calls at this service."""
+        return {**os.environ, "XOS_HOME": self.home, "XOS_RUN": self.run}
+
+    def cli(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
+        """Run the `xos` CLI against this service: (exit status, stdout, stderr)."""
+        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=self.env(), capture_output=True,
+                           text=True, timeout=120, input=input)
+        return p.returncode, p.stdout, p.stderr
+
+    def __enter__(self) -> TestVOService:
+        code, out, err = self.cli("init")
+        if code != 0:
+            raise RuntimeError(f"xos init failed: {err}")
+        argv = [sys.executable, "-m", "xos.cli", "serve", "vo"] + (["--listen", self.listen] if self.listen else [])
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        from xos.vo import SyncClient as VOClient
+
+        def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"VO service exited at start-up: {open(self.log_path).read()[-2000:]}")
+            try:
+                with VOClient(self.socket) as c:
+                    c.ls()
+                return True
+            except (Unavailable, FileNotFoundError):
+                return False
+
+        try:
+            wait_for(answers, 20, "the VO service to answer")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def unexpected_warnings(self) -> list[str]:
+        """Warnings and errors in the service log that no test declared."""
+        with open(self.log_path) as f:
+            text = f.read()
+        return TestNode.scan_log(text, self.allowed_warnings)
 
 
 @contextlib.contextmanager
