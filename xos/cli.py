@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--memory", help="memory the node may hand out (default: all)")
     sn.add_argument("--bandwidth", help="bandwidth per direction it may hand out (default 10gbit)")
     sn.add_argument("--sample-interval", type=float, help="seconds between usage samples (default 5)")
+    sn.add_argument("--pool", action="append", dest="pools", help="VO=FIRST-LAST UID range for a VO's leases")
+    sn.add_argument("--static-map", help="file of 'VO USER ACCOUNT' lines")
+    sn.add_argument("--vo-url", action="append", dest="vo_urls", help="VO service to follow for revocations")
     sn.add_argument("--log-level", default="INFO")
 
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
@@ -211,6 +214,11 @@ def _cred_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credentials(revoked: list[dict[str, Any]]) -> int:
+    # Member and VO markers (jti "member:..." / "vo:...") tell nodes to release leases; not credentials.
+    return len([r for r in revoked if ":" not in r["jti"]])
+
+
 async def _vo_main(args: argparse.Namespace) -> int:
     from xos.vo import Client
 
@@ -224,7 +232,7 @@ async def _vo_main(args: argparse.Namespace) -> int:
             print(f"{d['user']} in {d['vo']}: roles {','.join(d['roles']) or '-'}, groups {','.join(d['groups'])}")
         elif v == "remove":
             d = await vo.remove(args.vo, args.user)
-            print(f"{args.user} removed from {args.vo}; {len(d['revoked'])} credential(s) revoked")
+            print(f"{args.user} removed from {args.vo}; {_credentials(d['revoked'])} credential(s) revoked")
         elif v == "issue":
             d = await vo.issue(args.vo, args.user, args.ttl)
             print(d["token"])
@@ -232,10 +240,10 @@ async def _vo_main(args: argparse.Namespace) -> int:
             if args.jti is None and (args.vo is None or args.user is None):
                 raise InvalidInput("name --jti ID, or VO and USER")
             d = await vo.revoke(args.jti, args.vo, args.user)
-            print(f"{len(d['revoked'])} credential(s) revoked")
+            print(f"{_credentials(d['revoked'])} credential(s) revoked")
         elif v == "dissolve":
             d = await vo.dissolve(args.vo)
-            print(f"VO {args.vo} dissolved; {len(d['revoked'])} credential(s) revoked")
+            print(f"VO {args.vo} dissolved; {_credentials(d['revoked'])} credential(s) revoked")
         elif v == "pubkey":
             sys.stdout.write(await vo.public_key(args.vo))
         elif v == "ls":
@@ -372,7 +380,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
-                                               "memory", "bandwidth", "sample_interval")}
+                                               "memory", "bandwidth", "sample_interval", "pools", "static_map",
+                                               "vo_urls")}
     cfg = NodeConfig.load(args.config, overrides)
     asyncio.run(serve_node(cfg))
     return 0

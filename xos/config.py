@@ -45,6 +45,11 @@ class NodeConfig:
     sample_interval: float = 5.0
     default_uid: int = 65534
     default_gid: int = 65534
+    pools: tuple[str, ...] = ()  # "VO=FIRST-LAST": each VO's UID range for leases
+    static_map: str = ""  # gridmap-like file of "VO USER ACCOUNT" (default $XOS_HOME/gridmap if present)
+    vo_urls: tuple[str, ...] = ()  # VO services whose revocation lists this node follows
+    lease_ttl: float = 7 * 86400
+    quarantine: float = 3600
 
     def resolved(self) -> NodeConfig:
         """Fill what was left empty from the environment and the machine."""
@@ -88,4 +93,9 @@ class NodeConfig:
             values["bandwidth"] = units.parse_rate(values["bandwidth"])
         if "cpu" in values:
             values["cpu"] = units.parse_cpus(values["cpu"])
+        for key in ("pools", "vo_urls"):
+            if key in values:
+                if isinstance(values[key], dict):
+                    values[key] = tuple(f"{k}={v}" for k, v in values[key].items())
+                values[key] = tuple(values[key])
         return cls(**values).resolved()

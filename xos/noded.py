@@ -34,6 +34,7 @@ from xos.errors import (
     WorkspaceNotFound,
     XosError,
 )
+from xos.identity import NodeIdentity
 from xos.store import NodeStore, ProcessRecord, WorkspaceRecord, open_store
 from xos.workspace import NodeContext, Workspace
 
@@ -75,6 +76,7 @@ class NodeService:
         self.admission = asyncio.Lock()
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self.identity = NodeIdentity(config)
 
     # -- start-up and shutdown ----------------------------------------------------------------
 
@@ -95,11 +97,13 @@ class NodeService:
         self.ctx = NodeContext(cfg, hierarchy, self.store, ipr, bridge, subnet, raw)
         await self.reconcile()
         self._sampler = asyncio.create_task(self._sample_loop())
+        await self.identity.start(self)
         log.info("node %s up: cgroup %s, bridge %s %s, %d workspace(s) adopted", cfg.name, hierarchy.name,
                  cfg.bridge, cfg.subnet, len(self.workspaces))
 
     async def stop(self) -> None:
         """Stop serving; workspaces keep running and are adopted by the next start."""
+        await self.identity.stop()
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

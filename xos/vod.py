@@ -115,7 +115,7 @@ class VOService:
         self._vo(vo)
         if not self.store.remove_member(vo, user):
             raise NotAMember(f"{user!r} is not a member of VO {vo!r}", vo=vo, user=user)
-        return await self._revoke(None, vo, user, f"removed from VO {vo}")
+        return await self._revoke(None, vo, user, f"removed from VO {vo}", "member")
 
     def issue(self, vo: str, user: str, ttl: Any = None) -> dict[str, Any]:
         """Sign a credential for a member."""
@@ -144,18 +144,18 @@ class VOService:
         if vo is None or user is None:
             raise InvalidInput("name a credential id, or a VO and a user")
         self._vo(vo, active=False)
-        return await self._revoke(None, vo, user, f"member {user} revoked")
+        return await self._revoke(None, vo, user, f"member {user} revoked", "member")
 
     async def dissolve(self, vo: str) -> list[dict[str, Any]]:
         """End a VO: every credential revoked, no new ones, nodes told through the revocation list."""
         self._vo(vo)
         self.store.set_vo_state(vo, "dissolved")
         log.info("VO %s dissolved", vo, extra={"vo": vo})
-        return await self._revoke(None, vo, None, f"VO {vo} dissolved")
+        return await self._revoke(None, vo, None, f"VO {vo} dissolved", "vo")
 
     async def _revoke(self, jtis: list[str] | None, vo: str | None, user: str | None,
-                      reason: str) -> list[dict[str, Any]]:
-        done = self.store.revoke(jtis, vo, user, reason)
+                      reason: str, scope: str = "credential") -> list[dict[str, Any]]:
+        done = self.store.revoke(jtis, vo, user, reason, scope)
         if done:
             async with self._changed:
                 self._changed.notify_all()

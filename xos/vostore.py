@@ -45,6 +45,7 @@ class Revocation:
     exp: int
     at: float
     reason: str
+    scope: str = "credential"  # credential | member | vo: what a node should release with it
 
     def to_json(self) -> dict[str, Any]:
         """Plain values."""
@@ -63,7 +64,8 @@ class VOStore(Protocol):
     def members(self, vo: str) -> list[Member]: ...
     def remove_member(self, vo: str, user: str) -> bool: ...
     def add_credential(self, jti: str, vo: str, user: str, iat: int, exp: int) -> None: ...
-    def revoke(self, jtis: list[str] | None, vo: str | None, user: str | None, reason: str) -> list[Revocation]: ...
+    def revoke(self, jtis: list[str] | None, vo: str | None, user: str | None, reason: str,
+               scope: str = "credential") -> list[Revocation]: ...
     def revocations(self, since: int = 0) -> list[Revocation]: ...
     def close(self) -> None: ...
 
@@ -83,7 +85,7 @@ CREATE TABLE IF NOT EXISTS credentials (
 CREATE INDEX IF NOT EXISTS credentials_by_member ON credentials(vo, user);
 CREATE TABLE IF NOT EXISTS revocations (
     serial INTEGER PRIMARY KEY AUTOINCREMENT, jti TEXT NOT NULL, vo TEXT NOT NULL, user TEXT NOT NULL,
-    exp INTEGER NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL
+    exp INTEGER NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, scope TEXT NOT NULL
 );
 """
 
@@ -144,7 +146,8 @@ class SQLiteVOStore:
             db.execute("INSERT INTO credentials (jti, vo, user, iat, exp) VALUES (?,?,?,?,?)",
                        (jti, vo, user, iat, exp))
 
-    def revoke(self, jtis: list[str] | None, vo: str | None, user: str | None, reason: str) -> list[Revocation]:
+    def revoke(self, jtis: list[str] | None, vo: str | None, user: str | None, reason: str,
+               scope: str = "credential") -> list[Revocation]:
         """Revoke the named credentials, or every live one of a member (vo and user) or of a VO (vo)."""
         q, args = "SELECT jti, vo, user, exp FROM credentials WHERE revoked=0", []
         if jtis is not None:
@@ -160,10 +163,16 @@ class SQLiteVOStore:
         out = []
         with self._tx() as db:
             for jti, cvo, cuser, exp in db.execute(q, args).fetchall():
-                cur = db.execute("INSERT INTO revocations (jti, vo, user, exp, at, reason) VALUES (?,?,?,?,?,?)",
-                                 (jti, cvo, cuser, exp, now, reason))
+                cur = db.execute("INSERT INTO revocations (jti, vo, user, exp, at, reason, scope) "
+                                 "VALUES (?,?,?,?,?,?,?)", (jti, cvo, cuser, exp, now, reason, scope))
                 db.execute("UPDATE credentials SET revoked=1 WHERE jti=?", (jti,))
-                out.append(Revocation(int(cur.lastrowid or 0), jti, cvo, cuser, exp, now, reason))
+                out.append(Revocation(int(cur.lastrowid or 0), jti, cvo, cuser, exp, now, reason, scope))
+            if scope != "credential" and vo is not None:
+                # Nodes release leases on a member's or VO's end even when no credential was live.
+                marker, until = f"{scope}:{vo}:{user or ''}", int(now) + 31 * 86400
+                cur = db.execute("INSERT INTO revocations (jti, vo, user, exp, at, reason, scope) "
+                                 "VALUES (?,?,?,?,?,?,?)", (marker, vo, user or "", until, now, reason, scope))
+                out.append(Revocation(int(cur.lastrowid or 0), marker, vo, user or "", until, now, reason, scope))
         return out
 
     def revocations(self, since: int = 0) -> list[Revocation]:

@@ -1,0 +1,135 @@
+"""The node's identity layer: the mapping, the trust store, revocations pulled from VO services,
+and the identity socket, wired into the node daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from typing import TYPE_CHECKING
+
+from xos import credential
+from xos.allocation import Allocation
+from xos.config import NodeConfig
+from xos.errors import Unavailable, XosError
+from xos.idmap import IdentityMap, Pool, parse_map
+from xos.idmapd import IdentityServer
+
+if TYPE_CHECKING:
+    from xos.noded import NodeService
+
+log = logging.getLogger(__name__)
+
+# The daemon must never resolve a name through its own NSS module (libnss_xos checks this).
+NSS_GUARD = "_XOS_NSS_LOOPS"
+
+
+class NodeIdentity:
+    """Owns everything identity-related of one node daemon."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.revoked: set[str] = set()
+        self.idmap: IdentityMap | None = None
+        self.server: IdentityServer | None = None
+        self.node: NodeService | None = None
+        self._db: sqlite3.Connection | None = None
+        self._pullers: list[asyncio.Task[None]] = []
+        self._serials: dict[str, int] = {}
+
+    async def start(self, node: NodeService) -> None:
+        """Load pools, map and revocations; listen on the identity socket; follow the VO services."""
+        os.environ[NSS_GUARD] = "NO"
+        cfg = self.config
+        self.node = node
+        pools = {}
+        for spec in cfg.pools:
+            vo, _, rng = spec.partition("=")
+            pools[vo] = Pool.parse(vo, rng)
+        static: dict[tuple[str, str], str] = {}
+        map_path = cfg.static_map or os.path.join(cfg.home, "gridmap")
+        if os.path.exists(map_path):
+            with open(map_path) as f:
+                static = parse_map(f.read(), map_path)
+        self.idmap = IdentityMap(os.path.join(cfg.home, "idmap.db"), pools, static,
+                                 home_base=os.path.join(cfg.home, "homes"), lease_ttl=cfg.lease_ttl,
+                                 quarantine=cfg.quarantine)
+        self._db = sqlite3.connect(os.path.join(cfg.home, "idmap.db"), isolation_level=None, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS serials (url TEXT PRIMARY KEY, serial INTEGER NOT NULL)")
+        self.revoked.update(r[0] for r in self._db.execute("SELECT jti FROM revoked WHERE exp > ?",
+                                                          (int(time.time()),)))
+        self._serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())
+        trust = credential.TrustStore(os.path.join(cfg.home, "trust"))
+        self.server = IdentityServer(self.idmap, trust, self.revoked, self._place)
+        await self.server.start(os.path.join(cfg.run, "idmap.sock"))
+        self._pullers = [asyncio.create_task(self._follow(url)) for url in cfg.vo_urls]
+
+    async def stop(self) -> None:
+        """Stop following and serving."""
+        for t in self._pullers:
+            t.cancel()
+        for t in self._pullers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.server is not None:
+            await self.server.stop()
+        if self.idmap is not None:
+            self.idmap.close()
+        if self._db is not None:
+            self._db.close()
+
+    async def _place(self, vo: str, pid: int) -> None:
+        """Put a login's process into its VO's workspace cgroup, made on first use."""
+        assert self.node is not None
+        name = f"vo-{vo}"
+        ws = self.node.workspaces.get(name)
+        if ws is None:
+            ws = await self.node.create(name, Allocation())
+        for d in ws.cgroup.dirs():
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+
+    def apply(self, revocations: list[dict[str, object]]) -> None:
+        """Take revocations in: refuse their credentials, release leases of removed members and VOs."""
+        assert self.idmap is not None and self._db is not None
+        fresh = set()
+        for r in revocations:
+            jti, exp = str(r["jti"]), int(r["exp"])  # type: ignore[call-overload]
+            fresh.add(jti)
+            self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?,?)", (jti, exp))
+            scope, vo, user = r.get("scope"), str(r.get("vo")), str(r.get("user") or "")
+            if scope == "vo":
+                self.idmap.release(vo)
+            elif scope == "member" and user:
+                self.idmap.release(vo, user)
+        self.revoked.update(fresh)
+        if self.server is not None:
+            self.server.forget(fresh)
+
+    async def _follow(self, url: str) -> None:
+        """Long-poll one VO service's revocation list forever, with bounded backoff when it is away."""
+        from xos.vo import Client
+
+        delay = 0.5
+        while True:
+            try:
+                async with Client(base_url=url) as c:
+                    while True:
+                        got = await c.revocations(self._serials.get(url, 0), wait=25)
+                        if got["revocations"]:
+                            self.apply(got["revocations"])
+                            log.info("%d revocation(s) from %s", len(got["revocations"]), url)
+                        self._serials[url] = int(got["serial"])
+                        assert self._db is not None
+                        self._db.execute("REPLACE INTO serials VALUES (?,?)", (url, self._serials[url]))
+                        delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except (Unavailable, XosError, OSError, ValueError) as e:
+                log.warning("revocations from %s unavailable, retrying in %.1fs: %s", url, delay, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)

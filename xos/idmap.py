@@ -1,0 +1,288 @@
+"""Identity mapping on a node: (VO, grid user) to a local account, by static map or dynamic pool.
+
+Account names are `<user>.<vo>`; each VO has a group named after it. Pool leases are persisted
+with an expiry, renewed on use, and a released UID is quarantined until nothing of its former
+holder is left (processes killed, files removed or re-owned) and a grace period has passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from xos.credential import USER_NAME, VO_NAME
+from xos.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+ACCOUNT = re.compile(r"^(?P<user>[a-z_][a-z0-9_-]{0,30})\.(?P<vo>[a-z][a-z0-9-]{0,30})$")
+
+
+class MapFileError(InvalidInput):
+    code = "bad-map-file"
+
+
+class PoolFull(Conflict):
+    code = "pool-full"
+
+
+class NoPool(NotFound):
+    code = "no-pool"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A mapped local account."""
+
+    name: str
+    uid: int
+    gid: int
+    vo: str
+    user: str
+    home: str
+    shell: str = "/bin/sh"
+    static: bool = False
+
+    @property
+    def gecos(self) -> str:
+        """The passwd comment field."""
+        return f"{self.user} of VO {self.vo}"
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A VO's range of UIDs; its group's GID is the range's first id, leases use the rest."""
+
+    vo: str
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, vo: str, text: str) -> Pool:
+        """From "20000-20999"."""
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+        if not m or not VO_NAME.match(vo):
+            raise InvalidInput(f"bad pool {vo} = {text!r}: expected a VO name and FIRST-LAST")
+        first, last = int(m.group(1)), int(m.group(2))
+        if not 1000 <= first < last < 2**31:
+            raise InvalidInput(f"bad pool {vo} = {text!r}: ids must be 1000 <= first < last < 2^31")
+        return cls(vo, first, last)
+
+
+def parse_map(text: str, source: str = "map file") -> dict[tuple[str, str], str]:
+    """A static map: lines of `VO USER ACCOUNT`, '#' comments; (vo, user) -> existing local account."""
+    out: dict[tuple[str, str], str] = {}
+    local = local_accounts()
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 3:
+            raise MapFileError(f"{source} line {n}: expected 'VO USER ACCOUNT', got {raw.strip()!r}", line=n)
+        vo, user, account = fields
+        if not VO_NAME.match(vo) or not USER_NAME.match(user):
+            raise MapFileError(f"{source} line {n}: bad VO or user name in {raw.strip()!r}", line=n)
+        if account not in local:
+            raise MapFileError(f"{source} line {n}: local account {account!r} does not exist", line=n) from None
+        if (vo, user) in out:
+            raise MapFileError(f"{source} line {n}: {user} of {vo} is mapped twice", line=n)
+        out[(vo, user)] = account
+    return out
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    vo TEXT NOT NULL, user TEXT NOT NULL, uid INTEGER NOT NULL UNIQUE, expires REAL NOT NULL,
+    PRIMARY KEY (vo, user)
+);
+CREATE TABLE IF NOT EXISTS quarantine (uid INTEGER PRIMARY KEY, vo TEXT NOT NULL, until REAL NOT NULL);
+"""
+
+
+class IdentityMap:
+    """Leases and lookups; thread-safe, every change committed before it is visible."""
+
+    def __init__(self, db_path: str, pools: dict[str, Pool], static: dict[tuple[str, str], str] | None = None,
+                 home_base: str = "/var/lib/xos/workspaces", lease_ttl: float = 7 * 86400,
+                 quarantine: float = 3600) -> None:
+        os.makedirs(os.path.dirname(db_path) or ".", exist_ok=True)
+        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self.pools = pools
+        self.static = static or {}
+        self.home_base = home_base
+        self.lease_ttl = lease_ttl
+        self.quarantine_time = quarantine
+        for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
+            if a.first <= b.last and b.first <= a.last:
+                raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _account(self, vo: str, user: str, uid: int) -> Account:
+        pool = self.pools[vo]
+        return Account(f"{user}.{vo}", uid, pool.first, vo, user, os.path.join(self.home_base, f"{user}.{vo}"))
+
+    def _static(self, vo: str, user: str) -> Account | None:
+        local = self.static.get((vo, user))
+        if local is None:
+            return None
+        pw = local_accounts().get(local)
+        if pw is None:
+            return None
+        return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, vo, user, pw.pw_dir, pw.pw_shell or "/bin/sh", True)
+
+    def map(self, vo: str, user: str, now: float | None = None) -> Account:
+        """The account of (vo, user): the static map first, else a pool lease, leased or renewed now."""
+        acct = self._static(vo, user)
+        if acct is not None:
+            return acct
+        if vo not in self.pools:
+            raise NoPool(f"VO {vo!r} has no UID pool on this node", vo=vo)
+        t = time.time() if now is None else now
+        pool = self.pools[vo]
+        with self._tx() as db:
+            row = db.execute("SELECT uid, expires FROM leases WHERE vo=? AND user=?", (vo, user)).fetchone()
+            if row and row[1] > t:
+                db.execute("UPDATE leases SET expires=? WHERE vo=? AND user=?", (t + self.lease_ttl, vo, user))
+                return self._account(vo, user, row[0])
+            if row:  # expired: it never resolves again; quarantine it and lease afresh
+                db.execute("DELETE FROM leases WHERE vo=? AND user=?", (vo, user))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (row[0], vo, t + self.quarantine_time))
+            used = {r[0] for r in db.execute("SELECT uid FROM leases WHERE uid BETWEEN ? AND ?",
+                                             (pool.first, pool.last))}
+            used |= {r[0] for r in db.execute("SELECT uid FROM quarantine WHERE until > ? OR until < 0", (t,))}
+            uid = next((u for u in range(pool.first + 1, pool.last + 1) if u not in used and not _taken(u)), None)
+            if uid is None:
+                raise PoolFull(f"the UID pool of VO {vo!r} ({pool.first}-{pool.last}) is full", vo=vo)
+            db.execute("DELETE FROM quarantine WHERE uid=?", (uid,))
+            db.execute("INSERT INTO leases VALUES (?,?,?,?)", (vo, user, uid, t + self.lease_ttl))
+        log.info("leased uid %d to %s of %s", uid, user, vo, extra={"vo": vo, "uid": uid})
+        return self._account(vo, user, uid)
+
+    def lookup_name(self, name: str, now: float | None = None) -> Account | None:
+        """The account called `name` if it is mapped now (never an expired lease)."""
+        m = ACCOUNT.match(name)
+        if m is None:
+            return None
+        vo, user = m.group("vo"), m.group("user")
+        if (vo, user) in self.static:
+            return self._static(vo, user)
+        row = self._db.execute("SELECT uid, expires FROM leases WHERE vo=? AND user=?", (vo, user)).fetchone()
+        t = time.time() if now is None else now
+        return self._account(vo, user, row[0]) if row and row[1] > t else None
+
+    def lookup_uid(self, uid: int, now: float | None = None) -> Account | None:
+        """The leased account with `uid`, if its lease is current."""
+        row = self._db.execute("SELECT vo, user, expires FROM leases WHERE uid=?", (uid,)).fetchone()
+        t = time.time() if now is None else now
+        return self._account(row[0], row[1], uid) if row and row[2] > t and row[0] in self.pools else None
+
+    def accounts(self, now: float | None = None) -> list[Account]:
+        """Every current lease, in UID order (for enumeration)."""
+        t = time.time() if now is None else now
+        rows = self._db.execute("SELECT vo, user, uid FROM leases WHERE expires > ? ORDER BY uid", (t,))
+        return [self._account(vo, user, uid) for vo, user, uid in rows if vo in self.pools]
+
+    def group(self, name_or_gid: str | int) -> tuple[str, int, list[str]] | None:
+        """(name, gid, members) of a VO's group."""
+        for pool in self.pools.values():
+            if name_or_gid in (pool.vo, pool.first):
+                members = [a.name for a in self.accounts() if a.vo == pool.vo]
+                return pool.vo, pool.first, members
+        return None
+
+    def groups(self) -> list[tuple[str, int, list[str]]]:
+        """Every VO group."""
+        return [g for g in (self.group(p.vo) for p in sorted(self.pools.values(), key=lambda p: p.first)) if g]
+
+    def release(self, vo: str, user: str | None = None, now: float | None = None) -> list[int]:
+        """End leases (of one member, or of a whole VO): processes killed, UIDs quarantined."""
+        t = time.time() if now is None else now
+        with self._tx() as db:
+            q, args = "SELECT uid FROM leases WHERE vo=?", [vo]
+            if user is not None:
+                q, args = q + " AND user=?", [vo, user]
+            uids = [r[0] for r in db.execute(q, args)]
+            for uid in uids:
+                db.execute("DELETE FROM leases WHERE uid=?", (uid,))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+        for uid in uids:
+            kill_uid(uid)
+        if uids:
+            log.info("released uid(s) %s of %s", uids, vo, extra={"vo": vo})
+        return uids
+
+    def expire(self, now: float | None = None) -> list[int]:
+        """Quarantine every expired lease (run periodically)."""
+        t = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute("SELECT vo, uid FROM leases WHERE expires <= ?", (t,)).fetchall()
+            for vo, uid in rows:
+                db.execute("DELETE FROM leases WHERE uid=?", (uid,))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+        for _vo, uid in rows:
+            kill_uid(uid)
+        return [uid for _vo, uid in rows]
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+def local_accounts(path: str = "/etc/passwd") -> dict[str, pwd.struct_passwd]:
+    """The machine's own accounts, read from the file: never through NSS, which may be us."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) == 7 and parts[2].isdigit() and parts[3].isdigit():
+                    out[parts[0]] = pwd.struct_passwd((parts[0], parts[1], int(parts[2]), int(parts[3]),
+                                                       parts[4], parts[5], parts[6]))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _taken(uid: int) -> bool:
+    """Whether a local account already owns `uid` (a pool must never hand out someone's UID)."""
+    return any(pw.pw_uid == uid for pw in local_accounts().values())
+
+
+def kill_uid(uid: int) -> int:
+    """SIGKILL every process running as `uid`; how many there were."""
+    n = 0
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            st = os.stat(f"/proc/{p}")
+        except OSError:
+            continue
+        if st.st_uid == uid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(p), signal.SIGKILL)
+                n += 1
+    return n
+

@@ -1,0 +1,215 @@
+"""The identity socket of the node daemon ($XOS_RUN/idmap.sock), spoken by pam_xos and libnss_xos.
+
+Anyone may look up mapped accounts and groups (as with /etc/passwd); only root peers (checked
+with SO_PEERCRED) may authenticate, check accounts and open sessions. The daemon keeps the
+credential from `auth` for the `session` step: sshd runs them in different processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from xos import credential
+from xos.errors import XosError
+from xos.idmap import ACCOUNT, Account, IdentityMap
+from xos.idproto import (
+    HEAD,
+    LEN,
+    MAX_MESSAGE,
+    VERSION,
+    Op,
+    ProtocolError,
+    Status,
+    decode_body,
+    encode,
+    group_fields,
+    passwd_fields,
+)
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 5.0
+PENDING_TTL = 24 * 3600.0  # how long a login's credential is kept for account checks and session
+
+Placer = Callable[[str, int], Awaitable[None]]
+
+
+@dataclass
+class Login:
+    """A credential that passed `auth` for an account, kept for `account` and `session`."""
+
+    token: str
+    claims: credential.Claims
+    at: float
+
+
+class IdentityServer:
+    """Answers the identity protocol from an IdentityMap, a trust store and a revocation set."""
+
+    def __init__(self, idmap: IdentityMap, trust: credential.TrustStore, revoked: set[str],
+                 place: Placer | None = None) -> None:
+        self.idmap = idmap
+        self.trust = trust
+        self.revoked = revoked
+        self.place = place
+        self.logins: dict[str, Login] = {}
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self, path: str) -> None:
+        """Listen on `path` (mode 0666: lookups are public; privileged ops check the peer)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._server = await asyncio.start_unix_server(self._serve, path=path)
+        os.chmod(path, 0o666)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, peer_uid, _gid = struct.unpack("3i", creds)
+        except OSError:
+            writer.close()
+            return
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(LEN.size), READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return
+                (length,) = LEN.unpack(head)
+                if not HEAD.size - LEN.size <= length <= MAX_MESSAGE:
+                    log.warning("identity socket: message of %d bytes refused (peer uid %d)", length, peer_uid)
+                    writer.write(encode(Status.BADREQ, [b"bad message length"]))
+                    return
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length), READ_TIMEOUT)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    log.warning("identity socket: truncated message (peer uid %d)", peer_uid)
+                    return
+                status, fields = await self.answer(body, peer_uid)
+                writer.write(encode(status, fields))
+                await writer.drain()
+                if status == Status.BADREQ:
+                    return
+        except (ConnectionError, OSError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def answer(self, body: bytes, peer_uid: int) -> tuple[Status, list[bytes]]:
+        """The reply to one request body."""
+        try:
+            version, op, fields = decode_body(body)
+            if version != VERSION:
+                raise ProtocolError(f"version {version} is not {VERSION}")
+            args = [f.decode() for f in fields]
+        except (ProtocolError, UnicodeDecodeError) as e:
+            log.warning("identity socket: bad request from uid %d: %s", peer_uid, e)
+            return Status.BADREQ, [str(e).encode()]
+        try:
+            return await self._dispatch(op, args, peer_uid)
+        except (XosError, ValueError, IndexError) as e:
+            code = getattr(e, "code", "bad-request")
+            log.warning("identity socket: op %s refused: %s", op, e, extra={"code": code})
+            status = Status.DENIED if isinstance(e, credential.CredentialError) else Status.BADREQ
+            if isinstance(e, XosError) and not isinstance(e, credential.CredentialError):
+                status = Status.ERROR
+            return status, [code.encode(), str(e).encode()]
+
+    async def _dispatch(self, op: int, args: list[str], peer_uid: int) -> tuple[Status, list[bytes]]:
+        if op in (Op.AUTH, Op.ACCOUNT, Op.SESSION) and peer_uid != 0:
+            log.warning("identity socket: op %d from uid %d refused: only root may ask", op, peer_uid)
+            return Status.DENIED, [b"permission-denied", b"only root may authenticate"]
+        if op == Op.AUTH:
+            return self._auth(args[0], args[2])
+        if op == Op.ACCOUNT:
+            return self._account(args[0])
+        if op == Op.SESSION:
+            return await self._session(args[0], int(args[1]))
+        if op == Op.GETPWNAM:
+            return self._pw(self.idmap.lookup_name(args[0]))
+        if op == Op.GETPWUID:
+            return self._pw(self.idmap.lookup_uid(int(args[0])))
+        if op == Op.PWENT:
+            accounts = self.idmap.accounts()
+            i = int(args[0])
+            return self._pw(accounts[i] if 0 <= i < len(accounts) else None)
+        if op in (Op.GETGRNAM, Op.GETGRGID, Op.GRENT):
+            if op == Op.GRENT:
+                groups = self.idmap.groups()
+                i = int(args[0])
+                g = groups[i] if 0 <= i < len(groups) else None
+            else:
+                g = self.idmap.group(args[0] if op == Op.GETGRNAM else int(args[0]))
+            return (Status.OK, group_fields(*g)) if g else (Status.NOTFOUND, [])
+        return Status.BADREQ, [f"unknown op {op}".encode()]
+
+    @staticmethod
+    def _pw(a: Account | None) -> tuple[Status, list[bytes]]:
+        if a is None:
+            return Status.NOTFOUND, []
+        return Status.OK, passwd_fields(a.name, a.uid, a.gid, a.gecos, a.home, a.shell)
+
+    def _auth(self, account: str, token: str) -> tuple[Status, list[bytes]]:
+        m = ACCOUNT.match(account)
+        if m is None:
+            return Status.NOTFOUND, [b"unknown-user", f"{account!r} is not a grid account (user.vo)".encode()]
+        claims = credential.verify(token, self.trust, self.revoked, vo=m.group("vo"))
+        if claims.sub != m.group("user"):
+            raise credential.CredentialWrongVO(f"credential is for {claims.sub}.{claims.vo}, not {account}")
+        acct = self.idmap.map(claims.vo, claims.sub)
+        self.logins[account] = Login(token, claims, time.time())
+        log.info("auth of %s succeeded (credential %s)", account, claims.jti, extra={"vo": claims.vo})
+        return Status.OK, passwd_fields(acct.name, acct.uid, acct.gid, acct.gecos, acct.home, acct.shell)
+
+    def _login(self, account: str) -> Login:
+        login = self.logins.get(account)
+        if login is None or time.time() - login.at > PENDING_TTL:
+            raise credential.CredentialError(f"no authenticated credential for {account}")
+        # Membership, expiry and revocation, checked again now.
+        credential.verify(login.token, self.trust, self.revoked, vo=login.claims.vo)
+        return login
+
+    def _account(self, account: str) -> tuple[Status, list[bytes]]:
+        self._login(account)
+        return Status.OK, []
+
+    async def _session(self, account: str, pid: int) -> tuple[Status, list[bytes]]:
+        login = self._login(account)
+        if self.place is not None and pid > 0:
+            await self.place(login.claims.vo, pid)
+        return Status.OK, [login.token.encode()]
+
+    def forget(self, jtis: set[str]) -> None:
+        """Drop kept logins whose credentials were revoked."""
+        for name, login in list(self.logins.items()):
+            if login.claims.jti in jtis:
+                del self.logins[name]
+
+
+async def request(path: str, op: int, fields: list[bytes], timeout: float = 5.0) -> tuple[int, list[bytes]]:
+    """One request over the identity socket (what the C clients do); (status, fields)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    try:
+        writer.write(encode(op, fields))
+        await writer.drain()
+        (length,) = LEN.unpack(await asyncio.wait_for(reader.readexactly(4), timeout))
+        _v, status, out = decode_body(await asyncio.wait_for(reader.readexactly(length), timeout))
+        return status, out
+    finally:
+        writer.close()
