@@ -76,6 +76,7 @@ class VOService:
         self.kid = credential.key_id(self.key.public_key())
         self.store = SQLiteVOStore(os.path.join(home, "vo.db"))
         self._changed = asyncio.Condition()
+        self.closing = False
 
     def _vo(self, name: str, active: bool = True) -> VO:
         vo = self.store.vo(credential.check_vo_name(name))
@@ -170,7 +171,8 @@ class VOService:
         if wait > 0 and self.store.last_serial() <= since:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.store.last_serial() > since), wait)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.closing or self.store.last_serial() > since), wait)
         revs = self.store.revocations(since)
         return {"serial": max([since, *[r.serial for r in revs]]), "revocations": [r.to_json() for r in revs]}
 
@@ -295,6 +297,10 @@ async def serve_vo(home: str, run: str, listen: str | None) -> None:
     try:
         await stop.wait()
     finally:
+        # Parked long polls answer now, so shutting down does not wait for them to run out.
+        svc.closing = True
+        async with svc._changed:
+            svc._changed.notify_all()
         for r in runners:
             await r.cleanup()
         svc.store.close()
