@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc
+APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc libpam0g-dev \
+	pamtester keyutils
 STAMP := $(VENV)/.xos-setup
-NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py)
+NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py pam/*.c pam/*.h pam/*.map)
 
 .PHONY: setup apt test lint demo bench clean
 

@@ -1,7 +1,8 @@
-"""Build steps pyproject.toml cannot declare: the CFFI extension and xos-init.
+"""Build steps pyproject.toml cannot declare: the CFFI extension, xos-init, the PAM and NSS modules.
 
-CFFI's `cffi_modules` has no pyproject form, and xos-init is an executable,
-not an extension; both are built by `pip install` like the Cython module.
+CFFI's `cffi_modules` has no pyproject form; xos-init is an executable and pam_xos.so and
+libnss_xos.so.2 are plain shared libraries, not Python extensions. All are built by `pip install`
+like the Cython module, and a compiler error fails the build.
 """
 
 import os
@@ -12,6 +13,15 @@ from setuptools.command.build_ext import build_ext
 # (output name inside xos/_native, sources, extra flags); a failure to compile one fails the build.
 PROGRAMS = [
     ("xos-init", ["native/init.c"], ["-O2", "-static-pie"]),
+]
+
+
+# (output name, sources, link flags, libraries): the C clients of the identity socket (pam/).
+CLIENT = ["pam/common.c"]
+LIBRARIES = [
+    ("libnss_xos.so.2", [*CLIENT, "pam/nss_common.c", "pam/nss_passwd.c", "pam/nss_group.c"],
+     ["-Wl,--version-script=pam/nss_xos.map", "-Wl,-soname,libnss_xos.so.2"], []),
+    ("pam_xos.so", [*CLIENT, "pam/pam_xos.c"], ["-Wl,--version-script=pam/pam_xos.map"], ["pam"]),
 ]
 
 
@@ -28,6 +38,10 @@ class BuildNative(build_ext):
         for name, sources, flags in PROGRAMS:
             objects = self.compiler.compile(sources, output_dir=self.build_temp, extra_postargs=["-Wall", *flags])
             self.compiler.link_executable(objects, name, output_dir=outdir, extra_postargs=flags)
+        for name, sources, flags, libs in LIBRARIES:
+            objects = self.compiler.compile(sources, output_dir=os.path.join(self.build_temp, name),
+                                            extra_postargs=["-Wall", "-Wextra", "-fPIC", "-std=gnu11"])
+            self.compiler.link_shared_object(objects, name, output_dir=outdir, libraries=libs, extra_postargs=flags)
 
 
 setup(cffi_modules=["native/build_sys.py:ffi"], cmdclass={"build_ext": BuildNative})

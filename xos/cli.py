@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("vo")
     t.add_argument("keyfile")
     node.add_parser("untrust", help="stop trusting a VO").add_argument("vo")
+    node.add_parser("install", help="install the PAM and NSS modules (/etc/pam.d/xos, nsswitch.conf)")
+    node.add_parser("uninstall", help="undo exactly what install did")
     return p
 
 
@@ -261,6 +263,16 @@ async def _vo_main(args: argparse.Namespace) -> int:
 async def _client_main(args: argparse.Namespace) -> int:
     from xos.node import Client
 
+    if args.area == "node" and args.verb in ("install", "uninstall"):
+        from xos import install
+
+        if args.verb == "install":
+            sock = os.path.join(config.run_dir(), "idmap.sock")
+            rec = install.install(config.home(), None if sock == "/run/xos/idmap.sock" else sock)
+            print("installed: " + ", ".join(rec["files"]) + (", nsswitch.conf" if rec["nsswitch"] else ""))
+        else:
+            print("removed: " + (", ".join(install.uninstall(config.home())) or "nothing"))
+        return 0
     if args.area == "node" and args.verb in ("trust", "untrust"):
         from xos import credential
 

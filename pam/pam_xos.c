@@ -1,0 +1,149 @@
+/*
+ * pam_xos: log in with a VO credential. A thin client of the node daemon's identity socket:
+ * no cryptography, no JSON, no network; the daemon decides. Daemon away: fail closed within
+ * XOS_TIMEOUT_MS (PAM_AUTHINFO_UNAVAIL), never hang, never crash the host program.
+ *
+ * Options: socket=PATH, ignore_unknown_user (PAM_IGNORE for names that are not grid accounts,
+ * as SSSD's module has it), debug.
+ */
+#define _GNU_SOURCE
+#include <linux/keyctl.h>
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "xos_proto.h"
+
+struct opts {
+    const char *socket;
+    int ignore_unknown;
+    int debug;
+};
+
+static void parse(int argc, const char **argv, struct opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "socket=", 7) == 0)
+            o->socket = argv[i] + 7;
+        else if (strcmp(argv[i], "ignore_unknown_user") == 0)
+            o->ignore_unknown = 1;
+        else if (strcmp(argv[i], "debug") == 0)
+            o->debug = 1;
+    }
+}
+
+/* One request; maps the reply to a PAM code through `ok`, logs the daemon's reason. */
+static int ask(pam_handle_t *pamh, const struct opts *o, int op, const char *const *fields, int n,
+               struct xos_reply *r, int ok)
+{
+    char path[256];
+    xos_socket_path(o->socket, path, sizeof(path));
+    int st = xos_request(path, op, fields, n, r);
+    switch (st) {
+    case XOS_OK:
+        return ok;
+    case XOS_NOTFOUND:
+        return o->ignore_unknown ? PAM_IGNORE : PAM_USER_UNKNOWN;
+    case XOS_DENIED:
+        pam_syslog(pamh, LOG_NOTICE, "xos refused %s: %s", fields[0], r->nfields > 1 ? r->field[1] : "denied");
+        return op == XOS_OP_AUTH ? PAM_AUTH_ERR : PAM_PERM_DENIED;
+    case XOS_UNAVAIL:
+        pam_syslog(pamh, LOG_ERR, "xos identity daemon at %s unavailable", path);
+        return PAM_AUTHINFO_UNAVAIL;
+    default:
+        pam_syslog(pamh, LOG_ERR, "xos identity daemon error for %s: %s", fields[0],
+                   r->nfields > 1 ? r->field[1] : "error");
+        return PAM_SYSTEM_ERR;
+    }
+}
+
+static int with_reply(pam_handle_t *pamh, int flags, int argc, const char **argv, int op)
+{
+    struct opts o;
+    const char *user = NULL, *tok = NULL;
+    char pid[24];
+    struct xos_reply *r = NULL;
+    int rc;
+    (void)flags;
+
+    parse(argc, argv, &o);
+    rc = pam_get_user(pamh, &user, NULL);
+    if (rc != PAM_SUCCESS || user == NULL || *user == '\0') {
+        rc = PAM_USER_UNKNOWN;
+        goto out;
+    }
+    if (strchr(user, '.') == NULL) { /* grid accounts are user.vo: not ours */
+        rc = o.ignore_unknown ? PAM_IGNORE : PAM_USER_UNKNOWN;
+        goto out;
+    }
+    r = malloc(sizeof(*r));
+    if (r == NULL) {
+        rc = PAM_BUF_ERR;
+        goto out;
+    }
+    if (op == XOS_OP_AUTH) {
+        rc = pam_get_authtok(pamh, PAM_AUTHTOK, &tok, "Credential: ");
+        if (rc != PAM_SUCCESS || tok == NULL) {
+            rc = PAM_AUTH_ERR;
+            goto out;
+        }
+        const char *f[3] = {user, "pam", tok};
+        rc = ask(pamh, &o, op, f, 3, r, PAM_SUCCESS);
+    } else if (op == XOS_OP_ACCOUNT) {
+        const char *f[1] = {user};
+        rc = ask(pamh, &o, op, f, 1, r, PAM_SUCCESS);
+    } else {
+        snprintf(pid, sizeof(pid), "%d", (int)getpid());
+        const char *f[2] = {user, pid};
+        rc = ask(pamh, &o, op, f, 2, r, PAM_SUCCESS);
+        if (rc == PAM_SUCCESS && r->nfields >= 1) {
+            /* The credential goes into the session keyring for the session's programs. */
+            if (syscall(SYS_add_key, "user", "xos:credential", r->field[0], r->len[0],
+                        KEY_SPEC_SESSION_KEYRING) < 0) {
+                pam_syslog(pamh, LOG_ERR, "cannot put the credential into the session keyring: %m");
+                rc = PAM_SESSION_ERR;
+            }
+        }
+    }
+    if (o.debug)
+        pam_syslog(pamh, LOG_DEBUG, "op %d for %s: %s", op, user, pam_strerror(pamh, rc));
+out:
+    if (r != NULL) {
+        explicit_bzero(r, sizeof(*r)); /* the reply may hold a credential */
+        free(r);
+    }
+    return rc;
+}
+
+PAM_EXTERN int pam_sm_authenticate(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    return with_reply(pamh, flags, argc, argv, XOS_OP_AUTH);
+}
+
+PAM_EXTERN int pam_sm_setcred(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh, (void)flags, (void)argc, (void)argv;
+    return PAM_SUCCESS;
+}
+
+PAM_EXTERN int pam_sm_acct_mgmt(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    return with_reply(pamh, flags, argc, argv, XOS_OP_ACCOUNT);
+}
+
+PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    return with_reply(pamh, flags, argc, argv, XOS_OP_SESSION);
+}
+
+PAM_EXTERN int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh, (void)flags, (void)argc, (void)argv;
+    return PAM_SUCCESS;
+}
