@@ -10,31 +10,11 @@ import signal
 import subprocess
 import time
 
-import pytest
-
+from tests.grid.conftest import POOL
 from xos import credential
 from xos.idmapd import request
 from xos.idproto import LEN, Op, Status, encode
-from xos.testing import TestGrid, TestVOService, wait_for
-
-PORT = 7101
-POOL = (30000, 30999)
-
-
-@pytest.fixture
-def site():
-    """A node with a pool for VO bio that follows a VO service over the test grid's bridge."""
-    with TestGrid(1, ["--pool", f"bio={POOL[0]}-{POOL[1]}", "--vo-url", f"http://198.18.0.1:{PORT}"]) as grid:
-        node = grid.nodes[0]
-        node.expect_warning("revocations from .* unavailable")  # until the VO service below is up
-        with TestVOService(listen=f"198.18.0.1:{PORT}") as vo:
-            assert vo.cli("vo", "create", "bio")[0] == 0
-            key = os.path.join(vo.home, "vo", "signing.key.pub")
-            assert node.cli("node", "trust", "bio", key)[0] == 0
-            yield node, vo
-            assert vo.unexpected_warnings() == []
-        bad = node.unexpected_warnings()
-        assert not bad, bad
+from xos.testing import wait_for
 
 
 def ask(node, op, *fields: str):
