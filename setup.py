@@ -19,7 +19,8 @@ PROGRAMS = [
 # (output name, sources, link flags, libraries): the C clients of the identity socket (pam/).
 CLIENT = ["pam/common.c"]
 LIBRARIES = [
-    ("libnss_xos.so.2", [*CLIENT, "pam/nss_common.c", "pam/nss_passwd.c", "pam/nss_group.c"],
+    ("libnss_xos.so.2", [*CLIENT, "pam/nss_cache.c", "pam/nss_common.c", "pam/nss_passwd.c",
+                         "pam/nss_group.c"],
      ["-Wl,--version-script=pam/nss_xos.map", "-Wl,-soname,libnss_xos.so.2"], []),
     ("pam_xos.so", [*CLIENT, "pam/pam_xos.c"], ["-Wl,--version-script=pam/pam_xos.map"], ["pam"]),
 ]

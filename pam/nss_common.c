@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "nss_cache.h"
 #include "nss_common.h"
 
 enum nss_status xos_nss_ask(int op, const char *arg, struct xos_reply **reply, int *errnop)
@@ -21,6 +22,11 @@ enum nss_status xos_nss_ask(int op, const char *arg, struct xos_reply **reply, i
         *errnop = ENOMEM;
         return NSS_STATUS_TRYAGAIN;
     }
+    if ((op == XOS_OP_GETPWNAM && xos_cache_passwd(arg, 0, *reply)) ||
+        (op == XOS_OP_GETPWUID && xos_cache_passwd(NULL, strtol(arg, NULL, 10), *reply)) ||
+        (op == XOS_OP_GETGRNAM && xos_cache_group(arg, 0, *reply)) ||
+        (op == XOS_OP_GETGRGID && xos_cache_group(NULL, strtol(arg, NULL, 10), *reply)))
+        return NSS_STATUS_SUCCESS;
     xos_socket_path(NULL, path, sizeof(path));
     switch (xos_request(path, op, fields, 1, *reply)) {
     case XOS_OK:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -39,6 +40,8 @@ class NodeIdentity:
         self._db: sqlite3.Connection | None = None
         self._pullers: list[asyncio.Task[None]] = []
         self._serials: dict[str, int] = {}
+        self._cache_fds: dict[str, int] = {}
+        self._cache_pending: asyncio.TimerHandle | None = None
 
     async def start(self, node: NodeService) -> None:
         """Load pools, map and revocations; listen on the identity socket; follow the VO services."""
@@ -65,8 +68,11 @@ class NodeIdentity:
         self._serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())
         trust = credential.TrustStore(os.path.join(cfg.home, "trust"))
         self.server = IdentityServer(self.idmap, trust, self.revoked, self._place)
+        self.server.on_change = self._cache_soon
+        self.write_cache()
         await self.server.start(os.path.join(cfg.run, "idmap.sock"))
         self._pullers = [asyncio.create_task(self._follow(url)) for url in cfg.vo_urls]
+        self._pullers.append(asyncio.create_task(self._expire_loop()))
 
     async def stop(self) -> None:
         """Stop following and serving."""
@@ -77,10 +83,53 @@ class NodeIdentity:
                 await t
         if self.server is not None:
             await self.server.stop()
+        if self._cache_pending is not None:
+            self._cache_pending.cancel()
+        for name, fd in self._cache_fds.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.config.run, name))
+            os.close(fd)
+        self._cache_fds.clear()
         if self.idmap is not None:
             self.idmap.close()
         if self._db is not None:
             self._db.close()
+
+    def write_cache(self) -> None:
+        """Rewrite the NSS cache files (pam/nss_cache.c) and hold a shared lock on them while we live."""
+        assert self.idmap is not None
+        passwd = "".join(f"{a.name}:x:{a.uid}:{a.gid}:{a.gecos}:{a.home}:{a.shell}:{int(exp)}\n"
+                         for a, exp in self.idmap.leases())
+        group = "".join(f"{name}:x:{gid}:{','.join(members)}\n" for name, gid, members in self.idmap.groups())
+        for name, text in (("nss.passwd", passwd), ("nss.group", group)):
+            path = os.path.join(self.config.run, name)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            os.write(fd, text.encode())
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.rename(tmp, path)
+            old = self._cache_fds.pop(name, None)
+            self._cache_fds[name] = fd
+            if old is not None:
+                os.close(old)
+
+    def _cache_soon(self) -> None:
+        # New leases reach the cache in a batch: until then a lookup misses and asks the daemon, which
+        # is still right. Removals (apply, expiry) rewrite it at once, so nothing ended resolves.
+        if self._cache_pending is None:
+            self._cache_pending = asyncio.get_running_loop().call_later(0.05, self._cache_now)
+
+    def _cache_now(self) -> None:
+        self._cache_pending = None
+        self.write_cache()
+
+    async def _expire_loop(self) -> None:
+        """Quarantine expired leases every minute; the cache follows."""
+        assert self.idmap is not None
+        while True:
+            await asyncio.sleep(60)
+            if self.idmap.expire():
+                self.write_cache()
 
     async def _place(self, vo: str, pid: int) -> None:
         """Put a login's process into its VO's workspace cgroup, made on first use."""
@@ -109,6 +158,7 @@ class NodeIdentity:
         self.revoked.update(fresh)
         if self.server is not None:
             self.server.forget(fresh)
+        self.write_cache()
 
     async def _follow(self, url: str) -> None:
         """Long-poll one VO service's revocation list forever, with bounded backoff when it is away."""

@@ -126,6 +126,7 @@ class IdentityMap:
         self.home_base = home_base
         self.lease_ttl = lease_ttl
         self.quarantine_time = quarantine
+        self.generation = 0  # bumped whenever the set of leases changes (not on renewal)
         for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
             if a.first <= b.last and b.first <= a.last:
                 raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
@@ -179,6 +180,7 @@ class IdentityMap:
                 raise PoolFull(f"the UID pool of VO {vo!r} ({pool.first}-{pool.last}) is full", vo=vo)
             db.execute("DELETE FROM quarantine WHERE uid=?", (uid,))
             db.execute("INSERT INTO leases VALUES (?,?,?,?)", (vo, user, uid, t + self.lease_ttl))
+            self.generation += 1
         log.info("leased uid %d to %s of %s", uid, user, vo, extra={"vo": vo, "uid": uid})
         return self._account(vo, user, uid)
 
@@ -202,9 +204,13 @@ class IdentityMap:
 
     def accounts(self, now: float | None = None) -> list[Account]:
         """Every current lease, in UID order (for enumeration)."""
+        return [a for a, _exp in self.leases(now)]
+
+    def leases(self, now: float | None = None) -> list[tuple[Account, float]]:
+        """Every current lease with its expiry, in UID order."""
         t = time.time() if now is None else now
-        rows = self._db.execute("SELECT vo, user, uid FROM leases WHERE expires > ? ORDER BY uid", (t,))
-        return [self._account(vo, user, uid) for vo, user, uid in rows if vo in self.pools]
+        rows = self._db.execute("SELECT vo, user, uid, expires FROM leases WHERE expires > ? ORDER BY uid", (t,))
+        return [(self._account(vo, user, uid), exp) for vo, user, uid, exp in rows if vo in self.pools]
 
     def group(self, name_or_gid: str | int) -> tuple[str, int, list[str]] | None:
         """(name, gid, members) of a VO's group."""
@@ -229,6 +235,7 @@ class IdentityMap:
             for uid in uids:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
                 db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+            self.generation += bool(uids)
         for uid in uids:
             kill_uid(uid)
         if uids:
@@ -243,6 +250,7 @@ class IdentityMap:
             for vo, uid in rows:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
                 db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+            self.generation += bool(rows)
         for _vo, uid in rows:
             kill_uid(uid)
         return [uid for _vo, uid in rows]

@@ -61,6 +61,7 @@ class IdentityServer:
         self.revoked = revoked
         self.place = place
         self.logins: dict[str, Login] = {}
+        self.on_change: Callable[[], None] | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, path: str) -> None:
@@ -172,7 +173,10 @@ class IdentityServer:
         claims = credential.verify(token, self.trust, self.revoked, vo=m.group("vo"))
         if claims.sub != m.group("user"):
             raise credential.CredentialWrongVO(f"credential is for {claims.sub}.{claims.vo}, not {account}")
+        generation = self.idmap.generation
         acct = self.idmap.map(claims.vo, claims.sub)
+        if self.idmap.generation != generation and self.on_change is not None:
+            self.on_change()  # the NSS cache; until it has the account, lookups ask us
         self.logins[account] = Login(token, claims, time.time())
         log.info("auth of %s succeeded (credential %s)", account, claims.jti, extra={"vo": claims.vo})
         return Status.OK, passwd_fields(acct.name, acct.uid, acct.gid, acct.gecos, acct.home, acct.shell)
