@@ -41,7 +41,6 @@ class NodeIdentity:
         self._pullers: list[asyncio.Task[None]] = []
         self._serials: dict[str, int] = {}
         self._cache_fds: dict[str, int] = {}
-        self._cache_pending: asyncio.TimerHandle | None = None
 
     async def start(self, node: NodeService) -> None:
         """Load pools, map and revocations; listen on the identity socket; follow the VO services."""
@@ -68,7 +67,7 @@ class NodeIdentity:
         self._serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())
         trust = credential.TrustStore(os.path.join(cfg.home, "trust"))
         self.server = IdentityServer(self.idmap, trust, self.revoked, self._place)
-        self.server.on_change = self._cache_soon
+        self.server.on_change = self.write_cache
         self.write_cache()
         await self.server.start(os.path.join(cfg.run, "idmap.sock"))
         self._pullers = [asyncio.create_task(self._follow(url)) for url in cfg.vo_urls]
@@ -83,8 +82,6 @@ class NodeIdentity:
                 await t
         if self.server is not None:
             await self.server.stop()
-        if self._cache_pending is not None:
-            self._cache_pending.cancel()
         for name, fd in self._cache_fds.items():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.config.run, name))
@@ -112,16 +109,6 @@ class NodeIdentity:
             self._cache_fds[name] = fd
             if old is not None:
                 os.close(old)
-
-    def _cache_soon(self) -> None:
-        # New leases reach the cache in a batch: until then a lookup misses and asks the daemon, which
-        # is still right. Removals (apply, expiry) rewrite it at once, so nothing ended resolves.
-        if self._cache_pending is None:
-            self._cache_pending = asyncio.get_running_loop().call_later(0.05, self._cache_now)
-
-    def _cache_now(self) -> None:
-        self._cache_pending = None
-        self.write_cache()
 
     async def _expire_loop(self) -> None:
         """Quarantine expired leases every minute; the cache follows."""
