@@ -114,7 +114,7 @@ class IdentityMap:
 
     def __init__(self, db_path: str, pools: dict[str, Pool], static: dict[tuple[str, str], str] | None = None,
                  home_base: str = "/var/lib/xos/workspaces", lease_ttl: float = 7 * 86400,
-                 quarantine: float = 3600) -> None:
+                 quarantine: float = 3600, scrub_dirs: tuple[str, ...] = ("/tmp", "/var/tmp")) -> None:
         os.makedirs(os.path.dirname(db_path) or ".", exist_ok=True)
         self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -127,6 +127,7 @@ class IdentityMap:
         self.lease_ttl = lease_ttl
         self.quarantine_time = quarantine
         self.generation = 0  # bumped whenever the set of leases changes (not on renewal)
+        self.scrub_dirs = (*scrub_dirs, home_base)
         for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
             if a.first <= b.last and b.first <= a.last:
                 raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
@@ -242,8 +243,7 @@ class IdentityMap:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
                 db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
             self.generation += bool(uids)
-        for uid in uids:
-            kill_uid(uid)
+        self.scrub(set(uids))
         if uids:
             log.info("released uid(s) %s of %s", uids, vo, extra={"vo": vo})
         return uids
@@ -257,9 +257,17 @@ class IdentityMap:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
                 db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
             self.generation += bool(rows)
-        for _vo, uid in rows:
-            kill_uid(uid)
+        self.scrub({uid for _vo, uid in rows})
         return [uid for _vo, uid in rows]
+
+    def scrub(self, uids: set[int]) -> None:
+        """What released UIDs leave behind goes before anyone else may get them: processes, files."""
+        if not uids:
+            return
+        killed = sum(kill_uid(uid) for uid in uids)
+        removed = sum(remove_owned(uids, d) for d in self.scrub_dirs if os.path.isdir(d))
+        if killed or removed:
+            log.info("uid(s) %s: %d process(es) killed, %d file(s) removed", sorted(uids), killed, removed)
 
     def close(self) -> None:
         """Close the database."""
@@ -284,6 +292,26 @@ def local_accounts(path: str = "/etc/passwd") -> dict[str, pwd.struct_passwd]:
 def _taken(uid: int) -> bool:
     """Whether a local account already owns `uid` (a pool must never hand out someone's UID)."""
     return any(pw.pw_uid == uid for pw in local_accounts().values())
+
+
+def remove_owned(uids: set[int], top: str) -> int:
+    """Delete every file and directory under `top` owned by one of `uids`, not following links; how many."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames + dirnames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+                if st.st_uid not in uids:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)  # its contents went first (bottom-up); not empty means someone else's
+                else:
+                    os.unlink(path)
+                n += 1
+            except OSError:
+                continue
+    return n
 
 
 def kill_uid(uid: int) -> int:

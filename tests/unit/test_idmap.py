@@ -81,3 +81,26 @@ def test_bad_map_lines_are_named(text, line):
 def test_overlapping_pools_refused(tmp_path):
     with pytest.raises(Exception, match="overlap"):
         IdentityMap(str(tmp_path / "o.db"), {"a": Pool.parse("a", "30000-30100"), "b": Pool.parse("b", "30050-30200")})
+
+
+def test_release_scrubs_processes_and_files(tmp_path):
+    import os
+    import subprocess
+
+    scratch = tmp_path / "scratch"
+    (scratch / "keep").mkdir(parents=True)
+    m = IdentityMap(str(tmp_path / "s.db"), {"bio": Pool.parse("bio", "41000-41009")}, scrub_dirs=(str(scratch),))
+    uid = m.map("bio", "alice").uid
+    mine = scratch / "keep" / "left-behind"
+    mine.write_text("x")
+    os.chown(mine, uid, uid)
+    (scratch / "keep" / "not-mine").write_text("y")
+    proc = subprocess.Popen(["sleep", "60"], user=uid, group=41000)
+    try:
+        assert m.release("bio", "alice") == [uid]
+        assert proc.wait(10) == -9  # killed, not left to run under a UID someone else may get
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not mine.exists() and (scratch / "keep" / "not-mine").exists()
+    m.close()
