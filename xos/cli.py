@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     _alloc_args(c)
     c.add_argument("--uid", type=int)
     c.add_argument("--gid", type=int)
+    c.add_argument("--vo", help="run as the account this VO's --user maps to on this node")
+    c.add_argument("--user", help="grid user (with --vo)")
     e = ws.add_parser("exec", help="run a command in a workspace (after --), stdin and output streamed")
     e.add_argument("name")
     e.add_argument("-n", "--no-stdin", action="store_true", help="give the command an empty stdin")
@@ -298,7 +300,7 @@ async def _client_main(args: argparse.Namespace) -> int:
             return 0
         v = args.verb
         if v == "create":
-            d = await node.create(args.name, uid=args.uid, gid=args.gid, **_alloc(args))
+            d = await node.create(args.name, uid=args.uid, gid=args.gid, vo=args.vo, user=args.user, **_alloc(args))
             print(f"{d['name']} {d['state']} {d['address']}")
         elif v == "exec":
             res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),

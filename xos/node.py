@@ -32,10 +32,13 @@ class Client(rpc.HttpClient):
         """The node: name, cgroup hierarchy, capacity, what is allocated."""
         return await self._call("GET", "/v1/node")
 
-    async def create(self, name: str, *, uid: int | None = None, gid: int | None = None,
-                     **alloc: Any) -> dict[str, Any]:
-        """Create a workspace; allocation keywords: cpu, memory, pids, egress, ingress."""
+    async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
+                     user: str | None = None, **alloc: Any) -> dict[str, Any]:
+        """Create a workspace running as uid/gid or as the account a grid identity (vo, user) maps to;
+        allocation keywords: cpu, memory, pids, egress, ingress."""
         body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
+        if vo is not None or user is not None:
+            body.update(vo=vo, user=user)
         if uid is not None:
             body["uid"] = uid
         if gid is not None:

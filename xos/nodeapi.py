@@ -51,8 +51,11 @@ async def create_workspace(request: web.Request) -> web.Response:
     body = await rpc.read_body(request)
     alloc_in = rpc.field(body, "allocation", dict, {})
     alloc = Allocation.parse(alloc_in)
+    vo, user = rpc.field(body, "vo", str), rpc.field(body, "user", str)
+    if (vo is None) != (user is None):
+        raise InvalidInput("a grid identity needs both vo and user")
     ws = await svc.create(rpc.field(body, "name", str, None), alloc, rpc.field(body, "uid", int),
-                          rpc.field(body, "gid", int))
+                          rpc.field(body, "gid", int), (vo, user) if vo is not None and user is not None else None)
     return rpc.json_response(await ws.describe(), status=201)
 
 

@@ -172,13 +172,22 @@ class NodeService:
         return ws
 
     async def create(self, name: str, alloc: Allocation, uid: int | None = None,
-                     gid: int | None = None) -> Workspace:
-        """Admit and build a workspace; nothing is left behind if that fails."""
+                     gid: int | None = None, owner: tuple[str, str] | None = None) -> Workspace:
+        """Admit and build a workspace, run as `uid`/`gid` or as the account `owner` (vo, user) maps to;
+        nothing is left behind if that fails."""
         ctx = self._ctx()
         check_name(name)
-        uid = self.config.default_uid if uid is None else uid
-        gid = self.config.default_gid if gid is None else gid
-        _check_ids(uid, gid)
+        if owner is not None:
+            if uid is not None or gid is not None:
+                raise InvalidInput("give a grid identity (vo and user) or a uid and gid, not both")
+            if self.identity.idmap is None:
+                raise InvalidInput("this node maps no grid identities")
+            acct = self.identity.idmap.map(*owner)  # the same mapping and lease as a login
+            uid, gid = acct.uid, acct.gid
+        else:
+            uid = self.config.default_uid if uid is None else uid
+            gid = self.config.default_gid if gid is None else gid
+            _check_ids(uid, gid)
         async with self.admission:
             if name in self.workspaces:
                 raise WorkspaceExists(f"workspace {name!r} exists already", name=name)

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.grid.conftest import POOL
 from xos import credential
 from xos.idmapd import request
@@ -167,3 +169,19 @@ def test_revocation_and_dissolution_reach_the_node(site):
     wait_for(lambda: ask(node, Op.GETPWNAM, "bob.bio")[0] == Status.NOTFOUND, 5, "bob's lease to be released")
     assert ask(node, Op.ACCOUNT, "bob.bio")[0] == Status.DENIED
     assert json.loads(node.cli("node", "info")[1])["name"] == node.name
+
+
+def test_workspace_runs_as_the_mapped_account(site):
+    node, vo = site
+    status, pw = ask(node, Op.AUTH, "alice.bio", "sshd", token(vo, "alice"))
+    uid = int(pw[1])
+    with node.client() as c:
+        ws = c.create("alice-job", vo="bio", user="alice")
+        assert (ws["uid"], ws["gid"]) == (uid, POOL[0])  # the login's lease, not a second one
+        out = bytearray()
+        c.exec("alice-job", ["id", "-u"], on_stdout=out.extend)
+        assert out.decode().strip() == str(uid)
+        node.expect_warning("no UID pool")
+        with pytest.raises(Exception) as e:
+            c.create("x", vo="chem", user="alice")
+        assert getattr(e.value, "code", "") == "no-pool"
