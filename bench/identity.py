@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pam as python_pam  # noqa: E402
+from bench.report import pct, table  # noqa: E402
 from xos import install  # noqa: E402
 from xos.idmapd import request  # noqa: E402
 from xos.idproto import Op, Status  # noqa: E402
@@ -28,11 +29,6 @@ from xos.vo import SyncClient as VOClient  # noqa: E402
 
 LOCAL_USER = "xosbenchu"
 LOCAL_PASSWORD = "bench-password-1"
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
 def timed(fn: Any, runs: int) -> list[float]:
@@ -125,10 +121,7 @@ def report(r: dict[str, Any]) -> str:
         rows.append((f"{call} through NSS (us)", f"{statistics.median(x) * 1e6:.1f}", f"{pct(x, 99) * 1e6:.1f}",
                      "files", f"{statistics.median(f) * 1e6:.1f}", f"{pct(f, 99) * 1e6:.1f}",
                      f"{statistics.median(x) / statistics.median(f):.2f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = table(rows)
     le = r["leases"]
     lines.append(f"\nlease allocation for new users (login over the identity socket, 50 at once): "
                  f"{le['count'] / le['seconds']:.0f} per second ({le['count']} users)")

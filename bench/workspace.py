@@ -21,17 +21,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.report import pct, table  # noqa: E402
 from xos.cgroup import detect, mounts, walk  # noqa: E402
 from xos.node import Client  # noqa: E402
 from xos.testing import TestNode, node  # noqa: E402
 
 RUNC_CGROUP = "xos-bench-runc"
-
-
-def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
 def runc_bundle(base: str) -> str:
@@ -181,10 +176,7 @@ def report(r: dict[str, Any]) -> str:
         (f"usage sweep of {r['sweep']['workspaces']} workspaces (ms)", f"{statistics.median(sw) * ms:.2f}",
          f"{pct(sw, 95) * ms:.2f}", "target", "5.00", "", f"{statistics.median(sw) * ms / 5:.2f}"),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = table(rows)
     m = r["machine"]
     lines.insert(0, f"{m['cpus']} CPUs, cgroup {m['cgroup']}, kernel {m['kernel']}; xos includes veth, address "
                     "and HTB shaping both ways, runc gets a bare network namespace")

@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from xos.config import NodeConfig
 from xos.errors import Unavailable, XosError
 from xos.idmap import IdentityMap, Pool, parse_map
 from xos.idmapd import IdentityServer
+from xos.sqlite import Database
 
 if TYPE_CHECKING:
     from xos.noded import NodeService
@@ -37,7 +37,7 @@ class NodeIdentity:
         self.idmap: IdentityMap | None = None
         self.server: IdentityServer | None = None
         self.node: NodeService | None = None
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._pullers: list[asyncio.Task[None]] = []
         self._serials: dict[str, int] = {}
         self._cache_fds: dict[str, int] = {}
@@ -59,9 +59,9 @@ class NodeIdentity:
         self.idmap = IdentityMap(os.path.join(cfg.home, "idmap.db"), pools, static,
                                  home_base=os.path.join(cfg.home, "homes"), lease_ttl=cfg.lease_ttl,
                                  quarantine=cfg.quarantine)
-        self._db = sqlite3.connect(os.path.join(cfg.home, "idmap.db"), isolation_level=None, check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS serials (url TEXT PRIMARY KEY, serial INTEGER NOT NULL)")
+        self._db = Database(os.path.join(cfg.home, "idmap.db"),
+                            "CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);"
+                            "CREATE TABLE IF NOT EXISTS serials (url TEXT PRIMARY KEY, serial INTEGER NOT NULL);")
         self.revoked.update(r[0] for r in self._db.execute("SELECT jti FROM revoked WHERE exp > ?",
                                                           (int(time.time()),)))
         self._serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())

@@ -13,14 +13,12 @@ import os
 import pwd
 import re
 import signal
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xos.credential import USER_NAME, VO_NAME
 from xos.errors import Conflict, InvalidInput, NotFound
+from xos.sqlite import Database
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +113,7 @@ class IdentityMap:
     def __init__(self, db_path: str, pools: dict[str, Pool], static: dict[tuple[str, str], str] | None = None,
                  home_base: str = "/var/lib/xos/workspaces", lease_ttl: float = 7 * 86400,
                  quarantine: float = 3600, scrub_dirs: tuple[str, ...] = ("/tmp", "/var/tmp")) -> None:
-        os.makedirs(os.path.dirname(db_path) or ".", exist_ok=True)
-        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Database(db_path, SCHEMA)
         self.pools = pools
         self.static = static or {}
         self.home_base = home_base
@@ -131,17 +124,6 @@ class IdentityMap:
         for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
             if a.first <= b.last and b.first <= a.last:
                 raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _account(self, vo: str, user: str, uid: int) -> Account:
         pool = self.pools[vo]
@@ -171,7 +153,7 @@ class IdentityMap:
         row = self._db.execute("SELECT uid, expires FROM leases WHERE vo=? AND user=?", (vo, user)).fetchone()
         if row and row[1] - t > self.lease_ttl - slack:
             return self._account(vo, user, row[0])
-        with self._tx() as db:
+        with self._db.tx() as db:
             row = db.execute("SELECT uid, expires FROM leases WHERE vo=? AND user=?", (vo, user)).fetchone()
             if row and row[1] > t:
                 db.execute("UPDATE leases SET expires=? WHERE vo=? AND user=?", (t + self.lease_ttl, vo, user))
@@ -234,7 +216,7 @@ class IdentityMap:
     def release(self, vo: str, user: str | None = None, now: float | None = None) -> list[int]:
         """End leases (of one member, or of a whole VO): processes killed, UIDs quarantined."""
         t = time.time() if now is None else now
-        with self._tx() as db:
+        with self._db.tx() as db:
             q, args = "SELECT uid FROM leases WHERE vo=?", [vo]
             if user is not None:
                 q, args = q + " AND user=?", [vo, user]
@@ -251,7 +233,7 @@ class IdentityMap:
     def expire(self, now: float | None = None) -> list[int]:
         """Quarantine every expired lease (run periodically)."""
         t = time.time() if now is None else now
-        with self._tx() as db:
+        with self._db.tx() as db:
             rows = db.execute("SELECT vo, uid FROM leases WHERE expires <= ?", (t,)).fetchall()
             for vo, uid in rows:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xos.allocation import Allocation
+from xos.sqlite import Database
 
 
 @dataclass
@@ -118,33 +117,19 @@ class SQLiteNodeStore:
     """NodeStore in one SQLite file in WAL mode."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self._db = Database(path, SCHEMA)
 
     def add_workspace(self, rec: WorkspaceRecord) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
             db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, "", rec.state, time.time(), "created"))
 
     def update_workspace(self, rec: WorkspaceRecord) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
 
     def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, rec.state, new, time.time(), reason))
             db.execute("UPDATE workspaces SET state=? WHERE id=?", (new, rec.id))
         rec.state = new
@@ -158,7 +143,7 @@ class SQLiteNodeStore:
                                      (ws_id,)))
 
     def save_usage(self, *recs: UsageRecord) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.executemany("REPLACE INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)",
                            [(r.ws_id, r.name, r.started, r.ended, r.cpu_ns, r.memory_peak, r.bytes_in, r.bytes_out,
                              r.oom_kills, r.pids_refused) for r in recs])
@@ -170,13 +155,13 @@ class SQLiteNodeStore:
         return [UsageRecord(*r) for r in self._db.execute(q + " ORDER BY started", args)]
 
     def add_process(self, rec: ProcessRecord) -> int:
-        with self._tx() as db:
+        with self._db.tx() as db:
             cur = db.execute("INSERT INTO processes (ws_id, pid, argv, started, oom_killed) VALUES (?,?,?,?,0)",
                              (rec.ws_id, rec.pid, json.dumps(rec.argv), rec.started))
             return int(cur.lastrowid or 0)
 
     def end_process(self, row: int, ended: float, code: int | None, sig: int | None, oom: bool) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("UPDATE processes SET ended=?, exit_code=?, signal=?, oom_killed=? WHERE row=?",
                        (ended, code, sig, int(oom), row))
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from xos.sqlite import Database
 
 
 @dataclass
@@ -94,24 +92,10 @@ class SQLiteVOStore:
     """VOStore in one SQLite file."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        self._db = Database(path, SCHEMA)
 
     def add_vo(self, vo: VO) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("INSERT INTO vos VALUES (?,?,?,?,?)", (vo.name, vo.owner, vo.state, vo.created, vo.expires))
 
     def vo(self, name: str) -> VO | None:
@@ -122,11 +106,11 @@ class SQLiteVOStore:
         return [VO(*r) for r in self._db.execute("SELECT * FROM vos ORDER BY name")]
 
     def set_vo_state(self, name: str, state: str) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("UPDATE vos SET state=? WHERE name=?", (state, name))
 
     def put_member(self, m: Member) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("REPLACE INTO members VALUES (?,?,?,?,?)",
                        (m.vo, m.user, json.dumps(m.roles), json.dumps(m.groups), m.added))
 
@@ -138,11 +122,11 @@ class SQLiteVOStore:
         return [self._member(r) for r in self._db.execute("SELECT * FROM members WHERE vo=? ORDER BY user", (vo,))]
 
     def remove_member(self, vo: str, user: str) -> bool:
-        with self._tx() as db:
+        with self._db.tx() as db:
             return db.execute("DELETE FROM members WHERE vo=? AND user=?", (vo, user)).rowcount > 0
 
     def add_credential(self, jti: str, vo: str, user: str, iat: int, exp: int) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("INSERT INTO credentials (jti, vo, user, iat, exp) VALUES (?,?,?,?,?)",
                        (jti, vo, user, iat, exp))
 
@@ -161,7 +145,7 @@ class SQLiteVOStore:
             args.append(user)
         now = time.time()
         out = []
-        with self._tx() as db:
+        with self._db.tx() as db:
             for jti, cvo, cuser, exp in db.execute(q, args).fetchall():
                 cur = db.execute("INSERT INTO revocations (jti, vo, user, exp, at, reason, scope) "
                                  "VALUES (?,?,?,?,?,?,?)", (jti, cvo, cuser, exp, now, reason, scope))

@@ -3,13 +3,13 @@
 import os
 import secrets
 import signal
-import time
 
 import pytest
 
 from xos import spawn as sp
 from xos.allocation import Allocation
 from xos.cgroup import detect
+from xos.testing import wait_for
 
 
 @pytest.fixture
@@ -25,6 +25,15 @@ def cgroup():
         cg.remove()
         h.remove_root(root)
         assert not cg.exists()
+
+
+BUSY = ["sh", "-c", "while :; do :; done"]
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
 
 
 def start_in(cg, argv):
@@ -66,7 +75,13 @@ def test_freeze_kill_and_counters(cgroup):
     cgroup.set_frozen(True)
     assert cgroup.frozen()
     before = cgroup.usage().cpu_ns
-    time.sleep(0.2)  # a frozen process must not gain CPU time over an interval
+    # While a busy loop outside the cgroup burns 0.2 s of CPU, the frozen one must gain none.
+    ref = sp.spawn(sp.SpawnSpec(argv=BUSY, env={"PATH": sp.DEFAULT_PATH}))
+    try:
+        wait_for(lambda: cpu_ticks(ref) >= 20, 30, "the reference loop to run")
+    finally:
+        os.kill(ref, signal.SIGKILL)
+        os.waitpid(ref, 0)
     assert cgroup.usage().cpu_ns == before
     cgroup.set_frozen(False)
     assert not cgroup.frozen()
