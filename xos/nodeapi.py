@@ -100,7 +100,7 @@ async def processes(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     svc = _svc(request)
-    svc.sample()
+    svc.sample(persist=True)  # the records below come from the store
     assert svc.store is not None
     name = request.query.get("name")
     return rpc.json_response([u.to_json() for u in svc.store.usage(name)])

@@ -35,10 +35,12 @@ from xos.errors import (
     XosError,
 )
 from xos.identity import NodeIdentity
-from xos.store import NodeStore, ProcessRecord, WorkspaceRecord, open_store
+from xos.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, open_store
 from xos.workspace import NodeContext, Workspace
 
 log = logging.getLogger(__name__)
+
+PERSIST_EVERY = 6  # sweeps between writes of the usage records (30 s at the default interval)
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -76,6 +78,8 @@ class NodeService:
         self.admission = asyncio.Lock()
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self._sweeps = 0
+        self._dirty: dict[str, UsageRecord] = {}
         self.identity = NodeIdentity(config)
 
     # -- start-up and shutdown ----------------------------------------------------------------
@@ -108,7 +112,7 @@ class NodeService:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
-        self.sample()
+        self.sample(persist=True)
         for ws in self.workspaces.values():
             ws._close_handles()
         if self.ctx is not None:
@@ -217,8 +221,9 @@ class NodeService:
         """Remove a workspace and everything it had."""
         ws = self.get(name)
         async with ws.lock:
-            await ws.destroy("destroy requested")
+            await ws.destroy("destroy requested")  # writes the final usage record itself
             self.workspaces.pop(name, None)
+            self._dirty.pop(ws.rec.id, None)
 
     async def freeze(self, name: str) -> None:
         """Freeze every process of a workspace."""
@@ -302,10 +307,23 @@ class NodeService:
 
     # -- accounting and monitoring -----------------------------------------------------------
 
-    def sample(self) -> None:
-        """Sample every workspace's counters and persist the usage records, in one transaction."""
-        if self.ctx is None or not self.workspaces:
+    def sample(self, persist: bool | None = None) -> None:
+        """Sweep every workspace's counters into its usage record; persist the changed records every
+        PERSIST_EVERY sweeps (or now, or never, as `persist` says), in one transaction.
+
+        Persisting less often loses nothing: the kernel's counters are cumulative and outlive the
+        daemon, and a destroyed workspace's final record is written at once."""
+        if self.ctx is None:
             return
+        self._sweeps += 1
+        if self.workspaces:
+            self._sweep()
+        if self._dirty and (persist or (persist is None and self._sweeps % PERSIST_EVERY == 0)):
+            self.ctx.store.save_usage(*self._dirty.values())
+            self._dirty.clear()
+
+    def _sweep(self) -> None:
+        assert self.ctx is not None
         live = [ws for ws in self.workspaces.values() if ws.rec.state in ("running", "frozen")]
         try:
             values = read_many([ws.cgroup.counters() for ws in live])
@@ -313,9 +331,9 @@ class NodeService:
             log.warning("cannot sample workspaces: %s", e)
             return
         net = rtnl_raw.link_counters(self.ctx.raw)
-        changed = [ws.usage_rec for ws, v in zip(live, values, strict=True) if ws.take(v, net.get(ws.host_index))]
-        if changed:
-            self.ctx.store.save_usage(*changed)
+        for ws, v in zip(live, values, strict=True):
+            if ws.take(v, net.get(ws.host_index)):
+                self._dirty[ws.rec.id] = ws.usage_rec
 
     async def _sample_loop(self) -> None:
         while True:
