@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pwd
 import statistics
@@ -20,7 +19,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pam as python_pam  # noqa: E402
-from bench.report import pct, table  # noqa: E402
+from bench.report import pct, table, write_json  # noqa: E402
 from xos import install  # noqa: E402
 from xos.idmapd import request  # noqa: E402
 from xos.idproto import Op, Status  # noqa: E402
@@ -137,10 +136,7 @@ def main() -> int:
     args = p.parse_args()
     results = run(args)
     print(report(results))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.out, results)
     return 0
 
 

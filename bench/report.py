@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank)."""
@@ -16,3 +20,11 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
+
+
+def write_json(path: str | None, results: dict[str, Any]) -> None:
+    """Write the raw results where --out says, if it says."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)

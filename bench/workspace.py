@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import pct, table  # noqa: E402
+from bench.report import pct, table, write_json  # noqa: E402
 from xos.cgroup import detect, mounts, walk  # noqa: E402
 from xos.node import Client  # noqa: E402
 from xos.testing import TestNode, node  # noqa: E402
@@ -200,10 +200,7 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
         cleanup_runc()
     print(report(results))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(args.out, results)
     return 0
 
 

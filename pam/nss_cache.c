@@ -49,6 +49,19 @@ out:
     return text;
 }
 
+/* Append a NUL-terminated copy of s as the reply's next field; -1 when it does not fit. */
+static int push(struct xos_reply *r, size_t *pos, const char *s)
+{
+    size_t n = strlen(s);
+    if (r->nfields >= XOS_MAX_FIELDS || *pos + n + 1 > sizeof(r->buf))
+        return -1;
+    memcpy(r->buf + *pos, s, n + 1);
+    r->field[r->nfields] = r->buf + *pos;
+    r->len[r->nfields++] = n;
+    *pos += n + 1;
+    return 0;
+}
+
 /* Split `line` at ':' into at most n fields; the count. */
 static int split(char *line, char **f, int n)
 {
@@ -79,17 +92,9 @@ int xos_cache_passwd(const char *name, long uid, struct xos_reply *r)
             break; /* expired here: the daemon decides */
         size_t pos = 0;
         r->nfields = 0;
-        for (int i = 0; i < 7; i++) {
-            if (i == 1)
-                continue; /* the "x" */
-            size_t n = strlen(f[i]);
-            if (pos + n + 1 > sizeof(r->buf))
+        for (int i = 0; i < 7; i++)
+            if (i != 1 && push(r, &pos, f[i]) < 0) /* field 1 is the "x" */
                 goto out;
-            memcpy(r->buf + pos, f[i], n + 1);
-            r->field[r->nfields] = r->buf + pos;
-            r->len[r->nfields++] = n;
-            pos += n + 1;
-        }
         r->status = XOS_OK;
         hit = 1;
         break;
@@ -114,23 +119,11 @@ int xos_cache_group(const char *name, long gid, struct xos_reply *r)
         size_t pos = 0;
         r->nfields = 0;
         char *members = f[3], *msave = NULL;
-        const char *vals[2] = {f[0], f[2]};
-        for (int i = 0; i < 2; i++) {
-            size_t n = strlen(vals[i]);
-            memcpy(r->buf + pos, vals[i], n + 1);
-            r->field[r->nfields] = r->buf + pos;
-            r->len[r->nfields++] = n;
-            pos += n + 1;
-        }
-        for (char *m = strtok_r(members, ",", &msave); m; m = strtok_r(NULL, ",", &msave)) {
-            size_t n = strlen(m);
-            if (r->nfields >= XOS_MAX_FIELDS || pos + n + 1 > sizeof(r->buf))
+        if (push(r, &pos, f[0]) < 0 || push(r, &pos, f[2]) < 0)
+            goto out;
+        for (char *m = strtok_r(members, ",", &msave); m; m = strtok_r(NULL, ",", &msave))
+            if (push(r, &pos, m) < 0)
                 goto out;
-            memcpy(r->buf + pos, m, n + 1);
-            r->field[r->nfields] = r->buf + pos;
-            r->len[r->nfields++] = n;
-            pos += n + 1;
-        }
         r->status = XOS_OK;
         hit = 1;
         break;

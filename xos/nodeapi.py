@@ -249,7 +249,7 @@ async def serve_node(config: NodeConfig) -> None:
     """Run the node daemon until SIGTERM or SIGINT."""
     svc = NodeService(config)
     await svc.start()
-    runner = web.AppRunner(make_app(svc), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(svc), access_log=None, handle_signals=False, shutdown_timeout=5)
     await runner.setup()
     path = node_socket(config.run)
     with contextlib.suppress(FileNotFoundError):

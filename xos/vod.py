@@ -272,7 +272,7 @@ async def serve_vo(home: str, run: str, listen: str | None) -> None:
     path = vo_socket(run)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    mgmt = web.AppRunner(make_app(svc, True), access_log=None, handle_signals=False)
+    mgmt = web.AppRunner(make_app(svc, True), access_log=None, handle_signals=False, shutdown_timeout=5)
     await mgmt.setup()
     runners.append(mgmt)
     old = os.umask(0o077)
@@ -282,7 +282,7 @@ async def serve_vo(home: str, run: str, listen: str | None) -> None:
         os.umask(old)
     if listen:
         host, _, port = listen.rpartition(":")
-        public = web.AppRunner(make_app(svc, False), access_log=None, handle_signals=False)
+        public = web.AppRunner(make_app(svc, False), access_log=None, handle_signals=False, shutdown_timeout=5)
         await public.setup()
         runners.append(public)
         try:

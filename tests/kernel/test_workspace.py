@@ -41,8 +41,9 @@ def test_memory_limit_oom_kills_and_is_recorded(node):
 def test_pids_limit_stops_a_fork_loop(node):
     with node.client() as c:
         c.create("pids", pids="16")
-        code = ("import os, time\nn = 0\nfor _ in range(64):\n    try:\n        pid = os.fork()\n"
-                "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30); os._exit(0)\n"
+        code = ("import os, signal\nn = 0\nfor _ in range(64):\n    try:\n        pid = os.fork()\n"
+                "    except OSError:\n        break\n    if pid == 0:\n"
+                "        os.closerange(0, 3); signal.pause(); os._exit(0)\n"  # hold a pid until killed
                 "    n += 1\nprint(n)\n")
         out = bytearray()
         c.exec("pids", [traffic.PYTHON, "-c", code], on_stdout=out.extend)
