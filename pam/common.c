@@ -77,22 +77,44 @@ void xos_socket_path(const char *override, char *out, size_t size)
         snprintf(out, size, "%s/%s", run && *run ? run : XOS_DEFAULT_RUN, XOS_SOCKET_NAME);
 }
 
-int xos_request(const char *socket_path, int op, const char *const *fields, int nfields, struct xos_reply *reply)
+int xos_connect(const char *socket_path, long deadline)
 {
-    unsigned char *msg = malloc(XOS_MAX_MESSAGE); /* per call: NSS is entered from many threads */
-    unsigned char head[4];
     struct sockaddr_un addr;
     struct ucred peer;
     socklen_t plen = sizeof(peer);
-    long deadline = now_ms() + XOS_TIMEOUT_MS;
-    int fd = -1, status = XOS_UNAVAIL;
+
+    if (strlen(socket_path) >= sizeof(addr.sun_path))
+        return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return -1;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, socket_path);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 &&
+        ((errno != EINPROGRESS && errno != EAGAIN) || wait_fd(fd, POLLOUT, deadline) < 0))
+        goto fail;
+    /* Only the root daemon may answer: a socket planted by anyone else is not us. */
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &plen) < 0 || peer.uid != 0)
+        goto fail;
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
+int xos_exchange(int fd, int op, const char *const *fields, int nfields, struct xos_reply *reply, long deadline)
+{
+    unsigned char *msg = malloc(XOS_MAX_MESSAGE); /* per call: NSS is entered from many threads */
+    unsigned char head[4];
+    int status = XOS_UNAVAIL;
     size_t pos = 8;
 
     reply->status = XOS_UNAVAIL;
     reply->nfields = 0;
     if (msg == NULL)
         return XOS_UNAVAIL;
-    if (nfields < 0 || nfields > XOS_MAX_FIELDS || strlen(socket_path) >= sizeof(addr.sun_path))
+    if (nfields < 0 || nfields > XOS_MAX_FIELDS)
         goto out;
     for (int i = 0; i < nfields; i++) {
         size_t n = strlen(fields[i]);
@@ -108,21 +130,6 @@ int xos_request(const char *socket_path, int op, const char *const *fields, int 
     msg[6] = (unsigned char)(op >> 8);
     msg[7] = (unsigned char)op;
 
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        goto out;
-    memset(&addr, 0, sizeof(addr));
-    addr.sun_family = AF_UNIX;
-    strcpy(addr.sun_path, socket_path);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        if (errno != EINPROGRESS && errno != EAGAIN)
-            goto out;
-        if (wait_fd(fd, POLLOUT, deadline) < 0)
-            goto out;
-    }
-    /* Only the root daemon may answer: a socket planted by anyone else is not us. */
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &plen) < 0 || peer.uid != 0)
-        goto out;
     if (io_all(fd, (char *)msg, pos, 1, deadline) < 0 || io_all(fd, (char *)head, 4, 0, deadline) < 0)
         goto out;
     uint32_t len = get32(head);
@@ -153,8 +160,27 @@ int xos_request(const char *socket_path, int op, const char *const *fields, int 
         status = XOS_ERROR;
     reply->status = status;
 out:
-    if (fd >= 0)
-        close(fd);
+    if (status == XOS_UNAVAIL)
+        reply->nfields = 0; /* fields of a reply cut short are not an answer */
     free(msg);
+    return status;
+}
+
+long xos_deadline(void)
+{
+    return now_ms() + XOS_TIMEOUT_MS;
+}
+
+int xos_request(const char *socket_path, int op, const char *const *fields, int nfields, struct xos_reply *reply)
+{
+    long deadline = xos_deadline();
+    int fd = xos_connect(socket_path, deadline);
+    if (fd < 0) {
+        reply->status = XOS_UNAVAIL;
+        reply->nfields = 0;
+        return XOS_UNAVAIL;
+    }
+    int status = xos_exchange(fd, op, fields, nfields, reply, deadline);
+    close(fd);
     return status;
 }

@@ -14,10 +14,59 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xos_proto.h"
+
+#define CONN_KEY "xos:connection"
+#define AUTH_KEY "xos:authenticated"
+/* `account` right after a successful `auth` in the same handle (sshd, su, login do exactly this)
+ * takes the daemon's answer to `auth`, which checked membership, expiry and revocation a moment
+ * ago, instead of asking again: one round trip less per login. */
+#define AUTH_FRESH_MS 1000
+
+struct authenticated {
+    long at_ms;
+    pid_t pid;
+    char user[256];
+};
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static void drop_auth(pam_handle_t *pamh, void *data, int status)
+{
+    (void)pamh, (void)status;
+    free(data);
+}
+
+static void remember_auth(pam_handle_t *pamh, const char *user)
+{
+    struct authenticated *a = malloc(sizeof(*a));
+    if (a == NULL)
+        return;
+    a->at_ms = now_ms();
+    a->pid = getpid();
+    snprintf(a->user, sizeof(a->user), "%s", user);
+    if (pam_set_data(pamh, AUTH_KEY, a, drop_auth) != PAM_SUCCESS)
+        free(a);
+}
+
+static int just_authenticated(pam_handle_t *pamh, const char *user)
+{
+    const void *data = NULL;
+    if (pam_get_data(pamh, AUTH_KEY, &data) != PAM_SUCCESS || data == NULL)
+        return 0;
+    const struct authenticated *a = data;
+    return a->pid == getpid() && strcmp(a->user, user) == 0 && now_ms() - a->at_ms < AUTH_FRESH_MS;
+}
 
 struct opts {
     const char *socket;
@@ -38,13 +87,67 @@ static void parse(int argc, const char **argv, struct opts *o)
     }
 }
 
+/* One connection per PAM handle and process: auth, account and session reuse it, which saves a
+ * connect and an accept per step (sshd forks between steps, so a child opens its own). */
+struct conn {
+    int fd;
+    pid_t pid;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+static void drop_conn(pam_handle_t *pamh, void *data, int status)
+{
+    (void)pamh, (void)status;
+    struct conn *c = data;
+    close(c->fd);
+    free(c);
+}
+
+static int exchange(pam_handle_t *pamh, const char *path, int op, const char *const *fields, int n,
+                    struct xos_reply *r)
+{
+    const void *data = NULL;
+    long deadline = xos_deadline();
+    int st;
+
+    if (pam_get_data(pamh, CONN_KEY, &data) == PAM_SUCCESS && data != NULL) {
+        const struct conn *c = data;
+        if (c->pid == getpid() && strcmp(c->path, path) == 0) {
+            st = xos_exchange(c->fd, op, fields, n, r, deadline);
+            if (st != XOS_UNAVAIL) {
+                if (st == XOS_BADREQ) /* the daemon hangs up after a bad request */
+                    pam_set_data(pamh, CONN_KEY, NULL, NULL);
+                return st;
+            }
+        }
+        /* Closed by the daemon (idle, restarted) or another process's: ask on a fresh one. */
+        pam_set_data(pamh, CONN_KEY, NULL, NULL);
+    }
+    struct conn *c = malloc(sizeof(*c));
+    if (c == NULL)
+        return XOS_UNAVAIL;
+    snprintf(c->path, sizeof(c->path), "%s", path);
+    c->pid = getpid();
+    c->fd = xos_connect(path, deadline);
+    if (c->fd < 0) {
+        free(c);
+        r->status = XOS_UNAVAIL;
+        r->nfields = 0;
+        return XOS_UNAVAIL;
+    }
+    st = xos_exchange(c->fd, op, fields, n, r, deadline);
+    if (st == XOS_UNAVAIL || st == XOS_BADREQ || pam_set_data(pamh, CONN_KEY, c, drop_conn) != PAM_SUCCESS)
+        drop_conn(pamh, c, 0);
+    return st;
+}
+
 /* One request; maps the reply to a PAM code through `ok`, logs the daemon's reason. */
 static int ask(pam_handle_t *pamh, const struct opts *o, int op, const char *const *fields, int n,
                struct xos_reply *r, int ok)
 {
     char path[256];
     xos_socket_path(o->socket, path, sizeof(path));
-    int st = xos_request(path, op, fields, n, r);
+    int st = exchange(pamh, path, op, fields, n, r);
     switch (st) {
     case XOS_OK:
         return ok;
@@ -95,6 +198,11 @@ static int with_reply(pam_handle_t *pamh, int flags, int argc, const char **argv
         }
         const char *f[3] = {user, "pam", tok};
         rc = ask(pamh, &o, op, f, 3, r, PAM_SUCCESS);
+        pam_set_data(pamh, AUTH_KEY, NULL, NULL);
+        if (rc == PAM_SUCCESS)
+            remember_auth(pamh, user);
+    } else if (op == XOS_OP_ACCOUNT && just_authenticated(pamh, user)) {
+        rc = PAM_SUCCESS;
     } else if (op == XOS_OP_ACCOUNT) {
         const char *f[1] = {user};
         rc = ask(pamh, &o, op, f, 1, r, PAM_SUCCESS);

@@ -45,6 +45,12 @@ struct xos_reply {
 /* Send one request and read the reply; the reply's status, or XOS_UNAVAIL. */
 int xos_request(const char *socket_path, int op, const char *const *fields, int nfields, struct xos_reply *reply);
 
+/* The pieces of xos_request, for a client that keeps its connection (pam_xos, per PAM handle):
+ * a connected socket whose peer is root, or -1; one request on it; the deadline of one request. */
+int xos_connect(const char *socket_path, long deadline);
+int xos_exchange(int fd, int op, const char *const *fields, int nfields, struct xos_reply *reply, long deadline);
+long xos_deadline(void);
+
 /* The socket path: `override` if given, else $XOS_RUN/idmap.sock (not for setuid callers), else the default. */
 void xos_socket_path(const char *override, char *out, size_t size);
 

@@ -40,6 +40,7 @@ READ_TIMEOUT = 5.0
 PENDING_TTL = 24 * 3600.0  # how long a login's credential is kept for account checks and session
 
 Placer = Callable[[str, int], Awaitable[None]]
+Reply = tuple[Status, list[bytes]]
 
 
 @dataclass
@@ -81,8 +82,10 @@ class IdentityServer:
             self._server.close()
             await self._server.wait_closed()
 
-    async def answer(self, body: bytes, peer_uid: int) -> tuple[Status, list[bytes]]:
-        """The reply to one request body."""
+    def answer(self, body: bytes, peer_uid: int) -> Reply | Awaitable[Reply]:
+        """The reply to one request body, or an awaitable of it for the ops that must wait (session).
+
+        Every other op is answered synchronously: a task per request was a fifth of a lookup."""
         try:
             version, op, fields = decode_body(body)
             if version != VERSION:
@@ -91,26 +94,36 @@ class IdentityServer:
         except (ProtocolError, UnicodeDecodeError) as e:
             log.warning("identity socket: bad request from uid %d: %s", peer_uid, e)
             return Status.BADREQ, [str(e).encode()]
-        try:
-            return await self._dispatch(op, args, peer_uid)
-        except (XosError, ValueError, IndexError) as e:
-            code = getattr(e, "code", "bad-request")
-            log.warning("identity socket: op %s refused: %s", op, e, extra={"code": code})
-            status = Status.DENIED if isinstance(e, credential.CredentialError) else Status.BADREQ
-            if isinstance(e, XosError) and not isinstance(e, credential.CredentialError):
-                status = Status.ERROR
-            return status, [code.encode(), str(e).encode()]
-
-    async def _dispatch(self, op: int, args: list[str], peer_uid: int) -> tuple[Status, list[bytes]]:
         if op in (Op.AUTH, Op.ACCOUNT, Op.SESSION) and peer_uid != 0:
             log.warning("identity socket: op %d from uid %d refused: only root may ask", op, peer_uid)
             return Status.DENIED, [b"permission-denied", b"only root may authenticate"]
+        try:
+            if op == Op.SESSION:
+                return self._refusing(op, self._session(args[0], int(args[1])))
+            return self._dispatch(op, args)
+        except (XosError, ValueError, IndexError) as e:
+            return self._refused(op, e)
+
+    async def _refusing(self, op: int, reply: Awaitable[Reply]) -> Reply:
+        try:
+            return await reply
+        except (XosError, ValueError, IndexError) as e:
+            return self._refused(op, e)
+
+    @staticmethod
+    def _refused(op: int, e: Exception) -> Reply:
+        code = getattr(e, "code", "bad-request")
+        log.warning("identity socket: op %s refused: %s", op, e, extra={"code": code})
+        status = Status.DENIED if isinstance(e, credential.CredentialError) else Status.BADREQ
+        if isinstance(e, XosError) and not isinstance(e, credential.CredentialError):
+            status = Status.ERROR
+        return status, [code.encode(), str(e).encode()]
+
+    def _dispatch(self, op: int, args: list[str]) -> Reply:
         if op == Op.AUTH:
             return self._auth(args[0], args[2])
         if op == Op.ACCOUNT:
             return self._account(args[0])
-        if op == Op.SESSION:
-            return await self._session(args[0], int(args[1]))
         if op == Op.GETPWNAM:
             return self._pw(self.idmap.lookup_name(args[0]))
         if op == Op.GETPWUID:
@@ -258,11 +271,18 @@ class _Connection(asyncio.Protocol):
             return
         body = bytes(self.buf[LEN.size:LEN.size + length])
         del self.buf[:LEN.size + length]
-        self.busy = asyncio.ensure_future(self._answer(body))
+        reply = self.server.answer(body, self.peer_uid)
+        if isinstance(reply, tuple):
+            self._reply(*reply)
+        else:
+            self.busy = asyncio.ensure_future(self._later(reply))
 
-    async def _answer(self, body: bytes) -> None:
-        status, fields = await self.server.answer(body, self.peer_uid)
+    async def _later(self, reply: Awaitable[Reply]) -> None:
+        status, fields = await reply
         self.busy = None
+        self._reply(status, fields)
+
+    def _reply(self, status: Status, fields: list[bytes]) -> None:
         if self.transport is None:
             return
         self.transport.write(encode(status, fields))

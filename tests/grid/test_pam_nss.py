@@ -73,11 +73,14 @@ def test_bad_credentials_and_revocation_fail_login(site, tmp_path):
             assert p.returncode != 0 and "Authentication failure" in p.stderr, p.stderr
         assert pamtester(svc, "bob.bio", "authenticate", secret=tok).returncode != 0  # someone else's
         assert pamtester(svc, "alice.bio", "authenticate", "acct_mgmt", secret=tok).returncode == 0
+        assert pamtester(svc, "alice.bio", "acct_mgmt").returncode == 0  # a later check, in a new handle
         vo.cli("vo", "revoke", "bio", "alice")
         from xos.testing import wait_for
 
         wait_for(lambda: pamtester(svc, "alice.bio", "authenticate", secret=tok).returncode != 0, 5,
                  "the revocation to reach PAM")
+        p = pamtester(svc, "alice.bio", "acct_mgmt")  # the daemon is asked again, and refuses
+        assert p.returncode != 0 and "Permission denied" in p.stderr, p.stderr
 
 
 def test_daemon_down_fails_closed(site):

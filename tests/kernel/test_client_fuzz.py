@@ -122,3 +122,65 @@ def test_pam_module_survives_garbage_replies():
         server.server_close()
         os.unlink(sock)
         os.rmdir(run)
+
+
+class CountingHandler(socketserver.BaseRequestHandler):
+    """A daemon that answers every request on a connection OK (or hangs up after one, `once`)."""
+
+    def handle(self) -> None:
+        srv: CountingDaemon = self.server  # type: ignore[assignment]
+        with srv.lock:
+            srv.connections += 1
+        self.request.settimeout(5)
+        while True:
+            try:
+                head = self.request.recv(4, socket.MSG_WAITALL)
+                if len(head) < 4:
+                    return
+                body = self.request.recv(LEN.unpack(head)[0], socket.MSG_WAITALL)
+            except OSError:
+                return
+            with srv.lock:
+                srv.ops.append(int.from_bytes(body[2:4], "big"))
+            self.request.sendall(encode(Status.OK, [b"token"] if body[3] == 3 else
+                                        passwd_fields("alice.bio", 30001, 30000, "g", "/h", "/bin/sh")))
+            if srv.once:
+                return
+
+
+class CountingDaemon(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, once: bool) -> None:
+        self.once = once
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.ops: list[int] = []
+        super().__init__(path, CountingHandler)
+
+
+def test_pam_module_keeps_one_connection_per_handle_and_reconnects():
+    """auth, account and session of one login share a connection; one the daemon closed is replaced."""
+    for once, connections in ((False, 1), (True, 2)):
+        run = tempfile.mkdtemp(prefix="xos-conn-")
+        sock = os.path.join(run, "idmap.sock")
+        server = CountingDaemon(sock, once)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        service = f"xos-conn-{os.getpid()}"
+        with open(f"/etc/pam.d/{service}", "w") as f:
+            for kind in ("auth", "account", "session"):
+                f.write(f"{kind} required {install.built('pam_xos.so')} socket={sock}\n")
+        try:
+            p = subprocess.run(["keyctl", "session", "-", "pamtester", service, "alice.bio", "authenticate",
+                                "acct_mgmt", "open_session"], input="token\n", capture_output=True, text=True,
+                               timeout=30)
+            assert p.returncode == 0, p
+            # auth and session asked once each; account follows the auth of a moment ago in the same handle
+            assert server.ops == [1, 3], server.ops
+            assert server.connections == connections, (once, server.connections)
+        finally:
+            os.unlink(f"/etc/pam.d/{service}")
+            server.shutdown()
+            server.server_close()
+            os.unlink(sock)
+            os.rmdir(run)
