@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/keyctl.h>
 #include <linux/close_range.h>
 #include <linux/sched.h>
 #include <sched.h>
@@ -209,6 +210,16 @@ static _Noreturn void final_child(const struct xos_spawn_args *a, int rep)
         struct rlimit rl = {a->rlimit_cur[i], a->rlimit_max[i]};
         if (syscall(SYS_prlimit64, 0, a->rlimit_res[i], &rl, NULL) < 0)
             child_fail(rep, XOS_STEP_RLIMIT, errno);
+    }
+
+    /* Before setuid: the keyring and key are root's (no user key quota to exhaust); the process
+     * possesses its session keyring, so it reads and links there as the user all the same. */
+    if (a->new_keyring) {
+        long ring = syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, (const char *)0);
+        if (ring < 0)
+            child_fail(rep, XOS_STEP_KEYRING, errno);
+        if (a->key_desc && syscall(SYS_add_key, "user", a->key_desc, a->key_data, a->key_len, ring) < 0)
+            child_fail(rep, XOS_STEP_KEYRING, errno);
     }
 
     if (a->gid >= 0) {

@@ -20,6 +20,7 @@
 #define XOS_STEP_PDEATHSIG 12
 #define XOS_STEP_CLOSE_FDS 13
 #define XOS_STEP_EXEC 14
+#define XOS_STEP_KEYRING 15
 
 struct xos_spawn_args {
     char *const *paths; /* candidates for the program, tried in order */
@@ -44,6 +45,10 @@ struct xos_spawn_args {
     const uint64_t *rlimit_max;
     int pdeathsig; /* 0: none */
     int setsid;
+    int new_keyring;      /* join a fresh anonymous session keyring (never the daemon's) */
+    const char *key_desc; /* with new_keyring: a "user" key put into it, or NULL */
+    const char *key_data;
+    size_t key_len;
 };
 
 int xos_spawn(const struct xos_spawn_args *a, int *out_pid, int *out_step, int *out_err);

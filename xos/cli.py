@@ -110,6 +110,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--gid", type=int)
     c.add_argument("--vo", help="run as the account this VO's --user maps to on this node")
     c.add_argument("--user", help="grid user (with --vo)")
+    c.add_argument("--cred", metavar="FILE", help="run as this credential's owner, the credential in each "
+                   "process's session keyring ('-': stdin)")
     e = ws.add_parser("exec", help="run a command in a workspace (after --), stdin and output streamed")
     e.add_argument("name")
     e.add_argument("-n", "--no-stdin", action="store_true", help="give the command an empty stdin")
@@ -118,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     _alloc_args(r)
     r.add_argument("--uid", type=int)
     r.add_argument("--gid", type=int)
+    r.add_argument("--cred", metavar="FILE", help="as with create")
     s = ws.add_parser("set", help="renegotiate the allocation")
     s.add_argument("name")
     _alloc_args(s)
@@ -209,7 +212,7 @@ def _cred_show(args: argparse.Namespace) -> int:
         key = credential.load_key(local).public_key()
 
         class Local:
-            def key(self, vo: str) -> Any:
+            def key(self, vo: str, kid: str | None = None) -> Any:
                 return key
 
         trust = Local()
@@ -300,7 +303,8 @@ async def _client_main(args: argparse.Namespace) -> int:
             return 0
         v = args.verb
         if v == "create":
-            d = await node.create(args.name, uid=args.uid, gid=args.gid, vo=args.vo, user=args.user, **_alloc(args))
+            d = await node.create(args.name, uid=args.uid, gid=args.gid, vo=args.vo, user=args.user,
+                                  credential=_read_token(args.cred) if args.cred else None, **_alloc(args))
             print(f"{d['name']} {d['state']} {d['address']}")
         elif v == "exec":
             res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),
@@ -308,7 +312,8 @@ async def _client_main(args: argparse.Namespace) -> int:
             return _status(res)
         elif v == "run":
             cmd = _command(args)
-            res = await node.run(args.name, cmd, uid=args.uid, gid=args.gid, on_stdout=_write(sys.stdout),
+            res = await node.run(args.name, cmd, uid=args.uid, gid=args.gid,
+                                 credential=_read_token(args.cred) if args.cred else None, on_stdout=_write(sys.stdout),
                                  on_stderr=_write(sys.stderr), **_alloc(args))
             return _status(res)
         elif v == "set":

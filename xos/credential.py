@@ -175,12 +175,30 @@ def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return _b64json(parts[0]), _b64json(parts[1])
 
 
-class TrustStore:
-    """VO public keys in a directory (<vo>.pub), re-read when a file changes: trusting needs no restart."""
+@dataclass
+class _Trusted:
+    at: float  # monotonic time of the read
+    key: Ed25519PublicKey | None  # None: not trusted (a read that found no file)
+    kid: str
 
-    def __init__(self, directory: str) -> None:
+
+class TrustStore:
+    """VO public keys in a directory (<vo>.pub); trusting and untrusting need no restart.
+
+    Keys are cached for `ttl` seconds. A credential naming a key id the cache does not hold (a new
+    VO, a rotated key) re-reads that VO's file at once, but at most once per `refresh` seconds, so
+    a stream of forged key ids costs no more than that."""
+
+    MAX_CACHED = 1024
+
+    def __init__(self, directory: str, ttl: float = 5.0, refresh: float = 1.0,
+                 clock: Any = time.monotonic) -> None:
         self.directory = directory
-        self._cache: dict[str, tuple[float, Ed25519PublicKey]] = {}
+        self.ttl = ttl
+        self.refresh = refresh
+        self.clock = clock
+        self.reads = 0  # file reads, for the curious (and the tests)
+        self._cache: dict[str, _Trusted] = {}
 
     def trust(self, vo: str, pem: bytes) -> str:
         """Trust `vo`'s key; the key id."""
@@ -191,6 +209,7 @@ class TrustStore:
         with open(tmp, "wb") as f:
             f.write(public_pem(key))
         os.replace(tmp, os.path.join(self.directory, f"{vo}.pub"))
+        self._cache.pop(vo, None)
         return key_id(key)
 
     def untrust(self, vo: str) -> bool:
@@ -199,26 +218,38 @@ class TrustStore:
             os.unlink(os.path.join(self.directory, f"{check_vo_name(vo)}.pub"))
         except FileNotFoundError:
             return False
-        self._cache.pop(vo, None)
+        finally:
+            self._cache.pop(vo, None)
         return True
 
-    def key(self, vo: str) -> Ed25519PublicKey | None:
-        """The trusted key of `vo`, or None."""
+    def key(self, vo: str, kid: str | None = None) -> Ed25519PublicKey | None:
+        """The trusted key of `vo`, or None; `kid`, the key id a credential names, may refresh it."""
+        t = self.lookup(vo, kid)
+        return t.key if t else None
+
+    def lookup(self, vo: str, kid: str | None = None) -> _Trusted | None:
+        """The cached entry of `vo` (key and key id), read again when stale or when `kid` is news."""
         if not VO_NAME.match(vo):
             return None
+        now = self.clock()
+        t = self._cache.get(vo)
+        if t is not None:
+            stale = now - t.at >= self.ttl
+            news = kid is not None and kid != t.kid and now - t.at >= self.refresh
+            if not stale and not news:
+                return t
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self.reads += 1
         path = os.path.join(self.directory, f"{vo}.pub")
         try:
-            mtime = os.stat(path).st_mtime
+            with open(path, "rb") as f:
+                key: Ed25519PublicKey | None = load_public(f.read(), path)
         except FileNotFoundError:
-            self._cache.pop(vo, None)
-            return None
-        cached = self._cache.get(vo)
-        if cached and cached[0] == mtime:
-            return cached[1]
-        with open(path, "rb") as f:
-            key = load_public(f.read(), path)
-        self._cache[vo] = (mtime, key)
-        return key
+            key = None
+        t = _Trusted(now, key, key_id(key) if key is not None else "")
+        self._cache[vo] = t
+        return t
 
     def vos(self) -> list[str]:
         """Every trusted VO."""
@@ -237,7 +268,7 @@ def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = f
         raise CredentialMalformed("credential names no VO")
     if vo is not None and claimed_vo != vo:
         raise CredentialWrongVO(f"credential is for VO {claimed_vo!r}, not {vo!r}", vo=claimed_vo)
-    key = trust.key(claimed_vo)
+    key = trust.key(claimed_vo, header.get("kid") if isinstance(header.get("kid"), str) else None)
     if key is None:
         raise CredentialUnknownVO(f"VO {claimed_vo!r} is not trusted here", vo=claimed_vo)
     if header.get("alg") != "EdDSA":

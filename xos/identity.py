@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from xos import credential
 from xos.allocation import Allocation
 from xos.config import NodeConfig
-from xos.errors import Unavailable, XosError
+from xos.errors import InvalidInput, Unavailable, XosError
 from xos.idmap import IdentityMap, Pool, parse_map
 from xos.idmapd import IdentityServer
 from xos.sqlite import Database
@@ -92,6 +92,12 @@ class NodeIdentity:
         if self._db is not None:
             self._db.close()
 
+    def verify(self, token: str) -> credential.Claims:
+        """The claims of a credential this node accepts now (trusted VO, current, not revoked)."""
+        if self.server is None:
+            raise InvalidInput("this node maps no grid identities")
+        return self.server.verify(token, str(credential.unverified(token)[1].get("vo", "")))
+
     def write_cache(self) -> None:
         """Rewrite the NSS cache files (pam/nss_cache.c) and hold a shared lock on them while we live."""
         assert self.idmap is not None
@@ -115,8 +121,10 @@ class NodeIdentity:
         assert self.idmap is not None
         while True:
             await asyncio.sleep(60)
-            if self.idmap.expire():
+            uids = self.idmap.expire()
+            if uids:
                 self.write_cache()
+                await self._end_workspaces(set(uids))
 
     async def _place(self, vo: str, pid: int) -> None:
         """Put a login's process into its VO's workspace cgroup, made on first use."""
@@ -129,23 +137,36 @@ class NodeIdentity:
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(pid))
 
-    def apply(self, revocations: list[dict[str, object]]) -> None:
+    async def _end_workspaces(self, uids: set[int]) -> None:
+        """Destroy the workspaces of released grid accounts: a UID is reused only once its cgroups are gone."""
+        assert self.node is not None
+        for ws in list(self.node.workspaces.values()):
+            if ws.rec.identity and ws.rec.uid in uids:
+                log.info("workspace %s ends with the lease of %s.%s", ws.rec.name, ws.rec.identity["user"],
+                         ws.rec.identity["vo"], extra={"workspace": ws.rec.name})
+                with contextlib.suppress(XosError):
+                    await self.node.destroy(ws.rec.name)
+
+    async def apply(self, revocations: list[dict[str, object]]) -> None:
         """Take revocations in: refuse their credentials, release leases of removed members and VOs."""
         assert self.idmap is not None and self._db is not None
         fresh = set()
+        released: set[int] = set()
         for r in revocations:
             jti, exp = str(r["jti"]), int(r["exp"])  # type: ignore[call-overload]
             fresh.add(jti)
             self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?,?)", (jti, exp))
             scope, vo, user = r.get("scope"), str(r.get("vo")), str(r.get("user") or "")
             if scope == "vo":
-                self.idmap.release(vo)
+                released.update(self.idmap.release(vo))
             elif scope == "member" and user:
-                self.idmap.release(vo, user)
+                released.update(self.idmap.release(vo, user))
         self.revoked.update(fresh)
         if self.server is not None:
             self.server.forget(fresh)
         self.write_cache()
+        if released:
+            await self._end_workspaces(released)
 
     async def _follow(self, url: str) -> None:
         """Long-poll one VO service's revocation list forever, with bounded backoff when it is away."""
@@ -158,7 +179,7 @@ class NodeIdentity:
                     while True:
                         got = await c.revocations(self._serials.get(url, 0), wait=25)
                         if got["revocations"]:
-                            self.apply(got["revocations"])
+                            await self.apply(got["revocations"])
                             log.info("%d revocation(s) from %s", len(got["revocations"]), url)
                         self._serials[url] = int(got["serial"])
                         assert self._db is not None

@@ -243,10 +243,13 @@ class IdentityMap:
         return [uid for _vo, uid in rows]
 
     def scrub(self, uids: set[int]) -> None:
-        """What released UIDs leave behind goes before anyone else may get them: processes, files."""
+        """What released UIDs leave behind goes before anyone else may get them: processes, keys, files.
+        (Their workspaces, and so their cgroups, the node daemon ends; see NodeIdentity.)"""
         if not uids:
             return
         killed = sum(kill_uid(uid) for uid in uids)
+        for uid in uids:
+            clear_keys(uid)
         removed = sum(remove_owned(uids, d) for d in self.scrub_dirs if os.path.isdir(d))
         if killed or removed:
             log.info("uid(s) %s: %d process(es) killed, %d file(s) removed", sorted(uids), killed, removed)
@@ -294,6 +297,25 @@ def remove_owned(uids: set[int], top: str) -> int:
             except OSError:
                 continue
     return n
+
+
+def clear_keys(uid: int) -> None:
+    """Empty the user and user-session keyrings of `uid`: keys linked there outlive its processes."""
+    from xos import spawn as sp
+
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid = sp.spawn(sp.SpawnSpec(argv=["sh", "-c", "keyctl clear @u && keyctl clear @us"],
+                                    env={"PATH": sp.DEFAULT_PATH}, uid=uid, gid=NOGROUP, groups=[NOGROUP],
+                                    stdin=null, stdout=null, stderr=null, new_keyring=True))
+    finally:
+        os.close(null)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        log.warning("could not clear the keyrings of uid %d (keyctl status %d)", uid, status)
+
+
+NOGROUP = 65534
 
 
 def kill_uid(uid: int) -> int:

@@ -176,9 +176,9 @@ class IdentityServer:
         in the VO's key are checked again on every call, the Ed25519 signature only once."""
         claims = self._verified.get(token)
         if claims is not None:
-            key = self.trust.key(claims.vo)
+            trusted = self.trust.lookup(claims.vo, claims.kid)
             now = time.time()
-            if (claims.vo == vo and key is not None and credential.key_id(key) == claims.kid
+            if (claims.vo == vo and trusted is not None and trusted.key is not None and trusted.kid == claims.kid
                     and claims.iat - credential.CLOCK_SKEW <= now < claims.exp + credential.CLOCK_SKEW
                     and claims.jti not in self.revoked):
                 return claims

@@ -33,10 +33,12 @@ class Client(rpc.HttpClient):
         return await self._call("GET", "/v1/node")
 
     async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
-                     user: str | None = None, **alloc: Any) -> dict[str, Any]:
-        """Create a workspace running as uid/gid or as the account a grid identity (vo, user) maps to;
-        allocation keywords: cpu, memory, pids, egress, ingress."""
+                     user: str | None = None, credential: str | None = None, **alloc: Any) -> dict[str, Any]:
+        """Create a workspace running as uid/gid or as the account a grid identity (vo and user, or a
+        credential's subject) maps to; allocation keywords: cpu, memory, pids, egress, ingress."""
         body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
+        if credential is not None:
+            body["credential"] = credential
         if vo is not None or user is not None:
             body.update(vo=vo, user=user)
         if uid is not None:
@@ -132,10 +134,10 @@ class Client(rpc.HttpClient):
             raise Unavailable(f"{self.what} at {self.where} is not reachable: {e}") from None
 
     async def run(self, name: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
-                  on_stdout: Output | None = None, on_stderr: Output | None = None,
+                  credential: str | None = None, on_stdout: Output | None = None, on_stderr: Output | None = None,
                   **alloc: Any) -> dict[str, Any]:
         """Create a workspace, run `argv` in it, destroy it; the exit record."""
-        await self.create(name, uid=uid, gid=gid, **alloc)
+        await self.create(name, uid=uid, gid=gid, credential=credential, **alloc)
         try:
             return await self.exec(name, argv, on_stdout=on_stdout, on_stderr=on_stderr)
         finally:

@@ -176,18 +176,28 @@ class NodeService:
         return ws
 
     async def create(self, name: str, alloc: Allocation, uid: int | None = None,
-                     gid: int | None = None, owner: tuple[str, str] | None = None) -> Workspace:
-        """Admit and build a workspace, run as `uid`/`gid` or as the account `owner` (vo, user) maps to;
-        nothing is left behind if that fails."""
+                     gid: int | None = None, owner: tuple[str, str] | None = None,
+                     credential: str | None = None) -> Workspace:
+        """Admit and build a workspace, run as `uid`/`gid` or as the account a grid identity maps to:
+        `owner` (vo, user), or the subject of `credential`, verified here, which its processes then
+        find in their session keyring as a login does. Nothing is left behind if that fails."""
         ctx = self._ctx()
         check_name(name)
+        identity: dict[str, str] = {}
+        if credential is not None:
+            claims = self.identity.verify(credential)
+            if owner is not None and owner != (claims.vo, claims.sub):
+                raise InvalidInput(f"the credential is {claims.sub} of {claims.vo}, not {owner[1]} of {owner[0]}")
+            owner = (claims.vo, claims.sub)
+            identity["credential"] = credential
         if owner is not None:
             if uid is not None or gid is not None:
-                raise InvalidInput("give a grid identity (vo and user) or a uid and gid, not both")
+                raise InvalidInput("give a grid identity (vo and user, or a credential) or a uid and gid, not both")
             if self.identity.idmap is None:
                 raise InvalidInput("this node maps no grid identities")
             acct = self.identity.idmap.map(*owner)  # the same mapping and lease as a login
             uid, gid = acct.uid, acct.gid
+            identity.update(vo=owner[0], user=owner[1])
         else:
             uid = self.config.default_uid if uid is None else uid
             gid = self.config.default_gid if gid is None else gid
@@ -201,7 +211,7 @@ class NodeService:
             if address is None:
                 raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")
             rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid,
-                                  gid=gid, address=address)
+                                  gid=gid, address=address, identity=identity)
             ws = await Workspace.create(ctx, rec)
             self.workspaces[name] = ws
         ctx.store.save_usage(ws.usage_rec)

@@ -27,6 +27,7 @@ STEPS = {
     12: "pdeathsig",
     13: "close-fds",
     14: "exec",
+    15: "keyring",
 }
 
 CLONE_NEWNS = lib.CLONE_NEWNS
@@ -57,6 +58,8 @@ class SpawnSpec:
     rlimits: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     pdeathsig: int = 0
     setsid: bool = False
+    new_keyring: bool = False
+    key: tuple[str, bytes] | None = None  # (description, data) of a "user" key in the new session keyring
 
 
 def _candidates(program: str, env: Mapping[str, str]) -> list[bytes]:
@@ -114,6 +117,12 @@ def spawn(spec: SpawnSpec) -> int:
     a.rlimit_res, a.rlimit_cur, a.rlimit_max = rl_res, rl_cur, rl_max
     a.pdeathsig = spec.pdeathsig
     a.setsid = int(spec.setsid)
+    if spec.key is not None and not spec.new_keyring:
+        raise ValueError("a key goes into a new session keyring only")
+    a.new_keyring = int(spec.new_keyring)
+    a.key_desc = a.key_data = ffi.NULL
+    if spec.key is not None:
+        a.key_desc, a.key_data, a.key_len = cstr(spec.key[0]), cstr(spec.key[1]), len(spec.key[1])
 
     out = ffi.new("int[3]")
     rc = lib.xos_spawn(a, out, out + 1, out + 2)

@@ -28,6 +28,7 @@ class WorkspaceRecord:
     init_start: int = 0
     created: float = field(default_factory=time.time)
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # vo, user and credential of a grid owner
 
 
 @dataclass
@@ -95,7 +96,7 @@ CREATE TABLE IF NOT EXISTS workspaces (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, alloc TEXT NOT NULL,
     uid INTEGER NOT NULL, gid INTEGER NOT NULL, address TEXT NOT NULL,
     init_pid INTEGER NOT NULL, init_start INTEGER NOT NULL, created REAL NOT NULL,
-    checkpoint TEXT NOT NULL DEFAULT '{}'
+    checkpoint TEXT NOT NULL DEFAULT '{}', identity TEXT NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS live_names ON workspaces(name) WHERE state != 'destroyed';
 CREATE TABLE IF NOT EXISTS transitions (
@@ -112,21 +113,23 @@ CREATE TABLE IF NOT EXISTS processes (
 );
 """
 
+ADDED = {"workspaces": {"identity": "TEXT NOT NULL DEFAULT '{}'"}}
+
 
 class SQLiteNodeStore:
     """NodeStore in one SQLite file in WAL mode."""
 
     def __init__(self, path: str) -> None:
-        self._db = Database(path, SCHEMA)
+        self._db = Database(path, SCHEMA, ADDED)
 
     def add_workspace(self, rec: WorkspaceRecord) -> None:
         with self._db.tx() as db:
-            db.execute("INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
+            db.execute("INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
             db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, "", rec.state, time.time(), "created"))
 
     def update_workspace(self, rec: WorkspaceRecord) -> None:
         with self._db.tx() as db:
-            db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
+            db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
 
     def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None:
         with self._db.tx() as db:
@@ -176,13 +179,13 @@ class SQLiteNodeStore:
     @staticmethod
     def _row(rec: WorkspaceRecord) -> tuple[Any, ...]:
         return (rec.id, rec.name, rec.state, json.dumps(rec.alloc.to_json()), rec.uid, rec.gid, rec.address,
-                rec.init_pid, rec.init_start, rec.created, json.dumps(rec.checkpoint))
+                rec.init_pid, rec.init_start, rec.created, json.dumps(rec.checkpoint), json.dumps(rec.identity))
 
     @staticmethod
     def _rec(r: tuple[Any, ...]) -> WorkspaceRecord:
         return WorkspaceRecord(id=r[0], name=r[1], state=r[2], alloc=Allocation(**json.loads(r[3])), uid=r[4],
                                gid=r[5], address=r[6], init_pid=r[7], init_start=r[8], created=r[9],
-                               checkpoint=json.loads(r[10]))
+                               checkpoint=json.loads(r[10]), identity=json.loads(r[11]))
 
 
 BACKENDS: dict[str, Callable[[str], NodeStore]] = {"sqlite": SQLiteNodeStore}

@@ -48,6 +48,7 @@ def _rlimits() -> dict[int, tuple[int, int]]:
 
 RLIMITS = _rlimits()
 INIT_TIMEOUT = 5.0
+CREDENTIAL_KEY = "xos:credential"  # the description pam_xos gives it in a login's session keyring
 
 
 def check_transition(name: str, old: str, new: str) -> None:
@@ -303,7 +304,13 @@ class Workspace:
         return sp.spawn(sp.SpawnSpec(
             argv=argv, env=env, cwd=cwd or self.ctx.directory(self.rec), uid=self.rec.uid, gid=self.rec.gid,
             groups=[self.rec.gid], cgroup_fd=cgfd, cgroup_procs_fds=procs, ns_pidfd=self.init_pidfd,
-            ns_flags=NS_FLAGS, stdin=stdin, stdout=stdout, stderr=stderr, rlimits=RLIMITS, setsid=True))
+            ns_flags=NS_FLAGS, stdin=stdin, stdout=stdout, stderr=stderr, rlimits=RLIMITS, setsid=True,
+            new_keyring=True, key=self.credential_key()))
+
+    def credential_key(self) -> tuple[str, bytes] | None:
+        """The key that carries the owner's credential into each process's session keyring, as a login's."""
+        token = self.rec.identity.get("credential")
+        return (CREDENTIAL_KEY, token.encode()) if token else None
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -347,6 +354,9 @@ class Workspace:
             "uid": rec.uid, "gid": rec.gid, "allocation": rec.alloc.to_json(), "init_pid": rec.init_pid,
             "created": rec.created, "directory": self.ctx.directory(rec),
         }
+        if rec.identity:
+            out["owner"] = {"vo": rec.identity["vo"], "user": rec.identity["user"],
+                            "credential": bool(rec.identity.get("credential"))}
         if rec.state in ("running", "frozen"):
             limits = dict(self.cgroup.limits())
             assert self.raw is not None

@@ -28,6 +28,10 @@ struct xos_spawn_args {
     const uint64_t *rlimit_max;
     int pdeathsig;
     int setsid;
+    int new_keyring;
+    const char *key_desc;
+    const char *key_data;
+    size_t key_len;
 };
 """
 

@@ -185,3 +185,44 @@ def test_workspace_runs_as_the_mapped_account(site):
         with pytest.raises(Exception) as e:
             c.create("x", vo="chem", user="alice")
         assert getattr(e.value, "code", "") == "no-pool"
+
+
+def test_workspace_of_a_credential_keyring_and_end_with_the_lease(site, tmp_path):
+    """A workspace made from a credential runs as its owner's lease with the credential in each process's
+    fresh session keyring; when the member is removed, the workspace, processes and keys of the UID go."""
+    node, vo = site
+    tok = token(vo, "carol")
+    with node.client() as c:
+        ws = c.create("carol-job", credential=tok)
+        assert ws["owner"] == {"vo": "bio", "user": "carol", "credential": True}
+        uid = ws["uid"]
+        assert POOL[0] < uid <= POOL[1]
+
+        def run(*argv: str) -> str:
+            out = bytearray()
+            res = c.exec("carol-job", list(argv), on_stdout=out.extend, on_stderr=out.extend)
+            assert res["exit_code"] == 0, (argv, out.decode())
+            return out.decode()
+
+        assert run("keyctl", "pipe", "%user:xos:credential") == tok
+        session = run("keyctl", "show", "@s")
+        assert session.count("\\_") == 1 and "xos:credential" in session, session  # nothing of the daemon's
+        run("keyctl", "add", "user", "carols-own", "secret", "@u")  # outlives the process: a user keyring
+        assert "carols-own" in run("keyctl", "list", "@u")
+
+        node.expect_warning("refused")
+        forged, _ = credential.issue(credential.new_key(str(tmp_path / "k")), "carol", "bio", [], [], 600)
+        for bad, code in ((forged, "credential-bad-signature"), ("garbage", "credential-malformed")):
+            with pytest.raises(Exception) as e:
+                c.create("carol-2", credential=bad)
+            assert getattr(e.value, "code", "") == code, e.value
+        with pytest.raises(Exception) as e:
+            c.create("carol-2", credential=tok, vo="bio", user="bob")
+        assert getattr(e.value, "code", "") == "invalid-input"
+        assert [w["name"] for w in c.ls()] == ["carol-job"]  # nothing half-made
+
+        assert vo.cli("vo", "remove", "bio", "carol")[0] == 0
+        wait_for(lambda: "carol-job" not in [w["name"] for w in c.ls()], 10, "carol's workspace to end")
+    keys = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={POOL[0]}", "--clear-groups", "keyctl", "list",
+                           "@u"], capture_output=True, text=True)
+    assert "carols-own" not in keys.stdout and "empty" in keys.stdout, keys

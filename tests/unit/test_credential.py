@@ -81,3 +81,34 @@ def test_garbage_is_malformed_never_a_crash(tmp_path_factory, text):
         c.verify(text, trust)
     with pytest.raises(c.CredentialError):
         c.verify(f"{text}.{text}.{text}", trust)
+
+
+def test_trust_cache_expires_and_refreshes_on_news_at_a_bounded_rate(tmp_path):
+    """Keys are cached for ttl; an unknown key id re-reads the file at once, but at most once per refresh."""
+    now = [100.0]
+    trust = c.TrustStore(str(tmp_path / "trust"), ttl=5.0, refresh=1.0, clock=lambda: now[0])
+    writer = c.TrustStore(str(tmp_path / "trust"))  # `xos node trust` in another process
+    old = c.Ed25519PrivateKey.generate()
+    new = c.Ed25519PrivateKey.generate()
+    writer.trust("bio", c.public_pem(old.public_key()))
+    old_token, _ = c.issue(old, "alice", "bio", [], [], 60)
+    new_token, _ = c.issue(new, "alice", "bio", [], [], 60)
+    assert c.verify(old_token, trust).sub == "alice"
+    reads = trust.reads
+    for _ in range(50):
+        assert c.verify(old_token, trust).sub == "alice"
+    assert trust.reads == reads  # cached
+    writer.trust("bio", c.public_pem(new.public_key()))  # the VO rotated its key
+    now[0] += 1.5
+    assert c.verify(new_token, trust).sub == "alice"  # news: read at once, not after the ttl
+    assert trust.reads == reads + 1
+    forged = [c.issue(c.Ed25519PrivateKey.generate(), "alice", "bio", [], [], 60)[0] for _ in range(50)]
+    for f in forged:
+        with pytest.raises(c.CredentialBadSignature):
+            c.verify(f, trust)
+    assert trust.reads == reads + 1  # a flood of unknown key ids within one refresh interval: no re-read
+    writer.untrust("bio")
+    assert c.verify(new_token, trust).sub == "alice"  # within the ttl the cached key still answers
+    now[0] += 5.0
+    with pytest.raises(c.CredentialUnknownVO):
+        c.verify(new_token, trust)  # stale: read again, gone
