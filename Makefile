@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc libpam0g-dev \
-	pamtester keyutils
+	pamtester keyutils iptables
 STAMP := $(VENV)/.xos-setup
 NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py pam/*.c pam/*.h pam/*.map)
 
-.PHONY: setup apt test lint demo bench clean
+.PHONY: setup apt criu test lint demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) criu
+
+# CRIU >= 4 passing `criu check`: the distribution's, else built once from Debian's source tarball.
+criu: | apt
+	sh checkpoint/criu-setup.sh
 
 # Idempotent and quick when nothing changed: apt only for packages that are missing, the build only
 # when the project or its native sources changed.

@@ -2,21 +2,143 @@
  * xos-init: PID 1 of a workspace.
  *
  * It holds the workspace's PID, mount and network namespaces open, gives the
- * workspace its own /proc, reaps orphans, and says "ready" on stdout once the
- * mounts are in place so the node never execs into a half-made workspace.
- * It exits on SIGTERM, which takes every process of the namespace with it.
+ * workspace its own /proc, binds the workspace directory at XOS_WORK (the
+ * same path on every node, so open files keep their paths across a
+ * migration), reaps orphans, and says "ready" on stdout once the mounts are
+ * in place so the node never execs into a half-made workspace. It exits on
+ * SIGTERM, which takes every process of the namespace with it.
+ *
+ * With `-- CMD ARGS` it also starts the workspace's main program as its own
+ * child, so the whole workload is one process tree under this init: the tree
+ * CRIU checkpoints. Options: --work DIR (bind at XOS_WORK), --uid, --gid,
+ * --out FILE (stdout and stderr of the main program, appended; relative to
+ * XOS_WORK). The main program's exit status is written to XOS_WORK/.main.status.
+ *
+ * Nothing of the host's namespace files (nsfs mounts) is kept in the
+ * workspace's mount table: they are not the workspace's, and CRIU cannot
+ * restore them.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-int main(void)
+#define XOS_WORK "/run/xos-work"
+
+/* Unmount every nsfs mount (deepest first: a later line may sit on an earlier one). */
+static void drop_nsfs(void)
 {
+    char *points[256];
+    int n = 0;
+    char line[4096];
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (f == NULL)
+        return;
+    while (n < 256 && fgets(line, sizeof(line), f)) {
+        /* id parent major:minor root mountpoint opts [optional...] - fstype source superopts */
+        char *dash = strstr(line, " - ");
+        if (dash == NULL || strncmp(dash + 3, "nsfs ", 5) != 0)
+            continue;
+        char *p = line;
+        for (int field = 0; field < 4 && p; field++)
+            p = strchr(p, ' ') ? strchr(p, ' ') + 1 : NULL;
+        if (p == NULL)
+            continue;
+        char *end = strchr(p, ' ');
+        if (end)
+            *end = '\0';
+        points[n++] = strdup(p);
+    }
+    fclose(f);
+    while (n-- > 0) {
+        umount2(points[n], MNT_DETACH);
+        free(points[n]);
+    }
+}
+
+static void write_status(int status)
+{
+    char buf[64];
+    int len = WIFEXITED(status) ? snprintf(buf, sizeof(buf), "exit %d\n", WEXITSTATUS(status))
+                                : snprintf(buf, sizeof(buf), "signal %d\n", WTERMSIG(status));
+    int fd = open(XOS_WORK "/.main.status", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        if (write(fd, buf, (size_t)len) < 0) {
+            /* nothing more to do: the status is a courtesy to readers of the directory */
+        }
+        close(fd);
+    }
+}
+
+/* The main program: a child of init, as the workspace's user. Never returns. */
+static void main_child(char **argv, int uid, int gid, const char *out, int report)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();
+    int in = open("/dev/null", O_RDONLY);
+    if (chdir(XOS_WORK) < 0)
+        goto fail;
+    int o = out ? open(out, O_WRONLY | O_CREAT | O_APPEND, 0600) : open("/dev/null", O_WRONLY);
+    if (in < 0 || o < 0 || dup2(in, 0) < 0 || dup2(o, 1) < 0 || dup2(o, 2) < 0)
+        goto fail;
+    if (o > 2)
+        close(o);
+    if (in > 2)
+        close(in);
+    if (out && uid >= 0 && fchown(1, (uid_t)uid, (gid_t)gid) < 0)
+        goto fail;
+    if (gid >= 0) {
+        gid_t g = (gid_t)gid;
+        if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0)
+            goto fail;
+    }
+    if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0)
+        goto fail;
+    execvp(argv[0], argv);
+fail:;
+    int err = errno;
+    if (write(report, &err, sizeof(err)) < 0) {
+        /* the parent sees the pipe close without a word and reports an unknown failure */
+    }
+    _exit(127);
+}
+
+int main(int argc, char **argv)
+{
+    const char *work = NULL, *out = NULL;
+    int uid = -1, gid = -1, cmd = argc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            cmd = i + 1;
+            break;
+        }
+        if (i + 1 >= argc) {
+            dprintf(1, "error usage %s\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--work") == 0)
+            work = argv[++i];
+        else if (strcmp(argv[i], "--uid") == 0)
+            uid = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--gid") == 0)
+            gid = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--out") == 0)
+            out = argv[++i];
+        else {
+            dprintf(1, "error usage %s\n", argv[i]);
+            return 2;
+        }
+    }
+
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
@@ -30,7 +152,39 @@ int main(void)
         dprintf(1, "error mount-proc %d\n", errno);
         return 1;
     }
-    if (dprintf(1, "ready %d\n", getpid()) < 0)
+    drop_nsfs();
+    if (work && mount(work, XOS_WORK, NULL, MS_BIND, NULL) < 0) {
+        dprintf(1, "error mount-work %d\n", errno);
+        return 1;
+    }
+
+    pid_t main_pid = 0;
+    if (cmd < argc) {
+        int rep[2];
+        if (pipe2(rep, O_CLOEXEC) < 0) {
+            dprintf(1, "error pipe %d\n", errno);
+            return 1;
+        }
+        main_pid = fork();
+        if (main_pid < 0) {
+            dprintf(1, "error fork %d\n", errno);
+            return 1;
+        }
+        if (main_pid == 0) {
+            close(rep[0]);
+            main_child(argv + cmd, uid, gid, out, rep[1]);
+        }
+        close(rep[1]);
+        int err = 0;
+        ssize_t got = read(rep[0], &err, sizeof(err));
+        close(rep[0]);
+        if (got > 0) {
+            waitpid(main_pid, NULL, 0);
+            dprintf(1, "error exec %d\n", err);
+            return 1;
+        }
+    }
+    if (dprintf(1, "ready %d %d\n", getpid(), (int)main_pid) < 0)
         return 1;
     close(0);
     close(1);
@@ -42,8 +196,12 @@ int main(void)
             continue;
         if (si.si_signo == SIGTERM || si.si_signo == SIGINT)
             return 0;
-        if (si.si_signo == SIGCHLD)
-            while (waitpid(-1, NULL, WNOHANG | __WALL) > 0)
-                ;
+        if (si.si_signo == SIGCHLD) {
+            int status;
+            pid_t p;
+            while ((p = waitpid(-1, &status, WNOHANG | __WALL)) > 0)
+                if (p == main_pid)
+                    write_status(status);
+        }
     }
 }

@@ -112,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--user", help="grid user (with --vo)")
     c.add_argument("--cred", metavar="FILE", help="run as this credential's owner, the credential in each "
                    "process's session keyring ('-': stdin)")
+    c.add_argument("--out", metavar="NAME", help="with a main program (after --): its output file in the "
+                   "workspace directory")
     e = ws.add_parser("exec", help="run a command in a workspace (after --), stdin and output streamed")
     e.add_argument("name")
     e.add_argument("-n", "--no-stdin", action="store_true", help="give the command an empty stdin")
@@ -121,6 +123,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--uid", type=int)
     r.add_argument("--gid", type=int)
     r.add_argument("--cred", metavar="FILE", help="as with create")
+    cp = ws.add_parser("checkpoint", help="dump a workspace's main program tree into an image file")
+    cp.add_argument("name")
+    cp.add_argument("--out", required=True, metavar="IMAGE")
+    cp.add_argument("--leave-running", action="store_true", help="keep the workspace running afterwards")
+    rs = ws.add_parser("restore", help="restore an image file as a workspace")
+    rs.add_argument("image")
+    rs.add_argument("--name", help="a new name (default: the one it had)")
     s = ws.add_parser("set", help="renegotiate the allocation")
     s.add_argument("name")
     _alloc_args(s)
@@ -304,7 +313,8 @@ async def _client_main(args: argparse.Namespace) -> int:
         v = args.verb
         if v == "create":
             d = await node.create(args.name, uid=args.uid, gid=args.gid, vo=args.vo, user=args.user,
-                                  credential=_read_token(args.cred) if args.cred else None, **_alloc(args))
+                                  credential=_read_token(args.cred) if args.cred else None,
+                                  main=list(args.command) if args.command else None, out=args.out, **_alloc(args))
             print(f"{d['name']} {d['state']} {d['address']}")
         elif v == "exec":
             res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),
@@ -316,6 +326,16 @@ async def _client_main(args: argparse.Namespace) -> int:
                                  credential=_read_token(args.cred) if args.cred else None, on_stdout=_write(sys.stdout),
                                  on_stderr=_write(sys.stderr), **_alloc(args))
             return _status(res)
+        elif v == "checkpoint":
+            d = await node.checkpoint(args.name, args.out, args.leave_running)
+            t = d["times"]
+            print(f"{d['workspace']} -> {d['image']} ({units.format_size(d['bytes'])}): freeze {t['freeze']:.3f}s "
+                  f"dump {t['dump']:.3f}s pack {t['pack']:.3f}s; "
+                  f"{'left running' if d['left_running'] else 'workspace removed'}")
+        elif v == "restore":
+            d = await node.restore(args.image, args.name)
+            t = d["restore"]["times"]
+            print(f"{d['name']} {d['state']} {d['address']}: verify {t['verify']:.3f}s restore {t['restore']:.3f}s")
         elif v == "set":
             d = await node.set(args.name, **_alloc(args))
             _print_stat(d)

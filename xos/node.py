@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -33,12 +34,15 @@ class Client(rpc.HttpClient):
         return await self._call("GET", "/v1/node")
 
     async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
-                     user: str | None = None, credential: str | None = None, **alloc: Any) -> dict[str, Any]:
+                     user: str | None = None, credential: str | None = None, main: list[str] | None = None,
+                     out: str | None = None, env: dict[str, str] | None = None, **alloc: Any) -> dict[str, Any]:
         """Create a workspace running as uid/gid or as the account a grid identity (vo and user, or a
         credential's subject) maps to; allocation keywords: cpu, memory, pids, egress, ingress."""
         body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
         if credential is not None:
             body["credential"] = credential
+        if main is not None:  # the program init starts: the workload a checkpoint takes whole
+            body["main"] = {"argv": main, "out": out, "env": env}
         if vo is not None or user is not None:
             body.update(vo=vo, user=user)
         if uid is not None:
@@ -62,6 +66,18 @@ class Client(rpc.HttpClient):
     async def set(self, name: str, **alloc: Any) -> dict[str, Any]:
         """Renegotiate the allocation of a running workspace."""
         return await self._call("PATCH", f"/v1/workspaces/{name}", {"allocation": _alloc(**alloc)})
+
+    async def checkpoint(self, name: str, out: str, leave_running: bool = False) -> dict[str, Any]:
+        """Dump a workspace's main program tree into the image file `out` (removed unless leave_running)."""
+        return await self._call("POST", f"/v1/workspaces/{name}/checkpoint",
+                                {"out": os.path.abspath(out), "leave_running": leave_running}, read_timeout=600)
+
+    async def restore(self, image: str, name: str | None = None) -> dict[str, Any]:
+        """Restore an image file as a new workspace (named `name`, or as it was)."""
+        body: dict[str, Any] = {"image": os.path.abspath(image)}
+        if name is not None:
+            body["name"] = name
+        return await self._call("POST", "/v1/restore", body, read_timeout=600)
 
     async def freeze(self, name: str) -> dict[str, Any]:
         """Freeze every process."""

@@ -56,7 +56,7 @@ async def create_workspace(request: web.Request) -> web.Response:
         raise InvalidInput("a grid identity needs both vo and user")
     ws = await svc.create(rpc.field(body, "name", str, None), alloc, rpc.field(body, "uid", int),
                           rpc.field(body, "gid", int), (vo, user) if vo is not None and user is not None else None,
-                          rpc.field(body, "credential", str))
+                          rpc.field(body, "credential", str), rpc.field(body, "main", dict))
     return rpc.json_response(await ws.describe(), status=201)
 
 
@@ -225,6 +225,22 @@ async def _feed_stdin(request: web.Request, fd: int) -> None:
         transport.close()
 
 
+async def checkpoint(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await rpc.read_body(request)
+    out = rpc.field(body, "out", str, None)
+    result = await svc.checkpoint(request.match_info["name"], out,
+                                  bool(rpc.field(body, "leave_running", bool, False)))
+    return rpc.json_response(result)
+
+
+async def restore(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await rpc.read_body(request)
+    ws, result = await svc.restore(rpc.field(body, "image", str, None), rpc.field(body, "name", str))
+    return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
+
+
 def make_app(svc: NodeService) -> web.Application:
     """The node's routes."""
     app = web.Application(middlewares=[rpc.error_middleware], client_max_size=rpc.MAX_BODY)
@@ -238,6 +254,8 @@ def make_app(svc: NodeService) -> web.Application:
         web.patch("/v1/workspaces/{name}", set_workspace),
         web.delete("/v1/workspaces/{name}", delete_workspace),
         web.post("/v1/workspaces/{name}/exec", exec_),
+        web.post("/v1/workspaces/{name}/checkpoint", checkpoint),
+        web.post("/v1/restore", restore),
         web.get("/v1/workspaces/{name}/processes", processes),
         web.post("/v1/workspaces/{name}/{verb}", control),
         web.get("/v1/usage", usage),

@@ -36,7 +36,7 @@ from xos.errors import (
 )
 from xos.identity import NodeIdentity
 from xos.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, open_store
-from xos.workspace import NodeContext, Workspace
+from xos.workspace import WORK, MainProgram, NodeContext, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class NodeService:
         os.makedirs(os.path.join(cfg.home, "workspaces"), mode=0o711, exist_ok=True)
         _check_reachable(os.path.join(cfg.home, "workspaces"))
         os.makedirs(cfg.run, mode=0o755, exist_ok=True)
+        os.makedirs(WORK, mode=0o755, exist_ok=True)  # the mount point of every workspace's own directory
         if self.store is None:
             self.store = open_store(cfg.home)
         hierarchy = detect(cfg.cgroup)
@@ -166,6 +167,24 @@ class NodeService:
             raise RuntimeError("node service not started")
         return self.ctx
 
+    def context(self) -> NodeContext:
+        """What every workspace of this node shares (the service must be started)."""
+        return self._ctx()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    async def checkpoint(self, name: str, out: str, leave_running: bool = False) -> dict[str, Any]:
+        """Dump workspace `name` into the image file `out` (see xos.checkpoint.service)."""
+        from xos.checkpoint import service
+
+        return await service.checkpoint(self, name, out, leave_running)
+
+    async def restore(self, path: str, name: str | None = None) -> tuple[Workspace, dict[str, Any]]:
+        """Restore the image file at `path` as a new workspace."""
+        from xos.checkpoint import service
+
+        return await service.restore(self, path, name)
+
     # -- workspaces ---------------------------------------------------------------------------
 
     def get(self, name: str) -> Workspace:
@@ -177,12 +196,19 @@ class NodeService:
 
     async def create(self, name: str, alloc: Allocation, uid: int | None = None,
                      gid: int | None = None, owner: tuple[str, str] | None = None,
-                     credential: str | None = None) -> Workspace:
+                     credential: str | None = None, main: dict[str, Any] | None = None) -> Workspace:
         """Admit and build a workspace, run as `uid`/`gid` or as the account a grid identity maps to:
         `owner` (vo, user), or the subject of `credential`, verified here, which its processes then
-        find in their session keyring as a login does. Nothing is left behind if that fails."""
+        find in their session keyring as a login does. `main` ({argv, env, out}) is the program the
+        workspace's init starts as its child: the workload a checkpoint takes whole. Nothing is left
+        behind if that fails."""
         ctx = self._ctx()
         check_name(name)
+        if main is not None:
+            _check_command(main.get("argv"), main.get("env"))
+            out = main.get("out")
+            if out is not None and (not isinstance(out, str) or not out or "/" in out or out in (".", "..")):
+                raise InvalidInput("out must be a plain file name inside the workspace directory", field="out")
         identity: dict[str, str] = {}
         if credential is not None:
             claims = self.identity.verify(credential)
@@ -212,7 +238,11 @@ class NodeService:
                 raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")
             rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid,
                                   gid=gid, address=address, identity=identity)
-            ws = await Workspace.create(ctx, rec)
+            program = None
+            if main is not None:
+                program = MainProgram(list(main["argv"]), {**self.base_env(rec), **(main.get("env") or {})},
+                                      main.get("out"))
+            ws = await Workspace.create(ctx, rec, program)
             self.workspaces[name] = ws
         ctx.store.save_usage(ws.usage_rec)
         return ws
@@ -259,16 +289,10 @@ class NodeService:
                       stdout: int = -1, stderr: int = -1) -> Process:
         """Start `argv` in workspace `name`; the returned Process's `done` resolves with its exit."""
         ws = self.get(name)
-        if (not isinstance(argv, list) or not argv or len(argv) > MAX_ARGV
-                or not all(isinstance(a, str) and "\0" not in a for a in argv)):
-            raise InvalidInput("argv must be a non-empty list of strings without NUL bytes", field="argv")
-        if env is not None and (not isinstance(env, dict) or not all(
-                isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
-                for k, v in env.items())):
-            raise InvalidInput("env must map variable names to strings", field="env")
+        _check_command(argv, env)
         if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
             raise InvalidInput("cwd must be an absolute path", field="cwd")
-        full_env = self.base_env(ws)
+        full_env = self.base_env(ws.rec)
         full_env.update(env or {})
         ooms = ws.cgroup.usage().oom_kills
         pid = ws.spawn(argv, full_env, cwd, stdin, stdout, stderr)
@@ -280,14 +304,14 @@ class NodeService:
         loop.add_reader(pidfd, self._reap, proc)
         return proc
 
-    def base_env(self, ws: Workspace) -> dict[str, str]:
+    def base_env(self, rec: WorkspaceRecord) -> dict[str, str]:
         """The environment every process of a workspace starts with."""
         try:
-            user = pwd.getpwuid(ws.rec.uid).pw_name
+            user = pwd.getpwuid(rec.uid).pw_name
         except KeyError:
-            user = str(ws.rec.uid)
-        return {"PATH": sp.DEFAULT_PATH, "HOME": self._ctx().directory(ws.rec), "USER": user, "LOGNAME": user,
-                "LANG": "C.UTF-8", "XOS_WORKSPACE": ws.rec.name}
+            user = str(rec.uid)
+        return {"PATH": sp.DEFAULT_PATH, "HOME": WORK, "USER": user, "LOGNAME": user,
+                "LANG": "C.UTF-8", "XOS_WORKSPACE": rec.name}
 
     def _reap(self, proc: Process) -> None:
         loop = asyncio.get_running_loop()
@@ -438,3 +462,12 @@ def _check_ids(uid: Any, gid: Any) -> None:
     except KeyError:
         raise UnknownUser(f"gid {gid} does not exist on this node", gid=gid) from None
 
+
+def _check_command(argv: Any, env: Any) -> None:
+    if (not isinstance(argv, list) or not argv or len(argv) > MAX_ARGV
+            or not all(isinstance(a, str) and "\0" not in a for a in argv)):
+        raise InvalidInput("argv must be a non-empty list of strings without NUL bytes", field="argv")
+    if env is not None and (not isinstance(env, dict) or not all(
+            isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
+            for k, v in env.items())):
+        raise InvalidInput("env must map variable names to strings", field="env")

@@ -20,6 +20,7 @@ from xos import network, rtnl
 from xos import spawn as sp
 from xos.allocation import Allocation
 from xos.cgroup import Cgroup, Hierarchy
+from xos.checkpoint import criu as criu_mod
 from xos.config import NodeConfig
 from xos.errors import IllegalTransition, KernelError, XosError
 from xos.store import NodeStore, UsageRecord, WorkspaceRecord
@@ -48,6 +49,7 @@ def _rlimits() -> dict[int, tuple[int, int]]:
 
 RLIMITS = _rlimits()
 INIT_TIMEOUT = 5.0
+WORK = "/run/xos-work"  # where a workspace's processes see its directory: one path on every node (init.c)
 CREDENTIAL_KEY = "xos:credential"  # the description pam_xos gives it in a login's session keyring
 
 
@@ -70,6 +72,15 @@ def start_time(pid: int) -> int:
     except OSError:
         return 0
     return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+@dataclass
+class MainProgram:
+    """The program xos-init starts as its own child: the workload a checkpoint takes whole."""
+
+    argv: list[str]
+    env: dict[str, str]
+    out: str | None = None  # stdout and stderr, a file in the workspace directory
 
 
 @dataclass
@@ -129,12 +140,12 @@ class Workspace:
     # -- creation, adoption, destruction -------------------------------------------------------
 
     @classmethod
-    async def create(cls, ctx: NodeContext, rec: WorkspaceRecord) -> Workspace:
+    async def create(cls, ctx: NodeContext, rec: WorkspaceRecord, main: MainProgram | None = None) -> Workspace:
         """Make every kernel object of a new workspace; on failure remove what was made."""
         ctx.store.add_workspace(rec)  # first, so a crash in the middle is reconciled at start-up
         ws = cls(ctx, rec)
         try:
-            await ws._build()
+            await ws._build(main)
         except BaseException as e:
             log.warning("workspace %s: creation failed: %s", rec.name, e)
             with contextlib.suppress(Exception):
@@ -143,7 +154,7 @@ class Workspace:
         ws.transition("running", "created")
         return ws
 
-    async def _build(self) -> None:
+    async def _build(self, main: MainProgram | None) -> None:
         ctx, rec = self.ctx, self.rec
         self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
         self.cgroup.apply(rec.alloc)
@@ -151,14 +162,21 @@ class Workspace:
         os.makedirs(wdir, mode=0o700)
         os.chown(wdir, rec.uid, rec.gid)
 
+        argv, env = [init_program(), "--work", wdir], {}
+        if main is not None:
+            argv += ["--uid", str(rec.uid), "--gid", str(rec.gid)] + (["--out", main.out] if main.out else [])
+            argv += ["--", *main.argv]
+            env = main.env
         cgfd, procs = self.cgroup.spawn_target()
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             try:
-                pid = sp.spawn(sp.SpawnSpec(argv=[init_program()], new_ns_flags=NS_FLAGS, cgroup_fd=cgfd,
+                # The session keyring init joins (with the owner's credential) is its main program's.
+                pid = sp.spawn(sp.SpawnSpec(argv=argv, env=env, new_ns_flags=NS_FLAGS, cgroup_fd=cgfd,
                                             cgroup_procs_fds=procs, stdin=null, stdout=w, stderr=null,
-                                            setsid=True, cwd="/"))
+                                            setsid=True, cwd="/", rlimits=RLIMITS, new_keyring=True,
+                                            key=self.credential_key()))
             finally:
                 os.close(null)
             os.close(w)
@@ -183,6 +201,86 @@ class Workspace:
                                  (ctx.raw, self.host_index, rec.alloc.ingress)):
             rtnl.htb_root(raw, index)
             rtnl.htb_class(raw, index, rate, QUANTUM, create=True)
+
+    # -- checkpoint and restore ------------------------------------------------------------------
+
+    def tree_outsiders(self) -> list[int]:
+        """Processes of the workspace outside init's tree (started with exec): CRIU cannot take them."""
+        procs = set(self.cgroup.procs())
+        out = []
+        for pid in procs:
+            p = pid
+            while p not in (0, 1, self.rec.init_pid):
+                try:
+                    with open(f"/proc/{p}/stat", "rb") as f:
+                        data = f.read()
+                except OSError:
+                    break
+                p = int(data[data.rindex(b")") + 2:].split()[1])
+            if p != self.rec.init_pid and pid != self.rec.init_pid:
+                out.append(pid)
+        return sorted(out)
+
+    async def dump(self, criu: criu_mod.Criu, images: str, leave_running: bool, keep_log: str) -> criu_mod.Run:
+        """CRIU-dump init's process tree into `images`, stopped through the freezer; killed unless leave_running.
+
+        Declared outside the tree: the workspace directory (an external mount, re-bound at restore),
+        the host's mounts (auto-detected), the veth pair (re-made at restore), the cgroup (ours)."""
+        args = ["dump", "-t", str(self.rec.init_pid), "--tcp-established", "--manage-cgroups=ignore",
+                "--external", "mnt[]", "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}",
+                "--freeze-cgroup", self.cgroup.freezer_dir()]
+        if leave_running:
+            args.append("--leave-running")
+        return await criu_mod.run(criu, args, images, "dump.log", keep_log=keep_log)
+
+    @classmethod
+    async def restore(cls, ctx: NodeContext, rec: WorkspaceRecord, criu: criu_mod.Criu, images: str, work: str,
+                      keep_log: str) -> tuple[Workspace, criu_mod.Run]:
+        """A workspace made around a restored process tree: its cgroup pre-made (CRIU runs inside it, so
+        every restored task starts there), its directory from the image, its veth pair re-made."""
+        ctx.store.add_workspace(rec)
+        ws = cls(ctx, rec)
+        try:
+            run = await ws._restore(criu, images, work, keep_log)
+        except BaseException as e:
+            log.warning("workspace %s: restore failed: %s", rec.name, e)
+            with contextlib.suppress(Exception):
+                await ws.destroy(f"restore failed: {e}")
+            raise
+        ws.transition("running", "restored")
+        return ws, run
+
+    async def _restore(self, criu: criu_mod.Criu, images: str, work: str, keep_log: str) -> criu_mod.Run:
+        ctx, rec = self.ctx, self.rec
+        self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
+        self.cgroup.apply(rec.alloc)
+        wdir = ctx.directory(rec)
+        os.rename(work, wdir)
+        pidfile = os.path.join(images, "restored.pid")
+        cgfd, procs = self.cgroup.spawn_target()
+        args = ["restore", "--restore-detached", "--restore-sibling", "--pidfile", pidfile, "--manage-cgroups=ignore",
+                "--tcp-established", "--root", "/", "--external", "mnt[]",
+                "--external", f"mnt[{criu_mod.WORK_KEY}]:{wdir}",
+                "--external", f"veth[eth0]:{self.host_link}@{ctx.config.bridge}"]
+        run = await criu_mod.run(criu, args, images, "restore.log", cgroup_fd=cgfd, cgroup_procs_fds=procs,
+                                 key=self.credential_key(), keep_log=keep_log)
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        self.init_pidfd = sp.pidfd_open(pid)  # a sibling of criu: our child
+        rec.init_pid, rec.init_start = pid, start_time(pid)
+        ctx.store.update_workspace(rec)
+        await self._open_netns()
+        assert self.raw is not None
+        hidx, pidx = rtnl.link_index(ctx.raw, self.host_link), rtnl.link_index(self.raw, "eth0")
+        if hidx is None or pidx is None:
+            raise KernelError(f"restored workspace {rec.name} has no veth pair", errno.ENODEV)
+        self.host_index, self.eth0_index = hidx, pidx
+        rtnl.set_link(ctx.raw, hidx, alias=self.tag)
+        for raw, index, rate in ((self.raw, self.eth0_index, rec.alloc.egress),
+                                 (ctx.raw, self.host_index, rec.alloc.ingress)):
+            rtnl.htb_root(raw, index)
+            rtnl.htb_class(raw, index, rate, QUANTUM, create=True)
+        return run
 
     async def _open_netns(self) -> None:
         try:
@@ -302,7 +400,7 @@ class Workspace:
                                     "when it is running", state=self.rec.state)
         cgfd, procs = self.cgroup.spawn_target()
         return sp.spawn(sp.SpawnSpec(
-            argv=argv, env=env, cwd=cwd or self.ctx.directory(self.rec), uid=self.rec.uid, gid=self.rec.gid,
+            argv=argv, env=env, cwd=cwd or WORK, uid=self.rec.uid, gid=self.rec.gid,
             groups=[self.rec.gid], cgroup_fd=cgfd, cgroup_procs_fds=procs, ns_pidfd=self.init_pidfd,
             ns_flags=NS_FLAGS, stdin=stdin, stdout=stdout, stderr=stderr, rlimits=RLIMITS, setsid=True,
             new_keyring=True, key=self.credential_key()))

@@ -130,6 +130,10 @@ class Cgroup(ABC):
         """Whether the cgroup is frozen now."""
 
     @abstractmethod
+    def freezer_dir(self) -> str:
+        """The directory whose freezer stops every process (CRIU's --freeze-cgroup)."""
+
+    @abstractmethod
     def procs_file(self) -> str:
         """The cgroup.procs that lists every process of the cgroup."""
 

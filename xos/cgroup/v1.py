@@ -93,6 +93,9 @@ class V1Cgroup(Cgroup):
     def cpu_scale(self) -> int:
         return 1
 
+    def freezer_dir(self) -> str:
+        return self.path("freezer")
+
     def set_frozen(self, frozen: bool) -> None:
         want = "FROZEN" if frozen else "THAWED"
         state = self.path("freezer", "freezer.state")

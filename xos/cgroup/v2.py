@@ -72,6 +72,9 @@ class V2Cgroup(Cgroup):
     def cpu_scale(self) -> int:
         return 1000
 
+    def freezer_dir(self) -> str:
+        return self._dir
+
     def set_frozen(self, frozen: bool) -> None:
         write_file(self.path("cgroup.freeze"), "1" if frozen else "0")
         want = f"frozen {1 if frozen else 0}"

@@ -1,0 +1,157 @@
+"""Checkpoint and restore of a node's workspaces: what `xos ws checkpoint|restore` ask the daemon for."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+from xos.checkpoint import criu as criu_mod
+from xos.checkpoint import image
+
+from xos.allocation import Allocation
+from xos.errors import Conflict, InvalidInput, OverCapacity, WorkspaceExists
+from xos.store import WorkspaceRecord
+from xos.workspace import Workspace
+
+if TYPE_CHECKING:
+    from xos.noded import NodeService
+
+
+def check_name(name: str) -> None:
+    """Workspace names as the node checks them."""
+    from xos.noded import check_name as node_check
+
+    node_check(name)
+
+log = logging.getLogger(__name__)
+
+
+class NotCheckpointable(Conflict):
+    """The workspace holds something a checkpoint cannot take."""
+
+    code = "not-checkpointable"
+
+
+def scratch(svc: NodeService, what: str) -> str:
+    """A fresh private directory under the node's home for one checkpoint or restore."""
+    path = os.path.join(svc.config.home, "checkpoints", f"{what}-{secrets.token_hex(4)}")
+    os.makedirs(path, mode=0o700)
+    return path
+
+
+def log_path(svc: NodeService, name: str, what: str) -> str:
+    """Where a failed run's CRIU log is kept."""
+    return os.path.join(svc.config.home, "checkpoints", "logs", f"{name}-{what}-{int(time.time())}.log")
+
+
+async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool = False) -> dict[str, Any]:
+    """Freeze and dump workspace `name` into the image `out`; the workspace is removed unless leave_running.
+
+    The result has per-phase times and CRIU's own statistics."""
+    if not isinstance(out, str) or not out:
+        raise InvalidInput("give the image file to write (out)", field="out")
+    criu = criu_mod.find().require()
+    ws = svc.get(name)
+    out = os.path.abspath(out)
+    if not os.path.isdir(os.path.dirname(out)):
+        raise InvalidInput(f"cannot write the image {out}: no such directory", field="out")
+    async with ws.lock:
+        if ws.rec.state != "running":
+            raise NotCheckpointable(f"workspace {name} is {ws.rec.state}; only a running workspace is checkpointed")
+        outsiders = ws.tree_outsiders()
+        if outsiders:
+            raise NotCheckpointable(f"workspace {name} has {len(outsiders)} process(es) started with exec "
+                                    f"(pids {outsiders[:5]}); only the main program's tree can be checkpointed")
+        work = scratch(svc, "dump")
+        images = os.path.join(work, "criu")
+        os.makedirs(images)
+        times: dict[str, float] = {}
+        try:
+            t0 = time.perf_counter()
+            ws.cgroup.set_frozen(True)  # the directory below and the memory CRIU reads are one moment
+            times["freeze"] = time.perf_counter() - t0
+            try:
+                ws.sample()
+                run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"))
+                times["dump"] = run.seconds
+                t1 = time.perf_counter()
+                manifest = image.pack(out, images, svc.context().directory(ws.rec), {
+                    "workspace": {"name": ws.rec.name, "id": ws.rec.id, "allocation": ws.rec.alloc.to_json(),
+                                  "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address},
+                    "identity": ws.rec.identity, "node": svc.config.name, "criu": criu.version,
+                    "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
+                    "stats": run.stats,
+                })
+                times["pack"] = time.perf_counter() - t1
+            finally:
+                if leave_running and ws.cgroup.exists():
+                    ws.cgroup.set_frozen(False)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if not leave_running:
+            await ws.destroy(f"checkpointed to {out}")
+            svc.workspaces.pop(name, None)
+    log.info("workspace %s checkpointed to %s", name, out, extra={"workspace": name, **times})
+    return {"workspace": name, "image": out, "bytes": os.path.getsize(out), "times": times,
+            "criu": run.stats, "left_running": leave_running, "files": len(manifest["files"])}
+
+
+async def restore(svc: NodeService, path: str, name: str | None = None) -> tuple[Workspace, dict[str, Any]]:
+    """Verify the image at `path` and restore it as a new workspace (`name`, or the one it had)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidInput("give the image file to restore (image)", field="image")
+    if not os.path.isfile(path):
+        raise InvalidInput(f"no image file {path}", field="image")
+    criu = criu_mod.find().require()
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    work = scratch(svc, "restore")
+    try:
+        manifest = image.unpack(path, os.path.join(work, "image"))
+        image.check_compatible(manifest, criu.version)
+        spec = manifest.get("workspace") or {}
+        try:
+            alloc = Allocation(**spec["allocation"])
+            uid, gid, address = int(spec["uid"]), int(spec["gid"]), str(spec["address"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise image.ImageInvalid(f"image manifest lacks a workspace spec: {e}") from None
+        name = name or str(spec.get("name", ""))
+        identity = dict(manifest.get("identity") or {})
+        times["verify"] = time.perf_counter() - t0
+        if identity.get("vo"):
+            if svc.identity.idmap is None:
+                raise image.ImageInvalid(f"image runs as {identity['user']} of VO {identity['vo']}, and this node "
+                                         "maps no grid identities")
+            acct = svc.identity.idmap.map(identity["vo"], identity["user"])
+            if (acct.uid, acct.gid) != (uid, gid):
+                raise image.ImageInvalid(f"image runs as uid {uid}; this node maps {identity['user']} of VO "
+                                         f"{identity['vo']} to uid {acct.uid}")
+        ctx = svc.context()
+        async with svc.admission:
+            check_name(name)
+            if name in svc.workspaces:
+                raise WorkspaceExists(f"workspace {name!r} exists already", name=name)
+            ctx.config.capacity.admit(alloc, [w.rec.alloc for w in svc.workspaces.values()])
+            used = {w.rec.address for w in svc.workspaces.values()}
+            if address in used or address not in ctx.subnet.hosts():
+                raise OverCapacity(f"address {address} of the image is not free in this node's subnet "
+                                   f"{ctx.config.subnet}")
+            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name,
+                                  state="creating", alloc=alloc, uid=uid, gid=gid, address=address, identity=identity)
+            t1 = time.perf_counter()
+            ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(work, "image", "criu"),
+                                              os.path.join(work, "image", "work"), log_path(svc, name, "restore"))
+            times["restore"] = time.perf_counter() - t1
+            svc.workspaces[name] = ws
+        ctx.store.save_usage(ws.usage_rec)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+    log.info("workspace %s restored from %s", name, path, extra={"workspace": name, **times})
+    return ws, {"times": times, "criu": run.stats, "from_node": manifest.get("node")}
