@@ -11,10 +11,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
+from xos.allocation import Allocation
 from xos.checkpoint import criu as criu_mod
 from xos.checkpoint import image
-
-from xos.allocation import Allocation
 from xos.errors import Conflict, InvalidInput, OverCapacity, WorkspaceExists
 from xos.store import WorkspaceRecord
 from xos.workspace import Workspace

@@ -1,0 +1,208 @@
+"""Checkpoint and restore of a workspace with the real CRIU: memory, process trees, pipes, cwd, uid;
+bad images refused with nothing left behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import tarfile
+
+import pytest
+
+from tests.kernel.test_lifecycle import cgroup_dirs
+from xos.checkpoint import criu
+from xos.testing import wait_for
+
+PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
+
+COUNTER = """
+import time
+i = 0
+while True:
+    i += 1
+    print(i, flush=True)
+    time.sleep(0.02)
+"""
+
+# 256 MiB of random data and its checksum; on SIGUSR1 it checksums the memory again.
+MEMORY = """
+import hashlib, os, signal, time
+data = bytearray(os.urandom(1 << 20)) * 256
+for i in range(0, len(data), 4096):
+    data[i] = i >> 12 & 255
+def check(*_):
+    with open("after.tmp", "w") as f:
+        f.write(hashlib.sha256(data).hexdigest())
+    os.rename("after.tmp", "after")
+signal.signal(signal.SIGUSR1, check)
+with open("before.tmp", "w") as f:
+    f.write(hashlib.sha256(data).hexdigest())
+os.rename("before.tmp", "before")
+while True:
+    time.sleep(1)
+"""
+
+# A parent, two children and a pipe: the children write into it, the parent counts what it reads.
+TREE = """
+import os, time
+r, w = os.pipe()
+kids = []
+for k in range(2):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        n = 0
+        while True:
+            n += 1
+            os.write(w, b"%d %d\\n" % (k, n))
+            time.sleep(0.02)
+    kids.append(pid)
+os.close(w)
+seen = {0: 0, 1: 0}
+with os.fdopen(r) as pipe, open("tree.log", "a", buffering=1) as log:
+    for line in pipe:
+        k, n = map(int, line.split())
+        assert n == seen[k] + 1, (k, n, seen[k])  # nothing lost, nothing repeated
+        seen[k] = n
+        log.write(f"{os.getpid()} {k} {n} {os.getcwd()} {os.getuid()}\\n")
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def need_criu():
+    c = criu.find()
+    assert c.ok, f"checkpoint tests need CRIU >= 4 passing criu check (make setup builds it): {c.reason}"
+
+
+def lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split("\n")[:-1]
+    except FileNotFoundError:
+        return []
+
+
+def test_counter_continues_after_restore_never_restarts(node):
+    with node.client() as c:
+        ws = c.create("cnt", main=[PY, "-c", COUNTER], out="count.log", memory="256M")
+        log = os.path.join(ws["directory"], "count.log")
+        wait_for(lambda: len(lines(log)) >= 10, 10, "the counter to count")
+        image = os.path.join(node.home, "cnt.img")
+        res = c.checkpoint("cnt", image)
+        assert res["criu"]["memory_pages_written"] > 0 and res["times"]["dump"] > 0, res
+        assert c.ls() == [] and cgroup_dirs(node, ws["id"]) == []  # removed: nothing half-kept
+        assert not os.path.exists(log)  # the directory lives on in the image only
+        back = c.restore(image)
+        assert back["state"] == "running" and back["uid"] == ws["uid"] and back["address"] == ws["address"]
+        log2 = os.path.join(back["directory"], "count.log")
+        n0 = len(lines(log2))
+        wait_for(lambda: len(lines(log2)) >= n0 + 10, 10, "the restored counter to go on")
+        nums = [int(x) for x in lines(log2)]
+        assert nums == list(range(1, len(nums) + 1))  # continued from its value: no restart, no repeat
+        assert n0 >= 10
+        c.rm("cnt")
+
+
+def test_memory_checksum_tree_pipe_cwd_uid_survive(node):
+    with node.client() as c:
+        ws = c.create("mem", main=[PY, "-c", MEMORY], memory="1G")
+        before = os.path.join(ws["directory"], "before")
+        wait_for(lambda: os.path.exists(before), 60, "256 MiB to be filled and checksummed")
+        image = os.path.join(node.home, "mem.img")
+        c.checkpoint("mem", image)
+        back = c.restore(image, "mem2")
+        d = back["directory"]
+        init = back["init_pid"]
+        main = int(open(f"/proc/{init}/task/{init}/children").read().split()[0])
+        assert os.stat(f"/proc/{main}").st_uid == ws["uid"] == back["uid"]  # its uid
+        assert os.readlink(f"/proc/{main}/cwd").endswith("/run/xos-work")  # its cwd, inside the workspace
+        os.kill(main, signal.SIGUSR1)
+        wait_for(lambda: os.path.exists(os.path.join(d, "after")), 30, "the restored process to checksum again")
+        with open(os.path.join(d, "before")) as b, open(os.path.join(d, "after")) as a:
+            assert a.read() == b.read()
+        c.rm("mem2")
+
+        ws = c.create("tree", main=[PY, "-c", TREE])
+        log = os.path.join(ws["directory"], "tree.log")
+        wait_for(lambda: len(lines(log)) >= 20, 10, "the tree to talk over its pipe")
+        c.checkpoint("tree", image)
+        back = c.restore(image)
+        log = os.path.join(back["directory"], "tree.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 20, 10, "the restored tree to go on")
+        rows = [r.split() for r in lines(log)]
+        assert {r[3] for r in rows} == {"/run/xos-work"} and {r[4] for r in rows} == {str(ws["uid"])}
+        assert len({r[0] for r in rows}) == 1  # the same parent, its pid kept inside the namespace
+        c.rm("tree")
+
+
+def test_leave_running_and_what_cannot_be_checkpointed(node):
+    node.expect_warning("refused|restore failed")
+    with node.client() as c:
+        ws = c.create("lr", main=[PY, "-c", COUNTER], out="count.log")
+        log = os.path.join(ws["directory"], "count.log")
+        wait_for(lambda: len(lines(log)) >= 5, 10, "the counter to count")
+        image = os.path.join(node.home, "lr.img")
+        c.checkpoint("lr", image, leave_running=True)
+        n = len(lines(log))
+        wait_for(lambda: len(lines(log)) > n + 5, 10, "the counter to go on after a --leave-running checkpoint")
+        assert c.stat("lr")["state"] == "running"
+        with pytest.raises(Exception) as e:
+            c.restore(image, "lr2")  # its address is taken by the original
+        assert getattr(e.value, "code", "") == "over-capacity"
+        assert [w["name"] for w in c.ls()] == ["lr"]
+
+        pid = c.spawn("lr", ["sleep", "600"])  # started with exec: outside init's tree
+        with pytest.raises(Exception) as e:
+            c.checkpoint("lr", image)
+        assert getattr(e.value, "code", "") == "not-checkpointable" and str(pid) in str(e.value)
+        assert c.stat("lr")["state"] == "running"
+        c.rm("lr")
+
+
+def test_bad_images_refused_nothing_made(node, tmp_path):
+    node.expect_warning("refused|restore failed")
+    with node.client() as c:
+        ws = c.create("src", main=[PY, "-c", COUNTER], out="count.log")
+        wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 3, 10, "the counter")
+        good = str(tmp_path / "good.img")
+        c.checkpoint("src", good)
+        data = open(good, "rb").read()
+
+        def variant(name: str, content: bytes) -> str:
+            path = str(tmp_path / name)
+            with open(path, "wb") as f:
+                f.write(content)
+            return path
+
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        manifest_edit = str(tmp_path / "newer.img")
+        with tarfile.open(good) as src, tarfile.open(manifest_edit, "w") as dst:
+            for m in src:
+                f = src.extractfile(m) if m.isfile() else None
+                if m.name == "manifest.json":
+                    man = json.load(f)
+                    man["criu"] = "99.0"
+                    raw = json.dumps(man).encode()
+                    m.size = len(raw)
+                    f = io.BytesIO(raw)
+                dst.addfile(m, f)
+        cases = {
+            variant("flipped.img", bytes(flipped)): "image-invalid",
+            variant("truncated.img", data[: len(data) // 3]): "image-invalid",
+            variant("garbage.img", os.urandom(4096)): "image-invalid",
+            manifest_edit: "image-invalid",
+            str(tmp_path / "missing.img"): "invalid-input",
+        }
+        for path, code in cases.items():
+            with pytest.raises(Exception) as e:
+                c.restore(path)
+            assert getattr(e.value, "code", "") == code, (path, e.value)
+            assert c.ls() == []
+        assert os.listdir(os.path.join(node.home, "checkpoints")) in ([], ["logs"])  # no scratch left
+        back = c.restore(good)  # and the good one still restores
+        assert back["state"] == "running"
+        c.rm("src")
