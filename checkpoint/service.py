@@ -82,7 +82,8 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                 t1 = time.perf_counter()
                 manifest = image.pack(out, images, svc.context().directory(ws.rec), {
                     "workspace": {"name": ws.rec.name, "id": ws.rec.id, "allocation": ws.rec.alloc.to_json(),
-                                  "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address},
+                                  "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address,
+                                  "gateway": ws.rec.checkpoint.get("foreign_gateway") or svc.context().subnet.gateway},
                     "identity": ws.rec.identity, "node": svc.config.name, "criu": criu.version,
                     "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
                     "stats": run.stats,
@@ -137,12 +138,16 @@ async def restore(svc: NodeService, path: str, name: str | None = None) -> tuple
             if name in svc.workspaces:
                 raise WorkspaceExists(f"workspace {name!r} exists already", name=name)
             ctx.config.capacity.admit(alloc, [w.rec.alloc for w in svc.workspaces.values()])
+            svc.unforward(address)  # a workspace coming home
             used = {w.rec.address for w in svc.workspaces.values()}
-            if address in used or address not in ctx.subnet.hosts():
-                raise OverCapacity(f"address {address} of the image is not free in this node's subnet "
-                                   f"{ctx.config.subnet}")
-            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name,
-                                  state="creating", alloc=alloc, uid=uid, gid=gid, address=address, identity=identity)
+            ours = address in ctx.subnet.hosts()
+            if address in used or (ours and address == ctx.subnet.gateway):
+                raise OverCapacity(f"address {address} of the image is taken on this node")
+            # An address from another node's subnet comes along (its TCP connections with it): the
+            # bridge answers for that subnet's gateway, and a host route leads to the workspace.
+            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid, gid=gid,
+                                  address=address, identity=identity,
+                                  checkpoint={} if ours else {"foreign_gateway": str(spec.get("gateway", ""))})
             t1 = time.perf_counter()
             ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(work, "image", "criu"),
                                               os.path.join(work, "image", "work"), log_path(svc, name, "restore"))
@@ -154,3 +159,67 @@ async def restore(svc: NodeService, path: str, name: str | None = None) -> tuple
             shutil.rmtree(work)
     log.info("workspace %s restored from %s", name, path, extra={"workspace": name, **times})
     return ws, {"times": times, "criu": run.stats, "from_node": manifest.get("node")}
+
+
+class MigrationFailed(Conflict):
+    """The target did not take the workspace; it runs at the source again."""
+
+    code = "migration-failed"
+
+
+async def migrate(svc: NodeService, name: str, to: str) -> dict[str, Any]:
+    """Stop-and-copy `name` to node `to`: checkpoint, stream the image, restore there, remove here.
+
+    Until the target confirms, the image stays here; any failure (refusal, a target that dies
+    mid-transfer, a failed restore) restores it here again: never two running copies, never none."""
+    url, secret = svc.config.peer_url(to), svc.config.peer_secret()
+    work = scratch(svc, "migrate")
+    path = os.path.join(work, "image")
+    t0 = time.perf_counter()
+    try:
+        cp = await checkpoint(svc, name, path)
+        times = dict(cp["times"])
+        t1 = time.perf_counter()
+        try:
+            target = await peer_restore(url, secret, path, name)
+        except Exception as e:
+            log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
+            t2 = time.perf_counter()
+            await restore(svc, path, name)
+            raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
+                                  f"(down {time.perf_counter() - t0:.2f}s, resumed in {time.perf_counter() - t2:.2f}s)",
+                                  cause=getattr(e, "code", "error")) from None
+        remote = target["restore"]["times"]
+        times["transfer"] = time.perf_counter() - t1 - remote.get("verify", 0) - remote.get("restore", 0)
+        times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
+        times["downtime"] = time.perf_counter() - t0
+        svc.forward(target["address"], url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("workspace %s migrated to %s", name, to, extra={"workspace": name, **times})
+    return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
+            "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"]}
+
+
+async def peer_restore(url: str, secret: str, path: str, name: str) -> dict[str, Any]:
+    """Stream the image at `path` to the peer API at `url` and have it restored there."""
+    import aiohttp
+
+    from xos.errors import Unavailable, from_json
+
+    async def chunks() -> Any:
+        with open(path, "rb") as f:
+            while block := f.read(image.CHUNK):
+                yield block
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
+                f"{url}/v1/peer/restore", params={"name": name}, data=chunks(),
+                headers={"Authorization": f"Bearer {secret}", "Content-Length": str(os.path.getsize(path))}) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise from_json(data if isinstance(data, dict) else {}, resp.status)
+            return dict(data)
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        raise Unavailable(f"node {url} did not take the image: {e}") from None

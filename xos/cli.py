@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--pool", action="append", dest="pools", help="VO=FIRST-LAST UID range for a VO's leases")
     sn.add_argument("--static-map", help="file of 'VO USER ACCOUNT' lines")
     sn.add_argument("--vo-url", action="append", dest="vo_urls", help="VO service to follow for revocations")
+    sn.add_argument("--listen", help="HOST:PORT of the peer API: migrations from other nodes")
+    sn.add_argument("--peer-key", help="file with the secret the nodes of a grid share")
+    sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
     sn.add_argument("--log-level", default="INFO")
 
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
@@ -130,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
     rs = ws.add_parser("restore", help="restore an image file as a workspace")
     rs.add_argument("image")
     rs.add_argument("--name", help="a new name (default: the one it had)")
+    mg = ws.add_parser("migrate", help="move a workspace to another node (stop-and-copy)")
+    mg.add_argument("name")
+    mg.add_argument("--to", required=True, metavar="NODE", help="a peer's name or its peer API URL")
     s = ws.add_parser("set", help="renegotiate the allocation")
     s.add_argument("name")
     _alloc_args(s)
@@ -336,6 +342,12 @@ async def _client_main(args: argparse.Namespace) -> int:
             d = await node.restore(args.image, args.name)
             t = d["restore"]["times"]
             print(f"{d['name']} {d['state']} {d['address']}: verify {t['verify']:.3f}s restore {t['restore']:.3f}s")
+        elif v == "migrate":
+            d = await node.migrate(args.name, args.to)
+            t = d["times"]
+            print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}): "
+                  + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",
+                                                          "downtime") if k in t))
         elif v == "set":
             d = await node.set(args.name, **_alloc(args))
             _print_stat(d)
@@ -420,7 +432,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
-                                               "vo_urls")}
+                                               "vo_urls", "listen", "peer_key", "peers")}
     cfg = NodeConfig.load(args.config, overrides)
     asyncio.run(serve_node(cfg))
     return 0

@@ -50,6 +50,32 @@ class NodeConfig:
     vo_urls: tuple[str, ...] = ()  # VO services whose revocation lists this node follows
     lease_ttl: float = 7 * 86400
     quarantine: float = 3600
+    listen: str = ""  # HOST:PORT of the peer API (images from other nodes), off when empty
+    peer_key: str = ""  # file holding the secret nodes of one grid share to talk to each other
+    peers: tuple[str, ...] = ()  # "NAME=URL": other nodes, for `xos ws migrate NAME --to NODE`
+
+    def peer_url(self, to: str) -> str:
+        """The peer API URL of node `to` (a URL, or a name from `peers`)."""
+        if to.startswith(("http://", "https://")):
+            return to.rstrip("/")
+        for spec in self.peers:
+            name, _, url = spec.partition("=")
+            if name == to:
+                return url.rstrip("/")
+        raise InvalidInput(f"unknown node {to!r}: give a URL or one of the peers ({', '.join(self.peers) or 'none'})")
+
+    def peer_secret(self) -> str:
+        """The shared secret of the peer API; InvalidInput when none is configured."""
+        if not self.peer_key:
+            raise InvalidInput("this node has no peer key (--peer-key FILE): it cannot talk to other nodes")
+        try:
+            with open(self.peer_key) as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise InvalidInput(f"cannot read the peer key {self.peer_key}: {e}") from None
+        if len(secret) < 16:
+            raise InvalidInput(f"the peer key in {self.peer_key} is shorter than 16 characters")
+        return secret
 
     def resolved(self) -> NodeConfig:
         """Fill what was left empty from the environment and the machine."""
@@ -93,7 +119,7 @@ class NodeConfig:
             values["bandwidth"] = units.parse_rate(values["bandwidth"])
         if "cpu" in values:
             values["cpu"] = units.parse_cpus(values["cpu"])
-        for key in ("pools", "vo_urls"):
+        for key in ("pools", "vo_urls", "peers"):
             if key in values:
                 if isinstance(values[key], dict):
                     values[key] = tuple(f"{k}={v}" for k, v in values[key].items())

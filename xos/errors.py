@@ -64,6 +64,13 @@ class BadRequest(InvalidInput):
     code = "bad-request"
 
 
+class PermissionDenied(XosError):
+    """The caller may not do this."""
+
+    code = "permission-denied"
+    http_status = 403
+
+
 class NotFound(XosError):
     code = "not-found"
     http_status = 404

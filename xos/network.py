@@ -197,3 +197,13 @@ def link_stats(sock: socket.socket, prefix: str = HOST_PREFIX) -> dict[str, tupl
                 if name.startswith(pfx) and stats is not None:
                     out[name.decode()] = (stats[2], stats[3])
             off += (length + 3) & ~3
+
+
+def proxy_arp(bridge: str) -> None:
+    """Let the bridge answer ARP for addresses routed elsewhere (workspaces that moved between nodes)."""
+    path = f"/proc/sys/net/ipv4/conf/{bridge}/proxy_arp"
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return
+    with open(path, "w") as f:
+        f.write("1")

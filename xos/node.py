@@ -79,6 +79,10 @@ class Client(rpc.HttpClient):
             body["name"] = name
         return await self._call("POST", "/v1/restore", body, read_timeout=600)
 
+    async def migrate(self, name: str, to: str) -> dict[str, Any]:
+        """Move a workspace to another node (a peer name or its peer API URL); per-phase times."""
+        return await self._call("POST", f"/v1/workspaces/{name}/migrate", {"to": to}, read_timeout=900)
+
     async def freeze(self, name: str) -> dict[str, Any]:
         """Freeze every process."""
         return await self._call("POST", f"/v1/workspaces/{name}/freeze")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
+import shutil
 import signal
 import stat as stat_mod
 import time
@@ -17,7 +19,7 @@ from aiohttp import web
 from xos import rpc
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
-from xos.errors import InvalidInput
+from xos.errors import InvalidInput, PermissionDenied
 from xos.noded import NodeService
 
 log = logging.getLogger(__name__)
@@ -241,6 +243,59 @@ async def restore(request: web.Request) -> web.Response:
     return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
 
 
+async def migrate(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    body = await rpc.read_body(request)
+    to = rpc.field(body, "to", str, None)
+    if not to:
+        raise InvalidInput("give the node to migrate to (to)", field="to")
+    return rpc.json_response(await svc.migrate(request.match_info["name"], to))
+
+
+# -- the peer API: what other nodes of the grid may ask (TCP, a shared secret) -------------------
+
+@web.middleware
+async def peer_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    secret = _svc(request).config.peer_secret()
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
+        log.warning("peer API: refused a request from %s without the peer key", request.remote)
+        raise PermissionDenied("the peer API needs the grid's peer key")
+    return await handler(request)
+
+
+async def peer_restore(request: web.Request) -> web.Response:
+    """Receive an image, streamed, and restore it; the new workspace, or why not."""
+    from xos.checkpoint import service
+
+    svc = _svc(request)
+    name = request.query.get("name") or None
+    work = service.scratch(svc, "incoming")
+    path = os.path.join(work, "image")
+    try:
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            async for block in request.content.iter_chunked(1 << 20):
+                f.write(block)
+        received = time.perf_counter() - t0
+        ws, result = await svc.restore(path, name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["times"]["receive"] = received
+    return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
+
+
+def make_peer_app(svc: NodeService) -> web.Application:
+    """The routes other nodes may use."""
+    app = web.Application(middlewares=[rpc.error_middleware, peer_auth], client_max_size=rpc.MAX_BODY)
+    app[SERVICE] = svc
+    app.add_routes([
+        web.get("/v1/peer/node", node_info),
+        web.put("/v1/peer/restore", peer_restore),
+    ])
+    return app
+
+
 def make_app(svc: NodeService) -> web.Application:
     """The node's routes."""
     app = web.Application(middlewares=[rpc.error_middleware], client_max_size=rpc.MAX_BODY)
@@ -256,6 +311,7 @@ def make_app(svc: NodeService) -> web.Application:
         web.post("/v1/workspaces/{name}/exec", exec_),
         web.post("/v1/workspaces/{name}/checkpoint", checkpoint),
         web.post("/v1/restore", restore),
+        web.post("/v1/workspaces/{name}/migrate", migrate),
         web.get("/v1/workspaces/{name}/processes", processes),
         web.post("/v1/workspaces/{name}/{verb}", control),
         web.get("/v1/usage", usage),
@@ -279,6 +335,14 @@ async def serve_node(config: NodeConfig) -> None:
         await site.start()
     finally:
         os.umask(old)
+    peer_runner = None
+    if config.listen:
+        config.peer_secret()  # refuse to start without one rather than answer everyone
+        host, _, port = config.listen.rpartition(":")
+        peer_runner = web.AppRunner(make_peer_app(svc), access_log=None, handle_signals=False, shutdown_timeout=5)
+        await peer_runner.setup()
+        await web.TCPSite(peer_runner, host or "0.0.0.0", int(port)).start()
+        log.info("node %s peer API on %s", config.name, config.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -287,6 +351,8 @@ async def serve_node(config: NodeConfig) -> None:
     try:
         await stop.wait()
     finally:
+        if peer_runner is not None:
+            await peer_runner.cleanup()
         await runner.cleanup()
         await svc.stop()
         with contextlib.suppress(FileNotFoundError):

@@ -13,7 +13,9 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +78,7 @@ class NodeService:
         self.ctx: NodeContext | None = None
         self.workspaces: dict[str, Workspace] = {}
         self.admission = asyncio.Lock()
+        self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._sweeps = 0
@@ -185,6 +188,38 @@ class NodeService:
 
         return await service.restore(self, path, name)
 
+    async def migrate(self, name: str, to: str) -> dict[str, Any]:
+        """Move workspace `name` to node `to` (stop-and-copy; see xos.checkpoint.service)."""
+        from xos.checkpoint import service
+
+        return await service.migrate(self, name, to)
+
+    def forward(self, address: str, url: str) -> None:
+        """Route a workspace address of ours that moved to the node at `url` there, and keep it taken."""
+        host = urllib.parse.urlsplit(url).hostname or ""
+        try:
+            via = socket.gethostbyname(host)
+        except OSError as e:
+            log.warning("cannot forward %s to %s: %s", address, url, e)
+            return
+        ctx = self._ctx()
+        if address in ctx.subnet.hosts():
+            rtnl_raw.host_route(ctx.raw, True, address, gateway=via)
+            self.forwarded[address] = via
+            # Our workspaces reach it on-link: the bridge answers ARP for it now, and what they
+            # remember of its old link goes.
+            network.proxy_arp(ctx.config.bridge)
+            for ws in self.workspaces.values():
+                if ws.raw is not None and ws.eth0_index:
+                    rtnl_raw.forget_neighbour(ws.raw, ws.eth0_index, address)
+
+    def unforward(self, address: str) -> None:
+        """A forwarded address comes home: its route to the other node goes."""
+        via = self.forwarded.pop(address, None)
+        if via is not None:
+            with contextlib.suppress(XosError, OSError):
+                rtnl_raw.host_route(self._ctx().raw, False, address, gateway=via)
+
     # -- workspaces ---------------------------------------------------------------------------
 
     def get(self, name: str) -> Workspace:
@@ -232,7 +267,7 @@ class NodeService:
             if name in self.workspaces:
                 raise WorkspaceExists(f"workspace {name!r} exists already", name=name)
             ctx.config.capacity.admit(alloc, [w.rec.alloc for w in self.workspaces.values()])
-            used = {w.rec.address for w in self.workspaces.values()}
+            used = {w.rec.address for w in self.workspaces.values()} | set(self.forwarded)
             address = next((a for a in ctx.subnet.hosts() if a not in used), None)
             if address is None:
                 raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")

@@ -8,6 +8,7 @@ when the link layer is given, and RTM_GETSTATS returns counters without the rest
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -242,3 +243,46 @@ def add_default_route(rt: RawRtnl, gateway: str) -> None:
     body = RTMSG.pack(socket.AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
     body += attr(RTA_GATEWAY, socket.inet_aton(gateway))
     rt.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"cannot add a default route via {gateway}")
+
+
+RTM_DELADDR, RTM_DELROUTE = 21, 25
+RTA_DST, RTA_OIF = 1, 4
+RT_SCOPE_LINK = 253
+NLM_F_REPLACE = 0x100
+
+
+def host_route(rt: RawRtnl, add: bool, dst: str, oif: int = 0, gateway: str | None = None) -> None:
+    """Add (replacing) or delete the route to the single address `dst`: on link `oif` or via `gateway`."""
+    scope = RT_SCOPE_LINK if gateway is None else RT_SCOPE_UNIVERSE
+    body = RTMSG.pack(socket.AF_INET, 32, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+    body += attr(RTA_DST, socket.inet_aton(dst))
+    if oif:
+        body += attr(RTA_OIF, struct.pack("=I", oif))
+    if gateway is not None:
+        body += attr(RTA_GATEWAY, socket.inet_aton(gateway))
+    if add:
+        rt.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"cannot add a route to {dst}")
+    else:
+        rt.request(RTM_DELROUTE, 0, body, f"cannot remove the route to {dst}")
+
+
+def host_address(rt: RawRtnl, add: bool, index: int, address: str) -> None:
+    """Add (if missing) or delete `address`/32 on a link."""
+    raw = socket.inet_aton(address)
+    body = IFADDR.pack(socket.AF_INET, 32, 0, 0, index) + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
+    if add:
+        rt.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body, f"cannot add address {address}")
+    else:
+        rt.request(RTM_DELADDR, 0, body, f"cannot remove address {address}")
+
+
+RTM_DELNEIGH = 29
+NDMSG = struct.Struct("=BxxxiHBB")
+NDA_DST = 1
+
+
+def forget_neighbour(rt: RawRtnl, index: int, address: str) -> None:
+    """Drop the neighbour (ARP) entry of `address` on a link, if there is one."""
+    body = NDMSG.pack(socket.AF_INET, index, 0, 0, 0) + attr(NDA_DST, socket.inet_aton(address))
+    with contextlib.suppress(KernelError):  # none there: nothing to forget
+        rt.request(RTM_DELNEIGH, 0, body, f"cannot forget neighbour {address}")

@@ -276,6 +276,11 @@ class Workspace:
             raise KernelError(f"restored workspace {rec.name} has no veth pair", errno.ENODEV)
         self.host_index, self.eth0_index = hidx, pidx
         rtnl.set_link(ctx.raw, hidx, alias=self.tag)
+        gateway = rec.checkpoint.get("foreign_gateway")
+        if gateway:
+            rtnl.host_address(ctx.raw, True, ctx.bridge, gateway)
+            rtnl.host_route(ctx.raw, True, rec.address, oif=ctx.bridge)
+            network.proxy_arp(ctx.config.bridge)  # the rest of its old subnet is reached through us
         for raw, index, rate in ((self.raw, self.eth0_index, rec.alloc.egress),
                                  (ctx.raw, self.host_index, rec.alloc.ingress)):
             rtnl.htb_root(raw, index)
@@ -333,6 +338,9 @@ class Workspace:
         if self.host_index:
             with contextlib.suppress(XosError, OSError):
                 self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))
+        if self.rec.checkpoint.get("foreign_gateway"):
+            with contextlib.suppress(XosError, OSError):
+                rtnl.host_route(self.ctx.raw, False, self.rec.address, oif=self.ctx.bridge)
         self.usage_rec.ended = time.time()
         self.ctx.store.save_usage(self.usage_rec)
         # Closing our handles lets the namespace go; the kernel then removes the veth pair itself,

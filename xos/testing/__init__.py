@@ -30,6 +30,7 @@ from xos.node import SyncClient
 from xos.testing import netns
 
 GRID_NET = "198.18.0"  # the grid bridge's /24; node i is .(10+i)
+PEER_PORT = 7200  # every test node's peer API, on its grid address
 
 
 def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) -> None:
@@ -88,6 +89,11 @@ class TestNode:
     def address(self) -> str:
         """The node's address on the grid bridge."""
         return f"{GRID_NET}.{10 + self.index}"
+
+    @property
+    def peer_url(self) -> str:
+        """The node's peer API (migrations from other nodes)."""
+        return f"http://{self.address}:{PEER_PORT}"
 
     def env(self) -> dict[str, str]:
         """Environment that points CLI calls at this node."""
@@ -251,6 +257,14 @@ class TestGrid:
                 node = TestNode(i, self.tag, self.base, f"198.19.{8 + i}.0/24", ns_path, list(self._extra))
                 self.nodes.append(node)
                 self._wire(ipr, br, node)
+        # Every node serves the peer API on its grid address and knows the others by name.
+        key = os.path.join(self.base, "peer.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(16))
+        for node in self.nodes:
+            node.extra_args += ["--listen", f"{node.address}:{PEER_PORT}", "--peer-key", key]
+            node.extra_args += [arg for other in self.nodes if other is not node
+                                for arg in ("--peer", f"{other.name}={other.peer_url}")]
         for node in self.nodes:
             node.start()
 
