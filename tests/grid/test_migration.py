@@ -1,0 +1,178 @@
+"""Migration between two test nodes with the real CRIU: memory, trees, TCP connections, allocation and
+uid come along; a refused, failed or cut-off migration leaves the workspace running at the source."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from tests.kernel.helpers import cpu_share
+from tests.kernel.test_checkpoint import COUNTER, MEMORY, PY, TREE, lines
+from xos.checkpoint import criu
+from xos.testing import TestGrid, wait_for
+
+SERVER = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000))
+s.listen(1)
+c, _ = s.accept()
+f = c.makefile("rb")
+n = 0
+while line := f.readline():
+    n += 1
+    c.sendall(b"%d %s" % (n, line))
+"""
+
+CLIENT = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 9000), timeout=60)
+f = c.makefile("rb")
+i = 0
+with open("client.log", "a", buffering=1) as log:
+    while True:
+        i += 1
+        c.sendall(b"%d\\n" % i)
+        log.write(f.readline().decode())
+        time.sleep(0.02)
+"""
+
+BURN = "while True:\n    pass\n"
+
+
+@pytest.fixture
+def grid():
+    c = criu.find()
+    assert c.ok, f"migration tests need CRIU >= 4 passing criu check (make setup builds it): {c.reason}"
+    with TestGrid(2) as g:
+        yield g
+
+
+def test_counter_memory_tree_and_allocation_move(grid):
+    a, b = grid.nodes
+    with a.client() as ca, b.client() as cb:
+        ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log", cpu=0.5)
+        wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 10, 10, "the counter")
+        res = ca.migrate("cnt", b.name)
+        t = res["times"]
+        assert all(t[k] > 0 for k in ("dump", "transfer", "restore", "downtime")), t
+        assert t["downtime"] >= t["dump"] + t["restore"]
+        assert ca.ls() == [] and [w["name"] for w in cb.ls()] == ["cnt"]  # one copy, at the target
+        moved = cb.stat("cnt")
+        assert (moved["uid"], moved["address"], moved["allocation"]) == (ws["uid"], ws["address"], ws["allocation"])
+        log = os.path.join(moved["directory"], "count.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 10, 10, "the counter to go on at the target")
+        nums = [int(x) for x in lines(log)]
+        assert nums == list(range(1, len(nums) + 1)) and n0 >= 10
+        cb.rm("cnt")
+
+        ws = ca.create("mem", main=[PY, "-c", MEMORY], memory="1G")
+        wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "before")), 60, "256 MiB to be filled")
+        ca.migrate("mem", b.name)
+        moved = cb.stat("mem")
+        init = moved["init_pid"]
+        main = int(open(f"/proc/{init}/task/{init}/children").read().split()[0])
+        os.kill(main, 10)  # SIGUSR1: checksum the memory again
+        after = os.path.join(moved["directory"], "after")
+        wait_for(lambda: os.path.exists(after), 30, "the checksum at the target")
+        assert open(after).read() == open(os.path.join(moved["directory"], "before")).read()
+        cb.rm("mem")
+
+        ws = ca.create("tree", main=[PY, "-c", TREE])
+        wait_for(lambda: len(lines(os.path.join(ws["directory"], "tree.log"))) >= 20, 10, "the tree")
+        ca.migrate("tree", b.name)
+        log = os.path.join(cb.stat("tree")["directory"], "tree.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 20, 10, "the tree to talk over its pipe at the target")
+        cb.rm("tree")
+
+        ws = ca.create("burn", main=[PY, "-c", BURN], cpu=0.5)
+        ca.migrate("burn", b.name)
+        share = cpu_share(cb, "burn")
+        assert 0.35 < share < 0.6, share  # the allocation holds at the target, measured there
+        cb.rm("burn")
+
+
+def test_tcp_connection_survives_migration_of_the_server(grid):
+    a, b = grid.nodes
+    with a.client() as ca, b.client() as cb:
+        srv = ca.create("srv", main=[PY, "-c", SERVER])
+        listening = ["grep", "-q", ":2328 00000000:0000 0A", "/proc/net/tcp"]  # port 9000, LISTEN
+        wait_for(lambda: ca.exec("srv", listening)["exit_code"] == 0, 10, "the server to listen")
+        cli = ca.create("cli", main=[PY, "-c", CLIENT, srv["address"]])
+        log = os.path.join(cli["directory"], "client.log")
+        wait_for(lambda: len(lines(log)) >= 20, 10, "the client and server to talk")
+        ca.migrate("srv", b.name)
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 20, 20, "the connection to carry on after the server moved")
+        rows = [r.split() for r in lines(log)]
+        assert rows == [[str(i), str(i)] for i in range(1, len(rows) + 1)]  # one connection, nothing lost
+        cb.rm("srv")
+        ca.rm("cli")
+
+
+def test_failed_migrations_leave_it_running_at_the_source(grid):
+    a, b = grid.nodes
+    a.expect_warning("migration of .* failed|restore failed|refused")
+    b.expect_warning("restore failed|refused")
+    with a.client() as ca, b.client() as cb:
+        ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log")
+        wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 5, 10, "the counter")
+
+        def still_counting() -> None:
+            st = ca.stat("cnt")
+            assert st["state"] == "running" and st["address"] == ws["address"]
+            log = os.path.join(st["directory"], "count.log")
+            n = len(lines(log))
+            wait_for(lambda: len(lines(log)) >= n + 5, 10, "the counter to go on at the source")
+            nums = [int(x) for x in lines(log)]
+            assert nums == list(range(1, len(nums) + 1))
+            assert cb.ls() == []  # none at the target
+
+        # The target refuses: a workspace of that name exists there.
+        cb.create("cnt")
+        with pytest.raises(Exception) as e:
+            ca.migrate("cnt", b.name)
+        assert getattr(e.value, "code", "") == "migration-failed" and "exists" in str(e.value)
+        cb.rm("cnt")
+        still_counting()
+
+        # The target dies mid-transfer: a peer that reads a little and hangs up.
+        srv = socket.socket()
+        srv.bind((grid_host(), 0))
+        srv.listen(1)
+
+        def cut_off() -> None:
+            c, _ = srv.accept()
+            c.recv(65536)
+            c.close()
+
+        threading.Thread(target=cut_off, daemon=True).start()
+        with pytest.raises(Exception) as e:
+            ca.migrate("cnt", f"http://{grid_host()}:{srv.getsockname()[1]}")
+        assert getattr(e.value, "code", "") == "migration-failed"
+        srv.close()
+        still_counting()
+
+        # The restore fails at the target: it has no room for the allocation.
+        ca.set("cnt", cpu=1.0)
+        b.stop()
+        b.extra_args += ["--cpu", "0.5"]
+        b.start()
+        with pytest.raises(Exception) as e:
+            ca.migrate("cnt", b.name)
+        assert getattr(e.value, "code", "") == "migration-failed" and "over-capacity" in str(e.value)
+        still_counting()
+        ca.rm("cnt")
+
+
+def grid_host() -> str:
+    """The root namespace's address on the test grid's bridge (reachable from every node)."""
+    from xos.testing import GRID_NET
+
+    return f"{GRID_NET}.1"
