@@ -136,9 +136,11 @@ def parser() -> argparse.ArgumentParser:
     mg = ws.add_parser("migrate", help="move a workspace to another node (stop-and-copy)")
     mg.add_argument("name")
     mg.add_argument("--to", required=True, metavar="NODE", help="a peer's name or its peer API URL")
-    s = ws.add_parser("set", help="renegotiate the allocation")
+    s = ws.add_parser("set", help="renegotiate the allocation; periodic checkpoints")
     s.add_argument("name")
     _alloc_args(s)
+    s.add_argument("--checkpoint-every", metavar="DURATION", help="checkpoint periodically (e.g. 10m; 0 stops)")
+    s.add_argument("--keep", type=int, help="periodic checkpoints kept (newest; default 3)")
     st = ws.add_parser("stat", help="allocation, usage, address, state")
     st.add_argument("name")
     st.add_argument("--json", action="store_true")
@@ -157,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("vo")
     t.add_argument("keyfile")
     node.add_parser("untrust", help="stop trusting a VO").add_argument("vo")
+    node.add_parser("doctor", help="what this machine can do: cgroups, checkpoint (CRIU)")
     node.add_parser("install", help="install the PAM and NSS modules (/etc/pam.d/xos, nsswitch.conf)")
     node.add_parser("uninstall", help="undo exactly what install did")
     return p
@@ -174,6 +177,10 @@ def _print_stat(d: dict[str, Any]) -> None:
               f"ingress={k['ingress']}  processes={d.get('processes', 0)}")
     print(f"  usage       cpu={u['cpu_seconds']:.2f}s memory_peak={units.format_size(u['memory_peak'])} "
           f"in={u['bytes_in']}B out={u['bytes_out']}B oom_kills={u['oom_kills']} wall={u['wall_seconds']:.1f}s")
+    cp = d.get("checkpointing")
+    if cp:
+        print(f"  checkpoint  every {cp['every']:g}s, keeping {cp['keep']}: {len(cp.get('images', []))} image(s)"
+              + (f", newest {cp['images'][-1]}" if cp.get("images") else ""))
 
 
 def _write(stream: Any) -> Callable[[bytes], None]:
@@ -198,6 +205,25 @@ def _init() -> int:
     key = credential.new_key(path)
     print(f"signing key made: {path}, public key {path}.pub (key id {credential.key_id(key.public_key())})")
     return 0
+
+
+def _doctor() -> int:
+    from xos.cgroup import detect
+    from xos.noded import checkpoint_ad
+
+    ok = True
+    try:
+        print(f"cgroups: {detect().name}")
+    except Exception as e:  # noqa: BLE001 - a doctor reports every failure, whatever it is
+        print(f"cgroups: unusable: {e}")
+        ok = False
+    ad = checkpoint_ad()
+    if ad["available"]:
+        print(f"checkpoint: available, CRIU {ad['criu']} on kernel {ad['kernel']} ({ad['arch']})")
+    else:
+        print(f"checkpoint: unavailable: {ad['reason']}")
+        ok = False
+    return 0 if ok else 1
 
 
 def _read_token(path: str | None) -> str:
@@ -293,6 +319,8 @@ async def _client_main(args: argparse.Namespace) -> int:
         else:
             print("removed: " + (", ".join(install.uninstall(config.home())) or "nothing"))
         return 0
+    if args.area == "node" and args.verb == "doctor":
+        return _doctor()
     if args.area == "node" and args.verb in ("trust", "untrust"):
         from xos import credential
 
@@ -349,7 +377,7 @@ async def _client_main(args: argparse.Namespace) -> int:
                   + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",
                                                           "downtime") if k in t))
         elif v == "set":
-            d = await node.set(args.name, **_alloc(args))
+            d = await node.set(args.name, args.checkpoint_every, args.keep, **_alloc(args))
             _print_stat(d)
         elif v == "stat":
             d = await node.stat(args.name)

@@ -63,9 +63,14 @@ class Client(rpc.HttpClient):
         """Allocation (as the kernel holds it), usage, address and state of a workspace."""
         return await self._call("GET", f"/v1/workspaces/{name}")
 
-    async def set(self, name: str, **alloc: Any) -> dict[str, Any]:
-        """Renegotiate the allocation of a running workspace."""
-        return await self._call("PATCH", f"/v1/workspaces/{name}", {"allocation": _alloc(**alloc)})
+    async def set(self, name: str, checkpoint_every: str | float | None = None, keep: int | None = None,
+                  **alloc: Any) -> dict[str, Any]:
+        """Renegotiate the allocation of a running workspace; periodic checkpoints every `checkpoint_every`
+        ("10m"; 0 stops them), keeping the newest `keep`."""
+        body: dict[str, Any] = {"allocation": _alloc(**alloc)}
+        if checkpoint_every is not None or keep is not None:
+            body["checkpoint"] = {"every": checkpoint_every if checkpoint_every is not None else 0, "keep": keep}
+        return await self._call("PATCH", f"/v1/workspaces/{name}", body)
 
     async def checkpoint(self, name: str, out: str, leave_running: bool = False) -> dict[str, Any]:
         """Dump a workspace's main program tree into the image file `out` (removed unless leave_running)."""

@@ -66,14 +66,27 @@ async def get_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
     ws = svc.get(request.match_info["name"])
     ws.sample()
-    return rpc.json_response(await ws.describe())
+    out = await ws.describe()
+    if "checkpointing" in out:
+        out["checkpointing"]["images"] = svc.periodic_images(ws)
+    return rpc.json_response(out)
 
 
 async def set_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
     body = await rpc.read_body(request)
-    ws = await svc.set_alloc(request.match_info["name"], rpc.field(body, "allocation", dict, {}))
-    return rpc.json_response(await ws.describe())
+    name = request.match_info["name"]
+    periodic = rpc.field(body, "checkpoint", dict)
+    alloc = rpc.field(body, "allocation", dict, {})
+    ws = svc.get(name)
+    if periodic is not None:
+        ws = await svc.set_checkpointing(name, periodic.get("every", 0), periodic.get("keep"))
+    if alloc or periodic is None:
+        ws = await svc.set_alloc(name, alloc)
+    out = await ws.describe()
+    if "checkpointing" in out:
+        out["checkpointing"]["images"] = svc.periodic_images(ws)
+    return rpc.json_response(out)
 
 
 async def delete_workspace(request: web.Request) -> web.Response:

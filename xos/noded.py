@@ -8,6 +8,7 @@ import errno
 import grp
 import logging
 import os
+import platform
 import pwd
 import re
 import secrets
@@ -19,12 +20,13 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from xos import network
+from xos import network, units
 from xos import rtnl as rtnl_raw
 from xos import spawn as sp
 from xos._native.cgstat import read_many
 from xos.allocation import Allocation
 from xos.cgroup import detect
+from xos.checkpoint import criu as criu_mod
 from xos.config import NodeConfig
 from xos.errors import (
     BadConfig,
@@ -81,6 +83,7 @@ class NodeService:
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._sweeps = 0
         self._dirty: dict[str, UsageRecord] = {}
         self.identity = NodeIdentity(config)
@@ -105,17 +108,21 @@ class NodeService:
         self.ctx = NodeContext(cfg, hierarchy, self.store, ipr, bridge, subnet, raw)
         await self.reconcile()
         self._sampler = asyncio.create_task(self._sample_loop())
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop())
         await self.identity.start(self)
-        log.info("node %s up: cgroup %s, bridge %s %s, %d workspace(s) adopted", cfg.name, hierarchy.name,
-                 cfg.bridge, cfg.subnet, len(self.workspaces))
+        c = await asyncio.to_thread(criu_mod.find)
+        log.info("node %s up: cgroup %s, bridge %s %s, %d workspace(s) adopted; checkpoint %s", cfg.name,
+                 hierarchy.name, cfg.bridge, cfg.subnet, len(self.workspaces),
+                 f"with CRIU {c.version} ({c.path})" if c.ok else f"unavailable: {c.reason}")
 
     async def stop(self) -> None:
         """Stop serving; workspaces keep running and are adopted by the next start."""
         await self.identity.stop()
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+        for task in (self._sampler, self._checkpointer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.sample(persist=True)
         for ws in self.workspaces.values():
             ws._close_handles()
@@ -187,6 +194,56 @@ class NodeService:
         from xos.checkpoint import service
 
         return await service.restore(self, path, name)
+
+    async def set_checkpointing(self, name: str, every: Any, keep: Any) -> Workspace:
+        """Checkpoint workspace `name` every `every` (seconds or "10m"; 0 stops), keeping the newest `keep`."""
+        ws = self.get(name)
+        seconds = units.parse_duration(every)
+        if 0 < seconds < 1:
+            raise InvalidInput("checkpoint every second at most", field="every")
+        count = units.parse_count(keep, "keep") if keep is not None else int(ws.rec.checkpoint.get("keep", 3))
+        if count > 100:
+            raise InvalidInput("keep at most 100 periodic checkpoints", field="keep")
+        if seconds:
+            criu_mod.find().require()
+        ws.rec.checkpoint.update(every=seconds, keep=count)
+        self._ctx().store.update_workspace(ws.rec)
+        return ws
+
+    def periodic_images(self, ws: Workspace) -> list[str]:
+        """The periodic checkpoint images of a workspace, oldest first."""
+        d = os.path.join(self.config.home, "checkpoints", "periodic", ws.rec.id)
+        try:
+            return [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".img")]
+        except FileNotFoundError:
+            return []
+
+    async def _checkpoint_loop(self) -> None:
+        """Take the periodic checkpoints that are due (checked every second), pruning to `keep`."""
+        from xos.checkpoint import service
+
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for ws in list(self.workspaces.values()):
+                every = float(ws.rec.checkpoint.get("every", 0) or 0)
+                if not every or ws.rec.state != "running" or now - float(ws.rec.checkpoint.get("at", 0)) < every:
+                    continue
+                d = os.path.join(self.config.home, "checkpoints", "periodic", ws.rec.id)
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                ws.rec.checkpoint["at"] = now
+                try:
+                    await service.checkpoint(self, ws.rec.name, os.path.join(d, f"{int(now * 1000):015d}.img"),
+                                             leave_running=True)
+                except XosError as e:
+                    log.warning("periodic checkpoint of %s failed: %s", ws.rec.name, e,
+                                extra={"workspace": ws.rec.name})
+                    continue
+                images = self.periodic_images(ws)
+                for old in images[: max(0, len(images) - int(ws.rec.checkpoint.get("keep", 3)))]:
+                    os.unlink(old)
+                if ws.rec.state == "running":
+                    self._ctx().store.update_workspace(ws.rec)
 
     async def migrate(self, name: str, to: str) -> dict[str, Any]:
         """Move workspace `name` to node `to` (stop-and-copy; see xos.checkpoint.service)."""
@@ -298,6 +355,7 @@ class NodeService:
         async with ws.lock:
             await ws.destroy("destroy requested")  # writes the final usage record itself
             self.workspaces.pop(name, None)
+            shutil.rmtree(os.path.join(self.config.home, "checkpoints", "periodic", ws.rec.id), ignore_errors=True)
             self._dirty.pop(ws.rec.id, None)
 
     async def freeze(self, name: str) -> None:
@@ -421,7 +479,7 @@ class NodeService:
             "bridge": self.config.bridge, "capacity": self.config.capacity.to_json(),
             "allocated": {"cpu": round(sum(a.cpu for a in allocs), 4), "memory": sum(a.memory for a in allocs),
                           "egress": sum(a.egress for a in allocs), "ingress": sum(a.ingress for a in allocs)},
-            "workspaces": len(self.workspaces),
+            "workspaces": len(self.workspaces), "checkpoint": checkpoint_ad(),
         }
 
     def metrics(self) -> str:
@@ -506,3 +564,13 @@ def _check_command(argv: Any, env: Any) -> None:
             isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
             for k, v in env.items())):
         raise InvalidInput("env must map variable names to strings", field="env")
+
+
+def checkpoint_ad() -> dict[str, Any]:
+    """Whether this node checkpoints and restores, and with which CRIU: a job manager picks targets by it."""
+    c = criu_mod.find()
+    out: dict[str, Any] = {"available": c.ok, "criu": c.version, "kernel": platform.release(),
+                           "arch": platform.machine()}
+    if not c.ok:
+        out["reason"] = c.reason
+    return out

@@ -96,6 +96,27 @@ def parse_count(text: str | int, what: str) -> int:
     return value
 
 
+_DURATION = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from "500ms", "30s", "10m", "12h", "1d" or a plain number of seconds."""
+    s = str(text).strip().lower()
+    for suffix in sorted(_DURATION, key=len, reverse=True):
+        if s.endswith(suffix):
+            number, scale = s[: -len(suffix)], _DURATION[suffix]
+            break
+    else:
+        number, scale = s, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise BadSize(f"cannot read the duration {text!r}: expected e.g. 30s, 10m, 12h", value=str(text)) from None
+    if not 0 <= value <= 365 * 86400 or value != value:
+        raise BadSize(f"duration {text!r} is out of range (0 to 365d)", value=str(text))
+    return value
+
+
 def format_size(n: int) -> str:
     """A short human form of a byte count."""
     for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):

@@ -460,6 +460,9 @@ class Workspace:
             "uid": rec.uid, "gid": rec.gid, "allocation": rec.alloc.to_json(), "init_pid": rec.init_pid,
             "created": rec.created, "directory": self.ctx.directory(rec),
         }
+        if rec.checkpoint.get("every"):
+            out["checkpointing"] = {"every": rec.checkpoint["every"], "keep": rec.checkpoint.get("keep", 3),
+                                    "last": rec.checkpoint.get("at")}
         if rec.identity:
             out["owner"] = {"vo": rec.identity["vo"], "user": rec.identity["user"],
                             "credential": bool(rec.identity.get("credential"))}

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -206,3 +208,47 @@ def test_bad_images_refused_nothing_made(node, tmp_path):
         back = c.restore(good)  # and the good one still restores
         assert back["state"] == "running"
         c.rm("src")
+
+
+def test_periodic_checkpoints_kept_to_their_number_and_restorable(node):
+    with node.client() as c:
+        ws = c.create("per", main=[PY, "-c", COUNTER], out="count.log")
+        d = c.set("per", checkpoint_every="1s", keep=2)
+        assert d["checkpointing"]["every"] == 1 and d["checkpointing"]["keep"] == 2
+        assert d["allocation"] == ws["allocation"]  # only the schedule changed
+        seen: set[str] = set()
+
+        def taken() -> int:
+            images = c.stat("per")["checkpointing"]["images"]
+            assert len(images) <= 2  # never more than kept
+            seen.update(images)
+            return len(seen)
+
+        wait_for(lambda: taken() >= 4, 30, "four periodic checkpoints")
+        newest = c.stat("per")["checkpointing"]["images"][-1]
+        kept = os.path.join(node.home, "newest.img")
+        os.link(newest, kept)  # the daemon prunes its own; this one is ours
+        c.set("per", checkpoint_every="0")
+        assert "checkpointing" not in c.stat("per")
+        c.rm("per")
+        assert not os.path.exists(os.path.dirname(newest))  # removed with the workspace
+        back = c.restore(kept)
+        log = os.path.join(back["directory"], "count.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 5, 10, "the counter restored from a periodic checkpoint")
+        for bad, code in (("soon", "bad-size"), ("-5m", "bad-size"), ("0.5s", "invalid-input")):
+            with pytest.raises(Exception) as e:
+                c.set("per", checkpoint_every=bad)
+            assert getattr(e.value, "code", "") == code, (bad, e.value)
+            assert "checkpointing" not in c.stat("per")  # nothing changed
+        c.rm("per")
+
+
+def test_doctor_and_node_info_say_whether_checkpoint_works(node):
+    info = json.loads(node.cli("node", "info")[1])
+    assert info["checkpoint"]["available"] is True and info["checkpoint"]["criu"].startswith("4.")
+    code, out, _ = node.cli("node", "doctor")
+    assert code == 0 and "checkpoint: available" in out
+    env = {**node.env(), "XOS_CRIU": "/bin/true"}
+    p = subprocess.run([sys.executable, "-m", "xos.cli", "node", "doctor"], env=env, capture_output=True, text=True)
+    assert p.returncode == 1 and "checkpoint: unavailable" in p.stdout and "4 or later" in p.stdout, p
