@@ -36,6 +36,12 @@ class CriuUnavailable(Unavailable):
     code = "checkpoint-unavailable"
 
 
+class LiveUnavailable(Unavailable):
+    """The kernel cannot track dirty memory (CONFIG_MEM_SOFT_DIRTY), which pre-dump rounds need."""
+
+    code = "live-migration-unavailable"
+
+
 @dataclass
 class Criu:
     """One CRIU binary and what `criu check` said of it."""
@@ -44,6 +50,7 @@ class Criu:
     version: str
     ok: bool
     reason: str = ""
+    dirty_tracking: bool = False  # the kernel's soft-dirty bits: what iterative pre-dumps (live migration) need
 
     @property
     def major(self) -> int:
@@ -83,6 +90,8 @@ def find() -> Criu:
             reasons.append(f"{path} {version} fails criu check: {last[0]}")
             continue
         c.ok = True
+        c.dirty_tracking = subprocess.run([path, "check", "--feature", "mem_dirty_track"], capture_output=True,
+                                          timeout=60).returncode == 0
         return c
     return Criu(paths[0] or "", "", False, "; ".join(reasons))
 

@@ -41,13 +41,15 @@ class _Hashing:
         return b
 
 
-def pack(out: str, criu_dir: str, work_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the image `out` (atomically: a .part renamed at the end); the manifest written."""
     files: dict[str, str] = {}
     tmp = out + ".part"
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for prefix, top in (("criu", criu_dir), ("work", work_dir)):
+            for prefix, top in (("criu", criu_dir), ("work", work_dir or "")):
+                if not top:
+                    continue
                 for dirpath, dirnames, filenames in os.walk(top):
                     dirnames.sort()
                     rel = os.path.relpath(dirpath, top)

@@ -49,10 +49,12 @@ def log_path(svc: NodeService, name: str, what: str) -> str:
     return os.path.join(svc.config.home, "checkpoints", "logs", f"{name}-{what}-{int(time.time())}.log")
 
 
-async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool = False) -> dict[str, Any]:
+async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool = False,
+                     images: str | None = None, prev: str | None = None) -> dict[str, Any]:
     """Freeze and dump workspace `name` into the image `out`; the workspace is removed unless leave_running.
 
-    The result has per-phase times and CRIU's own statistics."""
+    `images`: where CRIU writes (the caller's, kept); `prev`: a pre-dump beside it whose pages this
+    dump does not repeat (live migration). The result has per-phase times and CRIU's own statistics."""
     if not isinstance(out, str) or not out:
         raise InvalidInput("give the image file to write (out)", field="out")
     criu = criu_mod.find().require()
@@ -68,7 +70,8 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             raise NotCheckpointable(f"workspace {name} has {len(outsiders)} process(es) started with exec "
                                     f"(pids {outsiders[:5]}); only the main program's tree can be checkpointed")
         work = scratch(svc, "dump")
-        images = os.path.join(work, "criu")
+        if images is None:
+            images = os.path.join(work, "criu")
         os.makedirs(images)
         times: dict[str, float] = {}
         try:
@@ -77,7 +80,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             times["freeze"] = time.perf_counter() - t0
             try:
                 ws.sample()
-                run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"))
+                run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev)
                 times["dump"] = run.seconds
                 t1 = time.perf_counter()
                 manifest = image.pack(out, images, svc.context().directory(ws.rec), {
@@ -86,7 +89,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                                   "gateway": ws.rec.checkpoint.get("foreign_gateway") or svc.context().subnet.gateway},
                     "identity": ws.rec.identity, "node": svc.config.name, "criu": criu.version,
                     "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
-                    "stats": run.stats,
+                    "stats": run.stats, "parts": [os.path.basename(prev)] if prev else [],
                 })
                 times["pack"] = time.perf_counter() - t1
             finally:
@@ -102,8 +105,11 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             "criu": run.stats, "left_running": leave_running, "files": len(manifest["files"])}
 
 
-async def restore(svc: NodeService, path: str, name: str | None = None) -> tuple[Workspace, dict[str, Any]]:
-    """Verify the image at `path` and restore it as a new workspace (`name`, or the one it had)."""
+async def restore(svc: NodeService, path: str, name: str | None = None,
+                  parts: dict[str, str] | None = None) -> tuple[Workspace, dict[str, Any]]:
+    """Verify the image at `path` and restore it as a new workspace (`name`, or the one it had).
+
+    `parts`: verified pre-dump directories (by name) the image's dump builds on (live migration)."""
     if not isinstance(path, str) or not path:
         raise InvalidInput("give the image file to restore (image)", field="image")
     if not os.path.isfile(path):
@@ -115,6 +121,15 @@ async def restore(svc: NodeService, path: str, name: str | None = None) -> tuple
     try:
         manifest = image.unpack(path, os.path.join(work, "image"))
         image.check_compatible(manifest, criu.version)
+        for part in manifest.get("parts") or []:
+            # A dump's parent chain: pre-dumps beside the image's criu/, each linking to the one before.
+            have = dict(parts or {})
+            while part:
+                if part not in have or not os.path.isdir(have[part]):
+                    raise image.ImageInvalid(f"image builds on pre-dump {part!r}, which did not arrive")
+                shutil.move(have[part], os.path.join(work, "image", part))
+                link = os.path.join(work, "image", part, "parent")
+                part = os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
         spec = manifest.get("workspace") or {}
         try:
             alloc = Allocation(**spec["allocation"])
@@ -167,25 +182,44 @@ class MigrationFailed(Conflict):
     code = "migration-failed"
 
 
-async def migrate(svc: NodeService, name: str, to: str) -> dict[str, Any]:
-    """Stop-and-copy `name` to node `to`: checkpoint, stream the image, restore there, remove here.
+PRE_DUMP_ROUNDS = 10  # at most, as LXD
+PRE_DUMP_SHRINK = 0.7  # stop pre-dumping when a round wrote more than this share of the one before
 
-    Until the target confirms, the image stays here; any failure (refusal, a target that dies
-    mid-transfer, a failed restore) restores it here again: never two running copies, never none."""
+
+async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> dict[str, Any]:
+    """Move `name` to node `to`: checkpoint, stream the image, restore there, remove here.
+
+    `live`: pre-dump while the workspace runs, round after round, each part sent to the target at
+    once, until the dirty set stops shrinking; then only the last dirty pages are dumped and sent
+    while it is stopped. Until the target confirms, the image stays here; any failure (refusal, a
+    target that dies mid-transfer, a failed restore) restores it here again: never two running
+    copies, never none."""
     url, secret = svc.config.peer_url(to), svc.config.peer_secret()
+    svc.get(name)
+    if live and not criu_mod.find().require().dirty_tracking:
+        raise criu_mod.LiveUnavailable(f"live migration needs the kernel to track dirty memory "
+                                       f"(CONFIG_MEM_SOFT_DIRTY); this node's {platform.release()} does not: "
+                                       f"migrate {name} without --live")
     work = scratch(svc, "migrate")
     path = os.path.join(work, "image")
-    t0 = time.perf_counter()
+    stage = secrets.token_hex(8) if live else None
+    rounds: list[dict[str, float]] = []
+    parts: dict[str, str] = {}
+    t_start = time.perf_counter()
     try:
-        cp = await checkpoint(svc, name, path)
+        prev = None
+        if live:
+            prev = await _pre_dumps(svc, name, work, url, secret, stage, rounds, parts)
+        t0 = time.perf_counter()
+        cp = await checkpoint(svc, name, path, images=os.path.join(work, "final") if live else None, prev=prev)
         times = dict(cp["times"])
         t1 = time.perf_counter()
         try:
-            target = await peer_restore(url, secret, path, name)
+            target = await peer_restore(url, secret, path, name, stage)
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
             t2 = time.perf_counter()
-            await restore(svc, path, name)
+            await restore(svc, path, name, parts)
             raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
                                   f"(down {time.perf_counter() - t0:.2f}s, resumed in {time.perf_counter() - t2:.2f}s)",
                                   cause=getattr(e, "code", "error")) from None
@@ -193,16 +227,59 @@ async def migrate(svc: NodeService, name: str, to: str) -> dict[str, Any]:
         times["transfer"] = time.perf_counter() - t1 - remote.get("verify", 0) - remote.get("restore", 0)
         times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
         times["downtime"] = time.perf_counter() - t0
+        times["total"] = time.perf_counter() - t_start
         svc.forward(target["address"], url)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("workspace %s migrated to %s", name, to, extra={"workspace": name, **times})
     return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
-            "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"]}
+            "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"],
+            "live": live, "rounds": rounds}
 
 
-async def peer_restore(url: str, secret: str, path: str, name: str) -> dict[str, Any]:
+async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, secret: str, stage: str | None,
+                     rounds: list[dict[str, float]], parts: dict[str, str]) -> str:
+    """Pre-dump rounds, each sent to the target's stage at once; the last round's directory."""
+    criu = criu_mod.find().require()
+    ws = svc.get(name)
+    prev = None
+    for i in range(1, PRE_DUMP_ROUNDS + 1):
+        images = os.path.join(work, f"pre{i}")
+        os.makedirs(images)
+        async with ws.lock:
+            if ws.tree_outsiders():
+                raise NotCheckpointable(f"workspace {name} has processes started with exec; only the main "
+                                        "program's tree can be migrated")
+            run = await ws.dump(criu, images, True, log_path(svc, name, "pre-dump"), prev, pre=True)
+        t = time.perf_counter()
+        part = os.path.join(work, f"pre{i}.tar")
+        image.pack(part, images, None, {"part": f"pre{i}", "node": svc.config.name})
+        await peer_stage(url, secret, part, stage or "", f"pre{i}")
+        os.unlink(part)
+        pages = run.stats.get("memory_pages_written", 0.0)
+        rounds.append({"pages": pages, "dump": run.seconds, "send": time.perf_counter() - t})
+        parts[f"pre{i}"] = images
+        prev = images
+        if i > 1 and pages > PRE_DUMP_SHRINK * rounds[-2]["pages"]:
+            break  # the dirty set no longer shrinks enough: stop and copy the rest
+    assert prev is not None
+    return prev
+
+
+async def peer_stage(url: str, secret: str, path: str, stage: str, part: str) -> None:
+    """Send one pre-dump part to the target, which verifies and keeps it for the restore."""
+    await _peer_put(url, secret, path, "/v1/peer/stage", {"stage": stage, "part": part})
+
+
+async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None) -> dict[str, Any]:
     """Stream the image at `path` to the peer API at `url` and have it restored there."""
+    params = {"name": name}
+    if stage:
+        params["stage"] = stage
+    return await _peer_put(url, secret, path, "/v1/peer/restore", params)
+
+
+async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[str, str]) -> dict[str, Any]:
     import aiohttp
 
     from xos.errors import Unavailable, from_json
@@ -215,7 +292,7 @@ async def peer_restore(url: str, secret: str, path: str, name: str) -> dict[str,
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
-                f"{url}/v1/peer/restore", params={"name": name}, data=chunks(),
+                f"{url}{route}", params=params, data=chunks(),
                 headers={"Authorization": f"Bearer {secret}", "Content-Length": str(os.path.getsize(path))}) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:

@@ -136,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     mg = ws.add_parser("migrate", help="move a workspace to another node (stop-and-copy)")
     mg.add_argument("name")
     mg.add_argument("--to", required=True, metavar="NODE", help="a peer's name or its peer API URL")
+    mg.add_argument("--live", action="store_true", help="pre-dump while it runs; stop only for the last pages")
     s = ws.add_parser("set", help="renegotiate the allocation; periodic checkpoints")
     s.add_argument("name")
     _alloc_args(s)
@@ -220,6 +221,8 @@ def _doctor() -> int:
     ad = checkpoint_ad()
     if ad["available"]:
         print(f"checkpoint: available, CRIU {ad['criu']} on kernel {ad['kernel']} ({ad['arch']})")
+        print("live migration: " + ("available" if ad["live_migration"] else
+                                    "unavailable: the kernel does not track dirty memory (CONFIG_MEM_SOFT_DIRTY)"))
     else:
         print(f"checkpoint: unavailable: {ad['reason']}")
         ok = False
@@ -371,7 +374,7 @@ async def _client_main(args: argparse.Namespace) -> int:
             t = d["restore"]["times"]
             print(f"{d['name']} {d['state']} {d['address']}: verify {t['verify']:.3f}s restore {t['restore']:.3f}s")
         elif v == "migrate":
-            d = await node.migrate(args.name, args.to)
+            d = await node.migrate(args.name, args.to, args.live)
             t = d["times"]
             print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}): "
                   + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",

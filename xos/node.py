@@ -84,9 +84,11 @@ class Client(rpc.HttpClient):
             body["name"] = name
         return await self._call("POST", "/v1/restore", body, read_timeout=600)
 
-    async def migrate(self, name: str, to: str) -> dict[str, Any]:
-        """Move a workspace to another node (a peer name or its peer API URL); per-phase times."""
-        return await self._call("POST", f"/v1/workspaces/{name}/migrate", {"to": to}, read_timeout=900)
+    async def migrate(self, name: str, to: str, live: bool = False) -> dict[str, Any]:
+        """Move a workspace to another node (a peer name or its peer API URL); per-phase times.
+        `live`: iterative pre-dumps while it runs, so only the last dirty pages move while it is stopped."""
+        return await self._call("POST", f"/v1/workspaces/{name}/migrate", {"to": to, "live": live},
+                                read_timeout=900)
 
     async def freeze(self, name: str) -> dict[str, Any]:
         """Freeze every process."""

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat as stat_mod
@@ -262,7 +263,8 @@ async def migrate(request: web.Request) -> web.Response:
     to = rpc.field(body, "to", str, None)
     if not to:
         raise InvalidInput("give the node to migrate to (to)", field="to")
-    return rpc.json_response(await svc.migrate(request.match_info["name"], to))
+    return rpc.json_response(await svc.migrate(request.match_info["name"], to,
+                                               bool(rpc.field(body, "live", bool, False))))
 
 
 # -- the peer API: what other nodes of the grid may ask (TCP, a shared secret) -------------------
@@ -277,23 +279,68 @@ async def peer_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
+STAGE = re.compile(r"^[0-9a-f]{16}$")
+PART = re.compile(r"^pre[0-9]{1,2}$")
+STAGE_TTL = 600.0  # seconds a live migration's pre-dumps wait for their final image
+
+
+def _stage_dir(svc: NodeService, stage: str) -> str:
+    if not STAGE.match(stage):
+        raise InvalidInput("stage must be 16 hex digits", field="stage")
+    return os.path.join(svc.config.home, "checkpoints", f"stage-{stage}")
+
+
+async def _receive(request: web.Request, path: str) -> float:
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        async for block in request.content.iter_chunked(1 << 20):
+            f.write(block)
+    return time.perf_counter() - t0
+
+
+async def peer_stage(request: web.Request) -> web.Response:
+    """Receive one pre-dump of a live migration; verified now, kept for the restore that follows."""
+    from xos.checkpoint import image, service
+
+    svc = _svc(request)
+    part = request.query.get("part", "")
+    if not PART.match(part):
+        raise InvalidInput("part must be preN", field="part")
+    stage = _stage_dir(svc, request.query.get("stage", ""))
+    top = os.path.dirname(stage)
+    for old in os.listdir(top) if os.path.isdir(top) else []:  # stages whose migration never finished
+        p = os.path.join(top, old)
+        if old.startswith("stage-") and time.time() - os.stat(p).st_mtime > STAGE_TTL:
+            shutil.rmtree(p, ignore_errors=True)
+    os.makedirs(stage, mode=0o700, exist_ok=True)
+    work = service.scratch(svc, "incoming")
+    try:
+        received = await _receive(request, os.path.join(work, "part"))
+        manifest = image.unpack(os.path.join(work, "part"), os.path.join(work, "unpacked"))
+        if manifest.get("part") != part:
+            raise image.ImageInvalid(f"part {part} holds {manifest.get('part')!r}")
+        os.replace(os.path.join(work, "unpacked", "criu"), os.path.join(stage, part))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rpc.json_response({"part": part, "receive": received})
+
+
 async def peer_restore(request: web.Request) -> web.Response:
-    """Receive an image, streamed, and restore it; the new workspace, or why not."""
+    """Receive an image, streamed, and restore it (with a live migration's staged pre-dumps)."""
     from xos.checkpoint import service
 
     svc = _svc(request)
     name = request.query.get("name") or None
+    stage = _stage_dir(svc, request.query["stage"]) if request.query.get("stage") else None
     work = service.scratch(svc, "incoming")
-    path = os.path.join(work, "image")
     try:
-        t0 = time.perf_counter()
-        with open(path, "wb") as f:
-            async for block in request.content.iter_chunked(1 << 20):
-                f.write(block)
-        received = time.perf_counter() - t0
-        ws, result = await svc.restore(path, name)
+        received = await _receive(request, os.path.join(work, "image"))
+        parts = {p: os.path.join(stage, p) for p in os.listdir(stage)} if stage and os.path.isdir(stage) else {}
+        ws, result = await svc.restore(os.path.join(work, "image"), name, parts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if stage:
+            shutil.rmtree(stage, ignore_errors=True)
     result["times"]["receive"] = received
     return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
 
@@ -305,6 +352,7 @@ def make_peer_app(svc: NodeService) -> web.Application:
     app.add_routes([
         web.get("/v1/peer/node", node_info),
         web.put("/v1/peer/restore", peer_restore),
+        web.put("/v1/peer/stage", peer_stage),
     ])
     return app
 

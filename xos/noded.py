@@ -189,11 +189,12 @@ class NodeService:
 
         return await service.checkpoint(self, name, out, leave_running)
 
-    async def restore(self, path: str, name: str | None = None) -> tuple[Workspace, dict[str, Any]]:
+    async def restore(self, path: str, name: str | None = None,
+                      parts: dict[str, str] | None = None) -> tuple[Workspace, dict[str, Any]]:
         """Restore the image file at `path` as a new workspace."""
         from xos.checkpoint import service
 
-        return await service.restore(self, path, name)
+        return await service.restore(self, path, name, parts)
 
     async def set_checkpointing(self, name: str, every: Any, keep: Any) -> Workspace:
         """Checkpoint workspace `name` every `every` (seconds or "10m"; 0 stops), keeping the newest `keep`."""
@@ -245,11 +246,11 @@ class NodeService:
                 if ws.rec.state == "running":
                     self._ctx().store.update_workspace(ws.rec)
 
-    async def migrate(self, name: str, to: str) -> dict[str, Any]:
-        """Move workspace `name` to node `to` (stop-and-copy; see xos.checkpoint.service)."""
+    async def migrate(self, name: str, to: str, live: bool = False) -> dict[str, Any]:
+        """Move workspace `name` to node `to` (stop-and-copy, or live; see xos.checkpoint.service)."""
         from xos.checkpoint import service
 
-        return await service.migrate(self, name, to)
+        return await service.migrate(self, name, to, live)
 
     def forward(self, address: str, url: str) -> None:
         """Route a workspace address of ours that moved to the node at `url` there, and keep it taken."""
@@ -570,7 +571,7 @@ def checkpoint_ad() -> dict[str, Any]:
     """Whether this node checkpoints and restores, and with which CRIU: a job manager picks targets by it."""
     c = criu_mod.find()
     out: dict[str, Any] = {"available": c.ok, "criu": c.version, "kernel": platform.release(),
-                           "arch": platform.machine()}
+                           "arch": platform.machine(), "live_migration": c.ok and c.dirty_tracking}
     if not c.ok:
         out["reason"] = c.reason
     return out

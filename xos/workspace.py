@@ -221,15 +221,24 @@ class Workspace:
                 out.append(pid)
         return sorted(out)
 
-    async def dump(self, criu: criu_mod.Criu, images: str, leave_running: bool, keep_log: str) -> criu_mod.Run:
+    async def dump(self, criu: criu_mod.Criu, images: str, leave_running: bool, keep_log: str,
+                   prev: str | None = None, pre: bool = False) -> criu_mod.Run:
         """CRIU-dump init's process tree into `images`, stopped through the freezer; killed unless leave_running.
 
         Declared outside the tree: the workspace directory (an external mount, re-bound at restore),
-        the host's mounts (auto-detected), the veth pair (re-made at restore), the cgroup (ours)."""
-        args = ["dump", "-t", str(self.rec.init_pid), "--tcp-established", "--manage-cgroups=ignore",
+        the host's mounts (auto-detected), the veth pair (re-made at restore), the cgroup (ours).
+        `pre`: a pre-dump (memory only, the tree runs on); `prev`: the pre-dump beside `images`
+        whose unchanged pages are not written again."""
+        args = ["pre-dump" if pre else "dump", "-t", str(self.rec.init_pid), "--manage-cgroups=ignore",
                 "--external", "mnt[]", "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}",
                 "--freeze-cgroup", self.cgroup.freezer_dir()]
-        if leave_running:
+        if not pre:
+            args.append("--tcp-established")
+        if prev is not None or pre:
+            args.append("--track-mem")
+        if prev is not None:
+            args += ["--prev-images-dir", os.path.relpath(prev, images)]
+        if leave_running and not pre:
             args.append("--leave-running")
         return await criu_mod.run(criu, args, images, "dump.log", keep_log=keep_log)
 

@@ -3,6 +3,7 @@ uid come along; a refused, failed or cut-off migration leaves the workspace runn
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -176,3 +177,30 @@ def grid_host() -> str:
     from xos.testing import GRID_NET
 
     return f"{GRID_NET}.1"
+
+
+def test_live_migration_says_whether_the_kernel_can(grid):
+    """--live needs dirty-memory tracking; where the kernel lacks it the request is refused up front and the
+    workspace never stops. Where it has it, the rounds shrink and only the last dirty pages move while stopped."""
+    a, b = grid.nodes
+    with a.client() as ca, b.client() as cb:
+        ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log")
+        log = os.path.join(ws["directory"], "count.log")
+        wait_for(lambda: len(lines(log)) >= 5, 10, "the counter")
+        if not criu.find().dirty_tracking:
+            a.expect_warning("refused")
+            with pytest.raises(Exception) as e:
+                ca.migrate("cnt", b.name, live=True)
+            assert getattr(e.value, "code", "") == "live-migration-unavailable" and "SOFT_DIRTY" in str(e.value)
+            assert ca.stat("cnt")["state"] == "running" and cb.ls() == []
+            assert json.loads(a.cli("node", "info")[1])["checkpoint"]["live_migration"] is False
+            ca.rm("cnt")
+            return
+        res = ca.migrate("cnt", b.name, live=True)
+        assert res["live"] and res["rounds"], res
+        log = os.path.join(cb.stat("cnt")["directory"], "count.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n0 + 10, 10, "the counter to go on at the target")
+        nums = [int(x) for x in lines(log)]
+        assert nums == list(range(1, len(nums) + 1))
+        cb.rm("cnt")
