@@ -120,19 +120,20 @@ def _stats(text: str) -> dict[str, float]:
 
 async def run(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cgroup_fd: int = -1,
               cgroup_procs_fds: Sequence[int] = (), key: tuple[str, bytes] | None = None,
-              keep_log: str | None = None) -> Run:
+              keep_log: str | None = None, workdir: str | None = None) -> Run:
     """Run `criu ARGS -D images`, wait for it without blocking the loop; CriuError with its log on failure.
 
     With a cgroup, criu itself runs there (restored tasks are its children and stay in it);
     it always gets a fresh session keyring, with `key` in it, which restored tasks inherit."""
-    log_path = os.path.join(images, log_name)
-    argv = [criu.path, *args, "-D", images, "-o", log_name, "-v4", "--display-stats"]
-    out_path = os.path.join(images, log_name + ".out")
+    workdir = workdir or images  # logs and pid files go there: an image restored stays as it was
+    log_path = os.path.join(workdir, log_name)
+    argv = [criu.path, *args, "-D", images, "-W", workdir, "-o", log_name, "-v4", "--display-stats"]
+    out_path = os.path.join(workdir, log_name + ".out")
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     t0 = time.perf_counter()
     try:
-        pid = sp.spawn(sp.SpawnSpec(argv=argv, env={"PATH": sp.DEFAULT_PATH}, cwd=images, stdin=null, stdout=out,
+        pid = sp.spawn(sp.SpawnSpec(argv=argv, env={"PATH": sp.DEFAULT_PATH}, cwd=workdir, stdin=null, stdout=out,
                                     stderr=out, cgroup_fd=cgroup_fd, cgroup_procs_fds=cgroup_procs_fds,
                                     new_keyring=True, key=key))
     finally:

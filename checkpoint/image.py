@@ -1,25 +1,31 @@
-"""Checkpoint images: one tar holding CRIU's files (criu/), the workspace directory (work/) and,
-last, manifest.json with the workspace's spec, identity, CRIU version, kernel and a sha256 of
-every file. Unpacking checks every file against the manifest before anything is restored."""
+"""Checkpoint images: a directory holding CRIU's files (criu/), the workspace directory (work/) and
+manifest.json with the workspace's spec, identity, CRIU version, kernel and a sha256 of every
+file, written last (and the directory renamed into place), so a half-written image never looks whole.
+
+CRIU dumps straight into the image and restores straight from it, and nothing is copied on
+the way: a tar in between cost 3-6 times bare CRIU (bench/checkpoint.py). For the wire, the
+same directory travels as a tar (`pack`/`unpack`), checked against the same manifest."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import mmap
 import os
 import platform
 import re
 import shutil
-import stat
 import tarfile
-from typing import IO, Any
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from xos.errors import InvalidInput
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 
 
 class ImageInvalid(InvalidInput):
@@ -28,17 +34,151 @@ class ImageInvalid(InvalidInput):
     code = "image-invalid"
 
 
-class _Hashing:
-    """A file object that hashes what is read through it."""
+class _Checksum:
+    """What _sha256 computes, fed block by block as a stream passes (blocks of exactly CHUNK bytes)."""
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.h = hashlib.sha256()
+    def __init__(self) -> None:
+        self.crcs: list[bytes] = []
+        self.pending = b""
 
-    def read(self, n: int = -1) -> bytes:
-        b = self.f.read(n)
-        self.h.update(b)
-        return b
+    def update(self, data: bytes) -> None:
+        data = self.pending + data
+        while len(data) >= CHUNK:
+            self.crcs.append(zlib.crc32(data[:CHUNK]).to_bytes(4, "big"))
+            data = data[CHUNK:]
+        self.pending = data
+
+    def hexdigest(self) -> str:
+        crcs = self.crcs + ([zlib.crc32(self.pending).to_bytes(4, "big")] if self.pending else [])
+        return "crc32x4m:" + hashlib.sha256(b"".join(crcs)).hexdigest()
+
+
+def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
+    """Append a regular file to `tar` in large blocks, hashing as it goes; its sha256.
+
+    tarfile copies in 16 KiB steps through Python: 530 MB/s here, where this does 1.5 GB/s."""
+    tar.addfile(info)  # the header only
+    h = _Checksum()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    out = tar.fileobj
+    assert out is not None
+    left = info.size
+    with open(path, "rb", buffering=0) as f:
+        while left > 0:
+            n = f.readinto(view[: min(CHUNK, left)])
+            if not n:
+                raise OSError(f"{path} shrank while being packed")
+            h.update(bytes(view[:n]))
+            out.write(view[:n])
+            left -= n
+    pad = -info.size % tarfile.BLOCKSIZE
+    out.write(b"\0" * pad)
+    tar.offset += info.size + pad
+    return h.hexdigest()
+
+
+def _extract_file(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> str:
+    """Write a regular member under `dest` in large blocks, hashing as it goes; its sha256."""
+    safe = tarfile.tar_filter(m, dest)  # no absolute paths, nothing through a link out of dest
+    path = os.path.join(dest, safe.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    src = tar.extractfile(m)
+    assert src is not None
+    h = _Checksum()
+    with open(path, "wb", buffering=0) as out:
+        while block := src.read(CHUNK):
+            h.update(block)
+            out.write(block)
+    if safe.uid is not None and safe.gid is not None:
+        os.chown(path, safe.uid, safe.gid)
+    os.chmod(path, safe.mode if safe.mode is not None else 0o600)
+    os.utime(path, (safe.mtime, safe.mtime))
+    return h.hexdigest()
+
+
+def seal(image: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file of the image directory and write its manifest, last; the manifest written."""
+    files = {}
+    for arc, full in _regular_files(image):
+        files[arc] = _sha256(full)
+    manifest = {**manifest, "format": FORMAT, "files": files}
+    tmp = os.path.join(image, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(image, MANIFEST))
+    return manifest
+
+
+def verify(image: str) -> dict[str, Any]:
+    """The manifest of the image directory once every file matches it; ImageInvalid otherwise."""
+    if not os.path.isdir(image):
+        raise ImageInvalid(f"{image} is not a checkpoint image (a directory with a manifest)")
+    manifest = manifest_of(image)
+    found = dict(_regular_files(image))
+    files = manifest["files"]
+    if set(found) != set(files):
+        extra, missing = sorted(set(found) - set(files)), sorted(set(files) - set(found))
+        raise ImageInvalid(f"image {image} does not match its manifest: extra {extra[:3]}, missing {missing[:3]}")
+    for arc, want in files.items():
+        if _sha256(found[arc]) != want:
+            raise ImageInvalid(f"image {image}: {arc} does not match its checksum (corrupt or tampered with)")
+    return manifest
+
+
+def manifest_of(image: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(image, MANIFEST), "rb") as f:
+            manifest = json.load(f)
+        if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+            raise ImageInvalid(f"image {image} has manifest format {manifest.get('format')!r}, not {FORMAT}")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ImageInvalid(f"image {image} has no readable manifest (unfinished or truncated?): {e}") from None
+    return dict(manifest)
+
+
+def _regular_files(image: str) -> list[tuple[str, str]]:
+    out = []
+    for top in ("criu", "work"):
+        for dirpath, _dirs, filenames in os.walk(os.path.join(image, top)):
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if os.path.isfile(full) and not os.path.islink(full):
+                    out.append((os.path.relpath(full, image), full))
+    return sorted(out)
+
+
+def _sha256(path: str) -> str:
+    """The file's checksum: CRC-32 of each 4 MiB block, computed on two threads, then SHA-256 over them.
+
+    A whole-file SHA-256 ran at 1.7 GB/s here and made a checkpoint 2.5 times bare CRIU; the
+    blocks' CRC-32s (zlib releases the GIL) run at several GB/s, and any flipped or lost byte
+    still changes the result. The manifest is not signed, so a stronger hash would not stop a
+    forger anyway: it would only have to rewrite the manifest too."""
+    crcs: list[int] = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size:
+            # Straight from the page cache: a read() copy cost more than the CRCs themselves.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, ThreadPoolExecutor(2) as pool:
+                view = memoryview(m)
+                try:
+                    crcs = [c.result() for c in [pool.submit(zlib.crc32, view[i:i + CHUNK])
+                                                 for i in range(0, size, CHUNK)]]
+                finally:
+                    view.release()
+    digest = hashlib.sha256(b"".join(c.to_bytes(4, "big") for c in crcs))
+    return "crc32x4m:" + digest.hexdigest()
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy a directory tree keeping modes, owners and links (a workspace directory into an image, or back)."""
+    shutil.copytree(src, dst, symlinks=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in [".", *dirnames, *filenames]:
+            s = os.path.normpath(os.path.join(dirpath, name))
+            st = os.lstat(s)
+            os.lchown(os.path.join(dst, os.path.relpath(s, src)), st.st_uid, st.st_gid)
 
 
 def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -60,10 +200,7 @@ def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]
                         arc = f"{arc_dir}/{name}"
                         info = tar.gettarinfo(path, arc)
                         if info.isreg():
-                            with open(path, "rb") as f:
-                                h = _Hashing(f)
-                                tar.addfile(info, h)  # type: ignore[arg-type]
-                            files[arc] = h.h.hexdigest()
+                            files[arc] = _add_file(tar, info, path)
                         elif info.issym() or info.islnk():
                             tar.addfile(info)
                         # sockets, fifos and devices are not data: CRIU recreates what processes hold
@@ -84,6 +221,7 @@ def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]
 def unpack(path: str, dest: str) -> dict[str, Any]:
     """Extract `path` into `dest` (made here) and verify it whole; the manifest, or ImageInvalid."""
     os.makedirs(dest, mode=0o700)
+    got: dict[str, str] = {}
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
@@ -91,7 +229,10 @@ def unpack(path: str, dest: str) -> dict[str, Any]:
                     raise ImageInvalid(f"image member {m.name!r} is not a file, directory or link")
                 if m.name != MANIFEST and m.name.split("/", 1)[0] not in ("criu", "work"):
                     raise ImageInvalid(f"image member {m.name!r} is outside criu/ and work/")
-                tar.extract(m, dest, set_attrs=True, filter="tar")
+                if m.isfile() and m.name != MANIFEST:
+                    got[m.name] = _extract_file(tar, m, dest)
+                else:
+                    tar.extract(m, dest, set_attrs=True, filter="tar")
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise ImageInvalid(f"image {path} is corrupt or truncated: {e}") from None
     try:
@@ -102,22 +243,11 @@ def unpack(path: str, dest: str) -> dict[str, Any]:
             raise ImageInvalid(f"image {path} has manifest format {manifest.get('format')!r}, not {FORMAT}")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ImageInvalid(f"image {path} has no readable manifest (truncated?): {e}") from None
-    found = set()
-    for top in ("criu", "work"):
-        for dirpath, _dirs, filenames in os.walk(os.path.join(dest, top)):
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if stat.S_ISREG(os.lstat(full).st_mode):
-                    found.add(os.path.relpath(full, dest))
-    if found != set(files):
-        extra, missing = sorted(found - set(files)), sorted(set(files) - found)
+    if set(got) != set(files):
+        extra, missing = sorted(set(got) - set(files)), sorted(set(files) - set(got))
         raise ImageInvalid(f"image {path} does not match its manifest: extra {extra[:3]}, missing {missing[:3]}")
     for arc, want in files.items():
-        h = hashlib.sha256()
-        with open(os.path.join(dest, arc), "rb") as f:
-            while b := f.read(CHUNK):
-                h.update(b)
-        if h.hexdigest() != want:
+        if got[arc] != want:
             raise ImageInvalid(f"image {path}: {arc} does not match its checksum (corrupt or tampered with)")
     return dict(manifest)
 

@@ -50,18 +50,20 @@ def log_path(svc: NodeService, name: str, what: str) -> str:
 
 
 async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool = False,
-                     images: str | None = None, prev: str | None = None) -> dict[str, Any]:
-    """Freeze and dump workspace `name` into the image `out`; the workspace is removed unless leave_running.
-
-    `images`: where CRIU writes (the caller's, kept); `prev`: a pre-dump beside it whose pages this
-    dump does not repeat (live migration). The result has per-phase times and CRIU's own statistics."""
+                     prev: str | None = None) -> dict[str, Any]:
+    """Freeze and dump workspace `name` into the image directory `out`; the workspace is removed unless
+    leave_running. `prev`: a pre-dump whose unchanged pages this dump does not repeat (live migration),
+    found at ../../<its name> from the image's criu/ (beside the image). The result has per-phase times
+    and CRIU's own statistics."""
     if not isinstance(out, str) or not out:
-        raise InvalidInput("give the image file to write (out)", field="out")
+        raise InvalidInput("give the image to write (out)", field="out")
     criu = criu_mod.find().require()
     ws = svc.get(name)
     out = os.path.abspath(out)
     if not os.path.isdir(os.path.dirname(out)):
         raise InvalidInput(f"cannot write the image {out}: no such directory", field="out")
+    if os.path.lexists(out):
+        raise InvalidInput(f"the image {out} exists already", field="out")
     async with ws.lock:
         if ws.rec.state != "running":
             raise NotCheckpointable(f"workspace {name} is {ws.rec.state}; only a running workspace is checkpointed")
@@ -69,21 +71,22 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
         if outsiders:
             raise NotCheckpointable(f"workspace {name} has {len(outsiders)} process(es) started with exec "
                                     f"(pids {outsiders[:5]}); only the main program's tree can be checkpointed")
-        work = scratch(svc, "dump")
-        if images is None:
-            images = os.path.join(work, "criu")
-        os.makedirs(images)
+        part = out + ".part"  # renamed into place once sealed: a half-made image never looks whole
+        images = os.path.join(part, "criu")
+        logs = scratch(svc, "dump")
         times: dict[str, float] = {}
         try:
+            os.makedirs(images, mode=0o700)
             t0 = time.perf_counter()
             ws.cgroup.set_frozen(True)  # the directory below and the memory CRIU reads are one moment
             times["freeze"] = time.perf_counter() - t0
             try:
                 ws.sample()
-                run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev)
+                run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev, workdir=logs)
                 times["dump"] = run.seconds
                 t1 = time.perf_counter()
-                manifest = image.pack(out, images, svc.context().directory(ws.rec), {
+                image.copy_tree(svc.context().directory(ws.rec), os.path.join(part, "work"))
+                manifest = image.seal(part, {
                     "workspace": {"name": ws.rec.name, "id": ws.rec.id, "allocation": ws.rec.alloc.to_json(),
                                   "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address,
                                   "gateway": ws.rec.checkpoint.get("foreign_gateway") or svc.context().subnet.gateway},
@@ -91,45 +94,58 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                     "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
                     "stats": run.stats, "parts": [os.path.basename(prev)] if prev else [],
                 })
+                os.rename(part, out)
                 times["pack"] = time.perf_counter() - t1
             finally:
                 if leave_running and ws.cgroup.exists():
                     ws.cgroup.set_frozen(False)
+        except BaseException:
+            shutil.rmtree(part, ignore_errors=True)
+            raise
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(logs, ignore_errors=True)
         if not leave_running:
             await ws.destroy(f"checkpointed to {out}")
             svc.workspaces.pop(name, None)
     log.info("workspace %s checkpointed to %s", name, out, extra={"workspace": name, **times})
-    return {"workspace": name, "image": out, "bytes": os.path.getsize(out), "times": times,
+    size = sum(os.path.getsize(os.path.join(out, arc)) for arc in manifest["files"])
+    return {"workspace": name, "image": out, "bytes": size, "times": times,
             "criu": run.stats, "left_running": leave_running, "files": len(manifest["files"])}
 
 
 async def restore(svc: NodeService, path: str, name: str | None = None,
                   parts: dict[str, str] | None = None) -> tuple[Workspace, dict[str, Any]]:
-    """Verify the image at `path` and restore it as a new workspace (`name`, or the one it had).
+    """Verify the image at `path` (a directory, or a tar of one) and restore it as a new workspace
+    (`name`, or the one it had). The image itself is left as it was.
 
     `parts`: verified pre-dump directories (by name) the image's dump builds on (live migration)."""
     if not isinstance(path, str) or not path:
-        raise InvalidInput("give the image file to restore (image)", field="image")
-    if not os.path.isfile(path):
-        raise InvalidInput(f"no image file {path}", field="image")
+        raise InvalidInput("give the image to restore (image)", field="image")
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise InvalidInput(f"no image {path}", field="image")
     criu = criu_mod.find().require()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     work = scratch(svc, "restore")
     try:
-        manifest = image.unpack(path, os.path.join(work, "image"))
+        if os.path.isdir(path):
+            manifest, top = image.verify(path), path
+        else:
+            top = os.path.join(work, "image")
+            manifest = image.unpack(path, top)
         image.check_compatible(manifest, criu.version)
-        for part in manifest.get("parts") or []:
-            # A dump's parent chain: pre-dumps beside the image's criu/, each linking to the one before.
-            have = dict(parts or {})
-            while part:
-                if part not in have or not os.path.isdir(have[part]):
-                    raise image.ImageInvalid(f"image builds on pre-dump {part!r}, which did not arrive")
-                shutil.move(have[part], os.path.join(work, "image", part))
-                link = os.path.join(work, "image", part, "parent")
-                part = os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
+        have = dict(parts or {})
+        part = (manifest.get("parts") or [""])[0]
+        while part:
+            # A dump's parent chain: pre-dumps beside the image, each linking to the one before.
+            if part not in have or not os.path.isdir(have[part]):
+                raise image.ImageInvalid(f"image builds on pre-dump {part!r}, which did not arrive")
+            beside = os.path.join(os.path.dirname(top), part)
+            if os.path.abspath(have[part]) != beside:
+                shutil.move(have[part], beside)
+            link = os.path.join(beside, "parent")
+            part = os.path.basename(os.readlink(link)) if os.path.islink(link) else ""
         spec = manifest.get("workspace") or {}
         try:
             alloc = Allocation(**spec["allocation"])
@@ -164,8 +180,13 @@ async def restore(svc: NodeService, path: str, name: str | None = None,
                                   address=address, identity=identity,
                                   checkpoint={} if ours else {"foreign_gateway": str(spec.get("gateway", ""))})
             t1 = time.perf_counter()
-            ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(work, "image", "criu"),
-                                              os.path.join(work, "image", "work"), log_path(svc, name, "restore"))
+            wdir = os.path.join(work, "work")
+            if top.startswith(work + os.sep):
+                os.rename(os.path.join(top, "work"), wdir)  # ours to take
+            else:
+                image.copy_tree(os.path.join(top, "work"), wdir)  # the caller's image stays whole
+            ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(top, "criu"), wdir,
+                                              log_path(svc, name, "restore"), workdir=work)
             times["restore"] = time.perf_counter() - t1
             svc.workspaces[name] = ws
         ctx.store.save_usage(ws.usage_rec)
@@ -211,11 +232,15 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
         if live:
             prev = await _pre_dumps(svc, name, work, url, secret, stage, rounds, parts)
         t0 = time.perf_counter()
-        cp = await checkpoint(svc, name, path, images=os.path.join(work, "final") if live else None, prev=prev)
+        cp = await checkpoint(svc, name, path, prev=prev)
         times = dict(cp["times"])
         t1 = time.perf_counter()
         try:
-            target = await peer_restore(url, secret, path, name, stage)
+            wire = os.path.join(work, "image.tar")
+            image.pack(wire, os.path.join(path, "criu"), os.path.join(path, "work"),
+                       {k: v for k, v in image.manifest_of(path).items() if k != "files"})
+            times["pack"] += time.perf_counter() - t1
+            target = await peer_restore(url, secret, wire, name, stage)
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
             t2 = time.perf_counter()

@@ -236,13 +236,13 @@ class NodeService:
                 try:
                     await service.checkpoint(self, ws.rec.name, os.path.join(d, f"{int(now * 1000):015d}.img"),
                                              leave_running=True)
-                except XosError as e:
+                except Exception as e:  # a failed round is logged; the schedule goes on
                     log.warning("periodic checkpoint of %s failed: %s", ws.rec.name, e,
                                 extra={"workspace": ws.rec.name})
                     continue
                 images = self.periodic_images(ws)
                 for old in images[: max(0, len(images) - int(ws.rec.checkpoint.get("keep", 3)))]:
-                    os.unlink(old)
+                    shutil.rmtree(old, ignore_errors=True)
                 if ws.rec.state == "running":
                     self._ctx().store.update_workspace(ws.rec)
 

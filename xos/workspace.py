@@ -222,7 +222,7 @@ class Workspace:
         return sorted(out)
 
     async def dump(self, criu: criu_mod.Criu, images: str, leave_running: bool, keep_log: str,
-                   prev: str | None = None, pre: bool = False) -> criu_mod.Run:
+                   prev: str | None = None, pre: bool = False, workdir: str | None = None) -> criu_mod.Run:
         """CRIU-dump init's process tree into `images`, stopped through the freezer; killed unless leave_running.
 
         Declared outside the tree: the workspace directory (an external mount, re-bound at restore),
@@ -240,17 +240,17 @@ class Workspace:
             args += ["--prev-images-dir", os.path.relpath(prev, images)]
         if leave_running and not pre:
             args.append("--leave-running")
-        return await criu_mod.run(criu, args, images, "dump.log", keep_log=keep_log)
+        return await criu_mod.run(criu, args, images, "dump.log", keep_log=keep_log, workdir=workdir)
 
     @classmethod
     async def restore(cls, ctx: NodeContext, rec: WorkspaceRecord, criu: criu_mod.Criu, images: str, work: str,
-                      keep_log: str) -> tuple[Workspace, criu_mod.Run]:
+                      keep_log: str, workdir: str) -> tuple[Workspace, criu_mod.Run]:
         """A workspace made around a restored process tree: its cgroup pre-made (CRIU runs inside it, so
         every restored task starts there), its directory from the image, its veth pair re-made."""
         ctx.store.add_workspace(rec)
         ws = cls(ctx, rec)
         try:
-            run = await ws._restore(criu, images, work, keep_log)
+            run = await ws._restore(criu, images, work, keep_log, workdir)
         except BaseException as e:
             log.warning("workspace %s: restore failed: %s", rec.name, e)
             with contextlib.suppress(Exception):
@@ -259,20 +259,21 @@ class Workspace:
         ws.transition("running", "restored")
         return ws, run
 
-    async def _restore(self, criu: criu_mod.Criu, images: str, work: str, keep_log: str) -> criu_mod.Run:
+    async def _restore(self, criu: criu_mod.Criu, images: str, work: str, keep_log: str,
+                       workdir: str) -> criu_mod.Run:
         ctx, rec = self.ctx, self.rec
         self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
         self.cgroup.apply(rec.alloc)
         wdir = ctx.directory(rec)
         os.rename(work, wdir)
-        pidfile = os.path.join(images, "restored.pid")
+        pidfile = os.path.join(workdir, "restored.pid")
         cgfd, procs = self.cgroup.spawn_target()
         args = ["restore", "--restore-detached", "--restore-sibling", "--pidfile", pidfile, "--manage-cgroups=ignore",
                 "--tcp-established", "--root", "/", "--external", "mnt[]",
                 "--external", f"mnt[{criu_mod.WORK_KEY}]:{wdir}",
                 "--external", f"veth[eth0]:{self.host_link}@{ctx.config.bridge}"]
         run = await criu_mod.run(criu, args, images, "restore.log", cgroup_fd=cgfd, cgroup_procs_fds=procs,
-                                 key=self.credential_key(), keep_log=keep_log)
+                                 key=self.credential_key(), keep_log=keep_log, workdir=workdir)
         with open(pidfile) as f:
             pid = int(f.read().strip())
         self.init_pidfd = sp.pidfd_open(pid)  # a sibling of criu: our child

@@ -3,9 +3,9 @@ bad images refused with nothing left behind."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +129,7 @@ def test_memory_checksum_tree_pipe_cwd_uid_survive(node):
         ws = c.create("tree", main=[PY, "-c", TREE])
         log = os.path.join(ws["directory"], "tree.log")
         wait_for(lambda: len(lines(log)) >= 20, 10, "the tree to talk over its pipe")
+        image = os.path.join(node.home, "tree.img")
         c.checkpoint("tree", image)
         back = c.restore(image)
         log = os.path.join(back["directory"], "tree.log")
@@ -158,8 +159,9 @@ def test_leave_running_and_what_cannot_be_checkpointed(node):
 
         pid = c.spawn("lr", ["sleep", "600"])  # started with exec: outside init's tree
         with pytest.raises(Exception) as e:
-            c.checkpoint("lr", image)
+            c.checkpoint("lr", image + "2")
         assert getattr(e.value, "code", "") == "not-checkpointable" and str(pid) in str(e.value)
+        assert not os.path.exists(image + "2") and not os.path.exists(image + "2.part")
         assert c.stat("lr")["state"] == "running"
         c.rm("lr")
 
@@ -171,42 +173,65 @@ def test_bad_images_refused_nothing_made(node, tmp_path):
         wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 3, 10, "the counter")
         good = str(tmp_path / "good.img")
         c.checkpoint("src", good)
-        data = open(good, "rb").read()
+        with pytest.raises(Exception) as e:
+            c.checkpoint("src", good)  # gone, and the image would not be overwritten anyway
+        assert getattr(e.value, "code", "") in ("workspace-not-found", "invalid-input")
 
-        def variant(name: str, content: bytes) -> str:
+        def variant(name: str, change) -> str:
             path = str(tmp_path / name)
-            with open(path, "wb") as f:
-                f.write(content)
+            shutil.copytree(good, path, symlinks=True)
+            change(path)
             return path
 
-        flipped = bytearray(data)
-        flipped[len(data) // 2] ^= 0xFF
-        manifest_edit = str(tmp_path / "newer.img")
-        with tarfile.open(good) as src, tarfile.open(manifest_edit, "w") as dst:
-            for m in src:
-                f = src.extractfile(m) if m.isfile() else None
-                if m.name == "manifest.json":
-                    man = json.load(f)
-                    man["criu"] = "99.0"
-                    raw = json.dumps(man).encode()
-                    m.size = len(raw)
-                    f = io.BytesIO(raw)
-                dst.addfile(m, f)
+        def biggest(path: str) -> str:
+            files = [os.path.join(path, "criu", n) for n in os.listdir(os.path.join(path, "criu"))]
+            return max(files, key=os.path.getsize)
+
+        def flip(path: str) -> None:
+            with open(biggest(path), "r+b") as f:
+                f.seek(os.path.getsize(f.name) // 2)
+                b = f.read(1)
+                f.seek(-1, 1)
+                f.write(bytes([b[0] ^ 0xFF]))
+
+        def newer(path: str) -> None:
+            with open(os.path.join(path, "manifest.json")) as f:
+                man = json.load(f)
+            man["criu"] = "99.0"
+            with open(os.path.join(path, "manifest.json"), "w") as f:
+                json.dump(man, f)
+
+        tarred = str(tmp_path / "good.tar")
+        with tarfile.open(tarred, "w") as t:
+            for sub in ("criu", "work", "manifest.json"):
+                t.add(os.path.join(good, sub), sub)
+        with open(tarred, "rb") as f:
+            data = f.read()
         cases = {
-            variant("flipped.img", bytes(flipped)): "image-invalid",
-            variant("truncated.img", data[: len(data) // 3]): "image-invalid",
-            variant("garbage.img", os.urandom(4096)): "image-invalid",
-            manifest_edit: "image-invalid",
+            variant("flipped.img", flip): "image-invalid",
+            variant("truncated.img", lambda p: os.truncate(biggest(p), os.path.getsize(biggest(p)) // 2)):
+                "image-invalid",
+            variant("unsealed.img", lambda p: os.unlink(os.path.join(p, "manifest.json"))): "image-invalid",
+            variant("extra.img", lambda p: open(os.path.join(p, "criu", "extra.img"), "w").close()): "image-invalid",
+            variant("newer.img", newer): "image-invalid",
+            str(tmp_path / "truncated.tar"): "image-invalid",
+            str(tmp_path / "garbage"): "image-invalid",
             str(tmp_path / "missing.img"): "invalid-input",
         }
+        with open(str(tmp_path / "truncated.tar"), "wb") as f:
+            f.write(data[: len(data) // 3])
+        with open(str(tmp_path / "garbage"), "wb") as f:
+            f.write(os.urandom(4096))
         for path, code in cases.items():
             with pytest.raises(Exception) as e:
                 c.restore(path)
             assert getattr(e.value, "code", "") == code, (path, e.value)
             assert c.ls() == []
-        assert os.listdir(os.path.join(node.home, "checkpoints")) in ([], ["logs"])  # no scratch left
-        back = c.restore(good)  # and the good one still restores
+        assert set(os.listdir(os.path.join(node.home, "checkpoints"))) <= {"logs"}  # no scratch left
+        back = c.restore(tarred)  # the same image as a tar restores, and so does the directory
         assert back["state"] == "running"
+        c.rm("src")
+        assert c.restore(good)["state"] == "running"
         c.rm("src")
 
 
@@ -227,7 +252,7 @@ def test_periodic_checkpoints_kept_to_their_number_and_restorable(node):
         wait_for(lambda: taken() >= 4, 30, "four periodic checkpoints")
         newest = c.stat("per")["checkpointing"]["images"][-1]
         kept = os.path.join(node.home, "newest.img")
-        os.link(newest, kept)  # the daemon prunes its own; this one is ours
+        shutil.copytree(newest, kept, symlinks=True)  # the daemon prunes its own; this one is ours
         c.set("per", checkpoint_every="0")
         assert "checkpointing" not in c.stat("per")
         c.rm("per")
