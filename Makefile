@@ -43,6 +43,7 @@ demo: setup
 bench: setup
 	$(PY) bench/workspace.py --out bench/out/workspace.json
 	$(PY) bench/identity.py --out bench/out/identity.json
+	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init
