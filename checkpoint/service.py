@@ -217,6 +217,15 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
     copies, never none."""
     url, secret = svc.config.peer_url(to), svc.config.peer_secret()
     svc.get(name)
+    progress = svc.progress.setdefault(name, {"phase": "starting", "sent": 0, "total": 0})
+    try:
+        return await _migrate(svc, name, to, url, secret, live, progress)
+    finally:
+        svc.progress.pop(name, None)
+
+
+async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, live: bool,
+                   progress: dict[str, Any]) -> dict[str, Any]:
     if live and not criu_mod.find().require().dirty_tracking:
         raise criu_mod.LiveUnavailable(f"live migration needs the kernel to track dirty memory "
                                        f"(CONFIG_MEM_SOFT_DIRTY); this node's {platform.release()} does not: "
@@ -230,8 +239,10 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
     try:
         prev = None
         if live:
+            progress["phase"] = "pre-dump"
             prev = await _pre_dumps(svc, name, work, url, secret, stage, rounds, parts)
         t0 = time.perf_counter()
+        progress["phase"] = "dump"
         cp = await checkpoint(svc, name, path, prev=prev)
         times = dict(cp["times"])
         t1 = time.perf_counter()
@@ -240,9 +251,11 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
             image.pack(wire, os.path.join(path, "criu"), os.path.join(path, "work"),
                        {k: v for k, v in image.manifest_of(path).items() if k != "files"})
             times["pack"] += time.perf_counter() - t1
-            target = await peer_restore(url, secret, wire, name, stage)
+            progress.update(phase="transfer", sent=0, total=os.path.getsize(wire))
+            target = await peer_restore(url, secret, wire, name, stage, progress)
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
+            progress["phase"] = "resuming here"
             t2 = time.perf_counter()
             await restore(svc, path, name, parts)
             raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
@@ -296,15 +309,17 @@ async def peer_stage(url: str, secret: str, path: str, stage: str, part: str) ->
     await _peer_put(url, secret, path, "/v1/peer/stage", {"stage": stage, "part": part})
 
 
-async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None) -> dict[str, Any]:
+async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None,
+                       progress: dict[str, Any] | None = None) -> dict[str, Any]:
     """Stream the image at `path` to the peer API at `url` and have it restored there."""
     params = {"name": name}
     if stage:
         params["stage"] = stage
-    return await _peer_put(url, secret, path, "/v1/peer/restore", params)
+    return await _peer_put(url, secret, path, "/v1/peer/restore", params, progress)
 
 
-async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[str, str]) -> dict[str, Any]:
+async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[str, str],
+                    progress: dict[str, Any] | None = None) -> dict[str, Any]:
     import aiohttp
 
     from xos.errors import Unavailable, from_json
@@ -313,6 +328,8 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
         with open(path, "rb") as f:
             while block := f.read(image.CHUNK):
                 yield block
+                if progress is not None:
+                    progress["sent"] += len(block)
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
     try:

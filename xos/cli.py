@@ -374,7 +374,7 @@ async def _client_main(args: argparse.Namespace) -> int:
             t = d["restore"]["times"]
             print(f"{d['name']} {d['state']} {d['address']}: verify {t['verify']:.3f}s restore {t['restore']:.3f}s")
         elif v == "migrate":
-            d = await node.migrate(args.name, args.to, args.live)
+            d = await _with_progress(node, args.name, node.migrate(args.name, args.to, args.live))
             t = d["times"]
             print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}): "
                   + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",
@@ -438,6 +438,29 @@ def _stdin() -> AsyncIterator[bytes]:
             yield data
 
     return chunks()
+
+
+async def _with_progress(node: Any, name: str, call: Any) -> Any:
+    """Await a migration, drawing its progress on stderr (when a terminal shows it) while it runs."""
+    task = asyncio.ensure_future(call)
+    if not sys.stderr.isatty():
+        return await task
+    from xos.node import Client
+
+    async with Client(node.socket_path) as poll:
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.2)
+            try:
+                p = await poll.migration(name)
+            except XosError:
+                continue
+            done = p["sent"] / p["total"] if p.get("total") else 0.0
+            bar = "#" * int(done * 30)
+            sys.stderr.write(f"\r{name}: {p['phase']:<14} [{bar:<30}] {units.format_size(p['sent']):>8}"
+                             f" / {units.format_size(p['total']):<8}")
+            sys.stderr.flush()
+        sys.stderr.write("\n")
+    return await task
 
 
 def _status(res: dict[str, Any]) -> int:

@@ -90,6 +90,10 @@ class Client(rpc.HttpClient):
         return await self._call("POST", f"/v1/workspaces/{name}/migrate", {"to": to, "live": live},
                                 read_timeout=900)
 
+    async def migration(self, name: str) -> dict[str, Any]:
+        """Where a migration under way is: phase, bytes sent, bytes in all (not-found when none)."""
+        return await self._call("GET", f"/v1/workspaces/{name}/migrate")
+
     async def freeze(self, name: str) -> dict[str, Any]:
         """Freeze every process."""
         return await self._call("POST", f"/v1/workspaces/{name}/freeze")

@@ -20,7 +20,7 @@ from aiohttp import web
 from xos import rpc
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
-from xos.errors import InvalidInput, PermissionDenied
+from xos.errors import InvalidInput, NotFound, PermissionDenied
 from xos.noded import NodeService
 
 log = logging.getLogger(__name__)
@@ -267,6 +267,14 @@ async def migrate(request: web.Request) -> web.Response:
                                                bool(rpc.field(body, "live", bool, False))))
 
 
+async def migration_progress(request: web.Request) -> web.Response:
+    svc = _svc(request)
+    name = request.match_info["name"]
+    if name not in svc.progress:
+        raise NotFound(f"no migration of {name!r} under way", name=name)
+    return rpc.json_response(svc.progress[name])
+
+
 # -- the peer API: what other nodes of the grid may ask (TCP, a shared secret) -------------------
 
 @web.middleware
@@ -373,6 +381,7 @@ def make_app(svc: NodeService) -> web.Application:
         web.post("/v1/workspaces/{name}/checkpoint", checkpoint),
         web.post("/v1/restore", restore),
         web.post("/v1/workspaces/{name}/migrate", migrate),
+        web.get("/v1/workspaces/{name}/migrate", migration_progress),
         web.get("/v1/workspaces/{name}/processes", processes),
         web.post("/v1/workspaces/{name}/{verb}", control),
         web.get("/v1/usage", usage),

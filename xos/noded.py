@@ -81,6 +81,7 @@ class NodeService:
         self.workspaces: dict[str, Workspace] = {}
         self.admission = asyncio.Lock()
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
+        self.progress: dict[str, dict[str, Any]] = {}  # migrations under way, by workspace: phase, bytes
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None

@@ -58,7 +58,30 @@ def test_counter_memory_tree_and_allocation_move(grid):
     with a.client() as ca, b.client() as cb:
         ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log", cpu=0.5)
         wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 10, 10, "the counter")
-        res = ca.migrate("cnt", b.name)
+        with pytest.raises(Exception) as e:
+            ca.migration("cnt")
+        assert getattr(e.value, "code", "") == "not-found"  # none under way yet
+        seen: list[dict] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # what the CLI's progress bar polls, while the migration runs
+            with a.client() as poll:
+                while not stop.is_set():
+                    try:
+                        seen.append(poll.migration("cnt"))
+                    except Exception:  # noqa: S112 - between migrations there is nothing to see
+                        pass
+                    stop.wait(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            res = ca.migrate("cnt", b.name)
+        finally:
+            stop.set()
+            watcher.join()
+        assert {p["phase"] for p in seen} & {"dump", "transfer"}, seen
+        assert all(p["sent"] <= p["total"] for p in seen if p["phase"] == "transfer")
         t = res["times"]
         assert all(t[k] > 0 for k in ("dump", "transfer", "restore", "downtime")), t
         assert t["downtime"] >= t["dump"] + t["restore"]
