@@ -8,6 +8,7 @@ same directory travels as a tar (`pack`/`unpack`), checked against the same mani
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -179,6 +180,17 @@ def copy_tree(src: str, dst: str) -> None:
             s = os.path.normpath(os.path.join(dirpath, name))
             st = os.lstat(s)
             os.lchown(os.path.join(dst, os.path.relpath(s, src)), st.st_uid, st.st_gid)
+
+
+def move_tree(src: str, dst: str) -> None:
+    """Move a directory tree, keeping owners and modes also across file systems (tmpfs scratch to disk)."""
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        copy_tree(src, dst)
+        shutil.rmtree(src)
 
 
 def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -37,11 +37,36 @@ class NotCheckpointable(Conflict):
     code = "not-checkpointable"
 
 
-def scratch(svc: NodeService, what: str) -> str:
-    """A fresh private directory under the node's home for one checkpoint or restore."""
+FAST_SCRATCH = "/dev/shm"
+FAST_SHARE = 0.25  # of the memory tmpfs could still take, at most, for one transient image
+
+
+def scratch(svc: NodeService, what: str, size: int = 0) -> str:
+    """A fresh private directory for one checkpoint, restore or migration.
+
+    A transient image of `size` bytes (a migration's: it lives seconds) goes to tmpfs when it fits
+    in a quarter of what tmpfs has left: written to disk, a 1 GiB image spent seconds in writeback
+    on each node, inside the downtime. Everything else stays under the node's home."""
     path = os.path.join(svc.config.home, "checkpoints", f"{what}-{secrets.token_hex(4)}")
+    if size:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(FAST_SCRATCH)
+            if size < st.f_bavail * st.f_frsize * FAST_SHARE:
+                path = os.path.join(FAST_SCRATCH, f"xos-{svc.config.name}-{what}-{secrets.token_hex(4)}")
     os.makedirs(path, mode=0o700)
     return path
+
+
+def sweep(svc: NodeService) -> None:
+    """Remove the scratch of checkpoints and migrations a previous daemon did not finish."""
+    top = os.path.join(svc.config.home, "checkpoints")
+    leftovers = [os.path.join(top, n) for n in (os.listdir(top) if os.path.isdir(top) else [])
+                 if n.split("-")[0] in ("dump", "restore", "migrate", "incoming")]
+    with contextlib.suppress(OSError):
+        leftovers += [os.path.join(FAST_SCRATCH, n) for n in os.listdir(FAST_SCRATCH)
+                      if n.startswith(f"xos-{svc.config.name}-")]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def log_path(svc: NodeService, name: str, what: str) -> str:
@@ -127,7 +152,7 @@ async def restore(svc: NodeService, path: str, name: str | None = None,
     criu = criu_mod.find().require()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    work = scratch(svc, "restore")
+    work = scratch(svc, "restore", _image_bytes(path) if not os.path.isdir(path) else 0)
     try:
         if os.path.isdir(path):
             manifest, top = image.verify(path), path
@@ -182,7 +207,7 @@ async def restore(svc: NodeService, path: str, name: str | None = None,
             t1 = time.perf_counter()
             wdir = os.path.join(work, "work")
             if top.startswith(work + os.sep):
-                os.rename(os.path.join(top, "work"), wdir)  # ours to take
+                image.move_tree(os.path.join(top, "work"), wdir)  # ours to take
             else:
                 image.copy_tree(os.path.join(top, "work"), wdir)  # the caller's image stays whole
             ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(top, "criu"), wdir,
@@ -230,7 +255,8 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
         raise criu_mod.LiveUnavailable(f"live migration needs the kernel to track dirty memory "
                                        f"(CONFIG_MEM_SOFT_DIRTY); this node's {platform.release()} does not: "
                                        f"migrate {name} without --live")
-    work = scratch(svc, "migrate")
+    ws = svc.get(name)
+    work = scratch(svc, "migrate", 3 * max(ws.sample().memory_peak, ws.rec.alloc.memory // 4, 64 << 20))
     path = os.path.join(work, "image")
     stage = secrets.token_hex(8) if live else None
     rounds: list[dict[str, float]] = []
@@ -342,3 +368,11 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
             return dict(data)
     except (aiohttp.ClientError, OSError, ValueError) as e:
         raise Unavailable(f"node {url} did not take the image: {e}") from None
+
+
+def _image_bytes(path: str) -> int:
+    """What unpacking the image file at `path` will take: about its size."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -321,7 +321,7 @@ async def peer_stage(request: web.Request) -> web.Response:
         if old.startswith("stage-") and time.time() - os.stat(p).st_mtime > STAGE_TTL:
             shutil.rmtree(p, ignore_errors=True)
     os.makedirs(stage, mode=0o700, exist_ok=True)
-    work = service.scratch(svc, "incoming")
+    work = service.scratch(svc, "incoming", 2 * int(request.headers.get("Content-Length") or 0))
     try:
         received = await _receive(request, os.path.join(work, "part"))
         manifest = image.unpack(os.path.join(work, "part"), os.path.join(work, "unpacked"))
@@ -340,7 +340,7 @@ async def peer_restore(request: web.Request) -> web.Response:
     svc = _svc(request)
     name = request.query.get("name") or None
     stage = _stage_dir(svc, request.query["stage"]) if request.query.get("stage") else None
-    work = service.scratch(svc, "incoming")
+    work = service.scratch(svc, "incoming", 2 * int(request.headers.get("Content-Length") or 0))
     try:
         received = await _receive(request, os.path.join(work, "image"))
         parts = {p: os.path.join(stage, p) for p in os.listdir(stage)} if stage and os.path.isdir(stage) else {}

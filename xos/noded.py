@@ -108,6 +108,9 @@ class NodeService:
         raw = rtnl_raw.RawRtnl(network.netlink_socket())
         self.ctx = NodeContext(cfg, hierarchy, self.store, ipr, bridge, subnet, raw)
         await self.reconcile()
+        from xos.checkpoint import service as checkpoints
+
+        checkpoints.sweep(self)
         self._sampler = asyncio.create_task(self._sample_loop())
         self._checkpointer = asyncio.create_task(self._checkpoint_loop())
         await self.identity.start(self)

@@ -21,6 +21,7 @@ from xos import spawn as sp
 from xos.allocation import Allocation
 from xos.cgroup import Cgroup, Hierarchy
 from xos.checkpoint import criu as criu_mod
+from xos.checkpoint import image
 from xos.config import NodeConfig
 from xos.errors import IllegalTransition, KernelError, XosError
 from xos.store import NodeStore, UsageRecord, WorkspaceRecord
@@ -265,7 +266,7 @@ class Workspace:
         self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
         self.cgroup.apply(rec.alloc)
         wdir = ctx.directory(rec)
-        os.rename(work, wdir)
+        image.move_tree(work, wdir)  # from scratch, perhaps on tmpfs
         pidfile = os.path.join(workdir, "restored.pid")
         cgfd, procs = self.cgroup.spawn_target()
         args = ["restore", "--restore-detached", "--restore-sibling", "--pidfile", pidfile, "--manage-cgroups=ignore",
