@@ -42,12 +42,20 @@ class _Checksum:
         self.crcs: list[bytes] = []
         self.pending = b""
 
-    def update(self, data: bytes) -> None:
-        data = self.pending + data
-        while len(data) >= CHUNK:
-            self.crcs.append(zlib.crc32(data[:CHUNK]).to_bytes(4, "big"))
-            data = data[CHUNK:]
-        self.pending = data
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if self.pending:  # top the pending block up first
+            need = CHUNK - len(self.pending)
+            self.pending += bytes(view[:need])
+            view = view[need:]
+            if len(self.pending) < CHUNK:
+                return
+            self.crcs.append(zlib.crc32(self.pending).to_bytes(4, "big"))
+            self.pending = b""
+        while len(view) >= CHUNK:  # whole blocks straight from the caller's buffer
+            self.crcs.append(zlib.crc32(view[:CHUNK]).to_bytes(4, "big"))
+            view = view[CHUNK:]
+        self.pending = bytes(view)
 
     def hexdigest(self) -> str:
         crcs = self.crcs + ([zlib.crc32(self.pending).to_bytes(4, "big")] if self.pending else [])
@@ -70,7 +78,7 @@ def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
             n = f.readinto(view[: min(CHUNK, left)])
             if not n:
                 raise OSError(f"{path} shrank while being packed")
-            h.update(bytes(view[:n]))
+            h.update(view[:n])
             out.write(view[:n])
             left -= n
     pad = -info.size % tarfile.BLOCKSIZE

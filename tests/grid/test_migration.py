@@ -31,6 +31,7 @@ while line := f.readline():
 
 CLIENT = """
 import socket, sys, time
+PACE = 0.02
 c = socket.create_connection((sys.argv[1], 9000), timeout=60)
 f = c.makefile("rb")
 i = 0
@@ -39,7 +40,7 @@ with open("client.log", "a", buffering=1) as log:
         i += 1
         c.sendall(b"%d\\n" % i)
         log.write(f.readline().decode())
-        time.sleep(0.02)
+        time.sleep(PACE)
 """
 
 BURN = "while True:\n    pass\n"

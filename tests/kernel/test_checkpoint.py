@@ -21,11 +21,12 @@ PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv'
 
 COUNTER = """
 import time
+PACE = 0.02  # the program's own pace, not a wait of the test
 i = 0
 while True:
     i += 1
     print(i, flush=True)
-    time.sleep(0.02)
+    time.sleep(PACE)
 """
 
 # 256 MiB of random data and its checksum; on SIGUSR1 it checksums the memory again.
@@ -43,12 +44,13 @@ with open("before.tmp", "w") as f:
     f.write(hashlib.sha256(data).hexdigest())
 os.rename("before.tmp", "before")
 while True:
-    time.sleep(1)
+    signal.pause()
 """
 
 # A parent, two children and a pipe: the children write into it, the parent counts what it reads.
 TREE = """
 import os, time
+PACE = 0.02
 r, w = os.pipe()
 kids = []
 for k in range(2):
@@ -59,7 +61,7 @@ for k in range(2):
         while True:
             n += 1
             os.write(w, b"%d %d\\n" % (k, n))
-            time.sleep(0.02)
+            time.sleep(PACE)
     kids.append(pid)
 os.close(w)
 seen = {0: 0, 1: 0}
