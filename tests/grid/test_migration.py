@@ -12,6 +12,7 @@ import pytest
 
 from tests.kernel.helpers import cpu_share
 from tests.kernel.test_checkpoint import COUNTER, MEMORY, PY, TREE, lines
+from xos import credential
 from xos.checkpoint import criu
 from xos.testing import TestGrid, wait_for
 
@@ -228,3 +229,32 @@ def test_live_migration_says_whether_the_kernel_can(grid):
         nums = [int(x) for x in lines(log)]
         assert nums == list(range(1, len(nums) + 1))
         cb.rm("cnt")
+
+
+def test_a_target_that_does_not_map_the_identity_refuses(tmp_path):
+    """An image running as a grid identity goes only where that identity maps; elsewhere it stays put."""
+    assert criu.find().ok, criu.find().reason
+    with TestGrid(2, ["--pool", "bio=30000-30999"]) as g:
+        a, b = g.nodes
+        a.expect_warning("migration of .* failed|refused")
+        b.expect_warning("refused|restore failed|no UID pool")
+        key = credential.new_key(str(tmp_path / "bio.key"))
+        for n in (a, b):
+            assert n.cli("node", "trust", "bio", str(tmp_path / "bio.key.pub"))[0] == 0
+        b.stop()
+        b.extra_args = [x for x in b.extra_args if x not in ("--pool", "bio=30000-30999")]
+        b.start()
+        token, _ = credential.issue(key, "alice", "bio", [], [], 600)
+        with a.client() as ca, b.client() as cb:
+            ws = ca.create("alice", credential=token, main=[PY, "-c", COUNTER], out="count.log")
+            log = os.path.join(ws["directory"], "count.log")
+            wait_for(lambda: len(lines(log)) >= 5, 10, "alice's counter")
+            with pytest.raises(Exception) as e:
+                ca.migrate("alice", b.name)
+            assert getattr(e.value, "code", "") == "migration-failed" and "no UID pool" in str(e.value), e.value
+            st = ca.stat("alice")
+            assert st["state"] == "running" and st["owner"]["user"] == "alice" and cb.ls() == []
+            log = os.path.join(st["directory"], "count.log")
+            n = len(lines(log))
+            wait_for(lambda: len(lines(log)) >= n + 5, 10, "alice's counter to go on at the source")
+            ca.rm("alice")
