@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,17 +144,24 @@ class Workspace:
     @classmethod
     async def create(cls, ctx: NodeContext, rec: WorkspaceRecord, main: MainProgram | None = None) -> Workspace:
         """Make every kernel object of a new workspace; on failure remove what was made."""
+        ws, _ = await cls._make(ctx, rec, lambda ws: ws._build(main), "creation")
+        return ws
+
+    @classmethod
+    async def _make(cls, ctx: NodeContext, rec: WorkspaceRecord, build: Callable[[Workspace], Awaitable[Any]],
+                    what: str) -> tuple[Workspace, Any]:
+        """Record, then build (`what`: creation or restore); on failure remove what was made; then running."""
         ctx.store.add_workspace(rec)  # first, so a crash in the middle is reconciled at start-up
         ws = cls(ctx, rec)
         try:
-            await ws._build(main)
+            result = await build(ws)
         except BaseException as e:
-            log.warning("workspace %s: creation failed: %s", rec.name, e)
+            log.warning("workspace %s: %s failed: %s", rec.name, what, e)
             with contextlib.suppress(Exception):
-                await ws.destroy(f"creation failed: {e}")
+                await ws.destroy(f"{what} failed: {e}")
             raise
-        ws.transition("running", "created")
-        return ws
+        ws.transition("running", {"creation": "created", "restore": "restored"}[what])
+        return ws, result
 
     async def _build(self, main: MainProgram | None) -> None:
         ctx, rec = self.ctx, self.rec
@@ -248,16 +256,7 @@ class Workspace:
                       keep_log: str, workdir: str) -> tuple[Workspace, criu_mod.Run]:
         """A workspace made around a restored process tree: its cgroup pre-made (CRIU runs inside it, so
         every restored task starts there), its directory from the image, its veth pair re-made."""
-        ctx.store.add_workspace(rec)
-        ws = cls(ctx, rec)
-        try:
-            run = await ws._restore(criu, images, work, keep_log, workdir)
-        except BaseException as e:
-            log.warning("workspace %s: restore failed: %s", rec.name, e)
-            with contextlib.suppress(Exception):
-                await ws.destroy(f"restore failed: {e}")
-            raise
-        ws.transition("running", "restored")
+        ws, run = await cls._make(ctx, rec, lambda ws: ws._restore(criu, images, work, keep_log, workdir), "restore")
         return ws, run
 
     async def _restore(self, criu: criu_mod.Criu, images: str, work: str, keep_log: str,
