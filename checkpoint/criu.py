@@ -8,10 +8,12 @@ figures (frozen time, pages written) for every dump.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from xos.errors import ExternalError, Unavailable
 
 CANDIDATES = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu")
 WORK_KEY = "work"  # the cookie naming the workspace directory, an external mount in every image
+RUN_TIMEOUT = 600.0  # seconds any one CRIU run may take
+LOG_KEPT = 1 << 20  # bytes of a failed run's log kept
 
 
 class CriuError(ExternalError):
@@ -120,7 +124,7 @@ def _stats(text: str) -> dict[str, float]:
 
 async def run(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cgroup_fd: int = -1,
               cgroup_procs_fds: Sequence[int] = (), key: tuple[str, bytes] | None = None,
-              keep_log: str | None = None, workdir: str | None = None) -> Run:
+              keep_log: str | None = None, workdir: str | None = None, timeout: float = RUN_TIMEOUT) -> Run:
     """Run `criu ARGS -D images`, wait for it without blocking the loop; CriuError with its log on failure.
 
     With a cgroup, criu itself runs there (restored tasks are its children and stay in it);
@@ -145,7 +149,13 @@ async def run(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cg
         done: asyncio.Future[None] = loop.create_future()
         loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
         try:
-            await done
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            # CRIU that never ends (its restorer spins on some bad images): stopped, and said so.
+            sp.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            raise CriuError(f"criu {args[0]} did not finish within {timeout:.0f}s and was killed "
+                            f"({last_errors(log_path)})", log=log_path) from None
         finally:
             loop.remove_reader(pidfd)
         info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
@@ -159,18 +169,27 @@ async def run(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cg
         kept = log_path
         if keep_log:
             os.makedirs(os.path.dirname(keep_log), exist_ok=True)
-            shutil.copyfile(log_path, keep_log) if os.path.exists(log_path) else None
+            _keep_tail(log_path, keep_log)
             kept = keep_log
         raise CriuError(f"criu {args[0]} failed (status {status}): {last_errors(log_path, text)} (log: {kept})",
                         log=kept)
     return Run(seconds, _stats(text))
 
 
+def _keep_tail(src: str, dst: str) -> None:
+    """Keep the last LOG_KEPT bytes of a log: the reason is at its end, and a runaway log is huge."""
+    with contextlib.suppress(OSError), open(src, "rb") as f, open(dst, "wb") as out:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_KEPT))
+        out.write(f.read(LOG_KEPT))
+
+
 def last_errors(log_path: str, fallback: str = "") -> str:
-    """The last few Error lines of a CRIU log, joined."""
+    """The last few Error lines of a CRIU log, joined (read from its tail)."""
     try:
-        with open(log_path, errors="replace") as f:
-            lines = [ln.strip() for ln in f if "Error" in ln and "RLIMIT_NOFILE" not in ln]
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_KEPT))
+            tail = f.read(LOG_KEPT).decode(errors="replace")
+        lines = [ln.strip() for ln in tail.splitlines() if "Error" in ln and "RLIMIT_NOFILE" not in ln]
     except OSError:
         lines = [ln.strip() for ln in fallback.splitlines() if ln.strip()]
     return " | ".join(lines[-3:]) or "no error in its log"
