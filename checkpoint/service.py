@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -142,8 +143,8 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             "criu": run.stats, "left_running": leave_running, "files": len(manifest["files"])}
 
 
-async def restore(svc: NodeService, path: str, name: str | None = None,
-                  parts: dict[str, str] | None = None) -> tuple[Workspace, dict[str, Any]]:
+async def restore(svc: NodeService, path: str, name: str | None = None, parts: dict[str, str] | None = None,
+                  verified: bool = False) -> tuple[Workspace, dict[str, Any]]:
     """Verify the image at `path` (a directory, or a tar of one) and restore it as a new workspace
     (`name`, or the one it had). The image itself is left as it was.
 
@@ -161,7 +162,7 @@ async def restore(svc: NodeService, path: str, name: str | None = None,
         if os.path.isdir(path):
             # Whole before CRIU reads a byte of it: CRIU 4.1.1's restorer spins forever, logging, on a
             # truncated pages file (seen here: a 17 GB log in ten minutes).
-            manifest, top = image.verify(path), path
+            manifest, top = (image.manifest_of(path) if verified else image.verify(path)), path
         else:
             top = os.path.join(work, "image")
             manifest = image.unpack(path, top)
@@ -279,12 +280,8 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
         times = dict(cp["times"])
         t1 = time.perf_counter()
         try:
-            wire = os.path.join(work, "image.tar")
-            image.pack(wire, os.path.join(path, "criu"), os.path.join(path, "work"),
-                       {k: v for k, v in image.manifest_of(path).items() if k != "files"})
-            times["pack"] += time.perf_counter() - t1
-            progress.update(phase="transfer", sent=0, total=os.path.getsize(wire))
-            target = await peer_restore(url, secret, wire, name, stage, progress)
+            progress.update(phase="transfer", sent=0, total=cp["bytes"])
+            target = await peer_restore(url, secret, path, name, stage, progress)
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
             progress["phase"] = "resuming here"
@@ -343,7 +340,8 @@ async def peer_stage(url: str, secret: str, path: str, stage: str, part: str) ->
 
 async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None,
                        progress: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stream the image at `path` to the peer API at `url` and have it restored there."""
+    """Stream the image directory at `path`, as a tar made on the fly, to the peer API at `url` and have
+    it restored there."""
     params = {"name": name}
     if stage:
         params["stage"] = stage
@@ -357,17 +355,23 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
     from xos.errors import Unavailable, from_json
 
     async def chunks() -> Any:
-        with open(path, "rb") as f:
-            while block := f.read(image.CHUNK):
-                yield block
-                if progress is not None:
-                    progress["sent"] += len(block)
+        loop = asyncio.get_running_loop()
+        blocks = image.stream(path) if os.path.isdir(path) else _file_blocks(path)
+        while (block := await loop.run_in_executor(None, next, blocks, None)) is not None:
+            yield block
+            if progress is not None:
+                progress["sent"] = min(progress["sent"] + len(block), progress["total"])  # tar headers aside
 
+    headers = {"Authorization": f"Bearer {secret}"}
+    if os.path.isdir(path):  # the tar is made as it goes: its length is known only at the end
+        files = image.manifest_of(path)["files"]
+        headers["X-Image-Bytes"] = str(sum(os.path.getsize(os.path.join(path, a)) for a in files))
+    else:
+        headers["Content-Length"] = str(os.path.getsize(path))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
-                f"{url}{route}", params=params, data=chunks(),
-                headers={"Authorization": f"Bearer {secret}", "Content-Length": str(os.path.getsize(path))}) as resp:
+                f"{url}{route}", params=params, data=chunks(), headers=headers) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise from_json(data if isinstance(data, dict) else {}, resp.status)
@@ -382,3 +386,9 @@ def _image_bytes(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _file_blocks(path: str) -> Any:
+    with open(path, "rb") as f:
+        while block := f.read(image.CHUNK):
+            yield block

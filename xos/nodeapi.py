@@ -306,6 +306,34 @@ async def _receive(request: web.Request, path: str) -> float:
     return time.perf_counter() - t0
 
 
+async def _unpack_streamed(request: web.Request, dest: str) -> float:
+    """Extract the image tar of the request body into `dest` as it arrives, checksums verified on the way:
+    a thread extracts from a pipe this handler fills. The time it took."""
+    from xos.checkpoint import image
+
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    t0 = time.perf_counter()
+
+    def extract() -> None:
+        with os.fdopen(r, "rb") as src:
+            image.unpack(src, dest)
+
+    done = loop.run_in_executor(None, extract)
+    try:
+        async for block in request.content.iter_chunked(1 << 22):
+            view = memoryview(block)
+            while view:  # a refusing extractor closed its end: EPIPE ends the copy
+                n = await loop.run_in_executor(None, os.write, w, view)
+                view = view[n:]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(w)
+    await done
+    return time.perf_counter() - t0
+
+
 async def peer_stage(request: web.Request) -> web.Response:
     """Receive one pre-dump of a live migration; verified now, kept for the restore that follows."""
     from xos.checkpoint import image, service
@@ -340,11 +368,11 @@ async def peer_restore(request: web.Request) -> web.Response:
     svc = _svc(request)
     name = request.query.get("name") or None
     stage = _stage_dir(svc, request.query["stage"]) if request.query.get("stage") else None
-    work = service.scratch(svc, "incoming", 2 * int(request.headers.get("Content-Length") or 0))
+    work = service.scratch(svc, "incoming", int(request.headers.get("X-Image-Bytes") or 1 << 30))
     try:
-        received = await _receive(request, os.path.join(work, "image"))
+        received = await _unpack_streamed(request, os.path.join(work, "image"))
         parts = {p: os.path.join(stage, p) for p in os.listdir(stage)} if stage and os.path.isdir(stage) else {}
-        ws, result = await svc.restore(os.path.join(work, "image"), name, parts)
+        ws, result = await svc.restore(os.path.join(work, "image"), name, parts, verified=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if stage:

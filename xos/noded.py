@@ -193,12 +193,12 @@ class NodeService:
 
         return await service.checkpoint(self, name, out, leave_running)
 
-    async def restore(self, path: str, name: str | None = None,
-                      parts: dict[str, str] | None = None) -> tuple[Workspace, dict[str, Any]]:
-        """Restore the image file at `path` as a new workspace."""
+    async def restore(self, path: str, name: str | None = None, parts: dict[str, str] | None = None,
+                      verified: bool = False) -> tuple[Workspace, dict[str, Any]]:
+        """Restore the image at `path` as a new workspace (`verified`: checked already, on the way in)."""
         from xos.checkpoint import service
 
-        return await service.restore(self, path, name, parts)
+        return await service.restore(self, path, name, parts, verified)
 
     async def set_checkpointing(self, name: str, every: Any, keep: Any) -> Workspace:
         """Checkpoint workspace `name` every `every` (seconds or "10m"; 0 stops), keeping the newest `keep`."""
