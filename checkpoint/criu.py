@@ -24,7 +24,7 @@ from xos.errors import ExternalError, Unavailable
 
 CANDIDATES = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu")
 WORK_KEY = "work"  # the cookie naming the workspace directory, an external mount in every image
-RUN_TIMEOUT = 600.0  # seconds any one CRIU run may take
+RUN_TIMEOUT = float(os.environ.get("XOS_CRIU_TIMEOUT", "600"))  # seconds any one CRIU run may take
 LOG_KEPT = 1 << 20  # bytes of a failed run's log kept
 
 

@@ -111,6 +111,10 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                 ws.sample()
                 try:
                     run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev, workdir=logs)
+                except BaseException:
+                    if ws.cgroup.exists():  # CRIU let go of the tasks: they run on, as before
+                        ws.cgroup.set_frozen(False)
+                    raise
                 finally:
                     known = follower.digests()
                 times["dump"] = run.seconds

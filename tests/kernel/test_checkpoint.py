@@ -15,6 +15,7 @@ import pytest
 
 from tests.kernel.test_lifecycle import cgroup_dirs
 from xos.checkpoint import criu
+from xos.testing import node as xos_node
 from xos.testing import wait_for
 
 PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
@@ -279,3 +280,42 @@ def test_doctor_and_node_info_say_whether_checkpoint_works(node):
     env = {**node.env(), "XOS_CRIU": "/bin/true"}
     p = subprocess.run([sys.executable, "-m", "xos.cli", "node", "doctor"], env=env, capture_output=True, text=True)
     assert p.returncode == 1 and "checkpoint: unavailable" in p.stdout and "4 or later" in p.stdout, p
+
+
+FAKE_CRIU = """#!/bin/sh
+# A CRIU that passes its checks and then never finishes a dump (as 4.1.1's restorer on a bad image).
+case "$1" in
+--version) echo "Version: 4.1.1" ;;
+check) [ "$2" = "--feature" ] && exit 1; exit 0 ;;
+*) exec sleep 3600 ;;
+esac
+"""
+
+
+def test_a_criu_that_hangs_is_stopped_and_the_workspace_runs_on(tmp_path):
+    fake = tmp_path / "criu"
+    fake.write_text(FAKE_CRIU)
+    fake.chmod(0o755)
+    old = {k: os.environ.get(k) for k in ("XOS_CRIU", "XOS_CRIU_TIMEOUT")}
+    os.environ.update(XOS_CRIU=str(fake), XOS_CRIU_TIMEOUT="2")  # the daemon below inherits these
+    try:
+        with xos_node() as n, n.client() as c:
+            n.expect_warning("refused|did not finish")
+            ws = c.create("hang", main=[PY, "-c", COUNTER], out="count.log")
+            log = os.path.join(ws["directory"], "count.log")
+            wait_for(lambda: len(lines(log)) >= 5, 10, "the counter")
+            with pytest.raises(Exception) as e:
+                c.checkpoint("hang", str(tmp_path / "hang.img"))
+            assert getattr(e.value, "code", "") == "criu-failed" and "did not finish within 2s" in str(e.value)
+            assert not os.path.exists(tmp_path / "hang.img") and not os.path.exists(tmp_path / "hang.img.part")
+            assert c.stat("hang")["state"] == "running"
+            n0 = len(lines(log))
+            wait_for(lambda: len(lines(log)) >= n0 + 5, 10, "the counter to go on, thawed")
+            assert subprocess.run(["pgrep", "-f", "sleep 3600"], capture_output=True).stdout == b""  # killed
+            c.rm("hang")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
