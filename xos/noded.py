@@ -108,6 +108,7 @@ class NodeService:
         raw = rtnl_raw.RawRtnl(network.netlink_socket())
         self.ctx = NodeContext(cfg, hierarchy, self.store, ipr, bridge, subnet, raw)
         await self.reconcile()
+        self.forwarded = self.store.forwards()
         from xos.checkpoint import service as checkpoints
 
         checkpoints.sweep(self)
@@ -268,6 +269,7 @@ class NodeService:
         if address in ctx.subnet.hosts():
             rtnl_raw.host_route(ctx.raw, True, address, gateway=via)
             self.forwarded[address] = via
+            ctx.store.set_forward(address, via)  # the route outlives us; so must the address's being taken
             # Our workspaces reach it on-link: the bridge answers ARP for it now, and what they
             # remember of its old link goes.
             network.proxy_arp(ctx.config.bridge)
@@ -279,6 +281,7 @@ class NodeService:
         """A forwarded address comes home: its route to the other node goes."""
         via = self.forwarded.pop(address, None)
         if via is not None:
+            self._ctx().store.set_forward(address, None)
             with contextlib.suppress(XosError, OSError):
                 rtnl_raw.host_route(self._ctx().raw, False, address, gateway=via)
 

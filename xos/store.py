@@ -88,6 +88,8 @@ class NodeStore(Protocol):
     def add_process(self, rec: ProcessRecord) -> int: ...
     def end_process(self, row: int, ended: float, code: int | None, sig: int | None, oom: bool) -> None: ...
     def processes(self, ws_id: str) -> list[ProcessRecord]: ...
+    def set_forward(self, address: str, via: str | None) -> None: ...
+    def forwards(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -107,6 +109,7 @@ CREATE TABLE IF NOT EXISTS usage (
     cpu_ns INTEGER NOT NULL, memory_peak INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
     bytes_out INTEGER NOT NULL, oom_kills INTEGER NOT NULL, pids_refused INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forwards (address TEXT PRIMARY KEY, via TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (
     row INTEGER PRIMARY KEY, ws_id TEXT NOT NULL, pid INTEGER NOT NULL, argv TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, exit_code INTEGER, signal INTEGER, oom_killed INTEGER NOT NULL
@@ -172,6 +175,18 @@ class SQLiteNodeStore:
         rows = self._db.execute("SELECT ws_id, pid, argv, started, ended, exit_code, signal, oom_killed "
                                 "FROM processes WHERE ws_id=? ORDER BY row", (ws_id,))
         return [ProcessRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
+
+    def set_forward(self, address: str, via: str | None) -> None:
+        """Remember (or, with via None, forget) that a workspace address of ours now lives at node `via`."""
+        with self._db.tx() as db:
+            if via is None:
+                db.execute("DELETE FROM forwards WHERE address=?", (address,))
+            else:
+                db.execute("REPLACE INTO forwards VALUES (?,?)", (address, via))
+
+    def forwards(self) -> dict[str, str]:
+        """Addresses of ours that migrated away, and where to."""
+        return dict(self._db.execute("SELECT address, via FROM forwards").fetchall())
 
     def close(self) -> None:
         self._db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 
@@ -95,6 +96,7 @@ def test_counter_memory_tree_and_allocation_move(grid):
         wait_for(lambda: len(lines(log)) >= n0 + 10, 10, "the counter to go on at the target")
         nums = [int(x) for x in lines(log)]
         assert nums == list(range(1, len(nums) + 1)) and n0 >= 10
+        first = ws["address"]
         cb.rm("cnt")
 
         ws = ca.create("mem", main=[PY, "-c", MEMORY], memory="1G")
@@ -122,6 +124,12 @@ def test_counter_memory_tree_and_allocation_move(grid):
         share = cpu_share(cb, "burn")
         assert 0.35 < share < 0.6, share  # the allocation holds at the target, measured there
         cb.rm("burn")
+
+    a.stop(signal.SIGKILL)  # the source keeps forwarding the addresses it gave away, across a restart too
+    a.start()
+    with a.client() as again:
+        assert again.create("fresh")["address"] != first
+        again.rm("fresh")
 
 
 def test_tcp_connection_survives_migration_of_the_server(grid):
