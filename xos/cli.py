@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from xos import config, units
 from xos.errors import InvalidInput, XosError
+from xos.fs import cli as fs_cli
 
 ALLOC_FLAGS = ("cpu", "memory", "pids", "egress", "ingress")
 
@@ -70,10 +71,12 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
     sn.add_argument("--log-level", default="INFO")
 
+    fs_cli.add_serve(serve)
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
     sv.add_argument("--listen", help="also serve revocations and keys to nodes on HOST:PORT")
     sv.add_argument("--log-level", default="INFO")
 
+    fs_cli.add_verbs(sub)
     sub.add_parser("init", help="make this host's VO signing key ($XOS_HOME/vo/signing.key)")
 
     vo = sub.add_parser("vo", help="virtual organizations").add_subparsers(dest="verb", required=True)
@@ -504,7 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     args.command = command
     try:
         if args.area == "serve":
+            if args.role in ("mrc", "osd"):
+                return fs_cli.serve(args)
             return _serve_vo(args) if args.role == "vo" else _serve(args)
+        if args.area == "fs":
+            return fs_cli.run(args)
         if args.area == "init":
             return _init()
         if args.area == "cred":

@@ -151,6 +151,39 @@ class ExternalError(XosError):
     code = "external-error"
 
 
+class FsError(XosError):
+    """A grid file-system call refused; `errno` is what the FUSE client returns for it."""
+
+    code = "fs-error"
+    http_status = 400
+    errno: ClassVar[int] = _errno.EIO
+
+
+def _fs_error(name: str, code: str, err: int, status: int) -> type[FsError]:
+    return type(name, (FsError,), {"code": code, "errno": err, "http_status": status,
+                                   "__doc__": f"{os.strerror(err)} ({code})."})
+
+
+# One class per errno the file system reports, so the code survives the HTTP hop and the FUSE client
+# turns it back into the same errno.
+NoSuchFile = _fs_error("NoSuchFile", "no-such-file", _errno.ENOENT, 404)
+FileExists = _fs_error("FileExists", "file-exists", _errno.EEXIST, 409)
+NotADirectory = _fs_error("NotADirectory", "not-a-directory", _errno.ENOTDIR, 409)
+IsADirectory = _fs_error("IsADirectory", "is-a-directory", _errno.EISDIR, 409)
+DirectoryNotEmpty = _fs_error("DirectoryNotEmpty", "directory-not-empty", _errno.ENOTEMPTY, 409)
+AccessDenied = _fs_error("AccessDenied", "access-denied", _errno.EACCES, 403)
+NotPermitted = _fs_error("NotPermitted", "not-permitted", _errno.EPERM, 403)
+BadPath = _fs_error("BadPath", "bad-path", _errno.EINVAL, 400)
+NameTooLong = _fs_error("NameTooLong", "name-too-long", _errno.ENAMETOOLONG, 400)
+NoSuchAttribute = _fs_error("NoSuchAttribute", "no-such-attribute", _errno.ENODATA, 404)
+StaleCapability = _fs_error("StaleCapability", "capability-stale", _errno.ESTALE, 409)
+CapabilityInvalid = _fs_error("CapabilityInvalid", "capability-invalid", _errno.EACCES, 403)
+ObjectCorrupt = _fs_error("ObjectCorrupt", "object-corrupt", _errno.EIO, 409)
+NoSpace = _fs_error("NoSpace", "no-space", _errno.ENOSPC, 507)
+NoReplica = _fs_error("NoReplica", "no-replica", _errno.EIO, 503)
+TooManyLinks = _fs_error("TooManyLinks", "too-many-links", _errno.EMLINK, 409)
+
+
 _BY_CODE: dict[str, type[XosError]] = {}
 
 

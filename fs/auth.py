@@ -1,0 +1,61 @@
+"""Who sent a file-system request: a VO credential (clients) or the shared key (MRC and OSDs)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from xos import credential
+from xos.credential import CredentialError, TrustStore
+from xos.fs.capability import check_service_token
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified grid identity; `service` names the MRC or an OSD instead of a person."""
+
+    user: str
+    vo: str
+    exp: float
+    service: str = ""
+
+    @property
+    def who(self) -> str:
+        return self.service or f"{self.user}@{self.vo}"
+
+
+class Authenticator:
+    """Credentials verified against the trusted VO keys, each token once while it is valid."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, trust_dir: str, secret: bytes) -> None:
+        self.trust = TrustStore(trust_dir)
+        self.secret = secret
+        self._cache: dict[str, Identity] = {}
+
+    def token(self, token: str) -> Identity:
+        """The identity a credential proves; CredentialError otherwise."""
+        ident = self._cache.get(token)
+        if ident is not None and time.time() < ident.exp:
+            return ident
+        claims = credential.verify(token, self.trust)
+        ident = Identity(claims.sub, claims.vo, float(claims.exp))
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self._cache[token] = ident
+        return ident
+
+    def request(self, request: web.Request, service_ok: bool = False) -> Identity:
+        """The identity behind a request's Authorization header."""
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme == "Bearer" and value:
+            return self.token(value.strip())
+        if scheme == "Service" and service_ok:
+            who = check_service_token(self.secret, value.strip())
+            if who:
+                return Identity("", "", float("inf"), service=who)
+        raise CredentialError("this request needs a VO credential (Authorization: Bearer ...)")

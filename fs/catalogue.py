@@ -1,0 +1,647 @@
+"""The MRC's catalogue: volumes, the directory tree, metadata, replica lists and the OSD registry, in SQLite.
+
+Every namespace change is one IMMEDIATE transaction, so a rename is atomic and an MRC killed
+with SIGKILL keeps everything it acknowledged (WAL; SQLite commits before the answer leaves).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from xos.errors import (
+    AccessDenied,
+    BadPath,
+    DirectoryNotEmpty,
+    FileExists,
+    InvalidInput,
+    IsADirectory,
+    NameTooLong,
+    NoSpace,
+    NoSuchAttribute,
+    NoSuchFile,
+    NotADirectory,
+    NotFound,
+    NotPermitted,
+    TooManyLinks,
+)
+from xos.fs.layout import INLINE_MAX, Replica, Striping, Xloc
+from xos.sqlite import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY, vo TEXT NOT NULL, acl TEXT NOT NULL, stripe_size INTEGER NOT NULL,
+    stripe_width INTEGER NOT NULL, replicas INTEGER NOT NULL, root INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY AUTOINCREMENT, volume TEXT NOT NULL, fid TEXT NOT NULL, mode INTEGER NOT NULL,
+    owner TEXT NOT NULL, grp TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0, nlink INTEGER NOT NULL,
+    atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL, parent INTEGER NOT NULL DEFAULT 0,
+    target TEXT, inline BLOB, stripe_size INTEGER NOT NULL, stripe_width INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0, xloc TEXT, xver INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS dentries (parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
+CREATE TABLE IF NOT EXISTS xattrs (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS osds (id TEXT PRIMARY KEY, url TEXT NOT NULL, capacity INTEGER NOT NULL,
+    free INTEGER NOT NULL, load REAL NOT NULL, seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS orphans (fid TEXT PRIMARY KEY, osds TEXT NOT NULL, since REAL NOT NULL);
+"""
+
+MAX_NAME = 255
+MAX_XATTR = 64 << 10
+MAX_LINKS = 65000
+R, W, X = 4, 2, 1
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a grid identity, their VO, and the rights the volume's ACL gives them."""
+
+    who: str  # "user@vo"
+    vo: str
+    rights: str = "rw"
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    vo: str
+    acl: dict[str, str]
+    striping: Striping
+    replicas: int
+    root: int
+
+    def rights(self, who: str, vo: str) -> str:
+        """What the ACL lets `who` do: the owner VO everything; others what an entry names, if any."""
+        if vo == self.vo:
+            return "rw"
+        return self.acl.get(who, self.acl.get(vo, ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "vo": self.vo, "acl": self.acl, "stripe_size": self.striping.size,
+                "stripe_width": self.striping.width, "replicas": self.replicas}
+
+
+@dataclass
+class Inode:
+    ino: int
+    fid: str
+    mode: int
+    owner: str
+    grp: str
+    size: int
+    nlink: int
+    atime: float
+    mtime: float
+    ctime: float
+    parent: int
+    target: str | None
+    inline: bytes | None
+    stripe_size: int
+    stripe_width: int
+    epoch: int
+    xloc: str | None
+    xver: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def attrs(self) -> dict[str, Any]:
+        """What getattr answers."""
+        return {"ino": self.ino, "mode": self.mode, "owner": self.owner, "group": self.grp, "size": self.size,
+                "nlink": self.nlink, "atime": self.atime, "mtime": self.mtime, "ctime": self.ctime,
+                "inline": self.inline is not None}
+
+    def layout(self) -> Xloc | None:
+        return Xloc.from_json(json.loads(self.xloc)) if self.xloc else None
+
+
+COLUMNS = ("ino, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, inline, stripe_size, "
+           "stripe_width, epoch, xloc, xver")
+
+
+def split(path: str) -> list[str]:
+    """The components of an absolute path inside a volume; BadPath for anything that could escape it."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise BadPath(f"path {path!r} must be absolute inside the volume")
+    parts = [p for p in path.split("/") if p]
+    for p in parts:
+        if p in (".", "..") or "\0" in p:
+            raise BadPath(f"path {path!r}: '.', '..' and NUL are not allowed in a volume path")
+        if len(p.encode()) > MAX_NAME:
+            raise NameTooLong(f"name {p[:40]!r}... is longer than {MAX_NAME} bytes")
+    return parts
+
+
+def _may(node: Inode, c: Caller, want: int) -> None:
+    if c.who == node.owner:
+        bits = (node.mode >> 6) & 7
+    elif c.vo == node.grp:
+        bits = (node.mode >> 3) & 7
+    else:
+        bits = node.mode & 7
+    if want & ~bits:
+        raise AccessDenied(f"{c.who} may not {'read' if want & R else 'write' if want & W else 'search'} "
+                           f"inode {node.ino} (mode {oct(node.mode & 0o7777)}, owner {node.owner})")
+
+
+class Catalogue:
+    """Volumes, namespace and replica lists of one MRC."""
+
+    def __init__(self, path: str) -> None:
+        self.db = Database(path, SCHEMA)
+        self._volumes: dict[str, Volume] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # volumes
+
+    def create_volume(self, name: str, vo: str, owner: str, acl: dict[str, str], striping: Striping,
+                      replicas: int, mode: int = 0o775) -> Volume:
+        """A new volume with an empty root directory owned by `owner`."""
+        if not 1 <= replicas <= 8:
+            raise InvalidInput(f"replica count {replicas} must be 1 to 8", field="replicas")
+        for who, rights in acl.items():
+            if not isinstance(rights, str) or set(rights) - set("rw"):
+                raise InvalidInput(f"ACL entry {who!r}: rights must be a subset of 'rw'", field="acl")
+        now = time.time()
+        with self.db.tx() as tx:
+            if tx.execute("SELECT 1 FROM volumes WHERE name=?", (name,)).fetchone():
+                raise FileExists(f"volume {name!r} exists")
+            cur = tx.execute(
+                "INSERT INTO inodes (volume, fid, mode, owner, grp, nlink, atime, mtime, ctime, stripe_size, "
+                "stripe_width) VALUES (?,?,?,?,?,2,?,?,?,?,?)",
+                (name, secrets.token_hex(16), stat.S_IFDIR | mode, owner, vo, now, now, now, striping.size,
+                 striping.width))
+            root = int(cur.lastrowid or 0)
+            tx.execute("INSERT INTO volumes VALUES (?,?,?,?,?,?,?,?)",
+                       (name, vo, json.dumps(acl), striping.size, striping.width, replicas, root, now))
+        self._volumes.pop(name, None)
+        return self.volume(name)
+
+    def volume(self, name: str) -> Volume:
+        """The volume `name`; NotFound otherwise."""
+        v = self._volumes.get(name)
+        if v is not None:
+            return v
+        row = self.db.execute("SELECT name, vo, acl, stripe_size, stripe_width, replicas, root FROM volumes "
+                              "WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no volume {name!r}", volume=name)
+        v = Volume(row[0], row[1], json.loads(row[2]), Striping(row[3], row[4]), row[5], row[6])
+        self._volumes[name] = v
+        return v
+
+    def volumes(self) -> list[Volume]:
+        return [self.volume(r[0]) for r in self.db.execute("SELECT name FROM volumes ORDER BY name")]
+
+    def delete_volume(self, name: str) -> list[tuple[str, str]]:
+        """Remove a volume and everything in it; the (fid, osds) whose objects must go."""
+        self.volume(name)
+        with self.db.tx() as tx:
+            gone = self._orphan(tx, "SELECT fid, xloc FROM inodes WHERE volume=? AND xloc IS NOT NULL", (name,))
+            tx.execute("DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE volume=?)", (name,))
+            tx.execute("DELETE FROM dentries WHERE ino IN (SELECT ino FROM inodes WHERE volume=?)", (name,))
+            tx.execute("DELETE FROM inodes WHERE volume=?", (name,))
+            tx.execute("DELETE FROM volumes WHERE name=?", (name,))
+        self._volumes.pop(name, None)
+        return gone
+
+    # lookups
+
+    def _get(self, ino: int, conn: sqlite3.Connection | None = None) -> Inode:
+        row = (conn or self.db.conn).execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            raise NoSuchFile(f"no inode {ino}")
+        return Inode(*row)
+
+    def _child(self, conn: sqlite3.Connection, parent: Inode, name: str, c: Caller) -> Inode | None:
+        if not parent.is_dir:
+            raise NotADirectory(f"inode {parent.ino} is not a directory")
+        _may(parent, c, X)
+        row = conn.execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=(SELECT ino FROM dentries WHERE parent=? "
+                           "AND name=?)", (parent.ino, name)).fetchone()
+        return Inode(*row) if row else None
+
+    def _walk(self, conn: sqlite3.Connection, vol: Volume, parts: list[str], c: Caller) -> Inode:
+        node = self._get(vol.root, conn)
+        for i, p in enumerate(parts):
+            nxt = self._child(conn, node, p, c)
+            if nxt is None:
+                raise NoSuchFile(f"/{'/'.join(parts[:i + 1])} does not exist")
+            node = nxt
+        return node
+
+    def resolve(self, volume: str, path: str, c: Caller, conn: sqlite3.Connection | None = None) -> Inode:
+        """The inode at `path`; no symlinks are followed (the kernel does that)."""
+        return self._walk(conn or self.db.conn, self.volume(volume), split(path), c)
+
+    def _parent(self, conn: sqlite3.Connection, volume: str, path: str, c: Caller) -> tuple[Inode, str]:
+        parts = split(path)
+        if not parts:
+            raise BadPath("the volume's root has no parent")
+        parent = self._walk(conn, self.volume(volume), parts[:-1], c)
+        if not parent.is_dir:
+            raise NotADirectory(f"{path}: a parent is not a directory")
+        return parent, parts[-1]
+
+    def getattr(self, volume: str, path: str, c: Caller) -> dict[str, Any]:
+        return self.resolve(volume, path, c).attrs()
+
+    def readdir(self, volume: str, path: str, c: Caller) -> list[tuple[str, dict[str, Any]]]:
+        """Names and attributes of a directory's entries (readdirplus: one call, no stat per entry)."""
+        node = self.resolve(volume, path, c)
+        if not node.is_dir:
+            raise NotADirectory(f"{path} is not a directory")
+        _may(node, c, R)
+        rows = self.db.execute(f"SELECT d.name, {', '.join('i.' + k for k in COLUMNS.split(', '))} FROM dentries d "
+                               "JOIN inodes i ON i.ino=d.ino WHERE d.parent=? ORDER BY d.name", (node.ino,))
+        return [(r[0], Inode(*r[1:]).attrs()) for r in rows]
+
+    # namespace changes
+
+    def _new(self, tx: sqlite3.Connection, volume: str, parent: Inode, name: str, mode: int, c: Caller,
+             target: str | None = None, inline: bytes | None = None) -> Inode:
+        if c.rights.find("w") < 0:
+            raise AccessDenied(f"{c.who} may only read volume {volume}")
+        _may(parent, c, W | X)
+        if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
+            raise FileExists(f"{name} exists")
+        vol = self.volume(volume)
+        now = time.time()
+        is_dir = stat.S_ISDIR(mode)
+        # setgid directories pass their group on, as on any POSIX file system
+        grp = parent.grp if parent.mode & stat.S_ISGID else c.vo
+        cur = tx.execute(
+            "INSERT INTO inodes (volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, "
+            "inline, stripe_size, stripe_width) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (volume, secrets.token_hex(16), mode, c.who, grp, len(target.encode()) if target else len(inline or b""),
+             2 if is_dir else 1, now, now, now, parent.ino if is_dir else 0, target, inline, vol.striping.size,
+             vol.striping.width))
+        ino = int(cur.lastrowid or 0)
+        tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, ino))
+        tx.execute("UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?",
+                   (now, now, 1 if is_dir else 0, parent.ino))
+        return self._get(ino, tx)
+
+    def mkdir(self, volume: str, path: str, mode: int, c: Caller) -> dict[str, Any]:
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            return self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c).attrs()
+
+    def create(self, volume: str, path: str, mode: int, c: Caller, exclusive: bool = True) -> dict[str, Any]:
+        """A new empty regular file (inline until it grows); with exclusive=False an existing file is opened."""
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            if not exclusive:
+                old = self._child(tx, parent, name, c)
+                if old is not None:
+                    return old.attrs()
+            return self._new(tx, volume, parent, name, stat.S_IFREG | (mode & 0o7777), c, inline=b"").attrs()
+
+    def symlink(self, volume: str, target: str, path: str, c: Caller) -> dict[str, Any]:
+        if not isinstance(target, str) or not target or "\0" in target or len(target) > 4095:
+            raise BadPath("a symlink target must be 1 to 4095 bytes without NUL")
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            return self._new(tx, volume, parent, name, stat.S_IFLNK | 0o777, c, target=target).attrs()
+
+    def readlink(self, volume: str, path: str, c: Caller) -> str:
+        node = self.resolve(volume, path, c)
+        if node.target is None:
+            raise BadPath(f"{path} is not a symlink")
+        return node.target
+
+    def link(self, volume: str, old: str, new: str, c: Caller) -> dict[str, Any]:
+        """A hard link `new` to the file at `old`."""
+        with self.db.tx() as tx:
+            node = self._walk(tx, self.volume(volume), split(old), c)
+            if node.is_dir:
+                raise NotPermitted("hard links to directories are not allowed")
+            if node.nlink >= MAX_LINKS:
+                raise TooManyLinks(f"{old} has {node.nlink} links")
+            parent, name = self._parent(tx, volume, new, c)
+            _may(parent, c, W | X)
+            if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
+                raise FileExists(f"{new} exists")
+            now = time.time()
+            tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, node.ino))
+            tx.execute("UPDATE inodes SET nlink=nlink+1, ctime=? WHERE ino=?", (now, node.ino))
+            tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+            return self._get(node.ino, tx).attrs()
+
+    def _orphan(self, tx: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
+        gone = []
+        for fid, xloc in tx.execute(sql, args).fetchall():
+            osds = json.dumps(sorted(Xloc.from_json(json.loads(xloc)).osds()))
+            tx.execute("INSERT OR REPLACE INTO orphans VALUES (?,?,?)", (fid, osds, time.time()))
+            gone.append((fid, osds))
+        return gone
+
+    def _drop_link(self, tx: sqlite3.Connection, node: Inode) -> None:
+        if node.nlink > 1 and not node.is_dir:
+            tx.execute("UPDATE inodes SET nlink=nlink-1, ctime=? WHERE ino=?", (time.time(), node.ino))
+            return
+        self._orphan(tx, "SELECT fid, xloc FROM inodes WHERE ino=? AND xloc IS NOT NULL", (node.ino,))
+        tx.execute("DELETE FROM xattrs WHERE ino=?", (node.ino,))
+        tx.execute("DELETE FROM inodes WHERE ino=?", (node.ino,))
+
+    def _may_remove(self, parent: Inode, node: Inode, c: Caller) -> None:
+        if c.rights.find("w") < 0:
+            raise AccessDenied(f"{c.who} may only read this volume")
+        _may(parent, c, W | X)
+        if parent.mode & stat.S_ISVTX and c.who not in (node.owner, parent.owner):
+            raise NotPermitted(f"the sticky directory lets only {node.owner} remove this")
+
+    def unlink(self, volume: str, path: str, c: Caller) -> None:
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            node = self._child(tx, parent, name, c)
+            if node is None:
+                raise NoSuchFile(f"{path} does not exist")
+            if node.is_dir:
+                raise IsADirectory(f"{path} is a directory")
+            self._may_remove(parent, node, c)
+            tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
+            self._drop_link(tx, node)
+            now = time.time()
+            tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+
+    def rmdir(self, volume: str, path: str, c: Caller) -> None:
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            node = self._child(tx, parent, name, c)
+            if node is None:
+                raise NoSuchFile(f"{path} does not exist")
+            if not node.is_dir:
+                raise NotADirectory(f"{path} is not a directory")
+            self._may_remove(parent, node, c)
+            if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
+                raise DirectoryNotEmpty(f"{path} is not empty")
+            tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
+            self._drop_link(tx, node)
+            now = time.time()
+            tx.execute("UPDATE inodes SET nlink=nlink-1, mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+
+    def rename(self, volume: str, old: str, new: str, c: Caller, noreplace: bool = False) -> None:
+        """Move `old` to `new` atomically, replacing a file or an empty directory there."""
+        with self.db.tx() as tx:
+            sparent, sname = self._parent(tx, volume, old, c)
+            node = self._child(tx, sparent, sname, c)
+            if node is None:
+                raise NoSuchFile(f"{old} does not exist")
+            dparent, dname = self._parent(tx, volume, new, c)
+            self._may_remove(sparent, node, c)
+            _may(dparent, c, W | X)
+            if node.is_dir:  # never into itself
+                up = dparent
+                while True:
+                    if up.ino == node.ino:
+                        raise BadPath(f"cannot move {old} into itself")
+                    if not up.parent:
+                        break
+                    up = self._get(up.parent, tx)
+            victim = self._child(tx, dparent, dname, c)
+            if victim is not None:
+                if victim.ino == node.ino:
+                    return
+                if noreplace:
+                    raise FileExists(f"{new} exists")
+                if node.is_dir and not victim.is_dir:
+                    raise NotADirectory(f"{new} is not a directory")
+                if victim.is_dir and not node.is_dir:
+                    raise IsADirectory(f"{new} is a directory")
+                if victim.is_dir:
+                    if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (victim.ino,)).fetchone():
+                        raise DirectoryNotEmpty(f"{new} is not empty")
+                    tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (dparent.ino,))
+                tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (dparent.ino, dname))
+                self._drop_link(tx, victim)
+            now = time.time()
+            tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (sparent.ino, sname))
+            tx.execute("INSERT INTO dentries VALUES (?,?,?)", (dparent.ino, dname, node.ino))
+            tx.execute("UPDATE inodes SET ctime=? WHERE ino=?", (now, node.ino))
+            if node.is_dir and sparent.ino != dparent.ino:
+                tx.execute("UPDATE inodes SET parent=? WHERE ino=?", (dparent.ino, node.ino))
+                tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (sparent.ino,))
+                tx.execute("UPDATE inodes SET nlink=nlink+1 WHERE ino=?", (dparent.ino,))
+            tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino IN (?,?)", (now, now, sparent.ino, dparent.ino))
+
+    def setattr(self, volume: str, path: str, c: Caller, mode: int | None = None, owner: str | None = None,
+                group: str | None = None, atime: float | None = None, mtime: float | None = None,
+                size: int | None = None) -> tuple[Inode, bool]:
+        """Change metadata; the inode after, and whether its OSD objects must be truncated to `size`."""
+        with self.db.tx() as tx:
+            node = self._walk(tx, self.volume(volume), split(path), c)
+            owned = c.who == node.owner
+            sets: dict[str, Any] = {"ctime": time.time()}
+            if mode is not None:
+                if not owned:
+                    raise NotPermitted(f"only {node.owner} may chmod this")
+                sets["mode"] = (node.mode & ~0o7777) | (mode & 0o7777)
+            if owner is not None and owner != node.owner:
+                raise NotPermitted("only the owner's VO manager may give a file away; chown to yourself only")
+            if group is not None and group != node.grp:
+                if not owned or group != c.vo:
+                    raise NotPermitted(f"the group of a file can only be its owner's VO ({c.vo})")
+                sets["grp"] = group
+            if atime is not None or mtime is not None:
+                if not owned:
+                    _may(node, c, W)
+                if atime is not None:
+                    sets["atime"] = atime
+                if mtime is not None:
+                    sets["mtime"] = mtime
+            truncate = False
+            if size is not None:
+                if node.is_dir:
+                    raise IsADirectory("cannot truncate a directory")
+                if size < 0:
+                    raise InvalidInput("size must not be negative", field="size")
+                if "w" not in c.rights:
+                    raise AccessDenied(f"{c.who} may only read this volume")
+                _may(node, c, W)
+                sets["size"] = size
+                sets["mtime"] = sets["ctime"]
+                if node.inline is not None:
+                    if size <= INLINE_MAX:
+                        sets["inline"] = node.inline[:size].ljust(size, b"\0")
+                    else:  # grown past what the MRC holds: the client spills it first
+                        raise InvalidInput("an inline file cannot be extended this far by truncate; write it")
+                else:
+                    sets["epoch"] = node.epoch + 1
+                    truncate = True
+            tx.execute(f"UPDATE inodes SET {', '.join(k + '=?' for k in sets)} WHERE ino=?", (*sets.values(), node.ino))
+            return self._get(node.ino, tx), truncate
+
+    # file contents
+
+    def open(self, volume: str, path: str, c: Caller, write: bool) -> Inode:
+        """The inode of a regular file the caller may read (and write, if asked)."""
+        node = self.resolve(volume, path, c)
+        if node.is_dir:
+            raise IsADirectory(f"{path} is a directory")
+        if write and "w" not in c.rights:
+            raise AccessDenied(f"{c.who} may only read volume {volume}")
+        _may(node, c, (R | W) if write else R)
+        return node
+
+    def inode(self, ino: int) -> Inode:
+        return self._get(ino)
+
+    def commit(self, ino: int, size: int, mtime: float, inline: bytes | None, spilled: bool) -> Inode:
+        """What a client's close or fsync made of a file: its size, mtime, and its content if inline."""
+        with self.db.tx() as tx:
+            node = self._get(ino, tx)
+            sets: dict[str, Any] = {"mtime": mtime, "ctime": time.time()}
+            if inline is not None:
+                if len(inline) > INLINE_MAX:
+                    raise InvalidInput(f"inline content over {INLINE_MAX} bytes", field="inline")
+                sets.update(inline=inline, size=len(inline))
+            else:
+                if node.inline is not None and not spilled:
+                    raise InvalidInput("this file is inline: send its content", field="inline")
+                if node.xloc is None:
+                    raise InvalidInput("this file has no OSD layout yet", field="spilled")
+                sets.update(inline=None, size=size)
+            tx.execute(f"UPDATE inodes SET {', '.join(k + '=?' for k in sets)} WHERE ino=?", (*sets.values(), ino))
+            return self._get(ino, tx)
+
+    def place(self, ino: int, count: int) -> Inode:
+        """Give a file its OSD layout if it has none: `count` replicas over the live OSDs with most room."""
+        with self.db.tx() as tx:
+            node = self._get(ino, tx)
+            if node.xloc is not None:
+                return node
+            striping = Striping(node.stripe_size, node.stripe_width)
+            replicas = self.choose(striping.width, count, exclude=[])
+            if not replicas:
+                raise NoSpace(f"no {striping.width} live OSDs to place a file on")
+            xloc = Xloc(striping, tuple(replicas), node.xver + 1)
+            tx.execute("UPDATE inodes SET xloc=?, xver=? WHERE ino=?",
+                       (json.dumps(xloc.to_json()), xloc.version, ino))
+            return self._get(ino, tx)
+
+    def choose(self, width: int, count: int, exclude: list[tuple[str, ...]]) -> list[Replica]:
+        """Up to `count` new replicas of `width` live OSDs each, no column sharing an OSD with another replica."""
+        live = [r[0] for r in self.db.execute("SELECT id FROM osds WHERE seen>? ORDER BY free DESC, id",
+                                              (time.time() - self.grace,))]
+        if len(live) < width:
+            return []
+        taken: list[set[str]] = [set() for _ in range(width)]
+        for osds in exclude:
+            for col, o in enumerate(osds):
+                taken[col].add(o)
+        out: list[Replica] = []
+        for _ in range(count):
+            cols: list[str] = []
+            for col in range(width):
+                pick = next((o for o in live if o not in taken[col] and o not in cols), None)
+                if pick is None:
+                    return out
+                cols.append(pick)
+            for col, o in enumerate(cols):
+                taken[col].add(o)
+            out.append(Replica(tuple(cols)))
+            live = live[1:] + live[:1]  # spread the next replica's first column
+        return out
+
+    def set_xloc(self, ino: int, expect: int, replicas: list[Replica]) -> Xloc:
+        """Replace a file's replica list if its version is still `expect`; the new list."""
+        with self.db.tx() as tx:
+            node = self._get(ino, tx)
+            old = node.layout()
+            if old is None or node.xver != expect:
+                raise InvalidInput(f"the replica list of inode {ino} changed meanwhile (version {node.xver})")
+            xloc = Xloc(old.striping, tuple(replicas), expect + 1)
+            tx.execute("UPDATE inodes SET xloc=?, xver=? WHERE ino=?", (json.dumps(xloc.to_json()), xloc.version, ino))
+            return xloc
+
+    def replicated(self) -> list[Inode]:
+        """Every file with OSD objects."""
+        rows = self.db.execute(f"SELECT {COLUMNS} FROM inodes WHERE xloc IS NOT NULL").fetchall()
+        return [Inode(*r) for r in rows]
+
+    def volume_of(self, ino: int) -> Volume:
+        row = self.db.execute("SELECT volume FROM inodes WHERE ino=?", (ino,)).fetchone()
+        if row is None:
+            raise NoSuchFile(f"no inode {ino}")
+        return self.volume(row[0])
+
+    # extended attributes
+
+    def setxattr(self, volume: str, path: str, name: str, value: bytes, c: Caller, flags: int = 0) -> None:
+        if not name.startswith("user.") or len(name) > 255:
+            raise NotPermitted(f"only user.* attributes up to 255 bytes are supported, not {name[:40]!r}")
+        if len(value) > MAX_XATTR:
+            raise InvalidInput(f"attribute value over {MAX_XATTR} bytes")
+        with self.db.tx() as tx:
+            node = self._walk(tx, self.volume(volume), split(path), c)
+            _may(node, c, W)
+            have = tx.execute("SELECT 1 FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).fetchone()
+            if flags == 1 and have:  # XATTR_CREATE
+                raise FileExists(f"attribute {name} exists")
+            if flags == 2 and not have:  # XATTR_REPLACE
+                raise NoSuchAttribute(f"no attribute {name}")
+            tx.execute("INSERT OR REPLACE INTO xattrs VALUES (?,?,?)", (node.ino, name, value))
+            tx.execute("UPDATE inodes SET ctime=? WHERE ino=?", (time.time(), node.ino))
+
+    def getxattr(self, volume: str, path: str, name: str, c: Caller) -> bytes:
+        node = self.resolve(volume, path, c)
+        _may(node, c, R)
+        row = self.db.execute("SELECT value FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).fetchone()
+        if row is None:
+            raise NoSuchAttribute(f"no attribute {name}")
+        return bytes(row[0])
+
+    def listxattr(self, volume: str, path: str, c: Caller) -> list[str]:
+        node = self.resolve(volume, path, c)
+        return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (node.ino,))]
+
+    def removexattr(self, volume: str, path: str, name: str, c: Caller) -> None:
+        with self.db.tx() as tx:
+            node = self._walk(tx, self.volume(volume), split(path), c)
+            _may(node, c, W)
+            if tx.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).rowcount == 0:
+                raise NoSuchAttribute(f"no attribute {name}")
+
+    # OSD registry and orphans
+
+    grace = 10.0  # seconds without a heartbeat after which an OSD counts as gone
+
+    def heartbeat(self, osd: str, url: str, capacity: int, free: int, load: float) -> None:
+        with self.db.tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO osds VALUES (?,?,?,?,?,?)",
+                       (osd, url, capacity, free, load, time.time()))
+
+    def osds(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"id": r[0], "url": r[1], "capacity": r[2], "free": r[3], "load": r[4], "seen": r[5],
+                 "alive": now - r[5] < self.grace}
+                for r in self.db.execute("SELECT id, url, capacity, free, load, seen FROM osds ORDER BY id")]
+
+    def urls(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT id, url FROM osds")}
+
+    def orphans(self) -> list[tuple[str, list[str]]]:
+        return [(r[0], json.loads(r[1])) for r in self.db.execute("SELECT fid, osds FROM orphans LIMIT 256")]
+
+    def forget_orphan(self, fid: str, osds: list[str]) -> None:
+        with self.db.tx() as tx:
+            if osds:
+                tx.execute("UPDATE orphans SET osds=? WHERE fid=?", (json.dumps(osds), fid))
+            else:
+                tx.execute("DELETE FROM orphans WHERE fid=?", (fid,))
+
+    def statfs(self) -> dict[str, int]:
+        live = [o for o in self.osds() if o["alive"]]
+        files = self.db.execute("SELECT count(*) FROM inodes").fetchone()[0]
+        return {"capacity": sum(o["capacity"] for o in live), "free": sum(o["free"] for o in live), "files": files}

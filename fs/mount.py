@@ -1,0 +1,333 @@
+"""The FUSE mount of a volume (mfusepy on libfuse 3, 1 MiB reads and writes): POSIX calls onto the Client.
+
+Only errno values leave this layer. Locks (flock, fcntl) are left to the kernel, which keeps them
+among the processes of this mount. Files are owned by grid identities and shown as the accounts
+they map to here: the mounting identity as the mounting user, others by their `user.vo` account
+when this node has one, else as nobody.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import pwd
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import mfusepy
+
+from xos.errors import NoSuchFile, XosError
+from xos.fs.client import Client, Open, errno_of
+
+log = logging.getLogger(__name__)
+
+IO_SIZE = 1 << 20
+ATTR_TTL = 1.0
+NOBODY = 65534
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errno(fn: F) -> F:
+    """Turn every failure into the FuseOSError of its errno; nothing else may reach libfuse."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except XosError as e:
+            raise mfusepy.FuseOSError(errno_of(e)) from None
+        except Exception as e:  # a bug must show as EIO and a log line, not kill the mount
+            if not isinstance(e, OSError):
+                log.exception("%s failed", fn.__name__)
+            raise mfusepy.FuseOSError(errno_of(e)) from None
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped  # type: ignore[return-value]
+
+
+class Accounts:
+    """Grid identities as local uids and gids, both ways."""
+
+    def __init__(self, me: str, uid: int, gid: int) -> None:
+        self.me = me
+        self.vo = me.partition("@")[2]
+        self.uid, self.gid = uid, gid
+        self._uids: dict[str, int] = {me: uid}
+        self._gids: dict[str, int] = {self.vo: gid}
+
+    def uid_of(self, who: str) -> int:
+        uid = self._uids.get(who)
+        if uid is None:
+            user, _, vo = who.partition("@")
+            try:
+                uid = pwd.getpwnam(f"{user}.{vo}").pw_uid
+            except KeyError:
+                uid = NOBODY
+            self._uids[who] = uid
+        return uid
+
+    def gid_of(self, vo: str) -> int:
+        gid = self._gids.get(vo)
+        if gid is None:
+            try:
+                gid = grp.getgrnam(vo).gr_gid
+            except KeyError:
+                gid = NOBODY
+            self._gids[vo] = gid
+        return gid
+
+    def who_of(self, uid: int) -> str:
+        for who, u in self._uids.items():
+            if u == uid and u != NOBODY:
+                return who
+        try:
+            user, _, vo = pwd.getpwuid(uid).pw_name.partition(".")
+        except KeyError:
+            raise mfusepy.FuseOSError(errno.EINVAL) from None
+        if not vo:
+            raise mfusepy.FuseOSError(errno.EINVAL)
+        return f"{user}@{vo}"
+
+    def vo_of(self, gid: int) -> str:
+        for vo, g in self._gids.items():
+            if g == gid:
+                return vo
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            raise mfusepy.FuseOSError(errno.EINVAL) from None
+
+
+class GridFS(mfusepy.Operations):
+    """The operations libfuse calls, by path."""
+
+    use_ns = True
+
+    def __init__(self, client: Client, accounts: Accounts) -> None:
+        self.c = client
+        self.accounts = accounts
+        self._handles: dict[int, Open] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+        self._attrs: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.max_write = IO_SIZE
+            conn.max_read = IO_SIZE
+            conn.max_readahead = IO_SIZE
+        if config is not None:
+            config.attr_timeout = ATTR_TTL
+            config.entry_timeout = ATTR_TTL
+            config.use_ino = 1
+
+    # helpers
+
+    def _stat(self, a: dict[str, Any]) -> dict[str, Any]:
+        size = a["size"]
+        return {"st_mode": a["mode"], "st_ino": a["ino"], "st_nlink": a["nlink"], "st_size": size,
+                "st_uid": self.accounts.uid_of(a["owner"]), "st_gid": self.accounts.gid_of(a["group"]),
+                "st_atime": int(a["atime"] * 1e9), "st_mtime": int(a["mtime"] * 1e9), "st_ctime": int(a["ctime"] * 1e9),
+                "st_blocks": (size + 511) // 512, "st_blksize": IO_SIZE}
+
+    def _forget(self, *paths: str) -> None:
+        for p in paths:
+            self._attrs.pop(p, None)
+            parent = os.path.dirname(p)
+            self._attrs.pop(parent, None)
+        if any(stat.S_ISDIR(a[1]["mode"]) for p in paths for a in [self._attrs.get(p, (0, {"mode": 0}))]):
+            self._attrs.clear()
+
+    def _handle(self, st: Open) -> int:
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._handles[fh] = st
+            return fh
+
+    # metadata
+
+    @_errno
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        st = self._handles.get(fh) if fh else None
+        if st is None:
+            cached = self._attrs.get(path)
+            if cached is not None and cached[0] > time.monotonic():
+                a = dict(cached[1])
+            else:
+                a = self.c.op("getattr", path=path)
+                self._attrs[path] = (time.monotonic() + ATTR_TTL, a)
+            st = next((s for s in self._handles.values() if s.ino == a["ino"]), None)
+        else:
+            a = dict(self.c.op("getattr", path=path)) if not self._attrs.get(path) else dict(self._attrs[path][1])
+        if st is not None:
+            a["size"] = st.size
+        return self._stat(a)
+
+    @_errno
+    def readdir(self, path: str, fh: int) -> list[Any]:
+        entries = self.c.readdir(path)
+        expiry = time.monotonic() + ATTR_TTL
+        base = path.rstrip("/")
+        out: list[Any] = [".", ".."]
+        for name, a in entries:
+            self._attrs[f"{base}/{name}"] = (expiry, a)
+            out.append((name, self._stat(a), 0))
+        return out
+
+    @_errno
+    def mkdir(self, path: str, mode: int) -> None:
+        self.c.mkdir(path, mode)
+        self._forget(path)
+
+    @_errno
+    def rmdir(self, path: str) -> None:
+        self.c.rmdir(path)
+        self._forget(path)
+
+    @_errno
+    def unlink(self, path: str) -> None:
+        self.c.unlink(path)
+        self._forget(path)
+
+    @_errno
+    def rename(self, old: str, new: str) -> None:
+        self.c.rename(old, new)
+        for st in self._handles.values():
+            if st.path == old:
+                st.path = new
+            elif st.path.startswith(old + "/"):
+                st.path = new + st.path[len(old):]
+        self._forget(old, new)
+        self._attrs.clear()
+
+    @_errno
+    def link(self, target: str, source: str) -> None:
+        self.c.link(source, target)
+        self._forget(source, target)
+
+    @_errno
+    def symlink(self, target: str, source: str) -> None:
+        self.c.symlink(source, target)
+        self._forget(target)
+
+    @_errno
+    def readlink(self, path: str) -> str:
+        return self.c.readlink(path)
+
+    @_errno
+    def chmod(self, path: str, mode: int) -> None:
+        self.c.setattr(path, mode=mode & 0o7777)
+        self._forget(path)
+
+    @_errno
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        changes: dict[str, Any] = {}
+        if uid != -1:
+            changes["owner"] = self.accounts.who_of(uid)
+        if gid != -1:
+            changes["group"] = self.accounts.vo_of(gid)
+        if changes:
+            self.c.setattr(path, **changes)
+        self._forget(path)
+
+    @_errno
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        now = time.time_ns()
+        atime, mtime = times if times is not None else (now, now)
+        self.c.setattr(path, atime=atime / 1e9, mtime=mtime / 1e9)
+        self._forget(path)
+
+    @_errno
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self.c.truncate(path, length)
+        self._forget(path)
+
+    @_errno
+    def statfs(self, path: str) -> dict[str, int]:
+        s = self.c.statfs()
+        bs = 4096
+        return {"f_bsize": IO_SIZE, "f_frsize": bs, "f_blocks": s["capacity"] // bs, "f_bfree": s["free"] // bs,
+                "f_bavail": s["free"] // bs, "f_files": s["files"] + 1000000, "f_ffree": 1000000,
+                "f_favail": 1000000, "f_namemax": 255}
+
+    # extended attributes: user.* at the MRC; the kernel's own (security.*, system.*) answered here
+
+    @_errno
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith("user."):
+            raise mfusepy.FuseOSError(errno.ENODATA)
+        return self.c.getxattr(path, name)
+
+    @_errno
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        if not name.startswith("user."):
+            raise mfusepy.FuseOSError(errno.ENOTSUP)
+        self.c.setxattr(path, name, value, options)
+
+    @_errno
+    def listxattr(self, path: str) -> list[str]:
+        return self.c.listxattr(path)
+
+    @_errno
+    def removexattr(self, path: str, name: str) -> None:
+        self.c.removexattr(path, name)
+
+    # file contents
+
+    @_errno
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        st = self.c.create_handle(path, mode & 0o7777)
+        self._forget(path)
+        return self._handle(st)
+
+    @_errno
+    def open(self, path: str, flags: int) -> int:
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        st = self.c.open_handle(path, write)
+        if flags & os.O_TRUNC and write and st.size:
+            self.c.truncate(path, 0)
+        return self._handle(st)
+
+    @_errno
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return self.c.read(self._handles[fh], size, offset)
+
+    @_errno
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return self.c.write(self._handles[fh], data, offset)
+
+    @_errno
+    def flush(self, path: str, fh: int) -> None:
+        st = self._handles.get(fh)
+        if st is not None and st.write:
+            self.c.flush(st)
+
+    @_errno
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        self.c.fsync(self._handles[fh])
+
+    @_errno
+    def release(self, path: str, fh: int) -> None:
+        with self._lock:
+            st = self._handles.pop(fh, None)
+        if st is not None:
+            self._attrs.pop(path, None)
+            self.c.release(st)
+
+
+def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str) -> None:
+    """Serve the mount in this process until it is unmounted."""
+    try:
+        client.op("getattr", path="/")
+    except NoSuchFile:
+        pass
+    mfusepy.FUSE(GridFS(client, accounts), mountpoint, foreground=True, fsname=f"xos:{volume}", subtype="xos",
+                 default_permissions=True, allow_other=True, max_read=IO_SIZE)

@@ -1,0 +1,290 @@
+"""The metadata and replica catalogue (MRC): volumes, namespace, capabilities, OSD registry, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, XosError
+from xos.fs import capability
+from xos.fs.auth import Authenticator, Identity
+from xos.fs.capability import Capability, service_token
+from xos.fs.catalogue import Caller, Catalogue, Inode
+from xos.fs.layout import Striping, Xloc
+from xos.fs.replicas import ReplicaManager
+from xos.rpc import error_middleware, field, json_response, read_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MrcConfig:
+    home: str
+    listen: str
+    secret: bytes
+    trust: str
+    grace: float = 10.0  # an OSD silent this long is gone: its replicas are rebuilt elsewhere
+    idle: float = 3600.0  # replicas beyond the policy unread this long are dropped
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: Any, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInput(f"field {name!r} must be base64 text", field=name)
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise InvalidInput(f"field {name!r} is not base64", field=name) from None
+
+
+class MRC:
+    """Request handlers over the catalogue."""
+
+    def __init__(self, cfg: MrcConfig) -> None:
+        self.cfg = cfg
+        self.cat = Catalogue(os.path.join(cfg.home, "mrc.db"))
+        self.cat.grace = cfg.grace
+        self.auth = Authenticator(cfg.trust, cfg.secret)
+        self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)
+        self.ops: dict[str, Callable[[str, Caller, dict[str, Any]], Awaitable[Any]]] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
+
+    def caller(self, ident: Identity, volume: str) -> Caller:
+        rights = self.cat.volume(volume).rights(ident.who, ident.vo)
+        if not rights:
+            raise AccessDenied(f"{ident.who} is not admitted to volume {volume}: its ACL names neither them nor "
+                               f"VO {ident.vo}")
+        return Caller(ident.who, ident.vo, rights)
+
+    def cap(self, node: Inode, c: Caller, write: bool) -> str:
+        return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",
+                                                           time.time() + capability.TTL, node.epoch, node.xver,
+                                                           c.who))
+
+    def xloc(self, node: Inode) -> dict[str, Any] | None:
+        x = node.layout()
+        if x is None:
+            return None
+        urls = self.cat.urls()
+        return Xloc(x.striping, x.replicas, x.version, {o: urls.get(o, "") for o in x.osds()}).to_json()
+
+    # HTTP handlers
+
+    async def fs(self, request: web.Request) -> web.Response:
+        volume = request.match_info["volume"]
+        op = self.ops.get(request.match_info["op"])
+        if op is None:
+            raise BadRequest(f"unknown operation {request.match_info['op']!r}")
+        ident = self.auth.request(request)
+        body = await read_body(request)
+        return json_response(await op(volume, self.caller(ident, volume), body))
+
+    async def create_volume(self, request: web.Request) -> web.Response:
+        ident = self.auth.request(request)
+        body = await read_body(request)
+        vo = field(body, "vo", str, ident.vo)
+        if vo != ident.vo:
+            raise NotPermitted(f"{ident.who} can only make volumes of their own VO {ident.vo}")
+        acl = field(body, "acl", dict, {})
+        striping = Striping(field(body, "stripe_size", int, 1 << 20), field(body, "stripe_width", int, 1))
+        name = field(body, "name", str)
+        if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or len(name) > 64:
+            raise InvalidInput(f"bad volume name {name!r}: letters, digits, '-', '_', '.', up to 64", field="name")
+        vol = self.cat.create_volume(name, vo, ident.who, acl, striping, field(body, "replicas", int, 1),
+                                     field(body, "mode", int, 0o775))
+        log.info("volume %s created by %s", name, ident.who)
+        return json_response(vol.to_json(), status=201)
+
+    async def list_volumes(self, request: web.Request) -> web.Response:
+        self.auth.request(request)
+        return json_response({"volumes": [v.to_json() for v in self.cat.volumes()]})
+
+    async def delete_volume(self, request: web.Request) -> web.Response:
+        ident = self.auth.request(request)
+        vol = self.cat.volume(request.match_info["volume"])
+        if vol.vo != ident.vo:
+            raise NotPermitted(f"only members of VO {vol.vo} may remove volume {vol.name}")
+        self.cat.delete_volume(vol.name)
+        self.replicas.wake()
+        return json_response({})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        ident = self.auth.request(request, service_ok=True)
+        body = await read_body(request)
+        osd = field(body, "id", str)
+        if ident.service != f"osd:{osd}":
+            raise NotPermitted("an OSD heartbeats only for itself, with the file system's key")
+        self.cat.heartbeat(osd, field(body, "url", str), field(body, "capacity", int, 0), field(body, "free", int, 0),
+                           float(field(body, "load", (int, float), 0.0)))
+        self.replicas.seen(osd, field(body, "reads", dict, {}))
+        return json_response({})
+
+    async def list_osds(self, request: web.Request) -> web.Response:
+        self.auth.request(request, service_ok=True)
+        return json_response({"osds": self.cat.osds()})
+
+    # file-system operations: (volume, caller, body) -> JSON
+
+    async def op_getattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.getattr(v, field(b, "path", str), c)
+
+    async def op_readdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return {"entries": self.cat.readdir(v, field(b, "path", str), c)}
+
+    async def op_mkdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
+
+    async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c, field(b, "exclusive", bool, True))
+        return await self.op_open(v, c, {"path": b["path"], "write": True})
+
+    async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)
+
+    async def op_readlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return {"target": self.cat.readlink(v, field(b, "path", str), c)}
+
+    async def op_link(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.link(v, field(b, "old", str), field(b, "new", str), c)
+
+    async def op_unlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.unlink(v, field(b, "path", str), c)
+        self.replicas.wake()
+        return {}
+
+    async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.rmdir(v, field(b, "path", str), c)
+        return {}
+
+    async def op_rename(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.rename(v, field(b, "old", str), field(b, "new", str), c, field(b, "noreplace", bool, False))
+        self.replicas.wake()
+        return {}
+
+    async def op_setattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        num = (int, float)
+        node, truncate = self.cat.setattr(
+            v, field(b, "path", str), c, mode=field(b, "mode", int), owner=field(b, "owner", str),
+            group=field(b, "group", str), atime=field(b, "atime", num), mtime=field(b, "mtime", num),
+            size=field(b, "size", int))
+        if truncate:
+            await self.replicas.truncate(node)
+        return node.attrs()
+
+    async def op_open(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        write = field(b, "write", bool, False)
+        node = self.cat.open(v, field(b, "path", str), c, write)
+        return {"attrs": node.attrs(), "fid": node.fid, "inline": _b64(node.inline), "cap": self.cap(node, c, write),
+                "xloc": self.xloc(node), "epoch": node.epoch}
+
+    def _held(self, b: dict[str, Any], c: Caller) -> tuple[Inode, Capability]:
+        """The inode a request's capability names, if the capability is this caller's and writable."""
+        cap = capability.verify(self.cfg.secret, field(b, "cap", str))
+        node = self.cat.inode(field(b, "ino", int))
+        if cap.fid != node.fid or cap.client != c.who or not cap.allows(write=True):
+            raise CapabilityInvalid("the capability does not let this client write this file")
+        return node, cap
+
+    async def op_place(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Give a file growing past the inline limit its OSDs."""
+        node, _ = self._held(b, c)
+        node = self.cat.place(node.ino, self.cat.volume(v).replicas)
+        return {"xloc": self.xloc(node), "cap": self.cap(node, c, True), "epoch": node.epoch}
+
+    async def op_commit(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """A client's close or fsync: size and mtime, the content of an inline file, replicas that fell behind."""
+        node, _ = self._held(b, c)
+        inline = _unb64(b["inline"], "inline") if b.get("inline") is not None else None
+        node = self.cat.commit(node.ino, field(b, "size", int, 0), float(field(b, "mtime", (int, float), time.time())),
+                               inline, field(b, "spilled", bool, False))
+        behind = field(b, "behind", list, [])
+        if behind:
+            await self.replicas.drop_behind(node, [str(u) for u in behind])
+        return node.attrs()
+
+    async def op_statfs(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.statfs()
+
+    async def op_setxattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.setxattr(v, field(b, "path", str), field(b, "name", str), _unb64(b.get("value"), "value"), c,
+                          field(b, "flags", int, 0))
+        return {}
+
+    async def op_getxattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return {"value": _b64(self.cat.getxattr(v, field(b, "path", str), field(b, "name", str), c))}
+
+    async def op_listxattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return {"names": self.cat.listxattr(v, field(b, "path", str), c)}
+
+    async def op_removexattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        self.cat.removexattr(v, field(b, "path", str), field(b, "name", str), c)
+        return {}
+
+    async def op_stat(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """A file's attributes with its replicas, their OSDs and striping (`xos fs stat`)."""
+        node = self.cat.resolve(v, field(b, "path", str), c)
+        return {"attrs": node.attrs(), "fid": node.fid, "xloc": self.xloc(node), "epoch": node.epoch}
+
+    async def op_replicate(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        node = self.cat.open(v, field(b, "path", str), c, write="w" in c.rights)
+        if "w" not in c.rights:
+            raise AccessDenied(f"{c.who} may only read volume {v}")
+        xloc = await self.replicas.add(node, field(b, "osds", list))
+        return {"xloc": xloc.to_json()}
+
+    async def op_unreplicate(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        node = self.cat.open(v, field(b, "path", str), c, write=True)
+        xloc = await self.replicas.remove(node, field(b, "osd", str))
+        return {"xloc": xloc.to_json()}
+
+
+def make_app(mrc: MRC) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=2 << 20)
+    app.router.add_post("/v1/volumes", mrc.create_volume)
+    app.router.add_get("/v1/volumes", mrc.list_volumes)
+    app.router.add_delete("/v1/volumes/{volume}", mrc.delete_volume)
+    app.router.add_post("/v1/volumes/{volume}/fs/{op}", mrc.fs)
+    app.router.add_post("/v1/osds/heartbeat", mrc.heartbeat)
+    app.router.add_get("/v1/osds", mrc.list_osds)
+    return app
+
+
+async def serve_mrc(cfg: MrcConfig) -> None:
+    """Run the MRC until SIGTERM or SIGINT."""
+    mrc = MRC(cfg)
+    mrc.replicas.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64),
+        headers={"Authorization": f"Service {service_token(cfg.secret, 'mrc')}"})
+    runner = web.AppRunner(make_app(mrc), access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    host, _, port = cfg.listen.rpartition(":")
+    try:
+        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
+    except (OSError, ValueError) as e:
+        raise XosError(f"cannot listen on {cfg.listen!r}: {e}") from None
+    manager = asyncio.create_task(mrc.replicas.run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("MRC serving %s on %s", cfg.home, cfg.listen)
+    try:
+        await stop.wait()
+    finally:
+        manager.cancel()
+        await runner.cleanup()
+        await mrc.replicas.session.close()
+        mrc.cat.close()

@@ -1,0 +1,332 @@
+"""The object storage device: a file's objects on local disk, byte ranges in and out, a capability per request.
+
+Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of its whole content
+in the extended attribute user.xos.crc32, so a bit flipped on disk is found on the next read and
+the client reads another replica. Writes to a replicated file arrive at the first replica's OSD
+(the primary), which forwards them to the others and answers only when every live one has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from xos.errors import BadRequest, CapabilityInvalid, NoSpace, ObjectCorrupt, StaleCapability, XosError
+from xos.fs.auth import Authenticator, Identity
+from xos.fs.capability import Capability, Verifier, service_token
+from xos.rpc import error_middleware, json_response, read_body
+
+log = logging.getLogger(__name__)
+
+CRC = "user.xos.crc32"
+MAX_OBJECT = 64 << 20
+HEARTBEAT = 1.0
+
+
+def _fid(text: str) -> str:
+    if not (8 <= len(text) <= 64) or not all(c in "0123456789abcdef" for c in text):
+        raise BadRequest(f"bad file id {text[:70]!r}")
+    return text
+
+
+class ObjectStore:
+    """Objects and their checksums on a local directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.join(root, "objects")
+        os.makedirs(self.root, exist_ok=True)
+        probe = os.path.join(root, ".xattr-probe")
+        with open(probe, "wb") as f:
+            try:
+                os.setxattr(f.fileno(), CRC, b"\0\0\0\0")
+            except OSError as e:
+                raise XosError(f"{root} does not support user extended attributes, which hold object "
+                               f"checksums: {e.strerror}") from None
+        os.unlink(probe)
+
+    def dir(self, fid: str) -> str:
+        return os.path.join(self.root, fid[:2], fid)
+
+    def path(self, fid: str, objno: int) -> str:
+        return os.path.join(self.root, fid[:2], fid, str(objno))
+
+    def write(self, fid: str, objno: int, offset: int, data: bytes) -> None:
+        """Write `data` at `offset` of an object and keep its checksum whole."""
+        path = self.path(fid, objno)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if offset == 0 and len(data) >= size:
+                crc = zlib.crc32(data)
+            elif offset == size:  # an append continues the checksum it has
+                crc = zlib.crc32(data, self._crc(fd, fid, objno))
+            else:
+                whole = bytearray(os.pread(fd, size, 0))
+                if offset > len(whole):
+                    whole.extend(bytes(offset - len(whole)))
+                whole[offset:offset + len(data)] = data
+                crc = zlib.crc32(whole)
+            try:
+                os.pwrite(fd, data, offset)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise NoSpace("the OSD's disk is full") from None
+                raise
+            os.setxattr(fd, CRC, struct.pack(">I", crc))
+        finally:
+            os.close(fd)
+
+    def _crc(self, fd: int, fid: str, objno: int) -> int:
+        try:
+            return int(struct.unpack(">I", os.getxattr(fd, CRC))[0])
+        except OSError:
+            raise ObjectCorrupt(f"object {fid}/{objno} has no checksum") from None
+
+    def read(self, fid: str, objno: int, offset: int, length: int) -> bytes | None:
+        """A range of an object, after checking the whole object's checksum; None if it does not exist."""
+        try:
+            fd = os.open(self.path(fid, objno), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            whole = os.pread(fd, os.fstat(fd).st_size, 0)
+            if zlib.crc32(whole) != self._crc(fd, fid, objno):
+                raise ObjectCorrupt(f"object {fid}/{objno} does not match its checksum")
+        finally:
+            os.close(fd)
+        return whole[offset:offset + length]
+
+    def truncate(self, fid: str, size: int, stripe: int) -> None:
+        """Cut a file to `size`: objects past it go, the one it ends in is shortened."""
+        last, inner = divmod(size, stripe)
+        for objno in self.objects(fid):
+            path = self.path(fid, objno)
+            if objno > last or (objno == last and inner == 0):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            elif objno == last:
+                with open(path, "r+b") as f:
+                    if os.fstat(f.fileno()).st_size > inner:
+                        f.truncate(inner)
+                        f.seek(0)
+                        os.setxattr(f.fileno(), CRC, struct.pack(">I", zlib.crc32(f.read())))
+
+    def objects(self, fid: str) -> list[int]:
+        try:
+            return sorted(int(n) for n in os.listdir(self.dir(fid)) if n.isdigit())
+        except FileNotFoundError:
+            return []
+
+    def delete(self, fid: str) -> None:
+        shutil.rmtree(self.dir(fid), ignore_errors=True)
+
+    def fsync(self, fid: str) -> None:
+        for objno in self.objects(fid):
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.path(fid, objno), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+@dataclass
+class OsdConfig:
+    id: str
+    dir: str
+    listen: str
+    url: str
+    mrc: str
+    secret: bytes
+    trust: str
+
+
+class OSD:
+    """The OSD's request handlers and its heartbeat to the MRC."""
+
+    def __init__(self, cfg: OsdConfig) -> None:
+        self.cfg = cfg
+        self.store = ObjectStore(cfg.dir)
+        self.auth = Authenticator(cfg.trust, cfg.secret)
+        self.caps = Verifier(cfg.secret)
+        self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file
+        self.reads: dict[str, float] = {}  # files read since the last heartbeat
+        self.busy = 0
+        self.session: aiohttp.ClientSession | None = None
+
+    def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
+        who = self.auth.request(request, service_ok=True)
+        if who.service:
+            return who, None
+        cap = self.caps.check(request.headers.get("X-Xos-Cap", ""))
+        if cap.fid != fid:
+            raise CapabilityInvalid(f"capability is for file {cap.fid}, not {fid}")
+        if cap.client != who.who:
+            raise CapabilityInvalid(f"capability was issued to {cap.client}, not {who.who}")
+        if not cap.allows(write):
+            raise CapabilityInvalid(f"capability allows {cap.mode!r}, not {'writing' if write else 'reading'}")
+        if write and cap.epoch < self.epochs.get(fid, 0):
+            raise StaleCapability(f"file {fid} was truncated since this capability was issued: open it again")
+        return who, cap
+
+    async def put(self, request: web.Request) -> web.Response:
+        fid = _fid(request.match_info["fid"])
+        objno = int(request.match_info["objno"])
+        who, cap = self._check(request, fid, write=True)
+        offset = int(request.query.get("off", "0"))
+        if offset < 0 or objno < 0 or offset > MAX_OBJECT:
+            raise BadRequest("bad object offset")
+        data = await request.read()
+        if offset + len(data) > MAX_OBJECT:
+            raise BadRequest(f"an object holds at most {MAX_OBJECT} bytes")
+        self.busy += 1
+        try:
+            forwards = [u for u in request.headers.get("X-Xos-Forward", "").split(",") if u]
+            sends = [self._forward(u, request, fid, objno, offset, data) for u in forwards]
+            results = await asyncio.gather(asyncio.to_thread(self.store.write, fid, objno, offset, data), *sends,
+                                           return_exceptions=True)
+        finally:
+            self.busy -= 1
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        behind = [u for u, r in zip(forwards, results[1:], strict=True) if r is not True]
+        return json_response({"written": len(data), "behind": behind})
+
+    async def _forward(self, url: str, request: web.Request, fid: str, objno: int, offset: int, data: bytes) -> bool:
+        """Send a write on to another replica; whether it has it."""
+        assert self.session is not None
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Xos-Cap")}
+        try:
+            async with self.session.put(f"{url}/v1/o/{fid}/{objno}", params={"off": str(offset)}, data=data,
+                                        headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status == 200:
+                    return True
+                log.warning("replica %s refused a write of %s/%s: HTTP %s", url, fid, objno, resp.status)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            log.warning("replica %s unreachable for %s/%s: %s", url, fid, objno, e)
+        return False
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        fid = _fid(request.match_info["fid"])
+        objno = int(request.match_info["objno"])
+        self._check(request, fid, write=False)
+        offset = int(request.query.get("off", "0"))
+        length = int(request.query.get("len", str(MAX_OBJECT)))
+        self.busy += 1
+        try:
+            data = await asyncio.to_thread(self.store.read, fid, objno, offset, length)
+        finally:
+            self.busy -= 1
+        self.reads[fid] = time.time()
+        if data is None:
+            return web.Response(body=b"", headers={"X-Xos-Hole": "1"})
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def listing(self, request: web.Request) -> web.Response:
+        fid = _fid(request.match_info["fid"])
+        self._check(request, fid, write=False)
+        out = []
+        for n in self.store.objects(fid):
+            with contextlib.suppress(FileNotFoundError):
+                out.append([n, os.stat(self.store.path(fid, n)).st_size])
+        return json_response({"objects": out})
+
+    async def truncate(self, request: web.Request) -> web.Response:
+        fid = _fid(request.match_info["fid"])
+        self._check(request, fid, write=True)
+        body = await read_body(request)
+        size, stripe, epoch = int(body["size"]), int(body["stripe_size"]), int(body["epoch"])
+        self.epochs[fid] = max(epoch, self.epochs.get(fid, 0))
+        await asyncio.to_thread(self.store.truncate, fid, size, stripe)
+        return json_response({"size": size})
+
+    async def fsync(self, request: web.Request) -> web.Response:
+        fid = _fid(request.match_info["fid"])
+        self._check(request, fid, write=True)
+        await asyncio.to_thread(self.store.fsync, fid)
+        return json_response({})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        fid = _fid(request.match_info["fid"])
+        who = self.auth.request(request, service_ok=True)
+        if not who.service:
+            raise CapabilityInvalid("only the MRC deletes files")
+        await asyncio.to_thread(self.store.delete, fid)
+        self.epochs.pop(fid, None)
+        return json_response({})
+
+    def status(self) -> dict[str, Any]:
+        st = os.statvfs(self.cfg.dir)
+        return {"id": self.cfg.id, "url": self.cfg.url, "capacity": st.f_blocks * st.f_frsize,
+                "free": st.f_bavail * st.f_frsize, "load": float(self.busy)}
+
+    async def info(self, request: web.Request) -> web.Response:
+        return json_response(self.status())
+
+    async def heartbeat(self) -> None:
+        """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""
+        assert self.session is not None
+        headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
+        while True:
+            reads, self.reads = self.reads, {}
+            try:
+                async with self.session.post(f"{self.cfg.mrc}/v1/osds/heartbeat", json={**self.status(),
+                                             "reads": reads}, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    if resp.status != 200:
+                        log.warning("MRC refused the heartbeat: HTTP %s %s", resp.status, await resp.text())
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                self.reads.update(reads)
+                log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
+            await asyncio.sleep(HEARTBEAT)
+
+
+def make_app(osd: OSD) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_OBJECT + (1 << 20))
+    app.router.add_put("/v1/o/{fid}/{objno:[0-9]+}", osd.put)
+    app.router.add_get("/v1/o/{fid}/{objno:[0-9]+}", osd.get)
+    app.router.add_get("/v1/o/{fid}", osd.listing)
+    app.router.add_post("/v1/o/{fid}/truncate", osd.truncate)
+    app.router.add_post("/v1/o/{fid}/fsync", osd.fsync)
+    app.router.add_delete("/v1/o/{fid}", osd.delete)
+    app.router.add_get("/v1/status", osd.info)
+    return app
+
+
+async def serve_osd(cfg: OsdConfig) -> None:
+    """Run an OSD until SIGTERM or SIGINT."""
+    osd = OSD(cfg)
+    osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+    runner = web.AppRunner(make_app(osd), access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    host, _, port = cfg.listen.rpartition(":")
+    await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
+    beat = asyncio.create_task(osd.heartbeat())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
+    try:
+        await stop.wait()
+    finally:
+        beat.cancel()
+        await runner.cleanup()
+        await osd.session.close()

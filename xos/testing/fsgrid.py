@@ -1,0 +1,312 @@
+"""A grid file system on one machine: an MRC, OSDs and client hosts, each in its own network namespace.
+
+Used by the tests, the demo and the benchmark. The FUSE mounts are made by processes inside a
+client host's network namespace but in this mount namespace, so the caller reads and writes
+them with plain file calls. Everything is removed on teardown, also after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+
+from xos import credential, network
+from xos import spawn as sp
+from xos.testing import TestNode, netns, wait_for
+
+FS_NET = "198.18.1"
+MRC_PORT = 32636
+OSD_PORT = 32640
+
+
+@dataclass
+class Proc:
+    """A daemon in a host's namespace."""
+
+    argv: list[str]
+    log: str
+    pid: int = 0
+    pidfd: int = -1
+
+    def alive(self) -> bool:
+        if self.pidfd < 0:
+            return False
+        info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
+        if info is None:
+            return True
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return False
+
+    def send(self, sig: int) -> None:
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                sp.pidfd_send_signal(self.pidfd, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        """Signal and wait; SIGKILL if it lingers."""
+        self.send(sig)
+        try:
+            wait_for(lambda: not self.alive(), timeout, f"{self.argv[3:5]} to exit")
+        except TimeoutError:
+            self.send(signal.SIGKILL)
+            wait_for(lambda: not self.alive(), timeout, f"{self.argv[3:5]} to die")
+
+
+@dataclass
+class Host:
+    """A network namespace on the grid bridge with an address."""
+
+    name: str
+    index: int
+    netns_path: str
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{FS_NET}.{10 + self.index}"
+
+
+class FsGrid:
+    """MRC, `osds` OSDs and `clients` client hosts; VOs vo-a and vo-b with credentials for their members."""
+
+    __test__ = False
+
+    def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0) -> None:
+        self.tag = secrets.token_hex(2)
+        self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
+        os.chmod(self.base, 0o755)
+        self.bridge = f"xf{self.tag}"
+        self.n_osds, self.n_clients = osds, clients
+        self.grace, self.idle = grace, idle
+        self.hosts: list[Host] = []
+        self.mrc: Host | None = None
+        self.osds: list[Host] = []
+        self.clients: list[Host] = []
+        self.mounts: list[tuple[str, Proc]] = []
+        self.trust = os.path.join(self.base, "trust")
+        self.key = os.path.join(self.base, "fs.key")
+        self._vo_keys: dict[str, object] = {}
+
+    def __enter__(self) -> FsGrid:
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    @property
+    def mrc_url(self) -> str:
+        assert self.mrc is not None
+        return f"http://{self.mrc.address}:{MRC_PORT}"
+
+    def osd_url(self, i: int) -> str:
+        return f"http://{self.osds[i].address}:{OSD_PORT}"
+
+    def _build(self) -> None:
+        with open(os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))
+        trust = credential.TrustStore(self.trust)
+        for vo in ("vo-a", "vo-b"):
+            key = credential.new_key(os.path.join(self.base, "vo", f"{vo}.key"))
+            self._vo_keys[vo] = key
+            trust.trust(vo, credential.public_pem(key.public_key()))
+        names = ["mrc"] + [f"osd{i}" for i in range(self.n_osds)] + [f"client{i}" for i in range(self.n_clients)]
+        with IPRoute(use_socket=network.netlink_socket()) as ipr:
+            ipr.link("add", ifname=self.bridge, kind="bridge")
+            br = ipr.link_lookup(ifname=self.bridge)[0]
+            ipr.addr("add", index=br, address=f"{FS_NET}.1", prefixlen=24)
+            ipr.link("set", index=br, state="up")
+            for i, name in enumerate(names):
+                host = Host(name, i, netns.create(f"xos-fs-{self.tag}-{name}"))
+                self.hosts.append(host)
+                self._wire(ipr, br, host)
+        self.mrc = self.hosts[0]
+        self.osds = self.hosts[1:1 + self.n_osds]
+        self.clients = self.hosts[1 + self.n_osds:]
+        self.start_mrc()
+        for i in range(self.n_osds):
+            self.start_osd(i)
+        wait_for(lambda: sum(bool(o["alive"]) for o in self.osd_list()) == self.n_osds, 20, "every OSD to register")
+
+    def _wire(self, ipr: IPRoute, br: int, host: Host) -> None:
+        veth = f"xf{self.tag}{host.index}"
+        nsfd = os.open(host.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=veth, kind="veth", peer={"ifname": f"{veth}p", "net_ns_fd": nsfd})
+            idx = ipr.link_lookup(ifname=veth)[0]
+            ipr.link("set", index=idx, master=br, state="up")
+            with IPRoute(use_socket=network.netlink_socket(nsfd)) as inner:
+                inner.link("set", index=inner.link_lookup(ifname="lo")[0], state="up")
+                peer = inner.link_lookup(ifname=f"{veth}p")[0]
+                inner.link("set", index=peer, ifname="eth0", state="up")
+                inner.addr("add", index=peer, address=host.address, prefixlen=24)
+        finally:
+            os.close(nsfd)
+
+    def spawn(self, host: Host, args: list[str], log_name: str) -> Proc:
+        """Start `xos ARGS` inside a host's network namespace."""
+        argv = [sys.executable, "-m", "xos.cli", *args]
+        proc = Proc(argv, os.path.join(self.base, log_name))
+        env = {**os.environ, "XOS_HOME": os.path.join(self.base, host.name), "XOS_RUN": os.path.join(self.base, "run")}
+        os.makedirs(env["XOS_HOME"], exist_ok=True)
+        nsfd = os.open(host.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        logfd = os.open(proc.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            proc.pid = sp.spawn(sp.SpawnSpec(argv=argv, env=env, ns_pidfd=nsfd, ns_flags=sp.CLONE_NEWNET,
+                                             stdin=null, stdout=logfd, stderr=logfd, cwd=self.base,
+                                             pdeathsig=signal.SIGTERM))
+        finally:
+            for fd in (nsfd, logfd, null):
+                os.close(fd)
+        proc.pidfd = sp.pidfd_open(proc.pid)
+        host.procs.append(proc)
+        return proc
+
+    def start_mrc(self) -> Proc:
+        assert self.mrc is not None
+        proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
+                                     "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle)],
+                          "mrc.log")
+        wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
+        return proc
+
+    def start_osd(self, i: int) -> Proc:
+        host = self.osds[i]
+        data = os.path.join(self.base, host.name, "data")
+        os.makedirs(data, exist_ok=True)
+        return self.spawn(host, ["serve", "osd", "--id", host.name, "--dir", data, "--listen",
+                                 f"{host.address}:{OSD_PORT}", "--mrc", self.mrc_url, "--key", self.key,
+                                 "--trust", self.trust], f"{host.name}.log")
+
+    def osd_dir(self, i: int) -> str:
+        return os.path.join(self.base, self.osds[i].name, "data")
+
+    def _answers(self, proc: Proc, url: str) -> bool:
+        import urllib.error
+        import urllib.request
+
+        if not proc.alive():
+            with open(proc.log) as f:
+                raise RuntimeError(f"{proc.argv[3:5]} exited at start-up:\n{f.read()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # it answers, if only to refuse
+        except OSError:
+            return False
+
+    def osd_list(self) -> list[dict[str, object]]:
+        from xos.fs.capability import load_secret, service_token
+        from xos.fs.client import Client
+
+        c = Client(self.mrc_url, "", "")
+        c._auth = {"Authorization": f"Service {service_token(load_secret(self.key), 'test')}"}
+        try:
+            return list(c._json("GET", f"{self.mrc_url}/v1/osds")["osds"])
+        finally:
+            c.close()
+
+    def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600) -> str:
+        """A credential of `user` in `vo`, signed by the VO's key."""
+        token, _ = credential.issue(self._vo_keys[vo], user, vo, ["member"], [], ttl)  # type: ignore[arg-type]
+        return token
+
+    def cred_file(self, user: str, vo: str = "vo-a") -> str:
+        path = os.path.join(self.base, f"{user}.{vo}.cred")
+        if not os.path.exists(path):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(self.credential(user, vo))
+        return path
+
+    def client(self, volume: str, user: str = "alice", vo: str = "vo-a") -> object:
+        """A Python API client (from this namespace: the grid bridge is reachable from the host)."""
+        from xos.fs.client import Client
+
+        return Client(self.mrc_url, volume, self.credential(user, vo))
+
+    def cli(self, *args: str, host: Host | None = None) -> tuple[int, str, str]:
+        """`xos ARGS` in a client host's namespace: (status, stdout, stderr)."""
+        host = host or self.clients[0]
+        out = os.path.join(self.base, f"cli-{secrets.token_hex(4)}.out")
+        proc = self.spawn(host, list(args), os.path.basename(out))
+        wait_for(lambda: not proc.alive(), 300, f"xos {' '.join(args[:2])}")
+        host.procs.remove(proc)
+        with open(out) as f:
+            text = f.read()
+        os.unlink(out)
+        status = 0 if "xos: error" not in text else 1
+        return status, text, text
+
+    def mkvol(self, name: str, user: str = "alice", vo: str = "vo-a", **opts: object) -> None:
+        c = self.client(name, user, vo)
+        try:
+            c._json("POST", f"{self.mrc_url}/v1/volumes", {"name": name, **opts})  # type: ignore[attr-defined]
+        finally:
+            c.close()  # type: ignore[attr-defined]
+
+    def mount(self, client: int, volume: str, user: str = "alice", vo: str = "vo-a") -> str:
+        """Mount `volume` from client host `client` as `user`; the mount point."""
+        mp = os.path.join(self.base, f"mnt-{client}-{volume}-{user}")
+        os.makedirs(mp, exist_ok=True)
+        proc = self.spawn(self.clients[client], ["fs", "mount", f"{self.mrc_url}/{volume}", mp, "--foreground",
+                                                 "--cred", self.cred_file(user, vo)], f"mount-{client}-{user}.log")
+        self.mounts.append((mp, proc))
+
+        def mounted() -> bool:
+            if not proc.alive():
+                with open(proc.log) as f:
+                    raise RuntimeError(f"mount exited:\n{f.read()[-3000:]}")
+            with open("/proc/self/mountinfo") as f:
+                return any(line.split()[4] == mp for line in f)
+
+        wait_for(mounted, 20, f"{mp} to be mounted")
+        return mp
+
+    def umount(self, mp: str) -> None:
+        for entry in list(self.mounts):
+            if entry[0] == mp:
+                with contextlib.suppress(OSError, Exception):
+                    sp.umount(mp, sp.lib.MNT_DETACH)
+                entry[1].stop()
+                self.mounts.remove(entry)
+
+    def logs(self) -> dict[str, str]:
+        out = {}
+        for name in os.listdir(self.base):
+            if name.endswith(".log"):
+                with open(os.path.join(self.base, name)) as f:
+                    out[name] = f.read()
+        return out
+
+    def unexpected_warnings(self, allowed: list[str]) -> list[str]:
+        return [f"{n}: {w}" for n, text in self.logs().items() for w in TestNode.scan_log(text, allowed)
+                if not n.startswith("mount-")]
+
+    def teardown(self) -> None:
+        """Unmount, stop every process, remove namespaces, links and files."""
+        for mp, _ in list(self.mounts):
+            self.umount(mp)
+        for host in self.hosts:
+            for proc in host.procs:
+                with contextlib.suppress(Exception):
+                    proc.stop(timeout=10)
+            netns.remove(host.netns_path)
+        with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
+            for idx in ipr.link_lookup(ifname=self.bridge):
+                ipr.link("del", index=idx)
+        shutil.rmtree(self.base, ignore_errors=True)
