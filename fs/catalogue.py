@@ -297,15 +297,19 @@ class Catalogue:
             parent, name = self._parent(tx, volume, path, c)
             return self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c).attrs()
 
-    def create(self, volume: str, path: str, mode: int, c: Caller, exclusive: bool = True) -> dict[str, Any]:
-        """A new empty regular file (inline until it grows); with exclusive=False an existing file is opened."""
+    def create(self, volume: str, path: str, mode: int, c: Caller, exclusive: bool = True) -> Inode:
+        """A new empty regular file (inline until it grows), open for writing whatever its mode, as POSIX's
+        creat(2); with exclusive=False an existing file is opened if the caller may write it."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
             if not exclusive:
                 old = self._child(tx, parent, name, c)
                 if old is not None:
-                    return old.attrs()
-            return self._new(tx, volume, parent, name, stat.S_IFREG | (mode & 0o7777), c, inline=b"").attrs()
+                    if old.is_dir:
+                        raise IsADirectory(f"{path} is a directory")
+                    _may(old, c, W)
+                    return old
+            return self._new(tx, volume, parent, name, stat.S_IFREG | (mode & 0o7777), c, inline=b"")
 
     def symlink(self, volume: str, target: str, path: str, c: Caller) -> dict[str, Any]:
         if not isinstance(target, str) or not target or "\0" in target or len(target) > 4095:

@@ -121,9 +121,9 @@ class Client:
             raise from_json(reply, status)
         return reply
 
-    def op(self, name: str, **body: Any) -> Any:
+    def op(self, verb: str, /, **body: Any) -> Any:
         """One file-system operation at the MRC."""
-        return self._json("POST", f"{self.url}/v1/volumes/{self.volume}/fs/{name}", body)
+        return self._json("POST", f"{self.url}/v1/volumes/{self.volume}/fs/{verb}", body)
 
     # metadata
 

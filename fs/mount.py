@@ -41,7 +41,10 @@ def _errno(fn: F) -> F:
         except mfusepy.FuseOSError:
             raise
         except XosError as e:
-            raise mfusepy.FuseOSError(errno_of(e)) from None
+            err = errno_of(e)
+            if err == errno.EIO:  # the file system failed, not the caller: say why
+                log.warning("%s: %s", fn.__name__, e)
+            raise mfusepy.FuseOSError(err) from None
         except Exception as e:  # a bug must show as EIO and a log line, not kill the mount
             if not isinstance(e, OSError):
                 log.exception("%s failed", fn.__name__)

@@ -148,8 +148,9 @@ class MRC:
         return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
 
     async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c, field(b, "exclusive", bool, True))
-        return await self.op_open(v, c, {"path": b["path"], "write": True})
+        node = self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c,
+                               field(b, "exclusive", bool, True))
+        return self._opened(node, c, True)
 
     async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)
@@ -186,7 +187,9 @@ class MRC:
 
     async def op_open(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         write = field(b, "write", bool, False)
-        node = self.cat.open(v, field(b, "path", str), c, write)
+        return self._opened(self.cat.open(v, field(b, "path", str), c, write), c, write)
+
+    def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
         return {"attrs": node.attrs(), "fid": node.fid, "inline": _b64(node.inline), "cap": self.cap(node, c, write),
                 "xloc": self.xloc(node), "epoch": node.epoch}
 

@@ -38,7 +38,16 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object of a request; BadRequest for anything else."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadRequest(f"request body over {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
+    # StreamReader.read(n) returns what has arrived so far, so a body in several TCP segments
+    # needs the loop (found with 64 KiB inline files of the grid file system).
+    chunks, size = [], 0
+    while size <= MAX_BODY:
+        chunk = await request.content.read(MAX_BODY + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    raw = b"".join(chunks)
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body over {MAX_BODY} bytes")
     if not raw:

@@ -309,4 +309,10 @@ class FsGrid:
         with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
             for idx in ipr.link_lookup(ifname=self.bridge):
                 ipr.link("del", index=idx)
+        if os.environ.get("XOS_KEEP_LOGS"):  # for a developer chasing a failure
+            keep = os.path.join(os.environ["XOS_KEEP_LOGS"], os.path.basename(self.base))
+            os.makedirs(keep, exist_ok=True)
+            for name in os.listdir(self.base):
+                if name.endswith(".log"):
+                    shutil.copy(os.path.join(self.base, name), keep)
         shutil.rmtree(self.base, ignore_errors=True)

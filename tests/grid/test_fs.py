@@ -1,0 +1,444 @@
+"""The grid file system through real FUSE mounts: POSIX behaviour, real programs, two mounts, security.
+
+One grid (MRC, 3 OSDs, 2 client hosts in their own network namespaces) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+
+import pytest
+
+from xos.fs import capability
+from xos.fs.capability import Capability
+from xos.testing.fsgrid import FsGrid
+
+BAD_INPUT_WARNINGS = ["refused", "unreachable"]
+
+
+@pytest.fixture(scope="module")
+def grid():
+    with FsGrid(osds=3, clients=2) as g:
+        g.mkvol("data")
+        g.mkvol("striped", stripe_size=65536, stripe_width=3)
+        g.mkvol("shared", acl={"vo-b": "r"})
+        yield g
+        bad = g.unexpected_warnings(BAD_INPUT_WARNINGS)
+        assert not bad, bad
+
+
+@pytest.fixture(scope="module")
+def mnt(grid):
+    return grid.mount(0, "data")
+
+
+@pytest.fixture
+def d(mnt, request):
+    """A fresh directory on the mount for one test."""
+    path = os.path.join(mnt, request.node.name.replace("[", "_").replace("]", ""))
+    os.mkdir(path)
+    return path
+
+
+def test_create_read_write_at_offsets_and_sparse(d):
+    p = os.path.join(d, "f")
+    with open(p, "wb") as f:
+        f.write(b"a" * 100)
+    with open(p, "r+b") as f:
+        f.seek(50)
+        f.write(b"B" * 10)
+        f.seek(3 << 20)  # far past the end: a hole, then data in another object
+        f.write(b"end")
+    with open(p, "rb") as f:
+        data = f.read()
+    assert len(data) == (3 << 20) + 3
+    assert data[:50] == b"a" * 50 and data[50:60] == b"B" * 10 and data[60:100] == b"a" * 40
+    assert data[100:3 << 20] == bytes((3 << 20) - 100)
+    assert data[-3:] == b"end"
+    assert os.stat(p).st_size == (3 << 20) + 3
+
+
+def test_truncate_shrinks_and_extends_with_zeros(d):
+    p = os.path.join(d, "t")
+    payload = os.urandom(2 << 20)
+    with open(p, "wb") as f:
+        f.write(payload)
+    os.truncate(p, 1000)
+    assert os.stat(p).st_size == 1000
+    os.truncate(p, 3 << 20)
+    with open(p, "rb") as f:
+        data = f.read()
+    assert data[:1000] == payload[:1000]
+    assert data[1000:] == bytes((3 << 20) - 1000)
+    small = os.path.join(d, "small")
+    with open(small, "wb") as f:
+        f.write(b"xyz")
+    os.truncate(small, 5 << 20)  # an inline file extended past the inline limit
+    with open(small, "rb") as f:
+        assert f.read() == b"xyz" + bytes((5 << 20) - 3)
+
+
+def test_rename_is_atomic_over_existing_and_across_directories(d):
+    os.mkdir(os.path.join(d, "a"))
+    os.mkdir(os.path.join(d, "b"))
+    src, dst = os.path.join(d, "a", "new"), os.path.join(d, "b", "cur")
+    with open(dst, "wb") as f:
+        f.write(b"old")
+    with open(src, "wb") as f:
+        f.write(b"new contents")
+    os.rename(src, dst)
+    assert not os.path.exists(src)
+    with open(dst, "rb") as f:
+        assert f.read() == b"new contents"
+    os.rename(os.path.join(d, "a"), os.path.join(d, "b", "moved"))
+    assert os.listdir(os.path.join(d, "b")) == ["cur", "moved"] or sorted(os.listdir(os.path.join(d, "b"))) == [
+        "cur", "moved"]
+    with pytest.raises(OSError) as e:
+        os.rename(os.path.join(d, "b"), os.path.join(d, "b", "moved", "inside"))
+    assert e.value.errno == errno.EINVAL
+
+
+def test_unlink_of_an_open_file_keeps_its_data_until_close(d):
+    p = os.path.join(d, "open")
+    with open(p, "wb") as f:
+        f.write(b"still here" * 1000)
+    f = open(p, "rb")
+    try:
+        os.unlink(p)
+        assert "open" not in os.listdir(d)
+        assert f.read() == b"still here" * 1000
+    finally:
+        f.close()
+    assert [n for n in os.listdir(d) if not n.startswith(".fuse_hidden")] == []
+
+
+def test_mkdir_rmdir_and_errors(d):
+    sub = os.path.join(d, "sub")
+    os.mkdir(sub)
+    with pytest.raises(FileExistsError):
+        os.mkdir(sub)
+    open(os.path.join(sub, "x"), "wb").close()
+    with pytest.raises(OSError) as e:
+        os.rmdir(sub)
+    assert e.value.errno == errno.ENOTEMPTY
+    os.unlink(os.path.join(sub, "x"))
+    os.rmdir(sub)
+    assert not os.path.exists(sub)
+    with pytest.raises(FileNotFoundError):
+        os.stat(os.path.join(d, "nothing"))
+
+
+def test_symlinks_and_hard_links(d):
+    target = os.path.join(d, "target")
+    with open(target, "wb") as f:
+        f.write(b"T")
+    os.symlink("target", os.path.join(d, "sym"))
+    assert os.readlink(os.path.join(d, "sym")) == "target"
+    with open(os.path.join(d, "sym"), "rb") as f:
+        assert f.read() == b"T"
+    os.link(target, os.path.join(d, "hard"))
+    assert os.stat(target).st_nlink == 2
+    assert os.stat(target).st_ino == os.stat(os.path.join(d, "hard")).st_ino
+    os.unlink(target)
+    with open(os.path.join(d, "hard"), "rb") as f:
+        assert f.read() == b"T"
+    assert os.stat(os.path.join(d, "hard")).st_nlink == 1
+
+
+def test_chmod_chown_utimens(d):
+    p = os.path.join(d, "m")
+    open(p, "wb").close()
+    os.chmod(p, 0o640)
+    assert os.stat(p).st_mode & 0o7777 == 0o640
+    os.utime(p, ns=(1_000_000_000_000_000_000, 1_500_000_000_123_456_000))
+    st = os.stat(p)
+    assert st.st_mtime_ns // 1000 == 1_500_000_000_123_456
+    # the mounting identity shows as the mounting user; chown to oneself is allowed
+    os.chown(p, os.getuid(), os.getgid())
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+    with pytest.raises(OSError) as e:
+        os.chown(p, 12345, -1)  # no grid identity behind that account
+    assert e.value.errno in (errno.EINVAL, errno.EPERM)
+
+
+def test_user_xattrs(d):
+    p = os.path.join(d, "x")
+    open(p, "wb").close()
+    os.setxattr(p, "user.colour", b"blue")
+    assert os.getxattr(p, "user.colour") == b"blue"
+    assert "user.colour" in os.listxattr(p)
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "user.colour", b"red", os.XATTR_CREATE)
+    assert e.value.errno == errno.EEXIST
+    os.removexattr(p, "user.colour")
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, "user.colour")
+    assert e.value.errno == errno.ENODATA
+
+
+def test_statfs_and_fsync(d, grid):
+    st = os.statvfs(d)
+    assert st.f_blocks > 0 and st.f_bavail > 0
+    p = os.path.join(d, "durable")
+    with open(p, "wb") as f:
+        f.write(os.urandom(3 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        # fsync made the size known at the MRC before close: another client sees it
+        c = grid.client("data")
+        try:
+            assert c.stat("/" + os.path.relpath(p, os.path.dirname(d)))["size"] == 3 << 20
+        finally:
+            c.close()
+
+
+def test_flock_and_fcntl_locks_among_processes(d):
+    p = os.path.join(d, "lock")
+    open(p, "wb").close()
+    probe = ("import fcntl,sys\nf=open(sys.argv[1],'rb+')\n"
+             "try:\n fcntl.{fn}(f, fcntl.LOCK_EX | fcntl.LOCK_NB{extra})\n print('got')\n"
+             "except BlockingIOError:\n print('busy')\n")
+    with open(p, "rb+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        out = subprocess.run([sys.executable, "-c", probe.format(fn="flock", extra=""), p], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == "busy"
+        fcntl.flock(f, fcntl.LOCK_UN)
+        fcntl.lockf(f, fcntl.LOCK_EX)
+        out = subprocess.run([sys.executable, "-c", probe.format(fn="lockf", extra=""), p], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == "busy"
+    out = subprocess.run([sys.executable, "-c", probe.format(fn="lockf", extra=""), p], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "got"
+
+
+def test_small_files_live_in_the_mrc(d, grid):
+    p = os.path.join(d, "tiny")
+    with open(p, "wb") as f:
+        f.write(b"tiny file")
+    c = grid.client("data")
+    try:
+        rel = "/" + os.path.relpath(p, os.path.dirname(d))
+        info = c.replicas(rel)
+        assert info["attrs"]["inline"] and info["xloc"] is None
+        for i in range(3):
+            assert not os.path.exists(os.path.join(grid.osd_dir(i), "objects", info["fid"][:2], info["fid"]))
+    finally:
+        c.close()
+
+
+def test_tarball_unpacks_identically(d, tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    tree = src / "proj"
+    for i in range(30):
+        sub = tree / f"dir{i % 5}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"file{i}.c").write_bytes(os.urandom(100 + i * 3000))
+    (tree / "link").symlink_to("dir0/file0.c")
+    tarball = src / "proj.tar"
+    with tarfile.open(tarball, "w") as t:
+        t.add(tree, arcname="proj")
+    subprocess.run(["tar", "-xf", str(tarball), "-C", d], check=True)
+    diff = subprocess.run(["diff", "-r", "--no-dereference", str(tree), os.path.join(d, "proj")],
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_git_commit_of_200_files_passes_fsck(d):
+    repo = os.path.join(d, "repo")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x", "HOME": d}
+    subprocess.run(["git", "init", "-q", repo], check=True, env=env)
+    for i in range(200):
+        with open(os.path.join(repo, f"f{i:03}.txt"), "w") as f:
+            f.write(f"file {i}\n" * (i + 1))
+    subprocess.run(["git", "-C", repo, "add", "."], check=True, env=env)
+    subprocess.run(["git", "-C", repo, "commit", "-qm", "200 files"], check=True, env=env)
+    fsck = subprocess.run(["git", "-C", repo, "fsck", "--full"], capture_output=True, text=True, env=env)
+    assert fsck.returncode == 0, fsck.stderr
+    files = subprocess.run(["git", "-C", repo, "ls-files"], capture_output=True, text=True, check=True, env=env)
+    assert len(files.stdout.split()) == 200
+
+
+def test_sqlite_inserts_10000_rows(d):
+    db = sqlite3.connect(os.path.join(d, "t.db"))
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    with db:
+        db.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}",) for i in range(10000)])
+    db.close()
+    db = sqlite3.connect(os.path.join(d, "t.db"))
+    assert db.execute("SELECT count(*), sum(id) FROM t").fetchone() == (10000, 10000 * 10001 // 2)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+
+
+def test_copy_of_1gib_compares_equal(d, tmp_path_factory):
+    local = tmp_path_factory.mktemp("big") / "big"
+    block = os.urandom(1 << 20)
+    with open(local, "wb") as f:
+        for i in range(1024):
+            f.write(block[i:] + block[:i])
+    dst = os.path.join(d, "big")
+    subprocess.run(["cp", str(local), dst], check=True)
+    assert subprocess.run(["cmp", str(local), dst]).returncode == 0
+    os.unlink(dst)
+    os.unlink(local)
+
+
+def test_close_to_open_between_two_mounts_on_two_nodes(grid, mnt):
+    other = grid.mount(1, "data", user="bob")
+    try:
+        payload = os.urandom(3 << 20) + b"tail"
+        with open(os.path.join(mnt, "c2o"), "wb") as f:
+            f.write(payload)
+        with open(os.path.join(other, "c2o"), "rb") as f:
+            assert f.read() == payload
+        with open(os.path.join(mnt, "c2o"), "r+b") as f:
+            f.write(b"CHANGED")
+        with open(os.path.join(other, "c2o"), "rb") as f:
+            assert f.read(7) == b"CHANGED"
+    finally:
+        grid.umount(other)
+
+
+def test_stripe_width_3_puts_objects_on_3_osds(grid):
+    mp = grid.mount(0, "striped")
+    try:
+        payload = os.urandom(64 * 1024 * 10)
+        with open(os.path.join(mp, "s"), "wb") as f:
+            f.write(payload)
+        with open(os.path.join(mp, "s"), "rb") as f:
+            assert f.read() == payload
+        c = grid.client("striped")
+        try:
+            info = c.replicas("/s")
+        finally:
+            c.close()
+        assert info["xloc"]["stripe_width"] == 3 and len(set(info["xloc"]["replicas"][0]["osds"])) == 3
+        holders = [i for i in range(3) if os.listdir(os.path.join(grid.osd_dir(i), "objects", info["fid"][:2],
+                                                                   info["fid"]))]
+        assert holders == [0, 1, 2]
+    finally:
+        grid.umount(mp)
+
+
+def _osd_get(grid, fid, token, cred):
+    req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/0",
+                                 headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, {}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]
+
+
+def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
+    alice, bob = grid.credential("alice"), grid.credential("bob")
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    fid = "ab" * 16
+    good = Capability(fid, "rw", time.time() + 60, 0, 1, "alice@vo-a")
+    assert _osd_get(grid, fid, capability.sign(secret, good), alice)[0] == 200
+    forged = capability.sign(b"not the key at all", good)
+    expired = capability.sign(secret, Capability(fid, "rw", time.time() - 1, 0, 1, "alice@vo-a"))
+    other_file = capability.sign(secret, Capability("cd" * 16, "rw", time.time() + 60, 0, 1, "alice@vo-a"))
+    for token, cred, words in ((forged, alice, "signature"), (expired, alice, "expired"),
+                               (capability.sign(secret, good), bob, "issued to alice@vo-a"),
+                               (other_file, alice, "is for file")):
+        status, err = _osd_get(grid, fid, token, cred)
+        assert status == 403 and err["code"] == "capability-invalid" and words in err["message"], err
+    status, err = _osd_get(grid, fid, capability.sign(secret, good), "garbage")
+    assert status == 401 and err["code"] == "credential-malformed"
+
+
+def test_other_vo_refused_unless_the_acl_lets_them_in(grid):
+    carol = grid.client("data", "carol", "vo-b")
+    try:
+        with pytest.raises(Exception) as e:
+            carol.listdir("/")
+        assert getattr(e.value, "code", "") == "access-denied"
+    finally:
+        carol.close()
+    alice = grid.client("shared")
+    try:
+        with alice.open("/readme", "wb") as f:
+            f.write(b"for everyone")
+    finally:
+        alice.close()
+    carol = grid.client("shared", "carol", "vo-b")
+    try:
+        with carol.open("/readme") as f:
+            assert f.read() == b"for everyone"
+        with pytest.raises(Exception) as e:
+            carol.open("/mine", "wb")
+        assert getattr(e.value, "code", "") == "access-denied"
+    finally:
+        carol.close()
+
+
+@pytest.mark.parametrize("path", ["/../etc", "/a/../../x", "/a\0b", "relative", "/" + "n" * 300])
+def test_paths_never_escape_a_volume(grid, path):
+    c = grid.client("data")
+    try:
+        with pytest.raises(Exception) as e:
+            c.mkdir(path)
+        assert getattr(e.value, "code", "") in ("bad-path", "name-too-long")
+    finally:
+        c.close()
+
+
+def test_garbage_on_the_mrc_and_osd_sockets_gets_a_clear_error(grid):
+    for url in (f"{grid.mrc_url}/v1/volumes/data/fs/getattr", f"{grid.osd_url(1)}/v1/o/zz/0"):
+        req = urllib.request.Request(url, data=b"\x00\xffnot json", method="POST",
+                                     headers={"Authorization": f"Bearer {grid.credential('alice')}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code in (400, 405)
+        assert "error" in json.loads(e.value.read())
+    c = grid.client("data")
+    try:
+        assert c.stat("/")["mode"] & 0o040000
+    finally:
+        c.close()
+
+
+def test_a_file_removed_leaves_no_objects_behind(grid, d):
+    p = os.path.join(d, "gone")
+    with open(p, "wb") as f:
+        f.write(os.urandom(2 << 20))
+    c = grid.client("data")
+    try:
+        fid = c.replicas("/" + os.path.relpath(p, os.path.dirname(d)))["fid"]
+    finally:
+        c.close()
+    where = [os.path.join(grid.osd_dir(i), "objects", fid[:2], fid) for i in range(3)]
+    assert any(os.path.exists(w) for w in where)
+    os.unlink(p)
+    from xos.testing import wait_for
+    wait_for(lambda: not any(os.path.exists(w) for w in where), 20, "the objects of a removed file to go")
+
+
+def test_sha_of_a_file_written_through_the_python_api_matches_the_mount(grid, mnt):
+    c = grid.client("data")
+    payload = os.urandom((5 << 20) + 17)
+    try:
+        with c.open("/api-file", "wb") as f:
+            f.write(payload)
+    finally:
+        c.close()
+    with open(os.path.join(mnt, "api-file"), "rb") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(payload).digest()
+    shutil.copy(os.path.join(mnt, "api-file"), os.path.join(mnt, "copy"))
+    assert os.stat(os.path.join(mnt, "copy")).st_size == len(payload)
