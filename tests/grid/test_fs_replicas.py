@@ -1,0 +1,177 @@
+"""Replicas of the grid file system: failover, rebuilding, corruption, and an MRC killed and restarted."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+
+import pytest
+
+from xos.testing import wait_for
+from xos.testing.fsgrid import FsGrid
+
+# What the tests below provoke on purpose: OSDs killed, objects corrupted.
+PROVOKED = ["unreachable", "refused", "replica", "not reachable", "does not match its checksum", "object-corrupt",
+            "dropped"]
+
+
+@pytest.fixture
+def grid():
+    with FsGrid(osds=3, clients=1, grace=2.0) as g:
+        g.mkvol("rep", replicas=2)
+        yield g
+        bad = g.unexpected_warnings(PROVOKED)
+        assert not bad, bad
+
+
+def _replicas(grid, path, volume="rep"):
+    c = grid.client(volume)
+    try:
+        return c.replicas(path)
+    finally:
+        c.close()
+
+
+def _write_pattern(path, mib):
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(mib):
+            block = hashlib.sha512(str(i).encode()).digest() * (1 << 14)
+            h.update(block)
+            f.write(block)
+    return h.hexdigest()
+
+
+def test_read_survives_an_osd_killed_mid_read_and_the_replica_count_comes_back(grid):
+    mp = grid.mount(0, "rep")
+    digest = _write_pattern(os.path.join(mp, "big"), 500)
+    info = _replicas(grid, "/big")
+    assert len(info["xloc"]["replicas"]) == 2
+    first = info["xloc"]["replicas"][0]["osds"][0]
+    victim = next(i for i, h in enumerate(grid.osds) if h.name == first)
+    h = hashlib.sha256()
+    done = threading.Event()
+    with open(os.path.join(mp, "big"), "rb") as f:
+        for n in range(500):
+            chunk = f.read(1 << 20)
+            h.update(chunk)
+            if n == 100:  # a fifth of the way in, the OSD the reader uses dies
+                grid.osds[victim].procs[0].stop(signal.SIGKILL)
+                done.set()
+        assert f.read() == b""
+    assert done.is_set()
+    assert h.hexdigest() == digest
+
+    def restored():
+        x = _replicas(grid, "/big")["xloc"]
+        return len(x["replicas"]) == 2 and all(first not in r["osds"] for r in x["replicas"])
+
+    wait_for(restored, 120, "the lost replica to be rebuilt on another OSD")
+    x = _replicas(grid, "/big")["xloc"]
+    survivors = {o for r in x["replicas"] for o in r["osds"]}
+    assert survivors == {h.name for h in grid.osds} - {first}
+    with open(os.path.join(mp, "big"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
+def test_a_corrupt_object_is_detected_and_read_from_another_replica(grid):
+    mp = grid.mount(0, "rep")
+    payload = os.urandom(3 << 20)
+    with open(os.path.join(mp, "c"), "wb") as f:
+        f.write(payload)
+    info = _replicas(grid, "/c")
+    fid, first = info["fid"], info["xloc"]["replicas"][0]["osds"][0]
+    i = next(i for i, h in enumerate(grid.osds) if h.name == first)
+    obj = os.path.join(grid.osd_dir(i), "objects", fid[:2], fid, "1")
+    with open(obj, "r+b") as f:  # one flipped byte in the middle of object 1, checksum left alone
+        f.seek(12345)
+        b = f.read(1)
+        f.seek(12345)
+        f.write(bytes([b[0] ^ 0xFF]))
+    c = grid.client("rep")
+    try:
+        with c.open("/c") as f:
+            assert f.read() == payload
+    finally:
+        c.close()
+    with open(os.path.join(mp, "c"), "rb") as f:
+        assert f.read() == payload
+
+
+def test_a_mount_succeeds_and_reads_while_an_osd_is_down(grid):
+    c = grid.client("rep")
+    payload = os.urandom(2 << 20)
+    try:
+        with c.open("/f", "wb") as f:
+            f.write(payload)
+    finally:
+        c.close()
+    grid.osds[0].procs[0].stop(signal.SIGKILL)
+    mp = grid.mount(0, "rep")
+    with open(os.path.join(mp, "f"), "rb") as f:
+        assert f.read() == payload
+    with open(os.path.join(mp, "new"), "wb") as f:  # and writes go to the live ones
+        f.write(payload)
+    with open(os.path.join(mp, "new"), "rb") as f:
+        assert f.read() == payload
+
+
+def test_mrc_killed_and_restarted_loses_nothing_acknowledged(grid):
+    mp = grid.mount(0, "rep")
+    for i in range(50):
+        with open(os.path.join(mp, f"f{i}"), "wb") as f:
+            f.write(f"file {i}".encode() * (i * 2000 + 1))
+    os.mkdir(os.path.join(mp, "dir"))
+    os.rename(os.path.join(mp, "f0"), os.path.join(mp, "dir", "moved"))
+    grid.mrc.procs[0].stop(signal.SIGKILL)
+    grid.mrc.procs.pop(0)
+    grid.start_mrc()
+    c = grid.client("rep")
+    try:
+        names = c.listdir("/")
+        assert sorted(names) == sorted(["dir"] + [f"f{i}" for i in range(1, 50)])
+        for i in range(1, 50):
+            with c.open(f"/f{i}") as f:
+                assert f.read() == f"file {i}".encode() * (i * 2000 + 1)
+        assert c.listdir("/dir") == ["moved"]
+    finally:
+        c.close()
+
+
+def test_replicate_and_unreplicate_by_hand_and_unread_extras_are_dropped(grid):
+    c = grid.client("rep")
+    payload = os.urandom(3 << 20)
+    try:
+        with c.open("/r", "wb") as f:
+            f.write(payload)
+        x = c.replicas("/r")["xloc"]
+        used = {o for r in x["replicas"] for o in r["osds"]}
+        spare = next(h.name for h in grid.osds if h.name not in used)
+        x = c.op("replicate", path="/r", osds=[spare])["xloc"]
+        assert len(x["replicas"]) == 3 and [spare] in [r["osds"] for r in x["replicas"]]
+        i = next(i for i, h in enumerate(grid.osds) if h.name == spare)
+        fid = c.replicas("/r")["fid"]
+        assert len(os.listdir(os.path.join(grid.osd_dir(i), "objects", fid[:2], fid))) == 3
+        x = c.op("unreplicate", path="/r", osd=spare)["xloc"]
+        assert len(x["replicas"]) == 2
+        assert not os.path.exists(os.path.join(grid.osd_dir(i), "objects", fid[:2], fid))
+        with c.open("/r") as f:
+            assert f.read() == payload
+    finally:
+        c.close()
+
+
+def test_unread_replicas_beyond_the_policy_are_dropped():
+    with FsGrid(osds=3, clients=1, grace=2.0, idle=2.0) as g:
+        g.mkvol("one", replicas=1)
+        c = g.client("one")
+        try:
+            with c.open("/r", "wb") as f:
+                f.write(os.urandom(2 << 20))
+            c.op("replicate", path="/r")
+            assert len(c.replicas("/r")["xloc"]["replicas"]) == 2
+            wait_for(lambda: len(c.replicas("/r")["xloc"]["replicas"]) == 1, 30, "the unread replica to go")
+        finally:
+            c.close()
