@@ -47,6 +47,7 @@ class Open:
     size: int
     xloc: Xloc | None
     inline: bytearray | None
+    attrs: dict[str, Any] = field(default_factory=dict)  # as the MRC answered the open
     refs: int = 0
     write: bool = False
     dirty: bool = False
@@ -70,7 +71,8 @@ class Client:
         self.credential = credential.strip()
         self.timeout = timeout
         self.deadline = deadline
-        self._local = threading.local()
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._pool_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xos-fs-io")
         self._opens: dict[int, Open] = {}
         self._opens_lock = threading.Lock()
@@ -82,35 +84,40 @@ class Client:
 
     # HTTP
 
-    def _conn(self, netloc: str) -> http.client.HTTPConnection:
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        c = conns.get(netloc)
-        if c is None:
-            c = conns[netloc] = http.client.HTTPConnection(netloc, timeout=self.timeout)
-        return c
-
     def _http(self, method: str, url: str, body: bytes | None = None,
               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request on this thread's kept-alive connection (once more on a fresh one if it had gone stale)."""
+        """One request on a kept-alive connection from the pool (once more on a fresh one if it had gone stale).
+
+        The pool is shared by all threads: libfuse starts and ends its threads as load comes and
+        goes, and a connection per thread made a TCP handshake part of many calls."""
         u = urllib.parse.urlsplit(url)
         target = u.path + (f"?{u.query}" if u.query else "")
         for attempt in (0, 1):
-            c = self._conn(u.netloc)
+            with self._pool_lock:
+                idle = self._idle.setdefault(u.netloc, [])
+                c = idle.pop() if idle and attempt == 0 else None
+            if c is None:
+                c = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
             try:
                 c.request(method, target, body=body, headers=headers or {})
                 r = c.getresponse()
                 data = r.read()
-                return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+                status, got = r.status, {k.lower(): v for k, v in r.getheaders()}
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
                     http.client.CannotSendRequest, http.client.ResponseNotReady) as e:
                 c.close()
                 if attempt:
                     raise Unavailable(f"{u.netloc}: {e}") from None
+                continue
             except (OSError, http.client.HTTPException) as e:
                 c.close()
                 raise Unavailable(f"{u.netloc} does not answer: {e}") from None
+            with self._pool_lock:
+                if len(idle) < 64:
+                    idle.append(c)
+                else:
+                    c.close()
+            return status, got, data
         raise AssertionError("unreachable")
 
     def _json(self, method: str, url: str, body: Any = None) -> Any:
@@ -217,7 +224,7 @@ class Client:
             st = self._opens.get(attrs["ino"])
             if st is None or st.refs == 0:
                 st = Open(attrs["ino"], r["fid"], path, r["cap"], r["epoch"], attrs["size"],
-                          Xloc.from_json(r["xloc"]) if r.get("xloc") else None, inline)
+                          Xloc.from_json(r["xloc"]) if r.get("xloc") else None, inline, attrs)
                 self._opens[st.ino] = st
             elif write and not st.write:
                 st.cap = r["cap"]
@@ -225,6 +232,10 @@ class Client:
             st.path = path
             st.refs += 1
             return st
+
+    def opened(self, ino: int) -> Open | None:
+        """The open state of inode `ino` in this client, if it is open."""
+        return self._opens.get(ino)
 
     def create_handle(self, path: str, mode: int = 0o644, exclusive: bool = True) -> Open:
         """Create a file (or open it, not exclusive) for writing."""

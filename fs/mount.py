@@ -13,7 +13,6 @@ import grp
 import logging
 import os
 import pwd
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +107,92 @@ class Accounts:
             raise mfusepy.FuseOSError(errno.EINVAL) from None
 
 
+class MetaCache:
+    """Attributes and directory listings seen within the last TTL, so stats and the kernel's lookups of
+    names that do not exist need no round trip (what the kernel's own caches do, one level down).
+
+    A directory looked up often (ls -l, find, a create loop) is fetched whole, names and attributes
+    in one call (readdirplus), instead of one getattr per entry."""
+
+    HOT = 8  # misses in one directory within a TTL that make it worth listing whole
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.attrs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.dirs: dict[str, tuple[float, set[str]]] = {}
+        self.misses: dict[str, tuple[float, int]] = {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        hit = self.attrs.get(path)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, path: str, attrs: dict[str, Any]) -> None:
+        self.attrs[path] = (time.monotonic() + self.ttl, attrs)
+
+    def absent(self, path: str) -> bool:
+        if path == "/":
+            return False
+        parent, name = os.path.split(path)
+        listing = self.dirs.get(parent)
+        return listing is not None and listing[0] > time.monotonic() and name not in listing[1]
+
+    def hot(self, path: str) -> bool:
+        """Count a miss in `path`'s directory; whether the directory is now worth listing whole."""
+        parent = os.path.dirname(path)
+        now = time.monotonic()
+        since, n = self.misses.get(parent, (now, 0))
+        if now - since > self.ttl:
+            since, n = now, 0
+        self.misses[parent] = (since, n + 1)
+        return n + 1 >= self.HOT
+
+    def listing(self, path: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        expiry = time.monotonic() + self.ttl
+        base = path.rstrip("/")
+        for name, a in entries:
+            self.attrs[f"{base}/{name}"] = (expiry, a)
+        self.dirs[path] = (expiry, {name for name, _ in entries})
+        self.misses.pop(path, None)
+
+    def added(self, path: str, attrs: dict[str, Any] | None = None) -> None:
+        parent, name = os.path.split(path)
+        listing = self.dirs.get(parent)
+        if listing is not None:
+            listing[1].add(name)
+        self.attrs.pop(parent, None)
+        if attrs is not None:
+            self.put(path, attrs)
+        else:
+            self.attrs.pop(path, None)
+
+    def removed(self, path: str) -> None:
+        gone = self.attrs.get(path)
+        if gone is None or gone[1]["nlink"] > 1:  # other names of the file change with it
+            self.relinked(gone[1]["ino"] if gone else None)
+        parent, name = os.path.split(path)
+        listing = self.dirs.get(parent)
+        if listing is not None:
+            listing[1].discard(name)
+        self.attrs.pop(parent, None)
+        self.attrs.pop(path, None)
+        self.dirs.pop(path, None)
+
+    def relinked(self, ino: int | None) -> None:
+        """Forget the attributes of every name of inode `ino` (all of them if unknown)."""
+        if ino is None:
+            self.attrs.clear()
+            return
+        for p in [p for p, (_, a) in self.attrs.items() if a["ino"] == ino]:
+            del self.attrs[p]
+
+    def changed(self, path: str) -> None:
+        self.attrs.pop(path, None)
+
+    def clear(self) -> None:
+        self.attrs.clear()
+        self.dirs.clear()
+
+
 class GridFS(mfusepy.Operations):
     """The operations libfuse calls, by path."""
 
@@ -119,7 +204,7 @@ class GridFS(mfusepy.Operations):
         self._handles: dict[int, Open] = {}
         self._next = 1
         self._lock = threading.Lock()
-        self._attrs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.cache = MetaCache(ATTR_TTL)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None:
@@ -140,14 +225,6 @@ class GridFS(mfusepy.Operations):
                 "st_atime": int(a["atime"] * 1e9), "st_mtime": int(a["mtime"] * 1e9), "st_ctime": int(a["ctime"] * 1e9),
                 "st_blocks": (size + 511) // 512, "st_blksize": IO_SIZE}
 
-    def _forget(self, *paths: str) -> None:
-        for p in paths:
-            self._attrs.pop(p, None)
-            parent = os.path.dirname(p)
-            self._attrs.pop(parent, None)
-        if any(stat.S_ISDIR(a[1]["mode"]) for p in paths for a in [self._attrs.get(p, (0, {"mode": 0}))]):
-            self._attrs.clear()
-
     def _handle(self, st: Open) -> int:
         with self._lock:
             fh = self._next
@@ -160,45 +237,50 @@ class GridFS(mfusepy.Operations):
     @_errno
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         st = self._handles.get(fh) if fh else None
-        if st is None:
-            cached = self._attrs.get(path)
-            if cached is not None and cached[0] > time.monotonic():
-                a = dict(cached[1])
+        a = self.cache.get(path)
+        if a is None and st is None:
+            if self.cache.absent(path):
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            parent = os.path.dirname(path)
+            if path != "/" and self.cache.hot(path):
+                self.cache.listing(parent, self.c.readdir(parent))
+                a = self.cache.get(path)
+                if a is None:
+                    raise mfusepy.FuseOSError(errno.ENOENT)
             else:
                 a = self.c.op("getattr", path=path)
-                self._attrs[path] = (time.monotonic() + ATTR_TTL, a)
-            st = next((s for s in self._handles.values() if s.ino == a["ino"]), None)
-        else:
-            a = dict(self.c.op("getattr", path=path)) if not self._attrs.get(path) else dict(self._attrs[path][1])
+                self.cache.put(path, a)
+        if st is None and a is not None:
+            st = self.c.opened(a["ino"])
         if st is not None:
-            a["size"] = st.size
+            a = {**(a or st.attrs), "size": st.size}
+        assert a is not None
         return self._stat(a)
 
     @_errno
     def readdir(self, path: str, fh: int) -> list[Any]:
         entries = self.c.readdir(path)
-        expiry = time.monotonic() + ATTR_TTL
-        base = path.rstrip("/")
+        self.cache.listing(path, entries)
         out: list[Any] = [".", ".."]
         for name, a in entries:
-            self._attrs[f"{base}/{name}"] = (expiry, a)
             out.append((name, self._stat(a), 0))
         return out
 
     @_errno
     def mkdir(self, path: str, mode: int) -> None:
-        self.c.mkdir(path, mode)
-        self._forget(path)
+        a = self.c.op("mkdir", path=path, mode=mode)
+        self.cache.added(path, a)
+        self.cache.listing(path, [])  # a directory made here is empty
 
     @_errno
     def rmdir(self, path: str) -> None:
         self.c.rmdir(path)
-        self._forget(path)
+        self.cache.removed(path)
 
     @_errno
     def unlink(self, path: str) -> None:
         self.c.unlink(path)
-        self._forget(path)
+        self.cache.removed(path)
 
     @_errno
     def rename(self, old: str, new: str) -> None:
@@ -208,18 +290,19 @@ class GridFS(mfusepy.Operations):
                 st.path = new
             elif st.path.startswith(old + "/"):
                 st.path = new + st.path[len(old):]
-        self._forget(old, new)
-        self._attrs.clear()
+        self.cache.clear()
 
     @_errno
     def link(self, target: str, source: str) -> None:
         self.c.link(source, target)
-        self._forget(source, target)
+        known = self.cache.get(source)
+        self.cache.relinked(known["ino"] if known else None)
+        self.cache.added(target)
 
     @_errno
     def symlink(self, target: str, source: str) -> None:
         self.c.symlink(source, target)
-        self._forget(target)
+        self.cache.added(target)
 
     @_errno
     def readlink(self, path: str) -> str:
@@ -228,7 +311,7 @@ class GridFS(mfusepy.Operations):
     @_errno
     def chmod(self, path: str, mode: int) -> None:
         self.c.setattr(path, mode=mode & 0o7777)
-        self._forget(path)
+        self.cache.changed(path)
 
     @_errno
     def chown(self, path: str, uid: int, gid: int) -> None:
@@ -239,19 +322,19 @@ class GridFS(mfusepy.Operations):
             changes["group"] = self.accounts.vo_of(gid)
         if changes:
             self.c.setattr(path, **changes)
-        self._forget(path)
+        self.cache.changed(path)
 
     @_errno
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
         now = time.time_ns()
         atime, mtime = times if times is not None else (now, now)
         self.c.setattr(path, atime=atime / 1e9, mtime=mtime / 1e9)
-        self._forget(path)
+        self.cache.changed(path)
 
     @_errno
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self.c.truncate(path, length)
-        self._forget(path)
+        self.cache.changed(path)
 
     @_errno
     def statfs(self, path: str) -> dict[str, int]:
@@ -288,7 +371,7 @@ class GridFS(mfusepy.Operations):
     @_errno
     def create(self, path: str, mode: int, fi: Any = None) -> int:
         st = self.c.create_handle(path, mode & 0o7777)
-        self._forget(path)
+        self.cache.added(path, st.attrs)
         return self._handle(st)
 
     @_errno
@@ -312,6 +395,7 @@ class GridFS(mfusepy.Operations):
         st = self._handles.get(fh)
         if st is not None and st.write:
             self.c.flush(st)
+            self.cache.changed(path)
 
     @_errno
     def fsync(self, path: str, datasync: int, fh: int) -> None:
@@ -322,7 +406,8 @@ class GridFS(mfusepy.Operations):
         with self._lock:
             st = self._handles.pop(fh, None)
         if st is not None:
-            self._attrs.pop(path, None)
+            if st.write:
+                self.cache.changed(path)
             self.c.release(st)
 
 

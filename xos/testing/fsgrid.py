@@ -158,7 +158,10 @@ class FsGrid:
 
     def spawn(self, host: Host, args: list[str], log_name: str) -> Proc:
         """Start `xos ARGS` inside a host's network namespace."""
-        argv = [sys.executable, "-m", "xos.cli", *args]
+        return self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], log_name)
+
+    def spawn_argv(self, host: Host, argv: list[str], log_name: str) -> Proc:
+        """Start a program inside a host's network namespace, its output in `log_name`."""
         proc = Proc(argv, os.path.join(self.base, log_name))
         env = {**os.environ, "XOS_HOME": os.path.join(self.base, host.name), "XOS_RUN": os.path.join(self.base, "run")}
         os.makedirs(env["XOS_HOME"], exist_ok=True)

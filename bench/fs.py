@@ -1,0 +1,197 @@
+"""Grid file system benchmark: the same workload on the local disk (the limit), an sshfs mount over the
+grid bridge (what people use when they have nothing else) and an xos mount, in one run.
+
+Workload: sequential write (with fsync) and cold read of 1 GiB in 1 MiB calls, 4 KiB random reads,
+file creates and stats in one directory and across 10 directories (mdtest-like, 10,000 files).
+Targets (issue 6): sequential read and write at least half the local disk's; every figure ahead
+of sshfs; at least 5,000 creates/s. Prints a table, writes JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.report import table, write_json  # noqa: E402
+from xos.testing.fsgrid import FsGrid, Host  # noqa: E402
+
+MIB = 1 << 20
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def seq_write(d: str, mib: int) -> float:
+    block = os.urandom(MIB)
+    t0 = time.perf_counter()
+    fd = os.open(os.path.join(d, "seq"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(mib):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return mib * MIB / (time.perf_counter() - t0) / 1e6
+
+
+def seq_read(d: str) -> float:
+    drop_caches()
+    t0 = time.perf_counter()
+    n = 0
+    fd = os.open(os.path.join(d, "seq"), os.O_RDONLY)
+    try:
+        while True:
+            b = os.read(fd, MIB)
+            if not b:
+                break
+            n += len(b)
+    finally:
+        os.close(fd)
+    return n / (time.perf_counter() - t0) / 1e6
+
+
+def random_reads(d: str, seconds: float) -> float:
+    drop_caches()
+    fd = os.open(os.path.join(d, "seq"), os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    rng = random.Random(7)
+    n = 0
+    t0 = time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(50):
+                os.pread(fd, 4096, rng.randrange(0, size // 4096) * 4096)
+            n += 50
+    finally:
+        os.close(fd)
+    return n / (time.perf_counter() - t0)
+
+
+def creates_and_stats(d: str, files: int, dirs: int) -> tuple[float, float]:
+    paths = []
+    for i in range(dirs):
+        os.mkdir(os.path.join(d, f"md{dirs}-{i}"))
+    for i in range(files):
+        paths.append(os.path.join(d, f"md{dirs}-{i % dirs}", f"f{i}"))
+    t0 = time.perf_counter()
+    for p in paths:
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    creates = files / (time.perf_counter() - t0)
+    time.sleep(1.5)  # past every attribute cache: stats ask the server
+    t0 = time.perf_counter()
+    for p in paths:
+        os.stat(p)
+    stats = files / (time.perf_counter() - t0)
+    return creates, stats
+
+
+def workload(d: str, mib: int, files: int, rand_seconds: float) -> dict[str, float]:
+    r: dict[str, float] = {}
+    r["write MB/s"] = seq_write(d, mib)
+    r["read MB/s"] = seq_read(d)
+    r["4K random read IOPS"] = random_reads(d, rand_seconds)
+    os.unlink(os.path.join(d, "seq"))
+    r["creates/s 1 dir"], r["stats/s 1 dir"] = creates_and_stats(d, files, 1)
+    r["creates/s 10 dirs"], r["stats/s 10 dirs"] = creates_and_stats(d, files, 10)
+    return r
+
+
+class Sshd:
+    """An OpenSSH server in a host of the grid (its own network namespace), key login for root."""
+
+    def __init__(self, grid: FsGrid, host: Host) -> None:
+        self.grid, self.host = grid, host
+        self.dir = os.path.join(grid.base, "sshd")
+        os.makedirs(self.dir)
+        os.makedirs("/run/sshd", exist_ok=True)
+        for name in ("host", "user"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(self.dir, name)],
+                           check=True)
+        shutil.copy(os.path.join(self.dir, "user.pub"), os.path.join(self.dir, "authorized_keys"))
+        conf = os.path.join(self.dir, "sshd_config")
+        with open(conf, "w") as f:
+            f.write(f"ListenAddress {host.address}\nPort 22\nHostKey {self.dir}/host\n"
+                    f"AuthorizedKeysFile {self.dir}/authorized_keys\nPermitRootLogin prohibit-password\n"
+                    "StrictModes no\nUsePAM no\nPidFile none\nSubsystem sftp internal-sftp\n")
+        self.proc = grid.spawn_argv(host, ["/usr/sbin/sshd", "-D", "-e", "-f", conf], "sshd.log")
+
+    def mount(self, remote: str, mp: str) -> None:
+        opts = (f"IdentityFile={self.dir}/user,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,"
+                "LogLevel=ERROR")
+        deadline = time.monotonic() + 20
+        while subprocess.run(["sshfs", "-o", opts, f"root@{self.host.address}:{remote}", mp],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("sshfs could not mount")
+            time.sleep(0.2)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"config": {"mib": args.mib, "files": args.files}}
+    local = tempfile.mkdtemp(prefix="xos-bench-local-", dir="/var/tmp")
+    try:
+        results["local disk"] = workload(local, args.mib, args.files, args.rand_seconds)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    with FsGrid(osds=3, clients=2) as grid:
+        grid.mkvol("bench")
+        ssh = Sshd(grid, grid.clients[1])
+        exported = os.path.join(grid.base, "exported")
+        os.mkdir(exported)
+        mp = os.path.join(grid.base, "sshfs")
+        os.mkdir(mp)
+        ssh.mount(exported, mp)
+        try:
+            results["sshfs"] = workload(mp, args.mib, args.files, args.rand_seconds)
+        finally:
+            subprocess.run(["fusermount3", "-u", mp], check=False)
+            ssh.proc.stop(signal.SIGTERM)
+        xmp = grid.mount(0, "bench")
+        results["xos"] = workload(xmp, args.mib, args.files, args.rand_seconds)
+        grid.umount(xmp)
+    return results
+
+
+def report(r: dict[str, Any]) -> str:
+    keys = list(r["local disk"])
+    rows = [("measure", "local disk", "sshfs", "xos", "xos/local", "xos/sshfs")]
+    for k in keys:
+        loc, ssh, x = r["local disk"][k], r["sshfs"][k], r["xos"][k]
+        rows.append((k, f"{loc:.0f}", f"{ssh:.0f}", f"{x:.0f}", f"{x / loc:.2f}", f"{x / ssh:.2f}"))
+    lines = table(rows)
+    x, loc, ssh = r["xos"], r["local disk"], r["sshfs"]
+    lines.append("targets: read and write >= 0.5 x local disk: "
+                 f"write {x['write MB/s'] / loc['write MB/s']:.2f}, read {x['read MB/s'] / loc['read MB/s']:.2f}; "
+                 f"every figure ahead of sshfs: {'yes' if all(x[k] > ssh[k] for k in keys) else 'NO'}; "
+                 f">= 5000 creates/s: {x['creates/s 1 dir']:.0f} (1 dir), {x['creates/s 10 dirs']:.0f} (10 dirs)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--mib", type=int, default=1024, help="size of the sequential file")
+    p.add_argument("--files", type=int, default=10000)
+    p.add_argument("--rand-seconds", type=float, default=5.0)
+    p.add_argument("--out")
+    args = p.parse_args()
+    results = run(args)
+    print(report(results))
+    write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
