@@ -85,10 +85,11 @@ def _trust(arg: str | None) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """`xos serve mrc|osd`."""
-    from xos import log
+    from xos import heap, log
     from xos.fs.capability import load_secret
 
     log.setup(args.log_level)
+    heap.keep_buffers()
     secret = load_secret(args.key)
     if args.role == "mrc":
         from xos.fs.mrc import MrcConfig, serve_mrc
@@ -183,12 +184,14 @@ def mount(args: argparse.Namespace) -> int:
             time.sleep(0.05)
         print(f"{args.source} mounted on {mp}")
         return 0
+    from xos import heap
     from xos import log as xlog
     from xos.credential import unverified
     from xos.fs.mount import Accounts
     from xos.fs.mount import mount as serve_mount
 
     xlog.setup("WARNING")
+    heap.keep_buffers()
     _, claims = unverified(token)
     me = f"{claims.get('sub')}@{claims.get('vo')}"
     client = Client(url, volume, token)

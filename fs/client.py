@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -84,7 +85,7 @@ class Client:
 
     # HTTP
 
-    def _http(self, method: str, url: str, body: bytes | None = None,
+    def _http(self, method: str, url: str, body: bytes | memoryview | None = None,
               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """One request on a kept-alive connection from the pool (once more on a fresh one if it had gone stale).
 
@@ -98,6 +99,13 @@ class Client:
                 c = idle.pop() if idle and attempt == 0 else None
             if c is None:
                 c = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
+                try:
+                    c.connect()
+                except OSError as e:
+                    raise Unavailable(f"{u.netloc} does not answer: {e}") from None
+                # Headers and a large body go out in two sends (no copy to join them): without
+                # NODELAY the body's last segment would wait for the server's delayed ACK.
+                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 c.request(method, target, body=body, headers=headers or {})
                 r = c.getresponse()
@@ -324,6 +332,9 @@ class Client:
     def _buffer(self, st: Open, objno: int, inner: int, data: memoryview) -> None:
         assert st.xloc is not None
         have = st.wbuf.get(objno)
+        if have is None and inner == 0 and len(data) == st.xloc.striping.size:
+            self._submit(st, objno, 0, data)  # a whole object: sent as it came, no copy
+            return
         if have is not None and have[0] + len(have[1]) == inner:
             have[1].extend(data)
         else:
@@ -336,13 +347,16 @@ class Client:
 
     def _send(self, st: Open, objno: int) -> None:
         start, buf = st.wbuf.pop(objno)
+        self._submit(st, objno, start, memoryview(buf))
+
+    def _submit(self, st: Open, objno: int, start: int, buf: memoryview) -> None:
         prev = st.pending.get(objno)
         if prev is not None:
             self._wait(st, prev)  # one write per object in flight, so they land in order
         while len(st.pending) >= WINDOW:
             oldest = next(iter(st.pending))
             self._wait(st, st.pending[oldest])
-        fut = self._pool.submit(self._put, st, objno, start, bytes(buf))
+        fut = self._pool.submit(self._put, st, objno, start, buf)
         st.pending[objno] = fut
         fut.add_done_callback(lambda f, n=objno: st.pending.pop(n, None) if st.pending.get(n) is f else None)
 
@@ -368,7 +382,7 @@ class Client:
     def _osd_headers(self, st: Open) -> dict[str, str]:
         return {**self._auth, "X-Xos-Cap": st.cap}
 
-    def _put(self, st: Open, objno: int, offset: int, data: bytes) -> None:
+    def _put(self, st: Open, objno: int, offset: int, data: memoryview) -> None:
         """Send one object write to the first replica that answers, which forwards it to the others."""
         assert st.xloc is not None
         xloc = st.xloc
