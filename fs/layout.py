@@ -8,7 +8,7 @@ from typing import Any
 from xos.errors import InvalidInput
 
 MIN_STRIPE = 4096
-MAX_STRIPE = 64 << 20
+MAX_STRIPE = 16 << 20  # an OSD object holds at most this much
 INLINE_MAX = 64 << 10  # files up to this size live in the MRC, not on OSDs
 
 
@@ -21,7 +21,7 @@ class Striping:
 
     def __post_init__(self) -> None:
         if not MIN_STRIPE <= self.size <= MAX_STRIPE or self.size & (self.size - 1):
-            raise InvalidInput(f"stripe size {self.size} must be a power of two from 4K to 64M", field="stripe_size")
+            raise InvalidInput(f"stripe size {self.size} must be a power of two from 4K to 16M", field="stripe_size")
         if not 1 <= self.width <= 64:
             raise InvalidInput(f"stripe width {self.width} must be 1 to 64", field="stripe_width")
 

@@ -24,15 +24,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from xos.errors import BadRequest, CapabilityInvalid, NoSpace, ObjectCorrupt, StaleCapability, XosError
+from xos.errors import BadRequest, CapabilityInvalid, NoSpace, NoSuchFile, ObjectCorrupt, StaleCapability, XosError
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
 from xos.rpc import error_middleware, json_response, read_body
 
 log = logging.getLogger(__name__)
 
-CRC = "user.xos.crc32"
-MAX_OBJECT = 64 << 20
+CRC = "user.xos.crc32"  # the CRC-32 of each BLOCK of the object, big-endian, one after the other
+BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
+MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
 HEARTBEAT = 1.0
 
 
@@ -63,8 +64,8 @@ class ObjectStore:
     def path(self, fid: str, objno: int) -> str:
         return os.path.join(self.root, fid[:2], fid, str(objno))
 
-    def write(self, fid: str, objno: int, offset: int, data: bytes) -> None:
-        """Write `data` at `offset` of an object and keep its checksum whole."""
+    def write(self, fid: str, objno: int, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset` of an object and bring the checksums of the blocks it touched up to date."""
         path = self.path(fid, objno)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -73,45 +74,66 @@ class ObjectStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
-            if offset == 0 and len(data) >= size:
-                crc = zlib.crc32(data)
-            elif offset == size:  # an append continues the checksum it has
-                crc = zlib.crc32(data, self._crc(fd, fid, objno))
-            else:
-                whole = bytearray(os.pread(fd, size, 0))
-                if offset > len(whole):
-                    whole.extend(bytes(offset - len(whole)))
-                whole[offset:offset + len(data)] = data
-                crc = zlib.crc32(whole)
+            crcs = self._crcs(fd, fid, objno, size)
             try:
                 os.pwrite(fd, data, offset)
             except OSError as e:
                 if e.errno == errno.ENOSPC:
                     raise NoSpace("the OSD's disk is full") from None
                 raise
-            os.setxattr(fd, CRC, struct.pack(">I", crc))
+            end = offset + len(data)
+            new_size = max(size, end)
+            del crcs[(new_size + BLOCK - 1) // BLOCK:]
+            crcs.extend([0] * ((new_size + BLOCK - 1) // BLOCK - len(crcs)))
+            mv = memoryview(data)
+            # every block from the old end (a gap reads as zeros) or the write's start to its end
+            for b in range(min(offset, size) // BLOCK, (new_size - 1) // BLOCK + 1 if new_size else 0):
+                lo, hi = b * BLOCK, min((b + 1) * BLOCK, new_size)
+                if offset <= lo and hi <= end:
+                    crcs[b] = zlib.crc32(mv[lo - offset:hi - offset])
+                elif hi > offset and lo < end or lo >= size or hi > size:
+                    crcs[b] = zlib.crc32(os.pread(fd, hi - lo, lo))
+            os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
         finally:
             os.close(fd)
 
-    def _crc(self, fd: int, fid: str, objno: int) -> int:
+    def _crcs(self, fd: int, fid: str, objno: int, size: int) -> list[int]:
+        """The block checksums of an object of `size` bytes."""
         try:
-            return int(struct.unpack(">I", os.getxattr(fd, CRC))[0])
+            raw = os.getxattr(fd, CRC)
         except OSError:
-            raise ObjectCorrupt(f"object {fid}/{objno} has no checksum") from None
+            raw = b""
+        n = (size + BLOCK - 1) // BLOCK
+        if len(raw) != 4 * n:
+            raise ObjectCorrupt(f"object {fid}/{objno} has {len(raw) // 4} block checksums for {n} blocks")
+        return list(struct.unpack(f">{n}I", raw))
 
     def read(self, fid: str, objno: int, offset: int, length: int) -> bytes | None:
-        """A range of an object, after checking the whole object's checksum; None if it does not exist."""
+        """A range of an object, its blocks checked against their checksums; None if the object does not exist.
+
+        NoSuchFile when the OSD holds nothing of the file at all (a replica removed since the
+        client learnt of it): the client then reads another replica rather than a hole."""
         try:
             fd = os.open(self.path(fid, objno), os.O_RDONLY)
         except FileNotFoundError:
+            if not os.path.isdir(self.dir(fid)):
+                raise NoSuchFile(f"this OSD holds no objects of file {fid}") from None
             return None
         try:
-            whole = os.pread(fd, os.fstat(fd).st_size, 0)
-            if zlib.crc32(whole) != self._crc(fd, fid, objno):
-                raise ObjectCorrupt(f"object {fid}/{objno} does not match its checksum")
+            size = os.fstat(fd).st_size
+            end = min(size, offset + length)
+            if offset >= end:
+                return b""
+            crcs = self._crcs(fd, fid, objno, size)
+            first, last = offset // BLOCK, (end - 1) // BLOCK
+            span = os.pread(fd, min(size, (last + 1) * BLOCK) - first * BLOCK, first * BLOCK)
         finally:
             os.close(fd)
-        return whole[offset:offset + length]
+        mv = memoryview(span)
+        for b in range(first, last + 1):
+            if zlib.crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
+                raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
+        return span[offset - first * BLOCK:end - first * BLOCK]
 
     def truncate(self, fid: str, size: int, stripe: int) -> None:
         """Cut a file to `size`: objects past it go, the one it ends in is shortened."""
@@ -122,11 +144,18 @@ class ObjectStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             elif objno == last:
-                with open(path, "r+b") as f:
-                    if os.fstat(f.fileno()).st_size > inner:
-                        f.truncate(inner)
-                        f.seek(0)
-                        os.setxattr(f.fileno(), CRC, struct.pack(">I", zlib.crc32(f.read())))
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    have = os.fstat(fd).st_size
+                    if have > inner:
+                        crcs = self._crcs(fd, fid, objno, have)[:(inner + BLOCK - 1) // BLOCK]
+                        os.ftruncate(fd, inner)
+                        if inner % BLOCK:
+                            b = inner // BLOCK
+                            crcs[b] = zlib.crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
+                        os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
+                finally:
+                    os.close(fd)
 
     def objects(self, fid: str) -> list[int]:
         try:
