@@ -14,19 +14,17 @@ import base64
 import collections
 import concurrent.futures
 import errno
-import http.client
 import io
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from xos.errors import FsError, NoReplica, StaleCapability, Unavailable, XosError, from_json
+from xos.fs.http import Connection
 from xos.fs.layout import INLINE_MAX, Xloc
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class Client:
         self.credential = credential.strip()
         self.timeout = timeout
         self.deadline = deadline
-        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._pool_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xos-fs-io")
         self._opens: dict[int, Open] = {}
@@ -87,46 +85,36 @@ class Client:
 
     def _http(self, method: str, url: str, body: bytes | memoryview | None = None,
               headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        """One request on a kept-alive connection from the pool (once more on a fresh one if it had gone stale).
+        """One request on a kept-alive connection from the pool (once more on a fresh one if a reused one
+        had gone stale).
 
         The pool is shared by all threads: libfuse starts and ends its threads as load comes and
         goes, and a connection per thread made a TCP handshake part of many calls."""
-        u = urllib.parse.urlsplit(url)
-        target = u.path + (f"?{u.query}" if u.query else "")
-        for attempt in (0, 1):
+        netloc, _, rest = url.partition("//")[2].partition("/")
+        target = "/" + rest
+        while True:
             with self._pool_lock:
-                idle = self._idle.setdefault(u.netloc, [])
-                c = idle.pop() if idle and attempt == 0 else None
+                idle = self._idle.setdefault(netloc, [])
+                c = idle.pop() if idle else None
             if c is None:
-                c = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
                 try:
-                    c.connect()
+                    c = Connection(netloc, self.timeout)
                 except OSError as e:
-                    raise Unavailable(f"{u.netloc} does not answer: {e}") from None
-                # Headers and a large body go out in two sends (no copy to join them): without
-                # NODELAY the body's last segment would wait for the server's delayed ACK.
-                c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    raise Unavailable(f"{netloc} does not answer: {e}") from None
+            reused = c.used
             try:
-                c.request(method, target, body=body, headers=headers or {})
-                r = c.getresponse()
-                data = r.read()
-                status, got = r.status, {k.lower(): v for k, v in r.getheaders()}
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
-                    http.client.CannotSendRequest, http.client.ResponseNotReady) as e:
+                status, got, data = c.request(method, target, headers or {}, body)
+            except OSError as e:
                 c.close()
-                if attempt:
-                    raise Unavailable(f"{u.netloc}: {e}") from None
-                continue
-            except (OSError, http.client.HTTPException) as e:
-                c.close()
-                raise Unavailable(f"{u.netloc} does not answer: {e}") from None
+                if reused and not isinstance(e, TimeoutError):
+                    continue  # a kept-alive connection the server had closed: once more on a fresh one
+                raise Unavailable(f"{netloc} does not answer: {e}") from None
             with self._pool_lock:
                 if len(idle) < 64:
                     idle.append(c)
                 else:
                     c.close()
             return status, got, data
-        raise AssertionError("unreachable")
 
     def _json(self, method: str, url: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None

@@ -1,0 +1,95 @@
+"""A lean HTTP/1.1 client connection for the file system's hot path: keep-alive, one send, one parse.
+
+http.client parses every response's headers with the email package and sends headers and body
+in separate calls; on a metadata call of 0.34 ms that was a third of the client's time. This
+speaks only what the MRC and OSDs answer (aiohttp: Content-Length or chunked bodies).
+"""
+
+from __future__ import annotations
+
+import socket
+
+MAX_HEAD = 64 << 10
+SMALL_BODY = 64 << 10  # bodies up to this size go out in the same send as the headers
+
+
+class HttpError(OSError):
+    """The connection broke or the peer did not speak HTTP/1.1 as expected."""
+
+
+class Connection:
+    """One kept-alive connection to host:port."""
+
+    def __init__(self, netloc: str, timeout: float) -> None:
+        host, _, port = netloc.rpartition(":")
+        self.netloc = netloc
+        self.sock = socket.create_connection((host or netloc, int(port) if port.isdigit() else 80), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.used = False  # whether a request went through: a failure on a reused connection may be staleness
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, method: str, target: str, headers: dict[str, str],
+                body: bytes | memoryview | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and read its whole response."""
+        n = len(body) if body is not None else 0
+        head = [f"{method} {target} HTTP/1.1\r\nHost: {self.netloc}\r\nContent-Length: {n}\r\n"]
+        head.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        head.append("\r\n")
+        raw = "".join(head).encode("latin-1")
+        if body is not None and n <= SMALL_BODY:
+            self.sock.sendall(raw + bytes(body))
+        else:
+            self.sock.sendall(raw)
+            if body is not None:
+                self.sock.sendall(body)
+        self.used = True
+        return self._response()
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise HttpError("the peer closed the connection")
+        self.buf += chunk
+
+    def _response(self) -> tuple[int, dict[str, str], bytes]:
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            if len(self.buf) > MAX_HEAD:
+                raise HttpError("response headers too long")
+            self._fill()
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        del self.buf[:end + 4]
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise HttpError(f"not an HTTP response: {lines[0][:80]!r}")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            size = int(headers["content-length"])
+            while len(self.buf) < size:
+                self._fill()
+            body = bytes(self.buf[:size])
+            del self.buf[:size]
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = self._chunked()
+        else:
+            raise HttpError("response without a length")
+        return int(parts[1]), headers, body
+
+    def _chunked(self) -> bytes:
+        out = bytearray()
+        while True:
+            while (eol := self.buf.find(b"\r\n")) < 0:
+                self._fill()
+            size = int(bytes(self.buf[:eol]).split(b";")[0], 16)
+            del self.buf[:eol + 2]
+            while len(self.buf) < size + 2:
+                self._fill()
+            out += self.buf[:size]
+            del self.buf[:size + 2]
+            if size == 0:
+                return bytes(out)
