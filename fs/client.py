@@ -20,11 +20,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from xos.errors import FsError, NoReplica, StaleCapability, Unavailable, XosError, from_json
-from xos.fs.http import Connection
+from xos.fs.http import POLL, Connection
 from xos.fs.layout import INLINE_MAX, Xloc
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class Client:
         self._opens: dict[int, Open] = {}
         self._opens_lock = threading.Lock()
         self._auth = {"Authorization": f"Bearer {self.credential}"}
+        # Whether the call this thread serves was interrupted (the FUSE layer sets it; never for I/O threads).
+        self.interrupted: Callable[[], bool] = lambda: False
 
     def close(self) -> None:
         """Stop the I/O threads."""
@@ -102,8 +105,12 @@ class Client:
                 except OSError as e:
                     raise Unavailable(f"{netloc} does not answer: {e}") from None
             reused = c.used
+            c.interrupted = self.interrupted
             try:
                 status, got, data = c.request(method, target, headers or {}, body)
+            except InterruptedError:
+                c.close()  # the answer may still come: this connection is out of step
+                raise
             except OSError as e:
                 c.close()
                 if reused and not isinstance(e, TimeoutError):
@@ -456,13 +463,22 @@ class Client:
                            for objno, inner, take in pieces}
             for objno, inner, take in pieces:
                 try:
-                    data = futures[objno].result()
+                    data = self._result(futures[objno])
                 except BaseException:
                     st.cache.pop(objno, None)
                     raise
                 part = data[inner:inner + take] if sequential else data[:take]
                 out.append(part.ljust(take, b"\0"))
             return b"".join(out)
+
+    def _result(self, fut: concurrent.futures.Future[bytes]) -> bytes:
+        """A background read's bytes, or InterruptedError as soon as the caller is interrupted."""
+        while True:
+            try:
+                return fut.result(timeout=POLL)
+            except concurrent.futures.TimeoutError:
+                if self.interrupted():
+                    raise InterruptedError(errno.EINTR, "read interrupted") from None
 
     def _get(self, st: Open, objno: int, offset: int, length: int) -> bytes:
         """A range of one object from the first replica that serves it intact."""
@@ -491,6 +507,8 @@ class Client:
                 log.warning("replica %d of %s object %d on %s: %s", i, st.path, objno, url, err)
             if missing == len(order):
                 return b""  # no replica has the file's objects yet: a hole
+            if self.interrupted():
+                raise InterruptedError(errno.EINTR, "read interrupted")
             if time.monotonic() > deadline:
                 raise NoReplica(f"no replica of {st.path} served object {objno}: {'; '.join(errors)}")
             time.sleep(0.2)

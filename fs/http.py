@@ -7,10 +7,14 @@ speaks only what the MRC and OSDs answer (aiohttp: Content-Length or chunked bod
 
 from __future__ import annotations
 
+import errno
 import socket
+import time
+from collections.abc import Callable
 
 MAX_HEAD = 64 << 10
 SMALL_BODY = 64 << 10  # bodies up to this size go out in the same send as the headers
+POLL = 0.2  # seconds between looks at whether the caller was interrupted
 
 
 class HttpError(OSError):
@@ -23,6 +27,8 @@ class Connection:
     def __init__(self, netloc: str, timeout: float) -> None:
         host, _, port = netloc.rpartition(":")
         self.netloc = netloc
+        self.timeout = timeout
+        self.interrupted: Callable[[], bool] | None = None  # set per request by callers that can be interrupted
         self.sock = socket.create_connection((host or netloc, int(port) if port.isdigit() else 80), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
@@ -49,7 +55,23 @@ class Connection:
         return self._response()
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(1 << 20)
+        if self.interrupted is None:
+            chunk = self.sock.recv(1 << 20)
+        else:  # wait in short slices, so an interrupted caller gets EINTR now, not at the timeout
+            deadline = time.monotonic() + self.timeout
+            self.sock.settimeout(POLL)
+            try:
+                while True:
+                    try:
+                        chunk = self.sock.recv(1 << 20)
+                        break
+                    except TimeoutError:
+                        if self.interrupted():
+                            raise InterruptedError(errno.EINTR, "interrupted while waiting for the server") from None
+                        if time.monotonic() > deadline:
+                            raise
+            finally:
+                self.sock.settimeout(self.timeout)
         if not chunk:
             raise HttpError("the peer closed the connection")
         self.buf += chunk

@@ -26,6 +26,7 @@ from xos.fs.client import Client, Open, errno_of
 log = logging.getLogger(__name__)
 
 IO_SIZE = 1 << 20
+FUSE_CAP_ASYNC_DIO = 1 << 15  # fuse_common.h
 ATTR_TTL = 1.0
 NOBODY = 65534
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +36,7 @@ def _errno(fn: F) -> F:
     """Turn every failure into the FuseOSError of its errno; nothing else may reach libfuse."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        _on_fuse_thread.yes = True
         try:
             return fn(*args, **kwargs)
         except mfusepy.FuseOSError:
@@ -52,6 +54,17 @@ def _errno(fn: F) -> F:
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     return wrapped  # type: ignore[return-value]
+
+
+_on_fuse_thread = threading.local()
+_libfuse_interrupted = mfusepy._libfuse.fuse_interrupted  # type: ignore[attr-defined]
+
+
+def interrupted() -> bool:
+    """Whether the kernel interrupted the FUSE request this thread serves (its caller got a signal).
+
+    libfuse keeps the request in thread-local state, so only libfuse's own threads may ask."""
+    return bool(getattr(_on_fuse_thread, "yes", False) and _libfuse_interrupted())
 
 
 class Accounts:
@@ -200,6 +213,7 @@ class GridFS(mfusepy.Operations):
 
     def __init__(self, client: Client, accounts: Accounts) -> None:
         self.c = client
+        client.interrupted = interrupted
         self.accounts = accounts
         self._handles: dict[int, Open] = {}
         self._next = 1
@@ -208,6 +222,9 @@ class GridFS(mfusepy.Operations):
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if conn is not None:
+            # Direct I/O as plain requests the caller waits on, so a signal interrupts them (EINTR);
+            # asynchronous direct I/O waits uninterruptibly in the kernel.
+            conn.want &= ~FUSE_CAP_ASYNC_DIO
             conn.max_write = IO_SIZE
             conn.max_read = IO_SIZE
             conn.max_readahead = IO_SIZE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -175,3 +176,38 @@ def test_unread_replicas_beyond_the_policy_are_dropped():
             wait_for(lambda: len(c.replicas("/r")["xloc"]["replicas"]) == 1, 30, "the unread replica to go")
         finally:
             c.close()
+
+
+READER = """
+import ctypes, os, signal, sys
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.siginterrupt(signal.SIGALRM, True)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+buf = ctypes.create_string_buffer(1 << 16)
+signal.setitimer(signal.ITIMER_REAL, 1.0)
+n = libc.read(fd, buf, 1 << 16)
+print(n, ctypes.get_errno())
+"""
+
+
+def test_a_read_from_frozen_osds_returns_eintr_when_interrupted(grid):
+    # O_DIRECT: a buffered read waits on the page cache, which the kernel makes killable (SIGKILL
+    # ends the reader at once) but not interruptible; a direct read waits on the request itself.
+    mp = grid.mount(0, "rep")
+    with open(os.path.join(mp, "slow"), "wb") as f:
+        f.write(os.urandom(2 << 20))
+    for osd in grid.osds:  # every replica stops answering, and stays so
+        osd.procs[0].send(signal.SIGSTOP)
+    try:
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-c", READER, os.path.join(mp, "slow")], capture_output=True,
+                             text=True, timeout=25)
+        assert out.stdout.split() == ["-1", str(errno.EINTR)], out
+    finally:
+        for osd in grid.osds:
+            osd.procs[0].send(signal.SIGCONT)
+    with open(os.path.join(mp, "slow"), "rb") as f:  # and the mount still works afterwards
+        assert len(f.read()) == 2 << 20
