@@ -135,8 +135,13 @@ def _locate(path: str, cred: str | None) -> tuple[Any, str]:
     best = None
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(_mounts_dir()):
-            with open(os.path.join(_mounts_dir(), name)) as f:
-                rec = json.load(f)
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(_mounts_dir(), name)) as f:
+                    rec = json.load(f)
+            except (OSError, ValueError):
+                continue  # a mount going away right now
             mp = rec["mountpoint"]
             if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) > len(best[0])):
                 best = (mp, rec)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 8  # objects in flight per open file
 READ_AHEAD = 2  # whole objects fetched ahead of a sequential reader
+READ_AHEAD_BYTES = 2 << 20  # and at least this much, when objects are small
 CACHED_OBJECTS = 8
 
 
@@ -449,12 +450,13 @@ class Client:
             if sequential:
                 last = (st.size - 1) // stripe
                 first = pieces[0][0]
-                for objno in range(first, min(last, pieces[-1][0] + READ_AHEAD) + 1):
+                ahead = max(READ_AHEAD, READ_AHEAD_BYTES // stripe)
+                for objno in range(first, min(last, pieces[-1][0] + ahead) + 1):
                     if objno not in st.cache:
                         st.cache[objno] = self._pool.submit(self._get, st, objno, 0, stripe)
-                while len(st.cache) > CACHED_OBJECTS:
-                    st.cache.popitem(last=False)
                 futures = {objno: st.cache[objno] for objno, _, _ in pieces}
+                while len(st.cache) > max(CACHED_OBJECTS, len(pieces) + ahead):
+                    st.cache.popitem(last=False)
             elif len(pieces) == 1:  # a small random read: on this thread, no hand-off
                 objno, inner, take = pieces[0]
                 return self._get(st, objno, inner, take).ljust(take, b"\0")

@@ -520,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     except XosError as e:
         print(f"xos: error {e.code}: {e.message}", file=sys.stderr)
         return 2 if e.code in ("invalid-input", "bad-request") else 1
+    except OSError as e:  # a local file the user named: missing, unreadable, not a directory
+        print(f"xos: error os-error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -35,6 +35,7 @@ class Proc:
     log: str
     pid: int = 0
     pidfd: int = -1
+    status: int | None = None  # exit status once it has exited
 
     def alive(self) -> bool:
         if self.pidfd < 0:
@@ -42,6 +43,7 @@ class Proc:
         info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOHANG)
         if info is None:
             return True
+        self.status = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
         os.close(self.pidfd)
         self.pidfd = -1
         return False
@@ -252,8 +254,8 @@ class FsGrid:
         with open(out) as f:
             text = f.read()
         os.unlink(out)
-        status = 0 if "xos: error" not in text else 1
-        return status, text, text
+        assert proc.status is not None
+        return proc.status, text, text
 
     def mkvol(self, name: str, user: str = "alice", vo: str = "vo-a", **opts: object) -> None:
         c = self.client(name, user, vo)
@@ -304,6 +306,12 @@ class FsGrid:
         """Unmount, stop every process, remove namespaces, links and files."""
         for mp, _ in list(self.mounts):
             self.umount(mp)
+        with open("/proc/self/mountinfo") as f:  # mounts made by `xos fs mount` in the background
+            for line in f:
+                where = line.split()[4]
+                if where.startswith(self.base + "/"):
+                    with contextlib.suppress(OSError):
+                        sp.umount(where, sp.lib.MNT_DETACH)
         for host in self.hosts:
             for proc in host.procs:
                 with contextlib.suppress(Exception):
