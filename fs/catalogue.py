@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS inodes (
     owner TEXT NOT NULL, grp TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0, nlink INTEGER NOT NULL,
     atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL, parent INTEGER NOT NULL DEFAULT 0,
     target TEXT, inline BLOB, stripe_size INTEGER NOT NULL, stripe_width INTEGER NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0, xloc TEXT, xver INTEGER NOT NULL DEFAULT 0);
+    epoch INTEGER NOT NULL DEFAULT 0, xloc TEXT, xver INTEGER NOT NULL DEFAULT 0,
+    readonly INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS dentries (parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
     PRIMARY KEY (parent, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
@@ -108,6 +109,7 @@ class Inode:
     epoch: int
     xloc: str | None
     xver: int
+    readonly: int = 0  # sealed: never written again, so replicas can be added at any time
 
     @property
     def is_dir(self) -> bool:
@@ -117,14 +119,14 @@ class Inode:
         """What getattr answers."""
         return {"ino": self.ino, "mode": self.mode, "owner": self.owner, "group": self.grp, "size": self.size,
                 "nlink": self.nlink, "atime": self.atime, "mtime": self.mtime, "ctime": self.ctime,
-                "inline": self.inline is not None}
+                "inline": self.inline is not None, "readonly": bool(self.readonly)}
 
     def layout(self) -> Xloc | None:
         return Xloc.from_json(json.loads(self.xloc)) if self.xloc else None
 
 
 COLUMNS = ("ino, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, inline, stripe_size, "
-           "stripe_width, epoch, xloc, xver")
+           "stripe_width, epoch, xloc, xver, readonly")
 
 
 def split(path: str) -> list[str]:
@@ -466,6 +468,8 @@ class Catalogue:
                     sets["mtime"] = mtime
             truncate = False
             if size is not None:
+                if node.readonly:
+                    raise NotPermitted(f"{path} is read-only (sealed for replication)")
                 if node.is_dir:
                     raise IsADirectory("cannot truncate a directory")
                 if size < 0:
@@ -495,8 +499,21 @@ class Catalogue:
             raise IsADirectory(f"{path} is a directory")
         if write and "w" not in c.rights:
             raise AccessDenied(f"{c.who} may only read volume {volume}")
+        if write and node.readonly:
+            raise NotPermitted(f"{path} is read-only (sealed for replication)")
         _may(node, c, (R | W) if write else R)
         return node
+
+    def seal(self, volume: str, path: str, c: Caller) -> Inode:
+        """Make a file read-only for good (XtreemFS's read-only replication): its owner only, with no way back."""
+        with self.db.tx() as tx:
+            node = self._walk(tx, self.volume(volume), split(path), c)
+            if node.is_dir or node.target is not None:
+                raise InvalidInput(f"{path} is not a regular file")
+            if c.who != node.owner:
+                raise NotPermitted(f"only {node.owner} may make this file read-only")
+            tx.execute("UPDATE inodes SET readonly=1, ctime=? WHERE ino=?", (time.time(), node.ino))
+            return self._get(node.ino, tx)
 
     def inode(self, ino: int) -> Inode:
         return self._get(ino)

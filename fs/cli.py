@@ -65,13 +65,14 @@ def add_verbs(sub: Any) -> None:
             p.add_argument("--stripe-width", type=int, default=1)
             p.add_argument("--replicas", type=int, default=1)
             p.add_argument("--acl", action="append", default=[], help="VO=rw or USER@VO=r: let others in")
-    for verb, hlp in (("stat", "a file's replicas, OSDs and striping"), ("replicate", "add a replica"),
-                      ("unreplicate", "remove a replica")):
+    for verb, hlp in (("stat", "a file's replicas, OSDs and striping"),
+                      ("readonly", "make a file read-only for good, so it can be replicated"),
+                      ("replicate", "add a replica of a read-only file"), ("unreplicate", "remove a replica")):
         p = fs.add_parser(verb, help=hlp)
         p.add_argument("path", help="a path in a mount, or MRC_URL/VOLUME/PATH")
         p.add_argument("--cred", help="credential file (default: the mount's)")
         p.add_argument("--json", action="store_true")
-        if verb != "stat":
+        if verb in ("replicate", "unreplicate"):
             p.add_argument("--osd", action="append", default=[], help="OSD id (one per stripe column)")
     c = fs.add_parser("cp", help="copy a file into or out of the grid file system, with progress")
     c.add_argument("src", help="local path, mount path or MRC_URL/VOLUME/PATH")
@@ -279,6 +280,9 @@ def files(args: argparse.Namespace) -> int:
     c, inner = _locate(args.path, args.cred)
     if args.verb == "stat":
         res = c.replicas(inner)
+    elif args.verb == "readonly":
+        c.op("seal", path=inner)
+        res = c.replicas(inner)
     elif args.verb == "replicate":
         res = _with_progress(c, inner, lambda: c.op("replicate", path=inner, osds=args.osd or None))
     else:
@@ -291,7 +295,8 @@ def files(args: argparse.Namespace) -> int:
     a = res.get("attrs", {})
     x = res.get("xloc")
     if a:
-        print(f"{inner}: {a['size']} bytes, owner {a['owner']}, group {a['group']}, mode {oct(a['mode'] & 0o7777)}")
+        print(f"{inner}: {a['size']} bytes, owner {a['owner']}, group {a['group']}, mode {oct(a['mode'] & 0o7777)}"
+              + (", read-only" if a.get("readonly") else ""))
     if x is None:
         print("  stored inline in the MRC (small file), no OSD replicas")
         return 0

@@ -241,15 +241,24 @@ class MRC:
         node = self.cat.resolve(v, field(b, "path", str), c)
         return {"attrs": node.attrs(), "fid": node.fid, "xloc": self.xloc(node), "epoch": node.epoch}
 
+    async def op_seal(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Make a file read-only for good, so replicas can be added to it at any time."""
+        return self.cat.seal(v, field(b, "path", str), c).attrs()
+
     async def op_replicate(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        node = self.cat.open(v, field(b, "path", str), c, write="w" in c.rights)
         if "w" not in c.rights:
             raise AccessDenied(f"{c.who} may only read volume {v}")
+        node = self.cat.open(v, field(b, "path", str), c, write=False)
+        if not node.readonly:
+            raise InvalidInput(f"{b['path']} is still writable: make it read-only first (xos fs readonly PATH); "
+                               "files still written keep the replica count of their volume")
         xloc = await self.replicas.add(node, field(b, "osds", list))
         return {"xloc": xloc.to_json()}
 
     async def op_unreplicate(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        node = self.cat.open(v, field(b, "path", str), c, write=True)
+        if "w" not in c.rights:
+            raise AccessDenied(f"{c.who} may only read volume {v}")
+        node = self.cat.open(v, field(b, "path", str), c, write=False)
         xloc = await self.replicas.remove(node, field(b, "osd", str))
         return {"xloc": xloc.to_json()}
 

@@ -46,6 +46,10 @@ def test_volumes_osds_mount_stat_cp_umount(grid, tmp_path):
         assert info["attrs"]["size"] == 1 << 20 and len(info["xloc"]["replicas"][0]["osds"]) == 2
         code, out, _ = grid.cli("fs", "stat", os.path.join(mp, "copied"))
         assert "striping: 65536 bytes x 2 OSD(s)" in out and "replica 0:" in out, out
+        code, out, _ = grid.cli("fs", "readonly", os.path.join(mp, "copied"))
+        assert code == 0 and "read-only" in out, out
+        with pytest.raises(PermissionError):
+            open(os.path.join(mp, "copied"), "r+b")
         code, out, _ = grid.cli("fs", "cp", f"{grid.mrc_url}/cli/copied", str(tmp_path / "out"), "--cred", cred)
         assert code == 0 and (tmp_path / "out").read_bytes() == payload, out
     finally:

@@ -147,6 +147,13 @@ def test_replicate_and_unreplicate_by_hand_and_unread_extras_are_dropped(grid):
     try:
         with c.open("/r", "wb") as f:
             f.write(payload)
+        with pytest.raises(Exception) as e:
+            c.op("replicate", path="/r")
+        assert "read-only first" in str(e.value)
+        c.op("seal", path="/r")
+        with pytest.raises(Exception) as e:
+            c.open("/r", "r+b")
+        assert getattr(e.value, "code", "") == "not-permitted"
         x = c.replicas("/r")["xloc"]
         used = {o for r in x["replicas"] for o in r["osds"]}
         spare = next(h.name for h in grid.osds if h.name not in used)
@@ -171,6 +178,7 @@ def test_unread_replicas_beyond_the_policy_are_dropped():
         try:
             with c.open("/r", "wb") as f:
                 f.write(os.urandom(2 << 20))
+            c.op("seal", path="/r")
             c.op("replicate", path="/r")
             assert len(c.replicas("/r")["xloc"]["replicas"]) == 2
             wait_for(lambda: len(c.replicas("/r")["xloc"]["replicas"]) == 1, 30, "the unread replica to go")
