@@ -167,12 +167,22 @@ class MetaCache:
         self.dirs[path] = (expiry, {name for name, _ in entries})
         self.misses.pop(path, None)
 
+    def _touch(self, parent: str, links: int = 0) -> None:
+        """The directory changed here: its times (and link count) as the MRC now has them, near enough.
+
+        The kernel asks for a directory's attributes after every change in it; dropping them would
+        make that a round trip per create."""
+        hit = self.attrs.get(parent)
+        if hit is not None:
+            now = time.time()
+            self.attrs[parent] = (hit[0], {**hit[1], "mtime": now, "ctime": now, "nlink": hit[1]["nlink"] + links})
+
     def added(self, path: str, attrs: dict[str, Any] | None = None) -> None:
         parent, name = os.path.split(path)
         listing = self.dirs.get(parent)
         if listing is not None:
             listing[1].add(name)
-        self.attrs.pop(parent, None)
+        self._touch(parent, 1 if attrs is not None and attrs["mode"] & 0o170000 == 0o040000 else 0)
         if attrs is not None:
             self.put(path, attrs)
         else:
@@ -186,7 +196,7 @@ class MetaCache:
         listing = self.dirs.get(parent)
         if listing is not None:
             listing[1].discard(name)
-        self.attrs.pop(parent, None)
+        self._touch(parent, -1 if path in self.dirs else 0)
         self.attrs.pop(path, None)
         self.dirs.pop(path, None)
 
