@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE) | apt
 
 lint: setup
 	$(VENV)/bin/ruff check xos tests bench fs checkpoint
-	$(VENV)/bin/mypy xos
+	$(VENV)/bin/mypy xos fs
 
 test: setup lint
 	$(PY) -m pytest tests
@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/workspace.py --out bench/out/workspace.json
 	$(PY) bench/identity.py --out bench/out/identity.json
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
+	$(PY) bench/fs.py --out bench/out/fs.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init

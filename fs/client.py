@@ -354,7 +354,12 @@ class Client:
             self._wait(st, st.pending[oldest])
         fut = self._pool.submit(self._put, st, objno, start, buf)
         st.pending[objno] = fut
-        fut.add_done_callback(lambda f, n=objno: st.pending.pop(n, None) if st.pending.get(n) is f else None)
+
+        def done(f: concurrent.futures.Future[None], n: int = objno) -> None:
+            if st.pending.get(n) is f:
+                st.pending.pop(n, None)
+
+        fut.add_done_callback(done)
 
     def _wait(self, st: Open, fut: concurrent.futures.Future[None]) -> None:
         try:
