@@ -20,6 +20,7 @@ class Identity:
     vo: str
     exp: float
     service: str = ""
+    roles: tuple[str, ...] = ()
 
     @property
     def who(self) -> str:
@@ -42,7 +43,7 @@ class Authenticator:
         if ident is not None and time.time() < ident.exp:
             return ident
         claims = credential.verify(token, self.trust)
-        ident = Identity(claims.sub, claims.vo, float(claims.exp))
+        ident = Identity(claims.sub, claims.vo, float(claims.exp), roles=claims.roles)
         if len(self._cache) >= self.MAX_CACHED:
             self._cache.clear()
         self._cache[token] = ident

@@ -67,7 +67,7 @@ class MRC:
         if not rights:
             raise AccessDenied(f"{ident.who} is not admitted to volume {volume}: its ACL names neither them nor "
                                f"VO {ident.vo}")
-        return Caller(ident.who, ident.vo, rights)
+        return Caller(ident.who, ident.vo, rights, ident.roles)
 
     def cap(self, node: Inode, c: Caller, write: bool) -> str:
         return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",

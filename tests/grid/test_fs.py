@@ -443,3 +443,25 @@ def test_sha_of_a_file_written_through_the_python_api_matches_the_mount(grid, mn
         assert hashlib.sha256(f.read()).digest() == hashlib.sha256(payload).digest()
     shutil.copy(os.path.join(mnt, "api-file"), os.path.join(mnt, "copy"))
     assert os.stat(os.path.join(mnt, "copy")).st_size == len(payload)
+
+
+def test_chown_gives_a_file_away_only_by_a_vo_admin_and_within_the_vo(grid, mnt):
+    with open(os.path.join(mnt, "given"), "wb") as f:
+        f.write(b"x")
+    alice = grid.client("data")
+    admin = grid.client("data", "root", roles=("member", "admin"))
+    try:
+        with pytest.raises(Exception) as e:
+            alice.setattr("/given", owner="bob@vo-a")
+        assert getattr(e.value, "code", "") == "not-permitted"
+        with pytest.raises(Exception) as e:
+            admin.setattr("/given", owner="carol@vo-b")
+        assert getattr(e.value, "code", "") == "not-permitted"
+        admin.setattr("/given", owner="bob@vo-a")
+        assert alice.stat("/given")["owner"] == "bob@vo-a"
+    finally:
+        alice.close()
+        admin.close()
+    # bob has no account on this client host: the mount shows the file as nobody's
+    from xos.testing import wait_for
+    wait_for(lambda: os.stat(os.path.join(mnt, "given")).st_uid == 65534, 5, "the new owner to show")

@@ -226,9 +226,9 @@ class FsGrid:
         finally:
             c.close()
 
-    def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600) -> str:
+    def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600, roles: tuple[str, ...] = ("member",)) -> str:
         """A credential of `user` in `vo`, signed by the VO's key."""
-        token, _ = credential.issue(self._vo_keys[vo], user, vo, ["member"], [], ttl)  # type: ignore[arg-type]
+        token, _ = credential.issue(self._vo_keys[vo], user, vo, list(roles), [], ttl)  # type: ignore[arg-type]
         return token
 
     def cred_file(self, user: str, vo: str = "vo-a") -> str:
@@ -238,11 +238,12 @@ class FsGrid:
                 f.write(self.credential(user, vo))
         return path
 
-    def client(self, volume: str, user: str = "alice", vo: str = "vo-a") -> object:
+    def client(self, volume: str, user: str = "alice", vo: str = "vo-a",
+               roles: tuple[str, ...] = ("member",)) -> object:
         """A Python API client (from this namespace: the grid bridge is reachable from the host)."""
         from xos.fs.client import Client
 
-        return Client(self.mrc_url, volume, self.credential(user, vo))
+        return Client(self.mrc_url, volume, self.credential(user, vo, roles=roles))
 
     def cli(self, *args: str, host: Host | None = None) -> tuple[int, str, str]:
         """`xos ARGS` in a client host's namespace: (status, stdout, stderr)."""
