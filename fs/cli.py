@@ -284,7 +284,7 @@ def files(args: argparse.Namespace) -> int:
         c.op("seal", path=inner)
         res = c.replicas(inner)
     elif args.verb == "replicate":
-        res = _with_progress(c, inner, lambda: c.op("replicate", path=inner, osds=args.osd or None))
+        res = _replicate(c, inner, args.osd or None)
     else:
         if len(args.osd) != 1:
             raise InvalidInput("name the replica to remove by one of its OSDs: --osd ID")
@@ -306,11 +306,40 @@ def files(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_progress(c: Any, inner: str, call: Any) -> Any:
-    size = c.stat(inner)["size"]
-    if sys.stderr.isatty():
-        print(f"replicating {size} bytes ...", file=sys.stderr)
-    return call()
+def _bar(done: int, total: int, t0: float) -> str:
+    pct = 100 * done / total if total else 100.0
+    rate = done / max(time.monotonic() - t0, 1e-6) / 1e6
+    return f"\r[{'#' * int(pct / 5):<20}] {pct:5.1f}% {done >> 20} MiB {rate:.0f} MB/s"
+
+
+def _replicate(c: Any, inner: str, osds: list[str] | None) -> Any:
+    """Ask the MRC for a new replica, drawing the copy's progress on a terminal while it runs."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            out["res"] = c.op("replicate", path=inner, osds=osds)
+        except BaseException as e:
+            out["err"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    tty = sys.stderr.isatty()
+    while t.is_alive():
+        t.join(0.2)
+        if tty and t.is_alive():
+            p = c._op("progress", {"path": inner})
+            if p["copying"]:
+                print(_bar(p["done"], p["total"], t0), end="", file=sys.stderr)
+    if tty:
+        print(file=sys.stderr)
+    if "err" in out:
+        raise out["err"]
+    print(f"replica added in {time.monotonic() - t0:.2f} s")
+    return out["res"]
 
 
 def copy(args: argparse.Namespace) -> int:
@@ -340,10 +369,7 @@ def copy(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if tty and now - shown > 0.2:
                 shown = now
-                pct = 100 * done / total if total else 100
-                rate = done / max(now - t0, 1e-6) / 1e6
-                bar = "#" * int(pct / 5)
-                print(f"\r[{bar:<20}] {pct:5.1f}% {done >> 20} MiB {rate:.0f} MB/s", end="", file=sys.stderr)
+                print(_bar(done, total, t0), end="", file=sys.stderr)
     finally:
         src.close()
         dst.close()

@@ -255,6 +255,12 @@ class MRC:
         xloc = await self.replicas.add(node, field(b, "osds", list))
         return {"xloc": xloc.to_json()}
 
+    async def op_progress(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """How far the copy for a new replica of a file has come: bytes copied and to copy (none: no copy)."""
+        node = self.cat.resolve(v, field(b, "path", str), c)
+        done, total = self.replicas.progress.get(node.fid, (0, 0))
+        return {"copying": node.fid in self.replicas.progress, "done": done, "total": total}
+
     async def op_unreplicate(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         if "w" not in c.rights:
             raise AccessDenied(f"{c.who} may only read volume {v}")

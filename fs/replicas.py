@@ -34,6 +34,7 @@ class ReplicaManager:
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
         self.last_read: dict[tuple[str, str], float] = {}  # (fid, osd) -> last read the OSD reported
+        self.progress: dict[str, list[int]] = {}  # fid -> [bytes copied, bytes to copy] of a replica being made
         self._wake = asyncio.Event()
         self._live: frozenset[str] = frozenset()
 
@@ -146,14 +147,19 @@ class ReplicaManager:
         if not sources:
             raise NoReplica(f"no live replica of {node.fid} to copy from")
         src = sources[0]
+        work = []
         for col, osd in enumerate(src.osds):
             listing = await self._call("GET", f"{self._url(osd)}/v1/o/{node.fid}")
-            for objno, _size in listing["objects"]:
-                if objno % xloc.striping.width != col:
-                    continue
+            work += [(osd, objno, size) for objno, size in listing["objects"] if objno % xloc.striping.width == col]
+        progress = self.progress[node.fid] = [0, sum(size for _, _, size in work)]
+        try:
+            for osd, objno, size in work:
                 data = await self._call("GET", f"{self._url(osd)}/v1/o/{node.fid}/{objno}")
                 await self._call("PUT", f"{self._url(new.osd_of(objno))}/v1/o/{node.fid}/{objno}",
                                  params={"off": "0"}, data=data)
+                progress[0] += size
+        finally:
+            self.progress.pop(node.fid, None)
 
     async def _delete(self, fid: str, osds: list[str]) -> list[str]:
         """Delete a file's objects on OSDs; the ones that could not be reached."""

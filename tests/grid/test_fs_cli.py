@@ -50,6 +50,8 @@ def test_volumes_osds_mount_stat_cp_umount(grid, tmp_path):
         assert code == 0 and "read-only" in out, out
         with pytest.raises(PermissionError):
             open(os.path.join(mp, "copied"), "r+b")
+        code, out, _ = grid.cli("fs", "replicate", os.path.join(mp, "copied"))
+        assert code == 0 and "replica added" in out and out.count("replica ") >= 3, out
         code, out, _ = grid.cli("fs", "cp", f"{grid.mrc_url}/cli/copied", str(tmp_path / "out"), "--cred", cred)
         assert code == 0 and (tmp_path / "out").read_bytes() == payload, out
     finally:
