@@ -14,9 +14,10 @@
  * --out FILE (stdout and stderr of the main program, appended; relative to
  * XOS_WORK). The main program's exit status is written to XOS_WORK/.main.status.
  *
- * Nothing of the host's namespace files (nsfs mounts) is kept in the
- * workspace's mount table: they are not the workspace's, and CRIU cannot
- * restore them.
+ * Nothing of the host's namespace files (nsfs mounts) or FUSE mounts is kept
+ * in the workspace's mount table: they are not the workspace's (a FUSE mount
+ * serves its owner's credential to whoever reaches it), and CRIU cannot
+ * restore them: one dead FUSE mount on the host made every restore fail.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,8 +33,15 @@
 
 #define XOS_WORK "/run/xos-work"
 
-/* Unmount every nsfs mount (deepest first: a later line may sit on an earlier one). */
-static void drop_nsfs(void)
+/* Whether a mount's file-system type is one the workspace must not keep. */
+static int host_only(const char *fstype)
+{
+    return strncmp(fstype, "nsfs ", 5) == 0 || strncmp(fstype, "fuse ", 5) == 0 ||
+           strncmp(fstype, "fuse.", 5) == 0 || strncmp(fstype, "fuseblk ", 8) == 0;
+}
+
+/* Unmount every nsfs and FUSE mount (deepest first: a later line may sit on an earlier one). */
+static void drop_host_only(void)
 {
     char *points[256];
     int n = 0;
@@ -44,7 +52,7 @@ static void drop_nsfs(void)
     while (n < 256 && fgets(line, sizeof(line), f)) {
         /* id parent major:minor root mountpoint opts [optional...] - fstype source superopts */
         char *dash = strstr(line, " - ");
-        if (dash == NULL || strncmp(dash + 3, "nsfs ", 5) != 0)
+        if (dash == NULL || !host_only(dash + 3))
             continue;
         char *p = line;
         for (int field = 0; field < 4 && p; field++)
@@ -152,7 +160,7 @@ int main(int argc, char **argv)
         dprintf(1, "error mount-proc %d\n", errno);
         return 1;
     }
-    drop_nsfs();
+    drop_host_only();
     if (work && mount(work, XOS_WORK, NULL, MS_BIND, NULL) < 0) {
         dprintf(1, "error mount-work %d\n", errno);
         return 1;

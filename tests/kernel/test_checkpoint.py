@@ -319,3 +319,26 @@ def test_a_criu_that_hangs_is_stopped_and_the_workspace_runs_on(tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_host_fuse_mounts_stay_out_of_workspaces_and_a_dead_one_breaks_no_restore(node, tmp_path_factory):
+    from xos.testing.fsgrid import fuse_mount
+
+    base = str(tmp_path_factory.mktemp("fuse"))
+    with fuse_mount(os.path.join(base, "live")), fuse_mount(os.path.join(base, "dead"), dead=True):
+        with node.client() as c:
+            ws = c.create("fz", main=[PY, "-c", COUNTER], out="count.log")
+            log = os.path.join(ws["directory"], "count.log")
+            wait_for(lambda: len(lines(log)) >= 5, 10, "the counter to count")
+            out = bytearray()
+            assert c.exec("fz", ["cat", "/proc/self/mountinfo"], on_stdout=out.extend)["status"] == 0
+            seen = out.decode()
+            assert "/proc" in seen and " - fuse" not in seen and base not in seen, seen
+            image = os.path.join(node.home, "fz.img")
+            c.checkpoint("fz", image)
+            back = c.restore(image)
+            assert back["state"] == "running"
+            log2 = os.path.join(back["directory"], "count.log")
+            n0 = len(lines(log2))
+            wait_for(lambda: len(lines(log2)) > n0, 10, "the restored counter to go on")
+            c.rm("fz")

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
@@ -328,3 +329,40 @@ class FsGrid:
                 if name.endswith(".log"):
                     shutil.copy(os.path.join(self.base, name), keep)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+EMPTY_FS = """
+import sys, mfusepy
+class Empty(mfusepy.Operations):
+    use_ns = True
+mfusepy.FUSE(Empty(), sys.argv[1], foreground=True, fsname="xos-test-empty")
+"""
+
+
+@contextlib.contextmanager
+def fuse_mount(path: str, dead: bool = False) -> Iterator[str]:
+    """A FUSE mount at `path` (an empty file system); with dead=True its daemon is killed, leaving the
+    mount that answers ENOTCONN, as a crashed FUSE client leaves it. Unmounted afterwards."""
+    import subprocess
+
+    os.makedirs(path, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", EMPTY_FS, path], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def mounted() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError("the test FUSE file system exited at start-up")
+            with open("/proc/self/mountinfo") as f:
+                return any(line.split()[4] == path for line in f)
+
+        wait_for(mounted, 20, f"a FUSE mount on {path}")
+        if dead:
+            proc.kill()
+            proc.wait()
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            sp.umount(path, sp.lib.MNT_DETACH)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
