@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import mfusepy
 
-from xos.errors import NoSuchFile, XosError
+from xos.errors import XosError
 from xos.fs.client import Client, Open, errno_of
 
 log = logging.getLogger(__name__)
@@ -438,11 +438,11 @@ class GridFS(mfusepy.Operations):
             self.c.release(st)
 
 
-def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str) -> None:
-    """Serve the mount in this process until it is unmounted."""
-    try:
-        client.op("getattr", path="/")
-    except NoSuchFile:
-        pass
+def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allow_other: bool = False) -> None:
+    """Serve the mount in this process until it is unmounted.
+
+    Only the mounting user reaches it unless `allow_other`: every access goes out with the
+    mounting user's credential, so letting others in lends them that identity (within the
+    permission bits the kernel checks)."""
     mfusepy.FUSE(GridFS(client, accounts), mountpoint, foreground=True, fsname=f"xos:{volume}", subtype="xos",
-                 default_permissions=True, allow_other=True, max_read=IO_SIZE)
+                 default_permissions=True, allow_other=allow_other, max_read=IO_SIZE)

@@ -465,3 +465,9 @@ def test_chown_gives_a_file_away_only_by_a_vo_admin_and_within_the_vo(grid, mnt)
     # bob has no account on this client host: the mount shows the file as nobody's
     from xos.testing import wait_for
     wait_for(lambda: os.stat(os.path.join(mnt, "given")).st_uid == 65534, 5, "the new owner to show")
+
+
+def test_other_local_users_cannot_reach_a_mount_lent_no_one(mnt):
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "ls", mnt]
+    p = subprocess.run(as_nobody, capture_output=True, text=True)
+    assert p.returncode != 0 and "Permission denied" in p.stderr, p
