@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from xos.errors import BadConfig, CapabilityInvalid
 
@@ -60,7 +60,10 @@ def _unb64(text: str) -> bytes:
 
 def sign(secret: bytes, cap: Capability) -> str:
     """The token for `cap`: its fields as JSON and the MAC over them, base64url, dot-separated."""
-    body = _b64(json.dumps(asdict(cap), separators=(",", ":"), sort_keys=True).encode())
+    # the fields by hand: dataclasses.asdict deep-copies, half the cost of signing
+    fields = {"client": cap.client, "epoch": cap.epoch, "exp": cap.exp, "fid": cap.fid, "mode": cap.mode,
+              "xver": cap.xver}
+    body = _b64(json.dumps(fields, separators=(",", ":")).encode())
     mac = hmac.new(secret, body.encode(), hashlib.sha256).digest()
     return f"{body}.{_b64(mac)}"
 
