@@ -503,12 +503,16 @@ class Catalogue:
         node = self.resolve(volume, path, c)
         if node.is_dir:
             raise IsADirectory(f"{path} is a directory")
-        if write and "w" not in c.rights:
-            raise AccessDenied(f"{c.who} may only read volume {volume}")
-        if write and node.readonly:
-            raise NotPermitted(f"{path} is read-only (sealed for replication)")
-        _may(node, c, (R | W) if write else R)
+        self.may_open(node, c, write)
         return node
+
+    def may_open(self, node: Inode, c: Caller, write: bool) -> None:
+        """Whether `c` may open the file for reading (and writing)."""
+        if write and "w" not in c.rights:
+            raise AccessDenied(f"{c.who} may only write to volumes whose ACL lets them")
+        if write and node.readonly:
+            raise NotPermitted(f"inode {node.ino} is read-only (sealed for replication)")
+        _may(node, c, (R | W) if write else R)
 
     def seal(self, volume: str, path: str, c: Caller) -> Inode:
         """Make a file read-only for good (XtreemFS's read-only replication): its owner only, with no way back."""

@@ -28,6 +28,7 @@ def add_serve(serve: Any) -> None:
     m.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
     m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
+    m.add_argument("--cap-ttl", type=float, default=600.0, help="seconds a capability is good for (clients renew)")
     m.add_argument("--log-level", default="INFO")
     o = serve.add_parser("osd", help="a grid file system object store")
     o.add_argument("--id", required=True, help="the OSD's name")
@@ -97,8 +98,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.role == "mrc":
         from xos.fs.mrc import MrcConfig, serve_mrc
 
-        asyncio.run(serve_mrc(MrcConfig(config.home(), args.listen, secret, _trust(args.trust), args.grace,
-                                        args.idle)))
+        asyncio.run(serve_mrc(MrcConfig(config.home(), args.listen, secret, _trust(args.trust), grace=args.grace,
+                                        idle=args.idle, cap_ttl=args.cap_ttl)))
     else:
         from xos.fs.osd import OsdConfig, serve_osd
 

@@ -54,6 +54,7 @@ class Open:
     dirty: bool = False
     behind: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    renew_lock: threading.Lock = field(default_factory=threading.Lock)
     wbuf: dict[int, tuple[int, bytearray]] = field(default_factory=dict)  # objno -> (offset, bytes)
     pending: dict[int, concurrent.futures.Future[None]] = field(default_factory=dict)
     cache: collections.OrderedDict[int, concurrent.futures.Future[bytes]] = field(
@@ -279,10 +280,16 @@ class Client:
             self.flush(st)
             if st.xloc is not None:
                 for osd in st.xloc.osds():
-                    status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", b"{}",
-                                                self._osd_headers(st))
-                    if status != 200:
-                        raise from_json(json.loads(raw or b"{}"), status)
+                    for attempt in (0, 1):
+                        cap = st.cap
+                        status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", b"{}",
+                                                    {**self._auth, "X-Xos-Cap": cap})
+                        if status == 200:
+                            break
+                        err = from_json(json.loads(raw or b"{}"), status)
+                        if attempt or not self._renewable(err):
+                            raise err
+                        self._renew(st, cap)
 
     def _commit(self, st: Open) -> None:
         if not st.dirty:
@@ -380,16 +387,31 @@ class Client:
             err, st.error = st.error, None
             raise err
 
+    def _renew(self, st: Open, used: str) -> None:
+        """A fresh capability for an open file whose capability `used` expired or went stale (truncated,
+        replicas changed): the MRC checks permission again and sends the current replica list."""
+        with st.renew_lock:
+            if st.cap != used:
+                return  # another thread renewed it meanwhile
+            r = self.op("renew", ino=st.ino, write=st.write)
+            if r.get("xloc"):
+                st.xloc = Xloc.from_json(r["xloc"])
+            st.cap, st.epoch = r["cap"], r["epoch"]
+
+    @staticmethod
+    def _renewable(err: XosError) -> bool:
+        return isinstance(err, StaleCapability) or (err.code == "capability-invalid" and "expired" in err.message)
+
     def _osd_headers(self, st: Open) -> dict[str, str]:
         return {**self._auth, "X-Xos-Cap": st.cap}
 
     def _put(self, st: Open, objno: int, offset: int, data: memoryview) -> None:
         """Send one object write to the first replica that answers, which forwards it to the others."""
-        assert st.xloc is not None
-        xloc = st.xloc
-        urls = [xloc.urls[r.osd_of(objno)] for r in xloc.replicas]
         deadline = time.monotonic() + self.deadline
+        renewed = False
         while True:
+            assert st.xloc is not None
+            urls = [st.xloc.urls[r.osd_of(objno)] for r in st.xloc.replicas]
             for i, url in enumerate(urls):
                 headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
                            "X-Xos-Forward": ",".join(urls[i + 1:])}
@@ -403,14 +425,17 @@ class Client:
                     st.behind.update(reply.get("behind", []))
                     return
                 err = from_json(reply, status)
-                if isinstance(err, StaleCapability):
-                    raise err
+                if self._renewable(err) and not renewed:
+                    self._renew(st, headers["X-Xos-Cap"])
+                    renewed = True
+                    break
                 if status < 500:
                     raise err
                 st.behind.add(url)
-            if time.monotonic() > deadline:
-                raise NoReplica(f"no replica of {st.path} accepted a write within {self.deadline:.0f}s")
-            time.sleep(0.2)
+            else:
+                if time.monotonic() > deadline:
+                    raise NoReplica(f"no replica of {st.path} accepted a write within {self.deadline:.0f}s")
+                time.sleep(0.2)
 
     def _spill(self, st: Open) -> None:
         """Move an inline file to OSDs before it grows past the inline limit."""
@@ -487,7 +512,7 @@ class Client:
                 if self.interrupted():
                     raise InterruptedError(errno.EINTR, "read interrupted") from None
 
-    def _get(self, st: Open, objno: int, offset: int, length: int) -> bytes:
+    def _get(self, st: Open, objno: int, offset: int, length: int, renewed: bool = False) -> bytes:
         """A range of one object from the first replica that serves it intact."""
         assert st.xloc is not None
         replicas = st.xloc.replicas
@@ -498,9 +523,11 @@ class Client:
             errors = []
             for i in order:
                 url = st.xloc.urls[replicas[i].osd_of(objno)]
+                cap = st.cap
                 try:
                     status, headers, raw = self._http(
-                        "GET", f"{url}/v1/o/{st.fid}/{objno}?off={offset}&len={length}", None, self._osd_headers(st))
+                        "GET", f"{url}/v1/o/{st.fid}/{objno}?off={offset}&len={length}", None,
+                        {**self._auth, "X-Xos-Cap": cap})
                 except Unavailable as e:
                     errors.append(str(e))
                     continue
@@ -508,6 +535,9 @@ class Client:
                     st.prefer = i
                     return raw
                 err = from_json(json.loads(raw or b"{}"), status)
+                if self._renewable(err) and not renewed:
+                    self._renew(st, cap)
+                    return self._get(st, objno, offset, length, renewed=True)
                 if err.code == "no-such-file":
                     missing += 1
                 errors.append(str(err))

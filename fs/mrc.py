@@ -34,6 +34,7 @@ class MrcConfig:
     secret: bytes
     trust: str
     grace: float = 10.0  # an OSD silent this long is gone: its replicas are rebuilt elsewhere
+    cap_ttl: float = capability.TTL  # seconds a capability is good for; clients renew it
     idle: float = 3600.0  # replicas beyond the policy unread this long are dropped
 
 
@@ -71,7 +72,7 @@ class MRC:
 
     def cap(self, node: Inode, c: Caller, write: bool) -> str:
         return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",
-                                                           time.time() + capability.TTL, node.epoch, node.xver,
+                                                           time.time() + self.cfg.cap_ttl, node.epoch, node.xver,
                                                            c.who))
 
     def xloc(self, node: Inode) -> dict[str, Any] | None:
@@ -192,6 +193,16 @@ class MRC:
     def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
         return {"attrs": node.attrs(), "fid": node.fid, "inline": _b64(node.inline), "cap": self.cap(node, c, write),
                 "xloc": self.xloc(node), "epoch": node.epoch}
+
+    async def op_renew(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """A fresh capability (and replica list) for a file the caller has open: by inode, since the file
+        may have been renamed or unlinked since it was opened. Permissions are checked again."""
+        node = self.cat.inode(field(b, "ino", int))
+        if self.cat.volume_of(node.ino).name != v:
+            raise InvalidInput("that inode is in another volume", field="ino")
+        write = field(b, "write", bool, False)
+        self.cat.may_open(node, c, write)
+        return self._opened(node, c, write)
 
     def _held(self, b: dict[str, Any], c: Caller) -> tuple[Inode, Capability]:
         """The inode a request's capability names, if the capability is this caller's and writable."""

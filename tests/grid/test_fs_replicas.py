@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -219,3 +220,37 @@ def test_a_read_from_frozen_osds_returns_eintr_when_interrupted(grid):
             osd.procs[0].send(signal.SIGCONT)
     with open(os.path.join(mp, "slow"), "rb") as f:  # and the mount still works afterwards
         assert len(f.read()) == 2 << 20
+
+
+def test_files_kept_open_past_their_capability_go_on_reading_and_writing():
+    from xos.fs import capability
+
+    with FsGrid(osds=2, clients=1, cap_ttl=2.0) as g:
+        g.mkvol("short", replicas=2)
+        mp = g.mount(0, "short")
+        c = g.client("short")
+        first, second = os.urandom(3 << 20), os.urandom(3 << 20)
+        try:
+            with c.open("/w", "wb") as api_file, open(os.path.join(mp, "m"), "wb") as mounted:
+                api_file.write(first)
+                mounted.write(first)
+                mounted.flush()
+                os.fsync(mounted.fileno())
+                cap = capability.verify(open(g.key, "rb").read().strip(), api_file._st.cap)
+                wait_for(lambda: time.time() > cap.exp + 0.5, 10, "the capabilities to expire")
+                api_file.write(second)
+                mounted.write(second)
+                mounted.flush()
+                os.fsync(mounted.fileno())
+            with c.open("/w") as f:
+                assert f.read() == first + second
+            with open(os.path.join(mp, "m"), "rb") as f:
+                assert f.read() == first + second
+            reader = c.open("/w")
+            assert reader.read(1 << 20) == first[:1 << 20]
+            exp = capability.verify(open(g.key, "rb").read().strip(), reader._st.cap, now=0).exp
+            wait_for(lambda: time.time() > exp + 0.5, 10, "the reader's capability to expire")
+            assert reader.read() == first[1 << 20:] + second
+            reader.close()
+        finally:
+            c.close()

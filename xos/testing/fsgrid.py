@@ -83,13 +83,14 @@ class FsGrid:
 
     __test__ = False
 
-    def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0) -> None:
+    def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
+                 cap_ttl: float = 600.0) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
         self.bridge = f"xf{self.tag}"
         self.n_osds, self.n_clients = osds, clients
-        self.grace, self.idle = grace, idle
+        self.grace, self.idle, self.cap_ttl = grace, idle, cap_ttl
         self.hosts: list[Host] = []
         self.mrc: Host | None = None
         self.osds: list[Host] = []
@@ -185,7 +186,8 @@ class FsGrid:
     def start_mrc(self) -> Proc:
         assert self.mrc is not None
         proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
-                                     "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle)],
+                                     "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
+                                     "--cap-ttl", str(self.cap_ttl)],
                           "mrc.log")
         wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
         return proc
