@@ -151,7 +151,7 @@ class MRC:
     async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         node = self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c,
                                field(b, "exclusive", bool, True))
-        return self._opened(node, c, True)
+        return await self._opened(node, c, True)
 
     async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)
@@ -188,9 +188,12 @@ class MRC:
 
     async def op_open(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         write = field(b, "write", bool, False)
-        return self._opened(self.cat.open(v, field(b, "path", str), c, write), c, write)
+        return await self._opened(self.cat.open(v, field(b, "path", str), c, write), c, write)
 
-    def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
+    async def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
+        if write and node.fid in self.replicas.copying:
+            await self.replicas.writable(node.fid)
+            node = self.cat.inode(node.ino)  # with its new replica list
         return {"attrs": node.attrs(), "fid": node.fid, "inline": _b64(node.inline), "cap": self.cap(node, c, write),
                 "xloc": self.xloc(node), "epoch": node.epoch}
 
@@ -202,7 +205,7 @@ class MRC:
             raise InvalidInput("that inode is in another volume", field="ino")
         write = field(b, "write", bool, False)
         self.cat.may_open(node, c, write)
-        return self._opened(node, c, write)
+        return await self._opened(node, c, write)
 
     def _held(self, b: dict[str, Any], c: Caller) -> tuple[Inode, Capability]:
         """The inode a request's capability names, if the capability is this caller's and writable."""
@@ -215,6 +218,7 @@ class MRC:
     async def op_place(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """Give a file growing past the inline limit its OSDs."""
         node, _ = self._held(b, c)
+        await self.replicas.writable(node.fid)
         node = self.cat.place(node.ino, self.cat.volume(v).replicas)
         return {"xloc": self.xloc(node), "cap": self.cap(node, c, True), "epoch": node.epoch}
 

@@ -197,6 +197,9 @@ class OSD:
         self.auth = Authenticator(cfg.trust, cfg.secret)
         self.caps = Verifier(cfg.secret)
         self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file
+        self.xvers: dict[str, int] = {}  # replica-list version the MRC fenced each file at
+        self.writing: dict[str, int] = {}  # writes in progress per file
+        self.quiet = asyncio.Condition()  # notified when a file has no write in progress
         self.reads: dict[str, float] = {}  # files read since the last heartbeat
         self.busy = 0
         self.session: aiohttp.ClientSession | None = None
@@ -214,26 +217,36 @@ class OSD:
             raise CapabilityInvalid(f"capability allows {cap.mode!r}, not {'writing' if write else 'reading'}")
         if write and cap.epoch < self.epochs.get(fid, 0):
             raise StaleCapability(f"file {fid} was truncated since this capability was issued: open it again")
+        # A write the primary already took under an older list is passed on whatever the list is now:
+        # the MRC waits for those before it copies (see fence).
+        if write and cap.xver < self.xvers.get(fid, 0) and not request.headers.get("X-Xos-Forwarded"):
+            raise StaleCapability(f"the replicas of file {fid} changed since this capability was issued")
         return who, cap
 
     async def put(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
         objno = int(request.match_info["objno"])
         who, cap = self._check(request, fid, write=True)
-        offset = int(request.query.get("off", "0"))
-        if offset < 0 or objno < 0 or offset > MAX_OBJECT:
-            raise BadRequest("bad object offset")
-        data = await request.read()
-        if offset + len(data) > MAX_OBJECT:
-            raise BadRequest(f"an object holds at most {MAX_OBJECT} bytes")
+        self.writing[fid] = self.writing.get(fid, 0) + 1  # counted from the check on: a fence waits for it
         self.busy += 1
         try:
+            offset = int(request.query.get("off", "0"))
+            if offset < 0 or objno < 0 or offset > MAX_OBJECT:
+                raise BadRequest("bad object offset")
+            data = await request.read()
+            if offset + len(data) > MAX_OBJECT:
+                raise BadRequest(f"an object holds at most {MAX_OBJECT} bytes")
             forwards = [u for u in request.headers.get("X-Xos-Forward", "").split(",") if u]
             sends = [self._forward(u, request, fid, objno, offset, data) for u in forwards]
             results = await asyncio.gather(asyncio.to_thread(self.store.write, fid, objno, offset, data), *sends,
                                            return_exceptions=True)
         finally:
             self.busy -= 1
+            self.writing[fid] -= 1
+            if not self.writing[fid]:
+                del self.writing[fid]
+                async with self.quiet:
+                    self.quiet.notify_all()
         if isinstance(results[0], BaseException):
             raise results[0]
         behind = [u for u, r in zip(forwards, results[1:], strict=True) if r is not True]
@@ -243,6 +256,7 @@ class OSD:
         """Send a write on to another replica; whether it has it."""
         assert self.session is not None
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Xos-Cap")}
+        headers["X-Xos-Forwarded"] = "1"
         try:
             async with self.session.put(f"{url}/v1/o/{fid}/{objno}", params={"off": str(offset)}, data=data,
                                         headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
@@ -290,6 +304,19 @@ class OSD:
         await asyncio.to_thread(self.store.truncate, fid, size, stripe)
         return json_response({"size": size})
 
+    async def fence(self, request: web.Request) -> web.Response:
+        """The MRC's word that a file's replica list is now `xver`: writes under an older one are refused from
+        now on, and the answer waits until those already taken are done everywhere they go."""
+        fid = _fid(request.match_info["fid"])
+        who = self.auth.request(request, service_ok=True)
+        if not who.service:
+            raise CapabilityInvalid("only the MRC fences files")
+        body = await read_body(request)
+        self.xvers[fid] = max(int(body["xver"]), self.xvers.get(fid, 0))
+        async with self.quiet:
+            await self.quiet.wait_for(lambda: fid not in self.writing)
+        return json_response({"xver": self.xvers[fid]})
+
     async def fsync(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
         self._check(request, fid, write=True)
@@ -303,6 +330,7 @@ class OSD:
             raise CapabilityInvalid("only the MRC deletes files")
         await asyncio.to_thread(self.store.delete, fid)
         self.epochs.pop(fid, None)
+        self.xvers.pop(fid, None)
         return json_response({})
 
     def status(self) -> dict[str, Any]:
@@ -338,6 +366,7 @@ def make_app(osd: OSD) -> web.Application:
     app.router.add_get("/v1/o/{fid}", osd.listing)
     app.router.add_post("/v1/o/{fid}/truncate", osd.truncate)
     app.router.add_post("/v1/o/{fid}/fsync", osd.fsync)
+    app.router.add_post("/v1/o/{fid}/fence", osd.fence)
     app.router.add_delete("/v1/o/{fid}", osd.delete)
     app.router.add_get("/v1/status", osd.info)
     return app

@@ -35,6 +35,7 @@ class ReplicaManager:
         self.started = time.time()
         self.last_read: dict[tuple[str, str], float] = {}  # (fid, osd) -> last read the OSD reported
         self.progress: dict[str, list[int]] = {}  # fid -> [bytes copied, bytes to copy] of a replica being made
+        self.copying: dict[str, asyncio.Event] = {}  # fid -> set when the copy for its new replica is over
         self._wake = asyncio.Event()
         self._live: frozenset[str] = frozenset()
 
@@ -125,8 +126,30 @@ class ReplicaManager:
             if not choice:
                 raise NoSpace("no live OSDs left that do not hold this file already")
             new = choice[0]
-        await self._copy(node, xloc, new)
-        return self.cat.set_xloc(node.ino, xloc.version, [*xloc.replicas, new])
+        # No writer may change the file while it is copied: no write capability is handed out until
+        # the copy is in (the MRC waits on `copying`), and the OSDs refuse writes under the old
+        # replica list once fenced, after the ones they had taken are done everywhere.
+        done = self.copying[node.fid] = asyncio.Event()
+        try:
+            xloc = self.cat.set_xloc(node.ino, xloc.version, list(xloc.replicas))
+            await self._fence(node.fid, xloc)
+            await self._copy(node, xloc, new)
+            return self.cat.set_xloc(node.ino, xloc.version, [*xloc.replicas, new])
+        finally:
+            del self.copying[node.fid]
+            done.set()
+
+    async def _fence(self, fid: str, xloc: Xloc) -> None:
+        """Tell every live OSD of the file its new replica-list version; back when their writes are done."""
+        alive = self._alive()
+        await asyncio.gather(*(self._call("POST", f"{self._url(o)}/v1/o/{fid}/fence", json={"xver": xloc.version})
+                               for o in xloc.osds() if o in alive))
+
+    async def writable(self, fid: str) -> None:
+        """Wait until no copy of `fid` is under way (before handing out a write capability)."""
+        done = self.copying.get(fid)
+        if done is not None:
+            await done.wait()
 
     async def remove(self, node: Inode, osd: str) -> Xloc:
         """Remove the replica on `osd`; the last one stays."""

@@ -254,3 +254,64 @@ def test_files_kept_open_past_their_capability_go_on_reading_and_writing():
             reader.close()
         finally:
             c.close()
+
+
+def _object_files(grid, fid, osd_name):
+    i = next(i for i, h in enumerate(grid.osds) if h.name == osd_name)
+    d = os.path.join(grid.osd_dir(i), "objects", fid[:2], fid)
+    out = {}
+    for name in os.listdir(d):
+        with open(os.path.join(d, name), "rb") as f:
+            out[int(name)] = f.read()
+    return out
+
+
+def test_a_replica_rebuilt_while_the_file_is_written_misses_no_write(grid):
+    c = grid.client("rep")
+    stop = threading.Event()
+    written = [0]
+    errors: list[BaseException] = []
+
+    def chunk(i):
+        return hashlib.sha512(str(i).encode()).digest() * 1024  # 64 KiB
+
+    def writer():
+        try:
+            with c.open("/live", "wb") as f:
+                i = 0
+                while not stop.is_set():
+                    f.write(chunk(i))
+                    f.flush()  # each chunk out to the OSDs: many small writes while the copy runs
+                    i += 1
+                    written[0] = i
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        wait_for(lambda: written[0] >= 32 or errors, 60, "2 MiB to be written")
+        x = _replicas(grid, "/live")["xloc"]
+        victim_name = x["replicas"][1]["osds"][0]
+        next(h for h in grid.osds if h.name == victim_name).procs[0].stop(signal.SIGKILL)
+
+        def rebuilt():
+            reps = _replicas(grid, "/live")["xloc"]["replicas"]
+            return len(reps) == 2 and all(victim_name not in r["osds"] for r in reps)
+
+        wait_for(rebuilt, 120, "the replica to be rebuilt while the file is written")
+        after = written[0]
+        wait_for(lambda: written[0] >= after + 32 or errors, 60, "2 MiB more to be written")
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    total = written[0]
+    try:
+        with c.open("/live") as f:
+            assert f.read() == b"".join(chunk(i) for i in range(total))
+        info = _replicas(grid, "/live")
+    finally:
+        c.close()
+    a, b = (_object_files(grid, info["fid"], r["osds"][0]) for r in info["xloc"]["replicas"])
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), "the replicas differ"
