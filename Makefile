@@ -45,6 +45,7 @@ bench: setup
 	$(PY) bench/identity.py --out bench/out/identity.json
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
 	$(PY) bench/fs.py --out bench/out/fs.json
+	$(PY) bench/aem.py --out bench/out/aem.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init
