@@ -76,6 +76,12 @@ class NodeAd:
     requirements: str = ""
     _ad: Any = field(default=None, repr=False)
 
+    @classmethod
+    def of(cls, attrs: Mapping[str, Any]) -> NodeAd:
+        """A node's ad as it sends it (JSON, its Requirements as expression text)."""
+        rest = {k: v for k, v in attrs.items() if k != "Requirements"}
+        return cls(str(attrs.get("Name", "")), rest, str(attrs.get("Requirements", "")))
+
     def classad(self) -> Any:
         if self._ad is None:
             a = ad(self.attrs)

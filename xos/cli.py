@@ -69,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--listen", help="HOST:PORT of the peer API: migrations from other nodes")
     sn.add_argument("--peer-key", help="file with the secret the nodes of a grid share")
     sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
+    sn.add_argument("--site", help="where the node is, for jobs' requirements")
+    sn.add_argument("--price", help="price of a CPU-hour here, for ranking and accounting")
     sn.add_argument("--log-level", default="INFO")
 
     fs_cli.add_serve(serve)
@@ -158,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="this node").add_subparsers(dest="verb", required=True)
     node.add_parser("info", help="capacity and allocations")
+    node.add_parser("ad", help="the node's ClassAd, as a job manager matches jobs against it")
     node.add_parser("metrics", help="Prometheus metrics")
     t = node.add_parser("trust", help="trust a VO's signing key (no restart needed)")
     t.add_argument("vo")
@@ -347,6 +350,8 @@ async def _client_main(args: argparse.Namespace) -> int:
         if args.area == "node":
             if args.verb == "info":
                 print(json.dumps(await node.info(), indent=2))
+            elif args.verb == "ad":
+                print(json.dumps(await node.ad(), indent=2))
             else:
                 sys.stdout.write(await node.metrics())
             return 0
@@ -489,7 +494,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
-                                               "vo_urls", "listen", "peer_key", "peers")}
+                                               "vo_urls", "listen", "peer_key", "peers", "site", "price")}
     cfg = NodeConfig.load(args.config, overrides)
     asyncio.run(serve_node(cfg))
     return 0

@@ -53,6 +53,8 @@ class NodeConfig:
     listen: str = ""  # HOST:PORT of the peer API (images from other nodes), off when empty
     peer_key: str = ""  # file holding the secret nodes of one grid share to talk to each other
     peers: tuple[str, ...] = ()  # "NAME=URL": other nodes, for `xos ws migrate NAME --to NODE`
+    site: str = ""  # where the node is, for jobs' requirements (Site == "b")
+    price: float = 0.0  # what a CPU-hour here costs, for ranking and accounting
 
     def peer_url(self, to: str) -> str:
         """The peer API URL of node `to` (a URL, or a name from `peers`)."""
@@ -119,6 +121,13 @@ class NodeConfig:
             values["bandwidth"] = units.parse_rate(values["bandwidth"])
         if "cpu" in values:
             values["cpu"] = units.parse_cpus(values["cpu"])
+        if "price" in values:
+            try:
+                values["price"] = float(values["price"])
+            except (TypeError, ValueError):
+                raise InvalidInput(f"price {values['price']!r} is not a number") from None
+            if not 0 <= values["price"] < 1e9:
+                raise InvalidInput(f"price {values['price']} is out of range")
         for key in ("pools", "vo_urls", "peers"):
             if key in values:
                 if isinstance(values[key], dict):

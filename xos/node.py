@@ -33,6 +33,10 @@ class Client(rpc.HttpClient):
         """The node: name, cgroup hierarchy, capacity, what is allocated."""
         return await self._call("GET", "/v1/node")
 
+    async def ad(self) -> dict[str, Any]:
+        """The node's ClassAd (HTCondor attribute names), as a job manager matches against it."""
+        return await self._call("GET", "/v1/node/ad")
+
     async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
                      user: str | None = None, credential: str | None = None, main: list[str] | None = None,
                      out: str | None = None, env: dict[str, str] | None = None, **alloc: Any) -> dict[str, Any]:

@@ -37,6 +37,10 @@ async def node_info(request: web.Request) -> web.Response:
     return rpc.json_response(_svc(request).node_info())
 
 
+async def node_ad(request: web.Request) -> web.Response:
+    return rpc.json_response(_svc(request).classad())
+
+
 async def sample(request: web.Request) -> web.Response:
     svc = _svc(request)
     t0 = time.perf_counter()
@@ -387,6 +391,7 @@ def make_peer_app(svc: NodeService) -> web.Application:
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/peer/node", node_info),
+        web.get("/v1/peer/ad", node_ad),
         web.put("/v1/peer/restore", peer_restore),
         web.put("/v1/peer/stage", peer_stage),
     ])
@@ -399,6 +404,7 @@ def make_app(svc: NodeService) -> web.Application:
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/node", node_info),
+        web.get("/v1/node/ad", node_ad),
         web.post("/v1/node/sample", sample),
         web.get("/v1/workspaces", list_workspaces),
         web.post("/v1/workspaces", create_workspace),

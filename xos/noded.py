@@ -20,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from xos import network, units
+from xos import credential, network, units
 from xos import rtnl as rtnl_raw
 from xos import spawn as sp
 from xos._native.cgstat import read_many
@@ -488,6 +488,28 @@ class NodeService:
             "allocated": {"cpu": round(sum(a.cpu for a in allocs), 4), "memory": sum(a.memory for a in allocs),
                           "egress": sum(a.egress for a in allocs), "ingress": sum(a.ingress for a in allocs)},
             "workspaces": len(self.workspaces), "checkpoint": checkpoint_ad(),
+        }
+
+    def classad(self) -> dict[str, Any]:
+        """The node's advertisement in HTCondor's attribute names: static (what it is) and dynamic (what is
+        free now). Cpus and Memory are what a job can still get, as for a partitionable slot."""
+        info = self.node_info()
+        cap, used = info["capacity"], info["allocated"]
+        ckpt = info["checkpoint"]
+        vos = credential.TrustStore(os.path.join(self.config.home, "trust")).vos()
+        arch = {"x86_64": "X86_64", "aarch64": "aarch64"}.get(platform.machine(), platform.machine())
+        return {
+            "Name": self.config.name, "Machine": self.config.name, "Arch": arch, "OpSys": "LINUX",
+            "KernelVersion": platform.release(), "Site": self.config.site, "Price": self.config.price,
+            "TotalCpus": cap["cpu"], "TotalMemory": cap["memory"] >> 20,
+            "Cpus": round(max(cap["cpu"] - used["cpu"], 0.0), 4),
+            "Memory": max(cap["memory"] - used["memory"], 0) >> 20,
+            "LoadAvg": round(os.getloadavg()[0], 2), "Workspaces": info["workspaces"], "AllowedVOs": vos,
+            "HasCheckpoint": bool(ckpt["available"]), "HasLiveMigration": bool(ckpt["live_migration"]),
+            "CriuVersion": ckpt.get("criu") or "", "CGroup": info["cgroup"],
+            # Local admission in the ad itself: only VOs this node trusts, only what fits.
+            "Requirements": "member(TARGET.VO, MY.AllowedVOs) && TARGET.RequestCpus <= MY.Cpus && "
+                            "TARGET.RequestMemory <= MY.Memory",
         }
 
     def metrics(self) -> str:
