@@ -483,8 +483,25 @@ class Workspace:
             limits["ingress"] = rtnl.htb_rate(self.ctx.raw, self.host_index)
             out["kernel"] = limits
             out["processes"] = len([p for p in self.cgroup.procs() if p != rec.init_pid])
+        ended = self.main_exit()
+        if ended is not None:
+            out["main_exit"] = ended
         out["usage"] = self.usage_rec.to_json()
         return out
+
+    def main_exit(self) -> dict[str, int] | None:
+        """How the main program ended ({"exit": N} or {"signal": S}), None while it runs or if there is none.
+
+        xos-init writes it into the workspace directory when its child ends; the workspace itself
+        stays until it is removed, so a job manager reads the status and then collects the output."""
+        try:
+            with open(os.path.join(self.ctx.directory(self.rec), ".main.status")) as f:
+                kind, _, value = f.read(64).strip().partition(" ")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if kind in ("exit", "signal") and value.isdigit():
+            return {kind: int(value)}
+        return None
 
 
 async def wait_exit(pidfd: int, timeout: float) -> None:

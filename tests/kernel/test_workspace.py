@@ -148,3 +148,23 @@ def test_exec_streams_stdin_in_and_stops_feeding_a_closed_reader(node):
     assert (p.returncode, p.stdout) == (0, b"y\ny\n")
     p = subprocess.run([*base[:4], "exec", "-n", "io", "--", "cat"], env=node.env(), capture_output=True, timeout=60)
     assert (p.returncode, p.stdout) == (0, b"")
+
+
+def test_the_main_programs_exit_status_is_reported_and_the_workspace_stays():
+    from xos.testing import node as xos_node
+    from xos.testing import wait_for
+
+    with xos_node() as n, n.client() as c:
+        c.create("m3", main=["/bin/sh", "-c", "echo done; exit 3"], out="out.log", cpu="0.1")
+        wait_for(lambda: "main_exit" in c.stat("m3"), 20, "the main program to end")
+        d = c.stat("m3")
+        assert d["main_exit"] == {"exit": 3} and d["state"] == "running"
+        with open(f"{d['directory']}/out.log") as f:
+            assert f.read() == "done\n"
+        c.create("m9", main=["/bin/sh", "-c", "kill -9 $$"], cpu="0.1")
+        wait_for(lambda: "main_exit" in c.stat("m9"), 20, "the main program to be killed")
+        assert c.stat("m9")["main_exit"] == {"signal": 9}
+        c.create("plain", cpu="0.1")
+        assert "main_exit" not in c.stat("plain")
+        for name in ("m3", "m9", "plain"):
+            c.rm(name)
