@@ -74,11 +74,35 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--log-level", default="INFO")
 
     fs_cli.add_serve(serve)
+    sa = serve.add_parser("aem", help="the job manager: jobs, node ads, matching, control")
+    sa.add_argument("--listen", default="0.0.0.0:7300", help="HOST:PORT (default 0.0.0.0:7300)")
+    sa.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
+    sa.add_argument("--peer-key", required=True, help="file with the secret the grid's nodes share")
+    sa.add_argument("--node", action="append", default=[], help="NAME=URL of a node's peer API")
+    sa.add_argument("--poll", type=float, default=1.0, help="seconds between looks at nodes")
+    sa.add_argument("--ad-ttl", type=float, default=30.0, help="seconds a node's ad lives without a refresh")
+    sa.add_argument("--log-level", default="INFO")
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
     sv.add_argument("--listen", help="also serve revocations and keys to nodes on HOST:PORT")
     sv.add_argument("--log-level", default="INFO")
 
     fs_cli.add_verbs(sub)
+    job = sub.add_parser("job", help="jobs on the grid").add_subparsers(dest="verb", required=True)
+    for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
+                      ("status", "a job's state, node and history"), ("output", "a finished job's output"),
+                      *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel"))):
+        jp = job.add_parser(verb, help=hlp)
+        if verb == "submit":
+            jp.add_argument("file")
+            jp.add_argument("--wait-for-match", action="store_true", help="queue it even if no node matches now")
+        elif verb == "ls":
+            jp.add_argument("--state")
+            jp.add_argument("--json", action="store_true")
+        else:
+            jp.add_argument("id")
+        jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"),
+                       help="the job manager's URL (default $XOS_AEM or http://localhost:7300)")
+        jp.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     sub.add_parser("init", help="make this host's VO signing key ($XOS_HOME/vo/signing.key)")
 
     vo = sub.add_parser("vo", help="virtual organizations").add_subparsers(dest="verb", required=True)
@@ -477,6 +501,57 @@ def _status(res: dict[str, Any]) -> int:
     return int(res["status"])
 
 
+async def _job_main(args: argparse.Namespace) -> int:
+    from xos.aem import Client as JobManager
+    from xos.fs.client import credential_from
+
+    async with JobManager(args.aem, credential_from(args.cred)) as jm:
+        if args.verb == "submit":
+            try:
+                with open(args.file, "rb") as f:
+                    text = f.read(1 << 20).decode("utf-8", "replace")
+            except OSError as e:
+                raise InvalidInput(f"cannot read job file {args.file}: {e.strerror}") from None
+            for j in await jm.submit(text, args.wait_for_match):
+                print(f"{j['id']} {j['state']}")
+        elif args.verb == "ls":
+            jobs = await jm.ls(args.state)
+            if args.json:
+                print(json.dumps(jobs))
+            else:
+                for j in jobs:
+                    print(f"{j['id']:<10} {j['state']:<12} {j['node'] or '-':<14} {j['reason']}")
+        elif args.verb == "status":
+            j = await jm.status(args.id)
+            print(f"{j['id']} {j['state']} on {j['node'] or '-'}: {j['reason']}"
+                  + (f" (exit status {j['exit_status']})" if j["exit_status"] is not None else ""))
+            for h in j["history"]:
+                print(f"  {time.strftime('%H:%M:%S', time.localtime(h['at']))} {h['from'] or '-':>12} -> "
+                      f"{h['to']:<12} {h['reason']}")
+        elif args.verb == "output":
+            sys.stdout.write(await jm.output(args.id))
+        else:
+            j = await jm.control(args.id, args.verb)
+            print(f"{j['id']} {j['state']}")
+    return 0
+
+
+def _serve_aem(args: argparse.Namespace) -> int:
+    from xos import log
+    from xos.aemd import AemConfig, serve_aem
+
+    log.setup(args.log_level)
+    nodes = {}
+    for spec in args.node:
+        name, sep, url = spec.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise InvalidInput(f"--node {spec!r} is not NAME=URL")
+        nodes[name] = url.rstrip("/")
+    asyncio.run(serve_aem(AemConfig(config.home(), args.listen, args.trust or os.path.join(config.home(), "trust"),
+                                    args.peer_key, nodes, args.poll, args.ad_ttl)))
+    return 0
+
+
 def _serve_vo(args: argparse.Namespace) -> int:
     from xos import log
     from xos.vod import serve_vo
@@ -514,9 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.area == "serve":
             if args.role in ("mrc", "osd"):
                 return fs_cli.serve(args)
+            if args.role == "aem":
+                return _serve_aem(args)
             return _serve_vo(args) if args.role == "vo" else _serve(args)
         if args.area == "fs":
             return fs_cli.run(args)
+        if args.area == "job":
+            return asyncio.run(_job_main(args))
         if args.area == "init":
             return _init()
         if args.area == "cred":

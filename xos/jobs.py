@@ -65,7 +65,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, owner TEXT NOT NULL, vo TEXT NOT NULL, spec TEXT NOT NULL,
     state TEXT NOT NULL, node TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT '',
-    token TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL, exit_status INTEGER);
+    token TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL, exit_status INTEGER,
+    credential TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_token ON jobs (owner, token);
 CREATE TABLE IF NOT EXISTS transitions (job TEXT NOT NULL, at REAL NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
@@ -112,7 +113,7 @@ class JobStore:
     def close(self) -> None:
         self.db.close()
 
-    def submit(self, spec: JobSpec, owner: str, vo: str) -> list[Job]:
+    def submit(self, spec: JobSpec, owner: str, vo: str, credential: str = "") -> list[Job]:
         """Queue a job (an array of `count` jobs, ids N.0 .. N.count-1); with a token, a retried submission
         returns the jobs of the first instead of making more."""
         now = time.time()
@@ -128,9 +129,9 @@ class JobStore:
             ids = [str(n)] if spec.count == 1 else [f"{n}.{i}" for i in range(spec.count)]
             body = json.dumps(spec.to_json())
             for seq, job_id in enumerate(ids):
-                tx.execute("INSERT INTO jobs (id, seq, owner, vo, spec, state, token, created, updated) "
-                           "VALUES (?,?,?,?,?,?,?,?,?)", (job_id, seq, owner, vo, body, S.QUEUED.value, spec.token,
-                                                          now, now))
+                tx.execute("INSERT INTO jobs (id, seq, owner, vo, spec, state, token, created, updated, credential) "
+                           "VALUES (?,?,?,?,?,?,?,?,?,?)", (job_id, seq, owner, vo, body, S.QUEUED.value, spec.token,
+                                                            now, now, credential))
                 tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, now, "", S.QUEUED.value,
                                                                           "submitted"))
             return [_job(r) for r in tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id IN "
@@ -170,15 +171,32 @@ class JobStore:
             tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, now, job.state.value, to.value, reason))
             return _job(tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone())
 
-    def control(self, job_id: str, verb: str, reason: str = "") -> Job:
-        """Apply a control verb (hold, release, suspend, resume, cancel, checkpoint, migrate) to the record."""
+    def may(self, job_id: str, verb: str) -> Job:
+        """The job, if control verb `verb` applies to it in its state; IllegalTransition otherwise."""
         if verb not in VERBS:
             raise IllegalTransition(f"unknown control verb {verb!r} (use {', '.join(VERBS)})")
         job = self.get(job_id)
         if job.state not in VERB_FROM[verb]:
             raise IllegalTransition(f"cannot {verb} job {job_id}: it is {job.state.value}", job=job_id,
                                     state=job.state.value)
+        return job
+
+    def control(self, job_id: str, verb: str, reason: str = "") -> Job:
+        """Apply a control verb (hold, release, suspend, resume, cancel, checkpoint, migrate) to the record."""
+        self.may(job_id, verb)
         return self.transition(job_id, VERBS[verb], reason or f"{verb} by request")
+
+    def credential(self, job_id: str) -> str:
+        """The credential a job was submitted with: the node maps the job's account from it."""
+        row = self.db.execute("SELECT credential FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", job=job_id)
+        return str(row[0])
+
+    def set_reason(self, job_id: str, reason: str) -> None:
+        """Why a job stays where it is (waiting for a dependency, no match), without a transition."""
+        with self.db.tx() as tx:
+            tx.execute("UPDATE jobs SET reason=?, updated=? WHERE id=?", (reason, time.time(), job_id))
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         self.get(job_id)

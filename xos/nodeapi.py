@@ -77,6 +77,27 @@ async def get_workspace(request: web.Request) -> web.Response:
     return rpc.json_response(out)
 
 
+MAX_OUTPUT = 16 << 20
+
+
+async def workspace_file(request: web.Request) -> web.Response:
+    """A file of a workspace's directory (a job's output), at most 16 MiB, never outside the directory."""
+    svc = _svc(request)
+    ws = svc.get(request.match_info["name"])
+    base = os.path.realpath(svc.context().directory(ws.rec))
+    path = os.path.realpath(os.path.join(base, request.query.get("file", "")))
+    if not path.startswith(base + os.sep):
+        raise InvalidInput("the file must be inside the workspace's directory", field="file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_OUTPUT + 1)
+    except (FileNotFoundError, IsADirectoryError):
+        raise NotFound(f"no file {request.query.get('file')!r} in workspace {ws.rec.name}") from None
+    if len(data) > MAX_OUTPUT:
+        data = data[-MAX_OUTPUT:]
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
 async def set_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
     body = await rpc.read_body(request)
@@ -392,6 +413,12 @@ def make_peer_app(svc: NodeService) -> web.Application:
     app.add_routes([
         web.get("/v1/peer/node", node_info),
         web.get("/v1/peer/ad", node_ad),
+        # what a job manager holding the grid's key does with workspaces
+        web.post("/v1/peer/workspaces", create_workspace),
+        web.get("/v1/peer/workspaces/{name}", get_workspace),
+        web.get("/v1/peer/workspaces/{name}/file", workspace_file),
+        web.delete("/v1/peer/workspaces/{name}", delete_workspace),
+        web.post("/v1/peer/workspaces/{name}/{verb}", control),
         web.put("/v1/peer/restore", peer_restore),
         web.put("/v1/peer/stage", peer_stage),
     ])

@@ -140,10 +140,11 @@ class HttpClient:
     last_server_ms: float = 0.0  # time the daemon spent on the last call (its Server-Timing)
 
     def __init__(self, socket_path: str | None = None, base_url: str | None = None, timeout: float = 60.0,
-                 what: str = "daemon") -> None:
+                 what: str = "daemon", headers: dict[str, str] | None = None) -> None:
         self.socket_path = socket_path
         self.base_url = base_url or "http://localhost"
         self.what = what
+        self.headers = headers or {}  # sent with every request (a credential)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -154,7 +155,7 @@ class HttpClient:
 
     async def __aenter__(self: C) -> C:
         conn = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
-        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout, headers=self.headers)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -226,7 +226,8 @@ class TestGrid:
 
     __test__ = False
 
-    def __init__(self, n: int = 1, extra_args: list[str] | None = None) -> None:
+    def __init__(self, n: int = 1, extra_args: list[str] | None = None,
+                 node_args: list[list[str]] | None = None) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-grid-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -234,6 +235,7 @@ class TestGrid:
         self.nodes: list[TestNode] = []
         self._n = n
         self._extra = extra_args or []
+        self._node_args = node_args or [[] for _ in range(n)]  # each node's own flags (site, price)
 
     def __enter__(self) -> TestGrid:
         try:
@@ -254,7 +256,8 @@ class TestGrid:
             ipr.link("set", index=br, state="up")
             for i in range(self._n):
                 ns_path = netns.create(f"xos-{self.tag}-n{i}")
-                node = TestNode(i, self.tag, self.base, f"198.19.{8 + i}.0/24", ns_path, list(self._extra))
+                node = TestNode(i, self.tag, self.base, f"198.19.{8 + i}.0/24", ns_path,
+                                list(self._extra) + list(self._node_args[i]))
                 self.nodes.append(node)
                 self._wire(ipr, br, node)
         # Every node serves the peer API on its grid address and knows the others by name.

@@ -1,0 +1,136 @@
+"""The job manager on a test grid of three nodes: matching, dependencies, arrays, control, output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from xos import credential
+from xos.aem import Session
+from xos.errors import XosError
+from xos.testing import TestGrid, TestNode, wait_for
+
+POOL = "bio=31000-31999"
+AEM = "198.18.0.1:7300"
+
+
+@pytest.fixture(scope="module")
+def site():
+    base = tempfile.mkdtemp(prefix="xos-aem-")
+    os.chmod(base, 0o755)
+    key = credential.new_key(os.path.join(base, "bio.key"))
+    trust = credential.TrustStore(os.path.join(base, "trust"))
+    trust.trust("bio", credential.public_pem(key.public_key()))
+    node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m]
+                 for s, p, m in (("a", "3", "8G"), ("b", "2", "8G"), ("c", "1", "2G"))]
+    with TestGrid(3, ["--pool", POOL], node_args) as grid:
+        for n in grid.nodes:
+            assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
+        argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM, "--trust", trust.directory,
+                "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2"]
+        argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
+        log = open(os.path.join(base, "aem.log"), "ab")
+        proc = subprocess.Popen(argv, env={**os.environ, "XOS_HOME": os.path.join(base, "aemhome")}, stdout=log,
+                                stderr=log, stdin=subprocess.DEVNULL)
+        token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
+        try:
+            s = Session(f"http://{AEM}", token)
+            wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
+            yield grid, s, key
+            with open(os.path.join(base, "aem.log")) as f:
+                bad = TestNode.scan_log(f.read(), [])
+            bad += [w for n in grid.nodes for w in n.unexpected_warnings()]
+            assert not bad, bad
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            log.close()
+            import shutil
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _fresh(s):
+    try:
+        return len([n for n in s.run(s.jm.nodes()) if n["fresh"]])
+    except XosError:
+        return 0
+
+
+def test_requirements_land_on_the_only_such_node_and_output_comes_back(site):
+    grid, s, _ = site
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "echo hello from $(hostname); id -u"],
+                     "resources": {"cpus": 0.25, "memory": "256M"},
+                     "requirements": 'TARGET.Memory >= 4096 && TARGET.Site == "b"'})
+    info = s.wait_terminated(job, 60)
+    assert info["state"] == "done" and info["exit_status"] == 0, info
+    assert info["node"] == grid.nodes[1].name
+    out = s.run(s.jm.output(job))
+    assert out.startswith("hello from") and 31000 <= int(out.split()[-1]) <= 31999  # the mapped account
+    assert [h["to"] for h in info["history"]] == ["queued", "matched", "running", "done"]
+
+
+def test_rank_on_price_picks_the_cheapest(site):
+    grid, s, _ = site
+    job = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}, "rank": "-TARGET.Price"})
+    assert s.wait_terminated(job, 60)["node"] == grid.nodes[2].name
+
+
+def test_a_failing_job_fails_with_its_status(site):
+    _, s, _ = site
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "exit 7"], "resources": {"cpus": 0.1}})
+    info = s.wait_terminated(job, 60)
+    assert (info["state"], info["exit_status"]) == ("failed", 7)
+
+
+def test_dependencies_and_arrays_run_in_order(site):
+    _, s, _ = site
+    first = s.run_bulk_jobs({"executable": "/bin/sh", "arguments": ["-c", "echo a"], "resources": {"cpus": 0.1}}, 3)
+    then = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}, "after": [first[0]]})
+    infos = [s.wait_terminated(j, 90) for j in [*first, then]]
+    assert all(i["state"] == "done" for i in infos)
+    started = {i["id"]: next(h["at"] for h in s.job_info(i["id"])["history"] if h["to"] == "running") for i in infos}
+    ended_first = next(h["at"] for h in s.job_info(first[0])["history"] if h["to"] == "done")
+    assert started[then] >= ended_first
+
+
+def test_control_verbs_act_on_the_real_workspace(site):
+    grid, s, _ = site
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "while :; do sleep 0.1; done"],
+                     "resources": {"cpus": 0.1}})
+    info = s.wait_started(job, 60)
+    node = next(n for n in grid.nodes if n.name == info["node"])
+    ws = "job-" + job.replace(".", "-")
+    s.control(job, "suspend")
+    with node.client() as c:
+        assert c.stat(ws)["state"] == "frozen"
+    with pytest.raises(XosError) as e:
+        s.control(job, "suspend")
+    assert e.value.code == "illegal-transition"
+    s.control(job, "resume")
+    with node.client() as c:
+        assert c.stat(ws)["state"] == "running"
+    s.control(job, "cancel")
+    assert s.job_info(job)["state"] == "cancelled"
+    with node.client() as c:
+        assert ws not in [w["name"] for w in c.ls()]
+
+
+def test_bad_jobs_refused_at_once(site):
+    _, s, key = site
+    with pytest.raises(XosError) as e:
+        s.run_job({"executable": "/bin/true", "requirements": "TARGET.Memory > 10000000"})
+    assert e.value.code == "no-match" and "fail the job's requirements" in e.value.message
+    with pytest.raises(XosError) as e:
+        s.run_job({"executable": 3, "count": -1})
+    assert e.value.code == "bad-job" and [x["field"] for x in e.value.detail["errors"]] == ["executable", "count"]
+    with pytest.raises(XosError) as e:
+        s.job_info("424242")
+    assert e.value.code == "not-found"
+    other, _ = credential.issue(credential.new_key(os.path.join(tempfile.mkdtemp(), "k")), "eve", "evil", [], [], 60)
+    with pytest.raises(XosError) as e:
+        Session(f"http://{AEM}", other).run_job({"executable": "/bin/true"})
+    assert e.value.code.startswith("credential-")

@@ -1,0 +1,94 @@
+"""Clients of the job manager: `Client` (asyncio) and `Session`, shaped after a DRMAA v2 job session
+(run a job template, wait for it to start or end, control it, read its info)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from xos import rpc
+from xos.errors import XosError
+
+FINAL = ("done", "failed", "cancelled")
+
+
+class Client(rpc.HttpClient):
+    """An asyncio client of `xos serve aem` as one grid identity."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        super().__init__(base_url=url.rstrip("/"), timeout=timeout, what="job manager",
+                         headers={"Authorization": f"Bearer {token.strip()}"})
+
+    async def submit(self, description: dict[str, Any] | str, wait_for_match: bool = False) -> list[dict[str, Any]]:
+        """Submit a job description (an object, or JSON/YAML text); the job(s) it made."""
+        text = description if isinstance(description, str) else json.dumps(description)
+        if self._session is None:
+            raise RuntimeError("use the client as an async context manager")
+        url = f"{self.base_url}/v1/jobs" + ("?wait=1" if wait_for_match else "")
+        try:
+            async with self._session.post(url, data=text.encode()) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise rpc.from_json(data, resp.status)
+                return list(data["jobs"])
+        except (TimeoutError, OSError) as e:
+            raise rpc.Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
+
+    async def ls(self, state: str | None = None) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/v1/jobs" + (f"?state={state}" if state else "")))["jobs"])
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/v1/jobs/{job_id}"))
+
+    async def control(self, job_id: str, verb: str) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}", {}))
+
+    async def output(self, job_id: str) -> str:
+        return str(await self._call("GET", f"/v1/jobs/{job_id}/output"))
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/v1/nodes"))["nodes"])
+
+
+class Session(rpc.Sync):
+    """DRMAA v2's job session without asyncio: run_job, wait_started, wait_terminated, control, job_info."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.jm = Client(url, token)
+        super().__init__(self.jm)
+        self.__enter__()
+
+    def run_job(self, template: dict[str, Any]) -> str:
+        """Submit one job; its id."""
+        return str(self.run(self.jm.submit(template))[0]["id"])
+
+    def run_bulk_jobs(self, template: dict[str, Any], count: int) -> list[str]:
+        """Submit an array of `count` jobs; their ids."""
+        return [str(j["id"]) for j in self.run(self.jm.submit({**template, "count": count}))]
+
+    def job_info(self, job_id: str) -> dict[str, Any]:
+        return dict(self.run(self.jm.status(job_id)))
+
+    def control(self, job_id: str, verb: str) -> dict[str, Any]:
+        return dict(self.run(self.jm.control(job_id, verb)))
+
+    def _wait(self, job_id: str, until: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            info = self.job_info(job_id)
+            if info["state"] in until:
+                return info
+            if time.monotonic() > deadline:
+                raise XosError(f"job {job_id} is still {info['state']} after {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def wait_started(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Until the job runs (or has already ended)."""
+        return self._wait(job_id, ("running", "suspended", *FINAL), timeout)
+
+    def wait_terminated(self, job_id: str, timeout: float = 3600.0) -> dict[str, Any]:
+        """Until the job has ended; its info (state, exit_status)."""
+        return self._wait(job_id, FINAL, timeout)

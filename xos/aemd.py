@@ -1,0 +1,325 @@
+"""The job manager (`xos serve aem`): the job directory, node ads, event-driven matching, dispatch, control.
+
+Nodes are reached on their peer API with the grid's shared key. Their ads are fetched every
+`poll` seconds and live for `ad_ttl`: a node that stops answering drops out of matching. A new
+job, a changed ad or a finished job starts a matching pass at once (HTCondor users wait for the
+negotiator's next cycle, 20 s by default). A job runs as its submitter's mapped account: the
+node verifies the credential the job was submitted with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from xos import credential, rpc
+from xos.classad import Matchmaker, NodeAd
+from xos.errors import Conflict, IllegalTransition, InvalidInput, NotFound, Unavailable, XosError
+from xos.jobs import Job, JobStore, State
+from xos.jobspec import load, parse
+
+log = logging.getLogger(__name__)
+
+
+class NoMatch(Conflict):
+    """No node can run the job now, and it was not asked to wait."""
+
+    code = "no-match"
+
+
+@dataclass
+class AemConfig:
+    home: str
+    listen: str
+    trust: str
+    peer_key: str
+    nodes: dict[str, str]  # name -> peer URL
+    poll: float = 1.0
+    ad_ttl: float = 30.0
+
+
+@dataclass
+class Ad:
+    node: NodeAd
+    url: str
+    expires: float
+
+
+@dataclass
+class Aem:
+    """Request handlers and the loops behind them."""
+
+    cfg: AemConfig
+    store: JobStore = field(init=False)
+    trust: credential.TrustStore = field(init=False)
+    ads: dict[str, Ad] = field(default_factory=dict)
+    matchmaker: Matchmaker = field(default_factory=Matchmaker)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.store = JobStore(os.path.join(self.cfg.home, "aem", "jobs.db"))
+        self.trust = credential.TrustStore(self.cfg.trust)
+        with open(self.cfg.peer_key) as f:
+            self.secret = f.read().strip()
+        os.makedirs(os.path.join(self.cfg.home, "aem", "output"), exist_ok=True)
+
+    # talking to nodes
+
+    async def _node(self, method: str, node: str, path: str, body: Any = None) -> Any:
+        url = self.cfg.nodes.get(node)
+        if url is None:
+            raise NotFound(f"no node {node!r}")
+        assert self.session is not None
+        try:
+            async with self.session.request(method, f"{url}{path}", json=body,
+                                            headers={"Authorization": f"Bearer {self.secret}"},
+                                            timeout=aiohttp.ClientTimeout(total=60, sock_connect=3)) as resp:
+                if resp.content_type == "application/json":
+                    data = await resp.json()
+                    if resp.status >= 400:
+                        raise rpc.from_json(data, resp.status)
+                    return data
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise Unavailable(f"node {node}: HTTP {resp.status}")
+                return raw
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            raise Unavailable(f"node {node} at {url} is not reachable: {e}") from None
+
+    def fresh_ads(self) -> list[NodeAd]:
+        now = time.monotonic()
+        return [a.node for a in self.ads.values() if a.expires > now]
+
+    async def refresh_ads(self) -> None:
+        """Fetch every node's ad; a changed set of ads is a reason to match again."""
+        async def one(name: str) -> None:
+            try:
+                attrs = await self._node("GET", name, "/v1/peer/ad")
+            except XosError as e:
+                log.info("no ad from node %s: %s", name, e)
+                return
+            old = self.ads.get(name)
+            ad = NodeAd.of(attrs)
+            ad.name = name
+            self.ads[name] = Ad(ad, self.cfg.nodes[name], time.monotonic() + self.cfg.ad_ttl)
+            if old is None or old.node.attrs != ad.attrs:
+                self.wake.set()
+
+        await asyncio.gather(*(one(n) for n in self.cfg.nodes))
+
+    # matching and dispatch
+
+    async def match_pass(self) -> None:
+        """Match every queued job whose dependencies allow it, best node first; dispatch it."""
+        ads = self.fresh_ads()
+        for job in self.store.ls(State.QUEUED) + self.store.ls(State.REQUEUED):
+            ready, why = self.store.ready(job)
+            if not ready:
+                if why.startswith("never"):
+                    self.store.transition(job.id, State.FAILED, f"dependency can never be met: {why[7:]}")
+                elif why != job.reason:
+                    self.store.set_reason(job.id, why)
+                continue
+            wants = parse(job.spec).wants()
+            wants = type(wants)(wants.requirements, wants.rank, (*wants.attrs, ("VO", job.vo), ("Owner", job.owner)))
+            found = self.matchmaker.matches(wants, ads)
+            if not found:
+                reason = f"no match: {self.matchmaker.why_not(wants, ads)}"
+                if reason != job.reason:
+                    self.store.set_reason(job.id, reason)
+                continue
+            node = found[0].node
+            self.store.transition(job.id, State.MATCHED, f"matched node {node} (rank {found[0].rank:g})", node=node)
+            await self.dispatch(self.store.get(job.id))
+
+    async def dispatch(self, job: Job) -> None:
+        """Start a matched job on its node as a workspace with the job's allocation; back to the queue if refused."""
+        spec = job.spec
+        res = spec.get("resources", {})
+        alloc = {k: res[k] for k in ("memory", "egress", "ingress") if res.get(k)}
+        alloc["cpu"] = res.get("cpus", 1.0)
+        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc,
+                "main": {"argv": [spec["executable"], *spec.get("arguments", [])],
+                         "env": spec.get("environment", {}), "out": "stdout"}}
+        try:
+            await self._node("POST", job.node, "/v1/peer/workspaces", body)
+        except XosError as e:
+            log.warning("job %s refused by node %s: %s", job.id, job.node, e)
+            self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
+            return
+        self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
+
+    async def monitor(self) -> None:
+        """Finished main programs make done or failed jobs; their output is kept and the workspace goes."""
+        for job in self.store.ls(State.RUNNING):
+            try:
+                ws = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            except NotFound:
+                self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
+                continue
+            except XosError:
+                continue  # the node is unreachable for now: recovery is for the grace period to decide
+            ended = ws.get("main_exit")
+            if ended is None:
+                continue
+            try:
+                out = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?file=stdout")
+                with open(self.output_path(job.id), "wb") as f:
+                    f.write(out)
+            except XosError as e:
+                log.warning("output of job %s not collected: %s", job.id, e)
+            status = ended.get("exit", 128 + ended.get("signal", 0))
+            try:
+                await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            except XosError as e:
+                log.warning("workspace of job %s not removed: %s", job.id, e)
+            if ended.get("exit") == 0:
+                self.store.transition(job.id, State.DONE, "exit 0", exit_status=0)
+            else:
+                what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
+                self.store.transition(job.id, State.FAILED, what, exit_status=status)
+            self.wake.set()  # dependants may run now
+
+    def output_path(self, job_id: str) -> str:
+        return os.path.join(self.cfg.home, "aem", "output", job_id)
+
+    async def run_loops(self) -> None:
+        while True:
+            await self.refresh_ads()
+            await self.monitor()
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.cfg.poll)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            await self.match_pass()
+
+    # HTTP
+
+    def _who(self, request: web.Request) -> credential.Claims:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not token:
+            raise credential.CredentialError("this request needs a VO credential (Authorization: Bearer ...)")
+        return credential.verify(token.strip(), self.trust)
+
+    def _mine(self, request: web.Request, job_id: str) -> tuple[credential.Claims, Job]:
+        who = self._who(request)
+        job = self.store.get(job_id)
+        if job.owner != f"{who.sub}@{who.vo}" and not (who.vo == job.vo and "admin" in who.roles):
+            raise NotFound(f"no job {job_id!r}")  # another user's jobs are not even listed
+        return who, job
+
+    async def submit(self, request: web.Request) -> web.Response:
+        who = self._who(request)
+        raw = await request.content.read(1 << 20)
+        spec = parse(load(raw), self.matchmaker)
+        if request.query.get("wait") != "1":
+            wants = spec.wants()
+            wants = type(wants)(wants.requirements, wants.rank, (*wants.attrs, ("VO", who.vo)))
+            ads = self.fresh_ads()
+            if not self.matchmaker.matches(wants, ads):
+                raise NoMatch(f"no node can run this job: {self.matchmaker.why_not(wants, ads)} "
+                              "(submit with ?wait=1 to queue it anyway)")
+        token = request.headers["Authorization"].partition(" ")[2].strip()
+        jobs = self.store.submit(spec, f"{who.sub}@{who.vo}", who.vo, token)
+        self.wake.set()
+        return rpc.json_response({"jobs": [j.to_json() for j in jobs]}, status=201)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        who = self._who(request)
+        state = request.query.get("state")
+        try:
+            st = State(state) if state else None
+        except ValueError:
+            raise InvalidInput(f"no state {state!r} (use {', '.join(s.value for s in State)})") from None
+        jobs = self.store.ls(st, owner=f"{who.sub}@{who.vo}")
+        return rpc.json_response({"jobs": [j.to_json() for j in jobs]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        _, job = self._mine(request, request.match_info["id"])
+        return rpc.json_response({**job.to_json(), "history": self.store.history(job.id)})
+
+    async def output(self, request: web.Request) -> web.Response:
+        _, job = self._mine(request, request.match_info["id"])
+        try:
+            with open(self.output_path(job.id), "rb") as f:
+                return web.Response(body=f.read(), content_type="application/octet-stream")
+        except FileNotFoundError:
+            raise NotFound(f"job {job.id} has no output yet ({job.state.value})") from None
+
+    async def control(self, request: web.Request) -> web.Response:
+        _, job = self._mine(request, request.match_info["id"])
+        verb = request.match_info["verb"]
+        node_verb = {"suspend": "freeze", "resume": "thaw"}.get(verb)
+        if verb in ("checkpoint", "migrate"):
+            raise IllegalTransition(f"{verb} of jobs is not built yet in the job manager")
+        job = self.store.may(job.id, verb)
+        # The workspace first, then the record: a node that fails leaves the job as it really is.
+        if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
+            try:
+                await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            except NotFound:
+                pass
+        elif node_verb:
+            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/{node_verb}")
+        job = self.store.control(job.id, verb)
+        self.wake.set()
+        return rpc.json_response(job.to_json())
+
+    async def nodes(self, request: web.Request) -> web.Response:
+        self._who(request)
+        now = time.monotonic()
+        return rpc.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now, "ad": a.node.attrs}
+                                            for n, a in sorted(self.ads.items())]})
+
+
+def _ws(job_id: str) -> str:
+    return "job-" + job_id.replace(".", "-")
+
+
+def make_app(aem: Aem) -> web.Application:
+    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=2 << 20)
+    app.add_routes([
+        web.post("/v1/jobs", aem.submit),
+        web.get("/v1/jobs", aem.list_jobs),
+        web.get("/v1/jobs/{id}", aem.get_job),
+        web.get("/v1/jobs/{id}/output", aem.output),
+        web.post("/v1/jobs/{id}/{verb}", aem.control),
+        web.get("/v1/nodes", aem.nodes),
+    ])
+    return app
+
+
+async def serve_aem(cfg: AemConfig) -> None:
+    """Run the job manager until SIGTERM or SIGINT."""
+    aem = Aem(cfg)
+    aem.session = aiohttp.ClientSession()
+    runner = web.AppRunner(make_app(aem), access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    host, _, port = cfg.listen.rpartition(":")
+    try:
+        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"cannot listen on {cfg.listen!r}: {e}") from None
+    loops = asyncio.create_task(aem.run_loops())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
+    try:
+        await stop.wait()
+    finally:
+        loops.cancel()
+        await runner.cleanup()
+        await aem.session.close()
+        aem.store.close()
