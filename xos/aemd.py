@@ -192,10 +192,64 @@ class Aem:
     def output_path(self, job_id: str) -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id)
 
+    async def recover(self) -> None:
+        """After a restart (SIGKILL included): a job left matched either started on its node (running now)
+        or did not (queued again) — never started twice."""
+        for job in self.store.ls(State.MATCHED):
+            try:
+                await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            except NotFound:
+                self.store.transition(job.id, State.QUEUED, "the job manager restarted before it started")
+                continue
+            except XosError as e:
+                log.warning("job %s: node %s unknown after restart: %s", job.id, job.node, e)
+                continue
+            self.store.transition(job.id, State.RUNNING, f"found running on node {job.node} after a restart")
+
+    async def lost_nodes(self) -> None:
+        """Jobs on a node whose ad has not been refreshed for `ad_ttl` are queued again, to restart elsewhere."""
+        now = time.monotonic()
+        for job in self.store.ls(State.RUNNING) + self.store.ls(State.SUSPENDED):
+            ad = self.ads.get(job.node)
+            if ad is not None and ad.expires <= now:
+                self.store.transition(job.id, State.REQUEUED, f"node {job.node} lost (no ad for "
+                                                              f"{self.cfg.ad_ttl:g} s)")
+                self.wake.set()
+
+    async def sweep_strays(self) -> None:
+        """Workspaces of jobs that no longer run there (a node back after its jobs were requeued) go, so no
+        job runs twice."""
+        for name, ad in self.ads.items():
+            if ad.expires <= time.monotonic():
+                continue
+            try:
+                listing = await self._node("GET", name, "/v1/peer/workspaces")
+            except XosError:
+                continue
+            for ws in listing:
+                wname = ws.get("name", "")
+                if not wname.startswith("job-"):
+                    continue
+                owner = next((j for j in self.store.ls() if _ws(j.id) == wname), None)
+                if owner is None or owner.node != name or owner.state not in (State.RUNNING, State.SUSPENDED,
+                                                                             State.MATCHED):
+                    log.info("removing stray workspace %s on node %s", wname, name)
+                    try:
+                        await self._node("DELETE", name, f"/v1/peer/workspaces/{wname}")
+                    except XosError as e:
+                        log.info("stray workspace %s on node %s stays for now: %s", wname, name, e)
+
     async def run_loops(self) -> None:
+        await self.refresh_ads()
+        await self.recover()
+        rounds = 0
         while True:
             await self.refresh_ads()
+            await self.lost_nodes()
             await self.monitor()
+            rounds += 1
+            if rounds % 5 == 0:
+                await self.sweep_strays()
             try:
                 await asyncio.wait_for(self.wake.wait(), self.cfg.poll)
             except TimeoutError:

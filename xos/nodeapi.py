@@ -415,6 +415,7 @@ def make_peer_app(svc: NodeService) -> web.Application:
         web.get("/v1/peer/ad", node_ad),
         # what a job manager holding the grid's key does with workspaces
         web.post("/v1/peer/workspaces", create_workspace),
+        web.get("/v1/peer/workspaces", list_workspaces),
         web.get("/v1/peer/workspaces/{name}", get_workspace),
         web.get("/v1/peer/workspaces/{name}/file", workspace_file),
         web.delete("/v1/peer/workspaces/{name}", delete_workspace),

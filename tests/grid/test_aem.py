@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,26 @@ POOL = "bio=31000-31999"
 AEM = "198.18.0.1:7300"
 
 
+class AemProc:
+    """The job manager as a process of its own, to kill and start again."""
+
+    def __init__(self, base, grid, trust):
+        self.base = base
+        self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM, "--trust", trust,
+                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2", "--ad-ttl", "2"]
+        self.argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
+        self.proc = None
+
+    def start(self):
+        with open(os.path.join(self.base, "aem.log"), "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env={**os.environ, "XOS_HOME": os.path.join(self.base, "home")},
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def kill(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+        self.proc.wait(20)
+
+
 @pytest.fixture(scope="module")
 def site():
     base = tempfile.mkdtemp(prefix="xos-aem-")
@@ -30,26 +52,21 @@ def site():
     with TestGrid(3, ["--pool", POOL], node_args) as grid:
         for n in grid.nodes:
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
-        argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM, "--trust", trust.directory,
-                "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2"]
-        argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
-        log = open(os.path.join(base, "aem.log"), "ab")
-        proc = subprocess.Popen(argv, env={**os.environ, "XOS_HOME": os.path.join(base, "aemhome")}, stdout=log,
-                                stderr=log, stdin=subprocess.DEVNULL)
+        aem = AemProc(base, grid, trust.directory)
+        aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
         try:
             s = Session(f"http://{AEM}", token)
             wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
-            yield grid, s, key
+            yield grid, s, key, aem, base
+            s.close()
             with open(os.path.join(base, "aem.log")) as f:
-                bad = TestNode.scan_log(f.read(), [])
+                bad = TestNode.scan_log(f.read(), ["job .* refused by node", "not reachable"])
             bad += [w for n in grid.nodes for w in n.unexpected_warnings()]
             assert not bad, bad
         finally:
-            proc.terminate()
-            proc.wait(20)
-            log.close()
-            import shutil
+            if aem.proc.poll() is None:
+                aem.kill(signal.SIGTERM)
             shutil.rmtree(base, ignore_errors=True)
 
 
@@ -61,7 +78,7 @@ def _fresh(s):
 
 
 def test_requirements_land_on_the_only_such_node_and_output_comes_back(site):
-    grid, s, _ = site
+    grid, s, *_ = site
     job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "echo hello from $(hostname); id -u"],
                      "resources": {"cpus": 0.25, "memory": "256M"},
                      "requirements": 'TARGET.Memory >= 4096 && TARGET.Site == "b"'})
@@ -74,20 +91,20 @@ def test_requirements_land_on_the_only_such_node_and_output_comes_back(site):
 
 
 def test_rank_on_price_picks_the_cheapest(site):
-    grid, s, _ = site
+    grid, s, *_ = site
     job = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}, "rank": "-TARGET.Price"})
     assert s.wait_terminated(job, 60)["node"] == grid.nodes[2].name
 
 
 def test_a_failing_job_fails_with_its_status(site):
-    _, s, _ = site
+    _, s, *_ = site
     job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "exit 7"], "resources": {"cpus": 0.1}})
     info = s.wait_terminated(job, 60)
     assert (info["state"], info["exit_status"]) == ("failed", 7)
 
 
 def test_dependencies_and_arrays_run_in_order(site):
-    _, s, _ = site
+    _, s, *_ = site
     first = s.run_bulk_jobs({"executable": "/bin/sh", "arguments": ["-c", "echo a"], "resources": {"cpus": 0.1}}, 3)
     then = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}, "after": [first[0]]})
     infos = [s.wait_terminated(j, 90) for j in [*first, then]]
@@ -98,7 +115,7 @@ def test_dependencies_and_arrays_run_in_order(site):
 
 
 def test_control_verbs_act_on_the_real_workspace(site):
-    grid, s, _ = site
+    grid, s, *_ = site
     job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "while :; do sleep 0.1; done"],
                      "resources": {"cpus": 0.1}})
     info = s.wait_started(job, 60)
@@ -120,7 +137,7 @@ def test_control_verbs_act_on_the_real_workspace(site):
 
 
 def test_bad_jobs_refused_at_once(site):
-    _, s, key = site
+    _, s, key, *_ = site
     with pytest.raises(XosError) as e:
         s.run_job({"executable": "/bin/true", "requirements": "TARGET.Memory > 10000000"})
     assert e.value.code == "no-match" and "fail the job's requirements" in e.value.message
@@ -131,6 +148,61 @@ def test_bad_jobs_refused_at_once(site):
         s.job_info("424242")
     assert e.value.code == "not-found"
     other, _ = credential.issue(credential.new_key(os.path.join(tempfile.mkdtemp(), "k")), "eve", "evil", [], [], 60)
-    with pytest.raises(XosError) as e:
-        Session(f"http://{AEM}", other).run_job({"executable": "/bin/true"})
-    assert e.value.code.startswith("credential-")
+    stranger = Session(f"http://{AEM}", other)
+    try:
+        with pytest.raises(XosError) as e:
+            stranger.run_job({"executable": "/bin/true"})
+        assert e.value.code.startswith("credential-")
+    finally:
+        stranger.close()
+
+
+WAITER = 'echo started; while [ ! -e {m} ]; do sleep 0.05; done; echo finished'
+
+
+def _marker(base, name):
+    d = os.path.join(base, "markers")
+    os.makedirs(d, mode=0o777, exist_ok=True)
+    os.chmod(d, 0o777)
+    return os.path.join(d, name)
+
+
+def test_job_manager_killed_and_restarted_loses_nothing_and_runs_nothing_twice(site):
+    _, s, _, aem, base = site
+    m = _marker(base, "restart")
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", WAITER.format(m=m)], "resources": {"cpus": 0.1}})
+    s.wait_started(job, 60)
+    aem.kill(signal.SIGKILL)
+    aem.start()
+    wait_for(lambda: _fresh(s) == 3, 30, "the restarted job manager to see the nodes")
+    open(m, "w").close()
+    info = s.wait_terminated(job, 60)
+    assert info["state"] == "done"
+    assert s.run(s.jm.output(job)) == "started\nfinished\n"  # ran once, from the start
+    assert [h["to"] for h in info["history"]].count("running") == 1
+
+
+def test_a_lost_node_requeues_its_job_and_when_it_returns_no_second_copy_runs(site):
+    grid, s, _, _, base = site
+    m = _marker(base, "lost")
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", WAITER.format(m=m)], "resources": {"cpus": 0.1},
+                     "requirements": 'TARGET.Site == "a" || TARGET.Site == "b"', "rank": 'TARGET.Site == "a"'})
+    first = s.wait_started(job, 60)
+    a = grid.nodes[0]
+    assert first["node"] == a.name
+    ws = "job-" + job.replace(".", "-")
+    a.expect_warning(".*")  # killed on purpose: its restart reports what it finds
+    a.stop(signal.SIGKILL)
+    wait_for(lambda: s.job_info(job)["node"] == grid.nodes[1].name and s.job_info(job)["state"] == "running", 60,
+             "the job to run again on the other node")
+    a.start()
+
+    def a_has_no_copy():
+        with a.client() as c:
+            return ws not in [w["name"] for w in c.ls()]
+
+    wait_for(a_has_no_copy, 60, "the returned node's copy of the job to be removed")
+    open(m, "w").close()
+    info = s.wait_terminated(job, 60)
+    assert info["state"] == "done" and info["node"] == grid.nodes[1].name
+    assert "requeued" in [h["to"] for h in info["history"]]
