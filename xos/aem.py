@@ -47,6 +47,11 @@ class Client(rpc.HttpClient):
     async def output(self, job_id: str) -> str:
         return str(await self._call("GET", f"/v1/jobs/{job_id}/output"))
 
+    async def accounting(self, vo: str | None = None, user: str | None = None, since: float = 0.0) -> dict[str, Any]:
+        """Usage records and totals per VO, user and node."""
+        q = "&".join(f"{k}={v}" for k, v in (("vo", vo), ("user", user), ("since", since)) if v)
+        return dict(await self._call("GET", "/v1/accounting" + (f"?{q}" if q else "")))
+
     async def nodes(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/v1/nodes"))["nodes"])
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from xos import credential, rpc
 from xos.classad import Matchmaker, NodeAd
-from xos.errors import Conflict, IllegalTransition, InvalidInput, NotFound, Unavailable, XosError
+from xos.errors import Conflict, IllegalTransition, InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
 from xos.jobs import Job, JobStore, State
 from xos.jobspec import load, parse
 
@@ -177,6 +177,7 @@ class Aem:
                     f.write(out)
             except XosError as e:
                 log.warning("output of job %s not collected: %s", job.id, e)
+            self.account(job, ws)
             status = ended.get("exit", 128 + ended.get("signal", 0))
             try:
                 await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
@@ -188,6 +189,12 @@ class Aem:
                 what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
                 self.store.transition(job.id, State.FAILED, what, exit_status=status)
             self.wake.set()  # dependants may run now
+
+    def account(self, job: Job, ws: dict[str, Any]) -> None:
+        """The job's usage as its node measured it, at the price the node advertises."""
+        ad = self.ads.get(job.node)
+        price = float(ad.node.attrs.get("Price", 0.0)) if ad is not None else 0.0
+        self.store.add_usage(job, ws.get("usage", {}), price)
 
     def output_path(self, job_id: str) -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id)
@@ -320,6 +327,7 @@ class Aem:
         # The workspace first, then the record: a node that fails leaves the job as it really is.
         if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
             try:
+                self.account(job, await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}"))
                 await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
             except NotFound:
                 pass
@@ -328,6 +336,22 @@ class Aem:
         job = self.store.control(job.id, verb)
         self.wake.set()
         return rpc.json_response(job.to_json())
+
+    async def accounting(self, request: web.Request) -> web.Response:
+        """Usage records and their totals per VO, user and node: a member's own, a VO admin's whole VO."""
+        who = self._who(request)
+        vo = request.query.get("vo") or who.vo
+        user = request.query.get("user")
+        admin = "admin" in who.roles and vo == who.vo
+        if not admin and (vo != who.vo or (user not in (None, who.sub))):
+            raise PermissionDenied(f"only an admin of VO {vo} sees other members' usage")
+        owner = f"{user}@{vo}" if user else (None if admin else f"{who.sub}@{who.vo}")
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            raise InvalidInput("since is seconds since the epoch") from None
+        records = self.store.usage(vo, owner, since)
+        return rpc.json_response({"records": records, "totals": self.store.totals(records)})
 
     async def nodes(self, request: web.Request) -> web.Response:
         self._who(request)
@@ -349,6 +373,7 @@ def make_app(aem: Aem) -> web.Application:
         web.get("/v1/jobs/{id}/output", aem.output),
         web.post("/v1/jobs/{id}/{verb}", aem.control),
         web.get("/v1/nodes", aem.nodes),
+        web.get("/v1/accounting", aem.accounting),
     ])
     return app
 

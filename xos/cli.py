@@ -87,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="INFO")
 
     fs_cli.add_verbs(sub)
+    acct = sub.add_parser("acct", help="accounting of jobs").add_subparsers(dest="verb", required=True)
+    ar = acct.add_parser("report", help="usage and cost per VO, user and node")
+    ar.add_argument("--vo")
+    ar.add_argument("--user")
+    ar.add_argument("--since", help="a duration back from now (e.g. 24h) or seconds since the epoch")
+    ar.add_argument("--json", action="store_true")
+    ar.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    ar.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     job = sub.add_parser("job", help="jobs on the grid").add_subparsers(dest="verb", required=True)
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
@@ -506,6 +514,24 @@ async def _job_main(args: argparse.Namespace) -> int:
     from xos.fs.client import credential_from
 
     async with JobManager(args.aem, credential_from(args.cred)) as jm:
+        if args.area == "acct":
+            since = 0.0
+            if args.since:
+                since = float(args.since) if args.since.replace(".", "", 1).isdigit() and float(args.since) > 1e9 \
+                    else time.time() - units.parse_duration(args.since)
+            rep = await jm.accounting(args.vo, args.user, since)
+            if args.json:
+                print(json.dumps(rep))
+                return 0
+            for view in ("vo", "user", "node"):
+                print(f"{view.upper():<22} {'JOBS':>5} {'CPU-S':>10} {'WALL-S':>10} {'IN':>10} {'OUT':>10} "
+                      f"{'COST':>10}")
+                for key, t in sorted(rep["totals"][view].items()):
+                    print(f"{key:<22} {int(t['jobs']):>5} {t['cpu_seconds']:>10.2f} {t['wall_seconds']:>10.1f} "
+                          f"{units.format_size(int(t['bytes_in'])):>10} {units.format_size(int(t['bytes_out'])):>10} "
+                          f"{t['cost']:>10.4f}")
+                print()
+            return 0
         if args.verb == "submit":
             try:
                 with open(args.file, "rb") as f:
@@ -594,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve_vo(args) if args.role == "vo" else _serve(args)
         if args.area == "fs":
             return fs_cli.run(args)
-        if args.area == "job":
+        if args.area in ("job", "acct"):
             return asyncio.run(_job_main(args))
         if args.area == "init":
             return _init()

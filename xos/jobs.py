@@ -73,7 +73,14 @@ CREATE TABLE IF NOT EXISTS transitions (job TEXT NOT NULL, at REAL NOT NULL, old
     reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (job TEXT PRIMARY KEY, owner TEXT NOT NULL, vo TEXT NOT NULL, node TEXT NOT NULL,
+    at REAL NOT NULL, cpu_seconds REAL NOT NULL, memory_peak INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL, wall_seconds REAL NOT NULL, price REAL NOT NULL, cost REAL NOT NULL);
 """
+
+USAGE = ("job", "owner", "vo", "node", "at", "cpu_seconds", "memory_peak", "bytes_in", "bytes_out", "wall_seconds",
+         "price", "cost")
+SUMMED = ("cpu_seconds", "bytes_in", "bytes_out", "wall_seconds", "cost")
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,41 @@ class JobStore:
         """Why a job stays where it is (waiting for a dependency, no match), without a transition."""
         with self.db.tx() as tx:
             tx.execute("UPDATE jobs SET reason=?, updated=? WHERE id=?", (reason, time.time(), job_id))
+
+    def add_usage(self, job: Job, usage: dict[str, Any], price: float) -> dict[str, Any]:
+        """A job's usage record at its node's price (per CPU-hour, as XenoServers charged); once per job."""
+        cpu = float(usage.get("cpu_seconds", 0.0))
+        rec: dict[str, Any] = {
+            "job": job.id, "owner": job.owner, "vo": job.vo, "node": job.node, "at": time.time(), "cpu_seconds": cpu,
+            "memory_peak": int(usage.get("memory_peak", 0)), "bytes_in": int(usage.get("bytes_in", 0)),
+            "bytes_out": int(usage.get("bytes_out", 0)), "wall_seconds": float(usage.get("wall_seconds", 0.0)),
+            "price": price, "cost": round(cpu / 3600 * price, 6)}
+        with self.db.tx() as tx:
+            tx.execute(f"INSERT OR REPLACE INTO usage VALUES ({','.join('?' * len(USAGE))})",
+                       [rec[k] for k in USAGE])
+        return rec
+
+    def usage(self, vo: str | None = None, owner: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM usage WHERE at >= ?", list[object]([since])
+        if vo is not None:
+            sql += " AND vo=?"
+            args.append(vo)
+        if owner is not None:
+            sql += " AND owner=?"
+            args.append(owner)
+        return [dict(zip(USAGE, r, strict=True)) for r in self.db.execute(sql + " ORDER BY at", args)]
+
+    @staticmethod
+    def totals(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+        """Sums per VO, per user and per node (the report's three views)."""
+        out: dict[str, dict[str, dict[str, float]]] = {"vo": {}, "user": {}, "node": {}}
+        for r in records:
+            for view, key in (("vo", r["vo"]), ("user", r["owner"]), ("node", r["node"])):
+                t = out[view].setdefault(key, {"jobs": 0, **{k: 0.0 for k in SUMMED}})
+                t["jobs"] += 1
+                for k in SUMMED:
+                    t[k] += r[k]
+        return out
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         self.get(job_id)

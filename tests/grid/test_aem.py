@@ -206,3 +206,27 @@ def test_a_lost_node_requeues_its_job_and_when_it_returns_no_second_copy_runs(si
     info = s.wait_terminated(job, 60)
     assert info["state"] == "done" and info["node"] == grid.nodes[1].name
     assert "requeued" in [h["to"] for h in info["history"]]
+
+
+BURN = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"
+
+
+def test_accounting_totals_equal_the_sum_of_the_usage_records(site):
+    grid, s, *_ = site
+    jobs = [s.run_job({"executable": "/bin/sh", "arguments": ["-c", BURN], "resources": {"cpus": 0.5},
+                       "rank": "-TARGET.Price" if i else "TARGET.Price"}) for i in range(2)]
+    infos = [s.wait_terminated(j, 120) for j in jobs]
+    assert all(i["state"] == "done" for i in infos)
+    rep = s.run(s.jm.accounting())
+    mine = {r["job"]: r for r in rep["records"]}
+    prices = {n.name: p for n, p in zip(grid.nodes, (3.0, 2.0, 1.0), strict=True)}
+    for i in infos:
+        r = mine[i["id"]]
+        assert r["cpu_seconds"] > 0.05 and r["wall_seconds"] > 0 and r["node"] == i["node"]
+        assert r["price"] == prices[i["node"]] and abs(r["cost"] - r["cpu_seconds"] / 3600 * r["price"]) < 1e-6
+    for view, key in (("vo", "vo"), ("user", "owner"), ("node", "node")):
+        for name, t in rep["totals"][view].items():
+            rows = [r for r in rep["records"] if r[key] == name]
+            assert t["jobs"] == len(rows)
+            for k in ("cpu_seconds", "wall_seconds", "bytes_in", "bytes_out", "cost"):
+                assert abs(t[k] - sum(r[k] for r in rows)) < 1e-6
