@@ -230,3 +230,32 @@ def test_accounting_totals_equal_the_sum_of_the_usage_records(site):
             assert t["jobs"] == len(rows)
             for k in ("cpu_seconds", "wall_seconds", "bytes_in", "bytes_out", "cost"):
                 assert abs(t[k] - sum(r[k] for r in rows)) < 1e-6
+
+
+def test_the_cli_submits_shows_and_reports(site, tmp_path):
+    _, s, key, _, _ = site
+    token, _ = credential.issue(key, "alice", "bio", ["member"], [], 600)
+    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": f"http://{AEM}"}
+
+    def xos(*args):
+        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=env, capture_output=True, text=True,
+                           timeout=60)
+        return p.returncode, p.stdout + p.stderr
+
+    job = tmp_path / "job.yaml"
+    job.write_text("executable: /bin/echo\narguments: [from, the, cli]\nresources: {cpus: 0.1}\n")
+    code, out = xos("job", "submit", str(job))
+    assert code == 0, out
+    job_id = out.split()[0]
+    assert s.wait_terminated(job_id, 60)["state"] == "done"
+    code, out = xos("job", "status", job_id)
+    assert code == 0 and f"{job_id} done" in out and "-> running" in out, out
+    assert xos("job", "output", job_id) == (0, "from the cli\n")
+    code, out = xos("acct", "report")
+    assert code == 0 and "alice@bio" in out and "USER" in out, out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("executable: /bin/true\nresources: {cpus: lots}\n")
+    code, out = xos("job", "submit", str(bad))
+    assert code != 0 and out.startswith("xos: error bad-job: job description: resources.cpus:"), out
+    code, out = xos("job", "resume", job_id)
+    assert code != 0 and "illegal-transition" in out and "it is done" in out, out
