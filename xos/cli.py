@@ -96,6 +96,14 @@ def parser() -> argparse.ArgumentParser:
     ar.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
     ar.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     job = sub.add_parser("job", help="jobs on the grid").add_subparsers(dest="verb", required=True)
+    jr = job.add_parser("run", help="run a command as a job (after --), wait, print its output, exit with its status")
+    jr.add_argument("--cpus", default="1")
+    jr.add_argument("--memory", default="256M")
+    jr.add_argument("--walltime")
+    jr.add_argument("--requirements", default="true")
+    jr.add_argument("--rank", default="0")
+    jr.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    jr.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
                       *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel"))):
@@ -532,6 +540,23 @@ async def _job_main(args: argparse.Namespace) -> int:
                           f"{t['cost']:>10.4f}")
                 print()
             return 0
+        if args.verb == "run":
+            cmd = _command(args)
+            desc: dict[str, Any] = {"executable": cmd[0], "arguments": cmd[1:], "requirements": args.requirements,
+                                    "rank": args.rank, "resources": {"cpus": args.cpus, "memory": args.memory}}
+            if args.walltime:
+                desc["resources"]["walltime"] = args.walltime
+            job_id = (await jm.submit(desc))[0]["id"]
+            delay = 0.05
+            while (j := await jm.status(job_id))["state"] not in ("done", "failed", "cancelled"):
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+            if j["state"] != "cancelled":
+                sys.stdout.write(await jm.output(job_id))
+            if j["state"] == "done":
+                return 0
+            print(f"xos: job {job_id} {j['state']}: {j['reason']}", file=sys.stderr)
+            return int(j["exit_status"]) if j["exit_status"] is not None else 1
         if args.verb == "submit":
             try:
                 with open(args.file, "rb") as f:

@@ -257,5 +257,7 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     bad.write_text("executable: /bin/true\nresources: {cpus: lots}\n")
     code, out = xos("job", "submit", str(bad))
     assert code != 0 and out.startswith("xos: error bad-job: job description: resources.cpus:"), out
+    code, out = xos("job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c", "echo ran; exit 5")
+    assert code == 5 and out.startswith("ran\n") and "failed: exit 5" in out, out
     code, out = xos("job", "resume", job_id)
     assert code != 0 and "illegal-transition" in out and "it is done" in out, out
