@@ -119,8 +119,14 @@ class Aem:
     # matching and dispatch
 
     async def match_pass(self) -> None:
-        """Match every queued job whose dependencies allow it, best node first; dispatch it."""
+        """Match every queued job whose dependencies allow it, best node first, and dispatch them together.
+
+        What a pass hands out is claimed against the ads' free Cpus and Memory until the next ads
+        arrive, as a partitionable slot is claimed in HTCondor, so one pass does not send a node
+        more than it advertised."""
         ads = self.fresh_ads()
+        claimed: dict[str, list[float]] = {}
+        starts: list[Job] = []
         for job in self.store.ls(State.QUEUED) + self.store.ls(State.REQUEUED):
             ready, why = self.store.ready(job)
             if not ready:
@@ -129,7 +135,8 @@ class Aem:
                 elif why != job.reason:
                     self.store.set_reason(job.id, why)
                 continue
-            wants = parse(job.spec).wants()
+            spec = parse(job.spec)
+            wants = spec.wants()
             wants = type(wants)(wants.requirements, wants.rank, (*wants.attrs, ("VO", job.vo), ("Owner", job.owner)))
             found = self.matchmaker.matches(wants, ads)
             if not found:
@@ -137,9 +144,29 @@ class Aem:
                 if reason != job.reason:
                     self.store.set_reason(job.id, reason)
                 continue
-            node = found[0].node
-            self.store.transition(job.id, State.MATCHED, f"matched node {node} (rank {found[0].rank:g})", node=node)
-            await self.dispatch(self.store.get(job.id))
+            pick = None
+            for m in found:
+                attrs = self.ads[m.node].node.attrs
+                cpu, mem = claimed.setdefault(m.node, [0.0, 0.0])
+                fits_cpu = cpu + spec.cpus <= attrs.get("Cpus", 0) + 1e-9
+                if fits_cpu and mem + (spec.memory >> 20) <= attrs.get("Memory", 0):
+                    pick = m
+                    break
+            if pick is None:
+                if job.reason != "matching nodes are full":
+                    self.store.set_reason(job.id, "matching nodes are full")
+                continue
+            claimed[pick.node][0] += spec.cpus
+            claimed[pick.node][1] += spec.memory >> 20
+            starts.append(self.store.transition(job.id, State.MATCHED, f"matched node {pick.node} "
+                                                f"(rank {pick.rank:g})", node=pick.node))
+        limit = asyncio.Semaphore(16)
+
+        async def start(job: Job) -> None:
+            async with limit:
+                await self.dispatch(job)
+
+        await asyncio.gather(*(start(j) for j in starts))
 
     async def dispatch(self, job: Job) -> None:
         """Start a matched job on its node as a workspace with the job's allocation; back to the queue if refused."""
@@ -159,36 +186,66 @@ class Aem:
         self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
 
     async def monitor(self) -> None:
-        """Finished main programs make done or failed jobs; their output is kept and the workspace goes."""
-        for job in self.store.ls(State.RUNNING):
+        """Finished main programs make done or failed jobs; their output is kept and the workspace goes.
+
+        One listing per node tells which jobs ended; only those are visited."""
+        running = self.store.ls(State.RUNNING)
+        nodes = {j.node for j in running}
+        seen: dict[str, dict[str, Any]] = {}
+        reached: set[str] = set()
+
+        async def listing(node: str) -> None:
             try:
-                ws = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
-            except NotFound:
-                self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
-                continue
+                for ws in await self._node("GET", node, "/v1/peer/workspaces"):
+                    seen[f"{node}/{ws['name']}"] = ws
+                reached.add(node)
             except XosError:
-                continue  # the node is unreachable for now: recovery is for the grace period to decide
-            ended = ws.get("main_exit")
-            if ended is None:
+                pass  # unreachable for now: the ad's lapse decides
+
+        await asyncio.gather(*(listing(n) for n in nodes))
+        limit = asyncio.Semaphore(16)
+
+        async def finish(job: Job, ws: dict[str, Any]) -> None:
+            async with limit:
+                await self._finish(job, ws)
+
+        work = []
+        for job in running:
+            if job.node not in reached:
                 continue
-            try:
-                out = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?file=stdout")
-                with open(self.output_path(job.id), "wb") as f:
-                    f.write(out)
-            except XosError as e:
-                log.warning("output of job %s not collected: %s", job.id, e)
-            self.account(job, ws)
-            status = ended.get("exit", 128 + ended.get("signal", 0))
-            try:
-                await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
-            except XosError as e:
-                log.warning("workspace of job %s not removed: %s", job.id, e)
-            if ended.get("exit") == 0:
-                self.store.transition(job.id, State.DONE, "exit 0", exit_status=0)
-            else:
-                what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
-                self.store.transition(job.id, State.FAILED, what, exit_status=status)
-            self.wake.set()  # dependants may run now
+            ws = seen.get(f"{job.node}/{_ws(job.id)}")
+            if ws is None:
+                self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
+            elif ws.get("main_exit") is not None:
+                work.append(finish(job, ws))
+        await asyncio.gather(*work)
+
+    async def _finish(self, job: Job, ws: dict[str, Any]) -> None:
+        """Collect an ended job: output, usage, exit status; then its workspace goes."""
+        ended = ws["main_exit"]
+        try:
+            out = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?file=stdout")
+            with open(self.output_path(job.id), "wb") as f:
+                f.write(out)
+        except XosError as e:
+            log.warning("output of job %s not collected: %s", job.id, e)
+        try:  # the listing's usage may be a sampling period old: ask for it fresh
+            ws = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+        except XosError as e:
+            log.info("usage of job %s from the listing: %s", job.id, e)
+        self.account(job, ws)
+        status = ended.get("exit", 128 + ended.get("signal", 0))
+        try:
+            await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+        except XosError as e:
+            log.warning("workspace of job %s not removed: %s", job.id, e)
+        if ended.get("exit") == 0:
+            self.store.transition(job.id, State.DONE, "exit 0", exit_status=0)
+        else:
+            what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
+            self.store.transition(job.id, State.FAILED, what, exit_status=status)
+        self.wake.set()  # dependants may run now
+
 
     def account(self, job: Job, ws: dict[str, Any]) -> None:
         """The job's usage as its node measured it, at the price the node advertises."""
