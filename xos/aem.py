@@ -52,8 +52,12 @@ class Client(rpc.HttpClient):
         q = "&".join(f"{k}={v}" for k, v in (("vo", vo), ("user", user), ("since", since)) if v)
         return dict(await self._call("GET", "/v1/accounting" + (f"?{q}" if q else "")))
 
-    async def nodes(self) -> list[dict[str, Any]]:
-        return list((await self._call("GET", "/v1/nodes"))["nodes"])
+    async def nodes(self, constraint: str | None = None, rank: str | None = None) -> list[dict[str, Any]]:
+        """Node ads; with a constraint or rank, the matching ones best first."""
+        from urllib.parse import urlencode
+
+        q = urlencode({k: v for k, v in (("constraint", constraint), ("rank", rank)) if v})
+        return list((await self._call("GET", "/v1/nodes" + (f"?{q}" if q else "")))["nodes"])
 
 
 class Session(rpc.Sync):

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from xos import credential, rpc
-from xos.classad import Matchmaker, NodeAd
+from xos.classad import Matchmaker, NodeAd, Wants
 from xos.errors import Conflict, IllegalTransition, InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
 from xos.jobs import Job, JobStore, State
 from xos.jobspec import load, parse
@@ -411,10 +411,18 @@ class Aem:
         return rpc.json_response({"records": records, "totals": self.store.totals(records)})
 
     async def nodes(self, request: web.Request) -> web.Response:
-        self._who(request)
+        """Node ads, all of them, or those matching `constraint` best `rank` first (XenoSearch's role; a
+        range on one attribute, `Memory >= 4096 && Memory < 16384`, is the Information Service's)."""
+        who = self._who(request)
         now = time.monotonic()
-        return rpc.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now, "ad": a.node.attrs}
-                                            for n, a in sorted(self.ads.items())]})
+        constraint, rank = request.query.get("constraint"), request.query.get("rank")
+        if constraint is None and rank is None:
+            return rpc.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now,
+                                                 "ad": a.node.attrs} for n, a in sorted(self.ads.items())]})
+        wants = Wants(constraint or "true", rank or "0", (("VO", who.vo),))
+        found = self.matchmaker.matches(wants, self.fresh_ads(), symmetric=False)
+        return rpc.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
+                                             "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
 
 
 def _ws(job_id: str) -> str:

@@ -119,15 +119,16 @@ class Matchmaker:
         """Parse a job's expressions now (at submission), so a bad one is refused, not queued."""
         self._prepare(wants)
 
-    def matches(self, wants: Wants, nodes: Iterable[NodeAd]) -> list[Match]:
-        """The nodes a job matches, best rank first (ties by name)."""
+    def matches(self, wants: Wants, nodes: Iterable[NodeAd], symmetric: bool = True) -> list[Match]:
+        """The nodes a job matches, best rank first (ties by name); `symmetric=False` asks only the job's
+        side (a query of the ads, not a job the nodes must admit)."""
         job, req, rank = self._prepare(wants)
         out = []
         for node in nodes:
             target = node.classad()
             if req.eval(job, target) is not True:
                 continue
-            theirs = target.get("Requirements")
+            theirs = target.get("Requirements") if symmetric else None
             if theirs is not None and theirs.eval(target, job) is not True:
                 continue
             value = rank.eval(job, target)

@@ -87,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="INFO")
 
     fs_cli.add_verbs(sub)
+    nd = sub.add_parser("nodes", help="nodes the job manager knows, matching an expression, best first")
+    nd.add_argument("--constraint", help='a ClassAd expression, e.g. Memory >= 4096 && Site == "b"')
+    nd.add_argument("--rank", help="a ClassAd expression to order by, e.g. -Price")
+    nd.add_argument("--json", action="store_true")
+    nd.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    nd.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     acct = sub.add_parser("acct", help="accounting of jobs").add_subparsers(dest="verb", required=True)
     ar = acct.add_parser("report", help="usage and cost per VO, user and node")
     ar.add_argument("--vo")
@@ -522,6 +528,17 @@ async def _job_main(args: argparse.Namespace) -> int:
     from xos.fs.client import credential_from
 
     async with JobManager(args.aem, credential_from(args.cred)) as jm:
+        if args.area == "nodes":
+            found = await jm.nodes(args.constraint, args.rank)
+            if args.json:
+                print(json.dumps(found))
+                return 0
+            print(f"{'NAME':<16} {'SITE':<6} {'CPUS':>6} {'MEMORY':>8} {'PRICE':>7} {'LOAD':>5}  RANK")
+            for x in found:
+                a = x["ad"]
+                print(f"{x['name']:<16} {a.get('Site', ''):<6} {a.get('Cpus', 0):>6g} {a.get('Memory', 0):>7}M "
+                      f"{a.get('Price', 0):>7g} {a.get('LoadAvg', 0):>5g}  {x.get('rank', '')}")
+            return 0
         if args.area == "acct":
             since = 0.0
             if args.since:
@@ -645,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             return _serve_vo(args) if args.role == "vo" else _serve(args)
         if args.area == "fs":
             return fs_cli.run(args)
-        if args.area in ("job", "acct"):
+        if args.area in ("job", "acct", "nodes"):
             return asyncio.run(_job_main(args))
         if args.area == "init":
             return _init()

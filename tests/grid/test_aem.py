@@ -261,3 +261,13 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     assert code == 5 and out.startswith("ran\n") and "failed: exit 5" in out, out
     code, out = xos("job", "resume", job_id)
     assert code != 0 and "illegal-transition" in out and "it is done" in out, out
+
+
+def test_nodes_matching_an_expression_best_first_and_a_range_on_one_attribute(site):
+    grid, s, *_ = site
+    found = s.run(s.jm.nodes("TARGET.TotalMemory >= 4096", "-TARGET.Price"))
+    assert [x["name"] for x in found] == [grid.nodes[1].name, grid.nodes[0].name]
+    assert [x["name"] for x in s.run(s.jm.nodes("TARGET.Price >= 2 && TARGET.Price < 3"))] == [grid.nodes[1].name]
+    with pytest.raises(XosError) as e:
+        s.run(s.jm.nodes("Price >="))
+    assert e.value.code == "bad-expression"
