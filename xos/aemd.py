@@ -218,7 +218,16 @@ class Aem:
                 self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
             elif ws.get("main_exit") is not None:
                 work.append(finish(job, ws))
+            elif self._over_walltime(job):
+                work.append(finish(job, {**ws, "main_exit": {"walltime": 1}}))
         await asyncio.gather(*work)
+
+    def _over_walltime(self, job: Job) -> bool:
+        limit = float(job.spec.get("resources", {}).get("walltime") or 0)
+        if not limit:
+            return False
+        started = next((h["at"] for h in self.store.history(job.id) if h["to"] == State.RUNNING.value), None)
+        return started is not None and time.time() - started > limit
 
     async def _finish(self, job: Job, ws: dict[str, Any]) -> None:
         """Collect an ended job: output, usage, exit status; then its workspace goes."""
@@ -241,6 +250,9 @@ class Aem:
             log.warning("workspace of job %s not removed: %s", job.id, e)
         if ended.get("exit") == 0:
             self.store.transition(job.id, State.DONE, "exit 0", exit_status=0)
+        elif "walltime" in ended:
+            limit = job.spec["resources"]["walltime"]
+            self.store.transition(job.id, State.FAILED, f"walltime of {limit:g} s exceeded: stopped")
         else:
             what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
             self.store.transition(job.id, State.FAILED, what, exit_status=status)

@@ -271,3 +271,15 @@ def test_nodes_matching_an_expression_best_first_and_a_range_on_one_attribute(si
     with pytest.raises(XosError) as e:
         s.run(s.jm.nodes("Price >="))
     assert e.value.code == "bad-expression"
+
+
+def test_a_job_past_its_walltime_is_stopped_and_fails(site):
+    grid, s, *_ = site
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "echo started; while :; do sleep 0.1; done"],
+                     "resources": {"cpus": 0.1, "walltime": "1s"}})
+    info = s.wait_terminated(job, 60)
+    assert info["state"] == "failed" and "walltime of 1 s exceeded" in info["reason"], info
+    assert s.run(s.jm.output(job)) == "started\n"
+    node = next(n for n in grid.nodes if n.name == info["node"])
+    with node.client() as c:
+        assert "job-" + job.replace(".", "-") not in [w["name"] for w in c.ls()]
