@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     jr.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
+                      ("watch", "follow jobs until they end (exit 0 if all are done)"),
                       *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel"))):
         jp = job.add_parser(verb, help=hlp)
         if verb == "submit":
@@ -120,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
         elif verb == "ls":
             jp.add_argument("--state")
             jp.add_argument("--json", action="store_true")
+        elif verb == "watch":
+            jp.add_argument("ids", nargs="+")
         else:
             jp.add_argument("id")
         jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"),
@@ -598,10 +601,34 @@ async def _job_main(args: argparse.Namespace) -> int:
                       f"{h['to']:<12} {h['reason']}")
         elif args.verb == "output":
             sys.stdout.write(await jm.output(args.id))
+        elif args.verb == "watch":
+            return await _watch(jm, args.ids)
         else:
             j = await jm.control(args.id, args.verb)
             print(f"{j['id']} {j['state']}")
     return 0
+
+
+async def _watch(jm: Any, ids: list[str]) -> int:
+    """Print each job's state as it changes (a table redrawn in place on a terminal) until all have ended."""
+    final = ("done", "failed", "cancelled")
+    seen: dict[str, str] = {}
+    tty = sys.stdout.isatty()
+    while True:
+        jobs = [await jm.status(i) for i in ids]
+        if tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(f"{j['id']:<10} {j['state']:<12} {j['node'] or '-':<14} "
+                                                       f"{j['reason']}" for j in jobs) + "\n")
+            sys.stdout.flush()
+        else:
+            for j in jobs:
+                now = f"{j['state']} {j['node'] or '-'} {j['reason']}"
+                if seen.get(j["id"]) != now:
+                    seen[j["id"]] = now
+                    print(f"{j['id']} {now}", flush=True)
+        if all(j["state"] in final for j in jobs):
+            return 0 if all(j["state"] == "done" for j in jobs) else 1
+        await asyncio.sleep(0.5)
 
 
 def _serve_aem(args: argparse.Namespace) -> int:

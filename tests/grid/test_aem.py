@@ -259,6 +259,8 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     assert code != 0 and out.startswith("xos: error bad-job: job description: resources.cpus:"), out
     code, out = xos("job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c", "echo ran; exit 5")
     assert code == 5 and out.startswith("ran\n") and "failed: exit 5" in out, out
+    code, out = xos("job", "watch", job_id)
+    assert code == 0 and out.startswith(f"{job_id} done"), out
     code, out = xos("job", "resume", job_id)
     assert code != 0 and "illegal-transition" in out and "it is done" in out, out
 
