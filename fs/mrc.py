@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,14 +13,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, XosError
+from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.catalogue import Caller, Catalogue, Inode
 from xos.fs.layout import Striping, Xloc
 from xos.fs.replicas import ReplicaManager
-from xos.rpc import error_middleware, field, json_response, read_body
+from xos.rpc import error_middleware, field, json_response, read_body, serve_tcp
 
 log = logging.getLogger(__name__)
 
@@ -301,23 +299,9 @@ async def serve_mrc(cfg: MrcConfig) -> None:
     mrc.replicas.session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=64),
         headers={"Authorization": f"Service {service_token(cfg.secret, 'mrc')}"})
-    runner = web.AppRunner(make_app(mrc), access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    host, _, port = cfg.listen.rpartition(":")
-    try:
-        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
-    except (OSError, ValueError) as e:
-        raise XosError(f"cannot listen on {cfg.listen!r}: {e}") from None
-    manager = asyncio.create_task(mrc.replicas.run())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
     try:
-        await stop.wait()
+        await serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
     finally:
-        manager.cancel()
-        await runner.cleanup()
         await mrc.replicas.session.close()
         mrc.cat.close()

@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import shutil
-import signal
 import struct
 import time
 import zlib
@@ -27,7 +26,7 @@ from aiohttp import web
 from xos.errors import BadRequest, CapabilityInvalid, NoSpace, NoSuchFile, ObjectCorrupt, StaleCapability, XosError
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
-from xos.rpc import error_middleware, json_response, read_body
+from xos.rpc import error_middleware, json_response, read_body, serve_tcp
 
 log = logging.getLogger(__name__)
 
@@ -376,19 +375,8 @@ async def serve_osd(cfg: OsdConfig) -> None:
     """Run an OSD until SIGTERM or SIGINT."""
     osd = OSD(cfg)
     osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
-    runner = web.AppRunner(make_app(osd), access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    host, _, port = cfg.listen.rpartition(":")
-    await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
-    beat = asyncio.create_task(osd.heartbeat())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
     try:
-        await stop.wait()
+        await serve_tcp(make_app(osd), cfg.listen, osd.heartbeat())
     finally:
-        beat.cancel()
-        await runner.cleanup()
         await osd.session.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -459,23 +458,9 @@ async def serve_aem(cfg: AemConfig) -> None:
     """Run the job manager until SIGTERM or SIGINT."""
     aem = Aem(cfg)
     aem.session = aiohttp.ClientSession()
-    runner = web.AppRunner(make_app(aem), access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    host, _, port = cfg.listen.rpartition(":")
-    try:
-        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"cannot listen on {cfg.listen!r}: {e}") from None
-    loops = asyncio.create_task(aem.run_loops())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
     try:
-        await stop.wait()
+        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops())
     finally:
-        loops.cancel()
-        await runner.cleanup()
         await aem.session.close()
         aem.store.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import signal
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -132,6 +134,36 @@ async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float =
                 raise
             await asyncio.sleep(min(cap, base * 2**i) * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
+
+
+async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any] | None = None) -> None:
+    """Serve `app` on HOST:PORT, with one background task beside it, until SIGTERM or SIGINT.
+
+    The shape every TCP daemon of xos shares (MRC, OSD, job manager); the caller closes its own
+    resources after this returns."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    try:
+        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
+    except (OSError, ValueError) as e:
+        await runner.cleanup()
+        if asyncio.iscoroutine(background):
+            background.close()
+        raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
+    task = asyncio.ensure_future(background) if background is not None else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runner.cleanup()
 
 
 class HttpClient:
