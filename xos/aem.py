@@ -41,8 +41,9 @@ class Client(rpc.HttpClient):
     async def status(self, job_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/v1/jobs/{job_id}"))
 
-    async def control(self, job_id: str, verb: str) -> dict[str, Any]:
-        return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}", {}))
+    async def control(self, job_id: str, verb: str, to: str | None = None) -> dict[str, Any]:
+        """hold, release, suspend, resume, cancel, checkpoint, or migrate (`to` a node, or the best other)."""
+        return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}" + (f"?to={to}" if to else ""), {}))
 
     async def output(self, job_id: str) -> str:
         return str(await self._call("GET", f"/v1/jobs/{job_id}/output"))
@@ -79,8 +80,8 @@ class Session(rpc.Sync):
     def job_info(self, job_id: str) -> dict[str, Any]:
         return dict(self.run(self.jm.status(job_id)))
 
-    def control(self, job_id: str, verb: str) -> dict[str, Any]:
-        return dict(self.run(self.jm.control(job_id, verb)))
+    def control(self, job_id: str, verb: str, to: str | None = None) -> dict[str, Any]:
+        return dict(self.run(self.jm.control(job_id, verb, to)))
 
     def _wait(self, job_id: str, until: tuple[str, ...], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from xos import credential, rpc
 from xos.classad import Matchmaker, NodeAd, Wants
-from xos.errors import Conflict, IllegalTransition, InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
+from xos.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
 from xos.jobs import Job, JobStore, State
 from xos.jobspec import load, parse
 
@@ -269,7 +269,21 @@ class Aem:
 
     async def recover(self) -> None:
         """After a restart (SIGKILL included): a job left matched either started on its node (running now)
-        or did not (queued again) — never started twice."""
+        or did not (queued again) — never started twice. A job caught checkpointing or migrating runs
+        wherever its workspace is now."""
+        for job in self.store.ls(State.CHECKPOINTING) + self.store.ls(State.MIGRATING):
+            where = None
+            for name in self.cfg.nodes:
+                try:
+                    await self._node("GET", name, f"/v1/peer/workspaces/{_ws(job.id)}")
+                    where = name
+                    break
+                except XosError:
+                    continue
+            if where is None:
+                self.store.transition(job.id, State.REQUEUED, "lost while the job manager was down")
+            else:
+                self.store.transition(job.id, State.RUNNING, f"found on node {where} after a restart", node=where)
         for job in self.store.ls(State.MATCHED):
             try:
                 await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
@@ -389,8 +403,10 @@ class Aem:
         _, job = self._mine(request, request.match_info["id"])
         verb = request.match_info["verb"]
         node_verb = {"suspend": "freeze", "resume": "thaw"}.get(verb)
-        if verb in ("checkpoint", "migrate"):
-            raise IllegalTransition(f"{verb} of jobs is not built yet in the job manager")
+        if verb == "checkpoint":
+            return rpc.json_response((await self.checkpoint(job)).to_json())
+        if verb == "migrate":
+            return rpc.json_response((await self.migrate(job, request.query.get("to"))).to_json())
         job = self.store.may(job.id, verb)
         # The workspace first, then the record: a node that fails leaves the job as it really is.
         if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
@@ -420,6 +436,40 @@ class Aem:
             raise InvalidInput("since is seconds since the epoch") from None
         records = self.store.usage(vo, owner, since)
         return rpc.json_response({"records": records, "totals": self.store.totals(records)})
+
+    async def checkpoint(self, job: Job) -> Job:
+        """Checkpoint a running job where it runs; it goes on running. The image stays on its node."""
+        self.store.may(job.id, "checkpoint")
+        self.store.transition(job.id, State.CHECKPOINTING, "checkpoint by request")
+        try:
+            res = await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/checkpoint", {})
+        except XosError as e:
+            return self.store.transition(job.id, State.RUNNING, f"checkpoint failed: {e.code}: {e.message}")
+        return self.store.transition(job.id, State.RUNNING, f"checkpointed to {res['image']} on node {job.node}")
+
+    async def migrate(self, job: Job, to: str | None) -> Job:
+        """Move a running job to node `to`, or to the best other node that matches it; on failure it runs on
+        where it was (the node keeps it until the target confirms)."""
+        self.store.may(job.id, "migrate")
+        if to is None:
+            spec = parse(job.spec)
+            w = spec.wants()
+            w = type(w)(w.requirements, w.rank, (*w.attrs, ("VO", job.vo), ("Owner", job.owner)))
+            others = [a for a in self.fresh_ads() if a.name != job.node]
+            found = self.matchmaker.matches(w, others)
+            if not found:
+                raise NoMatch(f"no other node can take job {job.id}: {self.matchmaker.why_not(w, others)}")
+            to = found[0].node
+        if to not in self.cfg.nodes or to == job.node:
+            raise InvalidInput(f"cannot migrate job {job.id} to {to!r}: name another node of this grid", field="to")
+        self.store.transition(job.id, State.MIGRATING, f"migrating to node {to}")
+        try:
+            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to})
+        except XosError as e:
+            return self.store.transition(job.id, State.RUNNING, f"migration to {to} failed, still on {job.node}: "
+                                                                f"{e.code}: {e.message}")
+        self.wake.set()
+        return self.store.transition(job.id, State.RUNNING, f"migrated from node {job.node}", node=to)
 
     async def nodes(self, request: web.Request) -> web.Response:
         """Node ads, all of them, or those matching `constraint` best `rank` first (XenoSearch's role; a

@@ -113,7 +113,8 @@ def parser() -> argparse.ArgumentParser:
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
                       ("watch", "follow jobs until they end (exit 0 if all are done)"),
-                      *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel"))):
+                      *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel",
+                                                     "checkpoint", "migrate"))):
         jp = job.add_parser(verb, help=hlp)
         if verb == "submit":
             jp.add_argument("file")
@@ -123,6 +124,9 @@ def parser() -> argparse.ArgumentParser:
             jp.add_argument("--json", action="store_true")
         elif verb == "watch":
             jp.add_argument("ids", nargs="+")
+        elif verb == "migrate":
+            jp.add_argument("id")
+            jp.add_argument("--to", help="the node (default: the best other node that matches)")
         else:
             jp.add_argument("id")
         jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"),
@@ -604,8 +608,8 @@ async def _job_main(args: argparse.Namespace) -> int:
         elif args.verb == "watch":
             return await _watch(jm, args.ids)
         else:
-            j = await jm.control(args.id, args.verb)
-            print(f"{j['id']} {j['state']}")
+            j = await jm.control(args.id, args.verb, getattr(args, "to", None))
+            print(f"{j['id']} {j['state']} on {j['node'] or '-'}: {j['reason']}")
     return 0
 
 

@@ -292,6 +292,17 @@ async def migrate(request: web.Request) -> web.Response:
                                                bool(rpc.field(body, "live", bool, False))))
 
 
+async def peer_checkpoint(request: web.Request) -> web.Response:
+    """A checkpoint a job manager asks for: the workspace runs on, the image stays on this node, where the
+    node puts it (a peer names no paths here)."""
+    svc = _svc(request)
+    name = request.match_info["name"]
+    where = os.path.join(svc.config.home, "checkpoints", "requested")
+    os.makedirs(where, exist_ok=True)
+    out = os.path.join(where, f"{name}-{int(time.time() * 1000)}.img")
+    return rpc.json_response({**await svc.checkpoint(name, out, True), "image": out})
+
+
 async def migration_progress(request: web.Request) -> web.Response:
     svc = _svc(request)
     name = request.match_info["name"]
@@ -419,6 +430,8 @@ def make_peer_app(svc: NodeService) -> web.Application:
         web.get("/v1/peer/workspaces/{name}", get_workspace),
         web.get("/v1/peer/workspaces/{name}/file", workspace_file),
         web.delete("/v1/peer/workspaces/{name}", delete_workspace),
+        web.post("/v1/peer/workspaces/{name}/checkpoint", peer_checkpoint),
+        web.post("/v1/peer/workspaces/{name}/migrate", migrate),
         web.post("/v1/peer/workspaces/{name}/{verb}", control),
         web.put("/v1/peer/restore", peer_restore),
         web.put("/v1/peer/stage", peer_stage),

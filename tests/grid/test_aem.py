@@ -285,3 +285,46 @@ def test_a_job_past_its_walltime_is_stopped_and_fails(site):
     node = next(n for n in grid.nodes if n.name == info["node"])
     with node.client() as c:
         assert "job-" + job.replace(".", "-") not in [w["name"] for w in c.ls()]
+
+
+COUNTER = """
+import sys, time
+PACE = 0.02  # the program's own pace
+for i in range(1, 301):
+    print(i, flush=True)
+    time.sleep(PACE)
+"""
+
+
+def _lines_on_node(node, ws):
+    with node.client() as c:
+        path = os.path.join(c.stat(ws)["directory"], "stdout")
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def test_checkpoint_and_migrate_a_running_job_it_continues_never_restarts(site):
+    grid, s, *_ = site
+    job = s.run_job({"executable": "/usr/bin/python3", "arguments": ["-c", COUNTER],
+                     "resources": {"cpus": 0.2, "memory": "128M"}, "requirements": 'TARGET.Site == "a"'})
+    info = s.wait_started(job, 60)
+    src = next(n for n in grid.nodes if n.name == info["node"])
+    ws = "job-" + job.replace(".", "-")
+    wait_for(lambda: len(_lines_on_node(src, ws)) >= 20, 30, "the counter to count")
+    done = s.control(job, "checkpoint")
+    assert done["state"] == "running" and "checkpointed to" in done["reason"], done
+    image = done["reason"].split("checkpointed to ")[1].split(" on node")[0]
+    assert os.path.isdir(image)
+    to = grid.nodes[1].name
+    moved = s.control(job, "migrate", to=to)
+    assert (moved["state"], moved["node"]) == ("running", to), moved
+    with src.client() as c:
+        assert ws not in [w["name"] for w in c.ls()]
+    info = s.wait_terminated(job, 120)
+    assert info["state"] == "done", info
+    nums = [int(x) for x in s.run(s.jm.output(job)).split()]
+    assert nums == list(range(1, 301))  # continued from where it was: no restart, no repeat
+    assert [h["to"] for h in info["history"]].count("migrating") == 1
