@@ -10,6 +10,8 @@ node verifies the credential the job was submitted with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import time
@@ -21,9 +23,18 @@ from aiohttp import web
 
 from xos import credential, rpc
 from xos.classad import Matchmaker, NodeAd, Wants
-from xos.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
+from xos.errors import (
+    Conflict,
+    IllegalTransition,
+    InvalidInput,
+    NotFound,
+    OverCapacity,
+    PermissionDenied,
+    Unavailable,
+    XosError,
+)
 from xos.jobs import Job, JobStore, State
-from xos.jobspec import load, parse
+from xos.jobspec import JobSpec, load, parse
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,7 @@ class Aem:
     ads: dict[str, Ad] = field(default_factory=dict)
     matchmaker: Matchmaker = field(default_factory=Matchmaker)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +82,9 @@ class Aem:
         with open(self.cfg.peer_key) as f:
             self.secret = f.read().strip()
         os.makedirs(os.path.join(self.cfg.home, "aem", "output"), exist_ok=True)
+        os.makedirs(os.path.join(self.cfg.home, "aem", "images"), exist_ok=True)
+        self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
+        self.busy: set[str] = set()  # jobs with a checkpoint under way
 
     # talking to nodes
 
@@ -117,6 +132,10 @@ class Aem:
 
     # matching and dispatch
 
+    def wants(self, job: Job) -> Wants:
+        """What `job` asks of a node, as its owner."""
+        return _wants(parse(job.spec), job.vo, job.owner)
+
     async def match_pass(self) -> None:
         """Match every queued job whose dependencies allow it, best node first, and dispatch them together.
 
@@ -135,8 +154,7 @@ class Aem:
                     self.store.set_reason(job.id, why)
                 continue
             spec = parse(job.spec)
-            wants = spec.wants()
-            wants = type(wants)(wants.requirements, wants.rank, (*wants.attrs, ("VO", job.vo), ("Owner", job.owner)))
+            wants = self.wants(job)
             found = self.matchmaker.matches(wants, ads)
             if not found:
                 reason = f"no match: {self.matchmaker.why_not(wants, ads)}"
@@ -176,6 +194,9 @@ class Aem:
         body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc,
                 "main": {"argv": [spec["executable"], *spec.get("arguments", [])],
                          "env": spec.get("environment", {}), "out": "stdout"}}
+        if os.path.exists(self.image_path(job.id)):
+            await self._resume(job)
+            return
         try:
             await self._node("POST", job.node, "/v1/peer/workspaces", body)
         except XosError as e:
@@ -183,6 +204,26 @@ class Aem:
             self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
             return
         self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
+
+    async def _resume(self, job: Job) -> None:
+        """Restore a requeued job on its new node from the last checkpoint the job manager keeps. An image
+        the node finds corrupt or incompatible is dropped and the job starts from the beginning instead."""
+        from xos.checkpoint.service import peer_restore
+
+        path = self.image_path(job.id)
+        taken = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(path)))
+        try:
+            await peer_restore(self.cfg.nodes[job.node], self.secret, path, _ws(job.id))
+        except XosError as e:
+            log.warning("job %s not restored on node %s: %s", job.id, job.node, e)
+            if isinstance(e, (Unavailable, OverCapacity, Conflict)):  # this node, now: another may take it
+                why = f"node {job.node} did not restore it: {e.code}: {e.message}"
+            else:  # the image itself (corrupt, incompatible, CRIU failing on it): never retried
+                os.unlink(path)
+                why = f"its checkpoint was refused ({e.code}: {e.message}); it starts from the beginning"
+            self.store.transition(job.id, State.QUEUED, why)
+            return
+        self.store.transition(job.id, State.RUNNING, f"restored on node {job.node} from its checkpoint of {taken}")
 
     async def monitor(self) -> None:
         """Finished main programs make done or failed jobs; their output is kept and the workspace goes.
@@ -242,6 +283,7 @@ class Aem:
         except XosError as e:
             log.info("usage of job %s from the listing: %s", job.id, e)
         self.account(job, ws)
+        self.drop_image(job.id)
         status = ended.get("exit", 128 + ended.get("signal", 0))
         try:
             await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
@@ -266,6 +308,16 @@ class Aem:
 
     def output_path(self, job_id: str) -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id)
+
+    def image_path(self, job_id: str) -> str:
+        """Where the job's last checkpoint is kept: here, not on its node, so that a lost node does not take
+        it along."""
+        return os.path.join(self.cfg.home, "aem", "images", f"{job_id}.tar")
+
+    def drop_image(self, job_id: str) -> None:
+        self.checkpoint_due.pop(job_id, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.image_path(job_id))
 
     async def recover(self) -> None:
         """After a restart (SIGKILL included): a job left matched either started on its node (running now)
@@ -320,8 +372,10 @@ class Aem:
                 if not wname.startswith("job-"):
                     continue
                 owner = next((j for j in self.store.ls() if _ws(j.id) == wname), None)
-                if owner is None or owner.node != name or owner.state not in (State.RUNNING, State.SUSPENDED,
-                                                                             State.MATCHED):
+                if owner is not None and owner.state == State.MIGRATING:
+                    continue  # on its way: at the source, the target or both until the target confirms
+                if owner is None or owner.node != name or owner.state not in (
+                        State.RUNNING, State.SUSPENDED, State.MATCHED, State.CHECKPOINTING):
                     log.info("removing stray workspace %s on node %s", wname, name)
                     try:
                         await self._node("DELETE", name, f"/v1/peer/workspaces/{wname}")
@@ -336,6 +390,7 @@ class Aem:
             await self.refresh_ads()
             await self.lost_nodes()
             await self.monitor()
+            await self.periodic_checkpoints()
             rounds += 1
             if rounds % 5 == 0:
                 await self.sweep_strays()
@@ -366,8 +421,7 @@ class Aem:
         raw = await request.content.read(1 << 20)
         spec = parse(load(raw), self.matchmaker)
         if request.query.get("wait") != "1":
-            wants = spec.wants()
-            wants = type(wants)(wants.requirements, wants.rank, (*wants.attrs, ("VO", who.vo)))
+            wants = _wants(spec, who.vo, f"{who.sub}@{who.vo}")
             ads = self.fresh_ads()
             if not self.matchmaker.matches(wants, ads):
                 raise NoMatch(f"no node can run this job: {self.matchmaker.why_not(wants, ads)} "
@@ -389,7 +443,11 @@ class Aem:
 
     async def get_job(self, request: web.Request) -> web.Response:
         _, job = self._mine(request, request.match_info["id"])
-        return rpc.json_response({**job.to_json(), "history": self.store.history(job.id)})
+        extra: dict[str, Any] = {}
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(self.image_path(job.id))
+            extra["checkpoint"] = {"at": st.st_mtime, "bytes": st.st_size}
+        return rpc.json_response({**job.to_json(), **extra, "history": self.store.history(job.id)})
 
     async def output(self, request: web.Request) -> web.Response:
         _, job = self._mine(request, request.match_info["id"])
@@ -418,6 +476,8 @@ class Aem:
         elif node_verb:
             await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/{node_verb}")
         job = self.store.control(job.id, verb)
+        if job.state.final:
+            self.drop_image(job.id)
         self.wake.set()
         return rpc.json_response(job.to_json())
 
@@ -437,24 +497,81 @@ class Aem:
         records = self.store.usage(vo, owner, since)
         return rpc.json_response({"records": records, "totals": self.store.totals(records)})
 
-    async def checkpoint(self, job: Job) -> Job:
-        """Checkpoint a running job where it runs; it goes on running. The image stays on its node."""
-        self.store.may(job.id, "checkpoint")
-        self.store.transition(job.id, State.CHECKPOINTING, "checkpoint by request")
+    async def checkpoint(self, job: Job, why: str = "by request") -> Job:
+        """Checkpoint a running job where it runs; it goes on running. The image comes here, streamed, and
+        replaces the job's previous one only once it arrived whole."""
+        job = self.store.may(job.id, "checkpoint")
+        if job.id in self.busy:
+            raise Conflict(f"job {job.id} is being checkpointed already")
+        self.busy.add(job.id)
+        back = State(job.state)
         try:
-            res = await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/checkpoint", {})
-        except XosError as e:
-            return self.store.transition(job.id, State.RUNNING, f"checkpoint failed: {e.code}: {e.message}")
-        return self.store.transition(job.id, State.RUNNING, f"checkpointed to {res['image']} on node {job.node}")
+            self.store.transition(job.id, State.CHECKPOINTING, f"checkpoint {why}")
+            path = self.image_path(job.id)
+            try:
+                summary = await self._fetch_image(job, path + ".part")
+            except XosError as e:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + ".part")
+                return self.store.transition(job.id, back, f"checkpoint failed: {e.code}: {e.message}")
+            try:
+                size = os.path.getsize(path + ".part")
+                done = self.store.transition(job.id, back, f"checkpointed on node {job.node} ({why}): "
+                                                           f"{size / 2**20:.1f} MiB kept by the job manager, "
+                                                           f"frozen {summary.get('frozen', 0):.2f} s")
+            except IllegalTransition:  # cancelled meanwhile: the image is of nothing that runs
+                os.unlink(path + ".part")
+                raise
+            os.replace(path + ".part", path)
+            return done
+        finally:
+            self.busy.discard(job.id)
+
+    async def _fetch_image(self, job: Job, dest: str) -> dict[str, Any]:
+        """Have the job's node checkpoint it and send the image; written to `dest`."""
+        assert self.session is not None
+        url = f"{self.cfg.nodes[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
+        try:
+            async with self.session.post(url, json={}, headers={"Authorization": f"Bearer {self.secret}"},
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
+                                                                       sock_read=300)) as resp:
+                if resp.status >= 400:
+                    raise rpc.from_json(await resp.json(content_type=None), resp.status)
+                summary = json.loads(resp.headers.get("X-Checkpoint", "{}"))
+                with open(dest, "wb") as f:
+                    async for block in resp.content.iter_chunked(1 << 20):
+                        f.write(block)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            raise Unavailable(f"node {job.node} did not send the checkpoint of job {job.id}: {e}") from None
+        times = summary.get("times", {})
+        return {"bytes": summary.get("bytes", 0), "frozen": times.get("freeze", 0) + times.get("dump", 0)}
+
+    async def periodic_checkpoints(self) -> None:
+        """Checkpoint every running job that asks for it every `checkpoint_interval`, in the background."""
+        now = time.monotonic()
+        for job in self.store.ls(State.RUNNING):
+            every = float(job.spec.get("checkpoint_interval") or 0)
+            if not every or job.id in self.busy:
+                continue
+            due = self.checkpoint_due.setdefault(job.id, now + every)
+            if now >= due:
+                self.checkpoint_due[job.id] = now + every
+                task = asyncio.create_task(self._periodic(job))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _periodic(self, job: Job) -> None:
+        try:
+            await self.checkpoint(job, f"every {float(job.spec['checkpoint_interval']):g} s")
+        except XosError as e:  # it ended or changed state meanwhile
+            log.info("periodic checkpoint of job %s skipped: %s", job.id, e)
 
     async def migrate(self, job: Job, to: str | None) -> Job:
         """Move a running job to node `to`, or to the best other node that matches it; on failure it runs on
         where it was (the node keeps it until the target confirms)."""
         self.store.may(job.id, "migrate")
         if to is None:
-            spec = parse(job.spec)
-            w = spec.wants()
-            w = type(w)(w.requirements, w.rank, (*w.attrs, ("VO", job.vo), ("Owner", job.owner)))
+            w = self.wants(job)
             others = [a for a in self.fresh_ads() if a.name != job.node]
             found = self.matchmaker.matches(w, others)
             if not found:
@@ -484,6 +601,13 @@ class Aem:
         found = self.matchmaker.matches(wants, self.fresh_ads(), symmetric=False)
         return rpc.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
                                              "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
+
+
+def _wants(spec: JobSpec, vo: str, owner: str) -> Wants:
+    """A job's wants with who submits it; a checkpointable job only where checkpoints can be taken."""
+    w = spec.wants()
+    req = f"({w.requirements}) && TARGET.HasCheckpoint =?= true" if spec.checkpointable else w.requirements
+    return Wants(req, w.rank, (*w.attrs, ("VO", vo), ("Owner", owner)))
 
 
 def _ws(job_id: str) -> str:

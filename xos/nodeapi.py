@@ -292,15 +292,35 @@ async def migrate(request: web.Request) -> web.Response:
                                                bool(rpc.field(body, "live", bool, False))))
 
 
-async def peer_checkpoint(request: web.Request) -> web.Response:
-    """A checkpoint a job manager asks for: the workspace runs on, the image stays on this node, where the
-    node puts it (a peer names no paths here)."""
+async def peer_checkpoint(request: web.Request) -> web.StreamResponse:
+    """A checkpoint a job manager asks for; the workspace runs on. With `send=1` the image comes back as
+    the answer (a tar, streamed; the summary in X-Checkpoint) and nothing stays here: a job manager keeps
+    it where a lost node cannot take it along. Otherwise it stays on this node, where the node puts it
+    (a peer names no paths here)."""
+    from xos.checkpoint import image, service
+
     svc = _svc(request)
     name = request.match_info["name"]
-    where = os.path.join(svc.config.home, "checkpoints", "requested")
-    os.makedirs(where, exist_ok=True)
-    out = os.path.join(where, f"{name}-{int(time.time() * 1000)}.img")
-    return rpc.json_response({**await svc.checkpoint(name, out, True), "image": out})
+    if request.query.get("send") != "1":
+        where = os.path.join(svc.config.home, "checkpoints", "requested")
+        os.makedirs(where, exist_ok=True)
+        out = os.path.join(where, f"{name}-{int(time.time() * 1000)}.img")
+        return rpc.json_response({**await svc.checkpoint(name, out, True), "image": out})
+    work = service.scratch(svc, "dump")
+    try:
+        out = os.path.join(work, "image")
+        result = await svc.checkpoint(name, out, True)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar",
+                                           "X-Checkpoint": json.dumps({k: result[k] for k in ("bytes", "times")})})
+        await resp.prepare(request)
+        loop = asyncio.get_running_loop()
+        blocks = image.stream(out)
+        while (block := await loop.run_in_executor(None, next, blocks, None)) is not None:
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def migration_progress(request: web.Request) -> web.Response:

@@ -8,13 +8,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 from xos import credential
 from xos.aem import Session
 from xos.errors import XosError
-from xos.testing import TestGrid, TestNode, wait_for
+from xos.testing import TestGrid, TestNode, purge_cgroups, wait_for
 
 POOL = "bio=31000-31999"
 AEM = "198.18.0.1:7300"
@@ -318,9 +319,8 @@ def test_checkpoint_and_migrate_a_running_job_it_continues_never_restarts(site):
     ws = "job-" + job.replace(".", "-")
     wait_for(lambda: len(_lines_on_node(src, ws)) >= 20, 30, "the counter to count")
     done = s.control(job, "checkpoint")
-    assert done["state"] == "running" and "checkpointed to" in done["reason"], done
-    image = done["reason"].split("checkpointed to ")[1].split(" on node")[0]
-    assert os.path.isdir(image)
+    assert done["state"] == "running" and "kept by the job manager" in done["reason"], done
+    assert s.job_info(job)["checkpoint"]["bytes"] > 1 << 20
     to = grid.nodes[1].name
     moved = s.control(job, "migrate", to=to)
     assert (moved["state"], moved["node"]) == ("running", to), moved["reason"]
@@ -335,3 +335,47 @@ def test_checkpoint_and_migrate_a_running_job_it_continues_never_restarts(site):
     nums = [int(x) for x in s.run(s.jm.output(job)).split()]
     assert nums == list(range(1, len(nums) + 1)) and len(nums) >= counted + 20  # went on: no restart, no repeat
     assert [h["to"] for h in info["history"]].count("migrating") == 1
+
+
+STAMPED = """
+import os, sys, time
+i = 0
+while not os.path.exists(sys.argv[1]):
+    i += 1
+    print(i, time.time(), flush=True)
+    time.sleep(0.02)
+"""
+
+
+def test_a_lost_node_s_checkpointable_job_resumes_elsewhere_from_its_last_checkpoint(site):
+    grid, s, _, _, base = site
+    a, b = grid.nodes[0], grid.nodes[1]
+    stop = _marker(base, "resume")
+    job = s.run_job({"executable": "/usr/bin/python3", "arguments": ["-c", STAMPED, stop],
+                     "resources": {"cpus": 0.2, "memory": "128M"}, "checkpointable": True,
+                     "checkpoint_interval": "1s", "requirements": 'TARGET.Site == "a" || TARGET.Site == "b"',
+                     "rank": 'TARGET.Site == "a"'})
+    assert s.wait_started(job, 60)["node"] == a.name
+    ws = "job-" + job.replace(".", "-")
+    wait_for(lambda: "checkpoint" in s.job_info(job), 60, "a periodic checkpoint to reach the job manager")
+    a.expect_warning(".*")  # killed on purpose: its restart reports what it finds
+    killed = time.time()
+    a.stop(signal.SIGKILL)
+    purge_cgroups(a.cgroup_root)  # the machine is gone: its daemon and the job's processes
+    try:
+        wait_for(lambda: (s.job_info(job)["node"], s.job_info(job)["state"]) == (b.name, "running"), 60,
+                 "the job to run again on the other node")
+        assert any("from its checkpoint" in h["reason"] for h in s.job_info(job)["history"])
+        wait_for(lambda: float((_lines_on_node(b, ws) or ["0", "0"])[-1]) > killed + 0.5, 30,
+                 "the counter to go on at its new node")
+        open(stop, "w").close()
+        info = s.wait_terminated(job, 60)
+    finally:
+        a.start()
+        wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see node a again")
+    assert info["state"] == "done", info
+    rows = [line.split() for line in s.run(s.jm.output(job)).splitlines()]
+    nums, stamps = [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+    assert nums == list(range(1, len(nums) + 1))  # it went on: never from zero again, no number twice
+    assert stamps[0] < killed < stamps[-1]  # its beginning came along in the checkpoint, its end is new
+    assert "checkpoint" not in info  # the image goes with the job
