@@ -357,6 +357,47 @@ class Aem:
                                                               f"{self.cfg.ad_ttl:g} s)")
                 self.wake.set()
 
+    async def rebalance(self) -> None:
+        """Move jobs off nodes whose running jobs hold more than the node offers now (its owner took
+        capacity back), newest first, until they fit: a checkpointable job migrates to the best other
+        node, or waits in the queue as its checkpoint when none has room; another job is stopped and
+        queued again, to restart elsewhere."""
+        for name, ad in list(self.ads.items()):
+            over_cpu = float(ad.node.attrs.get("OverCpus") or 0)
+            over_mem = float(ad.node.attrs.get("OverMemory") or 0)
+            if ad.expires <= time.monotonic() or (over_cpu <= 0 and over_mem <= 0):
+                continue
+            here = sorted((j for j in self.store.ls(State.RUNNING) if j.node == name and j.id not in self.busy),
+                          key=lambda j: j.created, reverse=True)
+            for job in here:
+                if over_cpu <= 1e-9 and over_mem <= 0:
+                    break
+                spec = parse(job.spec)
+                over_cpu -= spec.cpus
+                over_mem -= spec.memory >> 20
+                why = f"node {name} took capacity back"
+                try:
+                    if spec.checkpointable:
+                        try:
+                            await self.migrate(self.store.get(job.id), None, why)
+                            if self.store.get(job.id).node != name:
+                                continue
+                        except NoMatch:
+                            pass
+                        await self.checkpoint(self.store.get(job.id), f"before leaving node {name}")
+                    await self._evict(self.store.get(job.id), why)
+                except XosError as e:
+                    log.warning("job %s could not leave node %s: %s", job.id, name, e)
+            ad.node.attrs["OverCpus"] = ad.node.attrs["OverMemory"] = 0  # acted on: the next ad says what is left
+
+    async def _evict(self, job: Job, why: str) -> None:
+        """Stop a running job on its node and queue it again (from its checkpoint, when it has one)."""
+        self.account(job, await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}"))
+        await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+        then = "from its checkpoint" if os.path.exists(self.image_path(job.id)) else "from the beginning"
+        self.store.transition(job.id, State.REQUEUED, f"{why}: queued again, to run elsewhere {then}")
+        self.wake.set()
+
     async def sweep_strays(self) -> None:
         """Workspaces of jobs that no longer run there (a node back after its jobs were requeued) go, so no
         job runs twice."""
@@ -390,6 +431,7 @@ class Aem:
             await self.refresh_ads()
             await self.lost_nodes()
             await self.monitor()
+            await self.rebalance()
             await self.periodic_checkpoints()
             rounds += 1
             if rounds % 5 == 0:
@@ -566,10 +608,10 @@ class Aem:
         except XosError as e:  # it ended or changed state meanwhile
             log.info("periodic checkpoint of job %s skipped: %s", job.id, e)
 
-    async def migrate(self, job: Job, to: str | None) -> Job:
+    async def migrate(self, job: Job, to: str | None, why: str = "") -> Job:
         """Move a running job to node `to`, or to the best other node that matches it; on failure it runs on
         where it was (the node keeps it until the target confirms)."""
-        self.store.may(job.id, "migrate")
+        job = self.store.may(job.id, "migrate")
         if to is None:
             w = self.wants(job)
             others = [a for a in self.fresh_ads() if a.name != job.node]
@@ -579,7 +621,8 @@ class Aem:
             to = found[0].node
         if to not in self.cfg.nodes or to == job.node:
             raise InvalidInput(f"cannot migrate job {job.id} to {to!r}: name another node of this grid", field="to")
-        self.store.transition(job.id, State.MIGRATING, f"migrating to node {to}")
+        self.store.transition(job.id, State.MIGRATING, f"{why}: migrating to node {to}" if why else
+                              f"migrating to node {to}")
         try:
             await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to})
         except XosError as e:

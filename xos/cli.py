@@ -214,6 +214,9 @@ def parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="this node").add_subparsers(dest="verb", required=True)
     node.add_parser("info", help="capacity and allocations")
     node.add_parser("ad", help="the node's ClassAd, as a job manager matches jobs against it")
+    o = node.add_parser("offer", help="change what the node hands out while it runs (jobs over it move away)")
+    o.add_argument("--cpu", help="CPUs offered, e.g. 1.5")
+    o.add_argument("--memory", help="memory offered, e.g. 4G")
     node.add_parser("metrics", help="Prometheus metrics")
     t = node.add_parser("trust", help="trust a VO's signing key (no restart needed)")
     t.add_argument("vo")
@@ -405,6 +408,11 @@ async def _client_main(args: argparse.Namespace) -> int:
                 print(json.dumps(await node.info(), indent=2))
             elif args.verb == "ad":
                 print(json.dumps(await node.ad(), indent=2))
+            elif args.verb == "offer":
+                info = await node.offer(args.cpu, args.memory)
+                cap, used = info["capacity"], info["allocated"]
+                print(f"offers cpu={cap['cpu']:g} memory={units.format_size(cap['memory'])}; "
+                      f"allocated cpu={used['cpu']:g} memory={units.format_size(used['memory'])}")
             else:
                 sys.stdout.write(await node.metrics())
             return 0

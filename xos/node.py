@@ -33,6 +33,10 @@ class Client(rpc.HttpClient):
         """The node: name, cgroup hierarchy, capacity, what is allocated."""
         return await self._call("GET", "/v1/node")
 
+    async def offer(self, cpu: float | str | None = None, memory: int | str | None = None) -> dict[str, Any]:
+        """Change what the node hands out while it runs; running workspaces keep theirs."""
+        return await self._call("PATCH", "/v1/node", {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v})
+
     async def ad(self) -> dict[str, Any]:
         """The node's ClassAd (HTCondor attribute names), as a job manager matches against it."""
         return await self._call("GET", "/v1/node/ad")

@@ -37,6 +37,11 @@ async def node_info(request: web.Request) -> web.Response:
     return rpc.json_response(_svc(request).node_info())
 
 
+async def set_offer(request: web.Request) -> web.Response:
+    body = await rpc.read_body(request)
+    return rpc.json_response(_svc(request).offer(body.get("cpu"), body.get("memory")))
+
+
 async def node_ad(request: web.Request) -> web.Response:
     return rpc.json_response(_svc(request).classad())
 
@@ -465,6 +470,7 @@ def make_app(svc: NodeService) -> web.Application:
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/node", node_info),
+        web.patch("/v1/node", set_offer),
         web.get("/v1/node/ad", node_ad),
         web.post("/v1/node/sample", sample),
         web.get("/v1/workspaces", list_workspaces),

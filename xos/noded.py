@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from xos import credential, network, units
@@ -185,6 +185,26 @@ class NodeService:
     def context(self) -> NodeContext:
         """What every workspace of this node shares (the service must be started)."""
         return self._ctx()
+
+    def offer(self, cpu: Any = None, memory: Any = None) -> dict[str, Any]:
+        """Change what this node hands out while it runs: its owner takes some back, or gives more.
+
+        Running workspaces keep their allocations. When they hold more than the new offer, the ad says
+        by how much (OverCpus, OverMemory) and a job manager moves jobs away until they fit. Flags
+        decide the offer again at the next start."""
+        changes: dict[str, Any] = {}
+        if cpu is not None:
+            changes["cpu"] = units.parse_cpus(cpu)
+        if memory is not None:
+            changes["memory"] = units.parse_size(memory)
+            if changes["memory"] <= 0:
+                raise InvalidInput("memory must be more than 0", field="memory")
+        if not changes:
+            raise InvalidInput("give what the node offers: cpu, memory or both")
+        self.config = replace(self.config, **changes)
+        self._ctx().config = self.config
+        log.info("node %s now offers %s", self.config.name, ", ".join(f"{k}={v:g}" for k, v in changes.items()))
+        return self.node_info()
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -504,6 +524,9 @@ class NodeService:
             "TotalCpus": cap["cpu"], "TotalMemory": cap["memory"] >> 20,
             "Cpus": round(max(cap["cpu"] - used["cpu"], 0.0), 4),
             "Memory": max(cap["memory"] - used["memory"], 0) >> 20,
+            # Held beyond what is offered (the owner took capacity back): what a job manager must move away.
+            "OverCpus": round(max(used["cpu"] - cap["cpu"], 0.0), 4),
+            "OverMemory": -(-max(used["memory"] - cap["memory"], 0) >> 20),
             "LoadAvg": round(os.getloadavg()[0], 2), "Workspaces": info["workspaces"], "AllowedVOs": vos,
             "HasCheckpoint": bool(ckpt["available"]), "HasLiveMigration": bool(ckpt["live_migration"]),
             "CriuVersion": ckpt.get("criu") or "", "CGroup": info["cgroup"],

@@ -379,3 +379,50 @@ def test_a_lost_node_s_checkpointable_job_resumes_elsewhere_from_its_last_checkp
     assert nums == list(range(1, len(nums) + 1))  # it went on: never from zero again, no number twice
     assert stamps[0] < killed < stamps[-1]  # its beginning came along in the checkpoint, its end is new
     assert "checkpoint" not in info  # the image goes with the job
+
+
+def test_a_node_that_takes_capacity_back_has_its_jobs_moved_away(site):
+    grid, s, _, _, base = site
+    a, b = grid.nodes[0], grid.nodes[1]
+    stop, m = _marker(base, "reclaim-counter"), _marker(base, "reclaim-waiter")
+    where = {"requirements": 'TARGET.Site == "a" || TARGET.Site == "b"', "rank": 'TARGET.Site == "a"'}
+    ck = s.run_job({"executable": "/usr/bin/python3", "arguments": ["-c", COUNTER, stop], "checkpointable": True,
+                    "resources": {"cpus": 0.4, "memory": "128M"}, **where})
+    plain = s.run_job({"executable": "/bin/sh", "arguments": ["-c", WAITER.format(m=m)],
+                       "resources": {"cpus": 0.4}, **where})
+    assert s.wait_started(ck, 60)["node"] == a.name and s.wait_started(plain, 60)["node"] == a.name
+    ws = "job-" + ck.replace(".", "-")
+    wait_for(lambda: len(_lines_on_node(a, ws)) >= 10, 30, "the counter to count")
+    code, out, err = a.cli("node", "offer", "--cpu", "0.1")
+    try:
+        assert code == 0 and "offers cpu=0.1" in out and "allocated cpu=0.8" in out, out + err
+        wait_for(lambda: all(s.job_info(j)["node"] == b.name and s.job_info(j)["state"] == "running"
+                             for j in (ck, plain)), 60, "both jobs to run on the other node")
+        with a.client() as c:
+            assert not [w for w in c.ls() if w["name"].startswith("job-")]
+            assert c.ad()["OverCpus"] == 0
+    finally:
+        assert a.cli("node", "offer", "--cpu", "1")[0] == 0
+    counted = len(_lines_on_node(b, ws))
+    wait_for(lambda: len(_lines_on_node(b, ws)) > counted + 10, 30, "the counter to go on at its new node")
+    open(stop, "w").close()
+    open(m, "w").close()
+    ck_info, plain_info = s.wait_terminated(ck, 60), s.wait_terminated(plain, 60)
+    assert ck_info["state"] == plain_info["state"] == "done"
+    nums = [int(x) for x in s.run(s.jm.output(ck)).split()]
+    assert nums == list(range(1, len(nums) + 1)) and len(nums) > counted + 10  # migrated, not restarted
+    assert any("took capacity back: migrating" in h["reason"] for h in ck_info["history"])
+    assert any(h["to"] == "requeued" and "took capacity back" in h["reason"] for h in plain_info["history"])
+    assert s.run(s.jm.output(plain)) == "started\nfinished\n"  # restarted elsewhere, ran whole once there
+
+
+def test_a_bad_offer_is_refused_and_changes_nothing(site):
+    grid, *_ = site
+    a = grid.nodes[0]
+    with a.client() as c:
+        before = c.info()["capacity"]
+    for args in (("--cpu", "-1"), ("--memory", "lots"), ()):
+        code, out, err = a.cli("node", "offer", *args)
+        assert code != 0 and err.startswith("xos: error ") and len(err.strip().splitlines()) == 1, err
+    with a.client() as c:
+        assert c.info()["capacity"] == before
