@@ -11,8 +11,12 @@
  * With `-- CMD ARGS` it also starts the workspace's main program as its own
  * child, so the whole workload is one process tree under this init: the tree
  * CRIU checkpoints. Options: --work DIR (bind at XOS_WORK), --uid, --gid,
- * --out FILE (stdout and stderr of the main program, appended; relative to
- * XOS_WORK). The main program's exit status is written to XOS_WORK/.main.status.
+ * --in FILE, --out FILE, --err FILE (the main program's stdin, stdout and
+ * stderr; stderr goes with stdout unless given; output appended; relative to
+ * XOS_WORK or absolute). They are opened as the workspace's user, so a path
+ * outside the workspace is reached only as far as that user may. A failure to
+ * start is reported as "error STAGE ERRNO" (stdin, stdout, stderr, setup,
+ * exec). The main program's exit status is written to XOS_WORK/.main.status.
  *
  * Nothing of the host's namespace files (nsfs mounts) or FUSE mounts is kept
  * in the workspace's mount table: they are not the workspace's (a FUSE mount
@@ -85,24 +89,33 @@ static void write_status(int status)
     }
 }
 
-/* The main program: a child of init, as the workspace's user. Never returns. */
-static void main_child(char **argv, int uid, int gid, const char *out, int report)
+/* Where starting the main program failed, for the "error STAGE ERRNO" line. */
+static const char *const STAGES[] = {"exec", "stdin", "stdout", "stderr", "setup"};
+enum { S_EXEC, S_STDIN, S_STDOUT, S_STDERR, S_SETUP };
+
+/* Open `path` as the workspace's user onto `fd`; -1 on failure. */
+static int open_onto(const char *path, int flags, int fd)
 {
+    int o = open(path, flags | O_CLOEXEC, 0600);
+    if (o < 0)
+        return -1;
+    if (o == fd)
+        return fcntl(o, F_SETFD, 0);
+    if (dup3(o, fd, 0) < 0 || close(o) < 0)
+        return -1;
+    return 0;
+}
+
+/* The main program: a child of init, as the workspace's user. Never returns. */
+static void main_child(char **argv, int uid, int gid, const char *in, const char *out, const char *err,
+                       int report)
+{
+    int stage = S_SETUP;
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setsid();
-    int in = open("/dev/null", O_RDONLY);
     if (chdir(XOS_WORK) < 0)
-        goto fail;
-    int o = out ? open(out, O_WRONLY | O_CREAT | O_APPEND, 0600) : open("/dev/null", O_WRONLY);
-    if (in < 0 || o < 0 || dup2(in, 0) < 0 || dup2(o, 1) < 0 || dup2(o, 2) < 0)
-        goto fail;
-    if (o > 2)
-        close(o);
-    if (in > 2)
-        close(in);
-    if (out && uid >= 0 && fchown(1, (uid_t)uid, (gid_t)gid) < 0)
         goto fail;
     if (gid >= 0) {
         gid_t g = (gid_t)gid;
@@ -111,10 +124,20 @@ static void main_child(char **argv, int uid, int gid, const char *out, int repor
     }
     if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0)
         goto fail;
+    stage = S_STDIN;
+    if (open_onto(in ? in : "/dev/null", O_RDONLY, 0) < 0)
+        goto fail;
+    stage = S_STDOUT;
+    if (open_onto(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 1) < 0)
+        goto fail;
+    stage = S_STDERR;
+    if (err ? open_onto(err, O_WRONLY | O_CREAT | O_APPEND, 2) < 0 : dup2(1, 2) < 0)
+        goto fail;
+    stage = S_EXEC;
     execvp(argv[0], argv);
 fail:;
-    int err = errno;
-    if (write(report, &err, sizeof(err)) < 0) {
+    int why[2] = {stage, errno};
+    if (write(report, why, sizeof(why)) < 0) {
         /* the parent sees the pipe close without a word and reports an unknown failure */
     }
     _exit(127);
@@ -122,7 +145,7 @@ fail:;
 
 int main(int argc, char **argv)
 {
-    const char *work = NULL, *out = NULL;
+    const char *work = NULL, *in = NULL, *out = NULL, *err = NULL;
     int uid = -1, gid = -1, cmd = argc;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) {
@@ -139,8 +162,12 @@ int main(int argc, char **argv)
             uid = atoi(argv[++i]);
         else if (strcmp(argv[i], "--gid") == 0)
             gid = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--in") == 0)
+            in = argv[++i];
         else if (strcmp(argv[i], "--out") == 0)
             out = argv[++i];
+        else if (strcmp(argv[i], "--err") == 0)
+            err = argv[++i];
         else {
             dprintf(1, "error usage %s\n", argv[i]);
             return 2;
@@ -180,15 +207,15 @@ int main(int argc, char **argv)
         }
         if (main_pid == 0) {
             close(rep[0]);
-            main_child(argv + cmd, uid, gid, out, rep[1]);
+            main_child(argv + cmd, uid, gid, in, out, err, rep[1]);
         }
         close(rep[1]);
-        int err = 0;
-        ssize_t got = read(rep[0], &err, sizeof(err));
+        int why[2] = {S_EXEC, 0};
+        ssize_t got = read(rep[0], why, sizeof(why));
         close(rep[0]);
         if (got > 0) {
             waitpid(main_pid, NULL, 0);
-            dprintf(1, "error exec %d\n", err);
+            dprintf(1, "error %s %d\n", STAGES[why[0] >= 0 && why[0] <= S_SETUP ? why[0] : S_EXEC], why[1]);
             return 1;
         }
     }

@@ -7,8 +7,10 @@ import json
 import time
 from typing import Any
 
+import aiohttp
+
 from xos import rpc
-from xos.errors import XosError
+from xos.errors import Unavailable, XosError
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -45,8 +47,24 @@ class Client(rpc.HttpClient):
         """hold, release, suspend, resume, cancel, checkpoint, or migrate (`to` a node, or the best other)."""
         return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}" + (f"?to={to}" if to else ""), {}))
 
-    async def output(self, job_id: str) -> str:
-        return str(await self._call("GET", f"/v1/jobs/{job_id}/output"))
+    async def output(self, job_id: str, stream: str = "stdout") -> str:
+        """A job's stdout or stderr as text: what it wrote so far, or all of it once it ended."""
+        return (await self.output_from(job_id, 0, stream))[0].decode("utf-8", "replace")
+
+    async def output_from(self, job_id: str, offset: int, stream: str = "stdout") -> tuple[bytes, str]:
+        """What a job wrote to `stream` from byte `offset` on, and the job's state when it was read: once
+        that is final, nothing more will come."""
+        if self._session is None:
+            raise RuntimeError("use the client as an async context manager")
+        url = f"{self.base_url}/v1/jobs/{job_id}/output?stream={stream}&offset={offset}"
+        try:
+            async with self._session.get(url) as resp:
+                data = await resp.read()
+                if resp.status >= 400:
+                    raise rpc.from_json(json.loads(data) if data.startswith(b"{") else {}, resp.status)
+                return data, resp.headers.get("X-Job-State", "")
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
 
     async def accounting(self, vo: str | None = None, user: str | None = None, since: float = 0.0) -> dict[str, Any]:
         """Usage records and totals per VO, user and node."""

@@ -10,11 +10,13 @@ node verifies the credential the job was submitted with.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,7 @@ from xos.errors import (
     XosError,
 )
 from xos.jobs import Job, JobStore, State
-from xos.jobspec import JobSpec, load, parse
+from xos.jobspec import JobSpec, grid_path, load, parse
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class AemConfig:
     nodes: dict[str, str]  # name -> peer URL
     poll: float = 1.0
     ad_ttl: float = 30.0
+    mrc: str = ""  # the grid file system's MRC, for jobs' grid:// stdin, stdout and stderr
 
 
 @dataclass
@@ -191,19 +194,80 @@ class Aem:
         res = spec.get("resources", {})
         alloc = {k: res[k] for k in ("memory", "egress", "ingress") if res.get(k)}
         alloc["cpu"] = res.get("cpus", 1.0)
-        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc,
-                "main": {"argv": [spec["executable"], *spec.get("arguments", [])],
-                         "env": spec.get("environment", {}), "out": "stdout"}}
         if os.path.exists(self.image_path(job.id)):
             await self._resume(job)
             return
         try:
+            main = await self._main(job)
+        except XosError as e:
+            self.store.transition(job.id, State.FAILED, f"stdin {spec['stdin']}: {e.code}: {e.message}")
+            self.wake.set()
+            return
+        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main}
+        try:
             await self._node("POST", job.node, "/v1/peer/workspaces", body)
+        except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
+            self.store.transition(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
+            self.wake.set()
+            return
         except XosError as e:
             log.warning("job %s refused by node %s: %s", job.id, job.node, e)
             self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
             return
         self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
+
+    async def _main(self, job: Job) -> dict[str, Any]:
+        """The job's program for its node: argv, environment, and where its stdio go. Grid file system
+        stdout and stderr are written in the job's directory and copied to the grid when the job ends;
+        grid stdin is read now and sent along."""
+        spec = job.spec
+        main: dict[str, Any] = {"argv": [spec["executable"], *spec.get("arguments", [])],
+                                "env": spec.get("environment", {})}
+        for key, where in (("out", spec.get("stdout")), ("err", spec.get("stderr")), ("in", spec.get("stdin"))):
+            name = STDIO[key]
+            if where and not grid_path(where):
+                name = where
+            elif not where and key != "out":
+                continue  # stderr with stdout; stdin empty
+            main[key] = name
+        stdin = spec.get("stdin") or ""
+        if grid_path(stdin):
+            data = await self.grid_io(job, stdin, None)
+            main["input"] = base64.b64encode(data).decode()
+        return main
+
+    async def grid_io(self, job: Job, where: str, upload: str | None) -> bytes:
+        """Read the grid file `where` (at most MAX_INPUT bytes), or write the local file `upload` to it, as the
+        job's owner: with the credential the job was submitted with."""
+        if not self.cfg.mrc:
+            raise InvalidInput(f"this job manager has no grid file system (--mrc) for {where}")
+        from xos.fs import Client as GridClient
+
+        loc = grid_path(where)
+        assert loc is not None
+        volume, path = loc
+        token = self.store.credential(job.id)
+
+        def work() -> bytes:
+            c = GridClient(self.cfg.mrc, volume, token)
+            try:
+                if upload is None:
+                    with c.open(path, "rb") as f:
+                        data = f.read(MAX_INPUT + 1)
+                    if len(data) > MAX_INPUT:
+                        raise InvalidInput(f"{where} is larger than {MAX_INPUT >> 20} MiB: have the job read it "
+                                           "from a grid file system mount instead")
+                    return data
+                with open(upload, "rb") as src, c.open(path, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                return b""
+            except OSError as e:
+                raise NotFound(f"{where}: {e.strerror or e}") from None
+            finally:
+                c.close()
+
+        return await asyncio.to_thread(work)
 
     async def _resume(self, job: Job) -> None:
         """Restore a requeued job on its new node from the last checkpoint the job manager keeps. An image
@@ -270,14 +334,26 @@ class Aem:
         return started is not None and time.time() - started > limit
 
     async def _finish(self, job: Job, ws: dict[str, Any]) -> None:
-        """Collect an ended job: output, usage, exit status; then its workspace goes."""
+        """Collect an ended job: output (copied to the grid file system where it asked), usage, exit
+        status; then its workspace goes."""
         ended = ws["main_exit"]
-        try:
-            out = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?file=stdout")
-            with open(self.output_path(job.id), "wb") as f:
-                f.write(out)
-        except XosError as e:
-            log.warning("output of job %s not collected: %s", job.id, e)
+        notes = []
+        for stream, key in (("stdout", "out"), ("stderr", "err")):
+            where = job.spec.get(stream) or ""
+            name = STDIO[key] if grid_path(where) or not where else where
+            if name.startswith("/") or (stream == "stderr" and not where):
+                continue  # on the node, where it asked; or stderr with stdout
+            try:
+                await self._collect(job, name, self.output_path(job.id, stream))
+            except XosError as e:
+                log.warning("%s of job %s not collected: %s", stream, job.id, e)
+                notes.append(f"{stream} not collected: {e.message}")
+                continue
+            if grid_path(where):
+                try:
+                    await self.grid_io(job, where, self.output_path(job.id, stream))
+                except XosError as e:
+                    notes.append(f"{stream} not written to {where} ({e.message}); xos job output has it")
         try:  # the listing's usage may be a sampling period old: ask for it fresh
             ws = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
         except XosError as e:
@@ -289,14 +365,15 @@ class Aem:
             await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
         except XosError as e:
             log.warning("workspace of job %s not removed: %s", job.id, e)
+        note = "".join(f"; {n}" for n in notes)
         if ended.get("exit") == 0:
-            self.store.transition(job.id, State.DONE, "exit 0", exit_status=0)
+            self.store.transition(job.id, State.DONE, "exit 0" + note, exit_status=0)
         elif "walltime" in ended:
             limit = job.spec["resources"]["walltime"]
-            self.store.transition(job.id, State.FAILED, f"walltime of {limit:g} s exceeded: stopped")
+            self.store.transition(job.id, State.FAILED, f"walltime of {limit:g} s exceeded: stopped" + note)
         else:
             what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
-            self.store.transition(job.id, State.FAILED, what, exit_status=status)
+            self.store.transition(job.id, State.FAILED, what + note, exit_status=status)
         self.wake.set()  # dependants may run now
 
 
@@ -306,8 +383,19 @@ class Aem:
         price = float(ad.node.attrs.get("Price", 0.0)) if ad is not None else 0.0
         self.store.add_usage(job, ws.get("usage", {}), price)
 
-    def output_path(self, job_id: str) -> str:
-        return os.path.join(self.cfg.home, "aem", "output", job_id)
+    async def _collect(self, job: Job, name: str, dest: str) -> None:
+        """Copy the file `name` of the job's directory here, whole, in parts."""
+        with open(dest + ".part", "wb") as f:
+            while True:
+                part = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?"
+                                        f"file={urllib.parse.quote(name)}&offset={f.tell()}")
+                f.write(part)
+                if len(part) < MAX_OUTPUT_PART:
+                    break
+        os.replace(dest + ".part", dest)
+
+    def output_path(self, job_id: str, stream: str = "stdout") -> str:
+        return os.path.join(self.cfg.home, "aem", "output", job_id + ("" if stream == "stdout" else f".{stream}"))
 
     def image_path(self, job_id: str) -> str:
         """Where the job's last checkpoint is kept: here, not on its node, so that a lost node does not take
@@ -428,20 +516,24 @@ class Aem:
         await self.recover()
         rounds = 0
         while True:
-            await self.refresh_ads()
-            await self.lost_nodes()
-            await self.monitor()
-            await self.rebalance()
-            await self.periodic_checkpoints()
-            rounds += 1
-            if rounds % 5 == 0:
-                await self.sweep_strays()
             try:
-                await asyncio.wait_for(self.wake.wait(), self.cfg.poll)
-            except TimeoutError:
-                pass
-            self.wake.clear()
-            await self.match_pass()
+                await self.refresh_ads()
+                await self.lost_nodes()
+                await self.monitor()
+                await self.rebalance()
+                await self.periodic_checkpoints()
+                rounds += 1
+                if rounds % 5 == 0:
+                    await self.sweep_strays()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.cfg.poll)
+                except TimeoutError:
+                    pass
+                self.wake.clear()
+                await self.match_pass()
+            except Exception:  # a bug in one pass: said loudly, and the next pass still runs
+                log.exception("job manager pass failed")
+                await asyncio.sleep(self.cfg.poll)
 
     # HTTP
 
@@ -462,6 +554,10 @@ class Aem:
         who = self._who(request)
         raw = await request.content.read(1 << 20)
         spec = parse(load(raw), self.matchmaker)
+        for stream in ("stdin", "stdout", "stderr"):
+            if grid_path(getattr(spec, stream)) and not self.cfg.mrc:
+                raise InvalidInput(f"{stream}: this job manager has no grid file system (xos serve aem --mrc URL)",
+                                   field=stream)
         if request.query.get("wait") != "1":
             wants = _wants(spec, who.vo, f"{who.sub}@{who.vo}")
             ads = self.fresh_ads()
@@ -492,12 +588,37 @@ class Aem:
         return rpc.json_response({**job.to_json(), **extra, "history": self.store.history(job.id)})
 
     async def output(self, request: web.Request) -> web.Response:
+        """A job's stdout or stderr (`stream`), from `offset` on: from its node while it runs (to follow it),
+        from here once it ended."""
         _, job = self._mine(request, request.match_info["id"])
+        stream = request.query.get("stream", "stdout")
+        offset = request.query.get("offset", "0")
+        if stream not in ("stdout", "stderr") or not offset.isdigit():
+            raise InvalidInput("stream is stdout or stderr, offset a byte count")
+        where = job.spec.get(stream) or ""
+        if where.startswith("/"):
+            raise NotFound(f"job {job.id} writes its {stream} to {where} on its node")
+        if stream == "stderr" and not where:
+            raise NotFound(f"job {job.id} writes its stderr with its stdout")
+        if job.state in (State.RUNNING, State.SUSPENDED, State.CHECKPOINTING) and job.node:
+            name = STDIO["out" if stream == "stdout" else "err"] if grid_path(where) or not where else where
+            try:
+                data = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?"
+                                        f"file={urllib.parse.quote(name)}&offset={offset}")
+            except NotFound:
+                data = b""  # nothing written yet
+            return web.Response(body=data, content_type="application/octet-stream",
+                                headers={"X-Job-State": job.state.value})
+        if not job.state.final:  # not started yet, or between nodes: nothing new for now
+            return web.Response(body=b"", content_type="application/octet-stream",
+                                headers={"X-Job-State": job.state.value})
         try:
-            with open(self.output_path(job.id), "rb") as f:
-                return web.Response(body=f.read(), content_type="application/octet-stream")
+            with open(self.output_path(job.id, stream), "rb") as f:
+                f.seek(int(offset))
+                return web.Response(body=f.read(), content_type="application/octet-stream",
+                                    headers={"X-Job-State": job.state.value})
         except FileNotFoundError:
-            raise NotFound(f"job {job.id} has no output yet ({job.state.value})") from None
+            raise NotFound(f"job {job.id} has no {stream} yet ({job.state.value})") from None
 
     async def control(self, request: web.Request) -> web.Response:
         _, job = self._mine(request, request.match_info["id"])
@@ -644,6 +765,11 @@ class Aem:
         found = self.matchmaker.matches(wants, self.fresh_ads(), symmetric=False)
         return rpc.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
                                              "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
+
+
+STDIO = {"out": "stdout", "err": "stderr", "in": "stdin"}  # names in the job's directory, unless it names others
+MAX_INPUT = 16 << 20  # grid stdin sent with the job (the node takes that much)
+MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once
 
 
 def _wants(spec: JobSpec, vo: str, owner: str) -> Wants:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 from xos import config, units
-from xos.errors import InvalidInput, XosError
+from xos.errors import InvalidInput, NotFound, XosError
 from xos.fs import cli as fs_cli
 
 ALLOC_FLAGS = ("cpu", "memory", "pids", "egress", "ingress")
@@ -81,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--node", action="append", default=[], help="NAME=URL of a node's peer API")
     sa.add_argument("--poll", type=float, default=1.0, help="seconds between looks at nodes")
     sa.add_argument("--ad-ttl", type=float, default=30.0, help="seconds a node's ad lives without a refresh")
+    sa.add_argument("--mrc", default="", help="the grid file system's MRC URL, for jobs' grid:// stdio")
     sa.add_argument("--log-level", default="INFO")
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
     sv.add_argument("--listen", help="also serve revocations and keys to nodes on HOST:PORT")
@@ -127,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
         elif verb == "migrate":
             jp.add_argument("id")
             jp.add_argument("--to", help="the node (default: the best other node that matches)")
+        elif verb == "output":
+            jp.add_argument("id")
+            jp.add_argument("--stderr", action="store_true", help="its stderr (when it asked for one of its own)")
+            jp.add_argument("-f", "--follow", action="store_true", help="follow it while the job runs")
         else:
             jp.add_argument("id")
         jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"),
@@ -579,12 +584,8 @@ async def _job_main(args: argparse.Namespace) -> int:
             if args.walltime:
                 desc["resources"]["walltime"] = args.walltime
             job_id = (await jm.submit(desc))[0]["id"]
-            delay = 0.05
-            while (j := await jm.status(job_id))["state"] not in ("done", "failed", "cancelled"):
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 1.0)
-            if j["state"] != "cancelled":
-                sys.stdout.write(await jm.output(job_id))
+            await _follow(jm, job_id)
+            j = await jm.status(job_id)
             if j["state"] == "done":
                 return 0
             print(f"xos: job {job_id} {j['state']}: {j['reason']}", file=sys.stderr)
@@ -612,13 +613,38 @@ async def _job_main(args: argparse.Namespace) -> int:
                 print(f"  {time.strftime('%H:%M:%S', time.localtime(h['at']))} {h['from'] or '-':>12} -> "
                       f"{h['to']:<12} {h['reason']}")
         elif args.verb == "output":
-            sys.stdout.write(await jm.output(args.id))
+            stream = "stderr" if args.stderr else "stdout"
+            if args.follow:
+                await _follow(jm, args.id, stream)
+            else:
+                sys.stdout.buffer.write((await jm.output_from(args.id, 0, stream))[0])
         elif args.verb == "watch":
             return await _watch(jm, args.ids)
         else:
             j = await jm.control(args.id, args.verb, getattr(args, "to", None))
             print(f"{j['id']} {j['state']} on {j['node'] or '-'}: {j['reason']}")
     return 0
+
+
+async def _follow(jm: Any, job_id: str, stream: str = "stdout") -> None:
+    """Write a job's output as it comes, until the job has ended and all of it is out."""
+    offset, delay = 0, 0.05
+    out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    while True:
+        try:
+            data, state = await jm.output_from(job_id, offset, stream)
+        except NotFound:  # it ended without any (cancelled before it ran)
+            return
+        if data:
+            out.write(data)
+            out.flush()
+            offset += len(data)
+            delay = 0.05
+        if state in ("done", "failed", "cancelled"):
+            return
+        if not data:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
 
 
 async def _watch(jm: Any, ids: list[str]) -> int:
@@ -655,7 +681,7 @@ def _serve_aem(args: argparse.Namespace) -> int:
             raise InvalidInput(f"--node {spec!r} is not NAME=URL")
         nodes[name] = url.rstrip("/")
     asyncio.run(serve_aem(AemConfig(config.home(), args.listen, args.trust or os.path.join(config.home(), "trust"),
-                                    args.peer_key, nodes, args.poll, args.ad_ttl)))
+                                    args.peer_key, nodes, args.poll, args.ad_ttl, args.mrc)))
     return 0
 
 

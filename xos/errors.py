@@ -202,7 +202,9 @@ def from_json(body: dict[str, Any], status: int = 500) -> XosError:
     message = str(err.get("message", ""))
     if code not in _BY_CODE:
         _register(XosError)  # classes defined in modules imported since
-    cls = _BY_CODE.get(code, XosError)
+    # A code this process never imported (a node's own) keeps its meaning through the HTTP status.
+    by_status = {400: InvalidInput, 403: PermissionDenied, 404: NotFound, 409: Conflict, 503: Unavailable}
+    cls = _BY_CODE.get(code) or by_status.get(status, XosError)
     exc = XosError.__new__(cls)
     XosError.__init__(exc, message, **(err.get("detail") or {}))
     if code not in _BY_CODE:

@@ -101,6 +101,39 @@ def load(text: str | bytes) -> dict[str, Any]:
     return data
 
 
+GRID = "grid://"
+VOLUME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def grid_path(where: str) -> tuple[str, str] | None:
+    """(volume, path) of a grid FS location `grid://VOLUME/path`; None for a node-side one."""
+    if not where.startswith(GRID):
+        return None
+    volume, _, path = where[len(GRID):].partition("/")
+    return volume, "/" + path
+
+
+def _stdio_problem(where: str, stdin: bool = False) -> str | None:
+    """Why `where` is no place for a job's stdin, stdout or stderr, or None when it is one."""
+    grid = grid_path(where)
+    if grid is not None:
+        volume, path = grid
+        if not VOLUME.match(volume):
+            return f"names no volume ({GRID}VOLUME/path)"
+        parts = path.split("/")[1:]
+        if not parts[-1] or any(p in ("", ".", "..") for p in parts):
+            return "must name a file of the volume, without . or .. or empty components"
+        return None
+    if len(where) > 4096:
+        return "is longer than 4096 characters"
+    if stdin and not where.startswith("/"):
+        return f"must be an absolute path on the node or {GRID}VOLUME/path (the job's directory starts empty)"
+    if where in (".", "..") or (not where.startswith("/") and "/" in where):
+        return (f"must be a file name (in the job's directory), an absolute path on the node, or "
+                f"{GRID}VOLUME/path on the grid file system")
+    return None
+
+
 def parse(data: dict[str, Any], matchmaker: Matchmaker | None = None) -> JobSpec:
     """A JobSpec from a job description's object; BadJob listing every error with its field."""
     errors: list[dict[str, str]] = []
@@ -199,12 +232,17 @@ def parse(data: dict[str, Any], matchmaker: Matchmaker | None = None) -> JobSpec
     token = text("token")
     if len(token) > 128:
         bad("token", "must be at most 128 characters")
+    stdio = {k: text(k) for k in ("stdin", "stdout", "stderr")}
+    for k, where in stdio.items():
+        why = _stdio_problem(where, k == "stdin") if where else None
+        if why:
+            bad(k, why)
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise BadJob(f"job description: {first['field'] or 'file'}: {first['reason']}{more}", errors=errors)
     return JobSpec(executable=executable, arguments=tuple(args), environment=tuple((k, str(v)) for k, v in env.items()),
-                   stdin=text("stdin"), stdout=text("stdout"), stderr=text("stderr"), cpus=values["cpus"],
+                   stdin=stdio["stdin"], stdout=stdio["stdout"], stderr=stdio["stderr"], cpus=values["cpus"],
                    memory=values["memory"], egress=values["egress"], ingress=values["ingress"],
                    walltime=values["walltime"], requirements=requirements, rank=rank, after=tuple(after),
                    checkpointable=ckpt, checkpoint_interval=interval, count=count, name=name, token=token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -43,14 +44,19 @@ class Client(rpc.HttpClient):
 
     async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
                      user: str | None = None, credential: str | None = None, main: list[str] | None = None,
-                     out: str | None = None, env: dict[str, str] | None = None, **alloc: Any) -> dict[str, Any]:
+                     out: str | None = None, env: dict[str, str] | None = None, err: str | None = None,
+                     stdin: str | None = None, input: bytes | None = None, **alloc: Any) -> dict[str, Any]:
         """Create a workspace running as uid/gid or as the account a grid identity (vo and user, or a
-        credential's subject) maps to; allocation keywords: cpu, memory, pids, egress, ingress."""
+        credential's subject) maps to; allocation keywords: cpu, memory, pids, egress, ingress. The main
+        program's stdio: `stdin`, `out`, `err` (names in the workspace directory, or absolute paths
+        opened as its user); `input` is written to `stdin` first."""
         body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
         if credential is not None:
             body["credential"] = credential
         if main is not None:  # the program init starts: the workload a checkpoint takes whole
-            body["main"] = {"argv": main, "out": out, "env": env}
+            body["main"] = {"argv": main, "out": out, "env": env, "err": err, "in": stdin}
+            if input is not None:
+                body["main"]["input"] = base64.b64encode(input).decode()
         if vo is not None or user is not None:
             body.update(vo=vo, user=user)
         if uid is not None:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 SERVICE: web.AppKey[NodeService] = web.AppKey("service", NodeService)
 OUTPUT_NAME_MAX = 255
+MAX_INPUT = 16 << 20  # a main program's stdin sent along with its workspace
+MAX_CREATE = MAX_INPUT * 4 // 3 + rpc.MAX_BODY  # that, in base64, and the rest of the request
 
 
 def _svc(request: web.Request) -> NodeService:
@@ -60,7 +62,7 @@ async def list_workspaces(request: web.Request) -> web.Response:
 
 async def create_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request)
+    body = await rpc.read_body(request, MAX_CREATE)
     alloc_in = rpc.field(body, "allocation", dict, {})
     alloc = Allocation.parse(alloc_in)
     vo, user = rpc.field(body, "vo", str), rpc.field(body, "user", str)
@@ -86,20 +88,26 @@ MAX_OUTPUT = 16 << 20
 
 
 async def workspace_file(request: web.Request) -> web.Response:
-    """A file of a workspace's directory (a job's output), at most 16 MiB, never outside the directory."""
+    """A file of a workspace's directory (a job's output), never outside the directory: its last 16 MiB,
+    or with `offset` up to 16 MiB from there (a reader following it, or fetching it whole in parts)."""
     svc = _svc(request)
     ws = svc.get(request.match_info["name"])
     base = os.path.realpath(svc.context().directory(ws.rec))
     path = os.path.realpath(os.path.join(base, request.query.get("file", "")))
     if not path.startswith(base + os.sep):
         raise InvalidInput("the file must be inside the workspace's directory", field="file")
+    offset = request.query.get("offset")
+    if offset is not None and not offset.isdigit():
+        raise InvalidInput("offset must be a byte count", field="offset")
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_OUTPUT + 1)
+            if offset is None:
+                f.seek(max(os.fstat(f.fileno()).st_size - MAX_OUTPUT, 0))
+            else:
+                f.seek(int(offset))
+            data = f.read(MAX_OUTPUT)
     except (FileNotFoundError, IsADirectoryError):
         raise NotFound(f"no file {request.query.get('file')!r} in workspace {ws.rec.name}") from None
-    if len(data) > MAX_OUTPUT:
-        data = data[-MAX_OUTPUT:]
     return web.Response(body=data, content_type="application/octet-stream")
 
 
@@ -444,7 +452,7 @@ async def peer_restore(request: web.Request) -> web.Response:
 
 def make_peer_app(svc: NodeService) -> web.Application:
     """The routes other nodes may use."""
-    app = web.Application(middlewares=[rpc.error_middleware, peer_auth], client_max_size=rpc.MAX_BODY)
+    app = web.Application(middlewares=[rpc.error_middleware, peer_auth], client_max_size=MAX_CREATE)
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/peer/node", node_info),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import grp
@@ -326,9 +327,19 @@ class NodeService:
         check_name(name)
         if main is not None:
             _check_command(main.get("argv"), main.get("env"))
-            out = main.get("out")
-            if out is not None and (not isinstance(out, str) or not out or "/" in out or out in (".", "..")):
-                raise InvalidInput("out must be a plain file name inside the workspace directory", field="out")
+            for key in ("out", "err", "in"):
+                v = main.get(key)
+                if v is not None and (not isinstance(v, str) or not v or "\0" in v or v in (".", "..") or
+                                      len(v) > 4096 or (not v.startswith("/") and "/" in v)):
+                    raise InvalidInput(f"{key} must be a file name in the workspace directory or an absolute "
+                                       "path", field=key)
+            if main.get("input") is not None:
+                if not isinstance(main["input"], str) or not isinstance(main.get("in"), str) or "/" in main["in"]:
+                    raise InvalidInput("input (base64) needs in, a file name in the workspace directory", field="input")
+                try:
+                    main["input"] = base64.b64decode(main["input"], validate=True)
+                except ValueError:
+                    raise InvalidInput("input must be base64", field="input") from None
         identity: dict[str, str] = {}
         if credential is not None:
             claims = self.identity.verify(credential)
@@ -361,7 +372,7 @@ class NodeService:
             program = None
             if main is not None:
                 program = MainProgram(list(main["argv"]), {**self.base_env(rec), **(main.get("env") or {})},
-                                      main.get("out"))
+                                      main.get("out"), main.get("err"), main.get("in"), main.get("input"))
             ws = await Workspace.create(ctx, rec, program)
             self.workspaces[name] = ws
         ctx.store.save_usage(ws.usage_rec)

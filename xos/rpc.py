@@ -36,22 +36,22 @@ def frame(channel: bytes, payload: bytes) -> bytes:
     return FRAME.pack(channel, len(payload)) + payload
 
 
-async def read_body(request: web.Request) -> dict[str, Any]:
-    """The JSON object of a request; BadRequest for anything else."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest(f"request body over {MAX_BODY} bytes")
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The JSON object of a request, at most `limit` bytes; BadRequest for anything else."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"request body over {limit} bytes")
     # StreamReader.read(n) returns what has arrived so far, so a body in several TCP segments
     # needs the loop (found with 64 KiB inline files of the grid file system).
     chunks, size = [], 0
-    while size <= MAX_BODY:
-        chunk = await request.content.read(MAX_BODY + 1 - size)
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
     raw = b"".join(chunks)
-    if len(raw) > MAX_BODY:
-        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    if len(raw) > limit:
+        raise BadRequest(f"request body over {limit} bytes")
     if not raw:
         return {}
     try:
@@ -156,12 +156,21 @@ async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if task is not None:
+        # A daemon whose loop died would answer requests and do nothing: it stops instead, with the reason.
+        def ended(t: asyncio.Future[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                stop.set()
+
+        task.add_done_callback(ended)
     try:
         await stop.wait()
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise RuntimeError(f"the background loop of {listen} failed") from task.exception()
     finally:
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its failure was raised above
                 await task
         await runner.cleanup()
 

@@ -24,10 +24,17 @@ from xos.cgroup import Cgroup, Hierarchy
 from xos.checkpoint import criu as criu_mod
 from xos.checkpoint import image
 from xos.config import NodeConfig
-from xos.errors import IllegalTransition, KernelError, XosError
+from xos.errors import IllegalTransition, InvalidInput, KernelError, XosError
 from xos.store import NodeStore, UsageRecord, WorkspaceRecord
 
 log = logging.getLogger(__name__)
+
+
+class MainNotStarted(InvalidInput):
+    """The workspace's main program could not be started: its stdio could not be opened, or its executable
+    run, as the workspace's user."""
+
+    code = "main-not-started"
 
 # The lifecycle; transition() refuses anything else.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -82,7 +89,10 @@ class MainProgram:
 
     argv: list[str]
     env: dict[str, str]
-    out: str | None = None  # stdout and stderr, a file in the workspace directory
+    out: str | None = None  # stdout (and stderr unless `err`): in the workspace directory, or an absolute path
+    err: str | None = None
+    stdin: str | None = None  # opened, as the others, as the workspace's user
+    input: bytes | None = None  # written to `stdin` in the workspace directory before the program starts
 
 
 @dataclass
@@ -156,7 +166,9 @@ class Workspace:
         try:
             result = await build(ws)
         except BaseException as e:
-            log.warning("workspace %s: %s failed: %s", rec.name, what, e)
+            # What the caller got wrong (a stdout it cannot open) is theirs to read, not the node's to warn of.
+            (log.info if isinstance(e, InvalidInput) else log.warning)("workspace %s: %s failed: %s", rec.name,
+                                                                         what, e)
             with contextlib.suppress(Exception):
                 await ws.destroy(f"{what} failed: {e}")
             raise
@@ -173,9 +185,17 @@ class Workspace:
 
         argv, env = [init_program(), "--work", wdir], {}
         if main is not None:
-            argv += ["--uid", str(rec.uid), "--gid", str(rec.gid)] + (["--out", main.out] if main.out else [])
+            argv += ["--uid", str(rec.uid), "--gid", str(rec.gid)]
+            argv += [a for flag, v in (("--in", main.stdin), ("--out", main.out), ("--err", main.err)) if v
+                     for a in (flag, v)]
             argv += ["--", *main.argv]
             env = main.env
+            if main.input is not None and main.stdin:
+                fd = os.open(os.path.join(wdir, main.stdin), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600)
+                with open(fd, "wb") as f:
+                    f.write(main.input)
+                os.chown(os.path.join(wdir, main.stdin), rec.uid, rec.gid)
         cgfd, procs = self.cgroup.spawn_target()
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -199,6 +219,13 @@ class Workspace:
             if w >= 0:
                 os.close(w)
         if not line.startswith("ready"):
+            words = line.split()
+            if main is not None and len(words) == 3 and words[0] == "error" and words[2].isdigit():
+                stage, err = words[1], int(words[2])
+                path = {"stdin": main.stdin, "stdout": main.out, "stderr": main.err}.get(stage)
+                what = f"cannot open its {stage} {path}" if path else f"cannot {stage} {main.argv[0]}"
+                raise MainNotStarted(f"the main program of {rec.name} did not start: {what}: {os.strerror(err)}",
+                                     stage=stage, errno=err)
             raise KernelError(f"xos-init of {rec.name} failed: {line.strip() or 'no answer'}", errno.EIO)
         await self._open_netns()
         assert self.raw is not None

@@ -16,6 +16,7 @@ from xos import credential
 from xos.aem import Session
 from xos.errors import XosError
 from xos.testing import TestGrid, TestNode, purge_cgroups, wait_for
+from xos.testing.fsgrid import FsGrid
 
 POOL = "bio=31000-31999"
 AEM = "198.18.0.1:7300"
@@ -24,10 +25,11 @@ AEM = "198.18.0.1:7300"
 class AemProc:
     """The job manager as a process of its own, to kill and start again."""
 
-    def __init__(self, base, grid, trust):
+    def __init__(self, base, grid, trust, mrc):
         self.base = base
         self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM, "--trust", trust,
-                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2", "--ad-ttl", "2"]
+                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2", "--ad-ttl", "2",
+                     "--mrc", mrc]
         self.argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
         self.proc = None
 
@@ -50,10 +52,13 @@ def site():
     trust.trust("bio", credential.public_pem(key.public_key()))
     node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m]
                  for s, p, m in (("a", "3", "8G"), ("b", "2", "8G"), ("c", "1", "2G"))]
-    with TestGrid(3, ["--pool", POOL], node_args) as grid:
+    with TestGrid(3, ["--pool", POOL], node_args) as grid, FsGrid(osds=1, clients=0) as fs:
         for n in grid.nodes:
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
-        aem = AemProc(base, grid, trust.directory)
+        fs.add_vo("bio", key)
+        fs.mkvol("data", "alice", "bio")
+        aem = AemProc(base, grid, trust.directory, fs.mrc_url)
+        grid.fs = fs
         aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
         try:
@@ -426,3 +431,51 @@ def test_a_bad_offer_is_refused_and_changes_nothing(site):
         assert code != 0 and err.startswith("xos: error ") and len(err.strip().splitlines()) == 1, err
     with a.client() as c:
         assert c.info()["capacity"] == before
+
+
+def test_stdio_from_and_to_the_grid_file_system_and_the_node(site, tmp_path):
+    grid, s, key, _, _ = site
+    fs = grid.fs
+    c = fs.client("data", "alice", "bio")
+    try:
+        with c.open("/words", "wb") as f:
+            f.write(b"grid\nfile\nsystem\n")
+        job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "sort; echo warned >&2"],
+                         "stdin": "grid://data/words", "stdout": "grid://data/sorted", "stderr": "grid://data/err",
+                         "resources": {"cpus": 0.1}})
+        info = s.wait_terminated(job, 60)
+        assert info["state"] == "done", info
+        with c.open("/sorted", "rb") as f:
+            assert f.read() == b"file\ngrid\nsystem\n"
+        with c.open("/err", "rb") as f:
+            assert f.read() == b"warned\n"
+        assert s.run(s.jm.output(job)) == "file\ngrid\nsystem\n"  # kept here too
+        assert s.run(s.jm.output(job, "stderr")) == "warned\n"
+        # A grid stdin that is not there fails the job with the reason; nothing runs.
+        job = s.run_job({"executable": "/bin/cat", "stdin": "grid://data/missing", "resources": {"cpus": 0.1}})
+        info = s.wait_terminated(job, 60)
+        assert info["state"] == "failed" and "grid://data/missing" in info["reason"], info
+        # Into a directory the job's user may not write: the job does not start, and says why.
+        job = s.run_job({"executable": "/bin/echo", "stdout": "/proc/no-such/out", "resources": {"cpus": 0.1}})
+        info = s.wait_terminated(job, 60)
+        assert info["state"] != "done" and "cannot open its stdout /proc/no-such/out" in info["reason"], info
+    finally:
+        c.close()
+
+
+def test_job_run_streams_output_while_the_job_runs(site, tmp_path):
+    _, _, key, _, base = site
+    token, _ = credential.issue(key, "alice", "bio", ["member"], [], 600)
+    m = _marker(base, "stream")
+    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": f"http://{AEM}"}
+    p = subprocess.Popen([sys.executable, "-m", "xos.cli", "job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c",
+                          WAITER.format(m=m)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"started\n"  # before the job has ended: it waits for the marker
+        open(m, "w").close()
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert (p.returncode, out) == (0, b"finished\n"), err

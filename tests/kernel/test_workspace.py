@@ -168,3 +168,30 @@ def test_the_main_programs_exit_status_is_reported_and_the_workspace_stays():
         assert "main_exit" not in c.stat("plain")
         for name in ("m3", "m9", "plain"):
             c.rm(name)
+
+
+def test_the_main_programs_stdio_are_files_opened_as_its_user(tmp_path):
+    from xos.errors import XosError
+    from xos.testing import node as xos_node
+
+    secret = tmp_path / "root-only"
+    secret.write_text("not for users\n")
+    secret.chmod(0o600)
+    with xos_node() as n, n.client() as c:
+        c.create("io", main=["/bin/sh", "-c", "tr a-z A-Z; echo oops >&2; id -u"], stdin="in", out="out",
+                 err="err", input=b"hello\n", uid=1000, gid=1000, cpu="0.1")
+        wait_for(lambda: "main_exit" in c.stat("io"), 20, "the main program to end")
+        d = c.stat("io")
+        assert d["main_exit"] == {"exit": 0}
+        with open(f"{d['directory']}/out") as f:
+            assert f.read() == "HELLO\n1000\n"
+        with open(f"{d['directory']}/err") as f:
+            assert f.read() == "oops\n"
+        for stdio, what in (({"stdin": str(secret)}, f"cannot open its stdin {secret}: Permission denied"),
+                            ({"out": "/proc/nonexistent/out"}, "cannot open its stdout /proc/nonexistent/out"),
+                            ({"stdin": "../x"}, "in must be a file name")):
+            with pytest.raises(XosError) as e:
+                c.create("bad", main=["/bin/cat"], uid=1000, gid=1000, cpu="0.1", **stdio)
+            assert what in e.value.message, e.value.message
+            assert "bad" not in [w["name"] for w in c.ls()]  # nothing half-made
+        assert c.info()["allocated"]["cpu"] == 0.1

@@ -35,3 +35,31 @@ def test_codes_are_unique():
             walk(sub)
 
     walk(errors.XosError)
+
+
+def test_a_peers_unknown_code_keeps_its_meaning_through_the_status():
+    from xos.errors import InvalidInput, NotFound, XosError, from_json
+
+    e = from_json({"error": {"code": "main-not-started-elsewhere", "message": "m"}}, 400)
+    assert isinstance(e, InvalidInput) and e.code == "main-not-started-elsewhere"
+    assert isinstance(from_json({"error": {"code": "gone-somewhere", "message": "m"}}, 404), NotFound)
+    assert type(from_json({"error": {"code": "odd", "message": "m"}}, 500)) is XosError
+
+
+def test_a_daemon_whose_background_loop_fails_stops_with_the_reason():
+    import asyncio
+
+    import pytest
+    from aiohttp import web
+
+    from xos import rpc
+
+    async def broken() -> None:
+        raise ValueError("a bug in the loop")
+
+    async def main() -> None:
+        await asyncio.wait_for(rpc.serve_tcp(web.Application(), "127.0.0.1:0", broken()), 10)
+
+    with pytest.raises(RuntimeError) as e:
+        asyncio.run(main())
+    assert isinstance(e.value.__cause__, ValueError)

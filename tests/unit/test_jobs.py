@@ -105,3 +105,20 @@ def test_dependencies(tmp_path):
         store.transition(a.id, s, "test")
     assert store.ready(b)[1].startswith("never: job 1 ended failed")
     assert store.ready(c) == (True, "")
+
+
+def test_stdio_places_are_checked_with_their_field():
+    from xos.jobspec import BadJob, grid_path, parse
+
+    ok = parse({"executable": "/bin/cat", "stdin": "grid://data/in/a.txt", "stdout": "result.txt",
+                "stderr": "/var/log/job.err"})
+    assert grid_path(ok.stdin) == ("data", "/in/a.txt") and grid_path(ok.stdout) is None
+    for field, where, why in (("stdin", "in.txt", "absolute path on the node"),
+                              ("stdout", "sub/out.txt", "must be a file name"),
+                              ("stdout", "grid://data/../etc/passwd", "without . or .."),
+                              ("stderr", "grid://no such/x", "names no volume"),
+                              ("stdout", "grid://data/", "must name a file")):
+        with pytest.raises(BadJob) as e:
+            parse({"executable": "/bin/true", field: where})
+        assert [x["field"] for x in e.value.detail["errors"]] == [field]
+        assert why in e.value.message, e.value.message

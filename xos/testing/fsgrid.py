@@ -229,6 +229,11 @@ class FsGrid:
         finally:
             c.close()
 
+    def add_vo(self, vo: str, key: object) -> None:
+        """Trust another VO's signing key (an Ed25519 private key, to issue its members' credentials here)."""
+        self._vo_keys[vo] = key
+        credential.TrustStore(self.trust).trust(vo, credential.public_pem(key.public_key()))  # type: ignore[attr-defined]
+
     def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600, roles: tuple[str, ...] = ("member",)) -> str:
         """A credential of `user` in `vo`, signed by the VO's key."""
         token, _ = credential.issue(self._vo_keys[vo], user, vo, list(roles), [], ttl)  # type: ignore[arg-type]
