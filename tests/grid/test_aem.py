@@ -15,32 +15,11 @@ import pytest
 from xos import credential
 from xos.aem import Session
 from xos.errors import XosError
-from xos.testing import TestGrid, TestNode, purge_cgroups, wait_for
+from xos.testing import AEM_LISTEN, TestAem, TestGrid, purge_cgroups, wait_for
 from xos.testing.fsgrid import FsGrid
 
 POOL = "bio=31000-31999"
-AEM = "198.18.0.1:7300"
-
-
-class AemProc:
-    """The job manager as a process of its own, to kill and start again."""
-
-    def __init__(self, base, grid, trust, mrc):
-        self.base = base
-        self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM, "--trust", trust,
-                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", "0.2", "--ad-ttl", "2",
-                     "--mrc", mrc]
-        self.argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
-        self.proc = None
-
-    def start(self):
-        with open(os.path.join(self.base, "aem.log"), "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env={**os.environ, "XOS_HOME": os.path.join(self.base, "home")},
-                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-
-    def kill(self, sig=signal.SIGKILL):
-        self.proc.send_signal(sig)
-        self.proc.wait(20)
+AEM = AEM_LISTEN
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +36,7 @@ def site():
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
         fs.add_vo("bio", key)
         fs.mkvol("data", "alice", "bio")
-        aem = AemProc(base, grid, trust.directory, fs.mrc_url)
+        aem = TestAem(base, grid, trust.directory, fs.mrc_url)
         grid.fs = fs
         aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
@@ -66,13 +45,11 @@ def site():
             wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
             yield grid, s, key, aem, base
             s.close()
-            with open(os.path.join(base, "aem.log")) as f:
-                bad = TestNode.scan_log(f.read(), ["job .* refused by node", "not reachable"])
+            bad = aem.unexpected_warnings(["job .* refused by node", "not reachable"])
             bad += [w for n in grid.nodes for w in n.unexpected_warnings()]
             assert not bad, bad
         finally:
-            if aem.proc.poll() is None:
-                aem.kill(signal.SIGTERM)
+            aem.stop()
             shutil.rmtree(base, ignore_errors=True)
 
 

@@ -386,3 +386,45 @@ def node(extra_args: list[str] | None = None) -> Iterator[TestNode]:
     """A single test node (a grid of one)."""
     with TestGrid(1, extra_args) as grid:
         yield grid.nodes[0]
+
+
+AEM_LISTEN = f"{GRID_NET}.1:7300"  # the job manager, on the grid bridge in the root namespace
+
+
+class TestAem:
+    """The job manager of a TestGrid as a process of its own, to kill and start again."""
+
+    __test__ = False
+
+    def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
+                 ad_ttl: float = 2.0) -> None:
+        self.base = base
+        self.url = f"http://{AEM_LISTEN}"
+        self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
+                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
+        self.argv += ["--mrc", mrc] if mrc else []
+        self.argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
+        self.log_path = os.path.join(base, "aem.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it (again); its state lives under `base`."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env={**os.environ, "XOS_HOME": os.path.join(self.base, "home")},
+                                         stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal it and wait for it to exit."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(20)
+
+    def stop(self) -> None:
+        """SIGTERM if it still runs (teardown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+    def unexpected_warnings(self, allowed: list[str]) -> list[str]:
+        """Warnings and errors in its log that match none of `allowed`."""
+        with open(self.log_path) as f:
+            return TestNode.scan_log(f.read(), allowed)

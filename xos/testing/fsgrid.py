@@ -232,7 +232,7 @@ class FsGrid:
     def add_vo(self, vo: str, key: object) -> None:
         """Trust another VO's signing key (an Ed25519 private key, to issue its members' credentials here)."""
         self._vo_keys[vo] = key
-        credential.TrustStore(self.trust).trust(vo, credential.public_pem(key.public_key()))  # type: ignore[attr-defined]
+        self.trust_vo(vo, credential.public_pem(key.public_key()))  # type: ignore[attr-defined]
 
     def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600, roles: tuple[str, ...] = ("member",)) -> str:
         """A credential of `user` in `vo`, signed by the VO's key."""
@@ -273,12 +273,18 @@ class FsGrid:
         finally:
             c.close()  # type: ignore[attr-defined]
 
-    def mount(self, client: int, volume: str, user: str = "alice", vo: str = "vo-a") -> str:
-        """Mount `volume` from client host `client` as `user`; the mount point."""
+    def trust_vo(self, vo: str, pem: bytes) -> None:
+        """Trust a VO whose credentials another service issues (its public key)."""
+        credential.TrustStore(self.trust).trust(vo, pem)
+
+    def mount(self, client: int, volume: str, user: str = "alice", vo: str = "vo-a", cred: str | None = None) -> str:
+        """Mount `volume` from client host `client` as `user` (or with the credential file `cred`); the mount
+        point."""
         mp = os.path.join(self.base, f"mnt-{client}-{volume}-{user}")
         os.makedirs(mp, exist_ok=True)
         proc = self.spawn(self.clients[client], ["fs", "mount", f"{self.mrc_url}/{volume}", mp, "--foreground",
-                                                 "--cred", self.cred_file(user, vo)], f"mount-{client}-{user}.log")
+                                                 "--cred", cred or self.cred_file(user, vo)],
+                          f"mount-{client}-{user}.log")
         self.mounts.append((mp, proc))
 
         def mounted() -> bool:
