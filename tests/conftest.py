@@ -7,7 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from xos.testing import TestGrid, TestNode
+from xos.testing import TestGrid, TestNode, leftovers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After every test, passed or failed: no namespace, link, mount, cgroup or daemon of a test grid."""
+    before = leftovers()
+    yield
+    left = leftovers() - before
+    assert not left, f"tests left behind: {sorted(left)}"
 
 
 def _require_root() -> None:

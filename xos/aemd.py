@@ -88,6 +88,7 @@ class Aem:
         os.makedirs(os.path.join(self.cfg.home, "aem", "images"), exist_ok=True)
         self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
         self.busy: set[str] = set()  # jobs with a checkpoint under way
+        self.last_usage: dict[str, dict[str, Any]] = {}  # job -> its workspace as last listed (for a lost node)
 
     # talking to nodes
 
@@ -318,6 +319,8 @@ class Aem:
             if job.node not in reached:
                 continue
             ws = seen.get(f"{job.node}/{_ws(job.id)}")
+            if ws is not None:
+                self.last_usage[job.id] = ws
             if ws is None:
                 self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
             elif ws.get("main_exit") is not None:
@@ -359,6 +362,7 @@ class Aem:
         except XosError as e:
             log.info("usage of job %s from the listing: %s", job.id, e)
         self.account(job, ws)
+        self.last_usage.pop(job.id, None)
         self.drop_image(job.id)
         status = ended.get("exit", 128 + ended.get("signal", 0))
         try:
@@ -441,6 +445,9 @@ class Aem:
         for job in self.store.ls(State.RUNNING) + self.store.ls(State.SUSPENDED):
             ad = self.ads.get(job.node)
             if ad is not None and ad.expires <= now:
+                last = self.last_usage.pop(job.id, None)
+                if last is not None:  # charged for what it was last seen to have used there
+                    self.account(job, last)
                 self.store.transition(job.id, State.REQUEUED, f"node {job.node} lost (no ad for "
                                                               f"{self.cfg.ad_ttl:g} s)")
                 self.wake.set()
@@ -745,12 +752,15 @@ class Aem:
         self.store.transition(job.id, State.MIGRATING, f"{why}: migrating to node {to}" if why else
                               f"migrating to node {to}")
         try:
+            before = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
             await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to})
         except XosError as e:
             return self.store.transition(job.id, State.RUNNING, f"migration to {to} failed, still on {job.node}: "
                                                                 f"{e.code}: {e.message}")
+        self.account(job, before)  # its part at the source, at the source's price; the target counts afresh
+        self.last_usage.pop(job.id, None)
         self.wake.set()
-        return self.store.transition(job.id, State.RUNNING, f"migrated from node {job.node}", node=to)
+        return self.store.transition(job.id, State.RUNNING, f"migrated from node {job.node} to node {to}", node=to)
 
     async def nodes(self, request: web.Request) -> web.Response:
         """Node ads, all of them, or those matching `constraint` best `rank` first (XenoSearch's role; a

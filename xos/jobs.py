@@ -73,9 +73,10 @@ CREATE TABLE IF NOT EXISTS transitions (job TEXT NOT NULL, at REAL NOT NULL, old
     reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS usage (job TEXT PRIMARY KEY, owner TEXT NOT NULL, vo TEXT NOT NULL, node TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS usage_segments (job TEXT NOT NULL, owner TEXT NOT NULL, vo TEXT NOT NULL, node TEXT NOT NULL,
     at REAL NOT NULL, cpu_seconds REAL NOT NULL, memory_peak INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
     bytes_out INTEGER NOT NULL, wall_seconds REAL NOT NULL, price REAL NOT NULL, cost REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS usage_segments_job ON usage_segments (job);
 """
 
 USAGE = ("job", "owner", "vo", "node", "at", "cpu_seconds", "memory_peak", "bytes_in", "bytes_out", "wall_seconds",
@@ -206,7 +207,8 @@ class JobStore:
             tx.execute("UPDATE jobs SET reason=?, updated=? WHERE id=?", (reason, time.time(), job_id))
 
     def add_usage(self, job: Job, usage: dict[str, Any], price: float) -> dict[str, Any]:
-        """A job's usage record at its node's price (per CPU-hour, as XenoServers charged); once per job."""
+        """A usage record of the part of a job that ran on `job.node`, at that node's price (per CPU-hour, as
+        XenoServers charged): one per node a job ran on (a migrated job has several)."""
         cpu = float(usage.get("cpu_seconds", 0.0))
         rec: dict[str, Any] = {
             "job": job.id, "owner": job.owner, "vo": job.vo, "node": job.node, "at": time.time(), "cpu_seconds": cpu,
@@ -214,12 +216,12 @@ class JobStore:
             "bytes_out": int(usage.get("bytes_out", 0)), "wall_seconds": float(usage.get("wall_seconds", 0.0)),
             "price": price, "cost": round(cpu / 3600 * price, 6)}
         with self.db.tx() as tx:
-            tx.execute(f"INSERT OR REPLACE INTO usage VALUES ({','.join('?' * len(USAGE))})",
+            tx.execute(f"INSERT INTO usage_segments VALUES ({','.join('?' * len(USAGE))})",
                        [rec[k] for k in USAGE])
         return rec
 
     def usage(self, vo: str | None = None, owner: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:
-        sql, args = "SELECT * FROM usage WHERE at >= ?", list[object]([since])
+        sql, args = "SELECT * FROM usage_segments WHERE at >= ?", list[object]([since])
         if vo is not None:
             sql += " AND vo=?"
             args.append(vo)
@@ -230,12 +232,15 @@ class JobStore:
 
     @staticmethod
     def totals(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-        """Sums per VO, per user and per node (the report's three views)."""
+        """Sums per VO, per user and per node (the report's three views); `jobs` counts each job once."""
         out: dict[str, dict[str, dict[str, float]]] = {"vo": {}, "user": {}, "node": {}}
+        seen: set[tuple[str, str, str]] = set()
         for r in records:
             for view, key in (("vo", r["vo"]), ("user", r["owner"]), ("node", r["node"])):
                 t = out[view].setdefault(key, {"jobs": 0, **{k: 0.0 for k in SUMMED}})
-                t["jobs"] += 1
+                if (view, key, r["job"]) not in seen:
+                    seen.add((view, key, r["job"]))
+                    t["jobs"] += 1
                 for k in SUMMED:
                     t[k] += r[k]
         return out

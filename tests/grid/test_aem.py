@@ -210,7 +210,7 @@ def test_accounting_totals_equal_the_sum_of_the_usage_records(site):
     for view, key in (("vo", "vo"), ("user", "owner"), ("node", "node")):
         for name, t in rep["totals"][view].items():
             rows = [r for r in rep["records"] if r[key] == name]
-            assert t["jobs"] == len(rows)
+            assert t["jobs"] == len({r["job"] for r in rows})
             for k in ("cpu_seconds", "wall_seconds", "bytes_in", "bytes_out", "cost"):
                 assert abs(t[k] - sum(r[k] for r in rows)) < 1e-6
 
@@ -317,6 +317,9 @@ def test_checkpoint_and_migrate_a_running_job_it_continues_never_restarts(site):
     nums = [int(x) for x in s.run(s.jm.output(job)).split()]
     assert nums == list(range(1, len(nums) + 1)) and len(nums) >= counted + 20  # went on: no restart, no repeat
     assert [h["to"] for h in info["history"]].count("migrating") == 1
+    parts = [r for r in s.run(s.jm.accounting())["records"] if r["job"] == job]
+    assert sorted(r["node"] for r in parts) == sorted([src.name, to])  # each node charges its own part
+    assert all(r["wall_seconds"] > 0 for r in parts)
 
 
 STAMPED = """

@@ -381,6 +381,25 @@ class TestVOService:
         return TestNode.scan_log(text, self.allowed_warnings)
 
 
+def leftovers() -> set[str]:
+    """What test grids leave when they fail to clean up: their namespaces, links, mounts, cgroups and
+    daemons. Compare before and after (other software may hold similar names)."""
+    found = {f"netns {n}" for n in (os.listdir(netns.NETNS_DIR) if os.path.isdir(netns.NETNS_DIR) else [])
+             if n.startswith("xos-")}
+    found |= {f"link {n}" for n in os.listdir("/sys/class/net") if re.match(r"^x[gf][0-9a-f]{4}", n)}
+    with open("/proc/self/mountinfo") as f:
+        found |= {f"mount {line.split()[4]}" for line in f if re.search(r" /tmp/xos-", line)}
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in ("unified", "cpu", "memory", "pids", "freezer"))):
+        with contextlib.suppress(OSError):
+            found |= {f"cgroup {top}/{n}" for n in os.listdir(top) if n.startswith("xos.n")}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if argv[1:4] == [b"-m", b"xos.cli", b"serve"] and pid != str(os.getpid()):
+            found.add(f"process {pid} {b' '.join(argv[3:5]).decode()}")
+    return found
+
+
 @contextlib.contextmanager
 def node(extra_args: list[str] | None = None) -> Iterator[TestNode]:
     """A single test node (a grid of one)."""

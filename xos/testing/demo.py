@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xos.testing import TestAem, TestGrid, TestVOService, purge_cgroups, wait_for
+from xos.testing import TestAem, TestGrid, TestVOService, leftovers, purge_cgroups, wait_for
 from xos.testing.fsgrid import FsGrid
 
 T0 = time.monotonic()
@@ -100,9 +101,14 @@ class Demo:
         self.aem = TestAem(self.base, self.grid, trust, self.fs.mrc_url)
         self.aem.start()
         self.stack.callback(self.aem.stop)
-        wait_for(lambda: len(json.loads(self.user("alice", "nodes", "--json", quiet=True))) == 3, 30,
-                 "the job manager to see three nodes")
-        self.user("alice", "nodes", "--constraint", "TARGET.HasCheckpoint", "--rank", "-TARGET.Price")
+        wait_for(self.nodes_seen, 30, "the job manager to see three nodes")
+        self.user("alice", "nodes", "--constraint", "TARGET.HasCheckpoint", "--rank=-TARGET.Price")
+
+    def nodes_seen(self) -> bool:
+        try:
+            return len(json.loads(self.user("alice", "nodes", "--json", quiet=True))) == 3
+        except RuntimeError:
+            return False  # not listening yet
 
     # -- what members type ---------------------------------------------------------------------
 
@@ -154,7 +160,7 @@ class Demo:
         array = self.submit("bob", "squares.json", {
             "name": "squares", "executable": "/bin/sh", "count": 4, "resources": {"cpus": 0.2, "memory": "64M"},
             "arguments": ["-c", 'n=$(( $(od -An -N2 -tu2 /dev/urandom) % 1000 )); '
-                                'echo "$XOS_WORKSPACE as $(id -un): $n squared is $((n * n))"']})
+                                'echo "$XOS_WORKSPACE as uid $(id -u): $n squared is $((n * n))"']})
 
         say("alice submits a chain: generate -> count -> report, passing files through the grid file system")
         gen = self.submit("alice", "generate.json", {
@@ -171,10 +177,10 @@ class Demo:
             "stdin": "grid://results/counts.txt", "stdout": "grid://results/report.txt", "after": [count],
             "resources": {"cpus": 0.1, "memory": "64M"}})[0]
 
-        say("alice submits a long simulation: checkpointable, checkpointed every 2 s, output to the grid")
+        say("alice submits a long simulation: checkpointable, checkpointed every 3 s, output to the grid")
         sim = self.submit("alice", "simulation.json", {
             "name": "simulation", "executable": "/usr/bin/python3", "arguments": ["-c", SIMULATION],
-            "checkpointable": True, "checkpoint_interval": "2s", "stdout": "grid://results/simulation.txt",
+            "checkpointable": True, "checkpoint_interval": "3s", "stdout": "grid://results/simulation.txt",
             "rank": "-TARGET.Price", "resources": {"cpus": 0.3, "memory": "128M"}})[0]
 
         for j in array + [report]:
@@ -212,8 +218,18 @@ class Demo:
         say(f"  {info['reason']}")
         info = self.wait_state("alice", sim, lambda i: i["state"] in ("done", "failed", "cancelled"),
                                "the simulation to end", timeout=120)
-        self.user("alice", "job", "status", sim)
+        self.show_status("alice", sim)
         return self.check_simulation(info) and info["state"] == "done"
+
+    def show_status(self, who: str, job: str) -> None:
+        """`xos job status`, its periodic checkpoints summed up in one line."""
+        print(f"         {who}$ xos job status {job}", flush=True)
+        lines = self.user(who, "job", "status", job, quiet=True).splitlines()
+        periodic = [line for line in lines if "checkpoint every" in line or "(every " in line]
+        for line in lines:
+            if line not in periodic:
+                print(f"           {line}", flush=True)
+        print(f"           (and {len(periodic) // 2} periodic checkpoints, left out here)", flush=True)
 
     def check_simulation(self, info: dict[str, Any]) -> bool:
         with open(os.path.join(self.mount, "simulation.txt")) as f:
@@ -221,11 +237,11 @@ class Demo:
         steps = [int(line.split()[1].split("/")[0]) for line in lines]
         h = sum(1.0 / i for i in range(1, STEPS + 1))
         ok = steps == list(range(1, STEPS + 1)) and lines[-1].endswith(f"H={h:.9f}")
-        nodes = sorted({h["reason"].split("node ")[1].split()[0] for h in info["history"]
-                        if h["to"] == "running" and "node " in h["reason"]})
+        nodes = [m.group(1) for h in info["history"] if h["to"] == "running" and h["from"] != "checkpointing"
+                 and (m := re.search(r"(?:on|to) node (\S+)", h["reason"]))]
         say(f"simulation.txt on the grid file system: {len(steps)} steps, "
             + ("each exactly once, " if ok else "NOT each exactly once, ")
-            + f"final {lines[-1].split()[-1]} (expected H={h:.9f}); it ran on {', '.join(nodes)}")
+            + f"final {lines[-1].split()[-1]} (expected H={h:.9f}); it ran on {' then '.join(nodes)}")
         return ok
 
     def accounting(self) -> None:
@@ -253,6 +269,7 @@ def grid_demo() -> int:
     """The whole grid, start to teardown; 0 when every check held."""
     print("xos demo: a grid on this machine, used by the members of one VO\n", flush=True)
     ok = False
+    before = leftovers()
     with contextlib.ExitStack() as stack:
         demo = Demo(stack)
         demo.build()
@@ -263,7 +280,12 @@ def grid_demo() -> int:
             say("unexpected warnings: " + "; ".join(bad[:5]))
             ok = False
         say("taking the grid down: job manager, nodes, file system, VO service")
-    say("done: nothing left behind" if ok else "done, but a check did NOT hold (see above)")
+    left = leftovers() - before
+    if left:
+        say("left behind: " + ", ".join(sorted(left)))
+    say("done: every check held and nothing is left behind" if ok and not left else
+        "done, but a check did NOT hold (see above)")
+    ok = ok and not left
     return 0 if ok else 1
 
 
