@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -89,11 +90,14 @@ class Aem:
         self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
         self.busy: set[str] = set()  # jobs with a checkpoint under way
         self.last_usage: dict[str, dict[str, Any]] = {}  # job -> its workspace as last listed (for a lost node)
+        # Every node's peer URL: those named at start (their ads are fetched) and those that push theirs,
+        # remembered across restarts so their jobs are found again before their next push.
+        self.urls: dict[str, str] = {**self.store.known_nodes(), **self.cfg.nodes}
 
     # talking to nodes
 
     async def _node(self, method: str, node: str, path: str, body: Any = None) -> Any:
-        url = self.cfg.nodes.get(node)
+        url = self.urls.get(node)
         if url is None:
             raise NotFound(f"no node {node!r}")
         assert self.session is not None
@@ -128,11 +132,42 @@ class Aem:
             old = self.ads.get(name)
             ad = NodeAd.of(attrs)
             ad.name = name
-            self.ads[name] = Ad(ad, self.cfg.nodes[name], time.monotonic() + self.cfg.ad_ttl)
+            self.ads[name] = Ad(ad, self.urls[name], time.monotonic() + self.cfg.ad_ttl)
             if old is None or old.node.attrs != ad.attrs:
                 self.wake.set()
 
         await asyncio.gather(*(one(n) for n in self.cfg.nodes))
+
+    async def take_ad(self, request: web.Request) -> web.Response:
+        """A node pushes its ad (with the grid's peer key): it lives for ad_ttl; a changed one matches at once."""
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.secret}".encode()):
+            log.warning("refused an ad from %s without the peer key", request.remote)
+            raise PermissionDenied("pushing an ad needs the grid's peer key")
+        name = request.match_info["name"]
+        body = await rpc.read_body(request)
+        url, attrs = rpc.field(body, "url", str), rpc.field(body, "ad", dict)
+        if not url or not url.startswith(("http://", "https://")) or attrs is None:
+            raise InvalidInput("an ad push needs the node's peer url and its ad")
+        if name in self.cfg.nodes and self.cfg.nodes[name] != url:
+            raise Conflict(f"node {name} is configured at {self.cfg.nodes[name]}, not {url}")
+        try:
+            ad = NodeAd.of(attrs)
+            ad.classad()  # what matching will evaluate: refused now if it cannot be
+        except XosError as e:
+            raise InvalidInput(f"ad of node {name}: {e.message}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"ad of node {name} is not a ClassAd: {e}") from None
+        ad.name = name
+        if self.urls.get(name) != url:
+            self.store.remember_node(name, url)
+            self.urls[name] = url
+            log.info("node %s advertises itself at %s", name, url)
+        old = self.ads.get(name)
+        self.ads[name] = Ad(ad, url, time.monotonic() + self.cfg.ad_ttl)
+        if old is None or old.node.attrs != ad.attrs:
+            self.wake.set()
+        return rpc.json_response({"ttl": self.cfg.ad_ttl})
 
     # matching and dispatch
 
@@ -278,7 +313,7 @@ class Aem:
         path = self.image_path(job.id)
         taken = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(path)))
         try:
-            await peer_restore(self.cfg.nodes[job.node], self.secret, path, _ws(job.id))
+            await peer_restore(self.urls[job.node], self.secret, path, _ws(job.id))
         except XosError as e:
             log.warning("job %s not restored on node %s: %s", job.id, job.node, e)
             if isinstance(e, (Unavailable, OverCapacity, Conflict)):  # this node, now: another may take it
@@ -417,7 +452,7 @@ class Aem:
         wherever its workspace is now."""
         for job in self.store.ls(State.CHECKPOINTING) + self.store.ls(State.MIGRATING):
             where = None
-            for name in self.cfg.nodes:
+            for name in self.urls:
                 try:
                     await self._node("GET", name, f"/v1/peer/workspaces/{_ws(job.id)}")
                     where = name
@@ -700,7 +735,7 @@ class Aem:
     async def _fetch_image(self, job: Job, dest: str) -> dict[str, Any]:
         """Have the job's node checkpoint it and send the image; written to `dest`."""
         assert self.session is not None
-        url = f"{self.cfg.nodes[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
+        url = f"{self.urls[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
         try:
             async with self.session.post(url, json={}, headers={"Authorization": f"Bearer {self.secret}"},
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
@@ -747,7 +782,7 @@ class Aem:
             if not found:
                 raise NoMatch(f"no other node can take job {job.id}: {self.matchmaker.why_not(w, others)}")
             to = found[0].node
-        if to not in self.cfg.nodes or to == job.node:
+        if to not in self.urls or to == job.node:
             raise InvalidInput(f"cannot migrate job {job.id} to {to!r}: name another node of this grid", field="to")
         self.store.transition(job.id, State.MIGRATING, f"{why}: migrating to node {to}" if why else
                               f"migrating to node {to}")
@@ -803,6 +838,7 @@ def make_app(aem: Aem) -> web.Application:
         web.post("/v1/jobs/{id}/{verb}", aem.control),
         web.get("/v1/nodes", aem.nodes),
         web.get("/v1/accounting", aem.accounting),
+        web.put("/v1/peer/ads/{name}", aem.take_ad),
     ])
     return app
 

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
     sn.add_argument("--site", help="where the node is, for jobs' requirements")
     sn.add_argument("--price", help="price of a CPU-hour here, for ranking and accounting")
+    sn.add_argument("--aem", action="append", dest="aem_urls", help="job manager URL to push this node's ad to")
+    sn.add_argument("--ad-interval", type=float, help="seconds between pushes of an unchanged ad (default 10)")
+    sn.add_argument("--peer-address", help="the peer API's URL for others (default: from --listen)")
     sn.add_argument("--log-level", default="INFO")
 
     fs_cli.add_serve(serve)
@@ -702,7 +705,8 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
-                                               "vo_urls", "listen", "peer_key", "peers", "site", "price")}
+                                               "vo_urls", "listen", "peer_key", "peers", "site", "price",
+                                               "aem_urls", "ad_interval", "peer_address")}
     cfg = NodeConfig.load(args.config, overrides)
     asyncio.run(serve_node(cfg))
     return 0

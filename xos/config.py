@@ -55,6 +55,19 @@ class NodeConfig:
     peers: tuple[str, ...] = ()  # "NAME=URL": other nodes, for `xos ws migrate NAME --to NODE`
     site: str = ""  # where the node is, for jobs' requirements (Site == "b")
     price: float = 0.0  # what a CPU-hour here costs, for ranking and accounting
+    aem_urls: tuple[str, ...] = ()  # job managers this node pushes its ad to (with the peer key)
+    ad_interval: float = 10.0  # seconds between pushes of an unchanged ad (a change is pushed at once)
+    peer_address: str = ""  # the peer API's URL for others, when --listen does not say (0.0.0.0)
+
+    def own_peer_url(self) -> str:
+        """Where other nodes and job managers reach this node's peer API."""
+        if self.peer_address:
+            return self.peer_address.rstrip("/")
+        host, _, port = self.listen.rpartition(":")
+        if not host or host in ("0.0.0.0", "::", "[::]"):
+            raise InvalidInput("pushing the ad needs the peer API's address: --listen HOST:PORT with a host, "
+                               "or --peer-address URL")
+        return f"http://{host}:{port}"
 
     def peer_url(self, to: str) -> str:
         """The peer API URL of node `to` (a URL, or a name from `peers`)."""
@@ -128,7 +141,7 @@ class NodeConfig:
                 raise InvalidInput(f"price {values['price']!r} is not a number") from None
             if not 0 <= values["price"] < 1e9:
                 raise InvalidInput(f"price {values['price']} is out of range")
-        for key in ("pools", "vo_urls", "peers"):
+        for key in ("pools", "vo_urls", "peers", "aem_urls"):
             if key in values:
                 if isinstance(values[key], dict):
                     values[key] = tuple(f"{k}={v}" for k, v in values[key].items())

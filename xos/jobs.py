@@ -72,6 +72,7 @@ CREATE INDEX IF NOT EXISTS jobs_token ON jobs (owner, token);
 CREATE TABLE IF NOT EXISTS transitions (job TEXT NOT NULL, at REAL NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
     reason TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job);
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, url TEXT NOT NULL, seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS usage_segments (job TEXT NOT NULL, owner TEXT NOT NULL, vo TEXT NOT NULL, node TEXT NOT NULL,
     at REAL NOT NULL, cpu_seconds REAL NOT NULL, memory_peak INTEGER NOT NULL, bytes_in INTEGER NOT NULL,
@@ -244,6 +245,15 @@ class JobStore:
                 for k in SUMMED:
                     t[k] += r[k]
         return out
+
+    def remember_node(self, name: str, url: str) -> None:
+        """Keep the peer URL of a node that pushed its ad, for after a restart."""
+        with self.db.tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?)", (name, url, time.time()))
+
+    def known_nodes(self) -> dict[str, str]:
+        """Nodes that pushed their ads before: name -> peer URL."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT name, url FROM nodes")}
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         self.get(job_id)

@@ -20,7 +20,7 @@ from aiohttp import web
 from xos import rpc
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
-from xos.errors import InvalidInput, NotFound, PermissionDenied
+from xos.errors import InvalidInput, NotFound, PermissionDenied, XosError, from_json
 from xos.noded import NodeService
 
 log = logging.getLogger(__name__)
@@ -450,6 +450,43 @@ async def peer_restore(request: web.Request) -> web.Response:
     return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
 
 
+AD_CHECK = 0.25  # seconds between looks at the ad for a change worth pushing at once
+VOLATILE = ("LoadAvg",)  # changes all the time: pushed with the next interval, not at once
+
+
+async def advertise(svc: NodeService, aem: str) -> None:
+    """Push this node's ad to the job manager at `aem`: at once when what a job could get changes (a
+    workspace made or gone, the offer changed), else every ad_interval, so the ad lives while the
+    node does. A job manager that cannot be reached is tried again at the next push."""
+    import aiohttp
+
+    cfg = svc.config
+    url = f"{aem.rstrip('/')}/v1/peer/ads/{cfg.name}"
+    headers = {"Authorization": f"Bearer {cfg.peer_secret()}"}
+    last: dict[str, Any] | None = None
+    sent_at = 0.0
+    down = False
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5, sock_connect=2)) as session:
+        while True:
+            ad = svc.classad()
+            stable = {k: v for k, v in ad.items() if k not in VOLATILE}
+            if stable != last or time.monotonic() - sent_at >= svc.config.ad_interval:
+                try:
+                    async with session.put(url, json={"url": cfg.own_peer_url(), "ad": ad}, headers=headers) as r:
+                        if r.status >= 400:
+                            raise from_json(await r.json(content_type=None), r.status)
+                    last, sent_at = stable, time.monotonic()
+                    if down:
+                        log.info("job manager %s takes this node's ad again", aem)
+                    down = False
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError, XosError) as e:
+                    if not down:
+                        log.info("job manager %s did not take this node's ad: %s", aem, e)
+                    down, sent_at = True, time.monotonic()  # tried: again at the next interval or change
+                    last = stable
+            await asyncio.sleep(AD_CHECK)
+
+
 def make_peer_app(svc: NodeService) -> web.Application:
     """The routes other nodes may use."""
     app = web.Application(middlewares=[rpc.error_middleware, peer_auth], client_max_size=MAX_CREATE)
@@ -522,6 +559,9 @@ async def serve_node(config: NodeConfig) -> None:
         await peer_runner.setup()
         await web.TCPSite(peer_runner, host or "0.0.0.0", int(port)).start()
         log.info("node %s peer API on %s", config.name, config.listen)
+    pushers = [asyncio.create_task(advertise(svc, url)) for url in config.aem_urls]
+    if pushers:
+        config.own_peer_url()  # refuse to start with an ad no job manager could act on
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -530,6 +570,8 @@ async def serve_node(config: NodeConfig) -> None:
     try:
         await stop.wait()
     finally:
+        for task in pushers:
+            task.cancel()
         if peer_runner is not None:
             await peer_runner.cleanup()
         await runner.cleanup()

@@ -31,12 +31,13 @@ def site():
     trust.trust("bio", credential.public_pem(key.public_key()))
     node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m]
                  for s, p, m in (("a", "3", "8G"), ("b", "2", "8G"), ("c", "1", "2G"))]
+    node_args[2] += ["--aem", f"http://{AEM}", "--ad-interval", "0.5"]  # c pushes its ad; a and b are asked
     with TestGrid(3, ["--pool", POOL], node_args) as grid, FsGrid(osds=1, clients=0) as fs:
         for n in grid.nodes:
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
         fs.add_vo("bio", key)
         fs.mkvol("data", "alice", "bio")
-        aem = TestAem(base, grid, trust.directory, fs.mrc_url)
+        aem = TestAem(base, grid, trust.directory, fs.mrc_url, pull=grid.nodes[:2])
         grid.fs = fs
         aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
@@ -45,7 +46,7 @@ def site():
             wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
             yield grid, s, key, aem, base
             s.close()
-            bad = aem.unexpected_warnings(["job .* refused by node", "not reachable"])
+            bad = aem.unexpected_warnings(["job .* refused by node", "not reachable", "refused an ad from"])
             bad += [w for n in grid.nodes for w in n.unexpected_warnings()]
             assert not bad, bad
         finally:
@@ -459,3 +460,34 @@ def test_job_run_streams_output_while_the_job_runs(site, tmp_path):
             p.kill()
             p.wait()
     assert (p.returncode, out) == (0, b"finished\n"), err
+
+
+def test_a_node_pushes_its_ad_and_a_forged_or_bad_push_changes_nothing(site):
+    import json
+    import urllib.error
+    import urllib.request
+
+    grid, s, *_ = site
+    c = grid.nodes[2]
+    known = {n["name"]: n for n in s.run(s.jm.nodes())}
+    assert known[c.name]["url"] == c.peer_url and known[c.name]["fresh"]  # learned from its pushes alone
+    with c.client() as nc:
+        assert known[c.name]["ad"]["TotalMemory"] == nc.ad()["TotalMemory"]
+
+    def push(body, key):
+        req = urllib.request.Request(f"http://{AEM}/v1/peer/ads/{c.name}", data=json.dumps(body).encode(),
+                                     method="PUT", headers={"Authorization": f"Bearer {key}"})
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+            return 200, ""
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())["error"]["code"]
+
+    with open(os.path.join(grid.base, "peer.key")) as f:
+        secret = f.read().strip()
+    forged = {"url": "http://198.18.0.99:7200", "ad": {**known[c.name]["ad"], "Memory": 1 << 30}}
+    assert push(forged, "not-the-key") == (403, "permission-denied")
+    assert push({"url": c.peer_url, "ad": {"Requirements": "Memory >="}}, secret) == (400, "invalid-input")
+    assert push({"url": "ftp://x", "ad": {}}, secret) == (400, "invalid-input")
+    after = {n["name"]: n for n in s.run(s.jm.nodes())}[c.name]
+    assert after["url"] == c.peer_url and after["ad"]["Memory"] < 1 << 30

@@ -300,12 +300,20 @@ class TestGrid:
             except Exception as e:  # keep going: the rest must still be removed
                 errors.append(e)
             netns.remove(node.netns_path)
-        with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
-            for idx in ipr.link_lookup(ifname=self.bridge):
-                ipr.link("del", index=idx)
+        remove_links(self.bridge)
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             raise errors[0]
+
+
+def remove_links(prefix: str) -> None:
+    """Delete the links whose names start with `prefix` (a test grid's bridge and host-side veths): now,
+    not when the kernel gets round to the namespaces their peers were in."""
+    with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
+        for link in ipr.get_links():
+            if link.get_attr("IFLA_IFNAME", "").startswith(prefix):
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=link["index"])
 
 
 class TestVOService:
@@ -416,13 +424,14 @@ class TestAem:
     __test__ = False
 
     def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
-                 ad_ttl: float = 2.0) -> None:
+                 ad_ttl: float = 2.0, pull: list[TestNode] | None = None) -> None:
+        """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`)."""
         self.base = base
         self.url = f"http://{AEM_LISTEN}"
         self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
                      "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
-        self.argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
+        self.argv += [a for n in (grid.nodes if pull is None else pull) for a in ("--node", f"{n.name}={n.peer_url}")]
         self.log_path = os.path.join(base, "aem.log")
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xos.testing import TestAem, TestGrid, TestVOService, leftovers, purge_cgroups, wait_for
+from xos.testing import AEM_LISTEN, TestAem, TestGrid, TestVOService, leftovers, purge_cgroups, wait_for
 from xos.testing.fsgrid import FsGrid
 
 T0 = time.monotonic()
@@ -89,7 +89,8 @@ class Demo:
         say(f"  volume 'results' (every file on both OSDs) is mounted at {self.mount}")
 
         say("starting three nodes, each in its own network namespace, with a uid pool for VO bio")
-        node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m] for s, p, m in NODES]
+        node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m, "--aem", f"http://{AEM_LISTEN}",
+                      "--ad-interval", "0.5"] for s, p, m in NODES]
         self.grid = self.stack.enter_context(TestGrid(3, ["--pool", "bio=31000-31999"], node_args))
         for n in self.grid.nodes:
             _check(n.cli("node", "trust", "bio", pubkey), "xos node trust")
@@ -97,8 +98,8 @@ class Demo:
         from xos.credential import TrustStore
 
         TrustStore(trust).trust("bio", pem)
-        say("starting the job manager; it learns the nodes from their ClassAds")
-        self.aem = TestAem(self.base, self.grid, trust, self.fs.mrc_url)
+        say("starting the job manager; the nodes push their ClassAds to it")
+        self.aem = TestAem(self.base, self.grid, trust, self.fs.mrc_url, pull=[])
         self.aem.start()
         self.stack.callback(self.aem.stop)
         wait_for(self.nodes_seen, 30, "the job manager to see three nodes")

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from xos import credential, network
 from xos import spawn as sp
-from xos.testing import TestNode, netns, wait_for
+from xos.testing import TestNode, netns, remove_links, wait_for
 
 FS_NET = "198.18.1"
 MRC_PORT = 32636
@@ -332,9 +332,7 @@ class FsGrid:
                 with contextlib.suppress(Exception):
                     proc.stop(timeout=10)
             netns.remove(host.netns_path)
-        with contextlib.suppress(Exception), IPRoute(use_socket=network.netlink_socket()) as ipr:
-            for idx in ipr.link_lookup(ifname=self.bridge):
-                ipr.link("del", index=idx)
+        remove_links(self.bridge)
         if os.environ.get("XOS_KEEP_LOGS"):  # for a developer chasing a failure
             keep = os.path.join(os.environ["XOS_KEEP_LOGS"], os.path.basename(self.base))
             os.makedirs(keep, exist_ok=True)
