@@ -40,7 +40,14 @@ test: setup lint
 demo: setup
 	$(PY) -m xos.testing.demo
 
+BENCH_PACKAGES := slurm-wlm munge
+
 bench: setup
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt: installing$$(echo ' '$$missing) (peers of the benchmarks)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 	$(PY) bench/workspace.py --out bench/out/workspace.json
 	$(PY) bench/identity.py --out bench/out/identity.json
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
