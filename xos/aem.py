@@ -66,6 +66,10 @@ class Client(rpc.HttpClient):
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
 
+    async def purge(self, job_id: str) -> dict[str, Any]:
+        """Forget a finished job (its usage records stay)."""
+        return dict(await self._call("DELETE", f"/v1/jobs/{job_id}"))
+
     async def accounting(self, vo: str | None = None, user: str | None = None, since: float = 0.0) -> dict[str, Any]:
         """Usage records and totals per VO, user and node."""
         q = "&".join(f"{k}={v}" for k, v in (("vo", vo), ("user", user), ("since", since)) if v)

@@ -686,6 +686,16 @@ class Aem:
         self.wake.set()
         return rpc.json_response(job.to_json())
 
+    async def purge(self, request: web.Request) -> web.Response:
+        """Forget a finished job and its output; its usage records stay, for the accounts."""
+        _, job = self._mine(request, request.match_info["id"])
+        self.store.purge(job.id)
+        for stream in ("stdout", "stderr"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.output_path(job.id, stream))
+        self.drop_image(job.id)
+        return rpc.json_response({"purged": job.id})
+
     async def accounting(self, request: web.Request) -> web.Response:
         """Usage records and their totals per VO, user and node: a member's own, a VO admin's whole VO."""
         who = self._who(request)
@@ -834,6 +844,7 @@ def make_app(aem: Aem) -> web.Application:
         web.post("/v1/jobs", aem.submit),
         web.get("/v1/jobs", aem.list_jobs),
         web.get("/v1/jobs/{id}", aem.get_job),
+        web.delete("/v1/jobs/{id}", aem.purge),
         web.get("/v1/jobs/{id}/output", aem.output),
         web.post("/v1/jobs/{id}/{verb}", aem.control),
         web.get("/v1/nodes", aem.nodes),

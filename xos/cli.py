@@ -117,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
                       ("watch", "follow jobs until they end (exit 0 if all are done)"),
+                      ("purge", "forget a finished job and its output (its usage records stay)"),
                       *((v, f"{v} a job") for v in ("hold", "release", "suspend", "resume", "cancel",
                                                      "checkpoint", "migrate"))):
         jp = job.add_parser(verb, help=hlp)
@@ -623,6 +624,9 @@ async def _job_main(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write((await jm.output_from(args.id, 0, stream))[0])
         elif args.verb == "watch":
             return await _watch(jm, args.ids)
+        elif args.verb == "purge":
+            await jm.purge(args.id)
+            print(f"{args.id} purged")
         else:
             j = await jm.control(args.id, args.verb, getattr(args, "to", None))
             print(f"{j['id']} {j['state']} on {j['node'] or '-'}: {j['reason']}")

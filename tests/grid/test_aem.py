@@ -247,6 +247,15 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     assert code == 0 and out.startswith(f"{job_id} done"), out
     code, out = xos("job", "resume", job_id)
     assert code != 0 and "illegal-transition" in out and "it is done" in out, out
+    assert xos("job", "purge", job_id) == (0, f"{job_id} purged\n")
+    code, out = xos("job", "status", job_id)
+    assert code != 0 and "not-found" in out, out
+    assert job_id in [r["job"] for r in s.run(s.jm.accounting())["records"]]  # the accounts keep it
+    running = s.run_job({"executable": "/bin/sleep", "arguments": ["60"], "resources": {"cpus": 0.1}})
+    s.wait_started(running, 60)
+    code, out = xos("job", "purge", running)
+    assert code != 0 and "illegal-transition" in out and "only finished jobs" in out, out
+    s.control(running, "cancel")
 
 
 def test_nodes_matching_an_expression_best_first_and_a_range_on_one_attribute(site):
