@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +119,8 @@ class JobStore:
 
     def __init__(self, path: str) -> None:
         self.db = Database(path, SCHEMA)
+        os.chmod(path, 0o600)  # it holds the credentials of jobs that may still run
+        self.db.execute("PRAGMA secure_delete=ON")  # a forgotten credential is overwritten, not left in a free page
 
     def close(self) -> None:
         self.db.close()
@@ -178,6 +181,8 @@ class JobStore:
                        "exit_status=COALESCE(?, exit_status) WHERE id=?",
                        (to.value, reason, now, node, exit_status, job_id))
             tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, now, job.state.value, to.value, reason))
+            if to.final:  # nothing will run as its owner again: the credential it was submitted with goes
+                tx.execute("UPDATE jobs SET credential='' WHERE id=?", (job_id,))
             return _job(tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone())
 
     def may(self, job_id: str, verb: str) -> Job:

@@ -122,3 +122,18 @@ def test_stdio_places_are_checked_with_their_field():
             parse({"executable": "/bin/true", field: where})
         assert [x["field"] for x in e.value.detail["errors"]] == [field]
         assert why in e.value.message, e.value.message
+
+
+def test_a_finished_jobs_credential_is_forgotten(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.db"))
+    a, b = (store.submit(jobspec.parse({"executable": "/bin/true"}), "alice@bio", "bio", "token-of-alice")[0]
+            for _ in range(2))
+    store.transition(a.id, State.MATCHED, "m", node="n1")
+    store.transition(a.id, State.RUNNING, "r")
+    assert store.credential(a.id) == "token-of-alice"  # needed to start it again elsewhere
+    store.transition(a.id, State.DONE, "exit 0")
+    store.control(b.id, "cancel")
+    assert store.credential(a.id) == store.credential(b.id) == ""
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert b"token-of-alice" not in (tmp_path / "jobs.db").read_bytes()  # not in a free page either
+    assert (tmp_path / "jobs.db").stat().st_mode & 0o077 == 0
