@@ -9,6 +9,9 @@
 # criu-rlimits.patch: CRIU reads a task's rlimits with prlimit(), which for another user's task
 # needs CAP_SYS_RESOURCE; nodes in containers and sandboxes lack it, and this one does. The patch
 # falls back to /proc/PID/limits.
+# criu-pipe-size.patch: for the same reason a pipe cannot grow past fs.pipe-max-size (1 MiB); CRIU's
+# page server then kept its 64 KiB default for the pipe it tee()s pages into, and post-copy (lazy
+# pages) failed at the first request larger than that. The patch takes the largest size allowed.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)

@@ -41,7 +41,8 @@ class CriuUnavailable(Unavailable):
 
 
 class LiveUnavailable(Unavailable):
-    """The kernel cannot track dirty memory (CONFIG_MEM_SOFT_DIRTY), which pre-dump rounds need."""
+    """The kernel can neither track dirty memory (CONFIG_MEM_SOFT_DIRTY, for pre-dump rounds) nor hand page
+    faults to CRIU (userfaultfd, for post-copy)."""
 
     code = "live-migration-unavailable"
 
@@ -55,6 +56,12 @@ class Criu:
     ok: bool
     reason: str = ""
     dirty_tracking: bool = False  # the kernel's soft-dirty bits: what iterative pre-dumps (live migration) need
+    lazy_pages: bool = False  # userfaultfd: memory restored on demand (post-copy live migration)
+
+    @property
+    def live(self) -> str:
+        """How this node migrates live: "pre-copy" (dirty tracking), "post-copy" (userfaultfd), or ""."""
+        return "pre-copy" if self.dirty_tracking else "post-copy" if self.lazy_pages else ""
 
     @property
     def major(self) -> int:
@@ -96,6 +103,8 @@ def find() -> Criu:
         c.ok = True
         c.dirty_tracking = subprocess.run([path, "check", "--feature", "mem_dirty_track"], capture_output=True,
                                           timeout=60).returncode == 0
+        c.lazy_pages = subprocess.run([path, "check", "--feature", "uffd-noncoop"], capture_output=True,
+                                      timeout=60).returncode == 0
         return c
     return Criu(paths[0] or "", "", False, "; ".join(reasons))
 
@@ -129,51 +138,124 @@ async def run(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cg
 
     With a cgroup, criu itself runs there (restored tasks are its children and stay in it);
     it always gets a fresh session keyring, with `key` in it, which restored tasks inherit."""
-    workdir = workdir or images  # logs and pid files go there: an image restored stays as it was
-    log_path = os.path.join(workdir, log_name)
-    argv = [criu.path, *args, "-D", images, "-W", workdir, "-o", log_name, "-v4", "--display-stats"]
-    out_path = os.path.join(workdir, log_name + ".out")
-    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    t0 = time.perf_counter()
-    try:
-        pid = sp.spawn(sp.SpawnSpec(argv=argv, env={"PATH": sp.DEFAULT_PATH}, cwd=workdir, stdin=null, stdout=out,
-                                    stderr=out, cgroup_fd=cgroup_fd, cgroup_procs_fds=cgroup_procs_fds,
-                                    new_keyring=True, key=key))
-    finally:
-        os.close(out)
-        os.close(null)
-    pidfd = sp.pidfd_open(pid)
-    try:
+    proc = start(criu, args, images, log_name, cgroup_fd=cgroup_fd, cgroup_procs_fds=cgroup_procs_fds, key=key,
+                 keep_log=keep_log, workdir=workdir)
+    return await proc.finish(timeout)
+
+
+class Running:
+    """A CRIU run under way: one that serves pages after its dump (lazy migration), or a lazy-pages daemon.
+
+    Its --status-fd is its stdin, the write end of a pipe: `ready()` returns once CRIU wrote there."""
+
+    def __init__(self, criu: Criu, args: Sequence[str], pid: int, status_fd: int, log_path: str, out_path: str,
+                 keep_log: str | None) -> None:
+        self.args = list(args)
+        self.pidfd = sp.pidfd_open(pid)
+        self.status_fd = status_fd
+        self.log_path, self.out_path, self.keep_log = log_path, out_path, keep_log
+        self.t0 = time.perf_counter()
+        self.result: Run | None = None
+
+    async def ready(self, timeout: float = RUN_TIMEOUT) -> None:
+        """Wait until CRIU says it is ready (its status byte), or CriuError if it ended or hung first."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        status_fd = self.status_fd
+        loop.add_reader(status_fd, _settle, fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            loop.remove_reader(status_fd)
+            await self.abort(signal.SIGKILL)
+            raise CriuError(f"criu {self.args[0]} was not ready within {timeout:.0f}s and was killed "
+                            f"({last_errors(self.log_path)})", log=self.log_path) from None
+        finally:
+            loop.remove_reader(status_fd)  # the number, kept: abort() may have closed it already
+        if not os.read(status_fd, 1):  # it ended without a word: its exit says why
+            await self.finish(timeout)
+            raise CriuError(f"criu {self.args[0]} ended before it was ready", log=self.log_path)
+
+    async def finish(self, timeout: float = RUN_TIMEOUT) -> Run:
+        """Wait for it to end; CriuError with its log if it failed or took longer than `timeout`."""
+        if self.result is not None:
+            return self.result
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+        pidfd = self.pidfd
+        loop.add_reader(pidfd, _settle, done)
         try:
             await asyncio.wait_for(done, timeout)
         except TimeoutError:
             # CRIU that never ends (its restorer spins on some bad images): stopped, and said so.
             sp.pidfd_send_signal(pidfd, signal.SIGKILL)
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-            raise CriuError(f"criu {args[0]} did not finish within {timeout:.0f}s and was killed "
-                            f"({last_errors(log_path)})", log=log_path) from None
+            raise CriuError(f"criu {self.args[0]} did not finish within {timeout:.0f}s and was killed "
+                            f"({last_errors(self.log_path)})", log=self.log_path) from None
         finally:
             loop.remove_reader(pidfd)
+            if not done.done() or done.cancelled():
+                self._close()
         info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        self._close()
+        seconds = time.perf_counter() - self.t0
+        with open(self.out_path, errors="replace") as f:
+            text = f.read()
+        status = info.si_status if info is not None and info.si_code == os.CLD_EXITED else -1
+        if status != 0:
+            kept = self.log_path
+            if self.keep_log:
+                os.makedirs(os.path.dirname(self.keep_log), exist_ok=True)
+                _keep_tail(self.log_path, self.keep_log)
+                kept = self.keep_log
+            raise CriuError(f"criu {self.args[0]} failed (status {status}): {last_errors(self.log_path, text)} "
+                            f"(log: {kept})", log=kept)
+        self.result = Run(seconds, _stats(text))
+        return self.result
+
+    async def abort(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it and wait: a lazy dump stopped this way lets its tasks run on, as a failed dump does."""
+        if self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            sp.pidfd_send_signal(self.pidfd, sig)
+        with contextlib.suppress(CriuError):
+            await self.finish(30)
+
+    def _close(self) -> None:
+        for fd in (self.pidfd, self.status_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.pidfd = self.status_fd = -1
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def start(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cgroup_fd: int = -1,
+          cgroup_procs_fds: Sequence[int] = (), key: tuple[str, bytes] | None = None, keep_log: str | None = None,
+          workdir: str | None = None) -> Running:
+    """Start `criu ARGS -D images --status-fd 0`; the run, to wait for it to be ready and to end."""
+    workdir = workdir or images  # logs and pid files go there: an image restored stays as it was
+    log_path = os.path.join(workdir, log_name)
+    argv = [criu.path, *args, "-D", images, "-W", workdir, "-o", log_name, "-v4", "--display-stats",
+            "--status-fd", "0"]
+    out_path = os.path.join(workdir, log_name + ".out")
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = sp.spawn(sp.SpawnSpec(argv=argv, env={"PATH": sp.DEFAULT_PATH}, cwd=workdir, stdin=w, stdout=out,
+                                    stderr=out, cgroup_fd=cgroup_fd, cgroup_procs_fds=cgroup_procs_fds,
+                                    new_keyring=True, key=key))
+    except BaseException:
+        os.close(r)
+        raise
     finally:
-        os.close(pidfd)
-    seconds = time.perf_counter() - t0
-    with open(out_path, errors="replace") as f:
-        text = f.read()
-    status = info.si_status if info is not None and info.si_code == os.CLD_EXITED else -1
-    if status != 0:
-        kept = log_path
-        if keep_log:
-            os.makedirs(os.path.dirname(keep_log), exist_ok=True)
-            _keep_tail(log_path, keep_log)
-            kept = keep_log
-        raise CriuError(f"criu {args[0]} failed (status {status}): {last_errors(log_path, text)} (log: {kept})",
-                        log=kept)
-    return Run(seconds, _stats(text))
+        os.close(out)
+        os.close(w)
+    return Running(criu, args, pid, r, log_path, out_path, keep_log)
 
 
 def _keep_tail(src: str, dst: str) -> None:

@@ -9,7 +9,10 @@ import os
 import platform
 import secrets
 import shutil
+import signal
+import socket
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from xos.allocation import Allocation
@@ -76,11 +79,13 @@ def log_path(svc: NodeService, name: str, what: str) -> str:
 
 
 async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool = False,
-                     prev: str | None = None) -> dict[str, Any]:
+                     prev: str | None = None, lazy: tuple[str, int] | None = None) -> dict[str, Any]:
     """Freeze and dump workspace `name` into the image directory `out`; the workspace is removed unless
     leave_running. `prev`: a pre-dump whose unchanged pages this dump does not repeat (live migration),
-    found at ../../<its name> from the image's criu/ (beside the image). The result has per-phase times
-    and CRIU's own statistics."""
+    found at ../../<its name> from the image's criu/ (beside the image). `lazy` (address, port): memory
+    stays out of the image and is served from there (post-copy); the result's "lazy" is the CRIU run
+    serving it, and the workspace stays, stopped, for the caller to remove or resume. The result has
+    per-phase times and CRIU's own statistics."""
     if not isinstance(out, str) or not out:
         raise InvalidInput("give the image to write (out)", field="out")
     criu = criu_mod.find().require()
@@ -101,6 +106,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
         images = os.path.join(part, "criu")
         logs = scratch(svc, "dump")
         times: dict[str, float] = {}
+        serving: criu_mod.Running | None = None  # a lazy dump, serving memory after it returned
         try:
             os.makedirs(images, mode=0o700)
             t0 = time.perf_counter()
@@ -110,7 +116,13 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             try:
                 ws.sample()
                 try:
-                    run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev, workdir=logs)
+                    if lazy is not None:
+                        serving = await ws.dump_lazy(criu, images, lazy[0], lazy[1], log_path(svc, name, "dump"),
+                                                     logs)
+                        run = criu_mod.Run(time.perf_counter() - serving.t0)
+                    else:
+                        run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev,
+                                            workdir=logs)
                 except BaseException:
                     if ws.cgroup.exists():  # CRIU let go of the tasks: they run on, as before
                         ws.cgroup.set_frozen(False)
@@ -130,14 +142,25 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                 }, known)
                 os.rename(part, out)
                 times["pack"] = time.perf_counter() - t1
+            except BaseException:
+                if serving is not None:  # its tasks run on
+                    await serving.abort()
+                    if ws.cgroup.exists():
+                        ws.cgroup.set_frozen(False)
+                raise
             finally:
                 if leave_running and ws.cgroup.exists():
                     ws.cgroup.set_frozen(False)
         except BaseException:
             shutil.rmtree(part, ignore_errors=True)
-            raise
-        finally:
             shutil.rmtree(logs, ignore_errors=True)
+            raise
+        if serving is None:
+            shutil.rmtree(logs, ignore_errors=True)
+        else:  # its log is still being written: the caller removes it when the run has ended
+            size = sum(os.path.getsize(os.path.join(out, arc)) for arc in manifest["files"])
+            return {"workspace": name, "image": out, "bytes": size, "times": times, "lazy": serving,
+                    "logs": logs, "files": len(manifest["files"])}
         if not leave_running:
             await ws.destroy(f"checkpointed to {out}")
             svc.workspaces.pop(name, None)
@@ -148,11 +171,13 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
 
 
 async def restore(svc: NodeService, path: str, name: str | None = None, parts: dict[str, str] | None = None,
-                  verified: bool = False) -> tuple[Workspace, dict[str, Any]]:
+                  verified: bool = False, lazy: tuple[str, int] | None = None) -> tuple[Workspace, dict[str, Any]]:
     """Verify the image at `path` (a directory, or a tar of one) and restore it as a new workspace
     (`name`, or the one it had). The image itself is left as it was.
 
-    `parts`: verified pre-dump directories (by name) the image's dump builds on (live migration)."""
+    `parts`: verified pre-dump directories (by name) the image's dump builds on (live migration).
+    `lazy` (address, port): the image's memory is served there (post-copy): a lazy-pages daemon fetches
+    it on demand and in the background; if that fails, the workspace, missing memory, is removed."""
     if not isinstance(path, str) or not path:
         raise InvalidInput("give the image to restore (image)", field="image")
     path = os.path.abspath(path)
@@ -221,16 +246,52 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
                 image.move_tree(os.path.join(top, "work"), wdir)  # ours to take
             else:
                 image.copy_tree(os.path.join(top, "work"), wdir)  # the caller's image stays whole
-            ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(top, "criu"), wdir,
-                                              log_path(svc, name, "restore"), workdir=work)
+            pager = None
+            if lazy is not None:  # listening (in `work`, which restore shares) before restore asks it
+                pager = criu_mod.start(criu, ["lazy-pages", "--page-server", "--address", lazy[0], "--port",
+                                              str(lazy[1])], os.path.join(top, "criu"), "lazy-pages.log",
+                                       keep_log=log_path(svc, name, "lazy-pages"), workdir=work)
+                await pager.ready()
+            try:
+                ws, run = await Workspace.restore(ctx, rec, criu, os.path.join(top, "criu"), wdir,
+                                                  log_path(svc, name, "restore"), workdir=work, lazy=pager is not None)
+            except BaseException:
+                if pager is not None:
+                    await pager.abort(signal.SIGKILL)
+                raise
             times["restore"] = time.perf_counter() - t1
             svc.workspaces[name] = ws
         ctx.store.save_usage(ws.usage_rec)
+        if pager is not None:  # the scratch holds its socket and images until every page is in
+            task = asyncio.create_task(_follow_pages(svc, ws, pager, work))
+            svc.background.add(task)
+            task.add_done_callback(svc.background.discard)
+            work = ""
     finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(work)
+        if work:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(work)
     log.info("workspace %s restored from %s", name, path, extra={"workspace": name, **times})
     return ws, {"times": times, "criu": run.stats, "from_node": manifest.get("node")}
+
+
+async def _follow_pages(svc: NodeService, ws: Workspace, pager: criu_mod.Running, work: str) -> None:
+    """Wait for a post-copy restore's memory to be in whole. If the source stops serving it first, the
+    workspace cannot go on (its missing pages would read as zeros): it is removed, and said so."""
+    name = ws.rec.name
+    try:
+        run = await pager.finish(POSTCOPY_TIMEOUT)
+        log.info("workspace %s: all of its memory arrived", name, extra={"workspace": name,
+                                                                         "seconds": run.seconds})
+    except criu_mod.CriuError as e:
+        log.warning("workspace %s lost the source of its memory (%s); removed", name, e,
+                    extra={"workspace": name})
+        if svc.workspaces.get(name) is ws:
+            with contextlib.suppress(Exception):
+                await svc.destroy(name)
+    except asyncio.CancelledError:  # the daemon stops: CRIU carries on; the next start sweeps the scratch
+        raise
+    shutil.rmtree(work, ignore_errors=True)
 
 
 class MigrationFailed(Conflict):
@@ -240,6 +301,7 @@ class MigrationFailed(Conflict):
 
 
 PRE_DUMP_ROUNDS = 10  # at most, as LXD
+POSTCOPY_TIMEOUT = 600.0  # seconds a post-copy migration's memory may take to arrive whole
 PRE_DUMP_SHRINK = 0.7  # stop pre-dumping when a round wrote more than this share of the one before
 
 
@@ -262,10 +324,13 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
 
 async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, live: bool,
                    progress: dict[str, Any]) -> dict[str, Any]:
-    if live and not criu_mod.find().require().dirty_tracking:
+    mode = criu_mod.find().require().live if live else ""
+    if live and not mode:
         raise criu_mod.LiveUnavailable(f"live migration needs the kernel to track dirty memory "
-                                       f"(CONFIG_MEM_SOFT_DIRTY); this node's {platform.release()} does not: "
-                                       f"migrate {name} without --live")
+                                       f"(CONFIG_MEM_SOFT_DIRTY) or userfaultfd; this node's {platform.release()} "
+                                       f"has neither: migrate {name} without --live")
+    if mode == "post-copy":
+        return await _postcopy(svc, name, to, url, secret, progress)
     ws = svc.get(name)
     work = scratch(svc, "migrate", 3 * max(ws.sample().memory_peak, ws.rec.alloc.memory // 4, 64 << 20))
     path = os.path.join(work, "image")
@@ -305,7 +370,72 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
     log.info("workspace %s migrated to %s", name, to, extra={"workspace": name, **times})
     return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
             "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"],
-            "live": live, "rounds": rounds}
+            "live": live, "mode": "pre-copy" if live else "stop-and-copy", "rounds": rounds}
+
+
+async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
+                    progress: dict[str, Any]) -> dict[str, Any]:
+    """Live migration on a kernel without dirty-page tracking: everything but memory is dumped and sent
+    while the workspace is stopped, and it runs at the target at once; its memory follows, fetched on
+    demand (userfaultfd) and in the background from a page server here. Until the target has restored
+    it, any failure resumes it here. Once it runs there, the source must stay up until every page is
+    across: that is post-copy's price (pre-copy has none), and the result says how long it took."""
+    ws = svc.get(name)
+    host = urllib.parse.urlsplit(svc.config.own_peer_url()).hostname or ""
+    with socket.socket() as probe:  # a free port on the grid address, for CRIU's page server
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    work = scratch(svc, "migrate")
+    path = os.path.join(work, "image")
+    t0 = time.perf_counter()
+    logs = ""
+    try:
+        progress["phase"] = "dump"
+        cp = await checkpoint(svc, name, path, lazy=(host, port))
+        serving: criu_mod.Running = cp.pop("lazy")
+        logs = cp.pop("logs")
+        times = dict(cp["times"])
+        t1 = time.perf_counter()
+        try:
+            progress.update(phase="transfer", sent=0, total=cp["bytes"])
+            target = await peer_restore(url, secret, path, name, progress=progress, lazy=(host, port))
+        except Exception as e:
+            log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
+            await serving.abort()
+            if ws.cgroup.exists():
+                ws.cgroup.set_frozen(False)
+            raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
+                                  f"(down {time.perf_counter() - t0:.2f}s)",
+                                  cause=getattr(e, "code", "error")) from None
+        remote = target["restore"]["times"]
+        times["transfer"] = time.perf_counter() - t1 - remote.get("verify", 0) - remote.get("restore", 0)
+        times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
+        times["downtime"] = time.perf_counter() - t0
+        progress["phase"] = "memory following"
+        try:
+            run = await serving.finish(POSTCOPY_TIMEOUT)
+        except criu_mod.CriuError as e:
+            # The target lost its memory's source: it removes its copy. Whether ours lives on depends on how
+            # far CRIU got; say which.
+            alive = bool(ws.cgroup.exists() and ws.cgroup.procs())
+            if alive:
+                ws.cgroup.set_frozen(False)
+            raise MigrationFailed(f"memory of {name} did not reach {to} ({e}); "
+                                  + ("it runs here again" if alive else "its processes are lost"),
+                                  cause="postcopy-failed") from None
+        times["postcopy"] = time.perf_counter() - t0 - times["downtime"]
+        times["total"] = time.perf_counter() - t0
+        await ws.destroy(f"migrated to {to}")
+        svc.workspaces.pop(name, None)
+        svc.forward(target["address"], url)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if logs:
+            shutil.rmtree(logs, ignore_errors=True)
+    log.info("workspace %s migrated to %s (post-copy)", name, to, extra={"workspace": name, **times})
+    return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
+            "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": run.stats,
+            "live": True, "mode": "post-copy", "rounds": []}
 
 
 async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, secret: str, stage: str | None,
@@ -343,12 +473,14 @@ async def peer_stage(url: str, secret: str, path: str, stage: str, part: str) ->
 
 
 async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None,
-                       progress: dict[str, Any] | None = None) -> dict[str, Any]:
+                       progress: dict[str, Any] | None = None, lazy: tuple[str, int] | None = None) -> dict[str, Any]:
     """Stream the image directory at `path`, as a tar made on the fly, to the peer API at `url` and have
-    it restored there."""
+    it restored there (`lazy`: its memory from the page server at that address and port)."""
     params = {"name": name}
     if stage:
         params["stage"] = stage
+    if lazy:
+        params.update(lazy_address=lazy[0], lazy_port=str(lazy[1]))
     return await _peer_put(url, secret, path, "/v1/peer/restore", params, progress)
 
 

@@ -203,7 +203,9 @@ def parser() -> argparse.ArgumentParser:
     mg = ws.add_parser("migrate", help="move a workspace to another node (stop-and-copy)")
     mg.add_argument("name")
     mg.add_argument("--to", required=True, metavar="NODE", help="a peer's name or its peer API URL")
-    mg.add_argument("--live", action="store_true", help="pre-dump while it runs; stop only for the last pages")
+    mg.add_argument("--live", action="store_true",
+                    help="stop it only briefly: pre-dump rounds while it runs (kernels tracking dirty memory), "
+                         "or run it at the target at once while its memory follows (userfaultfd)")
     s = ws.add_parser("set", help="renegotiate the allocation; periodic checkpoints")
     s.add_argument("name")
     _alloc_args(s)
@@ -454,9 +456,10 @@ async def _client_main(args: argparse.Namespace) -> int:
         elif v == "migrate":
             d = await _with_progress(node, args.name, node.migrate(args.name, args.to, args.live))
             t = d["times"]
-            print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}): "
+            print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}, "
+                  f"{d.get('mode', 'stop-and-copy')}): "
                   + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",
-                                                          "downtime") if k in t))
+                                                          "downtime", "postcopy") if k in t))
         elif v == "set":
             d = await node.set(args.name, args.checkpoint_every, args.keep, **_alloc(args))
             _print_stat(d)

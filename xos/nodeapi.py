@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -437,11 +438,20 @@ async def peer_restore(request: web.Request) -> web.Response:
     svc = _svc(request)
     name = request.query.get("name") or None
     stage = _stage_dir(svc, request.query["stage"]) if request.query.get("stage") else None
+    lazy = None
+    if request.query.get("lazy_address"):  # post-copy: memory from the source's page server
+        port = request.query.get("lazy_port", "")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidInput("lazy_port must be a port number", field="lazy_port")
+        try:
+            lazy = (str(ipaddress.ip_address(request.query["lazy_address"])), int(port))
+        except ValueError:
+            raise InvalidInput("lazy_address must be an IP address", field="lazy_address") from None
     work = service.scratch(svc, "incoming", int(request.headers.get("X-Image-Bytes") or 1 << 30))
     try:
         received = await _unpack_streamed(request, os.path.join(work, "image"))
         parts = {p: os.path.join(stage, p) for p in os.listdir(stage)} if stage and os.path.isdir(stage) else {}
-        ws, result = await svc.restore(os.path.join(work, "image"), name, parts, verified=True)
+        ws, result = await svc.restore(os.path.join(work, "image"), name, parts, verified=True, lazy=lazy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if stage:

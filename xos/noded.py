@@ -79,6 +79,7 @@ class NodeService:
         self.config = config
         self.store = store
         self.ctx: NodeContext | None = None
+        self.background: set[asyncio.Task[None]] = set()  # work that outlives its request (post-copy memory)
         self.workspaces: dict[str, Workspace] = {}
         self.admission = asyncio.Lock()
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
@@ -124,7 +125,7 @@ class NodeService:
     async def stop(self) -> None:
         """Stop serving; workspaces keep running and are adopted by the next start."""
         await self.identity.stop()
-        for task in (self._sampler, self._checkpointer):
+        for task in (self._sampler, self._checkpointer, *self.background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -216,11 +217,12 @@ class NodeService:
         return await service.checkpoint(self, name, out, leave_running)
 
     async def restore(self, path: str, name: str | None = None, parts: dict[str, str] | None = None,
-                      verified: bool = False) -> tuple[Workspace, dict[str, Any]]:
-        """Restore the image at `path` as a new workspace (`verified`: checked already, on the way in)."""
+                      verified: bool = False, lazy: tuple[str, int] | None = None) -> tuple[Workspace, dict[str, Any]]:
+        """Restore the image at `path` as a new workspace (`verified`: checked already, on the way in;
+        `lazy`: its memory from a page server at that address and port)."""
         from xos.checkpoint import service
 
-        return await service.restore(self, path, name, parts, verified)
+        return await service.restore(self, path, name, parts, verified, lazy)
 
     async def set_checkpointing(self, name: str, every: Any, keep: Any) -> Workspace:
         """Checkpoint workspace `name` every `every` (seconds or "10m"; 0 stops), keeping the newest `keep`."""
@@ -634,7 +636,8 @@ def checkpoint_ad() -> dict[str, Any]:
     """Whether this node checkpoints and restores, and with which CRIU: a job manager picks targets by it."""
     c = criu_mod.find()
     out: dict[str, Any] = {"available": c.ok, "criu": c.version, "kernel": platform.release(),
-                           "arch": platform.machine(), "live_migration": c.ok and c.dirty_tracking}
+                           "arch": platform.machine(), "live_migration": c.ok and bool(c.live),
+                           "live_mode": c.live if c.ok else ""}
     if not c.ok:
         out["reason"] = c.reason
     return out

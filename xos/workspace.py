@@ -278,16 +278,30 @@ class Workspace:
             args.append("--leave-running")
         return await criu_mod.run(criu, args, images, "dump.log", keep_log=keep_log, workdir=workdir)
 
+    async def dump_lazy(self, criu: criu_mod.Criu, images: str, address: str, port: int, keep_log: str,
+                        workdir: str) -> criu_mod.Running:
+        """Dump everything but memory into `images` and serve the memory on `address`:`port` to the target's
+        lazy-pages daemon (post-copy). Returns once the page server listens; the tree stays stopped here
+        until every page has gone (then CRIU kills it), or runs on if the run is aborted."""
+        args = ["dump", "-t", str(self.rec.init_pid), "--manage-cgroups=ignore", "--external", "mnt[]",
+                "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}", "--freeze-cgroup", self.cgroup.freezer_dir(),
+                "--tcp-established", "--lazy-pages", "--address", address, "--port", str(port)]
+        run = criu_mod.start(criu, args, images, "dump.log", keep_log=keep_log, workdir=workdir)
+        await run.ready()
+        return run
+
     @classmethod
     async def restore(cls, ctx: NodeContext, rec: WorkspaceRecord, criu: criu_mod.Criu, images: str, work: str,
-                      keep_log: str, workdir: str) -> tuple[Workspace, criu_mod.Run]:
+                      keep_log: str, workdir: str, lazy: bool = False) -> tuple[Workspace, criu_mod.Run]:
         """A workspace made around a restored process tree: its cgroup pre-made (CRIU runs inside it, so
-        every restored task starts there), its directory from the image, its veth pair re-made."""
-        ws, run = await cls._make(ctx, rec, lambda ws: ws._restore(criu, images, work, keep_log, workdir), "restore")
+        every restored task starts there), its directory from the image, its veth pair re-made. `lazy`:
+        its memory comes on demand from the lazy-pages daemon already listening in `workdir`."""
+        ws, run = await cls._make(ctx, rec, lambda ws: ws._restore(criu, images, work, keep_log, workdir, lazy),
+                                  "restore")
         return ws, run
 
     async def _restore(self, criu: criu_mod.Criu, images: str, work: str, keep_log: str,
-                       workdir: str) -> criu_mod.Run:
+                       workdir: str, lazy: bool = False) -> criu_mod.Run:
         ctx, rec = self.ctx, self.rec
         self.cgroup = ctx.hierarchy.create(self.cgroup.rel)
         self.cgroup.apply(rec.alloc)
@@ -298,7 +312,7 @@ class Workspace:
         args = ["restore", "--restore-detached", "--restore-sibling", "--pidfile", pidfile, "--manage-cgroups=ignore",
                 "--tcp-established", "--root", "/", "--external", "mnt[]",
                 "--external", f"mnt[{criu_mod.WORK_KEY}]:{wdir}",
-                "--external", f"veth[eth0]:{self.host_link}@{ctx.config.bridge}"]
+                "--external", f"veth[eth0]:{self.host_link}@{ctx.config.bridge}"] + (["--lazy-pages"] if lazy else [])
         run = await criu_mod.run(criu, args, images, "restore.log", cgroup_fd=cgfd, cgroup_procs_fds=procs,
                                  key=self.credential_key(), keep_log=keep_log, workdir=workdir)
         with open(pidfile) as f:
