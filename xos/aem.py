@@ -43,9 +43,11 @@ class Client(rpc.HttpClient):
     async def status(self, job_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/v1/jobs/{job_id}"))
 
-    async def control(self, job_id: str, verb: str, to: str | None = None) -> dict[str, Any]:
-        """hold, release, suspend, resume, cancel, checkpoint, or migrate (`to` a node, or the best other)."""
-        return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}" + (f"?to={to}" if to else ""), {}))
+    async def control(self, job_id: str, verb: str, to: str | None = None, live: bool = False) -> dict[str, Any]:
+        """hold, release, suspend, resume, cancel, checkpoint, or migrate (`to` a node, or the best other;
+        `live`: stopped only briefly)."""
+        query = "&".join(q for q in ((f"to={to}" if to else ""), ("live=1" if live else "")) if q)
+        return dict(await self._call("POST", f"/v1/jobs/{job_id}/{verb}" + (f"?{query}" if query else ""), {}))
 
     async def output(self, job_id: str, stream: str = "stdout") -> str:
         """A job's stdout or stderr as text: what it wrote so far, or all of it once it ended."""
@@ -102,8 +104,9 @@ class Session(rpc.Sync):
     def job_info(self, job_id: str) -> dict[str, Any]:
         return dict(self.run(self.jm.status(job_id)))
 
-    def control(self, job_id: str, verb: str, to: str | None = None) -> dict[str, Any]:
-        return dict(self.run(self.jm.control(job_id, verb, to)))
+    def control(self, job_id: str, verb: str, to: str | None = None, live: bool = False) -> dict[str, Any]:
+        """A control verb (DRMAA's control, with checkpoint and migrate added); the job as it is after it."""
+        return dict(self.run(self.jm.control(job_id, verb, to, live)))
 
     def _wait(self, job_id: str, until: tuple[str, ...], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

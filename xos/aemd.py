@@ -669,7 +669,8 @@ class Aem:
         if verb == "checkpoint":
             return rpc.json_response((await self.checkpoint(job)).to_json())
         if verb == "migrate":
-            return rpc.json_response((await self.migrate(job, request.query.get("to"))).to_json())
+            return rpc.json_response((await self.migrate(job, request.query.get("to"),
+                                                         live=request.query.get("live") == "1")).to_json())
         job = self.store.may(job.id, verb)
         # The workspace first, then the record: a node that fails leaves the job as it really is.
         if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
@@ -781,7 +782,7 @@ class Aem:
         except XosError as e:  # it ended or changed state meanwhile
             log.info("periodic checkpoint of job %s skipped: %s", job.id, e)
 
-    async def migrate(self, job: Job, to: str | None, why: str = "") -> Job:
+    async def migrate(self, job: Job, to: str | None, why: str = "", live: bool = False) -> Job:
         """Move a running job to node `to`, or to the best other node that matches it; on failure it runs on
         where it was (the node keeps it until the target confirms)."""
         job = self.store.may(job.id, "migrate")
@@ -798,7 +799,7 @@ class Aem:
                               f"migrating to node {to}")
         try:
             before = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
-            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to})
+            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to, "live": live})
         except XosError as e:
             return self.store.transition(job.id, State.RUNNING, f"migration to {to} failed, still on {job.node}: "
                                                                 f"{e.code}: {e.message}")

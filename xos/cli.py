@@ -132,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
         elif verb == "migrate":
             jp.add_argument("id")
             jp.add_argument("--to", help="the node (default: the best other node that matches)")
+            jp.add_argument("--live", action="store_true", help="stop it only briefly (see xos ws migrate --live)")
         elif verb == "output":
             jp.add_argument("id")
             jp.add_argument("--stderr", action="store_true", help="its stderr (when it asked for one of its own)")
@@ -631,7 +632,7 @@ async def _job_main(args: argparse.Namespace) -> int:
             await jm.purge(args.id)
             print(f"{args.id} purged")
         else:
-            j = await jm.control(args.id, args.verb, getattr(args, "to", None))
+            j = await jm.control(args.id, args.verb, getattr(args, "to", None), getattr(args, "live", False))
             print(f"{j['id']} {j['state']} on {j['node'] or '-'}: {j['reason']}")
     return 0
 

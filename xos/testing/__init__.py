@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -249,6 +250,7 @@ class TestGrid:
         self.teardown()
 
     def _build(self) -> None:
+        claim_subnet(f"{GRID_NET}.1")
         with IPRoute(use_socket=network.netlink_socket()) as ipr:
             ipr.link("add", ifname=self.bridge, kind="bridge")
             br = ipr.link_lookup(ifname=self.bridge)[0]
@@ -304,6 +306,16 @@ class TestGrid:
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             raise errors[0]
+
+
+def claim_subnet(address: str) -> None:
+    """Fail, naming it, if a link here holds `address` already: two test grids (one left behind by a run
+    that was killed, or one running now) would route each other's traffic."""
+    with IPRoute(use_socket=network.netlink_socket()) as ipr:
+        for a in ipr.get_addr(family=socket.AF_INET, address=address):
+            link = ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME")
+            raise RuntimeError(f"{address} is held by link {link}: another test grid runs, or one was left behind "
+                               f"(python -c 'from xos.testing import leftovers; print(leftovers())' lists it)")
 
 
 def remove_links(prefix: str) -> None:

@@ -200,8 +200,11 @@ class Demo:
                                "the simulation to run and be checkpointed")
         first = info["node"]
         say(f"the simulation runs on {first} (the cheapest); its checkpoints come to the job manager")
-        say("alice moves it to another node while it runs")
-        self.user("alice", "job", "migrate", sim)
+        from xos.checkpoint import criu
+
+        live = criu.find().live
+        say(f"alice moves it to another node while it runs ({live or 'stop-and-copy'})")
+        self.user("alice", "job", "migrate", sim, *(["--live"] if live else []))
         info = self.status("alice", sim)
         second = info["node"]
         if second == first:

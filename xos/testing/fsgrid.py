@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from xos import credential, network
 from xos import spawn as sp
-from xos.testing import TestNode, netns, remove_links, wait_for
+from xos.testing import TestNode, claim_subnet, netns, remove_links, wait_for
 
 FS_NET = "198.18.1"
 MRC_PORT = 32636
@@ -127,6 +127,7 @@ class FsGrid:
             key = credential.new_key(os.path.join(self.base, "vo", f"{vo}.key"))
             self._vo_keys[vo] = key
             trust.trust(vo, credential.public_pem(key.public_key()))
+        claim_subnet(f"{FS_NET}.1")
         names = ["mrc"] + [f"osd{i}" for i in range(self.n_osds)] + [f"client{i}" for i in range(self.n_clients)]
         with IPRoute(use_socket=network.netlink_socket()) as ipr:
             ipr.link("add", ifname=self.bridge, kind="bridge")
