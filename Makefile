@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml setup.py $(NATIVE) | apt
 
 lint: setup
 	$(VENV)/bin/ruff check xos tests bench fs checkpoint
-	$(VENV)/bin/mypy xos fs
+	$(VENV)/bin/mypy xos fs checkpoint
 
 test: setup lint
 	$(PY) -m pytest tests

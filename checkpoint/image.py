@@ -82,7 +82,7 @@ def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
             if not n:
                 raise OSError(f"{path} shrank while being packed")
             h.update(view[:n])
-            out.write(view[:n])
+            out.write(view[:n])  # type: ignore[arg-type]  # any buffer will do; typeshed says bytes
             left -= n
     pad = -info.size % tarfile.BLOCKSIZE
     out.write(b"\0" * pad)
@@ -325,8 +325,8 @@ def stream(image: str) -> Iterator[bytes]:
                     pad = -info.size % tarfile.BLOCKSIZE
                     total += info.size + pad
                     yield b"\0" * pad
-    with open(os.path.join(image, MANIFEST), "rb") as f:
-        data = f.read()
+    with open(os.path.join(image, MANIFEST), "rb") as mf:
+        data = mf.read()
     info = tarfile.TarInfo(MANIFEST)
     info.size, info.mode = len(data), 0o600
     yield header(info) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)

@@ -90,6 +90,7 @@ class Aem:
         self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
         self.busy: set[str] = set()  # jobs with a checkpoint under way
         self.last_usage: dict[str, dict[str, Any]] = {}  # job -> its workspace as last listed (for a lost node)
+        self.refused: dict[str, dict[str, float]] = {}  # job -> node -> until when it is not offered there again
         # Every node's peer URL: those named at start (their ads are fetched) and those that push theirs,
         # remembered across restarts so their jobs are found again before their next push.
         self.urls: dict[str, str] = {**self.store.known_nodes(), **self.cfg.nodes}
@@ -201,7 +202,10 @@ class Aem:
                     self.store.set_reason(job.id, reason)
                 continue
             pick = None
+            shunned = self.refused.get(job.id, {})
             for m in found:
+                if shunned.get(m.node, 0) > time.monotonic():
+                    continue  # it said no a moment ago: another node, or this one once that has passed
                 attrs = self.ads[m.node].node.attrs
                 cpu, mem = claimed.setdefault(m.node, [0.0, 0.0])
                 fits_cpu = cpu + spec.cpus <= attrs.get("Cpus", 0) + 1e-9
@@ -248,7 +252,9 @@ class Aem:
             return
         except XosError as e:
             log.warning("job %s refused by node %s: %s", job.id, job.node, e)
+            self.refused.setdefault(job.id, {})[job.node] = time.monotonic() + REFUSAL_MEMORY
             self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
+            self.wake.set()  # matched again at once, elsewhere
             return
         self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
 
@@ -443,6 +449,7 @@ class Aem:
 
     def drop_image(self, job_id: str) -> None:
         self.checkpoint_due.pop(job_id, None)
+        self.refused.pop(job_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.image_path(job_id))
 
@@ -823,6 +830,7 @@ class Aem:
                                              "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
 
 
+REFUSAL_MEMORY = 60.0  # seconds a node that refused a job is not offered that job again
 STDIO = {"out": "stdout", "err": "stderr", "in": "stdin"}  # names in the job's directory, unless it names others
 MAX_INPUT = 16 << 20  # grid stdin sent with the job (the node takes that much)
 MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once

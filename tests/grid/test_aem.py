@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -501,3 +502,26 @@ def test_a_node_pushes_its_ad_and_a_forged_or_bad_push_changes_nothing(site):
     assert push({"url": "ftp://x", "ad": {}}, secret) == (400, "invalid-input")
     after = {n["name"]: n for n in s.run(s.jm.nodes())}[c.name]
     assert after["url"] == c.peer_url and after["ad"]["Memory"] < 1 << 30
+
+
+def test_a_job_a_node_refuses_is_matched_elsewhere(site):
+    grid, s, *_ = site
+    a, b = grid.nodes[0], grid.nodes[1]
+    probe = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}})
+    s.wait_terminated(probe, 60)
+    nxt = str(int(probe) + 1)
+    a.expect_warning(".*exists")
+    with a.client() as c:
+        c.create("job-" + nxt, cpu="0.05")  # node a will refuse the next job: its workspace name is taken
+        try:
+            job = s.run_job({"executable": "/bin/echo", "arguments": ["elsewhere"], "resources": {"cpus": 0.1},
+                             "requirements": 'TARGET.Site == "a" || TARGET.Site == "b"',
+                             "rank": 'TARGET.Site == "a"'})
+            assert job == nxt
+            info = s.wait_terminated(job, 60)
+        finally:
+            with contextlib.suppress(XosError):  # the job manager's stray sweep may have taken it already
+                c.rm("job-" + nxt)
+    assert info["state"] == "done" and info["node"] == b.name, info
+    assert any(f"node {a.name} refused" in h["reason"] for h in info["history"])
+    assert s.run(s.jm.output(job)) == "elsewhere\n"
