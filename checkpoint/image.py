@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
+from xos._native._sys import ffi, lib
 from xos.errors import InvalidInput
 
 FORMAT = 1
@@ -53,16 +54,16 @@ class _Checksum:
             view = view[need:]
             if len(self.pending) < CHUNK:
                 return
-            self.crcs.append(zlib.crc32(self.pending).to_bytes(4, "big"))
+            self.crcs.append(_crc(self.pending).to_bytes(4, "big"))
             self.pending = b""
         while len(view) >= CHUNK:  # whole blocks straight from the caller's buffer
-            self.crcs.append(zlib.crc32(view[:CHUNK]).to_bytes(4, "big"))
+            self.crcs.append(_crc(view[:CHUNK]).to_bytes(4, "big"))
             view = view[CHUNK:]
         self.pending = bytes(view)
 
     def hexdigest(self) -> str:
-        crcs = self.crcs + ([zlib.crc32(self.pending).to_bytes(4, "big")] if self.pending else [])
-        return "crc32x4m:" + hashlib.sha256(b"".join(crcs)).hexdigest()
+        crcs = self.crcs + ([_crc(self.pending).to_bytes(4, "big")] if self.pending else [])
+        return TAG + hashlib.sha256(b"".join(crcs)).hexdigest()
 
 
 def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
@@ -180,7 +181,7 @@ def verify(image: str) -> dict[str, Any]:
         extra, missing = sorted(set(found) - set(files)), sorted(set(files) - set(found))
         raise ImageInvalid(f"image {image} does not match its manifest: extra {extra[:3]}, missing {missing[:3]}")
     for arc, want in files.items():
-        if _sha256(found[arc]) != want:
+        if _sha256(found[arc], want.partition(":")[0] + ":") != want:
             raise ImageInvalid(f"image {image}: {arc} does not match its checksum (corrupt or tampered with)")
     return manifest
 
@@ -207,13 +208,25 @@ def _regular_files(image: str) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def _sha256(path: str) -> str:
-    """The file's checksum: CRC-32 of each 4 MiB block, computed on two threads, then SHA-256 over them.
+TAG = "crc32cx4m:"  # CRC-32C of each 4 MiB block, SHA-256 over them
+OLD_TAG = "crc32x4m:"  # the same with zlib's CRC-32, as images made before it were sealed
 
-    A whole-file SHA-256 ran at 1.7 GB/s here and made a checkpoint 2.5 times bare CRIU; the
-    blocks' CRC-32s (zlib releases the GIL) run at several GB/s, and any flipped or lost byte
-    still changes the result. The manifest is not signed, so a stronger hash would not stop a
-    forger anyway: it would only have to rewrite the manifest too."""
+
+def _crc(data: bytes | memoryview) -> int:
+    """CRC-32C of one block."""
+    out = ffi.new("uint32_t[1]")
+    lib.xos_crc32c_blocks(ffi.from_buffer(data), len(data), max(len(data), 1), out)
+    return int(out[0])
+
+
+def _sha256(path: str, tag: str = TAG) -> str:
+    """The file's checksum: the CRC of each 4 MiB block, then SHA-256 over them.
+
+    A whole-file SHA-256 ran at 1.7 GB/s here and made a checkpoint 2.5 times bare CRIU. zlib's CRC-32
+    on two threads took 0.14 s per GiB; CRC-32C with the SSE4.2 instruction, three blocks at once per
+    thread, takes less (both release the GIL). Any flipped or lost byte still changes the result. The
+    manifest is not signed, so a stronger hash would not stop a forger anyway: it would only have to
+    rewrite the manifest too."""
     crcs: list[int] = []
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -222,12 +235,24 @@ def _sha256(path: str) -> str:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, ThreadPoolExecutor(2) as pool:
                 view = memoryview(m)
                 try:
-                    crcs = [c.result() for c in [pool.submit(zlib.crc32, view[i:i + CHUNK])
-                                                 for i in range(0, size, CHUNK)]]
+                    if tag == OLD_TAG:
+                        crcs = [c.result() for c in [pool.submit(zlib.crc32, view[i:i + CHUNK])
+                                                     for i in range(0, size, CHUNK)]]
+                    else:
+                        nblocks = -(-size // CHUNK)
+                        out = ffi.new("uint32_t[]", nblocks)
+                        buf = ffi.from_buffer(view)
+                        half = (nblocks + 1) // 2 * CHUNK  # two threads, a half each, on block bounds
+                        parts = [(0, min(half, size)), (half, size - half)] if size > half else [(0, size)]
+                        for f_ in [pool.submit(lib.xos_crc32c_blocks, buf + start, n, CHUNK, out + start // CHUNK)
+                                   for start, n in parts]:
+                            f_.result()
+                        crcs = list(out)
+                        del buf
                 finally:
                     view.release()
     digest = hashlib.sha256(b"".join(c.to_bytes(4, "big") for c in crcs))
-    return "crc32x4m:" + digest.hexdigest()
+    return tag + digest.hexdigest()
 
 
 def copy_tree(src: str, dst: str) -> None:
@@ -365,6 +390,8 @@ def unpack(path: str | IO[bytes], dest: str) -> dict[str, Any]:
         extra, missing = sorted(set(got) - set(files)), sorted(set(files) - set(got))
         raise ImageInvalid(f"image {path} does not match its manifest: extra {extra[:3]}, missing {missing[:3]}")
     for arc, want in files.items():
+        if want.startswith(OLD_TAG):  # sealed before CRC-32C: checked again the old way
+            got[arc] = _sha256(os.path.join(dest, arc), OLD_TAG)
         if got[arc] != want:
             raise ImageInvalid(f"image {path}: {arc} does not match its checksum (corrupt or tampered with)")
     return dict(manifest)

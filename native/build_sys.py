@@ -6,7 +6,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULES = ["spawn", "namespace", "pidfd", "keyring"]
+MODULES = ["spawn", "namespace", "pidfd", "keyring", "checksum"]
 
 
 def _load(name: str):
