@@ -135,7 +135,8 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                 manifest = image.seal(part, {
                     "workspace": {"name": ws.rec.name, "id": ws.rec.id, "allocation": ws.rec.alloc.to_json(),
                                   "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address,
-                                  "gateway": ws.rec.checkpoint.get("foreign_gateway") or svc.context().subnet.gateway},
+                                  "gateway": ws.rec.checkpoint.get("foreign_gateway") or svc.context().subnet.gateway,
+                                  "grid": list(ws.rec.checkpoint.get("grid", []))},
                     "identity": ws.rec.identity, "node": svc.config.name, "criu": criu.version,
                     "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
                     "stats": run.stats, "parts": [os.path.basename(prev)] if prev else [],
@@ -237,9 +238,14 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
                 raise OverCapacity(f"address {address} of the image is taken on this node")
             # An address from another node's subnet comes along (its TCP connections with it): the
             # bridge answers for that subnet's gateway, and a host route leads to the workspace.
+            extra: dict[str, Any] = {} if ours else {"foreign_gateway": str(spec.get("gateway", ""))}
+            grid = spec.get("grid") or []
+            if not isinstance(grid, list) or not all(isinstance(g, str) for g in grid):
+                raise image.ImageInvalid("image manifest's grid mounts are not a list of MRC_URL/VOLUME")
+            if grid:
+                extra["grid"] = grid
             rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid, gid=gid,
-                                  address=address, identity=identity,
-                                  checkpoint={} if ours else {"foreign_gateway": str(spec.get("gateway", ""))})
+                                  address=address, identity=identity, checkpoint=extra)
             t1 = time.perf_counter()
             wdir = os.path.join(work, "work")
             if top.startswith(work + os.sep):

@@ -158,8 +158,11 @@ def _locate(path: str, cred: str | None) -> tuple[Any, str]:
 
 def _is_mount(path: str) -> bool:
     real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == real for line in f)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == real for line in f)
+    except OSError:  # a workspace's /proc, which does not know us (a node mounting a volume into it)
+        return os.path.ismount(real)
 
 
 def mount(args: argparse.Namespace) -> int:

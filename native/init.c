@@ -11,7 +11,8 @@
  * With `-- CMD ARGS` it also starts the workspace's main program as its own
  * child, so the whole workload is one process tree under this init: the tree
  * CRIU checkpoints. Options: --work DIR (bind at XOS_WORK), --uid, --gid,
- * --in FILE, --out FILE, --err FILE (the main program's stdin, stdout and
+ * --hold (say "mounted" once the mounts are in place and wait for a "g" on stdin before starting
+ * the main program), --in FILE, --out FILE, --err FILE (the main program's stdin, stdout and
  * stderr; stderr goes with stdout unless given; output appended; relative to
  * XOS_WORK or absolute). They are opened as the workspace's user, so a path
  * outside the workspace is reached only as far as that user may. A failure to
@@ -146,11 +147,16 @@ fail:;
 int main(int argc, char **argv)
 {
     const char *work = NULL, *in = NULL, *out = NULL, *err = NULL;
+    int hold = 0;
     int uid = -1, gid = -1, cmd = argc;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) {
             cmd = i + 1;
             break;
+        }
+        if (strcmp(argv[i], "--hold") == 0) {
+            hold = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             dprintf(1, "error usage %s\n", argv[i]);
@@ -191,6 +197,16 @@ int main(int argc, char **argv)
     if (work && mount(work, XOS_WORK, NULL, MS_BIND, NULL) < 0) {
         dprintf(1, "error mount-work %d\n", errno);
         return 1;
+    }
+
+    /* --hold: the node adds mounts of its own to this namespace (a grid file system) before the
+     * main program may see it; it writes a byte on our stdin when they are there. */
+    if (hold) {
+        char go = 0;
+        if (dprintf(1, "mounted\n") < 0 || read(0, &go, 1) != 1 || go != 'g') {
+            dprintf(1, "error hold %d\n", errno);
+            return 1;
+        }
     }
 
     pid_t main_pid = 0;

@@ -185,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
                    "process's session keyring ('-': stdin)")
     c.add_argument("--out", metavar="NAME", help="with a main program (after --): its output file in the "
                    "workspace directory")
+    c.add_argument("--grid", action="append", metavar="MRC_URL/VOLUME",
+                   help="mount a grid volume at /run/xos-work/grid/VOLUME with --cred (kept across migration)")
     e = ws.add_parser("exec", help="run a command in a workspace (after --), stdin and output streamed")
     e.add_argument("name")
     e.add_argument("-n", "--no-stdin", action="store_true", help="give the command an empty stdin")
@@ -432,7 +434,8 @@ async def _client_main(args: argparse.Namespace) -> int:
         if v == "create":
             d = await node.create(args.name, uid=args.uid, gid=args.gid, vo=args.vo, user=args.user,
                                   credential=_read_token(args.cred) if args.cred else None,
-                                  main=list(args.command) if args.command else None, out=args.out, **_alloc(args))
+                                  main=list(args.command) if args.command else None, out=args.out, grid=args.grid,
+                                  **_alloc(args))
             print(f"{d['name']} {d['state']} {d['address']}")
         elif v == "exec":
             res = await node.exec(args.name, _command(args), on_stdout=_write(sys.stdout),

@@ -45,7 +45,8 @@ class Client(rpc.HttpClient):
     async def create(self, name: str, *, uid: int | None = None, gid: int | None = None, vo: str | None = None,
                      user: str | None = None, credential: str | None = None, main: list[str] | None = None,
                      out: str | None = None, env: dict[str, str] | None = None, err: str | None = None,
-                     stdin: str | None = None, input: bytes | None = None, **alloc: Any) -> dict[str, Any]:
+                     stdin: str | None = None, input: bytes | None = None, grid: list[str] | None = None,
+                     **alloc: Any) -> dict[str, Any]:
         """Create a workspace running as uid/gid or as the account a grid identity (vo and user, or a
         credential's subject) maps to; allocation keywords: cpu, memory, pids, egress, ingress. The main
         program's stdio: `stdin`, `out`, `err` (names in the workspace directory, or absolute paths
@@ -53,6 +54,8 @@ class Client(rpc.HttpClient):
         body: dict[str, Any] = {"name": name, "allocation": _alloc(**alloc)}
         if credential is not None:
             body["credential"] = credential
+        if grid:  # MRC_URL/VOLUME each, mounted at /run/xos-work/grid/VOLUME with the credential
+            body["grid"] = grid
         if main is not None:  # the program init starts: the workload a checkpoint takes whole
             body["main"] = {"argv": main, "out": out, "env": env, "err": err, "in": stdin}
             if input is not None:

@@ -71,7 +71,8 @@ async def create_workspace(request: web.Request) -> web.Response:
         raise InvalidInput("a grid identity needs both vo and user")
     ws = await svc.create(rpc.field(body, "name", str, None), alloc, rpc.field(body, "uid", int),
                           rpc.field(body, "gid", int), (vo, user) if vo is not None and user is not None else None,
-                          rpc.field(body, "credential", str), rpc.field(body, "main", dict))
+                          rpc.field(body, "credential", str), rpc.field(body, "main", dict),
+                          rpc.field(body, "grid", list))
     return rpc.json_response(await ws.describe(), status=201)
 
 

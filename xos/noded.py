@@ -39,6 +39,7 @@ from xos.errors import (
     WorkspaceNotFound,
     XosError,
 )
+from xos.gridmount import GridMount
 from xos.identity import NodeIdentity
 from xos.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, open_store
 from xos.workspace import WORK, MainProgram, NodeContext, Workspace
@@ -319,7 +320,8 @@ class NodeService:
 
     async def create(self, name: str, alloc: Allocation, uid: int | None = None,
                      gid: int | None = None, owner: tuple[str, str] | None = None,
-                     credential: str | None = None, main: dict[str, Any] | None = None) -> Workspace:
+                     credential: str | None = None, main: dict[str, Any] | None = None,
+                     grid: list[str] | None = None) -> Workspace:
         """Admit and build a workspace, run as `uid`/`gid` or as the account a grid identity maps to:
         `owner` (vo, user), or the subject of `credential`, verified here, which its processes then
         find in their session keyring as a login does. `main` ({argv, env, out}) is the program the
@@ -327,6 +329,11 @@ class NodeService:
         behind if that fails."""
         ctx = self._ctx()
         check_name(name)
+        mounts = [GridMount.parse(g) for g in grid or []]
+        if len({m.volume for m in mounts}) != len(mounts):
+            raise InvalidInput("each grid volume once", field="grid")
+        if mounts and credential is None:
+            raise InvalidInput("grid mounts need the workspace's credential (create it with one)", field="grid")
         if main is not None:
             _check_command(main.get("argv"), main.get("env"))
             for key in ("out", "err", "in"):
@@ -370,7 +377,8 @@ class NodeService:
             if address is None:
                 raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")
             rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid,
-                                  gid=gid, address=address, identity=identity)
+                                  gid=gid, address=address, identity=identity,
+                                  checkpoint={"grid": [m.spec for m in mounts]} if mounts else {})
             program = None
             if main is not None:
                 program = MainProgram(list(main["argv"]), {**self.base_env(rec), **(main.get("env") or {})},

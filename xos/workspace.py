@@ -25,6 +25,7 @@ from xos.checkpoint import criu as criu_mod
 from xos.checkpoint import image
 from xos.config import NodeConfig
 from xos.errors import IllegalTransition, InvalidInput, KernelError, XosError
+from xos.gridmount import Clients, GridMount
 from xos.store import NodeStore, UsageRecord, WorkspaceRecord
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Workspace:
         self.eth0_index = 0  # the workspace side, in its own namespace
         self._stats: tuple[int, int] = (0, 0)
         self.usage_rec = UsageRecord(ws_id=rec.id, name=rec.name, started=rec.created)
+        self._grid: Clients | None = None
 
     @property
     def host_link(self) -> str:
@@ -184,6 +186,12 @@ class Workspace:
         os.chown(wdir, rec.uid, rec.gid)
 
         argv, env = [init_program(), "--work", wdir], {}
+        mounts = self.grid_mounts()
+        if mounts:
+            argv.append("--hold")  # the main program starts once its grid mounts are there
+            for m in mounts:
+                os.makedirs(os.path.join(wdir, "grid", m.volume), mode=0o755, exist_ok=True)
+            os.chown(os.path.join(wdir, "grid"), rec.uid, rec.gid)
         if main is not None:
             argv += ["--uid", str(rec.uid), "--gid", str(rec.gid)]
             argv += [a for flag, v in (("--in", main.stdin), ("--out", main.out), ("--err", main.err)) if v
@@ -198,13 +206,14 @@ class Workspace:
                 os.chown(os.path.join(wdir, main.stdin), rec.uid, rec.gid)
         cgfd, procs = self.cgroup.spawn_target()
         r, w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC) if mounts else (-1, -1)
         try:
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             try:
                 # The session keyring init joins (with the owner's credential) is its main program's.
                 pid = sp.spawn(sp.SpawnSpec(argv=argv, env=env, new_ns_flags=NS_FLAGS, cgroup_fd=cgfd,
-                                            cgroup_procs_fds=procs, stdin=null, stdout=w, stderr=null,
-                                            setsid=True, cwd="/", rlimits=RLIMITS, new_keyring=True,
+                                            cgroup_procs_fds=procs, stdin=go_r if mounts else null, stdout=w,
+                                            stderr=null, setsid=True, cwd="/", rlimits=RLIMITS, new_keyring=True,
                                             key=self.credential_key()))
             finally:
                 os.close(null)
@@ -214,10 +223,19 @@ class Workspace:
             rec.init_pid, rec.init_start = pid, start_time(pid)
             ctx.store.update_workspace(rec)
             line = await asyncio.wait_for(_read_line(r), INIT_TIMEOUT)
+            if mounts and line.strip() == "mounted":
+                mntns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    for m in mounts:
+                        await self.grid_clients().mount(m, mntns)
+                finally:
+                    os.close(mntns)
+                os.write(go_w, b"g")
+                line = await asyncio.wait_for(_read_line(r), INIT_TIMEOUT)
         finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
+            for fd in (r, w, go_r, go_w):
+                if fd >= 0:
+                    os.close(fd)
         if not line.startswith("ready"):
             words = line.split()
             if main is not None and len(words) == 3 and words[0] == "error" and words[2].isdigit():
@@ -267,7 +285,7 @@ class Workspace:
         whose unchanged pages are not written again."""
         args = ["pre-dump" if pre else "dump", "-t", str(self.rec.init_pid), "--manage-cgroups=ignore",
                 "--external", "mnt[]", "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}",
-                "--freeze-cgroup", self.cgroup.freezer_dir()]
+                *self._grid_externals(), "--freeze-cgroup", self.cgroup.freezer_dir()]
         if not pre:
             args.append("--tcp-established")
         if prev is not None or pre:
@@ -284,7 +302,8 @@ class Workspace:
         lazy-pages daemon (post-copy). Returns once the page server listens; the tree stays stopped here
         until every page has gone (then CRIU kills it), or runs on if the run is aborted."""
         args = ["dump", "-t", str(self.rec.init_pid), "--manage-cgroups=ignore", "--external", "mnt[]",
-                "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}", "--freeze-cgroup", self.cgroup.freezer_dir(),
+                "--external", f"mnt[{WORK}]:{criu_mod.WORK_KEY}", *self._grid_externals(),
+                "--freeze-cgroup", self.cgroup.freezer_dir(),
                 "--tcp-established", "--lazy-pages", "--address", address, "--port", str(port)]
         run = criu_mod.start(criu, args, images, "dump.log", keep_log=keep_log, workdir=workdir)
         await run.ready()
@@ -308,11 +327,13 @@ class Workspace:
         wdir = ctx.directory(rec)
         image.move_tree(work, wdir)  # from scratch, perhaps on tmpfs
         pidfile = os.path.join(workdir, "restored.pid")
+        staged = [f"mnt[{m.key}]:{await self.grid_clients().mount(m, None)}" for m in self.grid_mounts()]
         cgfd, procs = self.cgroup.spawn_target()
         args = ["restore", "--restore-detached", "--restore-sibling", "--pidfile", pidfile, "--manage-cgroups=ignore",
                 "--tcp-established", "--root", "/", "--external", "mnt[]",
                 "--external", f"mnt[{criu_mod.WORK_KEY}]:{wdir}",
                 "--external", f"veth[eth0]:{self.host_link}@{ctx.config.bridge}"] + (["--lazy-pages"] if lazy else [])
+        args += [a for ext in staged for a in ("--external", ext)]
         run = await criu_mod.run(criu, args, images, "restore.log", cgroup_fd=cgfd, cgroup_procs_fds=procs,
                                  key=self.credential_key(), keep_log=keep_log, workdir=workdir)
         with open(pidfile) as f:
@@ -386,6 +407,8 @@ class Workspace:
             await wait_exit(self.init_pidfd, 10.0)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitid(os.P_PIDFD, self.init_pidfd, os.WEXITED | os.WNOHANG)
+        if self._grid is not None:  # after the processes: their last writes went through their clients
+            await self._grid.stop()
         if self.host_index:
             with contextlib.suppress(XosError, OSError):
                 self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))
@@ -463,6 +486,22 @@ class Workspace:
             groups=[self.rec.gid], cgroup_fd=cgfd, cgroup_procs_fds=procs, ns_pidfd=self.init_pidfd,
             ns_flags=NS_FLAGS, stdin=stdin, stdout=stdout, stderr=stderr, rlimits=RLIMITS, setsid=True,
             new_keyring=True, key=self.credential_key()))
+
+    def grid_mounts(self) -> list[GridMount]:
+        """The grid file system volumes this workspace mounts."""
+        return [GridMount.parse(spec) for spec in self.rec.checkpoint.get("grid", [])]
+
+    def grid_clients(self) -> Clients:
+        """The FUSE clients of its grid mounts (made on first use)."""
+        if self._grid is None:
+            token = self.rec.identity.get("credential")
+            if not token:
+                raise InvalidInput("grid mounts need the workspace's credential (create it with one)", field="grid")
+            self._grid = Clients(self.ctx.config.run, self.rec.id, token, self.rec.uid, self.rec.gid)
+        return self._grid
+
+    def _grid_externals(self) -> list[str]:
+        return [a for m in self.grid_mounts() for a in ("--external", f"mnt[{m.point}]:{m.key}")]
 
     def credential_key(self) -> tuple[str, bytes] | None:
         """The key that carries the owner's credential into each process's session keyring, as a login's."""

@@ -415,7 +415,7 @@ def leftovers() -> set[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if argv[1:4] == [b"-m", b"xos.cli", b"serve"] and pid != str(os.getpid()):
+        if argv[1:3] == [b"-m", b"xos.cli"] and argv[3:4] in ([b"serve"], [b"fs"]) and pid != str(os.getpid()):
             found.add(f"process {pid} {b' '.join(argv[3:5]).decode()}")
     return found
 

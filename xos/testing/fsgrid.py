@@ -99,6 +99,7 @@ class FsGrid:
         self.trust = os.path.join(self.base, "trust")
         self.key = os.path.join(self.base, "fs.key")
         self._vo_keys: dict[str, object] = {}
+        self.attached = 0  # other namespaces given an interface on the bridge
 
     def __enter__(self) -> FsGrid:
         try:
@@ -160,6 +161,25 @@ class FsGrid:
                 inner.addr("add", index=peer, address=host.address, prefixlen=24)
         finally:
             os.close(nsfd)
+
+    def attach(self, netns_path: str) -> str:
+        """Give another namespace (a test node, whose workspaces mount volumes) an interface on this grid's
+        bridge, `fs0`; its address."""
+        self.attached += 1
+        veth, address = f"xf{self.tag}x{self.attached}", f"{FS_NET}.{200 + self.attached}"
+        nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with IPRoute(use_socket=network.netlink_socket()) as ipr:
+                ipr.link("add", ifname=veth, kind="veth", peer={"ifname": f"{veth}p", "net_ns_fd": nsfd})
+                ipr.link("set", index=ipr.link_lookup(ifname=veth)[0],
+                         master=ipr.link_lookup(ifname=self.bridge)[0], state="up")
+            with IPRoute(use_socket=network.netlink_socket(nsfd)) as inner:
+                peer = inner.link_lookup(ifname=f"{veth}p")[0]
+                inner.link("set", index=peer, ifname="fs0", state="up")
+                inner.addr("add", index=peer, address=address, prefixlen=24)
+        finally:
+            os.close(nsfd)
+        return address
 
     def spawn(self, host: Host, args: list[str], log_name: str) -> Proc:
         """Start `xos ARGS` inside a host's network namespace."""
