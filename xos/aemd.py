@@ -243,7 +243,8 @@ class Aem:
             self.store.transition(job.id, State.FAILED, f"stdin {spec['stdin']}: {e.code}: {e.message}")
             self.wake.set()
             return
-        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main}
+        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main,
+                "grid": [f"{self.cfg.mrc}/{v}" for v in spec.get("volumes", [])]}
         try:
             await self._node("POST", job.node, "/v1/peer/workspaces", body)
         except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
@@ -607,6 +608,9 @@ class Aem:
             if grid_path(getattr(spec, stream)) and not self.cfg.mrc:
                 raise InvalidInput(f"{stream}: this job manager has no grid file system (xos serve aem --mrc URL)",
                                    field=stream)
+        if spec.volumes and not self.cfg.mrc:
+            raise InvalidInput("volumes: this job manager has no grid file system (xos serve aem --mrc URL)",
+                               field="volumes")
         if request.query.get("wait") != "1":
             wants = _wants(spec, who.vo, f"{who.sub}@{who.vo}")
             ads = self.fresh_ads()

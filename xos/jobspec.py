@@ -14,7 +14,7 @@ from xos.errors import InvalidInput, XosError
 MAX_TEXT = 1 << 20
 MAX_COUNT = 10000
 KNOWN = {"name", "executable", "arguments", "environment", "stdin", "stdout", "stderr", "resources", "requirements",
-         "rank", "after", "checkpointable", "checkpoint_interval", "count", "token"}
+         "rank", "after", "checkpointable", "checkpoint_interval", "count", "token", "volumes"}
 RESOURCES = {"cpus", "memory", "egress", "ingress", "walltime"}
 JOB_ID = re.compile(r"^[0-9]+(\.[0-9]+)?$")  # a job, or one member of an array: 12 or 12.3
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -55,6 +55,7 @@ class JobSpec:
     count: int = 1
     name: str = ""
     token: str = ""
+    volumes: tuple[str, ...] = ()  # grid volumes mounted at /run/xos-work/grid/VOLUME
     extra: dict[str, Any] = field(default_factory=dict)
 
     def wants(self) -> Wants:
@@ -72,7 +73,7 @@ class JobSpec:
                 "requirements": self.requirements, "rank": self.rank,
                 "after": [{"job": d.job, "when": d.when} for d in self.after],
                 "checkpointable": self.checkpointable, "checkpoint_interval": self.checkpoint_interval,
-                "count": self.count, "name": self.name, "token": self.token}
+                "count": self.count, "name": self.name, "token": self.token, "volumes": list(self.volumes)}
 
 
 def load(text: str | bytes) -> dict[str, Any]:
@@ -232,6 +233,11 @@ def parse(data: dict[str, Any], matchmaker: Matchmaker | None = None) -> JobSpec
     token = text("token")
     if len(token) > 128:
         bad("token", "must be at most 128 characters")
+    volumes = data.get("volumes", [])
+    if not isinstance(volumes, list) or not all(isinstance(v, str) and VOLUME.match(v) for v in volumes) \
+            or len(set(volumes)) != len(volumes):
+        bad("volumes", "must be a list of distinct volume names")
+        volumes = []
     stdio = {k: text(k) for k in ("stdin", "stdout", "stderr")}
     for k, where in stdio.items():
         why = _stdio_problem(where, k == "stdin") if where else None
@@ -245,4 +251,5 @@ def parse(data: dict[str, Any], matchmaker: Matchmaker | None = None) -> JobSpec
                    stdin=stdio["stdin"], stdout=stdio["stdout"], stderr=stdio["stderr"], cpus=values["cpus"],
                    memory=values["memory"], egress=values["egress"], ingress=values["ingress"],
                    walltime=values["walltime"], requirements=requirements, rank=rank, after=tuple(after),
-                   checkpointable=ckpt, checkpoint_interval=interval, count=count, name=name, token=token)
+                   checkpointable=ckpt, checkpoint_interval=interval, count=count, name=name, token=token,
+                   volumes=tuple(volumes))

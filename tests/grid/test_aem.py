@@ -39,6 +39,8 @@ def site():
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
         fs.add_vo("bio", key)
         fs.mkvol("data", "alice", "bio")
+        for n in grid.nodes:  # jobs mount volumes on their nodes
+            fs.attach(n.netns_path)
         aem = TestAem(base, grid, trust.directory, fs.mrc_url, pull=grid.nodes[:2])
         grid.fs = fs
         aem.start()
@@ -525,3 +527,20 @@ def test_a_job_a_node_refuses_is_matched_elsewhere(site):
     assert info["state"] == "done" and info["node"] == b.name, info
     assert any(f"node {a.name} refused" in h["reason"] for h in info["history"])
     assert s.run(s.jm.output(job)) == "elsewhere\n"
+
+
+def test_a_job_mounts_its_volumes_and_works_on_grid_files_by_path(site):
+    grid, s, *_ = site
+    c = grid.fs.client("data", "alice", "bio")
+    try:
+        with c.open("/numbers", "wb") as f:
+            f.write(b"3\n1\n2\n")
+        job = s.run_job({"executable": "/bin/sh", "volumes": ["data"], "resources": {"cpus": 0.1},
+                         "arguments": ["-c", "cd /run/xos-work/grid/data && sort numbers > sorted && cat sorted"]})
+        info = s.wait_terminated(job, 60)
+        assert info["state"] == "done", info
+        with c.open("/sorted", "rb") as f:
+            assert f.read() == b"1\n2\n3\n"
+        assert s.run(s.jm.output(job)) == "1\n2\n3\n"
+    finally:
+        c.close()
