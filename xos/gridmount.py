@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from xos import spawn as sp
 from xos.errors import InvalidInput, KernelError
 
 VOLUME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STATE = "clients.json"  # the running clients, for a daemon started after a restart
 MOUNT_TIMEOUT = 20.0  # seconds a client may take to mount
 STOP_TIMEOUT = 5.0
 
@@ -75,7 +77,28 @@ class Clients:
     def __init__(self, run_dir: str, wsid: str, credential: str, uid: int, gid: int) -> None:
         self.dir = os.path.join(run_dir, "grid", wsid)
         self.credential, self.uid, self.gid = credential, uid, gid
-        self.running: list[tuple[int, str, bool]] = []  # (pidfd, mount point as the host sees it, staged)
+        self.running: list[tuple[int, int, str, bool]] = []  # (pid, pidfd, mount point from there, staged)
+
+    @classmethod
+    def load(cls, run_dir: str, wsid: str) -> Clients | None:
+        """The clients a previous node daemon started for workspace `wsid` and left running, to stop them."""
+        c = cls(run_dir, wsid, "", -1, -1)
+        try:
+            with open(os.path.join(c.dir, STATE)) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return None if not os.path.isdir(c.dir) else c
+        for pid, start, where, staged in saved:
+            with contextlib.suppress(OSError):
+                if _start_time(pid) == start:
+                    c.running.append((pid, sp.pidfd_open(pid), where, staged))
+        return c
+
+    def _save(self) -> None:
+        tmp = os.path.join(self.dir, STATE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump([[pid, _start_time(pid), where, staged] for pid, _, where, staged in self.running], f)
+        os.replace(tmp, os.path.join(self.dir, STATE))
 
     async def mount(self, m: GridMount, mntns: int | None) -> str:
         """Mount `m` inside the mount namespace `mntns` (an fd) at its point, or with None on a staging
@@ -102,7 +125,8 @@ class Clients:
             os.close(logfd)
             os.close(null)
         pidfd = sp.pidfd_open(pid)
-        self.running.append((pidfd, where, mntns is None))
+        self.running.append((pid, pidfd, where, mntns is None))
+        self._save()  # a daemon started after a restart of ours stops them still
         table = f"/proc/{pid}/mountinfo"
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while not _mounted(table, where):
@@ -126,29 +150,40 @@ class Clients:
     async def stop(self) -> None:
         """Stop every client (their mounts inside the workspace go with its namespace; staged ones are
         unmounted here) and forget the credential."""
-        for pidfd, where, staged in self.running:
+        for pid, pidfd, where, staged in self.running:
             if staged:
                 with contextlib.suppress(OSError, Exception):
                     sp.umount(where, sp.lib.MNT_DETACH)
             with contextlib.suppress(ProcessLookupError, OSError):
                 sp.pidfd_send_signal(pidfd, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
-            while True:
-                try:
-                    if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None:
-                        break
-                except ChildProcessError:
-                    break
+            while not _gone(pid, pidfd):
                 if time.monotonic() > deadline:
                     with contextlib.suppress(ProcessLookupError, OSError):
                         sp.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    with contextlib.suppress(ChildProcessError, OSError):
-                        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-                    break
+                    deadline = time.monotonic() + STOP_TIMEOUT
                 await asyncio.sleep(0.02)
             os.close(pidfd)
         self.running = []
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _gone(pid: int, pidfd: int) -> bool:
+    """Whether the client has exited (reaped when it is our child; a previous daemon's is not)."""
+    try:
+        return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
+    except ChildProcessError:
+        return not os.path.exists(f"/proc/{pid}") or _start_time(pid) is None
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19]) if fields[0] != b"Z" else None
 
 
 def _mounted(mountinfo: str, where: str) -> bool:

@@ -407,8 +407,9 @@ class Workspace:
             await wait_exit(self.init_pidfd, 10.0)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitid(os.P_PIDFD, self.init_pidfd, os.WEXITED | os.WNOHANG)
-        if self._grid is not None:  # after the processes: their last writes went through their clients
-            await self._grid.stop()
+        grid = self._grid or Clients.load(self.ctx.config.run, self.rec.id)  # or a previous daemon's
+        if grid is not None:  # after the processes: their last writes went through their clients
+            await grid.stop()
         if self.host_index:
             with contextlib.suppress(XosError, OSError):
                 self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))

@@ -96,3 +96,29 @@ def test_grid_mounts_are_refused_without_a_credential_or_with_a_bad_volume(site)
                 c.create("bad", main=[PY, "-c", "pass"], **kw)
             assert why in str(e.value)
         assert c.ls() == []
+
+
+def test_a_restarted_node_keeps_the_mount_serving_and_stops_its_client_with_the_workspace(site):
+    import signal
+    import subprocess
+
+    grid, fs = site
+    a = grid.nodes[0]
+    a.expect_warning(".*")  # killed on purpose: its restart reports what it finds
+    with a.client() as c:
+        ws = c.create("w", main=[PY, "-c", WRITER], credential=fs.credential("alice", "bio"),
+                      grid=[f"{fs.mrc_url}/data"])
+    wait_for(lambda: _progress(ws) >= 5, 30, "the writer")
+    a.stop(signal.SIGKILL)
+    a.start()
+    n = _progress(ws)
+    wait_for(lambda: _progress(ws) >= n + 10, 30, "the writer to go on through a node restart")
+
+    def clients() -> list[str]:
+        out = subprocess.run(["pgrep", "-af", f"fs mount {fs.mrc_url}/data"], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "pgrep" not in line]
+
+    assert len(clients()) == 1
+    with a.client() as c:
+        c.rm("w")
+    assert clients() == []  # the previous daemon's client went with the workspace
