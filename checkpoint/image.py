@@ -8,7 +8,6 @@ same directory travels as a tar (`pack`/`unpack`), checked against the same mani
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -19,7 +18,6 @@ import platform
 import re
 import shutil
 import tarfile
-import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -110,58 +108,15 @@ def _extract_file(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> str:
     return h.hexdigest()
 
 
-class Follower:
-    """Checksums the files of a directory while CRIU writes them, so sealing need not read them again.
+def seal(image: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Checksum every file of the image directory and write its manifest, last; the manifest written.
 
-    CRIU writes each image file front to back; whole 4 MiB blocks are checksummed as they land
-    (a thread polling every 5 ms). `digests()` finishes each file from where it got, or hashes it
-    whole when it was replaced. A dump of 1 GiB was 1.7 times bare CRIU with a second pass."""
-
-    def __init__(self, top: str) -> None:
-        self.top = top
-        self.state: dict[str, tuple[int, int, _Checksum]] = {}  # path -> (inode, offset, checksum)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="checksum-follower", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.005):
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(self.top):
-                    if entry.is_file(follow_symlinks=False):
-                        self._advance(entry.path, whole_only=True)
-
-    def _advance(self, path: str, whole_only: bool) -> None:
-        with open(path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            ino, offset, h = self.state.get(path, (st.st_ino, 0, _Checksum()))
-            if ino != st.st_ino or offset > st.st_size:
-                ino, offset, h = st.st_ino, 0, _Checksum()
-            end = st.st_size - (st.st_size - offset) % CHUNK if whole_only else st.st_size
-            f.seek(offset)
-            while offset < end and (block := f.read(min(CHUNK, end - offset))):
-                h.update(block)
-                offset += len(block)
-            self.state[path] = (ino, offset, h)
-
-    def digests(self) -> dict[str, str]:
-        """Stop following; the checksum of every regular file under the image, by its path."""
-        self.stop.set()
-        self.thread.join()
-        out = {}
-        for _arc, full in _regular_files(os.path.dirname(self.top)):
-            if os.path.dirname(full) == self.top:
-                self._advance(full, whole_only=False)
-                out[full] = self.state[full][2].hexdigest()
-        return out
-
-
-def seal(image: str, manifest: dict[str, Any], known: dict[str, str] | None = None) -> dict[str, Any]:
-    """Checksum every file of the image directory (`known`: digests by path already taken) and write its
-    manifest, last; the manifest written."""
+    The files are read once more, from the page cache, after CRIU wrote them. Following CRIU while it
+    wrote (a thread checksumming each block as it landed) competed with it on two cores: 256 MiB
+    dumped in 1.21-1.38 times bare CRIU that way, 1.06 with CRC-32C afterwards."""
     files = {}
     for arc, full in _regular_files(image):
-        files[arc] = (known or {}).get(full) or _sha256(full)
+        files[arc] = _sha256(full)
     manifest = {**manifest, "format": FORMAT, "files": files}
     tmp = os.path.join(image, MANIFEST + ".tmp")
     with open(tmp, "w") as f:

@@ -112,7 +112,6 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             t0 = time.perf_counter()
             ws.cgroup.set_frozen(True)  # the directory below and the memory CRIU reads are one moment
             times["freeze"] = time.perf_counter() - t0
-            follower = image.Follower(images)
             try:
                 ws.sample()
                 try:
@@ -127,8 +126,6 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                     if ws.cgroup.exists():  # CRIU let go of the tasks: they run on, as before
                         ws.cgroup.set_frozen(False)
                     raise
-                finally:
-                    known = follower.digests()
                 times["dump"] = run.seconds
                 t1 = time.perf_counter()
                 image.copy_tree(svc.context().directory(ws.rec), os.path.join(part, "work"))
@@ -140,7 +137,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                     "identity": ws.rec.identity, "node": svc.config.name, "criu": criu.version,
                     "kernel": platform.release(), "arch": platform.machine(), "created": time.time(),
                     "stats": run.stats, "parts": [os.path.basename(prev)] if prev else [],
-                }, known)
+                })
                 os.rename(part, out)
                 times["pack"] = time.perf_counter() - t1
             except BaseException:
