@@ -159,19 +159,11 @@ class Running:
 
     async def ready(self, timeout: float = RUN_TIMEOUT) -> None:
         """Wait until CRIU says it is ready (its status byte), or CriuError if it ended or hung first."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        status_fd = self.status_fd
-        loop.add_reader(status_fd, _settle, fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            loop.remove_reader(status_fd)
+        status_fd = self.status_fd  # the number, kept: abort() closes it
+        if not await _readable(status_fd, timeout):
             await self.abort(signal.SIGKILL)
             raise CriuError(f"criu {self.args[0]} was not ready within {timeout:.0f}s and was killed "
-                            f"({last_errors(self.log_path)})", log=self.log_path) from None
-        finally:
-            loop.remove_reader(status_fd)  # the number, kept: abort() may have closed it already
+                            f"({last_errors(self.log_path)})", log=self.log_path)
         if not os.read(status_fd, 1):  # it ended without a word: its exit says why
             await self.finish(timeout)
             raise CriuError(f"criu {self.args[0]} ended before it was ready", log=self.log_path)
@@ -180,22 +172,19 @@ class Running:
         """Wait for it to end; CriuError with its log if it failed or took longer than `timeout`."""
         if self.result is not None:
             return self.result
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
         pidfd = self.pidfd
-        loop.add_reader(pidfd, _settle, done)
         try:
-            await asyncio.wait_for(done, timeout)
-        except TimeoutError:
+            ended = await _readable(pidfd, timeout)
+        except BaseException:  # cancelled: CRIU carries on without us
+            self._close()
+            raise
+        if not ended:
             # CRIU that never ends (its restorer spins on some bad images): stopped, and said so.
             sp.pidfd_send_signal(pidfd, signal.SIGKILL)
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            self._close()
             raise CriuError(f"criu {self.args[0]} did not finish within {timeout:.0f}s and was killed "
-                            f"({last_errors(self.log_path)})", log=self.log_path) from None
-        finally:
-            loop.remove_reader(pidfd)
-            if not done.done() or done.cancelled():
-                self._close()
+                            f"({last_errors(self.log_path)})", log=self.log_path)
         info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
         self._close()
         seconds = time.perf_counter() - self.t0
@@ -229,9 +218,18 @@ class Running:
         self.pidfd = self.status_fd = -1
 
 
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+async def _readable(fd: int, timeout: float) -> bool:
+    """Wait until `fd` is readable (a status byte, a pidfd whose process ended); False after `timeout`."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: None if fut.done() else fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
 
 
 def start(criu: Criu, args: Sequence[str], images: str, log_name: str, *, cgroup_fd: int = -1,

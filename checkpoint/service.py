@@ -362,10 +362,7 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
             raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
                                   f"(down {time.perf_counter() - t0:.2f}s, resumed in {time.perf_counter() - t2:.2f}s)",
                                   cause=getattr(e, "code", "error")) from None
-        remote = target["restore"]["times"]
-        times["transfer"] = time.perf_counter() - t1 - remote.get("verify", 0) - remote.get("restore", 0)
-        times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
-        times["downtime"] = time.perf_counter() - t0
+        _phases(times, target, t0, t1)
         times["total"] = time.perf_counter() - t_start
         svc.forward(target["address"], url)
     finally:
@@ -374,6 +371,15 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
     return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
             "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"],
             "live": live, "mode": "pre-copy" if live else "stop-and-copy", "rounds": rounds}
+
+
+def _phases(times: dict[str, float], target: dict[str, Any], t0: float, t1: float) -> None:
+    """A migration's transfer, verify, restore and downtime: the target's own times taken out of the
+    wait since the dump (t1) and the stop (t0)."""
+    remote = target["restore"]["times"]
+    times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
+    times["transfer"] = time.perf_counter() - t1 - times["verify"] - times["restore"]
+    times["downtime"] = time.perf_counter() - t0
 
 
 async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
@@ -410,10 +416,7 @@ async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
             raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
                                   f"(down {time.perf_counter() - t0:.2f}s)",
                                   cause=getattr(e, "code", "error")) from None
-        remote = target["restore"]["times"]
-        times["transfer"] = time.perf_counter() - t1 - remote.get("verify", 0) - remote.get("restore", 0)
-        times["verify"], times["restore"] = remote.get("verify", 0), remote.get("restore", 0)
-        times["downtime"] = time.perf_counter() - t0
+        _phases(times, target, t0, t1)
         progress["phase"] = "memory following"
         try:
             run = await serving.finish(POSTCOPY_TIMEOUT)
