@@ -89,13 +89,18 @@ def test_a_file_held_open_on_the_grid_mount_survives_checkpoint_restore_and_migr
 
 def test_grid_mounts_are_refused_without_a_credential_or_with_a_bad_volume(site):
     grid, fs = site
+    grid.nodes[0].expect_warning("grid-mount-failed")  # an MRC it cannot reach is the node's to report
     with grid.nodes[0].client() as c:
+        token = fs.credential("alice", "bio")
+        closed = fs.mrc_url.rsplit(":", 1)[0] + ":9"  # the MRC's host, a port nothing listens on
         for kw, why in (({"grid": [f"{fs.mrc_url}/data"]}, "need the workspace's credential"),
-                        ({"grid": ["not a url"], "credential": fs.credential("alice", "bio")}, "MRC_URL/VOLUME")):
+                        ({"grid": ["not a url"], "credential": token}, "MRC_URL/VOLUME"),
+                        ({"grid": [f"{closed}/data"], "credential": token}, "grid file system client"),
+                        ({"grid": [f"{fs.mrc_url}/nosuchvolume"], "credential": token}, "grid file system client")):
             with pytest.raises(Exception) as e:
                 c.create("bad", main=[PY, "-c", "pass"], **kw)
-            assert why in str(e.value)
-        assert c.ls() == []
+            assert why in str(e.value), str(e.value)
+        assert c.ls() == [] and not os.listdir(os.path.join(grid.nodes[0].run, "grid"))  # nothing half-made
 
 
 def test_a_restarted_node_keeps_the_mount_serving_and_stops_its_client_with_the_workspace(site):
