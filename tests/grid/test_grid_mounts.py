@@ -25,7 +25,7 @@ while True:
     os.fsync(grid.fileno())
     with open("progress", "w") as f:
         f.write(str(i))
-    time.sleep(0.02)
+    time.sleep(0.02)  # the program's own pace, not a wait of the test
 """
 
 
