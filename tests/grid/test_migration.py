@@ -168,11 +168,18 @@ def test_failed_migrations_leave_it_running_at_the_source(grid):
             assert nums == list(range(1, len(nums) + 1))
             assert cb.ls() == []  # none at the target
 
-        # The target refuses: a workspace of that name exists there.
+        # The target refuses: a workspace of that name exists there; stop-and-copy, then live (the dump
+        # under way, post-copy's serving memory, is undone; a kernel with neither refuses up front).
         cb.create("cnt")
         with pytest.raises(Exception) as e:
             ca.migrate("cnt", b.name)
         assert getattr(e.value, "code", "") == "migration-failed" and "exists" in str(e.value)
+        with pytest.raises(Exception) as e:
+            ca.migrate("cnt", b.name, live=True)
+        if criu.find().live:
+            assert getattr(e.value, "code", "") == "migration-failed" and "exists" in str(e.value)
+        else:
+            assert getattr(e.value, "code", "") == "live-migration-unavailable"
         cb.rm("cnt")
         still_counting()
 
@@ -252,34 +259,9 @@ def test_live_migration_says_whether_the_kernel_can(grid):
         after = os.path.join(moved["directory"], "after")
         wait_for(lambda: os.path.exists(after), 60, "the checksum at the target")
         assert open(after).read() == open(os.path.join(moved["directory"], "before")).read()
-        if mode == "post-copy":  # stopped for the state, not for the 256 MiB
-            assert res["times"]["downtime"] < res["times"]["downtime"] + res["times"]["postcopy"], res["times"]
+        if mode == "post-copy":  # stopped for the state only: the 256 MiB were not in the image sent
             assert res["bytes"] < 64 << 20, res["bytes"]
         cb.rm("mem")
-
-
-def test_a_live_migration_the_target_refuses_leaves_it_running_at_the_source(grid):
-    a, b = grid.nodes
-    a.expect_warning("migration of .* failed|refused")
-    b.expect_warning("restore failed|refused")
-    with a.client() as ca, b.client() as cb:
-        ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log")
-        log = os.path.join(ws["directory"], "count.log")
-        wait_for(lambda: len(lines(log)) >= 5, 10, "the counter")
-        cb.create("cnt")  # the name is taken there
-        with pytest.raises(Exception) as e:
-            ca.migrate("cnt", b.name, live=True)
-        if criu.find().live:  # the dump was under way (post-copy: serving memory) and is undone
-            assert getattr(e.value, "code", "") == "migration-failed" and "exists" in str(e.value)
-        else:  # refused before anything stopped
-            assert getattr(e.value, "code", "") == "live-migration-unavailable"
-        cb.rm("cnt")
-        assert ca.stat("cnt")["state"] == "running" and cb.ls() == []
-        n = len(lines(log))
-        wait_for(lambda: len(lines(log)) >= n + 5, 10, "the counter to go on at the source")
-        nums = [int(x) for x in lines(log)]
-        assert nums == list(range(1, len(nums) + 1))
-        ca.rm("cnt")
 
 
 def test_a_target_that_does_not_map_the_identity_refuses(tmp_path):
