@@ -1,9 +1,12 @@
-"""The FUSE mount of a volume (mfusepy on libfuse 3, 1 MiB reads and writes): POSIX calls onto the Client.
+"""The FUSE mount of a volume: libfuse's low-level loop in native code (native/gridfuse.c), POSIX calls
+onto the Client here.
 
-Only errno values leave this layer. Locks (flock, fcntl) are left to the kernel, which keeps them
-among the processes of this mount. Files are owned by grid identities and shown as the accounts
-they map to here: the mounting identity as the mounting user, others by their `user.vo` account
-when this node has one, else as nobody.
+The native loop answers the kernel's lookups and getattrs of what this mount saw within the
+attribute TTL, and its forgets; every other request comes to `GridFS` by node id, which the native
+table turns into a path. Only errno values leave this layer. Locks (flock, fcntl) are left to the
+kernel, which keeps them among the processes of this mount. Files are owned by grid identities and
+shown as the accounts they map to here: the mounting identity as the mounting user, others by their
+`user.vo` account when this node has one, else as nobody.
 """
 
 from __future__ import annotations
@@ -13,58 +16,32 @@ import grp
 import logging
 import os
 import pwd
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import mfusepy
-
+from xos._native._fuse import ffi, lib
 from xos.errors import XosError
 from xos.fs.client import Client, Open, errno_of
 
 log = logging.getLogger(__name__)
 
 IO_SIZE = 1 << 20
-FUSE_CAP_ASYNC_DIO = 1 << 15  # fuse_common.h
 ATTR_TTL = 1.0
 NOBODY = 65534
-F = TypeVar("F", bound=Callable[..., Any])
+HOT = 8  # misses in one directory within a TTL that make it worth listing whole
+HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 
-
-def _errno(fn: F) -> F:
-    """Turn every failure into the FuseOSError of its errno; nothing else may reach libfuse."""
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        _on_fuse_thread.yes = True
-        try:
-            return fn(*args, **kwargs)
-        except mfusepy.FuseOSError:
-            raise
-        except XosError as e:
-            err = errno_of(e)
-            if err == errno.EIO:  # the file system failed, not the caller: say why
-                log.warning("%s: %s", fn.__name__, e)
-            raise mfusepy.FuseOSError(err) from None
-        except Exception as e:  # a bug must show as EIO and a log line, not kill the mount
-            if not isinstance(e, OSError):
-                log.exception("%s failed", fn.__name__)
-            raise mfusepy.FuseOSError(errno_of(e)) from None
-
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
-    return wrapped  # type: ignore[return-value]
-
-
-_on_fuse_thread = threading.local()
-_libfuse_interrupted = mfusepy._libfuse.fuse_interrupted  # type: ignore[attr-defined]
+_tl = threading.local()
 
 
 def interrupted() -> bool:
-    """Whether the kernel interrupted the FUSE request this thread serves (its caller got a signal).
-
-    libfuse keeps the request in thread-local state, so only libfuse's own threads may ask."""
-    return bool(getattr(_on_fuse_thread, "yes", False) and _libfuse_interrupted())
+    """Whether the kernel interrupted the FUSE request this thread serves (its caller got a signal)."""
+    req = getattr(_tl, "req", None)
+    return req is not None and bool(lib.fuse_req_interrupted(req))
 
 
 class Accounts:
@@ -105,9 +82,9 @@ class Accounts:
         try:
             user, _, vo = pwd.getpwuid(uid).pw_name.partition(".")
         except KeyError:
-            raise mfusepy.FuseOSError(errno.EINVAL) from None
+            raise OSError(errno.EINVAL, 'no grid identity') from None
         if not vo:
-            raise mfusepy.FuseOSError(errno.EINVAL)
+            raise OSError(errno.EINVAL, 'no grid identity')
         return f"{user}@{vo}"
 
     def vo_of(self, gid: int) -> str:
@@ -117,325 +94,389 @@ class Accounts:
         try:
             return grp.getgrgid(gid).gr_name
         except KeyError:
-            raise mfusepy.FuseOSError(errno.EINVAL) from None
+            raise OSError(errno.EINVAL, 'no grid identity') from None
 
 
-class MetaCache:
-    """Attributes and directory listings seen within the last TTL, so stats and the kernel's lookups of
-    names that do not exist need no round trip (what the kernel's own caches do, one level down).
+class Dir:
+    """An open directory: its listing as of opendir, which readdir pages through."""
 
-    A directory looked up often (ls -l, find, a create loop) is fetched whole, names and attributes
-    in one call (readdirplus), instead of one getattr per entry."""
-
-    HOT = 8  # misses in one directory within a TTL that make it worth listing whole
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self.attrs: dict[str, tuple[float, dict[str, Any]]] = {}
-        self.dirs: dict[str, tuple[float, set[str]]] = {}
-        self.misses: dict[str, tuple[float, int]] = {}
-
-    def get(self, path: str) -> dict[str, Any] | None:
-        hit = self.attrs.get(path)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
-
-    def put(self, path: str, attrs: dict[str, Any]) -> None:
-        self.attrs[path] = (time.monotonic() + self.ttl, attrs)
-
-    def absent(self, path: str) -> bool:
-        if path == "/":
-            return False
-        parent, name = os.path.split(path)
-        listing = self.dirs.get(parent)
-        return listing is not None and listing[0] > time.monotonic() and name not in listing[1]
-
-    def hot(self, path: str) -> bool:
-        """Count a miss in `path`'s directory; whether the directory is now worth listing whole."""
-        parent = os.path.dirname(path)
-        now = time.monotonic()
-        since, n = self.misses.get(parent, (now, 0))
-        if now - since > self.ttl:
-            since, n = now, 0
-        self.misses[parent] = (since, n + 1)
-        return n + 1 >= self.HOT
-
-    def listing(self, path: str, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        expiry = time.monotonic() + self.ttl
-        base = path.rstrip("/")
-        for name, a in entries:
-            self.attrs[f"{base}/{name}"] = (expiry, a)
-        self.dirs[path] = (expiry, {name for name, _ in entries})
-        self.misses.pop(path, None)
-
-    def _touch(self, parent: str, links: int = 0) -> None:
-        """The directory changed here: its times (and link count) as the MRC now has them, near enough.
-
-        The kernel asks for a directory's attributes after every change in it; dropping them would
-        make that a round trip per create."""
-        hit = self.attrs.get(parent)
-        if hit is not None:
-            now = time.time()
-            self.attrs[parent] = (hit[0], {**hit[1], "mtime": now, "ctime": now, "nlink": hit[1]["nlink"] + links})
-
-    def added(self, path: str, attrs: dict[str, Any] | None = None) -> None:
-        parent, name = os.path.split(path)
-        listing = self.dirs.get(parent)
-        if listing is not None:
-            listing[1].add(name)
-        self._touch(parent, 1 if attrs is not None and attrs["mode"] & 0o170000 == 0o040000 else 0)
-        if attrs is not None:
-            self.put(path, attrs)
-        else:
-            self.attrs.pop(path, None)
-
-    def removed(self, path: str) -> None:
-        gone = self.attrs.get(path)
-        if gone is None or gone[1]["nlink"] > 1:  # other names of the file change with it
-            self.relinked(gone[1]["ino"] if gone else None)
-        parent, name = os.path.split(path)
-        listing = self.dirs.get(parent)
-        if listing is not None:
-            listing[1].discard(name)
-        self._touch(parent, -1 if path in self.dirs else 0)
-        self.attrs.pop(path, None)
-        self.dirs.pop(path, None)
-
-    def relinked(self, ino: int | None) -> None:
-        """Forget the attributes of every name of inode `ino` (all of them if unknown)."""
-        if ino is None:
-            self.attrs.clear()
-            return
-        for p in [p for p, (_, a) in self.attrs.items() if a["ino"] == ino]:
-            del self.attrs[p]
-
-    def changed(self, path: str) -> None:
-        self.attrs.pop(path, None)
-
-    def clear(self) -> None:
-        self.attrs.clear()
-        self.dirs.clear()
+    def __init__(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        self.entries = entries
 
 
-class GridFS(mfusepy.Operations):
-    """The operations libfuse calls, by path."""
+class GridFS:
+    """The requests the native loop passes on, by node id."""
 
-    use_ns = True
-
-    def __init__(self, client: Client, accounts: Accounts) -> None:
+    def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL) -> None:
         self.c = client
         client.interrupted = interrupted
         self.accounts = accounts
-        self._handles: dict[int, Open] = {}
+        self.ttl = ttl
+        self._handles: dict[int, Open | Dir] = {}
+        self._hidden: dict[int, str] = {}  # ino -> the hidden path of a file unlinked while open
         self._next = 1
         self._lock = threading.Lock()
-        self.cache = MetaCache(ATTR_TTL)
+        self._misses: dict[int, tuple[float, int]] = {}
+        self.ops: dict[int, Callable[[Any, Any], None]] = {
+            lib.XF_LOOKUP: self.lookup, lib.XF_GETATTR: self.getattr, lib.XF_SETATTR: self.setattr,
+            lib.XF_READLINK: self.readlink, lib.XF_MKNOD: self.mknod, lib.XF_MKDIR: self.mkdir,
+            lib.XF_UNLINK: self.unlink, lib.XF_RMDIR: self.rmdir, lib.XF_SYMLINK: self.symlink,
+            lib.XF_RENAME: self.rename, lib.XF_LINK: self.link, lib.XF_OPEN: self.open, lib.XF_READ: self.read,
+            lib.XF_WRITE: self.write, lib.XF_FLUSH: self.flush, lib.XF_RELEASE: self.release,
+            lib.XF_FSYNC: self.fsync, lib.XF_OPENDIR: self.opendir, lib.XF_READDIR: self.readdir,
+            lib.XF_RELEASEDIR: self.releasedir, lib.XF_STATFS: self.statfs, lib.XF_SETXATTR: self.setxattr,
+            lib.XF_GETXATTR: self.getxattr, lib.XF_LISTXATTR: self.listxattr,
+            lib.XF_REMOVEXATTR: self.removexattr, lib.XF_CREATE: self.create}
 
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        if conn is not None:
-            # Direct I/O as plain requests the caller waits on, so a signal interrupts them (EINTR);
-            # asynchronous direct I/O waits uninterruptibly in the kernel.
-            conn.want &= ~FUSE_CAP_ASYNC_DIO
-            conn.max_write = IO_SIZE
-            conn.max_read = IO_SIZE
-            conn.max_readahead = IO_SIZE
-        if config is not None:
-            config.attr_timeout = ATTR_TTL
-            config.entry_timeout = ATTR_TTL
-            config.use_ino = 1
+    def dispatch(self, req: Any, c: Any) -> None:
+        """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
+        _tl.req = req
+        try:
+            self.ops[c.op](req, c)
+        except XosError as e:
+            err = errno_of(e)
+            if err == errno.EIO:  # the file system failed, not the caller: say why
+                log.warning("%s: %s", self.ops[c.op].__name__, e)
+            lib.fuse_reply_err(req, err)
+        except Exception as e:  # a bug must show as EIO and a log line, not kill the mount
+            if not isinstance(e, OSError):
+                log.exception("%s failed", self.ops[c.op].__name__)
+            lib.fuse_reply_err(req, errno_of(e))
+        finally:
+            _tl.req = None
 
     # helpers
 
-    def _stat(self, a: dict[str, Any]) -> dict[str, Any]:
-        size = a["size"]
-        return {"st_mode": a["mode"], "st_ino": a["ino"], "st_nlink": a["nlink"], "st_size": size,
-                "st_uid": self.accounts.uid_of(a["owner"]), "st_gid": self.accounts.gid_of(a["group"]),
-                "st_atime": int(a["atime"] * 1e9), "st_mtime": int(a["mtime"] * 1e9), "st_ctime": int(a["ctime"] * 1e9),
-                "st_blocks": (size + 511) // 512, "st_blksize": IO_SIZE}
+    def _attr(self, a: dict[str, Any], out: Any = None) -> Any:
+        x = out if out is not None else ffi.new("struct xf_attr *")
+        x.ino, x.mode, x.nlink, x.size = a["ino"], a["mode"], a["nlink"], a["size"]
+        x.uid, x.gid = self.accounts.uid_of(a["owner"]), self.accounts.gid_of(a["group"])
+        x.atime_ns, x.mtime_ns, x.ctime_ns = int(a["atime"] * 1e9), int(a["mtime"] * 1e9), int(a["ctime"] * 1e9)
+        return x
 
-    def _handle(self, st: Open) -> int:
+    def _open_size(self, a: dict[str, Any]) -> dict[str, Any]:
+        st = self.c.opened(a["ino"])
+        return {**a, "size": st.size} if st is not None else a
+
+    def path(self, node: int) -> str:
+        buf = ffi.new("char[]", 4096)
+        n = lib.xf_path(node, buf, 4096)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        return os.fsdecode(ffi.string(buf, n))
+
+    def child(self, parent: int, name: Any) -> tuple[str, str]:
+        """(path, name) of `name` in directory node `parent`."""
+        n = os.fsdecode(ffi.string(name))
+        base = self.path(parent)
+        return (base + n if base == "/" else f"{base}/{n}"), n
+
+    def _fill(self, node: int, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        names = [ffi.new("char[]", os.fsencode(n)) for n, _ in entries]
+        attrs = ffi.new("struct xf_attr[]", max(len(entries), 1))
+        for i, (_, a) in enumerate(entries):
+            self._attr(a, attrs[i])
+        lib.xf_fill(node, ffi.new("char *[]", names), attrs, len(entries), self.ttl)
+        self._misses.pop(node, None)
+
+    def _hot(self, parent: int) -> bool:
+        """Count a miss in directory `parent`; whether it is now worth listing whole."""
+        now = time.monotonic()
+        since, n = self._misses.get(parent, (now, 0))
+        if now - since > self.ttl:
+            since, n = now, 0
+        self._misses[parent] = (since, n + 1)
+        return n + 1 >= HOT
+
+    def _handle(self, what: Open | Dir) -> int:
         with self._lock:
             fh = self._next
             self._next += 1
-            self._handles[fh] = st
+            self._handles[fh] = what
             return fh
+
+    def _file(self, fh: int) -> Open:
+        what = self._handles[fh]
+        assert isinstance(what, Open)
+        return what
+
+    def _entry(self, req: Any, parent: int, name: Any, a: dict[str, Any]) -> None:
+        lib.xf_reply_entry(req, parent, name, self._attr(self._open_size(a)), self.ttl)
 
     # metadata
 
-    @_errno
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        st = self._handles.get(fh) if fh else None
-        a = self.cache.get(path)
-        if a is None and st is None:
-            if self.cache.absent(path):
-                raise mfusepy.FuseOSError(errno.ENOENT)
-            parent = os.path.dirname(path)
-            if path != "/" and self.cache.hot(path):
-                self.cache.listing(parent, self.c.readdir(parent))
-                a = self.cache.get(path)
-                if a is None:
-                    raise mfusepy.FuseOSError(errno.ENOENT)
-            else:
-                a = self.c.op("getattr", path=path)
-                self.cache.put(path, a)
-        if st is None and a is not None:
-            st = self.c.opened(a["ino"])
-        if st is not None:
-            a = {**(a or st.attrs), "size": st.size}
-        assert a is not None
-        return self._stat(a)
+    def lookup(self, req: Any, c: Any) -> None:
+        path, name = self.child(c.node, c.name)
+        if self._hot(c.node):
+            entries = self.c.readdir(os.path.dirname(path))
+            self._fill(c.node, entries)
+            a = dict(entries).get(name)
+            if a is None:
+                raise OSError(errno.ENOENT, "no such file")
+        else:
+            a = self.c.op("getattr", path=path)
+        self._entry(req, c.node, c.name, a)
 
-    @_errno
-    def readdir(self, path: str, fh: int) -> list[Any]:
-        entries = self.c.readdir(path)
-        self.cache.listing(path, entries)
-        out: list[Any] = [".", ".."]
-        for name, a in entries:
-            out.append((name, self._stat(a), 0))
-        return out
+    def getattr(self, req: Any, c: Any) -> None:
+        st = self._handles.get(c.fh) if c.fh else None
+        try:
+            a = self.c.op("getattr", path=self.path(c.node))
+        except OSError:
+            if not isinstance(st, Open):  # its name is gone; an open handle still knows it
+                raise
+            a = st.attrs
+        opened = self.c.opened(a["ino"])
+        lib.xf_reply_attr(req, c.node, self._attr(self._open_size(a)), self.ttl, opened is None)
 
-    @_errno
-    def mkdir(self, path: str, mode: int) -> None:
-        a = self.c.op("mkdir", path=path, mode=mode)
-        self.cache.added(path, a)
-        self.cache.listing(path, [])  # a directory made here is empty
-
-    @_errno
-    def rmdir(self, path: str) -> None:
-        self.c.rmdir(path)
-        self.cache.removed(path)
-
-    @_errno
-    def unlink(self, path: str) -> None:
-        self.c.unlink(path)
-        self.cache.removed(path)
-
-    @_errno
-    def rename(self, old: str, new: str) -> None:
-        self.c.rename(old, new)
-        for st in self._handles.values():
-            if st.path == old:
-                st.path = new
-            elif st.path.startswith(old + "/"):
-                st.path = new + st.path[len(old):]
-        self.cache.clear()
-
-    @_errno
-    def link(self, target: str, source: str) -> None:
-        self.c.link(source, target)
-        known = self.cache.get(source)
-        self.cache.relinked(known["ino"] if known else None)
-        self.cache.added(target)
-
-    @_errno
-    def symlink(self, target: str, source: str) -> None:
-        self.c.symlink(source, target)
-        self.cache.added(target)
-
-    @_errno
-    def readlink(self, path: str) -> str:
-        return self.c.readlink(path)
-
-    @_errno
-    def chmod(self, path: str, mode: int) -> None:
-        self.c.setattr(path, mode=mode & 0o7777)
-        self.cache.changed(path)
-
-    @_errno
-    def chown(self, path: str, uid: int, gid: int) -> None:
+    def setattr(self, req: Any, c: Any) -> None:
+        path = self.path(c.node)
+        if c.to_set & lib.FUSE_SET_ATTR_SIZE:
+            self.c.truncate(path, c.size)
         changes: dict[str, Any] = {}
-        if uid != -1:
-            changes["owner"] = self.accounts.who_of(uid)
-        if gid != -1:
-            changes["group"] = self.accounts.vo_of(gid)
-        if changes:
-            self.c.setattr(path, **changes)
-        self.cache.changed(path)
-
-    @_errno
-    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        if c.to_set & lib.FUSE_SET_ATTR_MODE:
+            changes["mode"] = c.mode & 0o7777
+        if c.to_set & lib.FUSE_SET_ATTR_UID and c.uid != 0xFFFFFFFF:
+            changes["owner"] = self.accounts.who_of(c.uid)
+        if c.to_set & lib.FUSE_SET_ATTR_GID and c.gid != 0xFFFFFFFF:
+            changes["group"] = self.accounts.vo_of(c.gid)
         now = time.time_ns()
-        atime, mtime = times if times is not None else (now, now)
-        self.c.setattr(path, atime=atime / 1e9, mtime=mtime / 1e9)
-        self.cache.changed(path)
+        if c.to_set & lib.FUSE_SET_ATTR_ATIME:
+            changes["atime"] = (now if c.atime_ns == -1 else c.atime_ns) / 1e9
+        if c.to_set & lib.FUSE_SET_ATTR_MTIME:
+            changes["mtime"] = (now if c.mtime_ns == -1 else c.mtime_ns) / 1e9
+        a = self.c.setattr(path, **changes) if changes else self.c.op("getattr", path=path)
+        if "ino" not in a:
+            a = self.c.op("getattr", path=path)
+        opened = self.c.opened(a["ino"])
+        lib.xf_reply_attr(req, c.node, self._attr(self._open_size(a)), self.ttl, opened is None)
 
-    @_errno
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
-        self.c.truncate(path, length)
-        self.cache.changed(path)
+    def readlink(self, req: Any, c: Any) -> None:
+        lib.fuse_reply_readlink(req, os.fsencode(self.c.readlink(self.path(c.node))))
 
-    @_errno
-    def statfs(self, path: str) -> dict[str, int]:
+    def mknod(self, req: Any, c: Any) -> None:
+        if not stat.S_ISREG(c.mode):
+            raise OSError(errno.EPERM, "only regular files, directories and symbolic links")
+        path, _ = self.child(c.node, c.name)
+        st = self.c.create_handle(path, c.mode & 0o7777)
+        attrs = st.attrs
+        self.c.release(st)
+        lib.xf_touch_dir(c.node, 0)
+        self._entry(req, c.node, c.name, attrs)
+
+    def mkdir(self, req: Any, c: Any) -> None:
+        path, name = self.child(c.node, c.name)
+        a = self.c.op("mkdir", path=path, mode=c.mode & 0o7777)
+        lib.xf_touch_dir(c.node, 1)
+        node = lib.xf_entry(c.node, c.name, self._attr(a), self.ttl, 0)
+        if node:
+            self._fill(node, [])  # a directory made here is empty
+        self._entry(req, c.node, c.name, a)
+
+    def unlink(self, req: Any, c: Any) -> None:
+        path, name = self.child(c.node, c.name)
+        known = ffi.new("struct xf_attr *")
+        ino = known.ino if lib.xf_peek(c.node, c.name, known) else None
+        if self.c._opens and ino is None:
+            ino = self.c.op("getattr", path=path)["ino"]
+        if ino is not None and self.c.opened(ino) is not None and not name.startswith(HIDDEN):
+            # open here: its data must outlive the name until the last close, as libfuse does it
+            hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}"
+            self.c.rename(path, hidden)
+            self._hidden[ino] = hidden
+            self._moved(path, hidden)
+        else:
+            self.c.unlink(path)
+        if known.nlink > 1 or ino is None:
+            lib.xf_forget_all()  # its other names show a link count one lower
+        lib.xf_drop(c.node, c.name)
+        lib.xf_touch_dir(c.node, 0)
+        lib.fuse_reply_err(req, 0)
+
+    def rmdir(self, req: Any, c: Any) -> None:
+        path, _ = self.child(c.node, c.name)
+        self.c.rmdir(path)
+        lib.xf_drop(c.node, c.name)
+        lib.xf_touch_dir(c.node, -1)
+        lib.fuse_reply_err(req, 0)
+
+    def _moved(self, old: str, new: str) -> None:
+        for st in self._handles.values():
+            if isinstance(st, Open):
+                if st.path == old:
+                    st.path = new
+                elif st.path.startswith(old + "/"):
+                    st.path = new + st.path[len(old):]
+
+    def rename(self, req: Any, c: Any) -> None:
+        if c.flags & ~lib.RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "only RENAME_NOREPLACE")
+        old, _ = self.child(c.node, c.name)
+        new, _ = self.child(c.node2, c.name2)
+        self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
+        self._moved(old, new)
+        lib.xf_move(c.node, c.name, c.node2, c.name2)
+        lib.xf_touch_dir(c.node, 0)
+        lib.xf_touch_dir(c.node2, 0)
+        lib.fuse_reply_err(req, 0)
+
+    def link(self, req: Any, c: Any) -> None:
+        source = self.path(c.node)
+        target, _ = self.child(c.node2, c.name)
+        self.c.link(source, target)
+        lib.xf_forget_attr(c.node)  # its link count
+        lib.xf_touch_dir(c.node2, 0)
+        self._entry(req, c.node2, c.name, self.c.op("getattr", path=target))
+
+    def symlink(self, req: Any, c: Any) -> None:
+        path, _ = self.child(c.node, c.name)
+        self.c.symlink(os.fsdecode(ffi.string(c.name2)), path)
+        lib.xf_touch_dir(c.node, 0)
+        self._entry(req, c.node, c.name, self.c.op("getattr", path=path))
+
+    def statfs(self, req: Any, c: Any) -> None:
         s = self.c.statfs()
-        bs = 4096
-        return {"f_bsize": IO_SIZE, "f_frsize": bs, "f_blocks": s["capacity"] // bs, "f_bfree": s["free"] // bs,
-                "f_bavail": s["free"] // bs, "f_files": s["files"] + 1000000, "f_ffree": 1000000,
-                "f_favail": 1000000, "f_namemax": 255}
+        lib.xf_reply_statfs(req, s["capacity"] // 4096, s["free"] // 4096, s["files"] + 1000000, 1000000)
 
     # extended attributes: user.* at the MRC; the kernel's own (security.*, system.*) answered here
 
-    @_errno
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+    @staticmethod
+    def _xattr_reply(req: Any, size: int, value: bytes) -> None:
+        if size == 0:
+            lib.fuse_reply_xattr(req, len(value))
+        elif len(value) > size:
+            lib.fuse_reply_err(req, errno.ERANGE)
+        else:
+            lib.fuse_reply_buf(req, value, len(value))
+
+    def getxattr(self, req: Any, c: Any) -> None:
+        name = os.fsdecode(ffi.string(c.name))
         if not name.startswith("user."):
-            raise mfusepy.FuseOSError(errno.ENODATA)
-        return self.c.getxattr(path, name)
+            raise OSError(errno.ENODATA, "no such attribute")
+        self._xattr_reply(req, c.size, self.c.getxattr(self.path(c.node), name))
 
-    @_errno
-    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+    def setxattr(self, req: Any, c: Any) -> None:
+        name = os.fsdecode(ffi.string(c.name))
         if not name.startswith("user."):
-            raise mfusepy.FuseOSError(errno.ENOTSUP)
-        self.c.setxattr(path, name, value, options)
+            raise OSError(errno.ENOTSUP, "only user.* attributes")
+        self.c.setxattr(self.path(c.node), name, ffi.unpack(c.buf, c.len) if c.len else b"", c.flags)
+        lib.fuse_reply_err(req, 0)
 
-    @_errno
-    def listxattr(self, path: str) -> list[str]:
-        return self.c.listxattr(path)
+    def listxattr(self, req: Any, c: Any) -> None:
+        names = self.c.listxattr(self.path(c.node))
+        self._xattr_reply(req, c.size, b"".join(os.fsencode(n) + b"\0" for n in names))
 
-    @_errno
-    def removexattr(self, path: str, name: str) -> None:
-        self.c.removexattr(path, name)
+    def removexattr(self, req: Any, c: Any) -> None:
+        self.c.removexattr(self.path(c.node), os.fsdecode(ffi.string(c.name)))
+        lib.fuse_reply_err(req, 0)
+
+    # directories
+
+    def opendir(self, req: Any, c: Any) -> None:
+        entries = self.c.readdir(self.path(c.node))
+        self._fill(c.node, entries)
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(entries)), 0) != 0:
+            pass  # interrupted: no releasedir will come; the listing is dropped with the next ones
+
+    def readdir(self, req: Any, c: Any) -> None:
+        d = self._handles[c.fh]
+        assert isinstance(d, Dir)
+        out = bytearray()
+        names = [(".", stat.S_IFDIR, 1), ("..", stat.S_IFDIR, 1)] if c.off < 2 else []
+        first = max(c.off - 2, 0)
+        i = c.off
+        for name, mode, ino in names[c.off:] + [(n, a["mode"], a["ino"]) for n, a in d.entries[first:]]:
+            raw = os.fsencode(name)
+            size = 24 + len(raw)
+            padded = (size + 7) & ~7
+            if len(out) + padded > c.size:
+                break
+            i += 1
+            out += struct.pack("<QQII", ino, i, len(raw), stat.S_IFMT(mode) >> 12) + raw + bytes(padded - size)
+        lib.fuse_reply_buf(req, bytes(out), len(out))
+
+    def releasedir(self, req: Any, c: Any) -> None:
+        with self._lock:
+            self._handles.pop(c.fh, None)
+        lib.fuse_reply_err(req, 0)
 
     # file contents
 
-    @_errno
-    def create(self, path: str, mode: int, fi: Any = None) -> int:
-        st = self.c.create_handle(path, mode & 0o7777)
-        self.cache.added(path, st.attrs)
-        return self._handle(st)
+    def create(self, req: Any, c: Any) -> None:
+        path, _ = self.child(c.node, c.name)
+        try:
+            st = self.c.create_handle(path, c.mode & 0o7777)
+        except XosError as e:  # created meanwhile elsewhere, and the caller did not ask for O_EXCL
+            if errno_of(e) != errno.EEXIST or c.flags & os.O_EXCL:
+                raise
+            st = self.c.open_handle(path, True)
+            if c.flags & os.O_TRUNC and st.size:
+                self.c.truncate(path, 0)
+        fh = self._handle(st)
+        lib.xf_touch_dir(c.node, 0)
+        if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
+            self._close(fh, 0)  # not created, or interrupted: no release will come for it
 
-    @_errno
-    def open(self, path: str, flags: int) -> int:
-        write = (flags & os.O_ACCMODE) != os.O_RDONLY
+    def open(self, req: Any, c: Any) -> None:
+        write = (c.flags & os.O_ACCMODE) != os.O_RDONLY
+        path = self.path(c.node)
         st = self.c.open_handle(path, write)
-        if flags & os.O_TRUNC and write and st.size:
+        if c.flags & os.O_TRUNC and write and st.size:
             self.c.truncate(path, 0)
-        return self._handle(st)
+        fh = self._handle(st)
+        if write:
+            lib.xf_writers(c.node, 1)
+        if lib.xf_reply_open(req, c.fi, fh, 0) != 0:
+            self._close(fh, c.node)
 
-    @_errno
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.c.read(self._handles[fh], size, offset)
+    def read(self, req: Any, c: Any) -> None:
+        data = self.c.read(self._file(c.fh), c.size, c.off)
+        lib.fuse_reply_buf(req, data, len(data))
 
-    @_errno
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self.c.write(self._handles[fh], data, offset)
+    def write(self, req: Any, c: Any) -> None:
+        lib.fuse_reply_write(req, self.c.write(self._file(c.fh), ffi.unpack(c.buf, c.len), c.off))
 
-    @_errno
-    def flush(self, path: str, fh: int) -> None:
-        st = self._handles.get(fh)
-        if st is not None and st.write:
+    def flush(self, req: Any, c: Any) -> None:
+        st = self._handles.get(c.fh)
+        if isinstance(st, Open) and st.write:
             self.c.flush(st)
-            self.cache.changed(path)
+            lib.xf_forget_attr(c.node)
+        lib.fuse_reply_err(req, 0)
 
-    @_errno
-    def fsync(self, path: str, datasync: int, fh: int) -> None:
-        self.c.fsync(self._handles[fh])
+    def fsync(self, req: Any, c: Any) -> None:
+        self.c.fsync(self._file(c.fh))
+        lib.fuse_reply_err(req, 0)
 
-    @_errno
-    def release(self, path: str, fh: int) -> None:
+    def _close(self, fh: int, node: int) -> None:
         with self._lock:
             st = self._handles.pop(fh, None)
-        if st is not None:
-            if st.write:
-                self.cache.changed(path)
+        if not isinstance(st, Open):
+            return
+        try:
             self.c.release(st)
+        finally:
+            if st.write:
+                lib.xf_forget_attr(node)  # its size and times as the MRC now has them
+                lib.xf_writers(node, -1)
+            hidden = self._hidden.get(st.ino)
+            if hidden is not None and self.c.opened(st.ino) is None:
+                del self._hidden[st.ino]
+                self.c.unlink(hidden)
+
+    def release(self, req: Any, c: Any) -> None:
+        self._close(c.fh, c.node)
+        lib.fuse_reply_err(req, 0)
+
+
+_served: GridFS | None = None
+
+
+@ffi.def_extern()
+def xf_py(req: Any, c: Any) -> None:
+    """The native loop's one way into Python."""
+    if _served is None:
+        lib.fuse_reply_err(req, errno.ENOSYS)
+        return
+    _served.dispatch(req, c)
 
 
 def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allow_other: bool = False) -> None:
@@ -444,5 +485,13 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
     Only the mounting user reaches it unless `allow_other`: every access goes out with the
     mounting user's credential, so letting others in lends them that identity (within the
     permission bits the kernel checks)."""
-    mfusepy.FUSE(GridFS(client, accounts), mountpoint, foreground=True, fsname=f"xos:{volume}", subtype="xos",
-                 default_permissions=True, allow_other=allow_other, max_read=IO_SIZE)
+    global _served
+    _served = GridFS(client, accounts)
+    opts = f"default_permissions,fsname=xos:{volume},subtype=xos,max_read={IO_SIZE}"
+    if allow_other:
+        opts += ",allow_other"
+    try:
+        if lib.xf_serve(os.fsencode(mountpoint), opts.encode(), IO_SIZE, ATTR_TTL) < 0:
+            raise XosError(f"could not mount {volume} on {mountpoint} (see the FUSE messages above)")
+    finally:
+        _served = None

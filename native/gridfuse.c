@@ -1,0 +1,766 @@
+/* The grid file system's FUSE loop: libfuse's low-level API on its own threads.
+ *
+ * The kernel's most frequent requests are answered here without Python: LOOKUP and GETATTR of what
+ * the mount saw within the attribute TTL (a listing fetched whole fills the table), LOOKUP of a name
+ * missing from a fresh listing, and FORGET. Everything else goes to fs/mount.py through xf_py.
+ * Python's FUSE stack cost ~65 us per stat here; the kernel round trip alone is ~15 us.
+ *
+ * Node ids are this table's, not the MRC's inode numbers (st_ino): a hard-linked file has one node
+ * per name, so a node's path is its parents' names, which is what the MRC is asked by.
+ */
+#include "gridfuse.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+extern void xf_py(fuse_req_t req, struct xf_call *c);
+
+struct node {
+    uint64_t id, parent;
+    char *name; /* NULL once the name is gone: the kernel may still hold the node */
+    uint64_t nlookup;
+    struct xf_attr attr;
+    double attr_until, list_until; /* monotonic seconds; 0: not known */
+    int writers;                   /* open for writing here: only Python knows its size */
+    unsigned listed;               /* the listing generation that last saw it */
+    struct node *next_id, *next_name;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct node **ids, **names;
+static size_t cap, count, swept;
+static uint64_t next_id = 2;
+static unsigned generation;
+static double default_ttl = 1.0;
+static struct node root = {.id = FUSE_ROOT_ID, .name = "", .nlookup = 1};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static size_t hash_id(uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+}
+
+static size_t hash_name(uint64_t parent, const char *name)
+{
+    uint64_t h = 1469598103934665603ull ^ (parent * 0x9E3779B97F4A7C15ull);
+    for (; *name; name++)
+        h = (h ^ (unsigned char)*name) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29)) & (cap - 1);
+}
+
+static struct node *find_id(uint64_t id)
+{
+    if (id == FUSE_ROOT_ID)
+        return &root;
+    for (struct node *n = ids[hash_id(id)]; n; n = n->next_id)
+        if (n->id == id)
+            return n;
+    return NULL;
+}
+
+static struct node *find_name(uint64_t parent, const char *name)
+{
+    for (struct node *n = names[hash_name(parent, name)]; n; n = n->next_name)
+        if (n->parent == parent && strcmp(n->name, name) == 0)
+            return n;
+    return NULL;
+}
+
+static void unhash_name(struct node *n)
+{
+    if (!n->name)
+        return;
+    for (struct node **p = &names[hash_name(n->parent, n->name)]; *p; p = &(*p)->next_name)
+        if (*p == n) {
+            *p = n->next_name;
+            break;
+        }
+    free(n->name);
+    n->name = NULL;
+}
+
+static void hash_in(struct node *n)
+{
+    size_t i = hash_id(n->id), j = hash_name(n->parent, n->name);
+    n->next_id = ids[i];
+    ids[i] = n;
+    n->next_name = names[j];
+    names[j] = n;
+}
+
+static void free_node(struct node *n)
+{
+    for (struct node **p = &ids[hash_id(n->id)]; *p; p = &(*p)->next_id)
+        if (*p == n) {
+            *p = n->next_id;
+            break;
+        }
+    unhash_name(n);
+    free(n);
+    count--;
+}
+
+static int grow(void)
+{
+    size_t old = cap, ncap = cap ? cap * 2 : 1 << 12;
+    struct node **nids = calloc(ncap, sizeof *nids), **nnames = calloc(ncap, sizeof *nnames);
+    if (!nids || !nnames) {
+        free(nids);
+        free(nnames);
+        return -1;
+    }
+    struct node **oids = ids;
+    ids = nids;
+    names = nnames;
+    cap = ncap;
+    for (size_t i = 0; i < old; i++)
+        for (struct node *n = oids[i], *next; n; n = next) {
+            next = n->next_id;
+            if (n->name)
+                hash_in(n);
+            else { /* nameless: only in the id table */
+                size_t k = hash_id(n->id);
+                n->next_id = ids[k];
+                ids[k] = n;
+            }
+        }
+    free(oids);
+    return 0;
+}
+
+/* Drop cached nodes the kernel does not hold and whose attributes expired: a 10,000-file listing
+ * should not stay in memory forever. Amortised: runs when the table doubled since the last sweep. */
+static void sweep(void)
+{
+    double t = now();
+    for (size_t i = 0; i < cap; i++)
+        for (struct node *n = ids[i], *next; n; n = next) {
+            next = n->next_id;
+            if (!n->nlookup && !n->writers && n->attr_until < t && n->list_until < t)
+                free_node(n);
+        }
+    swept = count;
+}
+
+static struct node *new_node(uint64_t parent, const char *name)
+{
+    if (count + 1 > cap && grow() < 0)
+        return NULL;
+    struct node *n = calloc(1, sizeof *n);
+    if (!n || !(n->name = strdup(name))) {
+        free(n);
+        return NULL;
+    }
+    n->id = next_id++;
+    n->parent = parent;
+    hash_in(n);
+    count++;
+    return n;
+}
+
+static void fill_stat(const struct xf_attr *a, struct stat *st, unsigned blksize)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = a->ino;
+    st->st_mode = a->mode;
+    st->st_nlink = a->nlink;
+    st->st_uid = a->uid;
+    st->st_gid = a->gid;
+    st->st_size = (off_t)a->size;
+    st->st_blocks = (blkcnt_t)((a->size + 511) / 512);
+    st->st_blksize = blksize;
+    st->st_atim.tv_sec = a->atime_ns / 1000000000;
+    st->st_atim.tv_nsec = a->atime_ns % 1000000000;
+    st->st_mtim.tv_sec = a->mtime_ns / 1000000000;
+    st->st_mtim.tv_nsec = a->mtime_ns % 1000000000;
+    st->st_ctim.tv_sec = a->ctime_ns / 1000000000;
+    st->st_ctim.tv_nsec = a->ctime_ns % 1000000000;
+}
+
+static unsigned io_size = 1 << 20;
+
+/* Record (parent, name) -> attributes; with `lookup`, the kernel now holds one more reference. */
+static struct node *record(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup)
+{
+    struct node *n = find_name(parent, name);
+    if (n && n->attr.ino != a->ino) { /* another file under this name now: another node */
+        unhash_name(n);
+        if (!n->nlookup && !n->writers)
+            free_node(n);
+        n = NULL;
+    }
+    if (!n && !(n = new_node(parent, name)))
+        return NULL;
+    n->attr = *a;
+    n->attr_until = now() + ttl;
+    n->listed = generation;
+    if (lookup)
+        n->nlookup++;
+    if (count > 2 * swept + 4096)
+        sweep();
+    return n;
+}
+
+uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = record(parent, name, a, ttl, lookup);
+    uint64_t id = n ? n->id : 0;
+    pthread_mutex_unlock(&lock);
+    return id;
+}
+
+/* `dir` holds exactly these names now: recorded (without a kernel reference), the names it no
+ * longer holds forgotten, and absent names answered from it until the TTL runs out. One lock
+ * throughout, so two listings of one directory cannot drop each other's names. */
+void xf_fill(uint64_t dir, const char *const *names_, const struct xf_attr *attrs, size_t n, double ttl)
+{
+    pthread_mutex_lock(&lock);
+    generation++;
+    for (size_t i = 0; i < n; i++)
+        record(dir, names_[i], &attrs[i], ttl, 0);
+    struct node *d = find_id(dir);
+    if (d) {
+        for (size_t i = 0; i < cap; i++)
+            for (struct node *m = ids[i], *next; m; m = next) {
+                next = m->next_id;
+                if (m->name && m->parent == dir && m->listed != generation) {
+                    unhash_name(m);
+                    if (!m->nlookup && !m->writers)
+                        free_node(m);
+                }
+            }
+        d->list_until = now() + ttl;
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+int xf_path(uint64_t node, char *buf, size_t size)
+{
+    char tmp[PATH_MAX];
+    size_t pos = sizeof tmp;
+    tmp[--pos] = 0;
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    while (n && n != &root) {
+        if (!n->name)
+            break;
+        size_t len = strlen(n->name);
+        if (len + 1 > pos) {
+            pthread_mutex_unlock(&lock);
+            return -ENAMETOOLONG;
+        }
+        pos -= len;
+        memcpy(tmp + pos, n->name, len);
+        tmp[--pos] = '/';
+        n = find_id(n->parent);
+    }
+    pthread_mutex_unlock(&lock);
+    if (n != &root)
+        return -ENOENT;
+    if (pos == sizeof tmp - 1)
+        tmp[--pos] = '/';
+    size_t len = sizeof tmp - pos;
+    if (len > size)
+        return -ENAMETOOLONG;
+    memcpy(buf, tmp + pos, len);
+    return (int)len - 1;
+}
+
+int xf_peek(uint64_t parent, const char *name, struct xf_attr *out)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_name(parent, name);
+    int known = n && n->attr_until;
+    if (known)
+        *out = n->attr;
+    pthread_mutex_unlock(&lock);
+    return known;
+}
+
+int xf_attr_of(uint64_t node, struct xf_attr *out)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    int known = n && n->attr_until;
+    if (known)
+        *out = n->attr;
+    pthread_mutex_unlock(&lock);
+    return known;
+}
+
+void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    if (n) {
+        n->attr = *a;
+        n->attr_until = now() + ttl;
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_drop(uint64_t parent, const char *name)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_name(parent, name);
+    if (n) {
+        unhash_name(n);
+        n->attr_until = 0;
+        if (!n->nlookup && !n->writers)
+            free_node(n);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname)
+{
+    pthread_mutex_lock(&lock);
+    struct node *over = find_name(newparent, newname), *n = find_name(parent, name);
+    if (over && over != n) {
+        unhash_name(over);
+        over->attr_until = 0;
+        if (!over->nlookup && !over->writers)
+            free_node(over);
+    }
+    if (n) {
+        char *copy = strdup(newname);
+        for (struct node **p = &names[hash_name(n->parent, n->name)]; *p; p = &(*p)->next_name)
+            if (*p == n) {
+                *p = n->next_name;
+                break;
+            }
+        free(n->name);
+        n->name = copy;
+        n->parent = newparent;
+        n->attr_until = 0; /* its ctime changed */
+        if (copy) {
+            size_t j = hash_name(newparent, copy);
+            n->next_name = names[j];
+            names[j] = n;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_forget_attr(uint64_t node)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    if (n)
+        n->attr_until = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_forget_all(void)
+{
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < cap; i++)
+        for (struct node *n = ids[i]; n; n = n->next_id)
+            n->attr_until = n->list_until = 0;
+    root.attr_until = root.list_until = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+/* Something changed in `dir`: its times (and link count) as the MRC now has them, near enough. The
+ * kernel asks for a directory's attributes after every change in it; forgetting them would make
+ * that a round trip per create. */
+void xf_touch_dir(uint64_t dir, int links)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    if (d) {
+        d->attr.mtime_ns = d->attr.ctime_ns = t;
+        d->attr.nlink += links;
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_writers(uint64_t node, int delta)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    if (n)
+        n->writers += delta;
+    pthread_mutex_unlock(&lock);
+}
+
+size_t xf_count(void)
+{
+    pthread_mutex_lock(&lock);
+    size_t c = count;
+    pthread_mutex_unlock(&lock);
+    return c;
+}
+
+/* replies */
+
+static void fill_entry(struct fuse_entry_param *e, uint64_t id, const struct xf_attr *a, double ttl)
+{
+    memset(e, 0, sizeof *e);
+    e->ino = id;
+    e->attr_timeout = e->entry_timeout = ttl;
+    fill_stat(a, &e->attr, io_size);
+}
+
+int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl)
+{
+    struct fuse_entry_param e;
+    pthread_mutex_lock(&lock);
+    struct node *n = record(parent, name, a, ttl, 1);
+    pthread_mutex_unlock(&lock);
+    if (!n)
+        return fuse_reply_err(req, ENOMEM);
+    fill_entry(&e, n->id, a, ttl);
+    if (fuse_reply_entry(req, &e) != 0) { /* the request was interrupted: the kernel holds nothing */
+        pthread_mutex_lock(&lock);
+        n->nlookup--;
+        pthread_mutex_unlock(&lock);
+    }
+    return 0;
+}
+
+/* The new file's node id (it counts as open for writing until its release), or 0: not created. */
+uint64_t xf_reply_create(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl,
+                         struct fuse_file_info *fi, uint64_t fh)
+{
+    struct fuse_entry_param e;
+    pthread_mutex_lock(&lock);
+    struct node *n = record(parent, name, a, ttl, 1);
+    if (n)
+        n->writers++;
+    pthread_mutex_unlock(&lock);
+    if (!n) {
+        fuse_reply_err(req, ENOMEM);
+        return 0;
+    }
+    fill_entry(&e, n->id, a, ttl);
+    fi->fh = fh;
+    if (fuse_reply_create(req, &e, fi) != 0) { /* interrupted: no release will come */
+        pthread_mutex_lock(&lock);
+        n->nlookup--;
+        n->writers--;
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    return n->id;
+}
+
+int xf_reply_attr(fuse_req_t req, uint64_t node, const struct xf_attr *a, double ttl, int cache)
+{
+    struct stat st;
+    if (cache)
+        xf_set_attr(node, a, ttl);
+    fill_stat(a, &st, io_size);
+    return fuse_reply_attr(req, &st, ttl);
+}
+
+int xf_reply_open(fuse_req_t req, struct fuse_file_info *fi, uint64_t fh, int direct_io)
+{
+    fi->fh = fh;
+    fi->direct_io = direct_io ? 1 : 0;
+    return fuse_reply_open(req, fi);
+}
+
+int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t files, uint64_t ffree)
+{
+    struct statvfs s = {.f_bsize = io_size, .f_frsize = 4096, .f_blocks = blocks, .f_bfree = bfree,
+                        .f_bavail = bfree, .f_files = files, .f_ffree = ffree, .f_favail = ffree,
+                        .f_namemax = 255};
+    return fuse_reply_statfs(req, &s);
+}
+
+/* the operations */
+
+static void ll_init(void *userdata, struct fuse_conn_info *conn)
+{
+    (void)userdata;
+    /* Direct I/O as plain requests the caller waits on, so a signal interrupts them (EINTR);
+     * asynchronous direct I/O waits uninterruptibly in the kernel. */
+    conn->want &= ~FUSE_CAP_ASYNC_DIO;
+    conn->max_write = io_size;
+    conn->max_read = io_size;
+    conn->max_readahead = io_size;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct fuse_entry_param e;
+    double t = now();
+    pthread_mutex_lock(&lock);
+    struct node *n = find_name(parent, name), *d = find_id(parent);
+    if (n && n->attr_until > t && !n->writers) {
+        n->nlookup++;
+        fill_entry(&e, n->id, &n->attr, n->attr_until - t);
+        pthread_mutex_unlock(&lock);
+        if (fuse_reply_entry(req, &e) != 0) {
+            pthread_mutex_lock(&lock);
+            n->nlookup--;
+            pthread_mutex_unlock(&lock);
+        }
+        return;
+    }
+    int absent = !n && d && d->list_until > t;
+    pthread_mutex_unlock(&lock);
+    if (absent) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    struct xf_call c = {.op = XF_LOOKUP, .node = parent, .name = name};
+    xf_py(req, &c);
+}
+
+static void ll_forget_one(fuse_ino_t ino, uint64_t nlookup)
+{
+    struct node *n = find_id(ino);
+    if (!n || n == &root)
+        return;
+    n->nlookup = n->nlookup > nlookup ? n->nlookup - nlookup : 0;
+    if (!n->nlookup && !n->name && !n->writers)
+        free_node(n);
+}
+
+static void ll_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    pthread_mutex_lock(&lock);
+    ll_forget_one(ino, nlookup);
+    pthread_mutex_unlock(&lock);
+    fuse_reply_none(req);
+}
+
+static void ll_forget_multi(fuse_req_t req, size_t n, struct fuse_forget_data *forgets)
+{
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < n; i++)
+        ll_forget_one(forgets[i].ino, forgets[i].nlookup);
+    pthread_mutex_unlock(&lock);
+    fuse_reply_none(req);
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct stat st;
+    double t = now();
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(ino);
+    /* a node whose name is gone (unlinked while open) can be asked of nobody: as last seen */
+    if (n && !n->writers && (n->attr_until > t || (!n->name && n != &root && n->attr_until))) {
+        double ttl = n->attr_until > t ? n->attr_until - t : 0;
+        fill_stat(&n->attr, &st, io_size);
+        pthread_mutex_unlock(&lock);
+        fuse_reply_attr(req, &st, ttl);
+        return;
+    }
+    pthread_mutex_unlock(&lock);
+    struct xf_call c = {.op = XF_GETATTR, .node = ino, .fh = fi ? fi->fh : 0, .fi = fi};
+    xf_py(req, &c);
+}
+
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+    struct xf_call c = {.op = XF_SETATTR, .node = ino, .to_set = to_set, .mode = attr->st_mode,
+                        .uid = attr->st_uid, .gid = attr->st_gid, .size = (uint64_t)attr->st_size,
+                        .fh = fi ? fi->fh : 0, .fi = fi};
+    c.atime_ns = to_set & FUSE_SET_ATTR_ATIME_NOW ? -1
+                 : (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec;
+    c.mtime_ns = to_set & FUSE_SET_ATTR_MTIME_NOW ? -1
+                 : (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
+    xf_py(req, &c);
+}
+
+#define CALL(...)                                   \
+    do {                                            \
+        struct xf_call c = {__VA_ARGS__};           \
+        xf_py(req, &c);                             \
+    } while (0)
+
+static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { CALL(.op = XF_READLINK, .node = ino); }
+
+static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    (void)rdev;
+    CALL(.op = XF_MKNOD, .node = parent, .name = name, .mode = mode);
+}
+
+static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    CALL(.op = XF_MKDIR, .node = parent, .name = name, .mode = mode);
+}
+
+static void ll_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    CALL(.op = XF_UNLINK, .node = parent, .name = name);
+}
+
+static void ll_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    CALL(.op = XF_RMDIR, .node = parent, .name = name);
+}
+
+static void ll_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    CALL(.op = XF_SYMLINK, .node = parent, .name = name, .name2 = link);
+}
+
+static void ll_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+    CALL(.op = XF_RENAME, .node = parent, .name = name, .node2 = newparent, .name2 = newname, .flags = flags);
+}
+
+static void ll_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+    CALL(.op = XF_LINK, .node = ino, .node2 = newparent, .name = newname);
+}
+
+static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_OPEN, .node = ino, .flags = (uint32_t)fi->flags, .fi = fi);
+}
+
+static void ll_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_READ, .node = ino, .size = size, .off = off, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    CALL(.op = XF_WRITE, .node = ino, .buf = buf, .len = size, .off = off, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_FLUSH, .node = ino, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_RELEASE, .node = ino, .fh = fi->fh, .flags = (uint32_t)fi->flags, .fi = fi);
+}
+
+static void ll_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_FSYNC, .node = ino, .datasync = datasync, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_OPENDIR, .node = ino, .fi = fi);
+}
+
+static void ll_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_READDIR, .node = ino, .size = size, .off = off, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_RELEASEDIR, .node = ino, .fh = fi->fh, .fi = fi);
+}
+
+static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { CALL(.op = XF_STATFS, .node = ino); }
+
+static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
+                        int flags)
+{
+    CALL(.op = XF_SETXATTR, .node = ino, .name = name, .buf = value, .len = size, .flags = (uint32_t)flags);
+}
+
+static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    CALL(.op = XF_GETXATTR, .node = ino, .name = name, .size = size);
+}
+
+static void ll_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    CALL(.op = XF_LISTXATTR, .node = ino, .size = size);
+}
+
+static void ll_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    CALL(.op = XF_REMOVEXATTR, .node = ino, .name = name);
+}
+
+static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_CREATE, .node = parent, .name = name, .mode = mode, .flags = (uint32_t)fi->flags, .fi = fi);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+    .init = ll_init,
+    .lookup = ll_lookup,
+    .forget = ll_forget,
+    .forget_multi = ll_forget_multi,
+    .getattr = ll_getattr,
+    .setattr = ll_setattr,
+    .readlink = ll_readlink,
+    .mknod = ll_mknod,
+    .mkdir = ll_mkdir,
+    .unlink = ll_unlink,
+    .rmdir = ll_rmdir,
+    .symlink = ll_symlink,
+    .rename = ll_rename,
+    .link = ll_link,
+    .open = ll_open,
+    .read = ll_read,
+    .write = ll_write,
+    .flush = ll_flush,
+    .release = ll_release,
+    .fsync = ll_fsync,
+    .opendir = ll_opendir,
+    .readdir = ll_readdir,
+    .releasedir = ll_releasedir,
+    .statfs = ll_statfs,
+    .setxattr = ll_setxattr,
+    .getxattr = ll_getxattr,
+    .listxattr = ll_listxattr,
+    .removexattr = ll_removexattr,
+    .create = ll_create,
+};
+
+int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double ttl)
+{
+    char *argv[] = {"xos", "-o", (char *)opts, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+    int ret = -1;
+    io_size = max_io;
+    default_ttl = ttl;
+    root.attr_until = 0;
+    pthread_mutex_lock(&lock);
+    if (!cap && grow() < 0) {
+        pthread_mutex_unlock(&lock);
+        return -1;
+    }
+    pthread_mutex_unlock(&lock);
+    struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
+    if (!se)
+        return -1;
+    if (fuse_set_signal_handlers(se) == 0) {
+        if (fuse_session_mount(se, mountpoint) == 0) {
+            struct fuse_loop_config *config = fuse_loop_cfg_create();
+            fuse_loop_cfg_set_clone_fd(config, 0);
+            fuse_loop_cfg_set_idle_threads(config, 10);
+            ret = fuse_session_loop_mt(se, config);
+            fuse_loop_cfg_destroy(config);
+            fuse_session_unmount(se);
+        }
+        fuse_remove_signal_handlers(se);
+    }
+    fuse_session_destroy(se);
+    return ret;
+}

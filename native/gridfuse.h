@@ -1,0 +1,68 @@
+/* The grid file system's FUSE loop (gridfuse.c): what Python sees of it. */
+#ifndef XOS_GRIDFUSE_H
+#define XOS_GRIDFUSE_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <stdint.h>
+
+/* A file's attributes as the MRC gives them, already mapped to local ids. */
+struct xf_attr {
+    uint64_t ino;
+    uint32_t mode, nlink, uid, gid;
+    uint64_t size;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+};
+
+enum xf_op {
+    XF_LOOKUP = 1, XF_GETATTR, XF_SETATTR, XF_READLINK, XF_MKDIR, XF_UNLINK, XF_RMDIR, XF_SYMLINK,
+    XF_RENAME, XF_LINK, XF_OPEN, XF_READ, XF_WRITE, XF_FLUSH, XF_RELEASE, XF_FSYNC, XF_OPENDIR,
+    XF_READDIR, XF_RELEASEDIR, XF_STATFS, XF_SETXATTR, XF_GETXATTR, XF_LISTXATTR, XF_REMOVEXATTR,
+    XF_CREATE, XF_MKNOD,
+};
+
+/* One request handed to Python: the fields its operation uses, the rest zero. */
+struct xf_call {
+    int op;
+    uint64_t node, node2;        /* the node (or parent); rename's and link's second node */
+    const char *name, *name2;    /* entry name; rename's new name, symlink's target, xattr name */
+    uint32_t mode, flags;        /* create/mkdir mode; open flags, rename flags, xattr flags */
+    uint64_t size;               /* read/xattr size, setattr size */
+    int64_t off;                 /* read/write/readdir offset */
+    uint64_t fh;                 /* the handle Python gave at open/opendir/create (0: none) */
+    const char *buf;             /* write data, xattr value */
+    size_t len;
+    int to_set;                  /* setattr: FUSE_SET_ATTR_* */
+    uint32_t uid, gid;           /* setattr */
+    int64_t atime_ns, mtime_ns;  /* setattr; -1: now */
+    int datasync;
+    struct fuse_file_info *fi;
+};
+
+/* The table of nodes (the kernel's node ids) and what is known of them. */
+uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
+void xf_fill(uint64_t dir, const char *const *names, const struct xf_attr *attrs, size_t n, double ttl);
+int xf_path(uint64_t node, char *buf, size_t size);
+int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
+int xf_attr_of(uint64_t node, struct xf_attr *out);
+void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl);
+void xf_drop(uint64_t parent, const char *name);
+void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
+void xf_forget_attr(uint64_t node);
+void xf_forget_all(void);
+void xf_touch_dir(uint64_t dir, int links);
+void xf_writers(uint64_t node, int delta);
+size_t xf_count(void);
+
+/* Replies that also record what they tell the kernel. */
+int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);
+uint64_t xf_reply_create(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl,
+                    struct fuse_file_info *fi, uint64_t fh);
+int xf_reply_attr(fuse_req_t req, uint64_t node, const struct xf_attr *a, double ttl, int cache);
+int xf_reply_open(fuse_req_t req, struct fuse_file_info *fi, uint64_t fh, int direct_io);
+int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t files, uint64_t ffree);
+
+/* Mount `mountpoint` with `opts` (-o syntax) and serve it until unmounted or signalled: 0, or -1. */
+int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double ttl);
+
+#endif
