@@ -31,7 +31,7 @@ from xos.fs.layout import INLINE_MAX, Xloc
 log = logging.getLogger(__name__)
 
 WINDOW = 8  # objects in flight per open file
-READ_AHEAD = 2  # whole objects fetched ahead of a sequential reader
+READ_AHEAD = 6  # whole objects fetched ahead of a sequential reader: 2 read 366-409 MB/s cold, 6 433-444
 READ_AHEAD_BYTES = 2 << 20  # and at least this much, when objects are small
 CACHED_OBJECTS = 8
 
