@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from xos.errors import FsError, NoReplica, StaleCapability, Unavailable, XosError, from_json
 from xos.fs.http import POLL, Connection
-from xos.fs.layout import INLINE_MAX, Xloc
+from xos.fs.layout import INLINE_MAX, LISTING, Xloc
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class Client:
     def _json(self, method: str, url: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         status, _, raw = self._http(method, url, data, {**self._auth, "Content-Type": "application/json"})
-        reply = json.loads(raw) if raw else {}
+        reply = orjson.loads(raw) if raw else {}
         if status >= 400:
             raise from_json(reply, status)
         return reply
@@ -147,8 +149,13 @@ class Client:
             attrs["size"] = st.size
         return attrs
 
+    def listing(self, path: str) -> list[list[Any]]:
+        """A directory's entries as rows: the name, then the attributes `row_attrs` names."""
+        return list(self.op("readdir", path=path)["rows"])
+
     def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(n, a) for n, a in self.op("readdir", path=path)["entries"]]
+        """A directory's entries and their attributes."""
+        return [(r[0], row_attrs(r)) for r in self.listing(path)]
 
     def listdir(self, path: str) -> list[str]:
         return [n for n, _ in self.readdir(path)]
@@ -619,6 +626,13 @@ class GridFile(io.RawIOBase):
                 self._c.release(self._st)
             finally:
                 super().close()
+
+
+def row_attrs(row: list[Any]) -> dict[str, Any]:
+    """A listing row's attributes as getattr gives them."""
+    a = dict(zip(LISTING, row[1:], strict=True))
+    a["inline"], a["readonly"] = bool(a["inline"]), bool(a["readonly"])
+    return a
 
 
 def errno_of(e: BaseException) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from xos._native._fuse import ffi, lib
 from xos.errors import XosError
-from xos.fs.client import Client, Open, errno_of
+from xos.fs.client import Client, Open, errno_of, row_attrs
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,10 @@ class Accounts:
 
 
 class Dir:
-    """An open directory: its listing as of opendir, which readdir pages through."""
+    """An open directory: its listing as of opendir (rows: name, then LISTING), which readdir pages through."""
 
-    def __init__(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        self.entries = entries
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows = rows
 
 
 class GridFS:
@@ -171,12 +171,14 @@ class GridFS:
         base = self.path(parent)
         return (base + n if base == "/" else f"{base}/{n}"), n
 
-    def _fill(self, node: int, entries: list[tuple[str, dict[str, Any]]]) -> None:
-        names = [ffi.new("char[]", os.fsencode(n)) for n, _ in entries]
-        attrs = ffi.new("struct xf_attr[]", max(len(entries), 1))
-        for i, (_, a) in enumerate(entries):
-            self._attr(a, attrs[i])
-        lib.xf_fill(node, ffi.new("char *[]", names), attrs, len(entries), self.ttl)
+    def _fill(self, node: int, rows: list[list[Any]]) -> None:
+        """Tell the native table that directory `node` holds exactly these entries (listing rows)."""
+        uid, gid = self.accounts.uid_of, self.accounts.gid_of
+        attrs = ffi.new("struct xf_attr[]", [
+            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], int(r[7] * 1e9), int(r[8] * 1e9), int(r[9] * 1e9))
+            for r in rows] or 1)
+        names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
+        lib.xf_fill(node, names, attrs, len(rows), self.ttl)
         self._misses.pop(node, None)
 
     def _hot(self, parent: int) -> bool:
@@ -208,11 +210,12 @@ class GridFS:
     def lookup(self, req: Any, c: Any) -> None:
         path, name = self.child(c.node, c.name)
         if self._hot(c.node):
-            entries = self.c.readdir(os.path.dirname(path))
-            self._fill(c.node, entries)
-            a = dict(entries).get(name)
-            if a is None:
+            rows = self.c.listing(os.path.dirname(path))
+            self._fill(c.node, rows)
+            row = next((r for r in rows if r[0] == name), None)
+            if row is None:
                 raise OSError(errno.ENOENT, "no such file")
+            a = row_attrs(row)
         else:
             a = self.c.op("getattr", path=path)
         self._entry(req, c.node, c.name, a)
@@ -372,9 +375,9 @@ class GridFS:
     # directories
 
     def opendir(self, req: Any, c: Any) -> None:
-        entries = self.c.readdir(self.path(c.node))
-        self._fill(c.node, entries)
-        if lib.xf_reply_open(req, c.fi, self._handle(Dir(entries)), 0) != 0:
+        rows = self.c.listing(self.path(c.node))
+        self._fill(c.node, rows)
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(rows)), 0) != 0:
             pass  # interrupted: no releasedir will come; the listing is dropped with the next ones
 
     def readdir(self, req: Any, c: Any) -> None:
@@ -384,7 +387,7 @@ class GridFS:
         names = [(".", stat.S_IFDIR, 1), ("..", stat.S_IFDIR, 1)] if c.off < 2 else []
         first = max(c.off - 2, 0)
         i = c.off
-        for name, mode, ino in names[c.off:] + [(n, a["mode"], a["ino"]) for n, a in d.entries[first:]]:
+        for name, mode, ino in names[c.off:] + [(r[0], r[2], r[1]) for r in d.rows[first:]]:
             raw = os.fsencode(name)
             size = 24 + len(raw)
             padded = (size + 7) & ~7

@@ -18,7 +18,7 @@ from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.catalogue import Caller, Catalogue, Inode
-from xos.fs.layout import Striping, Xloc
+from xos.fs.layout import LISTING, Striping, Xloc
 from xos.fs.replicas import ReplicaManager
 from xos.rpc import error_middleware, field, json_response, read_body, serve_tcp
 
@@ -141,7 +141,7 @@ class MRC:
         return self.cat.getattr(v, field(b, "path", str), c)
 
     async def op_readdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        return {"entries": self.cat.readdir(v, field(b, "path", str), c)}
+        return {"columns": LISTING, "rows": self.cat.readdir(v, field(b, "path", str), c)}
 
     async def op_mkdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)

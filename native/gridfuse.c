@@ -64,6 +64,8 @@ static struct node *find_id(uint64_t id)
 {
     if (id == FUSE_ROOT_ID)
         return &root;
+    if (!cap)
+        return NULL;
     for (struct node *n = ids[hash_id(id)]; n; n = n->next_id)
         if (n->id == id)
             return n;
@@ -72,6 +74,8 @@ static struct node *find_id(uint64_t id)
 
 static struct node *find_name(uint64_t parent, const char *name)
 {
+    if (!cap)
+        return NULL;
     for (struct node *n = names[hash_name(parent, name)]; n; n = n->next_name)
         if (n->parent == parent && strcmp(n->name, name) == 0)
             return n;
@@ -144,6 +148,8 @@ static int grow(void)
  * should not stay in memory forever. Amortised: runs when the table doubled since the last sweep. */
 static void sweep(void)
 {
+    if (!cap)
+        return;
     double t = now();
     for (size_t i = 0; i < cap; i++)
         for (struct node *n = ids[i], *next; n; n = next) {
@@ -222,15 +228,15 @@ uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, do
     return id;
 }
 
-/* `dir` holds exactly these names now: recorded (without a kernel reference), the names it no
+/* `dir` holds exactly these names now (`names_`: n NUL-terminated names back to back): recorded (without a kernel reference), the names it no
  * longer holds forgotten, and absent names answered from it until the TTL runs out. One lock
  * throughout, so two listings of one directory cannot drop each other's names. */
-void xf_fill(uint64_t dir, const char *const *names_, const struct xf_attr *attrs, size_t n, double ttl)
+void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size_t n, double ttl)
 {
     pthread_mutex_lock(&lock);
     generation++;
-    for (size_t i = 0; i < n; i++)
-        record(dir, names_[i], &attrs[i], ttl, 0);
+    for (size_t i = 0; i < n; i++, names_ += strlen(names_) + 1)
+        record(dir, names_, &attrs[i], ttl, 0);
     struct node *d = find_id(dir);
     if (d) {
         for (size_t i = 0; i < cap; i++)

@@ -41,7 +41,7 @@ struct xf_call {
 
 /* The table of nodes (the kernel's node ids) and what is known of them. */
 uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
-void xf_fill(uint64_t dir, const char *const *names, const struct xf_attr *attrs, size_t n, double ttl);
+void xf_fill(uint64_t dir, const char *names, const struct xf_attr *attrs, size_t n, double ttl);
 int xf_path(uint64_t node, char *buf, size_t size);
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
 int xf_attr_of(uint64_t node, struct xf_attr *out);
