@@ -174,6 +174,18 @@ def _crc(data: bytes | memoryview) -> int:
     return int(out[0])
 
 
+_checksummers: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Two threads for the CRCs of large files, made once: a pool per file cost ~0.2 ms each, and an
+    image has dozens of files."""
+    global _checksummers
+    if _checksummers is None:
+        _checksummers = ThreadPoolExecutor(2, thread_name_prefix="xos-crc")
+    return _checksummers
+
+
 def _sha256(path: str, tag: str = TAG) -> str:
     """The file's checksum: the CRC of each 4 MiB block, then SHA-256 over them.
 
@@ -187,21 +199,23 @@ def _sha256(path: str, tag: str = TAG) -> str:
         size = os.fstat(f.fileno()).st_size
         if size:
             # Straight from the page cache: a read() copy cost more than the CRCs themselves.
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, ThreadPoolExecutor(2) as pool:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
                 view = memoryview(m)
                 try:
                     if tag == OLD_TAG:
-                        crcs = [c.result() for c in [pool.submit(zlib.crc32, view[i:i + CHUNK])
-                                                     for i in range(0, size, CHUNK)]]
+                        crcs = [zlib.crc32(view[i:i + CHUNK]) for i in range(0, size, CHUNK)]
                     else:
                         nblocks = -(-size // CHUNK)
                         out = ffi.new("uint32_t[]", nblocks)
                         buf = ffi.from_buffer(view)
-                        half = (nblocks + 1) // 2 * CHUNK  # two threads, a half each, on block bounds
-                        parts = [(0, min(half, size)), (half, size - half)] if size > half else [(0, size)]
-                        for f_ in [pool.submit(lib.xos_crc32c_blocks, buf + start, n, CHUNK, out + start // CHUNK)
-                                   for start, n in parts]:
-                            f_.result()
+                        if nblocks == 1:  # most of an image's files: a hand-off would cost more than the CRC
+                            lib.xos_crc32c_blocks(buf, size, CHUNK, out)
+                        else:
+                            half = (nblocks + 1) // 2 * CHUNK  # two threads, a half each, on block bounds
+                            parts = [(0, min(half, size)), (half, size - half)] if size > half else [(0, size)]
+                            for f_ in [_pool().submit(lib.xos_crc32c_blocks, buf + start, n, CHUNK,
+                                                      out + start // CHUNK) for start, n in parts]:
+                                f_.result()
                         crcs = list(out)
                         del buf
                 finally:

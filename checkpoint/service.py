@@ -160,8 +160,10 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             return {"workspace": name, "image": out, "bytes": size, "times": times, "lazy": serving,
                     "logs": logs, "files": len(manifest["files"])}
         if not leave_running:
+            t2 = time.perf_counter()
             await ws.destroy(f"checkpointed to {out}")
             svc.workspaces.pop(name, None)
+            times["remove"] = time.perf_counter() - t2
     log.info("workspace %s checkpointed to %s", name, out, extra={"workspace": name, **times})
     size = sum(os.path.getsize(os.path.join(out, arc)) for arc in manifest["files"])
     return {"workspace": name, "image": out, "bytes": size, "times": times,
