@@ -184,6 +184,8 @@ class GridFS:
     def _hot(self, parent: int) -> bool:
         """Count a miss in directory `parent`; whether it is now worth listing whole."""
         now = time.monotonic()
+        if len(self._misses) > 4096:  # directories missed in once and never again
+            self._misses.clear()
         since, n = self._misses.get(parent, (now, 0))
         if now - since > self.ttl:
             since, n = now, 0
@@ -275,22 +277,32 @@ class GridFS:
             self._fill(node, [])  # a directory made here is empty
         self._entry(req, c.node, c.name, a)
 
-    def unlink(self, req: Any, c: Any) -> None:
-        path, name = self.child(c.node, c.name)
+    def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
+        """If the file at `path` is open here, move it aside (its data must outlive its name until the last
+        close, as libfuse's high level does it): (whether it was, what the table knew of it)."""
         known = ffi.new("struct xf_attr *")
-        ino = known.ino if lib.xf_peek(c.node, c.name, known) else None
-        if self.c._opens and ino is None:
-            ino = self.c.op("getattr", path=path)["ino"]
-        if ino is not None and self.c.opened(ino) is not None and not name.startswith(HIDDEN):
-            # open here: its data must outlive the name until the last close, as libfuse does it
-            hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}"
-            self.c.rename(path, hidden)
-            self._hidden[ino] = hidden
-            self._moved(path, hidden)
-        else:
+        ino = known.ino if lib.xf_peek(parent, name, known) else None
+        if ino is None and self.c._opens:
+            try:
+                ino = self.c.op("getattr", path=path)["ino"]
+            except XosError as e:
+                if errno_of(e) != errno.ENOENT:
+                    raise
+        if ino is None or self.c.opened(ino) is None or os.path.basename(path).startswith(HIDDEN):
+            return False, known
+        hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}"
+        self.c.rename(path, hidden)
+        self._hidden[ino] = hidden
+        self._moved(path, hidden)
+        return True, known
+
+    def unlink(self, req: Any, c: Any) -> None:
+        path, _ = self.child(c.node, c.name)
+        hidden, known = self._hide(c.node, c.name, path)
+        if not hidden:
             self.c.unlink(path)
-        if known.nlink > 1 or ino is None:
-            lib.xf_forget_all()  # its other names show a link count one lower
+        if known.nlink != 1:
+            lib.xf_forget_all()  # its other names (if any) show a link count one lower
         lib.xf_drop(c.node, c.name)
         lib.xf_touch_dir(c.node, 0)
         lib.fuse_reply_err(req, 0)
@@ -315,6 +327,8 @@ class GridFS:
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE")
         old, _ = self.child(c.node, c.name)
         new, _ = self.child(c.node2, c.name2)
+        if not c.flags & lib.RENAME_NOREPLACE:
+            self._hide(c.node2, c.name2, new)  # a file replaced while open here stays readable
         self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
         self._moved(old, new)
         lib.xf_move(c.node, c.name, c.node2, c.name2)

@@ -22,6 +22,7 @@ import pytest
 
 from xos.fs import capability
 from xos.fs.capability import Capability
+from xos.testing import wait_for
 from xos.testing.fsgrid import FsGrid
 
 BAD_INPUT_WARNINGS = ["refused", "unreachable"]
@@ -121,6 +122,23 @@ def test_unlink_of_an_open_file_keeps_its_data_until_close(d):
     finally:
         f.close()
     assert [n for n in os.listdir(d) if not n.startswith(".fuse_hidden")] == []
+
+
+def test_a_file_renamed_over_while_open_keeps_its_data_until_close(d):
+    old, new = os.path.join(d, "cur"), os.path.join(d, "next")
+    data = os.urandom(300 << 10)  # past the inline size: its objects are on OSDs, which drop orphans
+    with open(old, "wb") as f:
+        f.write(data)
+    with open(new, "wb") as f:
+        f.write(b"replacement")
+    f = open(old, "rb")
+    try:
+        os.rename(new, old)
+        assert open(old, "rb").read() == b"replacement"
+        assert f.read() == data
+    finally:
+        f.close()
+    wait_for(lambda: sorted(os.listdir(d)) == ["cur"], 10, "the replaced file to go at its last close")
 
 
 def test_mkdir_rmdir_and_errors(d):
