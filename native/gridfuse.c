@@ -40,6 +40,9 @@ static unsigned generation;
 static double default_ttl = 1.0;
 static struct node root = {.id = FUSE_ROOT_ID, .name = "", .nlookup = 1};
 
+/* attr_until of attributes known but to be asked again (0 is: not known at all) */
+#define STALE 1e-9
+
 static double now(void)
 {
     struct timespec ts;
@@ -351,7 +354,8 @@ void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *
         free(n->name);
         n->name = copy;
         n->parent = newparent;
-        n->attr_until = 0; /* its ctime changed */
+        if (n->attr_until)
+            n->attr_until = STALE; /* its ctime changed */
         if (copy) {
             size_t j = hash_name(newparent, copy);
             n->next_name = names[j];
@@ -365,8 +369,8 @@ void xf_forget_attr(uint64_t node)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
-    if (n)
-        n->attr_until = 0;
+    if (n && n->attr_until)
+        n->attr_until = STALE;
     pthread_mutex_unlock(&lock);
 }
 
@@ -374,9 +378,14 @@ void xf_forget_all(void)
 {
     pthread_mutex_lock(&lock);
     for (size_t i = 0; i < cap; i++)
-        for (struct node *n = ids[i]; n; n = n->next_id)
-            n->attr_until = n->list_until = 0;
-    root.attr_until = root.list_until = 0;
+        for (struct node *n = ids[i]; n; n = n->next_id) {
+            if (n->attr_until)
+                n->attr_until = STALE;
+            n->list_until = 0;
+        }
+    if (root.attr_until)
+        root.attr_until = STALE;
+    root.list_until = 0;
     pthread_mutex_unlock(&lock);
 }
 

@@ -1,0 +1,144 @@
+"""The mount's native table of nodes (native/gridfuse.c) against a model: paths, names and listings
+stay right under any mix of lookups, listings, renames and removals.
+
+The table is what turns the kernel's node ids into the paths the MRC is asked by; a wrong path
+there is a request about another file."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xos._native._fuse import ffi, lib
+
+ROOT = 1
+_examples = itertools.count(1)
+TTL = 3600.0  # nothing expires during a test
+NAMES = ["a", "b", "c", "dir", "x y", "é"]
+
+
+class Model:
+    """What the table should hold: (parent id, name) -> (node id, ino); ids of nodes whose name went."""
+
+    def __init__(self) -> None:
+        self.names: dict[tuple[int, str], tuple[int, int]] = {}
+
+    def path(self, node: int) -> str | None:
+        if node == ROOT:
+            return "/"
+        parts = []
+        while node != ROOT:
+            where = next(((p, n) for (p, n), (i, _) in self.names.items() if i == node), None)
+            if where is None:
+                return None
+            node = where[0]
+            parts.append(where[1])
+        return "/" + "/".join(reversed(parts))
+
+
+def _attr(ino: int) -> object:
+    a = ffi.new("struct xf_attr *")
+    a.ino, a.mode, a.nlink, a.size = ino, 0o40755, 2, 0
+    return a
+
+
+def _path(node: int) -> str | None:
+    buf = ffi.new("char[]", 4096)
+    n = lib.xf_path(node, buf, 4096)
+    if n == -errno.ENOENT:
+        return None
+    assert n >= 0, n
+    return ffi.string(buf, n).decode()
+
+
+def _peek(parent: int, name: str) -> int:
+    out = ffi.new("struct xf_attr *")
+    return out.ino if lib.xf_peek(parent, name.encode(), out) else 0
+
+
+ops = st.lists(st.tuples(st.sampled_from(["entry", "fill", "move", "drop"]), st.integers(0, 50),
+                         st.sampled_from(NAMES), st.integers(0, 50), st.sampled_from(NAMES),
+                         st.integers(1, 6)), min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_the_table_agrees_with_a_model(seq):
+    m = Model()
+    # a fresh directory under the root per example, with inos of its own: earlier examples' nodes stay
+    base = 10**6 * next(_examples)
+    top = lib.xf_entry(ROOT, f"t{base}".encode(), _attr(base), TTL, 0)
+    m.names[(ROOT, f"t{base}")] = (top, base)
+    for op, p, name, q, name2, ino in seq:
+        dirs = [top] + sorted({i for i, _ in m.names.values() if i != top})
+        parent, parent2 = dirs[p % len(dirs)], dirs[q % len(dirs)]
+        if m.path(parent) is None or m.path(parent2) is None:
+            continue
+        ino += base
+        if op == "entry":
+            node = lib.xf_entry(parent, name.encode(), _attr(ino), TTL, 1)
+            old = m.names.get((parent, name))
+            if old is not None and old[1] == ino:
+                assert node == old[0], "the same file under the same name keeps its node"
+            else:
+                assert node not in {i for i, _ in m.names.values()}, "another file gets a node of its own"
+            m.names[(parent, name)] = (node, ino)
+        elif op == "fill":
+            keep = sorted({name, name2})
+            attrs = ffi.new("struct xf_attr[]", [(ino + k, 0o40755, 2, 0, 0, 0, 0, 0, 0) for k in range(len(keep))])
+            lib.xf_fill(parent, b"".join(n.encode() + b"\0" for n in keep), attrs, len(keep), TTL)
+            for key in [k for k in m.names if k[0] == parent and k[1] not in keep]:
+                del m.names[key]
+            for k, n in enumerate(keep):
+                got = _peek(parent, n)
+                assert got == ino + k
+                old = m.names.get((parent, n))
+                if old is None or old[1] != ino + k:
+                    m.names[(parent, n)] = (-1, ino + k)  # a node the model learns below
+        elif op == "move":
+            if (parent, name) not in m.names or parent2 == m.names[(parent, name)][0] or (parent, name) == (
+                    parent2, name2):
+                continue
+            moving = m.names[(parent, name)][0]
+            if moving in _ancestors(m, parent2):
+                continue  # the MRC refuses a directory moved into itself
+            lib.xf_move(parent, name.encode(), parent2, name2.encode())
+            m.names.pop((parent2, name2), None)
+            m.names[(parent2, name2)] = m.names.pop((parent, name))
+        else:
+            lib.xf_drop(parent, name.encode())
+            m.names.pop((parent, name), None)
+        _learn(m)
+        for (par, n), (node, ino_) in m.names.items():
+            assert _peek(par, n) == ino_
+            assert _path(node) == m.path(node)
+
+
+def _ancestors(m: Model, node: int) -> set[int]:
+    seen = {node}
+    while node != ROOT:
+        up = next((p for (p, _), (i, _) in m.names.items() if i == node), None)
+        if up is None:
+            break
+        seen.add(up)
+        node = up
+    return seen
+
+
+def _learn(m: Model) -> None:
+    """Node ids the model could not predict (a listing made them): the table's, found by name."""
+    for (par, n), (node, ino) in list(m.names.items()):
+        if node == -1:
+            m.names[(par, n)] = (lib.xf_entry(par, n.encode(), _attr(ino), TTL, 0), ino)
+
+
+def test_a_path_that_does_not_fit_is_refused_not_cut():
+    node = ROOT
+    for i in range(20):
+        node = lib.xf_entry(node, (f"n{i}-" + "x" * 200).encode(), _attr(9 * 10**9 + i), TTL, 1)
+    buf = ffi.new("char[]", 256)
+    assert lib.xf_path(node, buf, 256) == -errno.ENAMETOOLONG
+    assert _path(node).count("/") == 20
