@@ -450,6 +450,7 @@ class GridFS:
         lib.fuse_reply_buf(req, data, len(data))
 
     def write(self, req: Any, c: Any) -> None:
+        lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
         lib.fuse_reply_write(req, self.c.write(self._file(c.fh), ffi.unpack(c.buf, c.len), c.off))
 
     def flush(self, req: Any, c: Any) -> None:
@@ -464,6 +465,7 @@ class GridFS:
         lib.fuse_reply_err(req, 0)
 
     def _close(self, fh: int, node: int) -> None:
+        lib.xf_written(fh, 0)
         with self._lock:
             st = self._handles.pop(fh, None)
         if not isinstance(st, Open):

@@ -65,6 +65,7 @@ void xf_forget_attr(uint64_t node);
 void xf_forget_all(void);
 void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
+void xf_written(uint64_t fh, int on);
 size_t xf_count(void);
 
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);

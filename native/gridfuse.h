@@ -52,6 +52,7 @@ void xf_forget_attr(uint64_t node);
 void xf_forget_all(void);
 void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
+void xf_written(uint64_t fh, int on);
 size_t xf_count(void);
 
 /* Replies that also record what they tell the kernel. */
