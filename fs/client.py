@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from xos.errors import FsError, NoReplica, StaleCapability, Unavailable, XosError, from_json
+from xos.errors import FileRemoved, FsError, NoReplica, NoSuchFile, StaleCapability, Unavailable, XosError, from_json
 from xos.fs.http import POLL, Connection
 from xos.fs.layout import INLINE_MAX, LISTING, Xloc
 
@@ -36,6 +36,7 @@ WINDOW = 8  # objects in flight per open file
 READ_AHEAD = 6  # whole objects fetched ahead of a sequential reader: 2 read 366-409 MB/s cold, 6 433-444
 READ_AHEAD_BYTES = 2 << 20  # and at least this much, when objects are small
 CACHED_OBJECTS = 8
+ALIVE_FOR = 1.0  # seconds a file the MRC said exists is taken to (a sparse file's holes ask once a TTL)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Open:
         default_factory=collections.OrderedDict)
     last_end: int = -1
     prefer: int = 0  # replica that answered last
+    alive_at: float = 0.0  # when the MRC last said the file still exists (monotonic)
     error: BaseException | None = None
 
 
@@ -405,6 +407,17 @@ class Client:
                 st.xloc = Xloc.from_json(r["xloc"])
             st.cap, st.epoch = r["cap"], r["epoch"]
 
+    def _still_there(self, st: Open) -> None:
+        """FileRemoved if the MRC no longer has the open file: its OSDs dropped its objects, and what would
+        otherwise read as a hole (zeros) is a file removed elsewhere while open here."""
+        if time.monotonic() - st.alive_at < ALIVE_FOR:
+            return
+        try:
+            self._renew(st, st.cap)
+        except NoSuchFile:
+            raise FileRemoved(f"{st.path} was removed (by another client) while open here") from None
+        st.alive_at = time.monotonic()
+
     @staticmethod
     def _renewable(err: XosError) -> bool:
         return isinstance(err, StaleCapability) or (err.code == "capability-invalid" and "expired" in err.message)
@@ -550,6 +563,7 @@ class Client:
                 errors.append(str(err))
                 log.warning("replica %d of %s object %d on %s: %s", i, st.path, objno, url, err)
             if missing == len(order):
+                self._still_there(st)
                 return b""  # no replica has the file's objects yet: a hole
             if self.interrupted():
                 raise InterruptedError(errno.EINTR, "read interrupted")

@@ -181,6 +181,7 @@ CapabilityInvalid = _fs_error("CapabilityInvalid", "capability-invalid", _errno.
 ObjectCorrupt = _fs_error("ObjectCorrupt", "object-corrupt", _errno.EIO, 409)
 NoSpace = _fs_error("NoSpace", "no-space", _errno.ENOSPC, 507)
 NoReplica = _fs_error("NoReplica", "no-replica", _errno.EIO, 503)
+FileRemoved = _fs_error("FileRemoved", "file-removed", _errno.ESTALE, 410)
 TooManyLinks = _fs_error("TooManyLinks", "too-many-links", _errno.EMLINK, 409)
 
 

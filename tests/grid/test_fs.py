@@ -449,6 +449,28 @@ def test_a_file_removed_leaves_no_objects_behind(grid, d):
     wait_for(lambda: not any(os.path.exists(w) for w in where), 20, "the objects of a removed file to go")
 
 
+def test_a_file_removed_on_another_node_while_open_reads_as_stale_not_zeros(grid, mnt, d):
+    p = os.path.join(d, "doomed")
+    with open(p, "wb") as f:
+        f.write(os.urandom(2 << 20))
+    c = grid.client("data")
+    try:
+        fid = c.replicas("/" + os.path.relpath(p, mnt))["fid"]
+    finally:
+        c.close()
+    other = grid.mount(1, "data", user="bob")
+    try:
+        with open(os.path.join(other, os.path.relpath(p, mnt)), "rb") as f:
+            os.unlink(p)
+            where = [os.path.join(grid.osd_dir(i), "objects", fid[:2], fid) for i in range(3)]
+            wait_for(lambda: not any(os.path.exists(w) for w in where), 20, "the objects of a removed file to go")
+            with pytest.raises(OSError) as e:
+                f.read()
+            assert e.value.errno == errno.ESTALE
+    finally:
+        grid.umount(other)
+
+
 def test_sha_of_a_file_written_through_the_python_api_matches_the_mount(grid, mnt):
     c = grid.client("data")
     payload = os.urandom((5 << 20) + 17)
