@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from xos import httpd
 from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
@@ -20,7 +21,7 @@ from xos.fs.capability import Capability, service_token
 from xos.fs.catalogue import Caller, Catalogue, Inode
 from xos.fs.layout import LISTING, Striping, Xloc
 from xos.fs.replicas import ReplicaManager
-from xos.rpc import error_middleware, field, json_response, read_body, serve_tcp
+from xos.rpc import field, json_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,8 @@ class MRC:
         return {"xloc": xloc.to_json()}
 
 
-def make_app(mrc: MRC) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=2 << 20)
+def make_app(mrc: MRC) -> httpd.App:
+    app = httpd.App(client_max_size=2 << 20)
     app.router.add_post("/v1/volumes", mrc.create_volume)
     app.router.add_get("/v1/volumes", mrc.list_volumes)
     app.router.add_delete("/v1/volumes/{volume}", mrc.delete_volume)
@@ -301,7 +302,7 @@ async def serve_mrc(cfg: MrcConfig) -> None:
         headers={"Authorization": f"Service {service_token(cfg.secret, 'mrc')}"})
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
     try:
-        await serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
+        await httpd.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
     finally:
         await mrc.replicas.session.close()
         mrc.cat.close()

@@ -23,10 +23,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from xos import httpd
 from xos.errors import BadRequest, CapabilityInvalid, NoSpace, NoSuchFile, ObjectCorrupt, StaleCapability, XosError
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
-from xos.rpc import error_middleware, json_response, read_body, serve_tcp
+from xos.rpc import json_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +359,8 @@ class OSD:
             await asyncio.sleep(HEARTBEAT)
 
 
-def make_app(osd: OSD) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_OBJECT + (1 << 20))
+def make_app(osd: OSD) -> httpd.App:
+    app = httpd.App(client_max_size=MAX_OBJECT + (1 << 20))
     app.router.add_put("/v1/o/{fid}/{objno:[0-9]+}", osd.put)
     app.router.add_get("/v1/o/{fid}/{objno:[0-9]+}", osd.get)
     app.router.add_get("/v1/o/{fid}", osd.listing)
@@ -377,6 +378,6 @@ async def serve_osd(cfg: OsdConfig) -> None:
     osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
     try:
-        await serve_tcp(make_app(osd), cfg.listen, osd.heartbeat())
+        await httpd.serve_tcp(make_app(osd), cfg.listen, osd.heartbeat())
     finally:
         await osd.session.close()

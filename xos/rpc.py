@@ -161,6 +161,14 @@ async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any
         if asyncio.iscoroutine(background):
             background.close()
         raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
+    try:
+        await run_until_stopped(listen, background)
+    finally:
+        await runner.cleanup()
+
+
+async def run_until_stopped(listen: str, background: Awaitable[Any] | None = None) -> None:
+    """Wait for SIGTERM or SIGINT with one background task beside; raise if that task failed."""
     task = asyncio.ensure_future(background) if background is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -182,7 +190,6 @@ async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # its failure was raised above
                 await task
-        await runner.cleanup()
 
 
 class HttpClient:

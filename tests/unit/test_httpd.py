@@ -1,0 +1,138 @@
+"""The lean HTTP server of the file system's daemons: routes, order, and garbage answered with a JSON
+error and a closed connection, over a Unix socket (no network needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from xos.errors import FileExists
+from xos.httpd import App, Connection
+from xos.rpc import json_response, read_body
+
+calls: list[str] = []
+
+
+async def echo(request):
+    body = await read_body(request)
+    calls.append(request.match_info["name"])
+    return json_response({"name": request.match_info["name"], "n": request.query.get("n"), "body": body,
+                          "auth": request.headers.get("authorization")})
+
+
+async def refuse(request):
+    raise FileExists("it is there")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    app = App(client_max_size=1000)
+    app.router.add_post("/v1/echo/{name}", echo)
+    app.router.add_get("/v1/refuse", refuse)
+    path = os.path.join(tempfile.mkdtemp(prefix="xos-httpd-"), "sock")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        srv = await loop.create_unix_server(lambda: Connection(app), path)
+        ready.set()
+        async with srv:
+            await stop.wait()
+
+    t = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    yield path
+    loop.call_soon_threadsafe(stop.set)
+    t.join(5)
+    loop.close()
+    os.unlink(path)
+    os.rmdir(os.path.dirname(path))
+
+
+def exchange(path: str, raw: bytes) -> bytes:
+    """Send `raw` and read until the server closes the connection (every case here ends with a close)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(10)  # a server that never closes fails the test
+        s.sendall(raw)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, rest[:n]))
+        raw = rest[n:]
+    return out
+
+
+def post(name: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST /v1/echo/{name}?n=7 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
+    got = responses(exchange(server, post("a", b'{"k": 1}') + post("b", b"") + post("c", b'{"k": 3}',
+                                                                                      "Connection: close\r\n")))
+    assert [json.loads(b)["name"] for _, _, b in got] == ["a", "b", "c"]
+    assert all(s == 200 for s, _, _ in got)
+    first = json.loads(got[0][2])
+    assert first == {"name": "a", "n": "7", "body": {"k": 1}, "auth": "Bearer t"}
+    assert got[0][1]["content-type"] == "application/json"
+    assert got[2][1].get("connection") == "close"
+
+
+def test_a_body_arriving_in_pieces_is_read_whole(server):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(server)
+        s.settimeout(5)
+        raw = post("slow", b'{"k": "' + b"x" * 500 + b'"}', "Connection: close\r\n")
+        for i in range(0, len(raw), 37):
+            s.sendall(raw[i:i + 37])
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    [(status, _, body)] = responses(out)
+    assert status == 200 and json.loads(body)["body"]["k"] == "x" * 500
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b"GET /nowhere HTTP/1.1\r\nConnection: close\r\n\r\n", 404, "not-found"),
+    (b"GET /v1/echo/x HTTP/1.1\r\nConnection: close\r\n\r\n", 405, "method-not-allowed"),
+    (b"GET /v1/refuse HTTP/1.1\r\nConnection: close\r\n\r\n", 409, "file-exists"),
+    (b"\x00\xff garbage\r\n\r\n", 400, "bad-request"),
+    (b"POST /v1/echo/x HTTP/1.1\r\nContent-Length: -3\r\n\r\n", 400, "bad-request"),
+    (b"POST /v1/echo/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411, "bad-request"),
+    (b"POST /v1/echo/big HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, 413, "too-large"),
+    (b"POST /v1/echo/x HTTP/1.1\r\nConnection: close\r\nContent-Length: 5\r\n\r\nnope!", 400, "bad-request"),
+    (b"GET /v1/refuse HTTP/1.1\r\n" + b"X-Long: " + b"y" * (70 << 10), 431, "too-large"),
+])
+def test_bad_requests_get_a_json_error_and_reach_no_handler(server, raw, status, code):
+    calls.clear()
+    got = responses(exchange(server, raw))
+    assert got[0][0] == status
+    assert json.loads(got[0][2])["error"]["code"] == code
+    assert calls == []
+
+
+def test_a_refused_request_ends_the_connection_after_those_before_it(server):
+    got = responses(exchange(server, post("first", b"") + b"BREW /pot HTCPCP/1.0\r\n\r\n" + post("never", b"")))
+    assert [s for s, _, _ in got] == [200, 400]
+    assert json.loads(got[0][2])["name"] == "first"
