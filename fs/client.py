@@ -65,6 +65,7 @@ class Open:
     last_end: int = -1
     prefer: int = 0  # replica that answered last
     alive_at: float = 0.0  # when the MRC last said the file still exists (monotonic)
+    dir_version: tuple[int, ...] = ()  # a create's: its directory's listing version before and after
     error: BaseException | None = None
 
 
@@ -151,13 +152,19 @@ class Client:
             attrs["size"] = st.size
         return attrs
 
-    def listing(self, path: str) -> list[list[Any]]:
-        """A directory's entries as rows: the name, then the attributes `row_attrs` names."""
-        return list(self.op("readdir", path=path)["rows"])
+    def listing(self, path: str) -> tuple[int, list[list[Any]]]:
+        """A directory's listing version and its entries as rows: the name, then the attributes `row_attrs`
+        names. The version changes whenever what the rows show does."""
+        r = self.op("readdir", path=path)
+        return int(r["version"]), list(r["rows"])
+
+    def listing_version(self, path: str) -> int:
+        """The listing version of a directory now: equal to one seen, the listing then is still right."""
+        return int(self.op("dirversion", path=path)["version"])
 
     def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
         """A directory's entries and their attributes."""
-        return [(r[0], row_attrs(r)) for r in self.listing(path)]
+        return [(r[0], row_attrs(r)) for r in self.listing(path)[1]]
 
     def listdir(self, path: str) -> list[str]:
         return [n for n, _ in self.readdir(path)]
@@ -253,7 +260,10 @@ class Client:
 
     def create_handle(self, path: str, mode: int = 0o644, exclusive: bool = True) -> Open:
         """Create a file (or open it, not exclusive) for writing."""
-        return self._adopt(path, self.op("create", path=path, mode=mode, exclusive=exclusive), True)
+        r = self.op("create", path=path, mode=mode, exclusive=exclusive)
+        st = self._adopt(path, r, True)
+        st.dir_version = tuple(r.get("dir_version") or ())
+        return st
 
     def open_handle(self, path: str, write: bool = False) -> Open:
         """Open a file: the MRC's view of it now (close-to-open)."""

@@ -171,15 +171,27 @@ class GridFS:
         base = self.path(parent)
         return (base + n if base == "/" else f"{base}/{n}"), n
 
-    def _fill(self, node: int, rows: list[list[Any]]) -> None:
-        """Tell the native table that directory `node` holds exactly these entries (listing rows)."""
+    def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
+        """Tell the native table that directory `node` holds exactly these entries (a version and rows)."""
+        version, rows = listing
         uid, gid = self.accounts.uid_of, self.accounts.gid_of
         attrs = ffi.new("struct xf_attr[]", [
             (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], int(r[7] * 1e9), int(r[8] * 1e9), int(r[9] * 1e9))
             for r in rows] or 1)
         names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
-        lib.xf_fill(node, names, attrs, len(rows), self.ttl)
+        lib.xf_fill(node, names, attrs, len(rows), self.ttl, version)
         self._misses.pop(node, None)
+
+    def _revalidated(self, node: int, path: str) -> bool:
+        """Whether directory `node`'s listing in the table holds now, refreshed for a TTL: the MRC says
+        nothing it shows changed since (one small call instead of the listing). False if the table has
+        no listing of it or it changed (a create loop changes it every time: listing it again each
+        time would cost the directory's size per create)."""
+        had = ffi.new("uint64_t *")
+        if not lib.xf_listing(node, had) or self.c.listing_version(path) != had[0]:
+            return False
+        lib.xf_refresh(node, self.ttl)
+        return True
 
     def _hot(self, parent: int) -> bool:
         """Count a miss in directory `parent`; whether it is now worth listing whole."""
@@ -211,9 +223,11 @@ class GridFS:
 
     def lookup(self, req: Any, c: Any) -> None:
         path, name = self.child(c.node, c.name)
+        if self._revalidated(c.node, self.path(c.node)) and lib.xf_try_lookup(req, c.node, c.name, 1):
+            return
         if self._hot(c.node):
-            rows = self.c.listing(os.path.dirname(path))
-            self._fill(c.node, rows)
+            version, rows = self.c.listing(os.path.dirname(path))
+            self._fill(c.node, (version, rows))
             row = next((r for r in rows if r[0] == name), None)
             if row is None:
                 raise OSError(errno.ENOENT, "no such file")
@@ -223,6 +237,9 @@ class GridFS:
         self._entry(req, c.node, c.name, a)
 
     def getattr(self, req: Any, c: Any) -> None:
+        parent = lib.xf_parent(c.node)
+        if parent and self._revalidated(parent, self.path(parent)) and lib.xf_try_getattr(req, c.node):
+            return
         st = self._handles.get(c.fh) if c.fh else None
         try:
             a = self.c.op("getattr", path=self.path(c.node))
@@ -274,7 +291,7 @@ class GridFS:
         lib.xf_touch_dir(c.node, 1)
         node = lib.xf_entry(c.node, c.name, self._attr(a), self.ttl, 0)
         if node:
-            self._fill(node, [])  # a directory made here is empty
+            self._fill(node, (0, []))  # a directory made here is empty, at listing version 0
         self._entry(req, c.node, c.name, a)
 
     def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
@@ -389,9 +406,9 @@ class GridFS:
     # directories
 
     def opendir(self, req: Any, c: Any) -> None:
-        rows = self.c.listing(self.path(c.node))
-        self._fill(c.node, rows)
-        if lib.xf_reply_open(req, c.fi, self._handle(Dir(rows)), 0) != 0:
+        listing = self.c.listing(self.path(c.node))
+        self._fill(c.node, listing)
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(listing[1])), 0) != 0:
             pass  # interrupted: no releasedir will come; the listing is dropped with the next ones
 
     def readdir(self, req: Any, c: Any) -> None:
@@ -430,6 +447,8 @@ class GridFS:
                 self.c.truncate(path, 0)
         fh = self._handle(st)
         lib.xf_touch_dir(c.node, 0)
+        if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
+            lib.xf_advance(c.node, *st.dir_version)
         if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
             self._close(fh, 0)  # not created, or interrupted: no release will come for it
 

@@ -142,15 +142,20 @@ class MRC:
         return self.cat.getattr(v, field(b, "path", str), c)
 
     async def op_readdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        return {"columns": LISTING, "rows": self.cat.readdir(v, field(b, "path", str), c)}
+        version, rows = self.cat.readdir(v, field(b, "path", str), c)
+        return {"columns": LISTING, "version": version, "rows": rows}
+
+    async def op_dirversion(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return {"version": self.cat.dir_version(v, field(b, "path", str), c)}
 
     async def op_mkdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
 
     async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        dir_version: list[int] = []
         node = self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c,
-                               field(b, "exclusive", bool, True))
-        return await self._opened(node, c, True)
+                               field(b, "exclusive", bool, True), dir_version)
+        return {**await self._opened(node, c, True), "dir_version": dir_version}
 
     async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)

@@ -54,7 +54,14 @@ struct xf_call {
 extern "Python+C" void xf_py(fuse_req_t req, struct xf_call *c);
 
 uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
-void xf_fill(uint64_t dir, const char *names, const struct xf_attr *attrs, size_t n, double ttl);
+void xf_fill(uint64_t dir, const char *names, const struct xf_attr *attrs, size_t n, double ttl,
+             uint64_t version);
+int xf_listing(uint64_t dir, uint64_t *version);
+void xf_refresh(uint64_t dir, double ttl);
+void xf_advance(uint64_t dir, uint64_t before, uint64_t after);
+uint64_t xf_parent(uint64_t node);
+int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny);
+int xf_try_getattr(fuse_req_t req, uint64_t ino);
 int xf_path(uint64_t node, char *buf, size_t size);
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
 int xf_attr_of(uint64_t node, struct xf_attr *out);

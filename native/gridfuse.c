@@ -29,6 +29,7 @@ struct node {
     double attr_until, list_until; /* monotonic seconds; 0: not known */
     int writers;                   /* open for writing here: only Python knows its size */
     unsigned listed;               /* the listing generation that last saw it */
+    uint64_t version;              /* directory: the MRC's listing version its listing was taken at */
     struct node *next_id, *next_name;
 };
 
@@ -234,7 +235,8 @@ uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, do
 /* `dir` holds exactly these names now (`names_`: n NUL-terminated names back to back): recorded (without a kernel reference), the names it no
  * longer holds forgotten, and absent names answered from it until the TTL runs out. One lock
  * throughout, so two listings of one directory cannot drop each other's names. */
-void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size_t n, double ttl)
+void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size_t n, double ttl,
+             uint64_t version)
 {
     pthread_mutex_lock(&lock);
     generation++;
@@ -252,8 +254,55 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
                 }
             }
         d->list_until = now() + ttl;
+        d->version = version;
     }
     pthread_mutex_unlock(&lock);
+}
+
+int xf_listing(uint64_t dir, uint64_t *version)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    int has = d && d->list_until;
+    if (has)
+        *version = d->version;
+    pthread_mutex_unlock(&lock);
+    return has;
+}
+
+/* The MRC says `dir` changed nothing its listing shows since the listing: it, and what is known of
+ * the names in it, hold for another TTL. */
+void xf_refresh(uint64_t dir, double ttl)
+{
+    double until = now() + ttl;
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    if (d && d->list_until) {
+        for (size_t i = 0; i < cap; i++)
+            for (struct node *m = ids[i]; m; m = m->next_id)
+                if (m->name && m->parent == dir && m->attr_until)
+                    m->attr_until = until;
+        d->list_until = until;
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_advance(uint64_t dir, uint64_t before, uint64_t after)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    if (d && d->list_until && d->version == before)
+        d->version = after;
+    pthread_mutex_unlock(&lock);
+}
+
+uint64_t xf_parent(uint64_t node)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    uint64_t parent = n && n->name && n != &root ? n->parent : 0;
+    pthread_mutex_unlock(&lock);
+    return parent;
 }
 
 int xf_path(uint64_t node, char *buf, size_t size)
@@ -554,7 +603,11 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
     conn->max_readahead = io_size;
 }
 
-static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+/* LOOKUP answered from the table if it can be: 1, or 0 and nothing sent. A name missing from a fresh
+ * listing is answered missing only with `deny`, once Python has checked the listing with the MRC:
+ * close-to-open means a file closed on another node opens here at once, and a lookup does not say
+ * whether an open follows. */
+int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny)
 {
     struct fuse_entry_param e;
     double t = now();
@@ -569,14 +622,21 @@ static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             n->nlookup--;
             pthread_mutex_unlock(&lock);
         }
-        return;
+        return 1;
     }
-    int absent = !n && d && d->list_until > t;
+    int absent = deny && !n && d && d->list_until > t;
     pthread_mutex_unlock(&lock);
     if (absent) {
         fuse_reply_err(req, ENOENT);
-        return;
+        return 1;
     }
+    return 0;
+}
+
+static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    if (xf_try_lookup(req, parent, name, 0))
+        return;
     struct xf_call c = {.op = XF_LOOKUP, .node = parent, .name = name};
     xf_py(req, &c);
 }
@@ -608,7 +668,8 @@ static void ll_forget_multi(fuse_req_t req, size_t n, struct fuse_forget_data *f
     fuse_reply_none(req);
 }
 
-static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+/* GETATTR answered from the table if it can be: 1, or 0 and nothing sent. */
+int xf_try_getattr(fuse_req_t req, uint64_t ino)
 {
     struct stat st;
     double t = now();
@@ -620,9 +681,16 @@ static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         fill_stat(&n->attr, &st, io_size);
         pthread_mutex_unlock(&lock);
         fuse_reply_attr(req, &st, ttl);
-        return;
+        return 1;
     }
     pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    if (xf_try_getattr(req, ino))
+        return;
     struct xf_call c = {.op = XF_GETATTR, .node = ino, .fh = fi ? fi->fh : 0, .fi = fi};
     xf_py(req, &c);
 }

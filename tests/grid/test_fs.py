@@ -331,6 +331,50 @@ def test_close_to_open_between_two_mounts_on_two_nodes(grid, mnt):
         grid.umount(other)
 
 
+def test_a_file_created_on_another_node_opens_here_at_once_though_listed_just_before(grid, mnt, d):
+    os.chmod(d, 0o777)  # bob writes there
+    other = grid.mount(1, "data", user="bob")
+    try:
+        there = os.path.join(other, os.path.relpath(d, mnt))
+        for i in range(20):
+            assert f"n{i}" not in os.listdir(d)  # a fresh listing here, without the name
+            with open(os.path.join(there, f"n{i}"), "wb") as f:
+                f.write(b"made there %d" % i)
+            with open(os.path.join(d, f"n{i}"), "rb") as f:  # closed there, so it opens here
+                assert f.read() == b"made there %d" % i
+    finally:
+        grid.umount(other)
+
+
+def test_a_listing_kept_by_its_version_still_shows_changes_made_elsewhere(grid, mnt, d):
+    """A listing is kept past its TTL when the MRC's listing version has not moved: every change that a
+    listing shows must move it (chmod, a write's size, a rename, a removal), or this mount would show
+    old attributes for ever."""
+    for name in ("mode", "size", "gone", "moved"):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(b"x")
+    os.chmod(os.path.join(d, "mode"), 0o666)
+    other = grid.mount(1, "data")  # alice, on the other node
+    try:
+        there = os.path.join(other, os.path.relpath(d, mnt))
+        os.listdir(d)  # the listing this mount then keeps
+        st = {n: os.stat(os.path.join(d, n)) for n in ("mode", "size")}
+        os.chmod(os.path.join(there, "mode"), 0o604)
+        with open(os.path.join(there, "size"), "ab") as f:
+            f.write(b"more")
+        wait_for(lambda: (os.stat(os.path.join(d, "mode")).st_mode & 0o777 == 0o604
+                          and os.stat(os.path.join(d, "size")).st_size == 5), 10,
+                 "attributes changed on the other node to show here")
+        os.unlink(os.path.join(there, "gone"))
+        os.rename(os.path.join(there, "moved"), os.path.join(there, "arrived"))
+        wait_for(lambda: [n for n in ("mode", "size", "gone", "moved", "arrived")
+                          if os.path.exists(os.path.join(d, n))] == ["mode", "size", "arrived"], 10,
+                 "names changed on the other node to show here")
+        assert st["mode"].st_mode & 0o777 == 0o666 and st["size"].st_size == 1
+    finally:
+        grid.umount(other)
+
+
 def test_stripe_width_3_puts_objects_on_3_osds(grid):
     mp = grid.mount(0, "striped")
     try:

@@ -89,7 +89,7 @@ def test_the_table_agrees_with_a_model(seq):
         elif op == "fill":
             keep = sorted({name, name2})
             attrs = ffi.new("struct xf_attr[]", [(ino + k, 0o40755, 2, 0, 0, 0, 0, 0, 0) for k in range(len(keep))])
-            lib.xf_fill(parent, b"".join(n.encode() + b"\0" for n in keep), attrs, len(keep), TTL)
+            lib.xf_fill(parent, b"".join(n.encode() + b"\0" for n in keep), attrs, len(keep), TTL, 0)
             for key in [k for k in m.names if k[0] == parent and k[1] not in keep]:
                 del m.names[key]
             for k, n in enumerate(keep):
