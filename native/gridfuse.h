@@ -6,6 +6,8 @@
 #include <fuse_lowlevel.h>
 #include <stdint.h>
 
+/* cdef begin: what follows, to the end marker, is also native/build_fuse.py's declaration for CFFI */
+
 /* A file's attributes as the MRC gives them, already mapped to local ids. */
 struct xf_attr {
     uint64_t ino;
@@ -72,5 +74,7 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
 
 /* Mount `mountpoint` with `opts` (-o syntax) and serve it until unmounted or signalled: 0, or -1. */
 int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double ttl);
+
+/* cdef end */
 
 #endif
