@@ -348,18 +348,7 @@ int xf_peek(uint64_t parent, const char *name, struct xf_attr *out)
     return known;
 }
 
-int xf_attr_of(uint64_t node, struct xf_attr *out)
-{
-    pthread_mutex_lock(&lock);
-    struct node *n = find_id(node);
-    int known = n && n->attr_until;
-    if (known)
-        *out = n->attr;
-    pthread_mutex_unlock(&lock);
-    return known;
-}
-
-void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl)
+static void set_attr(uint64_t node, const struct xf_attr *a, double ttl)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
@@ -464,14 +453,6 @@ void xf_writers(uint64_t node, int delta)
     pthread_mutex_unlock(&lock);
 }
 
-size_t xf_count(void)
-{
-    pthread_mutex_lock(&lock);
-    size_t c = count;
-    pthread_mutex_unlock(&lock);
-    return c;
-}
-
 /* Handles that wrote since they were opened: only their FLUSH (every close sends one) has work for
  * Python; a clean one's is answered here. A create-and-close spent a third of its Python calls on it. */
 struct written {
@@ -570,7 +551,7 @@ int xf_reply_attr(fuse_req_t req, uint64_t node, const struct xf_attr *a, double
 {
     struct stat st;
     if (cache)
-        xf_set_attr(node, a, ttl);
+        set_attr(node, a, ttl);
     fill_stat(a, &st, io_size);
     return fuse_reply_attr(req, &st, ttl);
 }

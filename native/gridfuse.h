@@ -53,8 +53,6 @@ int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny);
 int xf_try_getattr(fuse_req_t req, uint64_t ino);
 int xf_path(uint64_t node, char *buf, size_t size);
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
-int xf_attr_of(uint64_t node, struct xf_attr *out);
-void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl);
 void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);
@@ -62,7 +60,6 @@ void xf_forget_all(void);
 void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
 void xf_written(uint64_t fh, int on);
-size_t xf_count(void);
 
 /* Replies that also record what they tell the kernel. */
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);
