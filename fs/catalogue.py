@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,7 @@ class Caller:
     vo: str
     rights: str = "rw"
     roles: tuple[str, ...] = ()  # from the credential; "admin" may give files away within the VO
+    session: str = ""  # the mount asking (its leases do not stand in its own way)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,9 @@ class Catalogue:
         self.db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0"}})
         self.db.conn.executescript(LISTING_VERSION)
         self._volumes: dict[str, Volume] = {}
+        # Called with a directory's inode before its names are read or changed: raises when another
+        # client holds them (a lease) and must hand them back first (the MRC's Leases.check).
+        self.guard: Callable[[int, Caller], None] = lambda ino, c: None
 
     def close(self) -> None:
         self.db.close()
@@ -244,6 +249,7 @@ class Catalogue:
         if not parent.is_dir:
             raise NotADirectory(f"inode {parent.ino} is not a directory")
         _may(parent, c, X)
+        self.guard(parent.ino, c)
         row = conn.execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=(SELECT ino FROM dentries WHERE parent=? "
                            "AND name=?)", (parent.ino, name)).fetchone()
         return Inode(*row) if row else None
@@ -268,6 +274,7 @@ class Catalogue:
         parent = self._walk(conn, self.volume(volume), parts[:-1], c)
         if not parent.is_dir:
             raise NotADirectory(f"{path}: a parent is not a directory")
+        self.guard(parent.ino, c)
         return parent, parts[-1]
 
     def getattr(self, volume: str, path: str, c: Caller) -> dict[str, Any]:
@@ -284,6 +291,7 @@ class Catalogue:
         if not node.is_dir:
             raise NotADirectory(f"{path} is not a directory")
         _may(node, c, R)
+        self.guard(node.ino, c)
         version = self.listing_version(node.ino)
         rows = self.db.execute("SELECT d.name, i.ino, i.mode, i.owner, i.grp, i.size, i.nlink, i.atime, i.mtime, "
                                "i.ctime, i.inline IS NOT NULL, COALESCE(i.readonly, 0) != 0 FROM dentries d "
@@ -303,28 +311,30 @@ class Catalogue:
         if not node.is_dir:
             raise NotADirectory(f"{path} is not a directory")
         _may(node, c, R)
+        self.guard(node.ino, c)
         return self.listing_version(node.ino)
 
     # namespace changes
 
     def _new(self, tx: sqlite3.Connection, volume: str, parent: Inode, name: str, mode: int, c: Caller,
-             target: str | None = None, inline: bytes | None = None) -> Inode:
+             target: str | None = None, inline: bytes | None = None, ino: int | None = None,
+             when: float | None = None) -> Inode:
         if c.rights.find("w") < 0:
             raise AccessDenied(f"{c.who} may only read volume {volume}")
         _may(parent, c, W | X)
         if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
             raise FileExists(f"{name} exists")
         vol = self.volume(volume)
-        now = time.time()
+        now = time.time() if when is None else when
         is_dir = stat.S_ISDIR(mode)
         # setgid directories pass their group on, as on any POSIX file system
         grp = parent.grp if parent.mode & stat.S_ISGID else c.vo
         cur = tx.execute(
-            "INSERT INTO inodes (volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, "
-            "inline, stripe_size, stripe_width) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (volume, secrets.token_hex(16), mode, c.who, grp, len(target.encode()) if target else len(inline or b""),
-             2 if is_dir else 1, now, now, now, parent.ino if is_dir else 0, target, inline, vol.striping.size,
-             vol.striping.width))
+            "INSERT INTO inodes (ino, volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, "
+            "target, inline, stripe_size, stripe_width) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (ino, volume, secrets.token_hex(16), mode, c.who, grp,
+             len(target.encode()) if target else len(inline or b""), 2 if is_dir else 1, now, now, now,
+             parent.ino if is_dir else 0, target, inline, vol.striping.size, vol.striping.width))
         ino = int(cur.lastrowid or 0)
         tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, ino))
         tx.execute("UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?",
@@ -358,6 +368,48 @@ class Catalogue:
             if dir_version is not None:
                 dir_version[1] = self._cver(tx, parent.ino)
             return node
+
+    def made(self, volume: str, dir_ino: int, files: list[tuple[str, int | None, int, float]],
+             c: Caller) -> dict[str, Any]:
+        """Files a lease holder created in directory `dir_ino` under its lease, as (name, inode number or
+        None for any, mode, time), in one transaction: {name: inode number} of those made, {name:
+        error code} of those refused (a name taken meanwhile: the lease had run out), and the directory's
+        listing version before and after."""
+        made: dict[str, int] = {}
+        refused: dict[str, str] = {}
+        with self.db.tx() as tx:
+            parent = self._get(dir_ino, tx)
+            if self.volume_of(parent.ino).name != volume:
+                raise InvalidInput("that directory is in another volume", field="dir")
+            if not parent.is_dir:
+                raise NotADirectory(f"inode {dir_ino} is not a directory")
+            self.guard(parent.ino, c)
+            before = self._cver(tx, parent.ino)
+            for name, ino, mode, when in files:
+                if not isinstance(name, str) or split("/" + name) != [name]:
+                    raise BadPath(f"{name!r} is not a file name")
+                mode = stat.S_IFREG | (mode & 0o7777)
+                try:
+                    try:
+                        node = self._new(tx, volume, parent, name, mode, c, inline=b"", ino=ino, when=when)
+                    except sqlite3.IntegrityError:  # that number is taken after all: any other
+                        node = self._new(tx, volume, parent, name, mode, c, inline=b"", when=when)
+                    made[name] = node.ino
+                except FileExists as e:
+                    refused[name] = e.code
+            versions = [before, self._cver(tx, parent.ino)]
+        return {"made": made, "refused": refused, "dir_version": versions}
+
+    def reserve(self, n: int) -> range:
+        """`n` inode numbers no create will take but one that names them (a lease holder's own creates)."""
+        with self.db.tx() as tx:
+            row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name='inodes'").fetchone()
+            top = max(row[0] if row else 0, tx.execute("SELECT MAX(ino) FROM inodes").fetchone()[0] or 0)
+            if row:
+                tx.execute("UPDATE sqlite_sequence SET seq=? WHERE name='inodes'", (top + n,))
+            else:
+                tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('inodes', ?)", (top + n,))
+        return range(top + 1, top + n + 1)
 
     @staticmethod
     def _cver(conn: sqlite3.Connection, ino: int) -> int:
@@ -440,6 +492,7 @@ class Catalogue:
             if not node.is_dir:
                 raise NotADirectory(f"{path} is not a directory")
             self._may_remove(parent, node, c)
+            self.guard(node.ino, c)
             if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
                 raise DirectoryNotEmpty(f"{path} is not empty")
             tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
@@ -476,6 +529,7 @@ class Catalogue:
                 if victim.is_dir and not node.is_dir:
                     raise IsADirectory(f"{new} is a directory")
                 if victim.is_dir:
+                    self.guard(victim.ino, c)
                     if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (victim.ino,)).fetchone():
                         raise DirectoryNotEmpty(f"{new} is not empty")
                     tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (dparent.ino,))
@@ -497,6 +551,8 @@ class Catalogue:
         """Change metadata; the inode after, and whether its OSD objects must be truncated to `size`."""
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
+            if node.is_dir:  # a lease holder creates in it by the permissions it had
+                self.guard(node.ino, c)
             owned = c.who == node.owner
             sets: dict[str, Any] = {"ctime": time.time()}
             if mode is not None:

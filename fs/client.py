@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class Open:
     prefer: int = 0  # replica that answered last
     alive_at: float = 0.0  # when the MRC last said the file still exists (monotonic)
     dir_version: tuple[int, ...] = ()  # a create's: its directory's listing version before and after
+    lease: dict[str, Any] | None = None  # a create's: the lease on its directory the MRC granted, if asked
     error: BaseException | None = None
 
 
@@ -83,7 +85,9 @@ class Client:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xos-fs-io")
         self._opens: dict[int, Open] = {}
         self._opens_lock = threading.Lock()
-        self._auth = {"Authorization": f"Bearer {self.credential}"}
+        # One per client: the MRC lets a mount's own directory leases stand for its own calls.
+        self.session = secrets.token_hex(16)
+        self._auth = {"Authorization": f"Bearer {self.credential}", "X-Xos-Session": self.session}
         # Whether the call this thread serves was interrupted (the FUSE layer sets it; never for I/O threads).
         self.interrupted: Callable[[], bool] = lambda: False
 
@@ -258,11 +262,17 @@ class Client:
         """The open state of inode `ino` in this client, if it is open."""
         return self._opens.get(ino)
 
-    def create_handle(self, path: str, mode: int = 0o644, exclusive: bool = True) -> Open:
-        """Create a file (or open it, not exclusive) for writing."""
-        r = self.op("create", path=path, mode=mode, exclusive=exclusive)
+    def create_handle(self, path: str, mode: int = 0o644, exclusive: bool = True, lease: bool = False,
+                      inos: bool = False) -> Open:
+        """Create a file (or open it, not exclusive) for writing; with `lease`, ask for a lease on its
+        directory too (and with `inos`, inode numbers to create with under it)."""
+        body: dict[str, Any] = {"path": path, "mode": mode, "exclusive": exclusive}
+        if lease:
+            body.update(lease=True, inos=inos)
+        r = self.op("create", **body)
         st = self._adopt(path, r, True)
         st.dir_version = tuple(r.get("dir_version") or ())
+        st.lease = r.get("lease")
         return st
 
     def open_handle(self, path: str, write: bool = False) -> Open:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from xos._native._fuse import ffi, lib
-from xos.errors import XosError
+from xos.errors import Unavailable, XosError
 from xos.fs.client import Client, Open, errno_of, row_attrs
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ ATTR_TTL = 1.0
 NOBODY = 65534
 HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
+LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
+LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
+MADE_BATCH = 512
+GATHER = 0.002  # seconds the sender lets files made here gather before it sends them: a batch per call
 
 _tl = threading.local()
 
@@ -117,6 +121,12 @@ class GridFS:
         self._next = 1
         self._lock = threading.Lock()
         self._misses: dict[int, tuple[float, int]] = {}
+        self._leased: dict[int, int] = {}  # directory inode number -> its node, while leased here
+        self._made_lock = threading.Lock()  # files made here go to the MRC in the order they were made
+        self._made_buf = ffi.new("struct xf_made[]", MADE_BATCH)
+        self._adopting = threading.Lock()
+        self.stopping = threading.Event()
+        lib.xf_owner(accounts.uid)
         self.ops: dict[int, Callable[[Any, Any], None]] = {
             lib.XF_LOOKUP: self.lookup, lib.XF_GETATTR: self.getattr, lib.XF_SETATTR: self.setattr,
             lib.XF_READLINK: self.readlink, lib.XF_MKNOD: self.mknod, lib.XF_MKDIR: self.mkdir,
@@ -132,6 +142,8 @@ class GridFS:
         """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
         _tl.req = req
         try:
+            if lib.xf_made_count():  # whatever this asks the MRC, it knows the files made here first
+                self.send_made()
             self.ops[c.op](req, c)
         except XosError as e:
             err = errno_of(e)
@@ -211,10 +223,112 @@ class GridFS:
             self._handles[fh] = what
             return fh
 
-    def _file(self, fh: int) -> Open:
-        what = self._handles[fh]
-        assert isinstance(what, Open)
+    def _file(self, fh: int, node: int) -> Open:
+        what = self._handles.get(fh)
+        if what is None and fh & lib.XF_LOCAL_FH:
+            what = self._adopt(fh, node)
+        if not isinstance(what, Open):
+            raise OSError(errno.EBADF, "no such open file")
         return what
+
+    def _adopt(self, fh: int, node: int) -> Open:
+        """The Open behind a handle the native loop gave out for a file it made under a lease, opened at
+        the MRC the first time it needs Python (a write, a read, an fsync)."""
+        with self._adopting:
+            what = self._handles.get(fh)
+            if isinstance(what, Open):
+                return what
+            st = self.c.open_handle(self.path(node), True)
+            with self._lock:
+                self._handles[fh] = st
+            lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
+            lib.xf_writers(node, 1)
+            return st
+
+    # directory leases
+
+    def _take_lease(self, node: int, path: str, st: Open, sent: float) -> None:
+        """Use the lease a create brought on directory `node`: the native loop answers absent names there
+        and makes files there itself, once the table holds the directory's listing as it is now."""
+        lease = st.lease
+        if not lease or not lease.get("term"):
+            return
+        had = ffi.new("uint64_t *")
+        if not lib.xf_listing(node, had) or len(st.dir_version) != 2 or had[0] != st.dir_version[1]:
+            self._fill(node, self.c.listing(path))  # the lease holds the names still: this listing is whole
+        lo, hi = lease.get("inos") or (0, 0)
+        self._leased[lease["dir"]] = node
+        lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
+
+    def send_made(self) -> None:
+        """Tell the MRC about the files made here, in the order they were made, a call per directory."""
+        with self._made_lock:
+            while n := lib.xf_take_made(self._made_buf, MADE_BATCH, 0):
+                batches: dict[tuple[int, int], list[tuple[str, int, int, float, int]]] = {}
+                for m in self._made_buf[0:n]:
+                    batches.setdefault((m.dir_ino, m.dir_node), []).append(
+                        (os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
+                for (dir_ino, dir_node), files in batches.items():
+                    self._send_batch(dir_ino, dir_node, files)
+
+    def _send_batch(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]]) -> None:
+        deadline = time.monotonic() + self.c.deadline
+        while True:
+            try:
+                r = self.c.op("made", dir=dir_ino, files=[list(f[:4]) for f in files])
+                break
+            except Unavailable as e:
+                if time.monotonic() < deadline and not self.stopping.is_set():
+                    time.sleep(0.2)
+                    continue
+                r, err = {"made": {}, "refused": {}}, str(e)
+            except XosError as e:
+                r, err = {"made": {}, "refused": {}}, str(e)
+            log.error("files made here in directory %d are lost, the MRC did not take them: %s", dir_ino, err)
+            break
+        for name, _, _, _, node in files:
+            lib.xf_confirm(node, r["made"].get(name, 0))
+        for name, code in r["refused"].items():
+            log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, dir_ino, code)
+        if len(r.get("dir_version") or ()) == 2:
+            lib.xf_advance(dir_node, *r["dir_version"])
+        lib.xf_touch_dir(dir_node, 0)
+
+    def sender(self) -> None:
+        """Send files made here as they come, a few milliseconds' worth at a time."""
+        while not self.stopping.is_set():
+            if lib.xf_take_made(ffi.NULL, 0, 0.5):
+                time.sleep(GATHER)
+                self.send_made()
+
+    def recaller(self) -> None:
+        """Hand back the directories the MRC recalls: made files first, so whoever waits finds them."""
+        while not self.stopping.is_set():
+            try:
+                dirs = self.c.op("recalls")["dirs"]
+                if dirs:
+                    self.hand_back(dirs)
+            except XosError as e:
+                log.warning("directory leases: %s", e)
+                self.stopping.wait(0.5)
+
+    def hand_back(self, dirs: list[int]) -> None:
+        for ino in dirs:
+            node = self._leased.pop(ino, None)
+            if node is not None:
+                lib.xf_lease(node, ino, 0, 0, 0, 0)
+        self.send_made()
+        self.c.op("hand_back", dirs=dirs)
+
+    def stop(self) -> None:
+        """Unmounted: what was made here goes to the MRC, the leases back to it."""
+        self.stopping.set()
+        self.send_made()
+        if self._leased:
+            try:
+                self.hand_back(list(self._leased))
+            except XosError as e:
+                log.warning("directory leases not handed back (they run out): %s", e)
 
     def _entry(self, req: Any, parent: int, name: Any, a: dict[str, Any]) -> None:
         lib.xf_reply_entry(req, parent, name, self._attr(self._open_size(a)), self.ttl)
@@ -244,6 +358,9 @@ class GridFS:
         try:
             a = self.c.op("getattr", path=self.path(c.node))
         except OSError:
+            known = ffi.new("struct xf_attr *")
+            if not isinstance(st, Open) and lib.xf_attr_of(c.node, known):
+                st = self.c.opened(known.ino)  # fstat sends no handle
             if not isinstance(st, Open):  # its name is gone; an open handle still knows it
                 raise
             a = st.attrs
@@ -297,6 +414,11 @@ class GridFS:
     def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
         """If the file at `path` is open here, move it aside (its data must outlive its name until the last
         close, as libfuse's high level does it): (whether it was, what the table knew of it)."""
+        node = lib.xf_node_of(parent, name)
+        if node:  # handles the native loop gave out on a file it made: Python's from now
+            fhs = ffi.new("uint64_t[64]")
+            for i in range(lib.xf_local_handles(node, fhs, 64)):
+                self._file(fhs[i], node)
         known = ffi.new("struct xf_attr *")
         ino = known.ino if lib.xf_peek(parent, name, known) else None
         if ino is None and self.c._opens:
@@ -437,8 +559,10 @@ class GridFS:
 
     def create(self, req: Any, c: Any) -> None:
         path, _ = self.child(c.node, c.name)
+        sent = time.monotonic()
         try:
-            st = self.c.create_handle(path, c.mode & 0o7777)
+            st = self.c.create_handle(path, c.mode & 0o7777, lease=True,
+                                      inos=lib.xf_lease_left(c.node) < LEASE_INOS // 2)
         except XosError as e:  # created meanwhile elsewhere, and the caller did not ask for O_EXCL
             if errno_of(e) != errno.EEXIST or c.flags & os.O_EXCL:
                 raise
@@ -449,6 +573,7 @@ class GridFS:
         lib.xf_touch_dir(c.node, 0)
         if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
             lib.xf_advance(c.node, *st.dir_version)
+        self._take_lease(c.node, os.path.dirname(path), st, sent)
         if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
             self._close(fh, 0)  # not created, or interrupted: no release will come for it
 
@@ -465,12 +590,12 @@ class GridFS:
             self._close(fh, c.node)
 
     def read(self, req: Any, c: Any) -> None:
-        data = self.c.read(self._file(c.fh), c.size, c.off)
+        data = self.c.read(self._file(c.fh, c.node), c.size, c.off)
         lib.fuse_reply_buf(req, data, len(data))
 
     def write(self, req: Any, c: Any) -> None:
         lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
-        lib.fuse_reply_write(req, self.c.write(self._file(c.fh), ffi.unpack(c.buf, c.len), c.off))
+        lib.fuse_reply_write(req, self.c.write(self._file(c.fh, c.node), ffi.unpack(c.buf, c.len), c.off))
 
     def flush(self, req: Any, c: Any) -> None:
         st = self._handles.get(c.fh)
@@ -480,7 +605,7 @@ class GridFS:
         lib.fuse_reply_err(req, 0)
 
     def fsync(self, req: Any, c: Any) -> None:
-        self.c.fsync(self._file(c.fh))
+        self.c.fsync(self._file(c.fh, c.node))
         lib.fuse_reply_err(req, 0)
 
     def _close(self, fh: int, node: int) -> None:
@@ -524,7 +649,11 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
     mounting user's credential, so letting others in lends them that identity (within the
     permission bits the kernel checks)."""
     global _served
-    _served = GridFS(client, accounts)
+    _served = fs = GridFS(client, accounts)
+    threads = [threading.Thread(target=fs.sender, name="xos-fs-made", daemon=True),
+               threading.Thread(target=fs.recaller, name="xos-fs-recalls", daemon=True)]
+    for t in threads:
+        t.start()
     opts = f"default_permissions,fsname=xos:{volume},subtype=xos,max_read={IO_SIZE}"
     if allow_other:
         opts += ",allow_other"
@@ -532,4 +661,5 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
         if lib.xf_serve(os.fsencode(mountpoint), opts.encode(), IO_SIZE, ATTR_TTL) < 0:
             raise XosError(f"could not mount {volume} on {mountpoint} (see the FUSE messages above)")
     finally:
+        fs.stop()
         _served = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import collections
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,12 +16,13 @@ import aiohttp
 from aiohttp import web
 
 from xos import httpd
-from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted
+from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.catalogue import Caller, Catalogue, Inode
 from xos.fs.layout import LISTING, Striping, Xloc
+from xos.fs.leases import RESERVE, Leases, Recall
 from xos.fs.replicas import ReplicaManager
 from xos.rpc import field, json_response, read_body
 
@@ -59,15 +62,20 @@ class MRC:
         self.cat.grace = cfg.grace
         self.auth = Authenticator(cfg.trust, cfg.secret)
         self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)
+        self.leases = Leases(os.path.join(cfg.home, "leases.horizon"))
+        self.cat.guard = self.leases.check
+        self.counts: collections.Counter[str] = collections.Counter()  # file-system operations served, by name
         self.ops: dict[str, Callable[[str, Caller, dict[str, Any]], Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
 
-    def caller(self, ident: Identity, volume: str) -> Caller:
+    def caller(self, ident: Identity, volume: str, session: str = "") -> Caller:
         rights = self.cat.volume(volume).rights(ident.who, ident.vo)
         if not rights:
             raise AccessDenied(f"{ident.who} is not admitted to volume {volume}: its ACL names neither them nor "
                                f"VO {ident.vo}")
-        return Caller(ident.who, ident.vo, rights, ident.roles)
+        if len(session) > 64 or not session.isalnum() and session:
+            raise InvalidInput("X-Xos-Session must be up to 64 letters and digits", field="X-Xos-Session")
+        return Caller(ident.who, ident.vo, rights, ident.roles, session)
 
     def cap(self, node: Inode, c: Caller, write: bool) -> str:
         return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",
@@ -90,7 +98,15 @@ class MRC:
             raise BadRequest(f"unknown operation {request.match_info['op']!r}")
         ident = self.auth.request(request)
         body = await read_body(request)
-        return json_response(await op(volume, self.caller(ident, volume), body))
+        caller = self.caller(ident, volume, request.headers.get("X-Xos-Session", ""))
+        self.counts[request.match_info["op"]] += 1
+        await self.leases.grace()
+        for _ in range(16):  # each recall ends a lease, and a recalled directory is not leased again soon
+            try:
+                return json_response(await op(volume, caller, body))
+            except Recall as r:
+                await self.leases.recall(r.lease)
+        raise Unavailable(f"{request.match_info['op']} waited on too many directory leases; try again")
 
     async def create_volume(self, request: web.Request) -> web.Response:
         ident = self.auth.request(request)
@@ -132,6 +148,11 @@ class MRC:
         self.replicas.seen(osd, field(body, "reads", dict, {}))
         return json_response({})
 
+    async def stats(self, request: web.Request) -> web.Response:
+        """What this MRC served: file-system operations by name, files made under leases, leases held."""
+        self.auth.request(request, service_ok=True)
+        return json_response({"ops": dict(self.counts), "leases": self.leases.held()})
+
     async def list_osds(self, request: web.Request) -> web.Response:
         self.auth.request(request, service_ok=True)
         return json_response({"osds": self.cat.osds()})
@@ -152,10 +173,52 @@ class MRC:
         return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
 
     async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """A new file, open for writing; with `lease`, the caller's mount may go on creating in its
+        directory by itself (the answer's `lease`)."""
         dir_version: list[int] = []
         node = self.cat.create(v, field(b, "path", str), field(b, "mode", int, 0o644), c,
                                field(b, "exclusive", bool, True), dir_version)
-        return {**await self._opened(node, c, True), "dir_version": dir_version}
+        out = {**await self._opened(node, c, True), "dir_version": dir_version}
+        if field(b, "lease", bool, False):
+            parent = self.cat.resolve(v, posixpath.dirname(field(b, "path", str)), c)
+            out["lease"] = self._lease(parent.ino, c, field(b, "inos", bool, False))
+        return out
+
+    def _lease(self, dir_ino: int, c: Caller, inos: bool) -> dict[str, Any]:
+        """A lease on directory `dir_ino` for the caller's session if it may have one now (term 0: not)."""
+        term = self.leases.grant(dir_ino, c) if dir_ino and "w" in c.rights else 0.0
+        out: dict[str, Any] = {"dir": dir_ino, "term": term}
+        if term and inos:
+            r = self.cat.reserve(RESERVE)
+            self.leases.reserve(c, r)
+            out["inos"] = [r.start, r.stop]
+        return out
+
+    async def op_made(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Files a lease holder made in a directory: [name, inode number, mode, time] each. Each that
+        names an inode number reserved for it gets that number."""
+        dir_ino = field(b, "dir", int)
+        mine = self.leases.reserved(c)
+        files = []
+        for f in field(b, "files", list):
+            if not (isinstance(f, list) and len(f) == 4 and isinstance(f[1], int) and isinstance(f[2], int)
+                    and isinstance(f[3], (int, float))):
+                raise InvalidInput("each of files is [name, inode number, mode, time]", field="files")
+            files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3])))
+        return self.cat.made(v, dir_ino, files, c)
+
+    async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """The directories this session is to hand back (waits a while for some)."""
+        if not c.session:
+            raise InvalidInput("recalls are per session: send X-Xos-Session", field="X-Xos-Session")
+        return {"dirs": await self.leases.recalls(c)}
+
+    async def op_hand_back(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        dirs = field(b, "dirs", list)
+        if not all(isinstance(d, int) for d in dirs):
+            raise InvalidInput("dirs are inode numbers", field="dirs")
+        self.leases.hand_back(c, dirs)
+        return {}
 
     async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)
@@ -296,6 +359,7 @@ def make_app(mrc: MRC) -> httpd.App:
     app.router.add_post("/v1/volumes/{volume}/fs/{op}", mrc.fs)
     app.router.add_post("/v1/osds/heartbeat", mrc.heartbeat)
     app.router.add_get("/v1/osds", mrc.list_osds)
+    app.router.add_get("/v1/stats", mrc.stats)
     return app
 
 

@@ -53,6 +53,7 @@ int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny);
 int xf_try_getattr(fuse_req_t req, uint64_t ino);
 int xf_path(uint64_t node, char *buf, size_t size);
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
+int xf_attr_of(uint64_t node, struct xf_attr *out);
 void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);
@@ -60,6 +61,30 @@ void xf_forget_all(void);
 void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
 void xf_written(uint64_t fh, int on);
+
+/* A file this mount created by itself under a directory lease, for Python to tell the MRC. */
+struct xf_made {
+    uint64_t dir_ino, dir_node; /* the directory: the MRC's inode number, the table's node */
+    uint64_t node, ino, fh;     /* the new file's node, the inode number it was given, its handle */
+    uint32_t mode;
+    int64_t time_ns;
+    char name[256];
+};
+
+/* Handles of files created under a lease have this bit: Python has them only once it adopts one. */
+#define XF_LOCAL_FH 0x4000000000000000
+
+/* Directory leases: while one runs, names missing from the directory's listing are answered
+ * missing here, and files are created here (inode numbers from [ino_lo, ino_hi)). until: monotonic
+ * seconds; 0 ends it. */
+void xf_owner(uint32_t uid);
+void xf_lease(uint64_t dir, uint64_t dir_ino, double until, uint32_t gid, uint64_t ino_lo, uint64_t ino_hi);
+uint64_t xf_lease_left(uint64_t dir);
+size_t xf_take_made(struct xf_made *out, size_t max, double wait);
+size_t xf_made_count(void);
+void xf_confirm(uint64_t node, uint64_t ino);
+size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max);
+uint64_t xf_node_of(uint64_t parent, const char *name);
 
 /* Replies that also record what they tell the kernel. */
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);

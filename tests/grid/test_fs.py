@@ -114,11 +114,12 @@ def test_unlink_of_an_open_file_keeps_its_data_until_close(d):
     p = os.path.join(d, "open")
     with open(p, "wb") as f:
         f.write(b"still here" * 1000)
-    f = open(p, "rb")
+    f = open(p, "r+b")
     try:
         os.unlink(p)
         assert "open" not in os.listdir(d)
         assert f.read() == b"still here" * 1000
+        assert os.fstat(f.fileno()).st_size == 10000  # fstat of a file open for writing: no handle comes
     finally:
         f.close()
     assert [n for n in os.listdir(d) if not n.startswith(".fuse_hidden")] == []

@@ -1,0 +1,195 @@
+"""Directory leases: a mount creating in a directory makes files there by itself and sends them in batches;
+anyone else reading or changing the directory's names has the holder hand them back first.
+
+One grid (MRC, 3 OSDs, 2 client hosts) for the module; mount 0 creates, mount 1 and API clients are
+the others.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from xos.errors import XosError
+from xos.testing import wait_for
+from xos.testing.fsgrid import FsGrid
+
+
+@pytest.fixture(scope="module")
+def grid():
+    with FsGrid(osds=3, clients=2) as g:
+        g.mkvol("data")
+        yield g
+        bad = g.unexpected_warnings(["refused", "unreachable"])
+        assert not bad, bad
+
+
+@pytest.fixture(scope="module")
+def mounts(grid):
+    return grid.mount(0, "data"), grid.mount(1, "data")
+
+
+@pytest.fixture
+def name(request, mounts):
+    """A fresh directory name, made through mount 0."""
+    n = request.node.name.replace("[", "_").replace("]", "")
+    os.mkdir(os.path.join(mounts[0], n))
+    return n
+
+
+@pytest.fixture
+def api(grid):
+    c = grid.client("data")
+    yield c
+    c.close()
+
+
+def stats(api: Any, grid: FsGrid) -> dict[str, Any]:
+    return dict(api._json("GET", f"{grid.mrc_url}/v1/stats"))
+
+
+def create(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+
+def test_files_made_under_a_lease_reach_the_mrc_in_batches(grid, mounts, name, api):
+    before = stats(api, grid)["ops"]
+    for i in range(300):
+        create(os.path.join(mounts[0], name, f"f{i}"))
+    after = stats(api, grid)["ops"]
+    creates = after.get("create", 0) - before.get("create", 0)
+    batches = after.get("made", 0) - before.get("made", 0)
+    assert creates < 30, f"{creates} creates went to the MRC one by one"  # a lease is renewed by a create
+    assert batches >= 1
+    # another client's listing recalls the lease: every file is there, with the inode number shown here
+    names = api.listdir(f"/{name}")
+    assert sorted(names) == sorted(f"f{i}" for i in range(300))
+    here = os.stat(os.path.join(mounts[0], name, "f7")).st_ino
+    assert api.stat(f"/{name}/f7")["ino"] == here
+
+
+def test_a_file_made_here_opens_at_once_on_another_mount(mounts, name):
+    for i in range(20):  # the lease is held and used
+        create(os.path.join(mounts[0], name, f"warm{i}"))
+    with open(os.path.join(mounts[0], name, "out"), "wb") as f:
+        f.write(b"result")
+    with open(os.path.join(mounts[1], name, "out"), "rb") as f:
+        assert f.read() == b"result"
+
+
+def test_a_file_made_elsewhere_is_not_answered_missing_by_the_holder(mounts, name):
+    for i in range(20):
+        create(os.path.join(mounts[0], name, f"warm{i}"))
+    with open(os.path.join(mounts[1], name, "theirs"), "wb") as f:  # recalls mount 0's lease
+        f.write(b"theirs")
+    with open(os.path.join(mounts[0], name, "theirs"), "rb") as f:
+        assert f.read() == b"theirs"
+    with pytest.raises(FileExistsError):  # and O_EXCL sees it
+        create(os.path.join(mounts[0], name, "theirs"))
+
+
+def test_exclusive_create_of_a_name_made_here_fails_on_the_other_mount(mounts, name):
+    for i in range(20):
+        create(os.path.join(mounts[0], name, f"warm{i}"))
+    create(os.path.join(mounts[0], name, "mine"))
+    with pytest.raises(FileExistsError):
+        create(os.path.join(mounts[1], name, "mine"))
+
+
+def test_file_made_here_written_renamed_and_unlinked_while_open(mounts, name):
+    d = os.path.join(mounts[0], name)
+    for i in range(20):
+        create(os.path.join(d, f"warm{i}"))
+    fd = os.open(os.path.join(d, "tmp"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.unlink(os.path.join(d, "tmp"))  # the tmpfile pattern: the open handle keeps the data
+        os.write(fd, b"still here")
+        assert os.pread(fd, 100, 0) == b"still here"
+        assert os.fstat(fd).st_size == 10
+    finally:
+        os.close(fd)
+    assert "tmp" not in os.listdir(d)
+    fd = os.open(os.path.join(d, "a"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, b"moved")
+        os.rename(os.path.join(d, "a"), os.path.join(d, "b"))
+    finally:
+        os.close(fd)
+    with open(os.path.join(mounts[1], name, "b"), "rb") as f:
+        assert f.read() == b"moved"
+    assert not os.path.exists(os.path.join(mounts[1], name, "a"))
+
+
+def test_made_files_keep_mode_owner_and_group(mounts, name, api):
+    d = os.path.join(mounts[0], name)
+    for i in range(20):
+        create(os.path.join(d, f"warm{i}"))
+    fd = os.open(os.path.join(d, "m"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.close(fd)
+    here = os.stat(os.path.join(d, "m"))
+    there = api.stat(f"/{name}/m")
+    assert there["mode"] & 0o7777 == here.st_mode & 0o7777 == 0o640 & ~current_umask()
+    assert there["owner"] == "alice@vo-a" and there["group"] == "vo-a"
+    assert here.st_uid == os.stat(d).st_uid
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_lost_holder_holds_others_up_only_for_the_term(grid, name, api):
+    mp = grid.mount(1, "data", user="bob")
+    os.chmod(os.path.join(grid.mounts[0][0], name), 0o777)
+    d = os.path.join(mp, name)
+    for i in range(20):
+        create(os.path.join(d, f"bob{i}"))
+    proc = next(p for m, p in grid.mounts if m == mp)
+    wait_for(lambda: stats(api, grid)["leases"] >= 1, 5, "bob's lease")
+    proc.stop(signal.SIGKILL)  # the holder is gone without handing anything back
+    try:
+        t0 = time.monotonic()
+        with api.open(f"/{name}/after", "wb") as f:  # waits out the term, no longer
+            f.write(b"x")
+        assert time.monotonic() - t0 < 10
+        assert "after" in api.listdir(f"/{name}")
+    finally:
+        grid.umount(mp)
+
+
+def test_the_mrc_refuses_bad_batches(grid, name, api):
+    dir_ino = api.stat(f"/{name}")["ino"]
+    for files, code in (([["../x", 1, 0o644, 0.0]], "bad-path"), ([["a/b", 1, 0o644, 0.0]], "bad-path"),
+                        ([["x\0y", 1, 0o644, 0.0]], "bad-path"), ([["x", "one", 0o644, 0.0]], "invalid-input"),
+                        ("x", "invalid-input"), ([["x", 1]], "invalid-input")):
+        with pytest.raises(XosError) as e:
+            api.op("made", dir=dir_ino, files=files)
+        assert e.value.code == code, (files, e.value)
+    assert api.listdir(f"/{name}") == []
+    with pytest.raises(XosError) as e:
+        api.op("made", dir=10**12, files=[["x", 1, 0o644, 0.0]])
+    assert e.value.code == "no-such-file"
+    # an inode number nobody reserved for this client is not taken from it: the file gets another
+    made = api.op("made", dir=dir_ino, files=[["y", 1, 0o644, 0.0]])
+    assert made["made"]["y"] != 1
+    assert api.stat(f"/{name}/y")["ino"] == made["made"]["y"]
+
+
+def test_unwritable_mode_is_created_at_the_mrc_and_stays_writable_through_its_handle(mounts, name):
+    d = os.path.join(mounts[0], name)
+    for i in range(20):
+        create(os.path.join(d, f"warm{i}"))
+    fd = os.open(os.path.join(d, "ro"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        assert os.write(fd, b"data") == 4
+    finally:
+        os.close(fd)
+    with open(os.path.join(mounts[1], name, "ro"), "rb") as f:
+        assert f.read() == b"data"
+    with pytest.raises(PermissionError):
+        open(os.path.join(mounts[1], name, "ro"), "wb")
