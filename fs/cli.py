@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -13,7 +12,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from xos import config
+from xos import config, httpd
 from xos.errors import InvalidInput, NotFound, XosError
 
 MRC_PORT = 32636
@@ -98,13 +97,13 @@ def serve(args: argparse.Namespace) -> int:
     if args.role == "mrc":
         from xos.fs.mrc import MrcConfig, serve_mrc
 
-        asyncio.run(serve_mrc(MrcConfig(config.home(), args.listen, secret, _trust(args.trust), grace=args.grace,
+        httpd.run(serve_mrc(MrcConfig(config.home(), args.listen, secret, _trust(args.trust), grace=args.grace,
                                         idle=args.idle, cap_ttl=args.cap_ttl)))
     else:
         from xos.fs.osd import OsdConfig, serve_osd
 
         url = (args.url or f"http://{args.listen}").rstrip("/")
-        asyncio.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret,
+        httpd.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret,
                                         _trust(args.trust))))
     return 0
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -156,8 +156,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio.Transport's subclass
         self.worker = asyncio.ensure_future(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -264,6 +263,15 @@ class Connection(asyncio.Protocol):
             log.exception("HTTP connection failed")
             with contextlib.suppress(Exception):
                 self.transport.close()
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run on uvloop's event loop: a request's round trip through this server took 263-292 us
+    on uvloop and 342-517 us on asyncio's own loop here (a bare TCP ping-pong between two processes:
+    125-138 us)."""
+    import uvloop
+
+    return uvloop.run(main)
 
 
 async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = None) -> None:
