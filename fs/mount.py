@@ -126,6 +126,7 @@ class GridFS:
         self._made_buf = ffi.new("struct xf_made[]", MADE_BATCH)
         self._adopting = threading.Lock()
         self.stopping = threading.Event()
+        self._plans: dict[int, set[int]] = {}  # inode number -> handles the native loop reads for from OSDs
         lib.xf_owner(accounts.uid)
         self.ops: dict[int, Callable[[Any, Any], None]] = {
             lib.XF_LOOKUP: self.lookup, lib.XF_GETATTR: self.getattr, lib.XF_SETATTR: self.setattr,
@@ -239,11 +240,35 @@ class GridFS:
             if isinstance(what, Open):
                 return what
             st = self.c.open_handle(self.path(node), True)
+            self._unplan(st.ino)
             with self._lock:
                 self._handles[fh] = st
             lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
             lib.xf_writers(node, 1)
             return st
+
+    # reads straight from the OSDs
+
+    def _plan(self, fh: int, st: Open) -> None:
+        """Let the native loop serve small reads of read-only handle `fh` from the OSDs itself."""
+        if st.write or st.inline is not None or st.xloc is None or not st.xloc.replicas:
+            return
+        replica = st.xloc.replicas[min(st.prefer, len(st.xloc.replicas) - 1)]
+        osds = [st.xloc.urls.get(o, "").partition("//")[2] for o in replica.osds]
+        if not all(osds):
+            return
+        headers = "".join(f"{k}: {v}\r\n" for k, v in self.c._osd_headers(st).items())
+        if lib.xf_plan(fh, st.fid.encode(), headers.encode(), st.size, st.xloc.striping.size,
+                       b"".join(o.encode() + b"\0" for o in osds), len(osds)) == 0:
+            with self._lock:
+                self._plans.setdefault(st.ino, set()).add(fh)
+
+    def _unplan(self, ino: int) -> None:
+        """Every handle on inode `ino` reads through Python again: its bytes may be here, not at the OSDs."""
+        with self._lock:
+            fhs = self._plans.pop(ino, set())
+        for fh in fhs:
+            lib.xf_unplan(fh)
 
     # directory leases
 
@@ -370,6 +395,9 @@ class GridFS:
     def setattr(self, req: Any, c: Any) -> None:
         path = self.path(c.node)
         if c.to_set & lib.FUSE_SET_ATTR_SIZE:
+            known = ffi.new("struct xf_attr *")
+            if lib.xf_attr_of(c.node, known):
+                self._unplan(known.ino)
             self.c.truncate(path, c.size)
         changes: dict[str, Any] = {}
         if c.to_set & lib.FUSE_SET_ATTR_MODE:
@@ -570,6 +598,7 @@ class GridFS:
             if c.flags & os.O_TRUNC and st.size:
                 self.c.truncate(path, 0)
         fh = self._handle(st)
+        self._unplan(st.ino)  # an existing file opened to write (not O_EXCL)
         lib.xf_touch_dir(c.node, 0)
         if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
             lib.xf_advance(c.node, *st.dir_version)
@@ -585,13 +614,19 @@ class GridFS:
             self.c.truncate(path, 0)
         fh = self._handle(st)
         if write:
+            self._unplan(st.ino)
             lib.xf_writers(c.node, 1)
+        else:
+            self._plan(fh, st)
         if lib.xf_reply_open(req, c.fi, fh, 0) != 0:
             self._close(fh, c.node)
 
     def read(self, req: Any, c: Any) -> None:
-        data = self.c.read(self._file(c.fh, c.node), c.size, c.off)
+        st = self._file(c.fh, c.node)
+        data = self.c.read(st, c.size, c.off)
         lib.fuse_reply_buf(req, data, len(data))
+        if c.fh in self._plans.get(st.ino, ()):  # the native loop gave this read up: perhaps a renewed capability
+            self._plan(c.fh, st)
 
     def write(self, req: Any, c: Any) -> None:
         lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
@@ -610,8 +645,11 @@ class GridFS:
 
     def _close(self, fh: int, node: int) -> None:
         lib.xf_written(fh, 0)
+        lib.xf_unplan(fh)
         with self._lock:
             st = self._handles.pop(fh, None)
+            if isinstance(st, Open):
+                self._plans.get(st.ino, set()).discard(fh)
         if not isinstance(st, Open):
             return
         try:

@@ -13,15 +13,16 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from isal.isal_zlib import crc32  # zlib's CRC-32, 5x faster: 64 KiB in 6 us, not 30 (and 1 MiB in 95, not 324)
 
 from xos import httpd
 from xos.errors import BadRequest, CapabilityInvalid, NoSpace, NoSuchFile, ObjectCorrupt, StaleCapability, XosError
@@ -38,8 +39,11 @@ HEARTBEAT = 1.0
 SMALL = 256 << 10  # reads up to this size run on the event loop
 
 
+FID = re.compile(r"[0-9a-f]{8,64}")
+
+
 def _fid(text: str) -> str:
-    if not (8 <= len(text) <= 64) or not all(c in "0123456789abcdef" for c in text):
+    if not FID.fullmatch(text):
         raise BadRequest(f"bad file id {text[:70]!r}")
     return text
 
@@ -91,9 +95,9 @@ class ObjectStore:
             for b in range(min(offset, size) // BLOCK, (new_size - 1) // BLOCK + 1 if new_size else 0):
                 lo, hi = b * BLOCK, min((b + 1) * BLOCK, new_size)
                 if offset <= lo and hi <= end:
-                    crcs[b] = zlib.crc32(mv[lo - offset:hi - offset])
+                    crcs[b] = crc32(mv[lo - offset:hi - offset])
                 elif hi > offset and lo < end or lo >= size or hi > size:
-                    crcs[b] = zlib.crc32(os.pread(fd, hi - lo, lo))
+                    crcs[b] = crc32(os.pread(fd, hi - lo, lo))
             os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
         finally:
             os.close(fd)
@@ -132,7 +136,7 @@ class ObjectStore:
             os.close(fd)
         mv = memoryview(span)
         for b in range(first, last + 1):
-            if zlib.crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
+            if crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
                 raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
         return span[offset - first * BLOCK:end - first * BLOCK]
 
@@ -153,7 +157,7 @@ class ObjectStore:
                         os.ftruncate(fd, inner)
                         if inner % BLOCK:
                             b = inner // BLOCK
-                            crcs[b] = zlib.crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
+                            crcs[b] = crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
                         os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
                 finally:
                     os.close(fd)

@@ -86,6 +86,12 @@ void xf_confirm(uint64_t node, uint64_t ino);
 size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max);
 uint64_t xf_node_of(uint64_t parent, const char *name);
 
+/* Small reads of handle `fh` straight from the OSDs in `osds` ("ip:port", NUL after each, one per stripe
+ * column of the replica to read), with `headers` ("Name: value\r\n" each): 0, or -errno. */
+int xf_plan(uint64_t fh, const char *fid, const char *headers, uint64_t size, uint32_t stripe, const char *osds,
+            size_t ncol);
+void xf_unplan(uint64_t fh);
+
 /* Replies that also record what they tell the kernel. */
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);
 uint64_t xf_reply_create(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl,

@@ -10,6 +10,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -395,6 +396,47 @@ def test_stripe_width_3_puts_objects_on_3_osds(grid):
         assert holders == [0, 1, 2]
     finally:
         grid.umount(mp)
+
+
+def test_small_reads_of_a_striped_sparse_file_return_its_bytes(grid):
+    mp = grid.mount(0, "striped")
+    try:
+        expect = bytearray(3 << 20)
+        with open(os.path.join(mp, "sparse"), "wb") as f:
+            for off in (0, 65536 - 100, 5 * 65536 + 7, (3 << 20) - 5000):
+                data = os.urandom(5000)
+                f.seek(off)
+                f.write(data)
+                expect[off:off + 5000] = data
+        fd = os.open(os.path.join(mp, "sparse"), os.O_RDONLY)
+        try:
+            rng = random.Random(3)
+            probes = [(rng.randrange(0, len(expect) + 8192), rng.choice((1, 512, 4096, 65536, 100000)))
+                      for _ in range(300)]
+            probes += [(65536 - 50, 100), (len(expect) - 10, 4096), (len(expect), 10), (2 * 65536, 4096)]
+            for off, size in probes:  # within objects, across them, in holes, past the end
+                assert os.pread(fd, size, off) == bytes(expect[off:off + size]), (off, size)
+        finally:
+            os.close(fd)
+    finally:
+        grid.umount(mp)
+
+
+def test_a_reader_sees_what_a_writer_on_the_same_mount_wrote_before_it_closed(d):
+    p = os.path.join(d, "rw")
+    with open(p, "wb") as f:
+        f.write(os.urandom(1 << 20))  # on OSDs, not inline
+    reader = os.open(p, os.O_RDONLY)
+    writer = os.open(p, os.O_WRONLY)
+    try:
+        os.pread(reader, 4096, 0)
+        # part of a page nobody read here: the kernel keeps no page of it, and the bytes wait in this
+        # mount's write buffer, not yet at the OSDs
+        os.pwrite(writer, b"new bytes", 300000)
+        assert os.pread(reader, 9, 300000) == b"new bytes"
+    finally:
+        os.close(writer)
+        os.close(reader)
 
 
 def _osd_get(grid, fid, token, cred):

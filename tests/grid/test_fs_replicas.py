@@ -46,6 +46,24 @@ def _write_pattern(path, mib):
     return h.hexdigest()
 
 
+def test_small_random_reads_fail_over_when_the_osd_they_use_is_killed(grid):
+    mp = grid.mount(0, "rep")
+    payload = os.urandom(4 << 20)
+    with open(os.path.join(mp, "small"), "wb") as f:
+        f.write(payload)
+    first = _replicas(grid, "/small")["xloc"]["replicas"][0]["osds"][0]
+    victim = next(i for i, h in enumerate(grid.osds) if h.name == first)
+    offsets = [(i * 7919 * 4096) % len(payload) for i in range(200)]
+    fd = os.open(os.path.join(mp, "small"), os.O_RDONLY)
+    try:
+        for n, off in enumerate(offsets):
+            if n == 50:  # the OSD the small reads go to dies between two of them
+                grid.osds[victim].procs[0].stop(signal.SIGKILL)
+            assert os.pread(fd, 4096, off) == payload[off:off + 4096], off
+    finally:
+        os.close(fd)
+
+
 def test_read_survives_an_osd_killed_mid_read_and_the_replica_count_comes_back(grid):
     mp = grid.mount(0, "rep")
     digest = _write_pattern(os.path.join(mp, "big"), 500)
