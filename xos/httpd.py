@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Handlers are written against aiohttp's web.Request; they get a Request here, which quacks the same.
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
 MAX_HEAD = 64 << 10
+HEAD_BUFFER = 64 << 10  # where heads arrive; bodies that fit come with them
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
            413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -42,7 +43,7 @@ REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403
 class Body:
     """`request.content` as rpc.read_body reads it."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self._data = memoryview(data)
         self._pos = 0
 
@@ -57,7 +58,8 @@ class Body:
 class Request:
     """One request, with the parts of aiohttp's `web.Request` the daemons use."""
 
-    def __init__(self, method: str, path: str, query: str, headers: CIMultiDict[str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, query: str, headers: CIMultiDict[str],
+                 body: bytes | bytearray) -> None:
         self.method = method
         self.path = path
         self.query: MultiDictProxy[str] = MultiDictProxy(MultiDict(_query(query)))
@@ -67,7 +69,7 @@ class Request:
         self._body = body
         self.content = Body(body)
 
-    async def read(self) -> bytes:
+    async def read(self) -> bytes | bytearray:
         """The whole body."""
         return self._body
 
@@ -151,18 +153,27 @@ def _error(status: int, code: str, message: str) -> bytes:
     return _head(status, [("Content-Type", "application/json")], len(body), True) + body
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: requests parsed as they arrive, answered in order."""
+class Connection(asyncio.BufferedProtocol):
+    """One client connection: requests parsed as they arrive, answered in order.
+
+    Heads (and the small bodies that come with them) arrive in one buffer; a larger body is received
+    straight into a buffer of its own size. Appending each chunk of a 1 MiB body to a buffer and then
+    copying the body out of it were a quarter of an OSD's CPU per MiB written."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.buf = bytearray()
+        self.buf = bytearray(HEAD_BUFFER)
+        self.have = 0  # bytes of buf received and not yet consumed
+        self.body: bytearray | None = None  # a body being received in place, and how much of it came
+        self.got = 0
         self.queue: asyncio.Queue[tuple[Request, bool] | None] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
         self.writable = asyncio.Event()
         self.writable.set()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
+        # The head of the request being received: (method, target, version, headers, body start, length).
+        self._head: tuple[str, str, str, CIMultiDict[str], int, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio.Transport's subclass
@@ -180,44 +191,82 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.body is not None:
+            return memoryview(self.body)[self.got:]
+        if len(self.buf) - self.have < 4096:
+            self.buf.extend(bytes(len(self.buf)))
+        return memoryview(self.buf)[self.have:]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.closing:
             return
-        self.buf += data
+        if self.body is not None:
+            self.got += nbytes
+            if self.got < len(self.body):
+                return
+            body, self.body = self.body, None
+            self._request(body)
+        else:
+            self.have += nbytes
+        self._consume()
+
+    def _consume(self) -> None:
+        """Parse what the head buffer holds into requests, as far as it goes."""
         while not self.closing:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > MAX_HEAD:
-                    self._refuse(431, "too-large", "request head over 64 KiB")
+            if self._head is None:
+                end = self.buf.find(b"\r\n\r\n", 0, min(self.have, MAX_HEAD + 4))
+                if end < 0:
+                    if self.have > MAX_HEAD:
+                        self._refuse(431, "too-large", "request head over 64 KiB")
+                    return
+                try:
+                    method, target, version, headers = self._parse(bytes(self.buf[:end]))
+                except ValueError as e:
+                    self._refuse(400, "bad-request", f"malformed request: {e}")
+                    return
+                if "chunked" in headers.get("Transfer-Encoding", "").lower():
+                    self._refuse(411, "bad-request", "a body needs a Content-Length (chunked bodies are not taken)")
+                    return
+                try:
+                    length = int(headers.get("Content-Length", "0"))
+                    if length < 0:
+                        raise ValueError
+                except ValueError:
+                    self._refuse(400, "bad-request", "bad Content-Length")
+                    return
+                if length > self.app.client_max_size:
+                    self._refuse(413, "too-large", f"request body over {self.app.client_max_size} bytes")
+                    return
+                self._head = (method, target, version, headers, end + 4, length)
+            start, length = self._head[4], self._head[5]
+            if self.have - start < length:
+                if len(self.buf) >= start + length:
+                    return  # the body will fit where it is
+                body = bytearray(length)  # the rest of it is received in place
+                self.got = self.have - start
+                body[:self.got] = self.buf[start:self.have]
+                self.body, self.have = body, 0
                 return
-            try:
-                method, target, version, headers = self._parse(bytes(self.buf[:end]))
-            except ValueError as e:
-                self._refuse(400, "bad-request", f"malformed request: {e}")
-                return
-            if "chunked" in headers.get("Transfer-Encoding", "").lower():
-                self._refuse(411, "bad-request", "a body needs a Content-Length (chunked bodies are not taken)")
-                return
-            try:
-                length = int(headers.get("Content-Length", "0"))
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._refuse(400, "bad-request", "bad Content-Length")
-                return
-            if length > self.app.client_max_size:
-                self._refuse(413, "too-large", f"request body over {self.app.client_max_size} bytes")
-                return
-            if len(self.buf) < end + 4 + length:
-                return  # the body is still coming
-            body = bytes(self.buf[end + 4:end + 4 + length])
-            del self.buf[:end + 4 + length]
-            path, _, query = target.partition("?")
-            conn = headers.get("Connection", "").lower()
-            close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
-            self.queue.put_nowait((Request(method, unquote(path), query, headers, body), close))
-            if close:
-                self.closing = True
+            done = start + length
+            payload = bytes(self.buf[start:done])
+            rest = self.have - done
+            self.buf[:rest] = self.buf[done:self.have]
+            self.have = rest
+            if len(self.buf) > 4 * HEAD_BUFFER and rest < HEAD_BUFFER:
+                del self.buf[HEAD_BUFFER:]  # a long head or pipelined burst made it grow
+            self._request(payload)
+
+    def _request(self, body: bytes | bytearray) -> None:
+        assert self._head is not None
+        method, target, version, headers, _, _ = self._head
+        self._head = None
+        path, _, query = target.partition("?")
+        conn = headers.get("Connection", "").lower()
+        close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
+        self.queue.put_nowait((Request(method, unquote(path), query, headers, body), close))
+        if close:
+            self.closing = True
 
     @staticmethod
     def _parse(head: bytes) -> tuple[str, str, str, CIMultiDict[str]]:
@@ -236,7 +285,7 @@ class Connection(asyncio.Protocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer a request that cannot be read, after those before it, and close."""
         self.closing = True
-        self.buf.clear()
+        self.buf, self.have, self.body = bytearray(), 0, None
         self.queue.put_nowait(None)
         self._refusal = _error(status, code, message)
 
