@@ -110,7 +110,9 @@ class Leases:
 
     def reserve(self, c: Caller, inos: range) -> None:
         """Inode numbers the caller's session may name in what it makes; only the newest few are kept."""
-        self._reserved[c.session] = (self._reserved.get(c.session, []) + [inos])[-4:]
+        self._reserved[c.session] = (self._reserved.pop(c.session, []) + [inos])[-4:]
+        if len(self._reserved) > 4096:  # the sessions that reserved longest ago are gone by now
+            del self._reserved[next(iter(self._reserved))]
 
     def held(self) -> int:
         """How many leases run now."""
@@ -147,4 +149,7 @@ class Leases:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL)
         wake.clear()
-        return sorted(self._recalls.pop(c.session, set()))
+        dirs = sorted(self._recalls.pop(c.session, set()))
+        if self._wake.get(c.session) is wake:
+            del self._wake[c.session]  # a recall before the next wait sets up another
+        return dirs

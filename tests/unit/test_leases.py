@@ -1,0 +1,108 @@
+"""The MRC's directory leases on their own: grants, recalls, hand-backs, terms, and the horizon a restarted
+MRC waits out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from xos.fs import leases
+from xos.fs.catalogue import Caller
+from xos.fs.leases import Leases, Recall
+
+A = Caller("alice@vo", "vo", "rw", (), "sessiona")
+B = Caller("bob@vo", "vo", "rw", (), "sessionb")
+NOBODY = Caller("carol@vo", "vo", "rw", (), "")
+
+
+@pytest.fixture
+def horizon(tmp_path):
+    return os.path.join(tmp_path, "leases.horizon")
+
+
+def test_a_lease_stands_in_the_way_of_others_only(horizon):
+    async def run():
+        ls = Leases(horizon)
+        assert ls.grant(7, A) == leases.TERM
+        ls.check(7, A)  # the holder's own calls
+        ls.check(8, B)  # another directory
+        with pytest.raises(Recall) as r:
+            ls.check(7, B)
+        assert r.value.lease.session == A.session
+        with pytest.raises(Recall):
+            ls.check(7, NOBODY)
+        assert ls.grant(7, B) == 0.0  # held
+        assert ls.grant(9, NOBODY) == 0.0  # no session: nobody to recall from
+        assert ls.held() == 1
+
+    asyncio.run(run())
+
+
+def test_a_recall_waits_for_the_hand_back_then_the_directory_is_not_leased_again_soon(horizon):
+    async def run():
+        ls = Leases(horizon)
+        ls.grant(7, A)
+        with pytest.raises(Recall) as r:
+            ls.check(7, B)
+        waiter = asyncio.ensure_future(ls.recall(r.value.lease))
+        assert await ls.recalls(A) == [7]  # the holder's long poll answers at once
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # still the holder's until it hands it back
+        ls.hand_back(A, [7])
+        await asyncio.wait_for(waiter, 1)
+        ls.check(7, B)
+        assert ls.grant(7, A) == 0.0  # recalled just now: writers on two mounts would ping-pong
+
+    asyncio.run(run())
+
+
+def test_a_silent_holder_holds_others_up_for_its_term_only(horizon, monkeypatch):
+    monkeypatch.setattr(leases, "TERM", 0.3)
+
+    async def run():
+        ls = Leases(horizon)
+        ls.grant(7, A)
+        with pytest.raises(Recall) as r:
+            ls.check(7, B)
+        await asyncio.wait_for(ls.recall(r.value.lease), 2)  # nobody hands it back
+        ls.check(7, B)
+        assert ls.held() == 0
+
+    asyncio.run(run())
+
+
+def test_a_hand_back_by_another_session_or_identity_is_ignored(horizon):
+    async def run():
+        ls = Leases(horizon)
+        ls.grant(7, A)
+        ls.hand_back(B, [7])
+        ls.hand_back(Caller("mallory@vo", "vo", "rw", (), A.session), [7])  # A's session, not A
+        with pytest.raises(Recall):
+            ls.check(7, B)
+
+    asyncio.run(run())
+
+
+def test_an_mrc_restarted_waits_out_the_terms_granted_before(horizon, monkeypatch):
+    monkeypatch.setattr(leases, "TERM", 0.3)
+
+    async def run():
+        Leases(horizon).grant(7, A)
+        again = Leases(horizon)  # the MRC killed and started again: it knows no lease
+        assert again.grace_until > time.time() + leases.TERM / 2
+        t0 = time.monotonic()
+        await again.grace()
+        assert time.monotonic() - t0 >= leases.TERM / 2
+        assert Leases(horizon + ".none").grace_until == 0.0  # never granted any: nothing to wait for
+
+    asyncio.run(run())
+
+
+def test_reserved_inode_numbers_are_the_sessions_own(horizon):
+    ls = Leases(horizon)
+    ls.reserve(A, range(100, 200))
+    assert ls.reserved(A) == [range(100, 200)]
+    assert ls.reserved(B) == [] and ls.reserved(NOBODY) == []
