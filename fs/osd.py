@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -31,6 +33,7 @@ from xos.fs.capability import Capability, Verifier, service_token
 from xos.rpc import json_response, read_body
 
 log = logging.getLogger(__name__)
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 CRC = "user.xos.crc32"  # the CRC-32 of each BLOCK of the object, big-endian, one after the other
 BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
@@ -172,13 +175,15 @@ class ObjectStore:
         shutil.rmtree(self.dir(fid), ignore_errors=True)
 
     def fsync(self, fid: str) -> None:
-        for objno in self.objects(fid):
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(self.path(fid, objno), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        """Put a file's objects, and their names, on disk: one syncfs of the OSD's file system rather than an
+        fsync per object, each of which was a journal commit (a 512 MiB file's 512 objects: 0.48 s)."""
+        fd = os.open(self.dir(fid) if os.path.isdir(self.dir(fid)) else self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
 
 @dataclass
