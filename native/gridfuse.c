@@ -168,8 +168,8 @@ static void sweep(void)
     for (size_t i = 0; i < cap; i++)
         for (struct node *n = ids[i], *next; n; n = next) {
             next = n->next_id;
-            if (!n->nlookup && !n->writers && n->attr_until < t && n->list_until < t)
-                free_node(n);
+            if (!n->nlookup && !n->writers && !n->pending && n->attr_until < t && n->list_until < t)
+                free_node(n); /* a file made here stays until the MRC has it: a lease answers by the table */
         }
     swept = count;
 }
