@@ -143,7 +143,9 @@ class GridFS:
         """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
         _tl.req = req
         try:
-            if lib.xf_made_count():  # whatever this asks the MRC, it knows the files made here first
+            # Whatever this asks the MRC, it knows the files made here first: those still queued, and those
+            # the sender took and is sending (it holds the lock until the MRC has them).
+            if lib.xf_made_count() or self._made_lock.locked():
                 self.send_made()
             self.ops[c.op](req, c)
         except XosError as e:

@@ -191,3 +191,15 @@ def test_unwritable_mode_is_created_at_the_mrc_and_stays_writable_through_its_ha
         assert f.read() == b"data"
     with pytest.raises(PermissionError):
         open(os.path.join(mounts[1], name, "ro"), "wb")
+
+
+def test_files_written_right_after_they_are_made_all_reach_the_mrc(mounts, name, api):
+    """The tar pattern: create, write, close, over and over. A write makes Python open the file at the MRC,
+    which must wait for a batch the sender has taken and not yet sent."""
+    d = os.path.join(mounts[0], name)
+    for i in range(300):
+        with open(os.path.join(d, f"t{i}"), "w") as f:
+            f.write(f"file {i}\n")
+    for i in (0, 150, 299):
+        with api.open(f"/{name}/t{i}") as f:
+            assert f.read() == f"file {i}\n".encode()
