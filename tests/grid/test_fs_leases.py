@@ -55,6 +55,12 @@ def create(path: str) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
 
 
+def lease(d: str, prefix: str = "warm") -> None:
+    """Create in directory `d` until this mount holds its lease and makes files there itself."""
+    for i in range(20):
+        create(os.path.join(d, f"{prefix}{i}"))
+
+
 def test_files_made_under_a_lease_reach_the_mrc_in_batches(grid, mounts, name, api):
     before = stats(api, grid)["ops"]
     for i in range(300):
@@ -72,8 +78,7 @@ def test_files_made_under_a_lease_reach_the_mrc_in_batches(grid, mounts, name, a
 
 
 def test_a_file_made_here_opens_at_once_on_another_mount(mounts, name):
-    for i in range(20):  # the lease is held and used
-        create(os.path.join(mounts[0], name, f"warm{i}"))
+    lease(os.path.join(mounts[0], name))
     with open(os.path.join(mounts[0], name, "out"), "wb") as f:
         f.write(b"result")
     with open(os.path.join(mounts[1], name, "out"), "rb") as f:
@@ -81,8 +86,7 @@ def test_a_file_made_here_opens_at_once_on_another_mount(mounts, name):
 
 
 def test_a_file_made_elsewhere_is_not_answered_missing_by_the_holder(mounts, name):
-    for i in range(20):
-        create(os.path.join(mounts[0], name, f"warm{i}"))
+    lease(os.path.join(mounts[0], name))
     with open(os.path.join(mounts[1], name, "theirs"), "wb") as f:  # recalls mount 0's lease
         f.write(b"theirs")
     with open(os.path.join(mounts[0], name, "theirs"), "rb") as f:
@@ -92,8 +96,7 @@ def test_a_file_made_elsewhere_is_not_answered_missing_by_the_holder(mounts, nam
 
 
 def test_exclusive_create_of_a_name_made_here_fails_on_the_other_mount(mounts, name):
-    for i in range(20):
-        create(os.path.join(mounts[0], name, f"warm{i}"))
+    lease(os.path.join(mounts[0], name))
     create(os.path.join(mounts[0], name, "mine"))
     with pytest.raises(FileExistsError):
         create(os.path.join(mounts[1], name, "mine"))
@@ -101,8 +104,7 @@ def test_exclusive_create_of_a_name_made_here_fails_on_the_other_mount(mounts, n
 
 def test_file_made_here_written_renamed_and_unlinked_while_open(mounts, name):
     d = os.path.join(mounts[0], name)
-    for i in range(20):
-        create(os.path.join(d, f"warm{i}"))
+    lease(d)
     fd = os.open(os.path.join(d, "tmp"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.unlink(os.path.join(d, "tmp"))  # the tmpfile pattern: the open handle keeps the data
@@ -125,8 +127,7 @@ def test_file_made_here_written_renamed_and_unlinked_while_open(mounts, name):
 
 def test_made_files_keep_mode_owner_and_group(mounts, name, api):
     d = os.path.join(mounts[0], name)
-    for i in range(20):
-        create(os.path.join(d, f"warm{i}"))
+    lease(d)
     fd = os.open(os.path.join(d, "m"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     os.close(fd)
     here = os.stat(os.path.join(d, "m"))
@@ -146,8 +147,7 @@ def test_a_lost_holder_holds_others_up_only_for_the_term(grid, name, api):
     mp = grid.mount(1, "data", user="bob")
     os.chmod(os.path.join(grid.mounts[0][0], name), 0o777)
     d = os.path.join(mp, name)
-    for i in range(20):
-        create(os.path.join(d, f"bob{i}"))
+    lease(d, "bob")
     proc = next(p for m, p in grid.mounts if m == mp)
     wait_for(lambda: stats(api, grid)["leases"] >= 1, 5, "bob's lease")
     proc.stop(signal.SIGKILL)  # the holder is gone without handing anything back
@@ -180,8 +180,7 @@ def test_the_mrc_refuses_bad_batches(grid, name, api):
 
 def test_unwritable_mode_is_created_at_the_mrc_and_stays_writable_through_its_handle(mounts, name):
     d = os.path.join(mounts[0], name)
-    for i in range(20):
-        create(os.path.join(d, f"warm{i}"))
+    lease(d)
     fd = os.open(os.path.join(d, "ro"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
     try:
         assert os.write(fd, b"data") == 4
