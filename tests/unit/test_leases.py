@@ -90,12 +90,12 @@ def test_an_mrc_restarted_waits_out_the_terms_granted_before(horizon, monkeypatc
     monkeypatch.setattr(leases, "TERM", 0.3)
 
     async def run():
+        granted_at = time.time()
         Leases(horizon).grant(7, A)
         again = Leases(horizon)  # the MRC killed and started again: it knows no lease
-        assert again.grace_until > time.time() + leases.TERM / 2
-        t0 = time.monotonic()
+        assert again.grace_until >= granted_at + leases.TERM  # past the term granted, however slow this runs
         await again.grace()
-        assert time.monotonic() - t0 >= leases.TERM / 2
+        assert time.time() >= again.grace_until - 0.05  # served only once that term is over
         assert Leases(horizon + ".none").grace_until == 0.0  # never granted any: nothing to wait for
 
     asyncio.run(run())
