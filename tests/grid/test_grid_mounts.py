@@ -23,8 +23,9 @@ while True:
     grid.write(f"{i}\\n")
     grid.flush()
     os.fsync(grid.fileno())
-    with open("progress", "w") as f:
+    with open("progress.new", "w") as f:
         f.write(str(i))
+    os.replace("progress.new", "progress")  # a reader never sees it empty
     time.sleep(0.02)  # the program's own pace, not a wait of the test
 """
 
@@ -58,8 +59,8 @@ def _grid_lines(fs):
 def _progress(ws):
     try:
         with open(os.path.join(ws["directory"], "progress")) as f:
-            return int(f.read() or 0)
-    except (FileNotFoundError, ValueError):
+            return int(f.read())
+    except FileNotFoundError:
         return 0
 
 

@@ -81,8 +81,8 @@ def test_freeze_stops_and_thaw_resumes_a_counter(node):
         def value() -> int:
             try:
                 with open(path) as f:
-                    return int(f.read() or 0)
-            except (FileNotFoundError, ValueError):
+                    return int(f.read())
+            except FileNotFoundError:
                 return 0
 
         wait_for(lambda: value() > 0, 10, "the counter to start")

@@ -12,7 +12,7 @@ from typing import Any
 PYTHON = "/usr/bin/python3"
 
 _PROGRAM = r'''
-import json, socket, sys, time, hashlib
+import json, os, socket, sys, time, hashlib
 
 def recv(port, warmup, seconds):
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,7 +57,8 @@ def counter(path):
     while True:
         n += 1
         if n % 100000 == 0:
-            with open(path, "w") as f: f.write(str(n))
+            with open(path + ".new", "w") as f: f.write(str(n))
+            os.replace(path + ".new", path)
 
 cmd = sys.argv[1]
 if cmd == "recv": recv(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
