@@ -9,13 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xos.errors import NoSuchFile, ObjectCorrupt
-from xos.fs.osd import BLOCK, ObjectStore
+from xos.fs.osd import ALIGN, BLOCK, DIRECT_MIN, ObjectStore
 
 FID = "ab" * 16
-STRIPE = 4 * BLOCK
+STRIPE = 8 * BLOCK
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("w"), st.integers(0, STRIPE - 1), st.integers(1, BLOCK + 5000)),
+    # large aligned writes, which go around the page cache
+    st.tuples(st.just("w"), st.integers(0, (STRIPE - DIRECT_MIN) // ALIGN).map(lambda k: k * ALIGN),
+              st.integers(0, (STRIPE - DIRECT_MIN) // ALIGN).map(lambda k: DIRECT_MIN + k * ALIGN)),
     st.tuples(st.just("t"), st.integers(0, STRIPE), st.just(0))), min_size=1, max_size=12)
 
 
@@ -71,3 +74,17 @@ def test_missing_checksums_are_corruption_and_a_removed_file_is_not_a_hole(tmp_p
     with pytest.raises(Exception) as e:
         store.read(FID, 0, 0, 10)
     assert getattr(e.value, "code", "") == "no-such-file"
+
+
+def test_large_aligned_writes_go_around_the_page_cache_and_read_back(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    data = os.urandom(DIRECT_MIN)
+    store.write(FID, 0, 0, data)
+    fd = os.open(store.path(FID, 0), os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):  # not in the page cache: it went straight to the disk
+            os.preadv(fd, [bytearray(ALIGN)], 0, os.RWF_NOWAIT)
+    finally:
+        os.close(fd)
+    assert store.direct and store.read(FID, 0, 0, DIRECT_MIN) == data
+
