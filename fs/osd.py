@@ -71,6 +71,9 @@ class ObjectStore:
         os.unlink(probe)
         self.direct = True  # until the file system refuses O_DIRECT (tmpfs does)
         self._local = threading.local()
+        # An object's content and its checksums change together: two writes of one object at once lost
+        # one's checksum update (two mounts writing one file, a truncate racing a write).
+        self._locks = [threading.Lock() for _ in range(64)]
 
     def dir(self, fid: str) -> str:
         return os.path.join(self.root, fid[:2], fid)
@@ -78,8 +81,15 @@ class ObjectStore:
     def path(self, fid: str, objno: int) -> str:
         return os.path.join(self.root, fid[:2], fid, str(objno))
 
+    def _lock(self, fid: str, objno: int) -> threading.Lock:
+        return self._locks[hash((fid, objno)) % len(self._locks)]
+
     def write(self, fid: str, objno: int, offset: int, data: bytes | memoryview) -> None:
         """Write `data` at `offset` of an object and bring the checksums of the blocks it touched up to date."""
+        with self._lock(fid, objno):
+            self._write(fid, objno, offset, data)
+
+    def _write(self, fid: str, objno: int, offset: int, data: bytes | memoryview) -> None:
         path = self.path(fid, objno)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -154,6 +164,13 @@ class ObjectStore:
         NoSuchFile when the OSD holds nothing of the file at all (a replica removed since the
         client learnt of it): the client then reads another replica rather than a hole."""
         try:
+            return self._read(fid, objno, offset, length)
+        except ObjectCorrupt:
+            with self._lock(fid, objno):  # or read between a write's bytes and its checksums: once more, alone
+                return self._read(fid, objno, offset, length)
+
+    def _read(self, fid: str, objno: int, offset: int, length: int) -> bytes | None:
+        try:
             fd = os.open(self.path(fid, objno), os.O_RDONLY)
         except FileNotFoundError:
             if not os.path.isdir(self.dir(fid)):
@@ -184,18 +201,22 @@ class ObjectStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
             elif objno == last:
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    have = os.fstat(fd).st_size
-                    if have > inner:
-                        crcs = self._crcs(fd, fid, objno, have)[:(inner + BLOCK - 1) // BLOCK]
-                        os.ftruncate(fd, inner)
-                        if inner % BLOCK:
-                            b = inner // BLOCK
-                            crcs[b] = crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
-                        os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
-                finally:
-                    os.close(fd)
+                with self._lock(fid, objno):
+                    self._shorten(fid, objno, inner)
+
+    def _shorten(self, fid: str, objno: int, inner: int) -> None:
+        fd = os.open(self.path(fid, objno), os.O_RDWR)
+        try:
+            have = os.fstat(fd).st_size
+            if have > inner:
+                crcs = self._crcs(fd, fid, objno, have)[:(inner + BLOCK - 1) // BLOCK]
+                os.ftruncate(fd, inner)
+                if inner % BLOCK:
+                    b = inner // BLOCK
+                    crcs[b] = crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
+                os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
+        finally:
+            os.close(fd)
 
     def objects(self, fid: str) -> list[int]:
         try:

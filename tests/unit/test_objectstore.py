@@ -110,3 +110,41 @@ def test_large_aligned_writes_go_around_the_page_cache_and_read_back(tmp_path):
     assert _cached_pages(store.path(FID, 1)) > 0
     assert store.direct and store.read(FID, 0, 0, DIRECT_MIN) == data
     assert store.read(FID, 1, 0, DIRECT_MIN) == data[:DIRECT_MIN - 1]
+
+
+def test_concurrent_writes_to_one_object_keep_every_block_checksum(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ObjectStore(str(tmp_path))
+    chunk = 3000  # ranges that share blocks: each write rewrites its blocks' checksums
+    data = os.urandom(64 * chunk)
+
+    def put(i: int) -> None:
+        store.write(FID, 0, i * chunk, data[i * chunk:(i + 1) * chunk])
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(put, range(64)))
+    assert store.read(FID, 0, 0, len(data)) == data
+
+
+def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(tmp_path):
+    import threading
+
+    store = ObjectStore(str(tmp_path))
+    versions = [bytes([i]) * (2 * BLOCK) for i in range(1, 6)]
+    store.write(FID, 0, 0, versions[0])
+    done = threading.Event()
+
+    def writer() -> None:
+        for _ in range(40):
+            for v in versions:
+                store.write(FID, 0, 0, v)
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        while not done.is_set():
+            assert store.read(FID, 0, 0, 2 * BLOCK) in versions
+    finally:
+        t.join()
