@@ -102,7 +102,9 @@ class ObjectStore:
             try:
                 self._pwrite(fd, path, data, offset)
             except OSError as e:
-                if e.errno == errno.ENOSPC:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # what it appended goes again: the checksums still fit the object
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise NoSpace("the OSD's disk is full") from None
                 raise
             end = offset + len(data)
@@ -136,7 +138,8 @@ class ObjectStore:
             try:
                 dfd = os.open(path, os.O_WRONLY | os.O_DIRECT)
                 try:
-                    os.pwrite(dfd, memoryview(buf)[:n], offset)
+                    if os.pwrite(dfd, memoryview(buf)[:n], offset) != n:
+                        raise OSError(errno.ENOSPC, "short write")
                     return
                 finally:
                     os.close(dfd)
@@ -145,7 +148,8 @@ class ObjectStore:
                     raise
                 log.warning("%s refuses O_DIRECT writes; objects are written through the page cache", self.root)
                 self.direct = False
-        os.pwrite(fd, data, offset)
+        if os.pwrite(fd, data, offset) != n:  # on a regular file: the disk filled up
+            raise OSError(errno.ENOSPC, "short write")
 
     def _crcs(self, fd: int, fid: str, objno: int, size: int) -> list[int]:
         """The block checksums of an object of `size` bytes."""

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xos.errors import NoSuchFile, ObjectCorrupt
+from xos.errors import NoSpace, NoSuchFile, ObjectCorrupt
 from xos.fs.osd import ALIGN, BLOCK, DIRECT_MIN, ObjectStore
 
 FID = "ab" * 16
@@ -125,6 +125,25 @@ def test_concurrent_writes_to_one_object_keep_every_block_checksum(tmp_path):
     with ThreadPoolExecutor(8) as ex:
         list(ex.map(put, range(64)))
     assert store.read(FID, 0, 0, len(data)) == data
+
+
+def test_a_full_disk_is_no_space_and_leaves_the_object_as_it_was(tmp_path):
+    import subprocess
+
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "xos-test-osd", str(root)], check=True)
+    try:
+        store = ObjectStore(str(root))
+        first = os.urandom(DIRECT_MIN)
+        store.write(FID, 0, 0, first)
+        for offset, n in ((DIRECT_MIN, 4 * DIRECT_MIN), (DIRECT_MIN, 4 * DIRECT_MIN - 1)):  # direct, buffered
+            with pytest.raises(NoSpace):
+                store.write(FID, 0, offset, os.urandom(n))
+            assert os.path.getsize(store.path(FID, 0)) == DIRECT_MIN
+            assert store.read(FID, 0, 0, 8 * DIRECT_MIN) == first
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
 
 
 def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(tmp_path):
