@@ -1,8 +1,8 @@
 """The object storage device: a file's objects on local disk, byte ranges in and out, a capability per request.
 
-Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of its whole content
+Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of every 64 KiB block
 in the extended attribute user.xos.crc32, so a bit flipped on disk is found on the next read and
-the client reads another replica. Writes to a replicated file arrive at the first replica's OSD
+the client reads another replica. Large aligned writes go to the disk with O_DIRECT. Writes to a replicated file arrive at the first replica's OSD
 (the primary), which forwards them to the others and answers only when every live one has them.
 """
 
