@@ -70,7 +70,7 @@ class ObjectStore:
                 raise XosError(f"{root} does not support user extended attributes, which hold object "
                                f"checksums: {e.strerror}") from None
         os.unlink(probe)
-        self.direct = True  # until the file system refuses O_DIRECT (tmpfs does)
+        self.direct = True  # until the file system refuses O_DIRECT (tmpfs before Linux 6.6, many FUSE file systems)
         self._local = threading.local()
         # An object's content and its checksums change together: two writes of one object at once lost
         # one's checksum update (two mounts writing one file, a truncate racing a write).

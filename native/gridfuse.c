@@ -831,7 +831,7 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
  * ones to read (a write here, a truncate). Anything but a whole 200 answer goes to Python, which
  * retries, fails over, renews the capability and tells a removed file from a hole. */
 
-#define PLAN_MAX_READ (1 << 20) /* a whole request (max_read)*/
+#define PLAN_MAX_READ (1 << 20) /* a whole request (max_read) */
 #define MAX_COLUMNS 64
 #define OSD_TIMEOUT 2 /* seconds; past it Python takes the read and fails over */
 
