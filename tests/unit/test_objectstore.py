@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -167,3 +168,23 @@ def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(t
             assert store.read(FID, 0, 0, 2 * BLOCK) in versions
     finally:
         t.join()
+
+
+def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, monkeypatch, caplog):
+    real_open = os.open
+
+    def refusing(path, flags, *args):  # what tmpfs before Linux 6.6 and many FUSE file systems answer
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    store = ObjectStore(str(tmp_path))
+    monkeypatch.setattr(os, "open", refusing)
+    data = os.urandom(DIRECT_MIN)
+    store.write(FID, 0, 0, data)
+    store.write(FID, 1, 0, data)
+    monkeypatch.undo()
+    assert not store.direct and "refuses O_DIRECT" in caplog.text
+    assert caplog.text.count("refuses O_DIRECT") == 1  # said once, not per write
+    assert _cached_pages(store.path(FID, 0)) > 0  # written through the page cache
+    assert store.read(FID, 0, 0, DIRECT_MIN) == data and store.read(FID, 1, 0, DIRECT_MIN) == data
