@@ -832,6 +832,7 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
  * retries, fails over, renews the capability and tells a removed file from a hole. */
 
 #define PLAN_MAX_READ (1 << 20) /* a whole request (max_read) */
+#define READAHEAD_REQUESTS 4 /* see raise_readahead */
 #define MAX_COLUMNS 64
 #define OSD_TIMEOUT 2 /* seconds; past it Python takes the read and fails over */
 
@@ -1104,7 +1105,7 @@ static void ll_init(void *userdata, struct fuse_conn_info *conn)
     conn->want &= ~FUSE_CAP_ASYNC_DIO;
     conn->max_write = io_size;
     conn->max_read = io_size;
-    conn->max_readahead = io_size;
+    conn->max_readahead = READAHEAD_REQUESTS * io_size;
 }
 
 /* LOOKUP answered from the table if it can be: 1, or 0 and nothing sent. A name missing from a fresh
@@ -1390,13 +1391,14 @@ static void unescape(char *s)
     *out = 0;
 }
 
-/* The kernel starts a FUSE mount's readahead at 128 KiB whatever max_readahead says; a sequential
- * read then arrives as 128 KiB requests. Raised where we may (root) to several whole requests, which
- * the loop's threads serve from the OSDs at once (read_direct): cold reads of 1 GiB went from
- * 265-333 MB/s through Python's own read-ahead to 353-385 with 4 requests ahead, 392-419 with 8,
- * 358-420 with 16. `real` is the mount point resolved before mounting: resolving it now would ask
- * this very loop, which is not running yet. */
-#define READAHEAD_REQUESTS 8
+/* How far the kernel reads ahead on a FUSE mount is the smaller of the bdi's read_ahead_kb when the
+ * INIT reply arrives (128 KiB unless raised, as here, once mounted: root only) and the reply's
+ * max_readahead (ll_init); both are set to READAHEAD_REQUESTS whole requests, which the loop's
+ * threads serve from the OSDs at once (read_direct). With only the first raised, the reply capped
+ * the window at one request and two READs were in flight. Cold 1 GiB reads, interleaved in one grid
+ * (6 rounds each): 1 request ahead 276-486 MB/s, 2 requests 346-507, 4 requests 402-572 (4-8 READs
+ * in flight most of the time), 8 requests 362-486. `real` is the mount point resolved before mounting:
+ * resolving it now would ask this very loop, which is not running yet. */
 static void raise_readahead(const char *real)
 {
     FILE *f = fopen("/proc/self/mountinfo", "re");

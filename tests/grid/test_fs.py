@@ -23,6 +23,7 @@ import pytest
 
 from xos.fs import capability
 from xos.fs.capability import Capability
+from xos.fs.mount import IO_SIZE
 from xos.testing import wait_for
 from xos.testing.fsgrid import FsGrid
 
@@ -221,6 +222,14 @@ def test_statfs_and_fsync(d, grid):
             assert c.stat("/" + os.path.relpath(p, os.path.dirname(d)))["size"] == 3 << 20
         finally:
             c.close()
+
+
+def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
+    # The kernel reads ahead the smaller of the bdi's window and the INIT reply's max_readahead; with
+    # only the first raised, a sequential read had one request ahead.
+    dev = os.stat(mnt).st_dev
+    with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb") as f:
+        assert int(f.read()) == 4 * IO_SIZE // 1024
 
 
 def test_flock_and_fcntl_locks_among_processes(d):
