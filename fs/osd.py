@@ -2,9 +2,9 @@
 
 Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of every 64 KiB block
 in the extended attribute user.xos.crc32, so a bit flipped on disk is found on the next read and
-the client reads another replica. Large aligned writes go to the disk with O_DIRECT. Writes to a
-replicated file arrive at the first replica's OSD (the primary), which forwards them to the others
-and answers only when every live one has them.
+the client reads another replica. Large aligned writes and large reads bypass the page cache
+(O_DIRECT). Writes to a replicated file arrive at the first replica's OSD (the primary), which
+forwards them to the others and answers only when every live one has them.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
 MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
 HEARTBEAT = 1.0
 SMALL = 256 << 10  # reads up to this size run on the event loop
-DIRECT_MIN = 256 << 10  # aligned writes from this size on go around the page cache
+DIRECT_MIN = 256 << 10  # aligned writes and threaded reads from this size on go around the page cache
 ALIGN = 4096  # what O_DIRECT asks of offsets, lengths and buffers: a multiple of any logical block size
 
 
@@ -132,25 +132,36 @@ class ObjectStore:
         0.7-1.5 s with O_DIRECT, and the fsync that follows has nothing left to write."""
         n = len(data)
         if self.direct and n >= DIRECT_MIN and not offset % ALIGN and not n % ALIGN:
-            buf = getattr(self._local, "buf", None)
-            if buf is None or len(buf) < n:  # page-aligned, kept per thread: its pages stay warm
-                buf = self._local.buf = mmap.mmap(-1, max(n, DIRECT_MIN))
-            buf[:n] = data
-            try:
-                dfd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            dfd = self._open_direct(path, os.O_WRONLY)
+            if dfd is not None:
+                buf = self._buffer(n)
+                buf[:n] = data
                 try:
-                    if os.pwrite(dfd, memoryview(buf)[:n], offset) != n:
+                    if os.pwrite(dfd, buf[:n], offset) != n:
                         raise OSError(errno.ENOSPC, "short write")
                     return
                 finally:
                     os.close(dfd)
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                log.warning("%s refuses O_DIRECT writes; objects are written through the page cache", self.root)
-                self.direct = False
         if os.pwrite(fd, data, offset) != n:  # on a regular file: the disk filled up
             raise OSError(errno.ENOSPC, "short write")
+
+    def _open_direct(self, path: str, flags: int) -> int | None:
+        """`path` opened with O_DIRECT, or None (and buffered I/O from now on) if its file system refuses it."""
+        try:
+            return os.open(path, flags | os.O_DIRECT)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+        log.warning("%s refuses O_DIRECT; objects are written and read through the page cache", self.root)
+        self.direct = False
+        return None
+
+    def _buffer(self, n: int) -> memoryview:
+        """A page-aligned buffer of at least `n` bytes for direct I/O, kept per thread: its pages stay warm."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = self._local.buf = memoryview(mmap.mmap(-1, max(-(-n // ALIGN) * ALIGN, DIRECT_MIN)))
+        return buf
 
     def _crcs(self, fd: int, fid: str, objno: int, size: int) -> list[int]:
         """The block checksums of an object of `size` bytes."""
@@ -163,20 +174,23 @@ class ObjectStore:
             raise ObjectCorrupt(f"object {fid}/{objno} has {len(raw) // 4} block checksums for {n} blocks")
         return list(struct.unpack(f">{n}I", raw))
 
-    def read(self, fid: str, objno: int, offset: int, length: int) -> bytes | None:
+    def read(self, fid: str, objno: int, offset: int, length: int, direct: bool = False) -> bytes | None:
         """A range of an object, its blocks checked against their checksums; None if the object does not exist.
 
         NoSuchFile when the OSD holds nothing of the file at all (a replica removed since the
-        client learnt of it): the client then reads another replica rather than a hole."""
+        client learnt of it): the client then reads another replica rather than a hole. `direct`
+        reads a span of DIRECT_MIN or more around the page cache: it always waits for the disk, so
+        only off the event loop."""
         try:
-            return self._read(fid, objno, offset, length)
+            return self._read(fid, objno, offset, length, direct)
         except ObjectCorrupt:
             with self._lock(fid, objno):  # or read between a write's bytes and its checksums: once more, alone
-                return self._read(fid, objno, offset, length)
+                return self._read(fid, objno, offset, length, direct)
 
-    def _read(self, fid: str, objno: int, offset: int, length: int) -> bytes | None:
+    def _read(self, fid: str, objno: int, offset: int, length: int, direct: bool) -> bytes | None:
+        path = self.path(fid, objno)
         try:
-            fd = os.open(self.path(fid, objno), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             if not os.path.isdir(self.dir(fid)):
                 raise NoSuchFile(f"this OSD holds no objects of file {fid}") from None
@@ -188,14 +202,36 @@ class ObjectStore:
                 return b""
             crcs = self._crcs(fd, fid, objno, size)
             first, last = offset // BLOCK, (end - 1) // BLOCK
-            span = os.pread(fd, min(size, (last + 1) * BLOCK) - first * BLOCK, first * BLOCK)
+            lo, n = first * BLOCK, min(size, (last + 1) * BLOCK) - first * BLOCK
+            span: bytes | memoryview | None = None
+            if direct and self.direct and n >= DIRECT_MIN:
+                span = self._pread_direct(path, n, lo)
+            if span is None:
+                span = os.pread(fd, n, lo)
         finally:
             os.close(fd)
         mv = memoryview(span)
         for b in range(first, last + 1):
             if crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
                 raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
-        return span[offset - first * BLOCK:end - first * BLOCK]
+        out = span[offset - lo:end - lo]
+        return bytes(out) if isinstance(out, memoryview) else out  # the thread's buffer is read into again
+
+    def _pread_direct(self, path: str, n: int, offset: int) -> memoryview | None:
+        """`n` bytes at `offset` (BLOCK-aligned) read around the page cache into this thread's buffer, or None
+        if the file system refuses O_DIRECT.
+
+        A cold 1 MiB object read through the page cache cost 0.6-0.8 ms of CPU here, most of it
+        filling the cache and copying out of it; read directly and copied once, 0.3 ms."""
+        dfd = self._open_direct(path, os.O_RDONLY)
+        if dfd is None:
+            return None
+        try:
+            buf = self._buffer(n)
+            got = os.preadv(dfd, [buf[:-(-n // ALIGN) * ALIGN]], offset)  # whole pages; the object's end stops it
+        finally:
+            os.close(dfd)
+        return buf[:min(got, n)]
 
     def truncate(self, fid: str, size: int, stripe: int) -> None:
         """Cut a file to `size`: objects past it go, the one it ends in is shortened."""
@@ -345,7 +381,7 @@ class OSD:
             if length <= SMALL:  # a page-cache read of a few blocks costs less than the hop to a thread
                 data = self.store.read(fid, objno, offset, length)
             else:
-                data = await asyncio.to_thread(self.store.read, fid, objno, offset, length)
+                data = await asyncio.to_thread(self.store.read, fid, objno, offset, length, True)
         finally:
             self.busy -= 1
         self.reads[fid] = time.time()

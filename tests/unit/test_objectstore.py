@@ -23,9 +23,9 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("t"), st.integers(0, STRIPE), st.just(0))), min_size=1, max_size=12)
 
 
-def _read(store, off, n):
+def _read(store, off, n, direct=False):
     try:
-        return store.read(FID, 0, off, n) or b""
+        return store.read(FID, 0, off, n, direct) or b""
     except NoSuchFile:  # nothing written yet: the client reads that as a hole too
         return b""
 
@@ -47,21 +47,26 @@ def test_reads_match_a_model_after_any_writes_and_truncates(tmp_path_factory, se
             store.truncate(FID, a, STRIPE)
             del model[a:]
         assert _read(store, 0, STRIPE) == bytes(model)
+        assert _read(store, 0, STRIPE, direct=True) == bytes(model)
+        assert _read(store, BLOCK + 17, STRIPE, direct=True) == bytes(model[BLOCK + 17:])
         for off in (0, 4095, BLOCK - 1, BLOCK + 17):
             assert _read(store, off, 4096) == bytes(model[off:off + 4096])
 
 
 def test_a_flipped_bit_is_caught_in_its_block_only(tmp_path):
     store = ObjectStore(str(tmp_path))
-    data = os.urandom(3 * BLOCK)
+    data = os.urandom(8 * BLOCK)
     store.write(FID, 0, 0, data)
     with open(store.path(FID, 0), "r+b") as f:
         f.seek(BLOCK + 10)
         f.write(bytes([data[BLOCK + 10] ^ 1]))
     assert store.read(FID, 0, 0, 4096) == data[:4096]
     assert store.read(FID, 0, 2 * BLOCK, 4096) == data[2 * BLOCK:2 * BLOCK + 4096]
+    assert store.read(FID, 0, 2 * BLOCK, 6 * BLOCK, direct=True) == data[2 * BLOCK:]
     with pytest.raises(ObjectCorrupt):
         store.read(FID, 0, BLOCK, 4096)
+    with pytest.raises(ObjectCorrupt):
+        store.read(FID, 0, 0, 8 * BLOCK, direct=True)
 
 
 def test_missing_checksums_are_corruption_and_a_removed_file_is_not_a_hole(tmp_path):
@@ -111,6 +116,25 @@ def test_large_aligned_writes_go_around_the_page_cache_and_read_back(tmp_path):
     assert _cached_pages(store.path(FID, 1)) > 0
     assert store.direct and store.read(FID, 0, 0, DIRECT_MIN) == data
     assert store.read(FID, 1, 0, DIRECT_MIN) == data[:DIRECT_MIN - 1]
+
+
+def test_large_direct_reads_go_around_the_page_cache_and_see_buffered_writes(tmp_path):
+    store = ObjectStore(str(tmp_path))
+    data = os.urandom(2 * DIRECT_MIN + 1000)
+    store.write(FID, 0, 0, data)  # unaligned: its pages are still dirty in the cache
+    assert store.read(FID, 0, 0, len(data), direct=True) == data
+    fd = os.open(store.path(FID, 0), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert _cached_pages(store.path(FID, 0)) == 0
+    assert store.read(FID, 0, 5000, DIRECT_MIN, direct=True) == data[5000:5000 + DIRECT_MIN]
+    assert store.read(FID, 0, 0, 4 * DIRECT_MIN, direct=True) == data
+    assert _cached_pages(store.path(FID, 0)) == 0
+    assert store.read(FID, 0, 0, 4 * DIRECT_MIN) == data  # not direct: through the cache
+    assert _cached_pages(store.path(FID, 0)) > 0
 
 
 def test_concurrent_writes_to_one_object_keep_every_block_checksum(tmp_path):
@@ -170,21 +194,34 @@ def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(t
         t.join()
 
 
-def test_a_file_system_refusing_o_direct_gets_buffered_writes(tmp_path, monkeypatch, caplog):
-    real_open = os.open
-
+def _refusing_o_direct(real_open):
     def refusing(path, flags, *args):  # what tmpfs before Linux 6.6 and many FUSE file systems answer
         if flags & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args)
 
+    return refusing
+
+
+def test_a_file_system_refusing_o_direct_gets_buffered_writes_and_reads(tmp_path, monkeypatch, caplog):
     store = ObjectStore(str(tmp_path))
-    monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(os, "open", _refusing_o_direct(os.open))
     data = os.urandom(DIRECT_MIN)
     store.write(FID, 0, 0, data)
     store.write(FID, 1, 0, data)
+    assert store.read(FID, 0, 0, DIRECT_MIN, direct=True) == data
     monkeypatch.undo()
     assert not store.direct and "refuses O_DIRECT" in caplog.text
     assert caplog.text.count("refuses O_DIRECT") == 1  # said once, not per write
     assert _cached_pages(store.path(FID, 0)) > 0  # written through the page cache
     assert store.read(FID, 0, 0, DIRECT_MIN) == data and store.read(FID, 1, 0, DIRECT_MIN) == data
+
+
+def test_a_direct_read_refused_falls_back_to_the_page_cache(tmp_path, monkeypatch, caplog):
+    store = ObjectStore(str(tmp_path))
+    data = os.urandom(DIRECT_MIN)
+    store.write(FID, 0, 0, data)
+    monkeypatch.setattr(os, "open", _refusing_o_direct(os.open))
+    assert store.read(FID, 0, 0, DIRECT_MIN, direct=True) == data
+    monkeypatch.undo()
+    assert not store.direct and caplog.text.count("refuses O_DIRECT") == 1
