@@ -171,11 +171,12 @@ def test_a_full_disk_is_no_space_and_leaves_the_object_as_it_was(tmp_path):
         subprocess.run(["umount", str(root)], check=True)
 
 
-def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(tmp_path):
+@pytest.mark.parametrize("size, direct", [(2 * BLOCK, False), (DIRECT_MIN, True)])
+def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(tmp_path, size, direct):
     import threading
 
     store = ObjectStore(str(tmp_path))
-    versions = [bytes([i]) * (2 * BLOCK) for i in range(1, 6)]
+    versions = [bytes([i]) * size for i in range(1, 6)]
     store.write(FID, 0, 0, versions[0])
     done = threading.Event()
 
@@ -189,7 +190,7 @@ def test_reads_during_writes_of_the_same_blocks_are_never_taken_for_corruption(t
     t.start()
     try:
         while not done.is_set():
-            assert store.read(FID, 0, 0, 2 * BLOCK) in versions
+            assert store.read(FID, 0, 0, size, direct) in versions
     finally:
         t.join()
 
