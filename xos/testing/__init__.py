@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,19 @@ from xos.testing import netns
 
 GRID_NET = "198.18.0"  # the grid bridge's /24; node i is .(10+i)
 PEER_PORT = 7200  # every test node's peer API, on its grid address
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in this process, so `with` blocks and pytest's teardowns run.
+
+    Python's default is to die at once: a test run or benchmark stopped by a timeout then left its
+    grids' namespaces, links and mounts behind. Only from the main thread, and only over the default."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) -> None:
@@ -239,6 +253,7 @@ class TestGrid:
         self._node_args = node_args or [[] for _ in range(n)]  # each node's own flags (site, price)
 
     def __enter__(self) -> TestGrid:
+        unwind_on_sigterm()
         try:
             self._build()
         except BaseException:
@@ -358,6 +373,7 @@ class TestVOService:
         return p.returncode, p.stdout, p.stderr
 
     def __enter__(self) -> TestVOService:
+        unwind_on_sigterm()
         code, out, err = self.cli("init")
         if code != 0:
             raise RuntimeError(f"xos init failed: {err}")

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from xos import credential, network
 from xos import spawn as sp
-from xos.testing import TestNode, claim_subnet, netns, remove_links, wait_for
+from xos.testing import TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
 
 FS_NET = "198.18.1"
 MRC_PORT = 32636
@@ -102,6 +102,7 @@ class FsGrid:
         self.attached = 0  # other namespaces given an interface on the bridge
 
     def __enter__(self) -> FsGrid:
+        unwind_on_sigterm()
         try:
             self._build()
         except BaseException:
