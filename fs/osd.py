@@ -221,7 +221,7 @@ class ObjectStore:
         """`n` bytes at `offset` (BLOCK-aligned) read around the page cache into this thread's buffer, or None
         if the file system refuses O_DIRECT.
 
-        A cold 1 MiB object read through the page cache cost 0.6-0.8 ms of CPU here, most of it
+        A cold 1 MiB object read through the page cache cost 0.7-1.0 ms of CPU here, most of it
         filling the cache and copying out of it; read directly and copied once, 0.3 ms."""
         dfd = self._open_direct(path, os.O_RDONLY)
         if dfd is None:
