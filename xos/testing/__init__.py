@@ -26,7 +26,7 @@ from pyroute2 import IPRoute
 
 from xos import network
 from xos import spawn as sp
-from xos.cgroup import detect
+from xos.cgroup import detect, v1
 from xos.errors import Unavailable, XosError
 from xos.node import SyncClient
 from xos.testing import netns
@@ -425,7 +425,7 @@ def leftovers() -> set[str]:
     found |= {f"link {n}" for n in os.listdir("/sys/class/net") if re.match(r"^x[gf][0-9a-f]{4}", n)}
     with open("/proc/self/mountinfo") as f:
         found |= {f"mount {line.split()[4]}" for line in f if re.search(r" /tmp/xos-", line)}
-    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in ("unified", "cpu", "memory", "pids", "freezer"))):
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{c}" for c in ("unified", *v1.CONTROLLERS))):
         with contextlib.suppress(OSError):
             found |= {f"cgroup {top}/{n}" for n in os.listdir(top) if n.startswith("xos.n")}
     for pid in filter(str.isdigit, os.listdir("/proc")):
