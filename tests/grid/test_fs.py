@@ -448,8 +448,8 @@ def test_a_reader_sees_what_a_writer_on_the_same_mount_wrote_before_it_closed(d)
         os.close(reader)
 
 
-def _osd_get(grid, fid, token, cred):
-    req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/0",
+def _osd_get(grid, fid, token, cred, query=""):
+    req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/0{query}",
                                  headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -476,6 +476,17 @@ def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
         assert status == 403 and err["code"] == "capability-invalid" and words in err["message"], err
     status, err = _osd_get(grid, fid, capability.sign(secret, good), "garbage")
     assert status == 401 and err["code"] == "credential-malformed"
+
+
+@pytest.mark.parametrize("query", ["?off=-5&len=4096", "?off=abc", "?off=0&len=-1", "?len=%C2%B2",
+                                   "?off=99999999999&len=10", "?off=0&len=99999999999"])
+def test_a_bad_byte_range_is_a_clear_error(grid, query):
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    fid = "ab" * 16
+    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"))
+    status, err = _osd_get(grid, fid, token, grid.credential("alice"), query)
+    assert status == 400 and err["code"] == "bad-request" and "a whole number of bytes" in err["message"], err
 
 
 def test_other_vo_refused_unless_the_acl_lets_them_in(grid):

@@ -137,6 +137,29 @@ def test_large_direct_reads_go_around_the_page_cache_and_see_buffered_writes(tmp
     assert _cached_pages(store.path(FID, 0)) > 0
 
 
+def test_a_direct_read_or_write_stays_on_the_object_it_opened_when_the_path_is_replaced(tmp_path, monkeypatch):
+    store = ObjectStore(str(tmp_path))
+    old, other = os.urandom(DIRECT_MIN), os.urandom(DIRECT_MIN)
+    store.write(FID, 0, 0, old)
+    store.write(FID, 1, 0, other)
+    real_open = os.open
+
+    def replacing(path, flags, *args):  # the object is replaced between its open and the direct open
+        if flags & os.O_DIRECT:
+            os.replace(store.path(FID, 1), store.path(FID, 0))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", replacing)
+    assert store.read(FID, 0, 0, DIRECT_MIN, direct=True) == old
+    monkeypatch.undo()
+    store.write(FID, 1, 0, other)
+    fresh = os.urandom(DIRECT_MIN)
+    monkeypatch.setattr(os, "open", replacing)
+    store.write(FID, 0, 0, fresh)  # goes to the file it opened, which is no longer there
+    monkeypatch.undo()
+    assert store.read(FID, 0, 0, DIRECT_MIN, direct=True) == other  # the replacement, untouched
+
+
 def test_concurrent_writes_to_one_object_keep_every_block_checksum(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
