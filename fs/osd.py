@@ -3,7 +3,7 @@
 Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of every 64 KiB block
 in the extended attribute user.xos.crc32, so a bit flipped on disk is found on the next read and
 the client reads another replica. Large aligned writes and large reads bypass the page cache
-(O_DIRECT). Writes to a replicated file arrive at the first replica's OSD (the primary), which
+(O_DIRECT); a large read is made and sent by a worker thread, beside the event loop. Writes to a replicated file arrive at the first replica's OSD (the primary), which
 forwards them to the others and answers only when every live one has them.
 """
 
@@ -186,20 +186,23 @@ class ObjectStore:
             raise ObjectCorrupt(f"object {fid}/{objno} has {len(raw) // 4} block checksums for {n} blocks")
         return list(struct.unpack(f">{n}I", raw))
 
-    def read(self, fid: str, objno: int, offset: int, length: int, direct: bool = False) -> bytes | None:
+    def read(self, fid: str, objno: int, offset: int, length: int, direct: bool = False,
+             copy: bool = True) -> bytes | memoryview | None:
         """A range of an object, its blocks checked against their checksums; None if the object does not exist.
 
         NoSuchFile when the OSD holds nothing of the file at all (a replica removed since the
         client learnt of it): the client then reads another replica rather than a hole. `direct`
         reads a span of DIRECT_MIN or more around the page cache: it always waits for the disk, so
-        only off the event loop."""
+        only off the event loop. A direct read with `copy` False may return a view of this thread's
+        buffer, good until the thread's next direct read or write."""
         try:
-            return self._read(fid, objno, offset, length, direct)
+            return self._read(fid, objno, offset, length, direct, copy)
         except ObjectCorrupt:
             with self._lock(fid, objno):  # or read between a write's bytes and its checksums: once more, alone
-                return self._read(fid, objno, offset, length, direct)
+                return self._read(fid, objno, offset, length, direct, copy)
 
-    def _read(self, fid: str, objno: int, offset: int, length: int, direct: bool) -> bytes | None:
+    def _read(self, fid: str, objno: int, offset: int, length: int, direct: bool,
+              copy: bool) -> bytes | memoryview | None:
         try:
             fd = os.open(self.path(fid, objno), os.O_RDONLY)
         except FileNotFoundError:
@@ -226,7 +229,7 @@ class ObjectStore:
             if crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
                 raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
         out = span[offset - lo:end - lo]
-        return bytes(out) if isinstance(out, memoryview) else out  # the thread's buffer is read into again
+        return bytes(out) if copy and isinstance(out, memoryview) else out  # the thread's buffer is read into again
 
     def _pread_direct(self, fd: int, n: int, offset: int) -> memoryview | None:
         """`n` bytes at `offset` (BLOCK-aligned) read around the page cache into this thread's buffer, or None
@@ -379,24 +382,31 @@ class OSD:
             log.warning("replica %s unreachable for %s/%s: %s", url, fid, objno, e)
         return False
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: web.Request) -> web.StreamResponse | httpd.Sent:
         fid = _fid(request.match_info["fid"])
         objno = int(request.match_info["objno"])
         self._check(request, fid, write=False)
         offset = _bytes(request, "off", 0)
         length = _bytes(request, "len", MAX_OBJECT)
+        resp: web.StreamResponse | httpd.Sent
         self.busy += 1
         try:
             if length <= SMALL:  # a page-cache read of a few blocks costs less than the hop to a thread
                 data = self.store.read(fid, objno, offset, length)
+                resp = (web.Response(body=b"", headers={"X-Xos-Hole": "1"}) if data is None
+                        else web.Response(body=data, content_type="application/octet-stream"))
             else:
-                data = await asyncio.to_thread(self.store.read, fid, objno, offset, length, True)
+                def answer() -> tuple[bytes | memoryview, list[tuple[str, str]]]:
+                    data = self.store.read(fid, objno, offset, length, direct=True, copy=False)
+                    if data is None:
+                        return b"", [("X-Xos-Hole", "1")]
+                    return data, [("Content-Type", "application/octet-stream")]
+
+                resp = await httpd.reply_from_thread(request, answer)
         finally:
             self.busy -= 1
         self.reads[fid] = time.time()
-        if data is None:
-            return web.Response(body=b"", headers={"X-Xos-Hole": "1"})
-        return web.Response(body=data, content_type="application/octet-stream")
+        return resp
 
     async def listing(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])

@@ -9,7 +9,9 @@ headers, content_length, read(), content.read()) and return `web.Response` objec
 through `rpc.error_middleware` as before, so every error keeps its JSON body and stable code.
 
 Bodies need a Content-Length (every client of these daemons sends one); chunked ones are refused
-(411). Requests on one connection are answered in order, one at a time.
+(411). Requests on one connection are answered in order, one at a time. A handler whose answer is
+large and made by blocking work (an OSD's object read) can make and send it from a worker thread
+with `reply_from_thread`, away from the event loop and the GIL.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import select
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -31,7 +36,7 @@ from xos.rpc import dumps, error_middleware
 log = logging.getLogger(__name__)
 
 # Handlers are written against aiohttp's web.Request; they get a Request here, which quacks the same.
-Handler = Callable[[Any], Awaitable[web.StreamResponse]]
+Handler = Callable[[Any], Awaitable["web.StreamResponse | Sent"]]
 MAX_HEAD = 64 << 10
 HEAD_BUFFER = 64 << 10  # where heads arrive; bodies that fit come with them
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -59,7 +64,7 @@ class Request:
     """One request, with the parts of aiohttp's `web.Request` the daemons use."""
 
     def __init__(self, method: str, path: str, query: str, headers: CIMultiDict[str],
-                 body: bytes | bytearray) -> None:
+                 body: bytes | bytearray, connection: Connection | None = None, close: bool = False) -> None:
         self.method = method
         self.path = path
         self.query: MultiDictProxy[str] = MultiDictProxy(MultiDict(_query(query)))
@@ -68,6 +73,8 @@ class Request:
         self.match_info: dict[str, str] = {}
         self._body = body
         self.content = Body(body)
+        self.connection = connection  # None for a request made up outside a connection (tests)
+        self.close = close  # the client asked for the connection to close after the answer
 
     async def read(self) -> bytes | bytearray:
         """The whole body."""
@@ -148,6 +155,76 @@ def _head(status: int, headers: list[tuple[str, str]], length: int, close: bool)
     return "".join(lines).encode("latin-1")
 
 
+class Sent:
+    """What a handler returns when `reply_from_thread` has already sent its answer."""
+
+    prepared = True  # error_middleware adds no header to it
+    status = 200
+
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok  # False: the connection broke or stalled mid-answer and is closed
+
+
+SEND_TIMEOUT = 30.0  # a client that takes nothing of an answer for this long is cut off
+
+
+async def reply_from_thread(request: Request | web.Request,
+                            make: Callable[[], tuple[bytes | memoryview, list[tuple[str, str]]]]) -> Sent:
+    """Run `make` in a worker thread and send the body and headers it returns from that thread.
+
+    For large answers made by blocking work: an OSD's event loop sent each 1 MiB body itself,
+    holding the GIL through the TCP send (and, over a veth, the receiver's part of it), so one OSD
+    never used more than one CPU; from the thread the send runs beside the loop, and `make` may
+    return a view of a buffer it reuses once the call is over. What `make` raises reaches the caller
+    with nothing sent."""
+    conn = getattr(request, "connection", None)  # handlers see web.Request's type; this server gives them a Request
+    assert conn is not None and conn.transport is not None, "reply_from_thread needs a request from a connection"
+    if not conn.transport.is_closing():
+        await conn.drained()  # the thread writes to the socket itself: nothing may still wait to go out before it
+    if conn.transport.is_closing():
+        return Sent(False)
+    sock = conn.transport.get_extra_info("socket")
+    fd = os.dup(sock.fileno())  # its own descriptor: the loop may close the connection's meanwhile
+    close = getattr(request, "close", False)
+
+    def work() -> bool:
+        try:
+            body, headers = make()
+            return _send(fd, _head(200, headers, len(body), close), body)
+        finally:
+            os.close(fd)
+
+    return Sent(await asyncio.get_running_loop().run_in_executor(None, work))
+
+
+def _send(fd: int, head: bytes, body: bytes | memoryview) -> bool:
+    """Write head and body to a non-blocking socket, waiting for room in it; whether all of it went."""
+    views = [v for v in (memoryview(head), memoryview(body)) if len(v)]
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + SEND_TIMEOUT
+    try:
+        while views:
+            try:
+                n = os.writev(fd, views)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poll.poll(left * 1000):
+                    log.warning("a client took nothing of an answer for %.0f s: cut off", SEND_TIMEOUT)
+                    return False
+                continue
+            deadline = time.monotonic() + SEND_TIMEOUT
+            while n:
+                if n >= len(views[0]):
+                    n -= len(views.pop(0))
+                else:
+                    views[0], n = views[0][n:], 0
+        return True
+    except OSError as e:  # the client went away
+        log.debug("answer not sent: %s", e)
+        return False
+
+
 def _error(status: int, code: str, message: str) -> bytes:
     body = dumps({"error": {"code": code, "message": message}})
     return _head(status, [("Content-Type", "application/json")], len(body), True) + body
@@ -184,6 +261,18 @@ class Connection(asyncio.BufferedProtocol):
         self.writable.set()
         if self.worker is not None:
             self.worker.cancel()
+
+    async def drained(self) -> None:
+        """Wait until everything written to the transport has gone to the kernel."""
+        assert self.transport is not None
+        if not self.transport.get_write_buffer_size():
+            return
+        low, high = self.transport.get_write_buffer_limits()
+        self.transport.set_write_buffer_limits(high=0)  # pauses writing until the buffer is empty
+        try:
+            await self.writable.wait()
+        finally:
+            self.transport.set_write_buffer_limits(high=high, low=low)
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -264,7 +353,7 @@ class Connection(asyncio.BufferedProtocol):
         path, _, query = target.partition("?")
         conn = headers.get("Connection", "").lower()
         close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
-        self.queue.put_nowait((Request(method, unquote(path), query, headers, body), close))
+        self.queue.put_nowait((Request(method, unquote(path), query, headers, body, self, close), close))
         if close:
             self.closing = True
 
@@ -301,6 +390,11 @@ class Connection(asyncio.BufferedProtocol):
                 request, close = item
                 handler = self.app.router.resolve(request)
                 resp = await error_middleware(request, handler)  # type: ignore[arg-type]
+                if isinstance(resp, Sent):
+                    if close or not resp.ok:
+                        self.transport.close()
+                        return
+                    continue
                 body = resp.body if isinstance(resp, web.Response) else b""
                 if not isinstance(body, bytes | bytearray | memoryview):
                     body = bytes(body or b"")  # type: ignore[arg-type]

@@ -4,8 +4,10 @@ error and a closed connection, over a Unix socket (no network needed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import socket
@@ -15,8 +17,10 @@ from collections.abc import Iterator
 
 import pytest
 import uvloop
+from aiohttp import web
 
-from xos.errors import FileExists
+from xos import httpd
+from xos.errors import FileExists, NoSuchFile
 from xos.httpd import App, Connection
 from xos.rpc import json_response, read_body
 
@@ -146,18 +150,23 @@ async def digest(request):
     return json_response({"n": len(body), "sha": hashlib.sha256(body).hexdigest()})
 
 
-@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
-def test_pipelined_bodies_of_every_size_in_any_fragments_arrive_whole(loop_kind):
-    """Heads and small bodies share one buffer; large bodies are received in place: pipelined requests
-    of 0 bytes to 3 MiB, sent in fragments of random sizes, each arrive whole and in order."""
-    app = App(client_max_size=4 << 20)
-    app.router.add_put("/v1/d", digest)
+@contextlib.contextmanager
+def serving(app: App, loop_kind: str, write_buffer: int | None = None) -> Iterator[str]:
+    """`app` served on a Unix socket by an event loop of `loop_kind` in a thread; the socket's path.
+    `write_buffer`: how much a connection's transport may hold before the loop waits for the client."""
+
+    class Conn(Connection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if write_buffer is not None:
+                transport.set_write_buffer_limits(high=write_buffer)  # type: ignore[attr-defined]
+
     path = os.path.join(tempfile.mkdtemp(prefix="xos-httpd-"), "sock")
     loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
     ready, stop = threading.Event(), asyncio.Event()
 
     async def main() -> None:
-        srv = await loop.create_unix_server(lambda: Connection(app), path)
+        srv = await loop.create_unix_server(lambda: Conn(app), path)
         ready.set()
         async with srv:
             await stop.wait()
@@ -170,6 +179,31 @@ def test_pipelined_bodies_of_every_size_in_any_fragments_arrive_whole(loop_kind)
     t.start()
     try:
         assert ready.wait(10)
+        yield path
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        t.join(5)
+        loop.close()
+        os.unlink(path)
+        os.rmdir(os.path.dirname(path))
+
+
+def read_answer(reader) -> tuple[int, dict[str, str], bytes]:
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) != b"\r\n":
+        k, _, v = line.decode().partition(":")
+        headers[k.lower()] = v.strip()
+    return status, headers, reader.read(int(headers["content-length"]))
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_pipelined_bodies_of_every_size_in_any_fragments_arrive_whole(loop_kind):
+    """Heads and small bodies share one buffer; large bodies are received in place: pipelined requests
+    of 0 bytes to 3 MiB, sent in fragments of random sizes, each arrive whole and in order."""
+    app = App(client_max_size=4 << 20)
+    app.router.add_put("/v1/d", digest)
+    with serving(app, loop_kind) as path:
         rng = random.Random(11)
         sizes = [0, 1, 100, 65000, 65536, 70000, 1 << 20, 3 << 20] + [rng.choice((10, 4000, 60000, 300000))
                                                                        for _ in range(24)]
@@ -190,18 +224,100 @@ def test_pipelined_bodies_of_every_size_in_any_fragments_arrive_whole(loop_kind)
             sender = threading.Thread(target=send)
             sender.start()
             for b in bodies:
-                status = reader.readline()
-                assert status.startswith(b"HTTP/1.1 200"), status
-                length = 0
-                while (line := reader.readline()) != b"\r\n":
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                got = json.loads(reader.read(length))
-                assert got == {"n": len(b), "sha": hashlib.sha256(b).hexdigest()}
+                status, _, body = read_answer(reader)
+                assert status == 200
+                assert json.loads(body) == {"n": len(b), "sha": hashlib.sha256(b).hexdigest()}
             sender.join()
+
+
+def pattern(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+_buffers = threading.local()
+
+
+async def threaded(request):
+    """An answer made and sent in a worker thread, from a buffer the thread reuses (as an OSD's reads do)."""
+    n, seed = int(request.query["n"]), int(request.query["seed"])
+
+    def make() -> tuple[memoryview, list[tuple[str, str]]]:
+        if seed < 0:
+            raise NoSuchFile("nothing here")
+        buf = getattr(_buffers, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = _buffers.buf = bytearray(n)
+        buf[:n] = pattern(n, seed)
+        return memoryview(buf)[:n], [("X-Seed", str(seed))]
+
+    return await httpd.reply_from_thread(request, make)
+
+
+async def plain(request):
+    return web.Response(body=pattern(int(request.query["n"]), int(request.query["seed"])))
+
+
+def thread_app() -> App:
+    app = App(client_max_size=1000)
+    app.router.add_get("/v1/threaded", threaded)
+    app.router.add_get("/v1/plain", plain)
+    return app
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_answers_sent_from_threads_keep_their_place_and_bytes_among_pipelined_ones(loop_kind):
+    """A thread's answer goes out only after what the loop still holds of the answers before it (a 4 MiB
+    one the transport may keep whole), is whole although its buffer is reused, and a failure in the
+    thread is an ordinary JSON error on a connection that goes on."""
+    asks = [("plain", 4 << 20, 1), ("threaded", 3 << 20, 2), ("plain", 10, 3), ("threaded", 1 << 20, 4),
+            ("threaded", 100, -1), ("plain", 1000, 5), ("threaded", 5 << 20, 6), ("threaded", 0, 7),
+            ("threaded", 2 << 20, 8)]
+    wire = b"".join(f"GET /v1/{kind}?n={n}&seed={seed} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                    for kind, n, seed in asks)
+    with serving(thread_app(), loop_kind, write_buffer=64 << 20) as path, socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(20)
+        s.sendall(wire)
+        reader = s.makefile("rb")
+        for kind, n, seed in asks:
+            status, headers, body = read_answer(reader)
+            if seed < 0:
+                assert (status, json.loads(body)["error"]["code"]) == (404, "no-such-file")
+                continue
+            assert status == 200 and body == pattern(n, seed), (kind, n, seed)
+            if kind == "threaded":
+                assert headers["x-seed"] == str(seed)
+
+
+def test_a_client_that_takes_nothing_of_a_thread_answer_is_cut_off(monkeypatch):
+    """A stalled client does not hold a worker thread forever: after SEND_TIMEOUT without progress its
+    connection is closed, and the server answers others."""
+    monkeypatch.setattr(httpd, "SEND_TIMEOUT", 0.5)
+    gave_up = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cut off" in record.getMessage():
+                gave_up.set()
+
+    watch = Watch()
+    logging.getLogger("xos.httpd").addHandler(watch)
+    try:
+        with serving(thread_app(), "uvloop") as path:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                s.sendall(b"GET /v1/threaded?n=33554432&seed=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert gave_up.wait(20), "the server kept waiting for a client that reads nothing"
+                s.settimeout(10)
+                got = 0
+                while chunk := s.recv(1 << 20):  # what was sent, then the end: not the whole answer
+                    got += len(chunk)
+                assert 0 < got < 32 << 20
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                s.settimeout(10)
+                s.sendall(b"GET /v1/threaded?n=100&seed=2 HTTP/1.1\r\nConnection: close\r\n\r\n")
+                status, _, body = read_answer(s.makefile("rb"))
+                assert status == 200 and body == pattern(100, 2)
     finally:
-        loop.call_soon_threadsafe(stop.set)
-        t.join(5)
-        loop.close()
-        os.unlink(path)
-        os.rmdir(os.path.dirname(path))
+        logging.getLogger("xos.httpd").removeHandler(watch)
