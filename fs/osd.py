@@ -3,8 +3,9 @@
 Objects live at DIR/objects/<fid[:2]>/<fid>/<objno>, each with the CRC-32 of every 64 KiB block
 in the extended attribute user.xos.crc32, so a bit flipped on disk is found on the next read and
 the client reads another replica. Large aligned writes and large reads bypass the page cache
-(O_DIRECT); a large read is made and sent by a worker thread, beside the event loop. Writes to a replicated file arrive at the first replica's OSD (the primary), which
-forwards them to the others and answers only when every live one has them.
+(O_DIRECT); a large read is made and sent by a worker thread, beside the event loop. Writes to a
+replicated file arrive at the first replica's OSD (the primary), which forwards them to the others
+and answers only when every live one has them.
 """
 
 from __future__ import annotations

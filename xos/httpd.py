@@ -159,7 +159,6 @@ class Sent:
     """What a handler returns when `reply_from_thread` has already sent its answer."""
 
     prepared = True  # error_middleware adds no header to it
-    status = 200
 
     def __init__(self, ok: bool) -> None:
         self.ok = ok  # False: the connection broke or stalled mid-answer and is closed
