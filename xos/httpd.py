@@ -161,10 +161,10 @@ class Sent:
     prepared = True  # error_middleware adds no header to it
 
     def __init__(self, ok: bool) -> None:
-        self.ok = ok  # False: the connection broke or stalled mid-answer and is closed
+        self.ok = ok  # False: the connection broke mid-answer and is to be closed
 
 
-SEND_TIMEOUT = 30.0  # a client that takes nothing of an answer for this long is cut off
+PATIENCE = 0.2  # what a worker thread gives a client to take an answer before the loop sends the rest
 
 
 async def reply_from_thread(request: Request | web.Request,
@@ -174,8 +174,9 @@ async def reply_from_thread(request: Request | web.Request,
     For large answers made by blocking work: an OSD's event loop sent each 1 MiB body itself,
     holding the GIL through the TCP send (and, over a veth, the receiver's part of it), so one OSD
     never used more than one CPU; from the thread the send runs beside the loop, and `make` may
-    return a view of a buffer it reuses once the call is over. What `make` raises reaches the caller
-    with nothing sent."""
+    return a view of a buffer it reuses once the call is over. What a slow client has not taken
+    after PATIENCE is copied and left to the loop, so no client holds a thread. What `make` raises
+    reaches the caller with nothing sent."""
     conn = getattr(request, "connection", None)  # handlers see web.Request's type; this server gives them a Request
     assert conn is not None and conn.transport is not None, "reply_from_thread needs a request from a connection"
     if not conn.transport.is_closing():
@@ -186,42 +187,46 @@ async def reply_from_thread(request: Request | web.Request,
     fd = os.dup(sock.fileno())  # its own descriptor: the loop may close the connection's meanwhile
     close = getattr(request, "close", False)
 
-    def work() -> bool:
+    def work() -> bytes | None:
         try:
             body, headers = make()
             return _send(fd, _head(200, headers, len(body), close), body)
         finally:
             os.close(fd)
 
-    return Sent(await asyncio.get_running_loop().run_in_executor(None, work))
+    rest = await asyncio.get_running_loop().run_in_executor(None, work)
+    if rest is None or conn.transport.is_closing():
+        return Sent(False)
+    if rest:
+        conn.transport.write(rest)
+    return Sent(True)
 
 
-def _send(fd: int, head: bytes, body: bytes | memoryview) -> bool:
-    """Write head and body to a non-blocking socket, waiting for room in it; whether all of it went."""
+def _send(fd: int, head: bytes, body: bytes | memoryview) -> bytes | None:
+    """Write head and body to a non-blocking socket for up to PATIENCE: what is left of them, copied (b"" when
+    all went), or None if the connection broke."""
     views = [v for v in (memoryview(head), memoryview(body)) if len(v)]
     poll = select.poll()
     poll.register(fd, select.POLLOUT)
-    deadline = time.monotonic() + SEND_TIMEOUT
+    deadline = time.monotonic() + PATIENCE
     try:
         while views:
             try:
                 n = os.writev(fd, views)
             except BlockingIOError:
                 left = deadline - time.monotonic()
-                if left <= 0 or not poll.poll(left * 1000):
-                    log.warning("a client took nothing of an answer for %.0f s: cut off", SEND_TIMEOUT)
-                    return False
-                continue
-            deadline = time.monotonic() + SEND_TIMEOUT
+                if left > 0 and poll.poll(left * 1000):
+                    continue
+                return b"".join(views)
             while n:
                 if n >= len(views[0]):
                     n -= len(views.pop(0))
                 else:
                     views[0], n = views[0][n:], 0
-        return True
+        return b""
     except OSError as e:  # the client went away
         log.debug("answer not sent: %s", e)
-        return False
+        return None
 
 
 def _error(status: int, code: str, message: str) -> bytes:
@@ -377,6 +382,19 @@ class Connection(asyncio.BufferedProtocol):
         self.queue.put_nowait(None)
         self._refusal = _error(status, code, message)
 
+    def _write(self, resp: web.StreamResponse, close: bool) -> None:
+        assert self.transport is not None
+        body = resp.body if isinstance(resp, web.Response) else b""
+        if not isinstance(body, bytes | bytearray | memoryview):
+            body = bytes(body or b"")  # type: ignore[arg-type]
+        headers = list(resp.headers.items())
+        if "Content-Type" not in resp.headers and isinstance(resp, web.Response) and body:
+            headers.append(("Content-Type", resp.content_type))
+        self.transport.write(_head(resp.status, headers, len(body), close) + body if len(body) < 65536
+                             else _head(resp.status, headers, len(body), close))
+        if len(body) >= 65536:
+            self.transport.write(body)  # no copy of a large body into the head's buffer
+
     async def _serve(self) -> None:
         assert self.transport is not None
         try:
@@ -390,20 +408,9 @@ class Connection(asyncio.BufferedProtocol):
                 handler = self.app.router.resolve(request)
                 resp = await error_middleware(request, handler)  # type: ignore[arg-type]
                 if isinstance(resp, Sent):
-                    if close or not resp.ok:
-                        self.transport.close()
-                        return
-                    continue
-                body = resp.body if isinstance(resp, web.Response) else b""
-                if not isinstance(body, bytes | bytearray | memoryview):
-                    body = bytes(body or b"")  # type: ignore[arg-type]
-                headers = list(resp.headers.items())
-                if "Content-Type" not in resp.headers and isinstance(resp, web.Response) and body:
-                    headers.append(("Content-Type", resp.content_type))
-                self.transport.write(_head(resp.status, headers, len(body), close) + body if len(body) < 65536
-                                     else _head(resp.status, headers, len(body), close))
-                if len(body) >= 65536:
-                    self.transport.write(body)  # no copy of a large body into the head's buffer
+                    close = close or not resp.ok
+                else:
+                    self._write(resp, close)
                 if close:
                     self.transport.close()
                     return
