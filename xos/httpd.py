@@ -276,7 +276,8 @@ class Connection(asyncio.BufferedProtocol):
         try:
             await self.writable.wait()
         finally:
-            self.transport.set_write_buffer_limits(high=high, low=low)
+            if not self.transport.is_closing():  # uvloop refuses limits on a closed transport
+                self.transport.set_write_buffer_limits(high=high, low=low)
 
     def pause_writing(self) -> None:
         self.writable.clear()

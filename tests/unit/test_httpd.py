@@ -317,3 +317,33 @@ def test_clients_that_take_nothing_of_thread_answers_hold_no_thread():
         finally:
             for s in stalled:
                 s.close()
+
+
+def test_a_client_gone_while_a_thread_answer_waits_for_the_loop_ends_quietly():
+    """A client that closes while an earlier answer still fills the transport: the thread's answer stops
+    waiting for it and ends as a cancelled request, not an internal error (uvloop refuses buffer limits
+    on a closed transport)."""
+    ended: list[str] = []
+    done = threading.Event()
+
+    async def watched(request):
+        try:
+            resp = await threaded(request)
+            ended.append("sent" if resp.ok else "not sent")
+            return resp
+        except BaseException as e:
+            ended.append(type(e).__name__)
+            raise
+        finally:
+            done.set()
+
+    app = thread_app()
+    app.router.add_get("/v1/watched", watched)
+    with serving(app, "uvloop", write_buffer=64 << 20) as path:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(b"GET /v1/plain?n=8388608&seed=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /v1/watched?n=1048576&seed=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(1)  # the first answer is going out
+        assert done.wait(20)
+    assert ended in (["CancelledError"], ["not sent"]), ended
