@@ -347,3 +347,37 @@ def test_a_client_gone_while_a_thread_answer_waits_for_the_loop_ends_quietly():
             s.recv(1)  # the first answer is going out
         assert done.wait(20)
     assert ended in (["CancelledError"], ["not sent"]), ended
+
+
+def _read_into(sock: socket.socket, out: bytearray, n: int) -> None:
+    out.extend(sock.makefile("rb").read(n))
+
+
+def test_a_thread_send_returns_what_a_slow_client_left_and_none_when_the_client_is_gone(monkeypatch):
+    """`_send`'s three outcomes on a real socket pair: all sent (b""); the client takes nothing for PATIENCE,
+    and what it did not get comes back, so that it and the rest make the whole answer; the client has
+    closed, and the connection is reported broken (None), not raised."""
+    monkeypatch.setattr(httpd, "PATIENCE", 0.05)
+    head, body = b"HEAD\r\n\r\n", random.Random(5).randbytes(8 << 20)
+    for case in ("reads", "stalls", "gone"):
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            got = bytearray()
+            if case == "gone":
+                theirs.close()
+                assert httpd._send(ours.fileno(), head, memoryview(body)) is None
+                continue
+            reader = threading.Thread(target=_read_into, args=(theirs, got, len(head) + len(body)))
+            if case == "reads":
+                reader.start()
+            rest = httpd._send(ours.fileno(), head, memoryview(body))
+            if case == "stalls":
+                assert rest and len(rest) < len(body)
+                reader.start()
+                ours.setblocking(True)
+                ours.sendall(rest)
+            else:
+                assert rest == b""
+            reader.join(20)
+            assert bytes(got) == head + body, case
