@@ -62,8 +62,17 @@ def _bytes(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_OBJECT:
+    # the length first: int() refuses more than 4,300 digits with a ValueError, which answered 500
+    if len(text) > len(str(MAX_OBJECT)) or not text.isascii() or not text.isdigit() or int(text) > MAX_OBJECT:
         raise BadRequest(f"bad {name}={text[:20]!r}: a whole number of bytes up to {MAX_OBJECT}")
+    return int(text)
+
+
+def _objno(request: web.Request) -> int:
+    """The object number from the path (the route lets only digits through); BadRequest if absurdly long."""
+    text = request.match_info["objno"]
+    if len(text) > 18:  # past any file's objects, and int() refuses more than 4,300 digits
+        raise BadRequest(f"bad object number {text[:20]!r}...")
     return int(text)
 
 
@@ -343,7 +352,7 @@ class OSD:
 
     async def put(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
-        objno = int(request.match_info["objno"])
+        objno = _objno(request)
         who, cap = self._check(request, fid, write=True)
         self.writing[fid] = self.writing.get(fid, 0) + 1  # counted from the check on: a fence waits for it
         self.busy += 1
@@ -385,7 +394,7 @@ class OSD:
 
     async def get(self, request: web.Request) -> web.StreamResponse | httpd.Sent:
         fid = _fid(request.match_info["fid"])
-        objno = int(request.match_info["objno"])
+        objno = _objno(request)
         self._check(request, fid, write=False)
         offset = _bytes(request, "off", 0)
         length = _bytes(request, "len", MAX_OBJECT)

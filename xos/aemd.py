@@ -646,7 +646,8 @@ class Aem:
         _, job = self._mine(request, request.match_info["id"])
         stream = request.query.get("stream", "stdout")
         offset = request.query.get("offset", "0")
-        if stream not in ("stdout", "stderr") or not offset.isdigit():
+        # 18 digits at most: a longer offset overflowed seek() (or int()) and answered 500
+        if stream not in ("stdout", "stderr") or not offset.isdigit() or len(offset) > 18:
             raise InvalidInput("stream is stdout or stderr, offset a byte count")
         where = job.spec.get(stream) or ""
         if where.startswith("/"):

@@ -99,7 +99,7 @@ async def workspace_file(request: web.Request) -> web.Response:
     if not path.startswith(base + os.sep):
         raise InvalidInput("the file must be inside the workspace's directory", field="file")
     offset = request.query.get("offset")
-    if offset is not None and not offset.isdigit():
+    if offset is not None and (not offset.isdigit() or len(offset) > 18):  # longer overflowed seek(): a 500
         raise InvalidInput("offset must be a byte count", field="offset")
     try:
         with open(path, "rb") as f:

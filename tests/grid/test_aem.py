@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -239,6 +242,12 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     code, out = xos("job", "status", job_id)
     assert code == 0 and f"{job_id} done" in out and "-> running" in out, out
     assert xos("job", "output", job_id) == (0, "from the cli\n")
+    for offset in ("9" * 30, "9" * 5000, "-1"):  # seek() overflowed, int() refused: both answered 500
+        req = urllib.request.Request(f"http://{AEM}/v1/jobs/{job_id}/output?offset={offset}",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and json.loads(e.value.read())["error"]["code"] == "invalid-input"
     code, out = xos("acct", "report")
     assert code == 0 and "alice@bio" in out and "USER" in out, out
     bad = tmp_path / "bad.yaml"

@@ -448,8 +448,8 @@ def test_a_reader_sees_what_a_writer_on_the_same_mount_wrote_before_it_closed(d)
         os.close(reader)
 
 
-def _osd_get(grid, fid, token, cred, query=""):
-    req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/0{query}",
+def _osd_get(grid, fid, token, cred, query="", objno="0"):
+    req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/{objno}{query}",
                                  headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -479,7 +479,7 @@ def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
 
 
 @pytest.mark.parametrize("query", ["?off=-5&len=4096", "?off=abc", "?off=0&len=-1", "?len=%C2%B2",
-                                   "?off=99999999999&len=10", "?off=0&len=99999999999"])
+                                   "?off=99999999999&len=10", "?off=0&len=99999999999", "?off=" + "9" * 5000])
 def test_a_bad_byte_range_is_a_clear_error(grid, query):
     with open(grid.key, "rb") as f:
         secret = f.read().strip()
@@ -487,6 +487,15 @@ def test_a_bad_byte_range_is_a_clear_error(grid, query):
     token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"))
     status, err = _osd_get(grid, fid, token, grid.credential("alice"), query)
     assert status == 400 and err["code"] == "bad-request" and "a whole number of bytes" in err["message"], err
+
+
+def test_an_absurd_object_number_is_a_clear_error(grid):
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    fid = "ab" * 16
+    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"))
+    status, err = _osd_get(grid, fid, token, grid.credential("alice"), objno="9" * 5000)
+    assert status == 400 and err["code"] == "bad-request" and "object number" in err["message"], err
 
 
 def test_other_vo_refused_unless_the_acl_lets_them_in(grid):
@@ -533,6 +542,13 @@ def test_garbage_on_the_mrc_and_osd_sockets_gets_a_clear_error(grid):
             urllib.request.urlopen(req, timeout=5)
         assert e.value.code in (400, 405)
         assert "error" in json.loads(e.value.read())
+    # JSON, but a number Python's int() refuses (over 4,300 digits): answered 500 before
+    req = urllib.request.Request(f"{grid.mrc_url}/v1/volumes/data/fs/getattr", method="POST",
+                                 data=b'{"path": "/", "n": ' + b"9" * 5000 + b"}",
+                                 headers={"Authorization": f"Bearer {grid.credential('alice')}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 400 and json.loads(e.value.read())["error"]["code"] == "bad-request"
     c = grid.client("data")
     try:
         assert c.stat("/")["mode"] & 0o040000
