@@ -45,4 +45,4 @@ class BuildNative(build_ext):
             self.compiler.link_shared_object(objects, name, output_dir=outdir, libraries=libs, extra_postargs=flags)
 
 
-setup(cffi_modules=["native/build_sys.py:ffi", "native/build_fuse.py:ffi"], cmdclass={"build_ext": BuildNative})
+setup(cffi_modules=["native/build_sys.py:ffi", "native/build_fuse.py:ffi", "native/build_osd.py:ffi"], cmdclass={"build_ext": BuildNative})

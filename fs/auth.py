@@ -51,7 +51,10 @@ class Authenticator:
 
     def request(self, request: web.Request, service_ok: bool = False) -> Identity:
         """The identity behind a request's Authorization header."""
-        auth = request.headers.get("Authorization", "")
+        return self.authorization(request.headers.get("Authorization", ""), service_ok)
+
+    def authorization(self, auth: str, service_ok: bool = False) -> Identity:
+        """The identity an Authorization header's value proves; CredentialError otherwise."""
         scheme, _, value = auth.partition(" ")
         if scheme == "Bearer" and value:
             return self.token(value.strip())

@@ -20,6 +20,7 @@ import mmap
 import os
 import re
 import shutil
+import socket
 import struct
 import threading
 import time
@@ -30,8 +31,19 @@ import aiohttp
 from aiohttp import web
 from isal.isal_zlib import crc32  # zlib's CRC-32, 5x faster: 64 KiB in 6 us, not 30 (and 1 MiB in 95, not 324)
 
-from xos import httpd
-from xos.errors import BadRequest, CapabilityInvalid, NoSpace, NoSuchFile, ObjectCorrupt, StaleCapability, XosError
+from xos import httpd, rpc
+from xos._native._osd import ffi as _ffi
+from xos._native._osd import lib as _osd
+from xos.errors import (
+    BadRequest,
+    CapabilityInvalid,
+    InvalidInput,
+    NoSpace,
+    NoSuchFile,
+    ObjectCorrupt,
+    StaleCapability,
+    XosError,
+)
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
 from xos.rpc import json_response, read_body
@@ -43,6 +55,7 @@ CRC = "user.xos.crc32"  # the CRC-32 of each BLOCK of the object, big-endian, on
 BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
 MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
 HEARTBEAT = 1.0
+SERVICE_GRANT = 60.0  # seconds the native read threads take the MRC's service token on one check
 SMALL = 256 << 10  # reads up to this size run on the event loop
 DIRECT_MIN = 256 << 10  # aligned writes and threaded reads from this size on go around the page cache
 ALIGN = 4096  # what O_DIRECT asks of offsets, lengths and buffers: a multiple of any logical block size
@@ -76,6 +89,22 @@ def _objno(request: web.Request) -> int:
     return int(text)
 
 
+class ObjectLock:
+    """The lock one object's bytes and checksums change under, shared with the native read threads, which read
+    a block that failed its checksum once more under it."""
+
+    __slots__ = ("fid", "objno")
+
+    def __init__(self, fid: str, objno: int) -> None:
+        self.fid, self.objno = fid.encode(), objno
+
+    def __enter__(self) -> None:
+        _osd.xo_lock(self.fid, self.objno)  # CFFI lets the GIL go while it waits
+
+    def __exit__(self, *exc: object) -> None:
+        _osd.xo_unlock(self.fid, self.objno)
+
+
 class ObjectStore:
     """Objects and their checksums on a local directory."""
 
@@ -92,9 +121,6 @@ class ObjectStore:
         os.unlink(probe)
         self.direct = True  # until the file system refuses O_DIRECT (tmpfs before Linux 6.6, many FUSE file systems)
         self._local = threading.local()
-        # An object's content and its checksums change together: two writes of one object at once lost
-        # one's checksum update (two mounts writing one file, a truncate racing a write).
-        self._locks = [threading.Lock() for _ in range(64)]
 
     def dir(self, fid: str) -> str:
         return os.path.join(self.root, fid[:2], fid)
@@ -102,8 +128,11 @@ class ObjectStore:
     def path(self, fid: str, objno: int) -> str:
         return os.path.join(self.root, fid[:2], fid, str(objno))
 
-    def _lock(self, fid: str, objno: int) -> threading.Lock:
-        return self._locks[hash((fid, objno)) % len(self._locks)]
+    @staticmethod
+    def _lock(fid: str, objno: int) -> ObjectLock:
+        """An object's content and its checksums change together: two writes of one object at once lost one's
+        checksum update (two mounts writing one file, a truncate racing a write)."""
+        return ObjectLock(fid, objno)
 
     def write(self, fid: str, objno: int, offset: int, data: bytes | memoryview) -> None:
         """Write `data` at `offset` of an object and bring the checksums of the blocks it touched up to date."""
@@ -332,10 +361,22 @@ class OSD:
         self.session: aiohttp.ClientSession | None = None
 
     def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
-        who = self.auth.request(request, service_ok=True)
+        return self._grant(request.headers.get("Authorization", ""), request.headers.get("X-Xos-Cap", ""), fid,
+                           write, bool(request.headers.get("X-Xos-Forwarded")))
+
+    def read_grant(self, authorization: str, cap_token: str, fid: str) -> float:
+        """Until when (epoch seconds) a client sending these headers may read file `fid`; XosError if it may not."""
+        who, cap = self._grant(authorization, cap_token, fid, write=False, forwarded=False)
+        if cap is None:
+            return time.time() + SERVICE_GRANT
+        return min(who.exp, cap.exp)
+
+    def _grant(self, authorization: str, cap_token: str, fid: str, write: bool,
+               forwarded: bool) -> tuple[Identity, Capability | None]:
+        who = self.auth.authorization(authorization, service_ok=True)
         if who.service:
             return who, None
-        cap = self.caps.check(request.headers.get("X-Xos-Cap", ""))
+        cap = self.caps.check(cap_token)
         if cap.fid != fid:
             raise CapabilityInvalid(f"capability is for file {cap.fid}, not {fid}")
         if cap.client != who.who:
@@ -346,7 +387,7 @@ class OSD:
             raise StaleCapability(f"file {fid} was truncated since this capability was issued: open it again")
         # A write the primary already took under an older list is passed on whatever the list is now:
         # the MRC waits for those before it copies (see fence).
-        if write and cap.xver < self.xvers.get(fid, 0) and not request.headers.get("X-Xos-Forwarded"):
+        if write and cap.xver < self.xvers.get(fid, 0) and not forwarded:
             raise StaleCapability(f"the replicas of file {fid} changed since this capability was issued")
         return who, cap
 
@@ -468,16 +509,17 @@ class OSD:
     def status(self) -> dict[str, Any]:
         st = os.statvfs(self.cfg.dir)
         return {"id": self.cfg.id, "url": self.cfg.url, "capacity": st.f_blocks * st.f_frsize,
-                "free": st.f_bavail * st.f_frsize, "load": float(self.busy)}
+                "free": st.f_bavail * st.f_frsize, "load": float(self.busy + _osd.xo_busy())}
 
     async def info(self, request: web.Request) -> web.Response:
-        return json_response(self.status())
+        return json_response({**self.status(), "native_reads": int(_osd.xo_served())})
 
     async def heartbeat(self) -> None:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""
         assert self.session is not None
         headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
         while True:
+            self.reads.update(dict.fromkeys(native_reads(), time.time()))
             reads, self.reads = self.reads, {}
             try:
                 async with self.session.post(f"{self.cfg.mrc}/v1/osds/heartbeat", json={**self.status(),
@@ -505,11 +547,104 @@ def make_app(osd: OSD) -> httpd.App:
 
 
 async def serve_osd(cfg: OsdConfig) -> None:
-    """Run an OSD until SIGTERM or SIGINT."""
+    """Run an OSD until SIGTERM or SIGINT: object reads on native threads, the rest on the event loop."""
     osd = OSD(cfg)
+    app = make_app(osd)
+    host, _, port = cfg.listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=1024)
+    except (OSError, ValueError, OverflowError) as e:
+        raise InvalidInput(f"cannot listen on {cfg.listen!r}: {e}") from None
     osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
     try:
-        await httpd.serve_tcp(make_app(osd), cfg.listen, osd.heartbeat())
+        with NativeReads(osd, app, sock):
+            await rpc.run_until_stopped(cfg.listen, osd.heartbeat())
     finally:
+        sock.close()
         await osd.session.close()
+
+
+# Object reads on native threads (native/osdread.c)
+
+_native: NativeReads | None = None
+
+
+class NativeReads:
+    """The OSD's listening socket served by native threads: object GETs answered there, every other request
+    (and every GET they give up on: a refusal, a missing file, a corrupt block) by `app` on the event loop."""
+
+    def __init__(self, osd: OSD, app: httpd.App, sock: socket.socket) -> None:
+        self.osd, self.app, self.sock = osd, app, sock
+        self.loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> NativeReads:
+        global _native
+        if _native is not None:
+            raise XosError("an OSD's native reads are already running in this process")
+        err = _osd.xo_start(self.sock.fileno(), self.osd.store.root.encode(), int(self.osd.store.direct))
+        if err:
+            raise XosError(f"cannot start the native read threads: {os.strerror(-err)}")
+        _native = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _native
+        _osd.xo_stop()
+        _native = None
+
+    def adopt(self, fd: int, prefix: bytes) -> None:
+        """Take a connection the native threads gave up, in the loop."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            return
+        task = asyncio.ensure_future(httpd.adopt(self.app, sock, prefix))
+        task.add_done_callback(_adopted)
+
+
+def _adopted(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("adopting a connection failed: %s", task.exception())
+
+
+def native_reads() -> list[str]:
+    """The files the native threads read since the last call."""
+    out: list[str] = []
+    buf = _ffi.new("char[]", 1 << 16)
+    while True:
+        n = _osd.xo_reads(buf, len(buf))
+        raw = _ffi.unpack(buf, len(buf))
+        out.extend(x.decode() for x in raw.split(b"\0")[:n])
+        if n == 0 or len(out) > 100000:
+            return out
+
+
+@_ffi.def_extern(error=1)  # type: ignore[misc]
+def xo_check(auth: Any, cap: Any, fid: Any, until: Any) -> int:
+    """Whether a native thread may answer reads of `fid` for these headers, and until when."""
+    reads = _native
+    if reads is None:
+        return 1
+    try:
+        until[0] = reads.osd.read_grant(_ffi.string(auth).decode("latin-1"), _ffi.string(cap).decode("latin-1"),
+                                        _ffi.string(fid).decode())
+    except Exception:  # the event loop's handler answers it, with the reason
+        return 1
+    return 0
+
+
+@_ffi.def_extern()  # type: ignore[misc]
+def xo_adopt(fd: int, buf: Any, n: int) -> None:
+    """A native thread gives its connection to the event loop, with the bytes it has read of it."""
+    prefix = bytes(_ffi.buffer(buf, n))
+    reads = _native
+    try:
+        if reads is None:
+            raise RuntimeError("stopped")
+        reads.loop.call_soon_threadsafe(reads.adopt, fd, prefix)
+    except RuntimeError:  # the loop is closed: the OSD is stopping
+        os.close(fd)

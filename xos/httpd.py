@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import select
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -241,8 +242,9 @@ class Connection(asyncio.BufferedProtocol):
     straight into a buffer of its own size. Appending each chunk of a 1 MiB body to a buffer and then
     copying the body out of it were a quarter of an OSD's CPU per MiB written."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, prefix: bytes = b"") -> None:
         self.app = app
+        self.prefix = prefix  # what a connection adopted from elsewhere sent before it came here
         self.buf = bytearray(HEAD_BUFFER)
         self.have = 0  # bytes of buf received and not yet consumed
         self.body: bytearray | None = None  # a body being received in place, and how much of it came
@@ -259,6 +261,13 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio.Transport's subclass
         self.worker = asyncio.ensure_future(self._serve())
+        view, self.prefix = memoryview(self.prefix), b""
+        while view and not self.closing:  # before the transport reads on: these bytes came first
+            with self.get_buffer(len(view)) as buf:  # released before the protocol may resize what it views
+                k = min(len(buf), len(view))
+                buf[:k] = view[:k]
+            self.buffer_updated(k)
+            view = view[k:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -422,6 +431,17 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("HTTP connection failed")
             with contextlib.suppress(Exception):
                 self.transport.close()
+
+
+async def adopt(app: App, sock: socket.socket, prefix: bytes) -> None:
+    """Serve a connection accepted elsewhere (an OSD's native read threads), starting with the bytes it has
+    already sent there."""
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: Connection(app, prefix), sock)
+    except OSError as e:
+        log.debug("adopted connection gone: %s", e)
+        sock.close()
 
 
 def run(main: Coroutine[Any, Any, Any]) -> Any:

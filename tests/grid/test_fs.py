@@ -458,6 +458,67 @@ def _osd_get(grid, fid, token, cred, query="", objno="0"):
         return e.code, json.loads(e.read())["error"]
 
 
+def _answers(sock, n):
+    """`n` HTTP answers read off `sock`: (status, headers, body) each."""
+    got, out = b"", []
+    while len(out) < n:
+        while b"\r\n\r\n" not in got:
+            chunk = sock.recv(1 << 16)
+            assert chunk, f"connection closed after {len(out)} answers"
+            got += chunk
+        head, _, got = got.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        while len(got) < length:
+            chunk = sock.recv(1 << 16)
+            assert chunk
+            got += chunk
+        out.append((int(lines[0].split()[1]), headers, got[:length]))
+        got = got[length:]
+    return out
+
+
+def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
+    import socket
+
+    c = grid.client("data")
+    try:
+        payload = os.urandom(300_000)
+        with c.open("/native", "wb") as f:
+            f.write(payload)
+        st = c.open_handle("/native")
+        url = st.xloc.urls[st.xloc.replicas[0].osds[0]]
+    finally:
+        c.close()
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    token = capability.sign(secret, Capability(st.fid, "rw", time.time() + 60, st.epoch, 1, "alice@vo-a"))
+    auth = f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
+
+    def native():
+        with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+            return json.loads(r.read())["native_reads"]
+
+    def get(objno, off, n):
+        return f"GET /v1/o/{st.fid}/{objno}?off={off}&len={n} HTTP/1.1\r\n{auth}\r\n".encode()
+
+    before = native()
+    host, _, port = url.partition("//")[2].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        put = (f"PUT /v1/o/{st.fid}/5?off=0 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\n").encode() + b"new"
+        # three reads pipelined, a write, a read behind the write: all on one connection, answered in order
+        s.sendall(get(0, 0, 4096) + get(0, 100_000, 50_000) + get(9, 0, 10) + put + get(0, 4096, 4096))
+        answers = _answers(s, 5)
+    assert [a[0] for a in answers] == [200] * 5
+    assert answers[0][2] == payload[:4096] and answers[1][2] == payload[100_000:150_000]
+    assert answers[2][1].get("x-xos-hole") == "1" and answers[2][2] == b""  # no such object: a hole
+    assert json.loads(answers[3][2])["written"] == 3
+    assert answers[4][2] == payload[4096:8192]
+    # the three before the write came from the native threads; the write, and what followed it, from Python
+    assert native() - before == 3
+
+
 def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
     alice, bob = grid.credential("alice"), grid.credential("bob")
     with open(grid.key, "rb") as f:

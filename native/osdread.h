@@ -1,0 +1,29 @@
+/* The OSD's object reads on native threads (osdread.c): what Python sees of it. */
+#ifndef XOS_OSDREAD_H
+#define XOS_OSDREAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef begin: what follows, to the end marker, is also native/build_osd.py's declaration for CFFI */
+
+/* Serve the connections accepted on `listen_fd` under object directory `root` (DIR/objects); `direct`:
+ * large reads may go around the page cache. 0, or -errno. */
+int xo_start(int listen_fd, const char *root, int direct);
+/* Stop accepting and end every connection the native threads hold. */
+void xo_stop(void);
+/* The lock one object's bytes and checksums change under, shared with Python's writes. */
+void xo_lock(const char *fid, uint64_t objno);
+void xo_unlock(const char *fid, uint64_t objno);
+/* Forget every cached grant (a key change, a test). */
+void xo_forget(void);
+/* The ids of files read natively since the last call, NUL-terminated one after the other; their count. */
+int xo_reads(char *out, size_t size);
+/* Reads being served now. */
+int xo_busy(void);
+/* Requests answered natively since the start (for tests and the stats). */
+uint64_t xo_served(void);
+
+/* cdef end */
+
+#endif
