@@ -251,19 +251,21 @@ class GridFS:
 
     # reads straight from the OSDs
 
-    def _plan(self, fh: int, st: Open) -> None:
-        """Let the native loop serve small reads of read-only handle `fh` from the OSDs itself."""
+    def _plan(self, fh: int, st: Open) -> bool:
+        """Let the native loop serve reads of read-only handle `fh` from the OSDs itself; whether it does."""
         if st.write or st.inline is not None or st.xloc is None or not st.xloc.replicas:
-            return
+            return False
         replica = st.xloc.replicas[min(st.prefer, len(st.xloc.replicas) - 1)]
         osds = [st.xloc.urls.get(o, "").partition("//")[2] for o in replica.osds]
         if not all(osds):
-            return
+            return False
         headers = "".join(f"{k}: {v}\r\n" for k, v in self.c._osd_headers(st).items())
         if lib.xf_plan(fh, st.fid.encode(), headers.encode(), st.size, st.xloc.striping.size,
-                       b"".join(o.encode() + b"\0" for o in osds), len(osds)) == 0:
-            with self._lock:
-                self._plans.setdefault(st.ino, set()).add(fh)
+                       b"".join(o.encode() + b"\0" for o in osds), len(osds)) != 0:
+            return False
+        with self._lock:
+            self._plans.setdefault(st.ino, set()).add(fh)
+        return True
 
     def _unplan(self, ino: int) -> None:
         """Every handle on inode `ino` reads through Python again: its bytes may be here, not at the OSDs."""
@@ -615,12 +617,13 @@ class GridFS:
         if c.flags & os.O_TRUNC and write and st.size:
             self.c.truncate(path, 0)
         fh = self._handle(st)
+        direct = False
         if write:
             self._unplan(st.ino)
             lib.xf_writers(c.node, 1)
-        else:
-            self._plan(fh, st)
-        if lib.xf_reply_open(req, c.fi, fh, 0) != 0:
+        else:  # read around the page cache where the native loop fetches ahead itself (gridfuse.c)
+            direct = self._plan(fh, st) and bool(lib.xf_direct_reads())
+        if lib.xf_reply_open(req, c.fi, fh, int(direct)) != 0:
             self._close(fh, c.node)
 
     def read(self, req: Any, c: Any) -> None:

@@ -12,6 +12,8 @@
 #include "gridfuse.h"
 
 #include <arpa/inet.h>
+#include <linux/fuse.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -23,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -824,8 +827,10 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
  *
  * A random 4 KiB read through Python cost a FUSE hand-off to Python, the client's bookkeeping and its
  * HTTP request; here it is one request on a kept-alive socket. A whole 1 MiB request costs the mount
- * 0.7-0.9 ms of CPU here against 2.0-2.3 through Python, and the kernel's readahead keeps several in
- * flight (raise_readahead), so sequential reads take this path too. Python registers a plan for a
+ * 0.7-0.9 ms of CPU here against 2.0-2.3 through Python. Such handles are direct I/O (see io_writev),
+ * so the kernel neither caches nor reads ahead for them: a reader that goes on where it stopped has
+ * the next 4 MiB fetched by the fetcher threads in whole chunks, and its reads are answered from them.
+ * Python registers a plan for a
  * handle open read-only on a file with OSD objects (its capability, the OSDs of the replica it
  * prefers, the size it opened it at) and drops it when anything could make the OSDs' bytes not the
  * ones to read (a write here, a truncate). Anything but a whole 200 answer goes to Python, which
@@ -836,6 +841,20 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
 #define MAX_COLUMNS 64
 #define OSD_TIMEOUT 2 /* seconds; past it Python takes the read and fails over */
 
+#define CHUNK_MAX PLAN_MAX_READ
+#define AHEAD_BYTES (4 << 20) /* what a sequential reader has fetched ahead of it */
+#define MAX_SLOTS 96          /* 4 MiB ahead and two requests' worth, in chunks of 64 KiB at the least */
+#define FETCHERS 4
+
+enum slot_state { EMPTY, FETCHING, READY, FAILED };
+
+/* One chunk of the file (a whole object, or 1 MiB of it) fetched ahead of a sequential reader. */
+struct slot {
+    uint64_t start, len;
+    int state, pins; /* pins: replies being sent from it */
+    char *buf;
+};
+
 struct plan {
     uint64_t fh, size;
     uint32_t stripe;
@@ -843,17 +862,33 @@ struct plan {
     char *fid, *headers;
     struct sockaddr_in col[MAX_COLUMNS];
     char host[MAX_COLUMNS][48];
+    int refs;           /* the table's, and each fetch's and read's under way */
+    int dead;           /* out of the table: what is fetched for it is read by nobody */
+    uint64_t reads;
+    uint64_t next_off;  /* where the reader reads next if it reads on */
+    uint64_t chunk;
+    int nslots;
+    struct slot slots[MAX_SLOTS];
     struct plan *next;
 };
 
 static struct plan *plans[256];
 static pthread_mutex_t plans_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t slots_cond = PTHREAD_COND_INITIALIZER; /* a slot's fetch ended */
 
 static void free_plan(struct plan *p)
 {
+    for (int i = 0; i < p->nslots; i++)
+        free(p->slots[i].buf);
     free(p->fid);
     free(p->headers);
     free(p);
+}
+
+static void put_plan(struct plan *p) /* under plans_lock */
+{
+    if (--p->refs == 0)
+        free_plan(p);
 }
 
 void xf_unplan(uint64_t fh)
@@ -863,7 +898,8 @@ void xf_unplan(uint64_t fh)
         if ((*pp)->fh == fh) {
             struct plan *p = *pp;
             *pp = p->next;
-            free_plan(p);
+            p->dead = 1;
+            put_plan(p); /* fetches under way finish into it, and nobody reads them */
             break;
         }
     pthread_mutex_unlock(&plans_lock);
@@ -881,6 +917,10 @@ int xf_plan(uint64_t fh, const char *fid, const char *headers, uint64_t size, ui
     p->size = size;
     p->stripe = stripe;
     p->ncol = ncol;
+    p->refs = 1;
+    p->chunk = stripe < CHUNK_MAX ? stripe : CHUNK_MAX;
+    uint64_t n = (AHEAD_BYTES + 2 * PLAN_MAX_READ) / p->chunk + 2;
+    p->nslots = n < MAX_SLOTS ? (int)n : MAX_SLOTS;
     p->fid = strdup(fid);
     p->headers = strdup(headers);
     for (size_t i = 0; i < ncol; i++, osds += strlen(osds) + 1) {
@@ -1031,15 +1071,137 @@ static ssize_t get_range(int fd, const char *request, size_t reqlen, char *out, 
     return (ssize_t)len;
 }
 
-/* READ answered from the OSD if the handle has a plan and the range lies in one object: 1, or 0 and
- * nothing sent. */
+/* The chunk holding `off`: chunks never cross an object's end, nor the file's. */
+static uint64_t chunk_start(const struct plan *p, uint64_t off)
+{
+    uint64_t obj = off - off % p->stripe;
+    return obj + (off - obj) / p->chunk * p->chunk;
+}
+
+static uint64_t chunk_end(const struct plan *p, uint64_t start)
+{
+    uint64_t obj_end = start - start % p->stripe + p->stripe, end = start + p->chunk;
+    end = end < obj_end ? end : obj_end;
+    return end < p->size ? end : p->size;
+}
+
+/* `len` bytes at `start` (within one object) from its OSD into `buf`, zeros past the object's end: 0, or -1. */
+static int fetch(const struct plan *p, uint64_t start, size_t len, char *buf)
+{
+    char request[8192];
+    uint64_t objno = start / p->stripe, inner = start % p->stripe;
+    size_t col = (size_t)(objno % p->ncol);
+    int reqlen = snprintf(request, sizeof request,
+                          "GET /v1/o/%s/%llu?off=%llu&len=%zu HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n%s\r\n",
+                          p->fid, (unsigned long long)objno, (unsigned long long)inner, len, p->host[col],
+                          p->headers);
+    if (reqlen < 0 || (size_t)reqlen >= sizeof request)
+        return -1;
+    ssize_t got = -1;
+    for (int attempt = 0; attempt < 2 && got < 0; attempt++) {
+        int reused;
+        int fd = conn_get(&p->col[col], &reused);
+        if (fd < 0)
+            break;
+        got = get_range(fd, request, (size_t)reqlen, buf, len);
+        if (got >= 0)
+            conn_put(&p->col[col], fd);
+        else
+            close(fd);
+        if (!reused)
+            break; /* a fresh connection failed: the OSD's trouble, for Python to fail over from */
+    }
+    if (got < 0)
+        return -1;
+    memset(buf + got, 0, len - (size_t)got); /* past the object's end, within the file: a hole */
+    return 0;
+}
+
+/* prefetching: a few threads fetch the chunks a sequential reader will want next */
+
+struct job {
+    struct plan *p;
+    int slot;
+};
+
+static struct job jobs[512];
+static unsigned jobs_head, jobs_tail;
+static pthread_cond_t jobs_cond = PTHREAD_COND_INITIALIZER;
+static pthread_once_t fetchers_once = PTHREAD_ONCE_INIT;
+static int fetchers_started;
+
+static void *fetcher(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&plans_lock);
+    for (;;) {
+        while (jobs_head == jobs_tail)
+            pthread_cond_wait(&jobs_cond, &plans_lock);
+        struct job j = jobs[jobs_tail++ % (sizeof jobs / sizeof *jobs)];
+        struct slot *s = &j.p->slots[j.slot];
+        uint64_t start = s->start, len = s->len;
+        char *buf = s->buf;
+        int dead = j.p->dead;
+        pthread_mutex_unlock(&plans_lock);
+        int ok = !dead && fetch(j.p, start, (size_t)len, buf) == 0;
+        pthread_mutex_lock(&plans_lock);
+        s->state = ok ? READY : FAILED;
+        pthread_cond_broadcast(&slots_cond);
+        put_plan(j.p);
+    }
+    return NULL;
+}
+
+static void start_fetchers(void)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int i = 0; i < FETCHERS; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, fetcher, NULL) == 0)
+            fetchers_started++;
+    }
+    pthread_attr_destroy(&attr);
+}
+
+static struct slot *slot_of(struct plan *p, uint64_t start)
+{
+    for (int i = 0; i < p->nslots; i++)
+        if (p->slots[i].state != EMPTY && p->slots[i].start == start)
+            return &p->slots[i];
+    return NULL;
+}
+
+/* Have the chunk at `start` fetched unless it is, into a slot the reader has left behind (under plans_lock). */
+static void schedule(struct plan *p, uint64_t start)
+{
+    struct slot *s = slot_of(p, start);
+    if (s && s->state != FAILED)
+        return;
+    if (!s)
+        for (int i = 0; i < p->nslots && !s; i++) {
+            struct slot *c = &p->slots[i];
+            if (c->state == EMPTY || (!c->pins && c->state != FETCHING && c->start + c->len <= p->next_off))
+                s = c;
+        }
+    if (!s || jobs_head - jobs_tail >= sizeof jobs / sizeof *jobs || (!s->buf && !(s->buf = malloc(p->chunk))))
+        return;
+    s->start = start;
+    s->len = chunk_end(p, start) - start;
+    s->state = FETCHING;
+    p->refs++;
+    jobs[jobs_head++ % (sizeof jobs / sizeof *jobs)] = (struct job){p, (int)(s - p->slots)};
+    pthread_cond_signal(&jobs_cond);
+}
+
+/* READ answered from the OSDs if the handle has a plan: 1, or 0 and nothing sent (Python answers it).
+ * A reader that goes on where it stopped has the next AHEAD_BYTES fetched by the fetcher threads, its
+ * reads answered from those chunks; any other read is one GET of its own, if it lies in one chunk. */
 static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
 {
     if (size > PLAN_MAX_READ || off < 0)
         return 0;
-    char request[8192];
-    struct sockaddr_in addr;
-    size_t len;
     pthread_mutex_lock(&plans_lock);
     struct plan *p = plans[fh & 255];
     while (p && p->fh != fh)
@@ -1048,52 +1210,118 @@ static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
         pthread_mutex_unlock(&plans_lock);
         return 0;
     }
-    if ((uint64_t)off >= p->size) {
+    uint64_t o = (uint64_t)off;
+    if (o >= p->size) {
         pthread_mutex_unlock(&plans_lock);
         fuse_reply_buf(req, NULL, 0);
         return 1;
     }
-    len = size < p->size - (uint64_t)off ? size : (size_t)(p->size - (uint64_t)off);
-    uint64_t objno = (uint64_t)off / p->stripe, inner = (uint64_t)off % p->stripe;
-    if (inner + len > p->stripe) {
-        pthread_mutex_unlock(&plans_lock);
-        return 0;
+    size_t len = size < p->size - o ? size : (size_t)(p->size - o);
+    int sequential = p->reads++ && o == p->next_off; /* a first read at 0 is no sign of more */
+    p->next_off = o + len;
+    p->refs++;
+    if (sequential) {
+        pthread_once(&fetchers_once, start_fetchers);
+        if (fetchers_started)
+            for (uint64_t c = chunk_start(p, o); c < p->size && c < o + len + AHEAD_BYTES; c = chunk_end(p, c))
+                schedule(p, c);
     }
-    size_t col = (size_t)(objno % p->ncol);
-    addr = p->col[col];
-    int reqlen = snprintf(request, sizeof request,
-                          "GET /v1/o/%s/%llu?off=%llu&len=%zu HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n%s\r\n",
-                          p->fid, (unsigned long long)objno, (unsigned long long)inner, len, p->host[col],
-                          p->headers);
+    struct slot *used[MAX_SLOTS];
+    int n = 0, ok = 1;
+    for (uint64_t c = chunk_start(p, o); c < o + len && ok; c = chunk_end(p, c)) {
+        struct slot *s = n < MAX_SLOTS ? slot_of(p, c) : NULL;
+        ok = s && s->state != FAILED;
+        if (ok)
+            used[n++] = s;
+    }
+    if (ok) {
+        for (int i = 0; i < n; i++)
+            used[i]->pins++; /* not reused while this read waits for them or is answered from them */
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 3 * OSD_TIMEOUT; /* past it Python takes the read, and fails over */
+        for (int i = 0; i < n && ok; i++) {
+            while (used[i]->state == FETCHING && ok)
+                ok = pthread_cond_timedwait(&slots_cond, &plans_lock, &deadline) == 0;
+            ok = ok && used[i]->state == READY;
+        }
+        if (ok) {
+            struct iovec iov[MAX_SLOTS];
+            for (int i = 0; i < n; i++) {
+                uint64_t from = i ? used[i]->start : o, to = used[i]->start + used[i]->len;
+                to = to < o + len ? to : o + len;
+                iov[i] = (struct iovec){used[i]->buf + (from - used[i]->start), (size_t)(to - from)};
+            }
+            pthread_mutex_unlock(&plans_lock);
+            fuse_reply_iov(req, iov, n);
+            pthread_mutex_lock(&plans_lock);
+        }
+        for (int i = 0; i < n; i++)
+            used[i]->pins--;
+        if (ok) {
+            put_plan(p);
+            pthread_mutex_unlock(&plans_lock);
+            return 1;
+        }
+    }
+    /* not fetched ahead: one GET if the range lies in one chunk */
+    uint64_t cs = chunk_start(p, o);
+    int one = o + len <= chunk_end(p, cs);
     pthread_mutex_unlock(&plans_lock);
-    if (reqlen < 0 || (size_t)reqlen >= sizeof request)
-        return 0;
-    char *buf = malloc(len ? len : 1);
-    if (!buf)
-        return 0;
-    ssize_t got = -1;
-    for (int attempt = 0; attempt < 2 && got < 0; attempt++) {
-        int reused;
-        int fd = conn_get(&addr, &reused);
-        if (fd < 0)
-            break;
-        got = get_range(fd, request, (size_t)reqlen, buf, len);
-        if (got >= 0)
-            conn_put(&addr, fd);
-        else
-            close(fd);
-        if (!reused)
-            break; /* a fresh connection failed: the OSD's trouble, for Python to fail over from */
-    }
-    if (got < 0) {
-        free(buf);
-        return 0;
-    }
-    memset(buf + got, 0, len - (size_t)got); /* past the object's end, within the file: a hole */
-    fuse_reply_buf(req, buf, len);
+    char *buf = one ? malloc(len ? len : 1) : NULL;
+    int done = buf && fetch(p, o, len, buf) == 0;
+    if (done)
+        fuse_reply_buf(req, buf, len);
     free(buf);
-    return 1;
+    pthread_mutex_lock(&plans_lock);
+    put_plan(p);
+    pthread_mutex_unlock(&plans_lock);
+    return done;
 }
+
+/* Read-only handles with a plan are direct I/O (read_direct fetches ahead itself): a sequential read
+ * through the page cache spent as much CPU filling fresh cache pages (fuse_copy_folio) as every other
+ * copy on the way together. The kernel refuses MAP_SHARED maps of direct I/O handles unless INIT's reply
+ * carries FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6), which libfuse 3.14 does not know: the session's
+ * custom I/O sees the kernel's INIT and adds it to the reply when the kernel offers it. */
+#define INIT_ALLOW_MMAP (1u << 4) /* FUSE_DIRECT_IO_ALLOW_MMAP, 1 << 36, in flags2 */
+static uint64_t init_unique;
+static int init_offers_mmap, mmap_allowed;
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
+{
+    (void)userdata;
+    ssize_t n = read(fd, buf, len);
+    if (n >= (ssize_t)(sizeof(struct fuse_in_header) + offsetof(struct fuse_init_in, flags2) + 4)) {
+        const struct fuse_in_header *h = buf;
+        if (h->opcode == FUSE_INIT) {
+            const struct fuse_init_in *in = (const void *)(h + 1);
+            init_unique = h->unique;
+            init_offers_mmap = (in->flags & FUSE_INIT_EXT) && (in->flags2 & INIT_ALLOW_MMAP);
+        }
+    }
+    return n;
+}
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+    (void)userdata;
+    if (init_unique && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
+        struct fuse_out_header *h = iov[0].iov_base;
+        if (h->unique == init_unique) {
+            init_unique = 0;
+            if (!h->error && init_offers_mmap && iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4) {
+                struct fuse_init_out *out = iov[1].iov_base;
+                out->flags |= FUSE_INIT_EXT;
+                out->flags2 |= INIT_ALLOW_MMAP;
+                mmap_allowed = 1;
+            }
+        }
+    }
+    return writev(fd, iov, count);
+}
+
+int xf_direct_reads(void) { return mmap_allowed; }
 
 /* the operations */
 
@@ -1451,7 +1679,9 @@ int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double t
     if (!se)
         return -1;
     if (fuse_set_signal_handlers(se) == 0) {
+        static const struct fuse_custom_io io = {.read = io_read, .writev = io_writev};
         if (fuse_session_mount(se, mountpoint) == 0) {
+            fuse_session_custom_io(se, &io, fuse_session_fd(se)); /* if refused: page-cached reads */
             if (real[0])
                 raise_readahead(real);
             struct fuse_loop_config *config = fuse_loop_cfg_create();

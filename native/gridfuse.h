@@ -91,6 +91,8 @@ uint64_t xf_node_of(uint64_t parent, const char *name);
 int xf_plan(uint64_t fh, const char *fid, const char *headers, uint64_t size, uint32_t stripe, const char *osds,
             size_t ncol);
 void xf_unplan(uint64_t fh);
+/* Whether read-only handles may be direct I/O: the kernel lets such handles be mapped shared. */
+int xf_direct_reads(void);
 
 /* Replies that also record what they tell the kernel. */
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);

@@ -232,6 +232,33 @@ def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
         assert int(f.read()) == 4 * IO_SIZE // 1024
 
 
+def _native_reads(grid):
+    total = 0
+    for i in range(len(grid.osds)):
+        with urllib.request.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
+            total += json.loads(r.read())["native_reads"]
+    return total
+
+
+def test_a_sequential_reader_gets_whole_chunks_fetched_ahead_and_can_map_the_file_shared(grid, d):
+    import mmap
+
+    payload = os.urandom(8 * IO_SIZE + 12345)
+    p = os.path.join(d, "big")
+    with open(p, "wb") as f:
+        f.write(payload)
+    before = _native_reads(grid)
+    got = bytearray()
+    with open(p, "rb", buffering=0) as f:
+        while chunk := f.read(128 << 10):  # as cat reads
+            got += chunk
+    assert got == payload
+    # 73 reads of 128 KiB: the first one alone, then the file's 9 objects once each, fetched ahead
+    assert _native_reads(grid) - before <= 10
+    with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:  # MAP_SHARED, read-only
+        assert m[:] == payload
+
+
 def test_flock_and_fcntl_locks_among_processes(d):
     p = os.path.join(d, "lock")
     open(p, "wb").close()
