@@ -546,6 +546,55 @@ def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by
     assert native() - before == 3
 
 
+def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clear_answer(grid):
+    import socket
+
+    c = grid.client("data")
+    try:
+        payload = os.urandom(200_000)
+        with c.open("/odd", "wb") as f:
+            f.write(payload)
+        st = c.open_handle("/odd")
+        url = st.xloc.urls[st.xloc.replicas[0].osds[0]]
+    finally:
+        c.close()
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    token = capability.sign(secret, Capability(st.fid, "r", time.time() + 60, st.epoch, 1, "alice@vo-a"))
+    auth = f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
+    target = f"/v1/o/{st.fid}/0"
+    cases = [  # (request, statuses it may get, body expected on a 200)
+        (f"GET {target}?off=10&len=20 HTTP/1.1\r\n{auth}X-Pad: {'p' * 20000}\r\n\r\n", {200}, payload[10:30]),
+        (f"GET {target}?off=10&len=20 HTTP/1.0\r\n{auth}\r\n", {200}, payload[10:30]),
+        (f"GET {target}?off=1&off=2&len=3 HTTP/1.1\r\n{auth}\r\n", {200, 400}, None),
+        (f"GET {target}?len=5&off=7 HTTP/1.1\r\n{auth}\r\n", {200}, payload[7:12]),
+        (f"GET {target}?off=1&what=2 HTTP/1.1\r\n{auth}\r\n", {200}, payload[1:]),
+        (f"GET {target}?off=010&len=2 HTTP/1.1\r\n{auth}\r\n", {200}, payload[10:12]),
+        (f"GET {target}?off=99999999&len=2 HTTP/1.1\r\n{auth}\r\n", {400}, None),
+        (f"GET /v1/o/ZZ{st.fid[2:]}/0 HTTP/1.1\r\n{auth}\r\n", {400}, None),
+        (f"GET {target} HTTP/1.1\r\n{auth}Broken header\r\n\r\n", {400}, None),
+        (f"GET {target} HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc", {200}, payload),
+        (f"GET {target} HTTP/1.1\r\n\r\n", {401}, None),
+        (f"GET {target} HTTP/1.1\r\nAuthorization: Bearer x\r\n{auth}\r\n", {200, 401}, None),
+        ("\x00\xff\x10garbage\r\n\r\n", {400}, None),
+    ]
+    host, _, port = url.partition("//")[2].rpartition(":")
+    for request, statuses, body in cases:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request.encode("latin-1"))
+            [(status, _, got)] = _answers(s, 1)
+        assert status in statuses, (request[:80], status, got[:200])
+        if status == 200 and body is not None:
+            assert got == body, request[:80]
+        elif status != 200:
+            assert json.loads(got)["error"]["code"], got
+    before = _native_reads(grid)
+    with socket.create_connection((host, int(port)), timeout=10) as s:  # and the native threads still answer
+        s.sendall(f"GET {target}?off=0&len=4096 HTTP/1.1\r\n{auth}\r\n".encode())
+        [(status, _, got)] = _answers(s, 1)
+    assert status == 200 and got == payload[:4096] and _native_reads(grid) == before + 1
+
+
 def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
     alice, bob = grid.credential("alice"), grid.credential("bob")
     with open(grid.key, "rb") as f:
