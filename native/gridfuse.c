@@ -845,6 +845,7 @@ int xf_reply_statfs(fuse_req_t req, uint64_t blocks, uint64_t bfree, uint64_t fi
 #define AHEAD_BYTES (4 << 20) /* what a sequential reader has fetched ahead of it */
 #define MAX_SLOTS 96          /* 4 MiB ahead and two requests' worth, in chunks of 64 KiB at the least */
 #define FETCHERS 4
+#define PREFETCH_MAX (256 << 20) /* all handles' chunks together: past it, readers get one GET per read */
 
 enum slot_state { EMPTY, FETCHING, READY, FAILED };
 
@@ -875,11 +876,15 @@ struct plan {
 static struct plan *plans[256];
 static pthread_mutex_t plans_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t slots_cond = PTHREAD_COND_INITIALIZER; /* a slot's fetch ended */
+static uint64_t slot_bytes; /* chunk buffers of every plan (under plans_lock) */
 
-static void free_plan(struct plan *p)
+static void free_plan(struct plan *p) /* under plans_lock if it has chunk buffers */
 {
     for (int i = 0; i < p->nslots; i++)
-        free(p->slots[i].buf);
+        if (p->slots[i].buf) {
+            free(p->slots[i].buf);
+            slot_bytes -= p->chunk;
+        }
     free(p->fid);
     free(p->headers);
     free(p);
@@ -1185,8 +1190,13 @@ static void schedule(struct plan *p, uint64_t start)
             if (c->state == EMPTY || (!c->pins && c->state != FETCHING && c->start + c->len <= p->next_off))
                 s = c;
         }
-    if (!s || jobs_head - jobs_tail >= sizeof jobs / sizeof *jobs || (!s->buf && !(s->buf = malloc(p->chunk))))
+    if (!s || jobs_head - jobs_tail >= sizeof jobs / sizeof *jobs)
         return;
+    if (!s->buf) {
+        if (slot_bytes + p->chunk > PREFETCH_MAX || !(s->buf = malloc(p->chunk)))
+            return;
+        slot_bytes += p->chunk;
+    }
     s->start = start;
     s->len = chunk_end(p, start) - start;
     s->state = FETCHING;
@@ -1227,10 +1237,11 @@ static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
                 schedule(p, c);
     }
     struct slot *used[MAX_SLOTS];
-    int n = 0, ok = 1;
+    int n = 0, ok = 1, failed = 0;
     for (uint64_t c = chunk_start(p, o); c < o + len && ok; c = chunk_end(p, c)) {
         struct slot *s = n < MAX_SLOTS ? slot_of(p, c) : NULL;
-        ok = s && s->state != FAILED;
+        failed = s && s->state == FAILED;
+        ok = s && !failed;
         if (ok)
             used[n++] = s;
     }
@@ -1263,6 +1274,12 @@ static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
             pthread_mutex_unlock(&plans_lock);
             return 1;
         }
+        failed = 1; /* a fetch failed or outlasted its deadline */
+    }
+    if (failed) { /* the OSD's trouble: Python retries, fails over, or reports an interrupt */
+        put_plan(p);
+        pthread_mutex_unlock(&plans_lock);
+        return 0;
     }
     /* not fetched ahead: one GET if the range lies in one chunk */
     uint64_t cs = chunk_start(p, o);
