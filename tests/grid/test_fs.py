@@ -506,22 +506,28 @@ def _answers(sock, n):
     return out
 
 
-def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
-    import socket
-
+def _file_on_an_osd(grid, path, size, mode):
+    """A file of `size` random bytes written by alice: its bytes, handle, first OSD's URL and the request
+    headers (her credential, a capability of `mode` signed with the grid's key)."""
     c = grid.client("data")
     try:
-        payload = os.urandom(300_000)
-        with c.open("/native", "wb") as f:
+        payload = os.urandom(size)
+        with c.open(path, "wb") as f:
             f.write(payload)
-        st = c.open_handle("/native")
+        st = c.open_handle(path)
         url = st.xloc.urls[st.xloc.replicas[0].osds[0]]
     finally:
         c.close()
     with open(grid.key, "rb") as f:
         secret = f.read().strip()
-    token = capability.sign(secret, Capability(st.fid, "rw", time.time() + 60, st.epoch, 1, "alice@vo-a"))
-    auth = f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
+    token = capability.sign(secret, Capability(st.fid, mode, time.time() + 60, st.epoch, 1, "alice@vo-a"))
+    return payload, st, url, f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
+
+
+def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
+    import socket
+
+    payload, st, url, auth = _file_on_an_osd(grid, "/native", 300_000, "rw")
 
     def native():
         with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
@@ -549,19 +555,7 @@ def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by
 def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clear_answer(grid):
     import socket
 
-    c = grid.client("data")
-    try:
-        payload = os.urandom(200_000)
-        with c.open("/odd", "wb") as f:
-            f.write(payload)
-        st = c.open_handle("/odd")
-        url = st.xloc.urls[st.xloc.replicas[0].osds[0]]
-    finally:
-        c.close()
-    with open(grid.key, "rb") as f:
-        secret = f.read().strip()
-    token = capability.sign(secret, Capability(st.fid, "r", time.time() + 60, st.epoch, 1, "alice@vo-a"))
-    auth = f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
+    payload, st, url, auth = _file_on_an_osd(grid, "/odd", 200_000, "r")
     target = f"/v1/o/{st.fid}/0"
     cases = [  # (request, statuses it may get, body expected on a 200)
         (f"GET {target}?off=10&len=20 HTTP/1.1\r\n{auth}X-Pad: {'p' * 20000}\r\n\r\n", {200}, payload[10:30]),
