@@ -379,8 +379,10 @@ static int parse(const char *head, size_t n, struct request *r)
         size_t ln = (size_t)(eol - line);
         const char *v;
         size_t vlen;
-        if (!memchr(line, ':', ln) || line[0] == ' ' || line[0] == '\t')
-            return -1;
+        const char *colon = memchr(line, ':', ln);
+        if (!colon || colon == line || memchr(line, ' ', (size_t)(colon - line)) ||
+            memchr(line, '\t', (size_t)(colon - line)))
+            return -1; /* Python refuses it, with the reason */
         if (header_is(line, ln, "Authorization")) {
             if (r->auth)
                 return -1;

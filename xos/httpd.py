@@ -453,18 +453,34 @@ def run(main: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(main)
 
 
-async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = None) -> None:
-    """rpc.serve_tcp's shape (until SIGTERM or SIGINT, one background task beside) on the lean server."""
+async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = None,
+                    accept: Callable[[socket.socket], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+    """rpc.serve_tcp's shape (until SIGTERM or SIGINT, one background task beside) on the lean server.
+
+    With `accept`, the listening socket is handed to it instead (an OSD's native read threads, which give
+    back to `adopt` what they do not answer); it is used as a context manager while the server runs."""
     from xos import rpc
 
     host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(lambda: Connection(app), host or "0.0.0.0", int(port), reuse_address=True)
-    except (OSError, ValueError) as e:
+        if accept is None:
+            server = await loop.create_server(lambda: Connection(app), host, int(port), reuse_address=True)
+        else:
+            sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                        backlog=1024)
+    except (OSError, ValueError, OverflowError) as e:
         if asyncio.iscoroutine(background):
             background.close()
         raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
+    if accept is not None:
+        try:
+            with accept(sock):
+                await rpc.run_until_stopped(listen, background)
+        finally:
+            sock.close()
+        return
     try:
         await rpc.run_until_stopped(listen, background)
     finally:

@@ -567,6 +567,8 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
         (f"GET {target}?off=99999999&len=2 HTTP/1.1\r\n{auth}\r\n", {400}, None),
         (f"GET /v1/o/ZZ{st.fid[2:]}/0 HTTP/1.1\r\n{auth}\r\n", {400}, None),
         (f"GET {target} HTTP/1.1\r\n{auth}Broken header\r\n\r\n", {400}, None),
+        (f"GET {target} HTTP/1.1\r\n{auth}Spaced name : x\r\n\r\n", {400}, None),
+        (f"GET {target} HTTP/1.1\r\n{auth}: nameless\r\n\r\n", {400}, None),
         (f"GET {target} HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc", {200}, payload),
         (f"GET {target} HTTP/1.1\r\n\r\n", {401}, None),
         (f"GET {target} HTTP/1.1\r\nAuthorization: Bearer x\r\n{auth}\r\n", {200, 401}, None),
@@ -587,6 +589,16 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
         s.sendall(f"GET {target}?off=0&len=4096 HTTP/1.1\r\n{auth}\r\n".encode())
         [(status, _, got)] = _answers(s, 1)
     assert status == 200 and got == payload[:4096] and _native_reads(grid) == before + 1
+
+
+@pytest.mark.parametrize("listen", ["192.0.2.1:32640", "127.0.0.1:99999", "127.0.0.1:port"])
+def test_an_osd_that_cannot_listen_says_so_in_one_line(grid, tmp_path, listen):
+    p = subprocess.run([sys.executable, "-m", "xos.cli", "serve", "osd", "--id", "never", "--dir", str(tmp_path),
+                        "--listen", listen, "--mrc", grid.mrc_url, "--key", grid.key, "--trust", grid.trust],
+                       capture_output=True, text=True, timeout=60)
+    errors = [line for line in p.stderr.splitlines() if not line.startswith("{")]  # the rest are JSON log records
+    assert p.returncode != 0 and len(errors) == 1, p.stderr
+    assert errors[0].startswith("xos: error invalid-input: cannot listen on"), p.stderr
 
 
 def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
