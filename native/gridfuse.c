@@ -45,10 +45,11 @@ struct node {
     uint32_t lease_gid;            /* the group of files made here (unless the directory is setgid) */
     int pending;                   /* made here under a lease, not yet at the MRC */
     struct node *next_id, *next_name;
+    struct node *next_kid, **pprev_kid; /* named nodes, chained by their parent's id: a directory's names */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct node **ids, **names;
+static struct node **ids, **names, **kids;
 static size_t cap, count, swept;
 static uint64_t next_id = 2;
 static unsigned generation;
@@ -100,10 +101,33 @@ static struct node *find_name(uint64_t parent, const char *name)
     return NULL;
 }
 
+/* A directory's names are the named nodes in its kids chain (other directories' share a chain only by
+ * a hash collision): listing or refreshing one directory costs its size, not the table's. */
+static void kid_in(struct node *n)
+{
+    size_t k = hash_id(n->parent);
+    n->next_kid = kids[k];
+    if (n->next_kid)
+        n->next_kid->pprev_kid = &n->next_kid;
+    kids[k] = n;
+    n->pprev_kid = &kids[k];
+}
+
+static void kid_out(struct node *n)
+{
+    if (!n->pprev_kid)
+        return;
+    *n->pprev_kid = n->next_kid;
+    if (n->next_kid)
+        n->next_kid->pprev_kid = n->pprev_kid;
+    n->pprev_kid = NULL;
+}
+
 static void unhash_name(struct node *n)
 {
     if (!n->name)
         return;
+    kid_out(n);
     for (struct node **p = &names[hash_name(n->parent, n->name)]; *p; p = &(*p)->next_name)
         if (*p == n) {
             *p = n->next_name;
@@ -120,6 +144,7 @@ static void hash_in(struct node *n)
     ids[i] = n;
     n->next_name = names[j];
     names[j] = n;
+    kid_in(n);
 }
 
 static void free_node(struct node *n)
@@ -138,14 +163,19 @@ static int grow(void)
 {
     size_t old = cap, ncap = cap ? cap * 2 : 1 << 12;
     struct node **nids = calloc(ncap, sizeof *nids), **nnames = calloc(ncap, sizeof *nnames);
-    if (!nids || !nnames) {
+    struct node **nkids = calloc(ncap, sizeof *nkids);
+    if (!nids || !nnames || !nkids) {
         free(nids);
         free(nnames);
+        free(nkids);
         return -1;
     }
     struct node **oids = ids;
+    free(names);
+    free(kids);
     ids = nids;
     names = nnames;
+    kids = nkids;
     cap = ncap;
     for (size_t i = 0; i < old; i++)
         for (struct node *n = oids[i], *next; n; n = next) {
@@ -258,15 +288,14 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
         record(dir, names_, &attrs[i], ttl, 0);
     struct node *d = find_id(dir);
     if (d) {
-        for (size_t i = 0; i < cap; i++)
-            for (struct node *m = ids[i], *next; m; m = next) {
-                next = m->next_id;
-                if (m->name && m->parent == dir && m->listed != generation && !m->pending) {
-                    unhash_name(m);
-                    if (!m->nlookup && !m->writers)
-                        free_node(m);
-                }
+        for (struct node *m = cap ? kids[hash_id(dir)] : NULL, *next; m; m = next) {
+            next = m->next_kid;
+            if (m->name && m->parent == dir && m->listed != generation && !m->pending) {
+                unhash_name(m);
+                if (!m->nlookup && !m->writers)
+                    free_node(m);
             }
+        }
         d->list_until = now() + ttl;
         d->version = version;
     }
@@ -292,10 +321,9 @@ void xf_refresh(uint64_t dir, double ttl)
     pthread_mutex_lock(&lock);
     struct node *d = find_id(dir);
     if (d && d->list_until) {
-        for (size_t i = 0; i < cap; i++)
-            for (struct node *m = ids[i]; m; m = m->next_id)
-                if (m->name && m->parent == dir && m->attr_until)
-                    m->attr_until = until;
+        for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid)
+            if (m->name && m->parent == dir && m->attr_until)
+                m->attr_until = until;
         d->list_until = until;
     }
     pthread_mutex_unlock(&lock);
@@ -414,6 +442,7 @@ void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *
                 *p = n->next_name;
                 break;
             }
+        kid_out(n);
         free(n->name);
         n->name = copy;
         n->parent = newparent;
@@ -423,6 +452,7 @@ void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *
             size_t j = hash_name(newparent, copy);
             n->next_name = names[j];
             names[j] = n;
+            kid_in(n);
         }
     }
     pthread_mutex_unlock(&lock);

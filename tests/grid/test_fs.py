@@ -413,6 +413,38 @@ def test_a_listing_kept_by_its_version_still_shows_changes_made_elsewhere(grid, 
         grid.umount(other)
 
 
+def test_names_removed_elsewhere_leave_the_listing_of_the_directory_they_were_moved_to(grid, mnt, d):
+    """The table finds a directory's names by their parent (not by walking every node): a name renamed
+    here into another directory, and the table grown past its first size meanwhile, must be found
+    under its new parent when a listing there drops it, and no longer under its old one."""
+    many, into = os.path.join(d, "many"), os.path.join(d, "into")
+    os.mkdir(many)
+    os.mkdir(into)
+    for i in range(5000):  # past the table's first 4,096 nodes: it grows and chains every node again
+        os.close(os.open(os.path.join(many, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    os.listdir(many)
+    os.listdir(into)
+    other = grid.mount(1, "data")
+    try:
+        there = os.path.relpath(d, mnt)
+        os.rename(os.path.join(many, "f7"), os.path.join(into, "f7"))
+        assert "f7" in os.listdir(into) and "f7" not in os.listdir(many)
+        os.stat(os.path.join(into, "f7"))  # its attributes fresh here for a TTL
+        os.stat(os.path.join(many, "f8"))
+        os.unlink(os.path.join(other, there, "into", "f7"))
+        os.unlink(os.path.join(other, there, "many", "f8"))
+        wait_for(lambda: os.listdir(into) == [] and "f8" not in os.listdir(many), 10,
+                 "names removed on the other node to leave their listings here")
+        # The kernel's own entries hold for their TTL whatever a listing says; with them dropped, a
+        # lookup is the table's, which the listings just told that both names are gone.
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        assert not os.path.exists(os.path.join(into, "f7")) and not os.path.exists(os.path.join(many, "f8"))
+        assert len(os.listdir(many)) == 4998
+    finally:
+        grid.umount(other)
+
+
 def test_stripe_width_3_puts_objects_on_3_osds(grid):
     mp = grid.mount(0, "striped")
     try:
