@@ -137,14 +137,20 @@ static void unhash_name(struct node *n)
     n->name = NULL;
 }
 
-static void hash_in(struct node *n)
+static void name_in(struct node *n)
 {
-    size_t i = hash_id(n->id), j = hash_name(n->parent, n->name);
-    n->next_id = ids[i];
-    ids[i] = n;
+    size_t j = hash_name(n->parent, n->name);
     n->next_name = names[j];
     names[j] = n;
     kid_in(n);
+}
+
+static void hash_in(struct node *n)
+{
+    size_t i = hash_id(n->id);
+    n->next_id = ids[i];
+    ids[i] = n;
+    name_in(n);
 }
 
 static void free_node(struct node *n)
@@ -290,7 +296,7 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
     if (d) {
         for (struct node *m = cap ? kids[hash_id(dir)] : NULL, *next; m; m = next) {
             next = m->next_kid;
-            if (m->name && m->parent == dir && m->listed != generation && !m->pending) {
+            if (m->parent == dir && m->listed != generation && !m->pending) {
                 unhash_name(m);
                 if (!m->nlookup && !m->writers)
                     free_node(m);
@@ -322,7 +328,7 @@ void xf_refresh(uint64_t dir, double ttl)
     struct node *d = find_id(dir);
     if (d && d->list_until) {
         for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid)
-            if (m->name && m->parent == dir && m->attr_until)
+            if (m->parent == dir && m->attr_until)
                 m->attr_until = until;
         d->list_until = until;
     }
@@ -437,23 +443,13 @@ void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *
     }
     if (n) {
         char *copy = strdup(newname);
-        for (struct node **p = &names[hash_name(n->parent, n->name)]; *p; p = &(*p)->next_name)
-            if (*p == n) {
-                *p = n->next_name;
-                break;
-            }
-        kid_out(n);
-        free(n->name);
+        unhash_name(n);
         n->name = copy;
         n->parent = newparent;
         if (n->attr_until)
             n->attr_until = STALE; /* its ctime changed */
-        if (copy) {
-            size_t j = hash_name(newparent, copy);
-            n->next_name = names[j];
-            names[j] = n;
-            kid_in(n);
-        }
+        if (copy)
+            name_in(n);
     }
     pthread_mutex_unlock(&lock);
 }
