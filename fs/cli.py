@@ -291,11 +291,13 @@ def files(args: argparse.Namespace) -> int:
         c.op("seal", path=inner)
         res = c.replicas(inner)
     elif args.verb == "replicate":
-        res = _replicate(c, inner, args.osd or None)
+        _replicate(c, inner, args.osd or None)
+        res = c.replicas(inner)  # shown as stat shows it: the answer of the change names no OSD URLs
     else:
         if len(args.osd) != 1:
             raise InvalidInput("name the replica to remove by one of its OSDs: --osd ID")
-        res = c.op("unreplicate", path=inner, osd=args.osd[0])
+        c.op("unreplicate", path=inner, osd=args.osd[0])
+        res = c.replicas(inner)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -319,7 +321,7 @@ def _bar(done: int, total: int, t0: float) -> str:
     return f"\r[{'#' * int(pct / 5):<20}] {pct:5.1f}% {done >> 20} MiB {rate:.0f} MB/s"
 
 
-def _replicate(c: Any, inner: str, osds: list[str] | None) -> Any:
+def _replicate(c: Any, inner: str, osds: list[str] | None) -> None:
     """Ask the MRC for a new replica, drawing the copy's progress on a terminal while it runs."""
     import threading
 
@@ -334,19 +336,19 @@ def _replicate(c: Any, inner: str, osds: list[str] | None) -> Any:
     t = threading.Thread(target=call, daemon=True)
     t0 = time.monotonic()
     t.start()
-    tty = sys.stderr.isatty()
+    tty, done, total = sys.stderr.isatty(), 0, 0
     while t.is_alive():
         t.join(0.2)
         if tty and t.is_alive():
-            p = c._op("progress", {"path": inner})
+            p = c.op("progress", path=inner)
             if p["copying"]:
-                print(_bar(p["done"], p["total"], t0), end="", file=sys.stderr)
-    if tty:
-        print(file=sys.stderr)
+                done, total = p["done"], p["total"]
+                print(_bar(done, total, t0), end="", file=sys.stderr)
+    if total:  # the bar ends where the copy did, full or not
+        print(_bar(total if "res" in out else done, total, t0), file=sys.stderr)
     if "err" in out:
         raise out["err"]
     print(f"replica added in {time.monotonic() - t0:.2f} s")
-    return out["res"]
 
 
 def copy(args: argparse.Namespace) -> int:
@@ -382,7 +384,7 @@ def copy(args: argparse.Namespace) -> int:
         dst.close()
     elapsed = time.monotonic() - t0
     if tty:
-        print(file=sys.stderr)
+        print(_bar(done, total, t0), file=sys.stderr)
     print(f"copied {done} bytes in {elapsed:.2f} s ({done / max(elapsed, 1e-6) / 1e6:.0f} MB/s)")
     return 0
 

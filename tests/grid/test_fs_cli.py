@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -85,3 +86,30 @@ def test_mounting_what_cannot_be_mounted_says_why(grid, tmp_path):
     code, out, _ = grid.cli("fs", "mount", f"{grid.mrc_url}/x", str(mp), "--cred", str(forged))
     assert code != 0 and "credential" in out, out
     assert not os.path.ismount(mp)
+
+
+def test_copies_and_replication_draw_their_progress_on_a_terminal(grid, tmp_path):
+    grid.mkvol("prog", replicas=1, stripe_width=1)
+    mp = grid.mount(0, "prog")
+    local = tmp_path / "big"
+    local.write_bytes(os.urandom(24 << 20))
+    dst = os.path.join(mp, "big")
+    code, out, shown = grid.cli("fs", "cp", str(local), dst, tty=True)
+    assert code == 0 and "copied 25165824 bytes" in out and "100.0% 24 MiB" in shown, (out, shown)
+    code, out, _ = grid.cli("fs", "readonly", dst)
+    assert code == 0, out
+    code, out, _ = grid.cli("fs", "stat", dst, "--json")
+    holder = json.loads(out)["xloc"]["replicas"][0]["osds"][0]
+    spare = next(h for h in grid.osds if h.name != holder)
+    osd = spare.procs[0]
+    osd.send(signal.SIGSTOP)  # the copy waits at its first object while the bar shows where it is
+    try:
+        run = grid.start_cli("fs", "replicate", dst, "--osd", spare.name, tty=True)
+        wait_for(lambda: "  0.0% 0 MiB" in run.shown(), 30, "the bar of a copy that has not begun")
+    finally:
+        osd.send(signal.SIGCONT)
+    code, out, shown = run.wait()
+    assert code == 0 and "replica added" in out and "100.0% 24 MiB" in shown, (out, shown)
+    assert f"replica 1: {spare.name} (http://{spare.address}:" in out, out
+    with open(dst, "rb") as f:
+        assert f.read() == local.read_bytes()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -62,6 +63,49 @@ class Proc:
         except TimeoutError:
             self.send(signal.SIGKILL)
             wait_for(lambda: not self.alive(), timeout, f"{self.argv[3:5]} to die")
+
+
+class CliRun:
+    """An `xos` command running in a host; with a terminal (`master`) for its stderr, what that shows
+    is read as it comes."""
+
+    def __init__(self, host: Host, proc: Proc, out: str, master: int = -1) -> None:
+        self.host, self.proc, self.out, self.master = host, proc, out, master
+        self._shown: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True) if master >= 0 else None
+        if self._reader:
+            self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the last holder of the terminal's other side closed it
+                return
+            if not chunk:
+                return
+            self._shown.append(chunk)
+
+    def shown(self) -> str:
+        """What the terminal showed so far."""
+        return b"".join(self._shown).decode(errors="replace")
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
+        """(status, stdout, stderr or what the terminal showed) once the command ends."""
+        try:
+            wait_for(lambda: not self.proc.alive(), timeout, f"xos {' '.join(self.proc.argv[3:5])}")
+        finally:
+            if self.proc.pidfd >= 0:
+                self.proc.stop(signal.SIGKILL)
+            self.host.procs.remove(self.proc)
+        if self._reader:
+            self._reader.join(10)
+            os.close(self.master)
+        with open(self.out) as f:
+            text = f.read()
+        os.unlink(self.out)
+        assert self.proc.status is not None
+        return self.proc.status, text, self.shown() if self._reader else text
 
 
 @dataclass
@@ -186,8 +230,9 @@ class FsGrid:
         """Start `xos ARGS` inside a host's network namespace."""
         return self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], log_name)
 
-    def spawn_argv(self, host: Host, argv: list[str], log_name: str) -> Proc:
-        """Start a program inside a host's network namespace, its output in `log_name`."""
+    def spawn_argv(self, host: Host, argv: list[str], log_name: str, stderr: int = -1) -> Proc:
+        """Start a program inside a host's network namespace, its output in `log_name` (its stderr on the
+        descriptor `stderr` if one is given)."""
         proc = Proc(argv, os.path.join(self.base, log_name))
         env = {**os.environ, "XOS_HOME": os.path.join(self.base, host.name), "XOS_RUN": os.path.join(self.base, "run")}
         os.makedirs(env["XOS_HOME"], exist_ok=True)
@@ -196,7 +241,8 @@ class FsGrid:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             proc.pid = sp.spawn(sp.SpawnSpec(argv=argv, env=env, ns_pidfd=nsfd, ns_flags=sp.CLONE_NEWNET,
-                                             stdin=null, stdout=logfd, stderr=logfd, cwd=self.base,
+                                             stdin=null, stdout=logfd, stderr=logfd if stderr < 0 else stderr,
+                                             cwd=self.base,
                                              pdeathsig=signal.SIGTERM))
         finally:
             for fd in (nsfd, logfd, null):
@@ -275,18 +321,26 @@ class FsGrid:
 
         return Client(self.mrc_url, volume, self.credential(user, vo, roles=roles))
 
-    def cli(self, *args: str, host: Host | None = None) -> tuple[int, str, str]:
-        """`xos ARGS` in a client host's namespace: (status, stdout, stderr)."""
+    def cli(self, *args: str, host: Host | None = None, tty: bool = False) -> tuple[int, str, str]:
+        """`xos ARGS` in a client host's namespace: (status, stdout, stderr); with `tty`, stderr is a
+        terminal and the third is what it showed."""
+        return self.start_cli(*args, host=host, tty=tty).wait()
+
+    def start_cli(self, *args: str, host: Host | None = None, tty: bool = False) -> CliRun:
+        """`xos ARGS` started in a client host's namespace; `wait()` for its end."""
         host = host or self.clients[0]
         out = os.path.join(self.base, f"cli-{secrets.token_hex(4)}.out")
-        proc = self.spawn(host, list(args), os.path.basename(out))
-        wait_for(lambda: not proc.alive(), 300, f"xos {' '.join(args[:2])}")
-        host.procs.remove(proc)
-        with open(out) as f:
-            text = f.read()
-        os.unlink(out)
-        assert proc.status is not None
-        return proc.status, text, text
+        if not tty:
+            return CliRun(host, self.spawn(host, list(args), os.path.basename(out)), out)
+        master, slave = os.openpty()
+        try:
+            proc = self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], os.path.basename(out), slave)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        return CliRun(host, proc, out, master)
 
     def mkvol(self, name: str, user: str = "alice", vo: str = "vo-a", **opts: object) -> None:
         c = self.client(name, user, vo)
