@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import re
+import resource
 import select
 import socket
 import time
@@ -453,6 +454,17 @@ def run(main: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(main)
 
 
+def open_files_up_to_the_hard_limit() -> None:
+    """Raise this process's soft limit on open files to its hard one: a service of many clients must not
+    stop accepting at the 1,024 a login shell's soft limit often is (asyncio then pauses accepting for a
+    second, the OSD's native acceptor sleeps)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # the kernel's default fs.nr_open
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):  # a lower fs.nr_open: keep what there is
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = None,
                     accept: Callable[[socket.socket], contextlib.AbstractContextManager[Any]] | None = None) -> None:
     """rpc.serve_tcp's shape (until SIGTERM or SIGINT, one background task beside) on the lean server.
@@ -461,6 +473,7 @@ async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = N
     back to `adopt` what they do not answer); it is used as a context manager while the server runs."""
     from xos import rpc
 
+    open_files_up_to_the_hard_limit()
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     loop = asyncio.get_running_loop()

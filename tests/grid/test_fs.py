@@ -584,6 +584,44 @@ def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by
     assert native() - before == 3
 
 
+def test_connections_past_what_the_native_threads_hold_are_answered_by_python(grid):
+    import resource
+    import socket
+
+    payload, st, url, auth = _file_on_an_osd(grid, "/many", 100_000, "r")
+    host, _, port = url.partition("//")[2].rpartition(":")
+    osd = next(h for h in grid.osds if h.address == host).procs[0]
+    with open(f"/proc/{osd.pid}/limits") as f:
+        soft, hard = next(line.split()[3:5] for line in f if line.startswith("Max open files"))
+    assert soft == hard, "an OSD opens files up to its hard limit"
+
+    def native():
+        with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+            return json.loads(r.read())["native_reads"]
+
+    def read(n=4096):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(f"GET /v1/o/{st.fid}/0?off=0&len={n} HTTP/1.1\r\n{auth}\r\n".encode())
+            return _answers(s, 1)[0]
+
+    before = native()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], min(limits[1], 4096)), limits[1]))
+    held = []
+    try:
+        for _ in range(1024):  # each one a native thread waiting for a request: the most it holds
+            held.append(socket.create_connection((host, int(port)), timeout=10))
+        status, _, body = read()
+        assert status == 200 and body == payload[:4096]
+        assert native() == before, "the read past the native limit was Python's"
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    # the threads see their connections closed and let go of them: reads are native again
+    wait_for(lambda: read()[2] == payload[:4096] and native() > before, 30, "a native read after the close")
+
+
 def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clear_answer(grid):
     import socket
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -240,7 +241,11 @@ class FsGrid:
         logfd = os.open(proc.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            # the soft limit on open files a systemd service or login session starts with (1,024), under
+            # the hard one this process has: what the services are started with on real nodes
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             proc.pid = sp.spawn(sp.SpawnSpec(argv=argv, env=env, ns_pidfd=nsfd, ns_flags=sp.CLONE_NEWNET,
+                                             rlimits={resource.RLIMIT_NOFILE: (min(1024, hard), hard)},
                                              stdin=null, stdout=logfd, stderr=logfd if stderr < 0 else stderr,
                                              cwd=self.base,
                                              pdeathsig=signal.SIGTERM))
