@@ -166,6 +166,12 @@ class Client:
         """The listing version of a directory now: equal to one seen, the listing then is still right."""
         return int(self.op("dirversion", path=path)["version"])
 
+    def listing_versions(self, path: str, also: list[str]) -> tuple[int, list[int | None]]:
+        """`path`'s listing version and, in the same call, those of up to ALSO other directories (None for
+        one that cannot be had now)."""
+        r = self.op("dirversion", path=path, also=also)
+        return int(r["version"]), list(r["also"])
+
     def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
         """A directory's entries and their attributes."""
         return [(r[0], row_attrs(r)) for r in self.listing(path)[1]]

@@ -26,6 +26,7 @@ from typing import Any
 from xos._native._fuse import ffi, lib
 from xos.errors import Unavailable, XosError
 from xos.fs.client import Client, Open, errno_of, row_attrs
+from xos.fs.layout import ALSO
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ IO_SIZE = 1 << 20
 ATTR_TTL = 1.0
 NOBODY = 65534
 HOT = 8  # misses in one directory within a TTL that make it worth listing whole
+RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
@@ -121,6 +123,8 @@ class GridFS:
         self._next = 1
         self._lock = threading.Lock()
         self._misses: dict[int, tuple[float, int]] = {}
+        self._recent: dict[int, float] = {}  # directory node -> when its listing was last needed, oldest first
+        self._recent_lock = threading.Lock()
         self._leased: dict[int, int] = {}  # directory inode number -> its node, while leased here
         self._made_lock = threading.Lock()  # files made here go to the MRC in the order they were made
         self._made_buf = ffi.new("struct xf_made[]", MADE_BATCH)
@@ -196,17 +200,60 @@ class GridFS:
         names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
         lib.xf_fill(node, names, attrs, len(rows), self.ttl, version)
         self._misses.pop(node, None)
+        self._used(node)
 
     def _revalidated(self, node: int, path: str) -> bool:
         """Whether directory `node`'s listing in the table holds now, refreshed for a TTL: the MRC says
         nothing it shows changed since (one small call instead of the listing). False if the table has
         no listing of it or it changed (a create loop changes it every time: listing it again each
-        time would cost the directory's size per create)."""
+        time would cost the directory's size per create). The same call asks for the other directories
+        used here of late whose listings ran out, and refreshes those unchanged: a program going through
+        ten directories costs one round trip per TTL, not ten."""
         had = ffi.new("uint64_t *")
-        if not lib.xf_listing(node, had) or self.c.listing_version(path) != had[0]:
+        if not lib.xf_listing(node, had):
+            return False
+        self._used(node)
+        others = self._ran_out(node)
+        if not others:
+            version = self.c.listing_version(path)
+        else:
+            version, now = self.c.listing_versions(path, [p for _, p, _ in others])
+            for (n, _, was), v in zip(others, now, strict=True):
+                if v == was:
+                    lib.xf_refresh(n, self.ttl)
+        if version != had[0]:
+            lib.xf_unlist(node, had[0])  # or each lookup in it would ask for its version, then for the name
             return False
         lib.xf_refresh(node, self.ttl)
         return True
+
+    def _used(self, node: int) -> None:
+        """Note that directory `node`'s listing was needed now."""
+        with self._recent_lock:
+            self._recent.pop(node, None)
+            self._recent[node] = time.monotonic()
+            if len(self._recent) > ALSO:
+                del self._recent[next(iter(self._recent))]
+
+    def _ran_out(self, node: int) -> list[tuple[int, str, int]]:
+        """The directories besides `node` needed here in the last RECENT seconds whose listings in the table
+        ran out: (node, path, listing version) each."""
+        since = time.monotonic() - RECENT
+        with self._recent_lock:
+            recent = [n for n, t in self._recent.items() if t > since and n != node]
+        out, version = [], ffi.new("uint64_t *")
+        for n in recent:
+            held = lib.xf_listing(n, version)
+            if held == 2:
+                try:
+                    out.append((n, self.path(n), version[0]))
+                    continue
+                except OSError:  # the node is gone from the table
+                    pass
+            if held != 1:
+                with self._recent_lock:
+                    self._recent.pop(n, None)
+        return out
 
     def _hot(self, parent: int) -> bool:
         """Count a miss in directory `parent`; whether it is now worth listing whole."""

@@ -16,12 +16,12 @@ import aiohttp
 from aiohttp import web
 
 from xos import httpd
-from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable
+from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable, XosError
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.catalogue import Caller, Catalogue, Inode
-from xos.fs.layout import LISTING, Striping, Xloc
+from xos.fs.layout import ALSO, LISTING, Striping, Xloc
 from xos.fs.leases import RESERVE, Leases, Recall
 from xos.fs.replicas import ReplicaManager
 from xos.rpc import field, json_response, read_body
@@ -167,7 +167,22 @@ class MRC:
         return {"columns": LISTING, "version": version, "rows": rows}
 
     async def op_dirversion(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        return {"version": self.cat.dir_version(v, field(b, "path", str), c)}
+        """A directory's listing version; with `also` (up to ALSO paths), theirs too in one answer, each
+        null where it cannot be had now (gone, not a readable directory, leased by another session):
+        a mount revalidates the listings it used of late with the one it needs."""
+        out: dict[str, Any] = {"version": self.cat.dir_version(v, field(b, "path", str), c)}
+        also = field(b, "also", list)
+        if also is not None:
+            if len(also) > ALSO or not all(isinstance(p, str) for p in also):
+                raise InvalidInput(f"field 'also' takes up to {ALSO} paths", field="also")
+            out["also"] = [self._dir_version_or_none(v, p, c) for p in also]
+        return out
+
+    def _dir_version_or_none(self, v: str, path: str, c: Caller) -> int | None:
+        try:
+            return self.cat.dir_version(v, path, c)
+        except (XosError, Recall):  # a lease elsewhere is recalled only for a directory asked for itself
+            return None
 
     async def op_mkdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)

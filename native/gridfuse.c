@@ -312,7 +312,7 @@ int xf_listing(uint64_t dir, uint64_t *version)
 {
     pthread_mutex_lock(&lock);
     struct node *d = find_id(dir);
-    int has = d && d->list_until;
+    int has = d && d->list_until ? (d->list_until > now() ? 1 : 2) : 0;
     if (has)
         *version = d->version;
     pthread_mutex_unlock(&lock);
@@ -332,6 +332,17 @@ void xf_refresh(uint64_t dir, double ttl)
                 m->attr_until = until;
         d->list_until = until;
     }
+    pthread_mutex_unlock(&lock);
+}
+
+/* The MRC says `dir` changed since its listing at `version`: the listing is no longer held, unless a
+ * newer one came meanwhile or a lease here keeps it whole. */
+void xf_unlist(uint64_t dir, uint64_t version)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    if (d && d->version == version && !(d->lease_until > now()))
+        d->list_until = 0;
     pthread_mutex_unlock(&lock);
 }
 

@@ -45,8 +45,10 @@ struct xf_call {
 uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
 void xf_fill(uint64_t dir, const char *names, const struct xf_attr *attrs, size_t n, double ttl,
              uint64_t version);
+/* 0: no listing of `dir` is held; 1: one is, within its TTL; 2: one is, past it (its version in *version) */
 int xf_listing(uint64_t dir, uint64_t *version);
 void xf_refresh(uint64_t dir, double ttl);
+void xf_unlist(uint64_t dir, uint64_t version);
 void xf_advance(uint64_t dir, uint64_t before, uint64_t after);
 uint64_t xf_parent(uint64_t node);
 int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny);

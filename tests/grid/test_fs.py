@@ -413,6 +413,59 @@ def test_a_listing_kept_by_its_version_still_shows_changes_made_elsewhere(grid, 
         grid.umount(other)
 
 
+def test_listings_run_out_together_are_revalidated_in_one_call_and_a_changed_one_is_not_kept(grid, mnt, d):
+    """Past the TTL, the first directory revalidated asks the MRC for the other listings this mount used
+    of late in the same call: ten directories cost one call, and one changed elsewhere meanwhile is not
+    refreshed with the rest (its stat shows the change at once)."""
+    from xos.fs.mount import ATTR_TTL
+
+    dirs = [os.path.join(d, f"d{i}") for i in range(10)]
+    for p in dirs:
+        os.mkdir(p)
+        with open(os.path.join(p, "f"), "wb"):
+            pass
+    api = grid.client("data")
+    other = grid.mount(1, "data")
+    try:
+        def dirversions():
+            return api._json("GET", f"{grid.mrc_url}/v1/stats")["ops"].get("dirversion", 0)
+
+        for p in dirs:
+            os.listdir(p)
+            os.stat(os.path.join(p, "f"))
+        time.sleep(ATTR_TTL * 1.5)  # every listing above has run out: the TTL is a timer, not a condition
+        before = dirversions()
+        for p in dirs:
+            os.stat(os.path.join(p, "f"))
+        assert dirversions() - before <= 2  # this directory's parent or its first child, with all the rest
+
+        os.chmod(os.path.join(other, os.path.relpath(dirs[9], mnt), "f"), 0o604)
+        time.sleep(ATTR_TTL * 1.5)
+        os.stat(os.path.join(dirs[0], "f"))  # revalidates d0 and, in the same call, d1..d9
+        assert os.stat(os.path.join(dirs[9], "f")).st_mode & 0o777 == 0o604
+    finally:
+        grid.umount(other)
+        api.close()
+
+
+def test_the_mrc_answers_other_listing_versions_or_null_and_refuses_a_bad_list(grid, mnt, d):
+    os.mkdir(os.path.join(d, "sub"))
+    with open(os.path.join(d, "file"), "wb"):
+        pass
+    inner = "/" + os.path.relpath(d, mnt)
+    c = grid.client("data")
+    try:
+        version, also = c.listing_versions(inner, [inner + "/sub", inner + "/file", inner + "/none", "/../.."])
+        assert version == c.listing_version(inner) and also[0] == c.listing_version(inner + "/sub")
+        assert also[1:] == [None, None, None]
+        for bad in ("x", [1], [inner] * 65):
+            with pytest.raises(Exception) as e:
+                c.op("dirversion", path=inner, also=bad)
+            assert getattr(e.value, "code", "") == "invalid-input" and "also" in str(e.value)
+    finally:
+        c.close()
+
+
 def test_names_removed_elsewhere_leave_the_listing_of_the_directory_they_were_moved_to(grid, mnt, d):
     """The table finds a directory's names by their parent (not by walking every node): a name renamed
     here into another directory, and the table grown past its first size meanwhile, must be found
