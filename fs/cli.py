@@ -276,7 +276,7 @@ def admin(args: argparse.Namespace) -> int:
             print(json.dumps(osds))
         else:
             for o in osds:
-                o["capacity"], o["free"] = units.format_size(o["capacity"]), units.format_size(o["free"])
+                o["capacity"], o["free"] = units.human_size(o["capacity"]), units.human_size(o["free"])
                 o["state"] = "up" if o["alive"] else "DOWN"
             _table(osds, ["id", "url", "state", "capacity", "free", "load"])
     return 0

@@ -252,7 +252,7 @@ def _print_stat(d: dict[str, Any]) -> None:
     if k:
         print(f"  kernel      cpu={k['cpu']} memory={k['memory']} pids={k['pids']} egress={k['egress']} "
               f"ingress={k['ingress']}  processes={d.get('processes', 0)}")
-    print(f"  usage       cpu={u['cpu_seconds']:.2f}s memory_peak={units.format_size(u['memory_peak'])} "
+    print(f"  usage       cpu={u['cpu_seconds']:.2f}s memory_peak={units.human_size(u['memory_peak'])} "
           f"in={u['bytes_in']}B out={u['bytes_out']}B oom_kills={u['oom_kills']} wall={u['wall_seconds']:.1f}s")
     cp = d.get("checkpointing")
     if cp:
@@ -450,7 +450,7 @@ async def _client_main(args: argparse.Namespace) -> int:
         elif v == "checkpoint":
             d = await node.checkpoint(args.name, args.out, args.leave_running)
             t = d["times"]
-            print(f"{d['workspace']} -> {d['image']} ({units.format_size(d['bytes'])}): freeze {t['freeze']:.3f}s "
+            print(f"{d['workspace']} -> {d['image']} ({units.human_size(d['bytes'])}): freeze {t['freeze']:.3f}s "
                   f"dump {t['dump']:.3f}s pack {t['pack']:.3f}s; "
                   f"{'left running' if d['left_running'] else 'workspace removed'}")
         elif v == "restore":
@@ -460,7 +460,7 @@ async def _client_main(args: argparse.Namespace) -> int:
         elif v == "migrate":
             d = await _with_progress(node, args.name, node.migrate(args.name, args.to, args.live))
             t = d["times"]
-            print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.format_size(d['bytes'])}, "
+            print(f"{d['workspace']} -> {d['to']} {d['address']} ({units.human_size(d['bytes'])}, "
                   f"{d.get('mode', 'stop-and-copy')}): "
                   + " ".join(f"{k} {t[k]:.3f}s" for k in ("freeze", "dump", "pack", "transfer", "verify", "restore",
                                                           "downtime", "postcopy") if k in t))
@@ -495,7 +495,7 @@ async def _client_main(args: argparse.Namespace) -> int:
                 print(f"{'WORKSPACE':20} {'CPU s':>8} {'MEM PEAK':>9} {'IN B':>12} {'OUT B':>12} {'OOM':>4} "
                       f"{'WALL s':>8}")
                 for r in rows:
-                    print(f"{r['workspace']:20} {r['cpu_seconds']:8.2f} {units.format_size(r['memory_peak']):>9} "
+                    print(f"{r['workspace']:20} {r['cpu_seconds']:8.2f} {units.human_size(r['memory_peak']):>9} "
                           f"{r['bytes_in']:12d} {r['bytes_out']:12d} {r['oom_kills']:4d} {r['wall_seconds']:8.1f}")
     return 0
 
@@ -532,18 +532,25 @@ async def _with_progress(node: Any, name: str, call: Any) -> Any:
         return await task
     from xos.node import Client
 
+    def draw(p: dict[str, Any]) -> None:
+        done = p["sent"] / p["total"] if p.get("total") else 0.0
+        bar = "#" * int(done * 30)
+        sys.stderr.write(f"\r{name}: {p['phase']:<14} [{bar:<30}] {units.human_size(p['sent']):>8}"
+                         f" / {units.human_size(p['total']):<8}")
+        sys.stderr.flush()
+
+    last: dict[str, Any] | None = None
     async with Client(node.socket_path) as poll:
         while not task.done():
             await asyncio.wait({task}, timeout=0.2)
             try:
-                p = await poll.migration(name)
+                last = await poll.migration(name)
             except XosError:
                 continue
-            done = p["sent"] / p["total"] if p.get("total") else 0.0
-            bar = "#" * int(done * 30)
-            sys.stderr.write(f"\r{name}: {p['phase']:<14} [{bar:<30}] {units.format_size(p['sent']):>8}"
-                             f" / {units.format_size(p['total']):<8}")
-            sys.stderr.flush()
+            draw(last)
+    if last is not None:
+        if not task.cancelled() and task.exception() is None:  # the bar ends where the migration did
+            draw({"phase": "done", "sent": last["total"], "total": last["total"]})
         sys.stderr.write("\n")
     return await task
 
@@ -584,7 +591,7 @@ async def _job_main(args: argparse.Namespace) -> int:
                       f"{'COST':>10}")
                 for key, t in sorted(rep["totals"][view].items()):
                     print(f"{key:<22} {int(t['jobs']):>5} {t['cpu_seconds']:>10.2f} {t['wall_seconds']:>10.1f} "
-                          f"{units.format_size(int(t['bytes_in'])):>10} {units.format_size(int(t['bytes_out'])):>10} "
+                          f"{units.human_size(int(t['bytes_in'])):>10} {units.human_size(int(t['bytes_out'])):>10} "
                           f"{t['cost']:>10.4f}")
                 print()
             return 0

@@ -125,6 +125,14 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def human_size(n: int) -> str:
+    """A measured byte count as people read it: 272814512 -> '260.2M' (format_size is exact, for sizes given)."""
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= factor:
+            return f"{n / factor:.1f}{unit}"
+    return str(n)
+
+
 def format_rate(bps: int) -> str:
     """A short human form of a rate in bit/s, in tc's units."""
     for unit, factor in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):

@@ -101,7 +101,11 @@ def test_counter_memory_tree_and_allocation_move(grid):
 
         ws = ca.create("mem", main=[PY, "-c", MEMORY], memory="1G")
         wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "before")), 60, "256 MiB to be filled")
-        ca.migrate("mem", b.name)
+        code, out, shown = a.cli("ws", "migrate", "mem", "--to", b.name, tty=True)  # as a user sees it
+        assert code == 0 and out.startswith("mem -> ") and "M, stop-and-copy): " in out and "downtime" in out, out
+        bars = [ln.split() for ln in shown.split("\r") if ln.startswith("mem: ")]
+        assert bars and bars[-1][1] == "done" and "transfer" in [b[1] for b in bars], shown
+        assert bars[-1][-3] == bars[-1][-1] and bars[-1][-1].endswith("M"), shown
         moved = cb.stat("mem")
         init = moved["init_pid"]
         main = int(open(f"/proc/{init}/task/{init}/children").read().split()[0])

@@ -62,3 +62,9 @@ def test_garbage_never_crashes(text):
             parse(text)
         except InvalidInput:
             pass
+
+
+@pytest.mark.parametrize("n,shown", [(0, "0"), (1023, "1023"), (1024, "1.0K"), (272814512, "260.2M"),
+                                     (3 << 30, "3.0G")])
+def test_measured_sizes_are_shown_rounded(n, shown):
+    assert units.human_size(n) == shown

@@ -59,6 +59,45 @@ def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) ->
         delay = min(delay * 1.5, 0.2)
 
 
+class Terminal:
+    """A pseudo-terminal for a child's stderr: what it shows is read as it comes (a progress bar is only
+    drawn where stderr is a terminal). Give the child `slave`, then call `started()`."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self._shown: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def started(self) -> None:
+        """The child holds its side now: close ours, so the reader ends when the child does."""
+        os.close(self.slave)
+        self.slave = -1
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the last holder of the other side closed it
+                return
+            if not chunk:
+                return
+            self._shown.append(chunk)
+
+    def shown(self) -> str:
+        """What the terminal showed so far."""
+        return b"".join(self._shown).decode(errors="replace")
+
+    def close(self) -> str:
+        """Once the child is gone: everything it showed."""
+        if self.slave < 0:
+            self._reader.join(10)
+        else:
+            os.close(self.slave)
+        os.close(self.master)
+        return self.shown()
+
+
 @dataclass
 class TestNode:
     """One node: state dir, run dir, cgroup root and network namespace of its own, its own daemon."""
@@ -171,13 +210,29 @@ class TestNode:
         """A client of this node's daemon (close it, or use `with`)."""
         return SyncClient(self.socket).__enter__()
 
-    def cli(self, *args: str) -> tuple[int, str, str]:
-        """Run the `xos` CLI against this node: (exit status, stdout, stderr)."""
+    def cli(self, *args: str, tty: bool = False) -> tuple[int, str, str]:
+        """Run the `xos` CLI against this node: (exit status, stdout, stderr); with `tty`, stderr is a
+        terminal and the third is what it showed."""
         import subprocess
 
-        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=self.env(), capture_output=True,
-                           text=True, timeout=120)
-        return p.returncode, p.stdout, p.stderr
+        argv = [sys.executable, "-m", "xos.cli", *args]
+        if not tty:
+            p = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=120)
+            return p.returncode, p.stdout, p.stderr
+        term = Terminal()
+        try:
+            proc = subprocess.Popen(argv, env=self.env(), stdout=subprocess.PIPE, stderr=term.slave, text=True)
+        except BaseException:
+            term.close()
+            raise
+        term.started()
+        try:
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+            shown = term.close()
+        return proc.returncode, out, shown
 
     def log(self) -> str:
         """What the daemon wrote so far."""

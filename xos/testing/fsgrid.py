@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from pyroute2 import IPRoute
 
 from xos import credential, network
 from xos import spawn as sp
-from xos.testing import TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
+from xos.testing import Terminal, TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
 
 FS_NET = "198.18.1"
 MRC_PORT = 32636
@@ -67,29 +66,15 @@ class Proc:
 
 
 class CliRun:
-    """An `xos` command running in a host; with a terminal (`master`) for its stderr, what that shows
-    is read as it comes."""
+    """An `xos` command running in a host; with a terminal for its stderr, what that shows is read as it
+    comes."""
 
-    def __init__(self, host: Host, proc: Proc, out: str, master: int = -1) -> None:
-        self.host, self.proc, self.out, self.master = host, proc, out, master
-        self._shown: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True) if master >= 0 else None
-        if self._reader:
-            self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.master, 4096)
-            except OSError:  # EIO: the last holder of the terminal's other side closed it
-                return
-            if not chunk:
-                return
-            self._shown.append(chunk)
+    def __init__(self, host: Host, proc: Proc, out: str, term: Terminal | None = None) -> None:
+        self.host, self.proc, self.out, self.term = host, proc, out, term
 
     def shown(self) -> str:
         """What the terminal showed so far."""
-        return b"".join(self._shown).decode(errors="replace")
+        return self.term.shown() if self.term else ""
 
     def wait(self, timeout: float = 300) -> tuple[int, str, str]:
         """(status, stdout, stderr or what the terminal showed) once the command ends."""
@@ -99,14 +84,12 @@ class CliRun:
             if self.proc.pidfd >= 0:
                 self.proc.stop(signal.SIGKILL)
             self.host.procs.remove(self.proc)
-        if self._reader:
-            self._reader.join(10)
-            os.close(self.master)
+            shown = self.term.close() if self.term else None
         with open(self.out) as f:
             text = f.read()
         os.unlink(self.out)
         assert self.proc.status is not None
-        return self.proc.status, text, self.shown() if self._reader else text
+        return self.proc.status, text, text if shown is None else shown
 
 
 @dataclass
@@ -337,15 +320,14 @@ class FsGrid:
         out = os.path.join(self.base, f"cli-{secrets.token_hex(4)}.out")
         if not tty:
             return CliRun(host, self.spawn(host, list(args), os.path.basename(out)), out)
-        master, slave = os.openpty()
+        term = Terminal()
         try:
-            proc = self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], os.path.basename(out), slave)
+            proc = self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], os.path.basename(out), term.slave)
         except BaseException:
-            os.close(master)
+            term.close()
             raise
-        finally:
-            os.close(slave)
-        return CliRun(host, proc, out, master)
+        term.started()
+        return CliRun(host, proc, out, term)
 
     def mkvol(self, name: str, user: str = "alice", vo: str = "vo-a", **opts: object) -> None:
         c = self.client(name, user, vo)
