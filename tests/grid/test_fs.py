@@ -5,12 +5,14 @@ One grid (MRC, 3 OSDs, 2 client hosts in their own network namespaces) serves th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -222,6 +224,65 @@ def test_statfs_and_fsync(d, grid):
             assert c.stat("/" + os.path.relpath(p, os.path.dirname(d)))["size"] == 3 << 20
         finally:
             c.close()
+
+
+@contextlib.contextmanager
+def _fuse_requests(mnt):
+    """The kernel's FUSE requests to this mount while the block runs, as (opcode, length) pairs, from the
+    fuse_request_send tracepoint in a tracing instance of the test's own (removed after, as is tracefs
+    if the test mounted it)."""
+    tracing, mounted = "/sys/kernel/tracing", False
+    if not os.path.exists(os.path.join(tracing, "instances")):
+        subprocess.run(["mount", "-t", "tracefs", "nodev", tracing], check=True)
+        mounted = True
+    inst = os.path.join(tracing, "instances", f"xos-test-{os.getpid()}")
+    os.mkdir(inst)
+    try:
+        event = os.path.join(inst, "events", "fuse", "fuse_request_send")
+        assert os.path.isdir(event), "this kernel has no fuse_request_send tracepoint"
+        with open(os.path.join(event, "filter"), "w") as f:
+            f.write(f"connection == {os.minor(os.stat(mnt).st_dev)}")
+        with open(os.path.join(event, "enable"), "w") as f:
+            f.write("1")
+        seen: list[tuple[str, int]] = []
+        yield seen
+        with open(os.path.join(event, "enable"), "w") as f:
+            f.write("0")
+        with open(os.path.join(inst, "trace")) as f:
+            for line in f:
+                m = re.search(r"opcode \d+ \((\w+)\) len (\d+)", line)
+                if m:
+                    seen.append((m.group(1), int(m.group(2))))
+    finally:
+        os.rmdir(inst)
+        if mounted:
+            subprocess.run(["umount", tracing], check=True)
+
+
+def test_writes_reach_the_mount_in_whole_1mib_requests(d, mnt):
+    """libfuse 3 with 1 MiB max_write: a program's 1 MiB writes arrive whole, through a write-only handle
+    (direct I/O) and through a read-write one (the page cache's writeback), never as 4 KiB requests."""
+    block = os.urandom(IO_SIZE)
+    header = 80  # fuse_in_header and fuse_write_in before the bytes
+    for flags in (os.O_WRONLY, os.O_RDWR):
+        p = os.path.join(d, f"w{flags}")
+        with _fuse_requests(mnt) as seen:
+            fd = os.open(p, flags | os.O_CREAT, 0o644)
+            try:
+                for _ in range(8):
+                    os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        writes = [n - header for op, n in seen if op == "FUSE_WRITE"]
+        assert sum(writes) == 8 * IO_SIZE, writes
+        # Direct I/O pins the caller's pages, at most 256 a request (fs.fuse.max_pages_limit): a 1 MiB
+        # buffer that does not start on a page (Python's bytes do not) comes as 1 MiB less its offset
+        # into its first page, then that offset.
+        whole = [w for w in writes if w > IO_SIZE - 4096]
+        assert len(whole) == 8 and len(writes) <= 16 and all(w < 4096 for w in writes if w not in whole), writes
+        with open(p, "rb") as f:
+            assert f.read() == block * 8
 
 
 def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
