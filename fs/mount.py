@@ -221,6 +221,8 @@ class GridFS:
             for (n, _, was), v in zip(others, now, strict=True):
                 if v == was:
                     lib.xf_refresh(n, self.ttl)
+                else:  # changed, or not to be had now: as below
+                    lib.xf_unlist(n, was)
         if version != had[0]:
             lib.xf_unlist(node, had[0])  # or each lookup in it would ask for its version, then for the name
             return False
