@@ -202,3 +202,17 @@ def test_files_written_right_after_they_are_made_all_reach_the_mrc(mounts, name,
     for i in (0, 150, 299):
         with api.open(f"/{name}/t{i}") as f:
             assert f.read() == f"file {i}\n".encode()
+
+
+def test_a_leased_directory_asked_for_besides_another_is_left_to_its_holder(grid, mounts, name, api):
+    """A mount's batched revalidation names directories it may not need now: one another session holds
+    is answered null, not recalled (the holder would hand it back, and the asker wait, for nothing)."""
+    lease(os.path.join(mounts[0], name))
+    before = stats(api, grid)["ops"]
+    _, also = api.listing_versions("/", [f"/{name}"])
+    after = stats(api, grid)["ops"]
+    assert also == [None]
+    assert after.get("hand_back", 0) == before.get("hand_back", 0)
+    # asked for itself, it is recalled (the handler waits for the hand-back) and answered
+    assert api.listing_version(f"/{name}") > 0
+    assert stats(api, grid)["ops"].get("hand_back", 0) > after.get("hand_back", 0)
