@@ -214,15 +214,12 @@ class GridFS:
             return False
         self._used(node)
         others = self._ran_out(node)
-        if not others:
-            version = self.c.listing_version(path)
-        else:
-            version, now = self.c.listing_versions(path, [p for _, p, _ in others])
-            for (n, _, was), v in zip(others, now, strict=True):
-                if v == was:
-                    lib.xf_refresh(n, self.ttl)
-                else:  # changed, or not to be had now: as below
-                    lib.xf_unlist(n, was)
+        version, now = self.c.listing_versions(path, [p for _, p, _ in others])
+        for (n, _, was), v in zip(others, now, strict=True):
+            if v == was:
+                lib.xf_refresh(n, self.ttl)
+            else:  # changed, or not to be had now: as below
+                lib.xf_unlist(n, was)
         if version != had[0]:
             lib.xf_unlist(node, had[0])  # or each lookup in it would ask for its version, then for the name
             return False
@@ -437,9 +434,14 @@ class GridFS:
             a = self.c.op("getattr", path=self.path(c.node))
         except OSError:
             known = ffi.new("struct xf_attr *")
-            if not isinstance(st, Open) and lib.xf_attr_of(c.node, known):
+            held = lib.xf_attr_of(c.node, known)
+            if not isinstance(st, Open) and held:
                 st = self.c.opened(known.ino)  # fstat sends no handle
             if not isinstance(st, Open):  # its name is gone; an open handle still knows it
+                if held and stat.S_ISDIR(known.mode) and lib.xf_path(c.node, ffi.NULL, 0) == -errno.ENOENT:
+                    known.nlink = 0  # a directory removed while open here: as a local disk shows it
+                    lib.xf_reply_attr(req, c.node, known, self.ttl, 1)
+                    return
                 raise
             a = st.attrs
         opened = self.c.opened(a["ino"])

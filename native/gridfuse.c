@@ -336,12 +336,13 @@ void xf_refresh(uint64_t dir, double ttl)
 }
 
 /* The MRC says `dir` changed since its listing at `version`: the listing is no longer held, unless a
- * newer one came meanwhile or a lease here keeps it whole. */
+ * newer one came meanwhile. (Under a lease here that stops native creates until the next create's
+ * lease fills the listing again: slower, never wrong.) */
 void xf_unlist(uint64_t dir, uint64_t version)
 {
     pthread_mutex_lock(&lock);
     struct node *d = find_id(dir);
-    if (d && d->version == version && !(d->lease_until > now()))
+    if (d && d->version == version)
         d->list_until = 0;
     pthread_mutex_unlock(&lock);
 }

@@ -117,9 +117,12 @@ def parse_duration(text: str | int | float) -> float:
     return value
 
 
+SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
+
+
 def format_size(n: int) -> str:
     """A short human form of a byte count."""
-    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+    for unit, factor in SIZE_UNITS:
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return str(n)
@@ -127,7 +130,7 @@ def format_size(n: int) -> str:
 
 def human_size(n: int) -> str:
     """A measured byte count as people read it: 272814512 -> '260.2M' (format_size is exact, for sizes given)."""
-    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+    for unit, factor in SIZE_UNITS:
         if n >= factor:
             return f"{n / factor:.1f}{unit}"
     return str(n)

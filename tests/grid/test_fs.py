@@ -511,6 +511,28 @@ def test_listings_run_out_together_are_revalidated_in_one_call_and_a_changed_one
         api.close()
 
 
+def test_a_directory_removed_while_open_does_not_disturb_the_revalidation_of_the_others(d):
+    """A listing used of late whose directory is gone (removed here, still open, so the table keeps its
+    node but it has no path) is left out of the next batched revalidation, not an error of the lookup."""
+    from xos.fs.mount import ATTR_TTL
+
+    gone, kept = os.path.join(d, "gone"), os.path.join(d, "kept")
+    os.mkdir(gone)
+    os.mkdir(kept)
+    with open(os.path.join(kept, "f"), "wb"):
+        pass
+    os.listdir(gone)
+    os.listdir(kept)
+    fd = os.open(gone, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(gone)
+        time.sleep(ATTR_TTL * 1.5)  # both listings run out: the TTL is a timer
+        assert os.stat(os.path.join(kept, "f")).st_size == 0
+        assert os.fstat(fd).st_nlink == 0 and os.listdir(fd) == []  # as on a local disk
+    finally:
+        os.close(fd)
+
+
 def test_the_mrc_answers_other_listing_versions_or_null_and_refuses_a_bad_list(grid, mnt, d):
     os.mkdir(os.path.join(d, "sub"))
     with open(os.path.join(d, "file"), "wb"):

@@ -210,9 +210,9 @@ class FsGrid:
             os.close(nsfd)
         return address
 
-    def spawn(self, host: Host, args: list[str], log_name: str) -> Proc:
-        """Start `xos ARGS` inside a host's network namespace."""
-        return self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], log_name)
+    def spawn(self, host: Host, args: list[str], log_name: str, stderr: int = -1) -> Proc:
+        """Start `xos ARGS` inside a host's network namespace (see spawn_argv)."""
+        return self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], log_name, stderr)
 
     def spawn_argv(self, host: Host, argv: list[str], log_name: str, stderr: int = -1) -> Proc:
         """Start a program inside a host's network namespace, its output in `log_name` (its stderr on the
@@ -322,7 +322,7 @@ class FsGrid:
             return CliRun(host, self.spawn(host, list(args), os.path.basename(out)), out)
         term = Terminal()
         try:
-            proc = self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], os.path.basename(out), term.slave)
+            proc = self.spawn(host, list(args), os.path.basename(out), term.slave)
         except BaseException:
             term.close()
             raise
