@@ -3,17 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc libpam0g-dev \
-	pamtester keyutils iptables fuse3 libfuse3-3 libfuse3-dev libisal-dev pkg-config sshfs openssh-server
+	pamtester keyutils iptables fuse3 libfuse3-3 libfuse3-dev liburing-dev libisal-dev pkg-config sshfs openssh-server
 STAMP := $(VENV)/.xos-setup
 NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py pam/*.c pam/*.h pam/*.map)
 
-.PHONY: setup apt criu test lint demo bench clean
+.PHONY: setup apt criu fuse-uring test lint demo bench clean
 
-setup: $(STAMP) criu
+setup: $(STAMP) criu fuse-uring
 
 # CRIU >= 4 passing `criu check`: the distribution's, else built once from Debian's source tarball.
 criu: | apt
 	sh checkpoint/criu-setup.sh
+
+# FUSE over io_uring (Linux 6.14+, off unless asked for): grid mounts then take their requests through a
+# ring per CPU (native/fuseuring.c). On now and at every boot; a kernel without it keeps /dev/fuse.
+URING := /sys/module/fuse/parameters/enable_uring
+fuse-uring:
+	@modprobe fuse 2>/dev/null || true
+	@if [ -w $(URING) ]; then \
+		echo Y > $(URING); mkdir -p /etc/tmpfiles.d /etc/modprobe.d; \
+		echo 'w $(URING) - - - - Y' > /etc/tmpfiles.d/xos-fuse-uring.conf; \
+		echo 'options fuse enable_uring=1' > /etc/modprobe.d/xos-fuse-uring.conf; \
+	else echo "fuse-uring: this kernel has no FUSE over io_uring; mounts use /dev/fuse"; fi
 
 # Idempotent and quick when nothing changed: apt only for packages that are missing, the build only
 # when the project or its native sources changed.

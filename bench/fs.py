@@ -161,6 +161,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ssh.mount(exported, mp)
             try:
                 xmp = grid.mount(0, "bench")
+                # sshfs's libfuse 3.14 reads /dev/fuse; xos takes FUSE over io_uring where the kernel has it on
+                results["config"]["xos requests through"] = (
+                    "/dev/fuse" if grid.ring_completions(xmp) is None else "io_uring rings")
                 for i in range(args.runs):
                     for peer, top in (("local disk", local), ("sshfs", mp), ("xos", xmp)):
                         d = os.path.join(top, f"round{i}")
@@ -184,6 +187,7 @@ def report(r: dict[str, Any]) -> str:
         loc, ssh, x = r["local disk"][k], r["sshfs"][k], r["xos"][k]
         rows.append((k, f"{loc:.0f}", f"{ssh:.0f}", f"{x:.0f}", f"{x / loc:.2f}", f"{x / ssh:.2f}"))
     lines = table(rows)
+    lines.append(f"xos requests through {r['config'].get('xos requests through', '?')}; sshfs through /dev/fuse")
     x, loc, ssh = r["xos"], r["local disk"], r["sshfs"]
     lines.append("targets: read and write >= 0.5 x local disk: "
                  f"write {x['write MB/s'] / loc['write MB/s']:.2f}, read {x['read MB/s'] / loc['read MB/s']:.2f}; "

@@ -41,9 +41,9 @@ int fuse_req_interrupted(fuse_req_t req);
 ffi.set_source(
     "xos._native._fuse",
     '#include "gridfuse.h"\n#include <linux/fs.h>\n',
-    sources=[os.path.join("native", "gridfuse.c")],
+    sources=[os.path.join("native", "gridfuse.c"), os.path.join("native", "fuseuring.c")],
     include_dirs=[HERE, "/usr/include/fuse3"],
-    libraries=["fuse3", "pthread"],
+    libraries=["fuse3", "uring", "pthread"],
     extra_compile_args=["-std=gnu11", "-Wall", "-O2", "-Werror=implicit-function-declaration"],
 )
 

@@ -1,4 +1,5 @@
-/* The grid file system's FUSE loop: libfuse's low-level API on its own threads.
+/* The grid file system's FUSE loop: libfuse's low-level API on its own threads, requests coming through
+ * /dev/fuse or, where the kernel offers it, through io_uring rings (fuseuring.c).
  *
  * The kernel's most frequent requests are answered here without Python: LOOKUP and GETATTR of what
  * the mount saw within the attribute TTL (a listing fetched whole fills the table), LOOKUP of a name
@@ -10,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include "gridfuse.h"
+#include "fuseuring.h"
 
 #include <arpa/inet.h>
 #include <linux/fuse.h>
@@ -1340,8 +1342,9 @@ static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
  * carries FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6), which libfuse 3.14 does not know: the session's
  * custom I/O sees the kernel's INIT and adds it to the reply when the kernel offers it. */
 #define INIT_ALLOW_MMAP (1u << 4) /* FUSE_DIRECT_IO_ALLOW_MMAP, 1 << 36, in flags2 */
+static struct fuse_session *se_of_loop; /* for the rings, which hand it what they take */
 static uint64_t init_unique;
-static int init_offers_mmap, mmap_allowed;
+static int init_offers_mmap, init_offers_ring, mmap_allowed;
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -1353,6 +1356,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
             const struct fuse_init_in *in = (const void *)(h + 1);
             init_unique = h->unique;
             init_offers_mmap = (in->flags & FUSE_INIT_EXT) && (in->flags2 & INIT_ALLOW_MMAP);
+            init_offers_ring = xu_offered(in->flags, in->flags2);
         }
     }
     return n;
@@ -1361,19 +1365,40 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
     (void)userdata;
+    if (xu_reply(iov, count)) {
+        ssize_t n = 0;
+        for (int i = 0; i < count; i++)
+            n += (ssize_t)iov[i].iov_len;
+        return n;
+    }
+    int ring = 0;
     if (init_unique && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
         struct fuse_out_header *h = iov[0].iov_base;
         if (h->unique == init_unique) {
             init_unique = 0;
-            if (!h->error && init_offers_mmap && iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4) {
-                struct fuse_init_out *out = iov[1].iov_base;
-                out->flags |= FUSE_INIT_EXT;
-                out->flags2 |= INIT_ALLOW_MMAP;
-                mmap_allowed = 1;
+            struct fuse_init_out *out = iov[1].iov_base;
+            if (!h->error && iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4) {
+                if (init_offers_mmap) {
+                    out->flags |= FUSE_INIT_EXT;
+                    out->flags2 |= INIT_ALLOW_MMAP;
+                    mmap_allowed = 1;
+                }
+                /* the kernel's largest payload: its max_write, or max_pages pages (dev_uring.c) */
+                size_t payload = out->max_write > 8192 ? out->max_write : 8192;
+                if ((size_t)out->max_pages * 4096 > payload)
+                    payload = (size_t)out->max_pages * 4096;
+                if (init_offers_ring && xu_prepare(se_of_loop, fd, payload) == 0) {
+                    out->flags |= FUSE_INIT_EXT;
+                    out->flags2 |= XU_INIT_FLAGS2;
+                    ring = 1;
+                }
             }
         }
     }
-    return writev(fd, iov, count);
+    ssize_t n = writev(fd, iov, count);
+    if (ring)
+        xu_start(); /* the kernel took the reply (or is gone, and the queues see that) */
+    return n;
 }
 
 int xf_direct_reads(void) { return mmap_allowed; }
@@ -1733,6 +1758,7 @@ int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double t
     struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
     if (!se)
         return -1;
+    se_of_loop = se;
     if (fuse_set_signal_handlers(se) == 0) {
         static const struct fuse_custom_io io = {.read = io_read, .writev = io_writev};
         if (fuse_session_mount(se, mountpoint) == 0) {
@@ -1743,6 +1769,7 @@ int xf_serve(const char *mountpoint, const char *opts, unsigned max_io, double t
             fuse_loop_cfg_set_clone_fd(config, 0);
             fuse_loop_cfg_set_idle_threads(config, 10);
             ret = fuse_session_loop_mt(se, config);
+            xu_stop();
             close_idle();
             fuse_loop_cfg_destroy(config);
             fuse_session_unmount(se);

@@ -285,6 +285,64 @@ def test_writes_reach_the_mount_in_whole_1mib_requests(d, mnt):
             assert f.read() == block * 8
 
 
+URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+def _mount_pid(grid, mp):
+    return next(proc.pid for where, proc in grid.mounts if where == mp)
+
+
+def test_requests_come_through_rings_served_on_their_own_cpu(grid, mnt, d):
+    """With FUSE over io_uring on (make setup turns it on), the kernel hands the mount its requests through
+    io_uring rings, each CPU's served by threads bound to that CPU, not through /dev/fuse."""
+    assert os.path.exists(URING), "this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux 6.14+)"
+    with open(URING) as f:
+        assert f.read().strip() == "Y", f"{URING} is off: `make setup` turns FUSE over io_uring on"
+    pid = _mount_pid(grid, mnt)
+    with open("/sys/devices/system/cpu/possible") as f:
+        cpus = int(f.read().strip().rpartition("-")[2]) + 1
+    bound = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        name = status["Name"].strip()
+        if name.startswith("xos-ring"):
+            bound.add((name, status["Cpus_allowed_list"].strip()))
+    assert bound == {(f"xos-ring{i}", str(i)) for i in range(cpus)}, bound
+    before = grid.ring_completions(mnt)
+    assert before is not None, "the mount holds no io_uring ring"
+    with _fuse_requests(mnt) as seen:
+        for i in range(200):
+            assert not os.path.exists(os.path.join(d, f"absent{i}"))
+    lookups = sum(op == "FUSE_LOOKUP" for op, _ in seen)
+    assert lookups >= 200 and grid.ring_completions(mnt) - before >= lookups, (lookups, before)
+
+
+def test_with_io_uring_off_the_mount_serves_through_dev_fuse(grid):
+    """A kernel that does not offer FUSE over io_uring gets the same file system through /dev/fuse."""
+    with open(URING) as f:
+        was = f.read().strip()
+    with open(URING, "w") as f:
+        f.write("N")
+    try:
+        other = grid.mount(1, "data")
+    finally:
+        with open(URING, "w") as f:
+            f.write(was)
+    try:
+        assert grid.ring_completions(other) is None
+        d = os.path.join(other, "through-dev-fuse")
+        os.mkdir(d)
+        payload = os.urandom(3 * IO_SIZE + 5)
+        with open(os.path.join(d, "f"), "wb") as f:
+            f.write(payload)
+        with open(os.path.join(d, "f"), "rb") as f:
+            assert f.read() == payload
+        assert os.listdir(d) == ["f"] and os.stat(os.path.join(d, "f")).st_size == len(payload)
+    finally:
+        grid.umount(other)
+
+
 def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
     # The kernel reads ahead the smaller of the bdi's window and the INIT reply's max_readahead; with
     # only the first raised, a sequential read had one request ahead.

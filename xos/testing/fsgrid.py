@@ -368,6 +368,23 @@ class FsGrid:
                 entry[1].stop()
                 self.mounts.remove(entry)
 
+    def ring_completions(self, mp: str) -> int | None:
+        """How many completions the kernel posted to the io_uring rings of the mount at `mp` (fdinfo's CqTail:
+        one per FUSE request through them), or None if it holds none (it serves through /dev/fuse)."""
+        pid = next(proc.pid for where, proc in self.mounts if where == mp)
+        total, rings = 0, 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[io_uring]":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:  # closed meanwhile
+                continue
+            rings += 1
+            total += int(info["CqTail"])
+        return total if rings else None
+
     def logs(self) -> dict[str, str]:
         out = {}
         for name in os.listdir(self.base):
