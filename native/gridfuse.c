@@ -1387,10 +1387,14 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
                 size_t payload = out->max_write > 8192 ? out->max_write : 8192;
                 if ((size_t)out->max_pages * 4096 > payload)
                     payload = (size_t)out->max_pages * 4096;
-                if (init_offers_ring && xu_prepare(se_of_loop, fd, payload) == 0) {
+                int err = init_offers_ring ? xu_prepare(se_of_loop, fd, payload) : 0;
+                if (init_offers_ring && !err) {
                     out->flags |= FUSE_INIT_EXT;
                     out->flags2 |= XU_INIT_FLAGS2;
                     ring = 1;
+                } else if (err) {
+                    fprintf(stderr, "xos: FUSE over io_uring offered, but no rings could be made (%s): "
+                            "requests come through /dev/fuse\n", strerror(-err));
                 }
             }
         }

@@ -343,6 +343,32 @@ def test_with_io_uring_off_the_mount_serves_through_dev_fuse(grid):
         grid.umount(other)
 
 
+def test_a_kernel_refusing_new_rings_gets_the_mount_through_dev_fuse(grid):
+    """FUSE over io_uring on, but io_uring refused to this process (kernel.io_uring_disabled): the mount
+    says so and serves through /dev/fuse."""
+    knob = "/proc/sys/kernel/io_uring_disabled"
+    with open(knob) as f:
+        was = f.read().strip()
+    with open(knob, "w") as f:
+        f.write("2")
+    try:
+        other = grid.mount(1, "data")
+    finally:
+        with open(knob, "w") as f:
+            f.write(was)
+    try:
+        assert grid.ring_completions(other) is None
+        with open(os.path.join(other, "refused-rings"), "wb") as f:
+            f.write(b"still here")
+        with open(os.path.join(other, "refused-rings"), "rb") as f:
+            assert f.read() == b"still here"
+        log = next(proc.log for where, proc in grid.mounts if where == other)
+        with open(log) as f:
+            assert "no rings could be made (Operation not permitted): requests come through /dev/fuse" in f.read()
+    finally:
+        grid.umount(other)
+
+
 def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
     # The kernel reads ahead the smaller of the bdi's window and the INIT reply's max_readahead; with
     # only the first raised, a sequential read had one request ahead.
