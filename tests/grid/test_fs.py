@@ -288,17 +288,13 @@ def test_writes_reach_the_mount_in_whole_1mib_requests(d, mnt):
 URING = "/sys/module/fuse/parameters/enable_uring"
 
 
-def _mount_pid(grid, mp):
-    return next(proc.pid for where, proc in grid.mounts if where == mp)
-
-
 def test_requests_come_through_rings_served_on_their_own_cpu(grid, mnt, d):
     """With FUSE over io_uring on (make setup turns it on), the kernel hands the mount its requests through
     io_uring rings, each CPU's served by threads bound to that CPU, not through /dev/fuse."""
     assert os.path.exists(URING), "this kernel has no FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux 6.14+)"
     with open(URING) as f:
         assert f.read().strip() == "Y", f"{URING} is off: `make setup` turns FUSE over io_uring on"
-    pid = _mount_pid(grid, mnt)
+    pid = grid.mount_proc(mnt).pid
     with open("/sys/devices/system/cpu/possible") as f:
         cpus = int(f.read().strip().rpartition("-")[2]) + 1
     bound = set()
@@ -362,8 +358,7 @@ def test_a_kernel_refusing_new_rings_gets_the_mount_through_dev_fuse(grid):
             f.write(b"still here")
         with open(os.path.join(other, "refused-rings"), "rb") as f:
             assert f.read() == b"still here"
-        log = next(proc.log for where, proc in grid.mounts if where == other)
-        with open(log) as f:
+        with open(grid.mount_proc(other).log) as f:
             assert "no rings could be made (Operation not permitted): requests come through /dev/fuse" in f.read()
     finally:
         grid.umount(other)

@@ -368,10 +368,14 @@ class FsGrid:
                 entry[1].stop()
                 self.mounts.remove(entry)
 
+    def mount_proc(self, mp: str) -> Proc:
+        """The process serving the mount at `mp`."""
+        return next(proc for where, proc in self.mounts if where == mp)
+
     def ring_completions(self, mp: str) -> int | None:
         """How many completions the kernel posted to the io_uring rings of the mount at `mp` (fdinfo's CqTail:
         one per FUSE request through them), or None if it holds none (it serves through /dev/fuse)."""
-        pid = next(proc.pid for where, proc in self.mounts if where == mp)
+        pid = self.mount_proc(mp).pid
         total, rings = 0, 0
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
