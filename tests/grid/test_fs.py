@@ -314,17 +314,22 @@ def test_requests_come_through_rings_served_on_their_own_cpu(grid, mnt, d):
     assert lookups >= 200 and grid.ring_completions(mnt) - before >= lookups, (lookups, before)
 
 
+def _mount_with(grid, knob, value):
+    """Mount "data" on the second client with kernel setting `knob` at `value` while it starts (then as was)."""
+    with open(knob) as f:
+        was = f.read().strip()
+    with open(knob, "w") as f:
+        f.write(value)
+    try:
+        return grid.mount(1, "data")
+    finally:
+        with open(knob, "w") as f:
+            f.write(was)
+
+
 def test_with_io_uring_off_the_mount_serves_through_dev_fuse(grid):
     """A kernel that does not offer FUSE over io_uring gets the same file system through /dev/fuse."""
-    with open(URING) as f:
-        was = f.read().strip()
-    with open(URING, "w") as f:
-        f.write("N")
-    try:
-        other = grid.mount(1, "data")
-    finally:
-        with open(URING, "w") as f:
-            f.write(was)
+    other = _mount_with(grid, URING, "N")
     try:
         assert grid.ring_completions(other) is None
         d = os.path.join(other, "through-dev-fuse")
@@ -342,16 +347,7 @@ def test_with_io_uring_off_the_mount_serves_through_dev_fuse(grid):
 def test_a_kernel_refusing_new_rings_gets_the_mount_through_dev_fuse(grid):
     """FUSE over io_uring on, but io_uring refused to this process (kernel.io_uring_disabled): the mount
     says so and serves through /dev/fuse."""
-    knob = "/proc/sys/kernel/io_uring_disabled"
-    with open(knob) as f:
-        was = f.read().strip()
-    with open(knob, "w") as f:
-        f.write("2")
-    try:
-        other = grid.mount(1, "data")
-    finally:
-        with open(knob, "w") as f:
-            f.write(was)
+    other = _mount_with(grid, "/proc/sys/kernel/io_uring_disabled", "2")
     try:
         assert grid.ring_completions(other) is None
         with open(os.path.join(other, "refused-rings"), "wb") as f:
