@@ -62,10 +62,7 @@ struct ent {
     char *buf; /* SLACK, then the payload */
     struct iovec iov[2];
     uint64_t commit_id;
-    uint64_t unique; /* of the request it holds until a reply claims it; 0: none */
-    int done;        /* the reply is in the entry's buffers */
-    pthread_mutex_t mu;
-    pthread_cond_t replied; /* for a reply sent by another thread than the entry's */
+    uint64_t unique; /* of the request it holds until its reply is in; 0: none */
 };
 
 static struct fuse_session *session;
@@ -111,8 +108,6 @@ static void free_entries(void)
             munmap(e->hdr, sizeof *e->hdr);
         if (e->buf)
             munmap(e->buf, SLACK + payload_size);
-        pthread_mutex_destroy(&e->mu);
-        pthread_cond_destroy(&e->replied);
     }
     free(ents);
     ents = NULL;
@@ -140,8 +135,6 @@ int xu_prepare(struct fuse_session *se, int fd, size_t max_payload)
     for (int i = 0; i < nents; i++) {
         ents[i].qid = i / per_cpu;
         ents[i].ring.ring_fd = -1;
-        pthread_mutex_init(&ents[i].mu, NULL);
-        pthread_cond_init(&ents[i].replied, NULL);
     }
     int err = (stop_fd = eventfd(0, EFD_CLOEXEC)) < 0 ? -errno : 0;
     for (int i = 0; i < nents && !err; i++) {
@@ -194,23 +187,17 @@ static void submit_cmd(struct ent *e, int cmd)
     }
 }
 
-static int claim(struct ent *e, uint64_t unique)
-{
-    uint64_t want = unique;
-    return unique && __atomic_compare_exchange_n(&e->unique, &want, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-}
-
+/* A request's reply comes from the thread serving it (gridfuse.c and fs/mount.py reply before they
+ * return): the thread's own entry, unless it is not one of the ring's. */
 int xu_reply(const struct iovec *iov, int count)
 {
-    if (!ents || count < 1 || iov[0].iov_len < sizeof(struct fuse_out_header))
+    struct ent *e = own;
+    if (!e || !e->unique || count < 1 || iov[0].iov_len < sizeof(struct fuse_out_header))
         return 0;
     const struct fuse_out_header *out = iov[0].iov_base;
-    struct ent *e = own && claim(own, out->unique) ? own : NULL;
-    for (int i = 0; !e && i < nents; i++) /* sent by another thread than the one serving it */
-        if (claim(&ents[i], out->unique))
-            e = &ents[i];
-    if (!e)
+    if (out->unique != e->unique)
         return 0;
+    e->unique = 0;
     struct fuse_out_header *h = (void *)e->hdr->in_out;
     *h = *out;
     size_t len = 0;
@@ -224,11 +211,15 @@ int xu_reply(const struct iovec *iov, int count)
         len += iov[i].iov_len;
     }
     e->hdr->ent_in_out.payload_sz = (uint32_t)len;
-    pthread_mutex_lock(&e->mu);
-    e->done = 1;
-    pthread_cond_signal(&e->replied);
-    pthread_mutex_unlock(&e->mu);
     return 1;
+}
+
+static void reply_error(struct ent *e, int err)
+{
+    struct fuse_out_header *h = (void *)e->hdr->in_out;
+    *h = (struct fuse_out_header){.len = sizeof *h, .error = -err, .unique = e->unique};
+    e->hdr->ent_in_out.payload_sz = 0;
+    e->unique = 0;
 }
 
 /* Serve the request in `e` as /dev/fuse would give it: header, first argument, payload, in one piece. */
@@ -237,14 +228,9 @@ static void serve(struct ent *e)
     const struct fuse_in_header *in = (const void *)e->hdr->in_out;
     size_t payload = e->hdr->ent_in_out.payload_sz;
     e->commit_id = e->hdr->ent_in_out.commit_id;
-    e->done = 0;
-    __atomic_store_n(&e->unique, in->unique, __ATOMIC_RELEASE);
+    e->unique = in->unique;
     if (in->len < sizeof *in + payload || in->len - sizeof *in - payload > URING_OP_IN_OUT_SZ) {
-        if (claim(e, in->unique)) { /* not as this ABI lays requests out: refused, not guessed at */
-            struct fuse_out_header *h = (void *)e->hdr->in_out;
-            *h = (struct fuse_out_header){.len = sizeof *h, .error = -EPROTO, .unique = in->unique};
-            e->hdr->ent_in_out.payload_sz = 0;
-        }
+        reply_error(e, EPROTO); /* not as this ABI lays requests out: refused, not guessed at */
         return;
     }
     size_t arg0 = in->len - sizeof *in - payload;
@@ -253,10 +239,10 @@ static void serve(struct ent *e)
     memcpy(start + sizeof *in, e->hdr->op_in, arg0);
     struct fuse_buf fbuf = {.mem = start, .size = in->len};
     fuse_session_process_buf(session, &fbuf);
-    pthread_mutex_lock(&e->mu); /* or answered later, by another thread */
-    while (!e->done && !__atomic_load_n(&stopping, __ATOMIC_ACQUIRE))
-        pthread_cond_wait(&e->replied, &e->mu);
-    pthread_mutex_unlock(&e->mu);
+    if (e->unique) { /* a bug: the kernel must not wait for ever */
+        fprintf(stderr, "xos: FUSE request %d left unanswered by its thread\n", in->opcode);
+        reply_error(e, EIO);
+    }
 }
 
 static void *serve_entry(void *arg)
@@ -279,7 +265,7 @@ static void *serve_entry(void *arg)
     struct io_uring_sqe *poll = io_uring_get_sqe(&e->ring);
     io_uring_prep_poll_add(poll, stop_fd, POLLIN);
     poll->user_data = STOP_TAG;
-    int cmd = CMD_REGISTER, again = 0;
+    int cmd = CMD_REGISTER;
     submit_cmd(e, cmd);
     for (;;) {
         int rc = io_uring_submit_and_wait(&e->ring, 1);
@@ -297,9 +283,6 @@ static void *serve_entry(void *arg)
             if (res == 0) {
                 serve(e);
                 cmd = CMD_COMMIT_AND_FETCH;
-                again = 0;
-            } else if (res == -EAGAIN && again++ < 100) {
-                usleep(1000); /* registered before the kernel took the INIT reply */
             } else if (cmd == CMD_REGISTER) { /* the kernel went back to /dev/fuse */
                 fprintf(stderr, "xos: FUSE ring of CPU %d refused: %s\n", e->qid, strerror(-res));
                 return NULL;
@@ -331,11 +314,6 @@ void xu_stop(void)
     uint64_t one = 1;
     if (write(stop_fd, &one, sizeof one) < 0)
         perror("xos: stopping the FUSE rings");
-    for (int i = 0; i < nents; i++) {
-        pthread_mutex_lock(&ents[i].mu);
-        pthread_cond_signal(&ents[i].replied);
-        pthread_mutex_unlock(&ents[i].mu);
-    }
     for (int i = 0; i < nents; i++)
         if (ents[i].started)
             pthread_join(ents[i].tid, NULL);
