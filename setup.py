@@ -12,7 +12,7 @@ from setuptools.command.build_ext import build_ext
 
 # (output name inside xos/_native, sources, extra flags); a failure to compile one fails the build.
 PROGRAMS = [
-    ("xos-init", ["native/init.c"], ["-O2", "-static-pie"]),
+    ("xos-init", ["native/init.c", "native/safepath.c"], ["-O2", "-static-pie"]),
 ]
 
 

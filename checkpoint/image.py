@@ -8,6 +8,7 @@ same directory travels as a tar (`pack`/`unpack`), checked against the same mani
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
+from xos import safepath
 from xos._native._sys import ffi, lib
 from xos.errors import InvalidInput
 
@@ -35,6 +37,13 @@ class ImageInvalid(InvalidInput):
     """A checkpoint image that is corrupt, truncated, tampered with or from an incompatible node."""
 
     code = "image-invalid"
+
+
+class ImageRefused(ImageInvalid):
+    """A checkpoint image that asks for more than its owner may have: links out, devices, root's
+    identity or capabilities for its tasks."""
+
+    code = "image-refused"
 
 
 class _Checksum:
@@ -89,23 +98,74 @@ def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> str:
     return h.hexdigest()
 
 
-def _extract_file(tar: tarfile.TarFile, m: tarfile.TarInfo, dest: str) -> str:
-    """Write a regular member under `dest` in large blocks, hashing as it goes; its sha256."""
-    safe = tarfile.tar_filter(m, dest)  # no absolute paths, nothing through a link out of dest
-    path = os.path.join(dest, safe.name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def _tarinfo(tar: tarfile.TarFile, path: str, arc: str) -> tarfile.TarInfo:
+    """The header of `path`; a second name of a file already in the tar is its data again, not a hard
+    link (unpacking refuses links between members)."""
+    tar.inodes.clear()  # type: ignore[attr-defined]  # tarfile's own record of names seen by inode
+    return tar.gettarinfo(path, arc)
+
+
+def _member_parent(dest_fd: int, name: str) -> tuple[int, str]:
+    """The directory of member `name` beneath `dest_fd`, made where missing, never through a link; (its
+    descriptor, the last component)."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ImageInvalid(f"image member {name!r} is not a plain relative path")
+    at = os.dup(dest_fd)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o700, dir_fd=at)
+            nxt = safepath.open_beneath(at, part, os.O_RDONLY | os.O_DIRECTORY, kinds=safepath.DIR)
+            os.close(at)
+            at = nxt
+    except BaseException:
+        os.close(at)
+        raise
+    return at, parts[-1]
+
+
+def _extract_file(tar: tarfile.TarFile, m: tarfile.TarInfo, dest_fd: int) -> str:
+    """Write a regular member beneath `dest_fd` in large blocks, hashing as it goes; its sha256."""
+    at, last = _member_parent(dest_fd, m.name)
+    try:
+        fd = os.open(last, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=at)
+    finally:
+        os.close(at)
     src = tar.extractfile(m)
     assert src is not None
     h = _Checksum()
-    with open(path, "wb", buffering=0) as out:
+    with open(fd, "wb", buffering=0) as out:
         while block := src.read(CHUNK):
             h.update(block)
             out.write(block)
-    if safe.uid is not None and safe.gid is not None:
-        os.chown(path, safe.uid, safe.gid)
-    os.chmod(path, safe.mode if safe.mode is not None else 0o600)
-    os.utime(path, (safe.mtime, safe.mtime))
+        os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode & 0o7777 & ~0o6000)  # no set-id bits from an image
+        os.utime(fd, (m.mtime, m.mtime))
     return h.hexdigest()
+
+
+def _extract_other(m: tarfile.TarInfo, dest_fd: int) -> None:
+    """A directory or symbolic link member beneath `dest_fd`; the link's target is kept as data and
+    never followed here (a guest's directory may hold absolute links, such as a virtualenv's)."""
+    at, last = _member_parent(dest_fd, m.name)
+    try:
+        if m.isdir():
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(last, 0o700, dir_fd=at)
+            fd = safepath.open_beneath(at, last, os.O_RDONLY | os.O_DIRECTORY, kinds=safepath.DIR)
+            try:
+                os.fchown(fd, m.uid, m.gid)
+                os.fchmod(fd, m.mode & 0o7777 & ~0o6000)
+            finally:
+                os.close(fd)
+        else:
+            if m.name.startswith("criu/") and (os.path.isabs(m.linkname) or m.name != "criu/parent"):
+                raise ImageInvalid(f"image member {m.name!r} is a link inside CRIU's files")
+            os.symlink(m.linkname, last, dir_fd=at)
+            os.chown(last, m.uid, m.gid, dir_fd=at, follow_symlinks=False)
+    finally:
+        os.close(at)
 
 
 def seal(image: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -225,13 +285,9 @@ def _sha256(path: str, tag: str = TAG) -> str:
 
 
 def copy_tree(src: str, dst: str) -> None:
-    """Copy a directory tree keeping modes, owners and links (a workspace directory into an image, or back)."""
-    shutil.copytree(src, dst, symlinks=True)
-    for dirpath, dirnames, filenames in os.walk(src):
-        for name in [".", *dirnames, *filenames]:
-            s = os.path.normpath(os.path.join(dirpath, name))
-            st = os.lstat(s)
-            os.lchown(os.path.join(dst, os.path.relpath(s, src)), st.st_uid, st.st_gid)
+    """Copy a directory tree keeping modes, owners and links, never following one (a workspace
+    directory into an image, or back): see `safepath.copy_tree`."""
+    safepath.copy_tree(src, dst)
 
 
 def move_tree(src: str, dst: str) -> None:
@@ -262,10 +318,10 @@ def pack(out: str, criu_dir: str, work_dir: str | None, manifest: dict[str, Any]
                     for name in sorted(filenames):
                         path = os.path.join(dirpath, name)
                         arc = f"{arc_dir}/{name}"
-                        info = tar.gettarinfo(path, arc)
+                        info = _tarinfo(tar, path, arc)
                         if info.isreg():
                             files[arc] = _add_file(tar, info, path)
-                        elif info.issym() or info.islnk():
+                        elif info.issym():
                             tar.addfile(info)
                         # sockets, fifos and devices are not data: CRIU recreates what processes hold
             manifest = {**manifest, "format": FORMAT, "files": files}
@@ -304,8 +360,8 @@ def stream(image: str) -> Iterator[bytes]:
             yield header(maker.gettarinfo(dirpath, arc_dir))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                info = maker.gettarinfo(path, f"{arc_dir}/{name}")
-                if not (info.isreg() or info.issym() or info.islnk()):
+                info = _tarinfo(maker, path, f"{arc_dir}/{name}")
+                if not (info.isreg() or info.issym()):
                     continue
                 yield header(info)
                 if info.isreg():
@@ -333,20 +389,28 @@ def unpack(path: str | IO[bytes], dest: str) -> dict[str, Any]:
     verify it whole; the manifest, or ImageInvalid."""
     os.makedirs(dest, mode=0o700)
     got: dict[str, str] = {}
+    dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         opened = tarfile.open(path, "r:") if isinstance(path, str) else tarfile.open(fileobj=path, mode="r|")
         with opened as tar:
             for m in tar:
-                if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                    raise ImageInvalid(f"image member {m.name!r} is not a file, directory or link")
-                if m.name != MANIFEST and m.name.split("/", 1)[0] not in ("criu", "work"):
+                # Regular files, directories and links to names only: no hard links, devices or FIFOs.
+                if not (m.isreg() or m.isdir() or m.issym()):
+                    raise ImageRefused(f"image member {m.name!r} is not a file, directory or symbolic link")
+                if m.name not in (MANIFEST, "criu", "work") and m.name.split("/", 1)[0] not in ("criu", "work"):
                     raise ImageInvalid(f"image member {m.name!r} is outside criu/ and work/")
-                if m.isfile() and m.name != MANIFEST:
-                    got[m.name] = _extract_file(tar, m, dest)
+                if m.isreg() and m.name != MANIFEST:
+                    got[m.name] = _extract_file(tar, m, dest_fd)
+                elif m.isreg():
+                    _extract_file(tar, m, dest_fd)
                 else:
-                    tar.extract(m, dest, set_attrs=True, filter="tar")
+                    _extract_other(m, dest_fd)
+    except safepath.UnsafePath as e:
+        raise ImageRefused(f"image {path} writes through a link: {e.message}") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise ImageInvalid(f"image {path} is corrupt or truncated: {e}") from None
+    finally:
+        os.close(dest_fd)
     try:
         with open(os.path.join(dest, MANIFEST), "rb") as f:
             manifest = json.load(f)

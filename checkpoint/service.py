@@ -15,10 +15,11 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from xos import safepath
 from xos.allocation import Allocation
+from xos.checkpoint import creds, image
 from xos.checkpoint import criu as criu_mod
-from xos.checkpoint import image
-from xos.errors import Conflict, InvalidInput, OverCapacity, WorkspaceExists
+from xos.errors import Conflict, ExternalError, InvalidInput, OverCapacity, WorkspaceExists
 from xos.store import WorkspaceRecord
 from xos.workspace import Workspace
 
@@ -39,6 +40,13 @@ class NotCheckpointable(Conflict):
     """The workspace holds something a checkpoint cannot take."""
 
     code = "not-checkpointable"
+
+
+class CheckpointFailed(ExternalError):
+    """Writing the image failed (a full disk, an I/O error); the workspace runs on."""
+
+    code = "checkpoint-failed"
+    http_status = 507
 
 
 FAST_SCRATCH = "/dev/shm"
@@ -85,7 +93,11 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
     found at ../../<its name> from the image's criu/ (beside the image). `lazy` (address, port): memory
     stays out of the image and is served from there (post-copy); the result's "lazy" is the CRIU run
     serving it, and the workspace stays, stopped, for the caller to remove or resume. The result has
-    per-phase times and CRIU's own statistics."""
+    per-phase times and CRIU's own statistics.
+
+    The workspace directory is copied while the tasks are frozen and before CRIU runs (CRIU ends them
+    once it has dumped them): a copy that fails (a full disk, a directory the user changed under it)
+    leaves them running, never gone with no image."""
     if not isinstance(out, str) or not out:
         raise InvalidInput("give the image to write (out)", field="out")
     criu = criu_mod.find().require()
@@ -114,21 +126,26 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             times["freeze"] = time.perf_counter() - t0
             try:
                 ws.sample()
-                try:
-                    if lazy is not None:
-                        serving = await ws.dump_lazy(criu, images, lazy[0], lazy[1], log_path(svc, name, "dump"),
-                                                     logs)
-                        run = criu_mod.Run(time.perf_counter() - serving.t0)
-                    else:
-                        run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev,
-                                            workdir=logs)
-                except BaseException:
-                    if ws.cgroup.exists():  # CRIU let go of the tasks: they run on, as before
-                        ws.cgroup.set_frozen(False)
-                    raise
-                times["dump"] = run.seconds
                 t1 = time.perf_counter()
-                image.copy_tree(svc.context().directory(ws.rec), os.path.join(part, "work"))
+                try:
+                    image.copy_tree(svc.context().directory(ws.rec), os.path.join(part, "work"))
+                except safepath.UnsafePath as e:
+                    raise NotCheckpointable(f"workspace {name}'s directory changed under the copy: "
+                                            f"{e.message}") from None
+                times["copy"] = time.perf_counter() - t1
+                if lazy is not None:
+                    serving = await ws.dump_lazy(criu, images, lazy[0], lazy[1], log_path(svc, name, "dump"), logs)
+                    run = criu_mod.Run(time.perf_counter() - serving.t0)
+                else:
+                    run = await ws.dump(criu, images, leave_running, log_path(svc, name, "dump"), prev,
+                                        workdir=logs)
+            except BaseException:
+                if ws.cgroup.exists():  # CRIU let go of the tasks, or never took them: they run on
+                    ws.cgroup.set_frozen(False)
+                raise
+            times["dump"] = run.seconds
+            try:
+                t2 = time.perf_counter()
                 manifest = image.seal(part, {
                     "workspace": {"name": ws.rec.name, "id": ws.rec.id, "allocation": ws.rec.alloc.to_json(),
                                   "uid": ws.rec.uid, "gid": ws.rec.gid, "address": ws.rec.address,
@@ -139,7 +156,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
                     "stats": run.stats, "parts": [os.path.basename(prev)] if prev else [],
                 })
                 os.rename(part, out)
-                times["pack"] = time.perf_counter() - t1
+                times["pack"] = times["copy"] + time.perf_counter() - t2
             except BaseException:
                 if serving is not None:  # its tasks run on
                     await serving.abort()
@@ -149,9 +166,14 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             finally:
                 if leave_running and ws.cgroup.exists():
                     ws.cgroup.set_frozen(False)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(part, ignore_errors=True)
             shutil.rmtree(logs, ignore_errors=True)
+            if isinstance(e, OSError):  # a full disk, a vanished directory: said as such, not "internal"
+                alive = ws.cgroup.exists() and bool(ws.cgroup.procs())
+                raise CheckpointFailed(f"checkpoint of {name} failed ({e}); "
+                                       + ("it runs on" if alive else "its processes had ended"),
+                                       errno=e.errno) from None
             raise
         if serving is None:
             shutil.rmtree(logs, ignore_errors=True)
@@ -160,10 +182,10 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             return {"workspace": name, "image": out, "bytes": size, "times": times, "lazy": serving,
                     "logs": logs, "files": len(manifest["files"])}
         if not leave_running:
-            t2 = time.perf_counter()
+            t3 = time.perf_counter()
             await ws.destroy(f"checkpointed to {out}")
             svc.workspaces.pop(name, None)
-            times["remove"] = time.perf_counter() - t2
+            times["remove"] = time.perf_counter() - t3
     log.info("workspace %s checkpointed to %s", name, out, extra={"workspace": name, **times})
     size = sum(os.path.getsize(os.path.join(out, arc)) for arc in manifest["files"])
     return {"workspace": name, "image": out, "bytes": size, "times": times,
@@ -171,13 +193,16 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
 
 
 async def restore(svc: NodeService, path: str, name: str | None = None, parts: dict[str, str] | None = None,
-                  verified: bool = False, lazy: tuple[str, int] | None = None) -> tuple[Workspace, dict[str, Any]]:
+                  verified: bool = False, lazy: tuple[str, int] | None = None,
+                  from_peer: bool = False) -> tuple[Workspace, dict[str, Any]]:
     """Verify the image at `path` (a directory, or a tar of one) and restore it as a new workspace
     (`name`, or the one it had). The image itself is left as it was.
 
     `parts`: verified pre-dump directories (by name) the image's dump builds on (live migration).
     `lazy` (address, port): the image's memory is served there (post-copy): a lazy-pages daemon fetches
-    it on demand and in the background; if that fails, the workspace, missing memory, is removed."""
+    it on demand and in the background; if that fails, the workspace, missing memory, is removed.
+    Every task of the image must run as the image's mapped owner with no capability (`creds.check`);
+    `from_peer`: the image came from another host, which may never ask for root's identity."""
     if not isinstance(path, str) or not path:
         raise InvalidInput("give the image to restore (image)", field="image")
     path = os.path.abspath(path)
@@ -215,6 +240,11 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
             raise image.ImageInvalid(f"image manifest lacks a workspace spec: {e}") from None
         name = name or str(spec.get("name", ""))
         identity = dict(manifest.get("identity") or {})
+        if from_peer and (uid == 0 or gid == 0):
+            raise image.ImageRefused(f"image from a peer asks to run as uid {uid}, gid {gid}: root's identity is "
+                                     "never restored for another host")
+        if uid != 0:
+            creds.check(os.path.join(top, "criu"), uid, gid)
         times["verify"] = time.perf_counter() - t0
         if identity.get("vo"):
             if svc.identity.idmap is None:
@@ -243,6 +273,7 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
                 raise image.ImageInvalid("image manifest's grid mounts are not a list of MRC_URL/VOLUME")
             if grid:
                 extra["grid"] = grid
+            extra["origin"] = {"node": str(manifest.get("node", "")), "workspace": str(spec.get("id", ""))}
             rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid, gid=gid,
                                   address=address, identity=identity, checkpoint=extra)
             t1 = time.perf_counter()
@@ -357,13 +388,19 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
             progress.update(phase="transfer", sent=0, total=cp["bytes"])
             target = await peer_restore(url, secret, path, name, stage, progress)
         except Exception as e:
-            log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
-            progress["phase"] = "resuming here"
-            t2 = time.perf_counter()
-            await restore(svc, path, name, parts)
-            raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
-                                  f"(down {time.perf_counter() - t0:.2f}s, resumed in {time.perf_counter() - t2:.2f}s)",
-                                  cause=getattr(e, "code", "error")) from None
+            landed = await _landed(svc, url, secret, name, ws.rec.id, e, path)
+            if landed is None:
+                log.warning("migration of %s to %s failed, resuming here: %s", name, to, e,
+                            extra={"workspace": name})
+                progress["phase"] = "resuming here"
+                t2 = time.perf_counter()
+                await restore(svc, path, name, parts)
+                raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
+                                      f"(down {time.perf_counter() - t0:.2f}s, resumed in "
+                                      f"{time.perf_counter() - t2:.2f}s)", cause=getattr(e, "code", "error")) from None
+            log.warning("migration of %s to %s: its answer was lost (%s), and it runs there", name, to, e,
+                        extra={"workspace": name})
+            target = {**landed, "restore": {"times": {}}}
         _phases(times, target, t0, t1)
         times["total"] = time.perf_counter() - t_start
         svc.forward(target["address"], url)
@@ -373,6 +410,62 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
     return {"workspace": name, "to": url, "address": target["address"], "uid": target["uid"],
             "allocation": target["allocation"], "times": times, "bytes": cp["bytes"], "criu": cp["criu"],
             "live": live, "mode": "pre-copy" if live else "stop-and-copy", "rounds": rounds}
+
+
+LANDED_TRIES = 5
+
+
+async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id: str, error: Exception,
+                  image_path: str) -> dict[str, Any] | None:
+    """After a restore request failed: the target's workspace if it did restore ours (its answer was lost),
+    else None (resume here). A target that refused says so in its answer; one that cannot be asked is
+    tried again a few times, and if it stays silent nothing is resumed here, so it never runs twice: the
+    image is kept for the admin."""
+    from xos.errors import NotFound, Unavailable, XosError
+
+    if isinstance(error, XosError) and not isinstance(error, Unavailable):
+        return None  # the target answered, refusing: nothing runs there
+    delay = 0.2
+    for attempt in range(LANDED_TRIES):
+        try:
+            got = await _peer_get(url, secret, f"/v1/peer/workspaces/{name}")
+        except NotFound:
+            return None
+        except Unavailable:
+            if attempt == LANDED_TRIES - 1:
+                kept = os.path.join(svc.config.home, "checkpoints", f"{name}-unknown-{int(time.time())}.img")
+                shutil.move(image_path, kept)
+                raise MigrationUnknown(f"node {url} took the image of {name} and then stopped answering; it is not "
+                                       f"resumed here, so it never runs twice: once that node is known not to run "
+                                       f"it, `xos ws restore {kept}`", workspace=name, image=kept) from None
+            await asyncio.sleep(delay)
+            delay *= 2
+            continue
+        origin = got.get("origin") or {}
+        return got if origin.get("workspace") == source_id else None
+    return None
+
+
+async def _peer_get(url: str, secret: str, route: str) -> dict[str, Any]:
+    import aiohttp
+
+    from xos.errors import Unavailable, from_json
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(
+                f"{url}{route}", headers={"Authorization": f"Bearer {secret}"}) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise from_json(data if isinstance(data, dict) else {}, resp.status)
+            return dict(data)
+    except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as e:
+        raise Unavailable(f"node {url} did not answer: {e}") from None
+
+
+class MigrationUnknown(Conflict):
+    """The target took the image and did not say whether it runs there; the source keeps the image."""
+
+    code = "migration-unknown"
 
 
 def _phases(times: dict[str, float], target: dict[str, Any], t0: float, t1: float) -> None:

@@ -1,4 +1,4 @@
-"""CFFI (API mode) builder of `xos._native._sys`: spawn, namespaces, pidfd, keyring."""
+"""CFFI (API mode) builder of `xos._native._sys`: spawn, namespaces, pidfd, keyring, safe paths."""
 
 import importlib.util
 import os
@@ -6,7 +6,7 @@ import os
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULES = ["spawn", "namespace", "pidfd", "keyring", "checksum"]
+MODULES = ["spawn", "namespace", "pidfd", "keyring", "checksum", "safepath"]
 
 
 def _load(name: str):

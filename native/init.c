@@ -19,6 +19,14 @@
  * start is reported as "error STAGE ERRNO" (stdin, stdout, stderr, setup,
  * exec). The main program's exit status is written to XOS_WORK/.main.status.
  *
+ * With --uid, init itself becomes the workspace's user once its mounts are made
+ * and the main program started: nothing it does afterwards (reaping, writing the
+ * status) needs root, so no task of the workspace, and of its checkpoint image,
+ * holds root's identity or a capability. The status file lies in a directory the
+ * user writes, so it is opened beneath it without following links and without
+ * blocking (safepath.h), and only a regular file is written. SIGTERM and SIGINT
+ * end init only when they come from outside its PID namespace (the node).
+ *
  * Nothing of the host's namespace files (nsfs mounts) or FUSE mounts is kept
  * in the workspace's mount table: they are not the workspace's (a FUSE mount
  * serves its owner's credential to whoever reaches it), and CRIU cannot
@@ -35,6 +43,8 @@
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "safepath.h"
 
 #define XOS_WORK "/run/xos-work"
 
@@ -81,7 +91,11 @@ static void write_status(int status)
     char buf[64];
     int len = WIFEXITED(status) ? snprintf(buf, sizeof(buf), "exit %d\n", WEXITSTATUS(status))
                                 : snprintf(buf, sizeof(buf), "signal %d\n", WTERMSIG(status));
-    int fd = open(XOS_WORK "/.main.status", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int dir = open(XOS_WORK, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dir < 0)
+        return;
+    int fd = xos_open_beneath(dir, ".main.status", O_WRONLY | O_CREAT | O_TRUNC, 0644, XOS_KIND_REG);
+    close(dir);
     if (fd >= 0) {
         if (write(fd, buf, (size_t)len) < 0) {
             /* nothing more to do: the status is a courtesy to readers of the directory */
@@ -235,6 +249,18 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Root's work is done: the rest runs as the workspace's user (see the top). */
+    if (gid >= 0) {
+        gid_t g = (gid_t)gid;
+        if (setgroups(1, &g) < 0 || setresgid(g, g, g) < 0) {
+            dprintf(1, "error drop %d\n", errno);
+            return 1;
+        }
+    }
+    if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0) {
+        dprintf(1, "error drop %d\n", errno);
+        return 1;
+    }
     if (dprintf(1, "ready %d %d\n", getpid(), (int)main_pid) < 0)
         return 1;
     close(0);
@@ -245,7 +271,8 @@ int main(int argc, char **argv)
         siginfo_t si;
         if (sigwaitinfo(&all, &si) < 0)
             continue;
-        if (si.si_signo == SIGTERM || si.si_signo == SIGINT)
+        /* From outside the namespace the sender has no pid here: si_pid is 0. */
+        if ((si.si_signo == SIGTERM || si.si_signo == SIGINT) && si.si_pid == 0)
             return 0;
         if (si.si_signo == SIGCHLD) {
             int status;

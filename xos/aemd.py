@@ -58,6 +58,7 @@ class AemConfig:
     poll: float = 1.0
     ad_ttl: float = 30.0
     mrc: str = ""  # the grid file system's MRC, for jobs' grid:// stdin, stdout and stderr
+    max_output: int = 1 << 30  # bytes of a job's stdout or stderr kept here; the rest is refused
 
 
 @dataclass
@@ -85,8 +86,9 @@ class Aem:
         self.trust = credential.TrustStore(self.cfg.trust)
         with open(self.cfg.peer_key) as f:
             self.secret = f.read().strip()
-        os.makedirs(os.path.join(self.cfg.home, "aem", "output"), exist_ok=True)
-        os.makedirs(os.path.join(self.cfg.home, "aem", "images"), exist_ok=True)
+        for sub in ("output", "images"):  # jobs' outputs and memory: the owners' alone
+            os.makedirs(os.path.join(self.cfg.home, "aem", sub), mode=0o700, exist_ok=True)
+            os.chmod(os.path.join(self.cfg.home, "aem", sub), 0o700)
         self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
         self.busy: set[str] = set()  # jobs with a checkpoint under way
         self.last_usage: dict[str, dict[str, Any]] = {}  # job -> its workspace as last listed (for a lost node)
@@ -390,6 +392,9 @@ class Aem:
                 continue  # on the node, where it asked; or stderr with stdout
             try:
                 await self._collect(job, name, self.output_path(job.id, stream))
+            except OutputTooLarge as e:  # the job's doing, not the grid's: told, not warned of
+                log.info("%s of job %s cut: %s", stream, job.id, e)
+                notes.append(f"{stream} cut: {e.message}")
             except XosError as e:
                 log.warning("%s of job %s not collected: %s", stream, job.id, e)
                 notes.append(f"{stream} not collected: {e.message}")
@@ -430,15 +435,25 @@ class Aem:
         self.store.add_usage(job, ws.get("usage", {}), price)
 
     async def _collect(self, job: Job, name: str, dest: str) -> None:
-        """Copy the file `name` of the job's directory here, whole, in parts."""
-        with open(dest + ".part", "wb") as f:
+        """Copy the file `name` of the job's directory here, whole, in parts, up to the job manager's cap
+        (OutputTooLarge past it, the first `max_output` bytes kept): a job's output must not fill our disk."""
+        cap = self.cfg.max_output
+        over = False
+        with open(os.open(dest + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
             while True:
                 part = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?"
                                         f"file={urllib.parse.quote(name)}&offset={f.tell()}")
+                if f.tell() + len(part) > cap:
+                    f.write(part[:cap - f.tell()])
+                    over = True
+                    break
                 f.write(part)
                 if len(part) < MAX_OUTPUT_PART:
                     break
         os.replace(dest + ".part", dest)
+        if over:
+            raise OutputTooLarge(f"{name} is larger than the job manager keeps ({cap} bytes); its first {cap} "
+                                 "bytes were kept", limit=cap)
 
     def output_path(self, job_id: str, stream: str = "stdout") -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id + ("" if stream == "stdout" else f".{stream}"))
@@ -766,7 +781,7 @@ class Aem:
                 if resp.status >= 400:
                     raise rpc.from_json(await resp.json(content_type=None), resp.status)
                 summary = json.loads(resp.headers.get("X-Checkpoint", "{}"))
-                with open(dest, "wb") as f:
+                with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                     async for block in resp.content.iter_chunked(1 << 20):
                         f.write(block)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
@@ -839,6 +854,12 @@ REFUSAL_MEMORY = 60.0  # seconds a node that refused a job is not offered that j
 STDIO = {"out": "stdout", "err": "stderr", "in": "stdin"}  # names in the job's directory, unless it names others
 MAX_INPUT = 16 << 20  # grid stdin sent with the job (the node takes that much)
 MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once
+
+
+class OutputTooLarge(InvalidInput):
+    """A job's output is larger than the job manager keeps."""
+
+    code = "output-too-large"
 
 
 def _wants(spec: JobSpec, vo: str, owner: str) -> Wants:

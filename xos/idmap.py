@@ -16,6 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from xos import safepath
 from xos.credential import USER_NAME, VO_NAME
 from xos.errors import Conflict, InvalidInput, NotFound
 from xos.sqlite import Database
@@ -103,8 +104,11 @@ CREATE TABLE IF NOT EXISTS leases (
     vo TEXT NOT NULL, user TEXT NOT NULL, uid INTEGER NOT NULL UNIQUE, expires REAL NOT NULL,
     PRIMARY KEY (vo, user)
 );
-CREATE TABLE IF NOT EXISTS quarantine (uid INTEGER PRIMARY KEY, vo TEXT NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (uid INTEGER PRIMARY KEY, vo TEXT NOT NULL, until REAL NOT NULL,
+    scrubbed INTEGER NOT NULL DEFAULT 0);
 """
+# A quarantined UID is never leased again before its scrub is recorded (scrubbed = 1), whatever `until` says.
+ADDED = {"quarantine": {"scrubbed": "INTEGER NOT NULL DEFAULT 1"}}  # rows of older files were scrubbed
 
 
 class IdentityMap:
@@ -113,7 +117,7 @@ class IdentityMap:
     def __init__(self, db_path: str, pools: dict[str, Pool], static: dict[tuple[str, str], str] | None = None,
                  home_base: str = "/var/lib/xos/workspaces", lease_ttl: float = 7 * 86400,
                  quarantine: float = 3600, scrub_dirs: tuple[str, ...] = ("/tmp", "/var/tmp")) -> None:
-        self._db = Database(db_path, SCHEMA)
+        self._db = Database(db_path, SCHEMA, ADDED)
         self.pools = pools
         self.static = static or {}
         self.home_base = home_base
@@ -124,6 +128,7 @@ class IdentityMap:
         for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
             if a.first <= b.last and b.first <= a.last:
                 raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
+        self.scrub_pending()
 
     def _account(self, vo: str, user: str, uid: int) -> Account:
         pool = self.pools[vo]
@@ -158,18 +163,22 @@ class IdentityMap:
             if row and row[1] > t:
                 db.execute("UPDATE leases SET expires=? WHERE vo=? AND user=?", (t + self.lease_ttl, vo, user))
                 return self._account(vo, user, row[0])
+            expired = row[0] if row else None
             if row:  # expired: it never resolves again; quarantine it and lease afresh
                 db.execute("DELETE FROM leases WHERE vo=? AND user=?", (vo, user))
-                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (row[0], vo, t + self.quarantine_time))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?,0)", (row[0], vo, t + self.quarantine_time))
             used = {r[0] for r in db.execute("SELECT uid FROM leases WHERE uid BETWEEN ? AND ?",
                                              (pool.first, pool.last))}
-            used |= {r[0] for r in db.execute("SELECT uid FROM quarantine WHERE until > ? OR until < 0", (t,))}
+            used |= {r[0] for r in db.execute("SELECT uid FROM quarantine WHERE until > ? OR until < 0 "
+                                              "OR scrubbed = 0", (t,))}
             uid = next((u for u in range(pool.first + 1, pool.last + 1) if u not in used and not _taken(u)), None)
             if uid is None:
                 raise PoolFull(f"the UID pool of VO {vo!r} ({pool.first}-{pool.last}) is full", vo=vo)
             db.execute("DELETE FROM quarantine WHERE uid=?", (uid,))
             db.execute("INSERT INTO leases VALUES (?,?,?,?)", (vo, user, uid, t + self.lease_ttl))
             self.generation += 1
+        if expired is not None:
+            self.scrub({expired})
         log.info("leased uid %d to %s of %s", uid, user, vo, extra={"vo": vo, "uid": uid})
         return self._account(vo, user, uid)
 
@@ -223,7 +232,7 @@ class IdentityMap:
             uids = [r[0] for r in db.execute(q, args)]
             for uid in uids:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
-                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?,0)", (uid, vo, t + self.quarantine_time))
             self.generation += bool(uids)
         self.scrub(set(uids))
         if uids:
@@ -237,22 +246,33 @@ class IdentityMap:
             rows = db.execute("SELECT vo, uid FROM leases WHERE expires <= ?", (t,)).fetchall()
             for vo, uid in rows:
                 db.execute("DELETE FROM leases WHERE uid=?", (uid,))
-                db.execute("REPLACE INTO quarantine VALUES (?,?,?)", (uid, vo, t + self.quarantine_time))
+                db.execute("REPLACE INTO quarantine VALUES (?,?,?,0)", (uid, vo, t + self.quarantine_time))
             self.generation += bool(rows)
         self.scrub({uid for _vo, uid in rows})
         return [uid for _vo, uid in rows]
 
     def scrub(self, uids: set[int]) -> None:
-        """What released UIDs leave behind goes before anyone else may get them: processes, keys, files.
-        (Their workspaces, and so their cgroups, the node daemon ends; see NodeIdentity.)"""
+        """What released UIDs leave behind goes before anyone else may get them: processes, keys, files;
+        then the scrub is recorded, and only from then may the UIDs be leased again. (Their workspaces,
+        and so their cgroups, the node daemon ends; see NodeIdentity.)"""
         if not uids:
             return
         killed = sum(kill_uid(uid) for uid in uids)
         for uid in uids:
             clear_keys(uid)
         removed = sum(remove_owned(uids, d) for d in self.scrub_dirs if os.path.isdir(d))
+        with self._db.tx() as db:
+            for uid in uids:
+                db.execute("UPDATE quarantine SET scrubbed=1 WHERE uid=?", (uid,))
         if killed or removed:
             log.info("uid(s) %s: %d process(es) killed, %d file(s) removed", sorted(uids), killed, removed)
+
+    def scrub_pending(self) -> None:
+        """Finish the scrubs a previous run began and did not record (it stopped in between)."""
+        pending = {r[0] for r in self._db.execute("SELECT uid FROM quarantine WHERE scrubbed = 0")}
+        if pending:
+            log.info("finishing the scrub of uid(s) %s", sorted(pending))
+            self.scrub(pending)
 
     def close(self) -> None:
         """Close the database."""
@@ -280,23 +300,8 @@ def _taken(uid: int) -> bool:
 
 
 def remove_owned(uids: set[int], top: str) -> int:
-    """Delete every file and directory under `top` owned by one of `uids`, not following links; how many."""
-    n = 0
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-        for name in filenames + dirnames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-                if st.st_uid not in uids:
-                    continue
-                if os.path.isdir(path) and not os.path.islink(path):
-                    os.rmdir(path)  # its contents went first (bottom-up); not empty means someone else's
-                else:
-                    os.unlink(path)
-                n += 1
-            except OSError:
-                continue
-    return n
+    """Delete every file and directory under `top` owned by one of `uids`, never following a link; how many."""
+    return safepath.remove_owned(uids, top)
 
 
 def clear_keys(uid: int) -> None:

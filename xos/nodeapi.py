@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import signal
-import stat as stat_mod
 import time
 from typing import Any
 
 from aiohttp import web
 
-from xos import rpc
+from xos import rpc, safepath
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
 from xos.errors import InvalidInput, NotFound, PermissionDenied, XosError, from_json
@@ -90,26 +89,29 @@ MAX_OUTPUT = 16 << 20
 
 
 async def workspace_file(request: web.Request) -> web.Response:
-    """A file of a workspace's directory (a job's output), never outside the directory: its last 16 MiB,
-    or with `offset` up to 16 MiB from there (a reader following it, or fetching it whole in parts)."""
+    """A regular file of a workspace's directory (a job's output), opened beneath it as the workspace's
+    user, never through a link: its last 16 MiB, or with `offset` up to 16 MiB from there (a reader
+    following it, or fetching it whole in parts)."""
     svc = _svc(request)
     ws = svc.get(request.match_info["name"])
-    base = os.path.realpath(svc.context().directory(ws.rec))
-    path = os.path.realpath(os.path.join(base, request.query.get("file", "")))
-    if not path.startswith(base + os.sep):
-        raise InvalidInput("the file must be inside the workspace's directory", field="file")
+    rel = request.query.get("file", "")
     offset = request.query.get("offset")
     if offset is not None and (not offset.isdigit() or len(offset) > 18):  # longer overflowed seek(): a 500
         raise InvalidInput("offset must be a byte count", field="offset")
+    if not rel or rel.startswith("/"):
+        raise InvalidInput("the file must be inside the workspace's directory", field="file")
     try:
-        with open(path, "rb") as f:
-            if offset is None:
-                f.seek(max(os.fstat(f.fileno()).st_size - MAX_OUTPUT, 0))
-            else:
-                f.seek(int(offset))
-            data = f.read(MAX_OUTPUT)
-    except (FileNotFoundError, IsADirectoryError):
-        raise NotFound(f"no file {request.query.get('file')!r} in workspace {ws.rec.name}") from None
+        fd = safepath.open_beneath(svc.context().directory(ws.rec), rel, as_user=(ws.rec.uid, ws.rec.gid))
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"no file {rel!r} in workspace {ws.rec.name}") from None
+    except PermissionError:
+        raise PermissionDenied(f"{rel!r} in workspace {ws.rec.name} is not readable by its user") from None
+    with open(fd, "rb") as f:
+        if offset is None:
+            f.seek(max(os.fstat(f.fileno()).st_size - MAX_OUTPUT, 0))
+        else:
+            f.seek(int(offset))
+        data = f.read(MAX_OUTPUT)
     return web.Response(body=data, content_type="application/octet-stream")
 
 
@@ -174,17 +176,11 @@ def _output_file(svc: NodeService, name: str, rel: Any, field: str) -> int:
         raise InvalidInput(f"{field} must be a plain file name inside the workspace directory", field=field)
     ws = svc.get(name)
     assert svc.ctx is not None
-    dirfd = os.open(svc.ctx.directory(ws.rec), os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = os.open(rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dirfd)
-    finally:
-        os.close(dirfd)
-    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise InvalidInput(f"{field} {rel!r} is not a regular file", field=field)
-    os.fchown(fd, ws.rec.uid, ws.rec.gid)
-    return fd
+    try:  # made by, and so owned by, the workspace's user
+        return safepath.open_beneath(svc.ctx.directory(ws.rec), rel, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                     as_user=(ws.rec.uid, ws.rec.gid))
+    except PermissionError:
+        raise PermissionDenied(f"{field} {rel!r} cannot be written by the workspace's user") from None
 
 
 async def exec_(request: web.Request) -> web.StreamResponse:
@@ -452,7 +448,8 @@ async def peer_restore(request: web.Request) -> web.Response:
     try:
         received = await _unpack_streamed(request, os.path.join(work, "image"))
         parts = {p: os.path.join(stage, p) for p in os.listdir(stage)} if stage and os.path.isdir(stage) else {}
-        ws, result = await svc.restore(os.path.join(work, "image"), name, parts, verified=True, lazy=lazy)
+        ws, result = await svc.restore(os.path.join(work, "image"), name, parts, verified=True, lazy=lazy,
+                                       from_peer=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if stage:

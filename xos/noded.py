@@ -218,12 +218,13 @@ class NodeService:
         return await service.checkpoint(self, name, out, leave_running)
 
     async def restore(self, path: str, name: str | None = None, parts: dict[str, str] | None = None,
-                      verified: bool = False, lazy: tuple[str, int] | None = None) -> tuple[Workspace, dict[str, Any]]:
+                      verified: bool = False, lazy: tuple[str, int] | None = None,
+                      from_peer: bool = False) -> tuple[Workspace, dict[str, Any]]:
         """Restore the image at `path` as a new workspace (`verified`: checked already, on the way in;
-        `lazy`: its memory from a page server at that address and port)."""
+        `lazy`: its memory from a page server at that address and port; `from_peer`: sent by another host)."""
         from xos.checkpoint import service
 
-        return await service.restore(self, path, name, parts, verified, lazy)
+        return await service.restore(self, path, name, parts, verified, lazy, from_peer)
 
     async def set_checkpointing(self, name: str, every: Any, keep: Any) -> Workspace:
         """Checkpoint workspace `name` every `every` (seconds or "10m"; 0 stops), keeping the newest `keep`."""

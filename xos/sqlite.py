@@ -13,7 +13,8 @@ class Database:
     """One SQLite file: WAL so readers never wait, a lock so threads take turns writing."""
 
     def __init__(self, path: str, schema: str = "", added: dict[str, dict[str, str]] | None = None) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        _private(path)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a daemon crash; fsync at checkpoints
@@ -47,3 +48,17 @@ class Database:
     def close(self) -> None:
         """Close the file."""
         self.conn.close()
+
+
+def _private(path: str) -> None:
+    """Make the database file 0600 before SQLite opens it (stores hold credentials and keys): SQLite gives
+    its -wal and -shm files the main file's mode. A file an older version left wider is narrowed."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        for p in (path, path + "-wal", path + "-shm"):
+            try:
+                if os.stat(p).st_mode & 0o077:
+                    os.chmod(p, 0o600)
+            except FileNotFoundError:
+                pass

@@ -17,7 +17,7 @@ from typing import Any
 
 from pyroute2 import AsyncIPRoute
 
-from xos import network, rtnl
+from xos import network, rtnl, safepath
 from xos import spawn as sp
 from xos.allocation import Allocation
 from xos.cgroup import Cgroup, Hierarchy
@@ -60,6 +60,7 @@ def _rlimits() -> dict[int, tuple[int, int]]:
 RLIMITS = _rlimits()
 INIT_TIMEOUT = 5.0
 WORK = "/run/xos-work"  # where a workspace's processes see its directory: one path on every node (init.c)
+STATUS = ".main.status"  # where xos-init leaves the main program's end, in the workspace directory (init.c)
 CREDENTIAL_KEY = "xos:credential"  # the description pam_xos gives it in a login's session keyring
 
 
@@ -192,18 +193,18 @@ class Workspace:
             for m in mounts:
                 os.makedirs(os.path.join(wdir, "grid", m.volume), mode=0o755, exist_ok=True)
             os.chown(os.path.join(wdir, "grid"), rec.uid, rec.gid)
-        if main is not None:
+        if main is not None or rec.uid != 0:  # init becomes the user once it has started the main program
             argv += ["--uid", str(rec.uid), "--gid", str(rec.gid)]
+        if main is not None:
             argv += [a for flag, v in (("--in", main.stdin), ("--out", main.out), ("--err", main.err)) if v
                      for a in (flag, v)]
             argv += ["--", *main.argv]
             env = main.env
             if main.input is not None and main.stdin:
-                fd = os.open(os.path.join(wdir, main.stdin), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o600)
+                fd = safepath.open_beneath(wdir, main.stdin, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                           as_user=(rec.uid, rec.gid))
                 with open(fd, "wb") as f:
                     f.write(main.input)
-                os.chown(os.path.join(wdir, main.stdin), rec.uid, rec.gid)
         cgfd, procs = self.cgroup.spawn_target()
         r, w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC) if mounts else (-1, -1)
@@ -554,6 +555,8 @@ class Workspace:
         if rec.checkpoint.get("every"):
             out["checkpointing"] = {"every": rec.checkpoint["every"], "keep": rec.checkpoint.get("keep", 3),
                                     "last": rec.checkpoint.get("at")}
+        if rec.checkpoint.get("origin"):
+            out["origin"] = rec.checkpoint["origin"]  # the node and workspace it was restored from
         if rec.identity:
             out["owner"] = {"vo": rec.identity["vo"], "user": rec.identity["user"],
                             "credential": bool(rec.identity.get("credential"))}
@@ -576,10 +579,12 @@ class Workspace:
         xos-init writes it into the workspace directory when its child ends; the workspace itself
         stays until it is removed, so a job manager reads the status and then collects the output."""
         try:
-            with open(os.path.join(self.ctx.directory(self.rec), ".main.status")) as f:
-                kind, _, value = f.read(64).strip().partition(" ")
-        except (FileNotFoundError, NotADirectoryError):
+            data = safepath.read_small(self.ctx.directory(self.rec), STATUS, 64, as_user=(self.rec.uid, self.rec.gid))
+        except (OSError, safepath.UnsafePath):
+            return None  # the directory is gone, or the user put something else there: no status
+        if data is None:
             return None
+        kind, _, value = data.decode(errors="replace").strip().partition(" ")
         if kind in ("exit", "signal") and value.isdigit():
             return {kind: int(value)}
         return None
