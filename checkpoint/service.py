@@ -19,7 +19,16 @@ from xos import safepath
 from xos.allocation import Allocation
 from xos.checkpoint import creds, image
 from xos.checkpoint import criu as criu_mod
-from xos.errors import Conflict, ExternalError, InvalidInput, OverCapacity, WorkspaceExists
+from xos.errors import (
+    Conflict,
+    ExternalError,
+    InvalidInput,
+    NotFound,
+    OverCapacity,
+    Unavailable,
+    WorkspaceExists,
+    from_json,
+)
 from xos.store import WorkspaceRecord
 from xos.workspace import Workspace
 
@@ -421,10 +430,8 @@ async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id:
     else None (resume here). A target that refused says so in its answer; one that cannot be asked is
     tried again a few times, and if it stays silent nothing is resumed here, so it never runs twice: the
     image is kept for the admin."""
-    from xos.errors import NotFound, Unavailable, XosError
-
-    if isinstance(error, XosError) and not isinstance(error, Unavailable):
-        return None  # the target answered, refusing: nothing runs there
+    if not isinstance(error, AnswerLost):
+        return None  # the target refused, or never had the image whole: nothing runs there
     delay = 0.2
     for attempt in range(LANDED_TRIES):
         try:
@@ -448,8 +455,6 @@ async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id:
 
 async def _peer_get(url: str, secret: str, route: str) -> dict[str, Any]:
     import aiohttp
-
-    from xos.errors import Unavailable, from_json
 
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(
@@ -589,15 +594,17 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
                     progress: dict[str, Any] | None = None) -> dict[str, Any]:
     import aiohttp
 
-    from xos.errors import Unavailable, from_json
+    sent_all = False
 
     async def chunks() -> Any:
+        nonlocal sent_all
         loop = asyncio.get_running_loop()
         blocks = image.stream(path) if os.path.isdir(path) else _file_blocks(path)
         while (block := await loop.run_in_executor(None, next, blocks, None)) is not None:
             yield block
             if progress is not None:
                 progress["sent"] = min(progress["sent"] + len(block), progress["total"])  # tar headers aside
+        sent_all = True
 
     headers = {"Authorization": f"Bearer {secret}"}
     if os.path.isdir(path):  # the tar is made as it goes: its length is known only at the end
@@ -614,7 +621,15 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
                 raise from_json(data if isinstance(data, dict) else {}, resp.status)
             return dict(data)
     except (aiohttp.ClientError, OSError, ValueError) as e:
+        if sent_all:  # it has the image whole: whether it acted on it is not known here
+            raise AnswerLost(f"node {url} took the image and did not answer: {e}") from None
         raise Unavailable(f"node {url} did not take the image: {e}") from None
+
+
+class AnswerLost(Unavailable):
+    """A peer was sent a request whole and its answer did not come back: it may have acted on it."""
+
+    code = "answer-lost"
 
 
 def _image_bytes(path: str) -> int:

@@ -24,6 +24,7 @@ from xos.testing import AEM_LISTEN, TestAem, TestGrid, purge_cgroups, wait_for
 from xos.testing.fsgrid import FsGrid
 
 POOL = "bio=31000-31999"
+MAX_OUTPUT = 24 << 20  # the job manager's cap on a job's collected output, for these tests
 AEM = AEM_LISTEN
 
 
@@ -44,7 +45,7 @@ def site():
         fs.mkvol("data", "alice", "bio")
         for n in grid.nodes:  # jobs mount volumes on their nodes
             fs.attach(n.netns_path)
-        aem = TestAem(base, grid, trust.directory, fs.mrc_url, pull=grid.nodes[:2])
+        aem = TestAem(base, grid, trust.directory, fs.mrc_url, pull=grid.nodes[:2], max_output=str(MAX_OUTPUT))
         grid.fs = fs
         aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
@@ -553,3 +554,18 @@ def test_a_job_mounts_its_volumes_and_works_on_grid_files_by_path(site):
         assert s.run(s.jm.output(job)) == "1\n2\n3\n"
     finally:
         c.close()
+
+
+def test_output_larger_than_the_cap_is_cut_and_the_job_told(site):
+    """Output collection by the job manager is bounded: a job making its stdout a sparse 10 TiB file
+    does not fill the job manager's disk; the first bytes are kept and the job's reason says why."""
+    grid, s, _key, _aem, base = site
+    job = s.run_job({"executable": "/bin/sh", "arguments": ["-c", "echo first; truncate -s 10T stdout"],
+                     "resources": {"cpus": 0.25, "memory": "128M"}})
+    info = s.wait_terminated(job, 120)
+    assert info["state"] == "done" and info["exit_status"] == 0, info
+    assert "output-too-large" in info["reason"] or "larger than the job manager keeps" in info["reason"], info
+    kept = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(base, "home", "aem", "output")) for f in fs
+            if f == str(job) or f.startswith(f"{job}.")]
+    assert kept and max(os.path.getsize(p) for p in kept) == MAX_OUTPUT, kept
+    assert s.run(s.jm.output(job)).startswith("first")

@@ -507,13 +507,15 @@ class TestAem:
     __test__ = False
 
     def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
-                 ad_ttl: float = 2.0, pull: list[TestNode] | None = None) -> None:
-        """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`)."""
+                 ad_ttl: float = 2.0, pull: list[TestNode] | None = None, max_output: str = "") -> None:
+        """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`).
+        `max_output`: its cap on a job's collected stdout or stderr (default its own)."""
         self.base = base
         self.url = f"http://{AEM_LISTEN}"
         self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
                      "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
+        self.argv += ["--max-output", max_output] if max_output else []
         self.argv += [a for n in (grid.nodes if pull is None else pull) for a in ("--node", f"{n.name}={n.peer_url}")]
         self.log_path = os.path.join(base, "aem.log")
         self.proc: subprocess.Popen[bytes] | None = None
