@@ -61,8 +61,12 @@ class DropFirstAnswer:
         except OSError:
             pass
         finally:
-            c.close()
-            up.close()
+            for sock in (c, up):  # shutdown wakes the thread blocked in recv on it, and tells the peer
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
 
     def close(self) -> None:
         self.srv.close()
