@@ -201,6 +201,14 @@ class Client:
         return str(self.op("readlink", path=path)["target"])
 
     def setattr(self, path: str, **changes: Any) -> dict[str, Any]:
+        """Change a file's mode, owners or times. What a handle open here wrote goes out and is committed
+        first: its close must not then stamp the file with a later mtime than the one set here (cp -a,
+        rsync and tar set times after writing, and tar sees a file that changed)."""
+        st = next((s for s in list(self._opens.values()) if s.path == path and s.write), None)
+        if st is not None and ("mtime" in changes or "atime" in changes):
+            with st.lock:
+                self._drain(st)
+                self._commit(st)
         return dict(self.op("setattr", path=path, **changes))
 
     def truncate(self, path: str, size: int) -> None:
@@ -528,7 +536,9 @@ class Client:
                 first = pieces[0][0]
                 ahead = max(READ_AHEAD, READ_AHEAD_BYTES // stripe)
                 for objno in range(first, min(last, pieces[-1][0] + ahead) + 1):
-                    if objno not in st.cache:
+                    # Never ahead of a write still buffered or on its way: that read could land before the
+                    # write does and keep the old bytes (zeros) for a later read through this handle.
+                    if objno not in st.cache and objno not in st.wbuf and objno not in st.pending:
                         st.cache[objno] = self._pool.submit(self._get, st, objno, 0, stripe)
                 futures = {objno: st.cache[objno] for objno, _, _ in pieces}
                 while len(st.cache) > max(CACHED_OBJECTS, len(pieces) + ahead):
