@@ -60,3 +60,64 @@ def test_expired_lease_met_by_map_is_scrubbed(tmp_path: object) -> None:
     assert m.map("bio", "alice", now=500).uid != uid  # expired: a fresh lease
     assert not os.path.exists(left)
     m.close()
+
+
+SWAPPER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir(sys.argv[1])
+
+
+def kind(n):
+    return 'link' if os.path.islink(n) else 'dir' if os.path.isdir(n) else None
+
+
+while True:  # d and l swap places atomically: a directory holding f, and a link to elsewhere
+    try:
+        k = {n: kind(n) for n in ('d', 'l')}
+        if 'dir' not in k.values():
+            os.makedirs('t', exist_ok=True)
+            for i in range(100):
+                open(f't/f{i}', 'a').close()
+            free = [n for n in ('d', 'l') if k[n] is None] or ['l']
+            if k[free[0]] is not None:
+                os.unlink(free[0])
+            os.rename('t', free[0])
+        k = {n: kind(n) for n in ('d', 'l')}
+        for n in ('d', 'l'):
+            if k[n] is None:
+                os.symlink(sys.argv[2], n)
+        libc.renameat2(-100, b'd', -100, b'l', 2)  # RENAME_EXCHANGE
+    except OSError:
+        pass
+"""
+
+
+def test_scrub_never_follows_a_directory_swapped_for_a_link() -> None:
+    """The scrub of /tmp, /var/tmp and homes on quarantine: the released user's process swaps one of its
+    directories for a link to elsewhere while the scrub walks; nothing outside is removed."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="xos-scrub-")  # where uid 1000 may go
+    os.chmod(root, 0o755)
+    scrubbed, victim = os.path.join(root, "tmp"), os.path.join(root, "elsewhere")
+    os.mkdir(scrubbed, 0o1777)
+    os.chmod(scrubbed, 0o1777)
+    os.mkdir(victim, 0o755)
+    precious = [os.path.join(victim, f"f{i}") for i in range(100)]
+    racer = subprocess.Popen(["/usr/bin/python3", "-c", SWAPPER, scrubbed, victim], user=1000, group=1000)
+    try:
+        for path in precious:
+            with open(path, "w") as f:
+                f.write("not the scrub's\n")
+            os.chown(path, 1000, 1000)  # the same owner: only where it lies protects it
+        for _ in range(300):
+            idmap_mod.remove_owned({1000}, scrubbed)
+            gone = [p for p in precious if not os.path.exists(p)]
+            assert not gone, f"the scrub followed a link out of the scrubbed directory: {gone[:3]}"
+    finally:
+        racer.kill()
+        racer.wait()
+        shutil.rmtree(root)
