@@ -203,8 +203,16 @@ FILLED = """
 import time
 b = bytearray(b'x' * (64 << 20))  # an image larger than the disk it goes to
 open('/run/xos-work/filled', 'w').close()
+"""
+
+
+COUNTER_TAIL = """
+n = 0
 while True:
-    time.sleep(1)
+    n += 1
+    with open('/run/xos-work/count.log', 'a') as f:
+        f.write(f'{n}\\n')
+    time.sleep(0.05)
 """
 
 
@@ -216,7 +224,7 @@ def test_full_disk_during_checkpoint_loses_nothing(node: TestNode, grid: TestGri
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small], check=True)
     try:
         with node.client() as c:
-            ws = c.create("f1", uid=GUEST, gid=GUEST, memory="256M", main=[PY, "-c", FILLED])
+            ws = c.create("f1", uid=GUEST, gid=GUEST, memory="256M", main=[PY, "-c", FILLED + "time.sleep(600)\n"])
             wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "filled")), 20, "64 MiB to be filled")
             node.expect_warning("criu dump failed|checkpoint-failed")
             big = os.path.join(ws["directory"], "big")
@@ -258,3 +266,55 @@ def test_forged_image_from_a_peer_asking_for_root_is_refused(node: TestNode, gri
     with node.client() as c:
         assert "r2" not in [w["name"] for w in c.ls()]
     node_still_serves(node)
+
+
+def _criu_dump_pid() -> int | None:
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"criu") and b"dump" in argv[1:3]:
+            return int(p)
+    return None
+
+
+def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> None:
+    """CRIU killed in the middle of a dump: the checkpoint fails with a clear error, and the workload runs
+    on where it was, counting from where it was."""
+    import signal
+    import threading
+
+    from tests.kernel.test_checkpoint import lines
+
+    node.expect_warning("criu dump failed|criu-failed|checkpoint")
+    with node.client() as c:
+        ws = c.create("m1", uid=GUEST, gid=GUEST, memory="512M", main=[PY, "-c", FILLED + COUNTER_TAIL])
+        wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "filled")), 20, "64 MiB to be filled")
+        errors: list[BaseException] = []
+
+        def checkpoint() -> None:
+            try:
+                with node.client() as c2:
+                    c2.checkpoint("m1", os.path.join(node.home, "m1.img"))
+            except BaseException as e:  # the failure this test causes
+                errors.append(e)
+
+        t = threading.Thread(target=checkpoint)
+        t.start()
+        wait_for(lambda: _criu_dump_pid() is not None or not t.is_alive(), 30, "CRIU to start dumping")
+        pid = _criu_dump_pid()
+        assert pid is not None, "the dump ended before it could be killed"
+        os.kill(pid, signal.SIGKILL)
+        t.join(60)
+        assert errors and getattr(errors[0], "code", "") == "criu-failed", errors
+        d = c.stat("m1")
+        assert d["state"] == "running" and d["processes"] == 1, d
+        log = os.path.join(ws["directory"], "count.log")
+        n = len(lines(log))
+        wait_for(lambda: len(lines(log)) >= n + 3, 20, "the counter to go on")
+        nums = [int(x) for x in lines(log)]
+        assert nums == list(range(1, len(nums) + 1))
+        assert not os.path.exists(os.path.join(node.home, "m1.img"))
+        c.rm("m1")
