@@ -569,3 +569,9 @@ def test_output_larger_than_the_cap_is_cut_and_the_job_told(site):
             if f == str(job) or f.startswith(f"{job}.")]
     assert kept and max(os.path.getsize(p) for p in kept) == MAX_OUTPUT, kept
     assert s.run(s.jm.output(job)).startswith("first")
+    # Secrets at rest: outputs, images and the job store (credentials) are the job manager's alone.
+    home = os.path.join(base, "home")
+    private = [os.path.join(home, "aem", d) for d in ("output", "images")] + kept
+    private += [os.path.join(d, f) for d, _, fs in os.walk(home) for f in fs if ".db" in f]
+    for path in private:
+        assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
