@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 CRC = "user.xos.crc32"  # the CRC-32 of each BLOCK of the object, big-endian, one after the other
+FENCE = "user.xos.fence"  # on a file's directory: its truncate epoch and replica-list version, two big-endian u64
 BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
 MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
 HEARTBEAT = 1.0
@@ -320,6 +321,27 @@ class ObjectStore:
     def delete(self, fid: str) -> None:
         shutil.rmtree(self.dir(fid), ignore_errors=True)
 
+    def fences(self, fid: str) -> tuple[int, int]:
+        """A file's fencing state as last persisted: (truncate epoch, replica-list version); (0, 0) if none."""
+        try:
+            raw = os.getxattr(self.dir(fid), FENCE)
+        except OSError:
+            return 0, 0
+        epoch, xver = struct.unpack(">QQ", raw) if len(raw) == 16 else (0, 0)
+        return int(epoch), int(xver)
+
+    def set_fences(self, fid: str, epoch: int, xver: int) -> None:
+        """Persist a file's fencing state before it takes effect: an OSD restarted after it refuses what it
+        refused before (a write under a capability older than a truncate, or than the replica list)."""
+        d = self.dir(fid)
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.setxattr(fd, FENCE, struct.pack(">QQ", epoch, xver))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def fsync(self, fid: str) -> None:
         """Put a file's objects, and their names, on disk: one syncfs of the OSD's file system rather than an
         fsync per object, each of which was a journal commit (a 512 MiB file's 512 objects: 0.48 s)."""
@@ -351,8 +373,8 @@ class OSD:
         self.store = ObjectStore(cfg.dir)
         self.auth = Authenticator(cfg.trust, cfg.secret)
         self.caps = Verifier(cfg.secret)
-        self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file
-        self.xvers: dict[str, int] = {}  # replica-list version the MRC fenced each file at
+        self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file (persisted: store.fences)
+        self.xvers: dict[str, int] = {}  # replica-list version the MRC fenced each file at (persisted too)
         self.writing: dict[str, int] = {}  # writes in progress per file
         self.quiet = asyncio.Condition()  # notified when a file has no write in progress
         self.reads: dict[str, float] = {}  # files read since the last heartbeat
@@ -382,6 +404,8 @@ class OSD:
             raise CapabilityInvalid(f"capability was issued to {cap.client}, not {who.who}")
         if not cap.allows(write):
             raise CapabilityInvalid(f"capability allows {cap.mode!r}, not {'writing' if write else 'reading'}")
+        if write:
+            self._load_fences(fid)
         if write and cap.epoch < self.epochs.get(fid, 0):
             raise StaleCapability(f"file {fid} was truncated since this capability was issued: open it again")
         # A write the primary already took under an older list is passed on whatever the list is now:
@@ -389,6 +413,22 @@ class OSD:
         if write and cap.xver < self.xvers.get(fid, 0) and not forwarded:
             raise StaleCapability(f"the replicas of file {fid} changed since this capability was issued")
         return who, cap
+
+    def _load_fences(self, fid: str) -> None:
+        """What a previous run of this OSD persisted of the file's fencing, once per run."""
+        if fid not in self.epochs:
+            epoch, xver = self.store.fences(fid)
+            self.epochs[fid] = max(epoch, self.epochs.get(fid, 0))
+            self.xvers[fid] = max(xver, self.xvers.get(fid, 0))
+
+    def _fence(self, fid: str, epoch: int | None = None, xver: int | None = None) -> None:
+        """Raise the file's fencing state, persisted first."""
+        self._load_fences(fid)
+        new_epoch = max(epoch or 0, self.epochs[fid])
+        new_xver = max(xver or 0, self.xvers[fid])
+        if (new_epoch, new_xver) != (self.epochs[fid], self.xvers[fid]):
+            self.store.set_fences(fid, new_epoch, new_xver)
+            self.epochs[fid], self.xvers[fid] = new_epoch, new_xver
 
     async def put(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
@@ -469,10 +509,13 @@ class OSD:
 
     async def truncate(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
-        self._check(request, fid, write=True)
+        _who, cap = self._check(request, fid, write=True)
         body = await read_body(request)
-        size, stripe, epoch = int(body["size"]), int(body["stripe_size"]), int(body["epoch"])
-        self.epochs[fid] = max(epoch, self.epochs.get(fid, 0))
+        size, stripe = int(body["size"]), int(body["stripe_size"])
+        # The epoch a client's truncate fences others with is the one the MRC signed into its capability,
+        # never one it names itself (a huge one would refuse every other writer's capability for good).
+        epoch = cap.epoch if cap is not None else int(body["epoch"])
+        await asyncio.to_thread(self._fence, fid, epoch)
         await asyncio.to_thread(self.store.truncate, fid, size, stripe)
         return json_response({"size": size})
 
@@ -484,7 +527,7 @@ class OSD:
         if not who.service:
             raise CapabilityInvalid("only the MRC fences files")
         body = await read_body(request)
-        self.xvers[fid] = max(int(body["xver"]), self.xvers.get(fid, 0))
+        await asyncio.to_thread(self._fence, fid, None, int(body["xver"]))
         async with self.quiet:
             await self.quiet.wait_for(lambda: fid not in self.writing)
         return json_response({"xver": self.xvers[fid]})

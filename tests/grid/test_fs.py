@@ -1060,3 +1060,51 @@ def test_other_local_users_cannot_reach_a_mount_lent_no_one(mnt):
     as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "ls", mnt]
     p = subprocess.run(as_nobody, capture_output=True, text=True)
     assert p.returncode != 0 and "Permission denied" in p.stderr, p
+
+
+def _osd_post(url, path, token, cred, body, data=None):
+    req = urllib.request.Request(f"{url}{path}", data=data if data is not None else json.dumps(body).encode(),
+                                 method="PUT" if data is not None else "POST",
+                                 headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]["code"]
+
+
+def test_truncate_epochs_come_from_the_capability_and_survive_an_osd_restart(grid):
+    """Fencing: a client's truncate fences others with the epoch the MRC signed into its capability, not
+    one it names (a huge one refused every other writer for good); and an OSD killed and started again
+    still refuses a capability older than a truncate it took (the epochs lived in its memory only)."""
+    import signal
+
+    c = grid.client("data")
+    try:
+        with c.open("/fenced", "wb") as f:
+            f.write(os.urandom(300_000))
+        st = c.open_handle("/fenced")
+        primary = st.xloc.replicas[0].osds[0]
+        url = st.xloc.urls[primary]
+    finally:
+        c.close()
+    with open(grid.key, "rb") as f:
+        secret = f.read().strip()
+    cred = grid.credential("alice")
+    old = capability.sign(secret, Capability(st.fid, "rw", time.time() + 60, st.epoch, st.xloc.version,
+                                             "alice@vo-a"))
+    body = {"size": 300_000, "stripe_size": st.xloc.striping.size, "epoch": 10 ** 15}
+    assert _osd_post(url, f"/v1/o/{st.fid}/truncate", old, cred, body) == (200, "")
+    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"still mine") == (200, "")
+
+    mp = grid.mount(0, "data")
+    os.truncate(os.path.join(mp, "fenced"), 1000)  # through the MRC: a new epoch, told to every OSD
+    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
+    host = next(h for h in grid.osds if h.name == primary)
+    host.procs[0].stop(signal.SIGKILL)
+    host.procs.pop(0)
+    proc = grid.start_osd(grid.osds.index(host))
+    wait_for(lambda: grid._answers(proc, url), 20, "the OSD to answer again")
+    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
+    with open(os.path.join(mp, "fenced"), "rb") as f:
+        assert len(f.read()) == 1000
