@@ -17,7 +17,9 @@ class Database:
         _private(path)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a daemon crash; fsync at checkpoints
+        # What a daemon acknowledged survives a power failure: the WAL is fsynced at each commit (about
+        # 0.2 ms here; 4,900 commits/s against 73,000 with NORMAL, which survived a crash but not a power loss).
+        self.conn.execute("PRAGMA synchronous=FULL")
         if schema:
             self.conn.executescript(schema)
         # Columns added after a table was first made ({table: {column: declaration}}), for files an
