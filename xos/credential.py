@@ -22,6 +22,7 @@ MAX_TOKEN = 8192
 CLOCK_SKEW = 60  # seconds of clock difference tolerated between VO service and node
 VO_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+LABEL = re.compile(r"^[a-z_][a-z0-9_.-]{0,62}$")  # a role or group name: nothing a passwd line or a path could misread
 
 
 class CredentialError(XosError):
@@ -143,9 +144,24 @@ class Claims:
                 "iat": self.iat, "exp": self.exp, "jti": self.jti, "kid": self.kid}
 
 
+def check_claims(sub: Any, vo: Any, roles: Any, groups: Any) -> None:
+    """InvalidInput unless the subject, VO, roles and groups are names this grid can carry everywhere: no ':',
+    newline, '/', NUL or leading '-' that a passwd line, a path or a command line could misread."""
+    check_user_name(sub)
+    check_vo_name(vo)
+    for what, names in (("role", roles), ("group", groups)):
+        if not isinstance(names, (list, tuple)) or len(names) > 64:
+            raise InvalidInput(f"{what}s must be a list of at most 64 names")
+        for n in names:
+            if not isinstance(n, str) or not LABEL.match(n):
+                raise InvalidInput(f"bad {what} name {n!r}: use up to 63 of a-z, 0-9, '_', '-', '.', starting "
+                                   "with a letter or '_'", name=str(n))
+
+
 def issue(key: Ed25519PrivateKey, sub: str, vo: str, roles: list[str], groups: list[str], ttl: int,
           now: float | None = None) -> tuple[str, Claims]:
     """Sign a credential for `sub` in `vo` valid for `ttl` seconds; the token and its claims."""
+    check_claims(sub, vo, roles, groups)
     iat = int(now if now is not None else time.time())
     claims = Claims(sub=sub, vo=vo, roles=tuple(roles), groups=tuple(groups), iat=iat, exp=iat + ttl,
                     jti=secrets.token_hex(12), kid=key_id(key.public_key()))
@@ -292,6 +308,10 @@ def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = f
                         jti=str(data["jti"]), kid=str(header.get("kid", "")))
     except (TypeError, ValueError):
         raise CredentialMalformed("credential claims have the wrong types") from None
+    try:  # what a VO signed is still checked: its names reach passwd lines and paths here
+        check_claims(data["sub"], claimed_vo, data.get("roles", []), data.get("groups", []))
+    except InvalidInput as e:
+        raise CredentialMalformed(f"credential names something this node refuses: {e.message}") from None
     nbf = data.get("nbf", claims.iat)
     start = max(nbf if isinstance(nbf, int) else claims.iat, claims.iat)
     if t + CLOCK_SKEW < start:

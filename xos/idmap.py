@@ -128,6 +128,11 @@ class IdentityMap:
         for a, b in ((a, b) for a in pools.values() for b in pools.values() if a.vo < b.vo):
             if a.first <= b.last and b.first <= a.last:
                 raise InvalidInput(f"pools of {a.vo} and {b.vo} overlap")
+        groups = local_groups()
+        for pool in pools.values():  # a VO's group must never become a local one (sudo, adm, docker ...)
+            if pool.vo in groups or pool.first in groups.values():
+                raise InvalidInput(f"VO {pool.vo!r} cannot have a pool here: its group (name {pool.vo}, gid "
+                                   f"{pool.first}) would be the local group of that name or id", vo=pool.vo)
         self.scrub_pending()
 
     def _account(self, vo: str, user: str, uid: int) -> Account:
@@ -289,6 +294,20 @@ def local_accounts(path: str = "/etc/passwd") -> dict[str, pwd.struct_passwd]:
                 if len(parts) == 7 and parts[2].isdigit() and parts[3].isdigit():
                     out[parts[0]] = pwd.struct_passwd((parts[0], parts[1], int(parts[2]), int(parts[3]),
                                                        parts[4], parts[5], parts[6]))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def local_groups(path: str = "/etc/group") -> dict[str, int]:
+    """The machine's own groups (name -> gid), read from the file, never through NSS."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) == 4 and parts[2].isdigit():
+                    out[parts[0]] = int(parts[2])
     except FileNotFoundError:
         pass
     return out

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from xos import credential
 from xos.errors import XosError
-from xos.idmap import ACCOUNT, Account, IdentityMap
+from xos.idmap import ACCOUNT, Account, IdentityMap, local_accounts
 from xos.idproto import (
     HEAD,
     LEN,
@@ -155,6 +155,11 @@ class IdentityServer:
         claims = self.verify(token, m.group("vo"))
         if claims.sub != m.group("user"):
             raise credential.CredentialWrongVO(f"credential is for {claims.sub}.{claims.vo}, not {account}")
+        if account in local_accounts() and (claims.vo, claims.sub) not in self.idmap.static:
+            # A local account of that name (files come first in nsswitch): never entered with a credential.
+            log.warning("auth of %s refused: a local account has that name", account, extra={"vo": claims.vo})
+            return Status.NOTFOUND, [b"local-account", f"{account} is a local account of this node, not a grid "
+                                     "account".encode()]
         generation = self.idmap.generation
         acct = self.idmap.map(claims.vo, claims.sub)
         if self.idmap.generation != generation and self.on_change is not None:
