@@ -12,7 +12,9 @@ import logging
 import os
 import pwd
 import re
+import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 
@@ -297,6 +299,65 @@ def local_accounts(path: str = "/etc/passwd") -> dict[str, pwd.struct_passwd]:
     except FileNotFoundError:
         pass
     return out
+
+
+SKEL = "/etc/skel"
+
+
+def make_home(acct: Account, skel: str = SKEL) -> bool:
+    """Make the account's home if it is missing, as pam_mkhomedir does: 0700, the lease's, filled from
+    `skel` as the user (never following a link); whether it was made. Quarantine removes it again."""
+    base, name = os.path.split(acct.home)
+    os.makedirs(base, mode=0o755, exist_ok=True)
+    bfd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            os.mkdir(name, 0o700, dir_fd=bfd)
+        except FileExistsError:
+            return False
+        hfd = safepath.open_beneath(bfd, name, os.O_RDONLY | os.O_DIRECTORY, kinds=safepath.DIR)
+        try:
+            os.fchown(hfd, acct.uid, acct.gid)
+            try:
+                sfd = os.open(skel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return True  # no skeleton: an empty home
+            try:
+                with safepath.acting_as((acct.uid, acct.gid)):
+                    _fill_home(sfd, hfd)
+            finally:
+                os.close(sfd)
+        finally:
+            os.close(hfd)
+    finally:
+        os.close(bfd)
+    return True
+
+
+def _fill_home(sfd: int, dfd: int) -> None:
+    """The skeleton's files, directories and links into a new home, created as the user."""
+    for entry in os.listdir(sfd):
+        st = os.stat(entry, dir_fd=sfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(entry, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dfd)
+            sub_s = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+            sub_d = safepath.open_beneath(dfd, entry, os.O_RDONLY | os.O_DIRECTORY, kinds=safepath.DIR)
+            try:
+                _fill_home(sub_s, sub_d)
+            finally:
+                os.close(sub_s)
+                os.close(sub_d)
+        elif stat.S_ISREG(st.st_mode):
+            src = safepath.open_beneath(sfd, entry)
+            try:
+                dst = safepath.open_beneath(dfd, entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                            stat.S_IMODE(st.st_mode))
+                with open(dst, "wb") as out, open(src, "rb", closefd=False) as inp:
+                    shutil.copyfileobj(inp, out)
+            finally:
+                os.close(src)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(entry, dir_fd=sfd), entry, dir_fd=dfd)
 
 
 def local_groups(path: str = "/etc/group") -> dict[str, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from xos import credential
 from xos.errors import XosError
-from xos.idmap import ACCOUNT, Account, IdentityMap, local_accounts
+from xos.idmap import ACCOUNT, Account, IdentityMap, local_accounts, make_home
 from xos.idproto import (
     HEAD,
     LEN,
@@ -200,6 +200,9 @@ class IdentityServer:
 
     async def _session(self, account: str, pid: int) -> tuple[Status, list[bytes]]:
         login = self._login(account)
+        acct = self.idmap.lookup_name(account)
+        if acct is not None and not acct.static and make_home(acct):
+            log.info("made the home of %s", account, extra={"vo": acct.vo, "uid": acct.uid})
         if self.place is not None and pid > 0:
             await self.place(login.claims.vo, pid)
         return Status.OK, [login.token.encode()]

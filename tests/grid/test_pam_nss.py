@@ -11,6 +11,7 @@ import tempfile
 import pytest
 
 import pam as python_pam
+from tests.grid.conftest import POOL
 from xos import credential, install
 
 MODULE = install.built("pam_xos.so")
@@ -56,6 +57,9 @@ def test_login_account_session_keyring(site):
         assert python_pam.pam().authenticate("alice.bio", tok, service=svc)
     with node.client() as c:
         assert "vo-bio" in [w["name"] for w in c.ls()]  # the session was placed in its VO's workspace
+    home = os.path.join(node.home, "homes", "alice.bio")  # made at the session's opening, as pam_mkhomedir
+    st = os.stat(home)
+    assert st.st_mode & 0o777 == 0o700 and st.st_uid in range(POOL[0] + 1, POOL[1] + 1), (oct(st.st_mode), st.st_uid)
 
 
 def test_bad_credentials_and_revocation_fail_login(site, tmp_path):
