@@ -321,3 +321,38 @@ def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = f
     if claims.jti in revoked:
         raise CredentialRevoked(f"credential {claims.jti} was revoked", jti=claims.jti)
     return claims
+
+
+ROSTER_TTL = 3600  # seconds a signed member list is good for; nodes pull it far more often
+
+
+def sign_roster(key: Ed25519PrivateKey, vo: str, members: list[str], now: float | None = None) -> str:
+    """The VO's current members, signed with its key: what a node answers name lookups from before any lease."""
+    check_vo_name(vo)
+    iat = int(now if now is not None else time.time())
+    payload = {"typ": "roster", "vo": vo, "members": sorted(members), "iat": iat, "exp": iat + ROSTER_TTL}
+    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": key_id(key.public_key())})
+
+
+def verify_roster(token: str, trust: TrustStore, vo: str, now: float | None = None) -> tuple[list[str], int]:
+    """The members and issue time of a roster signed by `vo`'s trusted key; CredentialError otherwise.
+    Only `vo`'s own list is ever taken from it, whatever the answering service also hosts."""
+    header, payload = unverified(token)
+    if payload.get("typ") != "roster" or payload.get("vo") != vo:
+        raise CredentialMalformed(f"not a member list of VO {vo!r}")
+    key = trust.key(vo, header.get("kid") if isinstance(header.get("kid"), str) else None)
+    if key is None:
+        raise CredentialUnknownVO(f"VO {vo!r} is not trusted here", vo=vo)
+    try:
+        data = jwt.decode(token, key, algorithms=["EdDSA"], options={"require": ["exp", "iat"], "verify_exp": False})
+    except jwt.PyJWTError as e:
+        raise CredentialBadSignature(f"member list of VO {vo!r} is not signed by its key: {e}", vo=vo) from None
+    t = time.time() if now is None else now
+    if t - CLOCK_SKEW >= int(data["exp"]):
+        raise CredentialExpired(f"member list of VO {vo!r} expired at {time.ctime(int(data['exp']))}")
+    members = data.get("members")
+    if not isinstance(members, list) or len(members) > 100_000:
+        raise CredentialMalformed(f"member list of VO {vo!r} is not a list")
+    for m in members:
+        check_user_name(m)
+    return list(members), int(data["iat"])

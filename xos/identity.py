@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 NSS_GUARD = "_XOS_NSS_LOOPS"
 
 
+ROSTER_EVERY = 2.0  # seconds between pulls of each VO's signed member list
+
+
 class NodeIdentity:
     """Owns everything identity-related of one node daemon."""
 
@@ -40,6 +43,8 @@ class NodeIdentity:
         self._db: Database | None = None
         self._pullers: list[asyncio.Task[None]] = []
         self._serials: dict[str, int] = {}
+        self._members_seen: dict[str, object] = {}  # each VO service's member-change count, as last seen
+        self._roster_cue = asyncio.Event()  # set when a VO service says members changed
         self._cache_fds: dict[str, int] = {}
 
     async def start(self, node: NodeService) -> None:
@@ -71,6 +76,7 @@ class NodeIdentity:
         self.write_cache()
         await self.server.start(os.path.join(cfg.run, "idmap.sock"))
         self._pullers = [asyncio.create_task(self._follow(url)) for url in cfg.vo_urls]
+        self._pullers += [asyncio.create_task(self._follow_rosters(url)) for url in cfg.vo_urls]
         self._pullers.append(asyncio.create_task(self._expire_loop()))
 
     async def stop(self) -> None:
@@ -158,8 +164,10 @@ class NodeIdentity:
             self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?,?)", (jti, exp))
             scope, vo, user = r.get("scope"), str(r.get("vo")), str(r.get("user") or "")
             if scope == "vo":
+                self.idmap.drop_member(vo)
                 released.update(self.idmap.release(vo))
             elif scope == "member" and user:
+                self.idmap.drop_member(vo, user)
                 released.update(self.idmap.release(vo, user))
         self.revoked.update(fresh)
         if self.server is not None:
@@ -167,6 +175,52 @@ class NodeIdentity:
         self.write_cache()
         if released:
             await self._end_workspaces(released)
+
+    async def _follow_rosters(self, url: str) -> None:
+        """Pull the signed member list of every VO pooled here from one VO service, every ROSTER_EVERY
+        seconds. A list that does not verify, or a service away, leaves the last good list in force (it is
+        on disk), and that is said once; a member a new list no longer names is released as a revoked one
+        is, so its name stops resolving."""
+        from xos.errors import NotFound
+        from xos.vo import Client
+
+        assert self.idmap is not None and self.server is not None
+        down: set[str] = set()
+        while True:
+            try:
+                async with Client(base_url=url) as c:
+                    for vo in sorted(self.idmap.pools):
+                        try:
+                            members, issued = credential.verify_roster(await c.roster(vo), self.server.trust, vo)
+                        except NotFound:
+                            continue  # not a VO of that service
+                        except credential.CredentialUnknownVO:
+                            continue  # not trusted here (yet): its members are none of ours
+                        except credential.CredentialError as e:
+                            if vo not in down:
+                                log.warning("member list of %s from %s refused, keeping the last one: %s", vo, url,
+                                            e, extra={"vo": vo})
+                                down.add(vo)
+                            continue
+                        down.discard(vo)
+                        removed = self.idmap.roster(vo) - set(members)
+                        if self.idmap.set_roster(vo, members, issued):
+                            log.info("members of %s from %s: %d", vo, url, len(members), extra={"vo": vo})
+                        released = {u for user in removed for u in self.idmap.release(vo, user)}
+                        if released:
+                            self.write_cache()
+                            await self._end_workspaces(released)
+            except asyncio.CancelledError:
+                raise
+            except (XosError, OSError, ValueError) as e:
+                if url not in down:
+                    log.warning("member lists from %s unavailable, keeping the last ones: %s", url, e)
+                    down.add(url)
+            else:
+                down.discard(url)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._roster_cue.wait(), ROSTER_EVERY)
+            self._roster_cue.clear()
 
     async def _follow(self, url: str) -> None:
         """Long-poll one VO service's revocation list forever, with bounded backoff when it is away."""
@@ -178,6 +232,9 @@ class NodeIdentity:
                 async with Client(base_url=url) as c:
                     while True:
                         got = await c.revocations(self._serials.get(url, 0), wait=25)
+                        if got.get("members_changed") != self._members_seen.get(url):
+                            self._members_seen[url] = got.get("members_changed")
+                            self._roster_cue.set()  # a VO's members changed there: pull the rosters now
                         if got["revocations"]:
                             await self.apply(got["revocations"])
                             log.info("%d revocation(s) from %s", len(got["revocations"]), url)

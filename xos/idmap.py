@@ -108,6 +108,8 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE TABLE IF NOT EXISTS quarantine (uid INTEGER PRIMARY KEY, vo TEXT NOT NULL, until REAL NOT NULL,
     scrubbed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS roster (vo TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (vo, user));
+CREATE TABLE IF NOT EXISTS roster_at (vo TEXT PRIMARY KEY, iat REAL NOT NULL);
 """
 # A quarantined UID is never leased again before its scrub is recorded (scrubbed = 1), whatever `until` says.
 ADDED = {"quarantine": {"scrubbed": "INTEGER NOT NULL DEFAULT 1"}}  # rows of older files were scrubbed
@@ -200,6 +202,50 @@ class IdentityMap:
         row = self._db.execute("SELECT uid, expires FROM leases WHERE vo=? AND user=?", (vo, user)).fetchone()
         t = time.time() if now is None else now
         return self._account(vo, user, row[0]) if row and row[1] > t else None
+
+    def resolve(self, name: str, now: float | None = None) -> Account | None:
+        """The account called `name`: a current lease, or, for a current member of a VO pooled here (its
+        signed roster), a lease made now, so the name a program such as sshd resolves is the account its
+        session then runs as. Never a name a local account has."""
+        acct = self.lookup_name(name, now)
+        if acct is not None:
+            return acct
+        m = ACCOUNT.match(name)
+        if m is None or m.group("vo") not in self.pools or not self.is_member(m.group("vo"), m.group("user")):
+            return None
+        if name in local_accounts():
+            return None
+        return self.map(m.group("vo"), m.group("user"), now)
+
+    def roster(self, vo: str) -> set[str]:
+        """The members the VO's last roster taken here names."""
+        return {r[0] for r in self._db.execute("SELECT user FROM roster WHERE vo=?", (vo,))}
+
+    def is_member(self, vo: str, user: str) -> bool:
+        """Whether the VO's last roster taken here names `user`."""
+        return self._db.execute("SELECT 1 FROM roster WHERE vo=? AND user=?", (vo, user)).fetchone() is not None
+
+    def set_roster(self, vo: str, users: list[str], issued: float) -> bool:
+        """Take a VO's signed member list issued at `issued` (an older one than the last is ignored); changed?"""
+        with self._db.tx() as db:
+            row = db.execute("SELECT iat FROM roster_at WHERE vo=?", (vo,)).fetchone()
+            if row is not None and issued < row[0]:
+                return False
+            have = {r[0] for r in db.execute("SELECT user FROM roster WHERE vo=?", (vo,))}
+            db.execute("REPLACE INTO roster_at VALUES (?,?)", (vo, issued))
+            if have == set(users):
+                return False
+            db.execute("DELETE FROM roster WHERE vo=?", (vo,))
+            db.executemany("INSERT INTO roster VALUES (?,?)", [(vo, u) for u in set(users)])
+        return True
+
+    def drop_member(self, vo: str, user: str | None = None) -> None:
+        """A member (or every member) removed: the name stops resolving before the next roster comes."""
+        with self._db.tx() as db:
+            if user is None:
+                db.execute("DELETE FROM roster WHERE vo=?", (vo,))
+            else:
+                db.execute("DELETE FROM roster WHERE vo=? AND user=?", (vo, user))
 
     def lookup_uid(self, uid: int, now: float | None = None) -> Account | None:
         """The leased account with `uid`, if its lease is current."""

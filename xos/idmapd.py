@@ -125,7 +125,11 @@ class IdentityServer:
         if op == Op.ACCOUNT:
             return self._account(args[0])
         if op == Op.GETPWNAM:
-            return self._pw(self.idmap.lookup_name(args[0]))
+            generation = self.idmap.generation
+            acct = self.idmap.resolve(args[0])  # a member's first lookup leases its UID
+            if self.idmap.generation != generation and self.on_change is not None:
+                self.on_change()
+            return self._pw(acct)
         if op == Op.GETPWUID:
             return self._pw(self.idmap.lookup_uid(int(args[0])))
         if op == Op.PWENT:

@@ -47,6 +47,10 @@ class Client(rpc.HttpClient):
         """Revocations after `since`; with `wait`, a long poll that returns as soon as there is one."""
         return await self._call("GET", f"/v1/revocations?since={since}&wait={wait}", read_timeout=wait + 30)
 
+    async def roster(self, vo: str) -> str:
+        """The VO's members as a token signed with its key (credential.verify_roster reads it)."""
+        return str(await self._call("GET", f"/v1/vos/{vo}/roster"))
+
     async def public_key(self, vo: str) -> str:
         """The PEM key that signs the VO's credentials."""
         return await self._call("GET", f"/v1/vos/{vo}/key")

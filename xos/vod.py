@@ -77,6 +77,7 @@ class VOService:
         self.store = SQLiteVOStore(os.path.join(home, "vo.db"))
         self._changed = asyncio.Condition()
         self.closing = False
+        self.members_changed = 0  # bumped at every change of any VO's members: a followers' cue to pull rosters
 
     def _vo(self, name: str, active: bool = True) -> VO:
         vo = self.store.vo(credential.check_vo_name(name))
@@ -116,7 +117,14 @@ class VOService:
         self._vo(vo)
         if not self.store.remove_member(vo, user):
             raise NotAMember(f"{user!r} is not a member of VO {vo!r}", vo=vo, user=user)
+        await self.members_moved()
         return await self._revoke(None, vo, user, f"removed from VO {vo}", "member")
+
+    async def members_moved(self) -> None:
+        """Wake the nodes following us: a VO's members changed, and their rosters are to be pulled now."""
+        self.members_changed += 1
+        async with self._changed:
+            self._changed.notify_all()
 
     def issue(self, vo: str, user: str, ttl: Any = None) -> dict[str, Any]:
         """Sign a credential for a member."""
@@ -168,13 +176,21 @@ class VOService:
 
     async def revocations(self, since: int, wait: float) -> dict[str, Any]:
         """Revocations after serial `since`; with `wait`, hold the request until there are some (long poll)."""
+        moved = self.members_changed
         if wait > 0 and self.store.last_serial() <= since:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.closing or self.store.last_serial() > since), wait)
+                    await asyncio.wait_for(self._changed.wait_for(
+                        lambda: self.closing or self.store.last_serial() > since or self.members_changed != moved),
+                        wait)
         revs = self.store.revocations(since)
-        return {"serial": max([since, *[r.serial for r in revs]]), "revocations": [r.to_json() for r in revs]}
+        return {"serial": max([since, *[r.serial for r in revs]]), "revocations": [r.to_json() for r in revs],
+                "members_changed": self.members_changed}
+
+    def roster(self, vo: str) -> str:
+        """The VO's current members, signed (nodes resolve their names before any lease)."""
+        self._vo(vo)
+        return credential.sign_roster(self.key, vo, [m.user for m in self.store.members(vo)])
 
     def public_key(self, vo: str) -> str:
         """The PEM public key that signs `vo`'s credentials."""
@@ -202,6 +218,7 @@ async def _ls(request: web.Request) -> web.Response:
 async def _add(request: web.Request) -> web.Response:
     b = await rpc.read_body(request)
     m = _svc(request).add(request.match_info["vo"], rpc.field(b, "user", str), b.get("roles"), b.get("groups"))
+    await _svc(request).members_moved()
     return rpc.json_response(asdict(m), status=201)
 
 
@@ -235,13 +252,18 @@ async def _revocations(request: web.Request) -> web.Response:
     return rpc.json_response(await _svc(request).revocations(since, wait))
 
 
+async def _roster(request: web.Request) -> web.Response:
+    return web.Response(text=_svc(request).roster(request.match_info["vo"]), content_type="application/jwt")
+
+
 async def _key(request: web.Request) -> web.Response:
     return web.Response(text=_svc(request).public_key(request.match_info["vo"]), content_type="application/x-pem-file")
 
 
 def public_routes() -> list[web.RouteDef]:
     """What nodes may ask anyone: the revocation list and the VO keys."""
-    return [web.get("/v1/revocations", _revocations), web.get("/v1/vos/{vo}/key", _key)]
+    return [web.get("/v1/revocations", _revocations), web.get("/v1/vos/{vo}/key", _key),
+            web.get("/v1/vos/{vo}/roster", _roster)]
 
 
 def make_app(svc: VOService, management: bool) -> web.Application:

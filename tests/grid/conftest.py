@@ -17,7 +17,7 @@ def site():
     """A node with a pool for VO bio that follows a VO service over the test grid's bridge."""
     with TestGrid(1, ["--pool", f"bio={POOL[0]}-{POOL[1]}", "--vo-url", f"http://198.18.0.1:{PORT}"]) as grid:
         node = grid.nodes[0]
-        node.expect_warning("revocations from .* unavailable")  # until the VO service below is up
+        node.expect_warning("(revocations|member lists) from .* unavailable")  # until the VO service is up
         with TestVOService(listen=f"198.18.0.1:{PORT}") as vo:
             assert vo.cli("vo", "create", "bio")[0] == 0
             key = os.path.join(vo.home, "vo", "signing.key.pub")

@@ -13,6 +13,7 @@ import pytest
 import pam as python_pam
 from tests.grid.conftest import POOL
 from xos import credential, install
+from xos.testing import wait_for
 
 MODULE = install.built("pam_xos.so")
 
@@ -157,3 +158,125 @@ def test_install_is_idempotent(site):
         assert node.cli("node", "uninstall")[0] == 0
         assert node.cli("node", "uninstall")[0] == 0
     assert open("/etc/nsswitch.conf").read() == before
+
+
+def test_members_resolve_before_any_lease_and_stop_when_removed(installed):
+    """Names before leases: a member who never logged in resolves (sshd looks the name up before PAM runs),
+    through the VO's signed member list; the lookup binds the UID the session will run as; a removed
+    member stops resolving within seconds; a non-member never resolves."""
+    node, vo = installed
+    assert vo.cli("vo", "add", "bio", "carol")[0] == 0
+    wait_for(lambda: run(node, "getent", "passwd", "carol.bio").returncode == 0, 10, "carol.bio to resolve")
+    uid = run(node, "getent", "passwd", "carol.bio").stdout.split(":")[2]
+    assert run(node, "getent", "passwd", uid).stdout.split(":")[0] == "carol.bio"  # bound at the lookup
+    assert vo.cli("vo", "add", "bio", "dave")[0] == 0
+    wait_for(lambda: run(node, "getent", "passwd", "dave.bio").returncode == 0, 10, "dave.bio to resolve")
+    assert run(node, "getent", "passwd", "dave.bio").stdout.split(":")[2] != uid  # never one UID for two
+    tok = issue(vo, "carol")
+    with pam_service(node) as svc:  # the session runs as the UID the lookup bound
+        assert pamtester(svc, "carol.bio", "authenticate", secret=tok).returncode == 0
+    assert run(node, "getent", "passwd", "carol.bio").stdout.split(":")[2] == uid
+    assert run(node, "getent", "passwd", "mallory.bio").returncode == 2  # not a member
+    assert vo.cli("vo", "remove", "bio", "dave")[0] == 0
+    wait_for(lambda: run(node, "getent", "passwd", "dave.bio").returncode == 2, 10, "dave.bio to stop resolving")
+
+
+NSS_FILES = ("idmap.sock", "nss.passwd", "nss.group")  # what the NSS module reads in its run directory
+
+
+@contextlib.contextmanager
+def sshd(node, port: int = 2222):
+    """A real OpenSSH sshd on 127.0.0.1:`port` whose PAM service (named after the program, as sshd names
+    it) is pam_xos, and the node's identity socket and NSS caches at the default run directory, where a
+    session's programs (id, ls) look for them."""
+    taken = [n for n in NSS_FILES if os.path.lexists(os.path.join("/run/xos", n))]
+    assert not taken, f"/run/xos holds {taken}: a node runs on this machine; the ssh test needs the default path"
+    base = tempfile.mkdtemp(prefix="xos-sshd-")
+    name = f"sshd-xos-{node.tag}"
+    prog = os.path.join(base, name)
+    made_privsep = not os.path.exists("/run/sshd")
+    linked: list[str] = []
+    proc = None
+    log = open(os.path.join(base, "sshd.log"), "w+")
+    try:
+        os.symlink("/usr/sbin/sshd", prog)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(base, "host")], check=True)
+        with open(os.path.join(base, "sshd_config"), "w") as f:
+            f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base}/host\nPidFile none\nUsePAM yes\n"
+                    "KbdInteractiveAuthentication yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n"
+                    "PermitRootLogin no\nLogLevel VERBOSE\n")
+        sock = os.path.join(node.run, "idmap.sock")
+        with open(f"/etc/pam.d/{name}", "w") as f:
+            for kind in ("auth", "account", "session"):
+                f.write(f"{kind} required {MODULE} socket={sock}\n")
+        os.makedirs("/run/xos", mode=0o755, exist_ok=True)
+        for n in NSS_FILES:
+            os.symlink(os.path.join(node.run, n), os.path.join("/run/xos", n))
+            linked.append(os.path.join("/run/xos", n))
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        proc = subprocess.Popen([prog, "-D", "-e", "-f", os.path.join(base, "sshd_config")], stdout=log,
+                                stderr=log, env={**os.environ, "XOS_RUN": node.run})
+        wait_for(lambda: subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True,
+                                        text=True).stdout.count("LISTEN") > 0, 10, "sshd to listen")
+        yield port, log
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        log.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/etc/pam.d/{name}")
+        for path in linked:
+            os.unlink(path)
+        if made_privsep:
+            os.rmdir("/run/sshd")
+        subprocess.run(["rm", "-rf", base], check=True)
+
+
+def ssh(port: int, user: str, secret: str, command: str, method: str = "keyboard-interactive"):
+    """ssh with `secret` as the password, given by an askpass program (no terminal)."""
+    with tempfile.NamedTemporaryFile("w", dir="/tmp", suffix=".sh", delete=False) as f:
+        f.write(f"#!/bin/sh\nprintf '%s\\n' '{secret}'\n")
+    os.chmod(f.name, 0o700)
+    try:
+        return subprocess.run(
+            ["ssh", "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", f"PreferredAuthentications={method}", "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
+             f"{user}@127.0.0.1", command],
+            env={**os.environ, "SSH_ASKPASS": f.name, "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"},
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, start_new_session=True)
+    finally:
+        os.unlink(f.name)
+
+
+def test_first_ssh_login_of_a_member(installed):
+    """A member who never logged in logs in over ssh with the credential as the password (both methods):
+    `id` shows the mapped names, the home exists and is the cwd, the credential is in the session
+    keyring, the shell is in the VO's workspace; a second member gets another UID; a garbage credential,
+    a non-member, a revoked credential and a removed member are refused."""
+    node, vo = installed
+    node.expect_warning("refused")  # the garbage, the others' and the revoked credentials below
+    tok = issue(vo, "alice")
+    bob = issue(vo, "bob")
+    for user in ("alice.bio", "bob.bio"):  # the VO service's word reaches the node at once; the pull is its net
+        wait_for(lambda u=user: run(node, "getent", "passwd", u).returncode == 0, 5, f"{user} to resolve")
+    with sshd(node) as (port, log):
+        for method in ("keyboard-interactive", "password"):
+            p = ssh(port, "alice.bio", tok, "id; pwd; keyctl pipe %user:xos:credential; echo; cat /proc/self/cgroup",
+                    method)
+            assert p.returncode == 0, (p.stderr, open(log.name).read()[-2000:])
+            out = p.stdout.splitlines()
+            assert "(alice.bio)" in out[0] and "gid=30000(bio)" in out[0], out
+            assert out[1] == os.path.join(node.home, "homes", "alice.bio")
+            assert out[2] == tok
+            assert any(node.cgroup_root in line for line in out[3:]), out  # placed in its VO's workspace
+        uid_a = ssh(port, "alice.bio", tok, "id -u").stdout.strip()
+        uid_b = ssh(port, "bob.bio", bob, "id -u").stdout.strip()
+        assert uid_a and uid_b and uid_a != uid_b
+        assert ssh(port, "alice.bio", "garbage", "true").returncode != 0
+        assert ssh(port, "alice.bio", bob, "true").returncode != 0  # someone else's credential
+        assert ssh(port, "mallory.bio", tok, "true").returncode != 0  # not a member
+        assert vo.cli("vo", "revoke", "bio", "alice")[0] == 0
+        wait_for(lambda: ssh(port, "alice.bio", tok, "true").returncode != 0, 5, "the revocation to be refused")
+        assert vo.cli("vo", "remove", "bio", "bob")[0] == 0
+        wait_for(lambda: ssh(port, "bob.bio", bob, "true").returncode != 0, 5, "the removed member to be refused")
