@@ -356,3 +356,48 @@ def verify_roster(token: str, trust: TrustStore, vo: str, now: float | None = No
     for m in members:
         check_user_name(m)
     return list(members), int(data["iat"])
+
+
+def sign_feed(key: Ed25519PrivateKey, since: int, revocations: list[dict[str, Any]],
+              now: float | None = None) -> str:
+    """A VO service's revocations after serial `since`, signed with the key of the VOs it serves."""
+    iat = int(now if now is not None else time.time())
+    payload = {"typ": "revocations", "since": since, "revocations": revocations, "iat": iat, "exp": iat + 300}
+    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": key_id(key.public_key())})
+
+
+def verify_feed(token: Any, trust: TrustStore, since: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The revocations of a signed feed that answer `since` and are signed by the trusted key of the VO each
+    one names (a feed can never touch another VO's members); and why any were left out."""
+    if not isinstance(token, str):
+        raise CredentialMalformed("the revocation feed is not signed")
+    header, payload = unverified(token)
+    if payload.get("typ") != "revocations" or payload.get("since") != since:
+        raise CredentialMalformed(f"the revocation feed does not answer serial {since}")
+    entries = payload.get("revocations")
+    if not isinstance(entries, list) or len(entries) > 100_000:
+        raise CredentialMalformed("the revocation feed holds no list")
+    kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+    good: dict[str, bool] = {}
+    taken, refused = [], []
+    for r in entries:
+        vo = r.get("vo") if isinstance(r, dict) else None
+        if not isinstance(vo, str) or not VO_NAME.match(vo):
+            refused.append(f"an entry names no VO: {str(r)[:80]}")
+            continue
+        if vo not in good:
+            key = trust.key(vo, kid)
+            try:
+                good[vo] = key is not None and bool(jwt.decode(token, key, algorithms=["EdDSA"],
+                                                               options={"require": ["exp", "iat"]}))
+            except jwt.PyJWTError:
+                good[vo] = False
+        if not good[vo]:
+            refused.append(f"revocations for VO {vo} are not signed by its trusted key")
+            continue
+        serial = r.get("serial")
+        if not isinstance(serial, int) or not since < serial < since + 1_000_000_000:
+            refused.append(f"a revocation for VO {vo} has serial {serial!r} after {since}")
+            continue
+        taken.append(r)
+    return taken, sorted(set(refused))

@@ -227,18 +227,26 @@ class NodeIdentity:
         from xos.vo import Client
 
         delay = 0.5
+        said: set[str] = set()
         while True:
             try:
                 async with Client(base_url=url) as c:
                     while True:
-                        got = await c.revocations(self._serials.get(url, 0), wait=25)
+                        since = self._serials.get(url, 0)
+                        got = await c.revocations(since, wait=25)
                         if got.get("members_changed") != self._members_seen.get(url):
                             self._members_seen[url] = got.get("members_changed")
                             self._roster_cue.set()  # a VO's members changed there: pull the rosters now
-                        if got["revocations"]:
-                            await self.apply(got["revocations"])
-                            log.info("%d revocation(s) from %s", len(got["revocations"]), url)
-                        self._serials[url] = int(got["serial"])
+                        assert self.server is not None
+                        # Only what each VO's own key signed, for that VO; the serial is ours to work out.
+                        taken, refused = credential.verify_feed(got.get("signed"), self.server.trust, since)
+                        for why in set(refused) - said:  # each reason once, not at every poll
+                            log.warning("revocation feed of %s: %s; left out", url, why)
+                        said.update(refused)
+                        if taken:
+                            await self.apply(taken)
+                            log.info("%d revocation(s) from %s", len(taken), url)
+                        self._serials[url] = max([since, *[int(r["serial"]) for r in taken]])
                         assert self._db is not None
                         self._db.execute("REPLACE INTO serials VALUES (?,?)", (url, self._serials[url]))
                         delay = 0.5

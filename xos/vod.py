@@ -183,9 +183,10 @@ class VOService:
                     await asyncio.wait_for(self._changed.wait_for(
                         lambda: self.closing or self.store.last_serial() > since or self.members_changed != moved),
                         wait)
-        revs = self.store.revocations(since)
-        return {"serial": max([since, *[r.serial for r in revs]]), "revocations": [r.to_json() for r in revs],
-                "members_changed": self.members_changed}
+        revs = [r.to_json() for r in self.store.revocations(since)]
+        return {"serial": max([since, *[int(r["serial"]) for r in revs]]), "revocations": revs,
+                "members_changed": self.members_changed,
+                "signed": credential.sign_feed(self.key, since, revs)}
 
     def roster(self, vo: str) -> str:
         """The VO's current members, signed (nodes resolve their names before any lease)."""

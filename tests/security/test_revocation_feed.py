@@ -1,0 +1,86 @@
+"""Revocation that is authentic: the feed a node follows is signed by the VO it concerns and only ever
+affects that VO; a forged answer (scope "vo", a huge serial) changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from xos import credential
+from xos.testing import GRID_NET, TestGrid, wait_for
+
+POOL = "bio=32000-32099"
+
+
+class ForgedFeed(BaseHTTPRequestHandler):
+    """A 'VO service' answering every poll with a revocation of the whole VO bio, signed by its own key."""
+
+    key = credential.new_key(os.path.join(tempfile.mkdtemp(prefix="xos-forger-"), "forger.key"))
+    sinces: list[int] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        url = urllib.parse.urlsplit(self.path)
+        if url.path != "/v1/revocations":
+            self._answer(404, {"error": {"code": "not-found", "message": "no such VO here"}})
+            return
+        since = int(urllib.parse.parse_qs(url.query).get("since", ["0"])[0])
+        self.sinces.append(since)
+        now = time.time()
+        revs = [{"serial": 10 ** 12, "jti": "forged", "vo": "bio", "user": "", "exp": int(now) + 3600, "at": now,
+                 "reason": "forged", "scope": "vo"}]
+        time.sleep(0.05)
+        self._answer(200, {"serial": 10 ** 12, "revocations": revs, "members_changed": 0,
+                           "signed": credential.sign_feed(self.key, since, revs)})
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_forged_feed_revokes_nothing(tmp_path: object) -> None:
+    """The revocation feed: an answer not signed by VO bio's key, naming scope 'vo' for bio and a huge
+    serial, neither ends bio's workspaces and leases nor silences later revocations."""
+    server = ThreadingHTTPServer(("0.0.0.0", 0), ForgedFeed)  # the bridge and its address come with the grid
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://{GRID_NET}.1:{server.server_address[1]}"
+    key = credential.new_key(os.path.join(str(tmp_path), "bio.key"))
+    try:
+        with TestGrid(1, ["--pool", POOL, "--vo-url", url]) as grid:
+            node = grid.nodes[0]
+            node.expect_warning("revocation feed of .* left out")
+            assert node.cli("node", "trust", "bio", os.path.join(str(tmp_path), "bio.key.pub"))[0] == 0
+            token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
+            with node.client() as c:
+                made: list[dict[str, object]] = []
+
+                def create() -> bool:  # the node re-reads a VO's key at most once a second
+                    try:
+                        made.append(c.create("mine", credential=token))
+                    except credential.CredentialUnknownVO:
+                        return False
+                    return True
+
+                wait_for(create, 5, "the node to trust VO bio")
+                ws = made[0]
+                n = len(ForgedFeed.sinces)
+                wait_for(lambda: len(ForgedFeed.sinces) >= n + 3, 20, "the node to take the forged feed in")
+                assert [w["name"] for w in c.ls()] == ["mine"] and c.stat("mine")["uid"] == ws["uid"]
+                assert set(ForgedFeed.sinces) == {0}  # the huge serial was not taken either
+                c.rm("mine")
+            bad = node.unexpected_warnings()
+            assert not bad, bad
+    finally:
+        server.shutdown()
+        server.server_close()
