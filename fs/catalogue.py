@@ -740,6 +740,7 @@ class Catalogue:
 
     def listxattr(self, volume: str, path: str, c: Caller) -> list[str]:
         node = self.resolve(volume, path, c)
+        _may(node, c, R)  # the names are the file's content as much as the values are
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (node.ino,))]
 
     def removexattr(self, volume: str, path: str, name: str, c: Caller) -> None:

@@ -436,7 +436,7 @@ class Client:
         with st.renew_lock:
             if st.cap != used:
                 return  # another thread renewed it meanwhile
-            r = self.op("renew", ino=st.ino, write=st.write)
+            r = self.op("renew", ino=st.ino, write=st.write, cap=used)  # the capability held: proof it was opened
             if r.get("xloc"):
                 st.xloc = Xloc.from_json(r["xloc"])
             st.cap, st.epoch = r["cap"], r["epoch"]

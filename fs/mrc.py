@@ -131,8 +131,9 @@ class MRC:
     async def delete_volume(self, request: web.Request) -> web.Response:
         ident = self.auth.request(request)
         vol = self.cat.volume(request.match_info["volume"])
-        if vol.vo != ident.vo:
-            raise NotPermitted(f"only members of VO {vol.vo} may remove volume {vol.name}")
+        owner = self.cat.inode(vol.root).owner
+        if vol.vo != ident.vo or (ident.who != owner and not {"owner", "admin"} & set(ident.roles)):
+            raise NotPermitted(f"only {owner} or an admin of VO {vol.vo} may remove volume {vol.name}")
         self.cat.delete_volume(vol.name)
         self.replicas.wake()
         return json_response({})
@@ -285,6 +286,11 @@ class MRC:
         node = self.cat.inode(field(b, "ino", int))
         if self.cat.volume_of(node.ino).name != v:
             raise InvalidInput("that inode is in another volume", field="ino")
+        # Only for a file this caller was given a capability for (expired or not): an inode number alone,
+        # guessed or seen, must not reach a file inside a directory the caller may not search.
+        held = capability.verify(self.cfg.secret, field(b, "cap", str), now=0.0)
+        if held.fid != node.fid or held.client != c.who:
+            raise CapabilityInvalid("renew a capability this client holds for this file")
         write = field(b, "write", bool, False)
         self.cat.may_open(node, c, write)
         return await self._opened(node, c, write)

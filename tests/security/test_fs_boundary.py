@@ -1,0 +1,83 @@
+"""The grid file system's smaller holes on the member/member line: renewing a capability by a guessed
+inode number, listing the attributes of a file one may not read, removing someone else's volume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from xos.errors import XosError
+from xos.testing.fsgrid import FsGrid
+
+
+@pytest.fixture(scope="module")
+def grid():
+    with FsGrid(osds=1, clients=0) as g:
+        g.mkvol("shared")
+        yield g
+
+
+def _private_file(grid: FsGrid) -> Any:
+    """alice's 0644 file inside her 0700 directory, with an attribute; its handle (inode number)."""
+    a: Any = grid.client("shared", "alice")
+    try:
+        a.mkdir("/alice", 0o700)
+        with a.open("/alice/notes", "wb") as f:
+            f.write(b"alice's own")
+        a.setxattr("/alice/notes", "user.topic", b"secret plans")
+        return a.open_handle("/alice/notes")
+    finally:
+        a.close()
+
+
+def test_renew_by_inode_number_needs_a_capability_held(grid: FsGrid) -> None:
+    """op_renew by inode: a member renewing another member's inode number inside a 0700 directory got a
+    capability to read it (the ancestors' search permission was never checked)."""
+    st = _private_file(grid)
+    b: Any = grid.client("shared", "bob")
+    try:
+        with pytest.raises(XosError) as e:
+            b.op("renew", ino=st.ino, write=False, cap="")
+        assert e.value.code in ("capability-invalid", "invalid-input"), e.value
+        with pytest.raises(XosError) as e:
+            b.op("renew", ino=st.ino, write=False, cap=st.cap)  # alice's capability is not bob's
+        assert e.value.code == "capability-invalid"
+    finally:
+        b.close()
+
+
+def test_listxattr_needs_read_permission(grid: FsGrid) -> None:
+    """listxattr: attribute names of a file are refused to who may not read it."""
+    a: Any = grid.client("shared", "alice")
+    try:
+        with a.open("/mine", "wb") as f:
+            f.write(b"x")
+        a.setxattr("/mine", "user.topic", b"secret plans")
+        a.setattr("/mine", mode=0o600)
+    finally:
+        a.close()
+    b: Any = grid.client("shared", "bob")
+    try:
+        with pytest.raises(XosError) as e:
+            b.listxattr("/mine")
+        assert e.value.code == "access-denied"
+    finally:
+        b.close()
+
+
+def test_only_its_owner_or_a_vo_admin_removes_a_volume(grid: FsGrid) -> None:
+    """Deleting a volume is for its owner or the VO's admin: any member of the VO could."""
+    grid.mkvol("alices", user="alice")
+    b: Any = grid.client("alices", "bob")
+    try:
+        with pytest.raises(XosError) as e:
+            b._json("DELETE", f"{grid.mrc_url}/v1/volumes/alices")
+        assert e.value.code == "not-permitted"
+    finally:
+        b.close()
+    admin: Any = grid.client("alices", "carol", roles=("member", "admin"))
+    try:
+        admin._json("DELETE", f"{grid.mrc_url}/v1/volumes/alices")
+    finally:
+        admin.close()
