@@ -554,7 +554,7 @@ class OSD:
                 "free": st.f_bavail * st.f_frsize, "load": float(self.busy + _osd.xo_busy())}
 
     async def info(self, request: web.Request) -> web.Response:
-        return json_response({**self.status(), "native_reads": int(_osd.xo_served())})
+        return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "http": httpd.stats()})
 
     async def heartbeat(self) -> None:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""

@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any], Awaitable["web.StreamResponse | Sent"]]
 MAX_HEAD = 64 << 10
 HEAD_BUFFER = 64 << 10  # where heads arrive; bodies that fit come with them
+BODY_FIRST = 256 << 10  # a body's buffer starts at most this large, then doubles as its bytes come ...
+BODY_STEP = 2 << 20  # ... by at most this at a time: never to a declared length at once
+BODY_BUDGET = 128 << 20  # bytes of bodies all connections may hold; past it, they are read from as it frees
+PIPELINE = 8  # requests a connection may have waiting for answers before it is read from again
+STALLED = 30.0  # seconds a request may stay half received without a byte coming
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
            413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -250,7 +255,8 @@ class Connection(asyncio.BufferedProtocol):
         self.have = 0  # bytes of buf received and not yet consumed
         self.body: bytearray | None = None  # a body being received in place, and how much of it came
         self.got = 0
-        self.queue: asyncio.Queue[tuple[Request, bool] | None] = asyncio.Queue()
+        # Requests read and not yet answered, each with the bytes of the body budget it holds until then.
+        self.queue: asyncio.Queue[tuple[Request, bool, int] | None] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
         self.writable = asyncio.Event()
         self.writable.set()
@@ -258,8 +264,15 @@ class Connection(asyncio.BufferedProtocol):
         self.closing = False
         # The head of the request being received: (method, target, version, headers, body start, length).
         self._head: tuple[str, str, str, CIMultiDict[str], int, int] | None = None
+        self.length = 0  # the declared length of the body being received in place
+        self.held = 0  # bytes of the budget this connection's body buffer holds
+        self.paused = False
+        self.grow_by = 0  # bytes the body's buffer is to grow by before the next read (reserved already)
+        self.stall: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        global _open
+        _open += 1
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio.Transport's subclass
         self.worker = asyncio.ensure_future(self._serve())
         view, self.prefix = memoryview(self.prefix), b""
@@ -271,10 +284,83 @@ class Connection(asyncio.BufferedProtocol):
             view = view[k:]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        global _open
+        _open -= 1
         self.closing = True
         self.writable.set()
+        self._release()
+        if self.stall is not None:
+            self.stall.cancel()
         if self.worker is not None:
             self.worker.cancel()
+
+    # -- what connections may hold: bodies grow as bytes come, under one budget, and stalls end --------
+
+    def _take(self, n: int) -> bool:
+        """Grow this connection's share of the body budget by `n`; False if that would overspend it."""
+        global _held
+        if _held + n > BODY_BUDGET:
+            return False
+        _held += n
+        self.held += n
+        return True
+
+    def _grow(self) -> None:
+        """Room for more of the body being received: a step more if the budget allows, else stop reading
+        this connection until another gives some back."""
+        assert self.body is not None
+        step = min(BODY_STEP, max(BODY_FIRST, len(self.body)), self.length - len(self.body))
+        if self._take(step):
+            self.grow_by = step  # made at the next get_buffer: the transport may still hold a view of it now
+            self._resume()
+        else:
+            self._pause()
+            if self not in _waiting:
+                _waiting.append(self)
+
+    def _release(self) -> None:
+        """Give back the budget of the body being received, and of requests read and never answered."""
+        held, self.held = self.held, 0
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            if item is not None:
+                held += item[2]
+        _give_back(held)
+
+    @staticmethod
+    def _wake() -> None:
+        """Let connections waiting for the body budget read again, as far as it goes."""
+        for other in list(_waiting):  # once round: one that still finds no room goes to the back again
+            if _held >= BODY_BUDGET:
+                break
+            _waiting.remove(other)
+            if other.body is not None and not other.closing:
+                other._grow()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closing:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _watch(self) -> None:
+        """(Re)start the stall timer while a request is half received; stop it when none is."""
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+        if not self.closing and (self.body is not None or self._head is not None or self.have):
+            self.stall = asyncio.get_running_loop().call_later(STALLED, self._stalled)
+
+    def _stalled(self) -> None:
+        log.info("closing a connection whose request stalled half received for %.0fs", STALLED)
+        self.closing = True
+        self._release()
+        if self.transport is not None:
+            self.transport.close()
 
     async def drained(self) -> None:
         """Wait until everything written to the transport has gone to the kernel."""
@@ -296,7 +382,10 @@ class Connection(asyncio.BufferedProtocol):
         self.writable.set()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.body is not None:
+        if self.body is not None:  # never full here: a full one is grown or paused (_grow) before the next read
+            if self.grow_by:
+                self.body.extend(bytes(self.grow_by))
+                self.grow_by = 0
             return memoryview(self.body)[self.got:]
         if len(self.buf) - self.have < 4096:
             self.buf.extend(bytes(len(self.buf)))
@@ -307,13 +396,18 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self.body is not None:
             self.got += nbytes
-            if self.got < len(self.body):
+            if self.got < self.length:
+                if self.got == len(self.body):
+                    self._grow()
+                self._watch()
                 return
             body, self.body = self.body, None
-            self._request(body)
+            held, self.held = self.held, 0
+            self._request(body, held)  # its budget goes back once it is answered
         else:
             self.have += nbytes
         self._consume()
+        self._watch()
 
     def _consume(self) -> None:
         """Parse what the head buffer holds into requests, as far as it goes."""
@@ -347,10 +441,12 @@ class Connection(asyncio.BufferedProtocol):
             if self.have - start < length:
                 if len(self.buf) >= start + length:
                     return  # the body will fit where it is
-                body = bytearray(length)  # the rest of it is received in place
+                # The rest is received in place, into a buffer that grows as it comes: a declared length is
+                # only a promise, and 200 connections promising 17 MB each must not cost 3.4 GB at once.
                 self.got = self.have - start
-                body[:self.got] = self.buf[start:self.have]
-                self.body, self.have = body, 0
+                self.body = bytearray(self.buf[start:self.have])
+                self.have, self.length = 0, length
+                self._grow()  # a first step, or wait for room
                 return
             done = start + length
             payload = bytes(self.buf[start:done])
@@ -359,18 +455,20 @@ class Connection(asyncio.BufferedProtocol):
             self.have = rest
             if len(self.buf) > 4 * HEAD_BUFFER and rest < HEAD_BUFFER:
                 del self.buf[HEAD_BUFFER:]  # a long head or pipelined burst made it grow
-            self._request(payload)
+            self._request(payload, 0)
 
-    def _request(self, body: bytes | bytearray) -> None:
+    def _request(self, body: bytes | bytearray, held: int) -> None:
         assert self._head is not None
         method, target, version, headers, _, _ = self._head
         self._head = None
         path, _, query = target.partition("?")
         conn = headers.get("Connection", "").lower()
         close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
-        self.queue.put_nowait((Request(method, unquote(path), query, headers, body, self, close), close))
+        self.queue.put_nowait((Request(method, unquote(path), query, headers, body, self, close), close, held))
         if close:
             self.closing = True
+        elif self.queue.qsize() >= PIPELINE:
+            self._pause()  # pipelined faster than answered: read on once the worker catches up
 
     @staticmethod
     def _parse(head: bytes) -> tuple[str, str, str, CIMultiDict[str]]:
@@ -411,13 +509,18 @@ class Connection(asyncio.BufferedProtocol):
         try:
             while True:
                 item = await self.queue.get()
+                if self.paused and self.queue.qsize() < PIPELINE // 2 and self not in _waiting:
+                    self._resume()
                 if item is None:
                     self.transport.write(self._refusal)
                     self.transport.close()
                     return
-                request, close = item
-                handler = self.app.router.resolve(request)
-                resp = await error_middleware(request, handler)  # type: ignore[arg-type]
+                request, close, held = item
+                try:
+                    handler = self.app.router.resolve(request)
+                    resp = await error_middleware(request, handler)  # type: ignore[arg-type]
+                finally:
+                    _give_back(held)
                 if isinstance(resp, Sent):
                     close = close or not resp.ok
                 else:
@@ -432,6 +535,24 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("HTTP connection failed")
             with contextlib.suppress(Exception):
                 self.transport.close()
+
+
+_open = 0  # connections being served
+_held = 0  # bytes of request bodies all connections hold, against BODY_BUDGET
+_waiting: list[Connection] = []  # connections paused until the budget frees
+
+
+def stats() -> dict[str, int]:
+    """Connections served, bytes of request bodies held against the budget, connections waiting for it."""
+    return {"connections": _open, "body_bytes_held": _held, "waiting_for_budget": len(_waiting)}
+
+
+def _give_back(n: int) -> None:
+    """Bytes of the body budget freed: connections waiting for it read again."""
+    global _held
+    _held -= n
+    if n:
+        Connection._wake()
 
 
 async def adopt(app: App, sock: socket.socket, prefix: bytes) -> None:

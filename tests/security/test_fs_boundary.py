@@ -81,3 +81,51 @@ def test_only_its_owner_or_a_vo_admin_removes_a_volume(grid: FsGrid) -> None:
         admin._json("DELETE", f"{grid.mrc_url}/v1/volumes/alices")
     finally:
         admin.close()
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+
+def test_promised_bodies_cost_an_osd_a_bounded_amount(grid: FsGrid) -> None:
+    """The lean server bounds what it buffers: 200 connections each declaring a 17 MB body, and sending a
+    little of it, raise the OSD's memory by a bounded amount (each used to cost its declared size at
+    once: 3.4 GB), and the OSD keeps serving."""
+    import json
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from xos.testing import wait_for
+
+    osd = grid.osds[0].procs[0]
+    url = urllib.parse.urlsplit(grid.osd_url(0))
+    before = _rss(osd.pid)
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection((url.hostname, url.port), timeout=10)
+            s.sendall(b"PUT /v1/o/" + b"ab" * 16 + b"/0 HTTP/1.1\r\nContent-Length: 17825792\r\n\r\n" + b"x" * 1000)
+            socks.append(s)
+        def taken_in() -> bool:  # the OSD's native threads hand each to its event loop: once all are there
+            with urllib.request.urlopen(f"{grid.osd_url(0)}/v1/status", timeout=5) as r:
+                return int(json.loads(r.read())["http"]["connections"]) >= 200
+
+        wait_for(taken_in, 60, "the OSD to take the 200 connections in")
+        c: Any = grid.client("shared", "alice")
+        try:  # still serving writes (object bodies) and reads, while they hold on
+            import os
+
+            data = os.urandom(4 << 20)
+            with c.open("/after-flood", "wb") as f:
+                f.write(data)
+            with c.open("/after-flood", "rb") as f:
+                assert f.read() == data
+        finally:
+            c.close()
+        grown = _rss(osd.pid) - before
+        assert grown < 300 << 20, f"the OSD grew by {grown >> 20} MiB for 200 promised bodies"
+    finally:
+        for s in socks:
+            s.close()
