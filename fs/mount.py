@@ -170,7 +170,7 @@ class GridFS:
         x = out if out is not None else ffi.new("struct xf_attr *")
         x.ino, x.mode, x.nlink, x.size = a["ino"], a["mode"], a["nlink"], a["size"]
         x.uid, x.gid = self.accounts.uid_of(a["owner"]), self.accounts.gid_of(a["group"])
-        x.atime_ns, x.mtime_ns, x.ctime_ns = int(a["atime"] * 1e9), int(a["mtime"] * 1e9), int(a["ctime"] * 1e9)
+        x.atime_ns, x.mtime_ns, x.ctime_ns = _ns(a["atime"]), _ns(a["mtime"]), _ns(a["ctime"])
         return x
 
     def _open_size(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +195,7 @@ class GridFS:
         version, rows = listing
         uid, gid = self.accounts.uid_of, self.accounts.gid_of
         attrs = ffi.new("struct xf_attr[]", [
-            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], int(r[7] * 1e9), int(r[8] * 1e9), int(r[9] * 1e9))
+            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], _ns(r[7]), _ns(r[8]), _ns(r[9]))
             for r in rows] or 1)
         names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
         lib.xf_fill(node, names, attrs, len(rows), self.ttl, version)
@@ -367,7 +367,8 @@ class GridFS:
             log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, dir_ino, code)
         if len(r.get("dir_version") or ()) == 2:
             lib.xf_advance(dir_node, *r["dir_version"])
-        lib.xf_touch_dir(dir_node, 0)
+        # The directory's times need no refresh: each create here set them to the file's time, which the MRC
+        # took as the directory's too (asking again cut creates across 10 directories from 15,900/s to 1,100).
 
     def sender(self) -> None:
         """Send files made here as they come, a few milliseconds' worth at a time."""
@@ -725,6 +726,12 @@ class GridFS:
 
 
 _served: GridFS | None = None
+
+
+def _ns(seconds: float) -> int:
+    """A time the MRC keeps (seconds in a double) in whole microseconds, rounded, as nanoseconds: all a double
+    carries, and the same each time it is read, by whatever path (tar, make and rsync compare to the ns)."""
+    return round(seconds * 1e6) * 1000
 
 
 @ffi.def_extern()

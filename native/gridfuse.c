@@ -497,14 +497,14 @@ void xf_forget_all(void)
  * that a round trip per create. */
 void xf_touch_dir(uint64_t dir, int links)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     pthread_mutex_lock(&lock);
     struct node *d = find_id(dir);
     if (d) {
-        d->attr.mtime_ns = d->attr.ctime_ns = t;
         d->attr.nlink += links;
+        /* Its times are the MRC's from now on, asked for again: times made up here differed from them, and a
+         * directory whose times move when nothing changes it is one tar says "changed as we read it". */
+        if (d->attr_until)
+            d->attr_until = STALE;
     }
     pthread_mutex_unlock(&lock);
 }
@@ -684,6 +684,7 @@ static int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t wall = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    wall -= wall % 1000; /* microseconds: what the MRC's times (seconds in a double) carry exactly */
     pthread_mutex_lock(&lock);
     struct node *d = find_id(parent);
     if (!d || d->lease_until <= t || !d->list_until || d->ino_next >= d->ino_end || find_name(parent, name)) {
