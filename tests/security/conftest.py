@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
-from xos.testing import TestGrid, TestNode
+import pytest
+
+from xos import credential, install
+from xos.testing import TestGrid, TestNode, wait_for
 
 GUEST = 1000  # an ordinary local uid, as a workspace user
 PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
@@ -32,10 +39,56 @@ def error_code(body: bytes) -> str:
     return str(data["error"]["code"])
 
 
+POOL = "bio=35000-35099"
+_keys: dict[str, Any] = {}  # the test VO's signing key, per node tag
+
+
+@pytest.fixture
+def grid() -> Iterator[TestGrid]:
+    """One node that pools VO bio (whose key the test holds), for attacks and the logins after them; its log
+    must hold no undeclared warning."""
+    base = tempfile.mkdtemp(prefix="xos-sec-")
+    try:
+        key = credential.new_key(os.path.join(base, "bio.key"))
+        with TestGrid(1, ["--pool", POOL]) as g:
+            node = g.nodes[0]
+            assert node.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
+            _keys[node.tag] = key
+            yield g
+            bad = [w for n in g.nodes for w in n.unexpected_warnings()]
+            assert not bad, f"unexpected warnings in the node log: {bad}"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def node(grid: TestGrid) -> TestNode:
+    """The single node of `grid`."""
+    return grid.nodes[0]
+
+
+def login_works(node: TestNode) -> None:
+    """A VO member authenticates through the real PAM stack (pamtester and pam_xos) on this node."""
+    token, _ = credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)
+    name = f"xos-sec-{node.tag}"
+    with open(f"/etc/pam.d/{name}", "w") as f:
+        for kind in ("auth", "account"):
+            f.write(f"{kind} required {install.built('pam_xos.so')} socket={os.path.join(node.run, 'idmap.sock')}\n")
+    try:
+        def authenticates() -> bool:  # the node re-reads a VO's key at most once a second
+            return subprocess.run(["pamtester", name, "alice.bio", "authenticate", "acct_mgmt"], input=token + "\n",
+                                  capture_output=True, text=True, timeout=30).returncode == 0
+        wait_for(authenticates, 5, "a login to succeed")
+    finally:
+        os.unlink(f"/etc/pam.d/{name}")
+
+
 def node_still_serves(node: TestNode) -> None:
-    """The node answers its socket and lists its workspaces: one attack did not take it down."""
+    """The node answers its socket, lists its workspaces, makes a new one and lets a member log in: one
+    attack did not take it down."""
     with node.client() as c:
         names = [w["name"] for w in c.ls()]
         c.create("after-attack", uid=GUEST, gid=GUEST)
         assert "after-attack" in [w["name"] for w in c.ls()], names
         c.rm("after-attack")
+    login_works(node)

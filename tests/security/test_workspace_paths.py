@@ -77,6 +77,7 @@ def test_a_guest_cannot_signal_its_init_away(node: TestNode) -> None:
         wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "signalled")), 10, "init to be signalled")
         assert os.path.exists(f"/proc/{init}") and c.stat("s4")["state"] == "running"
         c.rm("s4")
+    node_still_serves(node)
 
 
 SWAP = """
@@ -109,6 +110,7 @@ def test_output_served_never_through_a_swapped_symlink(grid: TestGrid, node: Tes
                 refused += 1
         assert served and refused  # both sides of the swap were met
         c.rm("o1")
+    node_still_serves(node)
 
 
 def test_output_fifo_is_refused_at_once(grid: TestGrid, node: TestNode) -> None:
@@ -164,6 +166,7 @@ def test_checkpoint_copy_never_takes_a_swapped_in_link(node: TestNode) -> None:
             racer.kill()
             racer.wait()
         c.rm("c1")
+    node_still_serves(node)
 
 
 SOCKET_AND_FIFO = """
@@ -197,6 +200,7 @@ def test_unix_socket_and_fifo_in_the_directory_checkpoint(node: TestNode) -> Non
         wait_for(lambda: int(open(count2).read() or 0) > n0 + 3, 10, "the restored counter to go on")
         assert os.path.exists(os.path.join(back["directory"], "ctl.sock"))
         c.rm("k1")
+    node_still_serves(node)
 
 
 FILLED = """
@@ -239,6 +243,7 @@ def test_full_disk_during_checkpoint_loses_nothing(node: TestNode, grid: TestGri
                 assert os.listdir(small) == []  # nothing half-made
                 os.unlink(big) if os.path.exists(big) else None
             c.rm("f1")
+        node_still_serves(node)
     finally:
         subprocess.run(["umount", small], check=True)
 
@@ -318,3 +323,4 @@ def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> Non
         assert nums == list(range(1, len(nums) + 1))
         assert not os.path.exists(os.path.join(node.home, "m1.img"))
         c.rm("m1")
+    node_still_serves(node)
