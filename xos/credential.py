@@ -366,9 +366,12 @@ def sign_feed(key: Ed25519PrivateKey, since: int, revocations: list[dict[str, An
     return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": key_id(key.public_key())})
 
 
-def verify_feed(token: Any, trust: TrustStore, since: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The revocations of a signed feed that answer `since` and are signed by the trusted key of the VO each
-    one names (a feed can never touch another VO's members); and why any were left out."""
+def verify_feed(token: Any, trust: TrustStore, since: int) -> tuple[list[dict[str, Any]], list[str], int]:
+    """What a signed revocation feed answering `since` holds for this node: the revocations of VOs trusted here
+    whose key signed it (a feed never touches another VO's members), why any entry naming a trusted VO was
+    left out, and the serial to ask from next (past every sane entry, whichever VO it names).
+
+    CredentialError if no key trusted here signed it: nothing of it is taken, not even its serials."""
     if not isinstance(token, str):
         raise CredentialMalformed("the revocation feed is not signed")
     header, payload = unverified(token)
@@ -377,27 +380,30 @@ def verify_feed(token: Any, trust: TrustStore, since: int) -> tuple[list[dict[st
     entries = payload.get("revocations")
     if not isinstance(entries, list) or len(entries) > 100_000:
         raise CredentialMalformed("the revocation feed holds no list")
+    if not entries:
+        return [], [], since  # nothing to take, nothing to trust it for
     kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-    good: dict[str, bool] = {}
-    taken, refused = [], []
+    signers = set()
+    for name in trust.vos():  # the directory itself: asking the cache of a VO not trusted would poison it
+        key = trust.key(name, kid)
+        try:
+            if key is not None and jwt.decode(token, key, algorithms=["EdDSA"], options={"require": ["exp", "iat"]}):
+                signers.add(name)
+        except jwt.PyJWTError:
+            continue
+    if not signers:
+        raise CredentialBadSignature("the revocation feed is signed by no VO trusted here")
+    trusted = set(trust.vos())
+    taken, refused, serial = [], [], since
     for r in entries:
         vo = r.get("vo") if isinstance(r, dict) else None
-        if not isinstance(vo, str) or not VO_NAME.match(vo):
-            refused.append(f"an entry names no VO: {str(r)[:80]}")
+        got = r.get("serial") if isinstance(r, dict) else None
+        if not isinstance(got, int) or not since < got < since + 1_000_000_000:
+            refused.append(f"an entry has serial {got!r} after {since}")
             continue
-        if vo not in good:
-            key = trust.key(vo, kid)
-            try:
-                good[vo] = key is not None and bool(jwt.decode(token, key, algorithms=["EdDSA"],
-                                                               options={"require": ["exp", "iat"]}))
-            except jwt.PyJWTError:
-                good[vo] = False
-        if not good[vo]:
+        serial = max(serial, got)
+        if vo in signers:
+            taken.append(r)
+        elif vo in trusted:
             refused.append(f"revocations for VO {vo} are not signed by its trusted key")
-            continue
-        serial = r.get("serial")
-        if not isinstance(serial, int) or not since < serial < since + 1_000_000_000:
-            refused.append(f"a revocation for VO {vo} has serial {serial!r} after {since}")
-            continue
-        taken.append(r)
-    return taken, sorted(set(refused))
+    return taken, sorted(set(refused)), serial

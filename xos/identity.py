@@ -63,7 +63,8 @@ class NodeIdentity:
                 static = parse_map(f.read(), map_path)
         self.idmap = IdentityMap(os.path.join(cfg.home, "idmap.db"), pools, static,
                                  home_base=os.path.join(cfg.home, "homes"), lease_ttl=cfg.lease_ttl,
-                                 quarantine=cfg.quarantine)
+                                 quarantine=cfg.quarantine, finish_scrubs=False)
+        await self._finish_scrubs()  # a previous run's, and their workspaces, adopted by now
         self._db = Database(os.path.join(cfg.home, "idmap.db"),
                             "CREATE TABLE IF NOT EXISTS revoked (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);"
                             "CREATE TABLE IF NOT EXISTS serials (url TEXT PRIMARY KEY, serial INTEGER NOT NULL);")
@@ -130,7 +131,16 @@ class NodeIdentity:
             uids = self.idmap.expire()
             if uids:
                 self.write_cache()
-                await self._end_workspaces(set(uids))
+            await self._finish_scrubs()  # also of leases map() found expired
+
+    async def _finish_scrubs(self) -> None:
+        """End the workspaces (and so the cgroups) of released UIDs whose files and processes are gone, and
+        only then record them scrubbed: no UID goes to a new holder before all of that."""
+        assert self.idmap is not None
+        pending = self.idmap.pending_scrubs()
+        if pending:
+            await self._end_workspaces(pending)
+            self.idmap.mark_scrubbed(pending)
 
     async def _place(self, vo: str, pid: int) -> None:
         """Put a login's process into its VO's workspace cgroup, made on first use."""
@@ -174,7 +184,7 @@ class NodeIdentity:
             self.server.forget(fresh)
         self.write_cache()
         if released:
-            await self._end_workspaces(released)
+            await self._finish_scrubs()
 
     async def _follow_rosters(self, url: str) -> None:
         """Pull the signed member list of every VO pooled here from one VO service, every ROSTER_EVERY
@@ -189,7 +199,8 @@ class NodeIdentity:
         while True:
             try:
                 async with Client(base_url=url) as c:
-                    for vo in sorted(self.idmap.pools):
+                    trusted = set(self.server.trust.vos())  # not the cache: an untrusted VO is not asked
+                    for vo in sorted(set(self.idmap.pools) & trusted):
                         try:
                             members, issued = credential.verify_roster(await c.roster(vo), self.server.trust, vo)
                         except NotFound:
@@ -209,7 +220,7 @@ class NodeIdentity:
                         released = {u for user in removed for u in self.idmap.release(vo, user)}
                         if released:
                             self.write_cache()
-                            await self._end_workspaces(released)
+                            await self._finish_scrubs()
             except asyncio.CancelledError:
                 raise
             except (XosError, OSError, ValueError) as e:
@@ -239,14 +250,14 @@ class NodeIdentity:
                             self._roster_cue.set()  # a VO's members changed there: pull the rosters now
                         assert self.server is not None
                         # Only what each VO's own key signed, for that VO; the serial is ours to work out.
-                        taken, refused = credential.verify_feed(got.get("signed"), self.server.trust, since)
+                        taken, refused, serial = credential.verify_feed(got.get("signed"), self.server.trust, since)
                         for why in set(refused) - said:  # each reason once, not at every poll
                             log.warning("revocation feed of %s: %s; left out", url, why)
                         said.update(refused)
                         if taken:
                             await self.apply(taken)
                             log.info("%d revocation(s) from %s", len(taken), url)
-                        self._serials[url] = max([since, *[int(r["serial"]) for r in taken]])
+                        self._serials[url] = serial
                         assert self._db is not None
                         self._db.execute("REPLACE INTO serials VALUES (?,?)", (url, self._serials[url]))
                         delay = 0.5

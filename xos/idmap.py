@@ -120,8 +120,12 @@ class IdentityMap:
 
     def __init__(self, db_path: str, pools: dict[str, Pool], static: dict[tuple[str, str], str] | None = None,
                  home_base: str = "/var/lib/xos/workspaces", lease_ttl: float = 7 * 86400,
-                 quarantine: float = 3600, scrub_dirs: tuple[str, ...] = ("/tmp", "/var/tmp")) -> None:
+                 quarantine: float = 3600, scrub_dirs: tuple[str, ...] = ("/tmp", "/var/tmp"),
+                 finish_scrubs: bool = True) -> None:
+        """`finish_scrubs` False: a scrub is recorded only by `mark_scrubbed`, once the caller (the node daemon)
+        has also ended the UIDs' workspaces and cgroups."""
         self._db = Database(db_path, SCHEMA, ADDED)
+        self.finish_scrubs = finish_scrubs
         self.pools = pools
         self.static = static or {}
         self.home_base = home_base
@@ -314,15 +318,24 @@ class IdentityMap:
         for uid in uids:
             clear_keys(uid)
         removed = sum(remove_owned(uids, d) for d in self.scrub_dirs if os.path.isdir(d))
-        with self._db.tx() as db:
-            for uid in uids:
-                db.execute("UPDATE quarantine SET scrubbed=1 WHERE uid=?", (uid,))
+        if self.finish_scrubs:
+            self.mark_scrubbed(uids)
         if killed or removed:
             log.info("uid(s) %s: %d process(es) killed, %d file(s) removed", sorted(uids), killed, removed)
 
+    def mark_scrubbed(self, uids: set[int]) -> None:
+        """Record that nothing of the UIDs' former holders is left: from now on they may be leased again."""
+        with self._db.tx() as db:
+            for uid in uids:
+                db.execute("UPDATE quarantine SET scrubbed=1 WHERE uid=?", (uid,))
+
+    def pending_scrubs(self) -> set[int]:
+        """Quarantined UIDs whose scrub is not recorded yet."""
+        return {r[0] for r in self._db.execute("SELECT uid FROM quarantine WHERE scrubbed = 0")}
+
     def scrub_pending(self) -> None:
         """Finish the scrubs a previous run began and did not record (it stopped in between)."""
-        pending = {r[0] for r in self._db.execute("SELECT uid FROM quarantine WHERE scrubbed = 0")}
+        pending = self.pending_scrubs()
         if pending:
             log.info("finishing the scrub of uid(s) %s", sorted(pending))
             self.scrub(pending)

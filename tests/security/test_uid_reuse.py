@@ -121,3 +121,19 @@ def test_scrub_never_follows_a_directory_swapped_for_a_link() -> None:
         racer.kill()
         racer.wait()
         shutil.rmtree(root)
+
+
+def test_a_uid_waits_for_its_workspaces_too(tmp_path: object) -> None:
+    """UID reuse on a node: the scrub is recorded only once the node has also ended the UID's workspaces
+    and cgroups (mark_scrubbed, after NodeIdentity ends them); until then the UID goes to nobody."""
+    scratch = str(tmp_path)
+    m = IdentityMap(os.path.join(scratch, "idmap.db"), {"bio": Pool.parse("bio", "30000-30002")}, lease_ttl=100,
+                    quarantine=0, home_base=os.path.join(scratch, "homes"), scrub_dirs=(scratch,),
+                    finish_scrubs=False)
+    uid = m.map("bio", "alice", now=0).uid
+    m.release("bio", "alice", now=10)
+    assert m.pending_scrubs() == {uid}
+    assert m.map("bio", "bob", now=1000).uid != uid  # files and processes gone, workspaces not yet
+    m.mark_scrubbed({uid})
+    assert m.map("bio", "carol", now=1000).uid == uid
+    m.close()
