@@ -36,7 +36,6 @@ class ForgedFeed(BaseHTTPRequestHandler):
         now = time.time()
         revs = [{"serial": 10 ** 12, "jti": "forged", "vo": "bio", "user": "", "exp": int(now) + 3600, "at": now,
                  "reason": "forged", "scope": "vo"}]
-        time.sleep(0.05)
         self._answer(200, {"serial": 10 ** 12, "revocations": revs, "members_changed": 0,
                            "signed": credential.sign_feed(self.key, since, revs)})
 
