@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from tests.kernel.test_checkpoint import COUNTER, lines
 from tests.security.conftest import GUEST, PY, error_code, node_still_serves, peer_get
 from xos.testing import TestGrid, TestNode, wait_for
 
@@ -170,53 +171,37 @@ def test_checkpoint_copy_never_takes_a_swapped_in_link(node: TestNode) -> None:
 
 
 SOCKET_AND_FIFO = """
-import os, socket, time
+import os, socket
 os.chdir('/run/xos-work')
 s = socket.socket(socket.AF_UNIX)
 s.bind('ctl.sock')
 s.listen()
 os.mkfifo('queue')
-n = 0
-while True:
-    n += 1
-    with open('count', 'w') as f:
-        f.write(str(n))
-    time.sleep(0.05)
-"""
+""" + COUNTER  # then it counts, as the checkpoint tests' counter does
 
 
 def test_unix_socket_and_fifo_in_the_directory_checkpoint(node: TestNode) -> None:
     """A main program with a bound Unix socket and a FIFO in its directory (as Redis or PostgreSQL)
     checkpoints and restores, and goes on counting."""
     with node.client() as c:
-        ws = c.create("k1", uid=GUEST, gid=GUEST, main=[PY, "-c", SOCKET_AND_FIFO])
-        count = os.path.join(ws["directory"], "count")
-        wait_for(lambda: os.path.exists(count) and int(open(count).read() or 0) > 3, 10, "the counter")
+        ws = c.create("k1", uid=GUEST, gid=GUEST, main=[PY, "-c", SOCKET_AND_FIFO], out="count.log")
+        wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) > 3, 10, "the counter")
         image = os.path.join(node.home, "k1.img")
         c.checkpoint("k1", image)
         back = c.restore(image)
-        count2 = os.path.join(back["directory"], "count")
-        n0 = int(open(count2).read() or 0)
-        wait_for(lambda: int(open(count2).read() or 0) > n0 + 3, 10, "the restored counter to go on")
+        log = os.path.join(back["directory"], "count.log")
+        n0 = len(lines(log))
+        wait_for(lambda: len(lines(log)) > n0 + 3, 10, "the restored counter to go on")
+        nums = [int(x) for x in lines(log)]
+        assert nums == list(range(1, len(nums) + 1))  # from where it was: no restart, no gap
         assert os.path.exists(os.path.join(back["directory"], "ctl.sock"))
         c.rm("k1")
     node_still_serves(node)
 
 
 FILLED = """
-import time
 b = bytearray(b'x' * (64 << 20))  # an image larger than the disk it goes to
 open('/run/xos-work/filled', 'w').close()
-"""
-
-
-COUNTER_TAIL = """
-n = 0
-while True:
-    n += 1
-    with open('/run/xos-work/count.log', 'a') as f:
-        f.write(f'{n}\\n')
-    time.sleep(0.05)
 """
 
 
@@ -228,7 +213,8 @@ def test_full_disk_during_checkpoint_loses_nothing(node: TestNode, grid: TestGri
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", small], check=True)
     try:
         with node.client() as c:
-            ws = c.create("f1", uid=GUEST, gid=GUEST, memory="256M", main=[PY, "-c", FILLED + "time.sleep(600)\n"])
+            ws = c.create("f1", uid=GUEST, gid=GUEST, memory="256M",
+                          main=[PY, "-c", FILLED + "import signal\nsignal.pause()\n"])
             wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "filled")), 20, "64 MiB to be filled")
             node.expect_warning("criu dump failed|checkpoint-failed")
             big = os.path.join(ws["directory"], "big")
@@ -291,11 +277,10 @@ def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> Non
     import signal
     import threading
 
-    from tests.kernel.test_checkpoint import lines
-
     node.expect_warning("criu dump failed|criu-failed|checkpoint")
     with node.client() as c:
-        ws = c.create("m1", uid=GUEST, gid=GUEST, memory="512M", main=[PY, "-c", FILLED + COUNTER_TAIL])
+        ws = c.create("m1", uid=GUEST, gid=GUEST, memory="512M", main=[PY, "-c", FILLED + COUNTER],
+                      out="count.log")
         wait_for(lambda: os.path.exists(os.path.join(ws["directory"], "filled")), 20, "64 MiB to be filled")
         errors: list[BaseException] = []
 
