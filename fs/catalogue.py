@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS inodes (
     atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL, parent INTEGER NOT NULL DEFAULT 0,
     target TEXT, inline BLOB, stripe_size INTEGER NOT NULL, stripe_width INTEGER NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0, xloc TEXT, xver INTEGER NOT NULL DEFAULT 0,
-    readonly INTEGER NOT NULL DEFAULT 0, cver INTEGER NOT NULL DEFAULT 0);
+    readonly INTEGER NOT NULL DEFAULT 0, cver INTEGER NOT NULL DEFAULT 0, rdev INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS dentries (parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
     PRIMARY KEY (parent, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
@@ -69,6 +69,7 @@ CREATE TRIGGER IF NOT EXISTS listing_remove AFTER DELETE ON dentries
 """
 
 MAX_NAME = 255
+SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 MAX_XATTR = 64 << 10
 MAX_LINKS = 65000
 R, W, X = 4, 2, 1
@@ -126,6 +127,7 @@ class Inode:
     xloc: str | None
     xver: int
     readonly: int = 0  # sealed: never written again, so replicas can be added at any time
+    rdev: int = 0  # the device a character or block special file stands for
 
     @property
     def is_dir(self) -> bool:
@@ -135,14 +137,14 @@ class Inode:
         """What getattr answers."""
         return {"ino": self.ino, "mode": self.mode, "owner": self.owner, "group": self.grp, "size": self.size,
                 "nlink": self.nlink, "atime": self.atime, "mtime": self.mtime, "ctime": self.ctime,
-                "inline": self.inline is not None, "readonly": bool(self.readonly)}
+                "inline": self.inline is not None, "readonly": bool(self.readonly), "rdev": self.rdev}
 
     def layout(self) -> Xloc | None:
         return Xloc.from_json(json.loads(self.xloc)) if self.xloc else None
 
 
 COLUMNS = ("ino, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, inline, stripe_size, "
-           "stripe_width, epoch, xloc, xver, readonly")
+           "stripe_width, epoch, xloc, xver, readonly, rdev")
 
 
 def split(path: str) -> list[str]:
@@ -174,7 +176,8 @@ class Catalogue:
     """Volumes, namespace and replica lists of one MRC."""
 
     def __init__(self, path: str) -> None:
-        self.db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0"}})
+        self.db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0",
+                                                     "rdev": "INTEGER NOT NULL DEFAULT 0"}})
         self.db.conn.executescript(LISTING_VERSION)
         self._volumes: dict[str, Volume] = {}
         # Called with a directory's inode before its names are read or changed: raises when another
@@ -294,7 +297,7 @@ class Catalogue:
         self.guard(node.ino, c)
         version = self.listing_version(node.ino)
         rows = self.db.execute("SELECT d.name, i.ino, i.mode, i.owner, i.grp, i.size, i.nlink, i.atime, i.mtime, "
-                               "i.ctime, i.inline IS NOT NULL, COALESCE(i.readonly, 0) != 0 FROM dentries d "
+                               "i.ctime, i.inline IS NOT NULL, COALESCE(i.readonly, 0) != 0, i.rdev FROM dentries d "
                                "JOIN inodes i ON i.ino=d.ino WHERE d.parent=? ORDER BY d.name", (node.ino,))
         return version, [list(r) for r in rows]
 
@@ -318,7 +321,7 @@ class Catalogue:
 
     def _new(self, tx: sqlite3.Connection, volume: str, parent: Inode, name: str, mode: int, c: Caller,
              target: str | None = None, inline: bytes | None = None, ino: int | None = None,
-             when: float | None = None) -> Inode:
+             when: float | None = None, rdev: int = 0) -> Inode:
         if c.rights.find("w") < 0:
             raise AccessDenied(f"{c.who} may only read volume {volume}")
         _may(parent, c, W | X)
@@ -331,10 +334,10 @@ class Catalogue:
         grp = parent.grp if parent.mode & stat.S_ISGID else c.vo
         cur = tx.execute(
             "INSERT INTO inodes (ino, volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, "
-            "target, inline, stripe_size, stripe_width) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "target, inline, stripe_size, stripe_width, rdev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (ino, volume, secrets.token_hex(16), mode, c.who, grp,
              len(target.encode()) if target else len(inline or b""), 2 if is_dir else 1, now, now, now,
-             parent.ino if is_dir else 0, target, inline, vol.striping.size, vol.striping.width))
+             parent.ino if is_dir else 0, target, inline, vol.striping.size, vol.striping.width, rdev))
         ino = int(cur.lastrowid or 0)
         tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, ino))
         tx.execute("UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?",
@@ -345,6 +348,19 @@ class Catalogue:
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
             return self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c).attrs()
+
+    def mknod(self, volume: str, path: str, mode: int, rdev: int, c: Caller) -> dict[str, Any]:
+        """A FIFO, socket or device special file: a name and attributes only. What it stands for is local to
+        each host that opens it (a pipe, a bound socket, a device, which mounts never open: nodev)."""
+        kind = stat.S_IFMT(mode)
+        if kind not in SPECIAL:
+            raise InvalidInput(f"mknod makes FIFOs, sockets and devices, not mode {mode:o}")
+        if not isinstance(rdev, int) or not 0 <= rdev < 1 << 64:
+            raise InvalidInput("rdev must be a device number")
+        with self.db.tx() as tx:
+            parent, name = self._parent(tx, volume, path, c)
+            return self._new(tx, volume, parent, name, kind | (mode & 0o7777), c,
+                             rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0).attrs()
 
     def create(self, volume: str, path: str, mode: int, c: Caller, exclusive: bool = True,
                dir_version: list[int] | None = None) -> Inode:
@@ -547,8 +563,9 @@ class Catalogue:
 
     def setattr(self, volume: str, path: str, c: Caller, mode: int | None = None, owner: str | None = None,
                 group: str | None = None, atime: float | None = None, mtime: float | None = None,
-                size: int | None = None) -> tuple[Inode, bool]:
-        """Change metadata; the inode after, and whether its OSD objects must be truncated to `size`."""
+                size: int | None = None, checked: bool = False) -> tuple[Inode, bool]:
+        """Change metadata; the inode after, and whether its OSD objects must be truncated to `size` (an
+        owner's truncate with `checked`, as may_open says)."""
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
             if node.is_dir:  # a lease holder creates in it by the permissions it had
@@ -587,7 +604,8 @@ class Catalogue:
                     raise InvalidInput("size must not be negative", field="size")
                 if "w" not in c.rights:
                     raise AccessDenied(f"{c.who} may only read this volume")
-                _may(node, c, W)
+                if not (checked and owned):
+                    _may(node, c, W)
                 sets["size"] = size
                 sets["mtime"] = sets["ctime"]
                 if node.inline is not None:
@@ -603,21 +621,24 @@ class Catalogue:
 
     # file contents
 
-    def open(self, volume: str, path: str, c: Caller, write: bool) -> Inode:
+    def open(self, volume: str, path: str, c: Caller, write: bool, checked: bool = False) -> Inode:
         """The inode of a regular file the caller may read (and write, if asked)."""
         node = self.resolve(volume, path, c)
         if node.is_dir:
             raise IsADirectory(f"{path} is a directory")
-        self.may_open(node, c, write)
+        self.may_open(node, c, write, checked)
         return node
 
-    def may_open(self, node: Inode, c: Caller, write: bool) -> None:
-        """Whether `c` may open the file for reading (and writing)."""
+    def may_open(self, node: Inode, c: Caller, write: bool, checked: bool = False) -> None:
+        """Whether `c` may open the file for reading (and writing). With `checked` (a mount whose kernel
+        checked the mode bits already) the owner's own bits are not asked again: a file made with mode 0
+        is written through the descriptor that made it, and its owner could chmod it anyway."""
         if write and "w" not in c.rights:
             raise AccessDenied(f"{c.who} may only write to volumes whose ACL lets them")
         if write and node.readonly:
             raise NotPermitted(f"inode {node.ino} is read-only (sealed for replication)")
-        _may(node, c, (R | W) if write else R)
+        if not (checked and c.who == node.owner):
+            _may(node, c, (R | W) if write else R)
 
     def seal(self, volume: str, path: str, c: Caller) -> Inode:
         """Make a file read-only for good (XtreemFS's read-only replication): its owner only, with no way back."""

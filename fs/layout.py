@@ -11,7 +11,7 @@ MIN_STRIPE = 4096
 MAX_STRIPE = 16 << 20  # an OSD object holds at most this much
 INLINE_MAX = 64 << 10  # files up to this size live in the MRC, not on OSDs
 # A directory listing's row: the name, then these attributes (getattr's keys) in this order.
-LISTING = ("ino", "mode", "owner", "group", "size", "nlink", "atime", "mtime", "ctime", "inline", "readonly")
+LISTING = ("ino", "mode", "owner", "group", "size", "nlink", "atime", "mtime", "ctime", "inline", "readonly", "rdev")
 ALSO = 64  # directories whose listing versions one dirversion call may ask for besides its own
 
 

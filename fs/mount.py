@@ -39,6 +39,7 @@ HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its
 LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
 MADE_BATCH = 512
+MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
 GATHER = 0.002  # seconds the sender lets files made here gather before it sends them: a batch per call
 
 _tl = threading.local()
@@ -88,9 +89,9 @@ class Accounts:
         try:
             user, _, vo = pwd.getpwuid(uid).pw_name.partition(".")
         except KeyError:
-            raise OSError(errno.EINVAL, 'no grid identity') from None
+            raise OSError(errno.EPERM, 'no grid identity') from None
         if not vo:
-            raise OSError(errno.EINVAL, 'no grid identity')
+            raise OSError(errno.EPERM, 'no grid identity')
         return f"{user}@{vo}"
 
     def vo_of(self, gid: int) -> str:
@@ -100,7 +101,7 @@ class Accounts:
         try:
             return grp.getgrgid(gid).gr_name
         except KeyError:
-            raise OSError(errno.EINVAL, 'no grid identity') from None
+            raise OSError(errno.EPERM, 'no grid identity') from None
 
 
 class Dir:
@@ -116,6 +117,7 @@ class GridFS:
     def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL) -> None:
         self.c = client
         client.interrupted = interrupted
+        client.checked = True  # default_permissions: the kernel checks the mode bits first
         self.accounts = accounts
         self.ttl = ttl
         self._handles: dict[int, Open | Dir] = {}
@@ -171,6 +173,7 @@ class GridFS:
         x.ino, x.mode, x.nlink, x.size = a["ino"], a["mode"], a["nlink"], a["size"]
         x.uid, x.gid = self.accounts.uid_of(a["owner"]), self.accounts.gid_of(a["group"])
         x.atime_ns, x.mtime_ns, x.ctime_ns = _ns(a["atime"]), _ns(a["mtime"]), _ns(a["ctime"])
+        x.rdev = a.get("rdev", 0)
         return x
 
     def _open_size(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -178,8 +181,13 @@ class GridFS:
         return {**a, "size": st.size} if st is not None else a
 
     def path(self, node: int) -> str:
-        buf = ffi.new("char[]", 4096)
-        n = lib.xf_path(node, buf, 4096)
+        size = 4096
+        while True:  # a path from a deep working directory may be longer than PATH_MAX from the root
+            buf = ffi.new("char[]", size)
+            n = lib.xf_path(node, buf, size)
+            if n != -errno.ENAMETOOLONG or size >= MAX_PATH:
+                break
+            size *= 4
         if n < 0:
             raise OSError(-n, os.strerror(-n))
         return os.fsdecode(ffi.string(buf, n))
@@ -195,7 +203,7 @@ class GridFS:
         version, rows = listing
         uid, gid = self.accounts.uid_of, self.accounts.gid_of
         attrs = ffi.new("struct xf_attr[]", [
-            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], _ns(r[7]), _ns(r[8]), _ns(r[9]))
+            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], _ns(r[7]), _ns(r[8]), _ns(r[9]), r[12])
             for r in rows] or 1)
         names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
         lib.xf_fill(node, names, attrs, len(rows), self.ttl, version)
@@ -445,8 +453,13 @@ class GridFS:
                     return
                 raise
             a = st.attrs
+        self._reply_attr(req, c.node, a)
+
+    def _reply_attr(self, req: Any, node: int, a: dict[str, Any]) -> None:
+        if a["ino"] in self._hidden:  # unlinked while open: the name it is kept under is no link
+            a = {**a, "nlink": max(0, a["nlink"] - 1)}
         opened = self.c.opened(a["ino"])
-        lib.xf_reply_attr(req, c.node, self._attr(self._open_size(a)), self.ttl, opened is None)
+        lib.xf_reply_attr(req, node, self._attr(self._open_size(a)), self.ttl, opened is None)
 
     def setattr(self, req: Any, c: Any) -> None:
         path = self.path(c.node)
@@ -470,16 +483,18 @@ class GridFS:
         a = self.c.setattr(path, **changes) if changes else self.c.op("getattr", path=path)
         if "ino" not in a:
             a = self.c.op("getattr", path=path)
-        opened = self.c.opened(a["ino"])
-        lib.xf_reply_attr(req, c.node, self._attr(self._open_size(a)), self.ttl, opened is None)
+        self._reply_attr(req, c.node, a)
 
     def readlink(self, req: Any, c: Any) -> None:
         lib.fuse_reply_readlink(req, os.fsencode(self.c.readlink(self.path(c.node))))
 
     def mknod(self, req: Any, c: Any) -> None:
-        if not stat.S_ISREG(c.mode):
-            raise OSError(errno.EPERM, "only regular files, directories and symbolic links")
         path, _ = self.child(c.node, c.name)
+        if not stat.S_ISREG(c.mode):
+            a = self.c.mknod(path, c.mode, c.size)
+            lib.xf_touch_dir(c.node, 0)
+            self._entry(req, c.node, c.name, a)
+            return
         st = self.c.create_handle(path, c.mode & 0o7777)
         attrs = st.attrs
         self.c.release(st)
@@ -524,8 +539,10 @@ class GridFS:
         hidden, known = self._hide(c.node, c.name, path)
         if not hidden:
             self.c.unlink(path)
-        if known.nlink != 1:
-            lib.xf_forget_all()  # its other names (if any) show a link count one lower
+        if known.ino and known.nlink > 1:
+            lib.xf_stale_ino(known.ino)  # its other names show a link count one lower
+        elif not known.ino:
+            lib.xf_forget_all()  # not known here: it may have other names
         lib.xf_drop(c.node, c.name)
         lib.xf_touch_dir(c.node, 0)
         lib.fuse_reply_err(req, 0)
@@ -550,9 +567,12 @@ class GridFS:
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE")
         old, _ = self.child(c.node, c.name)
         new, _ = self.child(c.node2, c.name2)
+        replaced = None
         if not c.flags & lib.RENAME_NOREPLACE:
-            self._hide(c.node2, c.name2, new)  # a file replaced while open here stays readable
+            _, replaced = self._hide(c.node2, c.name2, new)  # a file replaced while open here stays readable
         self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
+        if replaced is not None and replaced.ino and replaced.nlink > 1:
+            lib.xf_stale_ino(replaced.ino)  # its other names show a link count one lower
         self._moved(old, new)
         lib.xf_move(c.node, c.name, c.node2, c.name2)
         lib.xf_touch_dir(c.node, 0)
@@ -563,9 +583,10 @@ class GridFS:
         source = self.path(c.node)
         target, _ = self.child(c.node2, c.name)
         self.c.link(source, target)
-        lib.xf_forget_attr(c.node)  # its link count
+        a = self.c.op("getattr", path=target)
+        lib.xf_stale_ino(a["ino"])  # its other names: their link count and ctime
         lib.xf_touch_dir(c.node2, 0)
-        self._entry(req, c.node2, c.name, self.c.op("getattr", path=target))
+        self._entry(req, c.node2, c.name, a)
 
     def symlink(self, req: Any, c: Any) -> None:
         path, _ = self.child(c.node, c.name)

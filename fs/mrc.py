@@ -236,6 +236,9 @@ class MRC:
         self.leases.hand_back(c, dirs)
         return {}
 
+    async def op_mknod(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        return self.cat.mknod(v, field(b, "path", str), field(b, "mode", int, 0), field(b, "rdev", int, 0), c)
+
     async def op_symlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.symlink(v, field(b, "target", str), field(b, "path", str), c)
 
@@ -264,14 +267,15 @@ class MRC:
         node, truncate = self.cat.setattr(
             v, field(b, "path", str), c, mode=field(b, "mode", int), owner=field(b, "owner", str),
             group=field(b, "group", str), atime=field(b, "atime", num), mtime=field(b, "mtime", num),
-            size=field(b, "size", int))
+            size=field(b, "size", int), checked=field(b, "checked", bool, False))
         if truncate:
             await self.replicas.truncate(node)
         return node.attrs()
 
     async def op_open(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         write = field(b, "write", bool, False)
-        return await self._opened(self.cat.open(v, field(b, "path", str), c, write), c, write)
+        node = self.cat.open(v, field(b, "path", str), c, write, field(b, "checked", bool, False))
+        return await self._opened(node, c, write)
 
     async def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
         if write and node.fid in self.replicas.copying:
@@ -292,7 +296,7 @@ class MRC:
         if held.fid != node.fid or held.client != c.who:
             raise CapabilityInvalid("renew a capability this client holds for this file")
         write = field(b, "write", bool, False)
-        self.cat.may_open(node, c, write)
+        self.cat.may_open(node, c, write, field(b, "checked", bool, False))
         return await self._opened(node, c, write)
 
     def _held(self, b: dict[str, Any], c: Caller) -> tuple[Inode, Capability]:

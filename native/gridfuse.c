@@ -51,6 +51,7 @@ struct node {
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fuse_session *se_of_loop; /* the mount's session (for the rings, and notifications) */
 static struct node **ids, **names, **kids;
 static size_t cap, count, swept;
 static uint64_t next_id = 2;
@@ -240,6 +241,7 @@ static void fill_stat(const struct xf_attr *a, struct stat *st, unsigned blksize
     st->st_nlink = a->nlink;
     st->st_uid = a->uid;
     st->st_gid = a->gid;
+    st->st_rdev = (dev_t)a->rdev;
     st->st_size = (off_t)a->size;
     st->st_blocks = (blkcnt_t)((a->size + 511) / 512);
     st->st_blksize = blksize;
@@ -369,34 +371,33 @@ uint64_t xf_parent(uint64_t node)
 
 int xf_path(uint64_t node, char *buf, size_t size)
 {
-    char tmp[PATH_MAX];
-    size_t pos = sizeof tmp;
-    tmp[--pos] = 0;
     pthread_mutex_lock(&lock);
+    size_t need = 1; /* the NUL */
     struct node *n = find_id(node);
-    while (n && n != &root) {
-        if (!n->name)
-            break;
-        size_t len = strlen(n->name);
-        if (len + 1 > pos) {
-            pthread_mutex_unlock(&lock);
-            return -ENAMETOOLONG;
-        }
-        pos -= len;
-        memcpy(tmp + pos, n->name, len);
-        tmp[--pos] = '/';
-        n = find_id(n->parent);
-    }
-    pthread_mutex_unlock(&lock);
-    if (n != &root)
+    for (; n && n != &root && n->name; n = find_id(n->parent))
+        need += strlen(n->name) + 1;
+    if (n != &root) {
+        pthread_mutex_unlock(&lock);
         return -ENOENT;
-    if (pos == sizeof tmp - 1)
-        tmp[--pos] = '/';
-    size_t len = sizeof tmp - pos;
-    if (len > size)
+    }
+    if (need == 1)
+        need = 2; /* "/" */
+    if (need > size || need > INT32_MAX) {
+        pthread_mutex_unlock(&lock);
         return -ENAMETOOLONG;
-    memcpy(buf, tmp + pos, len);
-    return (int)len - 1;
+    }
+    size_t pos = need; /* filled from the end */
+    buf[--pos] = 0;
+    for (n = find_id(node); n != &root; n = find_id(n->parent)) {
+        size_t len = strlen(n->name);
+        pos -= len;
+        memcpy(buf + pos, n->name, len);
+        buf[--pos] = '/';
+    }
+    if (pos == 1)
+        buf[0] = '/';
+    pthread_mutex_unlock(&lock);
+    return (int)need - 1;
 }
 
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out)
@@ -475,6 +476,26 @@ void xf_forget_attr(uint64_t node)
     if (n && n->attr_until)
         n->attr_until = STALE;
     pthread_mutex_unlock(&lock);
+}
+
+/* A file's other names (one node per name here, so hard links are separate nodes) keep its old link count
+ * and ctime: asked again, here and in the kernel's cache. Scans the table: only for files with links. */
+void xf_stale_ino(uint64_t ino)
+{
+    uint64_t found[64];
+    size_t k = 0;
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < cap; i++)
+        for (struct node *n = ids[i]; n; n = n->next_id)
+            if (n->attr_until && n->attr.ino == ino) {
+                n->attr_until = STALE;
+                if (k < sizeof found / sizeof *found)
+                    found[k++] = n->id;
+            }
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < k; i++)
+        if (se_of_loop) /* attributes only (offset < 0): takes no inode lock, safe inside a request */
+            fuse_lowlevel_notify_inval_inode(se_of_loop, found[i], -1, 0);
 }
 
 void xf_forget_all(void)
@@ -1343,7 +1364,6 @@ static int read_direct(fuse_req_t req, uint64_t fh, size_t size, off_t off)
  * carries FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6), which libfuse 3.14 does not know: the session's
  * custom I/O sees the kernel's INIT and adds it to the reply when the kernel offers it. */
 #define INIT_ALLOW_MMAP (1u << 4) /* FUSE_DIRECT_IO_ALLOW_MMAP, 1 << 36, in flags2 */
-static struct fuse_session *se_of_loop; /* for the rings, which hand it what they take */
 static uint64_t init_unique;
 static int init_offers_mmap, init_offers_ring, mmap_allowed;
 
@@ -1453,6 +1473,10 @@ int xf_try_lookup(fuse_req_t req, uint64_t parent, const char *name, int deny)
 
 static void ll_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+    if (strlen(name) > 255) { /* NAME_MAX: the kernel leaves that check to the file system */
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
     if (xf_try_lookup(req, parent, name, 0))
         return;
     struct xf_call c = {.op = XF_LOOKUP, .node = parent, .name = name};
@@ -1535,8 +1559,7 @@ static void ll_readlink(fuse_req_t req, fuse_ino_t ino) { CALL(.op = XF_READLINK
 
 static void ll_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
-    (void)rdev;
-    CALL(.op = XF_MKNOD, .node = parent, .name = name, .mode = mode);
+    CALL(.op = XF_MKNOD, .node = parent, .name = name, .mode = mode, .size = rdev);
 }
 
 static void ll_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)

@@ -14,6 +14,7 @@ struct xf_attr {
     uint32_t mode, nlink, uid, gid;
     uint64_t size;
     int64_t atime_ns, mtime_ns, ctime_ns;
+    uint64_t rdev; /* a device special file's device */
 };
 
 enum xf_op {
@@ -29,7 +30,7 @@ struct xf_call {
     uint64_t node, node2;        /* the node (or parent); rename's and link's second node */
     const char *name, *name2;    /* entry name; rename's new name, symlink's target, xattr name */
     uint32_t mode, flags;        /* create/mkdir mode; open flags, rename flags, xattr flags */
-    uint64_t size;               /* read/xattr size, setattr size */
+    uint64_t size;               /* read/xattr size, setattr size, mknod's device */
     int64_t off;                 /* read/write/readdir offset */
     uint64_t fh;                 /* the handle Python gave at open/opendir/create (0: none) */
     const char *buf;             /* write data, xattr value */
@@ -60,6 +61,7 @@ void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);
 void xf_forget_all(void);
+void xf_stale_ino(uint64_t ino);
 void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
 void xf_written(uint64_t fh, int on);

@@ -129,3 +129,29 @@ def test_promised_bodies_cost_an_osd_a_bounded_amount(grid: FsGrid) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_a_mount_saying_the_kernel_checked_reaches_only_its_own_files(grid: FsGrid) -> None:
+    """`checked` (a mount's kernel checked the mode bits) lets an owner write their own read-only file, as
+    chmod would; said by another member it opens and truncates nothing the mode bits refuse them."""
+    a: Any = grid.client("shared", "alice")
+    try:
+        with a.open("/readonly", "wb") as f:
+            f.write(b"alice's, read-only")
+        a.setattr("/readonly", mode=0o444)
+        assert a.op("open", path="/readonly", write=True, checked=True)["attrs"]["size"] == 18
+    finally:
+        a.close()
+    b: Any = grid.client("shared", "bob")
+    try:
+        for op, args in (("open", {"write": True}), ("setattr", {"size": 0})):
+            with pytest.raises(XosError) as e:
+                b.op(op, path="/readonly", checked=True, **args)
+            assert e.value.code == "access-denied", (op, e.value)
+    finally:
+        b.close()
+    a = grid.client("shared", "alice")
+    try:
+        assert a.stat("/readonly")["size"] == 18
+    finally:
+        a.close()
