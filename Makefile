@@ -8,7 +8,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 uti
 STAMP := $(VENV)/.xos-setup
 NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py pam/*.c pam/*.h pam/*.map)
 
-.PHONY: setup apt criu fuse-uring test lint demo bench clean
+.PHONY: setup apt criu fuse-uring test lint demo bench fsx clean
 
 setup: $(STAMP) criu fuse-uring
 
@@ -64,7 +64,13 @@ bench: setup
 	$(PY) bench/identity.py --out bench/out/identity.json
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
 	$(PY) bench/fs.py --out bench/out/fs.json
+	$(PY) bench/fsx.py --ops 200000 --out bench/out/fsx.json
 	$(PY) bench/aem.py --out bench/out/aem.json
+
+# The file system's random-operation model for millions of operations (make test runs 10,000 per volume).
+FSX_OPS ?= 1000000
+fsx: setup
+	$(PY) bench/fsx.py --ops $(FSX_OPS) --out bench/out/fsx-long.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init

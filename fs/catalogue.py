@@ -177,7 +177,7 @@ class Catalogue:
 
     def __init__(self, path: str) -> None:
         self.db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0",
-                                                     "rdev": "INTEGER NOT NULL DEFAULT 0"}})
+                                                     "rdev": "INTEGER NOT NULL DEFAULT 0"}}, group=True)
         self.db.conn.executescript(LISTING_VERSION)
         self._volumes: dict[str, Volume] = {}
         # Called with a directory's inode before its names are read or changed: raises when another

@@ -378,10 +378,21 @@ class MRC:
 
 def make_app(mrc: MRC) -> httpd.App:
     app = httpd.App(client_max_size=2 << 20)
-    app.router.add_post("/v1/volumes", mrc.create_volume)
+
+    def durable(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
+        """Answer only once what the handler committed is on disk: the catalogue's group commit (one fdatasync
+        for the commits of every request in flight, not one per commit)."""
+        async def run(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            finally:
+                await mrc.cat.db.durable()
+        return run
+
+    app.router.add_post("/v1/volumes", durable(mrc.create_volume))
     app.router.add_get("/v1/volumes", mrc.list_volumes)
-    app.router.add_delete("/v1/volumes/{volume}", mrc.delete_volume)
-    app.router.add_post("/v1/volumes/{volume}/fs/{op}", mrc.fs)
+    app.router.add_delete("/v1/volumes/{volume}", durable(mrc.delete_volume))
+    app.router.add_post("/v1/volumes/{volume}/fs/{op}", durable(mrc.fs))
     app.router.add_post("/v1/osds/heartbeat", mrc.heartbeat)
     app.router.add_get("/v1/osds", mrc.list_osds)
     app.router.add_get("/v1/stats", mrc.stats)

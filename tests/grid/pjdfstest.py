@@ -62,7 +62,8 @@ class Failure:
     got: str
 
     def line(self) -> str:
-        return f"{self.test} {self.number}: {self.command or '(a comparison)'}: expected {self.expected}, got {self.got}"
+        what = self.command or "(a comparison)"
+        return f"{self.test} {self.number}: {what}: expected {self.expected}, got {self.got}"
 
 
 @dataclass
