@@ -1,0 +1,94 @@
+"""An acknowledged fsync survives kill -9 of the mount, the MRC or an OSD right after it: every byte, read
+back through another client host's mount, with the file still open on the first when the kill came."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from xos.fs.layout import INLINE_MAX
+from xos.testing.fsgrid import FsGrid
+
+PROVOKED = ["unreachable", "refused", "replica", "not reachable", "dropped", "disconnect", "mount"]
+
+
+@pytest.fixture
+def grid():
+    with FsGrid(osds=2, clients=2, grace=2.0) as g:
+        g.mkvol("dur", replicas=2)
+        yield g
+        bad = g.unexpected_warnings(PROVOKED)
+        assert not bad, bad
+
+
+def _write_and_fsync(mp: str) -> tuple[dict[str, bytes], list[int]]:
+    """Three files written and fsynced, their descriptors left open: one on the OSDs across several objects,
+    one the MRC holds inline, one extended in place after its first fsync."""
+    files = {"big": os.urandom((5 << 20) + 12345), "small": os.urandom(INLINE_MAX // 2), "grown": b""}
+    fds = []
+    for name, data in files.items():
+        fd = os.open(os.path.join(mp, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.fsync(fd)
+        fds.append(fd)
+    grown = fds[-1]
+    for i in range(3):  # written, fsynced, rewritten in part, fsynced again
+        os.pwrite(grown, os.urandom(300000), i * 250000)
+        os.fsync(grown)
+    os.pwrite(grown, b"last words", 100)
+    os.fdatasync(grown)
+    files["grown"] = os.pread(grown, 1 << 20, 0)
+    return files, fds
+
+
+def _check(grid: FsGrid, files: dict[str, bytes]) -> None:
+    other = grid.mount(1, "dur")
+    for name, data in files.items():
+        with open(os.path.join(other, name), "rb") as f:
+            got = f.read()
+        assert len(got) == len(data), (name, len(got), len(data))
+        assert got == data, name
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:  # its mount is gone
+            pass
+
+
+def test_fsync_survives_kill_9_of_the_mount(grid):
+    mp = grid.mount(0, "dur")
+    files, fds = _write_and_fsync(mp)
+    grid.mount_proc(mp).stop(signal.SIGKILL)
+    _check(grid, files)
+    _close(fds)
+    grid.umount(mp)
+
+
+def test_fsync_survives_kill_9_of_the_mrc_and_the_mount(grid):
+    mp = grid.mount(0, "dur")
+    files, fds = _write_and_fsync(mp)
+    grid.mount_proc(mp).stop(signal.SIGKILL)  # nothing it still holds can make up for the MRC's loss
+    grid.mrc.procs[0].stop(signal.SIGKILL)
+    grid.mrc.procs.pop(0)
+    grid.start_mrc()
+    _check(grid, files)
+    _close(fds)
+    grid.umount(mp)
+
+
+def test_fsync_survives_kill_9_of_an_osd_and_reaches_every_replica(grid):
+    """kill -9 of one OSD after the fsync, restarted; then the other OSD gone for good: what the fsync
+    acknowledged is read from the first alone."""
+    mp = grid.mount(0, "dur")
+    files, fds = _write_and_fsync(mp)
+    grid.osds[0].procs[0].stop(signal.SIGKILL)
+    grid.osds[0].procs.pop(0)
+    grid.start_osd(0)
+    grid.osds[1].procs[0].stop(signal.SIGKILL)
+    _check(grid, files)
+    _close(fds)
