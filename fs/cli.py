@@ -52,6 +52,8 @@ def add_verbs(sub: Any) -> None:
     m.add_argument("--gid", type=int, help="local gid shown for your VO (default: yours)")
     m.add_argument("--allow-other", action="store_true",
                    help="let other local users in (they act with your credential, within the mode bits)")
+    m.add_argument("--sync-close", action="store_true",
+                   help="close() returns once the file is on stable storage at every replica, as fsync() does")
     fs.add_parser("umount", help="unmount").add_argument("mountpoint")
     for verb, hlp in (("mkvol", "make a volume"), ("rmvol", "remove a volume and its files"),
                       ("lsvol", "list volumes"), ("osds", "the OSDs, their room and load")):
@@ -180,6 +182,7 @@ def mount(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "xos.cli", "fs", "mount", args.source, mp, "--foreground"]
         argv += [f"--{k}={getattr(args, k)}" for k in ("cred", "uid", "gid") if getattr(args, k) is not None]
         argv += ["--allow-other"] if args.allow_other else []
+        argv += ["--sync-close"] if args.sync_close else []
         logf = os.path.join(_mounts_dir(), urllib.parse.quote(mp, safe="") + ".log")
         os.makedirs(_mounts_dir(), exist_ok=True)
         with open(logf, "ab") as log:
@@ -215,7 +218,7 @@ def mount(args: argparse.Namespace) -> int:
     try:
         serve_mount(client, mp, Accounts(me, args.uid if args.uid is not None else os.getuid(),
                                          args.gid if args.gid is not None else os.getgid()), volume,
-                    args.allow_other)
+                    args.allow_other, args.sync_close)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(rec)

@@ -114,8 +114,11 @@ class Dir:
 class GridFS:
     """The requests the native loop passes on, by node id."""
 
-    def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL) -> None:
+    def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL, sync_close: bool = False) -> None:
         self.c = client
+        # close() as fsync(): files are then made at the MRC, not under a directory lease (whose files reach
+        # the MRC in batches after their close)
+        self.sync_close = sync_close
         client.interrupted = interrupted
         client.checked = True  # default_permissions: the kernel checks the mode bits first
         self.accounts = accounts
@@ -666,7 +669,7 @@ class GridFS:
         path, _ = self.child(c.node, c.name)
         sent = time.monotonic()
         try:
-            st = self.c.create_handle(path, c.mode & 0o7777, lease=True,
+            st = self.c.create_handle(path, c.mode & 0o7777, lease=not self.sync_close,
                                       inos=lib.xf_lease_left(c.node) < LEASE_INOS // 2)
         except XosError as e:  # created meanwhile elsewhere, and the caller did not ask for O_EXCL
             if errno_of(e) != errno.EEXIST or c.flags & os.O_EXCL:
@@ -713,7 +716,10 @@ class GridFS:
     def flush(self, req: Any, c: Any) -> None:
         st = self._handles.get(c.fh)
         if isinstance(st, Open) and st.write:
-            self.c.flush(st)
+            if self.sync_close:
+                self.c.fsync(st)
+            else:
+                self.c.flush(st)
             lib.xf_forget_attr(c.node)
         lib.fuse_reply_err(req, 0)
 
@@ -764,14 +770,15 @@ def xf_py(req: Any, c: Any) -> None:
     _served.dispatch(req, c)
 
 
-def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allow_other: bool = False) -> None:
+def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allow_other: bool = False,
+          sync_close: bool = False) -> None:
     """Serve the mount in this process until it is unmounted.
 
     Only the mounting user reaches it unless `allow_other`: every access goes out with the
     mounting user's credential, so letting others in lends them that identity (within the
     permission bits the kernel checks)."""
     global _served
-    _served = fs = GridFS(client, accounts)
+    _served = fs = GridFS(client, accounts, sync_close=sync_close)
     threads = [threading.Thread(target=fs.sender, name="xos-fs-made", daemon=True),
                threading.Thread(target=fs.recaller, name="xos-fs-recalls", daemon=True)]
     for t in threads:

@@ -379,6 +379,7 @@ class OSD:
         self.quiet = asyncio.Condition()  # notified when a file has no write in progress
         self.reads: dict[str, float] = {}  # files read since the last heartbeat
         self.busy = 0
+        self.fsyncs = 0  # fsync requests served: the files put on stable storage at a client's asking
         self.session: aiohttp.ClientSession | None = None
 
     def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
@@ -536,6 +537,7 @@ class OSD:
         fid = _fid(request.match_info["fid"])
         self._check(request, fid, write=True)
         await asyncio.to_thread(self.store.fsync, fid)
+        self.fsyncs += 1
         return json_response({})
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -554,7 +556,8 @@ class OSD:
                 "free": st.f_bavail * st.f_frsize, "load": float(self.busy + _osd.xo_busy())}
 
     async def info(self, request: web.Request) -> web.Response:
-        return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "http": httpd.stats()})
+        return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "fsyncs": self.fsyncs,
+                              "http": httpd.stats()})
 
     async def heartbeat(self) -> None:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""

@@ -92,3 +92,34 @@ def test_fsync_survives_kill_9_of_an_osd_and_reaches_every_replica(grid):
     grid.osds[1].procs[0].stop(signal.SIGKILL)
     _check(grid, files)
     _close(fds)
+
+
+def _fsyncs(grid: FsGrid) -> int:
+    import json
+    import urllib.request
+
+    total = 0
+    for i in range(len(grid.osds)):
+        with urllib.request.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
+            total += json.load(r)["fsyncs"]
+    return total
+
+
+def test_a_sync_close_mount_puts_a_file_on_disk_at_close(grid):
+    """`--sync-close`: close() is an fsync at every replica (the OSDs count them), and survives the kill of
+    the mount and the MRC; a plain mount's close asks for none."""
+    plain, synced = grid.mount(0, "dur"), grid.mount(0, "dur", options=("--sync-close",))
+    before = _fsyncs(grid)
+    with open(os.path.join(plain, "plain"), "wb") as f:
+        f.write(os.urandom(2 << 20))
+    assert _fsyncs(grid) == before
+    data = os.urandom((2 << 20) + 7)
+    with open(os.path.join(synced, "synced"), "wb") as f:
+        f.write(data)
+    assert _fsyncs(grid) == before + 2  # both replicas
+    grid.mount_proc(synced).stop(signal.SIGKILL)
+    grid.mrc.procs[0].stop(signal.SIGKILL)
+    grid.mrc.procs.pop(0)
+    grid.start_mrc()
+    _check(grid, {"synced": data})
+    grid.umount(synced)

@@ -340,13 +340,19 @@ class FsGrid:
         """Trust a VO whose credentials another service issues (its public key)."""
         credential.TrustStore(self.trust).trust(vo, pem)
 
-    def mount(self, client: int, volume: str, user: str = "alice", vo: str = "vo-a", cred: str | None = None) -> str:
-        """Mount `volume` from client host `client` as `user` (or with the credential file `cred`); the mount
-        point."""
+    def mount(self, client: int, volume: str, user: str = "alice", vo: str = "vo-a", cred: str | None = None,
+              options: tuple[str, ...] = ()) -> str:
+        """Mount `volume` from client host `client` as `user` (or with the credential file `cred`), with more
+        `xos fs mount` options; the mount point."""
         mp = os.path.join(self.base, f"mnt-{client}-{volume}-{user}")
+        held = {where for where, _ in self.mounts}
+        n = 1
+        while mp in held:  # a second mount of the same volume on the same host: beside the first
+            n += 1
+            mp = os.path.join(self.base, f"mnt-{client}-{volume}-{user}-{n}")
         os.makedirs(mp, exist_ok=True)
         proc = self.spawn(self.clients[client], ["fs", "mount", f"{self.mrc_url}/{volume}", mp, "--foreground",
-                                                 "--cred", cred or self.cred_file(user, vo)],
+                                                 "--cred", cred or self.cred_file(user, vo), *options],
                           f"mount-{client}-{user}.log")
         self.mounts.append((mp, proc))
 
