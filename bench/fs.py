@@ -3,8 +3,11 @@ grid bridge (what people use when they have nothing else) and an xos mount, in o
 
 Workload: sequential write (with fsync) and cold read of 1 GiB in 1 MiB calls, 4 KiB random reads,
 file creates and stats in one directory and across 10 directories (mdtest-like, 10,000 files).
-Targets (issue 6): sequential read and write at least half the local disk's; every figure ahead
-of sshfs; at least 5,000 creates/s. The peers take turns for --runs rounds and each figure is its
+Then real programs on a tree of ~1,200 files (cp -a, diff -r, tar, git, SQLite, a C build, rm -rf) on each
+peer, and creates by three xos mounts on three client hosts in one directory and in three.
+Targets: sequential read and write at least half the local disk's; every figure ahead of sshfs; at
+least 5,000 creates/s; each real program ahead of sshfs and within 5x of the local disk; at least
+3,000 creates/s from three mounts in one directory. The peers take turns for --runs rounds and each figure is its
 peer's best. Prints a table, writes JSON with --out (every round's figures too).
 """
 
@@ -103,6 +106,84 @@ def creates_and_stats(d: str, files: int, dirs: int) -> tuple[float, float]:
     return creates, stats
 
 
+TREE = ("json", "email", "xml", "unittest", "asyncio", "concurrent", "importlib", "logging", "http", "urllib",
+        "encodings")  # about 1,200 files of Python's standard library
+
+
+def _sh(argv: list[str], cwd: str | None = None) -> None:
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def programs(d: str) -> dict[str, float]:
+    """Seconds each real program takes on the tree (lower is better): cp -a, diff -r, tar, git add/commit/
+    fsck, SQLite transactions, a C build with make -j2, rm -rf."""
+    import sqlite3
+    import sysconfig
+
+    lib = sysconfig.get_paths()["stdlib"]
+    tree = os.path.join(d, "tree")
+    os.mkdir(tree)
+    r: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> None:
+        t0 = time.perf_counter()
+        fn()
+        r[name] = time.perf_counter() - t0
+
+    timed("cp -a s", lambda: [_sh(["cp", "-a", os.path.join(lib, sub), tree]) for sub in TREE])
+    timed("diff -r s", lambda: [_sh(["diff", "-r", os.path.join(lib, sub), os.path.join(tree, sub)]) for sub in TREE])
+    timed("tar c s", lambda: _sh(["tar", "cf", os.path.join(d, "t.tar"), "-C", tree, "."]))
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@example.org", "-c", "init.defaultBranch=main"]
+    timed("git add+commit+fsck s", lambda: [_sh(git + a, cwd=tree) for a in
+                                             (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"], ["fsck"])])
+
+    def db() -> None:
+        c = sqlite3.connect(os.path.join(d, "db.sqlite"))
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        for i in range(200):
+            with c:
+                c.executemany("INSERT INTO t (v) VALUES (?)", [(f"{i}-{j}" * 10,) for j in range(50)])
+        c.close()
+    timed("sqlite 200 tx s", db)
+    src = os.path.join(d, "build")
+    os.mkdir(src)
+    for i in range(16):
+        with open(os.path.join(src, f"p{i}.c"), "w") as f:
+            f.write("#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n"
+                    f"int p{i}(int x) {{ char b[64]; snprintf(b, sizeof b, \"%d\", x);\n"
+                    f"  return (int)strlen(b) + {i}; }}\n")
+    with open(os.path.join(src, "Makefile"), "w") as f:
+        objs = " ".join(f"p{i}.o" for i in range(16))
+        f.write(f"lib.a: {objs}\n\tar rcs $@ $^\n%.o: %.c\n\tcc -O2 -c -o $@ $<\n")
+    timed("C build (make -j2) s", lambda: _sh(["make", "-j2", "-s"], cwd=src))
+    timed("rm -rf s", lambda: _sh(["rm", "-rf", tree, src]))
+    return r
+
+
+def shared_creates(mps: list[str], files: int, shared: bool) -> float:
+    """Creates per second in all when one process per mount makes `files` files at once, all in one
+    directory (`shared`) or each in its own."""
+    import concurrent.futures
+
+    tag = f"sh{time.time_ns()}"
+    dirs = [os.path.join(mps[0], tag)] * len(mps) if shared else [os.path.join(mps[0], f"{tag}-{i}")
+                                                                    for i in range(len(mps))]
+    for d in set(dirs):
+        os.mkdir(d)
+    paths = [[os.path.join(mp, os.path.relpath(dirs[i], mps[0]), f"m{i}-{k}") for k in range(files)]
+             for i, mp in enumerate(mps)]
+
+    def make(names: list[str]) -> None:
+        for p in names:
+            os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(mps)) as pool:
+        list(pool.map(make, paths))
+    return files * len(mps) / (time.perf_counter() - t0)
+
+
 def workload(d: str, mib: int, files: int, rand_seconds: float) -> dict[str, float]:
     r: dict[str, float] = {}
     r["write MB/s"] = seq_write(d, mib)
@@ -147,11 +228,13 @@ class Sshd:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every peer's workload `args.runs` times, the peers taking turns (noise on these VMs moves a figure
     by 2x from one minute to the next); each figure is its peer's best."""
-    results: dict[str, Any] = {"config": {"mib": args.mib, "files": args.files, "runs": args.runs},
-                               "rounds": {"local disk": [], "sshfs": [], "xos": []}}
+    results: dict[str, Any] = {"config": {"mib": args.mib, "files": args.files, "runs": args.runs,
+                                          "shared files": args.shared_files},
+                               "rounds": {"local disk": [], "sshfs": [], "xos": []}, "programs rounds": {},
+                               "shared rounds": []}
     local = tempfile.mkdtemp(prefix="xos-bench-local-", dir="/var/tmp")
     try:
-        with FsGrid(osds=3, clients=2) as grid:
+        with FsGrid(osds=3, clients=3) as grid:
             grid.mkvol("bench")
             ssh = Sshd(grid, grid.clients[1])
             exported = os.path.join(grid.base, "exported")
@@ -169,7 +252,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         d = os.path.join(top, f"round{i}")
                         os.mkdir(d)
                         results["rounds"][peer].append(workload(d, args.mib, args.files, args.rand_seconds))
-                grid.umount(xmp)
+                        pd = os.path.join(top, f"programs{i}")
+                        os.mkdir(pd)
+                        results["programs rounds"].setdefault(peer, []).append(programs(pd))
+                # three mounts on three client hosts: one directory for all, then one each
+                xmps = [xmp, grid.mount(1, "bench"), grid.mount(2, "bench")]
+                for _ in range(args.runs):
+                    results["shared rounds"].append({
+                        "creates/s 3 mounts 1 dir": shared_creates(xmps, args.shared_files, True),
+                        "creates/s 3 mounts 3 dirs": shared_creates(xmps, args.shared_files, False)})
+                for m in xmps:
+                    grid.umount(m)
             finally:
                 subprocess.run(["fusermount3", "-u", mp], check=False)
                 ssh.proc.stop(signal.SIGTERM)
@@ -177,6 +270,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(local, ignore_errors=True)
     for peer, rounds in results["rounds"].items():
         results[peer] = {k: max(r[k] for r in rounds) for k in rounds[0]}
+    results["programs"] = {peer: {k: min(r[k] for r in rounds) for k in rounds[0]}
+                           for peer, rounds in results["programs rounds"].items()}
+    shared = results["shared rounds"]
+    results["shared"] = {k: max(r[k] for r in shared) for k in shared[0]}
     return results
 
 
@@ -193,6 +290,21 @@ def report(r: dict[str, Any]) -> str:
                  f"write {x['write MB/s'] / loc['write MB/s']:.2f}, read {x['read MB/s'] / loc['read MB/s']:.2f}; "
                  f"every figure ahead of sshfs: {'yes' if all(x[k] > ssh[k] for k in keys) else 'NO'}; "
                  f">= 5000 creates/s: {x['creates/s 1 dir']:.0f} (1 dir), {x['creates/s 10 dirs']:.0f} (10 dirs)")
+    p = r["programs"]
+    rows = [("real program (s, best)", "local disk", "sshfs", "xos", "xos/local", "xos/sshfs")]
+    for k in p["local disk"]:
+        loc, ssh, x = p["local disk"][k], p["sshfs"][k], p["xos"][k]
+        rows.append((k, f"{loc:.2f}", f"{ssh:.2f}", f"{x:.2f}", f"{x / loc:.1f}", f"{x / ssh:.2f}"))
+    lines += [""] + table(rows)
+    ahead = all(p["xos"][k] < p["sshfs"][k] for k in p["xos"])
+    within = all(p["xos"][k] <= 5 * p["local disk"][k] for k in p["xos"])
+    lines.append(f"targets: ahead of sshfs on each: {'yes' if ahead else 'NO'}; "
+                 f"within 5x of the local disk on each: {'yes' if within else 'NO'}")
+    sh = r["shared"]
+    lines += ["", f"3 mounts on 3 client hosts, {r['config']['shared files']} files each: "
+              f"{sh['creates/s 3 mounts 1 dir']:.0f} creates/s in one directory, "
+              f"{sh['creates/s 3 mounts 3 dirs']:.0f} in three; target >= 3000 in one directory: "
+              f"{'yes' if sh['creates/s 3 mounts 1 dir'] >= 3000 else 'NO'}"]
     return "\n".join(lines)
 
 
@@ -202,6 +314,7 @@ def main() -> int:
     p.add_argument("--files", type=int, default=10000)
     p.add_argument("--rand-seconds", type=float, default=5.0)
     p.add_argument("--runs", type=int, default=3, help="rounds per peer; each figure is the best")
+    p.add_argument("--shared-files", type=int, default=1500, help="files per mount in the shared-directory rows")
     p.add_argument("--out")
     args = p.parse_args()
     results = run(args)

@@ -101,11 +101,11 @@ class MRC:
         caller = self.caller(ident, volume, request.headers.get("X-Xos-Session", ""))
         self.counts[request.match_info["op"]] += 1
         await self.leases.grace()
-        for _ in range(16):  # each recall ends a lease, and a recalled directory is not leased again soon
+        for _ in range(16):  # each recall ends a lease, and no one else is given one while this waits
             try:
                 return json_response(await op(volume, caller, body))
             except Recall as r:
-                await self.leases.recall(r.lease)
+                await self.leases.recall(r.lease, caller.session)
         raise Unavailable(f"{request.match_info['op']} waited on too many directory leases; try again")
 
     async def create_volume(self, request: web.Request) -> web.Response:

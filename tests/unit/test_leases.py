@@ -15,6 +15,7 @@ from xos.fs.leases import Leases, Recall
 
 A = Caller("alice@vo", "vo", "rw", (), "sessiona")
 B = Caller("bob@vo", "vo", "rw", (), "sessionb")
+C = Caller("carol@vo", "vo", "rw", (), "sessionc")
 NOBODY = Caller("carol@vo", "vo", "rw", (), "")
 
 
@@ -41,20 +42,27 @@ def test_a_lease_stands_in_the_way_of_others_only(horizon):
     asyncio.run(run())
 
 
-def test_a_recall_waits_for_the_hand_back_then_the_directory_is_not_leased_again_soon(horizon):
+def test_a_recall_comes_after_the_holders_slice_and_waits_for_the_hand_back(horizon, monkeypatch):
+    monkeypatch.setattr(leases, "MIN_HOLD", 0.2)
+
     async def run():
         ls = Leases(horizon)
         ls.grant(7, A)
         with pytest.raises(Recall) as r:
             ls.check(7, B)
-        waiter = asyncio.ensure_future(ls.recall(r.value.lease))
-        assert await ls.recalls(A) == [7]  # the holder's long poll answers at once
+        t0 = time.monotonic()
+        waiter = asyncio.ensure_future(ls.recall(r.value.lease, B.session))
+        assert ls.grant(7, C) == 0.0  # B waits for this directory: nobody else is given it meanwhile
+        assert await ls.recalls(A) == [7]  # the holder's long poll answers once its slice is over
+        assert time.monotonic() - t0 >= 0.15
         await asyncio.sleep(0.05)
         assert not waiter.done()  # still the holder's until it hands it back
         ls.hand_back(A, [7])
         await asyncio.wait_for(waiter, 1)
         ls.check(7, B)
-        assert ls.grant(7, A) == 0.0  # recalled just now: writers on two mounts would ping-pong
+        assert ls.grant(7, B) > 0  # B's turn: its slice starts now
+        with pytest.raises(Recall):
+            ls.check(7, A)
 
     asyncio.run(run())
 
