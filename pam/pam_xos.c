@@ -68,6 +68,23 @@ static int just_authenticated(pam_handle_t *pamh, const char *user)
     return a->pid == getpid() && strcmp(a->user, user) == 0 && now_ms() - a->at_ms < AUTH_FRESH_MS;
 }
 
+/* root entering a member's account with su/runuser (root needs no credential; the daemon still checks the
+ * membership): the application runs as root, says root asked, and is one of those that switch users. */
+static int root_switch(pam_handle_t *pamh, const char *user)
+{
+    const void *service = NULL, *ruser = NULL;
+    if (getuid() != 0 || just_authenticated(pamh, user))
+        return 0;
+    if (pam_get_item(pamh, PAM_SERVICE, &service) != PAM_SUCCESS || service == NULL ||
+        pam_get_item(pamh, PAM_RUSER, &ruser) != PAM_SUCCESS || ruser == NULL || strcmp(ruser, "root") != 0)
+        return 0;
+    static const char *const switchers[] = {"su", "su-l", "runuser", "runuser-l"};
+    for (size_t i = 0; i < sizeof switchers / sizeof *switchers; i++)
+        if (strcmp(service, switchers[i]) == 0)
+            return 1;
+    return 0;
+}
+
 struct opts {
     const char *socket;
     int ignore_unknown;
@@ -190,7 +207,9 @@ static int with_reply(pam_handle_t *pamh, int flags, int argc, const char **argv
         rc = PAM_BUF_ERR;
         goto out;
     }
-    if (op == XOS_OP_AUTH) {
+    if (op == XOS_OP_AUTH && root_switch(pamh, user)) {
+        rc = PAM_IGNORE; /* root asks for no credential: pam_rootok decides */
+    } else if (op == XOS_OP_AUTH) {
         rc = pam_get_authtok(pamh, PAM_AUTHTOK, &tok, "Credential: ");
         if (rc != PAM_SUCCESS || tok == NULL) {
             rc = PAM_AUTH_ERR;
@@ -204,12 +223,12 @@ static int with_reply(pam_handle_t *pamh, int flags, int argc, const char **argv
     } else if (op == XOS_OP_ACCOUNT && just_authenticated(pamh, user)) {
         rc = PAM_SUCCESS;
     } else if (op == XOS_OP_ACCOUNT) {
-        const char *f[1] = {user};
-        rc = ask(pamh, &o, op, f, 1, r, PAM_SUCCESS);
+        const char *f[2] = {user, "root"};
+        rc = ask(pamh, &o, op, f, root_switch(pamh, user) ? 2 : 1, r, PAM_SUCCESS);
     } else {
         snprintf(pid, sizeof(pid), "%d", (int)getpid());
-        const char *f[2] = {user, pid};
-        rc = ask(pamh, &o, op, f, 2, r, PAM_SUCCESS);
+        const char *f[3] = {user, pid, "root"};
+        rc = ask(pamh, &o, op, f, root_switch(pamh, user) ? 3 : 2, r, PAM_SUCCESS);
         if (rc == PAM_SUCCESS && r->nfields >= 1) {
             /* The credential goes into the session keyring for the session's programs. */
             if (syscall(SYS_add_key, "user", "xos:credential", r->field[0], r->len[0],

@@ -99,7 +99,7 @@ class IdentityServer:
             return Status.DENIED, [b"permission-denied", b"only root may authenticate"]
         try:
             if op == Op.SESSION:
-                return self._refusing(op, self._session(args[0], int(args[1])))
+                return self._refusing(op, self._session(args[0], int(args[1]), args[2:3] == ["root"]))
             return self._dispatch(op, args)
         except (XosError, ValueError, IndexError) as e:
             return self._refused(op, e)
@@ -123,7 +123,7 @@ class IdentityServer:
         if op == Op.AUTH:
             return self._auth(args[0], args[2])
         if op == Op.ACCOUNT:
-            return self._account(args[0])
+            return self._account(args[0], args[1:2] == ["root"])
         if op == Op.GETPWNAM:
             generation = self.idmap.generation
             acct = self.idmap.resolve(args[0])  # a member's first lookup leases its UID
@@ -198,18 +198,34 @@ class IdentityServer:
         self._verified[token] = claims
         return claims
 
-    def _account(self, account: str) -> tuple[Status, list[bytes]]:
-        self._login(account)
+    def _member(self, account: str) -> Account:
+        """The account of a current member of a VO pooled here, for root entering it without a credential
+        (`su - alice.bio` from root: root needs none, the membership is still checked)."""
+        acct = self.idmap.resolve(account)
+        if acct is None or acct.static or not self.idmap.is_member(acct.vo, acct.user):
+            raise credential.CredentialError(f"{account} is not a current member of a VO pooled here")
+        return acct
+
+    def _account(self, account: str, by_root: bool = False) -> tuple[Status, list[bytes]]:
+        if by_root:
+            self._member(account)
+        else:
+            self._login(account)
         return Status.OK, []
 
-    async def _session(self, account: str, pid: int) -> tuple[Status, list[bytes]]:
-        login = self._login(account)
-        acct = self.idmap.lookup_name(account)
+    async def _session(self, account: str, pid: int, by_root: bool = False) -> tuple[Status, list[bytes]]:
+        acct: Account | None
+        if by_root:
+            acct = self._member(account)
+            vo, token = acct.vo, b""
+        else:
+            login = self._login(account)
+            acct, vo, token = self.idmap.lookup_name(account), login.claims.vo, login.token.encode()
         if acct is not None and not acct.static and make_home(acct):
             log.info("made the home of %s", account, extra={"vo": acct.vo, "uid": acct.uid})
         if self.place is not None and pid > 0:
-            await self.place(login.claims.vo, pid)
-        return Status.OK, [login.token.encode()]
+            await self.place(vo, pid)
+        return Status.OK, [token] if token else []
 
     def forget(self, jtis: set[str]) -> None:
         """Drop kept logins whose credentials were revoked."""

@@ -185,18 +185,49 @@ NSS_FILES = ("idmap.sock", "nss.passwd", "nss.group")  # what the NSS module rea
 
 
 @contextlib.contextmanager
+def at_default_path(node):
+    """The node's identity socket and NSS caches at the default run directory, where programs that do not
+    know the test's (sshd, su, a session's id and ls) look for them."""
+    taken = [n for n in NSS_FILES if os.path.lexists(os.path.join("/run/xos", n))]
+    assert not taken, f"/run/xos holds {taken}: a node runs on this machine; the test needs the default path"
+    linked: list[str] = []
+    try:
+        os.makedirs("/run/xos", mode=0o755, exist_ok=True)
+        for n in NSS_FILES:
+            os.symlink(os.path.join(node.run, n), os.path.join("/run/xos", n))
+            linked.append(os.path.join("/run/xos", n))
+        yield
+    finally:
+        for path in linked:
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def included(service: str):
+    """`@include xos` put first in a system PAM service file, as the README says, and the file restored."""
+    path = f"/etc/pam.d/{service}"
+    with open(path, "rb") as f:
+        before = f.read()
+    try:
+        with open(path, "wb") as f:
+            f.write(b"@include xos\n" + before)
+        yield
+    finally:
+        with open(path, "wb") as f:
+            f.write(before)
+
+
+@contextlib.contextmanager
 def sshd(node, port: int = 2222):
     """A real OpenSSH sshd on 127.0.0.1:`port` whose PAM service (named after the program, as sshd names
     it) is pam_xos, and the node's identity socket and NSS caches at the default run directory, where a
     session's programs (id, ls) look for them."""
-    taken = [n for n in NSS_FILES if os.path.lexists(os.path.join("/run/xos", n))]
-    assert not taken, f"/run/xos holds {taken}: a node runs on this machine; the ssh test needs the default path"
     base = tempfile.mkdtemp(prefix="xos-sshd-")
     name = f"sshd-xos-{node.tag}"
     prog = os.path.join(base, name)
     made_privsep = not os.path.exists("/run/sshd")
-    linked: list[str] = []
     proc = None
+    stack = contextlib.ExitStack()
     log = open(os.path.join(base, "sshd.log"), "w+")
     try:
         os.symlink("/usr/sbin/sshd", prog)
@@ -209,10 +240,7 @@ def sshd(node, port: int = 2222):
         with open(f"/etc/pam.d/{name}", "w") as f:
             for kind in ("auth", "account", "session"):
                 f.write(f"{kind} required {MODULE} socket={sock}\n")
-        os.makedirs("/run/xos", mode=0o755, exist_ok=True)
-        for n in NSS_FILES:
-            os.symlink(os.path.join(node.run, n), os.path.join("/run/xos", n))
-            linked.append(os.path.join("/run/xos", n))
+        stack.enter_context(at_default_path(node))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         proc = subprocess.Popen([prog, "-D", "-e", "-f", os.path.join(base, "sshd_config")], stdout=log,
                                 stderr=log, env={**os.environ, "XOS_RUN": node.run})
@@ -226,8 +254,7 @@ def sshd(node, port: int = 2222):
         log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"/etc/pam.d/{name}")
-        for path in linked:
-            os.unlink(path)
+        stack.close()
         if made_privsep:
             os.rmdir("/run/sshd")
         subprocess.run(["rm", "-rf", base], check=True)
@@ -280,3 +307,59 @@ def test_first_ssh_login_of_a_member(installed):
         wait_for(lambda: ssh(port, "alice.bio", tok, "true").returncode != 0, 5, "the revocation to be refused")
         assert vo.cli("vo", "remove", "bio", "bob")[0] == 0
         wait_for(lambda: ssh(port, "bob.bio", bob, "true").returncode != 0, 5, "the removed member to be refused")
+
+
+def test_su_from_root_and_login_through_pamtester_behave_as_ssh(installed):
+    """`su - alice.bio` from root (no credential: root needs none, the membership is checked) and `login`
+    through pamtester with the credential: the mapped names, the home made and entered, the VO's workspace;
+    a removed member is refused by both. Both services as the README says: `@include xos`."""
+    node, vo = installed
+    node.expect_warning("refused")  # the removed member below
+    tok = issue(vo, "alice")
+    issue(vo, "dave")
+    for user in ("alice.bio", "dave.bio"):
+        wait_for(lambda u=user: run(node, "getent", "passwd", u).returncode == 0, 5, f"{user} to resolve")
+    login = f"login-xos-{node.tag}"
+    with open("/etc/pam.d/login", "rb") as f:
+        stack = f.read()
+    with open(f"/etc/pam.d/{login}", "wb") as f:  # login's own stack, xos first, under a name of its own
+        f.write(b"@include xos\n" + stack)
+    try:
+        with at_default_path(node), included("su-l"):
+            p = subprocess.run(["su", "-", "dave.bio", "-c", "id; pwd; cat /proc/self/cgroup"],
+                               capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            assert p.returncode == 0, p.stderr
+            out = p.stdout.splitlines()
+            assert "(dave.bio)" in out[0] and "(bio)" in out[0], out
+            assert out[1] == os.path.join(node.home, "homes", "dave.bio")
+            assert any(node.cgroup_root in line for line in out[2:]), out
+            p = pamtester(login, "alice.bio", "authenticate", "acct_mgmt", "open_session", "close_session",
+                          secret=tok)
+            assert p.returncode == 0, p.stderr
+            assert os.path.isdir(os.path.join(node.home, "homes", "alice.bio"))
+            assert pamtester(login, "alice.bio", "authenticate", secret="garbage").returncode != 0
+            assert vo.cli("vo", "remove", "bio", "dave")[0] == 0
+            wait_for(lambda: subprocess.run(["su", "-", "dave.bio", "-c", "true"], capture_output=True,
+                                            timeout=30, stdin=subprocess.DEVNULL).returncode != 0,
+                     5, "the removed member to be refused by su")
+    finally:
+        os.unlink(f"/etc/pam.d/{login}")
+
+
+def test_a_local_account_is_not_entered_with_a_members_credential_over_ssh(installed):
+    """A local account named as a member would be (`jane.bio`, in /etc/passwd) is not entered over ssh with
+    member jane's credential: pam_xos leaves it alone, sshd's log says why, the account is untouched."""
+    node, vo = installed
+    node.expect_warning("refused|local account")
+    tok = issue(vo, "jane")
+    subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", "jane.bio"], check=True)
+    try:
+        entry = subprocess.run(["getent", "passwd", "jane.bio"], capture_output=True, text=True).stdout
+        with sshd(node) as (port, log):
+            p = ssh(port, "jane.bio", tok, "id")
+            assert p.returncode != 0 and "uid=" not in p.stdout, p.stdout
+            log.seek(0)
+            assert "jane.bio" in log.read()
+        assert subprocess.run(["getent", "passwd", "jane.bio"], capture_output=True, text=True).stdout == entry
+    finally:
+        subprocess.run(["userdel", "jane.bio"], check=True)
