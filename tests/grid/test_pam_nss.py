@@ -218,16 +218,16 @@ def included(service: str):
 
 
 @contextlib.contextmanager
-def sshd(node, port: int = 2222):
+def sshd(node, port: int = 2222, stack: bytes | None = None):
     """A real OpenSSH sshd on 127.0.0.1:`port` whose PAM service (named after the program, as sshd names
-    it) is pam_xos, and the node's identity socket and NSS caches at the default run directory, where a
-    session's programs (id, ls) look for them."""
+    it) is pam_xos (or `stack`), and the node's identity socket and NSS caches at the default run directory,
+    where a session's programs (id, ls) look for them."""
     base = tempfile.mkdtemp(prefix="xos-sshd-")
     name = f"sshd-xos-{node.tag}"
     prog = os.path.join(base, name)
     made_privsep = not os.path.exists("/run/sshd")
     proc = None
-    stack = contextlib.ExitStack()
+    cleanup = contextlib.ExitStack()
     log = open(os.path.join(base, "sshd.log"), "w+")
     try:
         os.symlink("/usr/sbin/sshd", prog)
@@ -237,10 +237,10 @@ def sshd(node, port: int = 2222):
                     "KbdInteractiveAuthentication yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n"
                     "PermitRootLogin no\nLogLevel VERBOSE\n")
         sock = os.path.join(node.run, "idmap.sock")
-        with open(f"/etc/pam.d/{name}", "w") as f:
-            for kind in ("auth", "account", "session"):
-                f.write(f"{kind} required {MODULE} socket={sock}\n")
-        stack.enter_context(at_default_path(node))
+        with open(f"/etc/pam.d/{name}", "wb") as f:
+            f.write(stack if stack is not None else "".join(
+                f"{kind} required {MODULE} socket={sock}\n" for kind in ("auth", "account", "session")).encode())
+        cleanup.enter_context(at_default_path(node))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         proc = subprocess.Popen([prog, "-D", "-e", "-f", os.path.join(base, "sshd_config")], stdout=log,
                                 stderr=log, env={**os.environ, "XOS_RUN": node.run})
@@ -254,7 +254,7 @@ def sshd(node, port: int = 2222):
         log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"/etc/pam.d/{name}")
-        stack.close()
+        cleanup.close()
         if made_privsep:
             os.rmdir("/run/sshd")
         subprocess.run(["rm", "-rf", base], check=True)

@@ -64,3 +64,42 @@ def test_a_vo_named_like_a_local_group_gets_no_pool(tmp_path: object, vo: str) -
     with pytest.raises(InvalidInput) as e:
         IdentityMap(os.path.join(str(tmp_path), "idmap.db"), {vo: Pool.parse(vo, "34000-34099")}, scrub_dirs=())
     assert "local group" in e.value.message
+
+
+def test_root_entering_an_account_without_a_credential_reaches_current_members_only(
+        smith: tuple[object, c.TrustStore], tmp_path: object) -> None:
+    """What `su - alice.smith` from root asks (an account check and a session marked as root's, no credential):
+    only from root, only for a current member of a pooled VO, never for a removed member, a stranger or a
+    local account; and it gives no credential."""
+    import asyncio
+
+    from xos.idproto import LEN, Op, encode
+
+    _, trust = smith
+    idmap = IdentityMap(os.path.join(str(tmp_path), "idmap.db"), {"smith": Pool.parse("smith", "33000-33099")},
+                        home_base=os.path.join(str(tmp_path), "homes"), scrub_dirs=())
+    idmap.set_roster("smith", ["alice", "bob"], time.time())
+    server = IdentityServer(idmap, trust, set())
+
+    def ask(op: int, fields: list[str], peer_uid: int = 0) -> tuple[int, list[bytes]]:
+        body = encode(op, [f.encode() for f in fields])[LEN.size:]
+        reply = server.answer(body, peer_uid)
+        return asyncio.run(reply) if asyncio.iscoroutine(reply) else reply  # type: ignore[return-value, arg-type]
+
+    assert ask(Op.ACCOUNT, ["alice.smith", "root"])[0] == Status.OK
+    status, fields = ask(Op.SESSION, ["alice.smith", "0", "root"])
+    assert status == Status.OK and fields == []  # no credential to hand out: root gave none
+    assert os.path.isdir(os.path.join(str(tmp_path), "homes", "alice.smith"))
+    assert ask(Op.ACCOUNT, ["alice.smith", "root"], peer_uid=1000)[0] == Status.DENIED  # only root asks
+    assert ask(Op.ACCOUNT, ["alice.smith"])[0] == Status.DENIED  # unmarked: a credential is needed
+    assert ask(Op.ACCOUNT, ["mallory.smith", "root"])[0] == Status.DENIED  # no member
+    assert ask(Op.SESSION, ["mallory.smith", "0", "root"])[0] == Status.DENIED
+    idmap.drop_member("smith", "bob")
+    idmap.set_roster("smith", ["alice"], time.time() + 1)
+    assert ask(Op.ACCOUNT, ["bob.smith", "root"])[0] == Status.DENIED  # removed
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", "carol.smith"], check=True)
+    try:
+        idmap.set_roster("smith", ["alice", "carol"], time.time() + 2)
+        assert ask(Op.ACCOUNT, ["carol.smith", "root"])[0] == Status.DENIED  # a local account
+    finally:
+        subprocess.run(["userdel", "carol.smith"], check=True)
