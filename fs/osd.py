@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 CRC = "user.xos.crc32"  # the CRC-32 of each BLOCK of the object, big-endian, one after the other
+# The checksums an object is being written to, set before its bytes change and removed once CRC holds them:
+# a write cut short (the OSD killed between the two) leaves each block as it was or as it was to be, and
+# either verifies; a block torn in the middle verifies as neither and is read from another replica.
+PENDING = "user.xos.crc32.pending"
 FENCE = "user.xos.fence"  # on a file's directory: its truncate epoch and replica-list version, two big-endian u64
 BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
 MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
@@ -148,30 +152,66 @@ class ObjectStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
-            crcs = self._crcs(fd, fid, objno, size)
-            try:
-                self._pwrite(fd, data, offset)
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)  # what it appended goes again: the checksums still fit the object
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise NoSpace("the OSD's disk is full") from None
-                raise
+            crcs = self._baseline(fd, fid, objno, size)
             end = offset + len(data)
             new_size = max(size, end)
             del crcs[(new_size + BLOCK - 1) // BLOCK:]
             crcs.extend([0] * ((new_size + BLOCK - 1) // BLOCK - len(crcs)))
             mv = memoryview(data)
-            # every block from the old end (a gap reads as zeros) or the write's start to its end
+            # every block from the old end (a gap reads as zeros) or the write's start to its end, as it will be
             for b in range(min(offset, size) // BLOCK, (new_size - 1) // BLOCK + 1 if new_size else 0):
                 lo, hi = b * BLOCK, min((b + 1) * BLOCK, new_size)
                 if offset <= lo and hi <= end:
                     crcs[b] = crc32(mv[lo - offset:hi - offset])
-                elif hi > offset and lo < end or lo >= size or hi > size:
-                    crcs[b] = crc32(os.pread(fd, hi - lo, lo))
-            os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
+                else:
+                    block = bytearray(os.pread(fd, hi - lo, lo)).ljust(hi - lo, b"\0")
+                    start, stop = max(lo, offset), min(hi, end)
+                    if start < stop:
+                        block[start - lo:stop - lo] = mv[start - offset:stop - offset]
+                    crcs[b] = crc32(block)
+            packed = struct.pack(f">{len(crcs)}I", *crcs)
+            os.setxattr(fd, PENDING, packed)
+            try:
+                self._pwrite(fd, data, offset)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # what it appended goes again: the checksums still fit the object
+                    os.removexattr(fd, PENDING)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise NoSpace("the OSD's disk is full") from None
+                raise
+            os.setxattr(fd, CRC, packed)
+            os.removexattr(fd, PENDING)
         finally:
             os.close(fd)
+
+    def _pending(self, fd: int, size: int) -> list[int] | None:
+        """The checksums a write cut short was taking the object to, if they fit its size."""
+        try:
+            raw = os.getxattr(fd, PENDING)
+        except OSError:
+            return None
+        n = (size + BLOCK - 1) // BLOCK
+        return list(struct.unpack(f">{n}I", raw)) if len(raw) == 4 * n else None
+
+    def _baseline(self, fd: int, fid: str, objno: int, size: int) -> list[int]:
+        """The checksums of the object as it is, to change: after a write cut short, each block's as it
+        was or as it was to be, whichever its bytes match (a torn block keeps its old one: still caught)."""
+        try:
+            crcs: list[int] | None = self._crcs(fd, fid, objno, size)
+        except ObjectCorrupt:
+            crcs = None
+        pending = self._pending(fd, size)
+        if pending is None:
+            if crcs is None:
+                raise ObjectCorrupt(f"object {fid}/{objno} has checksums for another size than its {size} bytes")
+            return crcs
+        out = []
+        for b, want in enumerate(pending):
+            have = crc32(os.pread(fd, min(BLOCK, size - b * BLOCK), b * BLOCK))
+            out.append(have if have == want or (crcs is not None and have == crcs[b]) else
+                       crcs[b] if crcs is not None else want)
+        return out
 
     def _pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         """Write `data` at `offset`: large aligned writes with O_DIRECT, the rest through the page cache.
@@ -253,7 +293,10 @@ class ObjectStore:
             end = min(size, offset + length)
             if offset >= end:
                 return b""
-            crcs = self._crcs(fd, fid, objno, size)
+            try:
+                crcs: list[int] | None = self._crcs(fd, fid, objno, size)
+            except ObjectCorrupt:
+                crcs = None  # a write cut short may have changed its size: its pending checksums say
             first, last = offset // BLOCK, (end - 1) // BLOCK
             lo, n = first * BLOCK, min(size, (last + 1) * BLOCK) - first * BLOCK
             span: bytes | memoryview | None = None
@@ -261,12 +304,18 @@ class ObjectStore:
                 span = self._pread_direct(fd, n, lo)
             if span is None:
                 span = os.pread(fd, n, lo)
+            mv = memoryview(span)
+            pending: list[int] | None = None
+            for b in range(first, last + 1):
+                have = crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK])
+                if crcs is not None and have == crcs[b]:
+                    continue
+                if pending is None:
+                    pending = self._pending(fd, size) or []
+                if b >= len(pending) or have != pending[b]:
+                    raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
         finally:
             os.close(fd)
-        mv = memoryview(span)
-        for b in range(first, last + 1):
-            if crc32(mv[(b - first) * BLOCK:(b - first + 1) * BLOCK]) != crcs[b]:
-                raise ObjectCorrupt(f"object {fid}/{objno} block {b} does not match its checksum")
         out = span[offset - lo:end - lo]
         return bytes(out) if copy and isinstance(out, memoryview) else out  # the thread's buffer is read into again
 
@@ -303,12 +352,15 @@ class ObjectStore:
         try:
             have = os.fstat(fd).st_size
             if have > inner:
-                crcs = self._crcs(fd, fid, objno, have)[:(inner + BLOCK - 1) // BLOCK]
-                os.ftruncate(fd, inner)
+                crcs = self._baseline(fd, fid, objno, have)[:(inner + BLOCK - 1) // BLOCK]
                 if inner % BLOCK:
                     b = inner // BLOCK
                     crcs[b] = crc32(os.pread(fd, inner - b * BLOCK, b * BLOCK))
-                os.setxattr(fd, CRC, struct.pack(f">{len(crcs)}I", *crcs))
+                packed = struct.pack(f">{len(crcs)}I", *crcs)
+                os.setxattr(fd, PENDING, packed)
+                os.ftruncate(fd, inner)
+                os.setxattr(fd, CRC, packed)
+                os.removexattr(fd, PENDING)
         finally:
             os.close(fd)
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xos.errors import NoSpace, NoSuchFile, ObjectCorrupt
-from xos.fs.osd import ALIGN, BLOCK, DIRECT_MIN, ObjectStore
+from xos.fs.osd import ALIGN, BLOCK, DIRECT_MIN, PENDING, ObjectStore
 
 FID = "ab" * 16
 STRIPE = 8 * BLOCK
@@ -249,3 +249,60 @@ def test_a_direct_read_refused_falls_back_to_the_page_cache(tmp_path, monkeypatc
     assert store.read(FID, 0, 0, DIRECT_MIN, direct=True) == data
     monkeypatch.undo()
     assert not store.direct and caplog.text.count("refuses O_DIRECT") == 1
+
+
+class _Cut(Exception):
+    """The OSD killed between a write's bytes and its checksums."""
+
+
+def _cut_after_the_bytes(monkeypatch, store):
+    """Make the next write stop right after its bytes reached the object (before CRC is updated)."""
+    real = store._pwrite
+
+    def pwrite(fd, data, offset):
+        real(fd, data, offset)
+        raise _Cut()
+
+    monkeypatch.setattr(store, "_pwrite", pwrite)
+
+
+@pytest.mark.parametrize("offset,length", [(100, 1000), (BLOCK - 10, 20), (3 * BLOCK, 2 * BLOCK + 7), (0, 4 * BLOCK)])
+def test_a_write_cut_between_its_bytes_and_its_checksums_reads_back_whole(tmp_path, monkeypatch, offset, length):
+    """Data and checksums change together: a write cut short reads back as written (the pending checksums
+    vouch for it), the next write goes on from there, and a block torn in the middle is still caught."""
+    store = ObjectStore(str(tmp_path))
+    old = os.urandom(2 * BLOCK + 300)
+    store.write(FID, 0, 0, old)
+    new = os.urandom(length)
+    with monkeypatch.context() as m:
+        _cut_after_the_bytes(m, store)
+        with pytest.raises(_Cut):
+            store.write(FID, 0, offset, new)
+    fresh = ObjectStore(str(tmp_path))  # the OSD restarted
+    want = bytearray(old)
+    want[len(want):offset] = bytes(max(0, offset - len(want)))
+    want[offset:offset + length] = new
+    assert fresh.read(FID, 0, 0, len(want) + 10) == bytes(want)
+    fresh.write(FID, 0, 5, b"after")  # the checksums settle on what the object holds
+    want[5:10] = b"after"
+    assert fresh.read(FID, 0, 0, len(want) + 10) == bytes(want)
+    assert PENDING not in os.listxattr(fresh.path(FID, 0))
+
+
+def test_a_block_torn_by_a_cut_write_is_caught(tmp_path, monkeypatch):
+    store = ObjectStore(str(tmp_path))
+    store.write(FID, 0, 0, b"a" * (2 * BLOCK))
+    with monkeypatch.context() as m:
+        real = store._pwrite
+
+        def half(fd, data, off):  # only half the new block lands: it matches neither its old nor its new checksum
+            real(fd, data[:BLOCK // 2], off)
+            raise _Cut()
+
+        m.setattr(store, "_pwrite", half)
+        with pytest.raises(_Cut):
+            store.write(FID, 0, 0, b"b" * BLOCK)
+    fresh = ObjectStore(str(tmp_path))
+    assert fresh.read(FID, 0, BLOCK, BLOCK) == b"a" * BLOCK  # the untouched block reads
+    with pytest.raises(ObjectCorrupt):
+        fresh.read(FID, 0, 0, BLOCK)
