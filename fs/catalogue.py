@@ -654,6 +654,13 @@ class Catalogue:
     def inode(self, ino: int) -> Inode:
         return self._get(ino)
 
+    def by_fid(self, fid: str) -> Inode:
+        """The inode of file `fid` (a scan: only for the rare reports of replicas that missed writes)."""
+        row = self.db.execute(f"SELECT {COLUMNS} FROM inodes WHERE fid=?", (fid,)).fetchone()
+        if row is None:
+            raise NoSuchFile(f"no file {fid}")
+        return Inode(*row)
+
     def commit(self, ino: int, size: int, mtime: float, inline: bytes | None, spilled: bool) -> Inode:
         """What a client's close or fsync made of a file: its size, mtime, and its content if inline."""
         with self.db.tx() as tx:

@@ -56,7 +56,6 @@ class Open:
     refs: int = 0
     write: bool = False
     dirty: bool = False
-    behind: set[str] = field(default_factory=set)
     lock: threading.RLock = field(default_factory=threading.RLock)
     renew_lock: threading.Lock = field(default_factory=threading.Lock)
     wbuf: dict[int, tuple[int, bytearray]] = field(default_factory=dict)  # objno -> (offset, bytes)
@@ -350,9 +349,8 @@ class Client:
             return
         inline = base64.b64encode(bytes(st.inline)).decode() if st.inline is not None else None
         self.op("commit", ino=st.ino, cap=st.cap, size=st.size, mtime=time.time(), inline=inline,
-                spilled=st.inline is None, behind=sorted(st.behind))
+                spilled=st.inline is None)
         st.dirty = False
-        st.behind.clear()
 
     # writing
 
@@ -479,16 +477,15 @@ class Client:
             assert st.xloc is not None
             urls = [st.xloc.urls[r.osd_of(objno)] for r in st.xloc.replicas]
             for i, url in enumerate(urls):
+                # the OSD that takes it sends it on to every other replica, and reports those that miss it
                 headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
-                           "X-Xos-Forward": ",".join(urls[i + 1:])}
+                           "X-Xos-Forward": ",".join(urls[:i] + urls[i + 1:])}
                 try:
                     status, _, raw = self._http("PUT", f"{url}/v1/o/{st.fid}/{objno}?off={offset}", data, headers)
                 except Unavailable:
-                    st.behind.add(url)
                     continue
                 reply = json.loads(raw or b"{}")
                 if status == 200:
-                    st.behind.update(reply.get("behind", []))
                     return
                 err = from_json(reply, status)
                 if self._renewable(err) and not renewed:
@@ -497,7 +494,6 @@ class Client:
                     break
                 if status < 500:
                     raise err
-                st.behind.add(url)
             else:
                 if time.monotonic() > deadline:
                     raise NoReplica(f"no replica of {st.path} accepted a write within {self.deadline:.0f}s")

@@ -149,6 +149,21 @@ class MRC:
         self.replicas.seen(osd, field(body, "reads", dict, {}))
         return json_response({})
 
+    async def behind(self, request: web.Request) -> web.Response:
+        """A primary OSD's word that replicas missed a write it took: they are dropped (and rebuilt), so no
+        read goes to them. Only an OSD holding a replica of the file is heard."""
+        ident = self.auth.request(request, service_ok=True)
+        body = await read_body(request)
+        osd = field(body, "osd", str)
+        if ident.service != f"osd:{osd}":
+            raise NotPermitted("an OSD reports only for itself, with the file system's key")
+        node = self.cat.by_fid(field(body, "fid", str))
+        xloc = node.layout()
+        if xloc is None or osd not in xloc.osds():
+            raise NotPermitted(f"OSD {osd} holds no replica of that file")
+        await self.replicas.drop_behind(node, [str(u) for u in field(body, "behind", list)])
+        return json_response({})
+
     async def stats(self, request: web.Request) -> web.Response:
         """What this MRC served: file-system operations by name, files made under leases, leases held."""
         self.auth.request(request, service_ok=True)
@@ -315,14 +330,12 @@ class MRC:
         return {"xloc": self.xloc(node), "cap": self.cap(node, c, True), "epoch": node.epoch}
 
     async def op_commit(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """A client's close or fsync: size and mtime, the content of an inline file, replicas that fell behind."""
+        """A client's close or fsync: size and mtime, the content of an inline file. (Replicas that missed a
+        write are the primary OSD's to report, not the client's.)"""
         node, _ = self._held(b, c)
         inline = _unb64(b["inline"], "inline") if b.get("inline") is not None else None
         node = self.cat.commit(node.ino, field(b, "size", int, 0), float(field(b, "mtime", (int, float), time.time())),
                                inline, field(b, "spilled", bool, False))
-        behind = field(b, "behind", list, [])
-        if behind:
-            await self.replicas.drop_behind(node, [str(u) for u in behind])
         return node.attrs()
 
     async def op_statfs(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
@@ -394,6 +407,7 @@ def make_app(mrc: MRC) -> httpd.App:
     app.router.add_delete("/v1/volumes/{volume}", durable(mrc.delete_volume))
     app.router.add_post("/v1/volumes/{volume}/fs/{op}", durable(mrc.fs))
     app.router.add_post("/v1/osds/heartbeat", mrc.heartbeat)
+    app.router.add_post("/v1/osds/behind", durable(mrc.behind))
     app.router.add_get("/v1/osds", mrc.list_osds)
     app.router.add_get("/v1/stats", mrc.stats)
     return app

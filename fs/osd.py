@@ -41,6 +41,7 @@ from xos.errors import (
     NoSuchFile,
     ObjectCorrupt,
     StaleCapability,
+    Unavailable,
     XosError,
 )
 from xos.fs.auth import Authenticator, Identity
@@ -508,7 +509,25 @@ class OSD:
         if isinstance(results[0], BaseException):
             raise results[0]
         behind = [u for u, r in zip(forwards, results[1:], strict=True) if r is not True]
+        if behind:  # stale from now on: the MRC drops them before this write is acknowledged
+            await self._report_behind(fid, behind)
         return json_response({"written": len(data), "behind": behind})
+
+    async def _report_behind(self, fid: str, urls: list[str]) -> None:
+        """Tell the MRC that the replicas at `urls` missed a write of `fid` this OSD took (it drops them; they
+        are rebuilt). A write nobody could mark so is refused: the client tries again."""
+        assert self.session is not None
+        headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
+        try:
+            async with self.session.post(f"{self.cfg.mrc}/v1/osds/behind", json={"osd": self.cfg.id, "fid": fid,
+                                         "behind": urls}, headers=headers,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                if resp.status == 200:
+                    return
+                why = f"HTTP {resp.status} {await resp.text()}"
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            why = str(e)
+        raise Unavailable(f"replicas {', '.join(urls)} missed a write of {fid} and the MRC could not be told: {why}")
 
     async def _forward(self, url: str, request: web.Request, fid: str, objno: int, offset: int, data: bytes) -> bool:
         """Send a write on to another replica; whether it has it."""

@@ -333,3 +333,31 @@ def test_a_replica_rebuilt_while_the_file_is_written_misses_no_write(grid):
         c.close()
     a, b = (_object_files(grid, info["fid"], r["osds"][0]) for r in info["xloc"]["replicas"])
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a), "the replicas differ"
+
+
+def test_a_replica_that_misses_a_write_is_dropped_on_the_primarys_word(grid):
+    """The primary OSD, not the client, reports a replica its forward did not reach: the MRC has dropped it
+    before the write is acknowledged, so no read can go to it; and the client's own word counts for nothing."""
+    c = grid.client("rep")
+    try:
+        with c.open("/w", "wb") as f:
+            f.write(b"x" * (1 << 20))
+        before = c.replicas("/w")["xloc"]["replicas"]
+        assert len(before) == 2
+        second = before[1]["osds"][0]
+        # the client's commit naming a healthy replica "behind" drops nothing
+        st = c.open_handle("/w", write=True)
+        c.op("commit", ino=st.ino, cap=st.cap, size=1 << 20, mtime=time.time(), inline=None, spilled=True,
+             behind=[grid.osd_url(int(second[3:]))])
+        c.release(st)
+        assert len(c.replicas("/w")["xloc"]["replicas"]) == 2
+        grid.osds[int(second[3:])].procs[0].stop(signal.SIGKILL)
+        with c.open("/w", "r+b") as f:
+            f.write(b"y" * 4096)  # the primary cannot forward this to the second replica
+            f.flush()
+            after = c.replicas("/w")["xloc"]["replicas"]
+        assert [r["osds"] for r in after] == [before[0]["osds"]], after
+        with c.open("/w", "rb") as f:
+            assert f.read(4096) == b"y" * 4096
+    finally:
+        c.close()

@@ -155,3 +155,43 @@ def test_a_mount_saying_the_kernel_checked_reaches_only_its_own_files(grid: FsGr
         assert a.stat("/readonly")["size"] == 18
     finally:
         a.close()
+
+
+def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> None:
+    """The MRC drops replicas that missed a write on the word of an OSD of that file only, said with that
+    OSD's own service token: not a member's, not another OSD's."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from xos.fs.capability import load_secret, service_token
+
+    a: Any = grid.client("shared", "alice")
+    try:
+        with a.open("/kept", "wb") as f:
+            f.write(b"k" * (1 << 20))
+        fid = a.replicas("/kept")["fid"]
+    finally:
+        a.close()
+
+    def report(auth: str, osd: str) -> int:
+        req = urllib.request.Request(f"{grid.mrc_url}/v1/osds/behind", method="POST",
+                                     data=json.dumps({"osd": osd, "fid": fid, "behind": [grid.osd_url(0)]}).encode(),
+                                     headers={"Authorization": auth, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    secret = load_secret(grid.key)
+    assert report(f"Bearer {grid.credential('alice')}", "osd0") in (401, 403)
+    assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd0") == 403  # not who it says
+    assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd9") == 403  # holds no replica of it
+    c: Any = grid.client("shared", "alice")
+    try:
+        assert c.replicas("/kept")["xloc"]["replicas"], "the replica list is untouched"
+        with c.open("/kept", "rb") as f:
+            assert f.read() == b"k" * (1 << 20)
+    finally:
+        c.close()
