@@ -87,9 +87,12 @@ def _run(host: str, command: str, vo: TestVOService, node, tmp: str, creds: dict
     if words[0] == "ssh":
         account = words[1].split("@")[0]
         with sshd(node, stack=_stack("sshd")) as (port, log):
-            p = ssh(port, account, creds[account], "id; pwd")
+            p = ssh(port, account, creds[account], "id; pwd; whoami; ls -ld .")
             assert p.returncode == 0, (p.stderr, open(log.name).read()[-2000:])
-            assert f"({account})" in p.stdout and os.path.join(node.home, "homes", account) in p.stdout
+            out = p.stdout.splitlines()
+            assert f"({account})" in out[0] and out[1] == os.path.join(node.home, "homes", account), out
+            assert out[2] == account and out[3].split()[2:4] == [account, account.split(".")[1]], out
+            assert out[3].startswith("drwx------"), out  # the home: the member's alone
         return
     if words[:2] == ["su", "-"]:
         with at_default_path(node), included("su-l"):
