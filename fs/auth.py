@@ -21,6 +21,7 @@ class Identity:
     exp: float
     service: str = ""
     roles: tuple[str, ...] = ()
+    jti: str = ""
 
     @property
     def who(self) -> str:
@@ -36,14 +37,16 @@ class Authenticator:
         self.trust = TrustStore(trust_dir)
         self.secret = secret
         self._cache: dict[str, Identity] = {}
+        # credentials the followed VO services revoked (by jti; xos.revocations fills it in place)
+        self.revoked: set[str] = set()
 
     def token(self, token: str) -> Identity:
         """The identity a credential proves; CredentialError otherwise."""
         ident = self._cache.get(token)
-        if ident is not None and time.time() < ident.exp:
+        if ident is not None and time.time() < ident.exp and ident.jti not in self.revoked:
             return ident
-        claims = credential.verify(token, self.trust)
-        ident = Identity(claims.sub, claims.vo, float(claims.exp), roles=claims.roles)
+        claims = credential.verify(token, self.trust, self.revoked)
+        ident = Identity(claims.sub, claims.vo, float(claims.exp), roles=claims.roles, jti=claims.jti)
         if len(self._cache) >= self.MAX_CACHED:
             self._cache.clear()
         self._cache[token] = ident

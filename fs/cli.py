@@ -28,6 +28,8 @@ def add_serve(serve: Any) -> None:
     m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
     m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
     m.add_argument("--cap-ttl", type=float, default=600.0, help="seconds a capability is good for (clients renew)")
+    m.add_argument("--vo-url", action="append", default=[], dest="vo_urls",
+                   help="VO service whose revocations to follow (repeatable): its revoked credentials are refused")
     m.add_argument("--log-level", default="INFO")
     o = serve.add_parser("osd", help="a grid file system object store")
     o.add_argument("--id", required=True, help="the OSD's name")
@@ -37,6 +39,8 @@ def add_serve(serve: Any) -> None:
     o.add_argument("--mrc", required=True, help="the MRC's URL")
     o.add_argument("--key", required=True, help="file with the key shared with the MRC")
     o.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
+    o.add_argument("--vo-url", action="append", default=[], dest="vo_urls",
+                   help="VO service whose revocations to follow (repeatable): its revoked credentials are refused")
     o.add_argument("--log-level", default="INFO")
 
 
@@ -100,13 +104,13 @@ def serve(args: argparse.Namespace) -> int:
         from xos.fs.mrc import MrcConfig, serve_mrc
 
         httpd.run(serve_mrc(MrcConfig(config.home(), args.listen, secret, _trust(args.trust), grace=args.grace,
-                                        idle=args.idle, cap_ttl=args.cap_ttl)))
+                                        idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls))))
     else:
         from xos.fs.osd import OsdConfig, serve_osd
 
         url = (args.url or f"http://{args.listen}").rstrip("/")
         httpd.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret,
-                                        _trust(args.trust))))
+                                        _trust(args.trust), tuple(args.vo_urls))))
     return 0
 
 

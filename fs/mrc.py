@@ -24,6 +24,7 @@ from xos.fs.catalogue import Caller, Catalogue, Inode
 from xos.fs.layout import ALSO, LISTING, Striping, Xloc
 from xos.fs.leases import RESERVE, Leases, Recall
 from xos.fs.replicas import ReplicaManager
+from xos.revocations import RevocationFeeds
 from xos.rpc import field, json_response, read_body
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class MrcConfig:
     grace: float = 10.0  # an OSD silent this long is gone: its replicas are rebuilt elsewhere
     cap_ttl: float = capability.TTL  # seconds a capability is good for; clients renew it
     idle: float = 3600.0  # replicas beyond the policy unread this long are dropped
+    vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -420,8 +422,12 @@ async def serve_mrc(cfg: MrcConfig) -> None:
         connector=aiohttp.TCPConnector(limit=64),
         headers={"Authorization": f"Service {service_token(cfg.secret, 'mrc')}"})
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
+    feeds = RevocationFeeds(list(cfg.vo_urls), mrc.auth.trust)
+    mrc.auth.revoked = feeds.revoked
+    feeds.start()
     try:
         await httpd.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
     finally:
+        await feeds.stop()
         await mrc.replicas.session.close()
         mrc.cat.close()

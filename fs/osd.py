@@ -46,6 +46,7 @@ from xos.errors import (
 )
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
+from xos.revocations import RevocationFeeds
 from xos.rpc import json_response, read_body
 
 log = logging.getLogger(__name__)
@@ -416,6 +417,7 @@ class OsdConfig:
     mrc: str
     secret: bytes
     trust: str
+    vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
 
 
 class OSD:
@@ -668,9 +670,17 @@ async def serve_osd(cfg: OsdConfig) -> None:
     app = make_app(osd)
     osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
+
+    async def revoked(taken: list[dict[str, Any]]) -> None:
+        _osd.xo_forget()  # the native readers' grants: the next read of each asks again
+
+    feeds = RevocationFeeds(list(cfg.vo_urls), osd.auth.trust, apply=revoked)
+    osd.auth.revoked = feeds.revoked
+    feeds.start()
     try:
         await httpd.serve_tcp(app, cfg.listen, osd.heartbeat(), accept=lambda sock: NativeReads(osd, app, sock))
     finally:
+        await feeds.stop()
         await osd.session.close()
 
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from xos import credential
 from xos.allocation import Allocation
 from xos.config import NodeConfig
-from xos.errors import InvalidInput, Unavailable, XosError
+from xos.errors import InvalidInput, XosError
 from xos.idmap import IdentityMap, Pool, parse_map
 from xos.idmapd import IdentityServer
+from xos.revocations import RevocationFeeds
 from xos.sqlite import Database
 
 if TYPE_CHECKING:
@@ -42,8 +43,7 @@ class NodeIdentity:
         self.node: NodeService | None = None
         self._db: Database | None = None
         self._pullers: list[asyncio.Task[None]] = []
-        self._serials: dict[str, int] = {}
-        self._members_seen: dict[str, object] = {}  # each VO service's member-change count, as last seen
+        self._feeds: RevocationFeeds | None = None
         self._roster_cue = asyncio.Event()  # set when a VO service says members changed
         self._cache_fds: dict[str, int] = {}
 
@@ -70,18 +70,27 @@ class NodeIdentity:
                             "CREATE TABLE IF NOT EXISTS serials (url TEXT PRIMARY KEY, serial INTEGER NOT NULL);")
         self.revoked.update(r[0] for r in self._db.execute("SELECT jti FROM revoked WHERE exp > ?",
                                                           (int(time.time()),)))
-        self._serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())
+        serials = dict(self._db.execute("SELECT url, serial FROM serials").fetchall())
         trust = credential.TrustStore(os.path.join(cfg.home, "trust"))
         self.server = IdentityServer(self.idmap, trust, self.revoked, self._place)
         self.server.on_change = self.write_cache
         self.write_cache()
         await self.server.start(os.path.join(cfg.run, "idmap.sock"))
-        self._pullers = [asyncio.create_task(self._follow(url)) for url in cfg.vo_urls]
-        self._pullers += [asyncio.create_task(self._follow_rosters(url)) for url in cfg.vo_urls]
+        db = self._db
+
+        def saved(url: str, serial: int) -> None:
+            db.execute("REPLACE INTO serials VALUES (?,?)", (url, serial))
+
+        self._feeds = RevocationFeeds(list(cfg.vo_urls), trust, apply=self.apply, serials=serials, saved=saved,
+                                      members_changed=lambda url: self._roster_cue.set())
+        self._feeds.start()  # and when a VO service says members changed, the rosters are pulled at once
+        self._pullers = [asyncio.create_task(self._follow_rosters(url)) for url in cfg.vo_urls]
         self._pullers.append(asyncio.create_task(self._expire_loop()))
 
     async def stop(self) -> None:
         """Stop following and serving."""
+        if self._feeds is not None:
+            await self._feeds.stop()
         for t in self._pullers:
             t.cancel()
         for t in self._pullers:
@@ -233,37 +242,3 @@ class NodeIdentity:
                 await asyncio.wait_for(self._roster_cue.wait(), ROSTER_EVERY)
             self._roster_cue.clear()
 
-    async def _follow(self, url: str) -> None:
-        """Long-poll one VO service's revocation list forever, with bounded backoff when it is away."""
-        from xos.vo import Client
-
-        delay = 0.5
-        said: set[str] = set()
-        while True:
-            try:
-                async with Client(base_url=url) as c:
-                    while True:
-                        since = self._serials.get(url, 0)
-                        got = await c.revocations(since, wait=25)
-                        if got.get("members_changed") != self._members_seen.get(url):
-                            self._members_seen[url] = got.get("members_changed")
-                            self._roster_cue.set()  # a VO's members changed there: pull the rosters now
-                        assert self.server is not None
-                        # Only what each VO's own key signed, for that VO; the serial is ours to work out.
-                        taken, refused, serial = credential.verify_feed(got.get("signed"), self.server.trust, since)
-                        for why in set(refused) - said:  # each reason once, not at every poll
-                            log.warning("revocation feed of %s: %s; left out", url, why)
-                        said.update(refused)
-                        if taken:
-                            await self.apply(taken)
-                            log.info("%d revocation(s) from %s", len(taken), url)
-                        self._serials[url] = serial
-                        assert self._db is not None
-                        self._db.execute("REPLACE INTO serials VALUES (?,?)", (url, self._serials[url]))
-                        delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except (Unavailable, XosError, OSError, ValueError) as e:
-                log.warning("revocations from %s unavailable, retrying in %.1fs: %s", url, delay, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)

@@ -112,13 +112,14 @@ class FsGrid:
     __test__ = False
 
     def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
-                 cap_ttl: float = 600.0) -> None:
+                 cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = ()) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
         self.bridge = f"xf{self.tag}"
         self.n_osds, self.n_clients = osds, clients
         self.grace, self.idle, self.cap_ttl = grace, idle, cap_ttl
+        self.follow = [a for url in vo_urls for a in ("--vo-url", url)]  # VO services the MRC and OSDs follow
         self.hosts: list[Host] = []
         self.mrc: Host | None = None
         self.osds: list[Host] = []
@@ -243,7 +244,7 @@ class FsGrid:
         assert self.mrc is not None
         proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
                                      "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
-                                     "--cap-ttl", str(self.cap_ttl)],
+                                     "--cap-ttl", str(self.cap_ttl), *self.follow],
                           "mrc.log")
         wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
         return proc
@@ -254,7 +255,7 @@ class FsGrid:
         os.makedirs(data, exist_ok=True)
         return self.spawn(host, ["serve", "osd", "--id", host.name, "--dir", data, "--listen",
                                  f"{host.address}:{OSD_PORT}", "--mrc", self.mrc_url, "--key", self.key,
-                                 "--trust", self.trust], f"{host.name}.log")
+                                 "--trust", self.trust, *self.follow], f"{host.name}.log")
 
     def osd_dir(self, i: int) -> str:
         return os.path.join(self.base, self.osds[i].name, "data")

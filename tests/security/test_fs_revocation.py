@@ -1,0 +1,65 @@
+"""A member whose credential was revoked loses the grid file system within seconds: the MRC refuses their
+calls, and the OSDs refuse their reads and writes even with a capability the MRC signed before."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from xos.errors import XosError
+from xos.testing import TestVOService, wait_for
+from xos.testing.fsgrid import FS_NET, FsGrid
+
+VO_ADDRESS = f"{FS_NET}.1:7211"  # the file system grid's bridge, on this host: the MRC and OSDs reach it
+
+
+def test_a_revoked_credential_is_refused_by_the_mrc_and_the_osds_within_5_s() -> None:
+    with FsGrid(osds=2, clients=0, vo_urls=(f"http://{VO_ADDRESS}",)) as grid, \
+            TestVOService(listen=VO_ADDRESS) as vo:
+        assert vo.cli("vo", "create", "lab")[0] == 0
+        with open(os.path.join(vo.home, "vo", "signing.key.pub"), "rb") as f:
+            grid.trust_vo("lab", f.read())
+        assert vo.cli("vo", "add", "lab", "alice")[0] == 0
+        assert vo.cli("vo", "add", "lab", "bob")[0] == 0
+        alice = vo.cli("vo", "issue", "lab", "alice")[1].strip()
+        bob = vo.cli("vo", "issue", "lab", "bob")[1].strip()
+        from xos.fs.client import Client
+
+        a = Client(grid.mrc_url, "labvol", alice)
+        b = Client(grid.mrc_url, "labvol", bob)
+        try:
+            a._json("POST", f"{grid.mrc_url}/v1/volumes", {"name": "labvol", "replicas": 2})
+            with a.open("/data", "wb") as f:
+                f.write(os.urandom(2 << 20))
+            st = a.open_handle("/data")  # a capability the MRC signed while alice was in good standing
+            url = f"{st.xloc.urls[st.xloc.replicas[0].osds[0]]}/v1/o/{st.fid}/0?off=0&len=4096"
+
+            def osd_get() -> int:
+                req = urllib.request.Request(url, headers={"Authorization": f"Bearer {alice}", "X-Xos-Cap": st.cap})
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        r.read()
+                        return r.status
+                except urllib.error.HTTPError as e:
+                    return e.code
+
+            assert osd_get() == 200  # and the native reader holds a grant for it now
+
+            def mrc_refuses() -> bool:
+                try:
+                    a.stat("/data")
+                except XosError as e:
+                    return e.code == "credential-revoked"
+                return False
+
+            assert vo.cli("vo", "revoke", "lab", "alice")[0] == 0
+            wait_for(mrc_refuses, 5, "the MRC to refuse the revoked credential")
+            wait_for(lambda: osd_get() in (401, 403), 5, "the OSD to refuse the revoked credential")
+            assert b.stat("/data")["size"] == 2 << 20  # the others go on
+        finally:
+            a.close()
+            b.close()
+        bad: Any = grid.unexpected_warnings(["revocations from .* unavailable", "revoked"])
+        assert not bad, bad
