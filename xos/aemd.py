@@ -38,6 +38,7 @@ from xos.errors import (
 )
 from xos.jobs import Job, JobStore, State
 from xos.jobspec import JobSpec, grid_path, load, parse
+from xos.revocations import RevocationFeeds
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class AemConfig:
     ad_ttl: float = 30.0
     mrc: str = ""  # the grid file system's MRC, for jobs' grid:// stdin, stdout and stderr
     max_output: int = 1 << 30  # bytes of a job's stdout or stderr kept here; the rest is refused
+    vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Aem:
     def __post_init__(self) -> None:
         self.store = JobStore(os.path.join(self.cfg.home, "aem", "jobs.db"))
         self.trust = credential.TrustStore(self.cfg.trust)
+        self.revoked: set[str] = set()  # credentials the followed VO services revoked (xos.revocations fills it)
         with open(self.cfg.peer_key) as f:
             self.secret = f.read().strip()
         for sub in ("output", "images"):  # jobs' outputs and memory: the owners' alone
@@ -606,7 +609,7 @@ class Aem:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Bearer" or not token:
             raise credential.CredentialError("this request needs a VO credential (Authorization: Bearer ...)")
-        return credential.verify(token.strip(), self.trust)
+        return credential.verify(token.strip(), self.trust, self.revoked)
 
     def _mine(self, request: web.Request, job_id: str) -> tuple[credential.Claims, Job]:
         who = self._who(request)
@@ -894,8 +897,12 @@ async def serve_aem(cfg: AemConfig) -> None:
     aem = Aem(cfg)
     aem.session = aiohttp.ClientSession()
     log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
+    feeds = RevocationFeeds(list(cfg.vo_urls), aem.trust)
+    aem.revoked = feeds.revoked
+    feeds.start()
     try:
         await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops())
     finally:
+        await feeds.stop()
         await aem.session.close()
         aem.store.close()

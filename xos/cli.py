@@ -85,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--poll", type=float, default=1.0, help="seconds between looks at nodes")
     sa.add_argument("--ad-ttl", type=float, default=30.0, help="seconds a node's ad lives without a refresh")
     sa.add_argument("--mrc", default="", help="the grid file system's MRC URL, for jobs' grid:// stdio")
+    sa.add_argument("--vo-url", action="append", default=[], dest="vo_urls",
+                    help="VO service whose revocations to follow (repeatable): its revoked credentials are refused")
     sa.add_argument("--max-output", type=units.parse_size, default=1 << 30,
                     help="largest stdout or stderr of a job kept (default 1G); the rest is cut and the job told")
     sa.add_argument("--log-level", default="INFO")
@@ -704,7 +706,8 @@ def _serve_aem(args: argparse.Namespace) -> int:
             raise InvalidInput(f"--node {spec!r} is not NAME=URL")
         nodes[name] = url.rstrip("/")
     asyncio.run(serve_aem(AemConfig(config.home(), args.listen, args.trust or os.path.join(config.home(), "trust"),
-                                    args.peer_key, nodes, args.poll, args.ad_ttl, args.mrc, args.max_output)))
+                                    args.peer_key, nodes, args.poll, args.ad_ttl, args.mrc, args.max_output,
+                                    tuple(args.vo_urls))))
     return 0
 
 

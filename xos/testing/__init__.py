@@ -507,7 +507,8 @@ class TestAem:
     __test__ = False
 
     def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
-                 ad_ttl: float = 2.0, pull: list[TestNode] | None = None, max_output: str = "") -> None:
+                 ad_ttl: float = 2.0, pull: list[TestNode] | None = None, max_output: str = "",
+                 vo_urls: tuple[str, ...] = ()) -> None:
         """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`).
         `max_output`: its cap on a job's collected stdout or stderr (default its own)."""
         self.base = base
@@ -516,6 +517,7 @@ class TestAem:
                      "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
         self.argv += ["--max-output", max_output] if max_output else []
+        self.argv += [a for url in vo_urls for a in ("--vo-url", url)]
         self.argv += [a for n in (grid.nodes if pull is None else pull) for a in ("--node", f"{n.name}={n.peer_url}")]
         self.log_path = os.path.join(base, "aem.log")
         self.proc: subprocess.Popen[bytes] | None = None
