@@ -37,13 +37,15 @@ class Authenticator:
         self.trust = TrustStore(trust_dir)
         self.secret = secret
         self._cache: dict[str, Identity] = {}
-        # credentials the followed VO services revoked (by jti; xos.revocations fills it in place)
+        # credentials the followed VO services revoked (credential.revocation_key; xos.revocations fills it)
         self.revoked: set[str] = set()
 
     def token(self, token: str) -> Identity:
         """The identity a credential proves; CredentialError otherwise."""
         ident = self._cache.get(token)
-        if ident is not None and time.time() < ident.exp and ident.jti not in self.revoked:
+        revoked = ident is not None and (credential.revocation_key(ident.vo, ident.jti) in self.revoked
+                                         or ident.jti in self.revoked)
+        if ident is not None and time.time() < ident.exp and not revoked:
             return ident
         claims = credential.verify(token, self.trust, self.revoked)
         ident = Identity(claims.sub, claims.vo, float(claims.exp), roles=claims.roles, jti=claims.jti)

@@ -318,9 +318,19 @@ def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = f
         raise CredentialNotYetValid(f"credential is valid only from {time.ctime(start)}", jti=claims.jti)
     if t - CLOCK_SKEW >= claims.exp:
         raise CredentialExpired(f"credential expired at {time.ctime(claims.exp)}", jti=claims.jti)
-    if claims.jti in revoked:
+    if is_revoked(claims, revoked):
         raise CredentialRevoked(f"credential {claims.jti} was revoked", jti=claims.jti)
     return claims
+
+
+def revocation_key(vo: str, jti: str) -> str:
+    """How a revoked credential is kept: by its VO and id, so a VO's feed can only ever revoke its own."""
+    return f"{vo}/{jti}"
+
+
+def is_revoked(claims: Claims, revoked: set[str] | frozenset[str]) -> bool:
+    """Whether `revoked` (revocation keys; bare ids a node recorded before they were keyed) holds the credential."""
+    return revocation_key(claims.vo, claims.jti) in revoked or claims.jti in revoked
 
 
 ROSTER_TTL = 3600  # seconds a signed member list is good for; nodes pull it far more often

@@ -178,10 +178,10 @@ class NodeIdentity:
         fresh = set()
         released: set[int] = set()
         for r in revocations:
-            jti, exp = str(r["jti"]), int(r["exp"])  # type: ignore[call-overload]
-            fresh.add(jti)
-            self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?,?)", (jti, exp))
             scope, vo, user = r.get("scope"), str(r.get("vo")), str(r.get("user") or "")
+            key, exp = credential.revocation_key(vo, str(r["jti"])), int(r["exp"])  # type: ignore[call-overload]
+            fresh.add(key)
+            self._db.execute("INSERT OR IGNORE INTO revoked VALUES (?,?)", (key, exp))
             if scope == "vo":
                 self.idmap.drop_member(vo)
                 released.update(self.idmap.release(vo))

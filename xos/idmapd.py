@@ -189,7 +189,7 @@ class IdentityServer:
             now = time.time()
             if (claims.vo == vo and trusted is not None and trusted.key is not None and trusted.kid == claims.kid
                     and claims.iat - credential.CLOCK_SKEW <= now < claims.exp + credential.CLOCK_SKEW
-                    and claims.jti not in self.revoked):
+                    and not credential.is_revoked(claims, self.revoked)):
                 return claims
             self._verified.pop(token, None)
         claims = credential.verify(token, self.trust, self.revoked, vo=vo)
@@ -227,10 +227,10 @@ class IdentityServer:
             await self.place(vo, pid)
         return Status.OK, [token] if token else []
 
-    def forget(self, jtis: set[str]) -> None:
-        """Drop kept logins whose credentials were revoked."""
+    def forget(self, keys: set[str]) -> None:
+        """Drop kept logins whose credentials were revoked (revocation keys)."""
         for name, login in list(self.logins.items()):
-            if login.claims.jti in jtis:
+            if credential.is_revoked(login.claims, keys):
                 del self.logins[name]
 
 

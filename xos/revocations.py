@@ -21,7 +21,8 @@ MAX_BACKOFF = 5.0  # seconds between tries while a VO service is away: a revocat
 
 
 class RevocationFeeds:
-    """The credentials (by jti) that the followed VO services revoked, and hooks for those who do more."""
+    """The credentials the followed VO services revoked (credential.revocation_key: VO and id), and hooks for
+    those who do more."""
 
     def __init__(self, urls: list[str], trust: credential.TrustStore,
                  apply: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
@@ -75,7 +76,7 @@ class RevocationFeeds:
                             log.warning("revocation feed of %s: %s; left out", url, why)
                         said.update(refused)
                         if taken:
-                            self.revoked.update(str(r["jti"]) for r in taken)
+                            self.revoked.update(credential.revocation_key(str(r["vo"]), str(r["jti"])) for r in taken)
                             if self._apply is not None:
                                 await self._apply(taken)
                             log.info("%d revocation(s) from %s", len(taken), url)

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from xos import credential
 from xos.testing import GRID_NET, TestGrid, wait_for
@@ -83,3 +84,74 @@ def test_a_forged_feed_revokes_nothing(tmp_path: object) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class EvilFeed(BaseHTTPRequestHandler):
+    """A VO service of a VO trusted here ("evil"), whose signed feed names the id of another VO's credential
+    (and of one of its own)."""
+
+    key: Any = None
+    jtis: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        since = int(urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("since", ["0"])[0])
+        now = time.time()
+        revs = [{"serial": since + 1 + i, "jti": jti, "vo": "evil", "user": "x", "exp": int(now) + 3600, "at": now,
+                 "reason": "spite", "scope": "credential"} for i, jti in enumerate(self.jtis)] if since == 0 else []
+        body = json.dumps({"serial": since + len(revs), "revocations": revs, "members_changed": 0,
+                           "signed": credential.sign_feed(self.key, since, revs)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_vo_revokes_only_its_own_credentials(tmp_path: object) -> None:
+    """Revoked credentials are kept by VO and id: a trusted VO whose signed feed names the id of another VO's
+    credential revokes its own credential of that id, never the other VO's (what the node, the MRC, the OSDs
+    and the job manager follow)."""
+    import asyncio
+
+    from xos.revocations import RevocationFeeds
+
+    base = str(tmp_path)
+    trust = credential.TrustStore(os.path.join(base, "trust"))
+    keys = {vo: credential.new_key(os.path.join(base, f"{vo}.key")) for vo in ("bio", "evil")}
+    for vo, key in keys.items():
+        trust.trust(vo, credential.public_pem(key.public_key()))
+    victim, claims = credential.issue(keys["bio"], "alice", "bio", ["member"], [], 3600)
+    own, own_claims = credential.issue(keys["evil"], "mallory", "evil", ["member"], [], 3600)
+    EvilFeed.key, EvilFeed.jtis = keys["evil"], [claims.jti, own_claims.jti]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EvilFeed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def follow() -> set[str]:
+        taken = asyncio.Event()
+
+        async def apply(entries: list[dict[str, Any]]) -> None:
+            taken.set()
+
+        feeds = RevocationFeeds([f"http://127.0.0.1:{server.server_address[1]}"], trust, apply=apply)
+        feeds.start()
+        try:
+            await asyncio.wait_for(taken.wait(), 10)
+            return set(feeds.revoked)
+        finally:
+            await feeds.stop()
+
+    try:
+        revoked = asyncio.run(follow())
+    finally:
+        server.shutdown()
+    assert len(revoked) == 2, revoked
+    assert credential.verify(victim, trust, revoked).jti == claims.jti  # bio's credential stands
+    try:
+        credential.verify(own, trust, revoked)
+    except credential.CredentialRevoked:
+        pass
+    else:
+        raise AssertionError("the VO's revocation of its own credential was not taken")
