@@ -43,9 +43,8 @@ class Authenticator:
     def token(self, token: str) -> Identity:
         """The identity a credential proves; CredentialError otherwise."""
         ident = self._cache.get(token)
-        revoked = ident is not None and (credential.revocation_key(ident.vo, ident.jti) in self.revoked
-                                         or ident.jti in self.revoked)
-        if ident is not None and time.time() < ident.exp and not revoked:
+        if (ident is not None and time.time() < ident.exp
+                and not credential.is_revoked(ident.vo, ident.jti, self.revoked)):
             return ident
         claims = credential.verify(token, self.trust, self.revoked)
         ident = Identity(claims.sub, claims.vo, float(claims.exp), roles=claims.roles, jti=claims.jti)

@@ -159,11 +159,14 @@ class MRC:
         osd = field(body, "osd", str)
         if ident.service != f"osd:{osd}":
             raise NotPermitted("an OSD reports only for itself, with the file system's key")
-        node = self.cat.by_fid(field(body, "fid", str))
+        fid, urls = field(body, "fid", str, ""), field(body, "behind", list, [])
+        if not fid or not urls or not all(isinstance(u, str) for u in urls):
+            raise InvalidInput("a report names a file (fid) and the URLs of the replicas behind", field="behind")
+        node = self.cat.by_fid(fid)
         xloc = node.layout()
         if xloc is None or osd not in xloc.osds():
             raise NotPermitted(f"OSD {osd} holds no replica of that file")
-        await self.replicas.drop_behind(node, [str(u) for u in field(body, "behind", list)])
+        await self.replicas.drop_behind(node, urls)
         return json_response({})
 
     async def stats(self, request: web.Request) -> web.Response:

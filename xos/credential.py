@@ -318,7 +318,7 @@ def verify(token: str, trust: TrustStore, revoked: set[str] | frozenset[str] = f
         raise CredentialNotYetValid(f"credential is valid only from {time.ctime(start)}", jti=claims.jti)
     if t - CLOCK_SKEW >= claims.exp:
         raise CredentialExpired(f"credential expired at {time.ctime(claims.exp)}", jti=claims.jti)
-    if is_revoked(claims, revoked):
+    if is_revoked(claims.vo, claims.jti, revoked):
         raise CredentialRevoked(f"credential {claims.jti} was revoked", jti=claims.jti)
     return claims
 
@@ -328,9 +328,9 @@ def revocation_key(vo: str, jti: str) -> str:
     return f"{vo}/{jti}"
 
 
-def is_revoked(claims: Claims, revoked: set[str] | frozenset[str]) -> bool:
+def is_revoked(vo: str, jti: str, revoked: set[str] | frozenset[str]) -> bool:
     """Whether `revoked` (revocation keys; bare ids a node recorded before they were keyed) holds the credential."""
-    return revocation_key(claims.vo, claims.jti) in revoked or claims.jti in revoked
+    return revocation_key(vo, jti) in revoked or jti in revoked
 
 
 ROSTER_TTL = 3600  # seconds a signed member list is good for; nodes pull it far more often

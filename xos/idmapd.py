@@ -189,7 +189,7 @@ class IdentityServer:
             now = time.time()
             if (claims.vo == vo and trusted is not None and trusted.key is not None and trusted.kid == claims.kid
                     and claims.iat - credential.CLOCK_SKEW <= now < claims.exp + credential.CLOCK_SKEW
-                    and not credential.is_revoked(claims, self.revoked)):
+                    and not credential.is_revoked(claims.vo, claims.jti, self.revoked)):
                 return claims
             self._verified.pop(token, None)
         claims = credential.verify(token, self.trust, self.revoked, vo=vo)
@@ -230,7 +230,7 @@ class IdentityServer:
     def forget(self, keys: set[str]) -> None:
         """Drop kept logins whose credentials were revoked (revocation keys)."""
         for name, login in list(self.logins.items()):
-            if credential.is_revoked(login.claims, keys):
+            if credential.is_revoked(login.claims.vo, login.claims.jti, keys):
                 del self.logins[name]
 
 

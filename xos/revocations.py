@@ -7,6 +7,7 @@ asks only for what is new where the owner keeps the serials (the node keeps them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,10 +49,8 @@ class RevocationFeeds:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await t
-            except asyncio.CancelledError:
-                pass
         self._tasks = []
 
     async def follow(self, url: str) -> None:

@@ -9,18 +9,15 @@ import signal
 import pytest
 
 from xos.fs.layout import INLINE_MAX
-from xos.testing.fsgrid import FsGrid
+from xos.testing.fsgrid import FsGrid, fs_grid
 
 PROVOKED = ["unreachable", "refused", "replica", "not reachable", "dropped", "disconnect", "mount"]
 
 
 @pytest.fixture
 def grid():
-    with FsGrid(osds=2, clients=2, grace=2.0) as g:
-        g.mkvol("dur", replicas=2)
+    with fs_grid({"dur": {"replicas": 2}}, PROVOKED, osds=2, clients=2, grace=2.0) as g:
         yield g
-        bad = g.unexpected_warnings(PROVOKED)
-        assert not bad, bad
 
 
 def _write_and_fsync(mp: str) -> tuple[dict[str, bytes], list[int]]:

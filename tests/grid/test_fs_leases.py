@@ -15,16 +15,13 @@ import pytest
 
 from xos.errors import XosError
 from xos.testing import wait_for
-from xos.testing.fsgrid import FsGrid
+from xos.testing.fsgrid import FsGrid, fs_grid
 
 
 @pytest.fixture(scope="module")
 def grid():
-    with FsGrid(osds=3, clients=2) as g:
-        g.mkvol("data")
+    with fs_grid({"data": {}}, ["refused", "unreachable"], osds=3, clients=2) as g:
         yield g
-        bad = g.unexpected_warnings(["refused", "unreachable"])
-        assert not bad, bad
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from xos.testing import wait_for
-from xos.testing.fsgrid import FsGrid
+from xos.testing.fsgrid import FsGrid, fs_grid
 
 # What the tests below provoke on purpose: OSDs killed, objects corrupted.
 PROVOKED = ["unreachable", "refused", "replica", "not reachable", "does not match its checksum", "object-corrupt",
@@ -21,11 +21,8 @@ PROVOKED = ["unreachable", "refused", "replica", "not reachable", "does not matc
 
 @pytest.fixture
 def grid():
-    with FsGrid(osds=3, clients=1, grace=2.0) as g:
-        g.mkvol("rep", replicas=2)
+    with fs_grid({"rep": {"replicas": 2}}, PROVOKED, osds=3, clients=1, grace=2.0) as g:
         yield g
-        bad = g.unexpected_warnings(PROVOKED)
-        assert not bad, bad
 
 
 def _replicas(grid, path, volume="rep"):

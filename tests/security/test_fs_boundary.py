@@ -174,9 +174,9 @@ def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> No
     finally:
         a.close()
 
-    def report(auth: str, osd: str) -> int:
-        req = urllib.request.Request(f"{grid.mrc_url}/v1/osds/behind", method="POST",
-                                     data=json.dumps({"osd": osd, "fid": fid, "behind": [grid.osd_url(0)]}).encode(),
+    def report(auth: str, osd: str, **body: Any) -> int:
+        body = {"osd": osd, "fid": fid, "behind": [grid.osd_url(0)], **body}
+        req = urllib.request.Request(f"{grid.mrc_url}/v1/osds/behind", method="POST", data=json.dumps(body).encode(),
                                      headers={"Authorization": auth, "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -188,6 +188,9 @@ def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> No
     assert report(f"Bearer {grid.credential('alice')}", "osd0") in (401, 403)
     assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd0") == 403  # not who it says
     assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd9") == 403  # holds no replica of it
+    own = f"Service {service_token(secret, 'osd:osd0')}"
+    for bad in ({"fid": ""}, {"behind": "x"}, {"behind": [1]}, {"behind": []}):  # refused, whole, naming why
+        assert report(own, "osd0", **bad) == 400, bad
     c: Any = grid.client("shared", "alice")
     try:
         assert c.replicas("/kept")["xloc"]["replicas"], "the replica list is untouched"

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -104,6 +105,19 @@ class Host:
     @property
     def address(self) -> str:
         return f"{FS_NET}.{10 + self.index}"
+
+
+@contextlib.contextmanager
+def fs_grid(volumes: dict[str, dict[str, Any]], allowed: list[str] | None = None,
+            **grid: Any) -> Iterator[FsGrid]:
+    """An FsGrid (`grid`: its arguments) with these volumes (name: mkvol options, as alice of vo-a), whose
+    daemons' logs must hold no warning but the `allowed` ones when the block ends."""
+    with FsGrid(**grid) as g:
+        for name, opts in volumes.items():
+            g.mkvol(name, **opts)
+        yield g
+        bad = g.unexpected_warnings(allowed or [])
+        assert not bad, bad
 
 
 class FsGrid:
