@@ -87,6 +87,16 @@ class Caller:
 
 
 @dataclass(frozen=True)
+class Made:
+    """What a lease holder wrote in a file it made before it told the MRC of it: content and times."""
+
+    data: bytes
+    atime: float
+    mtime: float
+    ctime: float
+
+
+@dataclass(frozen=True)
 class Volume:
     name: str
     vo: str
@@ -385,12 +395,12 @@ class Catalogue:
                 dir_version[1] = self._cver(tx, parent.ino)
             return node
 
-    def made(self, volume: str, dir_ino: int, files: list[tuple[str, int | None, int, float]],
+    def made(self, volume: str, dir_ino: int, files: list[tuple[str, int | None, int, float, Made | None]],
              c: Caller) -> dict[str, Any]:
         """Files a lease holder created in directory `dir_ino` under its lease, as (name, inode number or
-        None for any, mode, time), in one transaction: {name: inode number} of those made, {name:
-        error code} of those refused (a name taken meanwhile: the lease had run out), and the directory's
-        listing version before and after."""
+        None for any, mode, time, the content and times it wrote there or None), in one transaction:
+        {name: inode number} of those made, {name: error code} of those refused (a name taken meanwhile:
+        the lease had run out), and the directory's listing version before and after."""
         made: dict[str, int] = {}
         refused: dict[str, str] = {}
         with self.db.tx() as tx:
@@ -401,18 +411,23 @@ class Catalogue:
                 raise NotADirectory(f"inode {dir_ino} is not a directory")
             self.guard(parent.ino, c)
             before = self._cver(tx, parent.ino)
-            for name, ino, mode, when in files:
+            for name, ino, mode, when, content in files:
                 if not isinstance(name, str) or split("/" + name) != [name]:
                     raise BadPath(f"{name!r} is not a file name")
                 mode = stat.S_IFREG | (mode & 0o7777)
+                data = content.data if content is not None else b""
                 try:
                     try:
-                        node = self._new(tx, volume, parent, name, mode, c, inline=b"", ino=ino, when=when)
+                        node = self._new(tx, volume, parent, name, mode, c, inline=data, ino=ino, when=when)
                     except sqlite3.IntegrityError:  # that number is taken after all: any other
-                        node = self._new(tx, volume, parent, name, mode, c, inline=b"", when=when)
+                        node = self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
                     made[name] = node.ino
                 except FileExists as e:
                     refused[name] = e.code
+                    continue
+                if content is not None:  # its times as the maker showed them: tar and make compare them
+                    tx.execute("UPDATE inodes SET atime=?, mtime=?, ctime=? WHERE ino=?",
+                               (content.atime, content.mtime, content.ctime, node.ino))
             versions = [before, self._cver(tx, parent.ino)]
         return {"made": made, "refused": refused, "dir_version": versions}
 

@@ -11,6 +11,7 @@ shown as the accounts they map to here: the mounting identity as the mounting us
 
 from __future__ import annotations
 
+import base64
 import errno
 import grp
 import logging
@@ -26,7 +27,7 @@ from typing import Any
 from xos._native._fuse import ffi, lib
 from xos.errors import Unavailable, XosError
 from xos.fs.client import Client, Open, errno_of, row_attrs
-from xos.fs.layout import ALSO
+from xos.fs.layout import ALSO, INLINE_MAX
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its
 LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
 MADE_BATCH = 512
+MADE_BYTES = 512 << 10  # a call's worth of made files (content in base64): half of what the MRC takes (rpc.MAX_BODY)
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
-GATHER = 0.002  # seconds the sender lets files made here gather before it sends them: a batch per call
+GATHER = 0.01  # seconds the sender lets files made here gather before it sends them: a batch per call
 
 _tl = threading.local()
 
@@ -111,6 +113,28 @@ class Dir:
         self.rows = rows
 
 
+class Unborn:
+    """A file made here under a directory lease and used before the MRC heard of it. What is written to it
+    (up to the inline limit), its mode and its times stay here and go to the MRC with the file itself, a
+    batch of files per call: cp, tar x and git write a file, set its times and mode and close it, and
+    each of those would otherwise be a round trip. Once sent, the handle is opened at the MRC on its
+    next use; until then `lock` orders the sender against the handle's writes."""
+
+    def __init__(self, node: int, fh: int, attr: Any) -> None:
+        self.node, self.fh, self.attr = node, fh, attr  # attr: struct xf_attr, as the kernel is told
+        self.data = bytearray()
+        self.lock = threading.Lock()
+        self.sent = False  # on its way to the MRC or there: the handle must be opened there to go on
+        self.lost = False  # the MRC did not take it (the lease had run out and the name was taken)
+        self.closed = False
+
+    def content(self) -> dict[str, Any]:
+        """What goes to the MRC with the file (under `lock`)."""
+        a = self.attr
+        return {"inline": base64.b64encode(bytes(self.data)).decode(), "atime": a.atime_ns / 1e9,
+                "mtime": a.mtime_ns / 1e9, "ctime": a.ctime_ns / 1e9}
+
+
 class GridFS:
     """The requests the native loop passes on, by node id."""
 
@@ -123,7 +147,8 @@ class GridFS:
         client.checked = True  # default_permissions: the kernel checks the mode bits first
         self.accounts = accounts
         self.ttl = ttl
-        self._handles: dict[int, Open | Dir] = {}
+        self._handles: dict[int, Open | Dir | Unborn] = {}
+        self._unborn: dict[int, Unborn] = {}  # node -> a file made here, used, and still open or unsent
         self._hidden: dict[int, str] = {}  # ino -> the hidden path of a file unlinked while open
         self._next = 1
         self._lock = threading.Lock()
@@ -153,8 +178,9 @@ class GridFS:
         _tl.req = req
         try:
             # Whatever this asks the MRC, it knows the files made here first: those still queued, and those
-            # the sender took and is sending (it holds the lock until the MRC has them).
-            if lib.xf_made_count() or self._made_lock.locked():
+            # the sender took and is sending (it holds the lock until the MRC has them). A request on a file
+            # made here that it may serve alone sends them only if it goes to the MRC after all.
+            if (lib.xf_made_count() or self._made_lock.locked()) and not self._may_stay_here(c):
                 self.send_made()
             self.ops[c.op](req, c)
         except XosError as e:
@@ -285,7 +311,7 @@ class GridFS:
 
     def _file(self, fh: int, node: int) -> Open:
         what = self._handles.get(fh)
-        if what is None and fh & lib.XF_LOCAL_FH:
+        if (what is None and fh & lib.XF_LOCAL_FH) or isinstance(what, Unborn):
             what = self._adopt(fh, node)
         if not isinstance(what, Open):
             raise OSError(errno.EBADF, "no such open file")
@@ -293,18 +319,98 @@ class GridFS:
 
     def _adopt(self, fh: int, node: int) -> Open:
         """The Open behind a handle the native loop gave out for a file it made under a lease, opened at
-        the MRC the first time it needs Python (a write, a read, an fsync)."""
+        the MRC the first time it needs the MRC (the file is sent there first if it is still here)."""
         with self._adopting:
             what = self._handles.get(fh)
             if isinstance(what, Open):
                 return what
+            if isinstance(what, Unborn):
+                if not what.sent:
+                    self.send_made()
+                if what.lost:
+                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
             st = self.c.open_handle(self.path(node), True)
             self._unplan(st.ino)
             with self._lock:
                 self._handles[fh] = st
-            lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
-            lib.xf_writers(node, 1)
+                if isinstance(what, Unborn):  # an open file like any other from now
+                    self._unborn.pop(node, None)
+            if not isinstance(what, Unborn):  # an Unborn's handle comes here and counts as a writer already
+                lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
+                lib.xf_writers(node, 1)
             return st
+
+    # files made here, used before the MRC heard of them
+
+    def _may_stay_here(self, c: Any) -> bool:
+        """Whether request `c` is on a file made here that may not need the MRC."""
+        if c.op in (lib.XF_WRITE, lib.XF_READ, lib.XF_FLUSH, lib.XF_RELEASE, lib.XF_FSYNC):
+            return bool(c.fh & lib.XF_LOCAL_FH)
+        if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
+            u = self._unborn.get(c.node)
+            return u is not None and not u.sent
+        return False
+
+    def _unborn_of(self, fh: int, node: int) -> Unborn | None:
+        """The Unborn behind local handle `fh`: made on its first use while the file is still queued for
+        the MRC (the sender holds the made lock while it sends, so a queued file is not half sent)."""
+        what = self._handles.get(fh)
+        if isinstance(what, Unborn) or what is not None or not fh & lib.XF_LOCAL_FH:
+            return what if isinstance(what, Unborn) else None
+        a = ffi.new("struct xf_attr *")
+        with self._lock:  # the sender looks for Unborns under it, after it took the files from the queue
+            u = None
+            if fh not in self._handles and lib.xf_queued(node) and lib.xf_attr_of(node, a):
+                u = self._handles[fh] = self._unborn[node] = Unborn(node, fh, a)
+        if u is None:
+            with self._made_lock:  # taken to be sent: the MRC has it once the sender lets go
+                return None
+        lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here
+        lib.xf_writers(node, 1)  # and its GETATTRs: its size and times are here
+        return u
+
+    def _set_here(self, req: Any, u: Unborn, c: Any) -> bool:
+        """Apply a SETATTR to a file still here, and answer it: whether it could be."""
+        a = u.attr
+        if c.to_set & lib.FUSE_SET_ATTR_UID and c.uid not in (0xFFFFFFFF, a.uid):
+            return False
+        if c.to_set & lib.FUSE_SET_ATTR_GID and c.gid not in (0xFFFFFFFF, a.gid):
+            return False
+        if c.to_set & lib.FUSE_SET_ATTR_SIZE and c.size > INLINE_MAX:
+            return False
+        if any(abs(t) >= (1 << 40) * 10**9 for t in (c.atime_ns, c.mtime_ns)):  # past what the MRC takes with a file
+            return False
+        with u.lock:
+            if u.sent or u.lost:
+                return False
+            now = _wall_ns()
+            if c.to_set & lib.FUSE_SET_ATTR_MODE:
+                a.mode = (a.mode & ~0o7777) | (c.mode & 0o7777)
+            if c.to_set & lib.FUSE_SET_ATTR_ATIME:
+                a.atime_ns = now if c.atime_ns == -1 else (c.atime_ns + 500) // 1000 * 1000
+            if c.to_set & lib.FUSE_SET_ATTR_MTIME:
+                a.mtime_ns = now if c.mtime_ns == -1 else (c.mtime_ns + 500) // 1000 * 1000
+            if c.to_set & lib.FUSE_SET_ATTR_SIZE:  # as the MRC truncates: the mtime is the change's time
+                del u.data[c.size:]
+                u.data.extend(bytes(c.size - len(u.data)))
+                a.size, a.mtime_ns = c.size, now
+            a.ctime_ns = now
+            lib.xf_reply_attr(req, c.node, a, self.ttl, 0)
+        return True
+
+    def _write_here(self, req: Any, u: Unborn, c: Any) -> bool:
+        """Write into a file still here, and answer: whether it could be (it stays within the inline limit)."""
+        end = c.off + c.len
+        with u.lock:
+            if u.sent or u.lost or end > INLINE_MAX:
+                return False
+            if c.off > len(u.data):
+                u.data.extend(bytes(c.off - len(u.data)))
+            u.data[c.off:end] = ffi.buffer(c.buf, c.len)
+            u.attr.size = len(u.data)
+            u.attr.mtime_ns = u.attr.ctime_ns = _wall_ns()
+        lib.fuse_reply_write(req, c.len)
+        return True
 
     # reads straight from the OSDs
 
@@ -357,11 +463,34 @@ class GridFS:
                 for (dir_ino, dir_node), files in batches.items():
                     self._send_batch(dir_ino, dir_node, files)
 
+    def _described(self, f: tuple[str, int, int, float, int]) -> list[Any]:
+        """A made file as the MRC takes it: with its content, mode and times if it was used here."""
+        with self._lock:
+            u = self._unborn.get(f[4])
+        if u is None:
+            return list(f[:4])
+        with u.lock:
+            u.sent = True
+            return [f[0], f[1], u.attr.mode, f[3], u.content()]
+
     def _send_batch(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]]) -> None:
+        """Send files made in one directory, in calls that stay well within what the MRC takes in one body."""
+        described = [self._described(f) for f in files]
+        start, size = 0, 0
+        for i, d in enumerate(described):
+            more = 300 + (len(d[4]["inline"]) if len(d) == 5 else 0)
+            if i > start and size + more > MADE_BYTES:
+                self._send_part(dir_ino, dir_node, files[start:i], described[start:i])
+                start, size = i, 0
+            size += more
+        self._send_part(dir_ino, dir_node, files[start:], described[start:])
+
+    def _send_part(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]],
+                   described: list[list[Any]]) -> None:
         deadline = time.monotonic() + self.c.deadline
         while True:
             try:
-                r = self.c.op("made", dir=dir_ino, files=[list(f[:4]) for f in files])
+                r = self.c.op("made", dir=dir_ino, files=described)
                 break
             except Unavailable as e:
                 if time.monotonic() < deadline and not self.stopping.is_set():
@@ -374,6 +503,12 @@ class GridFS:
             break
         for name, _, _, _, node in files:
             lib.xf_confirm(node, r["made"].get(name, 0))
+            u = self._unborn.get(node)
+            if u is not None:
+                u.lost = name not in r["made"]
+                if u.closed:
+                    with self._lock:
+                        self._unborn.pop(node, None)
         for name, code in r["refused"].items():
             log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, dir_ino, code)
         if len(r.get("dir_version") or ()) == 2:
@@ -438,6 +573,13 @@ class GridFS:
         self._entry(req, c.node, c.name, a)
 
     def getattr(self, req: Any, c: Any) -> None:
+        u = self._unborn.get(c.node)
+        if u is not None:
+            with u.lock:
+                if not u.sent:
+                    lib.xf_reply_attr(req, c.node, u.attr, self.ttl, 0)
+                    return
+            self.send_made()  # skipped for it on the way in
         parent = lib.xf_parent(c.node)
         if parent and self._revalidated(parent, self.path(parent)) and lib.xf_try_getattr(req, c.node):
             return
@@ -465,6 +607,13 @@ class GridFS:
         lib.xf_reply_attr(req, node, self._attr(self._open_size(a)), self.ttl, opened is None)
 
     def setattr(self, req: Any, c: Any) -> None:
+        u = self._unborn.get(c.node)
+        if u is not None:
+            if self._set_here(req, u, c):
+                return
+            self.send_made()  # skipped for it on the way in
+            if c.fh and c.fh & lib.XF_LOCAL_FH:
+                self._file(c.fh, c.node)  # the size below goes through its Open
         path = self.path(c.node)
         if c.to_set & lib.FUSE_SET_ATTR_SIZE:
             known = ffi.new("struct xf_attr *")
@@ -521,6 +670,9 @@ class GridFS:
             fhs = ffi.new("uint64_t[64]")
             for i in range(lib.xf_local_handles(node, fhs, 64)):
                 self._file(fhs[i], node)
+            u = self._unborn.get(node)
+            if u is not None and not u.closed:
+                self._file(u.fh, node)
         known = ffi.new("struct xf_attr *")
         ino = known.ino if lib.xf_peek(parent, name, known) else None
         if ino is None and self.c._opens:
@@ -703,6 +855,13 @@ class GridFS:
             self._close(fh, c.node)
 
     def read(self, req: Any, c: Any) -> None:
+        u = self._unborn_of(c.fh, c.node)
+        if u is not None:
+            with u.lock:
+                if not u.sent and not u.lost:
+                    data = bytes(u.data[c.off:c.off + c.size])
+                    lib.fuse_reply_buf(req, data, len(data))
+                    return
         st = self._file(c.fh, c.node)
         data = self.c.read(st, c.size, c.off)
         lib.fuse_reply_buf(req, data, len(data))
@@ -710,11 +869,14 @@ class GridFS:
             self._plan(c.fh, st)
 
     def write(self, req: Any, c: Any) -> None:
+        u = self._unborn_of(c.fh, c.node)
+        if u is not None and self._write_here(req, u, c):
+            return
         lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
         lib.fuse_reply_write(req, self.c.write(self._file(c.fh, c.node), ffi.unpack(c.buf, c.len), c.off))
 
     def flush(self, req: Any, c: Any) -> None:
-        st = self._handles.get(c.fh)
+        st = self._handles.get(c.fh)  # an Unborn's is nothing: it goes to the MRC whole, with the others
         if isinstance(st, Open) and st.write:
             if self.sync_close:
                 self.c.fsync(st)
@@ -724,6 +886,14 @@ class GridFS:
         lib.fuse_reply_err(req, 0)
 
     def fsync(self, req: Any, c: Any) -> None:
+        what = self._handles.get(c.fh)
+        if c.fh & lib.XF_LOCAL_FH and not isinstance(what, Open):
+            self.send_made()  # made at the MRC, durably, with whatever was written here
+            if isinstance(what, Unborn):
+                if what.lost:
+                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
+                lib.fuse_reply_err(req, 0)
+                return
         self.c.fsync(self._file(c.fh, c.node))
         lib.fuse_reply_err(req, 0)
 
@@ -734,6 +904,17 @@ class GridFS:
             st = self._handles.pop(fh, None)
             if isinstance(st, Open):
                 self._plans.get(st.ino, set()).discard(fh)
+        if isinstance(st, Unborn):
+            with st.lock:
+                st.closed = True
+                if not st.sent:  # what the kernel may be told of it until it is sent: as it is here
+                    lib.xf_set_attr(st.node, st.attr, self.ttl)
+                else:
+                    lib.xf_forget_attr(st.node)
+                    with self._lock:
+                        self._unborn.pop(st.node, None)
+                lib.xf_writers(st.node, -1)
+            return
         if not isinstance(st, Open):
             return
         try:
@@ -753,6 +934,12 @@ class GridFS:
 
 
 _served: GridFS | None = None
+
+
+def _wall_ns() -> int:
+    """Now, in whole microseconds as nanoseconds: what the MRC's times carry exactly (as the native loop's)."""
+    t = time.time_ns()
+    return t - t % 1000
 
 
 def _ns(seconds: float) -> int:

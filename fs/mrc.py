@@ -20,8 +20,8 @@ from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
-from xos.fs.catalogue import Caller, Catalogue, Inode
-from xos.fs.layout import ALSO, LISTING, Striping, Xloc
+from xos.fs.catalogue import Caller, Catalogue, Inode, Made
+from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
 from xos.fs.leases import RESERVE, Leases, Recall
 from xos.fs.replicas import ReplicaManager
 from xos.revocations import RevocationFeeds
@@ -53,6 +53,22 @@ def _unb64(text: Any, name: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError:
         raise InvalidInput(f"field {name!r} is not base64", field=name) from None
+
+
+def _made_content(x: Any) -> Made:
+    """The content and times a lease holder gave a file it wrote before it sent it."""
+    if not isinstance(x, dict):
+        raise InvalidInput("a made file's content is an object", field="files")
+    data = _unb64(x.get("inline"), "inline")
+    if len(data) > INLINE_MAX:
+        raise InvalidInput(f"a made file's content is over {INLINE_MAX} bytes", field="files")
+    times: list[float] = []
+    for k in ("atime", "mtime", "ctime"):
+        t = x.get(k)
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not abs(t) < 1 << 40:
+            raise InvalidInput("a made file's atime, mtime and ctime are seconds since 1970", field="files")
+        times.append(float(t))
+    return Made(data, *times)
 
 
 class MRC:
@@ -231,16 +247,18 @@ class MRC:
         return out
 
     async def op_made(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Files a lease holder made in a directory: [name, inode number, mode, time] each. Each that
-        names an inode number reserved for it gets that number."""
+        """Files a lease holder made in a directory: [name, inode number, mode, time] each, and for a file
+        written before it was sent, a fifth element: {"inline": its content in base64, "atime", "mtime",
+        "ctime"}. Each that names an inode number reserved for it gets that number."""
         dir_ino = field(b, "dir", int)
         mine = self.leases.reserved(c)
         files = []
         for f in field(b, "files", list):
-            if not (isinstance(f, list) and len(f) == 4 and isinstance(f[1], int) and isinstance(f[2], int)
+            if not (isinstance(f, list) and len(f) in (4, 5) and isinstance(f[1], int) and isinstance(f[2], int)
                     and isinstance(f[3], (int, float))):
-                raise InvalidInput("each of files is [name, inode number, mode, time]", field="files")
-            files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3])))
+                raise InvalidInput("each of files is [name, inode number, mode, time(, content)]", field="files")
+            files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
+                          _made_content(f[4]) if len(f) == 5 else None))
         return self.cat.made(v, dir_ino, files, c)
 
     async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:

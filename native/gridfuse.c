@@ -46,6 +46,7 @@ struct node {
     uint64_t lease_ino, ino_next, ino_end; /* the MRC's number of it; inode numbers for files made here */
     uint32_t lease_gid;            /* the group of files made here (unless the directory is setgid) */
     int pending;                   /* made here under a lease, not yet at the MRC */
+    int taken;                     /* ... and taken from the queue to be sent */
     struct node *next_id, *next_name;
     struct node *next_kid, **pprev_kid; /* named nodes, chained by their parent's id: a directory's names */
 };
@@ -422,7 +423,7 @@ int xf_attr_of(uint64_t node, struct xf_attr *out)
     return known;
 }
 
-static void set_attr(uint64_t node, const struct xf_attr *a, double ttl)
+void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
@@ -612,6 +613,11 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
         return n;
     }
     size_t n = made_n < max ? made_n : max;
+    for (size_t i = 0; i < n; i++) {
+        struct node *f = find_id(made[i].node);
+        if (f)
+            f->taken = 1;
+    }
     memcpy(out, made, n * sizeof *made);
     memmove(made, made + n, (made_n - n) * sizeof *made);
     made_n -= n;
@@ -634,6 +640,15 @@ void xf_confirm(uint64_t node, uint64_t ino)
         }
     }
     pthread_mutex_unlock(&lock);
+}
+
+int xf_queued(uint64_t node)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    int queued = n && n->pending && !n->taken;
+    pthread_mutex_unlock(&lock);
+    return queued;
 }
 
 uint64_t xf_node_of(uint64_t parent, const char *name)
@@ -864,7 +879,7 @@ int xf_reply_attr(fuse_req_t req, uint64_t node, const struct xf_attr *a, double
 {
     struct stat st;
     if (cache)
-        set_attr(node, a, ttl);
+        xf_set_attr(node, a, ttl);
     fill_stat(a, &st, io_size);
     return fuse_reply_attr(req, &st, ttl);
 }
@@ -1655,11 +1670,21 @@ static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { CALL(.op = XF_STATFS, .n
 static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
                         int flags)
 {
+    if (strncmp(name, "user.", 5) != 0) { /* as getxattr below: cp -a sets ACLs on every file it makes */
+        fuse_reply_err(req, ENOTSUP);
+        return;
+    }
     CALL(.op = XF_SETXATTR, .node = ino, .name = name, .buf = value, .len = size, .flags = (uint32_t)flags);
 }
 
 static void ll_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
+    /* Only user.* attributes are kept (at the MRC). The kernel asks for security.capability before every
+     * write to a file; answered here, that costs no trip into Python, nor the files made here their batch. */
+    if (strncmp(name, "user.", 5) != 0) {
+        fuse_reply_err(req, ENODATA);
+        return;
+    }
     CALL(.op = XF_GETXATTR, .node = ino, .name = name, .size = size);
 }
 

@@ -57,6 +57,7 @@ int xf_try_getattr(fuse_req_t req, uint64_t ino);
 int xf_path(uint64_t node, char *buf, size_t size);
 int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
 int xf_attr_of(uint64_t node, struct xf_attr *out);
+void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl);
 void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);
@@ -87,6 +88,8 @@ uint64_t xf_lease_left(uint64_t dir);
 size_t xf_take_made(struct xf_made *out, size_t max, double wait);
 size_t xf_made_count(void);
 void xf_confirm(uint64_t node, uint64_t ino);
+/* Whether the file made here at `node` waits in the queue still (not taken to be sent). */
+int xf_queued(uint64_t node);
 size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max);
 uint64_t xf_node_of(uint64_t parent, const char *name);
 

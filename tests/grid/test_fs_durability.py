@@ -66,6 +66,31 @@ def test_fsync_survives_kill_9_of_the_mount(grid):
     grid.umount(mp)
 
 
+def test_fsync_of_files_written_under_a_lease_survives_kill_9_of_the_mount(grid):
+    """Files made and written under a directory lease live in the mount until they go to the MRC in a batch:
+    an fsync sends them first."""
+    mp = grid.mount(0, "dur")
+    d = os.path.join(mp, "leased")
+    os.mkdir(d)
+    for i in range(20):  # until the mount holds the directory's lease
+        os.close(os.open(os.path.join(d, f"warm{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    files, fds = {}, []
+    for i in range(5):
+        data = os.urandom(1000 + i)
+        fd = os.open(os.path.join(d, f"f{i}"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.utime(fd, ns=(10**18, 10**18 + i * 1000))
+        os.fsync(fd)
+        files[f"leased/f{i}"] = data
+        fds.append(fd)
+    grid.mount_proc(mp).stop(signal.SIGKILL)
+    _check(grid, files)
+    other = grid.mounts[-1][0]
+    assert os.stat(os.path.join(other, "leased", "f3")).st_mtime_ns == 10**18 + 3000
+    _close(fds)
+    grid.umount(mp)
+
+
 def test_fsync_survives_kill_9_of_the_mrc_and_the_mount(grid):
     mp = grid.mount(0, "dur")
     files, fds = _write_and_fsync(mp)
