@@ -188,16 +188,22 @@ def test_the_mrc_refuses_bad_batches(grid, name, api):
     assert api.stat(f"/{name}/y")["ino"] == made["made"]["y"]
 
 
-def test_unwritable_mode_is_created_at_the_mrc_and_stays_writable_through_its_handle(mounts, name, api):
+def test_unwritable_mode_stays_writable_through_its_handle(mounts, name, api):
+    """git makes its objects 0444 and writes them through the handle that made them: kept here, or (past
+    the inline limit) opened at the MRC as the kernel checked it."""
     d = os.path.join(mounts[0], name)
     lease(d)
-    fd = os.open(os.path.join(d, "ro"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    try:
-        assert os.write(fd, b"data") == 4
-    finally:
-        os.close(fd)
-    with open(os.path.join(mounts[1], name, "ro"), "rb") as f:
-        assert f.read() == b"data"
+    big = os.urandom(INLINE_MAX + 1000)
+    for n, data in (("ro", b"data in it"), ("big", big)):
+        fd = os.open(os.path.join(d, n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            assert os.write(fd, data[:10]) == 10
+            assert os.write(fd, data[10:]) == len(data) - 10
+        finally:
+            os.close(fd)
+        with open(os.path.join(mounts[1], name, n), "rb") as f:
+            assert f.read() == data
+        assert stat.S_IMODE(os.stat(os.path.join(mounts[1], name, n)).st_mode) == 0o444
     # the mode holds for a client that has no kernel checking it first; through a mount the kernel decides
     # (root overrides it there, as on a local disk; the mount is its mounting user's alone)
     with pytest.raises(XosError) as e:
