@@ -355,9 +355,16 @@ class Catalogue:
         return self._get(ino, tx)
 
     def mkdir(self, volume: str, path: str, mode: int, c: Caller) -> dict[str, Any]:
+        """The new directory's attributes, and its parent's after (`dirs`)."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
-            return self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c).attrs()
+            node = self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c)
+            return {**node.attrs(), "dirs": self._dirs(tx, parent.ino)}
+
+    def _dirs(self, tx: sqlite3.Connection, *inos: int) -> list[dict[str, Any]]:
+        """The attributes of the directories a change of names touched, as they are after it: a mount
+        sets them at once, instead of asking for them when its kernel checks permissions next."""
+        return [self._get(ino, tx).attrs() for ino in inos]
 
     def mknod(self, volume: str, path: str, mode: int, rdev: int, c: Caller) -> dict[str, Any]:
         """A FIFO, socket or device special file: a name and attributes only. What it stands for is local to
@@ -369,8 +376,9 @@ class Catalogue:
             raise InvalidInput("rdev must be a device number")
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
-            return self._new(tx, volume, parent, name, kind | (mode & 0o7777), c,
-                             rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0).attrs()
+            node = self._new(tx, volume, parent, name, kind | (mode & 0o7777), c,
+                             rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+            return {**node.attrs(), "dirs": self._dirs(tx, parent.ino)}
 
     def create(self, volume: str, path: str, mode: int, c: Caller, exclusive: bool = True,
                dir_version: list[int] | None = None) -> Inode:
@@ -451,7 +459,8 @@ class Catalogue:
             raise BadPath("a symlink target must be 1 to 4095 bytes without NUL")
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
-            return self._new(tx, volume, parent, name, stat.S_IFLNK | 0o777, c, target=target).attrs()
+            node = self._new(tx, volume, parent, name, stat.S_IFLNK | 0o777, c, target=target)
+            return {**node.attrs(), "dirs": self._dirs(tx, parent.ino)}
 
     def readlink(self, volume: str, path: str, c: Caller) -> str:
         node = self.resolve(volume, path, c)
@@ -475,7 +484,7 @@ class Catalogue:
             tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, node.ino))
             tx.execute("UPDATE inodes SET nlink=nlink+1, ctime=? WHERE ino=?", (now, node.ino))
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
-            return self._get(node.ino, tx).attrs()
+            return {**self._get(node.ino, tx).attrs(), "dirs": self._dirs(tx, parent.ino)}
 
     def _orphan(self, tx: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
         gone = []
@@ -500,7 +509,8 @@ class Catalogue:
         if parent.mode & stat.S_ISVTX and c.who not in (node.owner, parent.owner):
             raise NotPermitted(f"the sticky directory lets only {node.owner} remove this")
 
-    def unlink(self, volume: str, path: str, c: Caller) -> None:
+    def unlink(self, volume: str, path: str, c: Caller) -> list[dict[str, Any]]:
+        """Remove a name; its directory's attributes after."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
             node = self._child(tx, parent, name, c)
@@ -513,8 +523,10 @@ class Catalogue:
             self._drop_link(tx, node)
             now = time.time()
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+            return self._dirs(tx, parent.ino)
 
-    def rmdir(self, volume: str, path: str, c: Caller) -> None:
+    def rmdir(self, volume: str, path: str, c: Caller) -> list[dict[str, Any]]:
+        """Remove an empty directory; its parent's attributes after."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
             node = self._child(tx, parent, name, c)
@@ -530,9 +542,11 @@ class Catalogue:
             self._drop_link(tx, node)
             now = time.time()
             tx.execute("UPDATE inodes SET nlink=nlink-1, mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+            return self._dirs(tx, parent.ino)
 
-    def rename(self, volume: str, old: str, new: str, c: Caller, noreplace: bool = False) -> None:
-        """Move `old` to `new` atomically, replacing a file or an empty directory there."""
+    def rename(self, volume: str, old: str, new: str, c: Caller, noreplace: bool = False) -> list[dict[str, Any]]:
+        """Move `old` to `new` atomically, replacing a file or an empty directory there; the attributes of
+        the directory it left and of the one it is in, after."""
         with self.db.tx() as tx:
             sparent, sname = self._parent(tx, volume, old, c)
             node = self._child(tx, sparent, sname, c)
@@ -552,7 +566,7 @@ class Catalogue:
             victim = self._child(tx, dparent, dname, c)
             if victim is not None:
                 if victim.ino == node.ino:
-                    return
+                    return self._dirs(tx, sparent.ino, dparent.ino)
                 if noreplace:
                     raise FileExists(f"{new} exists")
                 if node.is_dir and not victim.is_dir:
@@ -575,6 +589,7 @@ class Catalogue:
                 tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (sparent.ino,))
                 tx.execute("UPDATE inodes SET nlink=nlink+1 WHERE ino=?", (dparent.ino,))
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino IN (?,?)", (now, now, sparent.ino, dparent.ino))
+            return self._dirs(tx, sparent.ino, dparent.ino)
 
     def setattr(self, volume: str, path: str, c: Caller, mode: int | None = None, owner: str | None = None,
                 group: str | None = None, atime: float | None = None, mtime: float | None = None,

@@ -181,23 +181,28 @@ class Client:
     def listdir(self, path: str) -> list[str]:
         return [n for n, _ in self.readdir(path)]
 
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
-        self.op("mkdir", path=path, mode=mode)
+    # Each change of names answers the attributes of the directories it touched, after it (`dirs`).
 
-    def rmdir(self, path: str) -> None:
-        self.op("rmdir", path=path)
+    def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
+        """Make a directory; its attributes (and `dirs`)."""
+        return dict(self.op("mkdir", path=path, mode=mode))
 
-    def unlink(self, path: str) -> None:
-        self.op("unlink", path=path)
+    def rmdir(self, path: str) -> dict[str, Any]:
+        return dict(self.op("rmdir", path=path))
 
-    def rename(self, old: str, new: str, noreplace: bool = False) -> None:
-        self.op("rename", old=old, new=new, noreplace=noreplace)
+    def unlink(self, path: str) -> dict[str, Any]:
+        return dict(self.op("unlink", path=path))
 
-    def link(self, old: str, new: str) -> None:
-        self.op("link", old=old, new=new)
+    def rename(self, old: str, new: str, noreplace: bool = False) -> dict[str, Any]:
+        return dict(self.op("rename", old=old, new=new, noreplace=noreplace))
 
-    def symlink(self, target: str, path: str) -> None:
-        self.op("symlink", target=target, path=path)
+    def link(self, old: str, new: str) -> dict[str, Any]:
+        """A hard link; the file's attributes after (and `dirs`)."""
+        return dict(self.op("link", old=old, new=new))
+
+    def symlink(self, target: str, path: str) -> dict[str, Any]:
+        """A symbolic link; its attributes (and `dirs`)."""
+        return dict(self.op("symlink", target=target, path=path))
 
     def mknod(self, path: str, mode: int, rdev: int = 0) -> dict[str, Any]:
         """Make a FIFO, socket or device special file; its attributes."""

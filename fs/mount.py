@@ -644,7 +644,7 @@ class GridFS:
         path, _ = self.child(c.node, c.name)
         if not stat.S_ISREG(c.mode):
             a = self.c.mknod(path, c.mode, c.size)
-            lib.xf_touch_dir(c.node, 0)
+            self._dirs_now((c.node,), a)
             self._entry(req, c.node, c.name, a)
             return
         st = self.c.create_handle(path, c.mode & 0o7777)
@@ -655,12 +655,21 @@ class GridFS:
 
     def mkdir(self, req: Any, c: Any) -> None:
         path, name = self.child(c.node, c.name)
-        a = self.c.op("mkdir", path=path, mode=c.mode & 0o7777)
-        lib.xf_touch_dir(c.node, 1)
+        a = self.c.mkdir(path, c.mode & 0o7777)
+        self._dirs_now((c.node,), a)
         node = lib.xf_entry(c.node, c.name, self._attr(a), self.ttl, 0)
         if node:
             self._fill(node, (0, []))  # a directory made here is empty, at listing version 0
         self._entry(req, c.node, c.name, a)
+
+    def _dirs_now(self, nodes: tuple[int, ...], r: dict[str, Any]) -> None:
+        """Set the attributes of the directories a change of names touched (`nodes`, in the order the change
+        names them) as the MRC answered them: the kernel checks permissions in them next, and would ask."""
+        dirs = r.get("dirs") or []
+        for node, a in zip(nodes, dirs, strict=False):
+            lib.xf_set_attr(node, self._attr(a), self.ttl)
+        for node in nodes[len(dirs):]:
+            lib.xf_touch_dir(node, 0)  # not answered: asked for again
 
     def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
         """If the file at `path` is open here, move it aside (its data must outlive its name until the last
@@ -684,7 +693,7 @@ class GridFS:
         if ino is None or self.c.opened(ino) is None or os.path.basename(path).startswith(HIDDEN):
             return False, known
         hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}"
-        self.c.rename(path, hidden)
+        self._dirs_now((parent,), self.c.rename(path, hidden))
         self._hidden[ino] = hidden
         self._moved(path, hidden)
         return True, known
@@ -693,20 +702,18 @@ class GridFS:
         path, _ = self.child(c.node, c.name)
         hidden, known = self._hide(c.node, c.name, path)
         if not hidden:
-            self.c.unlink(path)
+            self._dirs_now((c.node,), self.c.unlink(path))
         if known.ino and known.nlink > 1:
             lib.xf_stale_ino(known.ino)  # its other names show a link count one lower
         elif not known.ino:
             lib.xf_forget_all()  # not known here: it may have other names
         lib.xf_drop(c.node, c.name)
-        lib.xf_touch_dir(c.node, 0)
         lib.fuse_reply_err(req, 0)
 
     def rmdir(self, req: Any, c: Any) -> None:
         path, _ = self.child(c.node, c.name)
-        self.c.rmdir(path)
+        self._dirs_now((c.node,), self.c.rmdir(path))
         lib.xf_drop(c.node, c.name)
-        lib.xf_touch_dir(c.node, -1)
         lib.fuse_reply_err(req, 0)
 
     def _moved(self, old: str, new: str) -> None:
@@ -725,29 +732,27 @@ class GridFS:
         replaced = None
         if not c.flags & lib.RENAME_NOREPLACE:
             _, replaced = self._hide(c.node2, c.name2, new)  # a file replaced while open here stays readable
-        self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
+        r = self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
         if replaced is not None and replaced.ino and replaced.nlink > 1:
             lib.xf_stale_ino(replaced.ino)  # its other names show a link count one lower
         self._moved(old, new)
         lib.xf_move(c.node, c.name, c.node2, c.name2)
-        lib.xf_touch_dir(c.node, 0)
-        lib.xf_touch_dir(c.node2, 0)
+        self._dirs_now((c.node, c.node2), r)
         lib.fuse_reply_err(req, 0)
 
     def link(self, req: Any, c: Any) -> None:
         source = self.path(c.node)
         target, _ = self.child(c.node2, c.name)
-        self.c.link(source, target)
-        a = self.c.op("getattr", path=target)
+        a = self.c.link(source, target)
         lib.xf_stale_ino(a["ino"])  # its other names: their link count and ctime
-        lib.xf_touch_dir(c.node2, 0)
+        self._dirs_now((c.node2,), a)
         self._entry(req, c.node2, c.name, a)
 
     def symlink(self, req: Any, c: Any) -> None:
         path, _ = self.child(c.node, c.name)
-        self.c.symlink(os.fsdecode(ffi.string(c.name2)), path)
-        lib.xf_touch_dir(c.node, 0)
-        self._entry(req, c.node, c.name, self.c.op("getattr", path=path))
+        a = self.c.symlink(os.fsdecode(ffi.string(c.name2)), path)
+        self._dirs_now((c.node,), a)
+        self._entry(req, c.node, c.name, a)
 
     def statfs(self, req: Any, c: Any) -> None:
         s = self.c.statfs()

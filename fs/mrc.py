@@ -287,18 +287,17 @@ class MRC:
         return self.cat.link(v, field(b, "old", str), field(b, "new", str), c)
 
     async def op_unlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        self.cat.unlink(v, field(b, "path", str), c)
+        dirs = self.cat.unlink(v, field(b, "path", str), c)
         self.replicas.wake()
-        return {}
+        return {"dirs": dirs}
 
     async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        self.cat.rmdir(v, field(b, "path", str), c)
-        return {}
+        return {"dirs": self.cat.rmdir(v, field(b, "path", str), c)}
 
     async def op_rename(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        self.cat.rename(v, field(b, "old", str), field(b, "new", str), c, field(b, "noreplace", bool, False))
+        dirs = self.cat.rename(v, field(b, "old", str), field(b, "new", str), c, field(b, "noreplace", bool, False))
         self.replicas.wake()
-        return {}
+        return {"dirs": dirs}
 
     async def op_setattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         num = (int, float)

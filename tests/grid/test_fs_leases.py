@@ -304,3 +304,28 @@ def test_a_file_written_here_past_the_inline_limit_goes_to_the_osds_whole(mounts
         os.close(fd)
     assert "gone" not in os.listdir(os.path.join(mounts[1], name))
     assert not [n for n in os.listdir(d) if n.startswith(".fuse_hidden")]
+
+
+def test_changes_of_names_answer_their_directories_attributes(grid, mounts, name, api):
+    """Each unlink, rename, link, mkdir and rmdir answers the attributes of the directories it touched, so
+    the kernel's next permission check in them asks the MRC nothing (rm -rf asked it once per name)."""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    for i in range(50):
+        with open(os.path.join(d, f"n{i}"), "w") as f:
+            f.write("x")
+    os.stat(os.path.join(d, "n0"))  # the files made here are at the MRC now
+    before = stats(api, grid)["ops"]
+    for i in range(50):
+        os.link(os.path.join(d, f"n{i}"), os.path.join(d, f"l{i}"))
+        os.rename(os.path.join(d, f"l{i}"), os.path.join(d, f"m{i}"))
+        os.unlink(os.path.join(d, f"n{i}"))
+        os.mkdir(os.path.join(d, f"d{i}"))
+        os.rmdir(os.path.join(d, f"d{i}"))
+    after = stats(api, grid)["ops"]
+    asked = after.get("getattr", 0) - before.get("getattr", 0)
+    assert asked < 10, f"{asked} getattrs for 250 changes of names"
+    here, there = os.stat(d), api.stat(f"/{name}")
+    assert (here.st_mtime_ns, here.st_ctime_ns, here.st_nlink) == \
+        (round(there["mtime"] * 1e6) * 1000, round(there["ctime"] * 1e6) * 1000, there["nlink"])
+    assert sorted(os.listdir(d)) == sorted([f"warm{i}" for i in range(20)] + [f"m{i}" for i in range(50)])
