@@ -759,10 +759,12 @@ class Catalogue:
             tx.execute("UPDATE inodes SET xloc=?, xver=? WHERE ino=?", (json.dumps(xloc.to_json()), xloc.version, ino))
             return xloc
 
-    def replicated(self) -> list[Inode]:
-        """Every file with OSD objects."""
-        rows = self.db.execute(f"SELECT {COLUMNS} FROM inodes WHERE xloc IS NOT NULL").fetchall()
-        return [Inode(*r) for r in rows]
+    def replicated(self) -> list[tuple[Inode, int]]:
+        """Every file with OSD objects, with the replica count its volume wants (one query for all)."""
+        cols = ", ".join("i." + c.strip() for c in COLUMNS.split(","))
+        rows = self.db.execute(f"SELECT {cols}, v.replicas FROM inodes i JOIN volumes v ON v.name = i.volume "
+                               "WHERE i.xloc IS NOT NULL").fetchall()
+        return [(Inode(*r[:-1]), r[-1]) for r in rows]
 
     def volume_of(self, ino: int) -> Volume:
         row = self.db.execute("SELECT volume FROM inodes WHERE ino=?", (ino,)).fetchone()

@@ -188,7 +188,8 @@ class MRC:
     async def stats(self, request: web.Request) -> web.Response:
         """What this MRC served: file-system operations by name, files made under leases, leases held."""
         self.auth.request(request, service_ok=True)
-        return json_response({"ops": dict(self.counts), "leases": self.leases.held()})
+        return json_response({"ops": dict(self.counts), "leases": self.leases.held(),
+                              "replica_walks": self.replicas.walks})
 
     async def list_osds(self, request: web.Request) -> web.Response:
         self.auth.request(request, service_ok=True)

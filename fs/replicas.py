@@ -38,6 +38,7 @@ class ReplicaManager:
         self.copying: dict[str, asyncio.Event] = {}  # fid -> set when the copy for its new replica is over
         self._wake = asyncio.Event()
         self._live: frozenset[str] = frozenset()
+        self.walks = 0  # passes over every file with OSD objects
 
     def wake(self) -> None:
         """Run a pass soon (something was deleted or changed)."""
@@ -195,31 +196,41 @@ class ReplicaManager:
         return left
 
     async def run(self) -> None:
-        """Passes until cancelled: orphans, lost OSDs, counts below and above the policy."""
+        """Passes until cancelled: orphans whenever woken; lost OSDs, counts below and above the policy once
+        a PASS (or at once when OSDs come or go). Deleting a tree wakes it per name: a walk over every
+        file each time held the MRC's loop up (rm -rf of 2,500 names: 7.5 s, 2.4 ms a call)."""
+        last_full = 0.0
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), PASS)
             except TimeoutError:
                 pass
             self._wake.clear()
+            full = time.monotonic() - last_full >= PASS
             try:
-                await self.one_pass()
+                await self.one_pass(full)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("replica pass failed")
+            if full:
+                last_full = time.monotonic()
 
-    async def one_pass(self) -> None:
+    async def one_pass(self, full: bool = True) -> None:
+        """Delete orphaned objects; with `full` (or when the live OSDs changed), bring every file's replicas
+        to its volume's count."""
         alive = self._alive()
         for fid, osds in self.cat.orphans():
             left = await self._delete(fid, [o for o in osds if o in alive])
             self.cat.forget_orphan(fid, left + [o for o in osds if o not in alive])
         changed = alive != self._live
+        if not (full or changed):
+            return
         self._live = frozenset(alive)
-        for node in self.cat.replicated():
+        self.walks += 1
+        for node, want in self.cat.replicated():
             xloc = node.layout()
             assert xloc is not None
-            want = self.cat.volume_of(node.ino).replicas
             if changed:
                 xloc = await self._drop(node.ino, xloc, lambda r: not set(r.osds) <= alive)
             if len(xloc.replicas) < want:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from xos.fs.layout import INLINE_MAX
 from xos.testing import wait_for
 from xos.testing.fsgrid import FsGrid, fs_grid
 
@@ -356,5 +357,25 @@ def test_a_replica_that_misses_a_write_is_dropped_on_the_primarys_word(grid):
         assert [r["osds"] for r in after] == [before[0]["osds"]], after
         with c.open("/w", "rb") as f:
             assert f.read(4096) == b"y" * 4096
+    finally:
+        c.close()
+
+
+def test_deleting_a_tree_does_not_walk_every_file_per_name(grid):
+    """Each unlink wakes the replica manager to delete the file's objects; the walk over every file (for
+    replica counts) stays once a second, or rm -rf held the MRC up a walk per name."""
+    c = grid.client("rep")
+    try:
+        c.mkdir("/tree")
+        for i in range(100):
+            with c.open(f"/tree/f{i}", "wb") as f:
+                f.write(os.urandom(INLINE_MAX + 1))  # objects on the OSDs
+        walks = c._json("GET", f"{grid.mrc_url}/v1/stats")["replica_walks"]
+        t0 = time.monotonic()
+        for i in range(100):
+            c.unlink(f"/tree/f{i}")
+        seconds = time.monotonic() - t0
+        walked = c._json("GET", f"{grid.mrc_url}/v1/stats")["replica_walks"] - walks
+        assert walked <= seconds + 2, f"{walked} walks over every file in {seconds:.1f} s of unlinks"
     finally:
         c.close()
