@@ -27,6 +27,7 @@ from xos.errors import (
     OverCapacity,
     Unavailable,
     WorkspaceExists,
+    XosError,
     from_json,
 )
 from xos.store import WorkspaceRecord
@@ -201,6 +202,25 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
             "criu": run.stats, "left_running": leave_running, "files": len(manifest["files"])}
 
 
+def _owner_accepted(svc: NodeService, identity: dict[str, Any], uid: int, gid: int) -> None:
+    """An image another host sends runs for a grid identity whose credential it carries and this node
+    accepts now (not expired, revoked, or of a member who left the VO), or as this node's account for
+    workspaces of nobody in particular: never as one of its local accounts."""
+    vo, user, token = identity.get("vo"), identity.get("user"), identity.get("credential")
+    if not vo and (uid, gid) == (svc.config.default_uid, svc.config.default_gid):
+        return
+    if not vo or not user or not isinstance(token, str):
+        raise image.ImageRefused(f"an image from a peer runs as uid {uid}, gid {gid} with no grid identity: only "
+                                 "a grid identity with its credential, or this node's default account, comes "
+                                 "from another host")
+    try:
+        claims = svc.identity.verify(token)
+    except XosError as e:
+        raise image.ImageRefused(f"the credential of {user} of VO {vo} is not accepted here: {e.message}") from None
+    if (claims.vo, claims.sub) != (vo, user):
+        raise image.ImageRefused(f"the image runs as {user} of VO {vo}; its credential is {claims.sub} of {claims.vo}")
+
+
 async def restore(svc: NodeService, path: str, name: str | None = None, parts: dict[str, str] | None = None,
                   verified: bool = False, lazy: tuple[str, int] | None = None,
                   from_peer: bool = False) -> tuple[Workspace, dict[str, Any]]:
@@ -252,6 +272,8 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
         if from_peer and (uid == 0 or gid == 0):
             raise image.ImageRefused(f"image from a peer asks to run as uid {uid}, gid {gid}: root's identity is "
                                      "never restored for another host")
+        if from_peer:
+            _owner_accepted(svc, identity, uid, gid)
         if uid != 0:
             creds.check(os.path.join(top, "criu"), uid, gid)
         times["verify"] = time.perf_counter() - t0

@@ -346,12 +346,49 @@ async def migration_progress(request: web.Request) -> web.Response:
 
 @web.middleware
 async def peer_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    secret = _svc(request).config.peer_secret()
+    """Who may use the peer API, and on what: another host of the grid, only on workspaces that belong to a
+    grid identity (a local account's workspace is this node's own business, as is any other name)."""
+    svc = _svc(request)
+    secret = svc.config.peer_secret()
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
         log.warning("peer API: refused a request from %s without the peer key", request.remote)
         raise PermissionDenied("the peer API needs the grid's peer key")
+    name = request.match_info.get("name")
+    if name is not None and not _peers_may(svc, svc.get(name)):
+        raise NotFound(f"no workspace {name!r}", name=name)
     return await handler(request)
+
+
+def _peers_may(svc: NodeService, ws: Any) -> bool:
+    """Whether peers may see and act on a workspace: one of a grid identity, or one run as the node's account
+    for nobody in particular (what moves between nodes); never one of a local account."""
+    return bool(ws.rec.identity.get("vo")) or (ws.rec.uid, ws.rec.gid) == (svc.config.default_uid,
+                                                                          svc.config.default_gid)
+
+
+async def peer_list_workspaces(request: web.Request) -> web.Response:
+    """The workspaces peers may see: a peer learns nothing of the node's local accounts' ones."""
+    svc = _svc(request)
+    return rpc.json_response([await ws.describe() for ws in svc.workspaces.values() if _peers_may(svc, ws)])
+
+
+async def peer_create_workspace(request: web.Request) -> web.Response:
+    """A workspace a peer (a job manager) asks for: always for the owner of the credential it brings, verified
+    here; never a uid, gid or grid identity of the peer's choosing (the key it holds is no user's)."""
+    svc = _svc(request)
+    body = await rpc.read_body(request, MAX_CREATE)
+    chosen = sorted(k for k in ("uid", "gid", "vo", "user") if body.get(k) is not None)
+    if chosen:
+        log.warning("peer API: refused a workspace from %s that names its %s", request.remote, ", ".join(chosen))
+        raise PermissionDenied(f"a peer cannot choose a workspace's {', '.join(chosen)}: it runs as the owner of "
+                               "the credential it comes with")
+    if not isinstance(body.get("credential"), str):
+        raise PermissionDenied("a peer creates a workspace only with its owner's credential (credential)")
+    ws = await svc.create(rpc.field(body, "name", str, None), Allocation.parse(rpc.field(body, "allocation", dict, {})),
+                          credential=rpc.field(body, "credential", str), main=rpc.field(body, "main", dict),
+                          grid=rpc.field(body, "grid", list))
+    return rpc.json_response(await ws.describe(), status=201)
 
 
 STAGE = re.compile(r"^[0-9a-f]{16}$")
@@ -503,8 +540,8 @@ def make_peer_app(svc: NodeService) -> web.Application:
         web.get("/v1/peer/node", node_info),
         web.get("/v1/peer/ad", node_ad),
         # what a job manager holding the grid's key does with workspaces
-        web.post("/v1/peer/workspaces", create_workspace),
-        web.get("/v1/peer/workspaces", list_workspaces),
+        web.post("/v1/peer/workspaces", peer_create_workspace),
+        web.get("/v1/peer/workspaces", peer_list_workspaces),
         web.get("/v1/peer/workspaces/{name}", get_workspace),
         web.get("/v1/peer/workspaces/{name}/file", workspace_file),
         web.delete("/v1/peer/workspaces/{name}", delete_workspace),

@@ -364,7 +364,7 @@ def test_answer_lost_after_the_target_restored(grid: TestGrid) -> None:
     proxy = DropFirstAnswer((target.hostname or "", target.port or 0))
     try:
         with a.client() as ca, b.client() as cb:
-            ws = ca.create("cnt", uid=1000, gid=1000, main=[PY, "-c", COUNTER], out="count.log")
+            ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log")
             wait_for(lambda: len(lines(os.path.join(ws["directory"], "count.log"))) >= 5, 10, "the counter")
             ca.migrate("cnt", proxy.url)
             assert proxy.dropped.is_set()

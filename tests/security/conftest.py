@@ -21,11 +21,13 @@ GUEST = 1000  # an ordinary local uid, as a workspace user
 PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
 
 
-def peer_get(grid: TestGrid, node: TestNode, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    """GET on the node's peer API with the grid's key (what a job manager does); (status, body)."""
+def peer_get(grid: TestGrid, node: TestNode, path: str, timeout: float = 10, method: str = "GET",
+             body: bytes | None = None) -> tuple[int, bytes]:
+    """A call on the node's peer API with the grid's key (what a job manager does); (status, body)."""
     with open(os.path.join(grid.base, "peer.key")) as f:
         key = f.read().strip()
-    req = urllib.request.Request(node.peer_url + path, headers={"Authorization": f"Bearer {key}"})
+    req = urllib.request.Request(node.peer_url + path, data=body, method=method,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()

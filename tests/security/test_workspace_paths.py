@@ -10,7 +10,8 @@ import tarfile
 import pytest
 
 from tests.kernel.test_checkpoint import COUNTER, lines
-from tests.security.conftest import GUEST, PY, error_code, node_still_serves, peer_get
+from tests.security.conftest import GUEST, PY, _keys, error_code, node_still_serves, peer_get
+from xos import credential
 from xos.testing import TestGrid, TestNode, wait_for
 
 
@@ -94,11 +95,16 @@ while True:  # stdout is the real file, then the link, then the real file again 
 """
 
 
+def member(node: TestNode) -> str:
+    """A credential of a member of VO bio, which the node trusts."""
+    return credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)[0]
+
+
 def test_output_served_never_through_a_swapped_symlink(grid: TestGrid, node: TestNode) -> None:
     """Job output served by the node: `stdout` swapped for a symlink to /etc/shadow between a check and
     the open is refused, never read."""
     with node.client() as c:
-        c.create("o1", uid=GUEST, gid=GUEST, main=[PY, "-c", SWAP, "/etc/shadow"])
+        c.create("o1", credential=member(node), main=[PY, "-c", SWAP, "/etc/shadow"])  # a job, as peers see them
         shadow = open("/etc/shadow", "rb").read()
         served = refused = 0
         for _ in range(400):
@@ -117,7 +123,7 @@ def test_output_served_never_through_a_swapped_symlink(grid: TestGrid, node: Tes
 def test_output_fifo_is_refused_at_once(grid: TestGrid, node: TestNode) -> None:
     """Job output served by the node: a FIFO named `stdout` gets an unsafe-path answer, not a hung loop."""
     with node.client() as c:
-        c.create("o2", uid=GUEST, gid=GUEST, main=["/bin/sh", "-c", "mkfifo stdout; sleep 30"])
+        c.create("o2", credential=member(node), main=["/bin/sh", "-c", "mkfifo stdout; sleep 30"])
         wait_for(lambda: os.path.exists(os.path.join(c.stat("o2")["directory"], "stdout")), 10, "the FIFO")
         status, body = peer_get(grid, node, "/v1/peer/workspaces/o2/file?file=stdout", timeout=5)
         assert status == 400 and error_code(body) == "unsafe-path"
