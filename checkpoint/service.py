@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -380,16 +381,16 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
     while it is stopped. Until the target confirms, the image stays here; any failure (refusal, a
     target that dies mid-transfer, a failed restore) restores it here again: never two running
     copies, never none."""
-    url, secret = svc.config.peer_url(to), svc.config.peer_secret()
+    url, tls = svc.config.peer_url(to), svc.config.host().client_context()
     svc.get(name)
     progress = svc.progress.setdefault(name, {"phase": "starting", "sent": 0, "total": 0})
     try:
-        return await _migrate(svc, name, to, url, secret, live, progress)
+        return await _migrate(svc, name, to, url, tls, live, progress)
     finally:
         svc.progress.pop(name, None)
 
 
-async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, live: bool,
+async def _migrate(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSLContext, live: bool,
                    progress: dict[str, Any]) -> dict[str, Any]:
     mode = criu_mod.find().require().live if live else ""
     if live and not mode:
@@ -397,7 +398,7 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
                                        f"(CONFIG_MEM_SOFT_DIRTY) or userfaultfd; this node's {platform.release()} "
                                        f"has neither: migrate {name} without --live")
     if mode == "post-copy":
-        return await _postcopy(svc, name, to, url, secret, progress)
+        return await _postcopy(svc, name, to, url, tls, progress)
     ws = svc.get(name)
     work = scratch(svc, "migrate", 3 * max(ws.sample().memory_peak, ws.rec.alloc.memory // 4, 64 << 20))
     path = os.path.join(work, "image")
@@ -409,7 +410,7 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
         prev = None
         if live:
             progress["phase"] = "pre-dump"
-            prev = await _pre_dumps(svc, name, work, url, secret, stage, rounds, parts)
+            prev = await _pre_dumps(svc, name, work, url, tls, stage, rounds, parts)
         t0 = time.perf_counter()
         progress["phase"] = "dump"
         cp = await checkpoint(svc, name, path, prev=prev)
@@ -417,9 +418,9 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
         t1 = time.perf_counter()
         try:
             progress.update(phase="transfer", sent=0, total=cp["bytes"])
-            target = await peer_restore(url, secret, path, name, stage, progress)
+            target = await peer_restore(url, tls, path, name, stage, progress)
         except Exception as e:
-            landed = await _landed(svc, url, secret, name, ws.rec.id, e, path)
+            landed = await _landed(svc, url, tls, name, ws.rec.id, e, path)
             if landed is None:
                 log.warning("migration of %s to %s failed, resuming here: %s", name, to, e,
                             extra={"workspace": name})
@@ -446,7 +447,7 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, secret: str, 
 LANDED_TRIES = 5
 
 
-async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id: str, error: Exception,
+async def _landed(svc: NodeService, url: str, tls: ssl.SSLContext, name: str, source_id: str, error: Exception,
                   image_path: str) -> dict[str, Any] | None:
     """After a restore request failed: the target's workspace if it did restore ours (its answer was lost),
     else None (resume here). A target that refused says so in its answer; one that cannot be asked is
@@ -457,7 +458,7 @@ async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id:
     delay = 0.2
     for attempt in range(LANDED_TRIES):
         try:
-            got = await _peer_get(url, secret, f"/v1/peer/workspaces/{name}")
+            got = await _peer_get(url, tls, f"/v1/peer/workspaces/{name}")
         except NotFound:
             return None
         except Unavailable:
@@ -475,12 +476,13 @@ async def _landed(svc: NodeService, url: str, secret: str, name: str, source_id:
     return None
 
 
-async def _peer_get(url: str, secret: str, route: str) -> dict[str, Any]:
+async def _peer_get(url: str, tls: ssl.SSLContext, route: str) -> dict[str, Any]:
     import aiohttp
 
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(
-                f"{url}{route}", headers={"Authorization": f"Bearer {secret}"}) as resp:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                         connector=aiohttp.TCPConnector(ssl=tls)) as session, \
+                session.get(f"{url}{route}") as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise from_json(data if isinstance(data, dict) else {}, resp.status)
@@ -504,7 +506,7 @@ def _phases(times: dict[str, float], target: dict[str, Any], t0: float, t1: floa
     times["downtime"] = time.perf_counter() - t0
 
 
-async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
+async def _postcopy(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSLContext,
                     progress: dict[str, Any]) -> dict[str, Any]:
     """Live migration on a kernel without dirty-page tracking: everything but memory is dumped and sent
     while the workspace is stopped, and it runs at the target at once; its memory follows, fetched on
@@ -529,7 +531,7 @@ async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
         t1 = time.perf_counter()
         try:
             progress.update(phase="transfer", sent=0, total=cp["bytes"])
-            target = await peer_restore(url, secret, path, name, progress=progress, lazy=(host, port))
+            target = await peer_restore(url, tls, path, name, progress=progress, lazy=(host, port))
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
             await serving.abort()
@@ -566,7 +568,7 @@ async def _postcopy(svc: NodeService, name: str, to: str, url: str, secret: str,
             "live": True, "mode": "post-copy", "rounds": []}
 
 
-async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, secret: str, stage: str | None,
+async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, tls: ssl.SSLContext, stage: str | None,
                      rounds: list[dict[str, float]], parts: dict[str, str]) -> str:
     """Pre-dump rounds, each sent to the target's stage at once; the last round's directory."""
     criu = criu_mod.find().require()
@@ -583,7 +585,7 @@ async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, secret: s
         t = time.perf_counter()
         part = os.path.join(work, f"pre{i}.tar")
         image.pack(part, images, None, {"part": f"pre{i}", "node": svc.config.name})
-        await peer_stage(url, secret, part, stage or "", f"pre{i}")
+        await peer_stage(url, tls, part, stage or "", f"pre{i}")
         os.unlink(part)
         pages = run.stats.get("memory_pages_written", 0.0)
         rounds.append({"pages": pages, "dump": run.seconds, "send": time.perf_counter() - t})
@@ -595,12 +597,12 @@ async def _pre_dumps(svc: NodeService, name: str, work: str, url: str, secret: s
     return prev
 
 
-async def peer_stage(url: str, secret: str, path: str, stage: str, part: str) -> None:
+async def peer_stage(url: str, tls: ssl.SSLContext, path: str, stage: str, part: str) -> None:
     """Send one pre-dump part to the target, which verifies and keeps it for the restore."""
-    await _peer_put(url, secret, path, "/v1/peer/stage", {"stage": stage, "part": part})
+    await _peer_put(url, tls, path, "/v1/peer/stage", {"stage": stage, "part": part})
 
 
-async def peer_restore(url: str, secret: str, path: str, name: str, stage: str | None = None,
+async def peer_restore(url: str, tls: ssl.SSLContext, path: str, name: str, stage: str | None = None,
                        progress: dict[str, Any] | None = None, lazy: tuple[str, int] | None = None) -> dict[str, Any]:
     """Stream the image directory at `path`, as a tar made on the fly, to the peer API at `url` and have
     it restored there (`lazy`: its memory from the page server at that address and port)."""
@@ -609,10 +611,10 @@ async def peer_restore(url: str, secret: str, path: str, name: str, stage: str |
         params["stage"] = stage
     if lazy:
         params.update(lazy_address=lazy[0], lazy_port=str(lazy[1]))
-    return await _peer_put(url, secret, path, "/v1/peer/restore", params, progress)
+    return await _peer_put(url, tls, path, "/v1/peer/restore", params, progress)
 
 
-async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[str, str],
+async def _peer_put(url: str, tls: ssl.SSLContext, path: str, route: str, params: dict[str, str],
                     progress: dict[str, Any] | None = None) -> dict[str, Any]:
     import aiohttp
 
@@ -628,7 +630,7 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
                 progress["sent"] = min(progress["sent"] + len(block), progress["total"])  # tar headers aside
         sent_all = True
 
-    headers = {"Authorization": f"Bearer {secret}"}
+    headers: dict[str, str] = {}
     if os.path.isdir(path):  # the tar is made as it goes: its length is known only at the end
         files = image.manifest_of(path)["files"]
         headers["X-Image-Bytes"] = str(sum(os.path.getsize(os.path.join(path, a)) for a in files))
@@ -636,7 +638,8 @@ async def _peer_put(url: str, secret: str, path: str, route: str, params: dict[s
         headers["Content-Length"] = str(os.path.getsize(path))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.put(
+        connector = aiohttp.TCPConnector(ssl=tls)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.put(
                 f"{url}{route}", params=params, data=chunks(), headers=headers) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:

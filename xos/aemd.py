@@ -1,6 +1,7 @@
 """The job manager (`xos serve aem`): the job directory, node ads, event-driven matching, dispatch, control.
 
-Nodes are reached on their peer API with the grid's shared key. Their ads are fetched every
+Nodes are reached on their peer API over TLS, as the host its certificate names (role aem); nodes push
+their ads to its peer listener as themselves (role node). Their ads are fetched every
 `poll` seconds and live for `ad_ttl`: a node that stops answering drops out of matching. A new
 job, a changed ad or a finished job starts a matching pass at once (HTCondor users wait for the
 negotiator's next cycle, 20 s by default). A job runs as its submitter's mapped account: the
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from xos import credential, rpc
+from xos import credential, hostid, rpc
 from xos.classad import Matchmaker, NodeAd, Wants
 from xos.errors import (
     Conflict,
@@ -54,13 +54,14 @@ class AemConfig:
     home: str
     listen: str
     trust: str
-    peer_key: str
+    host_dir: str  # this host's key, certificate (role aem) and the grid's CA
     nodes: dict[str, str]  # name -> peer URL
     poll: float = 1.0
     ad_ttl: float = 30.0
     mrc: str = ""  # the grid file system's MRC, for jobs' grid:// stdin, stdout and stderr
     max_output: int = 1 << 30  # bytes of a job's stdout or stderr kept here; the rest is refused
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
+    peer_listen: str = ""  # HOST:PORT where nodes push their ads (TLS, node certificates), off when empty
 
 
 @dataclass
@@ -87,8 +88,11 @@ class Aem:
         self.store = JobStore(os.path.join(self.cfg.home, "aem", "jobs.db"))
         self.trust = credential.TrustStore(self.cfg.trust)
         self.revoked: set[str] = set()  # credentials the followed VO services revoked (xos.revocations fills it)
-        with open(self.cfg.peer_key) as f:
-            self.secret = f.read().strip()
+        self.host = hostid.HostIdentity(self.cfg.host_dir)
+        if "aem" not in self.host.roles:
+            raise InvalidInput(f"the certificate in {self.cfg.host_dir} is for {', '.join(self.host.roles)}, "
+                               "not a job manager (aem)")
+        self.tls = self.host.client_context()
         for sub in ("output", "images"):  # jobs' outputs and memory: the owners' alone
             os.makedirs(os.path.join(self.cfg.home, "aem", sub), mode=0o700, exist_ok=True)
             os.chmod(os.path.join(self.cfg.home, "aem", sub), 0o700)
@@ -108,8 +112,7 @@ class Aem:
             raise NotFound(f"no node {node!r}")
         assert self.session is not None
         try:
-            async with self.session.request(method, f"{url}{path}", json=body,
-                                            headers={"Authorization": f"Bearer {self.secret}"},
+            async with self.session.request(method, f"{url}{path}", json=body, ssl=self.tls,
                                             timeout=aiohttp.ClientTimeout(total=60, sock_connect=3)) as resp:
                 if resp.content_type == "application/json":
                     data = await resp.json()
@@ -145,12 +148,16 @@ class Aem:
         await asyncio.gather(*(one(n) for n in self.cfg.nodes))
 
     async def take_ad(self, request: web.Request) -> web.Response:
-        """A node pushes its ad (with the grid's peer key): it lives for ad_ttl; a changed one matches at once."""
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.secret}".encode()):
-            log.warning("refused an ad from %s without the peer key", request.remote)
-            raise PermissionDenied("pushing an ad needs the grid's peer key")
+        """A node pushes its own ad (its certificate names it, role node): it lives for ad_ttl; a changed one
+        matches at once."""
         name = request.match_info["name"]
+        try:
+            peer = hostid.require(request.transport, "node")
+            if peer.name != name:
+                raise PermissionDenied(f"host {peer.name} may push its own ad only, not {name}'s")
+        except PermissionDenied as e:
+            log.warning("refused an ad from %s: %s", request.remote, e.message)
+            raise
         body = await rpc.read_body(request)
         url, attrs = rpc.field(body, "url", str), rpc.field(body, "ad", dict)
         if not url or not url.startswith(("http://", "https://")) or attrs is None:
@@ -325,7 +332,7 @@ class Aem:
         path = self.image_path(job.id)
         taken = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(path)))
         try:
-            await peer_restore(self.urls[job.node], self.secret, path, _ws(job.id))
+            await peer_restore(self.urls[job.node], self.tls, path, _ws(job.id))
         except XosError as e:
             log.warning("job %s not restored on node %s: %s", job.id, job.node, e)
             if isinstance(e, (Unavailable, OverCapacity, Conflict)):  # this node, now: another may take it
@@ -778,7 +785,7 @@ class Aem:
         assert self.session is not None
         url = f"{self.urls[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
         try:
-            async with self.session.post(url, json={}, headers={"Authorization": f"Bearer {self.secret}"},
+            async with self.session.post(url, json={}, ssl=self.tls,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
                                                                        sock_read=300)) as resp:
                 if resp.status >= 400:
@@ -887,8 +894,14 @@ def make_app(aem: Aem) -> web.Application:
         web.post("/v1/jobs/{id}/{verb}", aem.control),
         web.get("/v1/nodes", aem.nodes),
         web.get("/v1/accounting", aem.accounting),
-        web.put("/v1/peer/ads/{name}", aem.take_ad),
     ])
+    return app
+
+
+def make_peer_app(aem: Aem) -> web.Application:
+    """The routes other hosts use (over TLS): nodes pushing their ads."""
+    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=2 << 20)
+    app.add_routes([web.put("/v1/peer/ads/{name}", aem.take_ad)])
     return app
 
 
@@ -901,7 +914,8 @@ async def serve_aem(cfg: AemConfig) -> None:
     aem.revoked = feeds.revoked
     feeds.start()
     try:
-        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops())
+        peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
+        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers)
     finally:
         await feeds.stop()
         await aem.session.close()

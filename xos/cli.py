@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
     sn.add_argument("--static-map", help="file of 'VO USER ACCOUNT' lines")
     sn.add_argument("--vo-url", action="append", dest="vo_urls", help="VO service to follow for revocations")
     sn.add_argument("--listen", help="HOST:PORT of the peer API: migrations from other nodes")
-    sn.add_argument("--peer-key", help="file with the secret the nodes of a grid share")
+    sn.add_argument("--host-dir", help="this host's key, certificate and the grid's CA (default $XOS_HOME/host)")
     sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
     sn.add_argument("--site", help="where the node is, for jobs' requirements")
     sn.add_argument("--price", help="price of a CPU-hour here, for ranking and accounting")
@@ -80,7 +80,9 @@ def parser() -> argparse.ArgumentParser:
     sa = serve.add_parser("aem", help="the job manager: jobs, node ads, matching, control")
     sa.add_argument("--listen", default="0.0.0.0:7300", help="HOST:PORT (default 0.0.0.0:7300)")
     sa.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
-    sa.add_argument("--peer-key", required=True, help="file with the secret the grid's nodes share")
+    sa.add_argument("--host-dir", help="this host's key, certificate (role aem) and the grid's CA "
+                                        "(default $XOS_HOME/host)")
+    sa.add_argument("--peer-listen", default="", help="HOST:PORT where nodes push their ads (TLS, node certificates)")
     sa.add_argument("--node", action="append", default=[], help="NAME=URL of a node's peer API")
     sa.add_argument("--poll", type=float, default=1.0, help="seconds between looks at nodes")
     sa.add_argument("--ad-ttl", type=float, default=30.0, help="seconds a node's ad lives without a refresh")
@@ -147,6 +149,25 @@ def parser() -> argparse.ArgumentParser:
                        help="the job manager's URL (default $XOS_AEM or http://localhost:7300)")
         jp.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
     sub.add_parser("init", help="make this host's VO signing key ($XOS_HOME/vo/signing.key)")
+
+    ca = sub.add_parser("ca", help="the grid's certificate authority for host identities").add_subparsers(
+        dest="verb", required=True)
+    ca.add_parser("init", help="make a CA: DIR/ca.key (keep it offline) and DIR/ca.pem").add_argument("dir")
+    cs = ca.add_parser("sign", help="sign a host's certificate request")
+    cs.add_argument("csr")
+    cs.add_argument("--ca", required=True, help="the CA's directory")
+    cs.add_argument("--out", required=True, help="where the certificate goes (the host's host.pem)")
+    cs.add_argument("--days", type=int, default=30, help="how long it is valid (default 30)")
+    host = sub.add_parser("host", help="this host's identity among the grid's hosts").add_subparsers(
+        dest="verb", required=True)
+    hi = host.add_parser("init", help="make this host's key and a certificate request (host.csr) for the CA")
+    hi.add_argument("--name", required=True, help="the host's name in the grid (a node's --name)")
+    hi.add_argument("--role", action="append", required=True, dest="roles", help="node, aem, vo, mrc or osd")
+    hi.add_argument("--address", action="append", default=[], dest="addresses", help="an IP address it is reached at")
+    hi.add_argument("--dir", help="the host directory (default $XOS_HOME/host)")
+    ht = host.add_parser("trust", help="trust the grid's CA for links to other hosts")
+    ht.add_argument("ca_pem")
+    ht.add_argument("--dir", help="the host directory (default $XOS_HOME/host)")
 
     vo = sub.add_parser("vo", help="virtual organizations").add_subparsers(dest="verb", required=True)
     v = vo.add_parser("create", help="form a VO")
@@ -706,8 +727,32 @@ def _serve_aem(args: argparse.Namespace) -> int:
             raise InvalidInput(f"--node {spec!r} is not NAME=URL")
         nodes[name] = url.rstrip("/")
     asyncio.run(serve_aem(AemConfig(config.home(), args.listen, args.trust or os.path.join(config.home(), "trust"),
-                                    args.peer_key, nodes, args.poll, args.ad_ttl, args.mrc, args.max_output,
-                                    tuple(args.vo_urls))))
+                                    args.host_dir or os.path.join(config.home(), "host"), nodes, args.poll,
+                                    args.ad_ttl, args.mrc, args.max_output, tuple(args.vo_urls), args.peer_listen)))
+    return 0
+
+
+def _hosts(args: argparse.Namespace) -> int:
+    """xos ca init|sign, xos host init|trust: host identities and the CA that vouches for them."""
+    from xos import hostid
+
+    if args.area == "ca" and args.verb == "init":
+        print(hostid.ca_init(args.dir))
+        return 0
+    if args.area == "ca":
+        with open(args.csr, "rb") as f:
+            pem = hostid.ca_sign(args.ca, f.read(1 << 16), args.days)
+        with open(args.out, "wb") as f:
+            f.write(pem)
+        print(args.out)
+        return 0
+    directory = args.dir or os.path.join(config.home(), "host")
+    if args.verb == "init":
+        print(hostid.host_init(directory, args.name, args.roles, args.addresses))
+        return 0
+    with open(args.ca_pem, "rb") as f:
+        hostid.trust(directory, f.read(1 << 16))
+    print(os.path.join(directory, "ca.pem"))
     return 0
 
 
@@ -728,7 +773,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
-                                               "vo_urls", "listen", "peer_key", "peers", "site", "price",
+                                               "vo_urls", "listen", "host_dir", "peers", "site", "price",
                                                "aem_urls", "ad_interval", "peer_address")}
     cfg = NodeConfig.load(args.config, overrides)
     asyncio.run(serve_node(cfg))
@@ -758,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_job_main(args))
         if args.area == "init":
             return _init()
+        if args.area in ("ca", "host"):
+            return _hosts(args)
         if args.area == "cred":
             return _cred_show(args)
         return asyncio.run(_client_main(args))

@@ -11,6 +11,9 @@ from typing import Any
 from xos import units
 from xos.allocation import Capacity
 from xos.errors import InvalidInput
+from xos.hostid import HostIdentity
+
+_hosts: dict[str, HostIdentity] = {}  # host directory -> its identity, read once per process
 
 
 def home() -> str:
@@ -51,11 +54,11 @@ class NodeConfig:
     lease_ttl: float = 7 * 86400
     quarantine: float = 3600
     listen: str = ""  # HOST:PORT of the peer API (images from other nodes), off when empty
-    peer_key: str = ""  # file holding the secret nodes of one grid share to talk to each other
+    host_dir: str = ""  # this host's key, certificate and trusted CA (xos host init); default $XOS_HOME/host
     peers: tuple[str, ...] = ()  # "NAME=URL": other nodes, for `xos ws migrate NAME --to NODE`
     site: str = ""  # where the node is, for jobs' requirements (Site == "b")
     price: float = 0.0  # what a CPU-hour here costs, for ranking and accounting
-    aem_urls: tuple[str, ...] = ()  # job managers this node pushes its ad to (with the peer key)
+    aem_urls: tuple[str, ...] = ()  # job managers' peer URLs this node pushes its ad to (over TLS, as itself)
     ad_interval: float = 10.0  # seconds between pushes of an unchanged ad (a change is pushed at once)
     peer_address: str = ""  # the peer API's URL for others, when --listen does not say (0.0.0.0)
 
@@ -67,7 +70,7 @@ class NodeConfig:
         if not host or host in ("0.0.0.0", "::", "[::]"):
             raise InvalidInput("pushing the ad needs the peer API's address: --listen HOST:PORT with a host, "
                                "or --peer-address URL")
-        return f"http://{host}:{port}"
+        return f"https://{host}:{port}"
 
     def peer_url(self, to: str) -> str:
         """The peer API URL of node `to` (a URL, or a name from `peers`)."""
@@ -79,18 +82,19 @@ class NodeConfig:
                 return url.rstrip("/")
         raise InvalidInput(f"unknown node {to!r}: give a URL or one of the peers ({', '.join(self.peers) or 'none'})")
 
-    def peer_secret(self) -> str:
-        """The shared secret of the peer API; InvalidInput when none is configured."""
-        if not self.peer_key:
-            raise InvalidInput("this node has no peer key (--peer-key FILE): it cannot talk to other nodes")
-        try:
-            with open(self.peer_key) as f:
-                secret = f.read().strip()
-        except OSError as e:
-            raise InvalidInput(f"cannot read the peer key {self.peer_key}: {e}") from None
-        if len(secret) < 16:
-            raise InvalidInput(f"the peer key in {self.peer_key} is shorter than 16 characters")
-        return secret
+    def host(self) -> HostIdentity:
+        """This host's identity for links to other hosts (read once); InvalidInput when it has none."""
+        directory = self.host_dir or os.path.join(self.home or home(), "host")
+        ident = _hosts.get(directory)
+        if ident is None:
+            try:
+                ident = HostIdentity(directory)
+            except InvalidInput as e:
+                raise InvalidInput(f"this node cannot talk to other hosts: {e.message}") from None
+            if "node" not in ident.roles:
+                raise InvalidInput(f"the certificate in {directory} is for {', '.join(ident.roles)}, not a node")
+            _hosts[directory] = ident
+        return ident
 
     def resolved(self) -> NodeConfig:
         """Fill what was left empty from the environment and the machine."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -17,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xos import rpc, safepath
+from xos import hostid, rpc, safepath
 from xos.allocation import Allocation
 from xos.config import NodeConfig, node_socket
 from xos.errors import InvalidInput, NotFound, PermissionDenied, XosError, from_json
@@ -342,18 +341,18 @@ async def migration_progress(request: web.Request) -> web.Response:
     return rpc.json_response(svc.progress[name])
 
 
-# -- the peer API: what other nodes of the grid may ask (TCP, a shared secret) -------------------
+# -- the peer API: what other hosts of the grid may ask (TLS, each host's own certificate) --------
 
 @web.middleware
 async def peer_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Who may use the peer API, and on what: another host of the grid, only on workspaces that belong to a
-    grid identity (a local account's workspace is this node's own business, as is any other name)."""
+    """Who may use the peer API, and on what: another node or a job manager (its certificate from the grid's
+    CA says which; the TLS handshake already refused any other), only on workspaces peers may see."""
     svc = _svc(request)
-    secret = svc.config.peer_secret()
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {secret}".encode()):
-        log.warning("peer API: refused a request from %s without the peer key", request.remote)
-        raise PermissionDenied("the peer API needs the grid's peer key")
+    try:
+        hostid.require(request.transport, "node", "aem")
+    except PermissionDenied as e:
+        log.warning("peer API: refused %s: %s", request.remote, e.message)
+        raise
     name = request.match_info.get("name")
     if name is not None and not _peers_may(svc, svc.get(name)):
         raise NotFound(f"no workspace {name!r}", name=name)
@@ -507,17 +506,17 @@ async def advertise(svc: NodeService, aem: str) -> None:
 
     cfg = svc.config
     url = f"{aem.rstrip('/')}/v1/peer/ads/{cfg.name}"
-    headers = {"Authorization": f"Bearer {cfg.peer_secret()}"}
     last: dict[str, Any] | None = None
     sent_at = 0.0
     down = False
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5, sock_connect=2)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5, sock_connect=2),
+                                     connector=aiohttp.TCPConnector(ssl=cfg.host().client_context())) as session:
         while True:
             ad = svc.classad()
             stable = {k: v for k, v in ad.items() if k not in VOLATILE}
             if stable != last or time.monotonic() - sent_at >= svc.config.ad_interval:
                 try:
-                    async with session.put(url, json={"url": cfg.own_peer_url(), "ad": ad}, headers=headers) as r:
+                    async with session.put(url, json={"url": cfg.own_peer_url(), "ad": ad}) as r:
                         if r.status >= 400:
                             raise from_json(await r.json(content_type=None), r.status)
                     last, sent_at = stable, time.monotonic()
@@ -598,11 +597,11 @@ async def serve_node(config: NodeConfig) -> None:
         os.umask(old)
     peer_runner = None
     if config.listen:
-        config.peer_secret()  # refuse to start without one rather than answer everyone
+        tls = config.host().server_context()  # refuse to start without one rather than answer everyone
         host, _, port = config.listen.rpartition(":")
         peer_runner = web.AppRunner(make_peer_app(svc), access_log=None, handle_signals=False, shutdown_timeout=5)
         await peer_runner.setup()
-        await web.TCPSite(peer_runner, host or "0.0.0.0", int(port)).start()
+        await web.TCPSite(peer_runner, host or "0.0.0.0", int(port), ssl_context=tls).start()
         log.info("node %s peer API on %s", config.name, config.listen)
     pushers = [asyncio.create_task(advertise(svc, url)) for url in config.aem_urls]
     if pushers:

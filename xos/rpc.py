@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -146,25 +147,35 @@ async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float =
     raise AssertionError("unreachable")
 
 
-async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any] | None = None) -> None:
-    """Serve `app` on HOST:PORT, with one background task beside it, until SIGTERM or SIGINT.
+async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any] | None = None,
+                    peers: tuple[web.Application, str, ssl.SSLContext] | None = None) -> None:
+    """Serve `app` on HOST:PORT, with one background task beside it, until SIGTERM or SIGINT; with `peers`,
+    also that app on its HOST:PORT over TLS (other hosts' links).
 
     The shape every TCP daemon of xos shares (MRC, OSD, job manager); the caller closes its own
     resources after this returns."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    host, _, port = listen.rpartition(":")
+    runners = []
     try:
-        await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True).start()
-    except (OSError, ValueError) as e:
-        await runner.cleanup()
+        for one, where, tls in [(app, listen, None), *([peers] if peers else [])]:
+            runner = web.AppRunner(one, access_log=None, handle_signals=False, shutdown_timeout=2)
+            await runner.setup()
+            runners.append(runner)
+            host, _, port = where.rpartition(":")
+            try:
+                await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True, ssl_context=tls).start()
+            except (OSError, ValueError) as e:
+                raise InvalidInput(f"cannot listen on {where!r}: {e}") from None
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
         if asyncio.iscoroutine(background):
             background.close()
-        raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
+        raise
     try:
         await run_until_stopped(listen, background)
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
 
 
 async def run_until_stopped(listen: str, background: Awaitable[Any] | None = None) -> None:

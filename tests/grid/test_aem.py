@@ -20,7 +20,7 @@ from xos import credential
 from xos.aem import Session
 from xos.checkpoint import criu
 from xos.errors import XosError
-from xos.testing import AEM_LISTEN, TestAem, TestGrid, purge_cgroups, wait_for
+from xos.testing import AEM_LISTEN, AEM_PEER_URL, TestAem, TestGrid, purge_cgroups, tls_call, wait_for
 from xos.testing.fsgrid import FsGrid
 
 POOL = "bio=31000-31999"
@@ -37,7 +37,7 @@ def site():
     trust.trust("bio", credential.public_pem(key.public_key()))
     node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m]
                  for s, p, m in (("a", "3", "8G"), ("b", "2", "8G"), ("c", "1", "2G"))]
-    node_args[2] += ["--aem", f"http://{AEM}", "--ad-interval", "0.5"]  # c pushes its ad; a and b are asked
+    node_args[2] += ["--aem", AEM_PEER_URL, "--ad-interval", "0.5"]  # c pushes its ad; a and b are asked
     with TestGrid(3, ["--pool", POOL], node_args) as grid, FsGrid(osds=1, clients=0) as fs:
         for n in grid.nodes:
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
@@ -487,8 +487,6 @@ def test_job_run_streams_output_while_the_job_runs(site, tmp_path):
 
 def test_a_node_pushes_its_ad_and_a_forged_or_bad_push_changes_nothing(site):
     import json
-    import urllib.error
-    import urllib.request
 
     grid, s, *_ = site
     c = grid.nodes[2]
@@ -497,21 +495,19 @@ def test_a_node_pushes_its_ad_and_a_forged_or_bad_push_changes_nothing(site):
     with c.client() as nc:
         assert known[c.name]["ad"]["TotalMemory"] == nc.ad()["TotalMemory"]
 
-    def push(body, key):
-        req = urllib.request.Request(f"http://{AEM}/v1/peer/ads/{c.name}", data=json.dumps(body).encode(),
-                                     method="PUT", headers={"Authorization": f"Bearer {key}"})
-        try:
-            urllib.request.urlopen(req, timeout=10).close()
-            return 200, ""
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())["error"]["code"]
+    def push(body, host):
+        status, answer = tls_call(host, f"{AEM_PEER_URL}/v1/peer/ads/{c.name}", "PUT", json.dumps(body).encode())
+        return status, (json.loads(answer)["error"]["code"] if status >= 400 else "")
 
-    with open(os.path.join(grid.base, "peer.key")) as f:
-        secret = f.read().strip()
-    forged = {"url": "http://198.18.0.99:7200", "ad": {**known[c.name]["ad"], "Memory": 1 << 30}}
-    assert push(forged, "not-the-key") == (403, "permission-denied")
-    assert push({"url": c.peer_url, "ad": {"Requirements": "Memory >="}}, secret) == (400, "invalid-input")
-    assert push({"url": "ftp://x", "ad": {}}, secret) == (400, "invalid-input")
+    forged = {"url": "https://198.18.0.99:7200", "ad": {**known[c.name]["ad"], "Memory": 1 << 30}}
+    a = grid.host_dir(grid.nodes[0].name, ["node"])
+    assert push(forged, a) == (403, "permission-denied")  # another node pushes only its own ad
+    assert push(forged, grid.host_dir("a-file-server", ["osd"])) == (403, "permission-denied")
+    with pytest.raises(OSError):  # no certificate of its own: the handshake fails
+        push(forged, None)
+    own = grid.host_dir(c.name, ["node"])
+    assert push({"url": c.peer_url, "ad": {"Requirements": "Memory >="}}, own) == (400, "invalid-input")
+    assert push({"url": "ftp://x", "ad": {}}, own) == (400, "invalid-input")
     after = {n["name"]: n for n in s.run(s.jm.nodes())}[c.name]
     assert after["url"] == c.peer_url and after["ad"]["Memory"] < 1 << 30
 

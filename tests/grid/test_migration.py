@@ -299,7 +299,11 @@ def test_a_target_that_does_not_map_the_identity_refuses(tmp_path):
 
 
 class DropFirstAnswer:
-    """A TCP proxy to `target` that passes every request on whole and drops the first answer."""
+    """A TCP proxy to `target` that passes every request on whole and drops the first answer. The link is
+    TLS, which it cannot read: the answer is what the target sends once the client has sent more than the
+    handshake and headers (the image)."""
+
+    REQUEST = 1 << 20  # bytes from the client past which the target's next bytes are its answer
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -312,7 +316,7 @@ class DropFirstAnswer:
     @property
     def url(self) -> str:
         host, port = self.srv.getsockname()
-        return f"http://{host}:{port}"
+        return f"https://{host}:{port}"
 
     def _accept(self) -> None:
         while True:
@@ -324,22 +328,23 @@ class DropFirstAnswer:
 
     def _serve(self, c: socket.socket) -> None:
         up = socket.create_connection(self.target)
+        sent = [0]
 
         def forward() -> None:
             try:
                 while data := c.recv(1 << 20):
                     up.sendall(data)
+                    sent[0] += len(data)
                 up.shutdown(socket.SHUT_WR)
             except OSError:
                 pass  # the other direction closed both
 
         threading.Thread(target=forward, daemon=True).start()
         try:
-            if not self.dropped.is_set():
-                up.recv(65536)  # the answer begins: the target has acted; the client never learns it
-                self.dropped.set()
-                return
             while data := up.recv(1 << 20):
+                if not self.dropped.is_set() and sent[0] > self.REQUEST:
+                    self.dropped.set()  # the answer begins: the target has acted; the client never learns it
+                    return
                 c.sendall(data)
         except OSError:
             pass

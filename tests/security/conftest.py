@@ -7,15 +7,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from xos import credential, install
-from xos.testing import TestGrid, TestNode, wait_for
+from xos.testing import TestGrid, TestNode, tls_call, wait_for
 
 GUEST = 1000  # an ordinary local uid, as a workspace user
 PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
@@ -23,16 +21,8 @@ PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv'
 
 def peer_get(grid: TestGrid, node: TestNode, path: str, timeout: float = 10, method: str = "GET",
              body: bytes | None = None) -> tuple[int, bytes]:
-    """A call on the node's peer API with the grid's key (what a job manager does); (status, body)."""
-    with open(os.path.join(grid.base, "peer.key")) as f:
-        key = f.read().strip()
-    req = urllib.request.Request(node.peer_url + path, data=body, method=method,
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    """A call on the node's peer API as a job manager (a host certificate with role aem); (status, body)."""
+    return tls_call(grid.host_dir("tester", ["aem"]), node.peer_url + path, method, body, timeout)
 
 
 def error_code(body: bytes) -> str:

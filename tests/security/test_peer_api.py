@@ -4,13 +4,25 @@ for a grid identity without that identity's own credential, and it reaches no wo
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import socket
 import tarfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
-from tests.security.conftest import GUEST, _keys, error_code, node_still_serves, peer_get
-from xos import credential
-from xos.testing import TestGrid, TestNode, wait_for
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.security.conftest import GUEST, PY, _keys, error_code, node_still_serves, peer_get
+from xos import credential, hostid
+from xos.testing import TestGrid, TestNode, tls_call, wait_for
 
 
 def _names(node: TestNode) -> list[str]:
@@ -104,3 +116,100 @@ def _accepted(grid: TestGrid, node: TestNode, token: str) -> bool:
         with node.client() as c:
             c.rm("probe")
     return status == 201
+
+
+def test_only_hosts_with_a_certificate_from_the_grids_ca_reach_the_peer_api(grid: TestGrid, node: TestNode) -> None:
+    """No shared key: the peer API speaks TLS 1.3 only, to hosts whose certificate the grid's CA signed, still
+    valid, for a role that may use it (a node or a job manager; not a file server)."""
+    node.expect_warning("peer API: refused")
+    url = node.peer_url + "/v1/peer/workspaces"
+    with pytest.raises(OSError):  # plain HTTP on the TLS port: no answer at all
+        urllib.request.urlopen(url.replace("https://", "http://"), timeout=10)
+    with pytest.raises(OSError):  # TLS without a certificate of its own: refused in the handshake
+        tls_call(None, url)
+    other = os.path.join(grid.base, "other-ca")
+    hostid.ca_init(other)
+    stranger = os.path.join(grid.base, "hosts", "stranger")
+    with open(hostid.host_init(stranger, "stranger", ["aem"]), "rb") as f:
+        cert = hostid.ca_sign(other, f.read())
+    with open(os.path.join(stranger, "host.pem"), "wb") as f:
+        f.write(cert)
+    with open(os.path.join(grid.base, "ca", "ca.pem"), "rb") as f:
+        hostid.trust(stranger, f.read())
+    with pytest.raises(OSError):  # a certificate from another CA
+        tls_call(stranger, url)
+    expired = grid.host_dir("expired", ["aem"])
+    _resign(grid, expired, days=-1)
+    with pytest.raises(OSError):  # ours, but past its time
+        tls_call(expired, url)
+    status, answer = tls_call(grid.host_dir("a-file-server", ["osd"]), url)
+    assert (status, error_code(answer)) == (403, "permission-denied"), answer
+    status, _ = tls_call(grid.host_dir("tester", ["aem"]), url)
+    assert status == 200
+    node_still_serves(node)
+
+
+def _resign(grid: TestGrid, directory: str, days: int) -> None:
+    """Give the host in `directory` a certificate from the grid's CA that ended `-days` days ago."""
+    with open(os.path.join(directory, "host.pem"), "rb") as f:
+        old = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(grid.base, "ca", "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(grid.base, "ca", "ca.pem"), "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(old.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=10))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    with open(os.path.join(directory, "host.pem"), "wb") as f:
+        f.write(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_migration_crosses_the_network_with_nothing_in_clear(tmp_path: Any) -> None:
+    """A workspace's memory and its owner's credential cross the grid's bridge only inside TLS: a capture of
+    every frame on the bridge during a migration holds neither (before, the image crossed in clear, and the
+    peer key in its headers, which made whoever captured it root on every node)."""
+    marker = "xos-capture-marker-" + os.urandom(8).hex()
+    with TestGrid(2) as g:
+        a, b = g.nodes
+        with a.client() as ca:
+            ca.create("cap", main=[PY, "-c", f"import time\nm = {marker!r} * 1000\ntime.sleep(600)"])
+            wait_for(lambda: ca.stat("cap")["processes"] >= 1, 10, "the workload")
+            captured = bytearray()
+            with _capture(captured):
+                ca.migrate("cap", b.name)
+        with b.client() as cb:
+            assert cb.stat("cap")["state"] == "running"
+            cb.rm("cap")
+    assert len(captured) > 1 << 20, "the capture saw no image go by"
+    for clear in (marker.encode(), b"Authorization", b"HTTP/1.1", b"/v1/peer/"):
+        assert clear not in captured, f"{clear!r} crossed the bridge in clear"
+
+
+@contextlib.contextmanager
+def _capture(into: bytearray) -> Iterator[None]:
+    """Every frame on every interface of this namespace (the nodes' veths and their bridge) while the block
+    runs, appended to `into` (a packet socket)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    s.settimeout(0.2)
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                into.extend(s.recv(1 << 16))
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(5)
+        s.close()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from xos import network
+from xos import hostid, network
 from xos import spawn as sp
 from xos.cgroup import detect, v1
 from xos.errors import Unavailable, XosError
@@ -147,7 +147,7 @@ class TestNode:
     @property
     def peer_url(self) -> str:
         """The node's peer API (migrations from other nodes)."""
-        return f"http://{self.address}:{PEER_PORT}"
+        return f"https://{self.address}:{PEER_PORT}"
 
     def env(self) -> dict[str, str]:
         """Environment that points CLI calls at this node."""
@@ -319,6 +319,19 @@ class TestGrid:
     def __exit__(self, *exc: object) -> None:
         self.teardown()
 
+    def host_dir(self, name: str, roles: list[str], addresses: list[str] | None = None, days: int = 1) -> str:
+        """A host identity signed by the grid's CA (made once per name): its directory."""
+        directory = os.path.join(self.base, "hosts", name)
+        if not os.path.exists(os.path.join(directory, "host.pem")):
+            csr = hostid.host_init(directory, name, roles, addresses)
+            with open(csr, "rb") as f:
+                pem = hostid.ca_sign(os.path.join(self.base, "ca"), f.read(), days)
+            with open(os.path.join(directory, "host.pem"), "wb") as f:
+                f.write(pem)
+            with open(os.path.join(self.base, "ca", "ca.pem"), "rb") as f:
+                hostid.trust(directory, f.read())
+        return directory
+
     def _build(self) -> None:
         claim_subnet(f"{GRID_NET}.1")
         with IPRoute(use_socket=network.netlink_socket()) as ipr:
@@ -332,12 +345,12 @@ class TestGrid:
                                 list(self._extra) + list(self._node_args[i]))
                 self.nodes.append(node)
                 self._wire(ipr, br, node)
-        # Every node serves the peer API on its grid address and knows the others by name.
-        key = os.path.join(self.base, "peer.key")
-        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            f.write(secrets.token_hex(16))
+        # Every node serves the peer API on its grid address, as the host its certificate from the grid's CA
+        # names, and knows the others by name.
+        hostid.ca_init(os.path.join(self.base, "ca"))
         for node in self.nodes:
-            node.extra_args += ["--listen", f"{node.address}:{PEER_PORT}", "--peer-key", key]
+            host = self.host_dir(node.name, ["node"], [node.address])
+            node.extra_args += ["--listen", f"{node.address}:{PEER_PORT}", "--host-dir", host]
             node.extra_args += [arg for other in self.nodes if other is not node
                                 for arg in ("--peer", f"{other.name}={other.peer_url}")]
         for node in self.nodes:
@@ -498,7 +511,29 @@ def node(extra_args: list[str] | None = None) -> Iterator[TestNode]:
         yield grid.nodes[0]
 
 
+def tls_call(host_dir: str | None, url: str, method: str = "GET", body: bytes | None = None,
+             timeout: float = 10) -> tuple[int, bytes]:
+    """One HTTPS call as the host in `host_dir` (None: with no certificate of our own); (status, body)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    if host_dir is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    else:
+        ctx = hostid.HostIdentity(host_dir).client_context()
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 AEM_LISTEN = f"{GRID_NET}.1:7300"  # the job manager, on the grid bridge in the root namespace
+AEM_PEER_LISTEN = f"{GRID_NET}.1:7301"  # where nodes push their ads to it (TLS)
+AEM_PEER_URL = f"https://{AEM_PEER_LISTEN}"
 
 
 class TestAem:
@@ -514,7 +549,8 @@ class TestAem:
         self.base = base
         self.url = f"http://{AEM_LISTEN}"
         self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
-                     "--peer-key", os.path.join(grid.base, "peer.key"), "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
+                     "--host-dir", grid.host_dir("aem", ["aem"]), "--peer-listen", AEM_PEER_LISTEN,
+                     "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
         self.argv += ["--max-output", max_output] if max_output else []
         self.argv += [a for url in vo_urls for a in ("--vo-url", url)]

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xos.testing import AEM_LISTEN, TestAem, TestGrid, TestVOService, leftovers, purge_cgroups, wait_for
+from xos.testing import AEM_PEER_URL, TestAem, TestGrid, TestVOService, leftovers, purge_cgroups, wait_for
 from xos.testing.fsgrid import FsGrid
 
 T0 = time.monotonic()
@@ -89,7 +89,7 @@ class Demo:
         say(f"  volume 'results' (every file on both OSDs) is mounted at {self.mount}")
 
         say("starting three nodes, each in its own network namespace, with a uid pool for VO bio")
-        node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m, "--aem", f"http://{AEM_LISTEN}",
+        node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m, "--aem", AEM_PEER_URL,
                       "--ad-interval", "0.5"] for s, p, m in NODES]
         self.grid = self.stack.enter_context(TestGrid(3, ["--pool", "bio=31000-31999"], node_args))
         for n in self.grid.nodes:

@@ -1,0 +1,241 @@
+"""Host identities: each host its own key, and a certificate from the grid's CA naming the host and its
+roles (node, aem, ...); every link between hosts is TLS 1.3 with both sides' certificates.
+
+A host directory holds host.key (0600), host.pem (its certificate) and ca.pem (the CA it trusts). What a
+peer may ask follows from the roles its certificate names: nothing in the request can claim more. No
+secret is shared between hosts, and none crosses the network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from xos.errors import InvalidInput, PermissionDenied
+
+ROLES = ("node", "aem", "vo", "mrc", "osd")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ROLE_URI = "xos:role:"
+DAYS = 30  # a host certificate's default lifetime: hosts renew theirs (xos host init, xos ca sign)
+CA_DAYS = 3650
+
+
+def _write_private(path: str, key: ec.EllipticCurvePrivateKey) -> None:
+    """A private key, created 0600 (never readable by others, not even for a moment)."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    old = os.umask(0o077)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise InvalidInput(f"{path} exists: a key is never overwritten (remove it first to start over)") from None
+    finally:
+        os.umask(old)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
+def _write_public(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _load_key(path: str) -> ec.EllipticCurvePrivateKey:
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"cannot read the key {path}: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InvalidInput(f"{path} is not a P-256 key")
+    return key
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InvalidInput(f"host name {name!r} must be 1-63 letters, digits, '.', '_' or '-'", field="name")
+
+
+def ca_init(directory: str, name: str = "xos grid CA") -> str:
+    """Make a grid CA in `directory`: ca.key (0600) and ca.pem; the path of ca.pem."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write_private(os.path.join(directory, "ca.key"), key)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = os.path.join(directory, "ca.pem")
+    _write_public(path, cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def host_init(directory: str, name: str, roles: list[str], addresses: list[str] | None = None) -> str:
+    """Make this host's key (host.key, 0600) and a request for its certificate (host.csr) naming it and its
+    roles; the request's path, for `xos ca sign`."""
+    _check_name(name)
+    _check_roles(roles)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key_path = os.path.join(directory, "host.key")
+    key = _load_key(key_path) if os.path.exists(key_path) else None
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write_private(key_path, key)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName(_names(name, roles, addresses or [])), critical=False)
+           .sign(key, hashes.SHA256()))
+    path = os.path.join(directory, "host.csr")
+    _write_public(path, csr.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _check_roles(roles: list[str]) -> None:
+    if not roles or any(r not in ROLES for r in roles):
+        raise InvalidInput(f"roles must be some of {', '.join(ROLES)}, not {roles}", field="role")
+
+
+def _names(name: str, roles: list[str], addresses: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = [x509.DNSName(name)]
+    for a in addresses:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(a)))
+        except ValueError:
+            raise InvalidInput(f"{a!r} is not an IP address", field="address") from None
+    out += [x509.UniformResourceIdentifier(ROLE_URI + r) for r in roles]
+    return out
+
+
+def ca_sign(ca_dir: str, csr_pem: bytes, days: int = DAYS) -> bytes:
+    """A host certificate for the request `csr_pem`, signed by the CA in `ca_dir`, valid `days` days."""
+    if not 0 < days <= 3650:
+        raise InvalidInput("days must be 1 to 3650", field="days")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise InvalidInput(f"not a certificate request: {e}") from None
+    if not csr.is_signature_valid:
+        raise InvalidInput("the request's signature does not match its key")
+    if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+        raise InvalidInput("the request's key is not a P-256 key")
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = str(cns[0].value) if len(cns) == 1 else ""
+    _check_name(name)
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise InvalidInput("the request names no roles") from None
+    roles = [u[len(ROLE_URI):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+             if u.startswith(ROLE_URI)]
+    _check_roles(roles)
+    addresses = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    ca_key = _load_key(os.path.join(ca_dir, "ca.key"))
+    with open(os.path.join(ca_dir, "ca.pem"), "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(ca.subject)
+            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(_names(name, roles, addresses)), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def trust(directory: str, ca_pem: bytes) -> None:
+    """Make `ca_pem` the CA this host's links trust."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as e:
+        raise InvalidInput(f"not a CA certificate: {e}") from None
+    try:
+        if not ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise InvalidInput("that certificate is no CA's")
+    except x509.ExtensionNotFound:
+        raise InvalidInput("that certificate is no CA's") from None
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _write_public(os.path.join(directory, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The host at the other end of a link, as its certificate says."""
+
+    name: str
+    roles: tuple[str, ...]
+
+
+class HostIdentity:
+    """This host's certificate, key and trusted CA (a host directory), as TLS contexts for links."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        for f in ("host.pem", "host.key", "ca.pem"):
+            if not os.path.exists(os.path.join(directory, f)):
+                raise InvalidInput(f"no {f} in host directory {directory}: make one with xos host init, "
+                                   "xos ca sign and xos host trust")
+        with open(os.path.join(directory, "host.pem"), "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+        self.name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.roles = tuple(u[len(ROLE_URI):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+                           if u.startswith(ROLE_URI))
+        self.not_after = cert.not_valid_after_utc
+
+    def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(os.path.join(self.directory, "host.pem"), os.path.join(self.directory, "host.key"))
+        ctx.load_verify_locations(os.path.join(self.directory, "ca.pem"))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        # Hosts are known by the name and roles their certificate gives, checked by whoever acts on them
+        # (`peer_of`, `expect`), not by the address a URL happens to use.
+        ctx.check_hostname = False
+        return ctx
+
+    def server_context(self) -> ssl.SSLContext:
+        """For a listener: only hosts with a certificate from the grid's CA get through the handshake."""
+        return self._context(ssl.Purpose.CLIENT_AUTH)
+
+    def client_context(self) -> ssl.SSLContext:
+        """For calls to other hosts: they must show a certificate from the grid's CA too."""
+        return self._context(ssl.Purpose.SERVER_AUTH)
+
+
+def peer_of(transport: Any) -> Peer:
+    """The host at the other end of a TLS connection (an aiohttp request's transport)."""
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        raise PermissionDenied("this link needs the peer host's certificate (TLS with a client certificate)")
+    name = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), "")
+    roles = tuple(v[len(ROLE_URI):] for k, v in cert.get("subjectAltName", ()) if k == "URI" and v.startswith(ROLE_URI))
+    return Peer(name, roles)
+
+
+def require(transport: Any, *roles: str) -> Peer:
+    """The peer host, if its certificate gives it one of `roles`; PermissionDenied otherwise."""
+    peer = peer_of(transport)
+    if not set(peer.roles) & set(roles):
+        raise PermissionDenied(f"host {peer.name} ({', '.join(peer.roles) or 'no role'}) may not do this: it takes "
+                               f"a certificate for {' or '.join(roles)}")
+    return peer
