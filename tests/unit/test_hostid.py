@@ -44,7 +44,8 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path):
         with pytest.raises(InvalidInput):
             hostid.host_init(str(tmp_path / "h"), name, roles)
     assert not os.path.exists(tmp_path / "h")
-    for csr in (b"", b"not a request", b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"):
+    garbled = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+    for csr in (b"", b"not a request", garbled):
         with pytest.raises(InvalidInput):
             hostid.ca_sign(str(tmp_path / "ca"), csr)
     with pytest.raises(InvalidInput):
