@@ -32,6 +32,7 @@ class Capability:
     epoch: int  # truncate epoch: writes under an older one are refused
     xver: int  # replica-list version
     client: str  # grid identity, "user@vo"
+    osds: tuple[str, ...] = ()  # the URLs of the OSDs holding the file's replicas: where writes may be forwarded
 
     def allows(self, write: bool) -> bool:
         """Whether the mode covers a read, or a write."""
@@ -62,7 +63,7 @@ def sign(secret: bytes, cap: Capability) -> str:
     """The token for `cap`: its fields as JSON and the MAC over them, base64url, dot-separated."""
     # the fields by hand: dataclasses.asdict deep-copies, half the cost of signing
     fields = {"client": cap.client, "epoch": cap.epoch, "exp": cap.exp, "fid": cap.fid, "mode": cap.mode,
-              "xver": cap.xver}
+              "xver": cap.xver, "osds": list(cap.osds)}
     body = _b64(json.dumps(fields, separators=(",", ":")).encode())
     mac = hmac.new(secret, body.encode(), hashlib.sha256).digest()
     return f"{body}.{_b64(mac)}"
@@ -81,8 +82,12 @@ def verify(secret: bytes, token: str, now: float | None = None) -> Capability:
         raise CapabilityInvalid("capability signature does not match: not issued by this file system's MRC")
     try:
         fields = json.loads(_unb64(body))
+        osds = fields.get("osds", [])
+        if not isinstance(osds, list) or not all(isinstance(o, str) for o in osds):
+            raise TypeError("osds")
         cap = Capability(fid=str(fields["fid"]), mode=str(fields["mode"]), exp=float(fields["exp"]),
-                         epoch=int(fields["epoch"]), xver=int(fields["xver"]), client=str(fields["client"]))
+                         epoch=int(fields["epoch"]), xver=int(fields["xver"]), client=str(fields["client"]),
+                         osds=tuple(osds))
     except (ValueError, KeyError, TypeError):
         raise CapabilityInvalid("malformed capability") from None
     if (time.time() if now is None else now) >= cap.exp:

@@ -96,9 +96,14 @@ class MRC:
         return Caller(ident.who, ident.vo, rights, ident.roles, session)
 
     def cap(self, node: Inode, c: Caller, write: bool) -> str:
+        """A capability for `node`; one to write names the OSDs of its replicas, the only ones a write to it
+        is forwarded to."""
+        x = node.layout() if write else None
+        urls = self.cat.urls() if x is not None else {}
+        osds = tuple(sorted(urls[o] for o in x.osds() if urls.get(o))) if x is not None else ()
         return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",
                                                            time.time() + self.cfg.cap_ttl, node.epoch, node.xver,
-                                                           c.who))
+                                                           c.who, osds))
 
     def xloc(self, node: Inode) -> dict[str, Any] | None:
         x = node.layout()

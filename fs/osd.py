@@ -498,6 +498,10 @@ class OSD:
             if offset + len(data) > MAX_OBJECT:
                 raise BadRequest(f"an object holds at most {MAX_OBJECT} bytes")
             forwards = [u for u in request.headers.get("X-Xos-Forward", "").split(",") if u]
+            strangers = sorted(set(forwards) - set(cap.osds)) if cap is not None else []
+            if strangers:  # a write goes on only to the file's replicas, as the MRC named them
+                raise CapabilityInvalid(f"a write of {fid} is forwarded only to the OSDs of its replicas, which "
+                                        f"its capability names; not to {', '.join(strangers)}")
             sends = [self._forward(u, request, fid, objno, offset, data) for u in forwards]
             results = await asyncio.gather(asyncio.to_thread(self.store.write, fid, objno, offset, data), *sends,
                                            return_exceptions=True)

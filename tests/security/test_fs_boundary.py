@@ -198,3 +198,49 @@ def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> No
             assert f.read() == b"k" * (1 << 20)
     finally:
         c.close()
+
+
+def test_an_osd_forwards_a_write_only_to_the_files_replicas(grid: FsGrid) -> None:
+    """A member writing through an OSD names where the write goes on (X-Xos-Forward): the OSD sends it, with
+    the member's credential and capability, only to OSDs the capability names as the file's replicas;
+    anything else is refused and reaches nobody (before, it went wherever a client said)."""
+    import http.server
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    heard: list[str] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+            heard.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # our address towards the grid (no packet)
+        probe.connect((grid.mrc_url.split("//")[1].split(":")[0], 9))
+        here = probe.getsockname()[0]
+    srv = http.server.ThreadingHTTPServer((here, 0), Listener)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    a: Any = grid.client("shared", "alice")
+    try:
+        with a.open("/forwarded", "wb") as f:
+            f.write(b"f" * (1 << 20))
+        st = a.open_handle("/forwarded", write=True)
+        evil = f"http://{here}:{srv.server_address[1]}"
+        req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{st.fid}/0?off=0", data=b"x", method="PUT",
+                                     headers={**a._osd_headers(st), "X-Xos-Forward": evil})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code in (400, 403) and b"capability-invalid" in e.value.read()
+        assert heard == [], "the OSD sent a member's write where the member said"
+        a.release(st)
+        with a.open("/forwarded", "rb") as f:
+            assert f.read() == b"f" * (1 << 20)  # and the write itself was not taken
+    finally:
+        a.close()
+        srv.shutdown()
