@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from xos import safepath
+from xos import hostid, safepath
 from xos.allocation import Allocation
 from xos.checkpoint import creds, image
 from xos.checkpoint import criu as criu_mod
@@ -480,6 +480,7 @@ async def _peer_get(url: str, tls: ssl.SSLContext, route: str) -> dict[str, Any]
     import aiohttp
 
     try:
+        await hostid.check_server(url, tls, "node")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
                                          connector=aiohttp.TCPConnector(ssl=tls)) as session, \
                 session.get(f"{url}{route}") as resp:
@@ -638,13 +639,14 @@ async def _peer_put(url: str, tls: ssl.SSLContext, path: str, route: str, params
         headers["Content-Length"] = str(os.path.getsize(path))
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=300)
     try:
-        connector = aiohttp.TCPConnector(ssl=tls)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, session.put(
-                f"{url}{route}", params=params, data=chunks(), headers=headers) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise from_json(data if isinstance(data, dict) else {}, resp.status)
-            return dict(data)
+        await hostid.check_server(url, tls, "node")  # a node's, before any byte of the image goes
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls)) as session:
+            async with session.put(
+                    f"{url}{route}", params=params, data=chunks(), headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise from_json(data if isinstance(data, dict) else {}, resp.status)
+                return dict(data)
     except (aiohttp.ClientError, OSError, ValueError) as e:
         if sent_all:  # it has the image whole: whether it acted on it is not known here
             raise AnswerLost(f"node {url} took the image and did not answer: {e}") from None

@@ -112,6 +112,7 @@ class Aem:
             raise NotFound(f"no node {node!r}")
         assert self.session is not None
         try:
+            await hostid.check_server(url, self.tls, "node")  # credentials go to nodes only
             async with self.session.request(method, f"{url}{path}", json=body, ssl=self.tls,
                                             timeout=aiohttp.ClientTimeout(total=60, sock_connect=3)) as resp:
                 if resp.content_type == "application/json":
@@ -785,6 +786,7 @@ class Aem:
         assert self.session is not None
         url = f"{self.urls[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
         try:
+            await hostid.check_server(self.urls[job.node], self.tls, "node")
             async with self.session.post(url, json={}, ssl=self.tls,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
                                                                        sock_read=300)) as resp:

@@ -239,3 +239,31 @@ def require(transport: Any, *roles: str) -> Peer:
         raise PermissionDenied(f"host {peer.name} ({', '.join(peer.roles) or 'no role'}) may not do this: it takes "
                                f"a certificate for {' or '.join(roles)}")
     return peer
+
+
+
+_checked: dict[tuple[str, tuple[str, ...]], float] = {}  # (URL, roles) -> until when its host is known to hold one
+CHECKED_FOR = 60.0
+
+
+async def check_server(url: str, tls: ssl.SSLContext, *roles: str) -> Peer | None:
+    """Before anything is sent to `url`: that the host answering there has a certificate from the grid's CA
+    for one of `roles` (a job manager hands credentials, a node images, only to a node). A TLS handshake of
+    its own, remembered for a minute per URL; PermissionDenied, or OSError when it cannot be reached."""
+    import asyncio
+    import time
+    import urllib.parse
+
+    key = (url, roles)
+    if _checked.get(key, 0.0) > time.monotonic():
+        return None
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "https" or not u.hostname:
+        raise PermissionDenied(f"{url} is not a TLS (https) address: hosts talk to each other over TLS only")
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(u.hostname, u.port or 443, ssl=tls), 10)
+    try:
+        peer = require(writer.transport, *roles)
+    finally:
+        writer.close()
+    _checked[key] = time.monotonic() + CHECKED_FOR
+    return peer

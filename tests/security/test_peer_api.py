@@ -213,3 +213,43 @@ def _capture(into: bytearray) -> Iterator[None]:
         done.set()
         t.join(5)
         s.close()
+
+
+def test_an_image_goes_only_to_a_host_whose_certificate_says_node(grid: TestGrid, node: TestNode) -> None:
+    """A migration's target is checked before any byte of the image goes: a host with a certificate from the
+    grid's CA for another role (here a file server) listening where the node was told to send it gets the
+    TLS handshake and nothing else."""
+    node.expect_warning("migration of .* failed|refused")
+    rogue = hostid.HostIdentity(grid.host_dir("rogue", ["osd"])).server_context()
+    srv = socket.socket()
+    srv.bind((grid.nodes[0].address.rsplit(".", 1)[0] + ".1", 0))
+    srv.listen(4)
+    received = bytearray()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                with rogue.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    while data := tls.recv(1 << 16):
+                        received.extend(data)
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with node.client() as c:
+            c.create("mover", main=["/bin/sleep", "600"])
+            with pytest.raises(Exception) as e:
+                c.migrate("mover", f"https://{srv.getsockname()[0]}:{srv.getsockname()[1]}")
+            assert getattr(e.value, "code", "") == "migration-failed" and "permission-denied" in str(e.value)
+            assert c.stat("mover")["state"] == "running"
+            c.rm("mover")
+    finally:
+        srv.close()
+    assert bytes(received) == b"", "the image, or a request, went to a host that is no node"
+    node_still_serves(node)
