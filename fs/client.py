@@ -68,6 +68,7 @@ class Open:
     dir_version: tuple[int, ...] = ()  # a create's: its directory's listing version before and after
     lease: dict[str, Any] | None = None  # a create's: the lease on its directory the MRC granted, if asked
     error: BaseException | None = None
+    committed: int = -1  # the size the MRC has: an fdatasync that leaves it so need not tell the MRC
 
 
 class Client:
@@ -279,6 +280,7 @@ class Client:
             if st is None or st.refs == 0:
                 st = Open(attrs["ino"], r["fid"], path, r["cap"], r["epoch"], attrs["size"],
                           Xloc.from_json(r["xloc"]) if r.get("xloc") else None, inline, attrs)
+                st.committed = attrs["size"] if not attrs.get("inline") or inline is not None else -1
                 self._opens[st.ino] = st
             elif write and not st.write:
                 st.cap = r["cap"]
@@ -311,6 +313,7 @@ class Client:
     def _reopen(self, st: Open) -> None:
         r = self._op_checked("open", path=st.path, write=st.write)
         st.cap, st.epoch, st.size = r["cap"], r["epoch"], r["attrs"]["size"]
+        st.committed = st.size
         st.xloc = Xloc.from_json(r["xloc"]) if r.get("xloc") else None
         st.inline = bytearray(base64.b64decode(r["inline"])) if r.get("inline") is not None else None
         st.cache.clear()
@@ -332,22 +335,34 @@ class Client:
             self._drain(st)
             self._commit(st)
 
-    def fsync(self, st: Open) -> None:
-        """Flush, then have every OSD holding the file put it on disk."""
+    def fsync(self, st: Open, datasync: bool = False) -> None:
+        """Write out what is buffered; then, at once, have every OSD holding the file put it on disk and the
+        MRC commit its size (both must hold before this returns; one after the other cost a round trip more
+        per fsync). `datasync` (fdatasync): the MRC is told only if the size it has changed."""
         with st.lock:
-            self.flush(st)
-            if st.xloc is not None:
-                for osd in st.xloc.osds():
-                    for attempt in (0, 1):
-                        cap = st.cap
-                        status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", b"{}",
-                                                    {**self._auth, "X-Xos-Cap": cap})
-                        if status == 200:
-                            break
-                        err = from_json(json.loads(raw or b"{}"), status)
-                        if attempt or not self._renewable(err):
-                            raise err
-                        self._renew(st, cap)
+            self._drain(st)
+            syncs = [self._pool.submit(self._osd_fsync, st, osd) for osd in st.xloc.osds()] if st.xloc else []
+            try:
+                if not (datasync and st.inline is None and st.size == st.committed):
+                    self._commit(st)
+            finally:
+                errors = [f.exception() for f in syncs]
+            for e in errors:
+                if e is not None:
+                    raise e
+
+    def _osd_fsync(self, st: Open, osd: str) -> None:
+        assert st.xloc is not None
+        for attempt in (0, 1):
+            cap = st.cap
+            status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", b"{}",
+                                        {**self._auth, "X-Xos-Cap": cap})
+            if status == 200:
+                return
+            err = from_json(json.loads(raw or b"{}"), status)
+            if attempt or not self._renewable(err):
+                raise err
+            self._renew(st, cap)
 
     def _commit(self, st: Open) -> None:
         if not st.dirty:
@@ -356,6 +371,7 @@ class Client:
         self.op("commit", ino=st.ino, cap=st.cap, size=st.size, mtime=time.time(), inline=inline,
                 spilled=st.inline is None)
         st.dirty = False
+        st.committed = st.size
 
     # writing
 

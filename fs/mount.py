@@ -899,7 +899,7 @@ class GridFS:
                     raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
                 lib.fuse_reply_err(req, 0)
                 return
-        self.c.fsync(self._file(c.fh, c.node))
+        self.c.fsync(self._file(c.fh, c.node), bool(c.datasync))
         lib.fuse_reply_err(req, 0)
 
     def _close(self, fh: int, node: int) -> None:
