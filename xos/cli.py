@@ -165,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
     hi.add_argument("--role", action="append", required=True, dest="roles", help="node, aem, vo, mrc or osd")
     hi.add_argument("--address", action="append", default=[], dest="addresses", help="an IP address it is reached at")
     hi.add_argument("--dir", help="the host directory (default $XOS_HOME/host)")
+    svc = sub.add_parser("service", help="systemd units for the daemons").add_subparsers(dest="verb", required=True)
+    for verb, what in (("install", "write the unit of a daemon (flags in /etc/xos/ROLE.env: XOS_ARGS=...)"),
+                       ("uninstall", "remove the unit of a daemon")):
+        sp = svc.add_parser(verb, help=what)
+        sp.add_argument("role", help="node, vo, aem, mrc or osd")
+        sp.add_argument("--unit-dir", default="/etc/systemd/system", help="where units go")
     ht = host.add_parser("trust", help="trust the grid's CA for links to other hosts")
     ht.add_argument("ca_pem")
     ht.add_argument("--dir", help="the host directory (default $XOS_HOME/host)")
@@ -805,6 +811,15 @@ def main(argv: list[str] | None = None) -> int:
             return _init()
         if args.area in ("ca", "host"):
             return _hosts(args)
+        if args.area == "service":
+            from xos import systemd
+
+            if args.verb == "install":
+                print(systemd.install(args.role, args.unit_dir))
+            else:
+                gone = systemd.uninstall(args.role, args.unit_dir)
+                print(f"{systemd.unit_name(args.role)} {'removed' if gone else 'was not installed'}")
+            return 0
         if args.area == "cred":
             return _cred_show(args)
         return asyncio.run(_client_main(args))
