@@ -69,14 +69,14 @@ def throughput(n_jobs: int) -> dict[str, Any]:
             for n in grid.nodes:
                 n.cli("node", "trust", "bench", os.path.join(base, "bench.key.pub"))
             argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", listen, "--trust", trust.directory,
-                    "--host-dir", grid.host_dir("aem", ["aem"]), "--poll", "0.1"]
+                    "--host-dir", grid.host_dir("aem", ["aem"], [listen.rpartition(":")[0]]), "--poll", "0.1"]
             argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
             with open(os.path.join(base, "aem.log"), "ab") as log:
                 proc = subprocess.Popen(argv, env={**os.environ, "XOS_HOME": os.path.join(base, "home")},
                                         stdout=log, stderr=log)
             try:
                 async def main() -> dict[str, Any]:
-                    async with Client(f"http://{listen}", token) as jm:
+                    async with Client(f"https://{listen}", token, ca=grid.ca) as jm:
                         async def three() -> bool:
                             try:
                                 return len([x for x in await jm.nodes() if x["fresh"]]) == 3

@@ -18,9 +18,9 @@ FINAL = ("done", "failed", "cancelled")
 class Client(rpc.HttpClient):
     """An asyncio client of `xos serve aem` as one grid identity."""
 
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 60.0, ca: str | None = None) -> None:
         super().__init__(base_url=url.rstrip("/"), timeout=timeout, what="job manager",
-                         headers={"Authorization": f"Bearer {token.strip()}"})
+                         headers={"Authorization": f"Bearer {token.strip()}"}, ca=ca)
 
     async def submit(self, description: dict[str, Any] | str, wait_for_match: bool = False) -> list[dict[str, Any]]:
         """Submit a job description (an object, or JSON/YAML text); the job(s) it made."""
@@ -88,8 +88,8 @@ class Client(rpc.HttpClient):
 class Session(rpc.Sync):
     """DRMAA v2's job session without asyncio: run_job, wait_started, wait_terminated, control, job_info."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.jm = Client(url, token)
+    def __init__(self, url: str, token: str, ca: str | None = None) -> None:
+        self.jm = Client(url, token, ca=ca)
         super().__init__(self.jm)
         self.__enter__()
 

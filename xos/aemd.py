@@ -917,7 +917,7 @@ async def serve_aem(cfg: AemConfig) -> None:
     feeds.start()
     try:
         peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
-        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers)
+        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers, aem.host.server_context(users=True))
     finally:
         await feeds.stop()
         await aem.session.close()

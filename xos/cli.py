@@ -101,16 +101,18 @@ def parser() -> argparse.ArgumentParser:
     nd.add_argument("--constraint", help='a ClassAd expression, e.g. Memory >= 4096 && Site == "b"')
     nd.add_argument("--rank", help="a ClassAd expression to order by, e.g. -Price")
     nd.add_argument("--json", action="store_true")
-    nd.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    nd.add_argument("--aem", default=os.environ.get("XOS_AEM", "https://localhost:7300"))
     nd.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
+    nd.add_argument("--ca", help="the grid's CA certificate (default $XOS_CA or $XOS_HOME/host/ca.pem)")
     acct = sub.add_parser("acct", help="accounting of jobs").add_subparsers(dest="verb", required=True)
     ar = acct.add_parser("report", help="usage and cost per VO, user and node")
     ar.add_argument("--vo")
     ar.add_argument("--user")
     ar.add_argument("--since", help="a duration back from now (e.g. 24h) or seconds since the epoch")
     ar.add_argument("--json", action="store_true")
-    ar.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    ar.add_argument("--aem", default=os.environ.get("XOS_AEM", "https://localhost:7300"))
     ar.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
+    ar.add_argument("--ca", help="the grid's CA certificate (default $XOS_CA or $XOS_HOME/host/ca.pem)")
     job = sub.add_parser("job", help="jobs on the grid").add_subparsers(dest="verb", required=True)
     jr = job.add_parser("run", help="run a command as a job (after --), wait, print its output, exit with its status")
     jr.add_argument("--cpus", default="1")
@@ -118,8 +120,9 @@ def parser() -> argparse.ArgumentParser:
     jr.add_argument("--walltime")
     jr.add_argument("--requirements", default="true")
     jr.add_argument("--rank", default="0")
-    jr.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"))
+    jr.add_argument("--aem", default=os.environ.get("XOS_AEM", "https://localhost:7300"))
     jr.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
+    jr.add_argument("--ca", help="the grid's CA certificate (default $XOS_CA or $XOS_HOME/host/ca.pem)")
     for verb, hlp in (("submit", "submit a job description (JSON or YAML)"), ("ls", "your jobs"),
                       ("status", "a job's state, node and history"), ("output", "a finished job's output"),
                       ("watch", "follow jobs until they end (exit 0 if all are done)"),
@@ -145,9 +148,10 @@ def parser() -> argparse.ArgumentParser:
             jp.add_argument("-f", "--follow", action="store_true", help="follow it while the job runs")
         else:
             jp.add_argument("id")
-        jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "http://localhost:7300"),
-                       help="the job manager's URL (default $XOS_AEM or http://localhost:7300)")
+        jp.add_argument("--aem", default=os.environ.get("XOS_AEM", "https://localhost:7300"),
+                       help="the job manager's URL (default $XOS_AEM or https://localhost:7300)")
         jp.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
+        jp.add_argument("--ca", help="the grid's CA certificate (default $XOS_CA or $XOS_HOME/host/ca.pem)")
     sub.add_parser("init", help="make this host's VO signing key ($XOS_HOME/vo/signing.key)")
 
     ca = sub.add_parser("ca", help="the grid's certificate authority for host identities").add_subparsers(
@@ -596,7 +600,7 @@ async def _job_main(args: argparse.Namespace) -> int:
     from xos.aem import Client as JobManager
     from xos.fs.client import credential_from
 
-    async with JobManager(args.aem, credential_from(args.cred)) as jm:
+    async with JobManager(args.aem, credential_from(args.cred), ca=args.ca) as jm:
         if args.area == "nodes":
             found = await jm.nodes(args.constraint, args.rank)
             if args.json:

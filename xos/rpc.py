@@ -148,21 +148,22 @@ async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float =
 
 
 async def serve_tcp(app: web.Application, listen: str, background: Awaitable[Any] | None = None,
-                    peers: tuple[web.Application, str, ssl.SSLContext] | None = None) -> None:
-    """Serve `app` on HOST:PORT, with one background task beside it, until SIGTERM or SIGINT; with `peers`,
-    also that app on its HOST:PORT over TLS (other hosts' links).
+                    peers: tuple[web.Application, str, ssl.SSLContext] | None = None,
+                    tls: ssl.SSLContext | None = None) -> None:
+    """Serve `app` on HOST:PORT (over TLS with `tls`), with one background task beside it, until SIGTERM or
+    SIGINT; with `peers`, also that app on its HOST:PORT over TLS (other hosts' links).
 
     The shape every TCP daemon of xos shares (MRC, OSD, job manager); the caller closes its own
     resources after this returns."""
     runners = []
     try:
-        for one, where, tls in [(app, listen, None), *([peers] if peers else [])]:
+        for one, where, ctx in [(app, listen, tls), *([peers] if peers else [])]:
             runner = web.AppRunner(one, access_log=None, handle_signals=False, shutdown_timeout=2)
             await runner.setup()
             runners.append(runner)
             host, _, port = where.rpartition(":")
             try:
-                await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True, ssl_context=tls).start()
+                await web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True, ssl_context=ctx).start()
             except (OSError, ValueError) as e:
                 raise InvalidInput(f"cannot listen on {where!r}: {e}") from None
     except BaseException:
@@ -209,8 +210,9 @@ class HttpClient:
     last_server_ms: float = 0.0  # time the daemon spent on the last call (its Server-Timing)
 
     def __init__(self, socket_path: str | None = None, base_url: str | None = None, timeout: float = 60.0,
-                 what: str = "daemon", headers: dict[str, str] | None = None) -> None:
+                 what: str = "daemon", headers: dict[str, str] | None = None, ca: str | None = None) -> None:
         self.socket_path = socket_path
+        self.ca = ca  # the grid's CA, for an https base URL (default: hostid.user_context's)
         self.base_url = base_url or "http://localhost"
         self.what = what
         self.headers = headers or {}  # sent with every request (a credential)
@@ -223,7 +225,15 @@ class HttpClient:
         return self.socket_path or self.base_url
 
     async def __aenter__(self: C) -> C:
-        conn = aiohttp.UnixConnector(path=self.socket_path) if self.socket_path else aiohttp.TCPConnector()
+        conn: aiohttp.BaseConnector
+        if self.socket_path:
+            conn = aiohttp.UnixConnector(path=self.socket_path)
+        elif self.base_url.startswith("https://"):
+            from xos import hostid
+
+            conn = aiohttp.TCPConnector(ssl=hostid.user_context(self.ca))
+        else:
+            conn = aiohttp.TCPConnector()
         self._session = aiohttp.ClientSession(connector=conn, timeout=self._timeout, headers=self.headers)
         return self
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from xos import credential
 from xos.aem import Session
 from xos.checkpoint import criu
 from xos.errors import XosError
-from xos.testing import AEM_LISTEN, AEM_PEER_URL, TestAem, TestGrid, purge_cgroups, tls_call, wait_for
+from xos.testing import AEM_LISTEN, AEM_PEER_URL, AEM_URL, TestAem, TestGrid, purge_cgroups, tls_call, wait_for
 from xos.testing.fsgrid import FsGrid
 
 POOL = "bio=31000-31999"
@@ -50,7 +51,7 @@ def site():
         aem.start()
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
         try:
-            s = Session(f"http://{AEM}", token)
+            s = Session(AEM_URL, token, ca=grid.ca)
             wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
             yield grid, s, key, aem, base
             s.close()
@@ -129,7 +130,7 @@ def test_control_verbs_act_on_the_real_workspace(site):
 
 
 def test_bad_jobs_refused_at_once(site):
-    _, s, key, *_ = site
+    grid, s, key, *_ = site
     with pytest.raises(XosError) as e:
         s.run_job({"executable": "/bin/true", "requirements": "TARGET.Memory > 10000000"})
     assert e.value.code == "no-match" and "fail the job's requirements" in e.value.message
@@ -140,7 +141,7 @@ def test_bad_jobs_refused_at_once(site):
         s.job_info("424242")
     assert e.value.code == "not-found"
     other, _ = credential.issue(credential.new_key(os.path.join(tempfile.mkdtemp(), "k")), "eve", "evil", [], [], 60)
-    stranger = Session(f"http://{AEM}", other)
+    stranger = Session(AEM_URL, other, ca=grid.ca)
     try:
         with pytest.raises(XosError) as e:
             stranger.run_job({"executable": "/bin/true"})
@@ -225,9 +226,9 @@ def test_accounting_totals_equal_the_sum_of_the_usage_records(site):
 
 
 def test_the_cli_submits_shows_and_reports(site, tmp_path):
-    _, s, key, _, _ = site
+    grid, s, key, _, _ = site
     token, _ = credential.issue(key, "alice", "bio", ["member"], [], 600)
-    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": f"http://{AEM}"}
+    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": AEM_URL, "XOS_CA": grid.ca}
 
     def xos(*args):
         p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=env, capture_output=True, text=True,
@@ -244,10 +245,10 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     assert code == 0 and f"{job_id} done" in out and "-> running" in out, out
     assert xos("job", "output", job_id) == (0, "from the cli\n")
     for offset in ("9" * 30, "9" * 5000, "-1"):  # seek() overflowed, int() refused: both answered 500
-        req = urllib.request.Request(f"http://{AEM}/v1/jobs/{job_id}/output?offset={offset}",
+        req = urllib.request.Request(f"{AEM_URL}/v1/jobs/{job_id}/output?offset={offset}",
                                      headers={"Authorization": f"Bearer {token}"})
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=10)
+            urllib.request.urlopen(req, timeout=10, context=ssl.create_default_context(cafile=grid.ca))
         assert e.value.code == 400 and json.loads(e.value.read())["error"]["code"] == "invalid-input"
     code, out = xos("acct", "report")
     assert code == 0 and "alice@bio" in out and "USER" in out, out
@@ -468,10 +469,10 @@ def test_stdio_from_and_to_the_grid_file_system_and_the_node(site, tmp_path):
 
 
 def test_job_run_streams_output_while_the_job_runs(site, tmp_path):
-    _, _, key, _, base = site
+    grid, _, key, _, base = site
     token, _ = credential.issue(key, "alice", "bio", ["member"], [], 600)
     m = _marker(base, "stream")
-    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": f"http://{AEM}"}
+    env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": AEM_URL, "XOS_CA": grid.ca}
     p = subprocess.Popen([sys.executable, "-m", "xos.cli", "job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c",
                           WAITER.format(m=m)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.kernel.helpers import cpu_share
 from tests.kernel.test_checkpoint import COUNTER, MEMORY, PY, TREE, lines
-from xos import credential
+from xos import credential, hostid
 from xos.checkpoint import criu
 from xos.testing import GRID_NET, TestGrid, wait_for
 
@@ -188,20 +188,30 @@ def test_failed_migrations_leave_it_running_at_the_source(grid):
         cb.rm("cnt")
         still_counting()
 
-        # The target dies mid-transfer: a peer that reads a little and hangs up.
+        # The target dies mid-transfer: a node (its certificate says so) that reads a little and hangs up.
         srv = socket.socket()
         srv.bind((grid_host(), 0))
-        srv.listen(1)
+        srv.listen(4)
+        tls = hostid.HostIdentity(grid.host_dir("cut-off", ["node"])).server_context()
+        took = []
 
         def cut_off() -> None:
-            c, _ = srv.accept()
-            c.recv(65536)
-            c.close()
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:  # closed: the test is over
+                    return
+                try:
+                    with tls.wrap_socket(c, server_side=True) as t:
+                        took.append(len(t.recv(65536)))
+                except OSError:
+                    pass
 
         threading.Thread(target=cut_off, daemon=True).start()
         with pytest.raises(Exception) as e:
-            ca.migrate("cnt", f"http://{grid_host()}:{srv.getsockname()[1]}")
-        assert getattr(e.value, "code", "") == "migration-failed"
+            ca.migrate("cnt", f"https://{grid_host()}:{srv.getsockname()[1]}")
+        assert getattr(e.value, "code", "") == "migration-failed" and "did not take the image" in str(e.value), e.value
+        assert any(took), "the transfer never began"
         srv.close()
         still_counting()
 

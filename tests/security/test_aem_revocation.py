@@ -8,7 +8,7 @@ import tempfile
 
 from xos.aem import Session
 from xos.errors import XosError
-from xos.testing import AEM_LISTEN, GRID_NET, TestAem, TestGrid, TestVOService, wait_for
+from xos.testing import GRID_NET, TestAem, TestGrid, TestVOService, wait_for
 
 VO_ADDRESS = f"{GRID_NET}.1:7212"  # the grid bridge, on this host
 
@@ -27,8 +27,8 @@ def test_a_revoked_credential_is_refused_by_the_job_manager_within_5_s() -> None
             credential.TrustStore(trust).trust("lab", f.read())
         aem = TestAem(base, grid, trust, vo_urls=(f"http://{VO_ADDRESS}",))
         aem.start()
-        alice = Session(f"http://{AEM_LISTEN}", vo.cli("vo", "issue", "lab", "alice")[1].strip())
-        bob = Session(f"http://{AEM_LISTEN}", vo.cli("vo", "issue", "lab", "bob")[1].strip())
+        alice = Session(aem.url, vo.cli("vo", "issue", "lab", "alice")[1].strip(), ca=aem.ca)
+        bob = Session(aem.url, vo.cli("vo", "issue", "lab", "bob")[1].strip(), ca=aem.ca)
         try:
             wait_for(lambda: _answers(alice), 20, "the job manager to answer")
             assert vo.cli("vo", "revoke", "lab", "alice")[0] == 0

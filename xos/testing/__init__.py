@@ -319,6 +319,11 @@ class TestGrid:
     def __exit__(self, *exc: object) -> None:
         self.teardown()
 
+    @property
+    def ca(self) -> str:
+        """The grid CA's certificate, for users' clients of TLS daemons (XOS_CA)."""
+        return os.path.join(self.base, "ca", "ca.pem")
+
     def host_dir(self, name: str, roles: list[str], addresses: list[str] | None = None, days: int = 1) -> str:
         """A host identity signed by the grid's CA (made once per name): its directory."""
         directory = os.path.join(self.base, "hosts", name)
@@ -532,6 +537,7 @@ def tls_call(host_dir: str | None, url: str, method: str = "GET", body: bytes | 
 
 
 AEM_LISTEN = f"{GRID_NET}.1:7300"  # the job manager, on the grid bridge in the root namespace
+AEM_URL = f"https://{AEM_LISTEN}"  # its users' API (TLS; they check it against the grid's CA, TestGrid.ca)
 AEM_PEER_LISTEN = f"{GRID_NET}.1:7301"  # where nodes push their ads to it (TLS)
 AEM_PEER_URL = f"https://{AEM_PEER_LISTEN}"
 
@@ -547,9 +553,10 @@ class TestAem:
         """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`).
         `max_output`: its cap on a job's collected stdout or stderr (default its own)."""
         self.base = base
-        self.url = f"http://{AEM_LISTEN}"
+        self.url = AEM_URL
+        self.ca = grid.ca  # what its users check its certificate against
         self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
-                     "--host-dir", grid.host_dir("aem", ["aem"]), "--peer-listen", AEM_PEER_LISTEN,
+                     "--host-dir", grid.host_dir("aem", ["aem"], [GRID_NET + ".1"]), "--peer-listen", AEM_PEER_LISTEN,
                      "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
         self.argv += ["--max-output", max_output] if max_output else []

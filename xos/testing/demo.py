@@ -117,7 +117,7 @@ class Demo:
         """Run `xos ARGS` as member `who`, shown as typed with its output; its stdout."""
         with open(self.creds[who]) as f:
             env = {**os.environ, "XOS_AEM": self.aem.url if hasattr(self, "aem") else "",
-                   "XOS_CREDENTIAL": f.read().strip()}
+                   "XOS_CA": self.aem.ca if hasattr(self, "aem") else "", "XOS_CREDENTIAL": f.read().strip()}
         if not quiet:
             print(f"         {who}$ xos {' '.join(_quote(a) for a in args)}", flush=True)
         p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=env, capture_output=True, text=True,
@@ -145,7 +145,7 @@ class Demo:
 
         if who not in self.sessions:
             with open(self.creds[who]) as f:
-                self.sessions[who] = Session(self.aem.url, f.read().strip())
+                self.sessions[who] = Session(self.aem.url, f.read().strip(), ca=self.grid.ca)
                 self.stack.callback(self.sessions[who].close)
         return self.sessions[who].job_info(job)
 
