@@ -194,7 +194,7 @@ class MRC:
         """What this MRC served: file-system operations by name, files made under leases, leases held."""
         self.auth.request(request, service_ok=True)
         return json_response({"ops": dict(self.counts), "leases": self.leases.held(),
-                              "replica_walks": self.replicas.walks})
+                              "replica_passes": self.replicas.passes, "replica_walks": self.replicas.walks})
 
     async def list_osds(self, request: web.Request) -> web.Response:
         self.auth.request(request, service_ok=True)

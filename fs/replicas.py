@@ -38,7 +38,8 @@ class ReplicaManager:
         self.copying: dict[str, asyncio.Event] = {}  # fid -> set when the copy for its new replica is over
         self._wake = asyncio.Event()
         self._live: frozenset[str] = frozenset()
-        self.walks = 0  # passes over every file with OSD objects
+        self.passes = 0  # passes made (orphans deleted)
+        self.walks = 0  # of them, those over every file with OSD objects
 
     def wake(self) -> None:
         """Run a pass soon (something was deleted or changed)."""
@@ -208,7 +209,9 @@ class ReplicaManager:
             self._wake.clear()
             full = time.monotonic() - last_full >= PASS
             try:
-                await self.one_pass(full)
+                walked = await self.one_pass(full)
+                self.passes += 1  # both at once: a pass counts when it is over
+                self.walks += walked
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -216,18 +219,17 @@ class ReplicaManager:
             if full:
                 last_full = time.monotonic()
 
-    async def one_pass(self, full: bool = True) -> None:
+    async def one_pass(self, full: bool = True) -> bool:
         """Delete orphaned objects; with `full` (or when the live OSDs changed), bring every file's replicas
-        to its volume's count."""
+        to its volume's count. Whether it walked every file."""
         alive = self._alive()
         for fid, osds in self.cat.orphans():
             left = await self._delete(fid, [o for o in osds if o in alive])
             self.cat.forget_orphan(fid, left + [o for o in osds if o not in alive])
         changed = alive != self._live
         if not (full or changed):
-            return
+            return False
         self._live = frozenset(alive)
-        self.walks += 1
         for node, want in self.cat.replicated():
             xloc = node.layout()
             assert xloc is not None
@@ -246,3 +248,4 @@ class ReplicaManager:
                     if now - last > self.idle and len(xloc.replicas) > want:
                         xloc = await self.remove(self.cat.inode(node.ino), r.osds[0])
                         log.info("file %s: unread replica on %s dropped", node.fid, ",".join(r.osds))
+        return True

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from xos import credential, install
-from xos.testing import TestGrid, TestNode, tls_call, wait_for
+from xos.testing import GRID_NET, TestGrid, TestNode, tls_call, wait_for
 
 GUEST = 1000  # an ordinary local uid, as a workspace user
 PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
@@ -23,6 +26,41 @@ def peer_get(grid: TestGrid, node: TestNode, path: str, timeout: float = 10, met
              body: bytes | None = None) -> tuple[int, bytes]:
     """A call on the node's peer API as a job manager (a host certificate with role aem); (status, body)."""
     return tls_call(grid.host_dir("tester", ["aem"]), node.peer_url + path, method, body, timeout)
+
+
+class TlsListener:
+    """A TLS listener on the grid bridge (`ctx`: a server context) that keeps whatever its clients send after
+    the handshake, to show what reached a host that should have got nothing."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.heard = bytearray()
+        self.srv = socket.socket()
+        self.srv.bind((f"{GRID_NET}.1", 0))
+        self.srv.listen(4)
+        self.ctx = ctx
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.srv.getsockname()
+        return f"https://{host}:{port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:  # closed
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5)
+                    while data := tls.recv(1 << 16):
+                        self.heard.extend(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.srv.close()
 
 
 def error_code(body: bytes) -> str:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
 
 import pytest
 
+from tests.security.conftest import TlsListener
 from xos import credential, hostid
 from xos.testing import AEM_LISTEN, GRID_NET, TestAem, TestGrid, wait_for
 
@@ -47,11 +46,14 @@ def test_the_job_managers_users_talk_tls_to_the_grids_own_job_manager() -> None:
                 with open(os.path.join(fake, "host.pem"), "wb") as f:
                     f.write(cert)
                 shutil.copy(os.path.join(other, "ca.pem"), os.path.join(fake, "ca.pem"))
-                heard, port = _listen_tls(hostid.HostIdentity(fake).server_context(users=True))
-                r = xos("job", "ls", XOS_AEM=f"https://{GRID_NET}.1:{port}")
+                listener = TlsListener(hostid.HostIdentity(fake).server_context(users=True))
+                try:
+                    r = xos("job", "ls", XOS_AEM=listener.url)
+                finally:
+                    listener.close()
                 assert r.returncode != 0 and r.stderr.startswith("xos: error unavailable:"), r.stderr
                 assert r.stderr.count("\n") == 1 and "certificate" in r.stderr, r.stderr
-                assert token.encode() not in heard and b"Authorization" not in heard
+                assert token.encode() not in listener.heard and b"Authorization" not in listener.heard
                 r = xos("job", "ls", XOS_CA=os.path.join(base, "no-such-ca.pem"))
                 assert r.returncode == 2 and "error invalid-input" in r.stderr and "CA" in r.stderr, r.stderr
             finally:
@@ -59,27 +61,3 @@ def test_the_job_managers_users_talk_tls_to_the_grids_own_job_manager() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-
-def _listen_tls(ctx: object) -> tuple[bytearray, int]:
-    """A TLS listener on the grid bridge that keeps whatever its clients send; (what it heard, its port)."""
-    heard = bytearray()
-    srv = socket.socket()
-    srv.bind((f"{GRID_NET}.1", 0))
-    srv.listen(4)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            try:
-                with ctx.wrap_socket(conn, server_side=True) as tls:  # type: ignore[attr-defined]
-                    tls.settimeout(5)
-                    while data := tls.recv(1 << 16):
-                        heard.extend(data)
-            except OSError:
-                pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    return heard, srv.getsockname()[1]

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.security.conftest import GUEST, PY, _keys, error_code, node_still_serves, peer_get
+from tests.security.conftest import GUEST, PY, TlsListener, _keys, error_code, node_still_serves, peer_get
 from xos import credential, hostid
 from xos.testing import TestGrid, TestNode, tls_call, wait_for
 
@@ -176,7 +176,7 @@ def test_a_migration_crosses_the_network_with_nothing_in_clear(tmp_path: Any) ->
     with TestGrid(2) as g:
         a, b = g.nodes
         with a.client() as ca:
-            ca.create("cap", main=[PY, "-c", f"import time\nm = {marker!r} * 1000\ntime.sleep(600)"])
+            ca.create("cap", main=[PY, "-c", f"import signal\nm = {marker!r} * 1000\nsignal.pause()"])
             wait_for(lambda: ca.stat("cap")["processes"] >= 1, 10, "the workload")
             captured = bytearray()
             with _capture(captured):
@@ -220,36 +220,16 @@ def test_an_image_goes_only_to_a_host_whose_certificate_says_node(grid: TestGrid
     grid's CA for another role (here a file server) listening where the node was told to send it gets the
     TLS handshake and nothing else."""
     node.expect_warning("migration of .* failed|refused")
-    rogue = hostid.HostIdentity(grid.host_dir("rogue", ["osd"])).server_context()
-    srv = socket.socket()
-    srv.bind((grid.nodes[0].address.rsplit(".", 1)[0] + ".1", 0))
-    srv.listen(4)
-    received = bytearray()
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            try:
-                with rogue.wrap_socket(conn, server_side=True) as tls:
-                    tls.settimeout(5)
-                    while data := tls.recv(1 << 16):
-                        received.extend(data)
-            except OSError:
-                pass
-
-    threading.Thread(target=serve, daemon=True).start()
+    rogue = TlsListener(hostid.HostIdentity(grid.host_dir("rogue", ["osd"])).server_context())
     try:
         with node.client() as c:
             c.create("mover", main=["/bin/sleep", "600"])
             with pytest.raises(Exception) as e:
-                c.migrate("mover", f"https://{srv.getsockname()[0]}:{srv.getsockname()[1]}")
+                c.migrate("mover", rogue.url)
             assert getattr(e.value, "code", "") == "migration-failed" and "permission-denied" in str(e.value)
             assert c.stat("mover")["state"] == "running"
             c.rm("mover")
     finally:
-        srv.close()
-    assert bytes(received) == b"", "the image, or a request, went to a host that is no node"
+        rogue.close()
+    assert bytes(rogue.heard) == b"", "the image, or a request, went to a host that is no node"
     node_still_serves(node)
