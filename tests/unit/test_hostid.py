@@ -66,3 +66,22 @@ def test_the_cli_says_what_is_wrong_in_one_line(tmp_path):
                         str(tmp_path), "--out", str(tmp_path / "x.pem")], capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("xos: error"), r.stderr
     assert not os.path.exists(tmp_path / "x.pem")
+
+
+def test_the_readme_commands_make_a_host_identity(tmp_path):
+    """xos ca init, xos host init, xos ca sign, xos host trust, as the README gives them."""
+    def xos(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "xos.cli", *args], capture_output=True, text=True,
+                           env={**os.environ, "XOS_HOME": str(tmp_path / "home")})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    ca_pem = xos("ca", "init", str(tmp_path / "grid-ca"))
+    csr = xos("host", "init", "--name", "n1", "--role", "node", "--address", "10.0.0.11")
+    assert csr == str(tmp_path / "home" / "host" / "host.csr")
+    xos("ca", "sign", csr, "--ca", str(tmp_path / "grid-ca"), "--out", str(tmp_path / "home" / "host" / "host.pem"),
+        "--days", "30")
+    xos("host", "trust", ca_pem)
+    ident = hostid.HostIdentity(str(tmp_path / "home" / "host"))
+    assert (ident.name, ident.roles) == ("n1", ("node",))
+    assert stat.S_IMODE(os.stat(tmp_path / "home" / "host" / "host.key").st_mode) == 0o600
