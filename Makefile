@@ -50,7 +50,7 @@ test: setup lint
 	$(PY) -m pytest tests
 
 demo: setup
-	$(PY) -m xos.testing.demo
+	$(PY) -m xos.demo
 
 BENCH_PACKAGES := slurm-wlm munge
 

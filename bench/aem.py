@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import pct, table, write_json  # noqa: E402
-from xos.classad import Matchmaker, NodeAd, Wants  # noqa: E402
+from xos.aem.classad import Matchmaker, NodeAd, Wants  # noqa: E402
 
 
 def node_ads(n: int, seed: int = 7) -> list[NodeAd]:
@@ -53,8 +53,8 @@ def throughput(n_jobs: int) -> dict[str, Any]:
     import subprocess
     import tempfile
 
-    from xos import credential
-    from xos.aem import Client
+    from xos.aem.client import Client
+    from xos.identity import credential
     from xos.testing import TestGrid
 
     base = tempfile.mkdtemp(prefix="xos-bench-aem-")
@@ -68,7 +68,7 @@ def throughput(n_jobs: int) -> dict[str, Any]:
         with TestGrid(3, ["--pool", "bench=32000-32999", "--cpu", "2", "--memory", "4G"]) as grid:
             for n in grid.nodes:
                 n.cli("node", "trust", "bench", os.path.join(base, "bench.key.pub"))
-            argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", listen, "--trust", trust.directory,
+            argv = [sys.executable, "-m", "xos", "serve", "aem", "--listen", listen, "--trust", trust.directory,
                     "--host-dir", grid.host_dir("aem", ["aem"], [listen.rpartition(":")[0]]), "--poll", "0.1"]
             argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
             with open(os.path.join(base, "aem.log"), "ab") as log:

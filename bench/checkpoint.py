@@ -20,10 +20,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import table, write_json  # noqa: E402
-from xos.cgroup import detect  # noqa: E402
 from xos.checkpoint import criu  # noqa: E402
+from xos.kernel.cgroup import detect  # noqa: E402
+from xos.paths import WORK  # noqa: E402
 from xos.testing import TestGrid, TestNode, wait_for  # noqa: E402
-from xos.workspace import WORK  # noqa: E402
 
 PY = "/usr/bin/python3"
 # N MiB resident, then 10% of its pages dirtied a second (the migration workload; harmless for the rest).

@@ -20,11 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pam as python_pam  # noqa: E402
 from bench.report import pct, table, write_json  # noqa: E402
-from xos import install  # noqa: E402
-from xos.idmapd import request  # noqa: E402
-from xos.idproto import Op, Status  # noqa: E402
+from xos.identity import install  # noqa: E402
+from xos.identity.proto import Op, Status  # noqa: E402
+from xos.identity.server import request  # noqa: E402
 from xos.testing import TestGrid, TestVOService  # noqa: E402
-from xos.vo import SyncClient as VOClient  # noqa: E402
+from xos.vo.client import SyncClient as VOClient  # noqa: E402
 
 LOCAL_USER = "xosbenchu"
 LOCAL_PASSWORD = "bench-password-1"

@@ -22,8 +22,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.report import pct, table, write_json  # noqa: E402
-from xos.cgroup import detect, mounts, walk  # noqa: E402
-from xos.node import Client  # noqa: E402
+from xos.kernel.cgroup import detect, mounts, walk  # noqa: E402
+from xos.node.client import Client  # noqa: E402
 from xos.testing import TestNode, node  # noqa: E402
 
 RUNC_CGROUP = "xos-bench-runc"

@@ -1,1 +1,4 @@
-"""Checkpoint, restart and migration of workspaces: see issue 4."""
+"""Checkpoints as a library: driving CRIU (criu), images and their manifests (image), credentials carried in
+an image (creds), images streamed between hosts (transfer).
+
+May import: the core, xos.wire, xos.kernel. Never xos.node: the node uses it, not the other way round."""

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from xos import spawn as sp
 from xos.errors import ExternalError, Unavailable
+from xos.kernel import spawn as sp
 
 CANDIDATES = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu")
 WORK_KEY = "work"  # the cookie naming the workspace directory, an external mount in every image

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
-from xos import safepath
 from xos._native._sys import ffi, lib
 from xos.errors import InvalidInput
+from xos.kernel import safepath
 
 FORMAT = 1
 MANIFEST = "manifest.json"

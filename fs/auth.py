@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from xos import credential
-from xos.credential import CredentialError, TrustStore
 from xos.fs.capability import check_service_token
+from xos.identity import credential
+from xos.identity.credential import CredentialError, TrustStore
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Authenticator:
         self.trust = TrustStore(trust_dir)
         self.secret = secret
         self._cache: dict[str, Identity] = {}
-        # credentials the followed VO services revoked (credential.revocation_key; xos.revocations fills it)
+        # credentials the followed VO services revoked (credential.revocation_key; xos.vo.follow fills it)
         self.revoked: set[str] = set()
 
     def token(self, token: str) -> Identity:

@@ -69,7 +69,7 @@ def unit_name(role: str) -> str:
 
 
 def unit(role: str, python: str = sys.executable) -> str:
-    """The text of `role`'s unit, starting `python -m xos.cli serve ROLE`."""
+    """The text of `role`'s unit, starting `python -m xos serve ROLE`."""
     unit_name(role)
     env = "/etc/xos/osd-%i.env" if role == "osd" else f"/etc/xos/{role}.env"
     if role == "osd":
@@ -87,7 +87,7 @@ Wants=network-online.target
 [Service]
 Type=simple
 EnvironmentFile=-{env}
-ExecStart={python} -m xos.cli serve {role} {extra}$XOS_ARGS
+ExecStart={python} -m xos serve {role} {extra}$XOS_ARGS
 Restart=on-failure
 RestartSec=2
 {body}

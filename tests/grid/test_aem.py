@@ -17,10 +17,10 @@ import urllib.request
 
 import pytest
 
-from xos import credential
-from xos.aem import Session
+from xos.aem.client import Session
 from xos.checkpoint import criu
 from xos.errors import XosError
+from xos.identity import credential
 from xos.testing import AEM_LISTEN, AEM_PEER_URL, AEM_URL, TestAem, TestGrid, purge_cgroups, tls_call, wait_for
 from xos.testing.fsgrid import FsGrid
 
@@ -231,7 +231,7 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": AEM_URL, "XOS_CA": grid.ca}
 
     def xos(*args):
-        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=env, capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "xos", *args], env=env, capture_output=True, text=True,
                            timeout=60)
         return p.returncode, p.stdout + p.stderr
 
@@ -473,7 +473,7 @@ def test_job_run_streams_output_while_the_job_runs(site, tmp_path):
     token, _ = credential.issue(key, "alice", "bio", ["member"], [], 600)
     m = _marker(base, "stream")
     env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": AEM_URL, "XOS_CA": grid.ca}
-    p = subprocess.Popen([sys.executable, "-m", "xos.cli", "job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c",
+    p = subprocess.Popen([sys.executable, "-m", "xos", "job", "run", "--cpus", "0.1", "--", "/bin/sh", "-c",
                           WAITER.format(m=m)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"started\n"  # before the job has ended: it waits for the marker

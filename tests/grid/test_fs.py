@@ -25,7 +25,7 @@ import pytest
 
 from xos.fs import capability
 from xos.fs.capability import Capability
-from xos.fs.mount import IO_SIZE
+from xos.fs.client.mount import IO_SIZE
 from xos.testing import wait_for
 from xos.testing.fsgrid import fs_grid
 
@@ -549,7 +549,7 @@ def test_listings_run_out_together_are_revalidated_in_one_call_and_a_changed_one
     """Past the TTL, the first directory revalidated asks the MRC for the other listings this mount used
     of late in the same call: ten directories cost one call, and one changed elsewhere meanwhile is not
     refreshed with the rest (its stat shows the change at once)."""
-    from xos.fs.mount import ATTR_TTL
+    from xos.fs.client.mount import ATTR_TTL
 
     dirs = [os.path.join(d, f"d{i}") for i in range(10)]
     for p in dirs:
@@ -585,7 +585,7 @@ def test_listings_run_out_together_are_revalidated_in_one_call_and_a_changed_one
 def test_a_directory_removed_while_open_does_not_disturb_the_revalidation_of_the_others(d):
     """A listing used of late whose directory is gone (removed here, still open, so the table keeps its
     node but it has no path) is left out of the next batched revalidation, not an error of the lookup."""
-    from xos.fs.mount import ATTR_TTL
+    from xos.fs.client.mount import ATTR_TTL
 
     gone, kept = os.path.join(d, "gone"), os.path.join(d, "kept")
     os.mkdir(gone)
@@ -872,7 +872,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
 
 @pytest.mark.parametrize("listen", ["192.0.2.1:32640", "127.0.0.1:99999", "127.0.0.1:port"])
 def test_an_osd_that_cannot_listen_says_so_in_one_line(grid, tmp_path, listen):
-    p = subprocess.run([sys.executable, "-m", "xos.cli", "serve", "osd", "--id", "never", "--dir", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--id", "never", "--dir", str(tmp_path),
                         "--listen", listen, "--mrc", grid.mrc_url, "--key", grid.key, "--trust", grid.trust],
                        capture_output=True, text=True, timeout=60)
     errors = [line for line in p.stderr.splitlines() if not line.startswith("{")]  # the rest are JSON log records

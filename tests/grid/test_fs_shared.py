@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from xos.fs.mount import ATTR_TTL
+from xos.fs.client.mount import ATTR_TTL
 from xos.testing import wait_for
 from xos.testing.fsgrid import FsGrid, fs_grid
 

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from xos.node import Client
+from xos.node.client import Client
 from xos.testing import TestGrid, traffic
 
 

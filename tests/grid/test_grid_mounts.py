@@ -8,8 +8,8 @@ import os
 import pytest
 
 from tests.kernel.test_checkpoint import PY
-from xos import credential
 from xos.checkpoint import criu
+from xos.identity import credential
 from xos.testing import TestGrid, wait_for
 from xos.testing.fsgrid import FsGrid
 

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from tests.grid.conftest import POOL
-from xos import credential
-from xos.idmapd import request
-from xos.idproto import LEN, Op, Status, encode
+from xos.identity import credential
+from xos.identity.proto import LEN, Op, Status, encode
+from xos.identity.server import request
 from xos.testing import wait_for
 
 
@@ -119,7 +119,7 @@ def test_concurrent_leases_unique_and_durable(site):
     node, vo = site
     users = [f"u{i}" for i in range(200)]
     # Members and credentials through the API: 200 CLI round trips would dominate the test.
-    from xos.vo import SyncClient
+    from xos.vo.client import SyncClient
 
     with SyncClient(vo.socket) as c:
         tokens = {}

@@ -14,9 +14,10 @@ import pytest
 
 from tests.kernel.helpers import cpu_share
 from tests.kernel.test_checkpoint import COUNTER, MEMORY, PY, TREE, lines
-from xos import credential, hostid
 from xos.checkpoint import criu
+from xos.identity import credential
 from xos.testing import GRID_NET, TestGrid, wait_for
+from xos.wire import hostid
 
 SERVER = """
 import socket

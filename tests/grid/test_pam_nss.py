@@ -13,7 +13,7 @@ import pytest
 
 import pam as python_pam
 from tests.grid.conftest import POOL
-from xos import credential, install
+from xos.identity import credential, install
 from xos.testing import wait_for
 
 MODULE = install.built("pam_xos.so")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from xos.node import SyncClient
+from xos.node.client import SyncClient
 from xos.testing import traffic
 
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from xos.cgroup import detect
+from xos.kernel.cgroup import detect
 
 
 def state(node):
@@ -102,6 +102,6 @@ def test_unreachable_home_is_refused_at_start(node, tmp_path):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "xos.cli", "serve", "node", "--name", "never", "--cgroup-root",
+    p = subprocess.run([sys.executable, "-m", "xos", "serve", "node", "--name", "never", "--cgroup-root",
                         "xos.never"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and p.stderr.startswith("xos: error bad-config:") and p.stderr.count("\n") == 1

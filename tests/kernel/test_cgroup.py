@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from xos import spawn as sp
 from xos.allocation import Allocation
-from xos.cgroup import detect
+from xos.kernel import spawn as sp
+from xos.kernel.cgroup import detect
 from xos.testing import wait_for
 
 

@@ -278,7 +278,7 @@ def test_doctor_and_node_info_say_whether_checkpoint_works(node):
     code, out, _ = node.cli("node", "doctor")
     assert code == 0 and "checkpoint: available" in out
     env = {**node.env(), "XOS_CRIU": "/bin/true"}
-    p = subprocess.run([sys.executable, "-m", "xos.cli", "node", "doctor"], env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "xos", "node", "doctor"], env=env, capture_output=True, text=True)
     assert p.returncode == 1 and "checkpoint: unavailable" in p.stdout and "4 or later" in p.stdout, p
 
 

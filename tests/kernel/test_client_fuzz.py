@@ -11,8 +11,8 @@ import sys
 import tempfile
 import threading
 
-from xos import install
-from xos.idproto import LEN, Status, encode, group_fields, passwd_fields
+from xos.identity import install
+from xos.identity.proto import LEN, Status, encode, group_fields, passwd_fields
 
 
 def replies(seed: int, n: int) -> list[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from xos.idmap import Account, make_home
+from xos.identity.idmap import Account, make_home
 
 
 def test_home_made_once_from_the_skeleton_as_the_user(tmp_path: object) -> None:

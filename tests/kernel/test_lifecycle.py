@@ -7,8 +7,8 @@ import signal
 
 from pyroute2 import IPRoute
 
-from xos import network
-from xos.cgroup import detect
+from xos.kernel.cgroup import detect
+from xos.node import network
 from xos.testing import TestNode, traffic, wait_for
 
 

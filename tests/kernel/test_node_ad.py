@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from xos import credential
-from xos.classad import Matchmaker, NodeAd, Wants
+from xos.aem.classad import Matchmaker, NodeAd, Wants
+from xos.identity import credential
 from xos.testing import node as xos_node
 
 

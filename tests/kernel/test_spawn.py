@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from xos import spawn as sp
 from xos.errors import SpawnError
-from xos.workspace import init_program
+from xos.kernel import spawn as sp
+from xos.node.workspace import init_program
 
 
 def run(spec: sp.SpawnSpec) -> tuple[int, bytes]:

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from xos import spawn as sp
-from xos.cgroup import mounts
-from xos.cgroup.v2 import V2Cgroup
+from xos.kernel import spawn as sp
+from xos.kernel.cgroup import mounts
+from xos.kernel.cgroup.v2 import V2Cgroup
 
 
 def test_keyring_add_search_read_revoke():

@@ -134,7 +134,7 @@ def test_exec_streams_stdin_in_and_stops_feeding_a_closed_reader(node):
     import sys
 
     assert node.cli("ws", "create", "io")[0] == 0
-    base = [sys.executable, "-m", "xos.cli", "ws", "exec", "io", "--"]
+    base = [sys.executable, "-m", "xos", "ws", "exec", "io", "--"]
     p = subprocess.run([*base, "sh", "-c", "wc -c; echo done"], input=b"x" * 3_000_000, env=node.env(),
                        capture_output=True, timeout=60)
     assert (p.returncode, p.stdout.split()) == (0, [b"3000000", b"done"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from xos import credential, install
+from xos.identity import credential, install
 from xos.testing import GRID_NET, TestGrid, TestNode, tls_call, wait_for
 
 GUEST = 1000  # an ordinary local uid, as a workspace user

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from xos.aem import Session
+from xos.aem.client import Session
 from xos.errors import XosError
 from xos.testing import GRID_NET, TestAem, TestGrid, TestVOService, wait_for
 
@@ -21,7 +21,7 @@ def test_a_revoked_credential_is_refused_by_the_job_manager_within_5_s() -> None
         assert vo.cli("vo", "add", "lab", "alice")[0] == 0
         assert vo.cli("vo", "add", "lab", "bob")[0] == 0
         trust = os.path.join(base, "trust")
-        from xos import credential
+        from xos.identity import credential
 
         with open(os.path.join(vo.home, "vo", "signing.key.pub"), "rb") as f:
             credential.TrustStore(trust).trust("lab", f.read())

@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from tests.security.conftest import TlsListener
-from xos import credential, hostid
+from xos.identity import credential
 from xos.testing import AEM_LISTEN, GRID_NET, TestAem, TestGrid, wait_for
+from xos.wire import hostid
 
 
 def test_the_job_managers_users_talk_tls_to_the_grids_own_job_manager() -> None:
@@ -31,7 +32,7 @@ def test_the_job_managers_users_talk_tls_to_the_grids_own_job_manager() -> None:
                 env = {**os.environ, "XOS_CREDENTIAL": token, "XOS_AEM": aem.url, "XOS_CA": aem.ca}
 
                 def xos(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-                    return subprocess.run([sys.executable, "-m", "xos.cli", *args], env={**env, **extra},
+                    return subprocess.run([sys.executable, "-m", "xos", *args], env={**env, **extra},
                                           capture_output=True, text=True, timeout=60)
 
                 wait_for(lambda: xos("job", "ls").returncode == 0, 20, "the job manager to answer over TLS")

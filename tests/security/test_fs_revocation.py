@@ -25,7 +25,7 @@ def test_a_revoked_credential_is_refused_by_the_mrc_and_the_osds_within_5_s() ->
         assert vo.cli("vo", "add", "lab", "bob")[0] == 0
         alice = vo.cli("vo", "issue", "lab", "alice")[1].strip()
         bob = vo.cli("vo", "issue", "lab", "bob")[1].strip()
-        from xos.fs.client import Client
+        from xos.fs.client.client import Client
 
         a = Client(grid.mrc_url, "labvol", alice)
         b = Client(grid.mrc_url, "labvol", bob)

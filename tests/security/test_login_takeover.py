@@ -10,11 +10,11 @@ import time
 import jwt
 import pytest
 
-from xos import credential as c
 from xos.errors import InvalidInput
-from xos.idmap import IdentityMap, Pool
-from xos.idmapd import IdentityServer
-from xos.idproto import Status
+from xos.identity import credential as c
+from xos.identity.idmap import IdentityMap, Pool
+from xos.identity.proto import Status
+from xos.identity.server import IdentityServer
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_root_entering_an_account_without_a_credential_reaches_current_members_o
     local account; and it gives no credential."""
     import asyncio
 
-    from xos.idproto import LEN, Op, encode
+    from xos.identity.proto import LEN, Op, encode
 
     _, trust = smith
     idmap = IdentityMap(os.path.join(str(tmp_path), "idmap.db"), {"smith": Pool.parse("smith", "33000-33099")},

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.security.conftest import GUEST, PY, TlsListener, _keys, error_code, node_still_serves, peer_get
-from xos import credential, hostid
+from xos.identity import credential
 from xos.testing import TestGrid, TestNode, tls_call, wait_for
+from xos.wire import hostid
 
 
 def _names(node: TestNode) -> list[str]:

@@ -12,7 +12,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from xos import credential
+from xos.identity import credential
 from xos.testing import GRID_NET, TestGrid, wait_for
 
 POOL = "bio=32000-32099"
@@ -116,7 +116,7 @@ def test_a_vo_revokes_only_its_own_credentials(tmp_path: object) -> None:
     and the job manager follow)."""
     import asyncio
 
-    from xos.revocations import RevocationFeeds
+    from xos.vo.follow import RevocationFeeds
 
     base = str(tmp_path)
     trust = credential.TrustStore(os.path.join(base, "trust"))

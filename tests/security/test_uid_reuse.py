@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from xos import idmap as idmap_mod
-from xos.idmap import IdentityMap, Pool
+from xos.identity import idmap as idmap_mod
+from xos.identity.idmap import IdentityMap, Pool
 
 
 def _map(path: str, scratch: str) -> IdentityMap:

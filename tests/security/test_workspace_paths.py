@@ -11,7 +11,7 @@ import pytest
 
 from tests.kernel.test_checkpoint import COUNTER, lines
 from tests.security.conftest import GUEST, PY, _keys, error_code, node_still_serves, peer_get
-from xos import credential
+from xos.identity import credential
 from xos.testing import TestGrid, TestNode, wait_for
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xos import credential as c
+from xos.identity import credential as c
 
 
 @pytest.fixture

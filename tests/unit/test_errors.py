@@ -52,7 +52,7 @@ def test_a_daemon_whose_background_loop_fails_stops_with_the_reason():
     import pytest
     from aiohttp import web
 
-    from xos import rpc
+    from xos.wire import client as rpc
 
     async def broken() -> None:
         raise ValueError("a bug in the loop")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from xos import hostid
 from xos.errors import InvalidInput
+from xos.wire import hostid
 
 
 def _host(tmp_path, name="n1", roles=("node",)) -> str:
@@ -59,10 +59,10 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path):
 
 
 def test_the_cli_says_what_is_wrong_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "xos.cli", "host", "init", "--name", "bad name", "--role", "node",
+    r = subprocess.run([sys.executable, "-m", "xos", "host", "init", "--name", "bad name", "--role", "node",
                         "--dir", str(tmp_path / "h")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error invalid-input" in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "xos.cli", "ca", "sign", str(tmp_path / "none.csr"), "--ca",
+    r = subprocess.run([sys.executable, "-m", "xos", "ca", "sign", str(tmp_path / "none.csr"), "--ca",
                         str(tmp_path), "--out", str(tmp_path / "x.pem")], capture_output=True, text=True)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and r.stderr.startswith("xos: error"), r.stderr
     assert not os.path.exists(tmp_path / "x.pem")
@@ -71,7 +71,7 @@ def test_the_cli_says_what_is_wrong_in_one_line(tmp_path):
 def test_the_readme_commands_make_a_host_identity(tmp_path):
     """xos ca init, xos host init, xos ca sign, xos host trust, as the README gives them."""
     def xos(*args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "xos.cli", *args], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "xos", *args], capture_output=True, text=True,
                            env={**os.environ, "XOS_HOME": str(tmp_path / "home")})
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()

@@ -19,10 +19,10 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from xos import httpd
 from xos.errors import FileExists, NoSuchFile
-from xos.httpd import App, Connection
-from xos.rpc import json_response, read_body
+from xos.wire import lean as httpd
+from xos.wire.client import json_response, read_body
+from xos.wire.lean import App, Connection
 
 calls: list[str] = []
 

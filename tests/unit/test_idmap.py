@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from xos.idmap import IdentityMap, MapFileError, Pool, PoolFull, parse_map
+from xos.identity.idmap import IdentityMap, MapFileError, Pool, PoolFull, parse_map
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xos import jobspec
+from xos.aem import jobspec
+from xos.aem.jobs import LEGAL, JobStore, State
+from xos.aem.jobspec import BadJob
 from xos.errors import IllegalTransition, NotFound
-from xos.jobs import LEGAL, JobStore, State
-from xos.jobspec import BadJob
 
 GOOD = """
 executable: /bin/echo
@@ -108,7 +108,7 @@ def test_dependencies(tmp_path):
 
 
 def test_stdio_places_are_checked_with_their_field():
-    from xos.jobspec import BadJob, grid_path, parse
+    from xos.aem.jobspec import BadJob, grid_path, parse
 
     ok = parse({"executable": "/bin/cat", "stdin": "grid://data/in/a.txt", "stdout": "result.txt",
                 "stderr": "/var/log/job.err"})

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from xos.fs import leases
-from xos.fs.catalogue import Caller
-from xos.fs.leases import Leases, Recall
+from xos.fs.mrc import leases
+from xos.fs.mrc.catalogue import Caller
+from xos.fs.mrc.leases import Leases, Recall
 
 A = Caller("alice@vo", "vo", "rw", (), "sessiona")
 B = Caller("bob@vo", "vo", "rw", (), "sessionb")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xos.classad import BadExpression, Matchmaker, NodeAd, Wants
+from xos.aem.classad import BadExpression, Matchmaker, NodeAd, Wants
 
 NODES = [
     NodeAd("n0", {"Memory": 8192, "Cpus": 4, "Site": "a", "Price": 3.0, "Arch": "X86_64"}),

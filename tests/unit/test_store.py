@@ -6,8 +6,8 @@ import pytest
 
 from xos.allocation import Allocation
 from xos.errors import IllegalTransition
-from xos.store import ProcessRecord, SQLiteNodeStore, UsageRecord, WorkspaceRecord
-from xos.workspace import TRANSITIONS, check_transition
+from xos.node.store import ProcessRecord, SQLiteNodeStore, UsageRecord, WorkspaceRecord
+from xos.node.workspace import TRANSITIONS, check_transition
 
 
 def test_round_trip_across_reopen(tmp_path):

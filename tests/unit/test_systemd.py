@@ -63,6 +63,6 @@ def test_install_and_uninstall_touch_only_xos_units(tmp_path):
     path = systemd.install("aem", str(tmp_path))
     assert systemd.uninstall("aem", str(tmp_path)) and not os.path.exists(path)
     assert not systemd.uninstall("aem", str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "xos.cli", "service", "install", "root", "--unit-dir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "xos", "service", "install", "root", "--unit-dir", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "error invalid-input" in r.stderr, r.stderr

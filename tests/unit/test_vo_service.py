@@ -8,7 +8,7 @@ import json
 import pytest
 
 from xos.testing import TestVOService
-from xos.vo import Client
+from xos.vo.client import Client
 
 
 @pytest.fixture

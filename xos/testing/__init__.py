@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from xos import hostid, network
-from xos import spawn as sp
-from xos.cgroup import detect, v1
 from xos.errors import Unavailable, XosError
-from xos.node import SyncClient
+from xos.kernel import spawn as sp
+from xos.kernel.cgroup import detect, v1
+from xos.node import network
+from xos.node.client import SyncClient
 from xos.testing import netns
+from xos.wire import hostid
 
 GRID_NET = "198.18.0"  # the grid bridge's /24; node i is .(10+i)
 PEER_PORT = 7200  # every test node's peer API, on its grid address
@@ -157,7 +158,7 @@ class TestNode:
         """Start `xos serve node` inside the node's namespace and wait until it answers."""
         os.makedirs(self.home, exist_ok=True)
         os.makedirs(self.run, exist_ok=True)
-        argv = [sys.executable, "-m", "xos.cli", "serve", "node", "--name", self.name, "--subnet", self.subnet,
+        argv = [sys.executable, "-m", "xos", "serve", "node", "--name", self.name, "--subnet", self.subnet,
                 "--cgroup-root", self.cgroup_root, *self.extra_args]
         nsfd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         logfd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -215,7 +216,7 @@ class TestNode:
         terminal and the third is what it showed."""
         import subprocess
 
-        argv = [sys.executable, "-m", "xos.cli", *args]
+        argv = [sys.executable, "-m", "xos", *args]
         if not tty:
             p = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=120)
             return p.returncode, p.stdout, p.stderr
@@ -441,7 +442,7 @@ class TestVOService:
 
     def cli(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
         """Run the `xos` CLI against this service: (exit status, stdout, stderr)."""
-        p = subprocess.run([sys.executable, "-m", "xos.cli", *args], env=self.env(), capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "xos", *args], env=self.env(), capture_output=True,
                            text=True, timeout=120, input=input)
         return p.returncode, p.stdout, p.stderr
 
@@ -450,10 +451,10 @@ class TestVOService:
         code, out, err = self.cli("init")
         if code != 0:
             raise RuntimeError(f"xos init failed: {err}")
-        argv = [sys.executable, "-m", "xos.cli", "serve", "vo"] + (["--listen", self.listen] if self.listen else [])
+        argv = [sys.executable, "-m", "xos", "serve", "vo"] + (["--listen", self.listen] if self.listen else [])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        from xos.vo import SyncClient as VOClient
+        from xos.vo.client import SyncClient as VOClient
 
         def answers() -> bool:
             assert self.proc is not None
@@ -504,7 +505,7 @@ def leftovers() -> set[str]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if argv[1:3] == [b"-m", b"xos.cli"] and argv[3:4] in ([b"serve"], [b"fs"]) and pid != str(os.getpid()):
+        if argv[1:3] == [b"-m", b"xos"] and argv[3:4] in ([b"serve"], [b"fs"]) and pid != str(os.getpid()):
             found.add(f"process {pid} {b' '.join(argv[3:5]).decode()}")
     return found
 
@@ -555,7 +556,7 @@ class TestAem:
         self.base = base
         self.url = AEM_URL
         self.ca = grid.ca  # what its users check its certificate against
-        self.argv = [sys.executable, "-m", "xos.cli", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
+        self.argv = [sys.executable, "-m", "xos", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
                      "--host-dir", grid.host_dir("aem", ["aem"], [GRID_NET + ".1"]), "--peer-listen", AEM_PEER_LISTEN,
                      "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []

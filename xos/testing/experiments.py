@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from xos.node import Client
+from xos.node.client import Client
 from xos.testing import traffic
 
 

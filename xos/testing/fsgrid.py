@@ -21,8 +21,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from xos import credential, network
-from xos import spawn as sp
+from xos.identity import credential
+from xos.kernel import spawn as sp
+from xos.node import network
 from xos.testing import Terminal, TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
 
 FS_NET = "198.18.1"
@@ -227,7 +228,7 @@ class FsGrid:
 
     def spawn(self, host: Host, args: list[str], log_name: str, stderr: int = -1) -> Proc:
         """Start `xos ARGS` inside a host's network namespace (see spawn_argv)."""
-        return self.spawn_argv(host, [sys.executable, "-m", "xos.cli", *args], log_name, stderr)
+        return self.spawn_argv(host, [sys.executable, "-m", "xos", *args], log_name, stderr)
 
     def spawn_argv(self, host: Host, argv: list[str], log_name: str, stderr: int = -1) -> Proc:
         """Start a program inside a host's network namespace, its output in `log_name` (its stderr on the
@@ -291,7 +292,7 @@ class FsGrid:
 
     def osd_list(self) -> list[dict[str, object]]:
         from xos.fs.capability import load_secret, service_token
-        from xos.fs.client import Client
+        from xos.fs.client.client import Client
 
         c = Client(self.mrc_url, "", "")
         c._auth = {"Authorization": f"Service {service_token(load_secret(self.key), 'test')}"}
@@ -320,7 +321,7 @@ class FsGrid:
     def client(self, volume: str, user: str = "alice", vo: str = "vo-a",
                roles: tuple[str, ...] = ("member",)) -> object:
         """A Python API client (from this namespace: the grid bridge is reachable from the host)."""
-        from xos.fs.client import Client
+        from xos.fs.client.client import Client
 
         return Client(self.mrc_url, volume, self.credential(user, vo, roles=roles))
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 
-from xos import spawn as sp
+from xos.kernel import spawn as sp
 
 NETNS_DIR = "/run/netns"
 

@@ -1,0 +1,7 @@
+"""`python -m xos`: the `xos` command."""
+
+import sys
+
+from xos.cli.main import main
+
+sys.exit(main())
