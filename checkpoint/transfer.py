@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 
 from xos.checkpoint import image
-from xos.errors import Unavailable, from_json
-from xos.wire import hostid
+from xos.errors import Unavailable
+from xos.wire import codec, hostid
 
 
 async def peer_stage(url: str, tls: ssl.SSLContext, path: str, stage: str, part: str) -> None:
@@ -62,8 +62,7 @@ async def _peer_put(url: str, tls: ssl.SSLContext, path: str, route: str, params
             async with session.put(
                     f"{url}{route}", params=params, data=chunks(), headers=headers) as resp:
                 data = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise from_json(data if isinstance(data, dict) else {}, resp.status)
+                codec.check(resp.status, data)
                 return dict(data)
     except (aiohttp.ClientError, OSError, ValueError) as e:
         if sent_all:  # it has the image whole: whether it acted on it is not known here
@@ -84,8 +83,7 @@ async def peer_get(url: str, tls: ssl.SSLContext, route: str) -> dict[str, Any]:
                                          connector=aiohttp.TCPConnector(ssl=tls)) as session, \
                 session.get(f"{url}{route}") as resp:
             data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise from_json(data if isinstance(data, dict) else {}, resp.status)
+            codec.check(resp.status, data)
             return dict(data)
     except (aiohttp.ClientError, OSError, ValueError, TimeoutError) as e:
         raise Unavailable(f"node {url} did not answer: {e}") from None

@@ -25,7 +25,8 @@ from xos.fs.mrc.leases import RESERVE, Leases, Recall
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
-from xos.wire.client import field, json_response, read_body
+from xos.wire import server as wire_server
+from xos.wire.codec import field, json_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -452,7 +453,7 @@ async def serve_mrc(cfg: MrcConfig) -> None:
     mrc.auth.revoked = feeds.revoked
     feeds.start()
     try:
-        await httpd.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
+        await wire_server.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
     finally:
         await feeds.stop()
         await mrc.replicas.session.close()

@@ -47,7 +47,8 @@ from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, Verifier, service_token
 from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
-from xos.wire.client import json_response, read_body
+from xos.wire import server as wire_server
+from xos.wire.codec import json_response, read_body
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -682,7 +683,7 @@ async def serve_osd(cfg: OsdConfig) -> None:
     osd.auth.revoked = feeds.revoked
     feeds.start()
     try:
-        await httpd.serve_tcp(app, cfg.listen, osd.heartbeat(), accept=lambda sock: NativeReads(osd, app, sock))
+        await wire_server.serve_tcp(app, cfg.listen, osd.heartbeat(), accept=lambda sock: NativeReads(osd, app, sock))
     finally:
         await feeds.stop()
         await osd.session.close()

@@ -52,13 +52,13 @@ def test_a_daemon_whose_background_loop_fails_stops_with_the_reason():
     import pytest
     from aiohttp import web
 
-    from xos.wire import client as rpc
+    from xos.wire import server as wire_server
 
     async def broken() -> None:
         raise ValueError("a bug in the loop")
 
     async def main() -> None:
-        await asyncio.wait_for(rpc.serve_tcp(web.Application(), "127.0.0.1:0", broken()), 10)
+        await asyncio.wait_for(wire_server.serve_tcp(web.Application(), "127.0.0.1:0", broken()), 10)
 
     with pytest.raises(RuntimeError) as e:
         asyncio.run(main())

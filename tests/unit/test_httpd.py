@@ -21,7 +21,7 @@ from aiohttp import web
 
 from xos.errors import FileExists, NoSuchFile
 from xos.wire import lean as httpd
-from xos.wire.client import json_response, read_body
+from xos.wire.codec import json_response, read_body
 from xos.wire.lean import App, Connection
 
 calls: list[str] = []

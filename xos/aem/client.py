@@ -11,6 +11,7 @@ import aiohttp
 
 from xos.errors import Unavailable, XosError
 from xos.wire import client as rpc
+from xos.wire import codec
 
 FINAL = ("done", "failed", "cancelled")
 
@@ -31,11 +32,10 @@ class Client(rpc.HttpClient):
         try:
             async with self._session.post(url, data=text.encode()) as resp:
                 data = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    raise rpc.from_json(data, resp.status)
+                codec.check(resp.status, data)
                 return list(data["jobs"])
         except (TimeoutError, OSError) as e:
-            raise rpc.Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
+            raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
 
     async def ls(self, state: str | None = None) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/v1/jobs" + (f"?state={state}" if state else "")))["jobs"])
@@ -62,8 +62,7 @@ class Client(rpc.HttpClient):
         try:
             async with self._session.get(url) as resp:
                 data = await resp.read()
-                if resp.status >= 400:
-                    raise rpc.from_json(json.loads(data) if data.startswith(b"{") else {}, resp.status)
+                codec.check(resp.status, json.loads(data) if data.startswith(b"{") else {})
                 return data, resp.headers.get("X-Job-State", "")
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None

@@ -41,8 +41,8 @@ from xos.errors import (
 from xos.fs.client.client import Client as GridClient
 from xos.identity import credential
 from xos.vo.follow import RevocationFeeds
-from xos.wire import client as rpc
-from xos.wire import hostid
+from xos.wire import codec, hostid
+from xos.wire import server as wire_server
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class Aem:
                                             timeout=aiohttp.ClientTimeout(total=60, sock_connect=3)) as resp:
                 if resp.content_type == "application/json":
                     data = await resp.json()
-                    if resp.status >= 400:
-                        raise rpc.from_json(data, resp.status)
+                    codec.check(resp.status, data)
                     return data
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -163,8 +162,8 @@ class Aem:
         except PermissionDenied as e:
             log.warning("refused an ad from %s: %s", request.remote, e.message)
             raise
-        body = await rpc.read_body(request)
-        url, attrs = rpc.field(body, "url", str), rpc.field(body, "ad", dict)
+        body = await codec.read_body(request)
+        url, attrs = codec.field(body, "url", str), codec.field(body, "ad", dict)
         if not url or not url.startswith(("http://", "https://")) or attrs is None:
             raise InvalidInput("an ad push needs the node's peer url and its ad")
         if name in self.cfg.nodes and self.cfg.nodes[name] != url:
@@ -185,7 +184,7 @@ class Aem:
         self.ads[name] = Ad(ad, url, time.monotonic() + self.cfg.ad_ttl)
         if old is None or old.node.attrs != ad.attrs:
             self.wake.set()
-        return rpc.json_response({"ttl": self.cfg.ad_ttl})
+        return codec.json_response({"ttl": self.cfg.ad_ttl})
 
     # matching and dispatch
 
@@ -646,7 +645,7 @@ class Aem:
         token = request.headers["Authorization"].partition(" ")[2].strip()
         jobs = self.store.submit(spec, f"{who.sub}@{who.vo}", who.vo, token)
         self.wake.set()
-        return rpc.json_response({"jobs": [j.to_json() for j in jobs]}, status=201)
+        return codec.json_response({"jobs": [j.to_json() for j in jobs]}, status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         who = self._who(request)
@@ -656,7 +655,7 @@ class Aem:
         except ValueError:
             raise InvalidInput(f"no state {state!r} (use {', '.join(s.value for s in State)})") from None
         jobs = self.store.ls(st, owner=f"{who.sub}@{who.vo}")
-        return rpc.json_response({"jobs": [j.to_json() for j in jobs]})
+        return codec.json_response({"jobs": [j.to_json() for j in jobs]})
 
     async def get_job(self, request: web.Request) -> web.Response:
         _, job = self._mine(request, request.match_info["id"])
@@ -664,7 +663,7 @@ class Aem:
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(self.image_path(job.id))
             extra["checkpoint"] = {"at": st.st_mtime, "bytes": st.st_size}
-        return rpc.json_response({**job.to_json(), **extra, "history": self.store.history(job.id)})
+        return codec.json_response({**job.to_json(), **extra, "history": self.store.history(job.id)})
 
     async def output(self, request: web.Request) -> web.Response:
         """A job's stdout or stderr (`stream`), from `offset` on: from its node while it runs (to follow it),
@@ -705,9 +704,9 @@ class Aem:
         verb = request.match_info["verb"]
         node_verb = {"suspend": "freeze", "resume": "thaw"}.get(verb)
         if verb == "checkpoint":
-            return rpc.json_response((await self.checkpoint(job)).to_json())
+            return codec.json_response((await self.checkpoint(job)).to_json())
         if verb == "migrate":
-            return rpc.json_response((await self.migrate(job, request.query.get("to"),
+            return codec.json_response((await self.migrate(job, request.query.get("to"),
                                                          live=request.query.get("live") == "1")).to_json())
         job = self.store.may(job.id, verb)
         # The workspace first, then the record: a node that fails leaves the job as it really is.
@@ -723,7 +722,7 @@ class Aem:
         if job.state.final:
             self.drop_image(job.id)
         self.wake.set()
-        return rpc.json_response(job.to_json())
+        return codec.json_response(job.to_json())
 
     async def purge(self, request: web.Request) -> web.Response:
         """Forget a finished job and its output; its usage records stay, for the accounts."""
@@ -733,7 +732,7 @@ class Aem:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.output_path(job.id, stream))
         self.drop_image(job.id)
-        return rpc.json_response({"purged": job.id})
+        return codec.json_response({"purged": job.id})
 
     async def accounting(self, request: web.Request) -> web.Response:
         """Usage records and their totals per VO, user and node: a member's own, a VO admin's whole VO."""
@@ -749,7 +748,7 @@ class Aem:
         except ValueError:
             raise InvalidInput("since is seconds since the epoch") from None
         records = self.store.usage(vo, owner, since)
-        return rpc.json_response({"records": records, "totals": self.store.totals(records)})
+        return codec.json_response({"records": records, "totals": self.store.totals(records)})
 
     async def checkpoint(self, job: Job, why: str = "by request") -> Job:
         """Checkpoint a running job where it runs; it goes on running. The image comes here, streamed, and
@@ -790,8 +789,7 @@ class Aem:
             async with self.session.post(url, json={}, ssl=self.tls,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
                                                                        sock_read=300)) as resp:
-                if resp.status >= 400:
-                    raise rpc.from_json(await resp.json(content_type=None), resp.status)
+                codec.check(resp.status, await resp.json(content_type=None))
                 summary = json.loads(resp.headers.get("X-Checkpoint", "{}"))
                 with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                     async for block in resp.content.iter_chunked(1 << 20):
@@ -854,11 +852,11 @@ class Aem:
         now = time.monotonic()
         constraint, rank = request.query.get("constraint"), request.query.get("rank")
         if constraint is None and rank is None:
-            return rpc.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now,
+            return codec.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now,
                                                  "ad": a.node.attrs} for n, a in sorted(self.ads.items())]})
         wants = Wants(constraint or "true", rank or "0", (("VO", who.vo),))
         found = self.matchmaker.matches(wants, self.fresh_ads(), symmetric=False)
-        return rpc.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
+        return codec.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
                                              "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
 
 
@@ -886,7 +884,7 @@ def _ws(job_id: str) -> str:
 
 
 def make_app(aem: Aem) -> web.Application:
-    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=2 << 20)
+    app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
     app.add_routes([
         web.post("/v1/jobs", aem.submit),
         web.get("/v1/jobs", aem.list_jobs),
@@ -902,7 +900,7 @@ def make_app(aem: Aem) -> web.Application:
 
 def make_peer_app(aem: Aem) -> web.Application:
     """The routes other hosts use (over TLS): nodes pushing their ads."""
-    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=2 << 20)
+    app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
     app.add_routes([web.put("/v1/peer/ads/{name}", aem.take_ad)])
     return app
 
@@ -917,7 +915,8 @@ async def serve_aem(cfg: AemConfig) -> None:
     feeds.start()
     try:
         peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
-        await rpc.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers, aem.host.server_context(users=True))
+        await wire_server.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers,
+                                    aem.host.server_context(users=True))
     finally:
         await feeds.stop()
         await aem.session.close()

@@ -18,21 +18,20 @@ from aiohttp import web
 
 from xos.allocation import Allocation
 from xos.checkpoint import image
-from xos.errors import InvalidInput, NotFound, PermissionDenied, XosError, from_json
+from xos.errors import InvalidInput, NotFound, PermissionDenied, XosError
 from xos.kernel import safepath
 from xos.node import checkpoints
 from xos.node.config import NodeConfig
 from xos.node.service import NodeService
 from xos.paths import node_socket
-from xos.wire import client as rpc
-from xos.wire import hostid
+from xos.wire import codec, hostid
 
 log = logging.getLogger(__name__)
 
 SERVICE: web.AppKey[NodeService] = web.AppKey("service", NodeService)
 OUTPUT_NAME_MAX = 255
 MAX_INPUT = 16 << 20  # a main program's stdin sent along with its workspace
-MAX_CREATE = MAX_INPUT * 4 // 3 + rpc.MAX_BODY  # that, in base64, and the rest of the request
+MAX_CREATE = MAX_INPUT * 4 // 3 + codec.MAX_BODY  # that, in base64, and the rest of the request
 
 
 def _svc(request: web.Request) -> NodeService:
@@ -40,43 +39,43 @@ def _svc(request: web.Request) -> NodeService:
 
 
 async def node_info(request: web.Request) -> web.Response:
-    return rpc.json_response(_svc(request).node_info())
+    return codec.json_response(_svc(request).node_info())
 
 
 async def set_offer(request: web.Request) -> web.Response:
-    body = await rpc.read_body(request)
-    return rpc.json_response(_svc(request).offer(body.get("cpu"), body.get("memory")))
+    body = await codec.read_body(request)
+    return codec.json_response(_svc(request).offer(body.get("cpu"), body.get("memory")))
 
 
 async def node_ad(request: web.Request) -> web.Response:
-    return rpc.json_response(_svc(request).classad())
+    return codec.json_response(_svc(request).classad())
 
 
 async def sample(request: web.Request) -> web.Response:
     svc = _svc(request)
     t0 = time.perf_counter()
     svc.sample()
-    return rpc.json_response({"workspaces": len(svc.workspaces), "seconds": time.perf_counter() - t0})
+    return codec.json_response({"workspaces": len(svc.workspaces), "seconds": time.perf_counter() - t0})
 
 
 async def list_workspaces(request: web.Request) -> web.Response:
     svc = _svc(request)
-    return rpc.json_response([await ws.describe() for ws in svc.workspaces.values()])
+    return codec.json_response([await ws.describe() for ws in svc.workspaces.values()])
 
 
 async def create_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request, MAX_CREATE)
-    alloc_in = rpc.field(body, "allocation", dict, {})
+    body = await codec.read_body(request, MAX_CREATE)
+    alloc_in = codec.field(body, "allocation", dict, {})
     alloc = Allocation.parse(alloc_in)
-    vo, user = rpc.field(body, "vo", str), rpc.field(body, "user", str)
+    vo, user = codec.field(body, "vo", str), codec.field(body, "user", str)
     if (vo is None) != (user is None):
         raise InvalidInput("a grid identity needs both vo and user")
-    ws = await svc.create(rpc.field(body, "name", str, None), alloc, rpc.field(body, "uid", int),
-                          rpc.field(body, "gid", int), (vo, user) if vo is not None and user is not None else None,
-                          rpc.field(body, "credential", str), rpc.field(body, "main", dict),
-                          rpc.field(body, "grid", list))
-    return rpc.json_response(await ws.describe(), status=201)
+    ws = await svc.create(codec.field(body, "name", str, None), alloc, codec.field(body, "uid", int),
+                          codec.field(body, "gid", int), (vo, user) if vo is not None and user is not None else None,
+                          codec.field(body, "credential", str), codec.field(body, "main", dict),
+                          codec.field(body, "grid", list))
+    return codec.json_response(await ws.describe(), status=201)
 
 
 async def get_workspace(request: web.Request) -> web.Response:
@@ -86,7 +85,7 @@ async def get_workspace(request: web.Request) -> web.Response:
     out = await ws.describe()
     if "checkpointing" in out:
         out["checkpointing"]["images"] = svc.periodic_images(ws)
-    return rpc.json_response(out)
+    return codec.json_response(out)
 
 
 MAX_OUTPUT = 16 << 20
@@ -121,10 +120,10 @@ async def workspace_file(request: web.Request) -> web.Response:
 
 async def set_workspace(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request)
+    body = await codec.read_body(request)
     name = request.match_info["name"]
-    periodic = rpc.field(body, "checkpoint", dict)
-    alloc = rpc.field(body, "allocation", dict, {})
+    periodic = codec.field(body, "checkpoint", dict)
+    alloc = codec.field(body, "allocation", dict, {})
     ws = svc.get(name)
     if periodic is not None:
         ws = await svc.set_checkpointing(name, periodic.get("every", 0), periodic.get("keep"))
@@ -133,7 +132,7 @@ async def set_workspace(request: web.Request) -> web.Response:
     out = await ws.describe()
     if "checkpointing" in out:
         out["checkpointing"]["images"] = svc.periodic_images(ws)
-    return rpc.json_response(out)
+    return codec.json_response(out)
 
 
 async def delete_workspace(request: web.Request) -> web.Response:
@@ -141,7 +140,7 @@ async def delete_workspace(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     usage = svc.get(name).usage_rec
     await svc.destroy(name)
-    return rpc.json_response({"name": name, "state": "destroyed", "usage": usage.to_json()})
+    return codec.json_response({"name": name, "state": "destroyed", "usage": usage.to_json()})
 
 
 async def control(request: web.Request) -> web.Response:
@@ -151,14 +150,14 @@ async def control(request: web.Request) -> web.Response:
     if verb not in actions:
         raise web.HTTPNotFound(reason=f"unknown action {verb!r}: use freeze, thaw or kill")
     await actions[verb](name)
-    return rpc.json_response(await svc.get(name).describe())
+    return codec.json_response(await svc.get(name).describe())
 
 
 async def processes(request: web.Request) -> web.Response:
     svc = _svc(request)
     ws = svc.get(request.match_info["name"])
     assert svc.store is not None
-    return rpc.json_response([p.__dict__ for p in svc.store.processes(ws.rec.id)])
+    return codec.json_response([p.__dict__ for p in svc.store.processes(ws.rec.id)])
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -166,7 +165,7 @@ async def usage(request: web.Request) -> web.Response:
     svc.sample(persist=True)  # the records below come from the store
     assert svc.store is not None
     name = request.query.get("name")
-    return rpc.json_response([u.to_json() for u in svc.store.usage(name)])
+    return codec.json_response([u.to_json() for u in svc.store.usage(name)])
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -191,10 +190,10 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     svc = _svc(request)
     name = request.match_info["name"]
     # The first line is the JSON request; anything after it is the program's stdin, streamed.
-    body = await rpc.read_head(request)
+    body = await codec.read_head(request)
     argv, env, cwd = body.get("argv"), body.get("env"), body.get("cwd")
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    if rpc.field(body, "detach", bool, False):
+    if codec.field(body, "detach", bool, False):
         fds = [null]
         try:
             out = _output_file(svc, name, body.get("stdout", "stdout"), "stdout")
@@ -205,7 +204,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
         finally:
             for fd in fds:
                 os.close(fd)
-        return rpc.json_response({"pid": proc.pid}, status=201)
+        return codec.json_response({"pid": proc.pid}, status=201)
 
     os.close(null)
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -222,10 +221,10 @@ async def exec_(request: web.Request) -> web.StreamResponse:
             os.close(fd)
     feeder = asyncio.ensure_future(_feed_stdin(request, in_w))
 
-    resp = web.StreamResponse(headers={"Content-Type": rpc.STREAM_TYPE})
+    resp = web.StreamResponse(headers={"Content-Type": codec.STREAM_TYPE})
     queue: asyncio.Queue[tuple[bytes, bytes]] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    open_fds = {out_r: rpc.STDOUT, err_r: rpc.STDERR}
+    open_fds = {out_r: codec.STDOUT, err_r: codec.STDERR}
 
     def readable(fd: int) -> None:
         try:
@@ -246,9 +245,9 @@ async def exec_(request: web.Request) -> web.StreamResponse:
         while open_fds or not queue.empty():
             channel, data = await queue.get()
             if data:
-                await resp.write(rpc.frame(channel, data))
+                await resp.write(codec.frame(channel, data))
         result = await proc.done
-        await resp.write(rpc.frame(rpc.EXIT, json.dumps(result).encode()))
+        await resp.write(codec.frame(codec.EXIT, json.dumps(result).encode()))
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         # The client went away: its program goes too, as over ssh.
@@ -283,28 +282,28 @@ async def _feed_stdin(request: web.Request, fd: int) -> None:
 
 async def checkpoint(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request)
-    out = rpc.field(body, "out", str, None)
+    body = await codec.read_body(request)
+    out = codec.field(body, "out", str, None)
     result = await svc.checkpoint(request.match_info["name"], out,
-                                  bool(rpc.field(body, "leave_running", bool, False)))
-    return rpc.json_response(result)
+                                  bool(codec.field(body, "leave_running", bool, False)))
+    return codec.json_response(result)
 
 
 async def restore(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request)
-    ws, result = await svc.restore(rpc.field(body, "image", str, None), rpc.field(body, "name", str))
-    return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
+    body = await codec.read_body(request)
+    ws, result = await svc.restore(codec.field(body, "image", str, None), codec.field(body, "name", str))
+    return codec.json_response({**await ws.describe(), "restore": result}, status=201)
 
 
 async def migrate(request: web.Request) -> web.Response:
     svc = _svc(request)
-    body = await rpc.read_body(request)
-    to = rpc.field(body, "to", str, None)
+    body = await codec.read_body(request)
+    to = codec.field(body, "to", str, None)
     if not to:
         raise InvalidInput("give the node to migrate to (to)", field="to")
-    return rpc.json_response(await svc.migrate(request.match_info["name"], to,
-                                               bool(rpc.field(body, "live", bool, False))))
+    return codec.json_response(await svc.migrate(request.match_info["name"], to,
+                                               bool(codec.field(body, "live", bool, False))))
 
 
 async def peer_checkpoint(request: web.Request) -> web.StreamResponse:
@@ -318,7 +317,7 @@ async def peer_checkpoint(request: web.Request) -> web.StreamResponse:
         where = os.path.join(svc.config.home, "checkpoints", "requested")
         os.makedirs(where, exist_ok=True)
         out = os.path.join(where, f"{name}-{int(time.time() * 1000)}.img")
-        return rpc.json_response({**await svc.checkpoint(name, out, True), "image": out})
+        return codec.json_response({**await svc.checkpoint(name, out, True), "image": out})
     work = checkpoints.scratch(svc, "dump")
     try:
         out = os.path.join(work, "image")
@@ -341,7 +340,7 @@ async def migration_progress(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in svc.progress:
         raise NotFound(f"no migration of {name!r} under way", name=name)
-    return rpc.json_response(svc.progress[name])
+    return codec.json_response(svc.progress[name])
 
 
 # -- the peer API: what other hosts of the grid may ask (TLS, each host's own certificate) --------
@@ -372,14 +371,14 @@ def _peers_may(svc: NodeService, ws: Any) -> bool:
 async def peer_list_workspaces(request: web.Request) -> web.Response:
     """The workspaces peers may see: a peer learns nothing of the node's local accounts' ones."""
     svc = _svc(request)
-    return rpc.json_response([await ws.describe() for ws in svc.workspaces.values() if _peers_may(svc, ws)])
+    return codec.json_response([await ws.describe() for ws in svc.workspaces.values() if _peers_may(svc, ws)])
 
 
 async def peer_create_workspace(request: web.Request) -> web.Response:
     """A workspace a peer (a job manager) asks for: always for the owner of the credential it brings, verified
     here; never a uid, gid or grid identity of the peer's choosing (the key it holds is no user's)."""
     svc = _svc(request)
-    body = await rpc.read_body(request, MAX_CREATE)
+    body = await codec.read_body(request, MAX_CREATE)
     chosen = sorted(k for k in ("uid", "gid", "vo", "user") if body.get(k) is not None)
     if chosen:
         log.warning("peer API: refused a workspace from %s that names its %s", request.remote, ", ".join(chosen))
@@ -387,10 +386,11 @@ async def peer_create_workspace(request: web.Request) -> web.Response:
                                "the credential it comes with")
     if not isinstance(body.get("credential"), str):
         raise PermissionDenied("a peer creates a workspace only with its owner's credential (credential)")
-    ws = await svc.create(rpc.field(body, "name", str, None), Allocation.parse(rpc.field(body, "allocation", dict, {})),
-                          credential=rpc.field(body, "credential", str), main=rpc.field(body, "main", dict),
-                          grid=rpc.field(body, "grid", list))
-    return rpc.json_response(await ws.describe(), status=201)
+    alloc = Allocation.parse(codec.field(body, "allocation", dict, {}))
+    ws = await svc.create(codec.field(body, "name", str, None), alloc,
+                          credential=codec.field(body, "credential", str), main=codec.field(body, "main", dict),
+                          grid=codec.field(body, "grid", list))
+    return codec.json_response(await ws.describe(), status=201)
 
 
 STAGE = re.compile(r"^[0-9a-f]{16}$")
@@ -460,7 +460,7 @@ async def peer_stage(request: web.Request) -> web.Response:
         os.replace(os.path.join(work, "unpacked", "criu"), os.path.join(stage, part))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return rpc.json_response({"part": part, "receive": received})
+    return codec.json_response({"part": part, "receive": received})
 
 
 async def peer_restore(request: web.Request) -> web.Response:
@@ -488,7 +488,7 @@ async def peer_restore(request: web.Request) -> web.Response:
         if stage:
             shutil.rmtree(stage, ignore_errors=True)
     result["times"]["receive"] = received
-    return rpc.json_response({**await ws.describe(), "restore": result}, status=201)
+    return codec.json_response({**await ws.describe(), "restore": result}, status=201)
 
 
 AD_CHECK = 0.25  # seconds between looks at the ad for a change worth pushing at once
@@ -514,8 +514,7 @@ async def advertise(svc: NodeService, aem: str) -> None:
             if stable != last or time.monotonic() - sent_at >= svc.config.ad_interval:
                 try:
                     async with session.put(url, json={"url": cfg.own_peer_url(), "ad": ad}) as r:
-                        if r.status >= 400:
-                            raise from_json(await r.json(content_type=None), r.status)
+                        codec.check(r.status, await r.json(content_type=None))
                     last, sent_at = stable, time.monotonic()
                     if down:
                         log.info("job manager %s takes this node's ad again", aem)
@@ -530,7 +529,7 @@ async def advertise(svc: NodeService, aem: str) -> None:
 
 def make_peer_app(svc: NodeService) -> web.Application:
     """The routes other nodes may use."""
-    app = web.Application(middlewares=[rpc.error_middleware, peer_auth], client_max_size=MAX_CREATE)
+    app = web.Application(middlewares=[codec.error_middleware, peer_auth], client_max_size=MAX_CREATE)
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/peer/node", node_info),
@@ -552,7 +551,7 @@ def make_peer_app(svc: NodeService) -> web.Application:
 
 def make_app(svc: NodeService) -> web.Application:
     """The node's routes."""
-    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=rpc.MAX_BODY)
+    app = web.Application(middlewares=[codec.error_middleware], client_max_size=codec.MAX_BODY)
     app[SERVICE] = svc
     app.add_routes([
         web.get("/v1/node", node_info),

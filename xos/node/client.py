@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from xos.errors import Unavailable, from_json
+from xos.errors import Unavailable
 from xos.paths import node_socket
 from xos.wire import client as rpc
+from xos.wire import codec
 
 Output = Callable[[bytes], None]
 T = TypeVar("T")
@@ -164,18 +165,17 @@ class Client(rpc.HttpClient):
         try:
             async with self._session.post(f"{self.base_url}/v1/workspaces/{name}/exec", data=body(),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
-                if resp.status >= 400:
-                    raise from_json(await resp.json(), resp.status)
+                codec.check(resp.status, await resp.json())
                 while True:
                     try:
-                        head = await resp.content.readexactly(rpc.FRAME.size)
+                        head = await resp.content.readexactly(codec.FRAME.size)
                     except Exception:
                         raise Unavailable("node closed the exec stream before the exit status") from None
-                    channel, length = rpc.FRAME.unpack(head)
+                    channel, length = codec.FRAME.unpack(head)
                     payload = await resp.content.readexactly(length)
-                    if channel == rpc.EXIT:
+                    if channel == codec.EXIT:
                         return json.loads(payload)
-                    sink = on_stdout if channel == rpc.STDOUT else on_stderr
+                    sink = on_stdout if channel == codec.STDOUT else on_stderr
                     if sink is not None:
                         sink(payload)
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:

@@ -21,7 +21,7 @@ from xos.errors import Conflict, InvalidInput, NotFound
 from xos.identity import credential
 from xos.paths import vo_socket
 from xos.vo.store import VO, Member, SQLiteVOStore
-from xos.wire import client as rpc
+from xos.wire import codec
 
 log = logging.getLogger(__name__)
 
@@ -208,41 +208,41 @@ def _svc(request: web.Request) -> VOService:
 
 
 async def _create(request: web.Request) -> web.Response:
-    b = await rpc.read_body(request)
-    vo = _svc(request).create(rpc.field(b, "name", str), rpc.field(b, "owner", str, "root"), b.get("ttl"))
-    return rpc.json_response(asdict(vo), status=201)
+    b = await codec.read_body(request)
+    vo = _svc(request).create(codec.field(b, "name", str), codec.field(b, "owner", str, "root"), b.get("ttl"))
+    return codec.json_response(asdict(vo), status=201)
 
 
 async def _ls(request: web.Request) -> web.Response:
-    return rpc.json_response(_svc(request).ls())
+    return codec.json_response(_svc(request).ls())
 
 
 async def _add(request: web.Request) -> web.Response:
-    b = await rpc.read_body(request)
-    m = _svc(request).add(request.match_info["vo"], rpc.field(b, "user", str), b.get("roles"), b.get("groups"))
+    b = await codec.read_body(request)
+    m = _svc(request).add(request.match_info["vo"], codec.field(b, "user", str), b.get("roles"), b.get("groups"))
     await _svc(request).members_moved()
-    return rpc.json_response(asdict(m), status=201)
+    return codec.json_response(asdict(m), status=201)
 
 
 async def _remove(request: web.Request) -> web.Response:
     revoked = await _svc(request).remove(request.match_info["vo"], request.match_info["user"])
-    return rpc.json_response({"revoked": revoked})
+    return codec.json_response({"revoked": revoked})
 
 
 async def _issue(request: web.Request) -> web.Response:
-    b = await rpc.read_body(request)
-    return rpc.json_response(_svc(request).issue(request.match_info["vo"], request.match_info["user"], b.get("ttl")),
+    b = await codec.read_body(request)
+    return codec.json_response(_svc(request).issue(request.match_info["vo"], request.match_info["user"], b.get("ttl")),
                              status=201)
 
 
 async def _revoke(request: web.Request) -> web.Response:
-    b = await rpc.read_body(request)
+    b = await codec.read_body(request)
     revoked = await _svc(request).revoke(b.get("jti"), b.get("vo"), b.get("user"))
-    return rpc.json_response({"revoked": revoked})
+    return codec.json_response({"revoked": revoked})
 
 
 async def _dissolve(request: web.Request) -> web.Response:
-    return rpc.json_response({"revoked": await _svc(request).dissolve(request.match_info["vo"])})
+    return codec.json_response({"revoked": await _svc(request).dissolve(request.match_info["vo"])})
 
 
 async def _revocations(request: web.Request) -> web.Response:
@@ -251,7 +251,7 @@ async def _revocations(request: web.Request) -> web.Response:
         wait = min(float(request.query.get("wait", "0")), LONG_POLL)
     except ValueError:
         raise InvalidInput("since and wait must be numbers") from None
-    return rpc.json_response(await _svc(request).revocations(since, wait))
+    return codec.json_response(await _svc(request).revocations(since, wait))
 
 
 async def _roster(request: web.Request) -> web.Response:
@@ -270,7 +270,7 @@ def public_routes() -> list[web.RouteDef]:
 
 def make_app(svc: VOService, management: bool) -> web.Application:
     """The management app (Unix socket) or the public one (TCP)."""
-    app = web.Application(middlewares=[rpc.error_middleware], client_max_size=rpc.MAX_BODY)
+    app = web.Application(middlewares=[codec.error_middleware], client_max_size=codec.MAX_BODY)
     app[SERVICE] = svc
     app.add_routes(public_routes())
     if management:

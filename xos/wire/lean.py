@@ -6,7 +6,7 @@ On these machines aiohttp's server spent ~100 us per request of its own (a trivi
 request per create, per stat that misses, per random read. Handlers keep aiohttp's interface: they
 get a `Request` with the parts of `web.Request` the daemons use (method, path, match_info, query,
 headers, content_length, read(), content.read()) and return `web.Response` objects; failures go
-through `rpc.error_middleware` as before, so every error keeps its JSON body and stable code.
+through `codec.error_middleware` as before, so every error keeps its JSON body and stable code.
 
 Bodies need a Content-Length (every client of these daemons sends one); chunked ones are refused
 (411). Requests on one connection are answered in order, one at a time. A handler whose answer is
@@ -32,8 +32,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from xos.errors import InvalidInput
-from xos.wire.client import dumps, error_middleware
+from xos.wire.codec import error_body, error_middleware
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +236,7 @@ def _send(fd: int, head: bytes, body: bytes | memoryview) -> bytes | None:
 
 
 def _error(status: int, code: str, message: str) -> bytes:
-    body = dumps({"error": {"code": code, "message": message}})
+    body = error_body(code, message)
     return _head(status, [("Content-Type", "application/json")], len(body), True) + body
 
 
@@ -584,40 +583,3 @@ def open_files_up_to_the_hard_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < want:
         with contextlib.suppress(ValueError, OSError):  # a lower fs.nr_open: keep what there is
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
-async def serve_tcp(app: App, listen: str, background: Awaitable[Any] | None = None,
-                    accept: Callable[[socket.socket], contextlib.AbstractContextManager[Any]] | None = None) -> None:
-    """rpc.serve_tcp's shape (until SIGTERM or SIGINT, one background task beside) on the lean server.
-
-    With `accept`, the listening socket is handed to it instead (an OSD's native read threads, which give
-    back to `adopt` what they do not answer); it is used as a context manager while the server runs."""
-    from xos.wire import client as rpc
-
-    open_files_up_to_the_hard_limit()
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    loop = asyncio.get_running_loop()
-    try:
-        if accept is None:
-            server = await loop.create_server(lambda: Connection(app), host, int(port), reuse_address=True)
-        else:
-            sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                        backlog=1024)
-    except (OSError, ValueError, OverflowError) as e:
-        if asyncio.iscoroutine(background):
-            background.close()
-        raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
-    if accept is not None:
-        try:
-            with accept(sock):
-                await rpc.run_until_stopped(listen, background)
-        finally:
-            sock.close()
-        return
-    try:
-        await rpc.run_until_stopped(listen, background)
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2)
