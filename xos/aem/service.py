@@ -11,38 +11,29 @@ node verifies the credential the job was submitted with.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import os
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
+from xos.aem import stdio
 from xos.aem.classad import Matchmaker, NodeAd, Wants
 from xos.aem.jobs import Job, JobStore, State
-from xos.aem.jobspec import JobSpec, grid_path, load, parse
-from xos.checkpoint import transfer
+from xos.aem.jobspec import JobSpec, grid_path, parse
+from xos.aem.nodes import Nodes, OutputTooLarge, ws_name
 from xos.errors import (
     Conflict,
     IllegalTransition,
     InvalidInput,
     NotFound,
     OverCapacity,
-    PermissionDenied,
     Unavailable,
     XosError,
 )
-from xos.fs.client.client import Client as GridClient
 from xos.identity import credential
-from xos.vo.follow import RevocationFeeds
-from xos.wire import codec, hostid
-from xos.wire import server as wire_server
+from xos.wire import hostid
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +68,7 @@ class Ad:
 
 @dataclass
 class Aem:
-    """Request handlers and the loops behind them."""
+    """The job directory and the loops that match, dispatch, watch, checkpoint and recover its jobs."""
 
     cfg: AemConfig
     store: JobStore = field(init=False)
@@ -86,7 +77,6 @@ class Aem:
     matchmaker: Matchmaker = field(default_factory=Matchmaker)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    session: aiohttp.ClientSession | None = None
 
     def __post_init__(self) -> None:
         self.store = JobStore(os.path.join(self.cfg.home, "aem", "jobs.db"))
@@ -96,7 +86,6 @@ class Aem:
         if "aem" not in self.host.roles:
             raise InvalidInput(f"the certificate in {self.cfg.host_dir} is for {', '.join(self.host.roles)}, "
                                "not a job manager (aem)")
-        self.tls = self.host.client_context()
         for sub in ("output", "images"):  # jobs' outputs and memory: the owners' alone
             os.makedirs(os.path.join(self.cfg.home, "aem", sub), mode=0o700, exist_ok=True)
             os.chmod(os.path.join(self.cfg.home, "aem", sub), 0o700)
@@ -106,29 +95,7 @@ class Aem:
         self.refused: dict[str, dict[str, float]] = {}  # job -> node -> until when it is not offered there again
         # Every node's peer URL: those named at start (their ads are fetched) and those that push theirs,
         # remembered across restarts so their jobs are found again before their next push.
-        self.urls: dict[str, str] = {**self.store.known_nodes(), **self.cfg.nodes}
-
-    # talking to nodes
-
-    async def _node(self, method: str, node: str, path: str, body: Any = None) -> Any:
-        url = self.urls.get(node)
-        if url is None:
-            raise NotFound(f"no node {node!r}")
-        assert self.session is not None
-        try:
-            await hostid.check_server(url, self.tls, "node")  # credentials go to nodes only
-            async with self.session.request(method, f"{url}{path}", json=body, ssl=self.tls,
-                                            timeout=aiohttp.ClientTimeout(total=60, sock_connect=3)) as resp:
-                if resp.content_type == "application/json":
-                    data = await resp.json()
-                    codec.check(resp.status, data)
-                    return data
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise Unavailable(f"node {node}: HTTP {resp.status}")
-                return raw
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise Unavailable(f"node {node} at {url} is not reachable: {e}") from None
+        self.nodes = Nodes({**self.store.known_nodes(), **self.cfg.nodes}, self.host.client_context())
 
     def fresh_ads(self) -> list[NodeAd]:
         now = time.monotonic()
@@ -138,59 +105,24 @@ class Aem:
         """Fetch every node's ad; a changed set of ads is a reason to match again."""
         async def one(name: str) -> None:
             try:
-                attrs = await self._node("GET", name, "/v1/peer/ad")
+                attrs = await self.nodes.call("GET", name, "/v1/peer/ad")
             except XosError as e:
                 log.info("no ad from node %s: %s", name, e)
                 return
             old = self.ads.get(name)
             ad = NodeAd.of(attrs)
             ad.name = name
-            self.ads[name] = Ad(ad, self.urls[name], time.monotonic() + self.cfg.ad_ttl)
+            self.ads[name] = Ad(ad, self.nodes.urls[name], time.monotonic() + self.cfg.ad_ttl)
             if old is None or old.node.attrs != ad.attrs:
                 self.wake.set()
 
         await asyncio.gather(*(one(n) for n in self.cfg.nodes))
 
-    async def take_ad(self, request: web.Request) -> web.Response:
-        """A node pushes its own ad (its certificate names it, role node): it lives for ad_ttl; a changed one
-        matches at once."""
-        name = request.match_info["name"]
-        try:
-            peer = hostid.require(request.transport, "node")
-            if peer.name != name:
-                raise PermissionDenied(f"host {peer.name} may push its own ad only, not {name}'s")
-        except PermissionDenied as e:
-            log.warning("refused an ad from %s: %s", request.remote, e.message)
-            raise
-        body = await codec.read_body(request)
-        url, attrs = codec.field(body, "url", str), codec.field(body, "ad", dict)
-        if not url or not url.startswith(("http://", "https://")) or attrs is None:
-            raise InvalidInput("an ad push needs the node's peer url and its ad")
-        if name in self.cfg.nodes and self.cfg.nodes[name] != url:
-            raise Conflict(f"node {name} is configured at {self.cfg.nodes[name]}, not {url}")
-        try:
-            ad = NodeAd.of(attrs)
-            ad.classad()  # what matching will evaluate: refused now if it cannot be
-        except XosError as e:
-            raise InvalidInput(f"ad of node {name}: {e.message}") from None
-        except (TypeError, ValueError) as e:
-            raise InvalidInput(f"ad of node {name} is not a ClassAd: {e}") from None
-        ad.name = name
-        if self.urls.get(name) != url:
-            self.store.remember_node(name, url)
-            self.urls[name] = url
-            log.info("node %s advertises itself at %s", name, url)
-        old = self.ads.get(name)
-        self.ads[name] = Ad(ad, url, time.monotonic() + self.cfg.ad_ttl)
-        if old is None or old.node.attrs != ad.attrs:
-            self.wake.set()
-        return codec.json_response({"ttl": self.cfg.ad_ttl})
-
     # matching and dispatch
 
     def wants(self, job: Job) -> Wants:
         """What `job` asks of a node, as its owner."""
-        return _wants(parse(job.spec), job.vo, job.owner)
+        return wants_of(parse(job.spec), job.vo, job.owner)
 
     async def match_pass(self) -> None:
         """Match every queued job whose dependencies allow it, best node first, and dispatch them together.
@@ -254,15 +186,15 @@ class Aem:
             await self._resume(job)
             return
         try:
-            main = await self._main(job)
+            main = await stdio.main_program(job.spec, self._grid(job))
         except XosError as e:
             self.store.transition(job.id, State.FAILED, f"stdin {spec['stdin']}: {e.code}: {e.message}")
             self.wake.set()
             return
-        body = {"name": _ws(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main,
+        body = {"name": ws_name(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main,
                 "grid": [f"{self.cfg.mrc}/{v}" for v in spec.get("volumes", [])]}
         try:
-            await self._node("POST", job.node, "/v1/peer/workspaces", body)
+            await self.nodes.call("POST", job.node, "/v1/peer/workspaces", body)
         except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
             self.store.transition(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
             self.wake.set()
@@ -275,56 +207,9 @@ class Aem:
             return
         self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
 
-    async def _main(self, job: Job) -> dict[str, Any]:
-        """The job's program for its node: argv, environment, and where its stdio go. Grid file system
-        stdout and stderr are written in the job's directory and copied to the grid when the job ends;
-        grid stdin is read now and sent along."""
-        spec = job.spec
-        main: dict[str, Any] = {"argv": [spec["executable"], *spec.get("arguments", [])],
-                                "env": spec.get("environment", {})}
-        for key, where in (("out", spec.get("stdout")), ("err", spec.get("stderr")), ("in", spec.get("stdin"))):
-            name = STDIO[key]
-            if where and not grid_path(where):
-                name = where
-            elif not where and key != "out":
-                continue  # stderr with stdout; stdin empty
-            main[key] = name
-        stdin = spec.get("stdin") or ""
-        if grid_path(stdin):
-            data = await self.grid_io(job, stdin, None)
-            main["input"] = base64.b64encode(data).decode()
-        return main
-
-    async def grid_io(self, job: Job, where: str, upload: str | None) -> bytes:
-        """Read the grid file `where` (at most MAX_INPUT bytes), or write the local file `upload` to it, as the
-        job's owner: with the credential the job was submitted with."""
-        if not self.cfg.mrc:
-            raise InvalidInput(f"this job manager has no grid file system (--mrc) for {where}")
-        loc = grid_path(where)
-        assert loc is not None
-        volume, path = loc
-        token = self.store.credential(job.id)
-
-        def work() -> bytes:
-            c = GridClient(self.cfg.mrc, volume, token)
-            try:
-                if upload is None:
-                    with c.open(path, "rb") as f:
-                        data = f.read(MAX_INPUT + 1)
-                    if len(data) > MAX_INPUT:
-                        raise InvalidInput(f"{where} is larger than {MAX_INPUT >> 20} MiB: have the job read it "
-                                           "from a grid file system mount instead")
-                    return data
-                with open(upload, "rb") as src, c.open(path, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
-                return b""
-            except OSError as e:
-                raise NotFound(f"{where}: {e.strerror or e}") from None
-            finally:
-                c.close()
-
-        return await asyncio.to_thread(work)
+    def _grid(self, job: Job) -> stdio.GridFiles:
+        """The grid file system as the job's owner: with the credential the job was submitted with."""
+        return stdio.GridFiles(self.cfg.mrc, self.store.credential(job.id))
 
     async def _resume(self, job: Job) -> None:
         """Restore a requeued job on its new node from the last checkpoint the job manager keeps. An image
@@ -332,7 +217,7 @@ class Aem:
         path = self.image_path(job.id)
         taken = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(path)))
         try:
-            await transfer.peer_restore(self.urls[job.node], self.tls, path, _ws(job.id))
+            await self.nodes.restore(job.node, job.id, path)
         except XosError as e:
             log.warning("job %s not restored on node %s: %s", job.id, job.node, e)
             if isinstance(e, (Unavailable, OverCapacity, Conflict)):  # this node, now: another may take it
@@ -355,7 +240,7 @@ class Aem:
 
         async def listing(node: str) -> None:
             try:
-                for ws in await self._node("GET", node, "/v1/peer/workspaces"):
+                for ws in await self.nodes.call("GET", node, "/v1/peer/workspaces"):
                     seen[f"{node}/{ws['name']}"] = ws
                 reached.add(node)
             except XosError:
@@ -372,7 +257,7 @@ class Aem:
         for job in running:
             if job.node not in reached:
                 continue
-            ws = seen.get(f"{job.node}/{_ws(job.id)}")
+            ws = seen.get(f"{job.node}/{ws_name(job.id)}")
             if ws is not None:
                 self.last_usage[job.id] = ws
             if ws is None:
@@ -395,13 +280,14 @@ class Aem:
         status; then its workspace goes."""
         ended = ws["main_exit"]
         notes = []
-        for stream, key in (("stdout", "out"), ("stderr", "err")):
+        for stream in ("stdout", "stderr"):
             where = job.spec.get(stream) or ""
-            name = STDIO[key] if grid_path(where) or not where else where
+            name = stdio.name_on_node(stream, where)
             if name.startswith("/") or (stream == "stderr" and not where):
                 continue  # on the node, where it asked; or stderr with stdout
             try:
-                await self._collect(job, name, self.output_path(job.id, stream))
+                await self.nodes.collect(job.node, job.id, name, self.output_path(job.id, stream),
+                                         self.cfg.max_output)
             except OutputTooLarge as e:  # the job's doing, not the grid's: told, not warned of
                 log.info("%s of job %s cut: %s", stream, job.id, e)
                 notes.append(f"{stream} cut: {e.message}")
@@ -411,11 +297,11 @@ class Aem:
                 continue
             if grid_path(where):
                 try:
-                    await self.grid_io(job, where, self.output_path(job.id, stream))
+                    await self._grid(job).write(where, self.output_path(job.id, stream))
                 except XosError as e:
                     notes.append(f"{stream} not written to {where} ({e.message}); xos job output has it")
         try:  # the listing's usage may be a sampling period old: ask for it fresh
-            ws = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            ws = await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         except XosError as e:
             log.info("usage of job %s from the listing: %s", job.id, e)
         self.account(job, ws)
@@ -423,7 +309,7 @@ class Aem:
         self.drop_image(job.id)
         status = ended.get("exit", 128 + ended.get("signal", 0))
         try:
-            await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+            await self.nodes.call("DELETE", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         except XosError as e:
             log.warning("workspace of job %s not removed: %s", job.id, e)
         note = "".join(f"; {n}" for n in notes)
@@ -443,27 +329,6 @@ class Aem:
         ad = self.ads.get(job.node)
         price = float(ad.node.attrs.get("Price", 0.0)) if ad is not None else 0.0
         self.store.add_usage(job, ws.get("usage", {}), price)
-
-    async def _collect(self, job: Job, name: str, dest: str) -> None:
-        """Copy the file `name` of the job's directory here, whole, in parts, up to the job manager's cap
-        (OutputTooLarge past it, the first `max_output` bytes kept): a job's output must not fill our disk."""
-        cap = self.cfg.max_output
-        over = False
-        with open(os.open(dest + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
-            while True:
-                part = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?"
-                                        f"file={urllib.parse.quote(name)}&offset={f.tell()}")
-                if f.tell() + len(part) > cap:
-                    f.write(part[:cap - f.tell()])
-                    over = True
-                    break
-                f.write(part)
-                if len(part) < MAX_OUTPUT_PART:
-                    break
-        os.replace(dest + ".part", dest)
-        if over:
-            raise OutputTooLarge(f"{name} is larger than the job manager keeps ({cap} bytes); its first {cap} "
-                                 "bytes were kept", limit=cap)
 
     def output_path(self, job_id: str, stream: str = "stdout") -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id + ("" if stream == "stdout" else f".{stream}"))
@@ -485,9 +350,9 @@ class Aem:
         wherever its workspace is now."""
         for job in self.store.ls(State.CHECKPOINTING) + self.store.ls(State.MIGRATING):
             where = None
-            for name in self.urls:
+            for name in self.nodes.urls:
                 try:
-                    await self._node("GET", name, f"/v1/peer/workspaces/{_ws(job.id)}")
+                    await self.nodes.call("GET", name, f"/v1/peer/workspaces/{ws_name(job.id)}")
                     where = name
                     break
                 except XosError:
@@ -498,7 +363,7 @@ class Aem:
                 self.store.transition(job.id, State.RUNNING, f"found on node {where} after a restart", node=where)
         for job in self.store.ls(State.MATCHED):
             try:
-                await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+                await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
             except NotFound:
                 self.store.transition(job.id, State.QUEUED, "the job manager restarted before it started")
                 continue
@@ -555,8 +420,8 @@ class Aem:
 
     async def _evict(self, job: Job, why: str) -> None:
         """Stop a running job on its node and queue it again (from its checkpoint, when it has one)."""
-        self.account(job, await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}"))
-        await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
+        self.account(job, await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}"))
+        await self.nodes.call("DELETE", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         then = "from its checkpoint" if os.path.exists(self.image_path(job.id)) else "from the beginning"
         self.store.transition(job.id, State.REQUEUED, f"{why}: queued again, to run elsewhere {then}")
         self.wake.set()
@@ -568,21 +433,21 @@ class Aem:
             if ad.expires <= time.monotonic():
                 continue
             try:
-                listing = await self._node("GET", name, "/v1/peer/workspaces")
+                listing = await self.nodes.call("GET", name, "/v1/peer/workspaces")
             except XosError:
                 continue
             for ws in listing:
                 wname = ws.get("name", "")
                 if not wname.startswith("job-"):
                     continue
-                owner = next((j for j in self.store.ls() if _ws(j.id) == wname), None)
+                owner = next((j for j in self.store.ls() if ws_name(j.id) == wname), None)
                 if owner is not None and owner.state == State.MIGRATING:
                     continue  # on its way: at the source, the target or both until the target confirms
                 if owner is None or owner.node != name or owner.state not in (
                         State.RUNNING, State.SUSPENDED, State.MATCHED, State.CHECKPOINTING):
                     log.info("removing stray workspace %s on node %s", wname, name)
                     try:
-                        await self._node("DELETE", name, f"/v1/peer/workspaces/{wname}")
+                        await self.nodes.call("DELETE", name, f"/v1/peer/workspaces/{wname}")
                     except XosError as e:
                         log.info("stray workspace %s on node %s stays for now: %s", wname, name, e)
 
@@ -610,146 +475,6 @@ class Aem:
                 log.exception("job manager pass failed")
                 await asyncio.sleep(self.cfg.poll)
 
-    # HTTP
-
-    def _who(self, request: web.Request) -> credential.Claims:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not token:
-            raise credential.CredentialError("this request needs a VO credential (Authorization: Bearer ...)")
-        return credential.verify(token.strip(), self.trust, self.revoked)
-
-    def _mine(self, request: web.Request, job_id: str) -> tuple[credential.Claims, Job]:
-        who = self._who(request)
-        job = self.store.get(job_id)
-        if job.owner != f"{who.sub}@{who.vo}" and not (who.vo == job.vo and "admin" in who.roles):
-            raise NotFound(f"no job {job_id!r}")  # another user's jobs are not even listed
-        return who, job
-
-    async def submit(self, request: web.Request) -> web.Response:
-        who = self._who(request)
-        raw = await request.content.read(1 << 20)
-        spec = parse(load(raw), self.matchmaker)
-        for stream in ("stdin", "stdout", "stderr"):
-            if grid_path(getattr(spec, stream)) and not self.cfg.mrc:
-                raise InvalidInput(f"{stream}: this job manager has no grid file system (xos serve aem --mrc URL)",
-                                   field=stream)
-        if spec.volumes and not self.cfg.mrc:
-            raise InvalidInput("volumes: this job manager has no grid file system (xos serve aem --mrc URL)",
-                               field="volumes")
-        if request.query.get("wait") != "1":
-            wants = _wants(spec, who.vo, f"{who.sub}@{who.vo}")
-            ads = self.fresh_ads()
-            if not self.matchmaker.matches(wants, ads):
-                raise NoMatch(f"no node can run this job: {self.matchmaker.why_not(wants, ads)} "
-                              "(submit with ?wait=1 to queue it anyway)")
-        token = request.headers["Authorization"].partition(" ")[2].strip()
-        jobs = self.store.submit(spec, f"{who.sub}@{who.vo}", who.vo, token)
-        self.wake.set()
-        return codec.json_response({"jobs": [j.to_json() for j in jobs]}, status=201)
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        who = self._who(request)
-        state = request.query.get("state")
-        try:
-            st = State(state) if state else None
-        except ValueError:
-            raise InvalidInput(f"no state {state!r} (use {', '.join(s.value for s in State)})") from None
-        jobs = self.store.ls(st, owner=f"{who.sub}@{who.vo}")
-        return codec.json_response({"jobs": [j.to_json() for j in jobs]})
-
-    async def get_job(self, request: web.Request) -> web.Response:
-        _, job = self._mine(request, request.match_info["id"])
-        extra: dict[str, Any] = {}
-        with contextlib.suppress(FileNotFoundError):
-            st = os.stat(self.image_path(job.id))
-            extra["checkpoint"] = {"at": st.st_mtime, "bytes": st.st_size}
-        return codec.json_response({**job.to_json(), **extra, "history": self.store.history(job.id)})
-
-    async def output(self, request: web.Request) -> web.Response:
-        """A job's stdout or stderr (`stream`), from `offset` on: from its node while it runs (to follow it),
-        from here once it ended."""
-        _, job = self._mine(request, request.match_info["id"])
-        stream = request.query.get("stream", "stdout")
-        offset = request.query.get("offset", "0")
-        # 18 digits at most: a longer offset overflowed seek() (or int()) and answered 500
-        if stream not in ("stdout", "stderr") or not offset.isdigit() or len(offset) > 18:
-            raise InvalidInput("stream is stdout or stderr, offset a byte count")
-        where = job.spec.get(stream) or ""
-        if where.startswith("/"):
-            raise NotFound(f"job {job.id} writes its {stream} to {where} on its node")
-        if stream == "stderr" and not where:
-            raise NotFound(f"job {job.id} writes its stderr with its stdout")
-        if job.state in (State.RUNNING, State.SUSPENDED, State.CHECKPOINTING) and job.node:
-            name = STDIO["out" if stream == "stdout" else "err"] if grid_path(where) or not where else where
-            try:
-                data = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/file?"
-                                        f"file={urllib.parse.quote(name)}&offset={offset}")
-            except NotFound:
-                data = b""  # nothing written yet
-            return web.Response(body=data, content_type="application/octet-stream",
-                                headers={"X-Job-State": job.state.value})
-        if not job.state.final:  # not started yet, or between nodes: nothing new for now
-            return web.Response(body=b"", content_type="application/octet-stream",
-                                headers={"X-Job-State": job.state.value})
-        try:
-            with open(self.output_path(job.id, stream), "rb") as f:
-                f.seek(int(offset))
-                return web.Response(body=f.read(), content_type="application/octet-stream",
-                                    headers={"X-Job-State": job.state.value})
-        except FileNotFoundError:
-            raise NotFound(f"job {job.id} has no {stream} yet ({job.state.value})") from None
-
-    async def control(self, request: web.Request) -> web.Response:
-        _, job = self._mine(request, request.match_info["id"])
-        verb = request.match_info["verb"]
-        node_verb = {"suspend": "freeze", "resume": "thaw"}.get(verb)
-        if verb == "checkpoint":
-            return codec.json_response((await self.checkpoint(job)).to_json())
-        if verb == "migrate":
-            return codec.json_response((await self.migrate(job, request.query.get("to"),
-                                                         live=request.query.get("live") == "1")).to_json())
-        job = self.store.may(job.id, verb)
-        # The workspace first, then the record: a node that fails leaves the job as it really is.
-        if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
-            try:
-                self.account(job, await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}"))
-                await self._node("DELETE", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
-            except NotFound:
-                pass
-        elif node_verb:
-            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/{node_verb}")
-        job = self.store.control(job.id, verb)
-        if job.state.final:
-            self.drop_image(job.id)
-        self.wake.set()
-        return codec.json_response(job.to_json())
-
-    async def purge(self, request: web.Request) -> web.Response:
-        """Forget a finished job and its output; its usage records stay, for the accounts."""
-        _, job = self._mine(request, request.match_info["id"])
-        self.store.purge(job.id)
-        for stream in ("stdout", "stderr"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.output_path(job.id, stream))
-        self.drop_image(job.id)
-        return codec.json_response({"purged": job.id})
-
-    async def accounting(self, request: web.Request) -> web.Response:
-        """Usage records and their totals per VO, user and node: a member's own, a VO admin's whole VO."""
-        who = self._who(request)
-        vo = request.query.get("vo") or who.vo
-        user = request.query.get("user")
-        admin = "admin" in who.roles and vo == who.vo
-        if not admin and (vo != who.vo or (user not in (None, who.sub))):
-            raise PermissionDenied(f"only an admin of VO {vo} sees other members' usage")
-        owner = f"{user}@{vo}" if user else (None if admin else f"{who.sub}@{who.vo}")
-        try:
-            since = float(request.query.get("since", "0"))
-        except ValueError:
-            raise InvalidInput("since is seconds since the epoch") from None
-        records = self.store.usage(vo, owner, since)
-        return codec.json_response({"records": records, "totals": self.store.totals(records)})
-
     async def checkpoint(self, job: Job, why: str = "by request") -> Job:
         """Checkpoint a running job where it runs; it goes on running. The image comes here, streamed, and
         replaces the job's previous one only once it arrived whole."""
@@ -762,7 +487,7 @@ class Aem:
             self.store.transition(job.id, State.CHECKPOINTING, f"checkpoint {why}")
             path = self.image_path(job.id)
             try:
-                summary = await self._fetch_image(job, path + ".part")
+                summary = await self.nodes.fetch_image(job.node, job.id, path + ".part")
             except XosError as e:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + ".part")
@@ -779,25 +504,6 @@ class Aem:
             return done
         finally:
             self.busy.discard(job.id)
-
-    async def _fetch_image(self, job: Job, dest: str) -> dict[str, Any]:
-        """Have the job's node checkpoint it and send the image; written to `dest`."""
-        assert self.session is not None
-        url = f"{self.urls[job.node]}/v1/peer/workspaces/{_ws(job.id)}/checkpoint?send=1"
-        try:
-            await hostid.check_server(self.urls[job.node], self.tls, "node")
-            async with self.session.post(url, json={}, ssl=self.tls,
-                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
-                                                                       sock_read=300)) as resp:
-                codec.check(resp.status, await resp.json(content_type=None))
-                summary = json.loads(resp.headers.get("X-Checkpoint", "{}"))
-                with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
-                    async for block in resp.content.iter_chunked(1 << 20):
-                        f.write(block)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
-            raise Unavailable(f"node {job.node} did not send the checkpoint of job {job.id}: {e}") from None
-        times = summary.get("times", {})
-        return {"bytes": summary.get("bytes", 0), "frozen": times.get("freeze", 0) + times.get("dump", 0)}
 
     async def periodic_checkpoints(self) -> None:
         """Checkpoint every running job that asks for it every `checkpoint_interval`, in the background."""
@@ -830,13 +536,14 @@ class Aem:
             if not found:
                 raise NoMatch(f"no other node can take job {job.id}: {self.matchmaker.why_not(w, others)}")
             to = found[0].node
-        if to not in self.urls or to == job.node:
+        if to not in self.nodes.urls or to == job.node:
             raise InvalidInput(f"cannot migrate job {job.id} to {to!r}: name another node of this grid", field="to")
         self.store.transition(job.id, State.MIGRATING, f"{why}: migrating to node {to}" if why else
                               f"migrating to node {to}")
         try:
-            before = await self._node("GET", job.node, f"/v1/peer/workspaces/{_ws(job.id)}")
-            await self._node("POST", job.node, f"/v1/peer/workspaces/{_ws(job.id)}/migrate", {"to": to, "live": live})
+            before = await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
+            await self.nodes.call("POST", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}/migrate",
+                                  {"to": to, "live": live})
         except XosError as e:
             return self.store.transition(job.id, State.RUNNING, f"migration to {to} failed, still on {job.node}: "
                                                                 f"{e.code}: {e.message}")
@@ -845,79 +552,14 @@ class Aem:
         self.wake.set()
         return self.store.transition(job.id, State.RUNNING, f"migrated from node {job.node} to node {to}", node=to)
 
-    async def nodes(self, request: web.Request) -> web.Response:
-        """Node ads, all of them, or those matching `constraint` best `rank` first (XenoSearch's role; a
-        range on one attribute, `Memory >= 4096 && Memory < 16384`, is the Information Service's)."""
-        who = self._who(request)
-        now = time.monotonic()
-        constraint, rank = request.query.get("constraint"), request.query.get("rank")
-        if constraint is None and rank is None:
-            return codec.json_response({"nodes": [{"name": n, "url": a.url, "fresh": a.expires > now,
-                                                 "ad": a.node.attrs} for n, a in sorted(self.ads.items())]})
-        wants = Wants(constraint or "true", rank or "0", (("VO", who.vo),))
-        found = self.matchmaker.matches(wants, self.fresh_ads(), symmetric=False)
-        return codec.json_response({"nodes": [{"name": m.node, "url": self.ads[m.node].url, "fresh": True,
-                                             "rank": m.rank, "ad": self.ads[m.node].node.attrs} for m in found]})
 
 
 REFUSAL_MEMORY = 60.0  # seconds a node that refused a job is not offered that job again
-STDIO = {"out": "stdout", "err": "stderr", "in": "stdin"}  # names in the job's directory, unless it names others
-MAX_INPUT = 16 << 20  # grid stdin sent with the job (the node takes that much)
-MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once
 
 
-class OutputTooLarge(InvalidInput):
-    """A job's output is larger than the job manager keeps."""
-
-    code = "output-too-large"
-
-
-def _wants(spec: JobSpec, vo: str, owner: str) -> Wants:
+def wants_of(spec: JobSpec, vo: str, owner: str) -> Wants:
     """A job's wants with who submits it; a checkpointable job only where checkpoints can be taken."""
     w = spec.wants()
     req = f"({w.requirements}) && TARGET.HasCheckpoint =?= true" if spec.checkpointable else w.requirements
     return Wants(req, w.rank, (*w.attrs, ("VO", vo), ("Owner", owner)))
 
-
-def _ws(job_id: str) -> str:
-    return "job-" + job_id.replace(".", "-")
-
-
-def make_app(aem: Aem) -> web.Application:
-    app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
-    app.add_routes([
-        web.post("/v1/jobs", aem.submit),
-        web.get("/v1/jobs", aem.list_jobs),
-        web.get("/v1/jobs/{id}", aem.get_job),
-        web.delete("/v1/jobs/{id}", aem.purge),
-        web.get("/v1/jobs/{id}/output", aem.output),
-        web.post("/v1/jobs/{id}/{verb}", aem.control),
-        web.get("/v1/nodes", aem.nodes),
-        web.get("/v1/accounting", aem.accounting),
-    ])
-    return app
-
-
-def make_peer_app(aem: Aem) -> web.Application:
-    """The routes other hosts use (over TLS): nodes pushing their ads."""
-    app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
-    app.add_routes([web.put("/v1/peer/ads/{name}", aem.take_ad)])
-    return app
-
-
-async def serve_aem(cfg: AemConfig) -> None:
-    """Run the job manager until SIGTERM or SIGINT."""
-    aem = Aem(cfg)
-    aem.session = aiohttp.ClientSession()
-    log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
-    feeds = RevocationFeeds(list(cfg.vo_urls), aem.trust)
-    aem.revoked = feeds.revoked
-    feeds.start()
-    try:
-        peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
-        await wire_server.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers,
-                                    aem.host.server_context(users=True))
-    finally:
-        await feeds.stop()
-        await aem.session.close()
-        aem.store.close()

@@ -727,7 +727,8 @@ async def _watch(jm: Any, ids: list[str]) -> int:
 
 def _serve_aem(args: argparse.Namespace) -> int:
     from xos import log
-    from xos.aem.service import AemConfig, serve_aem
+    from xos.aem.api import serve_aem
+    from xos.aem.service import AemConfig
 
     log.setup(args.log_level)
     nodes = {}
