@@ -1,4 +1,4 @@
-"""Every default path and socket name of xos, in one place: $XOS_HOME for state, $XOS_RUN for sockets."""
+"""Every default path, socket name and port of xos, in one place: $XOS_HOME for state, $XOS_RUN for sockets."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import os
 
 WORK = "/run/xos-work"  # where a workspace's processes see its directory: one path on every node (init.c)
 GRID = WORK + "/grid"  # a workspace's grid volumes: GRID/VOLUME
+MRC_PORT = 32636  # the grid file system's catalogue (XtreemFS's)
+OSD_PORT = 32640  # an object store (XtreemFS's)
+AEM_PORT = 7300  # the job manager's users
 
 
 def home() -> str:

@@ -262,7 +262,7 @@ def test_the_cli_submits_shows_and_reports(site, tmp_path):
     assert code == 0 and out.startswith(f"{job_id} done"), out
     code, out = xos("job", "resume", job_id)
     assert code != 0 and "illegal-transition" in out and "it is done" in out, out
-    assert xos("job", "purge", job_id) == (0, f"{job_id} purged\n")
+    assert xos("job", "rm", job_id) == (0, f"{job_id} removed\n")
     code, out = xos("job", "status", job_id)
     assert code != 0 and "not-found" in out, out
     assert job_id in [r["job"] for r in s.run(s.jm.accounting())["records"]]  # the accounts keep it

@@ -168,7 +168,7 @@ def test_revocation_and_dissolution_reach_the_node(site):
     assert vo.cli("vo", "dissolve", "bio")[0] == 0
     wait_for(lambda: ask(node, Op.GETPWNAM, "bob.bio")[0] == Status.NOTFOUND, 5, "bob's lease to be released")
     assert ask(node, Op.ACCOUNT, "bob.bio")[0] == Status.DENIED
-    assert json.loads(node.cli("node", "info")[1])["name"] == node.name
+    assert json.loads(node.cli("node", "info", "--json")[1])["name"] == node.name
 
 
 def test_workspace_runs_as_the_mapped_account(site):

@@ -245,7 +245,7 @@ def test_live_migration_says_whether_the_kernel_can(grid):
         ws = ca.create("cnt", main=[PY, "-c", COUNTER], out="count.log")
         log = os.path.join(ws["directory"], "count.log")
         wait_for(lambda: len(lines(log)) >= 5, 10, "the counter")
-        assert json.loads(a.cli("node", "info")[1])["checkpoint"]["live_mode"] == mode
+        assert json.loads(a.cli("node", "info", "--json")[1])["checkpoint"]["live_mode"] == mode
         if not mode:
             a.expect_warning("refused")
             with pytest.raises(Exception) as e:

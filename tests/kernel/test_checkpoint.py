@@ -273,7 +273,7 @@ def test_periodic_checkpoints_kept_to_their_number_and_restorable(node):
 
 
 def test_doctor_and_node_info_say_whether_checkpoint_works(node):
-    info = json.loads(node.cli("node", "info")[1])
+    info = json.loads(node.cli("node", "info", "--json")[1])
     assert info["checkpoint"]["available"] is True and info["checkpoint"]["criu"].startswith("4.")
     code, out, _ = node.cli("node", "doctor")
     assert code == 0 and "checkpoint: available" in out

@@ -13,7 +13,8 @@ def test_the_ad_tracks_allocations_and_admits_only_trusted_vos_that_fit(tmp_path
     with xos_node(["--cpu", "2", "--memory", "2G", "--site", "b", "--price", "0.25"]) as n:
         credential.new_key(str(tmp_path / "bio.key"))
         assert n.cli("node", "trust", "bio", str(tmp_path / "bio.key.pub"))[0] == 0
-        code, out, _ = n.cli("node", "ad")
+        code, out, _ = n.cli("node", "ad", "--json")
+        assert 'Site = "b"' in n.cli("node", "ad")[1].splitlines()  # for people: ClassAd text
         before = json.loads(out)
         assert (before["Site"], before["Price"], before["Cpus"], before["Memory"]) == ("b", 0.25, 2.0, 2048)
         assert before["AllowedVOs"] == ["bio"] and before["OpSys"] == "LINUX"

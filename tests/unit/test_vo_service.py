@@ -23,14 +23,15 @@ def test_life_cycle(vo):
     assert vo.cli("vo", "add", "bio", "alice", "--role", "analyst")[0] == 0
     code, token, _ = vo.cli("vo", "issue", "bio", "alice", "--ttl", "1h")
     assert code == 0
-    code, out, _ = vo.cli("cred", "show", input=token)
+    code, out, _ = vo.cli("cred", "show", "--json", input=token)
     shown = json.loads(out)
+    assert vo.cli("cred", "show", input=token)[1].startswith("alice@bio: verified, expires in ")
     assert code == 0 and shown["verified"] and shown["sub"] == "alice" and shown["roles"] == ["analyst"]
     assert 3500 < shown["expires_in"] <= 3600
     # Operation: roles change for credentials issued later.
     assert vo.cli("vo", "add", "bio", "alice", "--role", "admin")[0] == 0
     code, token2, _ = vo.cli("vo", "issue", "bio", "alice")
-    assert json.loads(vo.cli("cred", "show", input=token2)[1])["roles"] == ["admin"]
+    assert json.loads(vo.cli("cred", "show", "--json", input=token2)[1])["roles"] == ["admin"]
     rows = json.loads(vo.cli("vo", "ls", "--json")[1])
     assert [(m["user"], m["roles"]) for m in rows[0]["members"]] == [("alice", ["admin"]), ("carol", ["owner"])]
     # Removal revokes what the member holds.

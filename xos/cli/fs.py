@@ -1,4 +1,4 @@
-"""`xos serve mrc|osd` and `xos fs ...`: the file system's daemons and verbs."""
+"""`xos fs`: mounts, volumes, OSDs, a file's replicas, and copies in and out of the grid file system."""
 
 from __future__ import annotations
 
@@ -13,45 +13,18 @@ import urllib.parse
 from typing import Any
 
 from xos import paths
+from xos.cli import common
 from xos.errors import InvalidInput, NotFound, XosError
-from xos.wire import lean as httpd
-
-MRC_PORT = 32636
-OSD_PORT = 32640
+from xos.paths import MRC_PORT
 
 
-def add_serve(serve: Any) -> None:
-    """The daemons' flags."""
-    m = serve.add_parser("mrc", help="the grid file system's catalogue: volumes, namespace, replicas")
-    m.add_argument("--listen", default=f"0.0.0.0:{MRC_PORT}", help=f"HOST:PORT (default 0.0.0.0:{MRC_PORT})")
-    m.add_argument("--key", required=True, help="file with the key the MRC shares with its OSDs")
-    m.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
-    m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
-    m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
-    m.add_argument("--cap-ttl", type=float, default=600.0, help="seconds a capability is good for (clients renew)")
-    m.add_argument("--vo-url", action="append", default=[], dest="vo_urls",
-                   help="VO service whose revocations to follow (repeatable): its revoked credentials are refused")
-    m.add_argument("--log-level", default="INFO")
-    o = serve.add_parser("osd", help="a grid file system object store")
-    o.add_argument("--id", required=True, help="the OSD's name")
-    o.add_argument("--dir", required=True, help="where the objects live")
-    o.add_argument("--listen", default=f"0.0.0.0:{OSD_PORT}", help=f"HOST:PORT (default 0.0.0.0:{OSD_PORT})")
-    o.add_argument("--url", help="the URL clients reach it at (default http://LISTEN)")
-    o.add_argument("--mrc", required=True, help="the MRC's URL")
-    o.add_argument("--key", required=True, help="file with the key shared with the MRC")
-    o.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
-    o.add_argument("--vo-url", action="append", default=[], dest="vo_urls",
-                   help="VO service whose revocations to follow (repeatable): its revoked credentials are refused")
-    o.add_argument("--log-level", default="INFO")
-
-
-def add_verbs(sub: Any) -> None:
+def add(sub: Any) -> None:
     """`xos fs ...`."""
     fs = sub.add_parser("fs", help="the grid file system").add_subparsers(dest="verb", required=True)
     m = fs.add_parser("mount", help="mount a volume: xos fs mount MRC_URL/VOLUME MOUNTPOINT")
     m.add_argument("source")
     m.add_argument("mountpoint")
-    m.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
+    common.cred(m)
     m.add_argument("--foreground", action="store_true", help="serve the mount in this process")
     m.add_argument("--uid", type=int, help="local uid shown for your own files (default: yours)")
     m.add_argument("--gid", type=int, help="local gid shown for your VO (default: yours)")
@@ -59,61 +32,49 @@ def add_verbs(sub: Any) -> None:
                    help="let other local users in (they act with your credential, within the mode bits)")
     m.add_argument("--sync-close", action="store_true",
                    help="close() returns once the file is on stable storage at every replica, as fsync() does")
+    m.set_defaults(run=mount)
     fs.add_parser("umount", help="unmount").add_argument("mountpoint")
-    for verb, hlp in (("mkvol", "make a volume"), ("rmvol", "remove a volume and its files"),
-                      ("lsvol", "list volumes"), ("osds", "the OSDs, their room and load")):
-        p = fs.add_parser(verb, help=hlp)
-        if verb in ("mkvol", "rmvol"):
+    fs.choices["umount"].set_defaults(run=umount)
+
+    def admin_verb(parent: Any, name: str, hlp: str, what: str) -> None:
+        p = parent.add_parser(name, help=hlp)
+        if what in ("create", "rm"):
             p.add_argument("volume")
-        p.add_argument("--mrc", required=True, help="the MRC's URL")
-        p.add_argument("--cred", help="credential file (default $XOS_CREDENTIAL)")
-        p.add_argument("--json", action="store_true")
-        if verb == "mkvol":
+        common.address(p, "mrc")
+        common.cred(p)
+        common.json_flag(p)
+        if what == "create":
             p.add_argument("--vo", help="owner VO (default: your credential's)")
             p.add_argument("--stripe-size", default="1M")
             p.add_argument("--stripe-width", type=int, default=1)
             p.add_argument("--replicas", type=int, default=1)
             p.add_argument("--acl", action="append", default=[], help="VO=rw or USER@VO=r: let others in")
+        p.set_defaults(run=admin, what=what)
+
+    vol = fs.add_parser("vol", help="volumes").add_subparsers(dest="vol_verb", required=True)
+    admin_verb(vol, "create", "make a volume", "create")
+    admin_verb(vol, "ls", "list volumes", "ls")
+    admin_verb(vol, "rm", "remove a volume and its files (its owner or the VO's admin)", "rm")
+    osd = fs.add_parser("osd", help="object stores").add_subparsers(dest="osd_verb", required=True)
+    admin_verb(osd, "ls", "the OSDs, their room and load", "osds")
+    for old, new, what in (("mkvol", "xos fs vol create", "create"), ("lsvol", "xos fs vol ls", "ls"),
+                           ("rmvol", "xos fs vol rm", "rm"), ("osds", "xos fs osd ls", "osds")):
+        admin_verb(fs, old, common.old_spelling(new), what)
     for verb, hlp in (("stat", "a file's replicas, OSDs and striping"),
                       ("readonly", "make a file read-only for good, so it can be replicated"),
                       ("replicate", "add a replica of a read-only file"), ("unreplicate", "remove a replica")):
         p = fs.add_parser(verb, help=hlp)
         p.add_argument("path", help="a path in a mount, or MRC_URL/VOLUME/PATH")
-        p.add_argument("--cred", help="credential file (default: the mount's)")
-        p.add_argument("--json", action="store_true")
+        common.cred(p, "credential file (default: the mount's, or the token in $XOS_CREDENTIAL)")
+        common.json_flag(p)
         if verb in ("replicate", "unreplicate"):
             p.add_argument("--osd", action="append", default=[], help="OSD id (one per stripe column)")
+        p.set_defaults(run=files)
     c = fs.add_parser("cp", help="copy a file into or out of the grid file system, with progress")
     c.add_argument("src", help="local path, mount path or MRC_URL/VOLUME/PATH")
     c.add_argument("dst")
-    c.add_argument("--cred", help="credential file (default: the mount's or $XOS_CREDENTIAL)")
-
-
-def _trust(arg: str | None) -> str:
-    return arg or paths.trust_dir()
-
-
-def serve(args: argparse.Namespace) -> int:
-    """`xos serve mrc|osd`."""
-    from xos import log
-    from xos.fs.capability import load_secret
-    from xos.kernel import heap
-
-    log.setup(args.log_level)
-    heap.keep_buffers()
-    secret = load_secret(args.key)
-    if args.role == "mrc":
-        from xos.fs.mrc.service import MrcConfig, serve_mrc
-
-        httpd.run(serve_mrc(MrcConfig(paths.home(), args.listen, secret, _trust(args.trust), grace=args.grace,
-                                        idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls))))
-    else:
-        from xos.fs.osd.service import OsdConfig, serve_osd
-
-        url = (args.url or f"http://{args.listen}").rstrip("/")
-        httpd.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret,
-                                        _trust(args.trust), tuple(args.vo_urls))))
-    return 0
+    common.cred(c, "credential file (default: the mount's, or the token in $XOS_CREDENTIAL)")
+    c.set_defaults(run=copy)
 
 
 def _mounts_dir() -> str:
@@ -137,11 +98,11 @@ def _split_source(source: str) -> tuple[str, str, str]:
 
 def _locate(path: str, cred: str | None) -> tuple[Any, str]:
     """A Client and the volume path for a mount path or MRC_URL/VOLUME/PATH."""
-    from xos.fs.client.client import Client, credential_from
+    from xos.fs.client.client import Client
 
     if path.startswith(("http://", "https://")):
         url, volume, inner = _split_source(path)
-        return Client(url, volume, credential_from(cred)), inner
+        return Client(url, volume, common.token_from(cred) or ""), inner
     real = os.path.realpath(path)
     best = None
     with contextlib.suppress(FileNotFoundError):
@@ -159,7 +120,7 @@ def _locate(path: str, cred: str | None) -> tuple[Any, str]:
     if best is None:
         raise NotFound(f"{path} is not in a mounted grid volume (give MRC_URL/VOLUME/PATH instead)")
     mp, rec = best
-    token = credential_from(cred) if cred else rec["credential"]
+    token = common.token_from(cred) or "" if cred else rec["credential"]
     return Client(rec["url"], rec["volume"], token), "/" + os.path.relpath(real, mp).lstrip(".")
 
 
@@ -173,12 +134,12 @@ def _is_mount(path: str) -> bool:
 
 
 def mount(args: argparse.Namespace) -> int:
-    from xos.fs.client.client import Client, credential_from
+    from xos.fs.client.client import Client
 
     url, volume, inner = _split_source(args.source)
     if inner != "/":
         raise InvalidInput("mount a whole volume: MRC_URL/VOLUME")
-    token = credential_from(args.cred)
+    token = common.token_from(args.cred) or ""
     mp = os.path.realpath(args.mountpoint)
     if not os.path.isdir(mp):
         raise InvalidInput(f"mount point {mp} is not a directory")
@@ -243,21 +204,14 @@ def umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
-
-
 def admin(args: argparse.Namespace) -> int:
-    """mkvol, rmvol, lsvol, osds."""
+    """Volumes and OSDs: create, ls, rm; osd ls."""
     from xos import units
-    from xos.fs.client.client import Client, credential_from
+    from xos.fs.client.client import Client
 
-    c = Client(args.mrc, "", credential_from(args.cred))
-    base = args.mrc.rstrip("/")
-    if args.verb == "mkvol":
+    base = common.mrc(args)
+    c = Client(base, "", common.token(args) or "")
+    if args.what == "create":
         acl = {}
         for entry in args.acl:
             who, sep, rights = entry.partition("=")
@@ -270,15 +224,12 @@ def admin(args: argparse.Namespace) -> int:
             body["vo"] = args.vo
         res = c._json("POST", f"{base}/v1/volumes", body)
         print(json.dumps(res) if args.json else f"volume {res['name']} created")
-    elif args.verb == "rmvol":
-        c._json("DELETE", f"{base}/v1/volumes/{args.volume}")
-        print(f"volume {args.volume} removed")
-    elif args.verb == "lsvol":
+    elif args.what == "rm":
+        res = c._json("DELETE", f"{base}/v1/volumes/{args.volume}")
+        common.emit(args, res, common.say(f"volume {args.volume} removed"))
+    elif args.what == "ls":
         vols = c._json("GET", f"{base}/v1/volumes")["volumes"]
-        if args.json:
-            print(json.dumps(vols))
-        else:
-            _table(vols, ["name", "vo", "stripe_size", "stripe_width", "replicas"])
+        common.emit(args, vols, lambda v: common.table(v, ["name", "vo", "stripe_size", "stripe_width", "replicas"]))
     else:
         osds = c._json("GET", f"{base}/v1/osds")["osds"]
         if args.json:
@@ -287,7 +238,7 @@ def admin(args: argparse.Namespace) -> int:
             for o in osds:
                 o["capacity"], o["free"] = units.human_size(o["capacity"]), units.human_size(o["free"])
                 o["state"] = "up" if o["alive"] else "DOWN"
-            _table(osds, ["id", "url", "state", "capacity", "free", "load"])
+            common.table(osds, ["id", "url", "state", "capacity", "free", "load"])
     return 0
 
 
@@ -404,16 +355,3 @@ def _in_mount(path: str) -> bool:
         return True
     except (NotFound, XosError):
         return False
-
-
-def run(args: argparse.Namespace) -> int:
-    """`xos fs VERB`."""
-    if args.verb == "mount":
-        return mount(args)
-    if args.verb == "umount":
-        return umount(args)
-    if args.verb in ("mkvol", "rmvol", "lsvol", "osds"):
-        return admin(args)
-    if args.verb == "cp":
-        return copy(args)
-    return files(args)

@@ -24,11 +24,10 @@ from pyroute2 import IPRoute
 from xos.identity import credential
 from xos.kernel import spawn as sp
 from xos.node import network
+from xos.paths import MRC_PORT, OSD_PORT
 from xos.testing import Terminal, TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
 
 FS_NET = "198.18.1"
-MRC_PORT = 32636
-OSD_PORT = 32640
 
 
 @dataclass
