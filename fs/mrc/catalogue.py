@@ -6,13 +6,11 @@ with SIGKILL keeps everything it acknowledged (WAL; SQLite commits before the an
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from xos.errors import (
@@ -22,167 +20,35 @@ from xos.errors import (
     FileExists,
     InvalidInput,
     IsADirectory,
-    NameTooLong,
-    NoSpace,
     NoSuchAttribute,
     NoSuchFile,
     NotADirectory,
-    NotFound,
     NotPermitted,
     TooManyLinks,
 )
-from xos.fs.layout import INLINE_MAX, Replica, Striping, Xloc
+from xos.fs.layout import INLINE_MAX
+from xos.fs.mrc.records import (
+    COLUMNS,
+    LISTING_VERSION,
+    MAX_LINKS,
+    MAX_XATTR,
+    SCHEMA,
+    SPECIAL,
+    Caller,
+    Inode,
+    Made,
+    R,
+    Volume,
+    W,
+    X,
+    may,
+    split,
+)
+from xos.fs.mrc.volumes import VolumeTable
 from xos.sqlite import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS volumes (
-    name TEXT PRIMARY KEY, vo TEXT NOT NULL, acl TEXT NOT NULL, stripe_size INTEGER NOT NULL,
-    stripe_width INTEGER NOT NULL, replicas INTEGER NOT NULL, root INTEGER NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS inodes (
-    ino INTEGER PRIMARY KEY AUTOINCREMENT, volume TEXT NOT NULL, fid TEXT NOT NULL, mode INTEGER NOT NULL,
-    owner TEXT NOT NULL, grp TEXT NOT NULL, size INTEGER NOT NULL DEFAULT 0, nlink INTEGER NOT NULL,
-    atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL, parent INTEGER NOT NULL DEFAULT 0,
-    target TEXT, inline BLOB, stripe_size INTEGER NOT NULL, stripe_width INTEGER NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0, xloc TEXT, xver INTEGER NOT NULL DEFAULT 0,
-    readonly INTEGER NOT NULL DEFAULT 0, cver INTEGER NOT NULL DEFAULT 0, rdev INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS dentries (parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
-    PRIMARY KEY (parent, name)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dentries_ino ON dentries (ino);
-CREATE TABLE IF NOT EXISTS xattrs (ino INTEGER NOT NULL, name TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (ino, name)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS osds (id TEXT PRIMARY KEY, url TEXT NOT NULL, capacity INTEGER NOT NULL,
-    free INTEGER NOT NULL, load REAL NOT NULL, seen REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS orphans (fid TEXT PRIMARY KEY, osds TEXT NOT NULL, since REAL NOT NULL);
-"""
 
-# A directory's cver counts changes to what its listing shows (names, and the attributes a listing
-# row holds), so a client revalidates a listing it holds with one number instead of fetching it again.
-# Triggers, so that no change can forget it: recursive triggers are off, the bump does not cascade.
-LISTING_VERSION = """
-CREATE TRIGGER IF NOT EXISTS listing_attrs
-    AFTER UPDATE OF mode, owner, grp, size, nlink, atime, mtime, ctime, inline, readonly ON inodes
-    BEGIN UPDATE inodes SET cver = cver + 1 WHERE ino IN (SELECT parent FROM dentries WHERE ino = NEW.ino); END;
-CREATE TRIGGER IF NOT EXISTS listing_add AFTER INSERT ON dentries
-    BEGIN UPDATE inodes SET cver = cver + 1 WHERE ino = NEW.parent; END;
-CREATE TRIGGER IF NOT EXISTS listing_remove AFTER DELETE ON dentries
-    BEGIN UPDATE inodes SET cver = cver + 1 WHERE ino = OLD.parent; END;
-"""
-
-MAX_NAME = 255
-SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
-MAX_XATTR = 64 << 10
-MAX_LINKS = 65000
-R, W, X = 4, 2, 1
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: a grid identity, their VO, and the rights the volume's ACL gives them."""
-
-    who: str  # "user@vo"
-    vo: str
-    rights: str = "rw"
-    roles: tuple[str, ...] = ()  # from the credential; "admin" may give files away within the VO
-    session: str = ""  # the mount asking (its leases do not stand in its own way)
-
-
-@dataclass(frozen=True)
-class Made:
-    """What a lease holder wrote in a file it made before it told the MRC of it: content and times."""
-
-    data: bytes
-    atime: float
-    mtime: float
-    ctime: float
-
-
-@dataclass(frozen=True)
-class Volume:
-    name: str
-    vo: str
-    acl: dict[str, str]
-    striping: Striping
-    replicas: int
-    root: int
-
-    def rights(self, who: str, vo: str) -> str:
-        """What the ACL lets `who` do: the owner VO everything; others what an entry names, if any."""
-        if vo == self.vo:
-            return "rw"
-        return self.acl.get(who, self.acl.get(vo, ""))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "vo": self.vo, "acl": self.acl, "stripe_size": self.striping.size,
-                "stripe_width": self.striping.width, "replicas": self.replicas}
-
-
-@dataclass
-class Inode:
-    ino: int
-    fid: str
-    mode: int
-    owner: str
-    grp: str
-    size: int
-    nlink: int
-    atime: float
-    mtime: float
-    ctime: float
-    parent: int
-    target: str | None
-    inline: bytes | None
-    stripe_size: int
-    stripe_width: int
-    epoch: int
-    xloc: str | None
-    xver: int
-    readonly: int = 0  # sealed: never written again, so replicas can be added at any time
-    rdev: int = 0  # the device a character or block special file stands for
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    def attrs(self) -> dict[str, Any]:
-        """What getattr answers."""
-        return {"ino": self.ino, "mode": self.mode, "owner": self.owner, "group": self.grp, "size": self.size,
-                "nlink": self.nlink, "atime": self.atime, "mtime": self.mtime, "ctime": self.ctime,
-                "inline": self.inline is not None, "readonly": bool(self.readonly), "rdev": self.rdev}
-
-    def layout(self) -> Xloc | None:
-        return Xloc.from_json(json.loads(self.xloc)) if self.xloc else None
-
-
-COLUMNS = ("ino, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, target, inline, stripe_size, "
-           "stripe_width, epoch, xloc, xver, readonly, rdev")
-
-
-def split(path: str) -> list[str]:
-    """The components of an absolute path inside a volume; BadPath for anything that could escape it."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise BadPath(f"path {path!r} must be absolute inside the volume")
-    parts = [p for p in path.split("/") if p]
-    for p in parts:
-        if p in (".", "..") or "\0" in p:
-            raise BadPath(f"path {path!r}: '.', '..' and NUL are not allowed in a volume path")
-        if len(p.encode()) > MAX_NAME:
-            raise NameTooLong(f"name {p[:40]!r}... is longer than {MAX_NAME} bytes")
-    return parts
-
-
-def _may(node: Inode, c: Caller, want: int) -> None:
-    if c.who == node.owner:
-        bits = (node.mode >> 6) & 7
-    elif c.vo == node.grp:
-        bits = (node.mode >> 3) & 7
-    else:
-        bits = node.mode & 7
-    if want & ~bits:
-        raise AccessDenied(f"{c.who} may not {'read' if want & R else 'write' if want & W else 'search'} "
-                           f"inode {node.ino} (mode {oct(node.mode & 0o7777)}, owner {node.owner})")
-
-
-class Catalogue:
+class Catalogue(VolumeTable):
     """Volumes, namespace and replica lists of one MRC."""
 
     def __init__(self, path: str) -> None:
@@ -197,59 +63,6 @@ class Catalogue:
     def close(self) -> None:
         self.db.close()
 
-    # volumes
-
-    def create_volume(self, name: str, vo: str, owner: str, acl: dict[str, str], striping: Striping,
-                      replicas: int, mode: int = 0o775) -> Volume:
-        """A new volume with an empty root directory owned by `owner`."""
-        if not 1 <= replicas <= 8:
-            raise InvalidInput(f"replica count {replicas} must be 1 to 8", field="replicas")
-        for who, rights in acl.items():
-            if not isinstance(rights, str) or set(rights) - set("rw"):
-                raise InvalidInput(f"ACL entry {who!r}: rights must be a subset of 'rw'", field="acl")
-        now = time.time()
-        with self.db.tx() as tx:
-            if tx.execute("SELECT 1 FROM volumes WHERE name=?", (name,)).fetchone():
-                raise FileExists(f"volume {name!r} exists")
-            cur = tx.execute(
-                "INSERT INTO inodes (volume, fid, mode, owner, grp, nlink, atime, mtime, ctime, stripe_size, "
-                "stripe_width) VALUES (?,?,?,?,?,2,?,?,?,?,?)",
-                (name, secrets.token_hex(16), stat.S_IFDIR | mode, owner, vo, now, now, now, striping.size,
-                 striping.width))
-            root = int(cur.lastrowid or 0)
-            tx.execute("INSERT INTO volumes VALUES (?,?,?,?,?,?,?,?)",
-                       (name, vo, json.dumps(acl), striping.size, striping.width, replicas, root, now))
-        self._volumes.pop(name, None)
-        return self.volume(name)
-
-    def volume(self, name: str) -> Volume:
-        """The volume `name`; NotFound otherwise."""
-        v = self._volumes.get(name)
-        if v is not None:
-            return v
-        row = self.db.execute("SELECT name, vo, acl, stripe_size, stripe_width, replicas, root FROM volumes "
-                              "WHERE name=?", (name,)).fetchone()
-        if row is None:
-            raise NotFound(f"no volume {name!r}", volume=name)
-        v = Volume(row[0], row[1], json.loads(row[2]), Striping(row[3], row[4]), row[5], row[6])
-        self._volumes[name] = v
-        return v
-
-    def volumes(self) -> list[Volume]:
-        return [self.volume(r[0]) for r in self.db.execute("SELECT name FROM volumes ORDER BY name")]
-
-    def delete_volume(self, name: str) -> list[tuple[str, str]]:
-        """Remove a volume and everything in it; the (fid, osds) whose objects must go."""
-        self.volume(name)
-        with self.db.tx() as tx:
-            gone = self._orphan(tx, "SELECT fid, xloc FROM inodes WHERE volume=? AND xloc IS NOT NULL", (name,))
-            tx.execute("DELETE FROM xattrs WHERE ino IN (SELECT ino FROM inodes WHERE volume=?)", (name,))
-            tx.execute("DELETE FROM dentries WHERE ino IN (SELECT ino FROM inodes WHERE volume=?)", (name,))
-            tx.execute("DELETE FROM inodes WHERE volume=?", (name,))
-            tx.execute("DELETE FROM volumes WHERE name=?", (name,))
-        self._volumes.pop(name, None)
-        return gone
-
     # lookups
 
     def _get(self, ino: int, conn: sqlite3.Connection | None = None) -> Inode:
@@ -261,7 +74,7 @@ class Catalogue:
     def _child(self, conn: sqlite3.Connection, parent: Inode, name: str, c: Caller) -> Inode | None:
         if not parent.is_dir:
             raise NotADirectory(f"inode {parent.ino} is not a directory")
-        _may(parent, c, X)
+        may(parent, c, X)
         self.guard(parent.ino, c)
         row = conn.execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=(SELECT ino FROM dentries WHERE parent=? "
                            "AND name=?)", (parent.ino, name)).fetchone()
@@ -303,7 +116,7 @@ class Catalogue:
         node = self.resolve(volume, path, c)
         if not node.is_dir:
             raise NotADirectory(f"{path} is not a directory")
-        _may(node, c, R)
+        may(node, c, R)
         self.guard(node.ino, c)
         version = self.listing_version(node.ino)
         rows = self.db.execute("SELECT d.name, i.ino, i.mode, i.owner, i.grp, i.size, i.nlink, i.atime, i.mtime, "
@@ -323,7 +136,7 @@ class Catalogue:
         node = self.resolve(volume, path, c)
         if not node.is_dir:
             raise NotADirectory(f"{path} is not a directory")
-        _may(node, c, R)
+        may(node, c, R)
         self.guard(node.ino, c)
         return self.listing_version(node.ino)
 
@@ -334,7 +147,7 @@ class Catalogue:
              when: float | None = None, rdev: int = 0) -> Inode:
         if c.rights.find("w") < 0:
             raise AccessDenied(f"{c.who} may only read volume {volume}")
-        _may(parent, c, W | X)
+        may(parent, c, W | X)
         if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
             raise FileExists(f"{name} exists")
         vol = self.volume(volume)
@@ -396,7 +209,7 @@ class Catalogue:
                 if old is not None:
                     if old.is_dir:
                         raise IsADirectory(f"{path} is a directory")
-                    _may(old, c, W)
+                    may(old, c, W)
                     return old
             node = self._new(tx, volume, parent, name, stat.S_IFREG | (mode & 0o7777), c, inline=b"")
             if dir_version is not None:
@@ -477,7 +290,7 @@ class Catalogue:
             if node.nlink >= MAX_LINKS:
                 raise TooManyLinks(f"{old} has {node.nlink} links")
             parent, name = self._parent(tx, volume, new, c)
-            _may(parent, c, W | X)
+            may(parent, c, W | X)
             if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
                 raise FileExists(f"{new} exists")
             now = time.time()
@@ -485,14 +298,6 @@ class Catalogue:
             tx.execute("UPDATE inodes SET nlink=nlink+1, ctime=? WHERE ino=?", (now, node.ino))
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
             return {**self._get(node.ino, tx).attrs(), "dirs": self._dirs(tx, parent.ino)}
-
-    def _orphan(self, tx: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
-        gone = []
-        for fid, xloc in tx.execute(sql, args).fetchall():
-            osds = json.dumps(sorted(Xloc.from_json(json.loads(xloc)).osds()))
-            tx.execute("INSERT OR REPLACE INTO orphans VALUES (?,?,?)", (fid, osds, time.time()))
-            gone.append((fid, osds))
-        return gone
 
     def _drop_link(self, tx: sqlite3.Connection, node: Inode) -> None:
         if node.nlink > 1 and not node.is_dir:
@@ -505,7 +310,7 @@ class Catalogue:
     def _may_remove(self, parent: Inode, node: Inode, c: Caller) -> None:
         if c.rights.find("w") < 0:
             raise AccessDenied(f"{c.who} may only read this volume")
-        _may(parent, c, W | X)
+        may(parent, c, W | X)
         if parent.mode & stat.S_ISVTX and c.who not in (node.owner, parent.owner):
             raise NotPermitted(f"the sticky directory lets only {node.owner} remove this")
 
@@ -554,7 +359,7 @@ class Catalogue:
                 raise NoSuchFile(f"{old} does not exist")
             dparent, dname = self._parent(tx, volume, new, c)
             self._may_remove(sparent, node, c)
-            _may(dparent, c, W | X)
+            may(dparent, c, W | X)
             if node.is_dir:  # never into itself
                 up = dparent
                 while True:
@@ -619,7 +424,7 @@ class Catalogue:
                 sets["grp"] = group
             if atime is not None or mtime is not None:
                 if not owned:
-                    _may(node, c, W)
+                    may(node, c, W)
                 if atime is not None:
                     sets["atime"] = atime
                 if mtime is not None:
@@ -635,7 +440,7 @@ class Catalogue:
                 if "w" not in c.rights:
                     raise AccessDenied(f"{c.who} may only read this volume")
                 if not (checked and owned):
-                    _may(node, c, W)
+                    may(node, c, W)
                 sets["size"] = size
                 sets["mtime"] = sets["ctime"]
                 if node.inline is not None:
@@ -668,7 +473,7 @@ class Catalogue:
         if write and node.readonly:
             raise NotPermitted(f"inode {node.ino} is read-only (sealed for replication)")
         if not (checked and c.who == node.owner):
-            _may(node, c, (R | W) if write else R)
+            may(node, c, (R | W) if write else R)
 
     def seal(self, volume: str, path: str, c: Caller) -> Inode:
         """Make a file read-only for good (XtreemFS's read-only replication): its owner only, with no way back."""
@@ -709,69 +514,6 @@ class Catalogue:
             tx.execute(f"UPDATE inodes SET {', '.join(k + '=?' for k in sets)} WHERE ino=?", (*sets.values(), ino))
             return self._get(ino, tx)
 
-    def place(self, ino: int, count: int) -> Inode:
-        """Give a file its OSD layout if it has none: `count` replicas over the live OSDs with most room."""
-        with self.db.tx() as tx:
-            node = self._get(ino, tx)
-            if node.xloc is not None:
-                return node
-            striping = Striping(node.stripe_size, node.stripe_width)
-            replicas = self.choose(striping.width, count, exclude=[])
-            if not replicas:
-                raise NoSpace(f"no {striping.width} live OSDs to place a file on")
-            xloc = Xloc(striping, tuple(replicas), node.xver + 1)
-            tx.execute("UPDATE inodes SET xloc=?, xver=? WHERE ino=?",
-                       (json.dumps(xloc.to_json()), xloc.version, ino))
-            return self._get(ino, tx)
-
-    def choose(self, width: int, count: int, exclude: list[tuple[str, ...]]) -> list[Replica]:
-        """Up to `count` new replicas of `width` live OSDs each, no column sharing an OSD with another replica."""
-        live = [r[0] for r in self.db.execute("SELECT id FROM osds WHERE seen>? ORDER BY free DESC, id",
-                                              (time.time() - self.grace,))]
-        if len(live) < width:
-            return []
-        taken: list[set[str]] = [set() for _ in range(width)]
-        for osds in exclude:
-            for col, o in enumerate(osds):
-                taken[col].add(o)
-        out: list[Replica] = []
-        for _ in range(count):
-            cols: list[str] = []
-            for col in range(width):
-                pick = next((o for o in live if o not in taken[col] and o not in cols), None)
-                if pick is None:
-                    return out
-                cols.append(pick)
-            for col, o in enumerate(cols):
-                taken[col].add(o)
-            out.append(Replica(tuple(cols)))
-            live = live[1:] + live[:1]  # spread the next replica's first column
-        return out
-
-    def set_xloc(self, ino: int, expect: int, replicas: list[Replica]) -> Xloc:
-        """Replace a file's replica list if its version is still `expect`; the new list."""
-        with self.db.tx() as tx:
-            node = self._get(ino, tx)
-            old = node.layout()
-            if old is None or node.xver != expect:
-                raise InvalidInput(f"the replica list of inode {ino} changed meanwhile (version {node.xver})")
-            xloc = Xloc(old.striping, tuple(replicas), expect + 1)
-            tx.execute("UPDATE inodes SET xloc=?, xver=? WHERE ino=?", (json.dumps(xloc.to_json()), xloc.version, ino))
-            return xloc
-
-    def replicated(self) -> list[tuple[Inode, int]]:
-        """Every file with OSD objects, with the replica count its volume wants (one query for all)."""
-        cols = ", ".join("i." + c.strip() for c in COLUMNS.split(","))
-        rows = self.db.execute(f"SELECT {cols}, v.replicas FROM inodes i JOIN volumes v ON v.name = i.volume "
-                               "WHERE i.xloc IS NOT NULL").fetchall()
-        return [(Inode(*r[:-1]), r[-1]) for r in rows]
-
-    def volume_of(self, ino: int) -> Volume:
-        row = self.db.execute("SELECT volume FROM inodes WHERE ino=?", (ino,)).fetchone()
-        if row is None:
-            raise NoSuchFile(f"no inode {ino}")
-        return self.volume(row[0])
-
     # extended attributes
 
     def setxattr(self, volume: str, path: str, name: str, value: bytes, c: Caller, flags: int = 0) -> None:
@@ -781,7 +523,7 @@ class Catalogue:
             raise InvalidInput(f"attribute value over {MAX_XATTR} bytes")
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
-            _may(node, c, W)
+            may(node, c, W)
             have = tx.execute("SELECT 1 FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).fetchone()
             if flags == 1 and have:  # XATTR_CREATE
                 raise FileExists(f"attribute {name} exists")
@@ -792,7 +534,7 @@ class Catalogue:
 
     def getxattr(self, volume: str, path: str, name: str, c: Caller) -> bytes:
         node = self.resolve(volume, path, c)
-        _may(node, c, R)
+        may(node, c, R)
         row = self.db.execute("SELECT value FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).fetchone()
         if row is None:
             raise NoSuchAttribute(f"no attribute {name}")
@@ -800,45 +542,12 @@ class Catalogue:
 
     def listxattr(self, volume: str, path: str, c: Caller) -> list[str]:
         node = self.resolve(volume, path, c)
-        _may(node, c, R)  # the names are the file's content as much as the values are
+        may(node, c, R)  # the names are the file's content as much as the values are
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (node.ino,))]
 
     def removexattr(self, volume: str, path: str, name: str, c: Caller) -> None:
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
-            _may(node, c, W)
+            may(node, c, W)
             if tx.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).rowcount == 0:
                 raise NoSuchAttribute(f"no attribute {name}")
-
-    # OSD registry and orphans
-
-    grace = 10.0  # seconds without a heartbeat after which an OSD counts as gone
-
-    def heartbeat(self, osd: str, url: str, capacity: int, free: int, load: float) -> None:
-        with self.db.tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO osds VALUES (?,?,?,?,?,?)",
-                       (osd, url, capacity, free, load, time.time()))
-
-    def osds(self) -> list[dict[str, Any]]:
-        now = time.time()
-        return [{"id": r[0], "url": r[1], "capacity": r[2], "free": r[3], "load": r[4], "seen": r[5],
-                 "alive": now - r[5] < self.grace}
-                for r in self.db.execute("SELECT id, url, capacity, free, load, seen FROM osds ORDER BY id")]
-
-    def urls(self) -> dict[str, str]:
-        return {r[0]: r[1] for r in self.db.execute("SELECT id, url FROM osds")}
-
-    def orphans(self) -> list[tuple[str, list[str]]]:
-        return [(r[0], json.loads(r[1])) for r in self.db.execute("SELECT fid, osds FROM orphans LIMIT 256")]
-
-    def forget_orphan(self, fid: str, osds: list[str]) -> None:
-        with self.db.tx() as tx:
-            if osds:
-                tx.execute("UPDATE orphans SET osds=? WHERE fid=?", (json.dumps(osds), fid))
-            else:
-                tx.execute("DELETE FROM orphans WHERE fid=?", (fid,))
-
-    def statfs(self) -> dict[str, int]:
-        live = [o for o in self.osds() if o["alive"]]
-        files = self.db.execute("SELECT count(*) FROM inodes").fetchone()[0]
-        return {"capacity": sum(o["capacity"] for o in live), "free": sum(o["free"] for o in live), "files": files}

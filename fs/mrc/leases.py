@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from xos.fs.mrc.catalogue import Caller
+from xos.fs.mrc.records import Caller
 
 TERM = 2.0  # seconds a lease runs unless renewed; a holder gone silent holds others up this long at most
 # A lease is recalled no sooner than this after it was granted: mounts creating in one directory take

@@ -16,7 +16,8 @@ import aiohttp
 
 from xos.errors import InvalidInput, NoReplica, NoSpace, NotFound, Unavailable
 from xos.fs.layout import Replica, Xloc
-from xos.fs.mrc.catalogue import Catalogue, Inode
+from xos.fs.mrc.catalogue import Catalogue
+from xos.fs.mrc.records import Inode
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
-from xos.fs.mrc.catalogue import Caller, Catalogue, Inode, Made
+from xos.fs.mrc.catalogue import Catalogue
 from xos.fs.mrc.leases import RESERVE, Leases, Recall
+from xos.fs.mrc.records import Caller, Inode, Made
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from xos.fs.mrc import leases
-from xos.fs.mrc.catalogue import Caller
 from xos.fs.mrc.leases import Leases, Recall
+from xos.fs.mrc.records import Caller
 
 A = Caller("alice@vo", "vo", "rw", (), "sessiona")
 B = Caller("bob@vo", "vo", "rw", (), "sessionb")
