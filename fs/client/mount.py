@@ -11,12 +11,9 @@ shown as the accounts they map to here: the mounting identity as the mounting us
 
 from __future__ import annotations
 
-import base64
 import errno
-import grp
 import logging
 import os
-import pwd
 import stat
 import struct
 import threading
@@ -25,24 +22,21 @@ from collections.abc import Callable
 from typing import Any
 
 from xos._native._fuse import ffi, lib
-from xos.errors import Unavailable, XosError
+from xos.errors import XosError
+from xos.fs.client.accounts import Accounts
 from xos.fs.client.client import Client, Open, errno_of, row_attrs
-from xos.fs.layout import ALSO, INLINE_MAX
+from xos.fs.client.files import Dir, OpenFiles
+from xos.fs.client.made import MADE_BATCH, Unborn
+from xos.fs.layout import ALSO
 
 log = logging.getLogger(__name__)
 
 IO_SIZE = 1 << 20
 ATTR_TTL = 1.0
-NOBODY = 65534
 HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
-LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
-LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
-MADE_BATCH = 512
-MADE_BYTES = 512 << 10  # a call's worth of made files (content in base64): half of what the MRC takes (rpc.MAX_BODY)
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
-GATHER = 0.01  # seconds the sender lets files made here gather before it sends them: a batch per call
 
 _tl = threading.local()
 
@@ -53,89 +47,7 @@ def interrupted() -> bool:
     return req is not None and bool(lib.fuse_req_interrupted(req))
 
 
-class Accounts:
-    """Grid identities as local uids and gids, both ways."""
-
-    def __init__(self, me: str, uid: int, gid: int) -> None:
-        self.me = me
-        self.vo = me.partition("@")[2]
-        self.uid, self.gid = uid, gid
-        self._uids: dict[str, int] = {me: uid}
-        self._gids: dict[str, int] = {self.vo: gid}
-
-    def uid_of(self, who: str) -> int:
-        uid = self._uids.get(who)
-        if uid is None:
-            user, _, vo = who.partition("@")
-            try:
-                uid = pwd.getpwnam(f"{user}.{vo}").pw_uid
-            except KeyError:
-                uid = NOBODY
-            self._uids[who] = uid
-        return uid
-
-    def gid_of(self, vo: str) -> int:
-        gid = self._gids.get(vo)
-        if gid is None:
-            try:
-                gid = grp.getgrnam(vo).gr_gid
-            except KeyError:
-                gid = NOBODY
-            self._gids[vo] = gid
-        return gid
-
-    def who_of(self, uid: int) -> str:
-        for who, u in self._uids.items():
-            if u == uid and u != NOBODY:
-                return who
-        try:
-            user, _, vo = pwd.getpwuid(uid).pw_name.partition(".")
-        except KeyError:
-            raise OSError(errno.EPERM, 'no grid identity') from None
-        if not vo:
-            raise OSError(errno.EPERM, 'no grid identity')
-        return f"{user}@{vo}"
-
-    def vo_of(self, gid: int) -> str:
-        for vo, g in self._gids.items():
-            if g == gid:
-                return vo
-        try:
-            return grp.getgrgid(gid).gr_name
-        except KeyError:
-            raise OSError(errno.EPERM, 'no grid identity') from None
-
-
-class Dir:
-    """An open directory: its listing as of opendir (rows: name, then LISTING), which readdir pages through."""
-
-    def __init__(self, rows: list[list[Any]]) -> None:
-        self.rows = rows
-
-
-class Unborn:
-    """A file made here under a directory lease and used before the MRC heard of it. What is written to it
-    (up to the inline limit), its mode and its times stay here and go to the MRC with the file itself, a
-    batch of files per call: cp, tar x and git write a file, set its times and mode and close it, and
-    each of those would otherwise be a round trip. Once sent, the handle is opened at the MRC on its
-    next use; until then `lock` orders the sender against the handle's writes."""
-
-    def __init__(self, node: int, fh: int, attr: Any) -> None:
-        self.node, self.fh, self.attr = node, fh, attr  # attr: struct xf_attr, as the kernel is told
-        self.data = bytearray()
-        self.lock = threading.Lock()
-        self.sent = False  # on its way to the MRC or there: the handle must be opened there to go on
-        self.lost = False  # the MRC did not take it (the lease had run out and the name was taken)
-        self.closed = False
-
-    def content(self) -> dict[str, Any]:
-        """What goes to the MRC with the file (under `lock`)."""
-        a = self.attr
-        return {"inline": base64.b64encode(bytes(self.data)).decode(), "atime": a.atime_ns / 1e9,
-                "mtime": a.mtime_ns / 1e9, "ctime": a.ctime_ns / 1e9}
-
-
-class GridFS:
+class GridFS(OpenFiles):
     """The requests the native loop passes on, by node id."""
 
     def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL, sync_close: bool = False) -> None:
@@ -301,256 +213,6 @@ class GridFS:
             since, n = now, 0
         self._misses[parent] = (since, n + 1)
         return n + 1 >= HOT
-
-    def _handle(self, what: Open | Dir) -> int:
-        with self._lock:
-            fh = self._next
-            self._next += 1
-            self._handles[fh] = what
-            return fh
-
-    def _file(self, fh: int, node: int) -> Open:
-        what = self._handles.get(fh)
-        if (what is None and fh & lib.XF_LOCAL_FH) or isinstance(what, Unborn):
-            what = self._adopt(fh, node)
-        if not isinstance(what, Open):
-            raise OSError(errno.EBADF, "no such open file")
-        return what
-
-    def _adopt(self, fh: int, node: int) -> Open:
-        """The Open behind a handle the native loop gave out for a file it made under a lease, opened at
-        the MRC the first time it needs the MRC (the file is sent there first if it is still here)."""
-        with self._adopting:
-            what = self._handles.get(fh)
-            if isinstance(what, Open):
-                return what
-            if isinstance(what, Unborn):
-                if not what.sent:
-                    self.send_made()
-                if what.lost:
-                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
-            st = self.c.open_handle(self.path(node), True)
-            self._unplan(st.ino)
-            with self._lock:
-                self._handles[fh] = st
-                if isinstance(what, Unborn):  # an open file like any other from now
-                    self._unborn.pop(node, None)
-            if not isinstance(what, Unborn):  # an Unborn's handle comes here and counts as a writer already
-                lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
-                lib.xf_writers(node, 1)
-            return st
-
-    # files made here, used before the MRC heard of them
-
-    def _may_stay_here(self, c: Any) -> bool:
-        """Whether request `c` is on a file made here that may not need the MRC."""
-        if c.op in (lib.XF_WRITE, lib.XF_READ, lib.XF_FLUSH, lib.XF_RELEASE, lib.XF_FSYNC):
-            return bool(c.fh & lib.XF_LOCAL_FH)
-        if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
-            u = self._unborn.get(c.node)
-            return u is not None and not u.sent
-        return False
-
-    def _unborn_of(self, fh: int, node: int) -> Unborn | None:
-        """The Unborn behind local handle `fh`: made on its first use while the file is still queued for
-        the MRC (the sender holds the made lock while it sends, so a queued file is not half sent)."""
-        what = self._handles.get(fh)
-        if isinstance(what, Unborn) or what is not None or not fh & lib.XF_LOCAL_FH:
-            return what if isinstance(what, Unborn) else None
-        a = ffi.new("struct xf_attr *")
-        with self._lock:  # the sender looks for Unborns under it, after it took the files from the queue
-            u = None
-            if fh not in self._handles and lib.xf_queued(node) and lib.xf_attr_of(node, a):
-                u = self._handles[fh] = self._unborn[node] = Unborn(node, fh, a)
-        if u is None:
-            with self._made_lock:  # taken to be sent: the MRC has it once the sender lets go
-                return None
-        lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here
-        lib.xf_writers(node, 1)  # and its GETATTRs: its size and times are here
-        return u
-
-    def _set_here(self, req: Any, u: Unborn, c: Any) -> bool:
-        """Apply a SETATTR to a file still here, and answer it: whether it could be."""
-        a = u.attr
-        if c.to_set & lib.FUSE_SET_ATTR_UID and c.uid not in (0xFFFFFFFF, a.uid):
-            return False
-        if c.to_set & lib.FUSE_SET_ATTR_GID and c.gid not in (0xFFFFFFFF, a.gid):
-            return False
-        if c.to_set & lib.FUSE_SET_ATTR_SIZE and c.size > INLINE_MAX:
-            return False
-        if any(abs(t) >= (1 << 40) * 10**9 for t in (c.atime_ns, c.mtime_ns)):  # past what the MRC takes with a file
-            return False
-        with u.lock:
-            if u.sent or u.lost:
-                return False
-            now = _wall_ns()
-            if c.to_set & lib.FUSE_SET_ATTR_MODE:
-                a.mode = (a.mode & ~0o7777) | (c.mode & 0o7777)
-            if c.to_set & lib.FUSE_SET_ATTR_ATIME:
-                a.atime_ns = now if c.atime_ns == -1 else (c.atime_ns + 500) // 1000 * 1000
-            if c.to_set & lib.FUSE_SET_ATTR_MTIME:
-                a.mtime_ns = now if c.mtime_ns == -1 else (c.mtime_ns + 500) // 1000 * 1000
-            if c.to_set & lib.FUSE_SET_ATTR_SIZE:  # as the MRC truncates: the mtime is the change's time
-                del u.data[c.size:]
-                u.data.extend(bytes(c.size - len(u.data)))
-                a.size, a.mtime_ns = c.size, now
-            a.ctime_ns = now
-            lib.xf_reply_attr(req, c.node, a, self.ttl, 0)
-        return True
-
-    def _write_here(self, req: Any, u: Unborn, c: Any) -> bool:
-        """Write into a file still here, and answer: whether it could be (it stays within the inline limit)."""
-        end = c.off + c.len
-        with u.lock:
-            if u.sent or u.lost or end > INLINE_MAX:
-                return False
-            if c.off > len(u.data):
-                u.data.extend(bytes(c.off - len(u.data)))
-            u.data[c.off:end] = ffi.buffer(c.buf, c.len)
-            u.attr.size = len(u.data)
-            u.attr.mtime_ns = u.attr.ctime_ns = _wall_ns()
-        lib.fuse_reply_write(req, c.len)
-        return True
-
-    # reads straight from the OSDs
-
-    def _plan(self, fh: int, st: Open) -> bool:
-        """Let the native loop serve reads of read-only handle `fh` from the OSDs itself; whether it does."""
-        if st.write or st.inline is not None or st.xloc is None or not st.xloc.replicas:
-            return False
-        replica = st.xloc.replicas[min(st.prefer, len(st.xloc.replicas) - 1)]
-        osds = [st.xloc.urls.get(o, "").partition("//")[2] for o in replica.osds]
-        if not all(osds):
-            return False
-        headers = "".join(f"{k}: {v}\r\n" for k, v in self.c._osd_headers(st).items())
-        if lib.xf_plan(fh, st.fid.encode(), headers.encode(), st.size, st.xloc.striping.size,
-                       b"".join(o.encode() + b"\0" for o in osds), len(osds)) != 0:
-            return False
-        with self._lock:
-            self._plans.setdefault(st.ino, set()).add(fh)
-        return True
-
-    def _unplan(self, ino: int) -> None:
-        """Every handle on inode `ino` reads through Python again: its bytes may be here, not at the OSDs."""
-        with self._lock:
-            fhs = self._plans.pop(ino, set())
-        for fh in fhs:
-            lib.xf_unplan(fh)
-
-    # directory leases
-
-    def _take_lease(self, node: int, path: str, st: Open, sent: float) -> None:
-        """Use the lease a create brought on directory `node`: the native loop answers absent names there
-        and makes files there itself, once the table holds the directory's listing as it is now."""
-        lease = st.lease
-        if not lease or not lease.get("term"):
-            return
-        had = ffi.new("uint64_t *")
-        if not lib.xf_listing(node, had) or len(st.dir_version) != 2 or had[0] != st.dir_version[1]:
-            self._fill(node, self.c.listing(path))  # the lease holds the names still: this listing is whole
-        lo, hi = lease.get("inos") or (0, 0)
-        self._leased[lease["dir"]] = node
-        lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
-
-    def send_made(self) -> None:
-        """Tell the MRC about the files made here, in the order they were made, a call per directory."""
-        with self._made_lock:
-            while n := lib.xf_take_made(self._made_buf, MADE_BATCH, 0):
-                batches: dict[tuple[int, int], list[tuple[str, int, int, float, int]]] = {}
-                for m in self._made_buf[0:n]:
-                    batches.setdefault((m.dir_ino, m.dir_node), []).append(
-                        (os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
-                for (dir_ino, dir_node), files in batches.items():
-                    self._send_batch(dir_ino, dir_node, files)
-
-    def _described(self, f: tuple[str, int, int, float, int]) -> list[Any]:
-        """A made file as the MRC takes it: with its content, mode and times if it was used here."""
-        with self._lock:
-            u = self._unborn.get(f[4])
-        if u is None:
-            return list(f[:4])
-        with u.lock:
-            u.sent = True
-            return [f[0], f[1], u.attr.mode, f[3], u.content()]
-
-    def _send_batch(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]]) -> None:
-        """Send files made in one directory, in calls that stay well within what the MRC takes in one body."""
-        described = [self._described(f) for f in files]
-        start, size = 0, 0
-        for i, d in enumerate(described):
-            more = 300 + (len(d[4]["inline"]) if len(d) == 5 else 0)
-            if i > start and size + more > MADE_BYTES:
-                self._send_part(dir_ino, dir_node, files[start:i], described[start:i])
-                start, size = i, 0
-            size += more
-        self._send_part(dir_ino, dir_node, files[start:], described[start:])
-
-    def _send_part(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]],
-                   described: list[list[Any]]) -> None:
-        deadline = time.monotonic() + self.c.deadline
-        while True:
-            try:
-                r = self.c.op("made", dir=dir_ino, files=described)
-                break
-            except Unavailable as e:
-                if time.monotonic() < deadline and not self.stopping.is_set():
-                    time.sleep(0.2)
-                    continue
-                r, err = {"made": {}, "refused": {}}, str(e)
-            except XosError as e:
-                r, err = {"made": {}, "refused": {}}, str(e)
-            log.error("files made here in directory %d are lost, the MRC did not take them: %s", dir_ino, err)
-            break
-        for name, _, _, _, node in files:
-            lib.xf_confirm(node, r["made"].get(name, 0))
-            u = self._unborn.get(node)
-            if u is not None:
-                u.lost = name not in r["made"]
-                if u.closed:
-                    with self._lock:
-                        self._unborn.pop(node, None)
-        for name, code in r["refused"].items():
-            log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, dir_ino, code)
-        if len(r.get("dir_version") or ()) == 2:
-            lib.xf_advance(dir_node, *r["dir_version"])
-        # The directory's times need no refresh: each create here set them to the file's time, which the MRC
-        # took as the directory's too (asking again cut creates across 10 directories from 15,900/s to 1,100).
-
-    def sender(self) -> None:
-        """Send files made here as they come, a few milliseconds' worth at a time."""
-        while not self.stopping.is_set():
-            if lib.xf_take_made(ffi.NULL, 0, 0.5):
-                time.sleep(GATHER)
-                self.send_made()
-
-    def recaller(self) -> None:
-        """Hand back the directories the MRC recalls: made files first, so whoever waits finds them."""
-        while not self.stopping.is_set():
-            try:
-                dirs = self.c.op("recalls")["dirs"]
-                if dirs:
-                    self.hand_back(dirs)
-            except XosError as e:
-                log.warning("directory leases: %s", e)
-                self.stopping.wait(0.5)
-
-    def hand_back(self, dirs: list[int]) -> None:
-        for ino in dirs:
-            node = self._leased.pop(ino, None)
-            if node is not None:
-                lib.xf_lease(node, ino, 0, 0, 0, 0)
-        self.send_made()
-        self.c.op("hand_back", dirs=dirs)
-
-    def stop(self) -> None:
-        """Unmounted: what was made here goes to the MRC, the leases back to it."""
-        self.stopping.set()
-        self.send_made()
-        if self._leased:
-            try:
-                self.hand_back(list(self._leased))
-            except XosError as e:
-                log.warning("directory leases not handed back (they run out): %s", e)
 
     def _entry(self, req: Any, parent: int, name: Any, a: dict[str, Any]) -> None:
         lib.xf_reply_entry(req, parent, name, self._attr(self._open_size(a)), self.ttl)
@@ -820,137 +482,14 @@ class GridFS:
             self._handles.pop(c.fh, None)
         lib.fuse_reply_err(req, 0)
 
-    # file contents
-
-    def create(self, req: Any, c: Any) -> None:
-        path, _ = self.child(c.node, c.name)
-        sent = time.monotonic()
-        try:
-            st = self.c.create_handle(path, c.mode & 0o7777, lease=not self.sync_close,
-                                      inos=lib.xf_lease_left(c.node) < LEASE_INOS // 2)
-        except XosError as e:  # created meanwhile elsewhere, and the caller did not ask for O_EXCL
-            if errno_of(e) != errno.EEXIST or c.flags & os.O_EXCL:
-                raise
-            st = self.c.open_handle(path, True)
-            if c.flags & os.O_TRUNC and st.size:
-                self.c.truncate(path, 0)
-        fh = self._handle(st)
-        self._unplan(st.ino)  # an existing file opened to write (not O_EXCL)
-        lib.xf_touch_dir(c.node, 0)
-        if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
-            lib.xf_advance(c.node, *st.dir_version)
-        self._take_lease(c.node, os.path.dirname(path), st, sent)
-        if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
-            self._close(fh, 0)  # not created, or interrupted: no release will come for it
-
-    def open(self, req: Any, c: Any) -> None:
-        write = (c.flags & os.O_ACCMODE) != os.O_RDONLY
-        path = self.path(c.node)
-        st = self.c.open_handle(path, write)
-        if c.flags & os.O_TRUNC and write and st.size:
-            self.c.truncate(path, 0)
-        fh = self._handle(st)
-        direct = False
-        if write:
-            self._unplan(st.ino)
-            lib.xf_writers(c.node, 1)
-        else:  # read around the page cache where the native loop fetches ahead itself (gridfuse.c)
-            direct = self._plan(fh, st) and bool(lib.xf_direct_reads())
-        if lib.xf_reply_open(req, c.fi, fh, int(direct)) != 0:
-            self._close(fh, c.node)
-
-    def read(self, req: Any, c: Any) -> None:
-        u = self._unborn_of(c.fh, c.node)
-        if u is not None:
-            with u.lock:
-                if not u.sent and not u.lost:
-                    data = bytes(u.data[c.off:c.off + c.size])
-                    lib.fuse_reply_buf(req, data, len(data))
-                    return
-        st = self._file(c.fh, c.node)
-        data = self.c.read(st, c.size, c.off)
-        lib.fuse_reply_buf(req, data, len(data))
-        if c.fh in self._plans.get(st.ino, ()):  # the native loop gave this read up: perhaps a renewed capability
-            self._plan(c.fh, st)
-
-    def write(self, req: Any, c: Any) -> None:
-        u = self._unborn_of(c.fh, c.node)
-        if u is not None and self._write_here(req, u, c):
-            return
-        lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
-        lib.fuse_reply_write(req, self.c.write(self._file(c.fh, c.node), ffi.unpack(c.buf, c.len), c.off))
-
-    def flush(self, req: Any, c: Any) -> None:
-        st = self._handles.get(c.fh)  # an Unborn's is nothing: it goes to the MRC whole, with the others
-        if isinstance(st, Open) and st.write:
-            if self.sync_close:
-                self.c.fsync(st)
-            else:
-                self.c.flush(st)
-            lib.xf_forget_attr(c.node)
-        lib.fuse_reply_err(req, 0)
-
-    def fsync(self, req: Any, c: Any) -> None:
-        what = self._handles.get(c.fh)
-        if c.fh & lib.XF_LOCAL_FH and not isinstance(what, Open):
-            self.send_made()  # made at the MRC, durably, with whatever was written here
-            if isinstance(what, Unborn):
-                if what.lost:
-                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
-                lib.fuse_reply_err(req, 0)
-                return
-        self.c.fsync(self._file(c.fh, c.node), bool(c.datasync))
-        lib.fuse_reply_err(req, 0)
-
-    def _close(self, fh: int, node: int) -> None:
-        lib.xf_written(fh, 0)
-        lib.xf_unplan(fh)
-        with self._lock:
-            st = self._handles.pop(fh, None)
-            if isinstance(st, Open):
-                self._plans.get(st.ino, set()).discard(fh)
-        if isinstance(st, Unborn):
-            with st.lock:
-                st.closed = True
-                if not st.sent:  # what the kernel may be told of it until it is sent: as it is here
-                    lib.xf_set_attr(st.node, st.attr, self.ttl)
-                else:
-                    lib.xf_forget_attr(st.node)
-                    with self._lock:
-                        self._unborn.pop(st.node, None)
-                lib.xf_writers(st.node, -1)
-            return
-        if not isinstance(st, Open):
-            return
-        try:
-            self.c.release(st)
-        finally:
-            if st.write:
-                lib.xf_forget_attr(node)  # its size and times as the MRC now has them
-                lib.xf_writers(node, -1)
-            hidden = self._hidden.get(st.ino)
-            if hidden is not None and self.c.opened(st.ino) is None:
-                del self._hidden[st.ino]
-                self.c.unlink(hidden)
-
-    def release(self, req: Any, c: Any) -> None:
-        self._close(c.fh, c.node)
-        lib.fuse_reply_err(req, 0)
-
-
-_served: GridFS | None = None
-
-
-def _wall_ns() -> int:
-    """Now, in whole microseconds as nanoseconds: what the MRC's times carry exactly (as the native loop's)."""
-    t = time.time_ns()
-    return t - t % 1000
-
 
 def _ns(seconds: float) -> int:
     """A time the MRC keeps (seconds in a double) in whole microseconds, rounded, as nanoseconds: all a double
     carries, and the same each time it is read, by whatever path (tar, make and rsync compare to the ns)."""
     return round(seconds * 1e6) * 1000
+
+
+_served: GridFS | None = None
 
 
 @ffi.def_extern()

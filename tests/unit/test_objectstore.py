@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xos.errors import NoSpace, NoSuchFile, ObjectCorrupt
-from xos.fs.osd.service import ALIGN, BLOCK, DIRECT_MIN, PENDING, ObjectStore
+from xos.fs.osd.store import ALIGN, BLOCK, DIRECT_MIN, PENDING, ObjectStore
 
 FID = "ab" * 16
 STRIPE = 8 * BLOCK

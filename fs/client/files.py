@@ -1,0 +1,228 @@
+"""Open files on a mount: handles, reads and writes through the client (or the native loop straight from the
+OSDs), flush, fsync and the close that commits a file's size at the MRC."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from xos._native._fuse import ffi, lib
+from xos.errors import XosError
+from xos.fs.client.client import Open, errno_of
+from xos.fs.client.made import MadeHere, Unborn
+
+LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
+
+log = logging.getLogger(__name__)
+
+
+class Dir:
+    """An open directory: its listing as of opendir (rows: name, then LISTING), which readdir pages through."""
+
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows = rows
+
+
+class OpenFiles(MadeHere):
+    """The part of the mount that serves open files."""
+
+    sync_close: bool
+    _next: int
+    _adopting: threading.Lock
+    _plans: dict[int, set[int]]
+    _hidden: dict[int, str]
+
+    def path(self, node: int) -> str:
+        raise NotImplementedError  # the mount's
+
+    def child(self, parent: int, name: Any) -> tuple[str, str]:
+        raise NotImplementedError  # the mount's
+
+    def _attr(self, a: dict[str, Any], out: Any = None) -> Any:
+        raise NotImplementedError  # the mount's
+
+    def _open_size(self, a: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError  # the mount's
+
+    def _handle(self, what: Open | Dir) -> int:
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._handles[fh] = what
+            return fh
+
+    def _file(self, fh: int, node: int) -> Open:
+        what = self._handles.get(fh)
+        if (what is None and fh & lib.XF_LOCAL_FH) or isinstance(what, Unborn):
+            what = self._adopt(fh, node)
+        if not isinstance(what, Open):
+            raise OSError(errno.EBADF, "no such open file")
+        return what
+
+    def _adopt(self, fh: int, node: int) -> Open:
+        """The Open behind a handle the native loop gave out for a file it made under a lease, opened at
+        the MRC the first time it needs the MRC (the file is sent there first if it is still here)."""
+        with self._adopting:
+            what = self._handles.get(fh)
+            if isinstance(what, Open):
+                return what
+            if isinstance(what, Unborn):
+                if not what.sent:
+                    self.send_made()
+                if what.lost:
+                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
+            st = self.c.open_handle(self.path(node), True)
+            self._unplan(st.ino)
+            with self._lock:
+                self._handles[fh] = st
+                if isinstance(what, Unborn):  # an open file like any other from now
+                    self._unborn.pop(node, None)
+            if not isinstance(what, Unborn):  # an Unborn's handle comes here and counts as a writer already
+                lib.xf_written(fh, 1)  # its FLUSH and RELEASE come here from now on
+                lib.xf_writers(node, 1)
+            return st
+
+    # reads straight from the OSDs
+
+    def _plan(self, fh: int, st: Open) -> bool:
+        """Let the native loop serve reads of read-only handle `fh` from the OSDs itself; whether it does."""
+        if st.write or st.inline is not None or st.xloc is None or not st.xloc.replicas:
+            return False
+        replica = st.xloc.replicas[min(st.prefer, len(st.xloc.replicas) - 1)]
+        osds = [st.xloc.urls.get(o, "").partition("//")[2] for o in replica.osds]
+        if not all(osds):
+            return False
+        headers = "".join(f"{k}: {v}\r\n" for k, v in self.c._osd_headers(st).items())
+        if lib.xf_plan(fh, st.fid.encode(), headers.encode(), st.size, st.xloc.striping.size,
+                       b"".join(o.encode() + b"\0" for o in osds), len(osds)) != 0:
+            return False
+        with self._lock:
+            self._plans.setdefault(st.ino, set()).add(fh)
+        return True
+
+    def _unplan(self, ino: int) -> None:
+        """Every handle on inode `ino` reads through Python again: its bytes may be here, not at the OSDs."""
+        with self._lock:
+            fhs = self._plans.pop(ino, set())
+        for fh in fhs:
+            lib.xf_unplan(fh)
+
+    def create(self, req: Any, c: Any) -> None:
+        path, _ = self.child(c.node, c.name)
+        sent = time.monotonic()
+        try:
+            st = self.c.create_handle(path, c.mode & 0o7777, lease=not self.sync_close,
+                                      inos=lib.xf_lease_left(c.node) < LEASE_INOS // 2)
+        except XosError as e:  # created meanwhile elsewhere, and the caller did not ask for O_EXCL
+            if errno_of(e) != errno.EEXIST or c.flags & os.O_EXCL:
+                raise
+            st = self.c.open_handle(path, True)
+            if c.flags & os.O_TRUNC and st.size:
+                self.c.truncate(path, 0)
+        fh = self._handle(st)
+        self._unplan(st.ino)  # an existing file opened to write (not O_EXCL)
+        lib.xf_touch_dir(c.node, 0)
+        if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
+            lib.xf_advance(c.node, *st.dir_version)
+        self._take_lease(c.node, os.path.dirname(path), st, sent)
+        if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
+            self._close(fh, 0)  # not created, or interrupted: no release will come for it
+
+    def open(self, req: Any, c: Any) -> None:
+        write = (c.flags & os.O_ACCMODE) != os.O_RDONLY
+        path = self.path(c.node)
+        st = self.c.open_handle(path, write)
+        if c.flags & os.O_TRUNC and write and st.size:
+            self.c.truncate(path, 0)
+        fh = self._handle(st)
+        direct = False
+        if write:
+            self._unplan(st.ino)
+            lib.xf_writers(c.node, 1)
+        else:  # read around the page cache where the native loop fetches ahead itself (gridfuse.c)
+            direct = self._plan(fh, st) and bool(lib.xf_direct_reads())
+        if lib.xf_reply_open(req, c.fi, fh, int(direct)) != 0:
+            self._close(fh, c.node)
+
+    def read(self, req: Any, c: Any) -> None:
+        u = self._unborn_of(c.fh, c.node)
+        if u is not None:
+            with u.lock:
+                if not u.sent and not u.lost:
+                    data = bytes(u.data[c.off:c.off + c.size])
+                    lib.fuse_reply_buf(req, data, len(data))
+                    return
+        st = self._file(c.fh, c.node)
+        data = self.c.read(st, c.size, c.off)
+        lib.fuse_reply_buf(req, data, len(data))
+        if c.fh in self._plans.get(st.ino, ()):  # the native loop gave this read up: perhaps a renewed capability
+            self._plan(c.fh, st)
+
+    def write(self, req: Any, c: Any) -> None:
+        u = self._unborn_of(c.fh, c.node)
+        if u is not None and self._write_here(req, u, c):
+            return
+        lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
+        lib.fuse_reply_write(req, self.c.write(self._file(c.fh, c.node), ffi.unpack(c.buf, c.len), c.off))
+
+    def flush(self, req: Any, c: Any) -> None:
+        st = self._handles.get(c.fh)  # an Unborn's is nothing: it goes to the MRC whole, with the others
+        if isinstance(st, Open) and st.write:
+            if self.sync_close:
+                self.c.fsync(st)
+            else:
+                self.c.flush(st)
+            lib.xf_forget_attr(c.node)
+        lib.fuse_reply_err(req, 0)
+
+    def fsync(self, req: Any, c: Any) -> None:
+        what = self._handles.get(c.fh)
+        if c.fh & lib.XF_LOCAL_FH and not isinstance(what, Open):
+            self.send_made()  # made at the MRC, durably, with whatever was written here
+            if isinstance(what, Unborn):
+                if what.lost:
+                    raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
+                lib.fuse_reply_err(req, 0)
+                return
+        self.c.fsync(self._file(c.fh, c.node), bool(c.datasync))
+        lib.fuse_reply_err(req, 0)
+
+    def _close(self, fh: int, node: int) -> None:
+        lib.xf_written(fh, 0)
+        lib.xf_unplan(fh)
+        with self._lock:
+            st = self._handles.pop(fh, None)
+            if isinstance(st, Open):
+                self._plans.get(st.ino, set()).discard(fh)
+        if isinstance(st, Unborn):
+            with st.lock:
+                st.closed = True
+                if not st.sent:  # what the kernel may be told of it until it is sent: as it is here
+                    lib.xf_set_attr(st.node, st.attr, self.ttl)
+                else:
+                    lib.xf_forget_attr(st.node)
+                    with self._lock:
+                        self._unborn.pop(st.node, None)
+                lib.xf_writers(st.node, -1)
+            return
+        if not isinstance(st, Open):
+            return
+        try:
+            self.c.release(st)
+        finally:
+            if st.write:
+                lib.xf_forget_attr(node)  # its size and times as the MRC now has them
+                lib.xf_writers(node, -1)
+            hidden = self._hidden.get(st.ino)
+            if hidden is not None and self.c.opened(st.ino) is None:
+                del self._hidden[st.ino]
+                self.c.unlink(hidden)
+
+    def release(self, req: Any, c: Any) -> None:
+        self._close(c.fh, c.node)
+        lib.fuse_reply_err(req, 0)
+
