@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,8 @@ async def peer_stage(url: str, tls: ssl.SSLContext, path: str, stage: str, part:
 
 
 async def peer_restore(url: str, tls: ssl.SSLContext, path: str, name: str, stage: str | None = None,
-                       progress: dict[str, Any] | None = None, lazy: tuple[str, int] | None = None) -> dict[str, Any]:
+                       on_sent: Callable[[int], None] | None = None,
+                       lazy: tuple[str, int] | None = None) -> dict[str, Any]:
     """Stream the image directory at `path`, as a tar made on the fly, to the peer API at `url` and have
     it restored there (`lazy`: its memory from the page server at that address and port)."""
     params = {"name": name}
@@ -32,11 +34,11 @@ async def peer_restore(url: str, tls: ssl.SSLContext, path: str, name: str, stag
         params["stage"] = stage
     if lazy:
         params.update(lazy_address=lazy[0], lazy_port=str(lazy[1]))
-    return await _peer_put(url, tls, path, "/v1/peer/restore", params, progress)
+    return await _peer_put(url, tls, path, "/v1/peer/restore", params, on_sent)
 
 
 async def _peer_put(url: str, tls: ssl.SSLContext, path: str, route: str, params: dict[str, str],
-                    progress: dict[str, Any] | None = None) -> dict[str, Any]:
+                    on_sent: Callable[[int], None] | None = None) -> dict[str, Any]:
     sent_all = False
 
     async def chunks() -> Any:
@@ -45,8 +47,8 @@ async def _peer_put(url: str, tls: ssl.SSLContext, path: str, route: str, params
         blocks = image.stream(path) if os.path.isdir(path) else _file_blocks(path)
         while (block := await loop.run_in_executor(None, next, blocks, None)) is not None:
             yield block
-            if progress is not None:
-                progress["sent"] = min(progress["sent"] + len(block), progress["total"])  # tar headers aside
+            if on_sent is not None:
+                on_sent(len(block))
         sent_all = True
 
     headers: dict[str, str] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 from xos.aem.jobspec import JobSpec
 from xos.errors import IllegalTransition, NotFound
+from xos.lifecycle import Lifecycle
 from xos.sqlite import Database
 
 
@@ -35,7 +36,8 @@ class State(enum.StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (State.DONE, State.FAILED, State.CANCELLED)
+        """Done, failed or cancelled: nothing follows."""
+        return JOB.final(self)
 
 
 S = State
@@ -52,6 +54,7 @@ LEGAL: dict[State, set[State]] = {
     S.FAILED: set(),
     S.CANCELLED: set(),
 }
+JOB = Lifecycle("job", LEGAL)
 
 # Control verbs of `xos job VERB` and the state each leads to.
 VERBS: dict[str, State] = {"hold": S.HELD, "release": S.QUEUED, "suspend": S.SUSPENDED, "resume": S.RUNNING,
@@ -173,14 +176,11 @@ class JobStore:
             if row is None:
                 raise NotFound(f"no job {job_id!r}", job=job_id)
             job = _job(row)
-            if to not in LEGAL[job.state]:
-                raise IllegalTransition(f"job {job_id} is {job.state.value}: it cannot become {to.value}",
-                                        job=job_id, state=job.state.value)
-            now = time.time()
+            t = JOB.step(job_id, job.state, to, reason, job=job_id)
             tx.execute("UPDATE jobs SET state=?, reason=?, updated=?, node=COALESCE(?, node), "
                        "exit_status=COALESCE(?, exit_status) WHERE id=?",
-                       (to.value, reason, now, node, exit_status, job_id))
-            tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, now, job.state.value, to.value, reason))
+                       (to.value, reason, t.at, node, exit_status, job_id))
+            tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, t.at, t.old, t.new, t.reason))
             if to.final:  # nothing will run as its owner again: the credential it was submitted with goes
                 tx.execute("UPDATE jobs SET credential='' WHERE id=?", (job_id,))
             return _job(tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone())

@@ -88,8 +88,8 @@ def add(sub: Any) -> None:
 def node(args: argparse.Namespace) -> int:
     """`xos serve node`: flags over the TOML file over the defaults."""
     from xos import log
-    from xos.node.api import serve_node
     from xos.node.config import NodeConfig
+    from xos.node.daemon import serve_node
 
     log.setup(args.log_level)
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",

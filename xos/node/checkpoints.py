@@ -30,7 +30,8 @@ from xos.errors import (
     XosError,
 )
 from xos.kernel import safepath
-from xos.node.store import WorkspaceRecord
+from xos.node.migration import Migration, Phase
+from xos.node.store import WorkspaceRecord, WorkspaceState
 from xos.node.workspace import Workspace, check_name
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ async def checkpoint(svc: NodeService, name: str, out: str, leave_running: bool 
     if os.path.lexists(out):
         raise InvalidInput(f"the image {out} exists already", field="out")
     async with ws.lock:
-        if ws.rec.state != "running":
+        if ws.rec.state != WorkspaceState.RUNNING:
             raise NotCheckpointable(f"workspace {name} is {ws.rec.state}; only a running workspace is checkpointed")
         outsiders = ws.tree_outsiders()
         if outsiders:
@@ -300,8 +301,8 @@ async def restore(svc: NodeService, path: str, name: str | None = None, parts: d
             if grid:
                 extra["grid"] = grid
             extra["origin"] = {"node": str(manifest.get("node", "")), "workspace": str(spec.get("id", ""))}
-            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid, gid=gid,
-                                  address=address, identity=identity, checkpoint=extra)
+            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state=WorkspaceState.CREATING, alloc=alloc,
+                                  uid=uid, gid=gid, address=address, identity=identity, checkpoint=extra)
             t1 = time.perf_counter()
             wdir = os.path.join(work, "work")
             if top.startswith(work + os.sep):
@@ -377,15 +378,20 @@ async def migrate(svc: NodeService, name: str, to: str, live: bool = False) -> d
     copies, never none."""
     url, tls = svc.config.peer_url(to), svc.config.host().client_context()
     svc.get(name)
-    progress = svc.progress.setdefault(name, {"phase": "starting", "sent": 0, "total": 0})
+    progress = svc.progress.setdefault(name, Migration(name, to))
     try:
-        return await _migrate(svc, name, to, url, tls, live, progress)
+        done = await _migrate(svc, name, to, url, tls, live, progress)
+        progress.enter(Phase.DONE, f"runs on {to}")
+        return {**done, "phases": [t.to_json() for t in progress.history]}
+    except BaseException as e:
+        progress.enter(Phase.FAILED, str(e) or type(e).__name__)
+        raise
     finally:
         svc.progress.pop(name, None)
 
 
 async def _migrate(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSLContext, live: bool,
-                   progress: dict[str, Any]) -> dict[str, Any]:
+                   progress: Migration) -> dict[str, Any]:
     mode = criu_mod.find().require().live if live else ""
     if live and not mode:
         raise criu_mod.LiveUnavailable(f"live migration needs the kernel to track dirty memory "
@@ -403,22 +409,22 @@ async def _migrate(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSLC
     try:
         prev = None
         if live:
-            progress["phase"] = "pre-dump"
+            progress.enter(Phase.PRE_DUMP)
             prev = await _pre_dumps(svc, name, work, url, tls, stage, rounds, parts)
         t0 = time.perf_counter()
-        progress["phase"] = "dump"
+        progress.enter(Phase.DUMP)
         cp = await checkpoint(svc, name, path, prev=prev)
         times = dict(cp["times"])
         t1 = time.perf_counter()
         try:
-            progress.update(phase="transfer", sent=0, total=cp["bytes"])
-            target = await transfer.peer_restore(url, tls, path, name, stage, progress)
+            progress.sending(cp["bytes"])
+            target = await transfer.peer_restore(url, tls, path, name, stage, progress.sent_more)
         except Exception as e:
             landed = await _landed(svc, url, tls, name, ws.rec.id, e, path)
             if landed is None:
                 log.warning("migration of %s to %s failed, resuming here: %s", name, to, e,
                             extra={"workspace": name})
-                progress["phase"] = "resuming here"
+                progress.enter(Phase.RESUMING_HERE, f"{to} did not take it: {e}")
                 t2 = time.perf_counter()
                 await restore(svc, path, name, parts)
                 raise MigrationFailed(f"migration of {name} to {to} failed ({e}); it runs here again "
@@ -486,7 +492,7 @@ def _phases(times: dict[str, float], target: dict[str, Any], t0: float, t1: floa
 
 
 async def _postcopy(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSLContext,
-                    progress: dict[str, Any]) -> dict[str, Any]:
+                    progress: Migration) -> dict[str, Any]:
     """Live migration on a kernel without dirty-page tracking: everything but memory is dumped and sent
     while the workspace is stopped, and it runs at the target at once; its memory follows, fetched on
     demand (userfaultfd) and in the background from a page server here. Until the target has restored
@@ -502,15 +508,16 @@ async def _postcopy(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSL
     t0 = time.perf_counter()
     logs = ""
     try:
-        progress["phase"] = "dump"
+        progress.enter(Phase.DUMP)
         cp = await checkpoint(svc, name, path, lazy=(host, port))
         serving: criu_mod.Running = cp.pop("lazy")
         logs = cp.pop("logs")
         times = dict(cp["times"])
         t1 = time.perf_counter()
         try:
-            progress.update(phase="transfer", sent=0, total=cp["bytes"])
-            target = await transfer.peer_restore(url, tls, path, name, progress=progress, lazy=(host, port))
+            progress.sending(cp["bytes"])
+            target = await transfer.peer_restore(url, tls, path, name, on_sent=progress.sent_more,
+                                                 lazy=(host, port))
         except Exception as e:
             log.warning("migration of %s to %s failed, resuming here: %s", name, to, e, extra={"workspace": name})
             await serving.abort()
@@ -520,7 +527,7 @@ async def _postcopy(svc: NodeService, name: str, to: str, url: str, tls: ssl.SSL
                                   f"(down {time.perf_counter() - t0:.2f}s)",
                                   cause=getattr(e, "code", "error")) from None
         _phases(times, target, t0, t1)
-        progress["phase"] = "memory following"
+        progress.enter(Phase.MEMORY_FOLLOWING)
         try:
             run = await serving.finish(POSTCOPY_TIMEOUT)
         except criu_mod.CriuError as e:

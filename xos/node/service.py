@@ -42,7 +42,8 @@ from xos.node import checkpoints, network
 from xos.node.config import NodeConfig
 from xos.node.gridmount import GridMount
 from xos.node.logins import NodeIdentity
-from xos.node.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, open_store
+from xos.node.migration import Migration
+from xos.node.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, WorkspaceState, open_store
 from xos.node.workspace import MainProgram, NodeContext, Workspace, check_name
 from xos.paths import WORK, trust_dir
 
@@ -77,7 +78,7 @@ class NodeService:
         self.workspaces: dict[str, Workspace] = {}
         self.admission = asyncio.Lock()
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
-        self.progress: dict[str, dict[str, Any]] = {}  # migrations under way, by workspace: phase, bytes
+        self.progress: dict[str, Migration] = {}  # migrations under way, by workspace
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None
@@ -243,7 +244,8 @@ class NodeService:
             now = time.time()
             for ws in list(self.workspaces.values()):
                 every = float(ws.rec.checkpoint.get("every", 0) or 0)
-                if not every or ws.rec.state != "running" or now - float(ws.rec.checkpoint.get("at", 0)) < every:
+                if (not every or ws.rec.state != WorkspaceState.RUNNING
+                        or now - float(ws.rec.checkpoint.get("at", 0)) < every):
                     continue
                 d = os.path.join(self.config.home, "checkpoints", "periodic", ws.rec.id)
                 os.makedirs(d, mode=0o700, exist_ok=True)
@@ -258,7 +260,7 @@ class NodeService:
                 images = self.periodic_images(ws)
                 for old in images[: max(0, len(images) - int(ws.rec.checkpoint.get("keep", 3)))]:
                     shutil.rmtree(old, ignore_errors=True)
-                if ws.rec.state == "running":
+                if ws.rec.state == WorkspaceState.RUNNING:
                     self._ctx().store.update_workspace(ws.rec)
 
     async def migrate(self, name: str, to: str, live: bool = False) -> dict[str, Any]:
@@ -360,8 +362,8 @@ class NodeService:
             address = next((a for a in ctx.subnet.hosts() if a not in used), None)
             if address is None:
                 raise OverCapacity(f"no free address left in subnet {ctx.config.subnet}")
-            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state="creating", alloc=alloc, uid=uid,
-                                  gid=gid, address=address, identity=identity,
+            rec = WorkspaceRecord(id=secrets.token_hex(4), name=name, state=WorkspaceState.CREATING, alloc=alloc,
+                                  uid=uid, gid=gid, address=address, identity=identity,
                                   checkpoint={"grid": [m.spec for m in mounts]} if mounts else {})
             program = None
             if main is not None:
@@ -456,7 +458,7 @@ class NodeService:
         elif info is not None:
             sig = info.si_status
         oom = False
-        if sig == signal.SIGKILL and proc.ws.rec.state != "destroyed":
+        if sig == signal.SIGKILL and proc.ws.rec.state != WorkspaceState.DESTROYED:
             with contextlib.suppress(OSError, XosError):
                 oom = proc.ws.cgroup.usage().oom_kills > proc.ooms_before
         self._ctx().store.end_process(proc.row, time.time(), code, sig, oom)
@@ -484,7 +486,8 @@ class NodeService:
 
     def _sweep(self) -> None:
         assert self.ctx is not None
-        live = [ws for ws in self.workspaces.values() if ws.rec.state in ("running", "frozen")]
+        live = [ws for ws in self.workspaces.values()
+                if ws.rec.state in (WorkspaceState.RUNNING, WorkspaceState.FROZEN)]
         try:
             values = read_many([ws.cgroup.counters() for ws in live])
         except OSError as e:

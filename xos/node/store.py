@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import time
@@ -10,7 +11,28 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from xos.allocation import Allocation
+from xos.lifecycle import Lifecycle, Transition
 from xos.sqlite import Database
+
+
+class WorkspaceState(enum.StrEnum):
+    """Where a workspace is in its life."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    FROZEN = "frozen"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+
+
+W = WorkspaceState
+WORKSPACE = Lifecycle("workspace", {
+    W.CREATING: {W.RUNNING, W.DESTROYING},
+    W.RUNNING: {W.FROZEN, W.DESTROYING},
+    W.FROZEN: {W.RUNNING, W.DESTROYING},
+    W.DESTROYING: {W.DESTROYED},
+    W.DESTROYED: set(),
+})
 
 
 @dataclass
@@ -80,7 +102,7 @@ class NodeStore(Protocol):
 
     def add_workspace(self, rec: WorkspaceRecord) -> None: ...
     def update_workspace(self, rec: WorkspaceRecord) -> None: ...
-    def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None: ...
+    def transition(self, rec: WorkspaceRecord, t: Transition) -> None: ...
     def workspaces(self, include_destroyed: bool = False) -> list[WorkspaceRecord]: ...
     def transitions(self, ws_id: str) -> list[tuple[str, str, float, str]]: ...
     def save_usage(self, *recs: UsageRecord) -> None: ...
@@ -134,11 +156,11 @@ class SQLiteNodeStore:
         with self._db.tx() as db:
             db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
 
-    def transition(self, rec: WorkspaceRecord, new: str, reason: str) -> None:
+    def transition(self, rec: WorkspaceRecord, t: Transition) -> None:
         with self._db.tx() as db:
-            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, rec.state, new, time.time(), reason))
-            db.execute("UPDATE workspaces SET state=? WHERE id=?", (new, rec.id))
-        rec.state = new
+            db.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (rec.id, t.old, t.new, t.at, t.reason))
+            db.execute("UPDATE workspaces SET state=? WHERE id=?", (t.new, rec.id))
+        rec.state = t.new
 
     def workspaces(self, include_destroyed: bool = False) -> list[WorkspaceRecord]:
         q = "SELECT * FROM workspaces" + ("" if include_destroyed else " WHERE state != 'destroyed'")

@@ -29,7 +29,7 @@ from xos.kernel.cgroup import Cgroup, Hierarchy
 from xos.node import network
 from xos.node.config import NodeConfig
 from xos.node.gridmount import Clients, GridMount
-from xos.node.store import NodeStore, UsageRecord, WorkspaceRecord
+from xos.node.store import WORKSPACE, NodeStore, UsageRecord, WorkspaceRecord, WorkspaceState
 from xos.paths import WORK
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,6 @@ class MainNotStarted(InvalidInput):
 
     code = "main-not-started"
 
-# The lifecycle; transition() refuses anything else.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "creating": frozenset({"running", "destroying"}),
-    "running": frozenset({"frozen", "destroying"}),
-    "frozen": frozenset({"running", "destroying"}),
-    "destroying": frozenset({"destroyed"}),
-    "destroyed": frozenset(),
-}
 
 QUANTUM = 10 * (network.MTU + 14)
 NS_FLAGS = sp.CLONE_NEWPID | sp.CLONE_NEWNS | sp.CLONE_NEWNET
@@ -76,12 +68,6 @@ RLIMITS = _rlimits()
 INIT_TIMEOUT = 5.0
 STATUS = ".main.status"  # where xos-init leaves the main program's end, in the workspace directory (init.c)
 CREDENTIAL_KEY = "xos:credential"  # the description pam_xos gives it in a login's session keyring
-
-
-def check_transition(name: str, old: str, new: str) -> None:
-    """Raise IllegalTransition unless the lifecycle allows old -> new."""
-    if new not in TRANSITIONS.get(old, frozenset()):
-        raise IllegalTransition(f"workspace {name} is {old}; it cannot become {new}", state=old, wanted=new)
 
 
 def init_program() -> str:
@@ -160,10 +146,9 @@ class Workspace:
         """Written on kernel objects so start-up can tell whose they are."""
         return f"xos:{self.ctx.config.name}:{self.rec.id}:{self.rec.name}"
 
-    def transition(self, new: str, reason: str) -> None:
+    def transition(self, new: WorkspaceState, reason: str) -> None:
         """Move to `new` if the lifecycle allows it, persisted before returning."""
-        check_transition(self.rec.name, self.rec.state, new)
-        self.ctx.store.transition(self.rec, new, reason)
+        self.ctx.store.transition(self.rec, WORKSPACE.step(self.rec.name, WorkspaceState(self.rec.state), new, reason))
         log.info("workspace %s: %s", self.rec.name, new, extra={"workspace": self.rec.name, "reason": reason})
 
     # -- creation, adoption, destruction -------------------------------------------------------
@@ -189,7 +174,7 @@ class Workspace:
             with contextlib.suppress(Exception):
                 await ws.destroy(f"{what} failed: {e}")
             raise
-        ws.transition("running", {"creation": "created", "restore": "restored"}[what])
+        ws.transition(WorkspaceState.RUNNING, {"creation": "created", "restore": "restored"}[what])
         return ws, result
 
     async def _build(self, main: MainProgram | None) -> None:
@@ -386,7 +371,7 @@ class Workspace:
     async def adopt(cls, ctx: NodeContext, rec: WorkspaceRecord) -> Workspace | None:
         """Take over a workspace that outlived a daemon; None if it did not survive whole."""
         ws = cls(ctx, rec)
-        if rec.state not in ("running", "frozen") or rec.init_pid <= 0:
+        if rec.state not in (WorkspaceState.RUNNING, WorkspaceState.FROZEN) or rec.init_pid <= 0:
             return None
         if start_time(rec.init_pid) != rec.init_start:
             return None
@@ -411,8 +396,8 @@ class Workspace:
 
     async def destroy(self, reason: str) -> None:
         """Kill every process and remove every kernel object; the usage record stays."""
-        if self.rec.state != "destroying":
-            self.transition("destroying", reason)
+        if self.rec.state != WorkspaceState.DESTROYING:
+            self.transition(WorkspaceState.DESTROYING, reason)
         if self.cgroup.exists():
             self.cgroup.kill()
             self._sample_cgroup()
@@ -438,7 +423,7 @@ class Workspace:
         self._close_handles()
         self.cgroup.remove()
         shutil.rmtree(self.ctx.directory(self.rec), ignore_errors=True)
-        self.transition("destroyed", reason)
+        self.transition(WorkspaceState.DESTROYED, reason)
 
     def _close_handles(self) -> None:
         if self.rtnl is not None:
@@ -471,21 +456,21 @@ class Workspace:
 
     def freeze(self) -> None:
         """Stop every process of the workspace where it is."""
-        if self.rec.state == "frozen":
+        if self.rec.state == WorkspaceState.FROZEN:
             return
-        self.transition("frozen", "freeze requested")
+        self.transition(WorkspaceState.FROZEN, "freeze requested")
         self.cgroup.set_frozen(True)
 
     def thaw(self) -> None:
         """Let the processes run again."""
-        if self.rec.state == "running":
+        if self.rec.state == WorkspaceState.RUNNING:
             return
         self.cgroup.set_frozen(False)
-        self.transition("running", "thaw requested")
+        self.transition(WorkspaceState.RUNNING, "thaw requested")
 
     def kill(self) -> None:
         """Kill every process of the workspace but its init; the workspace stays."""
-        was_frozen = self.rec.state == "frozen"
+        was_frozen = self.rec.state == WorkspaceState.FROZEN
         self.cgroup.kill(spare=self.rec.init_pid)
         if was_frozen:
             self.cgroup.set_frozen(True)
@@ -493,7 +478,7 @@ class Workspace:
     def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None, stdin: int, stdout: int,
               stderr: int) -> int:
         """Start a program inside the workspace as its user; the pid (a child of the daemon)."""
-        if self.rec.state != "running":
+        if self.rec.state != WorkspaceState.RUNNING:
             raise IllegalTransition(f"workspace {self.rec.name} is {self.rec.state}; start processes only "
                                     "when it is running", state=self.rec.state)
         cgfd, procs = self.cgroup.spawn_target()
@@ -553,7 +538,7 @@ class Workspace:
 
     def sample(self) -> UsageRecord:
         """Update the usage record from the kernel counters (not persisted)."""
-        if self.rec.state in ("running", "frozen"):
+        if self.rec.state in (WorkspaceState.RUNNING, WorkspaceState.FROZEN):
             self._sample_cgroup()
             self._take_net(rtnl.link_counters(self.ctx.raw).get(self.host_index))
         return self.usage_rec
