@@ -62,7 +62,8 @@ class Client(rpc.HttpClient):
         try:
             async with self._session.get(url) as resp:
                 data = await resp.read()
-                codec.check(resp.status, json.loads(data) if data.startswith(b"{") else {})
+                if resp.status >= 400:  # a failure's body is JSON; a success's need not be
+                    codec.check(resp.status, json.loads(data) if data.startswith(b"{") else {})
                 return data, resp.headers.get("X-Job-State", "")
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None

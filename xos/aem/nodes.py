@@ -108,7 +108,8 @@ class Nodes:
             async with self.session.post(url, json={}, ssl=self.tls,
                                          timeout=aiohttp.ClientTimeout(total=None, sock_connect=3,
                                                                        sock_read=300)) as resp:
-                codec.check(resp.status, await resp.json(content_type=None))
+                if resp.status >= 400:  # a failure's body is JSON; a success's need not be
+                    codec.check(resp.status, await resp.json(content_type=None))
                 summary = json.loads(resp.headers.get("X-Checkpoint", "{}"))
                 with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                     async for block in resp.content.iter_chunked(1 << 20):

@@ -37,7 +37,8 @@ async def advertise(svc: NodeService, aem: str) -> None:
             if stable != last or time.monotonic() - sent_at >= svc.config.ad_interval:
                 try:
                     async with session.put(url, json={"url": cfg.own_peer_url(), "ad": ad}) as r:
-                        codec.check(r.status, await r.json(content_type=None))
+                        if r.status >= 400:  # a failure's body is JSON; a success's need not be
+                            codec.check(r.status, await r.json(content_type=None))
                     last, sent_at = stable, time.monotonic()
                     if down:
                         log.info("job manager %s takes this node's ad again", aem)

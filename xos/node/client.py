@@ -165,7 +165,8 @@ class Client(rpc.HttpClient):
         try:
             async with self._session.post(f"{self.base_url}/v1/workspaces/{name}/exec", data=body(),
                                           timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as resp:
-                codec.check(resp.status, await resp.json())
+                if resp.status >= 400:  # a failure's body is JSON; a success's need not be
+                    codec.check(resp.status, await resp.json())
                 while True:
                     try:
                         head = await resp.content.readexactly(codec.FRAME.size)
