@@ -187,7 +187,7 @@ static void submit_cmd(struct ent *e, int cmd)
     }
 }
 
-/* A request's reply comes from the thread serving it (gridfuse.c and fs/mount.py reply before they
+/* A request's reply comes from the thread serving it (gridfuse.c and fs/client/mount.py reply before they
  * return): the thread's own entry, unless it is not one of the ring's. */
 int xu_reply(const struct iovec *iov, int count)
 {

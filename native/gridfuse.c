@@ -3,7 +3,7 @@
  *
  * The kernel's most frequent requests are answered here without Python: LOOKUP and GETATTR of what
  * the mount saw within the attribute TTL (a listing fetched whole fills the table), LOOKUP of a name
- * missing from a fresh listing, and FORGET. Everything else goes to fs/mount.py through xf_py.
+ * missing from a fresh listing, and FORGET. Everything else goes to fs/client/mount.py through xf_py.
  * Python's FUSE stack cost ~65 us per stat here; the kernel round trip alone is ~15 us.
  *
  * Node ids are this table's, not the MRC's inode numbers (st_ino): a hard-linked file has one node

@@ -34,13 +34,13 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Python's side (fs/osd.py). xo_check: 0 if the pair may read `fid`, and until when (epoch seconds). */
+/* Python's side (fs/osd/service.py). xo_check: 0 if the pair may read `fid`, and until when (epoch seconds). */
 extern int xo_check(const char *auth, const char *cap, const char *fid, double *until);
 extern void xo_adopt(int fd, const char *buf, size_t n);
 
-#define BLOCK (64 << 10)        /* fs/osd.py's BLOCK: one CRC-32 per block */
-#define MAX_OBJECT (16 << 20)   /* fs/osd.py's MAX_OBJECT */
-#define DIRECT_MIN (256 << 10)  /* fs/osd.py's DIRECT_MIN */
+#define BLOCK (64 << 10)        /* fs/osd/store.py's BLOCK: one CRC-32 per block */
+#define MAX_OBJECT (16 << 20)   /* fs/osd/store.py's MAX_OBJECT */
+#define DIRECT_MIN (256 << 10)  /* fs/osd/store.py's DIRECT_MIN */
 #define ALIGN 4096
 #define CRC_ATTR "user.xos.crc32"
 #define HEAD_MAX (16 << 10)     /* longer heads go to Python, which takes 64 KiB */

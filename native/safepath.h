@@ -1,7 +1,7 @@
 /*
  * Root-side opens of paths a guest can write (a workspace or job directory, a home, /tmp): beneath a
  * directory, never through a symbolic or magic link, never blocking on a FIFO, and only of the kinds
- * the caller names. Shared by xos-init and, through CFFI, by the node daemon (xos/safepath.py).
+ * the caller names. Shared by xos-init and, through CFFI, by the node daemon (xos/kernel/safepath.py).
  */
 #ifndef XOS_SAFEPATH_H
 #define XOS_SAFEPATH_H

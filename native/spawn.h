@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Steps of the child; a failure names one. Keep in sync with xos/spawn.py. */
+/* Steps of the child; a failure names one. Keep in sync with xos/kernel/spawn.py. */
 #define XOS_STEP_PIPE 1
 #define XOS_STEP_CLONE 2
 #define XOS_STEP_CGROUP 3

@@ -1,4 +1,4 @@
-/* Wire constants of the identity socket; keep in sync with xos/idproto.py. */
+/* Wire constants of the identity socket; keep in sync with xos/identity/proto.py. */
 #ifndef XOS_PROTO_H
 #define XOS_PROTO_H
 

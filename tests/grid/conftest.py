@@ -6,10 +6,8 @@ import os
 
 import pytest
 
+from tests.grid.helpers import POOL, PORT
 from xos.testing import TestGrid, TestVOService
-
-PORT = 7101
-POOL = (30000, 30999)
 
 
 @pytest.fixture

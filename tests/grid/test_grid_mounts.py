@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.kernel.test_checkpoint import PY
+from tests.workloads import PY
 from xos.checkpoint import criu
 from xos.identity import credential
 from xos.testing import TestGrid, wait_for

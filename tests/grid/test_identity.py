@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.grid.conftest import POOL
+from tests.grid.helpers import POOL
 from xos.identity import credential
 from xos.identity.proto import LEN, Op, Status, encode
 from xos.identity.server import request

@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 
 from tests.kernel.helpers import cpu_share
-from tests.kernel.test_checkpoint import COUNTER, MEMORY, PY, TREE, lines
+from tests.workloads import COUNTER, MEMORY, PY, TREE, lines
 from xos.checkpoint import criu
 from xos.identity import credential
 from xos.testing import GRID_NET, TestGrid, wait_for

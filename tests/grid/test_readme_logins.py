@@ -9,8 +9,8 @@ import re
 import shlex
 import subprocess
 
-from tests.grid.conftest import PORT
-from tests.grid.test_pam_nss import at_default_path, included, run, ssh, sshd
+from tests.grid.helpers import PORT
+from tests.grid.sshd import at_default_path, included, run, ssh, sshd
 from xos.testing import TestGrid, TestVOService, wait_for
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "README.md")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
+from xos.kernel.cgroup import detect
 from xos.node.client import SyncClient
-from xos.testing import traffic
+from xos.testing import TestNode, traffic
 
 
 def cpu_share(c: SyncClient, name: str, seconds: float = 3.0) -> float:
@@ -32,3 +34,8 @@ def transfer(c: SyncClient, sender: str, receiver: str, port: int = 5001, second
         return bytes(out)
 
     return float(traffic.last_json(c.run(both()))["mbit"])
+
+
+def cgroup_dirs(node: TestNode, wsid: str) -> list[str]:
+    """The cgroup directories of workspace `wsid` that exist (one per v1 controller, or one on v2)."""
+    return [d for d in detect().cgroup(f"{node.cgroup_root}/ws-{wsid}").dirs() if os.path.isdir(d)]

@@ -7,6 +7,7 @@ import signal
 
 from pyroute2 import IPRoute
 
+from tests.kernel.helpers import cgroup_dirs
 from xos.kernel.cgroup import detect
 from xos.node import network
 from xos.testing import TestNode, traffic, wait_for
@@ -19,10 +20,6 @@ def links(node: TestNode) -> set[str]:
             return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
     finally:
         os.close(fd)
-
-
-def cgroup_dirs(node: TestNode, wsid: str) -> list[str]:
-    return [d for d in detect().cgroup(f"{node.cgroup_root}/ws-{wsid}").dirs() if os.path.isdir(d)]
 
 
 def alive(pid: int) -> bool:

@@ -57,7 +57,7 @@ def test_cgroup_join_failure(tmp_path):
 
 def test_bad_uid_is_refused_by_the_kernel():
     # An unprivileged caller may not become root: the kernel refuses at the setuid step.
-    code = ("import os; from xos import spawn as sp; from xos.errors import SpawnError\n"
+    code = ("import os; from xos.kernel import spawn as sp; from xos.errors import SpawnError\n"
             "os.setresuid(65534, 65534, 65534)\n"
             "try: sp.spawn(sp.SpawnSpec(argv=['/bin/true'], uid=0))\n"
             "except SpawnError as e: print(e.step, e.errno)\n")

@@ -19,7 +19,7 @@ from xos.kernel.cgroup.v2 import V2Cgroup
 def test_keyring_add_search_read_revoke():
     # In a child process: joining a new session keyring must not touch the test runner's.
     code = (
-        "import errno\nfrom xos import keyring as k\n"
+        "import errno\nfrom xos.kernel import keyring as k\n"
         "ring = k.join_session('xos-test')\n"
         "key = k.add('xos:cred', b'token-bytes')\n"
         "assert k.search('xos:cred') == key\n"

@@ -1,76 +1,19 @@
-"""Helpers for attacks on the line between a node's root and its guests."""
+"""Fixtures for attacks on the line between a node's root and its guests: one node pooling VO bio."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
-import ssl
-import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from xos.identity import credential, install
-from xos.testing import GRID_NET, TestGrid, TestNode, tls_call, wait_for
-
-GUEST = 1000  # an ordinary local uid, as a workspace user
-PY = "/usr/bin/python3"  # /root is 0700: workspace users cannot reach the venv's python
-
-
-def peer_get(grid: TestGrid, node: TestNode, path: str, timeout: float = 10, method: str = "GET",
-             body: bytes | None = None) -> tuple[int, bytes]:
-    """A call on the node's peer API as a job manager (a host certificate with role aem); (status, body)."""
-    return tls_call(grid.host_dir("tester", ["aem"]), node.peer_url + path, method, body, timeout)
-
-
-class TlsListener:
-    """A TLS listener on the grid bridge (`ctx`: a server context) that keeps whatever its clients send after
-    the handshake, to show what reached a host that should have got nothing."""
-
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self.heard = bytearray()
-        self.srv = socket.socket()
-        self.srv.bind((f"{GRID_NET}.1", 0))
-        self.srv.listen(4)
-        self.ctx = ctx
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.srv.getsockname()
-        return f"https://{host}:{port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:  # closed
-                return
-            try:
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.settimeout(5)
-                    while data := tls.recv(1 << 16):
-                        self.heard.extend(data)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.srv.close()
-
-
-def error_code(body: bytes) -> str:
-    """The stable code of an error answer."""
-    data: Any = json.loads(body)
-    return str(data["error"]["code"])
-
+from tests.security.helpers import keys
+from xos.identity import credential
+from xos.testing import TestGrid, TestNode
 
 POOL = "bio=35000-35099"
-_keys: dict[str, Any] = {}  # the test VO's signing key, per node tag
 
 
 @pytest.fixture
@@ -83,7 +26,7 @@ def grid() -> Iterator[TestGrid]:
         with TestGrid(1, ["--pool", POOL]) as g:
             node = g.nodes[0]
             assert node.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
-            _keys[node.tag] = key
+            keys[node.tag] = key
             yield g
             bad = [w for n in g.nodes for w in n.unexpected_warnings()]
             assert not bad, f"unexpected warnings in the node log: {bad}"
@@ -95,30 +38,3 @@ def grid() -> Iterator[TestGrid]:
 def node(grid: TestGrid) -> TestNode:
     """The single node of `grid`."""
     return grid.nodes[0]
-
-
-def login_works(node: TestNode) -> None:
-    """A VO member authenticates through the real PAM stack (pamtester and pam_xos) on this node."""
-    token, _ = credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)
-    name = f"xos-sec-{node.tag}"
-    with open(f"/etc/pam.d/{name}", "w") as f:
-        for kind in ("auth", "account"):
-            f.write(f"{kind} required {install.built('pam_xos.so')} socket={os.path.join(node.run, 'idmap.sock')}\n")
-    try:
-        def authenticates() -> bool:  # the node re-reads a VO's key at most once a second
-            return subprocess.run(["pamtester", name, "alice.bio", "authenticate", "acct_mgmt"], input=token + "\n",
-                                  capture_output=True, text=True, timeout=30).returncode == 0
-        wait_for(authenticates, 5, "a login to succeed")
-    finally:
-        os.unlink(f"/etc/pam.d/{name}")
-
-
-def node_still_serves(node: TestNode) -> None:
-    """The node answers its socket, lists its workspaces, makes a new one and lets a member log in: one
-    attack did not take it down."""
-    with node.client() as c:
-        names = [w["name"] for w in c.ls()]
-        c.create("after-attack", uid=GUEST, gid=GUEST)
-        assert "after-attack" in [w["name"] for w in c.ls()], names
-        c.rm("after-attack")
-    login_works(node)

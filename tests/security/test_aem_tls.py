@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.security.conftest import TlsListener
+from tests.security.helpers import TlsListener
 from xos.identity import credential
 from xos.testing import AEM_LISTEN, GRID_NET, TestAem, TestGrid, wait_for
 from xos.wire import hostid

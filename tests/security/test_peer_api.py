@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.security.conftest import GUEST, PY, TlsListener, _keys, error_code, node_still_serves, peer_get
+from tests.security.helpers import GUEST, TlsListener, error_code, keys, node_still_serves, peer_get
+from tests.workloads import PY
 from xos.identity import credential
 from xos.testing import TestGrid, TestNode, tls_call, wait_for
 from xos.wire import hostid
@@ -33,7 +34,7 @@ def _names(node: TestNode) -> list[str]:
 
 def test_a_peer_cannot_choose_who_a_workspace_runs_as(grid: TestGrid, node: TestNode) -> None:
     node.expect_warning("peer API: refused a workspace")
-    token, _ = credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)
+    token, _ = credential.issue(keys[node.tag], "alice", "bio", ["member"], [], 600)
     for body in ({"name": "p0", "uid": 0, "gid": 0}, {"name": "p1", "uid": GUEST, "gid": GUEST},
                  {"name": "p2", "vo": "bio", "user": "alice"}, {"name": "p3"},
                  {"name": "p4", "credential": token, "uid": 0, "gid": 0},
@@ -92,7 +93,7 @@ def test_a_peer_image_of_a_local_account_or_an_untrusted_member_is_refused(grid:
     local = _image_tar(grid, node, "loc", uid=GUEST, gid=GUEST)
     status, answer = peer_get(grid, node, "/v1/peer/restore?name=loc2", method="PUT", body=local, timeout=60)
     assert (status, error_code(answer)) == (400, "image-refused"), answer
-    token, _ = credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)
+    token, _ = credential.issue(keys[node.tag], "alice", "bio", ["member"], [], 600)
     member = _image_tar(grid, node, "mem", credential=token)
     assert node.cli("node", "untrust", "bio")[0] == 0
     try:
@@ -102,7 +103,7 @@ def test_a_peer_image_of_a_local_account_or_an_untrusted_member_is_refused(grid:
     finally:
         pub = os.path.join(grid.base, "bio.pub")
         with open(pub, "wb") as f:
-            f.write(credential.public_pem(_keys[node.tag].public_key()))
+            f.write(credential.public_pem(keys[node.tag].public_key()))
         assert node.cli("node", "trust", "bio", pub)[0] == 0
     assert "loc2" not in _names(node) and "mem2" not in _names(node)
     node_still_serves(node)

@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from tests.kernel.test_checkpoint import COUNTER, lines
-from tests.security.conftest import GUEST, PY, _keys, error_code, node_still_serves, peer_get
+from tests.security.helpers import GUEST, error_code, keys, node_still_serves, peer_get
+from tests.workloads import COUNTER, PY, lines
 from xos.identity import credential
 from xos.testing import TestGrid, TestNode, wait_for
 
@@ -97,7 +97,7 @@ while True:  # stdout is the real file, then the link, then the real file again 
 
 def member(node: TestNode) -> str:
     """A credential of a member of VO bio, which the node trusts."""
-    return credential.issue(_keys[node.tag], "alice", "bio", ["member"], [], 600)[0]
+    return credential.issue(keys[node.tag], "alice", "bio", ["member"], [], 600)[0]
 
 
 def test_output_served_never_through_a_swapped_symlink(grid: TestGrid, node: TestNode) -> None:

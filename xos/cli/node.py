@@ -59,7 +59,7 @@ def _info(d: dict[str, Any]) -> None:
     print(f"{d['name']}: cgroup {d['cgroup']}, subnet {d['subnet']}, bridge {d['bridge']}, "
           f"{d['workspaces']} workspace(s)")
     print(f"  offers     cpu={cap['cpu']:g} memory={units.format_size(cap['memory'])} "
-          f"egress={units.format_rate(cap['egress'])} ingress={units.format_rate(cap['ingress'])}")
+          f"bandwidth={units.format_rate(cap['bandwidth'])} each way")
     print(f"  allocated  cpu={used['cpu']:g} memory={units.format_size(used['memory'])} "
           f"egress={units.format_rate(used['egress'])} ingress={units.format_rate(used['ingress'])}")
     ck = d["checkpoint"]
