@@ -41,10 +41,11 @@ int fuse_req_interrupted(fuse_req_t req);
 ffi.set_source(
     "xos._native._fuse",
     '#include "gridfuse.h"\n#include <linux/fs.h>\n',
-    sources=[os.path.join("native", "gridfuse.c"), os.path.join("native", "fuseuring.c")],
+    sources=[os.path.join("native", f) for f in ("gridfuse.c", "fusetable.c", "fuselease.c", "fuseosd.c", "fuseuring.c")],
     include_dirs=[HERE, "/usr/include/fuse3"],
     libraries=["fuse3", "uring", "pthread"],
-    extra_compile_args=["-std=gnu11", "-Wall", "-O2", "-Werror=implicit-function-declaration"],
+    # hidden: the parts share functions with each other, and none of them may be taken for another library's
+    extra_compile_args=["-std=gnu11", "-Wall", "-O2", "-Werror=implicit-function-declaration", "-fvisibility=hidden"],
 )
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from xos.fs.mrc.volumes import VolumeTable
 from xos.sqlite import Database
 
 
-class Catalogue(VolumeTable):
+class SQLiteCatalogue(VolumeTable):
     """Volumes, namespace and replica lists of one MRC."""
 
     def __init__(self, path: str) -> None:
@@ -110,8 +110,8 @@ class Catalogue(VolumeTable):
         """A directory's listing version and its entries as rows, the name then LISTING (readdirplus: one
         call, no stat per entry).
 
-        Rows, not an attribute dict per entry: listing 10,000 entries took 76-100 ms here and its JSON
-        60-70 ms to write and 52-59 ms to read, as dicts. The version is read first: a change between
+        Rows, not an attribute dict per entry: dicts made a large listing and its JSON both ways several
+        times slower. The version is read first: a change between
         the two reads makes it older than the rows, never newer."""
         node = self.resolve(volume, path, c)
         if not node.is_dir:

@@ -16,8 +16,8 @@ import aiohttp
 
 from xos.errors import InvalidInput, NoReplica, NoSpace, NotFound, Unavailable
 from xos.fs.layout import Replica, Xloc
-from xos.fs.mrc.catalogue import Catalogue
 from xos.fs.mrc.records import Inode
+from xos.fs.mrc.store import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class ReplicaManager:
     async def run(self) -> None:
         """Passes until cancelled: orphans whenever woken; lost OSDs, counts below and above the policy once
         a PASS (or at once when OSDs come or go). Deleting a tree wakes it per name: a walk over every
-        file each time held the MRC's loop up (rm -rf of 2,500 names: 7.5 s, 2.4 ms a call)."""
+        file each time held the MRC's loop up, and rm -rf with it."""
         last_full = 0.0
         while True:
             try:

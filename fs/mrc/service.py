@@ -20,10 +20,10 @@ from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity
 from xos.fs.capability import Capability, service_token
 from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
-from xos.fs.mrc.catalogue import Catalogue
 from xos.fs.mrc.leases import RESERVE, Leases, Recall
 from xos.fs.mrc.records import Caller, Inode, Made
 from xos.fs.mrc.replicas import ReplicaManager
+from xos.fs.mrc.store import open_store
 from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
@@ -78,7 +78,7 @@ class MRC:
 
     def __init__(self, cfg: MrcConfig) -> None:
         self.cfg = cfg
-        self.cat = Catalogue(os.path.join(cfg.home, "mrc.db"))
+        self.cat = open_store(os.path.join(cfg.home, "mrc.db"))
         self.cat.grace = cfg.grace
         self.auth = Authenticator(cfg.trust, cfg.secret)
         self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)

@@ -270,8 +270,8 @@ class ObjectStore:
         """`n` bytes at `offset` (BLOCK-aligned) read around the page cache into this thread's buffer, or None
         if the file system refuses O_DIRECT.
 
-        A cold 1 MiB object read through the page cache cost 0.7-1.0 ms of CPU here, most of it
-        filling the cache and copying out of it; read directly and copied once, 0.3 ms."""
+        A cold object read through the page cache spent most of its CPU filling the cache and copying out of
+        it; read directly, it is copied once."""
         dfd = self._open_direct(fd, os.O_RDONLY)
         if dfd is None:
             return None

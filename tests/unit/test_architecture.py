@@ -12,7 +12,8 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FOLDERS = {"xos": "xos", "xos.fs": "fs", "xos.checkpoint": "checkpoint", "xos._native": "native"}
-CORE = ("xos", "xos.errors", "xos.units", "xos.log", "xos.sqlite", "xos.paths", "xos.allocation", "xos.systemd")
+CORE = ("xos", "xos.errors", "xos.units", "xos.log", "xos.sqlite", "xos.paths", "xos.allocation", "xos.systemd",
+        "xos.lifecycle", "xos.stores")
 
 # Package -> the packages it may import besides itself and the core. Listed from the bottom up.
 ALLOWED: dict[str, set[str]] = {
@@ -188,3 +189,20 @@ def test_the_checks_see_a_cycle_an_upward_import_and_a_deferred_one(tmp_path: An
                    "def f():\n    from xos.aem import jobs\n")
     known = {"xos.node.service": "", "xos.aem.jobs": "", "xos.kernel.m": ""}
     assert imports("xos.kernel.m", str(src), known) == {"xos.aem.jobs"}
+
+
+def test_modules_stay_one_concept_in_size() -> None:
+    """No Python module over 600 lines, no C file over 800 (the Cython output, generated, aside)."""
+    big = []
+    for folder in ("xos", "fs", "checkpoint", "native", "pam"):
+        for dirpath, dirnames, files in os.walk(os.path.join(ROOT, folder)):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
+            for f in files:
+                limit = 600 if f.endswith(".py") else 800 if f.endswith((".c", ".h", ".pyx")) else None
+                if limit is None or f == "cgstat.c":
+                    continue
+                with open(os.path.join(dirpath, f)) as fh:
+                    n = sum(1 for _ in fh)
+                if n > limit:
+                    big.append(f"{os.path.relpath(os.path.join(dirpath, f), ROOT)}: {n} lines (at most {limit})")
+    assert not big, big

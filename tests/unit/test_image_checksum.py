@@ -28,10 +28,10 @@ def test_image_block_checksums_are_crc32c_and_old_images_still_verify(tmp_path):
     import hashlib
 
     want = image.TAG + hashlib.sha256(b"".join(image._crc(b).to_bytes(4, "big") for b in blocks)).hexdigest()
-    assert image._sha256(str(path)) == want
+    assert image._checksum(str(path)) == want
     old = image.OLD_TAG + hashlib.sha256(b"".join(zlib.crc32(b).to_bytes(4, "big") for b in blocks)).hexdigest()
-    assert image._sha256(str(path), image.OLD_TAG) == old
+    assert image._checksum(str(path), image.OLD_TAG) == old
     data = bytearray(path.read_bytes())
     data[image.CHUNK * 2 + 7] ^= 1
     path.write_bytes(bytes(data))
-    assert image._sha256(str(path)) != want and image._sha256(str(path), image.OLD_TAG) != old
+    assert image._checksum(str(path)) != want and image._checksum(str(path), image.OLD_TAG) != old

@@ -12,9 +12,11 @@ import enum
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from xos import stores
 from xos.aem.jobspec import JobSpec
 from xos.errors import IllegalTransition, NotFound
 from xos.lifecycle import Lifecycle
@@ -117,8 +119,32 @@ def _job(row: tuple[Any, ...]) -> Job:
                row[10])
 
 
-class JobStore:
+class JobStore(Protocol):
     """Jobs and their history; nothing lives only in memory, so a restarted job manager loses nothing."""
+
+    def close(self) -> None: ...
+    def submit(self, spec: JobSpec, owner: str, vo: str, credential: str = '') -> list[Job]: ...
+    def get(self, job_id: str) -> Job: ...
+    def ls(self, state: State | None = None, owner: str | None = None) -> list[Job]: ...
+    def transition(self, job_id: str, to: State, reason: str, node: str | None = None,
+                   exit_status: int | None = None) -> Job: ...
+    def may(self, job_id: str, verb: str) -> Job: ...
+    def control(self, job_id: str, verb: str, reason: str = '') -> Job: ...
+    def credential(self, job_id: str) -> str: ...
+    def set_reason(self, job_id: str, reason: str) -> None: ...
+    def add_usage(self, job: Job, usage: dict[str, Any], price: float) -> dict[str, Any]: ...
+    def usage(self, vo: str | None = None, owner: str | None = None, since: float = 0.0) -> list[dict[str, Any]]: ...
+    @staticmethod
+    def totals(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]: ...
+    def remember_node(self, name: str, url: str) -> None: ...
+    def known_nodes(self) -> dict[str, str]: ...
+    def history(self, job_id: str) -> list[dict[str, Any]]: ...
+    def purge(self, job_id: str) -> None: ...
+    def ready(self, job: Job) -> tuple[bool, str]: ...
+
+
+class SQLiteJobStore:
+    """JobStore in one SQLite file (0600: it holds the credentials of jobs that may still run)."""
 
     def __init__(self, path: str) -> None:
         self.db = Database(path, SCHEMA)
@@ -287,3 +313,11 @@ class JobStore:
             if dep["when"] == "success" and other.state is not S.DONE:
                 return False, f"never: job {other.id} ended {other.state.value}, and it needs success"
         return True, ""
+
+
+BACKENDS: dict[str, Callable[[str], JobStore]] = {"sqlite": SQLiteJobStore}
+
+
+def open_store(url: str) -> JobStore:
+    """The job store `url` names (see xos.stores)."""
+    return stores.open_url("job", BACKENDS, url)

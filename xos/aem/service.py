@@ -20,7 +20,7 @@ from typing import Any
 
 from xos.aem import stdio
 from xos.aem.classad import Matchmaker, NodeAd, Wants
-from xos.aem.jobs import Job, JobStore, State
+from xos.aem.jobs import Job, JobStore, State, open_store
 from xos.aem.jobspec import JobSpec, grid_path, parse
 from xos.aem.nodes import Nodes, OutputTooLarge, ws_name
 from xos.errors import (
@@ -79,7 +79,7 @@ class Aem:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.store = JobStore(os.path.join(self.cfg.home, "aem", "jobs.db"))
+        self.store = open_store(os.path.join(self.cfg.home, "aem", "jobs.db"))
         self.trust = credential.TrustStore(self.cfg.trust)
         self.revoked: set[str] = set()  # credentials the followed VO services revoked (xos.vo.follow fills it)
         self.host = hostid.HostIdentity(self.cfg.host_dir)

@@ -123,7 +123,7 @@ def install(args: argparse.Namespace) -> int:
 def doctor(args: argparse.Namespace) -> int:
     """What this machine can do; exit 1 if it cannot run workspaces or checkpoints."""
     from xos.kernel.cgroup import detect
-    from xos.node.service import checkpoint_ad
+    from xos.node.accounting import checkpoint_ad
 
     ok = True
     try:

@@ -1,8 +1,8 @@
 """Keep large buffers in the heap: glibc otherwise maps and unmaps every buffer over 128 KiB.
 
-Each such buffer is fresh pages, and a page fault costs about 2 microseconds on the VMs we run
-on: a 1 MiB copy took 0.48 ms fresh and 0.03 ms in reused heap memory. The data path (OSDs,
-the FUSE client) moves 1 MiB objects all day, so it keeps its freed memory for the next one.
+Each such buffer is fresh pages, and page faults made a copy into fresh memory many times slower than
+into reused heap memory (DEVELOPERS.md, "Measurements behind the code"). The data path (OSDs, the
+FUSE client) moves 1 MiB objects all day, so it keeps its freed memory for the next one.
 """
 
 from __future__ import annotations

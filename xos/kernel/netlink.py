@@ -1,9 +1,9 @@
 """The hot netlink paths, encoded by hand: HTB qdiscs and classes, per-link byte counters.
 
-pyroute2 builds HTB's 256-entry rate tables in Python and decodes every attribute it gets:
-about 1 ms per class change and 7 ms for the counters of 200 links, measured in the daemon.
-These few fixed messages cost tens of microseconds; the kernel ignores rate tables for HTB
-when the link layer is given, and RTM_GETSTATS returns counters without the rest of a link.
+pyroute2 builds HTB's 256-entry rate tables in Python and decodes every attribute it gets, which was
+most of a renegotiation and of a usage sweep (DEVELOPERS.md, "Measurements behind the code"). The
+kernel ignores rate tables for HTB when the link layer is given, and RTM_GETSTATS returns counters
+without the rest of a link, so a few fixed messages do.
 """
 
 from __future__ import annotations

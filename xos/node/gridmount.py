@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from xos.errors import InvalidInput, KernelError
 from xos.kernel import spawn as sp
+from xos.kernel.procs import start_time
 from xos.paths import GRID
 
 VOLUME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -90,14 +91,14 @@ class Clients:
             return None if not os.path.isdir(c.dir) else c
         for pid, start, where, staged in saved:
             with contextlib.suppress(OSError):
-                if _start_time(pid) == start:
+                if start_time(pid) == start:
                     c.running.append((pid, sp.pidfd_open(pid), where, staged))
         return c
 
     def _save(self) -> None:
         tmp = os.path.join(self.dir, STATE + ".tmp")
         with open(tmp, "w") as f:
-            json.dump([[pid, _start_time(pid), where, staged] for pid, _, where, staged in self.running], f)
+            json.dump([[pid, start_time(pid), where, staged] for pid, _, where, staged in self.running], f)
         os.replace(tmp, os.path.join(self.dir, STATE))
 
     async def mount(self, m: GridMount, mntns: int | None) -> str:
@@ -173,17 +174,7 @@ def _gone(pid: int, pidfd: int) -> bool:
     try:
         return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is not None
     except ChildProcessError:
-        return not os.path.exists(f"/proc/{pid}") or _start_time(pid) is None
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[19]) if fields[0] != b"Z" else None
+        return not os.path.exists(f"/proc/{pid}") or start_time(pid) is None
 
 
 def _mounted(mountinfo: str, where: str) -> bool:

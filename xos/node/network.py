@@ -137,7 +137,8 @@ def attach(node: rtnl.RawRtnl, ws: rtnl.RawRtnl, bridge: int, wsid: str, tag: st
            address: str, subnet: Subnet) -> tuple[int, int]:
     """Give a workspace its veth pair: host end on the bridge, eth0 with `address` inside; both indexes.
 
-    Hand-encoded: seven messages that pyroute2 took about 5 ms to encode and decode.
+    Hand-encoded: pyroute2's encoding and decoding of these seven messages was most of a create's cost
+    (DEVELOPERS.md, "Measurements behind the code").
     """
     host = HOST_PREFIX + wsid
     # The peer is made inside the workspace's namespace under its final name: no rename, no move.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from xos import stores
 from xos.allocation import Allocation
 from xos.lifecycle import Lifecycle, Transition
 from xos.sqlite import Database
@@ -228,6 +228,6 @@ class SQLiteNodeStore:
 BACKENDS: dict[str, Callable[[str], NodeStore]] = {"sqlite": SQLiteNodeStore}
 
 
-def open_store(home: str, backend: str = "sqlite") -> NodeStore:
-    """The node store under `home`, by backend name."""
-    return BACKENDS[backend](os.path.join(home, "node.db"))
+def open_store(url: str) -> NodeStore:
+    """The node store `url` names (see xos.stores)."""
+    return stores.open_url("node", BACKENDS, url)

@@ -20,7 +20,7 @@ from aiohttp import web
 from xos.errors import Conflict, InvalidInput, NotFound
 from xos.identity import credential
 from xos.paths import vo_socket
-from xos.vo.store import VO, Member, SQLiteVOStore
+from xos.vo.store import VO, Member, VOStore, open_store
 from xos.wire import codec
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class VOService:
         self.key_path = os.path.join(home, "vo", "signing.key")
         self.key = credential.load_key(self.key_path)
         self.kid = credential.key_id(self.key.public_key())
-        self.store = SQLiteVOStore(os.path.join(home, "vo.db"))
+        self.store: VOStore = open_store(os.path.join(home, "vo.db"))
         self._changed = asyncio.Condition()
         self.closing = False
         self.members_changed = 0  # bumped at every change of any VO's members: a followers' cue to pull rosters

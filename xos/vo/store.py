@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from xos import stores
 from xos.sqlite import Database
 
 
@@ -65,6 +67,7 @@ class VOStore(Protocol):
     def revoke(self, jtis: list[str] | None, vo: str | None, user: str | None, reason: str,
                scope: str = "credential") -> list[Revocation]: ...
     def revocations(self, since: int = 0) -> list[Revocation]: ...
+    def last_serial(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -176,3 +179,11 @@ class SQLiteVOStore:
     @staticmethod
     def _member(r: tuple[Any, ...]) -> Member:
         return Member(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4])
+
+
+BACKENDS: dict[str, Callable[[str], VOStore]] = {"sqlite": SQLiteVOStore}
+
+
+def open_store(url: str) -> VOStore:
+    """The VO store `url` names (see xos.stores)."""
+    return stores.open_url("VO", BACKENDS, url)

@@ -84,8 +84,8 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
 
 
 def dumps(data: Any) -> bytes:
-    """Compact JSON: orjson (a 10,000-entry directory listing: 37-43 ms with json, a tenth of it with
-    orjson), json for what orjson refuses (integers past 64 bits)."""
+    """Compact JSON: orjson (large directory listings are its measured reason), json for what orjson
+    refuses (integers past 64 bits)."""
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:

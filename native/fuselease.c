@@ -1,0 +1,286 @@
+/* Directory leases and the files made under them: a CREATE in a directory leased to this mount is
+ * answered here, with an inode number from the lease's, and queued for Python to send to the MRC in a
+ * batch; the handles open on such files until Python adopts them; and which handles wrote since they
+ * were opened (a clean handle's FLUSH is answered here).
+ */
+#include "gridfuse_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Directory leases and the files made under them */
+
+static uint32_t owner_uid;
+static struct xf_made *made;
+static size_t made_n, made_cap;
+static pthread_cond_t made_cond = PTHREAD_COND_INITIALIZER;
+static uint64_t local_fh;
+
+void xf_owner(uint32_t uid) { owner_uid = uid; }
+
+void xf_lease(uint64_t dir, uint64_t dir_ino, double until, uint32_t gid, uint64_t ino_lo, uint64_t ino_hi)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    if (d) {
+        d->lease_until = until;
+        d->lease_ino = dir_ino;
+        d->lease_gid = gid;
+        if (ino_hi > ino_lo) {
+            d->ino_next = ino_lo;
+            d->ino_end = ino_hi;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+uint64_t xf_lease_left(uint64_t dir)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    uint64_t left = d && d->ino_end > d->ino_next ? d->ino_end - d->ino_next : 0;
+    pthread_mutex_unlock(&lock);
+    return left;
+}
+
+size_t xf_made_count(void)
+{
+    pthread_mutex_lock(&lock);
+    size_t n = made_n;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
+/* Up to `max` files made here, oldest first, waiting up to `wait` seconds for one (max 0: only wait,
+ * and say how many there are). */
+size_t xf_take_made(struct xf_made *out, size_t max, double wait)
+{
+    pthread_mutex_lock(&lock);
+    if (!made_n && wait > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double end = ts.tv_sec + ts.tv_nsec * 1e-9 + wait;
+        ts.tv_sec = (time_t)end;
+        ts.tv_nsec = (long)((end - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&made_cond, &lock, &ts);
+    }
+    if (!max) { /* only waiting */
+        size_t n = made_n;
+        pthread_mutex_unlock(&lock);
+        return n;
+    }
+    size_t n = made_n < max ? made_n : max;
+    for (size_t i = 0; i < n; i++) {
+        struct node *f = find_id(made[i].node);
+        if (f)
+            f->taken = 1;
+    }
+    memcpy(out, made, n * sizeof *made);
+    memmove(made, made + n, (made_n - n) * sizeof *made);
+    made_n -= n;
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
+/* The MRC has the file made here as inode `ino` (0: it refused it, the name was taken meanwhile). */
+void xf_confirm(uint64_t node, uint64_t ino)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    if (n) {
+        n->pending = 0;
+        if (!ino) {
+            unhash_name(n);
+            n->attr_until = 0;
+        } else {
+            n->attr.ino = ino;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+int xf_queued(uint64_t node)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    int queued = n && n->pending && !n->taken;
+    pthread_mutex_unlock(&lock);
+    return queued;
+}
+
+uint64_t xf_node_of(uint64_t parent, const char *name)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_name(parent, name);
+    uint64_t id = n ? n->id : 0;
+    pthread_mutex_unlock(&lock);
+    return id;
+}
+
+/* Handles open on files made here that Python has not adopted: (handle, node) */
+struct local {
+    uint64_t fh, node;
+    struct local *next;
+};
+
+static struct local *locals[256];
+
+static void written_lock_(void);
+static void written_unlock_(void);
+
+static void add_local(uint64_t fh, uint64_t node)
+{
+    struct local *l = malloc(sizeof *l);
+    if (!l)
+        return;
+    l->fh = fh;
+    l->node = node;
+    written_lock_();
+    l->next = locals[fh & 255];
+    locals[fh & 255] = l;
+    written_unlock_();
+}
+
+void drop_local(uint64_t fh)
+{
+    written_lock_();
+    for (struct local **p = &locals[fh & 255]; *p; p = &(*p)->next)
+        if ((*p)->fh == fh) {
+            struct local *l = *p;
+            *p = l->next;
+            free(l);
+            break;
+        }
+    written_unlock_();
+}
+
+size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max)
+{
+    size_t n = 0;
+    written_lock_();
+    for (size_t i = 0; i < 256; i++)
+        for (struct local *l = locals[i]; l; l = l->next)
+            if (l->node == node && n < max)
+                fhs[n++] = l->fh;
+    written_unlock_();
+    return n;
+}
+
+/* CREATE answered here when the directory is leased to this mount and its listing known: the file
+ * gets an inode number from the lease's, and goes to the MRC with others in a batch. 1: answered. */
+int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+    /* a file its owner may not write is made here too (git's objects are 0444): a handle Python adopts
+     * is reopened at the MRC as the kernel checked it, which the MRC honours for the owner */
+    if (strlen(name) > 255)
+        return 0;
+    double t = now();
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    wall -= wall % 1000; /* microseconds: what the MRC's times (seconds in a double) carry exactly */
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(parent);
+    if (!d || d->lease_until <= t || !d->list_until || d->ino_next >= d->ino_end || find_name(parent, name)) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    if (made_n == made_cap) {
+        size_t ncap = made_cap ? made_cap * 2 : 256;
+        struct xf_made *m = realloc(made, ncap * sizeof *m);
+        if (!m) {
+            pthread_mutex_unlock(&lock);
+            return 0;
+        }
+        made = m;
+        made_cap = ncap;
+    }
+    struct xf_attr a = {.ino = d->ino_next, .mode = S_IFREG | (mode & 07777), .nlink = 1, .uid = owner_uid,
+                        .gid = d->attr.mode & S_ISGID ? d->attr.gid : d->lease_gid,
+                        .atime_ns = wall, .mtime_ns = wall, .ctime_ns = wall};
+    struct node *n = record(parent, name, &a, default_ttl, 1);
+    if (!n) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    d->ino_next++;
+    n->pending = 1;
+    uint64_t fh = XF_LOCAL_FH | ++local_fh;
+    struct xf_made *m = &made[made_n++];
+    m->dir_ino = d->lease_ino;
+    m->dir_node = parent;
+    m->node = n->id;
+    m->ino = a.ino;
+    m->fh = fh;
+    m->mode = a.mode;
+    m->time_ns = wall;
+    strcpy(m->name, name);
+    d->attr.mtime_ns = d->attr.ctime_ns = wall;
+    uint64_t id = n->id;
+    pthread_cond_signal(&made_cond);
+    pthread_mutex_unlock(&lock);
+    add_local(fh, id);
+    struct fuse_entry_param e;
+    fill_entry(&e, id, &a, default_ttl);
+    fi->fh = fh;
+    write_around(fi);
+    if (fuse_reply_create(req, &e, fi) != 0) { /* interrupted: made all the same, but nobody holds it */
+        drop_local(fh);
+        pthread_mutex_lock(&lock);
+        n->nlookup--;
+        pthread_mutex_unlock(&lock);
+    }
+    return 1;
+}
+
+/* Handles that wrote since they were opened: only their FLUSH (every close sends one) has work for
+ * Python; a clean one's is answered here. A create-and-close spent a third of its Python calls on it. */
+struct written {
+    uint64_t fh;
+    struct written *next;
+};
+
+static struct written *written_[256];
+static pthread_mutex_t written_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void xf_written(uint64_t fh, int on)
+{
+    if (on && fh & XF_LOCAL_FH)
+        drop_local(fh); /* Python adopted it: its FLUSH and RELEASE go there now */
+    pthread_mutex_lock(&written_lock);
+    struct written **p = &written_[fh & 255];
+    while (*p && (*p)->fh != fh)
+        p = &(*p)->next;
+    if (on && !*p) {
+        struct written *w = malloc(sizeof *w);
+        if (w) {
+            w->fh = fh;
+            w->next = NULL;
+            *p = w;
+        }
+    } else if (!on && *p) {
+        struct written *w = *p;
+        *p = w->next;
+        free(w);
+    }
+    pthread_mutex_unlock(&written_lock);
+}
+
+static void written_lock_(void) { pthread_mutex_lock(&written_lock); }
+static void written_unlock_(void) { pthread_mutex_unlock(&written_lock); }
+
+int has_written(uint64_t fh)
+{
+    pthread_mutex_lock(&written_lock);
+    struct written *w = written_[fh & 255];
+    while (w && w->fh != fh)
+        w = w->next;
+    pthread_mutex_unlock(&written_lock);
+    return w != NULL;
+}

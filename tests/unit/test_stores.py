@@ -1,0 +1,136 @@
+"""One conformance suite per store, run against every implementation its module registers in BACKENDS:
+what the daemons rely on (durable across a reopen, one transaction per change, the lifecycle's checks)
+must hold whichever engine keeps the state."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+import pytest
+
+from xos.aem import jobs, jobspec
+from xos.allocation import Allocation
+from xos.errors import DirectoryNotEmpty, FileExists, IllegalTransition, InvalidInput, NoSuchFile, NotFound
+from xos.fs.layout import Striping
+from xos.fs.mrc import store as catalogue
+from xos.fs.mrc.records import Caller
+from xos.node import store as node_store
+from xos.node.store import WORKSPACE, UsageRecord, WorkspaceRecord
+from xos.node.store import WorkspaceState as W
+from xos.vo import store as vo_store
+
+
+@pytest.mark.parametrize("backend", sorted(node_store.BACKENDS))
+def test_node_store(tmp_path, backend) -> None:
+    url = f"{backend}:///{tmp_path}/node.db"
+    s = node_store.open_store(url)
+    rec = WorkspaceRecord(id="w1", name="a", state=W.CREATING, alloc=Allocation(cpu=0.5), uid=1, gid=2,
+                          address="198.19.0.2")
+    s.add_workspace(rec)
+    s.transition(rec, WORKSPACE.step("a", W.CREATING, W.RUNNING, "created"))
+    s.save_usage(UsageRecord("w1", "a", 1.0, cpu_ns=5, bytes_in=9))
+    s.set_forward("198.19.0.9", "https://n2:7200")
+    s.close()
+    s = node_store.open_store(url)  # a restarted daemon finds all of it
+    [back] = s.workspaces()
+    assert (back.state, back.alloc.cpu) == ("running", 0.5)
+    assert [t[:2] for t in s.transitions("w1")] == [("", "creating"), ("creating", "running")]
+    assert s.usage("a")[0].bytes_in == 9 and s.forwards() == {"198.19.0.9": "https://n2:7200"}
+    s.transition(back, WORKSPACE.step("a", W.RUNNING, W.DESTROYING, "asked"))
+    s.transition(back, WORKSPACE.step("a", W.DESTROYING, W.DESTROYED, "gone"))
+    assert s.workspaces() == [] and len(s.workspaces(include_destroyed=True)) == 1
+    s.add_workspace(WorkspaceRecord(id="w2", name="a", state=W.CREATING, alloc=Allocation(), uid=1, gid=2,
+                                    address="198.19.0.3"))  # a destroyed workspace's name is free again
+    s.close()
+
+
+@pytest.mark.parametrize("backend", sorted(vo_store.BACKENDS))
+def test_vo_store(tmp_path, backend) -> None:
+    url = f"{backend}:///{tmp_path}/vo.db"
+    s = vo_store.open_store(url)
+    s.add_vo(vo_store.VO("bio", "carol", "active", 1.0, None))
+    s.put_member(vo_store.Member("bio", "alice", ["analyst"], ["bio"], 2.0))
+    s.put_member(vo_store.Member("bio", "bob", [], ["bio"], 3.0))
+    now = int(time.time())
+    s.add_credential("j1", "bio", "alice", now, now + 3600)
+    s.add_credential("j2", "bio", "alice", now, now + 3600)
+    s.add_credential("j3", "bio", "bob", now, now + 3600)
+    s.close()
+    s = vo_store.open_store(url)
+    assert [m.user for m in s.members("bio")] == ["alice", "bob"] and s.member("bio", "alice").roles == ["analyst"]
+    first = s.revoke(None, "bio", "alice", "removed", "member")
+    assert sorted(r.jti for r in first if ":" not in r.jti) == ["j1", "j2"]  # and the member's marker
+    assert s.revoke(["j1"], None, None, "again") == []  # a credential is revoked once
+    later = s.revoke(["j3"], None, None, "lost")
+    serials = [r.serial for r in s.revocations()]
+    assert serials == sorted(serials) and len(set(serials)) == len(first) + len(later)
+    assert [r.jti for r in s.revocations(since=max(r.serial for r in first))] == [r.jti for r in later]
+    assert s.remove_member("bio", "alice") and not s.remove_member("bio", "alice")
+    s.set_vo_state("bio", "dissolved")
+    assert s.vo("bio").state == "dissolved" and s.vo("chem") is None
+    s.close()
+
+
+@pytest.mark.parametrize("backend", sorted(jobs.BACKENDS))
+def test_job_store(tmp_path, backend) -> None:
+    url = f"{backend}:///{tmp_path}/jobs.db"
+    s = jobs.open_store(url)
+    spec = jobspec.parse({"executable": "/bin/true", "count": 2, "token": "t-1"})
+    made = s.submit(spec, "alice@bio", "bio", "cred-of-alice")
+    assert [j.id for j in made] == ["1.0", "1.1"]
+    assert [j.id for j in s.submit(spec, "alice@bio", "bio", "cred-of-alice")] == ["1.0", "1.1"]  # a retry
+    s.transition("1.0", jobs.State.MATCHED, "node n1", node="n1")
+    s.transition("1.0", jobs.State.RUNNING, "started")
+    with pytest.raises(IllegalTransition):
+        s.transition("1.0", jobs.State.QUEUED, "back")
+    s.remember_node("n1", "https://n1:7200")
+    s.close()
+    s = jobs.open_store(url)
+    assert (s.get("1.0").state, s.get("1.0").node) == (jobs.State.RUNNING, "n1")
+    assert [h["to"] for h in s.history("1.0")] == ["queued", "matched", "running"]
+    assert s.known_nodes() == {"n1": "https://n1:7200"} and s.credential("1.0") == "cred-of-alice"
+    s.transition("1.0", jobs.State.DONE, "exit 0", exit_status=0)
+    assert s.credential("1.0") == ""  # nothing runs as its owner again
+    assert [j.id for j in s.ls(jobs.State.QUEUED, owner="alice@bio")] == ["1.1"]
+    s.purge("1.0")
+    with pytest.raises(NotFound):
+        s.get("1.0")
+    s.close()
+
+
+@pytest.mark.parametrize("backend", sorted(catalogue.BACKENDS))
+def test_catalogue(tmp_path, backend) -> None:
+    url = f"{backend}:///{tmp_path}/mrc.db"
+    me = Caller("alice@bio", "bio")
+    c = catalogue.open_store(url)
+    c.create_volume("data", "bio", "alice@bio", {}, Striping(1 << 20, 1), 1)
+    c.mkdir("data", "/d", 0o755, me)
+    c.create("data", "/d/f", 0o644, me)
+    c.link("data", "/d/f", "/d/g", me)
+    c.setxattr("data", "/d/f", "user.k", b"v", me)
+    with pytest.raises(FileExists):
+        c.create("data", "/d/f", 0o644, me)
+    c.close()
+    c = catalogue.open_store(url)
+    assert c.getattr("data", "/d/g", me)["nlink"] == 2 and c.getxattr("data", "/d/f", "user.k", me) == b"v"
+    c.rename("data", "/d/g", "/h", me)
+    _, rows = c.readdir("data", "/d", me)
+    assert [r[0] for r in rows] == ["f"]
+    with pytest.raises(DirectoryNotEmpty):
+        c.rmdir("data", "/d", me)
+    c.unlink("data", "/d/f", me)
+    assert c.getattr("data", "/h", me)["nlink"] == 1 and stat.S_ISREG(c.getattr("data", "/h", me)["mode"])
+    with pytest.raises(NoSuchFile):
+        c.getattr("data", "/d/f", me)
+    c.rmdir("data", "/d", me)
+    assert [v.name for v in c.volumes()] == ["data"]
+    c.close()
+
+
+def test_a_store_url_names_its_engine_and_an_unknown_one_is_refused(tmp_path) -> None:
+    s = jobs.open_store(str(tmp_path / "plain.db"))  # a plain path is SQLite
+    s.close()
+    assert (tmp_path / "plain.db").exists()
+    with pytest.raises(InvalidInput, match="no job store for 'oracle'"):
+        jobs.open_store("oracle://db/jobs")
