@@ -3,7 +3,7 @@ the first submission to the last job done, submission latency p50/p99), and matc
 against 10,000 node ads and 1,000 queued jobs against 1,000 ads, in HTCondor's ClassAd language
 (classad2), beside the naive way (every job evaluated alone, without autoclusters) in the same run.
 
-Target (issue 5): 50 jobs/s. The peer, SLURM 22.05 from Debian, runs trivial jobs in the same run on
+Target: 50 jobs/s. The peer, SLURM 22.05 from Debian, runs trivial jobs in the same run on
 one node with the machine's CPUs and its default scheduler (the issue quotes 5.5 jobs/s for 200 jobs
 on one of these machines). Prints a table, writes JSON with --out.
 """

@@ -2,7 +2,7 @@
 same workload with the same CRIU flags in the same run (the limit), and migration downtime.
 
 For 64 MiB, 256 MiB and 1 GiB resident workloads. Prints a table, writes JSON with --out.
-Targets (issue 4): checkpoint and restore within 1.2 times bare CRIU; `--live` downtime under a
+Targets: checkpoint and restore within 1.2 times bare CRIU; `--live` downtime under a
 quarter of stop-and-copy's at 1 GiB: pre-copy rounds where the kernel tracks dirty memory, post-copy
 (userfaultfd: the workload runs at the target while its memory follows) where it does not.
 """

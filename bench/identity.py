@@ -1,6 +1,6 @@
 """Identity benchmark: PAM login with pam_xos beside pam_unix, NSS lookups beside `files`, lease throughput.
 
-Prints a table, writes JSON with --out. Targets (issue 3): pam_xos p50 under 2 ms; getpwnam and
+Prints a table, writes JSON with --out. Targets: pam_xos p50 under 2 ms; getpwnam and
 getpwuid of a mapped account within 5 times a `files` account.
 """
 

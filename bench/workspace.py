@@ -1,7 +1,7 @@
 """Workspace benchmark: lifecycle against runc, renegotiation against tc + a cgroup write, a usage sweep.
 
 Runs a real node (xos.testing) and its peers in the same run, prints a table, writes JSON with --out.
-Targets (issue 2): create+exec+destroy p50 at or below runc's with networking and shaping included;
+Targets: create+exec+destroy p50 at or below runc's with networking and shaping included;
 renegotiation under 1 ms p50; a usage sweep of 200 workspaces under 5 ms.
 """
 

@@ -1,5 +1,5 @@
 """A workspace's own grid file system mount: its processes keep files open there across checkpoint,
-restore and migration (issue 4), with the real CRIU, FUSE and file system services."""
+restore and migration, with the real CRIU, FUSE and file system services."""
 
 from __future__ import annotations
 
