@@ -48,6 +48,19 @@ def mrc(args: argparse.Namespace) -> str:
     return str(url).rstrip("/")
 
 
+def command_parser(group: Any, name: str, hlp: str, run: Callable[..., Any], daemon: str | None = None,
+                   data: bool = True) -> argparse.ArgumentParser:
+    """One command of a group: its help, its handler, the address of the daemon it asks, and --json when it
+    prints data."""
+    p: argparse.ArgumentParser = group.add_parser(name, help=hlp)
+    if daemon:
+        address(p, daemon)
+    if data:
+        json_flag(p)
+    p.set_defaults(run=run)
+    return p
+
+
 def cred(p: argparse.ArgumentParser, what: str = "") -> None:
     """`--cred FILE` ('-': stdin); without it the token in $XOS_CREDENTIAL."""
     p.add_argument("--cred", metavar="FILE", help=what or "credential file ('-': stdin; default: the token in "

@@ -19,12 +19,7 @@ def add(sub: Any) -> None:
     vo = sub.add_parser("vo", help="virtual organizations").add_subparsers(dest="verb", required=True)
 
     def verb(name: str, hlp: str, data: bool = True) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = vo.add_parser(name, help=hlp)
-        common.address(p, "vo")
-        if data:
-            common.json_flag(p)
-        p.set_defaults(run=run)
-        return p
+        return common.command_parser(vo, name, hlp, run, "vo", data)
 
     v = verb("create", "form a VO")
     v.add_argument("vo")

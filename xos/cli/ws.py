@@ -34,12 +34,7 @@ def add(sub: Any) -> None:
     ws = sub.add_parser("ws", help="workspaces on this node").add_subparsers(dest="verb", required=True)
 
     def verb(name: str, hlp: str, data: bool = True) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = ws.add_parser(name, help=hlp)
-        common.address(p, "node")
-        if data:
-            common.json_flag(p)
-        p.set_defaults(run=run)
-        return p
+        return common.command_parser(ws, name, hlp, run, "node", data)
 
     c = verb("create", "create a workspace")
     c.add_argument("name")
