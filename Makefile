@@ -6,7 +6,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 uti
 	pamtester keyutils iptables fuse3 libfuse3-3 libfuse3-dev liburing-dev libisal-dev pkg-config sshfs openssh-server \
 	autoconf automake perl
 STAMP := $(VENV)/.xos-setup
-NATIVE := $(wildcard native/*.c native/*.h native/*.pyx native/*.py native/decl/*.py pam/*.c pam/*.h pam/*.map)
+NATIVE := $(wildcard native/*.py native/*/*.c native/*/*.h native/*/*.pyx native/decl/*.py pam/*.c pam/*.h pam/*.map)
 
 .PHONY: setup apt criu fuse-uring test lint demo bench fsx clean
 
@@ -17,7 +17,7 @@ criu: | apt
 	sh checkpoint/criu-setup.sh
 
 # FUSE over io_uring (Linux 6.14+, off unless asked for): grid mounts then take their requests through a
-# ring per CPU (native/fuseuring.c). On now and at every boot; a kernel without it keeps /dev/fuse.
+# ring per CPU (native/fs/fuseuring.c). On now and at every boot; a kernel without it keeps /dev/fuse.
 URING := /sys/module/fuse/parameters/enable_uring
 fuse-uring:
 	@modprobe fuse 2>/dev/null || true
@@ -73,4 +73,4 @@ fsx: setup
 	$(PY) bench/fsx.py --ops $(FSX_OPS) --out bench/out/fsx-long.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info native/*.so native/cgstat.c native/xos-init
+	rm -rf $(VENV) build *.egg-info native/*.so native/node/cgstat.c native/xos-init

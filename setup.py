@@ -12,7 +12,7 @@ from setuptools.command.build_ext import build_ext
 
 # (output name inside xos/_native, sources, extra flags); a failure to compile one fails the build.
 PROGRAMS = [
-    ("xos-init", ["native/init.c", "native/safepath.c"], ["-O2", "-static-pie"]),
+    ("xos-init", ["native/node/init.c", "native/node/safepath.c"], ["-O2", "-static-pie"]),
 ]
 
 
@@ -45,4 +45,5 @@ class BuildNative(build_ext):
             self.compiler.link_shared_object(objects, name, output_dir=outdir, libraries=libs, extra_postargs=flags)
 
 
-setup(cffi_modules=["native/build_sys.py:ffi", "native/build_fuse.py:ffi", "native/build_osd.py:ffi"], cmdclass={"build_ext": BuildNative})
+setup(cffi_modules=["native/build.py:sys_ffi", "native/build.py:fuse_ffi", "native/build.py:osd_ffi"],
+      cmdclass={"build_ext": BuildNative})

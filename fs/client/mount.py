@@ -1,4 +1,4 @@
-"""The FUSE mount of a volume: libfuse's low-level loop in native code (native/gridfuse.c), POSIX calls
+"""The FUSE mount of a volume: libfuse's low-level loop in native code (native/fs/gridfuse.c), POSIX calls
 onto the Client here.
 
 The native loop answers the kernel's lookups and getattrs of what this mount saw within the

@@ -352,7 +352,7 @@ async def serve_osd(cfg: OsdConfig) -> None:
         await osd.session.close()
 
 
-# Object reads on native threads (native/osdread.c)
+# Object reads on native threads (native/fs/osdread.c)
 
 _native: NativeReads | None = None
 

@@ -1,4 +1,4 @@
-"""Opens beneath a directory that never follow a link nor block (native/safepath.c), and the
+"""Opens beneath a directory that never follow a link nor block (native/node/safepath.c), and the
 file-system identity of the calling thread (setfsuid(2), setfsgid(2))."""
 
 INCLUDES = """
@@ -19,4 +19,5 @@ int setfsgid(unsigned int);
 """
 
 CUSTOMIZATIONS = ""
-SOURCES: list[str] = ["native/safepath.c"]
+SOURCES: list[str] = ["native/node/safepath.c"]
+INCLUDE_DIRS = ["node"]

@@ -5,6 +5,7 @@ INCLUDES = """
 """
 
 TYPES = """
+typedef unsigned int gid_t;
 struct xos_spawn_args {
     char *const *paths;
     int n_paths;
@@ -40,4 +41,5 @@ int xos_spawn(const struct xos_spawn_args *, int *, int *, int *);
 """
 
 CUSTOMIZATIONS = ""
-SOURCES = ["native/spawn.c"]
+SOURCES = ["native/node/spawn.c"]
+INCLUDE_DIRS = ["node"]

@@ -1,4 +1,4 @@
-"""The mount's native table of nodes (native/gridfuse.c) against a model: paths, names and listings
+"""The mount's native table of nodes (native/fs/gridfuse.c) against a model: paths, names and listings
 stay right under any mix of lookups, listings, renames and removals.
 
 The table is what turns the kernel's node ids into the paths the MRC is asked by; a wrong path

@@ -1,4 +1,4 @@
-"""Starting processes through the native fork-to-exec path (native/spawn.c)."""
+"""Starting processes through the native fork-to-exec path (native/node/spawn.c)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from xos._native._sys import ffi, lib
 from xos.errors import SpawnError
 
-# Mirrors native/spawn.h.
+# Mirrors native/node/spawn.h.
 STEPS = {
     1: "pipe",
     2: "clone",

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* cdef begin: what follows, to the end marker, is also native/build_osd.py's declaration for CFFI */
+/* cdef begin: what follows, to the end marker, is also native/decl/osd.py's declaration for CFFI */
 
 /* Serve the connections accepted on `listen_fd` under object directory `root` (DIR/objects); `direct`:
  * large reads may go around the page cache. 0, or -errno. */

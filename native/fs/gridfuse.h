@@ -6,7 +6,7 @@
 #include <fuse_lowlevel.h>
 #include <stdint.h>
 
-/* cdef begin: what follows, to the end marker, is also native/build_fuse.py's declaration for CFFI */
+/* cdef begin: what follows, to the end marker, is also native/decl/fuse.py's declaration for CFFI */
 
 /* A file's attributes as the MRC gives them, already mapped to local ids. */
 struct xf_attr {

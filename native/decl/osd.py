@@ -1,0 +1,20 @@
+"""An OSD's object reads on native threads (fs/osdread.c), and the two Python callbacks they use."""
+
+from xos_decl import between_markers  # type: ignore[import-not-found]  # see load() in __init__.py
+
+INCLUDES = """
+#include "osdread.h"
+"""
+
+TYPES = between_markers("fs/osdread.h")
+
+FUNCTIONS = """
+extern "Python+C" int xo_check(const char *auth, const char *cap, const char *fid, double *until);
+extern "Python+C" void xo_adopt(int fd, const char *buf, size_t n);
+"""
+
+CUSTOMIZATIONS = ""
+SOURCES = ["native/fs/osdread.c"]
+INCLUDE_DIRS = ["fs"]
+LIBRARIES = ["isal", "pthread"]
+COMPILE_ARGS = ["-Wextra"]
