@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 
@@ -32,6 +33,7 @@ from xos.node.client import SyncClient
 from xos.testing import netns
 from xos.wire import hostid
 
+B = TypeVar("B", bound="Built")
 GRID_NET = "198.18.0"  # the grid bridge's /24; node i is .(10+i)
 PEER_PORT = 7200  # every test node's peer API, on its grid address
 
@@ -292,7 +294,30 @@ def purge_cgroups(root: str) -> None:
         hierarchy.remove_root(root)
 
 
-class TestGrid:
+class Built:
+    """A fixture made whole on entry (or taken down again if making it failed) and taken down on exit, also
+    when the process gets SIGTERM."""
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: B) -> B:
+        unwind_on_sigterm()
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+
+class TestGrid(Built):
     """N nodes, each in its own network namespace, joined by a bridge in the root namespace."""
 
     __test__ = False
@@ -307,18 +332,6 @@ class TestGrid:
         self._n = n
         self._extra = extra_args or []
         self._node_args = node_args or [[] for _ in range(n)]  # each node's own flags (site, price)
-
-    def __enter__(self) -> TestGrid:
-        unwind_on_sigterm()
-        try:
-            self._build()
-        except BaseException:
-            self.teardown()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.teardown()
 
     @property
     def ca(self) -> str:

@@ -25,7 +25,7 @@ from xos.identity import credential
 from xos.kernel import spawn as sp
 from xos.node import network
 from xos.paths import MRC_PORT, OSD_PORT
-from xos.testing import Terminal, TestNode, claim_subnet, netns, remove_links, unwind_on_sigterm, wait_for
+from xos.testing import Built, Terminal, TestNode, claim_subnet, netns, remove_links, wait_for
 
 FS_NET = "198.18.1"
 
@@ -120,7 +120,7 @@ def fs_grid(volumes: dict[str, dict[str, Any]], allowed: list[str] | None = None
         assert not bad, bad
 
 
-class FsGrid:
+class FsGrid(Built):
     """MRC, `osds` OSDs and `clients` client hosts; VOs vo-a and vo-b with credentials for their members."""
 
     __test__ = False
@@ -143,18 +143,6 @@ class FsGrid:
         self.key = os.path.join(self.base, "fs.key")
         self._vo_keys: dict[str, object] = {}
         self.attached = 0  # other namespaces given an interface on the bridge
-
-    def __enter__(self) -> FsGrid:
-        unwind_on_sigterm()
-        try:
-            self._build()
-        except BaseException:
-            self.teardown()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.teardown()
 
     @property
     def mrc_url(self) -> str:
