@@ -221,7 +221,9 @@ class SQLiteCatalogue(VolumeTable):
         """Files a lease holder created in directory `dir_ino` under its lease, as (name, inode number or
         None for any, mode, time, the content and times it wrote there or None), in one transaction:
         {name: inode number} of those made, {name: error code} of those refused (a name taken meanwhile:
-        the lease had run out), and the directory's listing version before and after."""
+        the lease had run out), and the directory's listing version before and after. A batch sent again
+        because its answer was lost makes nothing twice and refuses nothing: a file already there under the
+        inode number the maker gave it (numbers reserved to that maker alone) is the one it made."""
         made: dict[str, int] = {}
         refused: dict[str, str] = {}
         with self.db.tx() as tx:
@@ -244,6 +246,10 @@ class SQLiteCatalogue(VolumeTable):
                         node = self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
                     made[name] = node.ino
                 except FileExists as e:
+                    there = self._child(tx, parent, name, c)
+                    if ino is not None and there is not None and there.ino == ino and there.owner == c.who:
+                        made[name] = ino  # this batch came before and its answer was lost: the same file
+                        continue
                     refused[name] = e.code
                     continue
                 if content is not None:  # its times as the maker showed them: tar and make compare them

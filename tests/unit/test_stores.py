@@ -125,6 +125,14 @@ def test_catalogue(tmp_path, backend) -> None:
         c.getattr("data", "/d/f", me)
     c.rmdir("data", "/d", me)
     assert [v.name for v in c.volumes()] == ["data"]
+    root = c.getattr("data", "/", me)["ino"]
+    ino = c.reserve(4)[0]
+    batch = [("m", ino, 0o644, 1.0, None)]
+    first = c.made("data", root, batch, me)
+    again = c.made("data", root, batch, me)  # its answer was lost and it came again: made once, refused never
+    assert first["made"] == again["made"] == {"m": ino} and again["refused"] == {}
+    other = c.made("data", root, [("m", ino + 1, 0o644, 1.0, None)], me)  # another file by that name
+    assert other["made"] == {} and "m" in other["refused"]
     c.close()
 
 
