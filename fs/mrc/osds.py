@@ -47,6 +47,13 @@ class OsdRegistry:
             else:
                 tx.execute("DELETE FROM orphans WHERE fid=?", (fid,))
 
+    def sizes(self) -> dict[str, int]:
+        """What the catalogue holds: volumes, files (inodes), their bytes, and orphans still to delete."""
+        volumes, files, size = self.db.execute(
+            "SELECT (SELECT count(*) FROM volumes), count(*), coalesce(sum(size), 0) FROM inodes").fetchone()
+        orphans = self.db.execute("SELECT count(*) FROM orphans").fetchone()[0]
+        return {"volumes": int(volumes), "files": int(files), "bytes": int(size), "orphans": int(orphans)}
+
     def statfs(self) -> dict[str, int]:
         live = [o for o in self.osds() if o["alive"]]
         files = self.db.execute("SELECT count(*) FROM inodes").fetchone()[0]

@@ -28,6 +28,7 @@ from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
 from xos.wire.codec import field, json_response, read_body
+from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +420,29 @@ class MRC:
         return {"xloc": xloc.to_json()}
 
 
+def metrics(mrc: MRC) -> Registry:
+    """The MRC's metrics: requests by operation, what the catalogue holds, leases and OSDs."""
+    reg = Registry("mrc")
+
+    def size(key: str) -> Callable[[], list[tuple[dict[str, str], float]]]:
+        return lambda: [({}, float(mrc.cat.sizes()[key]))]
+
+    for key, name, what in (("volumes", "volumes", "Volumes."),
+                            ("files", "files", "Files, directories and links (inodes)."),
+                            ("bytes", "file_bytes", "Bytes of all files, by their sizes."),
+                            ("orphans", "orphans", "Objects of deleted files still to be removed from OSDs.")):
+        reg.gauge(name, what, size(key))
+    reg.gauge("leases", "Directory leases held now.", lambda: [({}, mrc.leases.held())])
+    reg.gauge("osds", "OSDs by whether they are alive.",
+              lambda: [({"alive": str(alive).lower()}, sum(1 for o in mrc.cat.osds() if o["alive"] is alive))
+                       for alive in (True, False)])
+    reg.gauge("replica_passes_total", "Passes of the replica manager.", lambda: [({}, mrc.replicas.passes)],
+              "counter")
+    return reg
+
+
 def make_app(mrc: MRC) -> httpd.App:
-    app = httpd.App(client_max_size=2 << 20)
+    app = httpd.App(client_max_size=2 << 20, metrics=metrics(mrc))
 
     def durable(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Any:
         """Answer only once what the handler committed is on disk: the catalogue's group commit (one fdatasync

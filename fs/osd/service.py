@@ -40,8 +40,11 @@ from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
 from xos.wire.codec import json_response, read_body
+from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
+
+OBJECTS_EVERY = 30  # heartbeats between counts of the objects stored
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 FID = re.compile(r"[0-9a-f]{8,64}")
@@ -99,6 +102,9 @@ class OSD:
         self.reads: dict[str, float] = {}  # files read since the last heartbeat
         self.busy = 0
         self.fsyncs = 0  # fsync requests served: the files put on stable storage at a client's asking
+        self.written = 0  # bytes written into objects here
+        self.read_bytes = 0  # bytes of objects the service read (the native read threads count apart)
+        self.object_count = 0  # objects stored, as last counted
         self.session: aiohttp.ClientSession | None = None
 
     def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
@@ -181,6 +187,7 @@ class OSD:
         behind = [u for u, r in zip(forwards, results[1:], strict=True) if r is not True]
         if behind:  # stale from now on: the MRC drops them before this write is acknowledged
             await self._report_behind(fid, behind)
+        self.written += len(data)
         return json_response({"written": len(data), "behind": behind})
 
     async def _report_behind(self, fid: str, urls: list[str]) -> None:
@@ -225,6 +232,7 @@ class OSD:
         try:
             if length <= SMALL:  # a page-cache read of a few blocks costs less than the hop to a thread
                 data = self.store.read(fid, objno, offset, length)
+                self.read_bytes += len(data or b"")
                 resp = (web.Response(body=b"", headers={"X-Xos-Hole": "1"}) if data is None
                         else web.Response(body=data, content_type="application/octet-stream"))
             else:
@@ -232,6 +240,7 @@ class OSD:
                     data = self.store.read(fid, objno, offset, length, direct=True, copy=False)
                     if data is None:
                         return b"", [("X-Xos-Hole", "1")]
+                    self.read_bytes += len(data)  # one int added under the GIL: no lost update
                     return data, [("Content-Type", "application/octet-stream")]
 
                 resp = await httpd.reply_from_thread(request, answer)
@@ -304,6 +313,7 @@ class OSD:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""
         assert self.session is not None
         headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
+        beats = 0
         while True:
             self.reads.update(dict.fromkeys(native_reads(), time.time()))
             reads, self.reads = self.reads, {}
@@ -316,11 +326,32 @@ class OSD:
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 self.reads.update(reads)
                 log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
+            beats += 1
+            if beats % OBJECTS_EVERY == 1:
+                self.object_count = await asyncio.to_thread(self.store.count)
             await asyncio.sleep(HEARTBEAT)
+
+    def metrics(self) -> Registry:
+        """This OSD's metrics: requests, bytes in and out, objects, room."""
+        reg = Registry("osd")
+        osd = {"osd": self.cfg.id}
+        reg.gauge("written_bytes_total", "Bytes written into objects here (forwarded copies included).",
+                  lambda: [(osd, self.written)], "counter")
+        reg.gauge("read_bytes_total", "Bytes of objects read here by the service (the native reads aside).",
+                  lambda: [(osd, self.read_bytes)], "counter")
+        reg.gauge("native_reads_total", "Object reads answered by the native read threads.",
+                  lambda: [(osd, int(_osd.xo_served()))], "counter")
+        reg.gauge("fsyncs_total", "Files synced to stable storage on request.", lambda: [(osd, self.fsyncs)],
+                  "counter")
+        reg.gauge("objects", "Objects stored here (counted every 30 s).", lambda: [(osd, self.object_count)])
+        reg.gauge("capacity_bytes", "Size of the file system the objects live on.",
+                  lambda: [(osd, self.status()["capacity"])])
+        reg.gauge("free_bytes", "Room left there.", lambda: [(osd, self.status()["free"])])
+        return reg
 
 
 def make_app(osd: OSD) -> httpd.App:
-    app = httpd.App(client_max_size=MAX_OBJECT + (1 << 20))
+    app = httpd.App(client_max_size=MAX_OBJECT + (1 << 20), metrics=osd.metrics())
     app.router.add_put("/v1/o/{fid}/{objno:[0-9]+}", osd.put)
     app.router.add_get("/v1/o/{fid}/{objno:[0-9]+}", osd.get)
     app.router.add_get("/v1/o/{fid}", osd.listing)

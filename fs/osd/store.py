@@ -311,6 +311,13 @@ class ObjectStore:
         finally:
             os.close(fd)
 
+    def count(self) -> int:
+        """How many objects are stored (a walk of the tree: run it off the event loop)."""
+        n = 0
+        for _, _, files in os.walk(self.root):
+            n += sum(1 for f in files if f.isdigit())
+        return n
+
     def objects(self, fid: str) -> list[int]:
         try:
             return sorted(int(n) for n in os.listdir(self.dir(fid)) if n.isdigit())

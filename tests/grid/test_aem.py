@@ -572,3 +572,51 @@ def test_output_larger_than_the_cap_is_cut_and_the_job_told(site):
     private += [os.path.join(d, f) for d, _, fs in os.walk(home) for f in fs if ".db" in f]
     for path in private:
         assert os.stat(path).st_mode & 0o077 == 0, (path, oct(os.stat(path).st_mode))
+
+
+def _families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A /metrics answer parsed by Prometheus's own parser: each family's samples (name with suffix)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def _value(fams: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    return sum(v for lab, v in fams.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
+
+
+def test_every_daemon_exports_prometheus_metrics(site):
+    """The job manager, a node, the MRC and an OSD answer GET /metrics in the text format Prometheus parses:
+    requests, errors and latencies by operation, and each one's own sizes; a made-up operation adds no label."""
+    grid, s, *_ = site
+    job = s.run_job({"executable": "/bin/true", "resources": {"cpus": 0.1}})
+    assert s.wait_terminated(job, 60)["state"] == "done"
+    status, body = tls_call(None, f"{AEM_URL}/metrics")
+    assert status == 200, body
+    aem = _families(body.decode())
+    assert _value(aem, "xos_aem_requests_total", op="POST /v1/jobs") >= 1
+    assert _value(aem, "xos_aem_jobs", state="done") >= 1 and _value(aem, "xos_aem_nodes", fresh="true") == 3
+    assert _value(aem, "xos_aem_matchmaking_seconds_count") >= 1
+    assert _value(aem, "xos_aem_request_duration_seconds_count", op="POST /v1/jobs") >= 1
+    code, out, _ = grid.nodes[0].cli("node", "metrics")
+    node = _families(out)
+    assert code == 0 and _value(node, "xos_node_requests_total", op="GET /v1/peer/ad") >= 1  # the aem asks
+    assert "xos_workspaces" in node
+    fs = grid.fs
+    req = urllib.request.Request(f"{fs.mrc_url}/v1/volumes/data/fs/no_such_op_{os.getpid()}", data=b"{}",
+                                 method="POST")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(req, timeout=10)
+    with urllib.request.urlopen(f"{fs.mrc_url}/metrics", timeout=10) as r:
+        mrc = _families(r.read().decode())
+    assert _value(mrc, "xos_mrc_volumes") >= 1 and _value(mrc, "xos_mrc_requests_total", op="POST /v1/volumes") >= 1
+    assert _value(mrc, "xos_mrc_errors_total", op="POST /v1/volumes/{volume}/fs/{op}") >= 1
+    assert not any(lab.get("op", "").startswith("no_such_op") for lab, _ in mrc["xos_mrc_requests_total"])
+    with urllib.request.urlopen(f"{fs.osd_url(0)}/metrics", timeout=10) as r:
+        osd = _families(r.read().decode())
+    assert _value(osd, "xos_osd_capacity_bytes") > 0 and "xos_osd_objects" in osd
+    assert "xos_osd_written_bytes_total" in osd

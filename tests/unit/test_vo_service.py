@@ -96,3 +96,22 @@ def test_revocation_reaches_a_waiting_poller_at_once(vo):
             assert got["serial"] > since
 
     asyncio.run(scenario())
+
+
+def test_the_service_exports_prometheus_metrics(vo):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert vo.cli("vo", "create", "bio", "--owner", "carol")[0] == 0
+    assert vo.cli("vo", "add", "bio", "alice")[0] == 0
+    assert vo.cli("vo", "add", "nope-no-such-vo", "alice")[0] != 0
+
+    async def scrape() -> str:
+        async with Client(vo.socket) as c:
+            return str(await c._call("GET", "/metrics"))
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(asyncio.run(scrape())) for s in fam.samples}
+    assert samples[("xos_vo_vos", (("state", "active"),))] == 1
+    assert samples[("xos_vo_members", ())] == 2  # the owner and alice
+    assert samples[("xos_vo_requests_total", (("op", "POST /v1/vos/{vo}/members"),))] == 2
+    assert samples[("xos_vo_errors_total", (("code", "vo-not-found"), ("op", "POST /v1/vos/{vo}/members")))] == 1

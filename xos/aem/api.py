@@ -19,7 +19,7 @@ from xos.aem.service import Ad, Aem, AemConfig, NoMatch, wants_of, ws_name
 from xos.errors import Conflict, InvalidInput, NotFound, PermissionDenied, XosError
 from xos.identity import credential
 from xos.vo.follow import RevocationFeeds
-from xos.wire import codec, hostid
+from xos.wire import codec, hostid, metrics
 from xos.wire import server as wire_server
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,9 @@ def make_app(aem: Aem) -> web.Application:
     """The users' routes."""
     app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
     app[AEM] = aem
+    app[metrics.METRICS] = aem.requests
     app.add_routes([
+        web.get("/metrics", metrics.handler(aem.requests)),
         web.post("/v1/jobs", submit),
         web.get("/v1/jobs", list_jobs),
         web.get("/v1/jobs/{id}", get_job),
@@ -260,6 +262,7 @@ def make_peer_app(aem: Aem) -> web.Application:
     """The routes other hosts use (over TLS): nodes pushing their ads."""
     app = web.Application(middlewares=[codec.error_middleware], client_max_size=2 << 20)
     app[AEM] = aem
+    app[metrics.METRICS] = aem.requests
     app.add_routes([web.put("/v1/peer/ads/{name}", take_ad)])
     return app
 

@@ -34,6 +34,7 @@ from xos.errors import (
 )
 from xos.identity import credential
 from xos.wire import hostid
+from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,15 @@ class Aem:
         self.refused: dict[str, dict[str, float]] = {}  # job -> node -> until when it is not offered there again
         # Every node's peer URL: those named at start (their ads are fetched) and those that push theirs,
         # remembered across restarts so their jobs are found again before their next push.
+        self.requests = Registry("aem")
+        self.requests.gauge("jobs", "Jobs by state.",
+                            lambda: [({"state": st}, float(n)) for st, n in sorted(self.store.counts().items())])
+        self.requests.gauge("nodes", "Nodes by whether their ad is fresh.",
+                            lambda: [({"fresh": str(f).lower()}, float(sum(1 for a in self.ads.values()
+                                                                          if (a.expires > time.monotonic()) is f)))
+                                     for f in (True, False)])
+        self.matchmaking = self.requests.histogram("matchmaking_seconds",
+                                                   "Time a matching pass took to match the queue to the ads.")
         self.nodes = Nodes({**self.store.known_nodes(), **self.cfg.nodes}, self.host.client_context())
 
     def fresh_ads(self) -> list[NodeAd]:
@@ -130,6 +140,7 @@ class Aem:
         What a pass hands out is claimed against the ads' free Cpus and Memory until the next ads
         arrive, as a partitionable slot is claimed in HTCondor, so one pass does not send a node
         more than it advertised."""
+        t0 = time.perf_counter()
         ads = self.fresh_ads()
         claimed: dict[str, list[float]] = {}
         starts: list[Job] = []
@@ -168,6 +179,7 @@ class Aem:
             claimed[pick.node][1] += spec.memory >> 20
             starts.append(self.store.transition(job.id, State.MATCHED, f"matched node {pick.node} "
                                                 f"(rank {pick.rank:g})", node=pick.node))
+        self.matchmaking(time.perf_counter() - t0)
         limit = asyncio.Semaphore(16)
 
         async def start(job: Job) -> None:

@@ -19,6 +19,7 @@ from xos.errors import InvalidInput, NotFound, PermissionDenied
 from xos.kernel import safepath
 from xos.node.service import NodeService
 from xos.wire import codec
+from xos.wire.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,8 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=svc_of(request).metrics(), content_type="text/plain", charset="utf-8",
+    svc = svc_of(request)
+    return web.Response(text=svc.metrics() + svc.requests.text(), content_type="text/plain", charset="utf-8",
                         headers={"X-Format": "prometheus-0.0.4"})
 
 
@@ -312,6 +314,7 @@ def make_app(svc: NodeService) -> web.Application:
     """The node's routes."""
     app = web.Application(middlewares=[codec.error_middleware], client_max_size=codec.MAX_BODY)
     app[SERVICE] = svc
+    app[METRICS] = svc.requests
     app.add_routes([
         web.get("/v1/node", node_info),
         web.patch("/v1/node", set_offer),

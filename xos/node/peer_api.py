@@ -36,6 +36,7 @@ from xos.node.api import (
 )
 from xos.node.service import NodeService
 from xos.wire import codec, hostid
+from xos.wire.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ def make_peer_app(svc: NodeService) -> web.Application:
     """The routes other nodes may use."""
     app = web.Application(middlewares=[codec.error_middleware, peer_auth], client_max_size=MAX_CREATE)
     app[SERVICE] = svc
+    app[METRICS] = svc.requests
     app.add_routes([
         web.get("/v1/peer/node", node_info),
         web.get("/v1/peer/ad", node_ad),

@@ -44,6 +44,7 @@ from xos.node.migration import Migration
 from xos.node.store import NodeStore, ProcessRecord, UsageRecord, WorkspaceRecord, WorkspaceState, open_store
 from xos.node.workspace import MainProgram, NodeContext, Workspace, check_name
 from xos.paths import WORK
+from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class NodeService(Accounting):
         self.admission = asyncio.Lock()
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
         self.progress: dict[str, Migration] = {}  # migrations under way, by workspace
+        self.requests = Registry("node")  # its APIs' requests (the workspaces' metrics are accounting's)
         self.processes: dict[int, Process] = {}
         self._sampler: asyncio.Task[None] | None = None
         self._checkpointer: asyncio.Task[None] | None = None

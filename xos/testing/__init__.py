@@ -31,6 +31,7 @@ from xos.kernel.cgroup import detect, v1
 from xos.node import network
 from xos.node.client import SyncClient
 from xos.testing import netns
+from xos.testing.terminal import Terminal
 from xos.wire import hostid
 
 B = TypeVar("B", bound="Built")
@@ -60,45 +61,6 @@ def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) ->
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
-
-
-class Terminal:
-    """A pseudo-terminal for a child's stderr: what it shows is read as it comes (a progress bar is only
-    drawn where stderr is a terminal). Give the child `slave`, then call `started()`."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        self._shown: list[bytes] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-
-    def started(self) -> None:
-        """The child holds its side now: close ours, so the reader ends when the child does."""
-        os.close(self.slave)
-        self.slave = -1
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.master, 4096)
-            except OSError:  # EIO: the last holder of the other side closed it
-                return
-            if not chunk:
-                return
-            self._shown.append(chunk)
-
-    def shown(self) -> str:
-        """What the terminal showed so far."""
-        return b"".join(self._shown).decode(errors="replace")
-
-    def close(self) -> str:
-        """Once the child is gone: everything it showed."""
-        if self.slave < 0:
-            self._reader.join(10)
-        else:
-            os.close(self.slave)
-        os.close(self.master)
-        return self.shown()
 
 
 @dataclass

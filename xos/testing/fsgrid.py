@@ -25,7 +25,8 @@ from xos.identity import credential
 from xos.kernel import spawn as sp
 from xos.node import network
 from xos.paths import MRC_PORT, OSD_PORT
-from xos.testing import Built, Terminal, TestNode, claim_subnet, netns, remove_links, wait_for
+from xos.testing import Built, TestNode, claim_subnet, netns, remove_links, wait_for
+from xos.testing.terminal import Terminal
 
 FS_NET = "198.18.1"
 

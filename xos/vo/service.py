@@ -21,7 +21,8 @@ from xos.errors import Conflict, InvalidInput, NotFound
 from xos.identity import credential
 from xos.paths import vo_socket
 from xos.vo.store import VO, Member, VOStore, open_store
-from xos.wire import codec
+from xos.wire import codec, metrics
+from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,19 @@ class VOService:
         self._changed = asyncio.Condition()
         self.closing = False
         self.members_changed = 0  # bumped at every change of any VO's members: a followers' cue to pull rosters
+        self.requests = Registry("vo")
+        self.requests.gauge("vos", "VOs by state.", self._vo_counts)
+        self.requests.gauge("members", "Members of active VOs.",
+                            lambda: [({}, float(sum(len(self.store.members(v.name)) for v in self.store.vos()
+                                                    if v.state == "active")))])
+        self.requests.gauge("revocations_total", "Credentials revoked (the feed's newest serial).",
+                            lambda: [({}, float(self.store.last_serial()))], "counter")
+
+    def _vo_counts(self) -> list[tuple[dict[str, str], float]]:
+        states: dict[str, int] = {}
+        for v in self.store.vos():
+            states[v.state] = states.get(v.state, 0) + 1
+        return [({"state": st}, float(n)) for st, n in sorted(states.items())]
 
     def _vo(self, name: str, active: bool = True) -> VO:
         vo = self.store.vo(credential.check_vo_name(name))
@@ -272,7 +286,9 @@ def make_app(svc: VOService, management: bool) -> web.Application:
     """The management app (Unix socket) or the public one (TCP)."""
     app = web.Application(middlewares=[codec.error_middleware], client_max_size=codec.MAX_BODY)
     app[SERVICE] = svc
+    app[metrics.METRICS] = svc.requests
     app.add_routes(public_routes())
+    app.add_routes([web.get("/metrics", metrics.handler(svc.requests))])
     if management:
         app.add_routes([
             web.get("/v1/vos", _ls), web.post("/v1/vos", _create), web.post("/v1/vos/{vo}/members", _add),

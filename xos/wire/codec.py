@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from xos.errors import BadRequest, InvalidInput, XosError, from_json
+from xos.wire import metrics
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +101,20 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """Every failure as {"error": {"code", "message"}} with a stable code; never a traceback.
+    """Every failure as {"error": {"code", "message"}} with a stable code; never a traceback. Every request
+    counted in the app's metrics, if it has them, by operation, with its time and its failure's code.
 
     Successful responses carry Server-Timing with the time spent inside the daemon.
     """
     t0 = time.perf_counter()
+    code: str | None = None
     try:
         resp = await handler(request)
         if not resp.prepared:
             resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.3f}"
         return resp
     except XosError as e:
+        code = e.code
         if e.http_status >= 500:
             log.warning("%s %s: %s", request.method, request.path, e)
         return json_response(e.to_json(), status=e.http_status)
@@ -120,11 +124,17 @@ async def error_middleware(request: web.Request,
         code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(e.status, "bad-request")
         return json_response({"error": {"code": code, "message": e.reason}}, status=e.status)
     except asyncio.CancelledError:
+        code = "cancelled"
         raise
     except Exception as e:
+        code = "internal"
         log.exception("%s %s failed", request.method, request.path)
         return json_response({"error": {"code": "internal", "message": f"internal error: {type(e).__name__}"}},
                              status=500)
+    finally:
+        registry = metrics.of(request)
+        if registry is not None:
+            registry.observe(metrics.operation(request, code is None), time.perf_counter() - t0, code)
 
 
 def check(status: int, body: Any) -> None:

@@ -33,6 +33,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from xos.wire.codec import error_body, error_middleware
+from xos.wire.metrics import Registry
+from xos.wire.metrics import handler as metrics_handler
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class Request:
         self.content = Body(body)
         self.connection = connection  # None for a request made up outside a connection (tests)
         self.close = close  # the client asked for the connection to close after the answer
+        self.app: App | None = None  # the app serving it (its metrics)
+        self.route = ""  # the pattern of the route that took it
 
     async def read(self) -> bytes | bytearray:
         """The whole body."""
@@ -100,7 +104,7 @@ class Router:
     """aiohttp's route patterns ("/v1/o/{fid}/{objno:[0-9]+}"), matched in the order they were added."""
 
     def __init__(self) -> None:
-        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self.routes: list[tuple[re.Pattern[str], str, dict[str, Handler]]] = []
         self._by_pattern: dict[str, dict[str, Handler]] = {}
 
     def _add(self, method: str, pattern: str, handler: Handler) -> None:
@@ -108,7 +112,7 @@ class Router:
         if methods is None:
             regex = re.sub(r"\{(\w+)(?::([^}]+))?\}", lambda m: f"(?P<{m[1]}>{m[2] or '[^/]+'})", pattern)
             methods = self._by_pattern[pattern] = {}
-            self.routes.append((re.compile(f"^{regex}$"), methods))
+            self.routes.append((re.compile(f"^{regex}$"), pattern, methods))
         methods[method] = handler
 
     def add_get(self, pattern: str, handler: Handler) -> None:
@@ -125,7 +129,7 @@ class Router:
 
     def resolve(self, request: Request) -> Handler:
         """The handler of a request (its match_info filled), or one raising 404 or 405."""
-        for regex, methods in self.routes:
+        for regex, pattern, methods in self.routes:
             m = regex.match(request.path)
             if m is None:
                 continue
@@ -133,6 +137,7 @@ class Router:
             if handler is None:
                 return _raise(web.HTTPMethodNotAllowed(request.method, list(methods)))
             request.match_info = m.groupdict()
+            request.route = pattern
             return handler
         return _raise(web.HTTPNotFound())
 
@@ -147,9 +152,12 @@ def _raise(exc: Exception) -> Handler:
 class App:
     """Routes and the largest body a request may carry."""
 
-    def __init__(self, client_max_size: int) -> None:
+    def __init__(self, client_max_size: int, metrics: Registry | None = None) -> None:
         self.router = Router()
         self.client_max_size = client_max_size
+        self.metrics = metrics  # counted by codec.error_middleware
+        if metrics is not None:
+            self.router.add_get("/metrics", metrics_handler(metrics))
 
 
 def _head(status: int, headers: list[tuple[str, str]], length: int, close: bool) -> bytes:
@@ -516,6 +524,7 @@ class Connection(asyncio.BufferedProtocol):
                     return
                 request, close, held = item
                 try:
+                    request.app = self.app
                     handler = self.app.router.resolve(request)
                     resp = await error_middleware(request, handler)  # type: ignore[arg-type]
                 finally:
