@@ -63,11 +63,19 @@ def test_sigkill_restart_adopts_live_and_removes_dead(node):
         used = c.stat("live")["usage"]["cpu_seconds"]
         assert used >= 0.3  # a second of burning at cpu 0.5
     node.stop(signal.SIGKILL)
-    # While the daemon is down: one workspace dies, and someone leaves an orphan cgroup.
+    # While the daemon is down: one workspace dies, and someone leaves an orphan cgroup and an orphan link.
     os.kill(dead["init_pid"], signal.SIGKILL)
     wait_for(lambda: not alive(dead["init_pid"]), 10, "the dead workspace's init to go")
     hierarchy = detect()
     orphan = hierarchy.create(f"{node.cgroup_root}/ws-0rphan00")
+    stray = network.HOST_PREFIX + "0rphan01"
+    fd = os.open(node.netns_path, os.O_RDONLY)
+    try:
+        with IPRoute(use_socket=network.netlink_socket(fd)) as ipr:
+            ipr.link("add", ifname=stray, kind="veth", peer="stray-peer")  # no dummy links in this kernel
+    finally:
+        os.close(fd)
+    assert stray in links(node)
     node.expect_warning("did not survive")
     node.expect_warning("removed orphans")
     node.start()
@@ -81,6 +89,6 @@ def test_sigkill_restart_adopts_live_and_removes_dead(node):
         assert c.exec("live", ["true"])["status"] == 0
         [rec] = c.usage("dead")
         assert rec["ended"] is not None
-    assert cgroup_dirs(node, dead["id"]) == [] and not orphan.exists()
+    assert cgroup_dirs(node, dead["id"]) == [] and not orphan.exists() and stray not in links(node)
     wait_for(lambda: network.HOST_PREFIX + dead["id"] not in links(node), 10, "the dead veth to go")
     assert network.HOST_PREFIX + live["id"] in links(node)

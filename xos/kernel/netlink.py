@@ -190,6 +190,17 @@ IFF_UP = 0x1
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 
 
+def link_names(rt: RawRtnl, prefix: str = "") -> list[str]:
+    """The names of the namespace's links that start with `prefix`, from one RTM_GETLINK dump."""
+    out = []
+    for kind, payload in rt.dump(RTM_GETLINK, IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        if kind == RTM_NEWLINK:
+            name = _attrs(payload, IFINFO.size).get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
+            if name.startswith(prefix):
+                out.append(name)
+    return out
+
+
 def _name(name: str) -> bytes:
     return attr(IFLA_IFNAME, name.encode() + b"\0")
 

@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute
@@ -152,52 +151,6 @@ def attach(node: rtnl.RawRtnl, ws: rtnl.RawRtnl, bridge: int, wsid: str, tag: st
     rtnl.add_address(ws, pidx, address, subnet.network.prefixlen)
     rtnl.add_default_route(ws, subnet.gateway)
     return hidx, pidx
-
-
-# RTM_GETLINK dump parsed by hand, for start-up's search for orphans by name; the periodic
-# sweep uses rtnl.link_counters, which is lighter still.
-_NLMSG = struct.Struct("=IHHII")
-_IFINFO = struct.Struct("=BxHiII")
-_RTA = struct.Struct("=HH")
-RTM_NEWLINK, RTM_GETLINK = 16, 18
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_DONE, NLMSG_ERROR = 3, 2
-IFLA_IFNAME, IFLA_STATS64 = 3, 23
-
-
-def link_stats(sock: socket.socket, prefix: str = HOST_PREFIX) -> dict[str, tuple[int, int]]:
-    """(rx_bytes, tx_bytes) by name of every link whose name starts with `prefix`, in one dump."""
-    req = _NLMSG.pack(_NLMSG.size + 16, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + bytes(16)
-    sock.send(req)
-    out: dict[str, tuple[int, int]] = {}
-    pfx = prefix.encode()
-    while True:
-        data = sock.recv(1 << 20)
-        off = 0
-        while off < len(data):
-            length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
-            if mtype == NLMSG_DONE:
-                return out
-            if mtype == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, off + _NLMSG.size)
-                raise KernelError("cannot dump links", -code)
-            if mtype == RTM_NEWLINK:
-                pos, end = off + _NLMSG.size + _IFINFO.size, off + length
-                name = b""
-                stats = None
-                while pos + 4 <= end:
-                    alen, atype = _RTA.unpack_from(data, pos)
-                    if alen < 4:
-                        break
-                    atype &= 0x3FFF
-                    if atype == IFLA_IFNAME:
-                        name = data[pos + 4:pos + alen].rstrip(b"\0")
-                    elif atype == IFLA_STATS64:
-                        stats = struct.unpack_from("=QQQQ", data, pos + 4)
-                    pos += (alen + 3) & ~3
-                if name.startswith(pfx) and stats is not None:
-                    out[name.decode()] = (stats[2], stats[3])
-            off += (length + 3) & ~3
 
 
 def proxy_arp(bridge: str) -> None:

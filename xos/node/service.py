@@ -151,7 +151,7 @@ class NodeService(Accounting):
                 cg.kill()
                 cg.remove()
                 report["orphans"].append(f"cgroup {child}")
-        for name in network.link_stats(ctx.raw.sock):
+        for name in rtnl_raw.link_names(ctx.raw, network.HOST_PREFIX):
             if name[len(network.HOST_PREFIX):] not in known:
                 await network.remove_link(ctx.rtnl, name)
                 report["orphans"].append(f"link {name}")
