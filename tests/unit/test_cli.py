@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,46 @@ def test_a_missing_address_or_credential_is_one_line_with_a_code(argv, message) 
     env = {k: v for k, v in os.environ.items() if k not in ("XOS_MRC", "XOS_CREDENTIAL")}
     r = subprocess.run([sys.executable, "-m", "xos", *argv], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr == f"xos: error invalid-input: {message}\n", r.stderr
+
+
+def _serve_args(tmp_path, role: str, toml: str, *flags: str) -> argparse.Namespace:
+    from xos.cli import serve
+
+    cfg = tmp_path / f"{role}.toml"
+    cfg.write_text(toml)
+    argv = ["serve", role, "--config", str(cfg), *flags]
+    args = parser().parse_args(argv)
+    args.argv = argv
+    return serve.configured(args, role)
+
+
+def test_a_daemons_config_file_sets_any_option_and_the_command_line_wins(tmp_path) -> None:
+    args = _serve_args(tmp_path, "aem", '[aem]\nlisten = "10.0.0.1:7300"\npoll = 0.5\nmax_output = "2M"\n'
+                       'vo_urls = ["https://vo:7001"]\nnode = ["n1=https://n1:7200"]\n', "--poll", "2")
+    assert (args.listen, args.poll, args.max_output) == ("10.0.0.1:7300", 2.0, 2 << 20)  # --poll wins
+    assert args.vo_urls == ["https://vo:7001"] and args.node == ["n1=https://n1:7200"]
+    osd = _serve_args(tmp_path, "osd", '[osd]\nid = "osd1"\ndir = "/srv/osd1"\nmrc = "http://mrc:32636"\n'
+                      'key = "/etc/xos/fs.key"\n')
+    assert (osd.id, osd.dir, osd.mrc, osd.key) == ("osd1", "/srv/osd1", "http://mrc:32636", "/etc/xos/fs.key")
+
+
+@pytest.mark.parametrize("toml,message", [
+    ('[aem]\ncolour = "red"\n', "unknown aem option(s) colour"),
+    ('[aem]\nvo_urls = "https://vo:7001"\n', "vo_urls must be a list"),
+    ('[aem]\nmax_output = "lots"\n', "max_output = 'lots'"),
+    ("[aem\n", "cannot be read"),
+])
+def test_a_config_file_with_a_mistake_is_refused_in_one_line_saying_which(tmp_path, toml, message) -> None:
+    from xos.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        _serve_args(tmp_path, "aem", toml)
+
+
+def test_an_osd_without_its_needed_options_says_which_in_one_line(tmp_path) -> None:
+    cfg = tmp_path / "osd.toml"
+    cfg.write_text('[osd]\nid = "osd1"\n')
+    r = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--config", str(cfg), "--dir", "/x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == ("xos: error invalid-input: xos serve osd needs --mrc, --key (on the "
+                                              "command line or in its configuration file's [osd] table)\n")

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
     args.command = command
+    args.argv = argv  # what the command line itself said (a daemon's config file fills in the rest)
     try:
         if inspect.iscoroutinefunction(args.run):
             return int(asyncio.run(args.run(args)))

@@ -1,13 +1,16 @@
-"""`xos serve ROLE`: every daemon, each with its flags."""
+"""`xos serve ROLE`: every daemon, each with its flags, and a TOML file per daemon (`--config`, by default
+/etc/xos/ROLE.toml if there is one) whose [ROLE] table sets any of them; the command line wins."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import tomllib
 from typing import Any
 
 from xos import paths, units
-from xos.errors import InvalidInput
+from xos.errors import InvalidInput, XosError
 from xos.paths import AEM_PORT, MRC_PORT, OSD_PORT
 
 
@@ -20,7 +23,7 @@ def add(sub: Any) -> None:
     """The `serve` command group."""
     serve = sub.add_parser("serve", help="run a daemon").add_subparsers(dest="role", required=True)
     sn = serve.add_parser("node", help="the node daemon: workspaces, accounting")
-    sn.add_argument("--config", help="TOML file with a [node] table")
+    sn.add_argument("--config", help="TOML file with a [node] table (default /etc/xos/node.toml if it exists)")
     sn.add_argument("--name", help="node name (default: host name)")
     sn.add_argument("--subnet", help="workspace subnet (default 198.19.0.0/22)")
     sn.add_argument("--bridge", help="bridge name (default xosbr0)")
@@ -64,7 +67,7 @@ def add(sub: Any) -> None:
 
     m = serve.add_parser("mrc", help="the grid file system's catalogue: volumes, namespace, replicas")
     m.add_argument("--listen", default=f"0.0.0.0:{MRC_PORT}", help=f"HOST:PORT (default 0.0.0.0:{MRC_PORT})")
-    m.add_argument("--key", required=True, help="file with the key the MRC shares with its OSDs")
+    m.add_argument("--key", help="(needed) file with the key the MRC shares with its OSDs")
     m.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
     m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
@@ -72,17 +75,66 @@ def add(sub: Any) -> None:
     _vo_urls(m)
     m.set_defaults(run=fs)
     o = serve.add_parser("osd", help="a grid file system object store")
-    o.add_argument("--id", required=True, help="the OSD's name")
-    o.add_argument("--dir", required=True, help="where the objects live")
+    o.add_argument("--id", help="(needed) the OSD's name")
+    o.add_argument("--dir", help="(needed) where the objects live")
     o.add_argument("--listen", default=f"0.0.0.0:{OSD_PORT}", help=f"HOST:PORT (default 0.0.0.0:{OSD_PORT})")
     o.add_argument("--url", help="the URL clients reach it at (default http://LISTEN)")
-    o.add_argument("--mrc", required=True, help="the MRC's URL")
-    o.add_argument("--key", required=True, help="file with the key shared with the MRC")
+    o.add_argument("--mrc", help="(needed) the MRC's URL")
+    o.add_argument("--key", help="(needed) file with the key shared with the MRC")
     o.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     _vo_urls(o)
     o.set_defaults(run=fs)
-    for p in serve.choices.values():
+    for role, p in serve.choices.items():
         p.add_argument("--log-level", default="INFO")
+        if role != "node":  # the node's file is read by NodeConfig (its [node] table), flags over it
+            p.add_argument("--config", help=f"TOML file with a [{role}] table of these options "
+                                             f"(default {CONFIG_DIR}/{role}.toml if it exists)")
+        p.set_defaults(parser=p)
+
+
+CONFIG_DIR = "/etc/xos"
+
+
+def configured(args: argparse.Namespace, role: str) -> argparse.Namespace:
+    """`args` with what the daemon's TOML file sets wherever the command line did not: every option by its
+    name (`peer_listen = "0.0.0.0:7301"`, `vo_urls = [...]`), strings through the option's own parser."""
+    path = getattr(args, "config", None) or os.path.join(CONFIG_DIR, f"{role}.toml")
+    if not getattr(args, "config", None) and not os.path.exists(path):
+        return args
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get(role, {})
+    except FileNotFoundError:
+        raise InvalidInput(f"configuration file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidInput(f"configuration file {path} cannot be read: {e}") from None
+    if not isinstance(table, dict):
+        raise InvalidInput(f"configuration file {path}: [{role}] must be a table")
+    parser: argparse.ArgumentParser = args.parser
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = sorted(set(table) - set(actions))
+    if unknown:
+        raise InvalidInput(f"configuration file {path}: unknown {role} option(s) {', '.join(unknown)} "
+                           f"(known: {', '.join(sorted(actions))})")
+    argv = getattr(args, "argv", None) or []
+    given = {a.dest for a in actions.values()
+             if any(w == o or w.startswith(o + "=") for o in a.option_strings for w in argv)}
+    for dest, value in table.items():
+        if dest in given:
+            continue
+        action = actions[dest]
+        many = isinstance(action, argparse._AppendAction)
+        values = value if many and isinstance(value, list) else [value]
+        if (many and not isinstance(value, list)) or any(isinstance(v, (list, dict)) for v in values):
+            raise InvalidInput(f"configuration file {path}: {dest} must be "
+                               f"{'a list' if many else 'one value'}")
+        try:
+            convert = action.type if callable(action.type) else None
+            parsed = [convert(v) if convert is not None and isinstance(v, str) else v for v in values]
+        except (ValueError, TypeError, XosError) as e:
+            raise InvalidInput(f"configuration file {path}: {dest} = {value!r}: {e}") from None
+        setattr(args, dest, parsed if many else parsed[0])
+    return args
 
 
 def node(args: argparse.Namespace) -> int:
@@ -96,12 +148,14 @@ def node(args: argparse.Namespace) -> int:
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
                                                "vo_urls", "listen", "host_dir", "peers", "site", "price",
                                                "aem_urls", "ad_interval", "peer_address")}
-    asyncio.run(serve_node(NodeConfig.load(args.config, overrides)))
+    default = os.path.join(CONFIG_DIR, "node.toml")
+    asyncio.run(serve_node(NodeConfig.load(args.config or (default if os.path.exists(default) else None), overrides)))
     return 0
 
 
 def vo(args: argparse.Namespace) -> int:
     """`xos serve vo`."""
+    args = configured(args, "vo")
     from xos import log
     from xos.vo.service import serve_vo
 
@@ -112,6 +166,7 @@ def vo(args: argparse.Namespace) -> int:
 
 def aem(args: argparse.Namespace) -> int:
     """`xos serve aem`."""
+    args = configured(args, "aem")
     from xos import log
     from xos.aem.api import serve_aem
     from xos.aem.service import AemConfig
@@ -131,6 +186,12 @@ def aem(args: argparse.Namespace) -> int:
 
 def fs(args: argparse.Namespace) -> int:
     """`xos serve mrc|osd`, on the lean server's event loop."""
+    args = configured(args, args.role)
+    needed = ("key",) if args.role == "mrc" else ("id", "dir", "mrc", "key")
+    missing = [f"--{n}" for n in needed if not getattr(args, n)]
+    if missing:
+        raise InvalidInput(f"xos serve {args.role} needs {', '.join(missing)} (on the command line or in its "
+                           f"configuration file's [{args.role}] table)")
     from xos import log
     from xos.fs.capability import load_secret
     from xos.kernel import heap
