@@ -368,6 +368,8 @@ class FsGrid(Built):
                 return any(line.split()[4] == mp for line in f)
 
         wait_for(mounted, 20, f"{mp} to be mounted")
+        # the mount table shows the mount before the kernel has the server's INIT reply; a stat waits for it
+        os.stat(mp)
         return mp
 
     def umount(self, mp: str) -> None:
