@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import random
 import socket
+import struct
 import tempfile
+import termios
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,7 @@ import uvloop
 from aiohttp import web
 
 from xos.errors import FileExists, NoSuchFile
+from xos.testing import wait_for
 from xos.wire import lean as httpd
 from xos.wire.codec import json_response, read_body
 from xos.wire.lean import App, Connection
@@ -151,10 +155,11 @@ async def digest(request):
 
 
 @contextlib.contextmanager
-def serving(app: App, loop_kind: str, write_buffer: int | None = None, workers: int | None = None) -> Iterator[str]:
+def serving(app: App, loop_kind: str, write_buffer: int | None = None, workers: int | None = None,
+            failures: list[dict] | None = None) -> Iterator[str]:
     """`app` served on a Unix socket by an event loop of `loop_kind` in a thread; the socket's path.
     `write_buffer`: how much a connection's transport may hold before the loop waits for the client;
-    `workers`: the threads of the loop's executor."""
+    `workers`: the threads of the loop's executor; `failures`: gets what reaches the loop's exception handler."""
 
     class Conn(Connection):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,6 +171,8 @@ def serving(app: App, loop_kind: str, write_buffer: int | None = None, workers: 
     loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.new_event_loop()
     if workers is not None:
         loop.set_default_executor(ThreadPoolExecutor(workers))
+    if failures is not None:
+        loop.set_exception_handler(lambda _, context: failures.append(context))
     ready, stop = threading.Event(), asyncio.Event()
 
     async def main() -> None:
@@ -231,6 +238,63 @@ def test_pipelined_bodies_of_every_size_in_any_fragments_arrive_whole(loop_kind)
                 assert status == 200
                 assert json.loads(body) == {"n": len(b), "sha": hashlib.sha256(b).hexdigest()}
             sender.join()
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_bytes_after_a_refused_request_are_dropped_while_the_answers_before_it_wait(loop_kind):
+    """A malformed request behind one still being answered, then a megabyte more: the server drops what
+    follows the refusal (its transport reads on until the answer before it is sent) and fails nothing."""
+    go = threading.Event()
+
+    async def slow(request):
+        await asyncio.get_running_loop().run_in_executor(None, go.wait, 20)
+        return json_response({"slow": True})
+
+    app = App(client_max_size=1000)
+    app.router.add_get("/v1/slow", slow)
+    failures: list[dict] = []
+    with serving(app, loop_kind, failures=failures) as path, socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(20)
+        s.sendall(b"GET /v1/slow HTTP/1.1\r\nHost: x\r\n\r\n" + b"BREW /pot HTCPCP/1.0\r\n\r\n")
+        s.sendall(b"x" * (1 << 20))
+        # every byte taken by the server before the answers come (a close over unread bytes resets the peer)
+        wait_for(lambda: unread(s) == 0, 10, "the server to read all that was sent")
+        go.set()
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert [st for st, _, _ in responses(out)] == [200, 400]
+    assert failures == []
+
+
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_a_head_buffer_grown_by_bodies_that_fit_in_it_shrinks_back_without_failing(loop_kind):
+    """A body that fits where its head arrived, taken in two reads, grows the head buffer once nearly full
+    (to 128, 256 and 512 KiB here); once it holds little again it shrinks back, which it may only do
+    while the loop holds no view of it."""
+    app = App(client_max_size=1 << 20)
+    app.router.add_put("/v1/d", digest)
+    failures: list[dict] = []
+    with serving(app, loop_kind, failures=failures) as path, socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(20)
+        reader = s.makefile("rb")
+        for size in ((64 << 10) - 100, (128 << 10) - 100, (256 << 10) - 100, 10, 0):
+            head = f"PUT /v1/d HTTP/1.1\r\nContent-Length: {size}\r\n\r\n".encode()
+            body = random.Random(size).randbytes(size)
+            wire = head + body
+            s.sendall(wire[:-1])
+            wait_for(lambda: unread(s) == 0, 10, "the server to read what was sent")
+            s.sendall(wire[-1:])
+            status, _, answer = read_answer(reader)
+            assert (status, json.loads(answer)) == (200, {"n": len(body), "sha": hashlib.sha256(body).hexdigest()})
+    assert failures == []
+
+
+def unread(s: socket.socket) -> int:
+    """Bytes sent on `s` that its peer has not read yet."""
+    return struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 def pattern(n: int, seed: int) -> bytes:

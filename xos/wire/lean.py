@@ -389,13 +389,19 @@ class Connection(asyncio.BufferedProtocol):
         self.writable.set()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self.closing:  # refused or stalled: the transport may read on until the answers before go out
+            return memoryview(_DROPPED)
         if self.body is not None:  # never full here: a full one is grown or paused (_grow) before the next read
             if self.grow_by:
                 self.body.extend(bytes(self.grow_by))
                 self.grow_by = 0
             return memoryview(self.body)[self.got:]
+        # Resized only here: while buffer_updated runs, the loop still holds a view of the buffer it
+        # filled, and resizing an exported bytearray raises (a fatal error on the transport).
         if len(self.buf) - self.have < 4096:
             self.buf.extend(bytes(len(self.buf)))
+        elif len(self.buf) > 4 * HEAD_BUFFER and self.have < HEAD_BUFFER:
+            del self.buf[HEAD_BUFFER:]  # a long head or a body that fitted made it grow
         return memoryview(self.buf)[self.have:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -460,8 +466,6 @@ class Connection(asyncio.BufferedProtocol):
             rest = self.have - done
             self.buf[:rest] = self.buf[done:self.have]
             self.have = rest
-            if len(self.buf) > 4 * HEAD_BUFFER and rest < HEAD_BUFFER:
-                del self.buf[HEAD_BUFFER:]  # a long head or pipelined burst made it grow
             self._request(payload, 0)
 
     def _request(self, body: bytes | bytearray, held: int) -> None:
@@ -545,6 +549,7 @@ class Connection(asyncio.BufferedProtocol):
                 self.transport.close()
 
 
+_DROPPED = bytearray(HEAD_BUFFER)  # bytes after a refusal are read here and dropped (an empty buffer is fatal)
 _open = 0  # connections being served
 _held = 0  # bytes of request bodies all connections hold, against BODY_BUDGET
 _waiting: list[Connection] = []  # connections paused until the budget frees
