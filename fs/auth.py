@@ -1,15 +1,21 @@
-"""Who sent a file-system request: a VO credential (clients) or the shared key (MRC and OSDs)."""
+"""Who sent a file-system request: a VO credential (users' clients) or a host certificate with the MRC's or an
+OSD's role (the file system's own hosts, over TLS)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 
-from xos.fs.capability import check_service_token
 from xos.identity import credential
 from xos.identity.credential import CredentialError, TrustStore
+from xos.wire import hostid
+
+# Without TLS (a measurement of what TLS costs, in tests only) hosts have no certificate: they name themselves
+# here, "ROLE NAME", and are believed. Never honoured on a TLS listener.
+PLAINTEXT_HOST = "X-Xos-Host"
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,9 @@ class Authenticator:
 
     MAX_CACHED = 4096
 
-    def __init__(self, trust_dir: str, secret: bytes) -> None:
+    def __init__(self, trust_dir: str, plaintext: bool = False) -> None:
         self.trust = TrustStore(trust_dir)
-        self.secret = secret
+        self.plaintext = plaintext
         self._cache: dict[str, Identity] = {}
         # credentials the followed VO services revoked (credential.revocation_key; xos.vo.follow fills it)
         self.revoked: set[str] = set()
@@ -54,16 +60,44 @@ class Authenticator:
         return ident
 
     def request(self, request: web.Request, service_ok: bool = False) -> Identity:
-        """The identity behind a request's Authorization header."""
-        return self.authorization(request.headers.get("Authorization", ""), service_ok)
+        """The identity behind a request: its peer's host certificate, else its Authorization header."""
+        claimed = request.headers.get(PLAINTEXT_HOST, "") if self.plaintext else ""
+        return self.authorization(request.headers.get("Authorization", ""), service_ok, request.transport, claimed)
 
-    def authorization(self, auth: str, service_ok: bool = False) -> Identity:
-        """The identity an Authorization header's value proves; CredentialError otherwise."""
+    def authorization(self, auth: str, service_ok: bool = False, transport: object = None,
+                      claimed: str = "") -> Identity:
+        """The identity an Authorization header's value proves, or (`service_ok`) the file-system host at the
+        other end of `transport`; CredentialError otherwise."""
+        if service_ok:
+            host = self.host(transport, claimed)
+            if host is not None:
+                return host
         scheme, _, value = auth.partition(" ")
         if scheme == "Bearer" and value:
             return self.token(value.strip())
-        if scheme == "Service" and service_ok:
-            who = check_service_token(self.secret, value.strip())
-            if who:
-                return Identity("", "", float("inf"), service=who)
         raise CredentialError("this request needs a VO credential (Authorization: Bearer ...)")
+
+    def host(self, transport: object, claimed: str = "") -> Identity | None:
+        """The MRC or OSD at the other end, as its certificate says; None for anyone else."""
+        get = getattr(transport, "get_extra_info", None)
+        if get is not None and get("peercert"):
+            peer = hostid.peer_of(transport)
+        elif self.plaintext and claimed:
+            role, _, name = claimed.partition(" ")
+            peer = hostid.Peer(name, (role,))
+        else:
+            return None
+        if "mrc" in peer.roles:
+            return Identity("", "", float("inf"), service="mrc")
+        if "osd" in peer.roles:
+            return Identity("", "", float("inf"), service=f"osd:{peer.name}")
+        return None
+
+
+def host_session(tls: hostid.HostIdentity | None, role: str, name: str, limit: int = 64) -> aiohttp.ClientSession:
+    """An HTTP client session for this file-system host's calls to the others: over TLS with its certificate,
+    or (`tls` None, a plaintext measurement) naming itself in a header."""
+    if tls is not None:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, ssl=tls.client_context()))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                 headers={PLAINTEXT_HOST: f"{role} {name}"})

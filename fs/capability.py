@@ -117,13 +117,3 @@ class Verifier:
         self._cache[token] = cap
         return cap
 
-
-def service_token(secret: bytes, who: str) -> str:
-    """A token by which the MRC and OSDs recognise each other: a MAC of their name under the shared key."""
-    return f"{who}:{hmac.new(secret, b'xos-fs-service:' + who.encode(), hashlib.sha256).hexdigest()}"
-
-
-def check_service_token(secret: bytes, token: str) -> str | None:
-    """The name in a service token if the key made it, else None."""
-    who, _, _ = token.rpartition(":")
-    return who if who and hmac.compare_digest(token, service_token(secret, who)) else None

@@ -91,7 +91,8 @@ class Demo:
         say("starting three nodes, each in its own network namespace, with a uid pool for VO bio")
         node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m, "--aem", AEM_PEER_URL,
                       "--ad-interval", "0.5"] for s, p, m in NODES]
-        self.grid = self.stack.enter_context(TestGrid(3, ["--pool", "bio=31000-31999"], node_args))
+        self.grid = self.stack.enter_context(TestGrid(3, ["--pool", "bio=31000-31999"], node_args,
+                                                      ca_dir=self.fs.ca_dir))
         for n in self.grid.nodes:
             _check(n.cli("node", "trust", "bio", pubkey), "xos node trust")
         trust = os.path.join(self.base, "aem-trust")
@@ -117,7 +118,7 @@ class Demo:
         """Run `xos ARGS` as member `who`, shown as typed with its output; its stdout."""
         with open(self.creds[who]) as f:
             env = {**os.environ, "XOS_AEM": self.aem.url if hasattr(self, "aem") else "",
-                   "XOS_CA": self.aem.ca if hasattr(self, "aem") else "", "XOS_CREDENTIAL": f.read().strip()}
+                   "XOS_CA": self.fs.ca if hasattr(self, "fs") else "", "XOS_CREDENTIAL": f.read().strip()}
         if not quiet:
             print(f"         {who}$ xos {' '.join(_quote(a) for a in args)}", flush=True)
         p = subprocess.run([sys.executable, "-m", "xos", *args], env=env, capture_output=True, text=True,

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from xos.fs.client.gridfile import GridFile
 from xos.fs.client.http import Connection
 from xos.fs.client.open import Open
 from xos.fs.layout import INLINE_MAX, LISTING, Xloc
+from xos.wire import hostid
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,14 @@ log = logging.getLogger(__name__)
 class Client(ObjectIO):
     """A client of one volume, as one grid identity (its credential)."""
 
-    def __init__(self, url: str, volume: str, credential: str, timeout: float = 5.0, deadline: float = 30.0) -> None:
+    def __init__(self, url: str, volume: str, credential: str, timeout: float = 5.0, deadline: float = 30.0,
+                 tls: ssl.SSLContext | None = None, ca: str | None = None) -> None:
         self.url = url.rstrip("/")
+        # https: the MRC and OSDs show certificates from the grid's CA (`ca`, else $XOS_CA or
+        # $XOS_HOME/host/ca.pem) for the addresses the URLs name; http only in measurements of TLS's cost.
+        self.ca = hostid.ca_file(ca) if tls is None and self.url.startswith("https://") else None
+        self.tls = tls if tls is not None or self.ca is None else hostid.user_context(self.ca)
+        self._sessions: dict[str, ssl.SSLSession] = {}  # per server: the TLS session a new connection resumes
         self.volume = volume
         self.credential = credential.strip()
         self.timeout = timeout
@@ -73,15 +81,22 @@ class Client(ObjectIO):
 
         The pool is shared by all threads: libfuse starts and ends its threads as load comes and
         goes, and a connection per thread made a TCP handshake part of many calls."""
-        netloc, _, rest = url.partition("//")[2].partition("/")
+        scheme, _, rest = url.partition("://")
+        netloc, _, rest = rest.partition("/")
         target = "/" + rest
+        tls = self.tls if scheme == "https" else None
+        if tls is None and self.tls is not None:
+            raise Unavailable(f"{url} is not a TLS (https) address: this grid's file system speaks TLS only")
         while True:
             with self._pool_lock:
                 idle = self._idle.setdefault(netloc, [])
                 c = idle.pop() if idle else None
             if c is None:
                 try:
-                    c = Connection(netloc, self.timeout)
+                    c = Connection(netloc, self.timeout, tls, self._sessions.get(netloc))
+                except ssl.SSLError as e:
+                    raise Unavailable(f"{netloc} refused the TLS handshake or showed no certificate of the grid's "
+                                      f"CA for that address: {e}") from None
                 except OSError as e:
                     raise Unavailable(f"{netloc} does not answer: {e}") from None
             reused = c.used
@@ -96,6 +111,10 @@ class Client(ObjectIO):
                 if reused and not isinstance(e, TimeoutError):
                     continue  # a kept-alive connection the server had closed: once more on a fresh one
                 raise Unavailable(f"{netloc} does not answer: {e}") from None
+            if tls is not None and not reused:
+                session = c.session()
+                if session is not None:
+                    self._sessions[netloc] = session
             with self._pool_lock:
                 if len(idle) < 64:
                     idle.append(c)

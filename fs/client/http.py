@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -24,18 +25,31 @@ class HttpError(OSError):
 class Connection:
     """One kept-alive connection to host:port."""
 
-    def __init__(self, netloc: str, timeout: float) -> None:
+    def __init__(self, netloc: str, timeout: float, tls: ssl.SSLContext | None = None,
+                 session: ssl.SSLSession | None = None) -> None:
         host, _, port = netloc.rpartition(":")
         self.netloc = netloc
         self.timeout = timeout
         self.interrupted: Callable[[], bool] | None = None  # set per request by callers that can be interrupted
-        self.sock = socket.create_connection((host or netloc, int(port) if port.isdigit() else 80), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection((host or netloc, int(port) if port.isdigit() else (443 if tls else 80)),
+                                        timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:  # a session of an earlier connection to the same server resumes without its certificate work
+                sock = tls.wrap_socket(sock, server_hostname=(host or netloc).strip("[]"), session=session)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock: socket.socket = sock
         self.buf = bytearray()
         self.used = False  # whether a request went through: a failure on a reused connection may be staleness
 
     def close(self) -> None:
         self.sock.close()
+
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session a later connection to the same server may resume (None on plain HTTP)."""
+        return self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
 
     def request(self, method: str, target: str, headers: dict[str, str],
                 body: bytes | memoryview | None = None) -> tuple[int, dict[str, str], bytes]:

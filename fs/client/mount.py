@@ -509,6 +509,9 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
     mounting user's credential, so letting others in lends them that identity (within the
     permission bits the kernel checks)."""
     global _served
+    if client.tls is not None:  # the native reads reach the OSDs over TLS too, checked against the same CA
+        if client.ca is None or lib.xf_tls(os.fsencode(client.ca)) < 0:
+            raise XosError(f"the mount's native reads cannot check the OSDs' certificates against {client.ca}")
     _served = fs = GridFS(client, accounts, sync_close=sync_close)
     threads = [threading.Thread(target=fs.sender, name="xos-fs-made", daemon=True),
                threading.Thread(target=fs.recaller, name="xos-fs-recalls", daemon=True)]

@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable, XosError
 from xos.fs import capability
-from xos.fs.auth import Authenticator, Identity
-from xos.fs.capability import Capability, service_token
+from xos.fs.auth import Authenticator, Identity, host_session
+from xos.fs.capability import Capability
 from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
 from xos.fs.mrc.leases import RESERVE, Leases, Recall
 from xos.fs.mrc.records import Caller, Inode, Made
@@ -28,6 +27,7 @@ from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
 from xos.wire.codec import field, json_response, read_body
+from xos.wire.hostid import HostIdentity
 from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class MrcConfig:
     cap_ttl: float = capability.TTL  # seconds a capability is good for; clients renew it
     idle: float = 3600.0  # replicas beyond the policy unread this long are dropped
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
+    tls: HostIdentity | None = None  # this host's certificate, for TLS on every link (None: plain, in tests)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -81,7 +82,7 @@ class MRC:
         self.cfg = cfg
         self.cat = open_store(os.path.join(cfg.home, "mrc.db"))
         self.cat.grace = cfg.grace
-        self.auth = Authenticator(cfg.trust, cfg.secret)
+        self.auth = Authenticator(cfg.trust, plaintext=cfg.tls is None)
         self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)
         self.leases = Leases(os.path.join(cfg.home, "leases.horizon"))
         self.cat.guard = self.leases.check
@@ -169,7 +170,7 @@ class MRC:
         body = await read_body(request)
         osd = field(body, "id", str)
         if ident.service != f"osd:{osd}":
-            raise NotPermitted("an OSD heartbeats only for itself, with the file system's key")
+            raise NotPermitted("an OSD heartbeats only for itself, with its host certificate")
         self.cat.heartbeat(osd, field(body, "url", str), field(body, "capacity", int, 0), field(body, "free", int, 0),
                            float(field(body, "load", (int, float), 0.0)))
         self.replicas.seen(osd, field(body, "reads", dict, {}))
@@ -182,7 +183,7 @@ class MRC:
         body = await read_body(request)
         osd = field(body, "osd", str)
         if ident.service != f"osd:{osd}":
-            raise NotPermitted("an OSD reports only for itself, with the file system's key")
+            raise NotPermitted("an OSD reports only for itself, with its host certificate")
         fid, urls = field(body, "fid", str, ""), field(body, "behind", list, [])
         if not fid or not urls or not all(isinstance(u, str) for u in urls):
             raise InvalidInput("a report names a file (fid) and the URLs of the replicas behind", field="behind")
@@ -468,15 +469,14 @@ def make_app(mrc: MRC) -> httpd.App:
 async def serve_mrc(cfg: MrcConfig) -> None:
     """Run the MRC until SIGTERM or SIGINT."""
     mrc = MRC(cfg)
-    mrc.replicas.session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64),
-        headers={"Authorization": f"Service {service_token(cfg.secret, 'mrc')}"})
+    mrc.replicas.session = host_session(cfg.tls, "mrc", cfg.tls.name if cfg.tls else "mrc")
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
     feeds = RevocationFeeds(list(cfg.vo_urls), mrc.auth.trust)
     mrc.auth.revoked = feeds.revoked
     feeds.start()
     try:
-        await wire_server.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run())
+        await wire_server.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run(),
+                                    tls=cfg.tls.server_context(users=True) if cfg.tls else None)
     finally:
         await feeds.stop()
         await mrc.replicas.session.close()

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +34,17 @@ from xos.errors import (
     Unavailable,
     XosError,
 )
-from xos.fs.auth import Authenticator, Identity
-from xos.fs.capability import Capability, Verifier, service_token
-from xos.fs.osd.store import HEARTBEAT, MAX_OBJECT, SERVICE_GRANT, SMALL, ObjectStore
+from xos.fs.auth import PLAINTEXT_HOST, Authenticator, Identity, host_session
+from xos.fs.capability import Capability, Verifier
+from xos.fs.osd.store import HEARTBEAT, MAX_OBJECT, SMALL, ObjectStore
 from xos.vo.follow import RevocationFeeds
+from xos.wire import hostid
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
 from xos.wire.codec import json_response, read_body
+from xos.wire.hostid import HostIdentity
 from xos.wire.metrics import Registry
+from xos.wire.threaded import Sent, reply_from_thread
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,7 @@ class OsdConfig:
     secret: bytes
     trust: str
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
+    tls: HostIdentity | None = None  # this host's certificate, for TLS on every link (None: plain, in tests)
 
 
 class OSD:
@@ -93,7 +98,7 @@ class OSD:
     def __init__(self, cfg: OsdConfig) -> None:
         self.cfg = cfg
         self.store = ObjectStore(cfg.dir)
-        self.auth = Authenticator(cfg.trust, cfg.secret)
+        self.auth = Authenticator(cfg.trust, plaintext=cfg.tls is None)
         self.caps = Verifier(cfg.secret)
         self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file (persisted: store.fences)
         self.xvers: dict[str, int] = {}  # replica-list version the MRC fenced each file at (persisted too)
@@ -108,21 +113,23 @@ class OSD:
         self.session: aiohttp.ClientSession | None = None
 
     def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
+        forwarded = bool(request.headers.get("X-Xos-Forwarded"))
+        host = self.auth.host(request.transport, request.headers.get(PLAINTEXT_HOST, ""))
+        if host is not None and not forwarded:  # a forwarded write is checked as its client's, fences and all
+            return host, None
         return self._grant(request.headers.get("Authorization", ""), request.headers.get("X-Xos-Cap", ""), fid,
-                           write, bool(request.headers.get("X-Xos-Forwarded")))
+                           write, forwarded)
 
     def read_grant(self, authorization: str, cap_token: str, fid: str) -> float:
-        """Until when (epoch seconds) a client sending these headers may read file `fid`; XosError if it may not."""
+        """Until when (epoch seconds) a user's client sending these headers may read file `fid` (hosts' reads
+        never come this way); XosError if it may not."""
         who, cap = self._grant(authorization, cap_token, fid, write=False, forwarded=False)
-        if cap is None:
-            return time.time() + SERVICE_GRANT
+        assert cap is not None
         return min(who.exp, cap.exp)
 
     def _grant(self, authorization: str, cap_token: str, fid: str, write: bool,
-               forwarded: bool) -> tuple[Identity, Capability | None]:
-        who = self.auth.authorization(authorization, service_ok=True)
-        if who.service:
-            return who, None
+               forwarded: bool) -> tuple[Identity, Capability]:
+        who = self.auth.authorization(authorization)
         cap = self.caps.check(cap_token)
         if cap.fid != fid:
             raise CapabilityInvalid(f"capability is for file {cap.fid}, not {fid}")
@@ -194,10 +201,9 @@ class OSD:
         """Tell the MRC that the replicas at `urls` missed a write of `fid` this OSD took (it drops them; they
         are rebuilt). A write nobody could mark so is refused: the client tries again."""
         assert self.session is not None
-        headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
         try:
             async with self.session.post(f"{self.cfg.mrc}/v1/osds/behind", json={"osd": self.cfg.id, "fid": fid,
-                                         "behind": urls}, headers=headers,
+                                         "behind": urls},
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 if resp.status == 200:
                     return
@@ -221,13 +227,13 @@ class OSD:
             log.warning("replica %s unreachable for %s/%s: %s", url, fid, objno, e)
         return False
 
-    async def get(self, request: web.Request) -> web.StreamResponse | httpd.Sent:
+    async def get(self, request: web.Request) -> web.StreamResponse | Sent:
         fid = _fid(request.match_info["fid"])
         objno = _objno(request)
         self._check(request, fid, write=False)
         offset = _bytes(request, "off", 0)
         length = _bytes(request, "len", MAX_OBJECT)
-        resp: web.StreamResponse | httpd.Sent
+        resp: web.StreamResponse | Sent
         self.busy += 1
         try:
             if length <= SMALL:  # a page-cache read of a few blocks costs less than the hop to a thread
@@ -243,7 +249,7 @@ class OSD:
                     self.read_bytes += len(data)  # one int added under the GIL: no lost update
                     return data, [("Content-Type", "application/octet-stream")]
 
-                resp = await httpd.reply_from_thread(request, answer)
+                resp = await reply_from_thread(request, answer)
         finally:
             self.busy -= 1
         self.reads[fid] = time.time()
@@ -312,14 +318,13 @@ class OSD:
     async def heartbeat(self) -> None:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""
         assert self.session is not None
-        headers = {"Authorization": f"Service {service_token(self.cfg.secret, 'osd:' + self.cfg.id)}"}
         beats = 0
         while True:
             self.reads.update(dict.fromkeys(native_reads(), time.time()))
             reads, self.reads = self.reads, {}
             try:
                 async with self.session.post(f"{self.cfg.mrc}/v1/osds/heartbeat", json={**self.status(),
-                                             "reads": reads}, headers=headers,
+                                             "reads": reads},
                                              timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status != 200:
                         log.warning("MRC refused the heartbeat: HTTP %s %s", resp.status, await resp.text())
@@ -367,7 +372,7 @@ async def serve_osd(cfg: OsdConfig) -> None:
     """Run an OSD until SIGTERM or SIGINT: object reads on native threads, the rest on the event loop."""
     osd = OSD(cfg)
     app = make_app(osd)
-    osd.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+    osd.session = host_session(cfg.tls, "osd", cfg.id)
     log.info("OSD %s serving %s on %s", cfg.id, cfg.dir, cfg.listen)
 
     async def revoked(taken: list[dict[str, Any]]) -> None:
@@ -395,11 +400,18 @@ class NativeReads:
     def __init__(self, osd: OSD, app: httpd.App, sock: socket.socket) -> None:
         self.osd, self.app, self.sock = osd, app, sock
         self.loop = asyncio.get_running_loop()
+        self.tls: ssl.SSLContext | None = None  # for connections the loop takes before their TLS began
 
     def __enter__(self) -> NativeReads:
         global _native
         if _native is not None:
             raise XosError("an OSD's native reads are already running in this process")
+        tls = self.osd.cfg.tls
+        if tls is not None:  # the native threads end every connection's TLS, and relay to the loop what is its
+            err = _osd.xo_tls(*(os.path.join(tls.directory, f).encode() for f in ("host.pem", "host.key", "ca.pem")))
+            if err:
+                raise XosError(f"cannot load this host's certificate, key or CA from {tls.directory}: "
+                               f"{os.strerror(-err)}")
         err = _osd.xo_start(self.sock.fileno(), self.osd.store.root.encode(), int(self.osd.store.direct))
         if err:
             raise XosError(f"cannot start the native read threads: {os.strerror(-err)}")
@@ -411,14 +423,21 @@ class NativeReads:
         _osd.xo_stop()
         _native = None
 
-    def adopt(self, fd: int, prefix: bytes) -> None:
-        """Take a connection the native threads gave up, in the loop."""
+    def adopt(self, fd: int, prefix: bytes, peer: str) -> None:
+        """Take a connection the native threads gave up (or relay, its TLS ended there), in the loop."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
             os.close(fd)
             return
-        task = asyncio.ensure_future(httpd.adopt(self.app, sock, prefix))
+        if peer == NOT_BEGUN:  # past what the native threads hold: the loop does its TLS
+            tls = self.osd.cfg.tls
+            assert tls is not None
+            if self.tls is None:
+                self.tls = tls.server_context(users=True)
+            task = asyncio.ensure_future(httpd.adopt(self.app, sock, b"", tls=self.tls))
+        else:
+            task = asyncio.ensure_future(httpd.adopt(self.app, sock, prefix, _peercert(peer)))
         task.add_done_callback(_adopted)
 
 
@@ -453,14 +472,28 @@ def xo_check(auth: Any, cap: Any, fid: Any, until: Any) -> int:
     return 0
 
 
+NOT_BEGUN = "\x01"  # osdread.c's peer for a TLS connection nothing was read of
+
+
+def _peercert(peer: str) -> dict[str, Any] | None:
+    """The certificate the native threads verified ("NAME\nROLE,ROLE"), as ssl's getpeercert() gives one."""
+    if not peer:
+        return None
+    name, _, roles = peer.partition("\n")
+    return {"subject": ((("commonName", name),),),
+            "subjectAltName": tuple(("URI", hostid.ROLE_URI + r) for r in roles.split(",") if r)}
+
+
 @_ffi.def_extern()  # type: ignore[misc]
-def xo_adopt(fd: int, buf: Any, n: int) -> None:
-    """A native thread gives its connection to the event loop, with the bytes it has read of it."""
+def xo_adopt(fd: int, buf: Any, n: int, peer: Any) -> None:
+    """A native thread gives its connection to the event loop, with the bytes it has read of it and the host
+    certificate its TLS peer showed."""
     prefix = bytes(_ffi.buffer(buf, n))
+    who = _ffi.string(peer).decode("utf-8", "replace")
     reads = _native
     try:
         if reads is None:
             raise RuntimeError("stopped")
-        reads.loop.call_soon_threadsafe(reads.adopt, fd, prefix)
+        reads.loop.call_soon_threadsafe(reads.adopt, fd, prefix, who)
     except RuntimeError:  # the loop is closed: the OSD is stopping
         os.close(fd)

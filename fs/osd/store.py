@@ -34,7 +34,6 @@ FENCE = "user.xos.fence"  # on a file's directory: its truncate epoch and replic
 BLOCK = 64 << 10  # a 4 KiB read checks 64 KiB, not the whole object
 MAX_OBJECT = 16 << 20  # at most 256 checksums: 1 KiB, within one extended-attribute block
 HEARTBEAT = 1.0
-SERVICE_GRANT = 60.0  # seconds the native read threads take the MRC's service token on one check
 SMALL = 256 << 10  # reads up to this size run on the event loop
 DIRECT_MIN = 256 << 10  # aligned writes and threaded reads from this size on go around the page cache
 ALIGN = 4096  # what O_DIRECT asks of offsets, lengths and buffers: a multiple of any logical block size

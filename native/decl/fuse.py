@@ -37,6 +37,6 @@ CUSTOMIZATIONS = ""
 SOURCES = [f"native/fs/{f}" for f in ("gridfuse.c", "fusetable.c", "fuselease.c", "fuseosd.c", "fuseuring.c")]
 INCLUDE_DIRS = ["fs"]
 SYSTEM_INCLUDE_DIRS = ["/usr/include/fuse3"]
-LIBRARIES = ["fuse3", "uring", "pthread"]
+LIBRARIES = ["fuse3", "uring", "ssl", "crypto", "pthread"]
 # hidden: the parts share functions with each other, and none of them may be taken for another library's
 COMPILE_ARGS = ["-fvisibility=hidden"]

@@ -10,11 +10,11 @@ TYPES = between_markers("fs/osdread.h")
 
 FUNCTIONS = """
 extern "Python+C" int xo_check(const char *auth, const char *cap, const char *fid, double *until);
-extern "Python+C" void xo_adopt(int fd, const char *buf, size_t n);
+extern "Python+C" void xo_adopt(int fd, const char *buf, size_t n, const char *peer);
 """
 
 CUSTOMIZATIONS = ""
-SOURCES = ["native/fs/osdread.c"]
+SOURCES = ["native/fs/osdread.c", "native/fs/osdtls.c"]
 INCLUDE_DIRS = ["fs"]
-LIBRARIES = ["isal", "pthread"]
+LIBRARIES = ["isal", "ssl", "crypto", "pthread"]
 COMPILE_ARGS = ["-Wextra"]

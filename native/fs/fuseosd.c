@@ -18,6 +18,9 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 /* Reads straight from an OSD.
  *
@@ -152,10 +155,34 @@ int xf_plan(uint64_t fh, const char *fid, const char *headers, uint64_t size, ui
     return 0;
 }
 
-/* kept-alive connections to OSDs */
+/* kept-alive connections to OSDs, over TLS once xf_tls has given the grid's CA */
+
+static SSL_CTX *tls;
+
+int xf_tls(const char *ca_file)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx)
+        return -ENOMEM;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        SSL_CTX_free(ctx);
+        return -EINVAL;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_mode(ctx, SSL_MODE_AUTO_RETRY);
+    tls = ctx;
+    return 0;
+}
+
+struct conn {
+    int fd;
+    SSL *ssl;
+};
+
 struct idle {
     struct sockaddr_in addr;
-    int fd;
+    struct conn c;
 };
 
 static struct idle idles[64];
@@ -167,59 +194,85 @@ static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b)
     return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;
 }
 
-static int conn_get(const struct sockaddr_in *a, int *reused)
+static void conn_close(struct conn c)
+{
+    if (c.ssl)
+        SSL_free(c.ssl);
+    close(c.fd);
+}
+
+/* The OSD's certificate must come from the grid's CA and name the address `a` (an IP address SAN). */
+static int handshake(struct conn *c, const struct sockaddr_in *a)
+{
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+    if (!(c->ssl = SSL_new(tls)) || SSL_set_fd(c->ssl, c->fd) != 1 ||
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), ip) != 1)
+        return -1;
+    if (SSL_connect(c->ssl) == 1)
+        return 0;
+    unsigned long e = ERR_get_error();
+    long v = SSL_get_verify_result(c->ssl);
+    fprintf(stderr, "xos: TLS with the OSD at %s:%u refused: %s\n", ip, ntohs(a->sin_port),
+            v != X509_V_OK ? X509_verify_cert_error_string(v) : e ? ERR_reason_error_string(e) : "connection closed");
+    ERR_clear_error();
+    return -1;
+}
+
+static int conn_get(const struct sockaddr_in *a, int *reused, struct conn *c)
 {
     pthread_mutex_lock(&idle_lock);
     for (int i = 0; i < nidle; i++)
         if (same_addr(&idles[i].addr, a)) {
-            int fd = idles[i].fd;
+            *c = idles[i].c;
             idles[i] = idles[--nidle];
             pthread_mutex_unlock(&idle_lock);
             *reused = 1;
-            return fd;
+            return 0;
         }
     pthread_mutex_unlock(&idle_lock);
     *reused = 0;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
+    c->ssl = NULL;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
         return -1;
     int one = 1;
     struct timeval tv = {.tv_sec = OSD_TIMEOUT};
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() too */
-    if (connect(fd, (const struct sockaddr *)a, sizeof *a) < 0) {
-        close(fd);
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() and the handshake too */
+    if (connect(c->fd, (const struct sockaddr *)a, sizeof *a) < 0 || (tls && handshake(c, a) < 0)) {
+        conn_close(*c);
         return -1;
     }
-    return fd;
+    return 0;
 }
 
-static void conn_put(const struct sockaddr_in *a, int fd)
+static void conn_put(const struct sockaddr_in *a, struct conn c)
 {
     pthread_mutex_lock(&idle_lock);
     if (nidle < (int)(sizeof idles / sizeof *idles)) {
         idles[nidle].addr = *a;
-        idles[nidle++].fd = fd;
-        fd = -1;
+        idles[nidle++].c = c;
+        c.fd = -1;
     }
     pthread_mutex_unlock(&idle_lock);
-    if (fd >= 0)
-        close(fd);
+    if (c.fd >= 0)
+        conn_close(c);
 }
 
 void close_idle(void)
 {
     pthread_mutex_lock(&idle_lock);
     while (nidle)
-        close(idles[--nidle].fd);
+        conn_close(idles[--nidle].c);
     pthread_mutex_unlock(&idle_lock);
 }
 
-static int send_all(int fd, const char *buf, size_t len)
+static int send_all(struct conn c, const char *buf, size_t len)
 {
     while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        ssize_t n = c.ssl ? SSL_write(c.ssl, buf, (int)len) : send(c.fd, buf, len, MSG_NOSIGNAL);
         if (n <= 0)
             return -1;
         buf += n;
@@ -228,11 +281,21 @@ static int send_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* One GET on `fd`: the body's length (into `out`, at most `want`), or -1 (the connection is unusable
- * or the answer was not a 200 with a body that fits). */
-static ssize_t get_range(int fd, const char *request, size_t reqlen, char *out, size_t want)
+static ssize_t recv_some(struct conn c, char *buf, size_t len)
 {
-    if (send_all(fd, request, reqlen) < 0)
+    if (!c.ssl)
+        return recv(c.fd, buf, len, 0);
+    int n = SSL_read(c.ssl, buf, len > INT_MAX ? INT_MAX : (int)len);
+    if (n <= 0)
+        ERR_clear_error();
+    return n;
+}
+
+/* One GET on `c`: the body's length (into `out`, at most `want`), or -1 (the connection is unusable
+ * or the answer was not a 200 with a body that fits). */
+static ssize_t get_range(struct conn c, const char *request, size_t reqlen, char *out, size_t want)
+{
+    if (send_all(c, request, reqlen) < 0)
         return -1;
     char head[8192];
     size_t have = 0;
@@ -240,7 +303,7 @@ static ssize_t get_range(int fd, const char *request, size_t reqlen, char *out, 
     while (!end) {
         if (have == sizeof head - 1)
             return -1;
-        ssize_t n = recv(fd, head + have, sizeof head - 1 - have, 0);
+        ssize_t n = recv_some(c, head + have, sizeof head - 1 - have);
         if (n <= 0)
             return -1;
         have += (size_t)n;
@@ -263,7 +326,7 @@ static ssize_t get_range(int fd, const char *request, size_t reqlen, char *out, 
         return -1; /* more than this answer: out of step */
     memcpy(out, head + body_start, got);
     while (got < len) {
-        ssize_t n = recv(fd, out + got, len - got, 0);
+        ssize_t n = recv_some(c, out + got, len - got);
         if (n <= 0)
             return -1;
         got += (size_t)n;
@@ -300,14 +363,14 @@ static int fetch(const struct plan *p, uint64_t start, size_t len, char *buf)
     ssize_t got = -1;
     for (int attempt = 0; attempt < 2 && got < 0; attempt++) {
         int reused;
-        int fd = conn_get(&p->col[col], &reused);
-        if (fd < 0)
+        struct conn c;
+        if (conn_get(&p->col[col], &reused, &c) < 0)
             break;
-        got = get_range(fd, request, (size_t)reqlen, buf, len);
+        got = get_range(c, request, (size_t)reqlen, buf, len);
         if (got >= 0)
-            conn_put(&p->col[col], fd);
+            conn_put(&p->col[col], c);
         else
-            close(fd);
+            conn_close(c);
         if (!reused)
             break; /* a fresh connection failed: the OSD's trouble, for Python to fail over from */
     }

@@ -14,11 +14,13 @@
  */
 #define _GNU_SOURCE
 #include "osdread.h"
+#include "osdtls.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <isa-l/crc.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -33,10 +35,17 @@
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <poll.h>
 
-/* Python's side (fs/osd/service.py). xo_check: 0 if the pair may read `fid`, and until when (epoch seconds). */
+/* Python's side (fs/osd/service.py). xo_check: 0 if the pair may read `fid`, and until when (epoch seconds).
+ * xo_adopt: the connection `fd` is Python's from now on, with the `n` bytes read of it; `peer`: the name and
+ * roles of the host certificate its TLS peer showed ("NAME\nROLE,ROLE"), "" for none, or NOT_BEGUN. */
 extern int xo_check(const char *auth, const char *cap, const char *fid, double *until);
-extern void xo_adopt(int fd, const char *buf, size_t n);
+extern void xo_adopt(int fd, const char *buf, size_t n, const char *peer);
+#define NOT_BEGUN "\001" /* xo_adopt's peer for a TLS connection nothing was read of: Python does its TLS */
 
 #define BLOCK (64 << 10)        /* fs/osd/store.py's BLOCK: one CRC-32 per block */
 #define MAX_OBJECT (16 << 20)   /* fs/osd/store.py's MAX_OBJECT */
@@ -511,30 +520,8 @@ out:
     return res;
 }
 
-static int send_all(int fd, struct iovec *iov, int n)
-{
-    while (n) {
-        struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t k = sendmsg(fd, &m, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        while (n && (size_t)k >= iov->iov_len) {
-            k -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n) {
-            iov->iov_base = (char *)iov->iov_base + k;
-            iov->iov_len -= (size_t)k;
-        }
-    }
-    return 0;
-}
-
 /* 1: answered, the connection goes on; 0: close it; -1: nothing sent, Python is to answer it. */
-static int answer(int fd, const struct request *r)
+static int answer(struct link l, const struct request *r)
 {
     if (!may_read(r))
         return -1;
@@ -555,7 +542,7 @@ static int answer(int fd, const struct request *r)
                           res == HOLE ? "X-Xos-Hole: 1\r\n" : n ? "Content-Type: application/octet-stream\r\n" : "",
                           r->close ? "Connection: close\r\n" : "");
         struct iovec iov[2] = {{head, (size_t)hn}, {(void *)data, n}};
-        ret = send_all(fd, iov, n ? 2 : 1) == 0 && !r->close;
+        ret = send_all(l, iov, n ? 2 : 1) == 0 && !r->close;
         served++;
         was_read(r->fid);
     }
@@ -568,15 +555,48 @@ static int answer(int fd, const struct request *r)
 static void *serve(void *arg)
 {
     int fd = (int)(intptr_t)arg;
-    char head[HEAD_MAX];
+    struct link l = {fd, NULL};
+    char head[HEAD_MAX], peer[512] = "";
     size_t have = 0;
+    if (osd_tls) {
+        if (!(l.ssl = SSL_new(osd_tls)) || SSL_set_fd(l.ssl, fd) != 1)
+            goto close;
+        int rc = SSL_accept(l.ssl);
+        if (rc != 1) {
+            int why = SSL_get_error(l.ssl, rc);
+            if (why == SSL_ERROR_SYSCALL || why == SSL_ERROR_ZERO_RETURN) { /* the client went away: no news */
+                ERR_clear_error();
+                goto close;
+            }
+            unsigned long e = ERR_peek_last_error();
+            long v = SSL_get_verify_result(l.ssl);
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            char who[INET6_ADDRSTRLEN] = "?";
+            if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+                inet_ntop(ss.ss_family, ss.ss_family == AF_INET ? (void *)&((struct sockaddr_in *)&ss)->sin_addr
+                                                                : (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr,
+                          who, sizeof who);
+            fprintf(stderr, "xos-osd: TLS from %s refused: %s\n", who,
+                    v != X509_V_OK ? X509_verify_cert_error_string(v)
+                    : e ? ERR_reason_error_string(e) : "no TLS handshake (plain HTTP?)");
+            ERR_clear_error();
+            goto close;
+        }
+        X509 *cert = SSL_get1_peer_certificate(l.ssl);
+        if (cert) { /* a host: Python weighs what its roles allow */
+            describe(cert, peer, sizeof peer);
+            X509_free(cert);
+            goto adopt;
+        }
+    }
     for (;;) {
         char *end;
         while (!(end = memmem(head, have, "\r\n\r\n", 4))) {
             if (have == sizeof head)
                 goto adopt;
-            ssize_t k = recv(fd, head + have, sizeof head - have, 0);
-            if (k < 0 && errno == EINTR)
+            ssize_t k = link_recv(l, head + have, sizeof head - have);
+            if (k < 0 && errno == EINTR && !l.ssl)
                 continue;
             if (k <= 0)
                 goto close; /* gone, silent too long, or stopped */
@@ -586,7 +606,7 @@ static void *serve(void *arg)
         struct request r;
         if (parse(head, hn, &r) < 0)
             goto adopt;
-        int rc = answer(fd, &r);
+        int rc = answer(l, &r);
         if (rc < 0)
             goto adopt;
         if (rc == 0)
@@ -595,15 +615,23 @@ static void *serve(void *arg)
         have -= hn;
     }
 adopt:
-    let_go(fd);
-    if (stopping) {
-        close(fd);
+    if (stopping)
+        goto close;
+    if (!l.ssl) {
+        let_go(fd);
+        xo_adopt(fd, head, have, ""); /* Python's now, with what came of it */
         return NULL;
     }
-    xo_adopt(fd, head, have); /* Python's now, with what came of it */
-    return NULL;
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
+        goto close;
+    xo_adopt(pair[1], head, have, peer);
+    relay(l.ssl, fd, pair[0], IDLE_SECONDS, &stopping);
+    close(pair[0]);
 close:
     let_go(fd);
+    if (l.ssl)
+        SSL_free(l.ssl);
     close(fd);
     return NULL;
 }
@@ -637,10 +665,10 @@ static void *accept_loop(void *arg)
                 close(fd);
                 break;
             }
-            xo_adopt(fd, "", 0);
+            xo_adopt(fd, "", 0, osd_tls ? NOT_BEGUN : "");
         } else if (pthread_create(&t, &attr, serve, (void *)(intptr_t)fd) != 0) {
             let_go(fd);
-            xo_adopt(fd, "", 0);
+            xo_adopt(fd, "", 0, osd_tls ? NOT_BEGUN : "");
         }
     }
     pthread_attr_destroy(&attr);

@@ -7,6 +7,9 @@
 
 /* cdef begin: what follows, to the end marker, is also native/decl/osd.py's declaration for CFFI */
 
+/* TLS 1.3 on every connection from now on, with this host's certificate chain and key, hosts' certificates
+ * checked against the CA in `ca` (users show none). 0, or -errno. */
+int xo_tls(const char *cert, const char *key, const char *ca);
 /* Serve the connections accepted on `listen_fd` under object directory `root` (DIR/objects); `direct`:
  * large reads may go around the page cache. 0, or -errno. */
 int xo_start(int listen_fd, const char *root, int direct);

@@ -39,7 +39,7 @@ def site():
     node_args = [["--site", s, "--price", p, "--cpu", "1", "--memory", m]
                  for s, p, m in (("a", "3", "8G"), ("b", "2", "8G"), ("c", "1", "2G"))]
     node_args[2] += ["--aem", AEM_PEER_URL, "--ad-interval", "0.5"]  # c pushes its ad; a and b are asked
-    with TestGrid(3, ["--pool", POOL], node_args) as grid, FsGrid(osds=1, clients=0) as fs:
+    with TestGrid(3, ["--pool", POOL], node_args) as grid, FsGrid(osds=1, clients=0, ca_dir=grid.ca_dir) as fs:
         for n in grid.nodes:
             assert n.cli("node", "trust", "bio", os.path.join(base, "bio.key.pub"))[0] == 0
         fs.add_vo("bio", key)
@@ -610,13 +610,13 @@ def test_every_daemon_exports_prometheus_metrics(site):
     req = urllib.request.Request(f"{fs.mrc_url}/v1/volumes/data/fs/no_such_op_{os.getpid()}", data=b"{}",
                                  method="POST")
     with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(req, timeout=10)
-    with urllib.request.urlopen(f"{fs.mrc_url}/metrics", timeout=10) as r:
+        fs.urlopen(req, timeout=10)
+    with fs.urlopen(f"{fs.mrc_url}/metrics", timeout=10) as r:
         mrc = _families(r.read().decode())
     assert _value(mrc, "xos_mrc_volumes") >= 1 and _value(mrc, "xos_mrc_requests_total", op="POST /v1/volumes") >= 1
     assert _value(mrc, "xos_mrc_errors_total", op="POST /v1/volumes/{volume}/fs/{op}") >= 1
     assert not any(lab.get("op", "").startswith("no_such_op") for lab, _ in mrc["xos_mrc_requests_total"])
-    with urllib.request.urlopen(f"{fs.osd_url(0)}/metrics", timeout=10) as r:
+    with fs.urlopen(f"{fs.osd_url(0)}/metrics", timeout=10) as r:
         osd = _families(r.read().decode())
     assert _value(osd, "xos_osd_capacity_bytes") > 0 and "xos_osd_objects" in osd
     assert "xos_osd_written_bytes_total" in osd

@@ -367,7 +367,7 @@ def test_sequential_reads_keep_four_whole_requests_ahead(mnt):
 def _native_reads(grid):
     total = 0
     for i in range(len(grid.osds)):
-        with urllib.request.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
+        with grid.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
             total += json.loads(r.read())["native_reads"]
     return total
 
@@ -720,7 +720,7 @@ def _osd_get(grid, fid, token, cred, query="", objno="0"):
     req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{fid}/{objno}{query}",
                                  headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with grid.urlopen(req, timeout=5) as r:
             return r.status, {}
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())["error"]
@@ -766,12 +766,11 @@ def _file_on_an_osd(grid, path, size, mode):
 
 
 def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
-    import socket
 
     payload, st, url, auth = _file_on_an_osd(grid, "/native", 300_000, "rw")
 
     def native():
-        with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+        with grid.urlopen(f"{url}/v1/status", timeout=5) as r:
             return json.loads(r.read())["native_reads"]
 
     def get(objno, off, n):
@@ -779,7 +778,7 @@ def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by
 
     before = native()
     host, _, port = url.partition("//")[2].rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
+    with grid.connect(host, int(port)) as s:
         put = (f"PUT /v1/o/{st.fid}/5?off=0 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\n").encode() + b"new"
         # three reads pipelined, a write, a read behind the write: all on one connection, answered in order
         s.sendall(get(0, 0, 4096) + get(0, 100_000, 50_000) + get(9, 0, 10) + put + get(0, 4096, 4096))
@@ -795,7 +794,6 @@ def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by
 
 def test_connections_past_what_the_native_threads_hold_are_answered_by_python(grid):
     import resource
-    import socket
 
     payload, st, url, auth = _file_on_an_osd(grid, "/many", 100_000, "r")
     host, _, port = url.partition("//")[2].rpartition(":")
@@ -805,11 +803,11 @@ def test_connections_past_what_the_native_threads_hold_are_answered_by_python(gr
     assert soft == hard, "an OSD opens files up to its hard limit"
 
     def native():
-        with urllib.request.urlopen(f"{url}/v1/status", timeout=5) as r:
+        with grid.urlopen(f"{url}/v1/status", timeout=5) as r:
             return json.loads(r.read())["native_reads"]
 
     def read(n=4096):
-        with socket.create_connection((host, int(port)), timeout=10) as s:
+        with grid.connect(host, int(port)) as s:
             s.sendall(f"GET /v1/o/{st.fid}/0?off=0&len={n} HTTP/1.1\r\n{auth}\r\n".encode())
             return _answers(s, 1)[0]
 
@@ -819,7 +817,7 @@ def test_connections_past_what_the_native_threads_hold_are_answered_by_python(gr
     held = []
     try:
         for _ in range(1024):  # each one a native thread waiting for a request: the most it holds
-            held.append(socket.create_connection((host, int(port)), timeout=10))
+            held.append(grid.connect(host, int(port)))
         status, _, body = read()
         assert status == 200 and body == payload[:4096]
         assert native() == before, "the read past the native limit was Python's"
@@ -832,7 +830,6 @@ def test_connections_past_what_the_native_threads_hold_are_answered_by_python(gr
 
 
 def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clear_answer(grid):
-    import socket
 
     payload, st, url, auth = _file_on_an_osd(grid, "/odd", 200_000, "r")
     target = f"/v1/o/{st.fid}/0"
@@ -855,7 +852,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
     ]
     host, _, port = url.partition("//")[2].rpartition(":")
     for request, statuses, body in cases:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
+        with grid.connect(host, int(port)) as s:
             s.sendall(request.encode("latin-1"))
             [(status, _, got)] = _answers(s, 1)
         assert status in statuses, (request[:80], status, got[:200])
@@ -864,7 +861,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
         elif status != 200:
             assert json.loads(got)["error"]["code"], got
     before = _native_reads(grid)
-    with socket.create_connection((host, int(port)), timeout=10) as s:  # and the native threads still answer
+    with grid.connect(host, int(port)) as s:  # and the native threads still answer
         s.sendall(f"GET {target}?off=0&len=4096 HTTP/1.1\r\n{auth}\r\n".encode())
         [(status, _, got)] = _answers(s, 1)
     assert status == 200 and got == payload[:4096] and _native_reads(grid) == before + 1
@@ -872,7 +869,8 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
 
 @pytest.mark.parametrize("listen", ["192.0.2.1:32640", "127.0.0.1:99999", "127.0.0.1:port"])
 def test_an_osd_that_cannot_listen_says_so_in_one_line(grid, tmp_path, listen):
-    p = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--id", "never", "--dir", str(tmp_path),
+    p = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--dir", str(tmp_path),
+                        "--host-dir", os.path.join(grid.base, "osd0", "host"),
                         "--listen", listen, "--mrc", grid.mrc_url, "--key", grid.key, "--trust", grid.trust],
                        capture_output=True, text=True, timeout=60)
     errors = [line for line in p.stderr.splitlines() if not line.startswith("{")]  # the rest are JSON log records
@@ -961,7 +959,7 @@ def test_garbage_on_the_mrc_and_osd_sockets_gets_a_clear_error(grid):
         req = urllib.request.Request(url, data=b"\x00\xffnot json", method="POST",
                                      headers={"Authorization": f"Bearer {grid.credential('alice')}"})
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=5)
+            grid.urlopen(req, timeout=5)
         assert e.value.code in (400, 405)
         assert "error" in json.loads(e.value.read())
     # JSON, but a number Python's int() refuses (over 4,300 digits): answered 500 before
@@ -969,7 +967,7 @@ def test_garbage_on_the_mrc_and_osd_sockets_gets_a_clear_error(grid):
                                  data=b'{"path": "/", "n": ' + b"9" * 5000 + b"}",
                                  headers={"Authorization": f"Bearer {grid.credential('alice')}"})
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(req, timeout=5)
+        grid.urlopen(req, timeout=5)
     assert e.value.code == 400 and json.loads(e.value.read())["error"]["code"] == "bad-request"
     c = grid.client("data")
     try:
@@ -1058,12 +1056,12 @@ def test_other_local_users_cannot_reach_a_mount_lent_no_one(mnt):
     assert p.returncode != 0 and "Permission denied" in p.stderr, p
 
 
-def _osd_post(url, path, token, cred, body, data=None):
+def _osd_post(grid, url, path, token, cred, body, data=None):
     req = urllib.request.Request(f"{url}{path}", data=data if data is not None else json.dumps(body).encode(),
                                  method="PUT" if data is not None else "POST",
                                  headers={"Authorization": f"Bearer {cred}", "X-Xos-Cap": token})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with grid.urlopen(req, timeout=10) as r:
             return r.status, ""
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())["error"]["code"]
@@ -1090,17 +1088,17 @@ def test_truncate_epochs_come_from_the_capability_and_survive_an_osd_restart(gri
     old = capability.sign(secret, Capability(st.fid, "rw", time.time() + 60, st.epoch, st.xloc.version,
                                              "alice@vo-a"))
     body = {"size": 300_000, "stripe_size": st.xloc.striping.size, "epoch": 10 ** 15}
-    assert _osd_post(url, f"/v1/o/{st.fid}/truncate", old, cred, body) == (200, "")
-    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"still mine") == (200, "")
+    assert _osd_post(grid, url, f"/v1/o/{st.fid}/truncate", old, cred, body) == (200, "")
+    assert _osd_post(grid, url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"still mine") == (200, "")
 
     mp = grid.mount(0, "data")
     os.truncate(os.path.join(mp, "fenced"), 1000)  # through the MRC: a new epoch, told to every OSD
-    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
+    assert _osd_post(grid, url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
     host = next(h for h in grid.osds if h.name == primary)
     host.procs[0].stop(signal.SIGKILL)
     host.procs.pop(0)
     proc = grid.start_osd(grid.osds.index(host))
     wait_for(lambda: grid._answers(proc, url), 20, "the OSD to answer again")
-    assert _osd_post(url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
+    assert _osd_post(grid, url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
     with open(os.path.join(mp, "fenced"), "rb") as f:
         assert len(f.read()) == 1000

@@ -110,6 +110,6 @@ def test_copies_and_replication_draw_their_progress_on_a_terminal(grid, tmp_path
         osd.send(signal.SIGCONT)
     code, out, shown = run.wait()
     assert code == 0 and "replica added" in out and "100.0% 24 MiB" in shown, (out, shown)
-    assert f"replica 1: {spare.name} (http://{spare.address}:" in out, out
+    assert f"replica 1: {spare.name} ({grid.scheme}://{spare.address}:" in out, out
     with open(dst, "rb") as f:
         assert f.read() == local.read_bytes()

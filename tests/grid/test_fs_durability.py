@@ -118,11 +118,10 @@ def test_fsync_survives_kill_9_of_an_osd_and_reaches_every_replica(grid):
 
 def _fsyncs(grid: FsGrid) -> int:
     import json
-    import urllib.request
 
     total = 0
     for i in range(len(grid.osds)):
-        with urllib.request.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
+        with grid.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
             total += json.load(r)["fsyncs"]
     return total
 

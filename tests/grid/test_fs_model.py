@@ -162,7 +162,8 @@ def test_tar_of_a_tree_just_copied_in(grid: FsGrid, tmp_path: object) -> None:
         dest = os.path.join(a, "copied")
         os.mkdir(dest)
         for sub in ("json", "email", "xml"):
-            subprocess.run(["cp", "-a", os.path.join(lib, sub), dest], check=True)
+            cp = subprocess.run(["cp", "-a", os.path.join(lib, sub), dest], capture_output=True, text=True)
+            assert cp.returncode == 0, cp.stderr
         src = os.path.join(lib, "json", "decoder.py")
         assert os.stat(os.path.join(dest, "json", "decoder.py")).st_mtime_ns // 1000 == os.stat(src).st_mtime_ns // 1000
         out = subprocess.run(["tar", "czf", os.path.join(str(tmp_path), "t.tgz"), "-C", dest, "."],

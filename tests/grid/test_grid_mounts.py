@@ -34,7 +34,7 @@ while True:
 def site(tmp_path):
     assert criu.find().ok, criu.find().reason
     key = credential.new_key(str(tmp_path / "bio.key"))
-    with TestGrid(2, ["--pool", "bio=33000-33999"]) as grid, FsGrid(osds=1, clients=0) as fs:
+    with TestGrid(2, ["--pool", "bio=33000-33999"]) as grid, FsGrid(osds=1, clients=0, ca_dir=grid.ca_dir) as fs:
         fs.add_vo("bio", key)
         fs.mkvol("data", "alice", "bio")
         for n in grid.nodes:

@@ -3,12 +3,14 @@ the checks that a node still serves after an attack."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from xos.identity import credential, install
@@ -29,10 +31,10 @@ class TlsListener:
     """A TLS listener on the grid bridge (`ctx`: a server context) that keeps whatever its clients send after
     the handshake, to show what reached a host that should have got nothing."""
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, address: str = f"{GRID_NET}.1") -> None:
         self.heard = bytearray()
         self.srv = socket.socket()
-        self.srv.bind((f"{GRID_NET}.1", 0))
+        self.srv.bind((address, 0))
         self.srv.listen(4)
         self.ctx = ctx
         threading.Thread(target=self._serve, daemon=True).start()
@@ -91,3 +93,29 @@ def node_still_serves(node: TestNode) -> None:
         assert "after-attack" in [w["name"] for w in c.ls()], names
         c.rm("after-attack")
     login_works(node)
+
+
+@contextlib.contextmanager
+def capture(into: bytearray) -> Iterator[None]:
+    """Every frame on every interface of this namespace (the nodes' veths and their bridge) while the block
+    runs, appended to `into` (a packet socket)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    s.settimeout(0.2)
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                into.extend(s.recv(1 << 16))
+            except TimeoutError:
+                continue
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(5)
+        s.close()

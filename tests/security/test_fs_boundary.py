@@ -93,7 +93,6 @@ def test_promised_bodies_cost_an_osd_a_bounded_amount(grid: FsGrid) -> None:
     little of it, raise the OSD's memory by a bounded amount (each used to cost its declared size at
     once: 3.4 GB), and the OSD keeps serving."""
     import json
-    import socket
     import urllib.parse
     import urllib.request
 
@@ -105,11 +104,11 @@ def test_promised_bodies_cost_an_osd_a_bounded_amount(grid: FsGrid) -> None:
     socks = []
     try:
         for _ in range(200):
-            s = socket.create_connection((url.hostname, url.port), timeout=10)
+            s = grid.connect(url.hostname, url.port)
             s.sendall(b"PUT /v1/o/" + b"ab" * 16 + b"/0 HTTP/1.1\r\nContent-Length: 17825792\r\n\r\n" + b"x" * 1000)
             socks.append(s)
         def taken_in() -> bool:  # the OSD's native threads hand each to its event loop: once all are there
-            with urllib.request.urlopen(f"{grid.osd_url(0)}/v1/status", timeout=5) as r:
+            with grid.urlopen(f"{grid.osd_url(0)}/v1/status", timeout=5) as r:
                 return int(json.loads(r.read())["http"]["connections"]) >= 200
 
         wait_for(taken_in, 60, "the OSD to take the 200 connections in")
@@ -158,13 +157,15 @@ def test_a_mount_saying_the_kernel_checked_reaches_only_its_own_files(grid: FsGr
 
 
 def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> None:
-    """The MRC drops replicas that missed a write on the word of an OSD of that file only, said with that
-    OSD's own service token: not a member's, not another OSD's."""
+    """The MRC drops replicas that missed a write on the word of an OSD of that file only, said over TLS with
+    that OSD's own host certificate: not a member's credential, not another OSD's certificate."""
     import json
+    import os
     import urllib.error
     import urllib.request
 
-    from xos.fs.capability import load_secret, service_token
+    from xos.testing import signed_host
+    from xos.wire.hostid import HostIdentity
 
     a: Any = grid.client("shared", "alice")
     try:
@@ -174,21 +175,24 @@ def test_only_an_osd_holding_a_replica_reports_others_behind(grid: FsGrid) -> No
     finally:
         a.close()
 
-    def report(auth: str, osd: str, **body: Any) -> int:
+    def report(tls: Any, osd: str, auth: str = "", **body: Any) -> int:
         body = {"osd": osd, "fid": fid, "behind": [grid.osd_url(0)], **body}
         req = urllib.request.Request(f"{grid.mrc_url}/v1/osds/behind", method="POST", data=json.dumps(body).encode(),
                                      headers={"Authorization": auth, "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=tls) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
 
-    secret = load_secret(grid.key)
-    assert report(f"Bearer {grid.credential('alice')}", "osd0") in (401, 403)
-    assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd0") == 403  # not who it says
-    assert report(f"Service {service_token(secret, 'osd:osd9')}", "osd9") == 403  # holds no replica of it
-    own = f"Service {service_token(secret, 'osd:osd0')}"
+    def host(name: str) -> Any:
+        return HostIdentity(signed_host(grid.ca_dir, os.path.join(grid.base, "others", name), name,
+                                        ["osd"])).client_context()
+
+    assert report(grid.user_tls(), "osd0", f"Bearer {grid.credential('alice')}") in (401, 403)
+    assert report(host("osd9"), "osd0") == 403  # not who it says
+    assert report(host("osd9"), "osd9") == 403  # holds no replica of it
+    own = HostIdentity(os.path.join(grid.base, "osd0", "host")).client_context()
     for bad in ({"fid": ""}, {"behind": "x"}, {"behind": [1]}, {"behind": []}):  # refused, whole, naming why
         assert report(own, "osd0", **bad) == 400, bad
     c: Any = grid.client("shared", "alice")
@@ -235,7 +239,7 @@ def test_an_osd_forwards_a_write_only_to_the_files_replicas(grid: FsGrid) -> Non
         req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{st.fid}/0?off=0", data=b"x", method="PUT",
                                      headers={**a._osd_headers(st), "X-Xos-Forward": evil})
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req, timeout=10)
+            grid.urlopen(req, timeout=10)
         assert e.value.code in (400, 403) and b"capability-invalid" in e.value.read()
         assert heard == [], "the OSD sent a member's write where the member said"
         a.release(st)

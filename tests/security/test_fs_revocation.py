@@ -27,8 +27,8 @@ def test_a_revoked_credential_is_refused_by_the_mrc_and_the_osds_within_5_s() ->
         bob = vo.cli("vo", "issue", "lab", "bob")[1].strip()
         from xos.fs.client.client import Client
 
-        a = Client(grid.mrc_url, "labvol", alice)
-        b = Client(grid.mrc_url, "labvol", bob)
+        a = Client(grid.mrc_url, "labvol", alice, ca=grid.ca)
+        b = Client(grid.mrc_url, "labvol", bob, ca=grid.ca)
         try:
             a._json("POST", f"{grid.mrc_url}/v1/volumes", {"name": "labvol", "replicas": 2})
             with a.open("/data", "wb") as f:
@@ -39,7 +39,7 @@ def test_a_revoked_credential_is_refused_by_the_mrc_and_the_osds_within_5_s() ->
             def osd_get() -> int:
                 req = urllib.request.Request(url, headers={"Authorization": f"Bearer {alice}", "X-Xos-Cap": st.cap})
                 try:
-                    with urllib.request.urlopen(req, timeout=5) as r:
+                    with grid.urlopen(req, timeout=5) as r:
                         r.read()
                         return r.status
                 except urllib.error.HTTPError as e:

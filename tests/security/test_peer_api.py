@@ -4,15 +4,11 @@ for a grid identity without that identity's own credential, and it reaches no wo
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
-import socket
 import tarfile
-import threading
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.security.helpers import GUEST, TlsListener, error_code, keys, node_still_serves, peer_get
+from tests.security.helpers import GUEST, TlsListener, capture, error_code, keys, node_still_serves, peer_get
 from tests.workloads import PY
 from xos.identity import credential
 from xos.testing import TestGrid, TestNode, tls_call, wait_for
@@ -181,7 +177,7 @@ def test_a_migration_crosses_the_network_with_nothing_in_clear(tmp_path: Any) ->
             ca.create("cap", main=[PY, "-c", f"import signal\nm = {marker!r} * 1000\nsignal.pause()"])
             wait_for(lambda: ca.stat("cap")["processes"] >= 1, 10, "the workload")
             captured = bytearray()
-            with _capture(captured):
+            with capture(captured):
                 ca.migrate("cap", b.name)
         with b.client() as cb:
             assert cb.stat("cap")["state"] == "running"
@@ -189,32 +185,6 @@ def test_a_migration_crosses_the_network_with_nothing_in_clear(tmp_path: Any) ->
     assert len(captured) > 1 << 20, "the capture saw no image go by"
     for clear in (marker.encode(), b"Authorization", b"HTTP/1.1", b"/v1/peer/"):
         assert clear not in captured, f"{clear!r} crossed the bridge in clear"
-
-
-@contextlib.contextmanager
-def _capture(into: bytearray) -> Iterator[None]:
-    """Every frame on every interface of this namespace (the nodes' veths and their bridge) while the block
-    runs, appended to `into` (a packet socket)."""
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
-    s.settimeout(0.2)
-    done = threading.Event()
-
-    def read() -> None:
-        while not done.is_set():
-            try:
-                into.extend(s.recv(1 << 16))
-            except TimeoutError:
-                continue
-
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        done.set()
-        t.join(5)
-        s.close()
 
 
 def test_an_image_goes_only_to_a_host_whose_certificate_says_node(grid: TestGrid, node: TestNode) -> None:

@@ -50,9 +50,3 @@ def test_garbage_is_refused_cleanly(text):
     with pytest.raises(CapabilityInvalid):
         capability.verify(KEY, text)
 
-
-def test_service_tokens():
-    token = capability.service_token(KEY, "osd:osd1")
-    assert capability.check_service_token(KEY, token) == "osd:osd1"
-    assert capability.check_service_token(b"y" * 32, token) is None
-    assert capability.check_service_token(KEY, "osd:osd1:00") is None

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from xos.errors import FileExists, NoSuchFile
 from xos.testing import wait_for
-from xos.wire import lean as httpd
+from xos.wire import threaded as answers
 from xos.wire.codec import json_response, read_body
 from xos.wire.lean import App, Connection
 
@@ -317,7 +317,7 @@ async def threaded(request):
         buf[:n] = pattern(n, seed)
         return memoryview(buf)[:n], [("X-Seed", str(seed))]
 
-    return await httpd.reply_from_thread(request, make)
+    return await answers.reply_from_thread(request, make)
 
 
 async def plain(request):
@@ -425,19 +425,19 @@ def test_a_thread_send_returns_what_a_slow_client_left_and_none_when_the_client_
     for case in ("reads", "stalls", "gone"):
         # PATIENCE bounds the whole send: a client that reads gets time to take 8 MiB on a loaded machine
         # (50 ms was not always enough); one that never reads is given up on soon.
-        monkeypatch.setattr(httpd, "PATIENCE", 30.0 if case == "reads" else 0.05)
+        monkeypatch.setattr(answers, "PATIENCE", 30.0 if case == "reads" else 0.05)
         ours, theirs = socket.socketpair()
         with ours, theirs:
             ours.setblocking(False)
             got = bytearray()
             if case == "gone":
                 theirs.close()
-                assert httpd._send(ours.fileno(), head, memoryview(body)) is None
+                assert answers._send(ours.fileno(), head, memoryview(body)) is None
                 continue
             reader = threading.Thread(target=_read_into, args=(theirs, got, len(head) + len(body)))
             if case == "reads":
                 reader.start()
-            rest = httpd._send(ours.fileno(), head, memoryview(body))
+            rest = answers._send(ours.fileno(), head, memoryview(body))
             if case == "stalls":
                 assert rest and len(rest) < len(body)
                 reader.start()

@@ -221,7 +221,8 @@ class Aem:
 
     def _grid(self, job: Job) -> stdio.GridFiles:
         """The grid file system as the job's owner: with the credential the job was submitted with."""
-        return stdio.GridFiles(self.cfg.mrc, self.store.credential(job.id))
+        return stdio.GridFiles(self.cfg.mrc, self.store.credential(job.id),
+                               os.path.join(self.host.directory, "ca.pem"))
 
     async def _resume(self, job: Job) -> None:
         """Restore a requeued job on its new node from the last checkpoint the job manager keeps. An image

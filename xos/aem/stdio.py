@@ -23,9 +23,10 @@ def name_on_node(stream: str, where: str) -> str:
 class GridFiles:
     """Files of the grid file system read and written with one member's credential."""
 
-    def __init__(self, mrc: str, token: str) -> None:
+    def __init__(self, mrc: str, token: str, ca: str | None = None) -> None:
         self.mrc = mrc
         self.token = token
+        self.ca = ca  # the grid CA's certificate the file system's servers are checked against
 
     async def read(self, where: str) -> bytes:
         """The grid file `where` (grid://VOLUME/PATH), at most MAX_INPUT bytes."""
@@ -43,7 +44,7 @@ class GridFiles:
         volume, path = loc
 
         def work() -> bytes:
-            c = GridClient(self.mrc, volume, self.token)
+            c = GridClient(self.mrc, volume, self.token, ca=self.ca)
             try:
                 if upload is None:
                     with c.open(path, "rb") as f:

@@ -30,6 +30,8 @@ def add(sub: Any) -> None:
     m.add_argument("--gid", type=int, help="local gid shown for your VO (default: yours)")
     m.add_argument("--allow-other", action="store_true",
                    help="let other local users in (they act with your credential, within the mode bits)")
+    m.add_argument("--ca", help="the grid CA's certificate the MRC's and OSDs' are checked against "
+                                "(default $XOS_CA, else $XOS_HOME/host/ca.pem)")
     m.add_argument("--sync-close", action="store_true",
                    help="close() returns once the file is on stable storage at every replica, as fsync() does")
     m.set_defaults(run=mount)
@@ -121,7 +123,7 @@ def _locate(path: str, cred: str | None) -> tuple[Any, str]:
         raise NotFound(f"{path} is not in a mounted grid volume (give MRC_URL/VOLUME/PATH instead)")
     mp, rec = best
     token = common.token_from(cred) or "" if cred else rec["credential"]
-    return Client(rec["url"], rec["volume"], token), "/" + os.path.relpath(real, mp).lstrip(".")
+    return Client(rec["url"], rec["volume"], token, ca=rec.get("ca")), "/" + os.path.relpath(real, mp).lstrip(".")
 
 
 def _is_mount(path: str) -> bool:
@@ -147,7 +149,7 @@ def mount(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{mp} is already a mount point")
     if not args.foreground:
         argv = [sys.executable, "-m", "xos", "fs", "mount", args.source, mp, "--foreground"]
-        argv += [f"--{k}={getattr(args, k)}" for k in ("cred", "uid", "gid") if getattr(args, k) is not None]
+        argv += [f"--{k}={getattr(args, k)}" for k in ("cred", "uid", "gid", "ca") if getattr(args, k) is not None]
         argv += ["--allow-other"] if args.allow_other else []
         argv += ["--sync-close"] if args.sync_close else []
         logf = os.path.join(_mounts_dir(), urllib.parse.quote(mp, safe="") + ".log")
@@ -176,12 +178,13 @@ def mount(args: argparse.Namespace) -> int:
     heap.keep_buffers()
     _, claims = unverified(token)
     me = f"{claims.get('sub')}@{claims.get('vo')}"
-    client = Client(url, volume, token)
+    client = Client(url, volume, token, ca=args.ca)
     client.op("getattr", path="/")  # the volume exists and lets us in, or the mount fails now
     os.makedirs(_mounts_dir(), exist_ok=True)
     rec = _record(mp)
     with open(os.open(rec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        json.dump({"url": url, "volume": volume, "mountpoint": mp, "credential": token, "pid": os.getpid()}, f)
+        json.dump({"url": url, "volume": volume, "mountpoint": mp, "credential": token, "pid": os.getpid(),
+                   "ca": client.ca}, f)
     try:
         serve_mount(client, mp, Accounts(me, args.uid if args.uid is not None else os.getuid(),
                                          args.gid if args.gid is not None else os.getgid()), volume,

@@ -7,11 +7,14 @@ import argparse
 import asyncio
 import os
 import tomllib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xos import paths, units
 from xos.errors import InvalidInput, XosError
 from xos.paths import AEM_PORT, MRC_PORT, OSD_PORT
+
+if TYPE_CHECKING:
+    from xos.wire.hostid import HostIdentity
 
 
 def _vo_urls(p: argparse.ArgumentParser) -> None:
@@ -75,15 +78,20 @@ def add(sub: Any) -> None:
     _vo_urls(m)
     m.set_defaults(run=fs)
     o = serve.add_parser("osd", help="a grid file system object store")
-    o.add_argument("--id", help="(needed) the OSD's name")
+    o.add_argument("--id", help="the OSD's name (default: the name its host certificate gives)")
     o.add_argument("--dir", help="(needed) where the objects live")
     o.add_argument("--listen", default=f"0.0.0.0:{OSD_PORT}", help=f"HOST:PORT (default 0.0.0.0:{OSD_PORT})")
-    o.add_argument("--url", help="the URL clients reach it at (default http://LISTEN)")
+    o.add_argument("--url", help="the URL clients reach it at (default https://LISTEN)")
     o.add_argument("--mrc", help="(needed) the MRC's URL")
     o.add_argument("--key", help="(needed) file with the key shared with the MRC")
     o.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     _vo_urls(o)
     o.set_defaults(run=fs)
+    for p in (m, o):
+        p.add_argument("--host-dir", help="this host's key, certificate (role mrc or osd) and the grid's CA "
+                                          "(default $XOS_HOME/host): every link is TLS with it")
+        p.add_argument("--plaintext", action="store_true",
+                       help="plain HTTP, to measure what TLS costs: refused unless $XOS_INSECURE_TESTS=1")
     for role, p in serve.choices.items():
         p.add_argument("--log-level", default="INFO")
         if role != "node":  # the node's file is read by NodeConfig (its [node] table), flags over it
@@ -187,11 +195,18 @@ def aem(args: argparse.Namespace) -> int:
 def fs(args: argparse.Namespace) -> int:
     """`xos serve mrc|osd`, on the lean server's event loop."""
     args = configured(args, args.role)
-    needed = ("key",) if args.role == "mrc" else ("id", "dir", "mrc", "key")
+    needed = ("key",) if args.role == "mrc" else ("dir", "mrc", "key")
     missing = [f"--{n}" for n in needed if not getattr(args, n)]
     if missing:
         raise InvalidInput(f"xos serve {args.role} needs {', '.join(missing)} (on the command line or in its "
                            f"configuration file's [{args.role}] table)")
+    tls = _fs_identity(args)
+    if args.role == "osd":
+        if tls is not None and args.id and args.id != tls.name:
+            raise InvalidInput(f"--id {args.id} is not the name of this host's certificate ({tls.name})", field="id")
+        args.id = tls.name if tls is not None else args.id
+        if not args.id:
+            raise InvalidInput("xos serve osd --plaintext needs --id (with TLS, its certificate names it)", field="id")
     from xos import log
     from xos.fs.capability import load_secret
     from xos.kernel import heap
@@ -205,11 +220,27 @@ def fs(args: argparse.Namespace) -> int:
         from xos.fs.mrc.service import MrcConfig, serve_mrc
 
         lean.run(serve_mrc(MrcConfig(paths.home(), args.listen, secret, trust, grace=args.grace,
-                                     idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls))))
+                                     idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls), tls=tls)))
     else:
         from xos.fs.osd.service import OsdConfig, serve_osd
 
-        url = (args.url or f"http://{args.listen}").rstrip("/")
+        url = (args.url or f"{'https' if tls else 'http'}://{args.listen}").rstrip("/")
         lean.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret, trust,
-                                     tuple(args.vo_urls))))
+                                     tuple(args.vo_urls), tls=tls)))
     return 0
+
+
+def _fs_identity(args: argparse.Namespace) -> HostIdentity | None:
+    """The host identity an MRC or OSD serves TLS with; None with --plaintext (in tests only)."""
+    from xos.wire.hostid import HostIdentity
+
+    if args.plaintext:
+        if os.environ.get("XOS_INSECURE_TESTS") != "1":
+            raise InvalidInput("--plaintext sends credentials and file contents in clear: it is only for measuring "
+                               "what TLS costs, in tests (XOS_INSECURE_TESTS=1)", field="plaintext")
+        return None
+    tls = HostIdentity(args.host_dir or paths.host_dir())
+    if args.role not in tls.roles:
+        raise InvalidInput(f"this host's certificate ({tls.name}: {', '.join(tls.roles) or 'no role'}) does not "
+                           f"give it the {args.role} role", field="host-dir")
+    return tls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -66,6 +67,11 @@ class NodeConfig:
             if name == to:
                 return url.rstrip("/")
         raise InvalidInput(f"unknown node {to!r}: give a URL or one of the peers ({', '.join(self.peers) or 'none'})")
+
+    def ca_file(self) -> str | None:
+        """The grid CA's certificate this host trusts (its host directory's), if it has one."""
+        path = os.path.join(self.host_dir or host_dir(self.home or home()), "ca.pem")
+        return path if os.path.exists(path) else None
 
     def host(self) -> HostIdentity:
         """This host's identity for links to other hosts (read once); InvalidInput when it has none."""

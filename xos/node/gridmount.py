@@ -75,9 +75,10 @@ class GridMount:
 class Clients:
     """The FUSE clients of one workspace's grid mounts."""
 
-    def __init__(self, run_dir: str, wsid: str, credential: str, uid: int, gid: int) -> None:
+    def __init__(self, run_dir: str, wsid: str, credential: str, uid: int, gid: int, ca: str | None = None) -> None:
         self.dir = os.path.join(run_dir, "grid", wsid)
         self.credential, self.uid, self.gid = credential, uid, gid
+        self.ca = ca  # the grid CA's certificate the file system's servers are checked against
         self.running: list[tuple[int, int, str, bool]] = []  # (pid, pidfd, mount point from there, staged)
 
     @classmethod
@@ -113,7 +114,8 @@ class Clients:
         if mntns is None:
             os.makedirs(where, mode=0o700, exist_ok=True)
         argv = [sys.executable, "-m", "xos", "fs", "mount", m.spec, where, "--foreground", "--cred", cred,
-                "--uid", str(self.uid), "--gid", str(self.gid), "--allow-other"]
+                "--uid", str(self.uid), "--gid", str(self.gid), "--allow-other",
+                *(["--ca", self.ca] if self.ca else [])]
         logfd = os.open(os.path.join(self.dir, f"{m.volume}.log"),
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

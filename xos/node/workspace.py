@@ -397,7 +397,8 @@ class Workspace(WorkspaceDumps):
             token = self.rec.identity.get("credential")
             if not token:
                 raise InvalidInput("grid mounts need the workspace's credential (create it with one)", field="grid")
-            self._grid = Clients(self.ctx.config.run, self.rec.id, token, self.rec.uid, self.rec.gid)
+            self._grid = Clients(self.ctx.config.run, self.rec.id, token, self.rec.uid, self.rec.gid,
+                                 self.ctx.config.ca_file())
         return self._grid
 
     def _grid_externals(self) -> list[str]:

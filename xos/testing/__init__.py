@@ -285,7 +285,7 @@ class TestGrid(Built):
     __test__ = False
 
     def __init__(self, n: int = 1, extra_args: list[str] | None = None,
-                 node_args: list[list[str]] | None = None) -> None:
+                 node_args: list[list[str]] | None = None, ca_dir: str | None = None) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-grid-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -294,24 +294,16 @@ class TestGrid(Built):
         self._n = n
         self._extra = extra_args or []
         self._node_args = node_args or [[] for _ in range(n)]  # each node's own flags (site, price)
+        self.ca_dir = ca_dir or os.path.join(self.base, "ca")  # the grid's CA: this grid's own unless given
 
     @property
     def ca(self) -> str:
         """The grid CA's certificate, for users' clients of TLS daemons (XOS_CA)."""
-        return os.path.join(self.base, "ca", "ca.pem")
+        return os.path.join(self.ca_dir, "ca.pem")
 
     def host_dir(self, name: str, roles: list[str], addresses: list[str] | None = None, days: int = 1) -> str:
         """A host identity signed by the grid's CA (made once per name): its directory."""
-        directory = os.path.join(self.base, "hosts", name)
-        if not os.path.exists(os.path.join(directory, "host.pem")):
-            csr = hostid.host_init(directory, name, roles, addresses)
-            with open(csr, "rb") as f:
-                pem = hostid.ca_sign(os.path.join(self.base, "ca"), f.read(), days)
-            with open(os.path.join(directory, "host.pem"), "wb") as f:
-                f.write(pem)
-            with open(os.path.join(self.base, "ca", "ca.pem"), "rb") as f:
-                hostid.trust(directory, f.read())
-        return directory
+        return signed_host(self.ca_dir, os.path.join(self.base, "hosts", name), name, roles, addresses, days)
 
     def _build(self) -> None:
         claim_subnet(f"{GRID_NET}.1")
@@ -328,7 +320,8 @@ class TestGrid(Built):
                 self._wire(ipr, br, node)
         # Every node serves the peer API on its grid address, as the host its certificate from the grid's CA
         # names, and knows the others by name.
-        hostid.ca_init(os.path.join(self.base, "ca"))
+        if not os.path.exists(self.ca):
+            hostid.ca_init(self.ca_dir)
         for node in self.nodes:
             host = self.host_dir(node.name, ["node"], [node.address])
             node.extra_args += ["--listen", f"{node.address}:{PEER_PORT}", "--host-dir", host]
@@ -490,6 +483,20 @@ def node(extra_args: list[str] | None = None) -> Iterator[TestNode]:
     """A single test node (a grid of one)."""
     with TestGrid(1, extra_args) as grid:
         yield grid.nodes[0]
+
+
+def signed_host(ca_dir: str, directory: str, name: str, roles: list[str], addresses: list[str] | None = None,
+                days: int = 1) -> str:
+    """A host identity in `directory` signed by the CA in `ca_dir` (made once): the directory."""
+    if not os.path.exists(os.path.join(directory, "host.pem")):
+        csr = hostid.host_init(directory, name, roles, addresses)
+        with open(csr, "rb") as f:
+            pem = hostid.ca_sign(ca_dir, f.read(), days)
+        with open(os.path.join(directory, "host.pem"), "wb") as f:
+            f.write(pem)
+        with open(os.path.join(ca_dir, "ca.pem"), "rb") as f:
+            hostid.trust(directory, f.read())
+    return directory
 
 
 def tls_call(host_dir: str | None, url: str, method: str = "GET", body: bytes | None = None,

@@ -13,6 +13,8 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,8 +27,10 @@ from xos.identity import credential
 from xos.kernel import spawn as sp
 from xos.node import network
 from xos.paths import MRC_PORT, OSD_PORT
-from xos.testing import Built, TestNode, claim_subnet, netns, remove_links, wait_for
+from xos.testing import Built, TestNode, claim_subnet, netns, remove_links, signed_host, wait_for
 from xos.testing.terminal import Terminal
+from xos.wire import hostid
+from xos.wire.hostid import HostIdentity
 
 FS_NET = "198.18.1"
 
@@ -127,7 +131,8 @@ class FsGrid(Built):
     __test__ = False
 
     def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
-                 cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = ()) -> None:
+                 cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = (), ca_dir: str | None = None,
+                 plaintext: bool = False) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -142,16 +147,65 @@ class FsGrid(Built):
         self.mounts: list[tuple[str, Proc]] = []
         self.trust = os.path.join(self.base, "trust")
         self.key = os.path.join(self.base, "fs.key")
+        # The grid's CA (this grid's own unless a node grid's is given) signs the MRC's and OSDs' certificates;
+        # `plaintext`: no TLS, only to measure what it costs.
+        self.ca_dir = ca_dir or os.path.join(self.base, "ca")
+        self.plaintext = plaintext
         self._vo_keys: dict[str, object] = {}
         self.attached = 0  # other namespaces given an interface on the bridge
 
     @property
     def mrc_url(self) -> str:
         assert self.mrc is not None
-        return f"http://{self.mrc.address}:{MRC_PORT}"
+        return f"{self.scheme}://{self.mrc.address}:{MRC_PORT}"
 
     def osd_url(self, i: int) -> str:
-        return f"http://{self.osds[i].address}:{OSD_PORT}"
+        return f"{self.scheme}://{self.osds[i].address}:{OSD_PORT}"
+
+    @property
+    def _plain(self) -> list[str]:
+        return ["--plaintext"] if self.plaintext else []
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.plaintext else "https"
+
+    @property
+    def ca(self) -> str:
+        """The grid CA's certificate, for users' clients (XOS_CA)."""
+        return os.path.join(self.ca_dir, "ca.pem")
+
+    def host_identity(self, host: Host, roles: list[str]) -> str:
+        """`host`'s identity (XOS_HOME/host, where its daemons look), signed by the grid's CA: the directory."""
+        return signed_host(self.ca_dir, os.path.join(self.base, host.name, "host"), host.name, roles, [host.address])
+
+    def urlopen(self, req: Any, timeout: float = 10, host: bool = False) -> Any:
+        """urllib's urlopen of this grid's MRC or an OSD, as a user's client (or, with `host`, as a host with
+        the MRC's role)."""
+        import urllib.request
+
+        tls = None if self.plaintext else self.admin_tls() if host else self.user_tls()
+        return urllib.request.urlopen(req, timeout=timeout, context=tls)
+
+    def connect(self, host: str, port: int, timeout: float = 10) -> socket.socket:
+        """A connection to the MRC or an OSD at host:port as a user's client (TLS unless plaintext)."""
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if self.plaintext:
+            return sock
+        try:
+            return self.user_tls().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+
+    def user_tls(self) -> ssl.SSLContext:
+        """A TLS context of a user's client: the servers' certificates checked against the grid's CA."""
+        return hostid.user_context(self.ca)
+
+    def admin_tls(self) -> ssl.SSLContext:
+        """A TLS context of a host with the MRC's role, for the calls only the file system's hosts may make."""
+        return HostIdentity(signed_host(self.ca_dir, os.path.join(self.base, "admin"), "grid-admin",
+                                        ["mrc"])).client_context()
 
     def _build(self) -> None:
         with open(os.open(self.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
@@ -161,6 +215,8 @@ class FsGrid(Built):
             key = credential.new_key(os.path.join(self.base, "vo", f"{vo}.key"))
             self._vo_keys[vo] = key
             trust.trust(vo, credential.public_pem(key.public_key()))
+        if not os.path.exists(self.ca):
+            hostid.ca_init(self.ca_dir)
         claim_subnet(f"{FS_NET}.1")
         names = ["mrc"] + [f"osd{i}" for i in range(self.n_osds)] + [f"client{i}" for i in range(self.n_clients)]
         with IPRoute(use_socket=network.netlink_socket()) as ipr:
@@ -175,6 +231,9 @@ class FsGrid(Built):
         self.mrc = self.hosts[0]
         self.osds = self.hosts[1:1 + self.n_osds]
         self.clients = self.hosts[1 + self.n_osds:]
+        self.host_identity(self.mrc, ["mrc"])
+        for host in self.osds:
+            self.host_identity(host, ["osd"])
         self.start_mrc()
         for i in range(self.n_osds):
             self.start_osd(i)
@@ -222,7 +281,10 @@ class FsGrid(Built):
         """Start a program inside a host's network namespace, its output in `log_name` (its stderr on the
         descriptor `stderr` if one is given)."""
         proc = Proc(argv, os.path.join(self.base, log_name))
-        env = {**os.environ, "XOS_HOME": os.path.join(self.base, host.name), "XOS_RUN": os.path.join(self.base, "run")}
+        env = {**os.environ, "XOS_HOME": os.path.join(self.base, host.name), "XOS_RUN": os.path.join(self.base, "run"),
+               "XOS_CA": self.ca}
+        if self.plaintext:
+            env["XOS_INSECURE_TESTS"] = "1"
         os.makedirs(env["XOS_HOME"], exist_ok=True)
         nsfd = os.open(host.netns_path, os.O_RDONLY | os.O_CLOEXEC)
         logfd = os.open(proc.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -247,7 +309,7 @@ class FsGrid(Built):
         assert self.mrc is not None
         proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
                                      "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
-                                     "--cap-ttl", str(self.cap_ttl), *self.follow],
+                                     "--cap-ttl", str(self.cap_ttl), *self.follow, *self._plain],
                           "mrc.log")
         wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
         return proc
@@ -258,7 +320,7 @@ class FsGrid(Built):
         os.makedirs(data, exist_ok=True)
         return self.spawn(host, ["serve", "osd", "--id", host.name, "--dir", data, "--listen",
                                  f"{host.address}:{OSD_PORT}", "--mrc", self.mrc_url, "--key", self.key,
-                                 "--trust", self.trust, *self.follow], f"{host.name}.log")
+                                 "--trust", self.trust, *self.follow, *self._plain], f"{host.name}.log")
 
     def osd_dir(self, i: int) -> str:
         return os.path.join(self.base, self.osds[i].name, "data")
@@ -271,7 +333,7 @@ class FsGrid(Built):
             with open(proc.log) as f:
                 raise RuntimeError(f"{proc.argv[3:5]} exited at start-up:\n{f.read()[-3000:]}")
         try:
-            urllib.request.urlopen(url, timeout=1).close()
+            urllib.request.urlopen(url, timeout=1, context=None if self.plaintext else self.user_tls()).close()
             return True
         except urllib.error.HTTPError:
             return True  # it answers, if only to refuse
@@ -279,11 +341,11 @@ class FsGrid(Built):
             return False
 
     def osd_list(self) -> list[dict[str, object]]:
-        from xos.fs.capability import load_secret, service_token
+        from xos.fs.auth import PLAINTEXT_HOST
         from xos.fs.client.client import Client
 
-        c = Client(self.mrc_url, "", "")
-        c._auth = {"Authorization": f"Service {service_token(load_secret(self.key), 'test')}"}
+        c = Client(self.mrc_url, "", "", tls=None if self.plaintext else self.admin_tls())
+        c._auth = {PLAINTEXT_HOST: "mrc grid-admin"} if self.plaintext else {}
         try:
             return list(c._json("GET", f"{self.mrc_url}/v1/osds")["osds"])
         finally:
@@ -311,7 +373,7 @@ class FsGrid(Built):
         """A Python API client (from this namespace: the grid bridge is reachable from the host)."""
         from xos.fs.client.client import Client
 
-        return Client(self.mrc_url, volume, self.credential(user, vo, roles=roles))
+        return Client(self.mrc_url, volume, self.credential(user, vo, roles=roles), ca=self.ca)
 
     def cli(self, *args: str, host: Host | None = None, tty: bool = False) -> tuple[int, str, str]:
         """`xos ARGS` in a client host's namespace: (status, stdout, stderr); with `tty`, stderr is a

@@ -177,15 +177,21 @@ def trust(directory: str, ca_pem: bytes) -> None:
     _write_public(os.path.join(directory, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
 
 
-def user_context(ca: str | None = None) -> ssl.SSLContext:
-    """For a user's client of a daemon served over TLS: its certificate must come from the grid's CA (`ca`,
-    else $XOS_CA, else $XOS_HOME/host/ca.pem) and name the host the URL names."""
+def ca_file(ca: str | None = None) -> str:
+    """The grid CA's certificate users' clients check daemons against: `ca`, else $XOS_CA, else
+    $XOS_HOME/host/ca.pem; InvalidInput if there is none."""
     path = ca or os.environ.get("XOS_CA") or os.path.join(os.environ.get("XOS_HOME") or "/var/lib/xos", "host",
                                                            "ca.pem")
     if not os.path.exists(path):
         raise InvalidInput(f"no grid CA at {path} to check the daemon's certificate against: give it with --ca or "
                            "$XOS_CA (or xos host trust CA.pem)", field="ca")
-    ctx = ssl.create_default_context(cafile=path)
+    return path
+
+
+def user_context(ca: str | None = None) -> ssl.SSLContext:
+    """For a user's client of a daemon served over TLS: its certificate must come from the grid's CA (`ca`,
+    else $XOS_CA, else $XOS_HOME/host/ca.pem) and name the host the URL names."""
+    ctx = ssl.create_default_context(cafile=ca_file(ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     return ctx
 
@@ -228,10 +234,11 @@ class HostIdentity:
 
     def server_context(self, users: bool = False) -> ssl.SSLContext:
         """For a listener: only hosts with a certificate from the grid's CA get through the handshake; with
-        `users`, anyone may (users show a credential inside the channel instead)."""
+        `users`, anyone may (users show a credential inside the channel instead), and a host that shows a
+        certificate is known by it if the grid's CA signed it, refused if not."""
         ctx = self._context(ssl.Purpose.CLIENT_AUTH)
         if users:
-            ctx.verify_mode = ssl.CERT_NONE
+            ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
 
     def client_context(self) -> ssl.SSLContext:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import resource
-import select
 import socket
-import time
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -35,6 +33,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from xos.wire.codec import error_body, error_middleware
 from xos.wire.metrics import Registry
 from xos.wire.metrics import handler as metrics_handler
+from xos.wire.threaded import Sent, _head
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +46,6 @@ BODY_STEP = 2 << 20  # ... by at most this at a time: never to a declared length
 BODY_BUDGET = 128 << 20  # bytes of bodies all connections may hold; past it, they are read from as it frees
 PIPELINE = 8  # requests a connection may have waiting for answers before it is read from again
 STALLED = 30.0  # seconds a request may stay half received without a byte coming
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 410: "Gone", 411: "Length Required",
-           413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           503: "Service Unavailable", 507: "Insufficient Storage"}
-
-
 class Body:
     """`request.content` as rpc.read_body reads it."""
 
@@ -85,6 +78,12 @@ class Request:
         self.close = close  # the client asked for the connection to close after the answer
         self.app: App | None = None  # the app serving it (its metrics)
         self.route = ""  # the pattern of the route that took it
+
+    @property
+    def transport(self) -> Connection | None:
+        """What aiohttp's request.transport is for hostid.peer_of: the connection, which knows its peer's
+        certificate."""
+        return self.connection
 
     async def read(self) -> bytes | bytearray:
         """The whole body."""
@@ -160,89 +159,6 @@ class App:
             self.router.add_get("/metrics", metrics_handler(metrics))
 
 
-def _head(status: int, headers: list[tuple[str, str]], length: int, close: bool) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\nContent-Length: {length}\r\n"]
-    lines.extend(f"{k}: {v}\r\n" for k, v in headers)
-    if close:
-        lines.append("Connection: close\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1")
-
-
-class Sent:
-    """What a handler returns when `reply_from_thread` has already sent its answer."""
-
-    prepared = True  # error_middleware adds no header to it
-
-    def __init__(self, ok: bool) -> None:
-        self.ok = ok  # False: the connection broke mid-answer and is to be closed
-
-
-PATIENCE = 0.2  # what a worker thread gives a client to take an answer before the loop sends the rest
-
-
-async def reply_from_thread(request: Request | web.Request,
-                            make: Callable[[], tuple[bytes | memoryview, list[tuple[str, str]]]]) -> Sent:
-    """Run `make` in a worker thread and send the body and headers it returns from that thread.
-
-    For large answers made by blocking work: an OSD's event loop sent each 1 MiB body itself,
-    holding the GIL through the TCP send (and, over a veth, the receiver's part of it), so one OSD
-    never used more than one CPU; from the thread the send runs beside the loop, and `make` may
-    return a view of a buffer it reuses once the call is over. What a slow client has not taken
-    after PATIENCE is copied and left to the loop, so no client holds a thread. What `make` raises
-    reaches the caller with nothing sent."""
-    conn = getattr(request, "connection", None)  # handlers see web.Request's type; this server gives them a Request
-    assert conn is not None and conn.transport is not None, "reply_from_thread needs a request from a connection"
-    if not conn.transport.is_closing():
-        await conn.drained()  # the thread writes to the socket itself: nothing may still wait to go out before it
-    if conn.transport.is_closing():
-        return Sent(False)
-    sock = conn.transport.get_extra_info("socket")
-    fd = os.dup(sock.fileno())  # its own descriptor: the loop may close the connection's meanwhile
-    close = getattr(request, "close", False)
-
-    def work() -> bytes | None:
-        try:
-            body, headers = make()
-            return _send(fd, _head(200, headers, len(body), close), body)
-        finally:
-            os.close(fd)
-
-    rest = await asyncio.get_running_loop().run_in_executor(None, work)
-    if rest is None or conn.transport.is_closing():
-        return Sent(False)
-    if rest:
-        conn.transport.write(rest)
-    return Sent(True)
-
-
-def _send(fd: int, head: bytes, body: bytes | memoryview) -> bytes | None:
-    """Write head and body to a non-blocking socket for up to PATIENCE: what is left of them, copied (b"" when
-    all went), or None if the connection broke."""
-    views = [v for v in (memoryview(head), memoryview(body)) if len(v)]
-    poll = select.poll()
-    poll.register(fd, select.POLLOUT)
-    deadline = time.monotonic() + PATIENCE
-    try:
-        while views:
-            try:
-                n = os.writev(fd, views)
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left > 0 and poll.poll(left * 1000):
-                    continue
-                return b"".join(views)
-            while n:
-                if n >= len(views[0]):
-                    n -= len(views.pop(0))
-                else:
-                    views[0], n = views[0][n:], 0
-        return b""
-    except OSError as e:  # the client went away
-        log.debug("answer not sent: %s", e)
-        return None
-
-
 def _error(status: int, code: str, message: str) -> bytes:
     body = error_body(code, message)
     return _head(status, [("Content-Type", "application/json")], len(body), True) + body
@@ -255,9 +171,12 @@ class Connection(asyncio.BufferedProtocol):
     straight into a buffer of its own size. Appending each chunk of a 1 MiB body to a buffer and then
     copying the body out of it were a quarter of an OSD's CPU per MiB written."""
 
-    def __init__(self, app: App, prefix: bytes = b"") -> None:
+    def __init__(self, app: App, prefix: bytes = b"", peercert: dict[str, Any] | None = None) -> None:
         self.app = app
         self.prefix = prefix  # what a connection adopted from elsewhere sent before it came here
+        # The verified certificate of the peer, where the TLS ended before this connection (an OSD's native
+        # threads relay its bytes): as ssl's getpeercert() gives it.
+        self.peercert = peercert
         self.buf = bytearray(HEAD_BUFFER)
         self.have = 0  # bytes of buf received and not yet consumed
         self.body: bytearray | None = None  # a body being received in place, and how much of it came
@@ -289,6 +208,12 @@ class Connection(asyncio.BufferedProtocol):
                 buf[:k] = view[:k]
             self.buffer_updated(k)
             view = view[k:]
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's extra information; the peer's certificate also where the TLS ended elsewhere."""
+        if name == "peercert" and self.peercert is not None:
+            return self.peercert
+        return self.transport.get_extra_info(name, default) if self.transport is not None else default
 
     def connection_lost(self, exc: Exception | None) -> None:
         global _open
@@ -568,12 +493,14 @@ def _give_back(n: int) -> None:
         Connection._wake()
 
 
-async def adopt(app: App, sock: socket.socket, prefix: bytes) -> None:
+async def adopt(app: App, sock: socket.socket, prefix: bytes, peercert: dict[str, Any] | None = None,
+                tls: ssl.SSLContext | None = None) -> None:
     """Serve a connection accepted elsewhere (an OSD's native read threads), starting with the bytes it has
-    already sent there."""
+    already sent there; `peercert`: the certificate its peer showed there; `tls`: its TLS begins here."""
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: Connection(app, prefix), sock)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: Connection(app, prefix, peercert), sock,
+                                                                 ssl=tls, ssl_handshake_timeout=10 if tls else None)
     except OSError as e:
         log.debug("adopted connection gone: %s", e)
         sock.close()

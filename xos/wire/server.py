@@ -28,7 +28,7 @@ async def serve_tcp(app: web.Application | lean.App, listen: str, background: Aw
     handed to that instead (an OSD's native read threads). The caller closes its own resources after this
     returns."""
     if isinstance(app, lean.App):
-        return await _serve_lean(app, listen, background, accept)
+        return await _serve_lean(app, listen, background, accept, tls)
     runners = []
     try:
         for one, where, ctx in [(app, listen, tls), *([peers] if peers else [])]:
@@ -79,14 +79,16 @@ async def run_until_stopped(listen: str, background: Awaitable[Any] | None = Non
 
 
 async def _serve_lean(app: lean.App, listen: str, background: Awaitable[Any] | None = None,
-                    accept: Callable[[socket.socket], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+                      accept: Callable[[socket.socket], contextlib.AbstractContextManager[Any]] | None = None,
+                      tls: ssl.SSLContext | None = None) -> None:
     lean.open_files_up_to_the_hard_limit()
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     loop = asyncio.get_running_loop()
     try:
         if accept is None:
-            server = await loop.create_server(lambda: lean.Connection(app), host, int(port), reuse_address=True)
+            server = await loop.create_server(lambda: lean.Connection(app), host, int(port), reuse_address=True,
+                                              ssl=tls, ssl_handshake_timeout=10 if tls else None)
         else:
             sock = socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                         backlog=1024)

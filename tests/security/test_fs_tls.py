@@ -1,0 +1,156 @@
+"""The grid file system's links are TLS 1.3: no credential, capability or file content crosses the network in
+clear; plain HTTP, another CA's certificate and a certificate for another address are refused; hosts are
+known by their certificates, and nothing a request says makes anyone else a file-system host."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.security.helpers import TlsListener, capture
+from xos.errors import Unavailable
+from xos.testing import signed_host
+from xos.testing.fsgrid import FS_NET, FsGrid
+from xos.wire import hostid
+from xos.wire.hostid import HostIdentity
+
+
+@pytest.fixture(scope="module")
+def grid():
+    with FsGrid(osds=2, clients=1) as g:
+        g.mkvol("tls", replicas=2)
+        yield g
+
+
+def _stranger(grid: FsGrid, name: str, roles: list[str]) -> HostIdentity:
+    """A host whose certificate comes from another CA than the grid's."""
+    ca = os.path.join(grid.base, "other-ca")
+    if not os.path.exists(os.path.join(ca, "ca.pem")):
+        hostid.ca_init(ca, "not the grid's CA")
+    return HostIdentity(signed_host(ca, os.path.join(grid.base, "strangers", name), name, roles, [f"{FS_NET}.1"]))
+
+
+def _host(grid: FsGrid, name: str, roles: list[str]) -> ssl.SSLContext:
+    """A client context of a host the grid's CA signed for `roles`."""
+    return HostIdentity(signed_host(grid.ca_dir, os.path.join(grid.base, "hosts", name), name, roles)).client_context()
+
+
+def _addr(url: str) -> tuple[str, int]:
+    host, _, port = url.partition("//")[2].rpartition(":")
+    return host, int(port)
+
+
+def test_nothing_of_a_members_files_or_credentials_crosses_the_network_in_clear(grid: FsGrid) -> None:
+    """A member mounts the volume, writes a file through the mount (both replicas), and another client reads it
+    back through the MRC and the OSDs: every frame on the grid's bridge meanwhile, heartbeats included, holds
+    neither the file's bytes, nor the credential, nor any HTTP."""
+    marker = secrets.token_hex(16).encode() * 4096  # 128 KiB a capture could not miss
+    captured = bytearray()
+    cred = grid.credential("alice")
+    with capture(captured):
+        mp = grid.mount(0, "tls")
+        try:
+            with open(os.path.join(mp, "secret"), "wb") as f:
+                f.write(marker)
+                os.fsync(f.fileno())
+        finally:
+            grid.umount(mp)
+        c: Any = grid.client("tls")
+        try:
+            with c.open("/secret", "rb") as f:
+                assert f.read() == marker
+        finally:
+            c.close()
+    assert len(captured) > 2 * len(marker), "the capture saw no file go by"
+    for clear in (marker[:64], cred[:60].encode(), b"Authorization", b"X-Xos-Cap", b"HTTP/1.1", b"/v1/"):
+        assert clear not in captured, f"{clear[:40]!r} crossed the bridge in clear"
+
+
+@pytest.mark.parametrize("which", ["mrc", "osd"])
+def test_plain_http_gets_no_answer_and_the_osd_says_why(grid: FsGrid, which: str) -> None:
+    url = grid.mrc_url if which == "mrc" else grid.osd_url(0)
+    with socket.create_connection(_addr(url), timeout=10) as s:
+        s.sendall(b"GET /v1/osds HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    assert not got.startswith(b"HTTP/"), f"the {which} answered plain HTTP: {got[:80]!r}"
+    if which == "osd":
+        with open(os.path.join(grid.base, "osd0.log")) as f:
+            assert "TLS from " in f.read(), "the OSD did not say why it dropped the connection"
+
+
+@pytest.mark.parametrize("which", ["mrc", "osd"])
+def test_a_host_certificate_from_another_ca_is_refused(grid: FsGrid, which: str) -> None:
+    """A host showing a certificate the grid's CA did not sign gets no further than the handshake, even for a
+    call any member may make."""
+    url = f"{grid.mrc_url}/v1/osds" if which == "mrc" else f"{grid.osd_url(0)}/v1/status"
+    with urllib.request.urlopen(url, timeout=10, context=_host(grid, "osd7", ["osd"])) as r:
+        assert r.status == 200  # the same call by a host the grid's CA signed
+    ctx = _stranger(grid, "osd0", ["osd"]).client_context()
+    ctx.load_verify_locations(grid.ca)  # it trusts the server; the server must not trust it
+    with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            r.read()
+
+
+def test_a_client_refuses_a_server_of_another_ca_or_for_another_address(grid: FsGrid) -> None:
+    """A member's client gives its credential only to a server whose certificate the grid's CA signed for the
+    address it called: a listener with another CA's certificate hears nothing."""
+    rogue = TlsListener(_stranger(grid, "mrc", ["mrc"]).server_context(users=True), f"{FS_NET}.1")
+    try:
+        from xos.fs.client.client import Client
+
+        c = Client(rogue.url, "tls", grid.credential("alice"), ca=grid.ca)
+        try:
+            with pytest.raises(Unavailable, match="TLS|certificate"):
+                c.op("getattr", path="/")
+        finally:
+            c.close()
+    finally:
+        rogue.close()
+    assert bytes(rogue.heard) == b"", "the credential went to a server the grid's CA never signed"
+    host, port = _addr(grid.mrc_url)
+    with socket.create_connection((host, port), timeout=10) as s, pytest.raises(ssl.SSLCertVerificationError):
+        grid.user_tls().wrap_socket(s, server_hostname=f"{FS_NET}.99")  # the MRC's certificate names its own
+
+
+def test_only_the_file_systems_hosts_act_as_hosts(grid: FsGrid) -> None:
+    """Heartbeats and reports are for the OSDs' own certificates: a host of the grid with another role, a member,
+    or anyone naming a host in a header (what only a plaintext measurement believes) is refused."""
+    body = json.dumps({"id": "osd0", "url": grid.osd_url(0), "capacity": 1, "free": 1, "load": 0}).encode()
+
+    def beat(ctx: ssl.SSLContext, headers: dict[str, str]) -> int:
+        req = urllib.request.Request(f"{grid.mrc_url}/v1/osds/heartbeat", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert beat(_host(grid, "a-node", ["node"]), {}) in (401, 403)
+    assert beat(grid.user_tls(), {"Authorization": f"Bearer {grid.credential('alice')}"}) in (401, 403)
+    assert beat(grid.user_tls(), {"X-Xos-Host": "osd osd0"}) in (401, 403)
+    assert beat(HostIdentity(os.path.join(grid.base, "osd0", "host")).client_context(), {}) == 200
+
+
+def test_plaintext_is_refused_outside_tests(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XOS_INSECURE_TESTS"}
+    p = subprocess.run([sys.executable, "-m", "xos", "serve", "mrc", "--plaintext", "--key", "k", "--listen",
+                        "127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert p.returncode != 0 and "error invalid-input: --plaintext" in p.stderr, p.stderr
