@@ -1,10 +1,11 @@
-"""Capabilities: what the MRC lets one client do to one file, signed for the OSDs to check.
+"""Capabilities: what the MRC lets one client do to one file, sealed for the OSDs that hold it.
 
-A capability is HMAC-SHA256, under a key the MRC shares with its OSDs, over every field that
-limits it: the file id, the access mode, the expiry, the truncate epoch, the replica-list
-version and the client's grid identity. XtreemFS signed fewer fields with MD5 and named
-neither the client nor the replica list, so a capability leaked from one client worked for
-another and outlived a change of replicas.
+A capability is its fields (the file id, the access mode, the expiry, the truncate epoch, the replica-list
+version and the client's grid identity) with HMAC-SHA256 seals: one under the MRC's own key, and one per OSD
+holding the file under that OSD's key, which the MRC derives from its own and hands each OSD (over TLS, to
+the host whose certificate names it) in the answer to its heartbeat. An OSD can check only the seal made
+for it, and forge capabilities for nothing but itself. XtreemFS signed fewer fields with MD5 under one key
+all its OSDs shared, and named neither the client nor the replica list.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from xos.errors import BadConfig, CapabilityInvalid
+from xos.errors import BadConfig, CapabilityInvalid, StaleCapability, Unavailable
 
 TTL = 600.0  # seconds a capability is good for; clients renew by opening again
-MAX_TOKEN = 2048
+MAX_TOKEN = 4096
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Capability:
 
 
 def load_secret(path: str) -> bytes:
-    """The shared MRC/OSD key in `path` (at least 16 bytes); BadConfig otherwise."""
+    """The MRC's key in `path` (at least 16 bytes); BadConfig otherwise."""
     try:
         with open(path, "rb") as f:
             secret = f.read().strip()
@@ -59,27 +61,37 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(secret: bytes, cap: Capability) -> str:
-    """The token for `cap`: its fields as JSON and the MAC over them, base64url, dot-separated."""
+def osd_key(master: bytes, osd: str) -> bytes:
+    """The key OSD `osd` checks its seals with, derived from the MRC's: each OSD is given its own only."""
+    return hmac.new(master, b"xos-osd-key:" + osd.encode(), hashlib.sha256).digest()
+
+
+def _mac(key: bytes, body: str) -> bytes:
+    return hmac.new(key, body.encode(), hashlib.sha256).digest()
+
+
+def sign(master: bytes, cap: Capability, osds: Iterable[str] = ()) -> str:
+    """The token for `cap`: its fields as JSON, the MRC's seal and one seal per OSD in `osds` (the OSDs
+    holding the file), base64url: BODY.SEAL.OSD:SEAL,OSD:SEAL."""
     # the fields by hand: dataclasses.asdict deep-copies, half the cost of signing
     fields = {"client": cap.client, "epoch": cap.epoch, "exp": cap.exp, "fid": cap.fid, "mode": cap.mode,
               "xver": cap.xver, "osds": list(cap.osds)}
     body = _b64(json.dumps(fields, separators=(",", ":")).encode())
-    mac = hmac.new(secret, body.encode(), hashlib.sha256).digest()
-    return f"{body}.{_b64(mac)}"
+    seals = ",".join(f"{o}:{_b64(_mac(osd_key(master, o), body))}" for o in sorted(set(osds)))
+    return f"{body}.{_b64(_mac(master, body))}.{seals}"
 
 
-def verify(secret: bytes, token: str, now: float | None = None) -> Capability:
-    """The capability a token carries, if the MRC signed it and it has not expired."""
-    if not isinstance(token, str) or len(token) > MAX_TOKEN or token.count(".") != 1:
+def _parts(token: str) -> tuple[str, bytes, str]:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN or token.count(".") != 2:
         raise CapabilityInvalid("malformed capability")
-    body, _, mac = token.partition(".")
+    body, mac, seals = token.split(".")
     try:
-        given = _unb64(mac)
+        return body, _unb64(mac), seals
     except ValueError:
         raise CapabilityInvalid("malformed capability") from None
-    if not hmac.compare_digest(given, hmac.new(secret, body.encode(), hashlib.sha256).digest()):
-        raise CapabilityInvalid("capability signature does not match: not issued by this file system's MRC")
+
+
+def _fields(body: str, now: float | None) -> Capability:
     try:
         fields = json.loads(_unb64(body))
         osds = fields.get("osds", [])
@@ -95,14 +107,51 @@ def verify(secret: bytes, token: str, now: float | None = None) -> Capability:
     return cap
 
 
+def verify(master: bytes, token: str, now: float | None = None) -> Capability:
+    """The capability a token carries, if the MRC (whose key is `master`) sealed it and it has not expired."""
+    body, given, _ = _parts(token)
+    if not hmac.compare_digest(given, _mac(master, body)):
+        raise CapabilityInvalid("capability signature does not match: not issued by this file system's MRC")
+    return _fields(body, now)
+
+
+def verify_seal(osd: str, key: bytes, token: str, now: float | None = None) -> Capability:
+    """The capability a token carries, as OSD `osd` (its key `key`) checks it: by the seal made for it.
+    StaleCapability if it has none (issued before this OSD held the file: the client renews it)."""
+    body, _, seals = _parts(token)
+    for seal in seals.split(","):
+        name, _, mac = seal.partition(":")
+        if name != osd:
+            continue
+        try:
+            given = _unb64(mac)
+        except ValueError:
+            raise CapabilityInvalid("malformed capability") from None
+        if not hmac.compare_digest(given, _mac(key, body)):
+            raise CapabilityInvalid("capability signature does not match: not issued by this file system's MRC")
+        return _fields(body, now)
+    raise StaleCapability(f"this capability names no seal for OSD {osd}: it was issued before this OSD held the "
+                          "file; open it again")
+
+
 class Verifier:
-    """Verified capabilities cached by token, so an OSD checks each MAC once, not per request."""
+    """An OSD's check of capabilities by its own seal, cached by token, so each MAC is checked once, not per
+    request. The key comes from the MRC (`key`, None until its first heartbeat answer)."""
 
     MAX_CACHED = 65536
 
-    def __init__(self, secret: bytes) -> None:
-        self.secret = secret
+    def __init__(self, osd: str) -> None:
+        self.osd = osd
+        self.key: bytes | None = None
         self._cache: dict[str, Capability] = {}
+
+    def rekey(self, key: bytes) -> bool:
+        """Take the key the MRC gave; whether it changed (what was checked under the old one is forgotten)."""
+        if key == self.key:
+            return False
+        self.key = key
+        self._cache.clear()
+        return True
 
     def check(self, token: str) -> Capability:
         """The capability of `token` (cached while it is valid)."""
@@ -111,9 +160,10 @@ class Verifier:
             if time.time() < cap.exp:
                 return cap
             del self._cache[token]
-        cap = verify(self.secret, token)
+        if self.key is None:
+            raise Unavailable(f"OSD {self.osd} has not heard from its MRC yet: try again in a moment")
+        cap = verify_seal(self.osd, self.key, token)
         if len(self._cache) >= self.MAX_CACHED:
             self._cache.clear()
         self._cache[token] = cap
         return cap
-

@@ -102,12 +102,13 @@ class MRC:
     def cap(self, node: Inode, c: Caller, write: bool) -> str:
         """A capability for `node`; one to write names the OSDs of its replicas, the only ones a write to it
         is forwarded to."""
-        x = node.layout() if write else None
-        urls = self.cat.urls() if x is not None else {}
-        osds = tuple(sorted(urls[o] for o in x.osds() if urls.get(o))) if x is not None else ()
+        x = node.layout()
+        holders = x.osds() if x is not None else set()
+        urls = self.cat.urls() if write and holders else {}
+        osds = tuple(sorted(urls[o] for o in holders if urls.get(o))) if write else ()
         return capability.sign(self.cfg.secret, Capability(node.fid, "rw" if write else "r",
                                                            time.time() + self.cfg.cap_ttl, node.epoch, node.xver,
-                                                           c.who, osds))
+                                                           c.who, osds), holders)
 
     def xloc(self, node: Inode) -> dict[str, Any] | None:
         x = node.layout()
@@ -174,7 +175,8 @@ class MRC:
         self.cat.heartbeat(osd, field(body, "url", str), field(body, "capacity", int, 0), field(body, "free", int, 0),
                            float(field(body, "load", (int, float), 0.0)))
         self.replicas.seen(osd, field(body, "reads", dict, {}))
-        return json_response({})
+        # the key it checks capabilities' seals with: its own, to the host whose certificate names it only
+        return json_response({"key": _b64(capability.osd_key(self.cfg.secret, osd))})
 
     async def behind(self, request: web.Request) -> web.Response:
         """A primary OSD's word that replicas missed a write it took: they are dropped (and rebuilt), so no

@@ -10,6 +10,7 @@ and answers only when every live one has them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import ctypes.util
@@ -86,7 +87,6 @@ class OsdConfig:
     listen: str
     url: str
     mrc: str
-    secret: bytes
     trust: str
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
     tls: HostIdentity | None = None  # this host's certificate, for TLS on every link (None: plain, in tests)
@@ -99,7 +99,7 @@ class OSD:
         self.cfg = cfg
         self.store = ObjectStore(cfg.dir)
         self.auth = Authenticator(cfg.trust, plaintext=cfg.tls is None)
-        self.caps = Verifier(cfg.secret)
+        self.caps = Verifier(cfg.id)
         self.epochs: dict[str, int] = {}  # highest truncate epoch seen per file (persisted: store.fences)
         self.xvers: dict[str, int] = {}  # replica-list version the MRC fenced each file at (persisted too)
         self.writing: dict[str, int] = {}  # writes in progress per file
@@ -316,25 +316,41 @@ class OSD:
                               "http": httpd.stats()})
 
     async def heartbeat(self) -> None:
-        """Tell the MRC this OSD lives, its room and load, and which files were read, every second."""
-        assert self.session is not None
+        """Tell the MRC this OSD lives, its room and load, and which files were read, every second; its
+        answer gives the key this OSD checks capabilities' seals with (on a link whose other end shows the
+        MRC's certificate)."""
+        link = hostid.HostLink(f"{self.cfg.mrc}/", None if self.cfg.tls is None else self.cfg.tls.client_context(),
+                               ("mrc",), None if self.cfg.tls is not None else {PLAINTEXT_HOST: f"osd {self.cfg.id}"})
         beats = 0
-        while True:
-            self.reads.update(dict.fromkeys(native_reads(), time.time()))
-            reads, self.reads = self.reads, {}
-            try:
-                async with self.session.post(f"{self.cfg.mrc}/v1/osds/heartbeat", json={**self.status(),
-                                             "reads": reads},
-                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    if resp.status != 200:
-                        log.warning("MRC refused the heartbeat: HTTP %s %s", resp.status, await resp.text())
-            except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                self.reads.update(reads)
-                log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
-            beats += 1
-            if beats % OBJECTS_EVERY == 1:
-                self.object_count = await asyncio.to_thread(self.store.count)
-            await asyncio.sleep(HEARTBEAT)
+        try:
+            while True:
+                self.reads.update(dict.fromkeys(native_reads(), time.time()))
+                reads, self.reads = self.reads, {}
+                try:
+                    status, answer = await link.call("POST", "/v1/osds/heartbeat", {**self.status(), "reads": reads})
+                    if status != 200:
+                        log.warning("MRC refused the heartbeat: HTTP %s %s", status, answer)
+                    else:
+                        self._rekey(answer)
+                except (TimeoutError, OSError, ValueError, XosError) as e:
+                    self.reads.update(reads)
+                    log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
+                beats += 1
+                if beats % OBJECTS_EVERY == 1:
+                    self.object_count = await asyncio.to_thread(self.store.count)
+                await asyncio.sleep(HEARTBEAT)
+        finally:
+            link.close()
+
+    def _rekey(self, answer: Any) -> None:
+        """Take the capability key the MRC's heartbeat answer gives."""
+        try:
+            key = base64.b64decode(answer["key"], validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("the MRC's heartbeat answer gives no key this OSD can take: %s", e)
+            return
+        if self.caps.rekey(key):
+            _osd.xo_forget()  # grants the native threads hold were checked under another key
 
     def metrics(self) -> Registry:
         """This OSD's metrics: requests, bytes in and out, objects, room."""

@@ -564,11 +564,12 @@ static void *serve(void *arg)
         int rc = SSL_accept(l.ssl);
         if (rc != 1) {
             int why = SSL_get_error(l.ssl, rc);
-            if (why == SSL_ERROR_SYSCALL || why == SSL_ERROR_ZERO_RETURN) { /* the client went away: no news */
+            unsigned long e = ERR_peek_last_error();
+            if (why == SSL_ERROR_SYSCALL || why == SSL_ERROR_ZERO_RETURN ||
+                ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) { /* the client went away: no news */
                 ERR_clear_error();
                 goto close;
             }
-            unsigned long e = ERR_peek_last_error();
             long v = SSL_get_verify_result(l.ssl);
             struct sockaddr_storage ss;
             socklen_t sl = sizeof ss;

@@ -30,6 +30,7 @@ from xos.testing import wait_for
 from xos.testing.fsgrid import fs_grid
 
 BAD_INPUT_WARNINGS = ["refused", "unreachable"]
+OSDS = [f"osd{i}" for i in range(3)]  # the grid's OSDs: a capability made here carries a seal for each
 
 
 @pytest.fixture(scope="module")
@@ -761,7 +762,7 @@ def _file_on_an_osd(grid, path, size, mode):
         c.close()
     with open(grid.key, "rb") as f:
         secret = f.read().strip()
-    token = capability.sign(secret, Capability(st.fid, mode, time.time() + 60, st.epoch, 1, "alice@vo-a"))
+    token = capability.sign(secret, Capability(st.fid, mode, time.time() + 60, st.epoch, 1, "alice@vo-a"), OSDS)
     return payload, st, url, f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
 
 
@@ -871,7 +872,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
 def test_an_osd_that_cannot_listen_says_so_in_one_line(grid, tmp_path, listen):
     p = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--dir", str(tmp_path),
                         "--host-dir", os.path.join(grid.base, "osd0", "host"),
-                        "--listen", listen, "--mrc", grid.mrc_url, "--key", grid.key, "--trust", grid.trust],
+                        "--listen", listen, "--mrc", grid.mrc_url, "--trust", grid.trust],
                        capture_output=True, text=True, timeout=60)
     errors = [line for line in p.stderr.splitlines() if not line.startswith("{")]  # the rest are JSON log records
     assert p.returncode != 0 and len(errors) == 1, p.stderr
@@ -884,17 +885,17 @@ def test_forged_expired_foreign_and_other_file_capabilities_are_refused(grid):
         secret = f.read().strip()
     fid = "ab" * 16
     good = Capability(fid, "rw", time.time() + 60, 0, 1, "alice@vo-a")
-    status, err = _osd_get(grid, fid, capability.sign(secret, good), alice)
+    status, err = _osd_get(grid, fid, capability.sign(secret, good, OSDS), alice)
     assert status == 404 and err["code"] == "no-such-file"  # let in: the OSD just holds nothing of it
-    forged = capability.sign(b"not the key at all", good)
-    expired = capability.sign(secret, Capability(fid, "rw", time.time() - 1, 0, 1, "alice@vo-a"))
-    other_file = capability.sign(secret, Capability("cd" * 16, "rw", time.time() + 60, 0, 1, "alice@vo-a"))
+    forged = capability.sign(b"not the key at all", good, OSDS)
+    expired = capability.sign(secret, Capability(fid, "rw", time.time() - 1, 0, 1, "alice@vo-a"), OSDS)
+    other_file = capability.sign(secret, Capability("cd" * 16, "rw", time.time() + 60, 0, 1, "alice@vo-a"), OSDS)
     for token, cred, words in ((forged, alice, "signature"), (expired, alice, "expired"),
-                               (capability.sign(secret, good), bob, "issued to alice@vo-a"),
+                               (capability.sign(secret, good, OSDS), bob, "issued to alice@vo-a"),
                                (other_file, alice, "is for file")):
         status, err = _osd_get(grid, fid, token, cred)
         assert status == 403 and err["code"] == "capability-invalid" and words in err["message"], err
-    status, err = _osd_get(grid, fid, capability.sign(secret, good), "garbage")
+    status, err = _osd_get(grid, fid, capability.sign(secret, good, OSDS), "garbage")
     assert status == 401 and err["code"] == "credential-malformed"
 
 
@@ -904,7 +905,7 @@ def test_a_bad_byte_range_is_a_clear_error(grid, query):
     with open(grid.key, "rb") as f:
         secret = f.read().strip()
     fid = "ab" * 16
-    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"))
+    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"), OSDS)
     status, err = _osd_get(grid, fid, token, grid.credential("alice"), query)
     assert status == 400 and err["code"] == "bad-request" and "a whole number of bytes" in err["message"], err
 
@@ -913,7 +914,7 @@ def test_an_absurd_object_number_is_a_clear_error(grid):
     with open(grid.key, "rb") as f:
         secret = f.read().strip()
     fid = "ab" * 16
-    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"))
+    token = capability.sign(secret, Capability(fid, "r", time.time() + 60, 0, 1, "alice@vo-a"), OSDS)
     status, err = _osd_get(grid, fid, token, grid.credential("alice"), objno="9" * 5000)
     assert status == 400 and err["code"] == "bad-request" and "object number" in err["message"], err
 
@@ -1086,7 +1087,7 @@ def test_truncate_epochs_come_from_the_capability_and_survive_an_osd_restart(gri
         secret = f.read().strip()
     cred = grid.credential("alice")
     old = capability.sign(secret, Capability(st.fid, "rw", time.time() + 60, st.epoch, st.xloc.version,
-                                             "alice@vo-a"))
+                                             "alice@vo-a"), OSDS)
     body = {"size": 300_000, "stripe_size": st.xloc.striping.size, "epoch": 10 ** 15}
     assert _osd_post(grid, url, f"/v1/o/{st.fid}/truncate", old, cred, body) == (200, "")
     assert _osd_post(grid, url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"still mine") == (200, "")

@@ -4,11 +4,13 @@ known by their certificates, and nothing a request says makes anyone else a file
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -154,3 +156,59 @@ def test_plaintext_is_refused_outside_tests(tmp_path) -> None:
     p = subprocess.run([sys.executable, "-m", "xos", "serve", "mrc", "--plaintext", "--key", "k", "--listen",
                         "127.0.0.1:0"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert p.returncode != 0 and "error invalid-input: --plaintext" in p.stderr, p.stderr
+
+
+def test_an_osd_is_given_only_its_own_key_and_it_seals_for_nobody_else(grid: FsGrid) -> None:
+    """Capabilities are sealed per OSD: what an OSD learns from the MRC (its own key, for the host whose
+    certificate names it) forges nothing another OSD takes. With one key for all, any OSD could read every
+    other OSD's objects with capabilities it made."""
+    import asyncio
+
+    from xos.fs import capability
+    from xos.fs.capability import Capability
+
+    c: Any = grid.client("tls")
+    try:
+        with c.open("/sealed", "wb") as f:
+            f.write(b"s" * (1 << 20))
+        st = c.open_handle("/sealed")
+    finally:
+        c.close()
+    osd0 = HostIdentity(os.path.join(grid.base, "osd0", "host"))
+    body = {"id": "osd0", "url": grid.osd_url(0), "capacity": 1, "free": 1, "load": 0}
+    status, answer = asyncio.run(_once(hostid.HostLink(grid.mrc_url, osd0.client_context(), ("mrc",)), body))
+    assert status == 200
+    key0 = base64.b64decode(answer["key"])
+    assert key0 == capability.osd_key(open(grid.key, "rb").read().strip(), "osd0")  # its own, no other
+    forged = capability.sign(key0, Capability(st.fid, "r", time.time() + 60, st.epoch, st.xloc.version, "alice@vo-a"),
+                             ["osd0", "osd1"])  # osd1's seal made with the only key osd0 has
+    req = urllib.request.Request(f"{grid.osd_url(1)}/v1/o/{st.fid}/0?off=0&len=16",
+                                 headers={"Authorization": f"Bearer {grid.credential('alice')}", "X-Xos-Cap": forged})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        grid.urlopen(req, timeout=10)
+    assert e.value.code in (401, 403) and b"capability-invalid" in e.value.read()
+
+
+def test_an_osd_takes_a_key_only_from_a_host_whose_certificate_says_mrc(grid: FsGrid) -> None:
+    import asyncio
+
+    from xos.errors import PermissionDenied
+
+    rogue = TlsListener(HostIdentity(signed_host(grid.ca_dir, os.path.join(grid.base, "hosts", "fake-mrc"),
+                                                 "fake-mrc", ["osd"], [f"{FS_NET}.1"])).server_context(),
+                        f"{FS_NET}.1")
+    try:
+        link = hostid.HostLink(rogue.url, _host(grid, "osd5", ["osd"]), ("mrc",))
+        with pytest.raises(PermissionDenied, match="mrc"):
+            asyncio.run(_once(link, {"id": "osd5"}))
+    finally:
+        rogue.close()
+    assert bytes(rogue.heard) == b"", "a heartbeat went to a host that is no MRC"
+
+
+async def _once(link: hostid.HostLink, body: dict[str, Any]) -> tuple[int, Any]:
+    """One heartbeat on `link`, closed after."""
+    try:
+        return await link.call("POST", "/v1/osds/heartbeat", body)
+    finally:
+        link.close()

@@ -101,9 +101,9 @@ def test_a_daemons_config_file_sets_any_option_and_the_command_line_wins(tmp_pat
                        'vo_urls = ["https://vo:7001"]\nnode = ["n1=https://n1:7200"]\n', "--poll", "2")
     assert (args.listen, args.poll, args.max_output) == ("10.0.0.1:7300", 2.0, 2 << 20)  # --poll wins
     assert args.vo_urls == ["https://vo:7001"] and args.node == ["n1=https://n1:7200"]
-    osd = _serve_args(tmp_path, "osd", '[osd]\nid = "osd1"\ndir = "/srv/osd1"\nmrc = "http://mrc:32636"\n'
-                      'key = "/etc/xos/fs.key"\n')
-    assert (osd.id, osd.dir, osd.mrc, osd.key) == ("osd1", "/srv/osd1", "http://mrc:32636", "/etc/xos/fs.key")
+    osd = _serve_args(tmp_path, "osd", '[osd]\nid = "osd1"\ndir = "/srv/osd1"\nmrc = "https://mrc:32636"\n'
+                      'host_dir = "/etc/xos/host"\n')
+    assert (osd.id, osd.dir, osd.mrc, osd.host_dir) == ("osd1", "/srv/osd1", "https://mrc:32636", "/etc/xos/host")
 
 
 @pytest.mark.parametrize("toml,message", [
@@ -124,5 +124,5 @@ def test_an_osd_without_its_needed_options_says_which_in_one_line(tmp_path) -> N
     cfg.write_text('[osd]\nid = "osd1"\n')
     r = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--config", str(cfg), "--dir", "/x"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr == ("xos: error invalid-input: xos serve osd needs --mrc, --key (on the "
+    assert r.returncode == 2 and r.stderr == ("xos: error invalid-input: xos serve osd needs --mrc (on the "
                                               "command line or in its configuration file's [osd] table)\n")

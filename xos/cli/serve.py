@@ -70,7 +70,8 @@ def add(sub: Any) -> None:
 
     m = serve.add_parser("mrc", help="the grid file system's catalogue: volumes, namespace, replicas")
     m.add_argument("--listen", default=f"0.0.0.0:{MRC_PORT}", help=f"HOST:PORT (default 0.0.0.0:{MRC_PORT})")
-    m.add_argument("--key", help="(needed) file with the key the MRC shares with its OSDs")
+    m.add_argument("--key", help="(needed) file with the MRC's own key (0600): it seals capabilities, and each "
+                                 "OSD is given a key derived from it for its own seals")
     m.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
     m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
@@ -83,7 +84,6 @@ def add(sub: Any) -> None:
     o.add_argument("--listen", default=f"0.0.0.0:{OSD_PORT}", help=f"HOST:PORT (default 0.0.0.0:{OSD_PORT})")
     o.add_argument("--url", help="the URL clients reach it at (default https://LISTEN)")
     o.add_argument("--mrc", help="(needed) the MRC's URL")
-    o.add_argument("--key", help="(needed) file with the key shared with the MRC")
     o.add_argument("--trust", help="directory of trusted VO keys (default $XOS_HOME/trust)")
     _vo_urls(o)
     o.set_defaults(run=fs)
@@ -195,7 +195,7 @@ def aem(args: argparse.Namespace) -> int:
 def fs(args: argparse.Namespace) -> int:
     """`xos serve mrc|osd`, on the lean server's event loop."""
     args = configured(args, args.role)
-    needed = ("key",) if args.role == "mrc" else ("dir", "mrc", "key")
+    needed = ("key",) if args.role == "mrc" else ("dir", "mrc")
     missing = [f"--{n}" for n in needed if not getattr(args, n)]
     if missing:
         raise InvalidInput(f"xos serve {args.role} needs {', '.join(missing)} (on the command line or in its "
@@ -214,18 +214,17 @@ def fs(args: argparse.Namespace) -> int:
 
     log.setup(args.log_level)
     heap.keep_buffers()
-    secret = load_secret(args.key)
     trust = args.trust or paths.trust_dir()
     if args.role == "mrc":
         from xos.fs.mrc.service import MrcConfig, serve_mrc
 
-        lean.run(serve_mrc(MrcConfig(paths.home(), args.listen, secret, trust, grace=args.grace,
+        lean.run(serve_mrc(MrcConfig(paths.home(), args.listen, load_secret(args.key), trust, grace=args.grace,
                                      idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls), tls=tls)))
     else:
         from xos.fs.osd.service import OsdConfig, serve_osd
 
         url = (args.url or f"{'https' if tls else 'http'}://{args.listen}").rstrip("/")
-        lean.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), secret, trust,
+        lean.run(serve_osd(OsdConfig(args.id, args.dir, args.listen, url, args.mrc.rstrip("/"), trust,
                                      tuple(args.vo_urls), tls=tls)))
     return 0
 

@@ -319,7 +319,7 @@ class FsGrid(Built):
         data = os.path.join(self.base, host.name, "data")
         os.makedirs(data, exist_ok=True)
         return self.spawn(host, ["serve", "osd", "--id", host.name, "--dir", data, "--listen",
-                                 f"{host.address}:{OSD_PORT}", "--mrc", self.mrc_url, "--key", self.key,
+                                 f"{host.address}:{OSD_PORT}", "--mrc", self.mrc_url,
                                  "--trust", self.trust, *self.follow, *self._plain], f"{host.name}.log")
 
     def osd_dir(self, i: int) -> str:

@@ -291,3 +291,66 @@ async def check_server(url: str, tls: ssl.SSLContext, *roles: str) -> Peer | Non
         writer.close()
     _checked[key] = time.monotonic() + CHECKED_FOR
     return peer
+
+
+class HostLink:
+    """A kept-alive HTTP/1.1 link to one host whose certificate must give it one of `roles`, checked on the
+    very connection the calls go over (aiohttp hands a small answer's connection back before its caller can
+    look at the certificate). For small JSON calls a host makes every second, such as an OSD's heartbeat."""
+
+    def __init__(self, url: str, tls: ssl.SSLContext | None, roles: tuple[str, ...],
+                 headers: dict[str, str] | None = None) -> None:
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(url)
+        if not u.hostname or (tls is not None and u.scheme != "https"):
+            raise InvalidInput(f"{url} is not a TLS (https) address: hosts talk to each other over TLS only")
+        self.host, self.port = u.hostname, u.port or (443 if tls else 80)
+        self.tls, self.roles, self.headers = tls, roles, headers or {}
+        self._streams: tuple[Any, Any] | None = None
+
+    async def call(self, method: str, path: str, body: Any, timeout: float = 5) -> tuple[int, Any]:
+        """One call with a JSON body; (status, the JSON answer). OSError or PermissionDenied on failure."""
+        import asyncio
+        import json
+
+        try:
+            return await asyncio.wait_for(self._call(method, path, json.dumps(body).encode()), timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _call(self, method: str, path: str, data: bytes) -> tuple[int, Any]:
+        import asyncio
+        import json
+
+        if self._streams is None:
+            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
+            self._streams = (reader, writer)
+            if self.tls is not None:
+                require(writer.transport, *self.roles)
+        reader, writer = self._streams
+        head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n{head}\r\n".encode() + data)
+        status_line = await reader.readline()
+        parts = status_line.split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}")
+        length, close = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        answer = json.loads(await reader.readexactly(length)) if length else None
+        if close:
+            self.close()
+        return int(parts[1]), answer
+
+    def close(self) -> None:
+        """Drop the connection (the next call makes another)."""
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
