@@ -473,7 +473,8 @@ async def serve_mrc(cfg: MrcConfig) -> None:
     mrc = MRC(cfg)
     mrc.replicas.session = host_session(cfg.tls, "mrc", cfg.tls.name if cfg.tls else "mrc")
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
-    feeds = RevocationFeeds(list(cfg.vo_urls), mrc.auth.trust)
+    feeds = RevocationFeeds(list(cfg.vo_urls), mrc.auth.trust,
+                            ca=os.path.join(cfg.tls.directory, "ca.pem") if cfg.tls else None)
     mrc.auth.revoked = feeds.revoked
     feeds.start()
     try:

@@ -394,7 +394,8 @@ async def serve_osd(cfg: OsdConfig) -> None:
     async def revoked(taken: list[dict[str, Any]]) -> None:
         _osd.xo_forget()  # the native readers' grants: the next read of each asks again
 
-    feeds = RevocationFeeds(list(cfg.vo_urls), osd.auth.trust, apply=revoked)
+    feeds = RevocationFeeds(list(cfg.vo_urls), osd.auth.trust, apply=revoked,
+                            ca=os.path.join(cfg.tls.directory, "ca.pem") if cfg.tls else None)
     osd.auth.revoked = feeds.revoked
     feeds.start()
     try:

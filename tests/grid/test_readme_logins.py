@@ -46,7 +46,8 @@ def test_the_readmes_login_lines_run_as_written(tmp_path):
     with TestGrid(1, node_args) as grid:
         node = grid.nodes[0]
         node.expect_warning("(revocations|member lists) from .* unavailable|refused")
-        with TestVOService(listen=VO_ADDRESS) as vo:  # runs `xos init` and `xos serve vo --listen`
+        # runs `xos init` and `xos serve vo --listen`, with a host certificate from the grid's CA
+        with TestVOService(listen=VO_ADDRESS, ca_dir=grid.ca_dir) as vo:
             creds: dict[str, str] = {}
             installed = False
             try:

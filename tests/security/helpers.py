@@ -119,3 +119,20 @@ def capture(into: bytearray) -> Iterator[None]:
         done.set()
         t.join(5)
         s.close()
+
+
+def tls_feed_server(handler: type, ca_dir: str, address: str, bind: str = "") -> tuple[Any, str]:
+    """An HTTP server of `handler` over TLS, as a VO service host at `address` the CA in `ca_dir` signed (made
+    if missing), listening on `bind` (default `address`): the server (serving in a thread) and its URL."""
+    from http.server import ThreadingHTTPServer
+
+    from xos.testing import signed_host
+    from xos.wire import hostid
+
+    if not os.path.exists(os.path.join(ca_dir, "ca.pem")):
+        hostid.ca_init(ca_dir)
+    host = hostid.HostIdentity(signed_host(ca_dir, os.path.join(ca_dir, "feed-host"), "feed", ["vo"], [address]))
+    server = ThreadingHTTPServer((bind or address, 0), handler)
+    server.socket = host.server_context(users=True).wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"https://{address}:{server.server_address[1]}"

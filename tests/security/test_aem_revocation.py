@@ -16,7 +16,7 @@ VO_ADDRESS = f"{GRID_NET}.1:7212"  # the grid bridge, on this host
 def test_a_revoked_credential_is_refused_by_the_job_manager_within_5_s() -> None:
     base = tempfile.mkdtemp(prefix="xos-aem-rev-")
     os.chmod(base, 0o755)
-    with TestGrid(1) as grid, TestVOService(listen=VO_ADDRESS) as vo:
+    with TestGrid(1) as grid, TestVOService(listen=VO_ADDRESS, ca_dir=grid.ca_dir) as vo:
         assert vo.cli("vo", "create", "lab")[0] == 0
         assert vo.cli("vo", "add", "lab", "alice")[0] == 0
         assert vo.cli("vo", "add", "lab", "bob")[0] == 0
@@ -25,7 +25,7 @@ def test_a_revoked_credential_is_refused_by_the_job_manager_within_5_s() -> None
 
         with open(os.path.join(vo.home, "vo", "signing.key.pub"), "rb") as f:
             credential.TrustStore(trust).trust("lab", f.read())
-        aem = TestAem(base, grid, trust, vo_urls=(f"http://{VO_ADDRESS}",))
+        aem = TestAem(base, grid, trust, vo_urls=(vo.url,))
         aem.start()
         alice = Session(aem.url, vo.cli("vo", "issue", "lab", "alice")[1].strip(), ca=aem.ca)
         bob = Session(aem.url, vo.cli("vo", "issue", "lab", "bob")[1].strip(), ca=aem.ca)

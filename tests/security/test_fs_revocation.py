@@ -16,8 +16,8 @@ VO_ADDRESS = f"{FS_NET}.1:7211"  # the file system grid's bridge, on this host: 
 
 
 def test_a_revoked_credential_is_refused_by_the_mrc_and_the_osds_within_5_s() -> None:
-    with FsGrid(osds=2, clients=0, vo_urls=(f"http://{VO_ADDRESS}",)) as grid, \
-            TestVOService(listen=VO_ADDRESS) as vo:
+    with FsGrid(osds=2, clients=0, vo_urls=(f"https://{VO_ADDRESS}",)) as grid, \
+            TestVOService(listen=VO_ADDRESS, ca_dir=grid.ca_dir) as vo:
         assert vo.cli("vo", "create", "lab")[0] == 0
         with open(os.path.join(vo.home, "vo", "signing.key.pub"), "rb") as f:
             grid.trust_vo("lab", f.read())

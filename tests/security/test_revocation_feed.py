@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.security.helpers import tls_feed_server
 from xos.identity import credential
 from xos.testing import GRID_NET, TestGrid, wait_for
 
@@ -52,12 +52,12 @@ class ForgedFeed(BaseHTTPRequestHandler):
 def test_a_forged_feed_revokes_nothing(tmp_path: object) -> None:
     """The revocation feed: an answer not signed by VO bio's key, naming scope 'vo' for bio and a huge
     serial, neither ends bio's workspaces and leases nor silences later revocations."""
-    server = ThreadingHTTPServer(("0.0.0.0", 0), ForgedFeed)  # the bridge and its address come with the grid
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://{GRID_NET}.1:{server.server_address[1]}"
+    # over TLS as a VO service host of the grid's CA: what it may say is the VO keys' to decide, not TLS's
+    ca = os.path.join(str(tmp_path), "ca")
+    server, url = tls_feed_server(ForgedFeed, ca, f"{GRID_NET}.1", "0.0.0.0")  # the bridge comes with the grid
     key = credential.new_key(os.path.join(str(tmp_path), "bio.key"))
     try:
-        with TestGrid(1, ["--pool", POOL, "--vo-url", url]) as grid:
+        with TestGrid(1, ["--pool", POOL, "--vo-url", url], ca_dir=ca) as grid:
             node = grid.nodes[0]
             node.expect_warning("revocation feed of .* left out|revocations from .* unavailable")
             assert node.cli("node", "trust", "bio", os.path.join(str(tmp_path), "bio.key.pub"))[0] == 0
@@ -126,8 +126,7 @@ def test_a_vo_revokes_only_its_own_credentials(tmp_path: object) -> None:
     victim, claims = credential.issue(keys["bio"], "alice", "bio", ["member"], [], 3600)
     own, own_claims = credential.issue(keys["evil"], "mallory", "evil", ["member"], [], 3600)
     EvilFeed.key, EvilFeed.jtis = keys["evil"], [claims.jti, own_claims.jti]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EvilFeed)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, url = tls_feed_server(EvilFeed, os.path.join(base, "ca"), "127.0.0.1")
 
     async def follow() -> set[str]:
         taken = asyncio.Event()
@@ -135,7 +134,7 @@ def test_a_vo_revokes_only_its_own_credentials(tmp_path: object) -> None:
         async def apply(entries: list[dict[str, Any]]) -> None:
             taken.set()
 
-        feeds = RevocationFeeds([f"http://127.0.0.1:{server.server_address[1]}"], trust, apply=apply)
+        feeds = RevocationFeeds([url], trust, apply=apply, ca=os.path.join(base, "ca", "ca.pem"))
         feeds.start()
         try:
             await asyncio.wait_for(taken.wait(), 10)

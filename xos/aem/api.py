@@ -271,7 +271,7 @@ async def serve_aem(cfg: AemConfig) -> None:
     """Run the job manager until SIGTERM or SIGINT."""
     aem = Aem(cfg)
     log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
-    feeds = RevocationFeeds(list(cfg.vo_urls), aem.trust)
+    feeds = RevocationFeeds(list(cfg.vo_urls), aem.trust, ca=os.path.join(aem.host.directory, "ca.pem"))
     aem.revoked = feeds.revoked
     feeds.start()
     try:

@@ -50,7 +50,11 @@ def add(sub: Any) -> None:
     sn.set_defaults(run=node)
 
     sv = serve.add_parser("vo", help="the VO service: VOs, members, credentials, revocation")
-    sv.add_argument("--listen", help="also serve revocations and keys to nodes on HOST:PORT")
+    sv.add_argument("--listen", help="also serve revocations, member lists and keys to other hosts on HOST:PORT, "
+                                     "over TLS with this host's certificate (role vo)")
+    sv.add_argument("--host-dir", help="this host's key, certificate and the grid's CA (default $XOS_HOME/host)")
+    sv.add_argument("--plaintext", action="store_true",
+                    help="plain HTTP on --listen: refused unless $XOS_INSECURE_TESTS=1")
     sv.set_defaults(run=vo)
 
     sa = serve.add_parser("aem", help="the job manager: jobs, node ads, matching, control")
@@ -167,8 +171,10 @@ def vo(args: argparse.Namespace) -> int:
     from xos import log
     from xos.vo.service import serve_vo
 
+    tls = _tls_identity(args, "vo") if args.listen else None
     log.setup(args.log_level)
-    asyncio.run(serve_vo(paths.home(), paths.run_dir(), args.listen))
+    asyncio.run(serve_vo(paths.home(), paths.run_dir(), args.listen,
+                         tls.server_context(users=True) if tls is not None else None))
     return 0
 
 
@@ -200,7 +206,7 @@ def fs(args: argparse.Namespace) -> int:
     if missing:
         raise InvalidInput(f"xos serve {args.role} needs {', '.join(missing)} (on the command line or in its "
                            f"configuration file's [{args.role}] table)")
-    tls = _fs_identity(args)
+    tls = _tls_identity(args, args.role)
     if args.role == "osd":
         if tls is not None and args.id and args.id != tls.name:
             raise InvalidInput(f"--id {args.id} is not the name of this host's certificate ({tls.name})", field="id")
@@ -229,8 +235,8 @@ def fs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fs_identity(args: argparse.Namespace) -> HostIdentity | None:
-    """The host identity an MRC or OSD serves TLS with; None with --plaintext (in tests only)."""
+def _tls_identity(args: argparse.Namespace, role: str) -> HostIdentity | None:
+    """The host identity an MRC, OSD or VO service serves TLS with; None with --plaintext (in tests only)."""
     from xos.wire.hostid import HostIdentity
 
     if args.plaintext:
@@ -239,7 +245,7 @@ def _fs_identity(args: argparse.Namespace) -> HostIdentity | None:
                                "what TLS costs, in tests (XOS_INSECURE_TESTS=1)", field="plaintext")
         return None
     tls = HostIdentity(args.host_dir or paths.host_dir())
-    if args.role not in tls.roles:
+    if role not in tls.roles:
         raise InvalidInput(f"this host's certificate ({tls.name}: {', '.join(tls.roles) or 'no role'}) does not "
-                           f"give it the {args.role} role", field="host-dir")
+                           f"give it the {role} role", field="host-dir")
     return tls

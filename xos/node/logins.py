@@ -46,6 +46,7 @@ class NodeIdentity:
         self._db: Database | None = None
         self._pullers: list[asyncio.Task[None]] = []
         self._feeds: RevocationFeeds | None = None
+        self._ca: str | None = None  # the grid CA's certificate the VO services' are checked against
         self._roster_cue = asyncio.Event()  # set when a VO service says members changed
         self._cache_fds: dict[str, int] = {}
 
@@ -83,8 +84,9 @@ class NodeIdentity:
         def saved(url: str, serial: int) -> None:
             db.execute("REPLACE INTO serials VALUES (?,?)", (url, serial))
 
+        self._ca = cfg.ca_file()
         self._feeds = RevocationFeeds(list(cfg.vo_urls), trust, apply=self.apply, serials=serials, saved=saved,
-                                      members_changed=lambda url: self._roster_cue.set())
+                                      members_changed=lambda url: self._roster_cue.set(), ca=self._ca)
         self._feeds.start()  # and when a VO service says members changed, the rosters are pulled at once
         self._pullers = [asyncio.create_task(self._follow_rosters(url)) for url in cfg.vo_urls]
         self._pullers.append(asyncio.create_task(self._expire_loop()))
@@ -206,7 +208,7 @@ class NodeIdentity:
         down: set[str] = set()
         while True:
             try:
-                async with Client(base_url=url) as c:
+                async with Client(base_url=url, ca=self._ca) as c:
                     trusted = set(self.server.trust.vos())  # not the cache: an untrusted VO is not asked
                     for vo in sorted(set(self.idmap.pools) & trusted):
                         try:

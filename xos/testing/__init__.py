@@ -386,16 +386,18 @@ def remove_links(prefix: str) -> None:
 
 
 class TestVOService:
-    """A VO service with its own XOS_HOME, signing key and management socket (and optionally TCP)."""
+    """A VO service with its own XOS_HOME, signing key and management socket (and optionally TCP, over TLS
+    with a certificate for role vo from the CA in `ca_dir`, its own if none is given)."""
 
     __test__ = False
 
-    def __init__(self, listen: str | None = None) -> None:
+    def __init__(self, listen: str | None = None, ca_dir: str | None = None) -> None:
         self.base = tempfile.mkdtemp(prefix="xos-vo-")
         os.chmod(self.base, 0o755)
         self.home = os.path.join(self.base, "home")
         self.run = os.path.join(self.base, "run")
         self.listen = listen
+        self.ca_dir = ca_dir or os.path.join(self.base, "ca")
         self.log_path = os.path.join(self.base, "vo.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.allowed_warnings: list[str] = []
@@ -403,6 +405,12 @@ class TestVOService:
     @property
     def socket(self) -> str:
         return os.path.join(self.run, "vo.sock")
+
+    @property
+    def url(self) -> str:
+        """Where other hosts follow it (TLS)."""
+        assert self.listen is not None
+        return f"https://{self.listen}"
 
     def env(self) -> dict[str, str]:
         """Environment that points CLI calls at this service."""
@@ -419,6 +427,10 @@ class TestVOService:
         code, out, err = self.cli("init")
         if code != 0:
             raise RuntimeError(f"xos init failed: {err}")
+        if self.listen:  # its host identity where `xos serve vo` looks: $XOS_HOME/host
+            if not os.path.exists(os.path.join(self.ca_dir, "ca.pem")):
+                hostid.ca_init(self.ca_dir)
+            signed_host(self.ca_dir, os.path.join(self.home, "host"), "vo", ["vo"], [self.listen.rpartition(":")[0]])
         argv = [sys.executable, "-m", "xos", "serve", "vo"] + (["--listen", self.listen] if self.listen else [])
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)

@@ -11,8 +11,9 @@ from xos.wire import client as rpc
 class Client(rpc.HttpClient):
     """An asyncio client of the VO service's management socket (or a node's view of its public URL)."""
 
-    def __init__(self, socket_path: str | None = None, base_url: str | None = None, timeout: float = 60.0) -> None:
-        super().__init__(None if base_url else (socket_path or vo_socket()), base_url, timeout, "VO service")
+    def __init__(self, socket_path: str | None = None, base_url: str | None = None, timeout: float = 60.0,
+                 ca: str | None = None) -> None:
+        super().__init__(None if base_url else (socket_path or vo_socket()), base_url, timeout, "VO service", ca=ca)
 
     async def create(self, name: str, owner: str = "root", ttl: str | None = None) -> dict[str, Any]:
         """Form a VO."""

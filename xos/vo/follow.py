@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from xos.errors import Unavailable, XosError
+from xos.errors import InvalidInput, Unavailable, XosError
 from xos.identity import credential
 from xos.vo.client import Client
 
@@ -30,8 +30,13 @@ class RevocationFeeds:
                  apply: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
                  serials: dict[str, int] | None = None,
                  saved: Callable[[str, int], None] | None = None,
-                 members_changed: Callable[[str], None] | None = None) -> None:
+                 members_changed: Callable[[str], None] | None = None, ca: str | None = None) -> None:
+        for url in urls:
+            if not url.startswith("https://"):
+                raise InvalidInput(f"VO service {url} is not a TLS (https) address: VO services are followed over "
+                                   "TLS only", field="vo-url")
         self.urls = list(urls)
+        self.ca = ca  # the grid CA's certificate the VO services' are checked against (None: the default)
         self.trust = trust
         self.revoked: set[str] = set()
         self.serials: dict[str, int] = dict(serials or {})
@@ -60,7 +65,7 @@ class RevocationFeeds:
         said: set[str] = set()
         while True:
             try:
-                async with Client(base_url=url) as c:
+                async with Client(base_url=url, ca=self.ca) as c:
                     while True:
                         since = self.serials.get(url, 0)
                         got = await c.revocations(since, wait=WAIT)

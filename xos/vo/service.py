@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import time
 from dataclasses import asdict
 from typing import Any
@@ -299,8 +300,8 @@ def make_app(svc: VOService, management: bool) -> web.Application:
     return app
 
 
-async def serve_vo(home: str, run: str, listen: str | None) -> None:
-    """Run the VO service until SIGTERM or SIGINT."""
+async def serve_vo(home: str, run: str, listen: str | None, tls: ssl.SSLContext | None = None) -> None:
+    """Run the VO service until SIGTERM or SIGINT (on `listen` over TLS with `tls`, if given)."""
     svc = VOService(home)
     runners = []
     os.makedirs(run, exist_ok=True)
@@ -321,7 +322,7 @@ async def serve_vo(home: str, run: str, listen: str | None) -> None:
         await public.setup()
         runners.append(public)
         try:
-            await web.TCPSite(public, host or "0.0.0.0", int(port)).start()
+            await web.TCPSite(public, host or "0.0.0.0", int(port), ssl_context=tls).start()
         except (OSError, ValueError) as e:
             raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
     stop = asyncio.Event()
