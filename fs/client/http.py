@@ -42,6 +42,7 @@ class Connection:
                 raise
         self.sock: socket.socket = sock
         self.buf = bytearray()
+        self._scratch = memoryview(bytearray(1 << 16))
         self.used = False  # whether a request went through: a failure on a reused connection may be staleness
 
     def close(self) -> None:
@@ -68,16 +69,17 @@ class Connection:
         self.used = True
         return self._response()
 
-    def _fill(self) -> None:
+    def _recv_into(self, view: memoryview) -> int:
+        """Bytes received into `view` (at least one; HttpError if the peer closed)."""
         if self.interrupted is None:
-            chunk = self.sock.recv(1 << 20)
+            n = self.sock.recv_into(view)
         else:  # wait in short slices, so an interrupted caller gets EINTR now, not at the timeout
             deadline = time.monotonic() + self.timeout
             self.sock.settimeout(POLL)
             try:
                 while True:
                     try:
-                        chunk = self.sock.recv(1 << 20)
+                        n = self.sock.recv_into(view)
                         break
                     except TimeoutError:
                         if self.interrupted():
@@ -86,9 +88,14 @@ class Connection:
                             raise
             finally:
                 self.sock.settimeout(self.timeout)
-        if not chunk:
+        if not n:
             raise HttpError("the peer closed the connection")
-        self.buf += chunk
+        return n
+
+    def _fill(self) -> None:
+        # into a scratch buffer: recv(1 MiB) allocated a megabyte for each TLS record (16 KiB) it returned
+        n = self._recv_into(self._scratch)
+        self.buf += self._scratch[:n]
 
     def _response(self) -> tuple[int, dict[str, str], bytes]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
@@ -106,10 +113,18 @@ class Connection:
             headers[k.strip().lower()] = v.strip()
         if "content-length" in headers:
             size = int(headers["content-length"])
-            while len(self.buf) < size:
-                self._fill()
-            body = bytes(self.buf[:size])
-            del self.buf[:size]
+            if len(self.buf) >= size:
+                body = bytes(self.buf[:size])
+                del self.buf[:size]
+            else:  # received in place, the part already here first
+                whole = bytearray(size)
+                got = len(self.buf)
+                whole[:got] = self.buf
+                self.buf.clear()
+                view = memoryview(whole)
+                while got < size:
+                    got += self._recv_into(view[got:])
+                body = bytes(whole)
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             body = self._chunked()
         else:

@@ -171,6 +171,7 @@ int xf_tls(const char *ca_file)
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_mode(ctx, SSL_MODE_AUTO_RETRY);
+    SSL_CTX_set_read_ahead(ctx, 1); /* records read whole, several at once: not a read for a header, one for a body */
     tls = ctx;
     return 0;
 }

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -41,6 +42,7 @@ int xo_tls(const char *cert, const char *key, const char *ca)
     static const unsigned char sid[] = "xos-osd";
     SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
     SSL_CTX_set_mode(ctx, SSL_MODE_AUTO_RETRY);
+    SSL_CTX_set_read_ahead(ctx, 1); /* records read whole, several at once: not a read for a header, one for a body */
     osd_tls = ctx;
     return 0;
 }
@@ -113,46 +115,55 @@ void describe(X509 *cert, char *out, size_t size)
 }
 
 /* Bytes both ways between a TLS connection and Python's end of a socket pair, until either ends: both
- * non-blocking, so neither side's full buffer can stop the other direction. */
+ * non-blocking, so neither side's full buffer can stop the other direction. Each way takes as many TLS
+ * records (16 KiB at most each) or socket bytes as fit a RELAY_BUFFER before it writes, a write per
+ * record being a syscall per 16 KiB. */
+#define RELAY_BUFFER (256 << 10)
+
 void relay(SSL *ssl, int fd, int inner, int idle_seconds, const atomic_int *stopping)
 {
-    char up[16384], down[65536];
+    char *up = malloc(RELAY_BUFFER), *down = malloc(RELAY_BUFFER);
     size_t ulen = 0, uoff = 0, dlen = 0, doff = 0;
-    int inner_done = 0;
+    int inner_done = 0, client_done = 0;
+    if (!up || !down)
+        goto out;
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     fcntl(inner, F_SETFL, fcntl(inner, F_GETFL) | O_NONBLOCK);
     while (!*stopping) {
         short want_fd = 0, want_inner = 0;
         int moved = 0;
-        if (!ulen) { /* from the client */
-            int n = SSL_read(ssl, up, sizeof up);
+        while (!client_done && ulen < RELAY_BUFFER) { /* from the client */
+            int n = SSL_read(ssl, up + ulen, (int)(RELAY_BUFFER - ulen));
             if (n > 0) {
-                ulen = (size_t)n, uoff = 0, moved = 1;
-            } else {
-                int e = SSL_get_error(ssl, n);
-                ERR_clear_error();
-                if (e == SSL_ERROR_WANT_READ)
-                    want_fd |= POLLIN;
-                else if (e == SSL_ERROR_WANT_WRITE)
-                    want_fd |= POLLOUT;
-                else
-                    break; /* the client closed or broke the connection */
+                ulen += (size_t)n, moved = 1;
+                continue;
             }
+            int e = SSL_get_error(ssl, n);
+            ERR_clear_error();
+            if (e == SSL_ERROR_WANT_READ)
+                want_fd |= POLLIN;
+            else if (e == SSL_ERROR_WANT_WRITE)
+                want_fd |= POLLOUT;
+            else
+                client_done = 1; /* the client closed or broke the connection */
+            break;
         }
-        if (ulen) { /* to Python */
+        if (ulen > uoff) { /* to Python */
             ssize_t k = write(inner, up + uoff, ulen - uoff);
             if (k > 0) {
                 uoff += (size_t)k, moved = 1;
                 if (uoff == ulen)
-                    ulen = 0;
+                    uoff = ulen = 0;
             } else if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
                 want_inner |= POLLOUT;
             } else {
                 break;
             }
         }
+        if (client_done && ulen == uoff)
+            break;
         if (!dlen && !inner_done) { /* from Python */
-            ssize_t k = read(inner, down, sizeof down);
+            ssize_t k = read(inner, down, RELAY_BUFFER);
             if (k > 0)
                 dlen = (size_t)k, doff = 0, moved = 1;
             else if (k < 0 && (errno == EAGAIN || errno == EINTR))
@@ -187,5 +198,7 @@ void relay(SSL *ssl, int fd, int inner, int idle_seconds, const atomic_int *stop
         if (poll(p, 2, idle_seconds * 1000) <= 0)
             break;
     }
+out:
+    free(up);
+    free(down);
 }
-
