@@ -71,8 +71,9 @@ class OpenFiles(MadeHere):
             if isinstance(what, Open):
                 return what
             if isinstance(what, Unborn):
-                if not what.sent:
-                    self.send_made()
+                # Sent or not, the MRC must have it before it is opened there: a file the sender has taken
+                # and is sending is not there yet (opened meanwhile, the write failed with ENOENT).
+                self.send_made()
                 if what.lost:
                     raise OSError(errno.EIO, "this file was lost: the MRC did not take it")
             st = self.c.open_handle(self.path(node), True)
