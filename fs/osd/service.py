@@ -115,7 +115,9 @@ class OSD:
     def _check(self, request: web.Request, fid: str, write: bool) -> tuple[Identity, Capability | None]:
         forwarded = bool(request.headers.get("X-Xos-Forwarded"))
         host = self.auth.host(request.transport, request.headers.get(PLAINTEXT_HOST, ""))
-        if host is not None and not forwarded:  # a forwarded write is checked as its client's, fences and all
+        # Only the MRC (copying replicas) acts on objects without a capability: another OSD holds no more
+        # right to this one's objects than a client, and a forwarded write is checked as its client's.
+        if host is not None and host.service == "mrc" and not forwarded:
             return host, None
         return self._grant(request.headers.get("Authorization", ""), request.headers.get("X-Xos-Cap", ""), fid,
                            write, forwarded)
@@ -281,7 +283,7 @@ class OSD:
         now on, and the answer waits until those already taken are done everywhere they go."""
         fid = _fid(request.match_info["fid"])
         who = self.auth.request(request, service_ok=True)
-        if not who.service:
+        if who.service != "mrc":
             raise CapabilityInvalid("only the MRC fences files")
         body = await read_body(request)
         await asyncio.to_thread(self._fence, fid, None, int(body["xver"]))
@@ -299,7 +301,7 @@ class OSD:
     async def delete(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
         who = self.auth.request(request, service_ok=True)
-        if not who.service:
+        if who.service != "mrc":
             raise CapabilityInvalid("only the MRC deletes files")
         await asyncio.to_thread(self.store.delete, fid)
         self.epochs.pop(fid, None)

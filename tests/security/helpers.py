@@ -136,3 +136,29 @@ def tls_feed_server(handler: type, ca_dir: str, address: str, bind: str = "") ->
     server.socket = host.server_context(users=True).wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"https://{address}:{server.server_address[1]}"
+
+
+def resign(ca_dir: str, directory: str, days: int) -> None:
+    """Give the host in `directory` a certificate from the CA in `ca_dir` that ends in `days` days (ended, if
+    negative)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with open(os.path.join(directory, "host.pem"), "rb") as f:
+        old = x509.load_pem_x509_certificate(f.read())
+    with open(os.path.join(ca_dir, "ca.key"), "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    with open(os.path.join(ca_dir, "ca.pem"), "rb") as f:
+        ca = x509.load_pem_x509_certificate(f.read())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(old.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=10))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    with open(os.path.join(directory, "host.pem"), "wb") as f:
+        f.write(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))

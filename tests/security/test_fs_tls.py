@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.security.helpers import TlsListener, capture
+from tests.security.helpers import TlsListener, capture, resign
 from xos.errors import Unavailable
 from xos.testing import signed_host
 from xos.testing.fsgrid import FS_NET, FsGrid
@@ -107,6 +107,18 @@ def test_a_host_certificate_from_another_ca_is_refused(grid: FsGrid, which: str)
             r.read()
 
 
+@pytest.mark.parametrize("which", ["mrc", "osd"])
+def test_a_host_certificate_past_its_time_is_refused(grid: FsGrid, which: str) -> None:
+    """The grid's CA signed it, for the right role, but it has expired: no further than the handshake."""
+    directory = os.path.join(grid.base, "hosts", "osd-expired")
+    _host(grid, "osd-expired", ["osd"])
+    resign(grid.ca_dir, directory, days=-1)
+    url = f"{grid.mrc_url}/v1/osds" if which == "mrc" else f"{grid.osd_url(0)}/v1/status"
+    with pytest.raises((ssl.SSLError, ConnectionResetError, urllib.error.URLError)):
+        with urllib.request.urlopen(url, timeout=10, context=HostIdentity(directory).client_context()) as r:
+            r.read()
+
+
 def test_a_client_refuses_a_server_of_another_ca_or_for_another_address(grid: FsGrid) -> None:
     """A member's client gives its credential only to a server whose certificate the grid's CA signed for the
     address it called: a listener with another CA's certificate hears nothing."""
@@ -187,6 +199,31 @@ def test_an_osd_is_given_only_its_own_key_and_it_seals_for_nobody_else(grid: FsG
     with pytest.raises(urllib.error.HTTPError) as e:
         grid.urlopen(req, timeout=10)
     assert e.value.code in (401, 403) and b"capability-invalid" in e.value.read()
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/0?off=0&len=16"), ("PUT", "/0?off=0"), ("DELETE", "")])
+def test_an_osds_certificate_gives_it_no_right_to_another_osds_objects(grid: FsGrid, method: str, path: str) -> None:
+    """Only the MRC acts on an OSD's objects without a capability: osd0's own certificate reads, writes and
+    deletes nothing on osd1 (with the service tokens, any OSD could do all three on every other)."""
+    c: Any = grid.client("tls")
+    try:
+        with c.open("/neighbour", "wb") as f:
+            f.write(b"n" * (1 << 20))
+        fid = c.replicas("/neighbour")["fid"]
+    finally:
+        c.close()
+    osd0 = HostIdentity(os.path.join(grid.base, "osd0", "host")).client_context()
+    req = urllib.request.Request(f"{grid.osd_url(1)}/v1/o/{fid}{path}", method=method,
+                                 data=b"x" if method == "PUT" else None)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10, context=osd0)
+    assert e.value.code in (400, 401, 403), e.value.read()
+    c = grid.client("tls")
+    try:
+        with c.open("/neighbour", "rb") as f:
+            assert f.read() == b"n" * (1 << 20)
+    finally:
+        c.close()
 
 
 def test_an_osd_takes_a_key_only_from_a_host_whose_certificate_says_mrc(grid: FsGrid) -> None:

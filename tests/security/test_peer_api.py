@@ -4,7 +4,6 @@ for a grid identity without that identity's own credential, and it reaches no wo
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import tarfile
@@ -12,11 +11,17 @@ import urllib.request
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.security.helpers import GUEST, TlsListener, capture, error_code, keys, node_still_serves, peer_get
+from tests.security.helpers import (
+    GUEST,
+    TlsListener,
+    capture,
+    error_code,
+    keys,
+    node_still_serves,
+    peer_get,
+    resign,
+)
 from tests.workloads import PY
 from xos.identity import credential
 from xos.testing import TestGrid, TestNode, tls_call, wait_for
@@ -137,7 +142,7 @@ def test_only_hosts_with_a_certificate_from_the_grids_ca_reach_the_peer_api(grid
     with pytest.raises(OSError):  # a certificate from another CA
         tls_call(stranger, url)
     expired = grid.host_dir("expired", ["aem"])
-    _resign(grid, expired, days=-1)
+    resign(grid.ca_dir, expired, days=-1)
     with pytest.raises(OSError):  # ours, but past its time
         tls_call(expired, url)
     status, answer = tls_call(grid.host_dir("a-file-server", ["osd"]), url)
@@ -145,25 +150,6 @@ def test_only_hosts_with_a_certificate_from_the_grids_ca_reach_the_peer_api(grid
     status, _ = tls_call(grid.host_dir("tester", ["aem"]), url)
     assert status == 200
     node_still_serves(node)
-
-
-def _resign(grid: TestGrid, directory: str, days: int) -> None:
-    """Give the host in `directory` a certificate from the grid's CA that ended `-days` days ago."""
-    with open(os.path.join(directory, "host.pem"), "rb") as f:
-        old = x509.load_pem_x509_certificate(f.read())
-    with open(os.path.join(grid.base, "ca", "ca.key"), "rb") as f:
-        ca_key = serialization.load_pem_private_key(f.read(), None)
-    with open(os.path.join(grid.base, "ca", "ca.pem"), "rb") as f:
-        ca = x509.load_pem_x509_certificate(f.read())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(old.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=10))
-               .not_valid_after(now + datetime.timedelta(days=days)))
-    for ext in old.extensions:
-        builder = builder.add_extension(ext.value, ext.critical)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    with open(os.path.join(directory, "host.pem"), "wb") as f:
-        f.write(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
 
 def test_a_migration_crosses_the_network_with_nothing_in_clear(tmp_path: Any) -> None:
