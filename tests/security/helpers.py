@@ -162,3 +162,17 @@ def resign(ca_dir: str, directory: str, days: int) -> None:
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     with open(os.path.join(directory, "host.pem"), "wb") as f:
         f.write(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def plain_http_answer(host: str, port: int, path: str) -> bytes:
+    """What a TLS-only listener at host:port sends back to a plain HTTP GET of `path` (b"" if it only hangs
+    up)."""
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = b""
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+    return got

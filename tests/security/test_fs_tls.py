@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.security.helpers import TlsListener, capture, resign
+from tests.security.helpers import TlsListener, capture, plain_http_answer, resign
 from xos.errors import Unavailable
 from xos.testing import signed_host
 from xos.testing.fsgrid import FS_NET, FsGrid
@@ -79,14 +79,7 @@ def test_nothing_of_a_members_files_or_credentials_crosses_the_network_in_clear(
 @pytest.mark.parametrize("which", ["mrc", "osd"])
 def test_plain_http_gets_no_answer_and_the_osd_says_why(grid: FsGrid, which: str) -> None:
     url = grid.mrc_url if which == "mrc" else grid.osd_url(0)
-    with socket.create_connection(_addr(url), timeout=10) as s:
-        s.sendall(b"GET /v1/osds HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except ConnectionResetError:
-            pass
+    got = plain_http_answer(*_addr(url), "/v1/osds")
     assert not got.startswith(b"HTTP/"), f"the {which} answered plain HTTP: {got[:80]!r}"
     if which == "osd":
         with open(os.path.join(grid.base, "osd0.log")) as f:

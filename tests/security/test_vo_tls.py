@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.security.helpers import plain_http_answer
 from xos.errors import InvalidInput, XosError
 from xos.identity import credential
 from xos.testing import TestVOService
@@ -40,14 +40,7 @@ def test_followers_reach_it_over_tls_with_the_grids_ca(vo: TestVOService) -> Non
 
 def test_plain_http_gets_no_answer(vo: TestVOService) -> None:
     host, _, port = ADDRESS.rpartition(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET /v1/revocations HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        try:
-            while chunk := s.recv(4096):
-                got += chunk
-        except ConnectionResetError:
-            pass
+    got = plain_http_answer(host, int(port), "/v1/revocations")
     assert not got.startswith(b"HTTP/"), f"the VO service answered plain HTTP: {got[:80]!r}"
 
 
