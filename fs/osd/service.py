@@ -20,6 +20,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,6 +421,7 @@ class NativeReads:
         self.osd, self.app, self.sock = osd, app, sock
         self.loop = asyncio.get_running_loop()
         self.tls: ssl.SSLContext | None = None  # for connections the loop takes before their TLS began
+        self._stop_crl: Callable[[], None] = lambda: None
 
     def __enter__(self) -> NativeReads:
         global _native
@@ -431,6 +433,7 @@ class NativeReads:
             if err:
                 raise XosError(f"cannot load this host's certificate, key or CA from {tls.directory}: "
                                f"{os.strerror(-err)}")
+            self._stop_crl = hostid.on_crl(tls.directory, _crl)
         err = _osd.xo_start(self.sock.fileno(), self.osd.store.root.encode(), int(self.osd.store.direct))
         if err:
             raise XosError(f"cannot start the native read threads: {os.strerror(-err)}")
@@ -441,6 +444,7 @@ class NativeReads:
         global _native
         _osd.xo_stop()
         _native = None
+        self._stop_crl()
 
     def adopt(self, fd: int, prefix: bytes, peer: str) -> None:
         """Take a connection the native threads gave up (or relay, its TLS ended there), in the loop."""
@@ -494,12 +498,19 @@ def xo_check(auth: Any, cap: Any, fid: Any, until: Any) -> int:
 NOT_BEGUN = "\x01"  # osdread.c's peer for a TLS connection nothing was read of
 
 
+def _crl(path: str) -> None:
+    """The native threads' handshakes check the grid CA's newest revocation list."""
+    if _osd.xo_tls_crl(path.encode()):
+        log.error("the native threads could not load the revocation list %s", path)
+
+
 def _peercert(peer: str) -> dict[str, Any] | None:
-    """The certificate the native threads verified ("NAME\nROLE,ROLE"), as ssl's getpeercert() gives one."""
+    """The certificate the native threads verified ("NAME\nROLE,ROLE\nSERIAL"), as ssl's getpeercert() gives
+    one."""
     if not peer:
         return None
-    name, _, roles = peer.partition("\n")
-    return {"subject": ((("commonName", name),),),
+    name, roles, serial = (peer.split("\n") + ["", ""])[:3]
+    return {"subject": ((("commonName", name),),), "serialNumber": serial,
             "subjectAltName": tuple(("URI", hostid.ROLE_URI + r) for r in roles.split(",") if r)}
 
 

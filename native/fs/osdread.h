@@ -10,6 +10,8 @@
 /* TLS 1.3 on every connection from now on, with this host's certificate chain and key, hosts' certificates
  * checked against the CA in `ca` (users show none). 0, or -errno. */
 int xo_tls(const char *cert, const char *key, const char *ca);
+/* Every handshake from now on also checks the CA's revocation list in `path`. 0, or -errno. */
+int xo_tls_crl(const char *path);
 /* Serve the connections accepted on `listen_fd` under object directory `root` (DIR/objects); `direct`:
  * large reads may go around the page cache. 0, or -errno. */
 int xo_start(int listen_fd, const char *root, int direct);

@@ -93,7 +93,22 @@ int send_all(struct link l, struct iovec *iov, int n)
     return 0;
 }
 
-/* "NAME\nROLE,ROLE" of a verified host certificate (its common name, its xos:role: URIs). */
+/* Revocation: from now on every handshake checks the CA's list in `path` (added to the certificates' store,
+ * the newest list of a CA being the one used). 0, or -errno. */
+int xo_tls_crl(const char *path)
+{
+    if (!osd_tls)
+        return -EINVAL;
+    if (SSL_CTX_load_verify_locations(osd_tls, path, NULL) != 1) {
+        ERR_clear_error();
+        return -EINVAL;
+    }
+    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(osd_tls), X509_V_FLAG_CRL_CHECK);
+    return 0;
+}
+
+/* "NAME\nROLE,ROLE\nSERIAL" of a verified host certificate (its common name, its xos:role: URIs, its serial
+ * number in hexadecimal: Python checks it against the revocation list at each request). */
 void describe(X509 *cert, char *out, size_t size)
 {
     int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out, (int)size - 2);
@@ -112,6 +127,12 @@ void describe(X509 *cert, char *out, size_t size)
         }
     }
     GENERAL_NAMES_free(sans);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    if (hex && at + strlen(hex) + 2 < size)
+        snprintf(out + at, size - at, "\n%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
 }
 
 /* Bytes both ways between a TLS connection and Python's end of a socket pair, until either ends: both

@@ -8,6 +8,8 @@ import os
 from typing import Any
 
 from xos import paths, systemd
+from xos.cli import common
+from xos.errors import InvalidInput
 
 
 def add(sub: Any) -> None:
@@ -36,6 +38,16 @@ def add(sub: Any) -> None:
     cs.add_argument("--out", required=True, help="where the certificate goes (the host's host.pem)")
     cs.add_argument("--days", type=int, default=30, help="how long it is valid (default 30)")
     cs.set_defaults(run=ca_sign)
+    cr = ca.add_parser("revoke", help="revoke a host's certificate: DIR/crl.pem lists every one revoked")
+    cr.add_argument("cert", nargs="?", help="the certificate (a host's host.pem)")
+    cr.add_argument("--serial", help="or its serial number, in hexadecimal")
+    cr.add_argument("--ca", required=True, help="the CA's directory")
+    cr.add_argument("--publish", action="store_true", help="hand the list to the VO service (see xos ca publish)")
+    common.address(cr, "vo")
+    cr.set_defaults(run=ca_revoke)
+    cp = common.command_parser(ca, "publish", "hand a revocation list to the VO service: every host following it "
+                               "refuses the certificates it names within seconds", ca_publish, "vo", data=False)
+    cp.add_argument("crl", help="the CA's crl.pem")
 
     svc = sub.add_parser("service", help="systemd units for the daemons").add_subparsers(dest="verb", required=True)
     for verb, what in (("install", "write the unit of a daemon (flags in /etc/xos/ROLE.env: XOS_ARGS=...)"),
@@ -63,6 +75,42 @@ def ca_sign(args: argparse.Namespace) -> int:
     with open(args.out, "wb") as f:
         f.write(pem)
     print(args.out)
+    return 0
+
+
+def ca_revoke(args: argparse.Namespace) -> int:
+    """Revoke a host's certificate."""
+    from xos.wire import hostid
+
+    if (args.cert is None) == (args.serial is None):
+        raise InvalidInput("name the certificate to revoke, or give --serial HEX (one of them)")
+    if args.cert is not None:
+        with open(args.cert, "rb") as f:
+            path = hostid.ca_revoke(args.ca, f.read(1 << 16))
+    else:
+        try:
+            serial = int(args.serial, 16)
+        except ValueError:
+            raise InvalidInput(f"--serial {args.serial!r} is not a hexadecimal number", field="serial") from None
+        path = hostid.ca_revoke(args.ca, serial=serial)
+    print(path)
+    if args.publish:
+        import asyncio
+
+        args.crl = path
+        return int(asyncio.run(ca_publish(args)))
+    return 0
+
+
+async def ca_publish(args: argparse.Namespace) -> int:
+    """Hand a revocation list to the VO service."""
+    from xos.vo.client import Client
+
+    with open(args.crl) as f:
+        pem = f.read(1 << 20)
+    async with Client(args.vo_address) as vo:
+        d = await vo.publish_crl(pem)
+    print(f"revocation list {d['crl']} handed out")
     return 0
 
 

@@ -174,7 +174,8 @@ def vo(args: argparse.Namespace) -> int:
     tls = _tls_identity(args, "vo") if args.listen else None
     log.setup(args.log_level)
     asyncio.run(serve_vo(paths.home(), paths.run_dir(), args.listen,
-                         tls.server_context(users=True) if tls is not None else None))
+                         tls.server_context(users=True) if tls is not None else None,
+                         tls.directory if tls is not None else None))
     return 0
 
 

@@ -44,9 +44,19 @@ class Client(rpc.HttpClient):
         """Every VO with its members."""
         return await self._call("GET", "/v1/vos")
 
-    async def revocations(self, since: int = 0, wait: float = 0) -> dict[str, Any]:
-        """Revocations after `since`; with `wait`, a long poll that returns as soon as there is one."""
-        return await self._call("GET", f"/v1/revocations?since={since}&wait={wait}", read_timeout=wait + 30)
+    async def revocations(self, since: int = 0, wait: float = 0, crl: int | None = None) -> dict[str, Any]:
+        """Revocations after `since`; with `wait`, a long poll that returns as soon as there is one (or a host
+        revocation list other than number `crl`)."""
+        extra = f"&crl={crl}" if crl is not None else ""
+        return await self._call("GET", f"/v1/revocations?since={since}&wait={wait}{extra}", read_timeout=wait + 30)
+
+    async def crl(self) -> str:
+        """The grid CA's newest revocation list of host certificates (PEM) the service hands out."""
+        return str(await self._call("GET", "/v1/crl"))
+
+    async def publish_crl(self, pem: str) -> dict[str, Any]:
+        """Hand out a newer revocation list of host certificates, signed by the grid's CA."""
+        return await self._call("POST", "/v1/crl", {"crl": pem})
 
     async def roster(self, vo: str) -> str:
         """The VO's members as a token signed with its key (credential.verify_roster reads it)."""

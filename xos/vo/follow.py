@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from xos.errors import InvalidInput, Unavailable, XosError
+from xos.errors import InvalidInput, NotFound, PermissionDenied, Unavailable, XosError
 from xos.identity import credential
 from xos.vo.client import Client
+from xos.wire import hostid
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class RevocationFeeds:
                                    "TLS only", field="vo-url")
         self.urls = list(urls)
         self.ca = ca  # the grid CA's certificate the VO services' are checked against (None: the default)
+        # With a host directory's CA, the CA's revocation lists of host certificates are followed too.
+        self.host_dir = os.path.dirname(ca) if ca else None
+        self._crl_refused: dict[str, int] = {}  # a list a service handed out that we could not take: not again
         self.trust = trust
         self.revoked: set[str] = set()
         self.serials: dict[str, int] = dict(serials or {})
@@ -68,7 +73,11 @@ class RevocationFeeds:
                 async with Client(base_url=url, ca=self.ca) as c:
                     while True:
                         since = self.serials.get(url, 0)
-                        got = await c.revocations(since, wait=WAIT)
+                        known = (max(hostid.crl_number(self.host_dir), self._crl_refused.get(url, 0)) if self.host_dir
+                                 else None)
+                        got = await c.revocations(since, wait=WAIT, crl=known)
+                        if known is not None and isinstance(got.get("crl"), int) and got["crl"] > known:
+                            await self._take_crl(c, url, got["crl"])
                         if got.get("members_changed") != self._members_seen.get(url):
                             self._members_seen[url] = got.get("members_changed")
                             if self._members_changed is not None:
@@ -93,3 +102,13 @@ class RevocationFeeds:
                 log.warning("revocations from %s unavailable, retrying in %.1fs: %s", url, delay, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _take_crl(self, c: Client, url: str, number: int) -> None:
+        """Take the host revocation list a VO service hands out, if the grid's CA signed it."""
+        assert self.host_dir is not None
+        try:
+            hostid.take_crl(self.host_dir, (await c.crl()).encode())
+        except (InvalidInput, PermissionDenied, NotFound) as e:
+            log.warning("host revocation list %d from %s: %s; kept list %d", number, url, e.message,
+                        hostid.crl_number(self.host_dir))
+            self._crl_refused[url] = number

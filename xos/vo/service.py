@@ -22,7 +22,7 @@ from xos.errors import Conflict, InvalidInput, NotFound
 from xos.identity import credential
 from xos.paths import vo_socket
 from xos.vo.store import VO, Member, VOStore, open_store
-from xos.wire import codec, metrics
+from xos.wire import codec, hostid, metrics
 from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,9 @@ def _names(values: Any, what: str) -> list[str]:
 class VOService:
     """Everything the VO service does, independent of HTTP."""
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, host_dir: str | None = None) -> None:
         self.home = home
+        self.host_dir = host_dir  # this host's identity: the grid CA whose revocation lists it hands out
         self.key_path = os.path.join(home, "vo", "signing.key")
         self.key = credential.load_key(self.key_path)
         self.kid = credential.key_id(self.key.public_key())
@@ -190,19 +191,44 @@ class VOService:
         """Every VO with its members."""
         return [{**asdict(v), "members": [asdict(m) for m in self.store.members(v.name)]} for v in self.store.vos()]
 
-    async def revocations(self, since: int, wait: float) -> dict[str, Any]:
-        """Revocations after serial `since`; with `wait`, hold the request until there are some (long poll)."""
+    async def revocations(self, since: int, wait: float, crl: int | None = None) -> dict[str, Any]:
+        """Revocations after serial `since`; with `wait`, hold the request until there are some, or a host
+        revocation list other than number `crl` (long poll)."""
         moved = self.members_changed
-        if wait > 0 and self.store.last_serial() <= since:
+
+        def news() -> bool:
+            return (self.closing or self.store.last_serial() > since or self.members_changed != moved
+                    or (crl is not None and hostid.crl_number(self.host_dir) != crl))
+
+        if wait > 0 and not news():
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(
-                        lambda: self.closing or self.store.last_serial() > since or self.members_changed != moved),
-                        wait)
+                    await asyncio.wait_for(self._changed.wait_for(news), wait)
         revs = [r.to_json() for r in self.store.revocations(since)]
         return {"serial": max([since, *[int(r["serial"]) for r in revs]]), "revocations": revs,
-                "members_changed": self.members_changed,
+                "members_changed": self.members_changed, "crl": hostid.crl_number(self.host_dir),
                 "signed": credential.sign_feed(self.key, since, revs)}
+
+    async def publish_crl(self, pem: str) -> int:
+        """Hand out the grid CA's revocation list of host certificates if the CA signed it and it is newer than
+        the one handed out (anyone may bring it: it proves itself); its number. Followers take it at once."""
+        if self.host_dir is None:
+            raise InvalidInput("this VO service has no host identity (it serves no --listen): no host follows it")
+        if len(pem) > hostid.MAX_CRL:
+            raise InvalidInput("that revocation list is too large", field="crl")
+        if not hostid.take_crl(self.host_dir, pem.encode()):
+            raise Conflict(f"the revocation list handed out is number {hostid.crl_number(self.host_dir)}: that "
+                           "one is no newer")
+        async with self._changed:
+            self._changed.notify_all()
+        return hostid.crl_number(self.host_dir)
+
+    def crl(self) -> str:
+        """The grid CA's newest revocation list of host certificates, as handed out."""
+        if self.host_dir is None or hostid.crl_number(self.host_dir) == 0:
+            raise NotFound("no revocation list of host certificates was published here")
+        with open(os.path.join(self.host_dir, hostid.CRL)) as f:
+            return f.read(hostid.MAX_CRL)
 
     def roster(self, vo: str) -> str:
         """The VO's current members, signed (nodes resolve their names before any lease)."""
@@ -264,9 +290,19 @@ async def _revocations(request: web.Request) -> web.Response:
     try:
         since = int(request.query.get("since", "0"))
         wait = min(float(request.query.get("wait", "0")), LONG_POLL)
+        crl = int(request.query["crl"]) if "crl" in request.query else None
     except ValueError:
-        raise InvalidInput("since and wait must be numbers") from None
-    return codec.json_response(await _svc(request).revocations(since, wait))
+        raise InvalidInput("since, wait and crl must be numbers") from None
+    return codec.json_response(await _svc(request).revocations(since, wait, crl))
+
+
+async def _publish_crl(request: web.Request) -> web.Response:
+    b = await codec.read_body(request)
+    return codec.json_response({"crl": await _svc(request).publish_crl(codec.field(b, "crl", str))}, status=201)
+
+
+async def _crl(request: web.Request) -> web.Response:
+    return web.Response(text=_svc(request).crl(), content_type="application/pkix-crl")
 
 
 async def _roster(request: web.Request) -> web.Response:
@@ -278,8 +314,8 @@ async def _key(request: web.Request) -> web.Response:
 
 
 def public_routes() -> list[web.RouteDef]:
-    """What nodes may ask anyone: the revocation list and the VO keys."""
-    return [web.get("/v1/revocations", _revocations), web.get("/v1/vos/{vo}/key", _key),
+    """What nodes may ask anyone: the revocation lists and the VO keys."""
+    return [web.get("/v1/revocations", _revocations), web.get("/v1/vos/{vo}/key", _key), web.get("/v1/crl", _crl),
             web.get("/v1/vos/{vo}/roster", _roster)]
 
 
@@ -296,13 +332,16 @@ def make_app(svc: VOService, management: bool) -> web.Application:
             web.delete("/v1/vos/{vo}/members/{user}", _remove),
             web.post("/v1/vos/{vo}/members/{user}/credentials", _issue),
             web.post("/v1/revocations", _revoke), web.post("/v1/vos/{vo}/dissolve", _dissolve),
+            web.post("/v1/crl", _publish_crl),
         ])
     return app
 
 
-async def serve_vo(home: str, run: str, listen: str | None, tls: ssl.SSLContext | None = None) -> None:
-    """Run the VO service until SIGTERM or SIGINT (on `listen` over TLS with `tls`, if given)."""
-    svc = VOService(home)
+async def serve_vo(home: str, run: str, listen: str | None, tls: ssl.SSLContext | None = None,
+                   host_dir: str | None = None) -> None:
+    """Run the VO service until SIGTERM or SIGINT (on `listen` over TLS with `tls`, if given, the identity in
+    `host_dir`)."""
+    svc = VOService(home, host_dir)
     runners = []
     os.makedirs(run, exist_ok=True)
     path = vo_socket(run)

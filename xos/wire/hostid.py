@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
+import logging
 import os
 import re
 import ssl
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +27,15 @@ from cryptography.x509.oid import NameOID
 
 from xos.errors import InvalidInput, PermissionDenied
 
+log = logging.getLogger(__name__)
+
 ROLES = ("node", "aem", "vo", "mrc", "osd")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ROLE_URI = "xos:role:"
 DAYS = 30  # a host certificate's default lifetime: hosts renew theirs (xos host init, xos ca sign)
 CA_DAYS = 3650
+CRL = "crl.pem"  # in a host directory: the newest revocation list of its CA it took (in a CA's: the one it made)
+MAX_CRL = 1 << 20
 
 
 def _write_private(path: str, key: ec.EllipticCurvePrivateKey) -> None:
@@ -177,6 +185,149 @@ def trust(directory: str, ca_pem: bytes) -> None:
     _write_public(os.path.join(directory, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
 
 
+def _load_ca(ca_dir: str) -> x509.Certificate:
+    try:
+        with open(os.path.join(ca_dir, "ca.pem"), "rb") as f:
+            return x509.load_pem_x509_certificate(f.read(MAX_CRL))
+    except (OSError, ValueError) as e:
+        raise InvalidInput(f"cannot read the CA certificate in {ca_dir}: {e}") from None
+
+
+def ca_revoke(ca_dir: str, cert_pem: bytes | None = None, serial: int | None = None) -> str:
+    """Revoke a host certificate this CA signed (`cert_pem`, or its `serial`): ca_dir/crl.pem becomes the CA's
+    signed list of every certificate it revoked, numbered one higher; its path. Hosts take it from the VO
+    service (xos ca publish) within seconds."""
+    ca = _load_ca(ca_dir)
+    ca_key = _load_key(os.path.join(ca_dir, "ca.key"))
+    name = ""
+    if cert_pem is not None:
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            cert.verify_directly_issued_by(ca)
+        except ValueError as e:
+            raise InvalidInput(f"not a certificate: {e}") from None
+        except Exception:  # InvalidSignature, TypeError: another CA's
+            raise InvalidInput("that certificate was not signed by this CA") from None
+        serial = cert.serial_number
+        name = str(next(iter(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)), x509.NameAttribute(
+            NameOID.COMMON_NAME, "?")).value)
+    if not isinstance(serial, int) or not 0 < serial < 1 << 160:
+        raise InvalidInput("give the certificate to revoke, or its serial number (hexadecimal)", field="serial")
+    state_path = os.path.join(ca_dir, "revoked.json")
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        state = {"number": 0, "last": 0, "revoked": {}}
+    key = format(serial, "x")
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    if key not in state["revoked"] or not os.path.exists(os.path.join(ca_dir, CRL)):
+        state["revoked"].setdefault(key, {"name": name, "at": now})
+        # Each list newer than the last by its number and by a second at least: OpenSSL, holding several of
+        # one CA, checks against the one issued last.
+        state["number"] += 1
+        state["last"] = max(now, state["last"] + 1)
+        last = datetime.datetime.fromtimestamp(state["last"], datetime.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(last)
+                   .next_update(last + datetime.timedelta(days=CA_DAYS))
+                   .add_extension(x509.CRLNumber(state["number"]), critical=False))
+        for hexserial, what in state["revoked"].items():
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(int(hexserial, 16))
+                .revocation_date(datetime.datetime.fromtimestamp(what["at"], datetime.UTC)).build())
+        pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        _write_public(state_path, json.dumps(state, indent=1).encode())
+        _write_public(os.path.join(ca_dir, CRL), pem)
+    return os.path.join(ca_dir, CRL)
+
+
+@dataclass
+class _Revoked:
+    """The newest revocation list of one host directory's CA this process took."""
+
+    number: int = 0
+    serials: frozenset[int] = frozenset()
+    path: str | None = None
+
+
+_lists: dict[str, _Revoked] = {}  # host directory (its real path) -> the newest list of its CA taken
+# every link's context this process made -> its host directory
+_contexts: weakref.WeakKeyDictionary[ssl.SSLContext, str] = weakref.WeakKeyDictionary()
+_hooks: list[tuple[str, Callable[[str], None]]] = []  # more to tell of a new list (TLS ended in C)
+
+
+def _held(directory: str) -> _Revoked:
+    return _lists.get(os.path.realpath(directory)) or _Revoked()
+
+
+def on_crl(directory: str, hook: Callable[[str], None]) -> Callable[[], None]:
+    """Have `hook` take the newest revocation list of `directory`'s CA (its path) now, if one is held, and each
+    newer one; a function that stops that."""
+    entry = (os.path.realpath(directory), hook)
+    _hooks.append(entry)
+    if (path := _held(directory).path) is not None:
+        hook(path)
+    return lambda: _hooks.remove(entry) if entry in _hooks else None
+
+
+def _arm(ctx: ssl.SSLContext, path: str) -> None:
+    ctx.load_verify_locations(cafile=path)  # a list joins the certificates' store; the newest is the one used
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+def crl_number(directory: str | None) -> int:
+    """The number of the newest revocation list of `directory`'s CA taken (0: none, or no directory)."""
+    return _held(directory).number if directory else 0
+
+
+def revoked(serial: int) -> bool:
+    """Whether a grid CA revoked the host certificate with this serial number (serials are random 159-bit
+    numbers: one CA's cannot be mistaken for another's)."""
+    return any(serial in r.serials for r in _lists.values())
+
+
+def take_crl(directory: str, pem: bytes) -> bool:
+    """Take a revocation list if the CA this host directory trusts signed it and it is newer than the one held:
+    every link's handshake checks it from now on, and so does peer_of on connections made before. Kept as
+    DIRECTORY/crl.pem for the next start. Whether it was newer; PermissionDenied if no CA of ours signed it."""
+    try:
+        crl = x509.load_pem_x509_crl(pem)
+    except ValueError as e:
+        raise InvalidInput(f"not a certificate revocation list: {e}") from None
+    ca = _load_ca(directory)
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        raise PermissionDenied("that revocation list was not signed by the grid's CA")
+    try:
+        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        raise InvalidInput("that revocation list has no number") from None
+    held = _held(directory)
+    if number <= held.number:
+        return False
+    path = os.path.join(directory, CRL)
+    try:
+        with open(path, "rb") as f0:
+            same = f0.read(MAX_CRL) == pem
+    except FileNotFoundError:
+        same = False
+    if not same:
+        _write_public(path, pem)
+    serials = frozenset(r.serial_number for r in crl)
+    fresh = serials - held.serials
+    real = os.path.realpath(directory)
+    _lists[real] = _Revoked(number, serials, path)
+    for ctx, where in list(_contexts.items()):
+        if where == real:
+            _arm(ctx, path)
+    for where, hook in list(_hooks):
+        if where == real:
+            hook(path)
+    _checked.clear()
+    log.info("host certificate revocation list %d of %s: %d revoked, %d new", number, directory, len(serials),
+             len(fresh))
+    return True
+
+
 def ca_file(ca: str | None = None) -> str:
     """The grid CA's certificate users' clients check daemons against: `ca`, else $XOS_CA, else
     $XOS_HOME/host/ca.pem; InvalidInput if there is none."""
@@ -220,6 +371,11 @@ class HostIdentity:
         self.roles = tuple(u[len(ROLE_URI):] for u in san.get_values_for_type(x509.UniformResourceIdentifier)
                            if u.startswith(ROLE_URI))
         self.not_after = cert.not_valid_after_utc
+        self.serial = cert.serial_number
+        crl = os.path.join(directory, CRL)
+        if os.path.exists(crl):  # what the CA revoked holds from the start, not from the first feed answer
+            with open(crl, "rb") as fh:
+                take_crl(directory, fh.read(MAX_CRL))
 
     def _context(self, purpose: ssl.Purpose) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT)
@@ -230,6 +386,9 @@ class HostIdentity:
         # Hosts are known by the name and roles their certificate gives, checked by whoever acts on them
         # (`peer_of`, `expect`), not by the address a URL happens to use.
         ctx.check_hostname = False
+        _contexts[ctx] = os.path.realpath(self.directory)
+        if (path := _held(self.directory).path) is not None:
+            _arm(ctx, path)
         return ctx
 
     def server_context(self, users: bool = False) -> ssl.SSLContext:
@@ -253,6 +412,11 @@ def peer_of(transport: Any) -> Peer:
         raise PermissionDenied("this link needs the peer host's certificate (TLS with a client certificate)")
     name = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), "")
     roles = tuple(v[len(ROLE_URI):] for k, v in cert.get("subjectAltName", ()) if k == "URI" and v.startswith(ROLE_URI))
+    serial = cert.get("serialNumber")
+    # A connection made, or a TLS session resumed, before the revocation: its handshake checked no list.
+    if serial is None or revoked(int(serial, 16)):
+        log.warning("host %s refused: its certificate (serial %s) was revoked", name, serial)
+        raise PermissionDenied(f"host {name}'s certificate was revoked by the grid's CA")
     return Peer(name, roles)
 
 
@@ -263,7 +427,6 @@ def require(transport: Any, *roles: str) -> Peer:
         raise PermissionDenied(f"host {peer.name} ({', '.join(peer.roles) or 'no role'}) may not do this: it takes "
                                f"a certificate for {' or '.join(roles)}")
     return peer
-
 
 
 _checked: dict[tuple[str, tuple[str, ...]], float] = {}  # (URL, roles) -> until when its host is known to hold one
@@ -325,11 +488,10 @@ class HostLink:
         import json
 
         if self._streams is None:
-            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
-            self._streams = (reader, writer)
-            if self.tls is not None:
-                require(writer.transport, *self.roles)
+            self._streams = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
         reader, writer = self._streams
+        if self.tls is not None:  # at each call: the host's certificate may have been revoked since
+            require(writer.transport, *self.roles)
         head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         writer.write(f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(data)}\r\n{head}\r\n".encode() + data)
