@@ -22,7 +22,10 @@ PAGE = mmap.PAGESIZE
 
 @pytest.fixture(scope="module")
 def grid():
-    with fs_grid({"one": {"replicas": 1}, "two": {"replicas": 2}}, osds=2, clients=2) as g:
+    # The mounts' credential outlives the run: 200,000 operations per volume take an hour on these VMs, and a
+    # mount whose credential ran out is refused (EACCES), as it should be.
+    with fs_grid({"one": {"replicas": 1}, "two": {"replicas": 2}}, osds=2, clients=2,
+                 cred_ttl=max(3600, OPS // 10)) as g:
         yield g
 
 

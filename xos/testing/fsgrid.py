@@ -132,13 +132,14 @@ class FsGrid(Built):
 
     def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
                  cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = (), ca_dir: str | None = None,
-                 plaintext: bool = False) -> None:
+                 plaintext: bool = False, cred_ttl: int = 3600) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
         self.bridge = f"xf{self.tag}"
         self.n_osds, self.n_clients = osds, clients
         self.grace, self.idle, self.cap_ttl = grace, idle, cap_ttl
+        self.cred_ttl = cred_ttl  # seconds the members' credentials live: a mount outliving its own is refused
         self.follow = [a for url in vo_urls for a in ("--vo-url", url)]  # VO services the MRC and OSDs follow
         self.hosts: list[Host] = []
         self.mrc: Host | None = None
@@ -356,9 +357,11 @@ class FsGrid(Built):
         self._vo_keys[vo] = key
         self.trust_vo(vo, credential.public_pem(key.public_key()))  # type: ignore[attr-defined]
 
-    def credential(self, user: str, vo: str = "vo-a", ttl: int = 3600, roles: tuple[str, ...] = ("member",)) -> str:
-        """A credential of `user` in `vo`, signed by the VO's key."""
-        token, _ = credential.issue(self._vo_keys[vo], user, vo, list(roles), [], ttl)  # type: ignore[arg-type]
+    def credential(self, user: str, vo: str = "vo-a", ttl: int | None = None,
+                   roles: tuple[str, ...] = ("member",)) -> str:
+        """A credential of `user` in `vo`, signed by the VO's key, living `ttl` seconds (the grid's cred_ttl)."""
+        token, _ = credential.issue(self._vo_keys[vo], user, vo, list(roles), [],  # type: ignore[arg-type]
+                                    self.cred_ttl if ttl is None else ttl)
         return token
 
     def cred_file(self, user: str, vo: str = "vo-a") -> str:
