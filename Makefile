@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3 python3-venv python3-dev gcc libc6-dev make iproute2 util-linux runc libpam0g-dev \
 	pamtester keyutils iptables fuse3 libfuse3-3 libfuse3-dev liburing-dev libisal-dev libssl-dev pkg-config sshfs openssh-server \
-	autoconf automake perl
+	autoconf automake perl postgresql
 STAMP := $(VENV)/.xos-setup
 NATIVE := $(wildcard native/*.py native/*/*.c native/*/*.h native/*/*.pyx native/decl/*.py pam/*.c pam/*.h pam/*.map)
 

@@ -21,6 +21,21 @@ from xos.node.store import WorkspaceState as W
 from xos.vo import store as vo_store
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    from xos.testing.postgres import TestPostgres
+
+    with TestPostgres() as pg:
+        yield pg
+
+
+def _url(request, backend: str, tmp_path, name: str) -> str:
+    """Where a store of `backend` is kept for one test: a file, or a database of its own."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("postgres").url(name))
+    return f"{backend}:///{tmp_path}/{name}.db"
+
+
 @pytest.mark.parametrize("backend", sorted(node_store.BACKENDS))
 def test_node_store(tmp_path, backend) -> None:
     url = f"{backend}:///{tmp_path}/node.db"
@@ -46,8 +61,8 @@ def test_node_store(tmp_path, backend) -> None:
 
 
 @pytest.mark.parametrize("backend", sorted(vo_store.BACKENDS))
-def test_vo_store(tmp_path, backend) -> None:
-    url = f"{backend}:///{tmp_path}/vo.db"
+def test_vo_store(request, tmp_path, backend) -> None:
+    url = _url(request, backend, tmp_path, "vo")
     s = vo_store.open_store(url)
     s.add_vo(vo_store.VO("bio", "carol", "active", 1.0, None))
     s.put_member(vo_store.Member("bio", "alice", ["analyst"], ["bio"], 2.0))
@@ -142,3 +157,27 @@ def test_a_store_url_names_its_engine_and_an_unknown_one_is_refused(tmp_path) ->
     assert (tmp_path / "plain.db").exists()
     with pytest.raises(InvalidInput, match="no job store for 'oracle'"):
         jobs.open_store("oracle://db/jobs")
+
+
+def test_a_postgresql_schema_is_made_once_and_a_newer_one_is_refused(postgres) -> None:
+    from xos.errors import BadConfig
+    from xos.pg import Database
+
+    url = postgres.url("schema")
+    vo_store.open_store(url).close()
+    s = vo_store.open_store(url)  # a second start finds its tables and applies nothing again
+    s.add_vo(vo_store.VO("bio", "carol", "active", 1.0, None))
+    s.close()
+    db = Database(url, "other", [])
+    with db.tx() as c:
+        c.execute("UPDATE xos_schema SET version=99 WHERE store='vo'")
+    db.close()
+    with pytest.raises(BadConfig, match="schema version 99, newer than this xos knows"):
+        vo_store.open_store(url)
+
+
+def test_an_unreachable_postgresql_is_one_clear_error(tmp_path) -> None:
+    from xos.errors import Unavailable
+
+    with pytest.raises(Unavailable, match="PostgreSQL at postgresql://xos@/nowhere"):
+        vo_store.open_store(f"postgresql://xos:secret@/nowhere?host={tmp_path}&connect_timeout=2")

@@ -115,3 +115,29 @@ def test_the_service_exports_prometheus_metrics(vo):
     assert samples[("xos_vo_members", ())] == 2  # the owner and alice
     assert samples[("xos_vo_requests_total", (("op", "POST /v1/vos/{vo}/members"),))] == 2
     assert samples[("xos_vo_errors_total", (("code", "vo-not-found"), ("op", "POST /v1/vos/{vo}/members")))] == 1
+
+
+def test_the_service_keeps_its_state_in_postgresql_across_a_restart():
+    """`xos serve vo --db postgresql://...`: what one process made, the next one finds."""
+    from xos.testing.postgres import TestPostgres
+
+    with TestPostgres() as pg:
+        url = pg.url("vo")
+        with TestVOService(db=url) as first:
+            assert first.cli("vo", "create", "lab")[0] == 0
+            assert first.cli("vo", "add", "lab", "alice", "--role", "admin")[0] == 0
+            token = first.cli("vo", "issue", "lab", "alice")[1].strip()
+            code, out, err = first.cli("vo", "revoke", "lab", "alice", "--json")
+            assert code == 0 and json.loads(out)["revoked"], err
+        with TestVOService(db=url) as second:
+            code, out, err = second.cli("vo", "ls", "--json")
+            assert code == 0, err
+            [lab] = json.loads(out)
+            assert lab["name"] == "lab" and ("alice", ["admin"]) in [(m["user"], m["roles"]) for m in lab["members"]]
+
+            async def feed() -> dict:
+                async with Client(second.socket) as c:
+                    return await c.revocations(0)
+
+            got = asyncio.run(feed())
+            assert token and {r["user"] for r in got["revocations"]} == {"alice"} and got["serial"] > 0

@@ -53,6 +53,8 @@ def add(sub: Any) -> None:
     sv.add_argument("--listen", help="also serve revocations, member lists and keys to other hosts on HOST:PORT, "
                                      "over TLS with this host's certificate (role vo)")
     sv.add_argument("--host-dir", help="this host's key, certificate and the grid's CA (default $XOS_HOME/host)")
+    sv.add_argument("--db", help="where VOs, members and revocations are kept: a SQLite path (default "
+                                 "$XOS_HOME/vo.db) or postgresql://USER@HOST/DB")
     sv.add_argument("--plaintext", action="store_true",
                     help="plain HTTP on --listen: refused unless $XOS_INSECURE_TESTS=1")
     sv.set_defaults(run=vo)
@@ -175,7 +177,7 @@ def vo(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     asyncio.run(serve_vo(paths.home(), paths.run_dir(), args.listen,
                          tls.server_context(users=True) if tls is not None else None,
-                         tls.directory if tls is not None else None))
+                         tls.directory if tls is not None else None, args.db))
     return 0
 
 

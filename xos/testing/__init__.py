@@ -391,8 +391,9 @@ class TestVOService:
 
     __test__ = False
 
-    def __init__(self, listen: str | None = None, ca_dir: str | None = None) -> None:
+    def __init__(self, listen: str | None = None, ca_dir: str | None = None, db: str | None = None) -> None:
         self.base = tempfile.mkdtemp(prefix="xos-vo-")
+        self.db = db  # its store's URL (default: SQLite in its home)
         os.chmod(self.base, 0o755)
         self.home = os.path.join(self.base, "home")
         self.run = os.path.join(self.base, "run")
@@ -432,6 +433,7 @@ class TestVOService:
                 hostid.ca_init(self.ca_dir)
             signed_host(self.ca_dir, os.path.join(self.home, "host"), "vo", ["vo"], [self.listen.rpartition(":")[0]])
         argv = [sys.executable, "-m", "xos", "serve", "vo"] + (["--listen", self.listen] if self.listen else [])
+        argv += ["--db", self.db] if self.db else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         from xos.vo.client import SyncClient as VOClient
@@ -487,6 +489,8 @@ def leftovers() -> set[str]:
             argv = f.read().split(b"\0")
         if argv[1:3] == [b"-m", b"xos"] and argv[3:4] in ([b"serve"], [b"fs"]) and pid != str(os.getpid()):
             found.add(f"process {pid} {b' '.join(argv[3:5]).decode()}")
+        elif any(a.startswith(b"/tmp/xos-pg-") for a in argv):  # a test's PostgreSQL cluster
+            found.add(f"process {pid} {os.path.basename(argv[0]).decode(errors='replace')}")
     return found
 
 

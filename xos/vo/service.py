@@ -72,13 +72,13 @@ def _names(values: Any, what: str) -> list[str]:
 class VOService:
     """Everything the VO service does, independent of HTTP."""
 
-    def __init__(self, home: str, host_dir: str | None = None) -> None:
+    def __init__(self, home: str, host_dir: str | None = None, db: str | None = None) -> None:
         self.home = home
         self.host_dir = host_dir  # this host's identity: the grid CA whose revocation lists it hands out
         self.key_path = os.path.join(home, "vo", "signing.key")
         self.key = credential.load_key(self.key_path)
         self.kid = credential.key_id(self.key.public_key())
-        self.store: VOStore = open_store(os.path.join(home, "vo.db"))
+        self.store: VOStore = open_store(db or os.path.join(home, "vo.db"))
         self._changed = asyncio.Condition()
         self.closing = False
         self.members_changed = 0  # bumped at every change of any VO's members: a followers' cue to pull rosters
@@ -338,10 +338,10 @@ def make_app(svc: VOService, management: bool) -> web.Application:
 
 
 async def serve_vo(home: str, run: str, listen: str | None, tls: ssl.SSLContext | None = None,
-                   host_dir: str | None = None) -> None:
+                   host_dir: str | None = None, db: str | None = None) -> None:
     """Run the VO service until SIGTERM or SIGINT (on `listen` over TLS with `tls`, if given, the identity in
-    `host_dir`)."""
-    svc = VOService(home, host_dir)
+    `host_dir`; its state in the store `db` names, $XOS_HOME/vo.db by default)."""
+    svc = VOService(home, host_dir, db)
     runners = []
     os.makedirs(run, exist_ok=True)
     path = vo_socket(run)

@@ -1,0 +1,75 @@
+"""The PostgreSQL conventions the stores share (beside xos.sqlite's): a connection pool, one transaction per
+change, committed durably before the call returns (PostgreSQL's synchronous_commit), and a schema version
+per store, so one database can hold several daemons' stores and a newer xos moves an older schema on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from xos.errors import BadConfig, Unavailable
+
+SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS xos_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+
+
+class Database:
+    """A PostgreSQL database at `url` (postgresql://USER@HOST/DB, or ?host=/socket/dir), holding the tables of
+    `store`: `steps` are its schema's versions in order, each a list of statements, applied once each."""
+
+    def __init__(self, url: str, store: str, steps: Sequence[Sequence[str]], size: int = 4) -> None:
+        import psycopg
+        from psycopg_pool import ConnectionPool
+
+        self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        try:  # once by hand first: the server's own reason now, not a pool's timeout later
+            psycopg.connect(url, connect_timeout=10).close()
+        except (psycopg.Error, ValueError) as e:
+            raise Unavailable(f"PostgreSQL at {_safe(url)} is not reachable: {str(e).strip()}") from None
+        self.pool = ConnectionPool(url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True},
+                                   name=store)
+        try:
+            self.pool.open(wait=True, timeout=10)
+        except Exception as e:  # PoolTimeout: it went away meanwhile
+            self.pool.close()
+            raise Unavailable(f"PostgreSQL at {_safe(url)} is not reachable: {e}") from None
+        with self.tx() as db:
+            # Two daemons starting on one database at once: one migrates, the other waits and finds it done.
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('xos_schema'))")
+            db.execute(SCHEMA_TABLE)
+            row = db.execute("SELECT version FROM xos_schema WHERE store=%s", (store,)).fetchone()
+            have = int(row[0]) if row else 0
+            if have > len(steps):
+                raise BadConfig(f"the {store} tables at {_safe(url)} are at schema version {have}, newer than this "
+                                f"xos knows ({len(steps)}): run the newer xos, or another database")
+            for step in steps[have:]:
+                for statement in step:
+                    db.execute(statement)
+            if have < len(steps):
+                db.execute("INSERT INTO xos_schema VALUES (%s, %s) ON CONFLICT (store) DO UPDATE SET version=%s",
+                           (store, len(steps), len(steps)))
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """A transaction on a pooled connection, committed when the block ends, rolled back if it raises."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except self._errors as e:
+            raise Unavailable(f"PostgreSQL: {e}") from None
+
+    def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """What a read returns."""
+        with self.tx() as db:
+            return list(db.execute(sql, args).fetchall())
+
+    def close(self) -> None:
+        """Close the pool's connections."""
+        self.pool.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, where = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':')[0]}{at}{where}" if at else url
