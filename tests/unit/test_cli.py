@@ -16,7 +16,8 @@ from xos.cli.main import parser
 # Commands that print no data (a stream, a token, a path, or a line saying what was done to this host).
 NO_DATA = {"ws exec", "ws run", "job run", "job output", "job watch", "vo issue", "vo pubkey", "node metrics",
            "node trust", "node untrust", "node doctor", "node install", "node uninstall", "fs mount", "fs umount",
-           "fs cp", "host init", "host trust", "ca init", "ca sign", "service install", "service uninstall", "init"}
+           "fs cp", "host init", "host trust", "ca init", "ca sign", "ca revoke", "ca publish", "service install",
+           "service uninstall", "init"}
 
 
 def leaves(p: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
