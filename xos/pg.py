@@ -1,9 +1,12 @@
-"""The PostgreSQL conventions the stores share (beside xos.sqlite's): a connection pool, one transaction per
-change, committed durably before the call returns (PostgreSQL's synchronous_commit), and a schema version
-per store, so one database can hold several daemons' stores and a newer xos moves an older schema on."""
+"""The PostgreSQL conventions the stores share, with the SQL of xos.sqlite's: a store written once runs on
+either. A connection pool, one transaction per change, committed durably before the call returns
+(PostgreSQL's synchronous_commit), and a schema version per store, so one database can hold several
+daemons' stores and a newer xos moves an older schema on. Statements use SQLite's `?` placeholders and the
+subset both engines speak (INSERT ... ON CONFLICT, RETURNING); a store's SQLite schema is translated (`ddl`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -11,6 +14,34 @@ from typing import Any
 from xos.errors import BadConfig, Unavailable
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS xos_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+
+
+def ddl(schema: str) -> list[str]:
+    """A SQLite schema's statements as PostgreSQL takes them: 64-bit integers and floats, sequences for
+    AUTOINCREMENT keys."""
+    out = []
+    for statement in filter(str.strip, schema.split(";")):
+        s = re.sub(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY", statement)
+        s = re.sub(r"\bINTEGER\b", "BIGINT", s)
+        out.append(re.sub(r"\bREAL\b", "DOUBLE PRECISION", s).strip())
+    return out
+
+
+def _pg(sql: str) -> str:
+    if "%" in sql:
+        raise ValueError("a statement for both engines holds no '%'")
+    return sql.replace("?", "%s")
+
+
+class Connection:
+    """A connection in a transaction, taking SQLite's placeholders."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """Run one statement; its cursor."""
+        return self.conn.execute(_pg(sql), args)
 
 
 class Database:
@@ -37,7 +68,7 @@ class Database:
             # Two daemons starting on one database at once: one migrates, the other waits and finds it done.
             db.execute("SELECT pg_advisory_xact_lock(hashtext('xos_schema'))")
             db.execute(SCHEMA_TABLE)
-            row = db.execute("SELECT version FROM xos_schema WHERE store=%s", (store,)).fetchone()
+            row = db.execute("SELECT version FROM xos_schema WHERE store=?", (store,)).fetchone()
             have = int(row[0]) if row else 0
             if have > len(steps):
                 raise BadConfig(f"the {store} tables at {_safe(url)} are at schema version {have}, newer than this "
@@ -46,15 +77,15 @@ class Database:
                 for statement in step:
                     db.execute(statement)
             if have < len(steps):
-                db.execute("INSERT INTO xos_schema VALUES (%s, %s) ON CONFLICT (store) DO UPDATE SET version=%s",
+                db.execute("INSERT INTO xos_schema VALUES (?, ?) ON CONFLICT (store) DO UPDATE SET version=?",
                            (store, len(steps), len(steps)))
 
     @contextmanager
-    def tx(self) -> Iterator[Any]:
+    def tx(self) -> Iterator[Connection]:
         """A transaction on a pooled connection, committed when the block ends, rolled back if it raises."""
         try:
             with self.pool.connection() as conn, conn.transaction():
-                yield conn
+                yield Connection(conn)
         except self._errors as e:
             raise Unavailable(f"PostgreSQL: {e}") from None
 
@@ -62,6 +93,11 @@ class Database:
         """What a read returns."""
         with self.tx() as db:
             return list(db.execute(sql, args).fetchall())
+
+    def lock(self, db: Connection, table: str) -> None:
+        """Writers of `table` wait for this transaction to end; readers do not (a sequence numbers rows in
+        the order they were taken, not committed: without this a reader could see N and miss N-1 later)."""
+        db.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
 
     def close(self) -> None:
         """Close the pool's connections."""

@@ -52,6 +52,13 @@ class Database:
                 raise
             self.conn.execute("COMMIT")
 
+    def rows(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> list[tuple[object, ...]]:
+        """What a read returns (as xos.pg's Database has it: a store written to both runs on either)."""
+        return self.conn.execute(sql, args).fetchall()
+
+    def lock(self, db: sqlite3.Connection, table: str) -> None:
+        """Writers of `table` wait for this transaction: they do already (one writer at a time)."""
+
     def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
         """A read (or a single autocommitted statement)."""
         return self.conn.execute(sql, args)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xos.aem import jobspec
-from xos.aem.jobs import LEGAL, SQLiteJobStore, State
+from xos.aem.jobs import LEGAL, State, open_store
 from xos.aem.jobspec import BadJob
 from xos.errors import IllegalTransition, NotFound
 
@@ -60,7 +60,7 @@ def test_garbage_gets_bad_job_never_anything_else(data):
 
 
 def test_submit_array_token_and_persisted_transitions(tmp_path):
-    store = SQLiteJobStore(str(tmp_path / "jobs.db"))
+    store = open_store(str(tmp_path / "jobs.db"))
     spec = jobspec.parse({"executable": "/bin/true", "count": 3, "token": "t-1"})
     jobs = store.submit(spec, "alice@bio", "bio")
     assert [j.id for j in jobs] == ["1.0", "1.1", "1.2"] and all(j.state is State.QUEUED for j in jobs)
@@ -72,7 +72,7 @@ def test_submit_array_token_and_persisted_transitions(tmp_path):
         store.control("1.1", "resume")
     store.control("1.0", "suspend")
     store.close()
-    store = SQLiteJobStore(str(tmp_path / "jobs.db"))  # a restarted job manager finds it all
+    store = open_store(str(tmp_path / "jobs.db"))  # a restarted job manager finds it all
     job = store.get("1.0")
     assert (job.state, job.node) == (State.SUSPENDED, "n1")
     assert [h["to"] for h in store.history("1.0")] == ["queued", "matched", "running", "suspended"]
@@ -95,7 +95,7 @@ def test_final_states_go_nowhere_and_every_state_can_be_cancelled_or_ends():
 
 
 def test_dependencies(tmp_path):
-    store = SQLiteJobStore(str(tmp_path / "jobs.db"))
+    store = open_store(str(tmp_path / "jobs.db"))
     a = store.submit(jobspec.parse({"executable": "/bin/true"}), "u@v", "v")[0]
     b = store.submit(jobspec.parse({"executable": "/bin/true", "after": [a.id]}), "u@v", "v")[0]
     c = store.submit(jobspec.parse({"executable": "/bin/true", "after": [{"job": a.id, "when": "finish"}]}),
@@ -125,7 +125,7 @@ def test_stdio_places_are_checked_with_their_field():
 
 
 def test_a_finished_jobs_credential_is_forgotten(tmp_path):
-    store = SQLiteJobStore(str(tmp_path / "jobs.db"))
+    store = open_store(str(tmp_path / "jobs.db"))
     a, b = (store.submit(jobspec.parse({"executable": "/bin/true"}), "alice@bio", "bio", "token-of-alice")[0]
             for _ in range(2))
     store.transition(a.id, State.MATCHED, "m", node="n1")

@@ -88,8 +88,8 @@ def test_vo_store(request, tmp_path, backend) -> None:
 
 
 @pytest.mark.parametrize("backend", sorted(jobs.BACKENDS))
-def test_job_store(tmp_path, backend) -> None:
-    url = f"{backend}:///{tmp_path}/jobs.db"
+def test_job_store(request, tmp_path, backend) -> None:
+    url = _url(request, backend, tmp_path, "jobs")
     s = jobs.open_store(url)
     spec = jobspec.parse({"executable": "/bin/true", "count": 2, "token": "t-1"})
     made = s.submit(spec, "alice@bio", "bio", "cred-of-alice")
@@ -108,6 +108,10 @@ def test_job_store(tmp_path, backend) -> None:
     s.transition("1.0", jobs.State.DONE, "exit 0", exit_status=0)
     assert s.credential("1.0") == ""  # nothing runs as its owner again
     assert [j.id for j in s.ls(jobs.State.QUEUED, owner="alice@bio")] == ["1.1"]
+    assert s.counts() == {"done": 1, "queued": 1}
+    s.add_usage(s.get("1.0"), {"cpu_seconds": 7.5, "memory_peak": 1 << 33, "wall_seconds": 9.0}, 2.0)
+    [rec] = s.usage(vo="bio")
+    assert (rec["cpu_seconds"], rec["memory_peak"], rec["node"]) == (7.5, 1 << 33, "n1") and s.usage(vo="chem") == []
     s.purge("1.0")
     with pytest.raises(NotFound):
         s.get("1.0")

@@ -144,13 +144,11 @@ class JobStore(Protocol):
     def ready(self, job: Job) -> tuple[bool, str]: ...
 
 
-class SQLiteJobStore:
-    """JobStore in one SQLite file (0600: it holds the credentials of jobs that may still run)."""
+class SQLJobStore:
+    """JobStore in SQL both engines speak: a SQLite file (xos.sqlite) or a PostgreSQL database (xos.pg)."""
 
-    def __init__(self, path: str) -> None:
-        self.db = Database(path, SCHEMA)
-        os.chmod(path, 0o600)  # it holds the credentials of jobs that may still run
-        self.db.execute("PRAGMA secure_delete=ON")  # a forgotten credential is overwritten, not left in a free page
+    def __init__(self, db: Any) -> None:
+        self.db = db
 
     def close(self) -> None:
         self.db.close()
@@ -165,9 +163,11 @@ class SQLiteJobStore:
                                   (owner, spec.token)).fetchall()
                 if rows:
                     return [_job(r) for r in rows]
+            self.db.lock(tx, "counters")  # two job managers on one database number jobs one after the other
             row = tx.execute("SELECT value FROM counters WHERE name='job'").fetchone()
             n = (row[0] if row else 0) + 1
-            tx.execute("INSERT OR REPLACE INTO counters VALUES ('job', ?)", (n,))
+            tx.execute("INSERT INTO counters VALUES ('job', ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value",
+                       (n,))
             ids = [str(n)] if spec.count == 1 else [f"{n}.{i}" for i in range(spec.count)]
             body = json.dumps(spec.to_json())
             for seq, job_id in enumerate(ids):
@@ -180,10 +180,10 @@ class SQLiteJobStore:
                                                 f"({','.join('?' * len(ids))}) ORDER BY seq", ids)]
 
     def get(self, job_id: str) -> Job:
-        row = self.db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
+        rows = self.db.rows(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        if not rows:
             raise NotFound(f"no job {job_id!r}", job=job_id)
-        return _job(row)
+        return _job(rows[0])
 
     def ls(self, state: State | None = None, owner: str | None = None) -> list[Job]:
         sql, args = f"SELECT {COLUMNS} FROM jobs WHERE 1=1", list[object]()
@@ -193,7 +193,7 @@ class SQLiteJobStore:
         if owner is not None:
             sql += " AND owner=?"
             args.append(owner)
-        return [_job(r) for r in self.db.execute(sql + " ORDER BY created, seq", args)]
+        return [_job(r) for r in self.db.rows(sql + " ORDER BY created, seq", args)]
 
     def transition(self, job_id: str, to: State, reason: str, node: str | None = None,
                    exit_status: int | None = None) -> Job:
@@ -229,10 +229,10 @@ class SQLiteJobStore:
 
     def credential(self, job_id: str) -> str:
         """The credential a job was submitted with: the node maps the job's account from it."""
-        row = self.db.execute("SELECT credential FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
+        rows = self.db.rows("SELECT credential FROM jobs WHERE id=?", (job_id,))
+        if not rows:
             raise NotFound(f"no job {job_id!r}", job=job_id)
-        return str(row[0])
+        return str(rows[0][0])
 
     def set_reason(self, job_id: str, reason: str) -> None:
         """Why a job stays where it is (waiting for a dependency, no match), without a transition."""
@@ -261,7 +261,7 @@ class SQLiteJobStore:
         if owner is not None:
             sql += " AND owner=?"
             args.append(owner)
-        return [dict(zip(USAGE, r, strict=True)) for r in self.db.execute(sql + " ORDER BY at", args)]
+        return [dict(zip(USAGE, r, strict=True)) for r in self.db.rows(sql + " ORDER BY at", args)]
 
     @staticmethod
     def totals(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -281,21 +281,22 @@ class SQLiteJobStore:
     def remember_node(self, name: str, url: str) -> None:
         """Keep the peer URL of a node that pushed its ad, for after a restart."""
         with self.db.tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?)", (name, url, time.time()))
+            tx.execute("INSERT INTO nodes VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET url=excluded.url, "
+                       "seen=excluded.seen", (name, url, time.time()))
 
     def known_nodes(self) -> dict[str, str]:
         """Nodes that pushed their ads before: name -> peer URL."""
-        return {r[0]: r[1] for r in self.db.execute("SELECT name, url FROM nodes")}
+        return {str(r[0]): str(r[1]) for r in self.db.rows("SELECT name, url FROM nodes")}
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state (states with none left out)."""
-        return {str(state): int(n) for state, n in self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state")}
+        return {str(state): int(str(n)) for state, n in self.db.rows("SELECT state, count(*) FROM jobs GROUP BY state")}
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         self.get(job_id)
-        return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]}
-                for r in self.db.execute("SELECT at, old, new, reason FROM transitions WHERE job=? ORDER BY rowid",
-                                         (job_id,))]
+        # in the order they were made: one job's transitions are made one after the other
+        rows = self.db.rows("SELECT at, old, new, reason FROM transitions WHERE job=? ORDER BY at", (job_id,))
+        return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
 
     def purge(self, job_id: str) -> None:
         """Forget a finished job (its records stay until its owner asks, unlike SLURM's 300 s)."""
@@ -320,7 +321,20 @@ class SQLiteJobStore:
         return True, ""
 
 
-BACKENDS: dict[str, Callable[[str], JobStore]] = {"sqlite": SQLiteJobStore}
+def _sqlite(path: str) -> JobStore:
+    db = Database(path, SCHEMA)
+    os.chmod(path, 0o600)  # it holds the credentials of jobs that may still run
+    db.execute("PRAGMA secure_delete=ON")  # a forgotten credential is overwritten, not left in a free page
+    return SQLJobStore(db)
+
+
+def _postgresql(url: str) -> JobStore:
+    from xos import pg
+
+    return SQLJobStore(pg.Database(url, "jobs", [pg.ddl(SCHEMA)]))
+
+
+BACKENDS: dict[str, Callable[[str], JobStore]] = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 def open_store(url: str) -> JobStore:

@@ -58,6 +58,7 @@ class AemConfig:
     max_output: int = 1 << 30  # bytes of a job's stdout or stderr kept here; the rest is refused
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
     peer_listen: str = ""  # HOST:PORT where nodes push their ads (TLS, node certificates), off when empty
+    db: str = ""  # the job store's URL (default: SQLite in home)
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Aem:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.store = open_store(os.path.join(self.cfg.home, "aem", "jobs.db"))
+        self.store = open_store(self.cfg.db or os.path.join(self.cfg.home, "aem", "jobs.db"))
         self.trust = credential.TrustStore(self.cfg.trust)
         self.revoked: set[str] = set()  # credentials the followed VO services revoked (xos.vo.follow fills it)
         self.host = hostid.HostIdentity(self.cfg.host_dir)

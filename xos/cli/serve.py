@@ -65,6 +65,8 @@ def add(sub: Any) -> None:
     sa.add_argument("--host-dir", help="this host's key, certificate (role aem) and the grid's CA "
                                         "(default $XOS_HOME/host)")
     sa.add_argument("--peer-listen", default="", help="HOST:PORT where nodes push their ads (TLS, node certificates)")
+    sa.add_argument("--db", default="", help="where jobs are kept: a SQLite path (default $XOS_HOME/aem/jobs.db) "
+                                             "or postgresql://USER@HOST/DB")
     sa.add_argument("--node", action="append", default=[], help="NAME=URL of a node's peer API")
     sa.add_argument("--poll", type=float, default=1.0, help="seconds between looks at nodes")
     sa.add_argument("--ad-ttl", type=float, default=30.0, help="seconds a node's ad lives without a refresh")
@@ -197,7 +199,8 @@ def aem(args: argparse.Namespace) -> int:
         nodes[name] = url.rstrip("/")
     asyncio.run(serve_aem(AemConfig(paths.home(), args.listen, args.trust or paths.trust_dir(),
                                     args.host_dir or paths.host_dir(), nodes, args.poll,
-                                    args.ad_ttl, args.mrc, args.max_output, tuple(args.vo_urls), args.peer_listen)))
+                                    args.ad_ttl, args.mrc, args.max_output, tuple(args.vo_urls), args.peer_listen,
+                                    args.db)))
     return 0
 
 
