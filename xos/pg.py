@@ -18,10 +18,10 @@ SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS xos_schema (store TEXT PRIMARY KEY, v
 
 def ddl(schema: str) -> list[str]:
     """A SQLite schema's statements as PostgreSQL takes them: 64-bit integers and floats, sequences for
-    AUTOINCREMENT keys."""
+    integer keys (SQLite numbers those itself, AUTOINCREMENT or not)."""
     out = []
     for statement in filter(str.strip, schema.split(";")):
-        s = re.sub(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b", "BIGSERIAL PRIMARY KEY", statement)
+        s = re.sub(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?\b", "BIGSERIAL PRIMARY KEY", statement)
         s = re.sub(r"\bINTEGER\b", "BIGINT", s)
         out.append(re.sub(r"\bREAL\b", "DOUBLE PRECISION", s).strip())
     return out

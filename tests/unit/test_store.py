@@ -6,13 +6,13 @@ import pytest
 
 from xos.allocation import Allocation
 from xos.errors import IllegalTransition
-from xos.node.store import WORKSPACE, ProcessRecord, SQLiteNodeStore, UsageRecord, WorkspaceRecord
+from xos.node.store import WORKSPACE, ProcessRecord, UsageRecord, WorkspaceRecord, open_store
 from xos.node.store import WorkspaceState as W
 
 
 def test_round_trip_across_reopen(tmp_path):
     path = str(tmp_path / "node.db")
-    s = SQLiteNodeStore(path)
+    s = open_store(path)
     rec = WorkspaceRecord(id="abcd1234", name="a", state="creating", alloc=Allocation(cpu=0.5), uid=1, gid=2,
                           address="198.19.0.2", init_pid=42, init_start=7)
     s.add_workspace(rec)
@@ -22,7 +22,7 @@ def test_round_trip_across_reopen(tmp_path):
     s.end_process(row, 3.0, 0, None, False)
     s.close()
 
-    s = SQLiteNodeStore(path)
+    s = open_store(path)
     [back] = s.workspaces()
     assert back.state == "running" and back.alloc.cpu == 0.5 and back.init_pid == 42
     assert [t[:2] for t in s.transitions("abcd1234")] == [("", "creating"), ("creating", "running")]
@@ -31,7 +31,7 @@ def test_round_trip_across_reopen(tmp_path):
 
 
 def test_live_names_unique_destroyed_kept(tmp_path):
-    s = SQLiteNodeStore(str(tmp_path / "node.db"))
+    s = open_store(str(tmp_path / "node.db"))
     first = WorkspaceRecord(id="1", name="a", state="running", alloc=Allocation(), uid=0, gid=0, address="x")
     s.add_workspace(first)
     with pytest.raises(sqlite3.IntegrityError):

@@ -16,7 +16,7 @@ from xos.fs.layout import Striping
 from xos.fs.mrc import store as catalogue
 from xos.fs.mrc.records import Caller
 from xos.node import store as node_store
-from xos.node.store import WORKSPACE, UsageRecord, WorkspaceRecord
+from xos.node.store import WORKSPACE, ProcessRecord, UsageRecord, WorkspaceRecord
 from xos.node.store import WorkspaceState as W
 from xos.vo import store as vo_store
 
@@ -37,8 +37,8 @@ def _url(request, backend: str, tmp_path, name: str) -> str:
 
 
 @pytest.mark.parametrize("backend", sorted(node_store.BACKENDS))
-def test_node_store(tmp_path, backend) -> None:
-    url = f"{backend}:///{tmp_path}/node.db"
+def test_node_store(request, tmp_path, backend) -> None:
+    url = _url(request, backend, tmp_path, "node")
     s = node_store.open_store(url)
     rec = WorkspaceRecord(id="w1", name="a", state=W.CREATING, alloc=Allocation(cpu=0.5), uid=1, gid=2,
                           address="198.19.0.2")
@@ -52,6 +52,14 @@ def test_node_store(tmp_path, backend) -> None:
     assert (back.state, back.alloc.cpu) == ("running", 0.5)
     assert [t[:2] for t in s.transitions("w1")] == [("", "creating"), ("creating", "running")]
     assert s.usage("a")[0].bytes_in == 9 and s.forwards() == {"198.19.0.9": "https://n2:7200"}
+    s.save_usage(UsageRecord("w1", "a", 1.0, cpu_ns=7, bytes_in=11))  # a later sample replaces the last
+    assert [(u.cpu_ns, u.bytes_in) for u in s.usage("a")] == [(7, 11)]
+    first, second = (s.add_process(ProcessRecord("w1", pid, ["/bin/sh", "-c", "x"], 2.0)) for pid in (40, 41))
+    s.end_process(second, 3.0, None, 9, True)
+    assert first != second and [(p.pid, p.signal, p.oom_killed) for p in s.processes("w1")] == [
+        (40, None, False), (41, 9, True)]
+    s.set_forward("198.19.0.9", None)
+    assert s.forwards() == {}
     s.transition(back, WORKSPACE.step("a", W.RUNNING, W.DESTROYING, "asked"))
     s.transition(back, WORKSPACE.step("a", W.DESTROYING, W.DESTROYED, "gone"))
     assert s.workspaces() == [] and len(s.workspaces(include_destroyed=True)) == 1

@@ -41,6 +41,8 @@ def add(sub: Any) -> None:
     sn.add_argument("--vo-url", action="append", dest="vo_urls", help="VO service to follow for revocations")
     sn.add_argument("--listen", help="HOST:PORT of the peer API: migrations from other nodes")
     sn.add_argument("--host-dir", help="this host's key, certificate and the grid's CA (default $XOS_HOME/host)")
+    sn.add_argument("--db", help="where workspaces and usage are kept: a SQLite path (default $XOS_HOME/node.db) "
+                                 "or postgresql://USER@HOST/DB")
     sn.add_argument("--peer", action="append", dest="peers", help="NAME=URL of another node's peer API")
     sn.add_argument("--site", help="where the node is, for jobs' requirements")
     sn.add_argument("--price", help="price of a CPU-hour here, for ranking and accounting")
@@ -163,7 +165,7 @@ def node(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("name", "subnet", "bridge", "cgroup", "cgroup_root", "cpu",
                                                "memory", "bandwidth", "sample_interval", "pools", "static_map",
                                                "vo_urls", "listen", "host_dir", "peers", "site", "price",
-                                               "aem_urls", "ad_interval", "peer_address")}
+                                               "aem_urls", "ad_interval", "peer_address", "db")}
     default = os.path.join(CONFIG_DIR, "node.toml")
     asyncio.run(serve_node(NodeConfig.load(args.config or (default if os.path.exists(default) else None), overrides)))
     return 0

@@ -47,6 +47,7 @@ class NodeConfig:
     aem_urls: tuple[str, ...] = ()  # job managers' peer URLs this node pushes its ad to (over TLS, as itself)
     ad_interval: float = 10.0  # seconds between pushes of an unchanged ad (a change is pushed at once)
     peer_address: str = ""  # the peer API's URL for others, when --listen does not say (0.0.0.0)
+    db: str = ""  # the node store's URL (default: SQLite in home)
 
     def own_peer_url(self) -> str:
         """Where other nodes and job managers reach this node's peer API."""

@@ -95,7 +95,7 @@ class NodeService(Accounting):
         os.makedirs(cfg.run, mode=0o755, exist_ok=True)
         os.makedirs(WORK, mode=0o755, exist_ok=True)  # the mount point of every workspace's own directory
         if self.store is None:
-            self.store = open_store(os.path.join(cfg.home, "node.db"))
+            self.store = open_store(cfg.db or os.path.join(cfg.home, "node.db"))
         hierarchy = detect(cfg.cgroup)
         hierarchy.prepare(cfg.cgroup_root)
         subnet = network.Subnet.parse(cfg.subnet)

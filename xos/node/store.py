@@ -133,19 +133,22 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE TABLE IF NOT EXISTS forwards (address TEXT PRIMARY KEY, via TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (
-    row INTEGER PRIMARY KEY, ws_id TEXT NOT NULL, pid INTEGER NOT NULL, argv TEXT NOT NULL,
+    "row" INTEGER PRIMARY KEY, ws_id TEXT NOT NULL, pid INTEGER NOT NULL, argv TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, exit_code INTEGER, signal INTEGER, oom_killed INTEGER NOT NULL
 );
 """
 
 ADDED = {"workspaces": {"identity": "TEXT NOT NULL DEFAULT '{}'"}}
+WORKSPACE_COLUMNS = ("id", "name", "state", "alloc", "uid", "gid", "address", "init_pid", "init_start", "created",
+                     "checkpoint", "identity")
 
 
-class SQLiteNodeStore:
-    """NodeStore in one SQLite file in WAL mode."""
+class SQLNodeStore:
+    """NodeStore in SQL both engines speak: a SQLite file in WAL mode (xos.sqlite) or a PostgreSQL database
+    (xos.pg)."""
 
-    def __init__(self, path: str) -> None:
-        self._db = Database(path, SCHEMA, ADDED)
+    def __init__(self, db: Any) -> None:
+        self._db = db
 
     def add_workspace(self, rec: WorkspaceRecord) -> None:
         with self._db.tx() as db:
@@ -154,7 +157,8 @@ class SQLiteNodeStore:
 
     def update_workspace(self, rec: WorkspaceRecord) -> None:
         with self._db.tx() as db:
-            db.execute("REPLACE INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", self._row(rec))
+            db.execute("INSERT INTO workspaces VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                       + ", ".join(f"{c}=excluded.{c}" for c in WORKSPACE_COLUMNS[1:]), self._row(rec))
 
     def transition(self, rec: WorkspaceRecord, t: Transition) -> None:
         with self._db.tx() as db:
@@ -164,38 +168,42 @@ class SQLiteNodeStore:
 
     def workspaces(self, include_destroyed: bool = False) -> list[WorkspaceRecord]:
         q = "SELECT * FROM workspaces" + ("" if include_destroyed else " WHERE state != 'destroyed'")
-        return [self._rec(r) for r in self._db.execute(q + " ORDER BY created")]
+        return [self._rec(r) for r in self._db.rows(q + " ORDER BY created")]
 
     def transitions(self, ws_id: str) -> list[tuple[str, str, float, str]]:
-        return list(self._db.execute("SELECT old, new, at, reason FROM transitions WHERE ws_id=? ORDER BY rowid",
-                                     (ws_id,)))
+        # in the order they were made: one workspace's transitions are made one after the other
+        return [(str(r[0]), str(r[1]), float(r[2]), str(r[3])) for r in self._db.rows(
+            "SELECT old, new, at, reason FROM transitions WHERE ws_id=? ORDER BY at", (ws_id,))]
 
     def save_usage(self, *recs: UsageRecord) -> None:
+        update = ", ".join(f"{c}=excluded.{c}" for c in ("name", "started", "ended", "cpu_ns", "memory_peak",
+                                                           "bytes_in", "bytes_out", "oom_kills", "pids_refused"))
         with self._db.tx() as db:
-            db.executemany("REPLACE INTO usage VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           [(r.ws_id, r.name, r.started, r.ended, r.cpu_ns, r.memory_peak, r.bytes_in, r.bytes_out,
-                             r.oom_kills, r.pids_refused) for r in recs])
+            for r in recs:
+                db.execute(f"INSERT INTO usage VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (ws_id) DO UPDATE SET {update}",
+                           (r.ws_id, r.name, r.started, r.ended, r.cpu_ns, r.memory_peak, r.bytes_in, r.bytes_out,
+                            r.oom_kills, r.pids_refused))
 
     def usage(self, name: str | None = None) -> list[UsageRecord]:
         q, args = "SELECT * FROM usage", ()  # type: tuple[str, tuple[str, ...]]
         if name is not None:
             q, args = q + " WHERE name=?", (name,)
-        return [UsageRecord(*r) for r in self._db.execute(q + " ORDER BY started", args)]
+        return [UsageRecord(*r) for r in self._db.rows(q + " ORDER BY started", args)]
 
     def add_process(self, rec: ProcessRecord) -> int:
         with self._db.tx() as db:
-            cur = db.execute("INSERT INTO processes (ws_id, pid, argv, started, oom_killed) VALUES (?,?,?,?,0)",
-                             (rec.ws_id, rec.pid, json.dumps(rec.argv), rec.started))
-            return int(cur.lastrowid or 0)
+            return int(db.execute('INSERT INTO processes (ws_id, pid, argv, started, oom_killed) VALUES (?,?,?,?,0) '
+                                  'RETURNING "row"', (rec.ws_id, rec.pid, json.dumps(rec.argv), rec.started)
+                                  ).fetchone()[0])
 
     def end_process(self, row: int, ended: float, code: int | None, sig: int | None, oom: bool) -> None:
         with self._db.tx() as db:
-            db.execute("UPDATE processes SET ended=?, exit_code=?, signal=?, oom_killed=? WHERE row=?",
+            db.execute('UPDATE processes SET ended=?, exit_code=?, signal=?, oom_killed=? WHERE "row"=?',
                        (ended, code, sig, int(oom), row))
 
     def processes(self, ws_id: str) -> list[ProcessRecord]:
-        rows = self._db.execute("SELECT ws_id, pid, argv, started, ended, exit_code, signal, oom_killed "
-                                "FROM processes WHERE ws_id=? ORDER BY row", (ws_id,))
+        rows = self._db.rows("SELECT ws_id, pid, argv, started, ended, exit_code, signal, oom_killed "
+                             'FROM processes WHERE ws_id=? ORDER BY "row"', (ws_id,))
         return [ProcessRecord(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
 
     def set_forward(self, address: str, via: str | None) -> None:
@@ -204,11 +212,12 @@ class SQLiteNodeStore:
             if via is None:
                 db.execute("DELETE FROM forwards WHERE address=?", (address,))
             else:
-                db.execute("REPLACE INTO forwards VALUES (?,?)", (address, via))
+                db.execute("INSERT INTO forwards VALUES (?,?) ON CONFLICT (address) DO UPDATE SET via=excluded.via",
+                           (address, via))
 
     def forwards(self) -> dict[str, str]:
         """Addresses of ours that migrated away, and where to."""
-        return dict(self._db.execute("SELECT address, via FROM forwards").fetchall())
+        return {str(a): str(v) for a, v in self._db.rows("SELECT address, via FROM forwards")}
 
     def close(self) -> None:
         self._db.close()
@@ -225,7 +234,17 @@ class SQLiteNodeStore:
                                checkpoint=json.loads(r[10]), identity=json.loads(r[11]))
 
 
-BACKENDS: dict[str, Callable[[str], NodeStore]] = {"sqlite": SQLiteNodeStore}
+def _sqlite(path: str) -> NodeStore:
+    return SQLNodeStore(Database(path, SCHEMA, ADDED))
+
+
+def _postgresql(url: str) -> NodeStore:
+    from xos import pg
+
+    return SQLNodeStore(pg.Database(url, "node", [pg.ddl(SCHEMA)]))
+
+
+BACKENDS: dict[str, Callable[[str], NodeStore]] = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 def open_store(url: str) -> NodeStore:
