@@ -65,7 +65,7 @@ bench: setup
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
 	$(PY) bench/fs.py --out bench/out/fs.json
 	$(PY) bench/fsx.py --ops 200000 --out bench/out/fsx.json
-	$(PY) bench/aem.py --out bench/out/aem.json
+	$(PY) bench/aem.py --db postgresql --out bench/out/aem.json
 
 # The file system's random-operation model for millions of operations (make test runs 10,000 per volume).
 FSX_OPS ?= 1000000

@@ -45,8 +45,9 @@ def jobs(n: int, seed: int = 11) -> list[tuple[str, Wants]]:
     return out
 
 
-def throughput(n_jobs: int) -> dict[str, Any]:
-    """Submit `n_jobs` trivial jobs one after another; time until every one is done."""
+def throughput(n_jobs: int, db: str = "") -> dict[str, Any]:
+    """Submit `n_jobs` trivial jobs one after another; time until every one is done (the job store at `db`, a
+    URL, or SQLite by default)."""
     import asyncio
     import shutil
     import signal
@@ -71,6 +72,7 @@ def throughput(n_jobs: int) -> dict[str, Any]:
             argv = [sys.executable, "-m", "xos", "serve", "aem", "--listen", listen, "--trust", trust.directory,
                     "--host-dir", grid.host_dir("aem", ["aem"], [listen.rpartition(":")[0]]), "--poll", "0.1"]
             argv += [a for n in grid.nodes for a in ("--node", f"{n.name}={n.peer_url}")]
+            argv += ["--db", db] if db else []
             with open(os.path.join(base, "aem.log"), "ab") as log:
                 proc = subprocess.Popen(argv, env={**os.environ, "XOS_HOME": os.path.join(base, "home")},
                                         stdout=log, stderr=log)
@@ -223,6 +225,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["slurm"] = slurm_throughput(args.slurm_jobs)
     if args.jobs_run:
         res["throughput"] = throughput(args.jobs_run)
+        if args.db == "postgresql":  # the same jobs with the job store in PostgreSQL, in the same run
+            from xos.testing.postgres import TestPostgres
+
+            with TestPostgres() as pg:
+                res["throughput_pg"] = throughput(args.jobs_run, pg.url("jobs"))
     ads = node_ads(args.ads)
     m = Matchmaker()
     one = Wants('TARGET.Memory >= 4096 && TARGET.Site == "b"', "-TARGET.Price", (("VO", "bio"),))
@@ -254,10 +261,11 @@ def report(res: dict[str, Any]) -> str:
     lines = []
     tp = res.pop("throughput", None)
     sl = res.pop("slurm", None)
+    tpg = res.pop("throughput_pg", None)
     if tp or sl:
         rows = [("trivial jobs", "jobs", "seconds", "jobs/s", "submit p50 ms", "submit p99 ms", "failed")]
-        for name, r in (("xos job manager, 3 nodes", tp), (f"SLURM 22.05, 1 node of {(sl or {}).get('cpus')} CPUs",
-                                                             sl)):
+        for name, r in (("xos job manager, 3 nodes", tp), ("the same, jobs kept in PostgreSQL", tpg),
+                        (f"SLURM 22.05, 1 node of {(sl or {}).get('cpus')} CPUs", sl)):
             if r:
                 rows.append((name, str(r["jobs"]), f"{r['seconds']:.1f}", f"{r['jobs_per_s']:.1f}",
                              f"{r['submit_p50_ms']:.1f}", f"{r['submit_p99_ms']:.1f}", str(r["failed"])))
@@ -265,6 +273,9 @@ def report(res: dict[str, Any]) -> str:
         if tp:
             lines.append(f"target 50 jobs/s: {tp['jobs_per_s'] / 50:.2f}x; the issue's SLURM figure 5.5 jobs/s -> "
                          f"{tp['jobs_per_s'] / 5.5:.1f}x")
+        if tpg:
+            lines.append(f"PostgreSQL: {tpg['jobs_per_s']:.1f} jobs/s (target 50: {tpg['jobs_per_s'] / 50:.2f}x), "
+                         f"{tpg['jobs_per_s'] / tp['jobs_per_s']:.2f}x SQLite's in this run" if tp else "")
         if tp and sl:
             lines.append(f"xos / SLURM in this run: {tp['jobs_per_s'] / sl['jobs_per_s']:.1f}x jobs per second "
                          "(SLURM submits through sbatch, a process per job; xos through its Python API)")
@@ -278,6 +289,8 @@ def report(res: dict[str, Any]) -> str:
                  "pairs per second")
     if tp:
         res["throughput"] = tp
+    if tpg:
+        res["throughput_pg"] = tpg
     if sl:
         res["slurm"] = sl
     return "\n".join(lines)
@@ -291,6 +304,8 @@ def main() -> int:
     p.add_argument("--naive-jobs", type=int, default=50, help="jobs timed one by one (the rate is per pair)")
     p.add_argument("--jobs-run", type=int, default=1000, help="trivial jobs through the job manager (0: skip)")
     p.add_argument("--slurm-jobs", type=int, default=50, help="trivial jobs through SLURM, the peer (0: skip)")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="postgresql: run the trivial jobs again with the job store in PostgreSQL, beside SQLite")
     p.add_argument("--out")
     args = p.parse_args()
     res = run(args)
