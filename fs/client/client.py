@@ -55,6 +55,7 @@ class Client(ObjectIO):
         self.timeout = timeout
         self.deadline = deadline
         self._idle: dict[str, list[Connection]] = {}
+        self._crl_seen = hostid.crl_taken()  # connections and sessions kept were checked against this list
         self._pool_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xos-fs-io")
         self._opens: dict[int, Open] = {}
@@ -89,6 +90,13 @@ class Client(ObjectIO):
             raise Unavailable(f"{url} is not a TLS (https) address: this grid's file system speaks TLS only")
         while True:
             with self._pool_lock:
+                if self._crl_seen != hostid.crl_taken():  # a newer revocation list: every link checked again
+                    self._crl_seen = hostid.crl_taken()
+                    self._sessions.clear()
+                    for conns in self._idle.values():
+                        for old in conns:
+                            old.close()
+                    self._idle.clear()
                 idle = self._idle.setdefault(netloc, [])
                 c = idle.pop() if idle else None
             if c is None:

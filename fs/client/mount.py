@@ -28,6 +28,7 @@ from xos.fs.client.client import Client, Open, errno_of, row_attrs
 from xos.fs.client.files import Dir, OpenFiles
 from xos.fs.client.made import MADE_BATCH, Unborn
 from xos.fs.layout import ALSO
+from xos.wire import hostid
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +502,16 @@ def xf_py(req: Any, c: Any) -> None:
     _served.dispatch(req, c)
 
 
+CRL_POLL = 2.0  # seconds between looks at the revocation list beside the grid CA's certificate
+
+
+def _follow_crl(ca: str, stopping: threading.Event) -> None:
+    """Take a newer revocation list of the grid's CA as one appears beside its certificate: the OSDs and
+    the MRC whose certificates it names are refused from then on."""
+    while not stopping.wait(CRL_POLL):
+        hostid.refresh_crl(ca)
+
+
 def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allow_other: bool = False,
           sync_close: bool = False) -> None:
     """Serve the mount in this process until it is unmounted.
@@ -515,6 +526,10 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
     _served = fs = GridFS(client, accounts, sync_close=sync_close)
     threads = [threading.Thread(target=fs.sender, name="xos-fs-made", daemon=True),
                threading.Thread(target=fs.recaller, name="xos-fs-recalls", daemon=True)]
+    if client.ca is not None:  # the CA's revocation list beside its certificate, as it changes
+        stop_crl = hostid.on_crl(os.path.dirname(client.ca), lambda path: lib.xf_tls_crl(os.fsencode(path)))
+        threads.append(threading.Thread(target=_follow_crl, args=(client.ca, fs.stopping), name="xos-fs-crl",
+                                        daemon=True))
     for t in threads:
         t.start()
     opts = f"default_permissions,fsname=xos:{volume},subtype=xos,max_read={IO_SIZE}"
@@ -526,3 +541,5 @@ def mount(client: Client, mountpoint: str, accounts: Accounts, volume: str, allo
     finally:
         fs.stop()
         _served = None
+        if client.ca is not None:
+            stop_crl()

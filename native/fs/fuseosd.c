@@ -190,6 +190,25 @@ static struct idle idles[64];
 static int nidle;
 static pthread_mutex_t idle_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static void conn_close(struct conn c);
+
+int xf_tls_crl(const char *path)
+{
+    if (!tls)
+        return -EINVAL;
+    if (SSL_CTX_load_verify_locations(tls, path, NULL) != 1) {
+        ERR_clear_error();
+        return -EINVAL;
+    }
+    X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(tls), X509_V_FLAG_CRL_CHECK);
+    /* connections kept from before were checked against no list, or an older one: made again on next use */
+    pthread_mutex_lock(&idle_lock);
+    while (nidle)
+        conn_close(idles[--nidle].c);
+    pthread_mutex_unlock(&idle_lock);
+    return 0;
+}
+
 static int same_addr(const struct sockaddr_in *a, const struct sockaddr_in *b)
 {
     return a->sin_addr.s_addr == b->sin_addr.s_addr && a->sin_port == b->sin_port;

@@ -96,6 +96,9 @@ uint64_t xf_node_of(uint64_t parent, const char *name);
 /* Reach the OSDs over TLS 1.3 from now on, their certificates checked against the CA in `ca_file` and the
  * address each is reached at. 0, or -errno. */
 int xf_tls(const char *ca_file);
+/* Every handshake from now on also checks the CA's revocation list in `path`; kept connections are dropped.
+ * 0, or -errno. */
+int xf_tls_crl(const char *path);
 /* Small reads of handle `fh` straight from the OSDs in `osds` ("ip:port", NUL after each, one per stripe
  * column of the replica to read), with `headers` ("Name: value\r\n" each): 0, or -errno. */
 int xf_plan(uint64_t fh, const char *fid, const char *headers, uint64_t size, uint32_t stripe, const char *osds,

@@ -307,3 +307,44 @@ def test_a_revoked_node_is_refused_by_the_job_manager_within_5_s() -> None:
                 aem.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_members_clients_and_mounts_refuse_a_revoked_osd_within_seconds() -> None:
+    """A member's client and a running mount check the servers' certificates against the CA's list beside its
+    certificate too: once an OSD's is on it, both refuse that OSD, though they had kept connections and TLS
+    sessions to it (which skip the certificate check when resumed); the MRC, not revoked, goes on."""
+    from xos.errors import XosError
+
+    with FsGrid(osds=1, clients=1) as grid:
+        grid.mkvol("users", replicas=1)
+        data = os.urandom(1 << 20)
+        c: Any = grid.client("users")
+        try:
+            with c.open("/f", "wb") as f:
+                f.write(data)
+            with c.open("/f", "rb") as f:
+                assert f.read() == data  # a kept-alive connection to the OSD, and a session to resume
+            mp = grid.mount(0, "users")
+            with open(os.path.join(mp, "f"), "rb") as f:
+                assert f.read() == data
+            with open(os.path.join(grid.base, "osd0", "host", "host.pem"), "rb") as f:
+                hostid.ca_revoke(grid.ca_dir, f.read())  # beside the CA's certificate the members check against
+            assert hostid.refresh_crl(grid.ca)  # what a new client does, and a mount every few seconds
+            with pytest.raises(XosError):
+                with c.open("/f", "rb") as f:
+                    f.read()
+            assert c.stat("/f")["size"] == len(data)  # the MRC's certificate is good
+
+            def mount_refuses() -> bool:
+                with open("/proc/sys/vm/drop_caches", "w") as dc:
+                    dc.write("1")
+                try:
+                    with open(os.path.join(mp, "f"), "rb") as f:
+                        f.read()
+                except OSError:
+                    return True
+                return False
+
+            wait_for(mount_refuses, 10, "the mount to refuse the revoked OSD")
+        finally:
+            c.close()

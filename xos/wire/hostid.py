@@ -275,6 +275,15 @@ def _arm(ctx: ssl.SSLContext, path: str) -> None:
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
+_taken = 0  # revocation lists taken by this process
+
+
+def crl_taken() -> int:
+    """How many revocation lists this process took: a client that keeps connections or TLS sessions drops
+    them when it changes (they were checked against an older list, or, resumed, against none)."""
+    return _taken
+
+
 def crl_number(directory: str | None) -> int:
     """The number of the newest revocation list of `directory`'s CA taken (0: none, or no directory)."""
     return _held(directory).number if directory else 0
@@ -316,6 +325,8 @@ def take_crl(directory: str, pem: bytes) -> bool:
     fresh = serials - held.serials
     real = os.path.realpath(directory)
     _lists[real] = _Revoked(number, serials, path)
+    global _taken
+    _taken += 1
     for ctx, where in list(_contexts.items()):
         if where == real:
             _arm(ctx, path)
@@ -341,10 +352,33 @@ def ca_file(ca: str | None = None) -> str:
 
 def user_context(ca: str | None = None) -> ssl.SSLContext:
     """For a user's client of a daemon served over TLS: its certificate must come from the grid's CA (`ca`,
-    else $XOS_CA, else $XOS_HOME/host/ca.pem) and name the host the URL names."""
-    ctx = ssl.create_default_context(cafile=ca_file(ca))
+    else $XOS_CA, else $XOS_HOME/host/ca.pem), name the host the URL names, and not be on the CA's revocation
+    list where one lies beside the CA's certificate (a host directory's, which its daemons keep current)."""
+    path = ca_file(ca)
+    ctx = ssl.create_default_context(cafile=path)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    _contexts[ctx] = os.path.realpath(os.path.dirname(path))
+    refresh_crl(path)
+    if (held := _held(os.path.dirname(path)).path) is not None:
+        _arm(ctx, held)
     return ctx
+
+
+def refresh_crl(ca: str) -> bool:
+    """Take the revocation list beside the CA certificate `ca` if there is a newer one than held (a
+    long-lived client asks now and then); whether it took one. A list that cannot be read or is not the
+    CA's changes nothing."""
+    directory = os.path.dirname(ca)
+    try:
+        with open(os.path.join(directory, CRL), "rb") as f:
+            pem = f.read(MAX_CRL)
+        if os.path.realpath(os.path.join(directory, "ca.pem")) != os.path.realpath(ca):
+            return False  # a CA certificate named otherwise: its list is not known to be this one
+        return take_crl(directory, pem)
+    except (OSError, InvalidInput, PermissionDenied) as e:
+        if not isinstance(e, FileNotFoundError):
+            log.warning("revocation list beside %s not taken: %s", ca, e)
+        return False
 
 
 @dataclass(frozen=True)
