@@ -63,7 +63,7 @@ bench: setup
 	$(PY) bench/workspace.py --out bench/out/workspace.json
 	$(PY) bench/identity.py --out bench/out/identity.json
 	$(PY) bench/checkpoint.py --out bench/out/checkpoint.json
-	$(PY) bench/fs.py --out bench/out/fs.json
+	$(PY) bench/fs.py --db postgresql --out bench/out/fs.json
 	$(PY) bench/fsx.py --ops 200000 --out bench/out/fsx.json
 	$(PY) bench/aem.py --db postgresql --out bench/out/aem.json
 

@@ -8,7 +8,9 @@ peer, and creates by three xos mounts on three client hosts in one directory and
 Targets: sequential read and write at least half the local disk's; every figure ahead of sshfs; at
 least 5,000 creates/s; each real program ahead of sshfs and within 5x of the local disk; at least
 3,000 creates/s from three mounts in one directory. The peers take turns for --runs rounds and each figure is its
-peer's best. Prints a table, writes JSON with --out (every round's figures too).
+peer's best. After them the same workload on a plaintext grid (what TLS costs) and, with --db postgresql,
+creates and stats with the MRC's catalogue in PostgreSQL (target: at least 2,000 creates/s). Prints a table,
+writes JSON with --out (every round's figures too).
 """
 
 from __future__ import annotations
@@ -277,6 +279,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 os.mkdir(d)
                 results["rounds"]["xos plaintext"].append(workload(d, args.mib, args.files, args.rand_seconds))
             plain.umount(pmp)
+        if args.db == "postgresql":  # the MRC's catalogue in PostgreSQL: the metadata figures it moves
+            from xos.testing.postgres import TestPostgres
+
+            with TestPostgres() as pg, FsGrid(osds=3, clients=1, db=pg.url("catalogue")) as pgrid:
+                pgrid.mkvol("bench")
+                gmp = pgrid.mount(0, "bench")
+                results["metadata on postgresql rounds"] = []
+                for i in range(args.runs):
+                    d = os.path.join(gmp, f"round{i}")
+                    os.mkdir(d)
+                    m: dict[str, float] = {}
+                    m["creates/s 1 dir"], m["stats/s 1 dir"] = creates_and_stats(d, args.files, 1)
+                    m["creates/s 10 dirs"], m["stats/s 10 dirs"] = creates_and_stats(d, args.files, 10)
+                    results["metadata on postgresql rounds"].append(m)
+                pgrid.umount(gmp)
+            rounds = results["metadata on postgresql rounds"]
+            results["metadata on postgresql"] = {k: max(r[k] for r in rounds) for k in rounds[0]}
     finally:
         shutil.rmtree(local, ignore_errors=True)
     for peer, rounds in results["rounds"].items():
@@ -310,6 +329,14 @@ def report(r: dict[str, Any]) -> str:
         met = all(x[k] / plain[k] >= (0.9 if k.startswith(("creates", "stats")) else 0.8) for k in keys)
         lines += ["", "what TLS costs (the same workload on a grid without it):"] + table(rows)
         lines.append(f"targets met: {'yes' if met else 'NO'}")
+    if "metadata on postgresql" in r:
+        pg = r["metadata on postgresql"]
+        rows = [("measure", "catalogue in SQLite", "in PostgreSQL", "PostgreSQL/SQLite")]
+        rows += [(k, f"{x[k]:.0f}", f"{pg[k]:.0f}", f"{pg[k] / x[k]:.2f}") for k in pg]
+        lines += ["", "the MRC's catalogue in PostgreSQL (the same creates and stats):"] + table(rows)
+        lines.append(f"target >= 2000 creates/s on PostgreSQL: {pg['creates/s 1 dir']:.0f} (1 dir), "
+                     f"{pg['creates/s 10 dirs']:.0f} (10 dirs): "
+                     f"{'yes' if min(pg['creates/s 1 dir'], pg['creates/s 10 dirs']) >= 2000 else 'NO'}")
     p = r["programs"]
     rows = [("real program (s, best)", "local disk", "sshfs", "xos", "xos/local", "xos/sshfs")]
     for k in p["local disk"]:
@@ -335,6 +362,8 @@ def main() -> int:
     p.add_argument("--rand-seconds", type=float, default=5.0)
     p.add_argument("--runs", type=int, default=3, help="rounds per peer; each figure is the best")
     p.add_argument("--shared-files", type=int, default=1500, help="files per mount in the shared-directory rows")
+    p.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="postgresql: creates and stats again with the MRC's catalogue in PostgreSQL, beside SQLite")
     p.add_argument("--out")
     args = p.parse_args()
     results = run(args)

@@ -23,7 +23,8 @@ def ddl(schema: str) -> list[str]:
     for statement in filter(str.strip, schema.split(";")):
         s = re.sub(r"\bINTEGER PRIMARY KEY( AUTOINCREMENT)?\b", "BIGSERIAL PRIMARY KEY", statement)
         s = re.sub(r"\bINTEGER\b", "BIGINT", s)
-        out.append(re.sub(r"\bREAL\b", "DOUBLE PRECISION", s).strip())
+        s = re.sub(r"\bBLOB\b", "BYTEA", re.sub(r"\)\s*WITHOUT ROWID\s*$", ")", s.strip()))
+        out.append(re.sub(r"\bREAL\b", "DOUBLE PRECISION", s))
     return out
 
 
@@ -44,6 +45,22 @@ class Connection:
         return self.conn.execute(_pg(sql), args)
 
 
+class _Rows:
+    """What a read outside a transaction returned, fetched whole (its connection went back to the pool)."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._rows)
+
+
 class Database:
     """A PostgreSQL database at `url` (postgresql://USER@HOST/DB, or ?host=/socket/dir), holding the tables of
     `store`: `steps` are its schema's versions in order, each a list of statements, applied once each."""
@@ -53,6 +70,7 @@ class Database:
         from psycopg_pool import ConnectionPool
 
         self._errors = (psycopg.OperationalError, psycopg.InterfaceError)
+        self.integrity = (psycopg.errors.IntegrityError,)  # what a statement breaking a constraint raises
         try:  # once by hand first: the server's own reason now, not a pool's timeout later
             psycopg.connect(url, connect_timeout=10).close()
         except (psycopg.Error, ValueError) as e:
@@ -90,9 +108,33 @@ class Database:
             raise Unavailable(f"PostgreSQL: {e}") from None
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """What a read returns."""
-        with self.tx() as db:
-            return list(db.execute(sql, args).fetchall())
+        """What a read returns (one statement in autocommit: no BEGIN and COMMIT around it)."""
+        try:
+            with self.pool.connection() as conn:
+                return list(conn.execute(_pg(sql), args).fetchall())
+        except self._errors as e:
+            raise Unavailable(f"PostgreSQL: {e}") from None
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
+        """A read outside a transaction, as SQLite's connection gives one (fetchone, fetchall, iteration)."""
+        return _Rows(self.rows(sql, args))
+
+    async def durable(self) -> None:
+        """Every transaction committed is on stable storage already (synchronous_commit)."""
+
+    def reserve(self, tx: Connection, table: str, n: int) -> int:
+        """Keep the next `n` numbers of `table`'s key sequence from every insert that does not name them; the
+        last number before them."""
+        key = tx.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND "
+                         "a.attnum = ANY(i.indkey) WHERE i.indrelid = ?::regclass AND i.indisprimary",
+                         (table,)).fetchone()[0]
+        seq = tx.execute("SELECT pg_get_serial_sequence(?, ?)", (table, key)).fetchone()[0]
+        self.lock(tx, table)
+        used = tx.execute(f"SELECT last_value, is_called FROM {seq}").fetchone()
+        top = max(int(used[0]) if used[1] else 0, int(tx.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}")
+                                                      .fetchone()[0]))
+        tx.execute("SELECT setval(?, ?)", (seq, top + n))
+        return top
 
     def lock(self, db: Connection, table: str) -> None:
         """Writers of `table` wait for this transaction to end; readers do not (a sequence numbers rows in

@@ -59,6 +59,20 @@ class Database:
     def lock(self, db: sqlite3.Connection, table: str) -> None:
         """Writers of `table` wait for this transaction: they do already (one writer at a time)."""
 
+    integrity = (sqlite3.IntegrityError,)  # what a statement breaking a constraint raises
+
+    def reserve(self, tx: sqlite3.Connection, table: str, n: int) -> int:
+        """Keep the next `n` numbers of `table`'s AUTOINCREMENT key from every insert that does not name
+        them; the last number before them."""
+        row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name=?", (table,)).fetchone()
+        key = tx.execute(f"SELECT name FROM pragma_table_info('{table}') WHERE pk=1").fetchone()[0]
+        top = max(row[0] if row else 0, tx.execute(f"SELECT MAX({key}) FROM {table}").fetchone()[0] or 0)
+        if row:
+            tx.execute("UPDATE sqlite_sequence SET seq=? WHERE name=?", (top + n, table))
+        else:
+            tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, top + n))
+        return int(top)
+
     def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
         """A read (or a single autocommitted statement)."""
         return self.conn.execute(sql, args)

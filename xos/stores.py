@@ -1,7 +1,7 @@
 """Stores chosen by URL. Every daemon keeps its state behind a Protocol (node.store.NodeStore, vo.store.VOStore,
 aem.jobs.JobStore, fs.mrc.catalogue.Catalogue) with its implementations registered by scheme in that module's
 BACKENDS; SQLite (`sqlite:///PATH`, or a plain path) is the default, so one machine needs no server; PostgreSQL
-(`postgresql://...`, xos.pg: the VO, job and node stores) keeps it on a server."""
+(`postgresql://...`, xos.pg) keeps it on a server."""
 
 from __future__ import annotations
 

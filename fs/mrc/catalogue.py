@@ -1,13 +1,13 @@
-"""The MRC's catalogue: volumes, the directory tree, metadata, replica lists and the OSD registry, in SQLite.
+"""The MRC's catalogue: volumes, the directory tree, metadata, replica lists and the OSD registry, in SQLite
+or PostgreSQL (the SQL both speak; xos.pg).
 
-Every namespace change is one IMMEDIATE transaction, so a rename is atomic and an MRC killed
-with SIGKILL keeps everything it acknowledged (WAL; SQLite commits before the answer leaves).
+Every namespace change is one transaction (IMMEDIATE in SQLite), so a rename is atomic and an MRC killed
+with SIGKILL keeps everything it acknowledged (the MRC answers once the commit is on disk).
 """
 
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -29,10 +29,8 @@ from xos.errors import (
 from xos.fs.layout import INLINE_MAX
 from xos.fs.mrc.records import (
     COLUMNS,
-    LISTING_VERSION,
     MAX_LINKS,
     MAX_XATTR,
-    SCHEMA,
     SPECIAL,
     Caller,
     Inode,
@@ -45,16 +43,13 @@ from xos.fs.mrc.records import (
     split,
 )
 from xos.fs.mrc.volumes import VolumeTable
-from xos.sqlite import Database
 
 
-class SQLiteCatalogue(VolumeTable):
-    """Volumes, namespace and replica lists of one MRC."""
+class SQLCatalogue(VolumeTable):
+    """Volumes, namespace and replica lists of one MRC, in a SQLite file or a PostgreSQL database (`db`)."""
 
-    def __init__(self, path: str) -> None:
-        self.db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0",
-                                                     "rdev": "INTEGER NOT NULL DEFAULT 0"}}, group=True)
-        self.db.conn.executescript(LISTING_VERSION)
+    def __init__(self, db: Any) -> None:
+        self.db = db
         self._volumes: dict[str, Volume] = {}
         # Called with a directory's inode before its names are read or changed: raises when another
         # client holds them (a lease) and must hand them back first (the MRC's Leases.check).
@@ -65,13 +60,13 @@ class SQLiteCatalogue(VolumeTable):
 
     # lookups
 
-    def _get(self, ino: int, conn: sqlite3.Connection | None = None) -> Inode:
-        row = (conn or self.db.conn).execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=?", (ino,)).fetchone()
+    def _get(self, ino: int, conn: Any = None) -> Inode:
+        row = (conn or self.db).execute(f"SELECT {COLUMNS} FROM inodes WHERE ino=?", (ino,)).fetchone()
         if row is None:
             raise NoSuchFile(f"no inode {ino}")
         return Inode(*row)
 
-    def _child(self, conn: sqlite3.Connection, parent: Inode, name: str, c: Caller) -> Inode | None:
+    def _child(self, conn: Any, parent: Inode, name: str, c: Caller) -> Inode | None:
         if not parent.is_dir:
             raise NotADirectory(f"inode {parent.ino} is not a directory")
         may(parent, c, X)
@@ -80,7 +75,7 @@ class SQLiteCatalogue(VolumeTable):
                            "AND name=?)", (parent.ino, name)).fetchone()
         return Inode(*row) if row else None
 
-    def _walk(self, conn: sqlite3.Connection, vol: Volume, parts: list[str], c: Caller) -> Inode:
+    def _walk(self, conn: Any, vol: Volume, parts: list[str], c: Caller) -> Inode:
         node = self._get(vol.root, conn)
         for i, p in enumerate(parts):
             nxt = self._child(conn, node, p, c)
@@ -89,11 +84,11 @@ class SQLiteCatalogue(VolumeTable):
             node = nxt
         return node
 
-    def resolve(self, volume: str, path: str, c: Caller, conn: sqlite3.Connection | None = None) -> Inode:
+    def resolve(self, volume: str, path: str, c: Caller, conn: Any = None) -> Inode:
         """The inode at `path`; no symlinks are followed (the kernel does that)."""
-        return self._walk(conn or self.db.conn, self.volume(volume), split(path), c)
+        return self._walk(conn or self.db, self.volume(volume), split(path), c)
 
-    def _parent(self, conn: sqlite3.Connection, volume: str, path: str, c: Caller) -> tuple[Inode, str]:
+    def _parent(self, conn: Any, volume: str, path: str, c: Caller) -> tuple[Inode, str]:
         parts = split(path)
         if not parts:
             raise BadPath("the volume's root has no parent")
@@ -120,9 +115,11 @@ class SQLiteCatalogue(VolumeTable):
         self.guard(node.ino, c)
         version = self.listing_version(node.ino)
         rows = self.db.execute("SELECT d.name, i.ino, i.mode, i.owner, i.grp, i.size, i.nlink, i.atime, i.mtime, "
-                               "i.ctime, i.inline IS NOT NULL, COALESCE(i.readonly, 0) != 0, i.rdev FROM dentries d "
+                               "i.ctime, CASE WHEN i.inline IS NULL THEN 0 ELSE 1 END, "
+                               "CASE WHEN COALESCE(i.readonly, 0) != 0 THEN 1 ELSE 0 END, i.rdev FROM dentries d "
                                "JOIN inodes i ON i.ino=d.ino WHERE d.parent=? ORDER BY d.name", (node.ino,))
-        return version, [list(r) for r in rows]
+        # by code point whatever the engine's collation (PostgreSQL's follows the locale): sorted already in SQLite
+        return version, sorted((list(r) for r in rows), key=lambda r: str(r[0]))
 
     def listing_version(self, ino: int) -> int:
         """The count of changes to what directory `ino`'s listing shows."""
@@ -142,7 +139,7 @@ class SQLiteCatalogue(VolumeTable):
 
     # namespace changes
 
-    def _new(self, tx: sqlite3.Connection, volume: str, parent: Inode, name: str, mode: int, c: Caller,
+    def _new(self, tx: Any, volume: str, parent: Inode, name: str, mode: int, c: Caller,
              target: str | None = None, inline: bytes | None = None, ino: int | None = None,
              when: float | None = None, rdev: int = 0) -> Inode:
         if c.rights.find("w") < 0:
@@ -155,13 +152,15 @@ class SQLiteCatalogue(VolumeTable):
         is_dir = stat.S_ISDIR(mode)
         # setgid directories pass their group on, as on any POSIX file system
         grp = parent.grp if parent.mode & stat.S_ISGID else c.vo
-        cur = tx.execute(
-            "INSERT INTO inodes (ino, volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, "
-            "target, inline, stripe_size, stripe_width, rdev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (ino, volume, secrets.token_hex(16), mode, c.who, grp,
+        # The number: the one a lease holder reserved, else the key's next (a NULL is no number in PostgreSQL).
+        named = ("ino, ", "?,", (ino,)) if ino is not None else ("", "", ())
+        ino = int(tx.execute(
+            f"INSERT INTO inodes ({named[0]}volume, fid, mode, owner, grp, size, nlink, atime, mtime, ctime, parent, "
+            f"target, inline, stripe_size, stripe_width, rdev) VALUES ({named[1]}?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "RETURNING ino",
+            (*named[2], volume, secrets.token_hex(16), mode, c.who, grp,
              len(target.encode()) if target else len(inline or b""), 2 if is_dir else 1, now, now, now,
-             parent.ino if is_dir else 0, target, inline, vol.striping.size, vol.striping.width, rdev))
-        ino = int(cur.lastrowid or 0)
+             parent.ino if is_dir else 0, target, inline, vol.striping.size, vol.striping.width, rdev)).fetchone()[0])
         tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, name, ino))
         tx.execute("UPDATE inodes SET mtime=?, ctime=?, nlink=nlink+? WHERE ino=?",
                    (now, now, 1 if is_dir else 0, parent.ino))
@@ -174,7 +173,7 @@ class SQLiteCatalogue(VolumeTable):
             node = self._new(tx, volume, parent, name, stat.S_IFDIR | (mode & 0o7777), c)
             return {**node.attrs(), "dirs": self._dirs(tx, parent.ino)}
 
-    def _dirs(self, tx: sqlite3.Connection, *inos: int) -> list[dict[str, Any]]:
+    def _dirs(self, tx: Any, *inos: int) -> list[dict[str, Any]]:
         """The attributes of the directories a change of names touched, as they are after it: a mount
         sets them at once, instead of asking for them when its kernel checks permissions next."""
         return [self._get(ino, tx).attrs() for ino in inos]
@@ -240,10 +239,7 @@ class SQLiteCatalogue(VolumeTable):
                 mode = stat.S_IFREG | (mode & 0o7777)
                 data = content.data if content is not None else b""
                 try:
-                    try:
-                        node = self._new(tx, volume, parent, name, mode, c, inline=data, ino=ino, when=when)
-                    except sqlite3.IntegrityError:  # that number is taken after all: any other
-                        node = self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
+                    node = self._new_numbered(tx, volume, parent, name, mode, c, data, ino, when)
                     made[name] = node.ino
                 except FileExists as e:
                     there = self._child(tx, parent, name, c)
@@ -258,19 +254,33 @@ class SQLiteCatalogue(VolumeTable):
             versions = [before, self._cver(tx, parent.ino)]
         return {"made": made, "refused": refused, "dir_version": versions}
 
+    def _new_numbered(self, tx: Any, volume: str, parent: Inode, name: str, mode: int, c: Caller, data: bytes,
+                      ino: int | None, when: float) -> Inode:
+        """A made file under the number its maker gave it, or (taken after all) under any other."""
+        if ino is None:
+            return self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
+        tx.execute("SAVEPOINT numbered")  # a refused insert leaves the rest of the batch's transaction usable
+        try:
+            node = self._new(tx, volume, parent, name, mode, c, inline=data, ino=ino, when=when)
+        except self.db.integrity:
+            tx.execute("ROLLBACK TO SAVEPOINT numbered")
+            tx.execute("RELEASE SAVEPOINT numbered")
+            return self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
+        except BaseException:
+            tx.execute("ROLLBACK TO SAVEPOINT numbered")
+            tx.execute("RELEASE SAVEPOINT numbered")
+            raise
+        tx.execute("RELEASE SAVEPOINT numbered")
+        return node
+
     def reserve(self, n: int) -> range:
         """`n` inode numbers no create will take but one that names them (a lease holder's own creates)."""
         with self.db.tx() as tx:
-            row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name='inodes'").fetchone()
-            top = max(row[0] if row else 0, tx.execute("SELECT MAX(ino) FROM inodes").fetchone()[0] or 0)
-            if row:
-                tx.execute("UPDATE sqlite_sequence SET seq=? WHERE name='inodes'", (top + n,))
-            else:
-                tx.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('inodes', ?)", (top + n,))
+            top = self.db.reserve(tx, "inodes", n)
         return range(top + 1, top + n + 1)
 
     @staticmethod
-    def _cver(conn: sqlite3.Connection, ino: int) -> int:
+    def _cver(conn: Any, ino: int) -> int:
         return int(conn.execute("SELECT cver FROM inodes WHERE ino=?", (ino,)).fetchone()[0])
 
     def symlink(self, volume: str, target: str, path: str, c: Caller) -> dict[str, Any]:
@@ -305,7 +315,7 @@ class SQLiteCatalogue(VolumeTable):
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
             return {**self._get(node.ino, tx).attrs(), "dirs": self._dirs(tx, parent.ino)}
 
-    def _drop_link(self, tx: sqlite3.Connection, node: Inode) -> None:
+    def _drop_link(self, tx: Any, node: Inode) -> None:
         if node.nlink > 1 and not node.is_dir:
             tx.execute("UPDATE inodes SET nlink=nlink-1, ctime=? WHERE ino=?", (time.time(), node.ino))
             return
@@ -535,7 +545,8 @@ class SQLiteCatalogue(VolumeTable):
                 raise FileExists(f"attribute {name} exists")
             if flags == 2 and not have:  # XATTR_REPLACE
                 raise NoSuchAttribute(f"no attribute {name}")
-            tx.execute("INSERT OR REPLACE INTO xattrs VALUES (?,?,?)", (node.ino, name, value))
+            tx.execute("INSERT INTO xattrs VALUES (?,?,?) ON CONFLICT (ino, name) DO UPDATE SET value=excluded.value",
+                       (node.ino, name, value))
             tx.execute("UPDATE inodes SET ctime=? WHERE ino=?", (time.time(), node.ino))
 
     def getxattr(self, volume: str, path: str, name: str, c: Caller) -> bytes:

@@ -4,28 +4,27 @@ where a file's replicas go and its replica list, and the objects of deleted file
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from xos.errors import InvalidInput, NoSpace
 from xos.fs.layout import Replica, Striping, Xloc
 from xos.fs.mrc.records import COLUMNS, Inode
-from xos.sqlite import Database
 
 
 class OsdRegistry:
     """The osds and orphans tables of the catalogue's database, and the replica lists of its inodes."""
 
-    db: Database
+    db: Any  # xos.sqlite's or xos.pg's Database
 
-    def _get(self, ino: int, conn: sqlite3.Connection | None = None) -> Inode:
+    def _get(self, ino: int, conn: Any = None) -> Inode:
         raise NotImplementedError  # the catalogue's
     grace = 10.0  # seconds without a heartbeat after which an OSD counts as gone
 
     def heartbeat(self, osd: str, url: str, capacity: int, free: int, load: float) -> None:
         with self.db.tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO osds VALUES (?,?,?,?,?,?)",
+            tx.execute("INSERT INTO osds VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET url=excluded.url, "
+                       "capacity=excluded.capacity, free=excluded.free, load=excluded.load, seen=excluded.seen",
                        (osd, url, capacity, free, load, time.time()))
 
     def osds(self) -> list[dict[str, Any]]:
@@ -116,10 +115,11 @@ class OsdRegistry:
                                "WHERE i.xloc IS NOT NULL").fetchall()
         return [(Inode(*r[:-1]), r[-1]) for r in rows]
 
-    def _orphan(self, tx: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
+    def _orphan(self, tx: Any, sql: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
         gone = []
         for fid, xloc in tx.execute(sql, args).fetchall():
             osds = json.dumps(sorted(Xloc.from_json(json.loads(xloc)).osds()))
-            tx.execute("INSERT OR REPLACE INTO orphans VALUES (?,?,?)", (fid, osds, time.time()))
+            tx.execute("INSERT INTO orphans VALUES (?,?,?) ON CONFLICT (fid) DO UPDATE SET osds=excluded.osds, "
+                       "since=excluded.since", (fid, osds, time.time()))
             gone.append((fid, osds))
         return gone

@@ -45,6 +45,20 @@ CREATE TRIGGER IF NOT EXISTS listing_remove AFTER DELETE ON dentries
     BEGIN UPDATE inodes SET cver = cver + 1 WHERE ino = OLD.parent; END;
 """
 
+# The same in PostgreSQL (its triggers call functions). The bumps set only cver, which none of them watches.
+LISTING_VERSION_PG = [
+    "CREATE FUNCTION xos_listing_attrs() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE inodes SET cver = "
+    "cver + 1 WHERE ino IN (SELECT parent FROM dentries WHERE ino = NEW.ino); RETURN NULL; END $$",
+    "CREATE TRIGGER listing_attrs AFTER UPDATE OF mode, owner, grp, size, nlink, atime, mtime, ctime, inline, "
+    "readonly ON inodes FOR EACH ROW EXECUTE FUNCTION xos_listing_attrs()",
+    "CREATE FUNCTION xos_listing_add() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE inodes SET cver = "
+    "cver + 1 WHERE ino = NEW.parent; RETURN NULL; END $$",
+    "CREATE TRIGGER listing_add AFTER INSERT ON dentries FOR EACH ROW EXECUTE FUNCTION xos_listing_add()",
+    "CREATE FUNCTION xos_listing_remove() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE inodes SET cver = "
+    "cver + 1 WHERE ino = OLD.parent; RETURN NULL; END $$",
+    "CREATE TRIGGER listing_remove AFTER DELETE ON dentries FOR EACH ROW EXECUTE FUNCTION xos_listing_remove()",
+]
+
 MAX_NAME = 255
 SPECIAL = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 MAX_XATTR = 64 << 10

@@ -44,6 +44,7 @@ class MrcConfig:
     idle: float = 3600.0  # replicas beyond the policy unread this long are dropped
     vo_urls: tuple[str, ...] = ()  # VO services whose revocations are followed: their credentials refused
     tls: HostIdentity | None = None  # this host's certificate, for TLS on every link (None: plain, in tests)
+    db: str = ""  # the catalogue's URL (default: SQLite in home)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -80,7 +81,7 @@ class MRC:
 
     def __init__(self, cfg: MrcConfig) -> None:
         self.cfg = cfg
-        self.cat = open_store(os.path.join(cfg.home, "mrc.db"))
+        self.cat = open_store(cfg.db or os.path.join(cfg.home, "mrc.db"))
         self.cat.grace = cfg.grace
         self.auth = Authenticator(cfg.trust, plaintext=cfg.tls is None)
         self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)

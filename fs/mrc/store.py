@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 from xos import stores
 from xos.fs.layout import Replica, Striping, Xloc
-from xos.fs.mrc.catalogue import SQLiteCatalogue
-from xos.fs.mrc.records import Caller, Inode, Made, Volume
+from xos.fs.mrc.catalogue import SQLCatalogue
+from xos.fs.mrc.records import LISTING_VERSION, LISTING_VERSION_PG, SCHEMA, Caller, Inode, Made, Volume
 
 
 class Catalogue(Protocol):
@@ -69,7 +69,22 @@ class Catalogue(Protocol):
     def replicated(self) -> list[tuple[Inode, int]]: ...
 
 
-BACKENDS: dict[str, Callable[[str], Catalogue]] = {"sqlite": SQLiteCatalogue}
+def _sqlite(path: str) -> Catalogue:
+    from xos.sqlite import Database
+
+    db = Database(path, SCHEMA, {"inodes": {"cver": "INTEGER NOT NULL DEFAULT 0",
+                                            "rdev": "INTEGER NOT NULL DEFAULT 0"}}, group=True)
+    db.conn.executescript(LISTING_VERSION)
+    return SQLCatalogue(db)
+
+
+def _postgresql(url: str) -> Catalogue:
+    from xos import pg
+
+    return SQLCatalogue(pg.Database(url, "catalogue", [pg.ddl(SCHEMA) + LISTING_VERSION_PG]))
+
+
+BACKENDS: dict[str, Callable[[str], Catalogue]] = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 def open_store(url: str) -> Catalogue:

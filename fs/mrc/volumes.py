@@ -31,12 +31,11 @@ class VolumeTable(OsdRegistry):
         with self.db.tx() as tx:
             if tx.execute("SELECT 1 FROM volumes WHERE name=?", (name,)).fetchone():
                 raise FileExists(f"volume {name!r} exists")
-            cur = tx.execute(
+            root = int(tx.execute(
                 "INSERT INTO inodes (volume, fid, mode, owner, grp, nlink, atime, mtime, ctime, stripe_size, "
-                "stripe_width) VALUES (?,?,?,?,?,2,?,?,?,?,?)",
+                "stripe_width) VALUES (?,?,?,?,?,2,?,?,?,?,?) RETURNING ino",
                 (name, secrets.token_hex(16), stat.S_IFDIR | mode, owner, vo, now, now, now, striping.size,
-                 striping.width))
-            root = int(cur.lastrowid or 0)
+                 striping.width)).fetchone()[0])
             tx.execute("INSERT INTO volumes VALUES (?,?,?,?,?,?,?,?)",
                        (name, vo, json.dumps(acl), striping.size, striping.width, replicas, root, now))
         self._volumes.pop(name, None)

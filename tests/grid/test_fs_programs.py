@@ -1,5 +1,6 @@
 """Real programs on a grid mount, each checked by what it leaves: cp -a and diff -r, tar out and back,
-git, SQLite in WAL mode, and a C build with make. bench/fs.py times the same beside the local disk and sshfs."""
+git, SQLite in WAL mode, and a C build with make, with the MRC's catalogue in SQLite and in PostgreSQL.
+bench/fs.py times the same beside the local disk and sshfs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ from xos.testing.fsgrid import fs_grid
 SOURCES = ("json", "email", "xml")  # about 120 files of Python's standard library
 
 
-@pytest.fixture(scope="module")
-def mnt():
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def mnt(request):
+    """A mount of a volume whose MRC keeps its catalogue in SQLite, and one whose MRC keeps it in PostgreSQL
+    (these programs are the file-system tests run on both engines)."""
+    if request.param == "postgresql":
+        from xos.testing.postgres import TestPostgres
+
+        with TestPostgres() as pg, fs_grid({"programs": {"replicas": 2}}, osds=2, clients=1,
+                                           db=pg.url("catalogue")) as g:
+            yield g.mount(0, "programs")
+        return
     with fs_grid({"programs": {"replicas": 2}}, osds=2, clients=1) as g:
         yield g.mount(0, "programs")
 

@@ -127,8 +127,8 @@ def test_job_store(request, tmp_path, backend) -> None:
 
 
 @pytest.mark.parametrize("backend", sorted(catalogue.BACKENDS))
-def test_catalogue(tmp_path, backend) -> None:
-    url = f"{backend}:///{tmp_path}/mrc.db"
+def test_catalogue(request, tmp_path, backend) -> None:
+    url = _url(request, backend, tmp_path, "mrc")
     me = Caller("alice@bio", "bio")
     c = catalogue.open_store(url)
     c.create_volume("data", "bio", "alice@bio", {}, Striping(1 << 20, 1), 1)
@@ -160,6 +160,63 @@ def test_catalogue(tmp_path, backend) -> None:
     assert first["made"] == again["made"] == {"m": ino} and again["refused"] == {}
     other = c.made("data", root, [("m", ino + 1, 0o644, 1.0, None)], me)  # another file by that name
     assert other["made"] == {} and "m" in other["refused"]
+    c.close()
+
+
+@pytest.mark.parametrize("backend", sorted(catalogue.BACKENDS))
+def test_catalogue_versions_numbers_and_replicas(request, tmp_path, backend) -> None:
+    """What the MRC relies on beyond names: listing versions bumped by every change a listing shows, reserved
+    inode numbers, a made file whose number was taken meanwhile, content and times, replica lists, OSDs and
+    the orphans of a removed volume."""
+    from xos.fs.layout import Replica
+    from xos.fs.mrc.records import Made
+
+    me = Caller("alice@bio", "bio")
+    c = catalogue.open_store(_url(request, backend, tmp_path, "mrc2"))
+    c.create_volume("v", "bio", "alice@bio", {}, Striping(1 << 20, 1), 1)
+    root = c.getattr("v", "/", me)["ino"]
+    v0 = c.dir_version("v", "/", me)
+    for name in ("b", "a", "Z", "é", "_"):
+        c.create("v", f"/{name}", 0o644, me)
+    v1 = c.dir_version("v", "/", me)
+    assert v1 >= v0 + 5
+    assert [r[0] for r in c.readdir("v", "/", me)[1]] == sorted(["b", "a", "Z", "é", "_"])  # by code point
+    c.setattr("v", "/a", me, mode=0o600)
+    assert c.dir_version("v", "/", me) > v1  # an attribute the listing shows
+    c.symlink("v", "target", "/s", me)
+    c.mknod("v", "/p", stat.S_IFIFO | 0o644, 0, me)
+    assert c.readlink("v", "/s", me) == "target" and stat.S_ISFIFO(c.getattr("v", "/p", me)["mode"])
+    nums = c.reserve(8)
+    assert list(c.reserve(8))[0] > nums[-1]  # never handed out twice
+    c.create("v", "/other", 0o644, me)
+    assert c.getattr("v", "/other", me)["ino"] not in nums  # a create that names no number takes none of them
+    taken = c.getattr("v", "/a", me)["ino"]
+    r = c.made("v", root, [("m1", nums[0], 0o640, 5.0, Made(b"hello", 1.0, 2.0, 3.0)),
+                           ("m2", taken, 0o644, 5.0, None)], me)  # that number is a's: m2 gets another
+    assert r["made"]["m1"] == nums[0] and r["made"]["m2"] not in (taken, nums[0]) and not r["refused"]
+    a = c.getattr("v", "/m1", me)
+    assert (a["size"], a["mtime"], stat.S_IMODE(a["mode"])) == (5, 2.0, 0o640)
+    node = c.commit(a["ino"], 5, 9.0, b"HELLO", False)
+    assert node.inline == b"HELLO" and node.mtime == 9.0
+    c.heartbeat("osd0", "https://o0", 100, 50, 0.0)
+    c.heartbeat("osd0", "https://o0b", 100, 40, 0.5)  # a later heartbeat replaces the first
+    assert [(o["id"], o["url"], o["free"], o["alive"]) for o in c.osds()] == [("osd0", "https://o0b", 40, True)]
+    f = c.create("v", "/big", 0o644, me)
+    placed = c.place(f.ino, 1)
+    assert placed.layout() is not None and placed.layout().osds() == {"osd0"}
+    xloc = c.set_xloc(f.ino, placed.xver, [Replica(("osd0",))])
+    with pytest.raises(InvalidInput):
+        c.set_xloc(f.ino, placed.xver, [Replica(("osd0",))])  # that version is gone
+    assert c.inode(f.ino).xver == xloc.version and c.by_fid(placed.fid).ino == f.ino
+    assert [(n.ino, want) for n, want in c.replicated()] == [(f.ino, 1)]
+    c.setxattr("v", "/big", "user.a", b"1", me)
+    c.setxattr("v", "/big", "user.a", b"2", me)
+    assert c.listxattr("v", "/big", me) == ["user.a"] and c.getxattr("v", "/big", "user.a", me) == b"2"
+    assert c.sizes()["volumes"] == 1 and c.statfs()["free"] == 40
+    gone = c.delete_volume("v")
+    assert [fid for fid, _ in gone] == [placed.fid] and [fid for fid, _ in c.orphans()] == [placed.fid]
+    c.forget_orphan(placed.fid, [])
+    assert c.orphans() == [] and c.volumes() == []
     c.close()
 
 

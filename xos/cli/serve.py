@@ -86,6 +86,8 @@ def add(sub: Any) -> None:
     m.add_argument("--grace", type=float, default=10.0, help="seconds before a silent OSD's replicas are rebuilt")
     m.add_argument("--idle", type=float, default=3600.0, help="seconds before an unread extra replica is dropped")
     m.add_argument("--cap-ttl", type=float, default=600.0, help="seconds a capability is good for (clients renew)")
+    m.add_argument("--db", default="", help="where the catalogue is kept: a SQLite path (default $XOS_HOME/mrc.db) "
+                                            "or postgresql://USER@HOST/DB")
     _vo_urls(m)
     m.set_defaults(run=fs)
     o = serve.add_parser("osd", help="a grid file system object store")
@@ -233,7 +235,8 @@ def fs(args: argparse.Namespace) -> int:
         from xos.fs.mrc.service import MrcConfig, serve_mrc
 
         lean.run(serve_mrc(MrcConfig(paths.home(), args.listen, load_secret(args.key), trust, grace=args.grace,
-                                     idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls), tls=tls)))
+                                     idle=args.idle, cap_ttl=args.cap_ttl, vo_urls=tuple(args.vo_urls), tls=tls,
+                                     db=args.db)))
     else:
         from xos.fs.osd.service import OsdConfig, serve_osd
 

@@ -548,9 +548,10 @@ class TestAem:
 
     def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
                  ad_ttl: float = 2.0, pull: list[TestNode] | None = None, max_output: str = "",
-                 vo_urls: tuple[str, ...] = ()) -> None:
+                 vo_urls: tuple[str, ...] = (), db: str = "") -> None:
         """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`).
-        `max_output`: its cap on a job's collected stdout or stderr (default its own)."""
+        `max_output`: its cap on a job's collected stdout or stderr (default its own). `db`: its job store's
+        URL (default SQLite in its home)."""
         self.base = base
         self.url = AEM_URL
         self.ca = grid.ca  # what its users check its certificate against
@@ -560,6 +561,7 @@ class TestAem:
         self.argv += ["--mrc", mrc] if mrc else []
         self.argv += ["--max-output", max_output] if max_output else []
         self.argv += [a for url in vo_urls for a in ("--vo-url", url)]
+        self.argv += ["--db", db] if db else []
         self.argv += [a for n in (grid.nodes if pull is None else pull) for a in ("--node", f"{n.name}={n.peer_url}")]
         self.log_path = os.path.join(base, "aem.log")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -132,7 +132,7 @@ class FsGrid(Built):
 
     def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
                  cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = (), ca_dir: str | None = None,
-                 plaintext: bool = False, cred_ttl: int = 3600) -> None:
+                 plaintext: bool = False, cred_ttl: int = 3600, db: str = "") -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -140,6 +140,7 @@ class FsGrid(Built):
         self.n_osds, self.n_clients = osds, clients
         self.grace, self.idle, self.cap_ttl = grace, idle, cap_ttl
         self.cred_ttl = cred_ttl  # seconds the members' credentials live: a mount outliving its own is refused
+        self.db = db  # the MRC's catalogue URL (default: SQLite in its home)
         self.follow = [a for url in vo_urls for a in ("--vo-url", url)]  # VO services the MRC and OSDs follow
         self.hosts: list[Host] = []
         self.mrc: Host | None = None
@@ -310,7 +311,8 @@ class FsGrid(Built):
         assert self.mrc is not None
         proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
                                      "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
-                                     "--cap-ttl", str(self.cap_ttl), *self.follow, *self._plain],
+                                     "--cap-ttl", str(self.cap_ttl), *self.follow, *self._plain,
+                                     *(["--db", self.db] if self.db else [])],
                           "mrc.log")
         wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
         return proc
