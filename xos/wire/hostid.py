@@ -8,6 +8,8 @@ secret is shared between hosts, and none crosses the network.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -15,6 +17,7 @@ import logging
 import os
 import re
 import ssl
+import tempfile
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +58,10 @@ def _write_private(path: str, key: ec.EllipticCurvePrivateKey) -> None:
 
 def _write_public(path: str, data: bytes) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # never through a link
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
 
@@ -257,13 +263,13 @@ _hooks: list[tuple[str, Callable[[str], None]]] = []  # more to tell of a new li
 
 
 def _held(directory: str) -> _Revoked:
-    return _lists.get(os.path.realpath(directory)) or _Revoked()
+    return _lists.get(os.path.abspath(directory)) or _Revoked()
 
 
 def on_crl(directory: str, hook: Callable[[str], None]) -> Callable[[], None]:
     """Have `hook` take the newest revocation list of `directory`'s CA (its path) now, if one is held, and each
     newer one; a function that stops that."""
-    entry = (os.path.realpath(directory), hook)
+    entry = (os.path.abspath(directory), hook)
     _hooks.append(entry)
     if (path := _held(directory).path) is not None:
         hook(path)
@@ -295,7 +301,12 @@ def revoked(serial: int) -> bool:
     return any(serial in r.serials for r in _lists.values())
 
 
-def take_crl(directory: str, pem: bytes) -> bool:
+def _forget_copy(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def take_crl(directory: str, pem: bytes, keep: bool = True) -> bool:
     """Take a revocation list if the CA this host directory trusts signed it and it is newer than the one held:
     every link's handshake checks it from now on, and so does peer_of on connections made before. Kept as
     DIRECTORY/crl.pem for the next start. Whether it was newer; PermissionDenied if no CA of ours signed it."""
@@ -314,16 +325,26 @@ def take_crl(directory: str, pem: bytes) -> bool:
     if number <= held.number:
         return False
     path = os.path.join(directory, CRL)
-    try:
-        with open(path, "rb") as f0:
-            same = f0.read(MAX_CRL) == pem
-    except FileNotFoundError:
-        same = False
-    if not same:
-        _write_public(path, pem)
+    if keep:  # a host directory's own copy; a client reading a list beside a CA never writes there
+        try:
+            with open(path, "rb") as f0:
+                same = f0.read(MAX_CRL) == pem
+        except FileNotFoundError:
+            same = False
+        if not same:
+            _write_public(path, pem)
+    # Contexts load the verified bytes from a private copy, not the file, which may have changed since.
+    fd, loaded = tempfile.mkstemp(prefix="xos-crl-", suffix=".pem")
+    atexit.register(_forget_copy, loaded)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    if held.path is not None and os.path.basename(held.path).startswith("xos-crl-"):
+        with contextlib.suppress(OSError):
+            os.unlink(held.path)
+    path = loaded
     serials = frozenset(r.serial_number for r in crl)
     fresh = serials - held.serials
-    real = os.path.realpath(directory)
+    real = os.path.abspath(directory)
     _lists[real] = _Revoked(number, serials, path)
     global _taken
     _taken += 1
@@ -357,7 +378,7 @@ def user_context(ca: str | None = None) -> ssl.SSLContext:
     path = ca_file(ca)
     ctx = ssl.create_default_context(cafile=path)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    _contexts[ctx] = os.path.realpath(os.path.dirname(path))
+    _contexts[ctx] = os.path.abspath(os.path.dirname(path))
     refresh_crl(path)
     if (held := _held(os.path.dirname(path)).path) is not None:
         _arm(ctx, held)
@@ -372,9 +393,9 @@ def refresh_crl(ca: str) -> bool:
     try:
         with open(os.path.join(directory, CRL), "rb") as f:
             pem = f.read(MAX_CRL)
-        if os.path.realpath(os.path.join(directory, "ca.pem")) != os.path.realpath(ca):
+        if os.path.basename(ca) != "ca.pem":
             return False  # a CA certificate named otherwise: its list is not known to be this one
-        return take_crl(directory, pem)
+        return take_crl(directory, pem, keep=False)
     except (OSError, InvalidInput, PermissionDenied) as e:
         if not isinstance(e, FileNotFoundError):
             log.warning("revocation list beside %s not taken: %s", ca, e)
@@ -420,7 +441,7 @@ class HostIdentity:
         # Hosts are known by the name and roles their certificate gives, checked by whoever acts on them
         # (`peer_of`, `expect`), not by the address a URL happens to use.
         ctx.check_hostname = False
-        _contexts[ctx] = os.path.realpath(self.directory)
+        _contexts[ctx] = os.path.abspath(self.directory)
         if (path := _held(self.directory).path) is not None:
             _arm(ctx, path)
         return ctx
