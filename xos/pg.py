@@ -7,11 +7,12 @@ subset both engines speak (INSERT ... ON CONFLICT, RETURNING); a store's SQLite 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from xos.errors import BadConfig, Unavailable
+from xos.leader import NotActive
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS xos_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
@@ -75,6 +76,7 @@ class Database:
             psycopg.connect(url, connect_timeout=10).close()
         except (psycopg.Error, ValueError) as e:
             raise Unavailable(f"PostgreSQL at {_safe(url)} is not reachable: {str(e).strip()}") from None
+        self._fence: tuple[str, int, Callable[[str], None]] | None = None
         self.pool = ConnectionPool(url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True},
                                    name=store)
         try:
@@ -98,12 +100,26 @@ class Database:
                 db.execute("INSERT INTO xos_schema VALUES (?, ?) ON CONFLICT (store) DO UPDATE SET version=?",
                            (store, len(steps), len(steps)))
 
+    def fence(self, scope: str, epoch: int, deposed: Callable[[str], None]) -> None:
+        """Every transaction from now on is refused (NotActive) unless `scope`'s epoch in xos_leader is still
+        `epoch`: this process is the active one (xos.leader); `deposed(why)` is told when one is refused."""
+        self._fence = (scope, epoch, deposed)
+
     @contextmanager
     def tx(self) -> Iterator[Connection]:
         """A transaction on a pooled connection, committed when the block ends, rolled back if it raises."""
         try:
             with self.pool.connection() as conn, conn.transaction():
-                yield Connection(conn)
+                db = Connection(conn)
+                if self._fence is not None:
+                    scope, epoch, deposed = self._fence
+                    # FOR SHARE: a standby raising the epoch waits for this transaction, and starts from it.
+                    row = db.execute("SELECT epoch FROM xos_leader WHERE scope=? FOR SHARE", (scope,)).fetchone()
+                    if row is None or int(row[0]) != epoch:
+                        why = f"another {scope} took over (epoch {row[0] if row else '?'}, this one's {epoch})"
+                        deposed(why)
+                        raise NotActive(f"this {scope} is no longer the active one: {why}")
+                yield db
         except self._errors as e:
             raise Unavailable(f"PostgreSQL: {e}") from None
 

@@ -12,8 +12,8 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FOLDERS = {"xos": "xos", "xos.fs": "fs", "xos.checkpoint": "checkpoint", "xos._native": "native"}
-CORE = ("xos", "xos.errors", "xos.units", "xos.log", "xos.sqlite", "xos.pg", "xos.paths", "xos.allocation",
-        "xos.systemd", "xos.lifecycle", "xos.stores")
+CORE = ("xos", "xos.errors", "xos.units", "xos.log", "xos.sqlite", "xos.pg", "xos.leader", "xos.paths",
+        "xos.allocation", "xos.systemd", "xos.lifecycle", "xos.stores")
 
 # Package -> the packages it may import besides itself and the core. Listed from the bottom up.
 ALLOWED: dict[str, set[str]] = {

@@ -3,14 +3,18 @@ ads to (TLS, node certificates); `serve_aem` runs both beside the loops of servi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from xos import leader
 from xos.aem import stdio
 from xos.aem.classad import NodeAd, Wants
 from xos.aem.jobs import Job, State
@@ -268,17 +272,38 @@ def make_peer_app(aem: Aem) -> web.Application:
 
 
 async def serve_aem(cfg: AemConfig) -> None:
-    """Run the job manager until SIGTERM or SIGINT."""
+    """Run the job manager until SIGTERM or SIGINT. On PostgreSQL, only while it is the active one: it stands
+    by (listening nowhere) while another job manager on that database is, and stops if it loses that."""
+    lead = await leader.stand_by(cfg.db, "aem", f"{socket.gethostname()} {cfg.listen}")
     aem = Aem(cfg)
+    if lead is not None:
+        aem.store.db.fence("aem", lead.epoch, lead.deposed)  # type: ignore[attr-defined]
+        aem.nodes.epoch = lead.epoch
     log.info("job manager serving on %s with %d node(s)", cfg.listen, len(cfg.nodes))
     feeds = RevocationFeeds(list(cfg.vo_urls), aem.trust, ca=os.path.join(aem.host.directory, "ca.pem"))
     aem.revoked = feeds.revoked
     feeds.start()
     try:
         peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
-        await wire_server.serve_tcp(make_app(aem), cfg.listen, aem.run_loops(), peers,
-                                    aem.host.server_context(users=True))
+        loops = aem.run_loops() if lead is None else _while_active(aem.run_loops(), lead)
+        await wire_server.serve_tcp(make_app(aem), cfg.listen, loops, peers, aem.host.server_context(users=True))
     finally:
         await feeds.stop()
         await aem.nodes.close()
         aem.store.close()
+        if lead is not None:
+            lead.release()
+
+
+async def _while_active(loops: Coroutine[Any, Any, None], lead: leader.Leadership) -> None:
+    """The job manager's loops until it is no longer the active one (then NotActive: it stops)."""
+    work = asyncio.ensure_future(loops)
+    lost = asyncio.ensure_future(lead.until_lost())
+    try:
+        await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (work, lost):
+            t.cancel()
+    for t in (lost, work):
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from xos.errors import Unavailable, XosError
+from xos.errors import XosError
 from xos.wire import client as rpc
 from xos.wire import codec
 
@@ -26,16 +26,13 @@ class Client(rpc.HttpClient):
     async def submit(self, description: dict[str, Any] | str, wait_for_match: bool = False) -> list[dict[str, Any]]:
         """Submit a job description (an object, or JSON/YAML text); the job(s) it made."""
         text = description if isinstance(description, str) else json.dumps(description)
-        if self._session is None:
-            raise RuntimeError("use the client as an async context manager")
-        url = f"{self.base_url}/v1/jobs" + ("?wait=1" if wait_for_match else "")
-        try:
-            async with self._session.post(url, data=text.encode()) as resp:
-                data = await resp.json(content_type=None)
-                codec.check(resp.status, data)
-                return list(data["jobs"])
-        except (TimeoutError, OSError) as e:
-            raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
+
+        async def read(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
+            data = await resp.json(content_type=None)
+            codec.check(resp.status, data)
+            return list(data["jobs"])
+
+        return await self._send("POST", "/v1/jobs" + ("?wait=1" if wait_for_match else ""), read, data=text.encode())
 
     async def ls(self, state: str | None = None) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/v1/jobs" + (f"?state={state}" if state else "")))["jobs"])
@@ -56,17 +53,13 @@ class Client(rpc.HttpClient):
     async def output_from(self, job_id: str, offset: int, stream: str = "stdout") -> tuple[bytes, str]:
         """What a job wrote to `stream` from byte `offset` on, and the job's state when it was read: once
         that is final, nothing more will come."""
-        if self._session is None:
-            raise RuntimeError("use the client as an async context manager")
-        url = f"{self.base_url}/v1/jobs/{job_id}/output?stream={stream}&offset={offset}"
-        try:
-            async with self._session.get(url) as resp:
-                data = await resp.read()
-                if resp.status >= 400:  # a failure's body is JSON; a success's need not be
-                    codec.check(resp.status, json.loads(data) if data.startswith(b"{") else {})
-                return data, resp.headers.get("X-Job-State", "")
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise Unavailable(f"job manager at {self.base_url} is not reachable: {e}") from None
+        async def read(resp: aiohttp.ClientResponse) -> tuple[bytes, str]:
+            data = await resp.read()
+            if resp.status >= 400:  # a failure's body is JSON; a success's need not be
+                codec.check(resp.status, json.loads(data) if data.startswith(b"{") else {})
+            return data, resp.headers.get("X-Job-State", "")
+
+        return await self._send("GET", f"/v1/jobs/{job_id}/output?stream={stream}&offset={offset}", read)
 
     async def purge(self, job_id: str) -> dict[str, Any]:
         """Forget a finished job (its usage records stay)."""

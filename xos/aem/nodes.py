@@ -13,6 +13,7 @@ import aiohttp
 
 from xos.checkpoint import transfer
 from xos.errors import InvalidInput, NotFound, Unavailable
+from xos.leader import EPOCH_HEADER
 from xos.wire import codec, hostid
 
 MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once
@@ -35,13 +36,14 @@ class Nodes:
     def __init__(self, urls: dict[str, str], tls: ssl.SSLContext) -> None:
         self.urls = urls  # name -> peer URL
         self.tls = tls
+        self.epoch = 0  # this job manager's (xos.leader), sent with every call: nodes refuse an older one's
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The pool, made on first use (inside the event loop)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(headers={EPOCH_HEADER: str(self.epoch)} if self.epoch else None)
         return self._session
 
     async def close(self) -> None:

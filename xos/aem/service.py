@@ -30,6 +30,7 @@ from xos.errors import (
     NotFound,
     OverCapacity,
     Unavailable,
+    WorkspaceExists,
     XosError,
 )
 from xos.identity import credential
@@ -112,8 +113,9 @@ class Aem:
         now = time.monotonic()
         return [a.node for a in self.ads.values() if a.expires > now]
 
-    async def refresh_ads(self) -> None:
-        """Fetch every node's ad; a changed set of ads is a reason to match again."""
+    async def refresh_ads(self, names: list[str] | None = None) -> None:
+        """Fetch the ad of every node named at start (or of `names`); a changed set of ads is a reason to match
+        again."""
         async def one(name: str) -> None:
             try:
                 attrs = await self.nodes.call("GET", name, "/v1/peer/ad")
@@ -127,7 +129,7 @@ class Aem:
             if old is None or old.node.attrs != ad.attrs:
                 self.wake.set()
 
-        await asyncio.gather(*(one(n) for n in self.cfg.nodes))
+        await asyncio.gather(*(one(n) for n in (self.cfg.nodes if names is None else names)))
 
     # matching and dispatch
 
@@ -208,6 +210,9 @@ class Aem:
                 "grid": [f"{self.cfg.mrc}/{v}" for v in spec.get("volumes", [])]}
         try:
             await self.nodes.call("POST", job.node, "/v1/peer/workspaces", body)
+        except WorkspaceExists:  # started there already (a call of before a restart or takeover): not twice
+            self.store.transition(job.id, State.RUNNING, f"found started on node {job.node}")
+            return
         except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
             self.store.transition(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
             self.wake.set()
@@ -466,7 +471,9 @@ class Aem:
                         log.info("stray workspace %s on node %s stays for now: %s", wname, name, e)
 
     async def run_loops(self) -> None:
-        await self.refresh_ads()
+        # Every node it knows, those that push their ads too: after a restart or a takeover, their jobs are
+        # watched and matching resumes without waiting for their next push.
+        await self.refresh_ads(list(self.nodes.urls))
         await self.recover()
         rounds = 0
         while True:

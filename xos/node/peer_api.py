@@ -21,6 +21,7 @@ from aiohttp import web
 from xos.allocation import Allocation
 from xos.checkpoint import image
 from xos.errors import InvalidInput, NotFound, PermissionDenied
+from xos.leader import EPOCH_HEADER, NotActive
 from xos.node import checkpoints
 from xos.node.api import (
     MAX_CREATE,
@@ -76,14 +77,36 @@ async def peer_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     CA says which; the TLS handshake already refused any other), only on workspaces peers may see."""
     svc = svc_of(request)
     try:
-        hostid.require(request.transport, "node", "aem")
+        peer = hostid.require(request.transport, "node", "aem")
     except PermissionDenied as e:
         log.warning("peer API: refused %s: %s", request.remote, e.message)
         raise
+    if "aem" in peer.roles:
+        fenced(svc, request)
     name = request.match_info.get("name")
-    if name is not None and not _peers_may(svc, svc.get(name)):
-        raise NotFound(f"no workspace {name!r}", name=name)
+    if name is not None:
+        making = svc.creating.get(name)
+        if making is not None:  # being made: the outcome, not "no such workspace" meanwhile
+            await making.wait()
+        if not _peers_may(svc, svc.get(name)):
+            raise NotFound(f"no workspace {name!r}", name=name)
     return await handler(request)
+
+
+def fenced(svc: NodeService, request: web.Request) -> None:
+    """Refuse a job manager's call sent before a newer one took over (its epoch, xos.leader, is older than one
+    this node has seen); remember a newer epoch. A call without one (a job manager on SQLite) is not fenced."""
+    raw = request.headers.get(EPOCH_HEADER)
+    if raw is None:
+        return
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidInput(f"{EPOCH_HEADER} is a job manager's epoch: a number", field=EPOCH_HEADER)
+    epoch = int(raw)
+    if epoch < svc.aem_epoch:
+        log.info("peer API: refused %s %s of job manager epoch %d (epoch %d took over)", request.method,
+                 request.path, epoch, svc.aem_epoch)
+        raise NotActive(f"a newer job manager (epoch {svc.aem_epoch}) took over from epoch {epoch}")
+    svc.aem_epoch = epoch
 
 
 def _peers_may(svc: NodeService, ws: Any) -> bool:
@@ -112,6 +135,8 @@ async def peer_create_workspace(request: web.Request) -> web.Response:
     if not isinstance(body.get("credential"), str):
         raise PermissionDenied("a peer creates a workspace only with its owner's credential (credential)")
     alloc = Allocation.parse(codec.field(body, "allocation", dict, {}))
+    if "aem" in hostid.require(request.transport, "node", "aem").roles:
+        fenced(svc, request)  # again: a newer job manager may have asked for this name while the body came
     ws = await svc.create(codec.field(body, "name", str, None), alloc,
                           credential=codec.field(body, "credential", str), main=codec.field(body, "main", dict),
                           grid=codec.field(body, "grid", list))

@@ -74,6 +74,8 @@ class NodeService(Accounting):
         self.ctx: NodeContext | None = None
         self.background: set[asyncio.Task[None]] = set()  # work that outlives its request (post-copy memory)
         self.workspaces: dict[str, Workspace] = {}
+        self.creating: dict[str, asyncio.Event] = {}  # names being made now: set when that ends either way
+        self.aem_epoch = 0  # the newest job manager's epoch seen (xos.leader): an older one's calls are refused
         self.admission = asyncio.Lock()
         self.forwarded: dict[str, str] = {}  # address of a workspace that migrated away -> its node
         self.progress: dict[str, Migration] = {}  # migrations under way, by workspace
@@ -312,8 +314,22 @@ class NodeService(Accounting):
         find in their session keyring as a login does. `main` ({argv, env, out}) is the program the
         workspace's init starts as its child: the workload a checkpoint takes whole. Nothing is left
         behind if that fails."""
-        ctx = self._ctx()
         check_name(name)
+        if name in self.creating or name in self.workspaces:
+            raise WorkspaceExists(f"workspace {name!r} exists already", name=name)
+        # Known as being made from here on, with no wait before: a peer asking for it meanwhile waits for the
+        # outcome instead of hearing "no such workspace" (a job manager taking over must not start it twice).
+        self.creating[name] = made = asyncio.Event()
+        try:
+            return await self._create(name, alloc, uid, gid, owner, credential, main, grid)
+        finally:
+            del self.creating[name]
+            made.set()
+
+    async def _create(self, name: str, alloc: Allocation, uid: int | None, gid: int | None,
+                      owner: tuple[str, str] | None, credential: str | None, main: dict[str, Any] | None,
+                      grid: list[str] | None) -> Workspace:
+        ctx = self._ctx()
         mounts = [GridMount.parse(g) for g in grid or []]
         if len({m.volume for m in mounts}) != len(mounts):
             raise InvalidInput("each grid volume once", field="grid")

@@ -516,7 +516,7 @@ def signed_host(ca_dir: str, directory: str, name: str, roles: list[str], addres
 
 
 def tls_call(host_dir: str | None, url: str, method: str = "GET", body: bytes | None = None,
-             timeout: float = 10) -> tuple[int, bytes]:
+             timeout: float = 10, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """One HTTPS call as the host in `host_dir` (None: with no certificate of our own); (status, body)."""
     import ssl
     import urllib.error
@@ -527,7 +527,8 @@ def tls_call(host_dir: str | None, url: str, method: str = "GET", body: bytes | 
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     else:
         ctx = hostid.HostIdentity(host_dir).client_context()
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
             return r.status, r.read()
@@ -548,22 +549,24 @@ class TestAem:
 
     def __init__(self, base: str, grid: TestGrid, trust: str, mrc: str = "", poll: float = 0.2,
                  ad_ttl: float = 2.0, pull: list[TestNode] | None = None, max_output: str = "",
-                 vo_urls: tuple[str, ...] = (), db: str = "") -> None:
+                 vo_urls: tuple[str, ...] = (), db: str = "", port: int = 7300, name: str = "aem") -> None:
         """`pull`: the nodes whose ads it fetches (default all); the others push theirs (`--aem`).
         `max_output`: its cap on a job's collected stdout or stderr (default its own). `db`: its job store's
-        URL (default SQLite in its home)."""
+        URL (default SQLite in its home). `port`: its users' (the next one is its peers'); `name`: its
+        host's, a second job manager's (a standby) is another."""
         self.base = base
-        self.url = AEM_URL
+        listen, peer_listen = f"{GRID_NET}.1:{port}", f"{GRID_NET}.1:{port + 1}"
+        self.url, self.peer_url = f"https://{listen}", f"https://{peer_listen}"
         self.ca = grid.ca  # what its users check its certificate against
-        self.argv = [sys.executable, "-m", "xos", "serve", "aem", "--listen", AEM_LISTEN, "--trust", trust,
-                     "--host-dir", grid.host_dir("aem", ["aem"], [GRID_NET + ".1"]), "--peer-listen", AEM_PEER_LISTEN,
+        self.argv = [sys.executable, "-m", "xos", "serve", "aem", "--listen", listen, "--trust", trust,
+                     "--host-dir", grid.host_dir(name, ["aem"], [GRID_NET + ".1"]), "--peer-listen", peer_listen,
                      "--poll", str(poll), "--ad-ttl", str(ad_ttl)]
         self.argv += ["--mrc", mrc] if mrc else []
         self.argv += ["--max-output", max_output] if max_output else []
         self.argv += [a for url in vo_urls for a in ("--vo-url", url)]
         self.argv += ["--db", db] if db else []
         self.argv += [a for n in (grid.nodes if pull is None else pull) for a in ("--node", f"{n.name}={n.peer_url}")]
-        self.log_path = os.path.join(base, "aem.log")
+        self.log_path = os.path.join(base, f"{name}.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from xos.errors import Unavailable
+from xos.errors import InvalidInput, Unavailable
+from xos.leader import NotActive
 from xos.wire import codec
 
 T = TypeVar("T")
+FAILOVER = 15.0  # seconds a client of a daemon with standbys keeps looking for the active one
 C = TypeVar("C", bound="HttpClient")
 S = TypeVar("S", bound="Sync")
 
@@ -41,7 +43,11 @@ class HttpClient:
                  what: str = "daemon", headers: dict[str, str] | None = None, ca: str | None = None) -> None:
         self.socket_path = socket_path
         self.ca = ca  # the grid's CA, for an https base URL (default: hostid.user_context's)
-        self.base_url = base_url or "http://localhost"
+        # Several URLs, comma-separated, are an active daemon and its standbys: calls go to the one that answers.
+        self.urls = [u.strip().rstrip("/") for u in (base_url or "http://localhost").split(",") if u.strip()]
+        if not self.urls:
+            raise InvalidInput(f"no {what} URL given")
+        self.base_url = self.urls[0]
         self.what = what
         self.headers = headers or {}  # sent with every request (a credential)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout)
@@ -75,24 +81,60 @@ class HttpClient:
             self._session = None
 
     async def _call(self, method: str, path: str, body: Any = None, read_timeout: float | None = None) -> Any:
-        if self._session is None:
-            raise RuntimeError("use the client as an async context manager")
         kw: dict[str, Any] = {}
         if body is not None:
             kw["json"] = body
         if read_timeout is not None:
             kw["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
-        try:
-            async with self._session.request(method, self.base_url + path, **kw) as resp:
-                text = await resp.text()
-                timing = resp.headers.get("Server-Timing", "")
-                if "dur=" in timing:
-                    self.last_server_ms = float(timing.split("dur=")[1])
-                data = json.loads(text) if resp.content_type == "application/json" else text
-                codec.check(resp.status, data)
-                return data
-        except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as e:
-            raise Unavailable(f"{self.what} at {self.where} is not reachable: {e}") from None
+
+        async def read(resp: aiohttp.ClientResponse) -> Any:
+            text = await resp.text()
+            timing = resp.headers.get("Server-Timing", "")
+            if "dur=" in timing:
+                self.last_server_ms = float(timing.split("dur=")[1])
+            data = json.loads(text) if resp.content_type == "application/json" else text
+            codec.check(resp.status, data)
+            return data
+
+        return await self._send(method, path, read, **kw)
+
+    async def _send(self, method: str, path: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]],
+                    **kw: Any) -> T:
+        """One request, its answer through `read`. With several URLs, a daemon that cannot be reached or says it
+        is not the active one (nothing was done) makes the call go to the next, round after round for up to
+        FAILOVER seconds: a standby takes over within a few. A request whose answer was lost is tried again
+        elsewhere only if it changes nothing (GET)."""
+        if self._session is None:
+            raise RuntimeError("use the client as an async context manager")
+        deadline = asyncio.get_running_loop().time() + FAILOVER
+        tried = 0
+        while True:
+            url = self.base_url
+            try:
+                try:
+                    async with self._session.request(method, url + path, **kw) as resp:
+                        return await read(resp)
+                except aiohttp.ClientConnectorError:
+                    raise
+                except (aiohttp.ClientConnectionError, TimeoutError) as e:
+                    if method != "GET":
+                        raise Unavailable(f"{self.what} at {url} did not answer (it may or may not have done it): "
+                                          f"{e or type(e).__name__}") from None
+                    raise
+            except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError, TimeoutError,
+                    NotActive) as e:
+                if len(self.urls) == 1:
+                    if isinstance(e, NotActive):
+                        raise
+                    raise Unavailable(f"{self.what} at {self.where} is not reachable: {e}") from None
+                tried += 1
+                self.base_url = self.urls[(self.urls.index(url) + 1) % len(self.urls)]
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    raise Unavailable(f"no {self.what} at {', '.join(self.urls)} answers as the active one: "
+                                      f"{e}") from None
+                if tried % len(self.urls) == 0:  # a round without an answer: a takeover under way
+                    await asyncio.sleep(min(0.25, left))
 
 
 class Sync:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xos.errors import InvalidInput
+from xos.errors import InvalidInput, XosError
 from xos.wire import lean
 
 
@@ -70,6 +70,8 @@ async def run_until_stopped(listen: str, background: Awaitable[Any] | None = Non
     try:
         await stop.wait()
         if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            if isinstance(task.exception(), XosError):  # a reason to stop said as such (no longer the active one)
+                raise task.exception()  # type: ignore[misc]
             raise RuntimeError(f"the background loop of {listen} failed") from task.exception()
     finally:
         if task is not None:
