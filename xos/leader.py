@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from xos.errors import Unavailable
@@ -180,3 +181,20 @@ async def stand_by(url: str, scope: str, holder: str) -> Leadership | None:
             loop.remove_signal_handler(sig)
     lead.watch()
     return lead
+
+
+async def while_active(work: Coroutine[Any, Any, Any], lead: Leadership | None) -> None:
+    """A daemon's background work, until it is no longer the active one (then NotActive: it stops serving)."""
+    if lead is None:
+        await work
+        return
+    task = asyncio.ensure_future(work)
+    lost = asyncio.ensure_future(lead.until_lost())
+    try:
+        await asyncio.wait([task, lost], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, lost):
+            t.cancel()
+    for t in (lost, task):
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            raise t.exception()  # type: ignore[misc]

@@ -32,9 +32,19 @@ from xos.fs.client.gridfile import GridFile
 from xos.fs.client.http import Connection
 from xos.fs.client.open import Open
 from xos.fs.layout import INLINE_MAX, LISTING, Xloc
+from xos.leader import NotActive
 from xos.wire import hostid
+from xos.wire.client import alternatives
 
 log = logging.getLogger(__name__)
+FAILOVER = 15.0  # seconds a call looks for the active MRC among several
+# Operations that change nothing: sent again to another MRC when the answer was lost.
+UNCHANGING = frozenset({"getattr", "readdir", "dirversion", "readlink", "getxattr", "listxattr", "statfs", "stat",
+                        "recalls"})
+
+
+class Unreached(Unavailable):
+    """No connection to the server could be made: the request was not sent."""
 
 
 
@@ -44,7 +54,9 @@ class Client(ObjectIO):
 
     def __init__(self, url: str, volume: str, credential: str, timeout: float = 5.0, deadline: float = 30.0,
                  tls: ssl.SSLContext | None = None, ca: str | None = None) -> None:
-        self.url = url.rstrip("/")
+        # The MRC and its standbys (https://mrc-a:7400,mrc-b:7400): calls go to the one that is active.
+        self.urls = [u.rstrip("/") for u in alternatives(url.rstrip("/"))]
+        self.url = self.urls[0]
         # https: the MRC and OSDs show certificates from the grid's CA (`ca`, else $XOS_CA or
         # $XOS_HOME/host/ca.pem) for the addresses the URLs name; http only in measurements of TLS's cost.
         self.ca = hostid.ca_file(ca) if tls is None and self.url.startswith("https://") else None
@@ -106,7 +118,7 @@ class Client(ObjectIO):
                     raise Unavailable(f"{netloc} refused the TLS handshake or showed no certificate of the grid's "
                                       f"CA for that address: {e}") from None
                 except OSError as e:
-                    raise Unavailable(f"{netloc} does not answer: {e}") from None
+                    raise Unreached(f"{netloc} does not answer: {e}") from None
             reused = c.used
             c.interrupted = self.interrupted
             try:
@@ -140,7 +152,30 @@ class Client(ObjectIO):
 
     def op(self, verb: str, /, **body: Any) -> Any:
         """One file-system operation at the MRC."""
-        return self._json("POST", f"{self.url}/v1/volumes/{self.volume}/fs/{verb}", body)
+        return self.mrc("POST", f"/v1/volumes/{self.volume}/fs/{verb}", body, verb in UNCHANGING)
+
+    def mrc(self, method: str, path: str, body: Any = None, unchanging: bool = False) -> Any:
+        """One call to the MRC: to the active one of several, which a standby becomes within seconds of the
+        active's end. A call that never reached one, or that one refused as not active, goes to the next,
+        round after round, for up to FAILOVER seconds; one whose answer was lost, only if it is `unchanging`
+        (done or not, only the caller can tell otherwise)."""
+        if len(self.urls) == 1:
+            return self._json(method, self.url + path, body)
+        deadline = time.monotonic() + FAILOVER
+        tried = 0
+        while True:
+            url = self.url
+            try:
+                return self._json(method, url + path, body)
+            except Unavailable as e:
+                if not isinstance(e, (Unreached, NotActive)) and not (unchanging or method == "GET"):
+                    raise
+                tried += 1
+                self.url = self.urls[(self.urls.index(url) + 1) % len(self.urls)]
+                if time.monotonic() > deadline or self.interrupted():
+                    raise Unavailable(f"no MRC of {', '.join(self.urls)} answers as the active one: {e}") from None
+                if tried % len(self.urls) == 0:  # a round without an answer: a takeover under way
+                    time.sleep(0.2)
 
     # metadata
 

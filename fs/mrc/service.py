@@ -7,6 +7,7 @@ import collections
 import logging
 import os
 import posixpath
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,12 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
+from xos import leader
 from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable, XosError
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity, host_session
 from xos.fs.capability import Capability
 from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
-from xos.fs.mrc.leases import RESERVE, Leases, Recall
+from xos.fs.mrc.leases import RESERVE, TERM, Leases, Recall
 from xos.fs.mrc.records import Caller, Inode, Made
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.fs.mrc.store import open_store
@@ -272,7 +274,14 @@ class MRC:
                 raise InvalidInput("each of files is [name, inode number, mode, time(, content)]", field="files")
             files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
                           _made_content(f[4]) if len(f) == 5 else None))
-        return self.cat.made(v, dir_ino, files, c)
+        out = self.cat.made(v, dir_ino, files, c)
+        # The sender holds the directory for one more term (it makes nothing more here by itself: only a create's
+        # answer tells it it may): whoever looks meanwhile recalls it, and it sends everything it made first.
+        # A sender lagging its creates by more than a term (a catalogue on PostgreSQL, a standby taking over)
+        # would otherwise have its newest files missing from others' listings.
+        if "w" in c.rights:
+            self.leases.grant(dir_ino, c)
+        return out
 
     async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """The directories this session is to hand back (waits a while for some)."""
@@ -470,8 +479,14 @@ def make_app(mrc: MRC) -> httpd.App:
 
 
 async def serve_mrc(cfg: MrcConfig) -> None:
-    """Run the MRC until SIGTERM or SIGINT."""
+    """Run the MRC until SIGTERM or SIGINT. On PostgreSQL, only while it is the active one: it stands by
+    (listening nowhere) while another MRC on that database is, and stops if it loses that."""
+    lead = await leader.stand_by(cfg.db, "mrc", f"{socket.gethostname()} {cfg.listen}")
     mrc = MRC(cfg)
+    if lead is not None:
+        mrc.cat.db.fence("mrc", lead.epoch, lead.deposed)
+        # The directory leases the MRC before granted are in no file here: their longest term is waited out.
+        mrc.leases.grace_until = max(mrc.leases.grace_until, time.time() + TERM)
     mrc.replicas.session = host_session(cfg.tls, "mrc", cfg.tls.name if cfg.tls else "mrc")
     log.info("MRC serving %s on %s", cfg.home, cfg.listen)
     feeds = RevocationFeeds(list(cfg.vo_urls), mrc.auth.trust,
@@ -479,9 +494,11 @@ async def serve_mrc(cfg: MrcConfig) -> None:
     mrc.auth.revoked = feeds.revoked
     feeds.start()
     try:
-        await wire_server.serve_tcp(make_app(mrc), cfg.listen, mrc.replicas.run(),
+        await wire_server.serve_tcp(make_app(mrc), cfg.listen, leader.while_active(mrc.replicas.run(), lead),
                                     tls=cfg.tls.server_context(users=True) if cfg.tls else None)
     finally:
         await feeds.stop()
         await mrc.replicas.session.close()
         mrc.cat.close()
+        if lead is not None:
+            lead.release()

@@ -43,6 +43,7 @@ from xos.vo.follow import RevocationFeeds
 from xos.wire import hostid
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
+from xos.wire.client import alternatives
 from xos.wire.codec import json_response, read_body
 from xos.wire.hostid import HostIdentity
 from xos.wire.metrics import Registry
@@ -204,15 +205,16 @@ class OSD:
         """Tell the MRC that the replicas at `urls` missed a write of `fid` this OSD took (it drops them; they
         are rebuilt). A write nobody could mark so is refused: the client tries again."""
         assert self.session is not None
-        try:
-            async with self.session.post(f"{self.cfg.mrc}/v1/osds/behind", json={"osd": self.cfg.id, "fid": fid,
-                                         "behind": urls},
-                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                if resp.status == 200:
-                    return
-                why = f"HTTP {resp.status} {await resp.text()}"
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            why = str(e)
+        why = ""
+        for mrc in alternatives(self.cfg.mrc):  # the active one of the MRC and its standbys
+            try:
+                async with self.session.post(f"{mrc}/v1/osds/behind", json={"osd": self.cfg.id, "fid": fid,
+                                             "behind": urls}, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if resp.status == 200:
+                        return
+                    why = f"HTTP {resp.status} {await resp.text()}"
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                why = str(e)
         raise Unavailable(f"replicas {', '.join(urls)} missed a write of {fid} and the MRC could not be told: {why}")
 
     async def _forward(self, url: str, request: web.Request, fid: str, objno: int, offset: int, data: bytes) -> bool:
@@ -322,28 +324,39 @@ class OSD:
         """Tell the MRC this OSD lives, its room and load, and which files were read, every second; its
         answer gives the key this OSD checks capabilities' seals with (on a link whose other end shows the
         MRC's certificate)."""
-        link = hostid.HostLink(f"{self.cfg.mrc}/", None if self.cfg.tls is None else self.cfg.tls.client_context(),
-                               ("mrc",), None if self.cfg.tls is not None else {PLAINTEXT_HOST: f"osd {self.cfg.id}"})
-        beats = 0
+        tls = None if self.cfg.tls is None else self.cfg.tls.client_context()
+        # The MRC and its standbys (xos.leader): the beat goes to the active one; one that does not answer as
+        # such has the next beat go to the next.
+        links = [hostid.HostLink(f"{url}/", tls, ("mrc",),
+                                 None if self.cfg.tls is not None else {PLAINTEXT_HOST: f"osd {self.cfg.id}"})
+                 for url in alternatives(self.cfg.mrc)]
+        at = beats = 0
         try:
             while True:
                 self.reads.update(dict.fromkeys(native_reads(), time.time()))
                 reads, self.reads = self.reads, {}
+                link = links[at]
                 try:
                     status, answer = await link.call("POST", "/v1/osds/heartbeat", {**self.status(), "reads": reads})
                     if status != 200:
-                        log.warning("MRC refused the heartbeat: HTTP %s %s", status, answer)
+                        self.reads.update(reads)
+                        if len(links) == 1 or not _not_active(answer):
+                            log.warning("MRC refused the heartbeat: HTTP %s %s", status, answer)
+                        at = (at + 1) % len(links)
                     else:
                         self._rekey(answer)
                 except (TimeoutError, OSError, ValueError, XosError) as e:
                     self.reads.update(reads)
-                    log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
+                    if len(links) == 1:
+                        log.info("MRC %s not reachable: %s", self.cfg.mrc, e)
+                    at = (at + 1) % len(links)
                 beats += 1
                 if beats % OBJECTS_EVERY == 1:
                     self.object_count = await asyncio.to_thread(self.store.count)
                 await asyncio.sleep(HEARTBEAT)
         finally:
-            link.close()
+            for link in links:
+                link.close()
 
     def _rekey(self, answer: Any) -> None:
         """Take the capability key the MRC's heartbeat answer gives."""
@@ -467,6 +480,11 @@ class NativeReads:
 def _adopted(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("adopting a connection failed: %s", task.exception())
+
+
+def _not_active(answer: Any) -> bool:
+    """Whether a refusal is a standby's (not the active MRC): said by its code."""
+    return isinstance(answer, dict) and (answer.get("error") or {}).get("code") == "not-active"
 
 
 def native_reads() -> list[str]:

@@ -48,7 +48,7 @@ def api(grid):
 
 
 def stats(api: Any, grid: FsGrid) -> dict[str, Any]:
-    return dict(api._json("GET", f"{grid.mrc_url}/v1/stats"))
+    return dict(api.mrc("GET", "/v1/stats"))
 
 
 def create(path: str) -> None:

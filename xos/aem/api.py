@@ -3,13 +3,11 @@ ads to (TLS, node certificates); `serve_aem` runs both beside the loops of servi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -285,8 +283,8 @@ async def serve_aem(cfg: AemConfig) -> None:
     feeds.start()
     try:
         peers = (make_peer_app(aem), cfg.peer_listen, aem.host.server_context()) if cfg.peer_listen else None
-        loops = aem.run_loops() if lead is None else _while_active(aem.run_loops(), lead)
-        await wire_server.serve_tcp(make_app(aem), cfg.listen, loops, peers, aem.host.server_context(users=True))
+        await wire_server.serve_tcp(make_app(aem), cfg.listen, leader.while_active(aem.run_loops(), lead), peers,
+                                    aem.host.server_context(users=True))
     finally:
         await feeds.stop()
         await aem.nodes.close()
@@ -294,16 +292,3 @@ async def serve_aem(cfg: AemConfig) -> None:
         if lead is not None:
             lead.release()
 
-
-async def _while_active(loops: Coroutine[Any, Any, None], lead: leader.Leadership) -> None:
-    """The job manager's loops until it is no longer the active one (then NotActive: it stops)."""
-    work = asyncio.ensure_future(loops)
-    lost = asyncio.ensure_future(lead.until_lost())
-    try:
-        await asyncio.wait([work, lost], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in (work, lost):
-            t.cancel()
-    for t in (lost, work):
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]

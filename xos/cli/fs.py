@@ -225,16 +225,16 @@ def admin(args: argparse.Namespace) -> int:
                 "stripe_width": args.stripe_width, "replicas": args.replicas, "acl": acl}
         if args.vo:
             body["vo"] = args.vo
-        res = c._json("POST", f"{base}/v1/volumes", body)
+        res = c.mrc("POST", "/v1/volumes", body)
         print(json.dumps(res) if args.json else f"volume {res['name']} created")
     elif args.what == "rm":
-        res = c._json("DELETE", f"{base}/v1/volumes/{args.volume}")
+        res = c.mrc("DELETE", f"/v1/volumes/{args.volume}")
         common.emit(args, res, common.say(f"volume {args.volume} removed"))
     elif args.what == "ls":
-        vols = c._json("GET", f"{base}/v1/volumes")["volumes"]
+        vols = c.mrc("GET", "/v1/volumes")["volumes"]
         common.emit(args, vols, lambda v: common.table(v, ["name", "vo", "stripe_size", "stripe_width", "replicas"]))
     else:
-        osds = c._json("GET", f"{base}/v1/osds")["osds"]
+        osds = c.mrc("GET", "/v1/osds")["osds"]
         if args.json:
             print(json.dumps(osds))
         else:

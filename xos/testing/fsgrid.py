@@ -132,7 +132,7 @@ class FsGrid(Built):
 
     def __init__(self, osds: int = 3, clients: int = 2, grace: float = 3.0, idle: float = 3600.0,
                  cap_ttl: float = 600.0, vo_urls: tuple[str, ...] = (), ca_dir: str | None = None,
-                 plaintext: bool = False, cred_ttl: int = 3600, db: str = "") -> None:
+                 plaintext: bool = False, cred_ttl: int = 3600, db: str = "", standby: bool = False) -> None:
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-fs-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -141,6 +141,10 @@ class FsGrid(Built):
         self.grace, self.idle, self.cap_ttl = grace, idle, cap_ttl
         self.cred_ttl = cred_ttl  # seconds the members' credentials live: a mount outliving its own is refused
         self.db = db  # the MRC's catalogue URL (default: SQLite in its home)
+        if standby and not db.startswith("postgresql://"):
+            raise ValueError("a standby MRC shares the active one's catalogue: give a PostgreSQL db")
+        self.standby = standby  # a second MRC on a host of its own, standing by (xos.leader)
+        self.mrcs: list[Host] = []
         self.follow = [a for url in vo_urls for a in ("--vo-url", url)]  # VO services the MRC and OSDs follow
         self.hosts: list[Host] = []
         self.mrc: Host | None = None
@@ -158,8 +162,9 @@ class FsGrid(Built):
 
     @property
     def mrc_url(self) -> str:
-        assert self.mrc is not None
-        return f"{self.scheme}://{self.mrc.address}:{MRC_PORT}"
+        """The MRC's URL; with a standby, both hosts in it (https://A:PORT,B:PORT), as clients are given it."""
+        assert self.mrcs
+        return f"{self.scheme}://" + ",".join(f"{h.address}:{MRC_PORT}" for h in self.mrcs)
 
     def osd_url(self, i: int) -> str:
         return f"{self.scheme}://{self.osds[i].address}:{OSD_PORT}"
@@ -221,6 +226,7 @@ class FsGrid(Built):
             hostid.ca_init(self.ca_dir)
         claim_subnet(f"{FS_NET}.1")
         names = ["mrc"] + [f"osd{i}" for i in range(self.n_osds)] + [f"client{i}" for i in range(self.n_clients)]
+        names += ["mrc1"] if self.standby else []
         with IPRoute(use_socket=network.netlink_socket()) as ipr:
             ipr.link("add", ifname=self.bridge, kind="bridge")
             br = ipr.link_lookup(ifname=self.bridge)[0]
@@ -232,14 +238,18 @@ class FsGrid(Built):
                 self._wire(ipr, br, host)
         self.mrc = self.hosts[0]
         self.osds = self.hosts[1:1 + self.n_osds]
-        self.clients = self.hosts[1 + self.n_osds:]
-        self.host_identity(self.mrc, ["mrc"])
+        self.clients = self.hosts[1 + self.n_osds:1 + self.n_osds + self.n_clients]
+        self.mrcs = [self.mrc] + self.hosts[1 + self.n_osds + self.n_clients:]
+        for host in self.mrcs:
+            self.host_identity(host, ["mrc"])
         for host in self.osds:
             self.host_identity(host, ["osd"])
         self.start_mrc()
         for i in range(self.n_osds):
             self.start_osd(i)
         wait_for(lambda: sum(bool(o["alive"]) for o in self.osd_list()) == self.n_osds, 20, "every OSD to register")
+        if self.standby:
+            self.start_mrc(1, standing_by=True)
 
     def _wire(self, ipr: IPRoute, br: int, host: Host) -> None:
         veth = f"xf{self.tag}{host.index}"
@@ -307,15 +317,29 @@ class FsGrid(Built):
         host.procs.append(proc)
         return proc
 
-    def start_mrc(self) -> Proc:
-        assert self.mrc is not None
-        proc = self.spawn(self.mrc, ["serve", "mrc", "--listen", f"{self.mrc.address}:{MRC_PORT}", "--key", self.key,
-                                     "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
-                                     "--cap-ttl", str(self.cap_ttl), *self.follow, *self._plain,
-                                     *(["--db", self.db] if self.db else [])],
-                          "mrc.log")
-        wait_for(lambda: self._answers(proc, f"{self.mrc_url}/v1/osds"), 20, "the MRC to answer")
+    def start_mrc(self, which: int = 0, standing_by: bool = False) -> Proc:
+        """Start MRC `which` (0, or 1: the standby's host); wait until it answers, or with `standing_by`,
+        until it says it stands by."""
+        host = self.mrcs[which]
+        proc = self.spawn(host, ["serve", "mrc", "--listen", f"{host.address}:{MRC_PORT}", "--key", self.key,
+                                 "--trust", self.trust, "--grace", str(self.grace), "--idle", str(self.idle),
+                                 "--cap-ttl", str(self.cap_ttl), *self.follow, *self._plain,
+                                 *(["--db", self.db] if self.db else [])],
+                          f"{host.name}.log")
+        if standing_by:
+            wait_for(lambda: self._says(proc, "standing by"), 20, f"{host.name} to stand by")
+        else:
+            wait_for(lambda: self._answers(proc, f"{self.scheme}://{host.address}:{MRC_PORT}/v1/osds"), 20,
+                     "the MRC to answer")
         return proc
+
+    @staticmethod
+    def _says(proc: Proc, what: str) -> bool:
+        if not proc.alive():
+            with open(proc.log) as f:
+                raise RuntimeError(f"{proc.argv[3:5]} exited at start-up:\n{f.read()[-3000:]}")
+        with open(proc.log) as f:
+            return what in f.read()
 
     def start_osd(self, i: int) -> Proc:
         host = self.osds[i]
@@ -350,7 +374,7 @@ class FsGrid(Built):
         c = Client(self.mrc_url, "", "", tls=None if self.plaintext else self.admin_tls())
         c._auth = {PLAINTEXT_HOST: "mrc grid-admin"} if self.plaintext else {}
         try:
-            return list(c._json("GET", f"{self.mrc_url}/v1/osds")["osds"])
+            return list(c.mrc("GET", "/v1/osds")["osds"])
         finally:
             c.close()
 
@@ -403,7 +427,7 @@ class FsGrid(Built):
     def mkvol(self, name: str, user: str = "alice", vo: str = "vo-a", **opts: object) -> None:
         c = self.client(name, user, vo)
         try:
-            c._json("POST", f"{self.mrc_url}/v1/volumes", {"name": name, **opts})  # type: ignore[attr-defined]
+            c.mrc("POST", "/v1/volumes", {"name": name, **opts})  # type: ignore[attr-defined]
         finally:
             c.close()  # type: ignore[attr-defined]
 

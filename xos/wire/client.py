@@ -21,6 +21,22 @@ C = TypeVar("C", bound="HttpClient")
 S = TypeVar("S", bound="Sync")
 
 
+def alternatives(url: str) -> list[str]:
+    """The URLs of a daemon and its standbys (xos.leader), from one string: hosts comma-separated in the
+    address as libpq takes them (`https://mrc-a:7400,mrc-b:7400/data` is https://mrc-a:7400/data and
+    https://mrc-b:7400/data), or whole URLs comma-separated."""
+    if "," not in url:
+        return [url]
+    if url.count("://") > 1:
+        return [u.strip() for u in url.split(",") if u.strip()]
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    hosts = [h.strip() for h in netloc.split(",")]
+    if not sep or not all(hosts):
+        raise InvalidInput(f"{url!r} is not URL or SCHEME://HOST:PORT,HOST:PORT/PATH")
+    return [f"{scheme}://{h}{slash}{path}" for h in hosts]
+
+
 async def retry(op: Callable[[], Awaitable[T]], attempts: int = 5, base: float = 0.05, cap: float = 1.0,
                 retry_on: tuple[type[BaseException], ...] = (Unavailable, ConnectionError)) -> T:
     """Run `op`, retrying transient failures with jittered exponential backoff, a bounded number of times."""
@@ -44,9 +60,7 @@ class HttpClient:
         self.socket_path = socket_path
         self.ca = ca  # the grid's CA, for an https base URL (default: hostid.user_context's)
         # Several URLs, comma-separated, are an active daemon and its standbys: calls go to the one that answers.
-        self.urls = [u.strip().rstrip("/") for u in (base_url or "http://localhost").split(",") if u.strip()]
-        if not self.urls:
-            raise InvalidInput(f"no {what} URL given")
+        self.urls = [u.rstrip("/") for u in alternatives(base_url or "http://localhost")]
         self.base_url = self.urls[0]
         self.what = what
         self.headers = headers or {}  # sent with every request (a credential)
