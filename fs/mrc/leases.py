@@ -100,6 +100,17 @@ class Leases:
         self._note_horizon()
         return TERM
 
+    def renew(self, ino: int, c: Caller) -> bool:
+        """The caller's session holds directory `ino` and is sending what it made there: its term runs on,
+        recalled or not (whoever waits on the recall reads what it sends). Whether it held it."""
+        lease = self._by_dir.get(ino)
+        now = time.monotonic()
+        if lease is None or not c.session or lease.session != c.session or lease.until <= now:
+            return False
+        lease.until = now + TERM
+        self._note_horizon()
+        return True
+
     def _note_horizon(self) -> None:
         """Write down how far granted terms reach, rarely: at most once per half term."""
         reach = time.time() + TERM
@@ -146,8 +157,14 @@ class Leases:
         if self._by_dir.get(lease.ino) is lease:
             self._recalls.setdefault(lease.session, set()).add(lease.ino)
             self._wake.setdefault(lease.session, asyncio.Event()).set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lease.returned.wait(), max(0.0, lease.until - time.monotonic()))
+            # Until it is handed back, or its term runs out; a holder still sending what it made there renews
+            # the term (`renew`) and is waited for: it is not silent, and what it sends is what the waiter reads.
+            while self._by_dir.get(lease.ino) is lease and not lease.returned.is_set():
+                left = lease.until - time.monotonic()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lease.returned.wait(), left)
             if self._by_dir.get(lease.ino) is lease:
                 del self._by_dir[lease.ino]
 

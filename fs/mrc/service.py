@@ -275,11 +275,11 @@ class MRC:
             files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
                           _made_content(f[4]) if len(f) == 5 else None))
         out = self.cat.made(v, dir_ino, files, c)
-        # The sender holds the directory for one more term (it makes nothing more here by itself: only a create's
-        # answer tells it it may): whoever looks meanwhile recalls it, and it sends everything it made first.
-        # A sender lagging its creates by more than a term (a catalogue on PostgreSQL, a standby taking over)
+        # The sender holds the directory one more term (it makes nothing more there by itself: only a create's
+        # answer tells it it may): whoever looks meanwhile recalls it and waits while it sends what it made. A
+        # sender lagging its creates by more than a term (a catalogue on PostgreSQL, a standby taking over)
         # would otherwise have its newest files missing from others' listings.
-        if "w" in c.rights:
+        if "w" in c.rights and not self.leases.renew(dir_ino, c):
             self.leases.grant(dir_ino, c)
         return out
 
