@@ -27,6 +27,7 @@ from xos.errors import (
     TooManyLinks,
 )
 from xos.fs.layout import INLINE_MAX
+from xos.fs.mrc.made import make_many
 from xos.fs.mrc.records import (
     COLUMNS,
     MAX_LINKS,
@@ -223,8 +224,6 @@ class SQLCatalogue(VolumeTable):
         the lease had run out), and the directory's listing version before and after. A batch sent again
         because its answer was lost makes nothing twice and refuses nothing: a file already there under the
         inode number the maker gave it (numbers reserved to that maker alone) is the one it made."""
-        made: dict[str, int] = {}
-        refused: dict[str, str] = {}
         with self.db.tx() as tx:
             parent = self._get(dir_ino, tx)
             if self.volume_of(parent.ino).name != volume:
@@ -233,45 +232,9 @@ class SQLCatalogue(VolumeTable):
                 raise NotADirectory(f"inode {dir_ino} is not a directory")
             self.guard(parent.ino, c)
             before = self._cver(tx, parent.ino)
-            for name, ino, mode, when, content in files:
-                if not isinstance(name, str) or split("/" + name) != [name]:
-                    raise BadPath(f"{name!r} is not a file name")
-                mode = stat.S_IFREG | (mode & 0o7777)
-                data = content.data if content is not None else b""
-                try:
-                    node = self._new_numbered(tx, volume, parent, name, mode, c, data, ino, when)
-                    made[name] = node.ino
-                except FileExists as e:
-                    there = self._child(tx, parent, name, c)
-                    if ino is not None and there is not None and there.ino == ino and there.owner == c.who:
-                        made[name] = ino  # this batch came before and its answer was lost: the same file
-                        continue
-                    refused[name] = e.code
-                    continue
-                if content is not None:  # its times as the maker showed them: tar and make compare them
-                    tx.execute("UPDATE inodes SET atime=?, mtime=?, ctime=? WHERE ino=?",
-                               (content.atime, content.mtime, content.ctime, node.ino))
+            made, refused = make_many(tx, self.volume(volume), parent, files, c)
             versions = [before, self._cver(tx, parent.ino)]
         return {"made": made, "refused": refused, "dir_version": versions}
-
-    def _new_numbered(self, tx: Any, volume: str, parent: Inode, name: str, mode: int, c: Caller, data: bytes,
-                      ino: int | None, when: float) -> Inode:
-        """A made file under the number its maker gave it, or (taken after all) under any other."""
-        if ino is None:
-            return self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
-        tx.execute("SAVEPOINT numbered")  # a refused insert leaves the rest of the batch's transaction usable
-        try:
-            node = self._new(tx, volume, parent, name, mode, c, inline=data, ino=ino, when=when)
-        except self.db.integrity:
-            tx.execute("ROLLBACK TO SAVEPOINT numbered")
-            tx.execute("RELEASE SAVEPOINT numbered")
-            return self._new(tx, volume, parent, name, mode, c, inline=data, when=when)
-        except BaseException:
-            tx.execute("ROLLBACK TO SAVEPOINT numbered")
-            tx.execute("RELEASE SAVEPOINT numbered")
-            raise
-        tx.execute("RELEASE SAVEPOINT numbered")
-        return node
 
     def reserve(self, n: int) -> range:
         """`n` inode numbers no create will take but one that names them (a lease holder's own creates)."""

@@ -198,6 +198,16 @@ def test_catalogue_versions_numbers_and_replicas(request, tmp_path, backend) -> 
     assert (a["size"], a["mtime"], stat.S_IMODE(a["mode"])) == (5, 2.0, 0o640)
     node = c.commit(a["ino"], 5, 9.0, b"HELLO", False)
     assert node.inline == b"HELLO" and node.mtime == 9.0
+    c.mkdir("v", "/many", 0o755, me)
+    many = c.getattr("v", "/many", me)["ino"]
+    batch = [(f"n{i}", None, 0o644, 6.0, None) for i in range(450)] + [("n7", None, 0o644, 6.0, None)]
+    v0 = c.dir_version("v", "/many", me)
+    r = c.made("v", many, batch, me)  # more rows than one statement takes; a name twice: the second refused
+    assert len(r["made"]) == 450 and list(r["refused"]) == ["n7"] and r["dir_version"][0] == v0
+    listed = sorted(row[0] for row in c.readdir("v", "/many", me)[1])
+    assert len(set(r["made"].values())) == 450 and listed == sorted(r["made"])
+    assert c.dir_version("v", "/many", me) == r["dir_version"][1] > v0
+    assert c.getattr("v", "/many", me)["mtime"] == 6.0 and c.getattr("v", "/many/n449", me)["ino"] == r["made"]["n449"]
     c.heartbeat("osd0", "https://o0", 100, 50, 0.0)
     c.heartbeat("osd0", "https://o0b", 100, 40, 0.5)  # a later heartbeat replaces the first
     assert [(o["id"], o["url"], o["free"], o["alive"]) for o in c.osds()] == [("osd0", "https://o0b", 40, True)]
