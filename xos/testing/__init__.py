@@ -285,7 +285,10 @@ class TestGrid(Built):
     __test__ = False
 
     def __init__(self, n: int = 1, extra_args: list[str] | None = None,
-                 node_args: list[list[str]] | None = None, ca_dir: str | None = None) -> None:
+                 node_args: list[list[str]] | None = None, ca_dir: str | None = None, start: bool = True) -> None:
+        """`start`: give the nodes identities from the grid's CA and start them; without, the namespaces and
+        the bridge only (a test starts each node itself, with identities made as an admin would)."""
+        self.start = start
         self.tag = secrets.token_hex(2)
         self.base = tempfile.mkdtemp(prefix=f"xos-grid-{self.tag}-")
         os.chmod(self.base, 0o755)
@@ -318,6 +321,8 @@ class TestGrid(Built):
                                 list(self._extra) + list(self._node_args[i]))
                 self.nodes.append(node)
                 self._wire(ipr, br, node)
+        if not self.start:
+            return
         # Every node serves the peer API on its grid address, as the host its certificate from the grid's CA
         # names, and knows the others by name.
         if not os.path.exists(self.ca):
