@@ -117,6 +117,16 @@ def test_job_store(request, tmp_path, backend) -> None:
     assert s.credential("1.0") == ""  # nothing runs as its owner again
     assert [j.id for j in s.ls(jobs.State.QUEUED, owner="alice@bio")] == ["1.1"]
     assert s.counts() == {"done": 1, "queued": 1}
+    [two] = s.submit(jobspec.parse({"executable": "/bin/true"}), "alice@bio", "bio", "c")
+    with pytest.raises(IllegalTransition):  # one step of a batch refused: none of it happens
+        s.transitions([(two.id, jobs.State.MATCHED, "m", "n1"), ("1.0", jobs.State.MATCHED, "m", "n1")])
+    assert s.get(two.id).state == jobs.State.QUEUED and [h["to"] for h in s.history(two.id)] == ["queued"]
+    moved = s.transitions([(two.id, jobs.State.MATCHED, "m", "n2"), ("1.1", jobs.State.HELD, "held", None)])
+    assert [(j.id, j.state) for j in moved] == [(two.id, jobs.State.MATCHED), ("1.1", jobs.State.HELD)]
+    assert moved[0].node == "n2" and not moved[1].node
+    s.transition("1.1", jobs.State.QUEUED, "released")
+    s.transition(two.id, jobs.State.CANCELLED, "cancelled")
+    assert s.counts() == {"done": 1, "queued": 1, "cancelled": 1}
     s.add_usage(s.get("1.0"), {"cpu_seconds": 7.5, "memory_peak": 1 << 33, "wall_seconds": 9.0}, 2.0)
     [rec] = s.usage(vo="bio")
     assert (rec["cpu_seconds"], rec["memory_peak"], rec["node"]) == (7.5, 1 << 33, "n1") and s.usage(vo="chem") == []

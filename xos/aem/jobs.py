@@ -128,11 +128,13 @@ class JobStore(Protocol):
     def ls(self, state: State | None = None, owner: str | None = None) -> list[Job]: ...
     def transition(self, job_id: str, to: State, reason: str, node: str | None = None,
                    exit_status: int | None = None) -> Job: ...
+    def transitions(self, steps: list[tuple[str, State, str, str | None]]) -> list[Job]: ...
     def may(self, job_id: str, verb: str) -> Job: ...
     def control(self, job_id: str, verb: str, reason: str = '') -> Job: ...
     def credential(self, job_id: str) -> str: ...
     def set_reason(self, job_id: str, reason: str) -> None: ...
-    def add_usage(self, job: Job, usage: dict[str, Any], price: float) -> dict[str, Any]: ...
+    def add_usage(self, job: Job, usage: dict[str, Any], price: float,
+                  then: tuple[State, str, int | None] | None = None) -> dict[str, Any]: ...
     def usage(self, vo: str | None = None, owner: str | None = None, since: float = 0.0) -> list[dict[str, Any]]: ...
     @staticmethod
     def totals(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]: ...
@@ -199,18 +201,28 @@ class SQLJobStore:
                    exit_status: int | None = None) -> Job:
         """Move a job to `to` if its state allows it; the change and its reason are persisted together."""
         with self.db.tx() as tx:
-            row = tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id!r}", job=job_id)
-            job = _job(row)
-            t = JOB.step(job_id, job.state, to, reason, job=job_id)
-            tx.execute("UPDATE jobs SET state=?, reason=?, updated=?, node=COALESCE(?, node), "
-                       "exit_status=COALESCE(?, exit_status) WHERE id=?",
-                       (to.value, reason, t.at, node, exit_status, job_id))
-            tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, t.at, t.old, t.new, t.reason))
-            if to.final:  # nothing will run as its owner again: the credential it was submitted with goes
-                tx.execute("UPDATE jobs SET credential='' WHERE id=?", (job_id,))
-            return _job(tx.execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone())
+            return self._step(tx, job_id, to, reason, node, exit_status)
+
+    def transitions(self, steps: list[tuple[str, State, str, str | None]]) -> list[Job]:
+        """Several jobs moved (job, state, reason, node) in one transaction: all of them, or none (a matching
+        pass's jobs, one commit instead of one each)."""
+        with self.db.tx() as tx:
+            return [self._step(tx, job_id, to, reason, node) for job_id, to, reason, node in steps]
+
+    @staticmethod
+    def _step(tx: Any, job_id: str, to: State, reason: str, node: str | None = None,
+              exit_status: int | None = None) -> Job:
+        row = tx.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}", job=job_id)
+        t = JOB.step(job_id, State(row[0]), to, reason, job=job_id)
+        # A final state: nothing will run as its owner again, and the credential it came with goes.
+        done = _job(tx.execute("UPDATE jobs SET state=?, reason=?, updated=?, node=COALESCE(?, node), "
+                               "exit_status=COALESCE(?, exit_status), credential=CASE WHEN ? = 1 THEN '' ELSE "
+                               f"credential END WHERE id=? RETURNING {COLUMNS}",
+                               (to.value, reason, t.at, node, exit_status, 1 if to.final else 0, job_id)).fetchone())
+        tx.execute("INSERT INTO transitions VALUES (?,?,?,?,?)", (job_id, t.at, t.old, t.new, t.reason))
+        return done
 
     def may(self, job_id: str, verb: str) -> Job:
         """The job, if control verb `verb` applies to it in its state; IllegalTransition otherwise."""
@@ -239,9 +251,11 @@ class SQLJobStore:
         with self.db.tx() as tx:
             tx.execute("UPDATE jobs SET reason=?, updated=? WHERE id=?", (reason, time.time(), job_id))
 
-    def add_usage(self, job: Job, usage: dict[str, Any], price: float) -> dict[str, Any]:
+    def add_usage(self, job: Job, usage: dict[str, Any], price: float,
+                  then: tuple[State, str, int | None] | None = None) -> dict[str, Any]:
         """A usage record of the part of a job that ran on `job.node`, at that node's price (per CPU-hour, as
-        XenoServers charged): one per node a job ran on (a migrated job has several)."""
+        XenoServers charged): one per node a job ran on (a migrated job has several); with `then` (state,
+        reason, exit status), the job's transition there in the same transaction."""
         cpu = float(usage.get("cpu_seconds", 0.0))
         rec: dict[str, Any] = {
             "job": job.id, "owner": job.owner, "vo": job.vo, "node": job.node, "at": time.time(), "cpu_seconds": cpu,
@@ -251,6 +265,8 @@ class SQLJobStore:
         with self.db.tx() as tx:
             tx.execute(f"INSERT INTO usage_segments VALUES ({','.join('?' * len(USAGE))})",
                        [rec[k] for k in USAGE])
+            if then is not None:
+                self._step(tx, job.id, then[0], then[1], exit_status=then[2])
         return rec
 
     def usage(self, vo: str | None = None, owner: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:

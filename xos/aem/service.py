@@ -30,7 +30,6 @@ from xos.errors import (
     NotFound,
     OverCapacity,
     Unavailable,
-    WorkspaceExists,
     XosError,
 )
 from xos.identity import credential
@@ -146,7 +145,7 @@ class Aem:
         t0 = time.perf_counter()
         ads = self.fresh_ads()
         claimed: dict[str, list[float]] = {}
-        starts: list[Job] = []
+        matched: list[tuple[str, State, str, str | None]] = []
         for job in self.store.ls(State.QUEUED) + self.store.ls(State.REQUEUED):
             ready, why = self.store.ready(job)
             if not ready:
@@ -180,19 +179,29 @@ class Aem:
                 continue
             claimed[pick.node][0] += spec.cpus
             claimed[pick.node][1] += spec.memory >> 20
-            starts.append(self.store.transition(job.id, State.MATCHED, f"matched node {pick.node} "
-                                                f"(rank {pick.rank:g})", node=pick.node))
+            matched.append((job.id, State.MATCHED, f"matched node {pick.node} (rank {pick.rank:g})", pick.node))
+        starts = self.store.transitions(matched)  # one commit for the pass
         self.matchmaking(time.perf_counter() - t0)
         limit = asyncio.Semaphore(16)
+        started: list[tuple[str, State, str, str | None]] = []
 
         async def start(job: Job) -> None:
             async with limit:
-                await self.dispatch(job)
+                await self.dispatch(job, started)
 
         await asyncio.gather(*(start(j) for j in starts))
+        try:
+            self.store.transitions(started)  # one commit for the jobs this pass started
+        except IllegalTransition:  # one was cancelled meanwhile: the others one by one
+            for step in started:
+                try:
+                    self.store.transition(*step)
+                except IllegalTransition as e:
+                    log.info("job %s: %s", step[0], e)
 
-    async def dispatch(self, job: Job) -> None:
-        """Start a matched job on its node as a workspace with the job's allocation; back to the queue if refused."""
+    async def dispatch(self, job: Job, started: list[tuple[str, State, str, str | None]] | None = None) -> None:
+        """Start a matched job on its node as a workspace with the job's allocation; back to the queue if refused.
+        Its start goes into `started` (the caller commits them together) if given, else is committed here."""
         spec = job.spec
         res = spec.get("resources", {})
         alloc = {k: res[k] for k in ("memory", "egress", "ingress") if res.get(k)}
@@ -210,9 +219,6 @@ class Aem:
                 "grid": [f"{self.cfg.mrc}/{v}" for v in spec.get("volumes", [])]}
         try:
             await self.nodes.call("POST", job.node, "/v1/peer/workspaces", body)
-        except WorkspaceExists:  # started there already (a call of before a restart or takeover): not twice
-            self.store.transition(job.id, State.RUNNING, f"found started on node {job.node}")
-            return
         except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
             self.store.transition(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
             self.wake.set()
@@ -223,7 +229,8 @@ class Aem:
             self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
             self.wake.set()  # matched again at once, elsewhere
             return
-        self.store.transition(job.id, State.RUNNING, f"started on node {job.node}")
+        step = (job.id, State.RUNNING, f"started on node {job.node}", None)
+        started.append(step) if started is not None else self.store.transition(*step)
 
     def _grid(self, job: Job) -> stdio.GridFiles:
         """The grid file system as the job's owner: with the credential the job was submitted with."""
@@ -323,31 +330,34 @@ class Aem:
             ws = await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         except XosError as e:
             log.info("usage of job %s from the listing: %s", job.id, e)
-        self.account(job, ws)
+        status = ended.get("exit", 128 + ended.get("signal", 0))
+        note = "".join(f"; {n}" for n in notes)
+        if ended.get("exit") == 0:
+            then: tuple[State, str, int | None] = (State.DONE, "exit 0" + note, 0)
+        elif "walltime" in ended:
+            limit = job.spec["resources"]["walltime"]
+            then = (State.FAILED, f"walltime of {limit:g} s exceeded: stopped" + note, None)
+        else:
+            what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
+            then = (State.FAILED, what + note, status)
+        try:
+            self.account(job, ws, then)  # its usage and its end in one commit
+        except IllegalTransition:  # it was cancelled meanwhile: its usage all the same
+            self.account(job, ws)
         self.last_usage.pop(job.id, None)
         self.drop_image(job.id)
-        status = ended.get("exit", 128 + ended.get("signal", 0))
-        try:
+        try:  # after: a job manager gone meanwhile has its stray removed by the next one's sweep
             await self.nodes.call("DELETE", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         except XosError as e:
             log.warning("workspace of job %s not removed: %s", job.id, e)
-        note = "".join(f"; {n}" for n in notes)
-        if ended.get("exit") == 0:
-            self.store.transition(job.id, State.DONE, "exit 0" + note, exit_status=0)
-        elif "walltime" in ended:
-            limit = job.spec["resources"]["walltime"]
-            self.store.transition(job.id, State.FAILED, f"walltime of {limit:g} s exceeded: stopped" + note)
-        else:
-            what = f"exit {ended['exit']}" if "exit" in ended else f"signal {ended['signal']}"
-            self.store.transition(job.id, State.FAILED, what + note, exit_status=status)
         self.wake.set()  # dependants may run now
 
-
-    def account(self, job: Job, ws: dict[str, Any]) -> None:
-        """The job's usage as its node measured it, at the price the node advertises."""
+    def account(self, job: Job, ws: dict[str, Any], then: tuple[State, str, int | None] | None = None) -> None:
+        """The job's usage as its node measured it, at the price the node advertises (and with `then`, the
+        job's transition, in the same commit)."""
         ad = self.ads.get(job.node)
         price = float(ad.node.attrs.get("Price", 0.0)) if ad is not None else 0.0
-        self.store.add_usage(job, ws.get("usage", {}), price)
+        self.store.add_usage(job, ws.get("usage", {}), price, then)
 
     def output_path(self, job_id: str, stream: str = "stdout") -> str:
         return os.path.join(self.cfg.home, "aem", "output", job_id + ("" if stream == "stdout" else f".{stream}"))
@@ -455,11 +465,12 @@ class Aem:
                 listing = await self.nodes.call("GET", name, "/v1/peer/workspaces")
             except XosError:
                 continue
+            jobs = {ws_name(j.id): j for j in self.store.ls()} if listing else {}  # once a listing, after it
             for ws in listing:
                 wname = ws.get("name", "")
                 if not wname.startswith("job-"):
                     continue
-                owner = next((j for j in self.store.ls() if ws_name(j.id) == wname), None)
+                owner = jobs.get(wname)
                 if owner is not None and owner.state == State.MIGRATING:
                     continue  # on its way: at the source, the target or both until the target confirms
                 if owner is None or owner.node != name or owner.state not in (
@@ -572,7 +583,6 @@ class Aem:
         self.last_usage.pop(job.id, None)
         self.wake.set()
         return self.store.transition(job.id, State.RUNNING, f"migrated from node {job.node} to node {to}", node=to)
-
 
 
 REFUSAL_MEMORY = 60.0  # seconds a node that refused a job is not offered that job again
