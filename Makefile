@@ -66,6 +66,7 @@ bench: setup
 	$(PY) bench/fs.py --db postgresql --out bench/out/fs.json
 	$(PY) bench/fsx.py --ops 200000 --out bench/out/fsx.json
 	$(PY) bench/aem.py --db postgresql --out bench/out/aem.json
+	$(PY) bench/takeover.py --out bench/out/takeover.json
 
 # The file system's random-operation model for millions of operations (make test runs 10,000 per volume).
 FSX_OPS ?= 1000000
