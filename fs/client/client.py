@@ -46,6 +46,8 @@ UNCHANGING = frozenset({"getattr", "readdir", "dirversion", "readlink", "getxatt
 class Unreached(Unavailable):
     """No connection to the server could be made: the request was not sent."""
 
+    code = "unreached"
+
 
 
 
