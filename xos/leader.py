@@ -92,10 +92,13 @@ class Leadership:
                     log.info("standing by: the active %s is %s", self.scope, now)
                     told = now
             except psycopg.Error as e:
-                log.warning("standing by: PostgreSQL is not reachable: %s", str(e).strip())
+                if told != "unreachable":  # said once, not at every poll
+                    log.warning("standing by: PostgreSQL is not reachable: %s", str(e).strip())
+                    told = "unreachable"
                 self._drop()
             if deadline is not None and time.monotonic() >= deadline:
-                raise NotActive(f"another {self.scope} is active ({told or 'the database is not reachable'})")
+                raise NotActive(f"another {self.scope} is active ({told})" if told not in ("", "unreachable") else
+                                f"no {self.scope} could be made active: PostgreSQL is not reachable")
             self._stop.wait(POLL)
         raise NotActive(f"stopped while standing by as {self.scope}")
 
