@@ -67,6 +67,39 @@ def test_a_recall_comes_after_the_holders_slice_and_waits_for_the_hand_back(hori
     asyncio.run(run())
 
 
+def test_a_holder_still_sending_what_it_made_is_waited_for(horizon, monkeypatch):
+    """A recalled holder whose files-made calls go on (renew) keeps the directory past its term, until it
+    hands it back: the waiter reads what it sent. One that stops is waited for one term more only."""
+    monkeypatch.setattr(leases, "TERM", 0.3)
+    monkeypatch.setattr(leases, "MIN_HOLD", 0.0)
+
+    async def run():
+        ls = Leases(horizon)
+        ls.grant(7, A)
+        with pytest.raises(Recall) as r:
+            ls.check(7, B)
+        t0 = time.monotonic()
+        waiter = asyncio.ensure_future(ls.recall(r.value.lease, B.session))
+        await asyncio.sleep(0)  # B waits from here on
+        assert ls.grant(7, A) == 0.0  # no new term for the holder while B waits: only renewals of sends
+        for _ in range(6):  # 0.6 s of sends, twice the term
+            await asyncio.sleep(0.1)
+            assert ls.renew(7, A)
+            assert not waiter.done()
+        assert not ls.renew(7, B)  # only the holder's sends renew it
+        ls.hand_back(A, [7])
+        await asyncio.wait_for(waiter, 1)
+        assert time.monotonic() - t0 >= 0.6
+        ls.grant(8, A)
+        with pytest.raises(Recall) as r:
+            ls.check(8, B)
+        t0 = time.monotonic()
+        await asyncio.wait_for(ls.recall(r.value.lease, B.session), 2)  # it stops sending: one term
+        assert time.monotonic() - t0 < 0.6 and not ls.renew(8, A)  # and a lease run out is not renewed
+
+    asyncio.run(run())
+
+
 def test_a_silent_holder_holds_others_up_for_its_term_only(horizon, monkeypatch):
     monkeypatch.setattr(leases, "TERM", 0.3)
 
