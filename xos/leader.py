@@ -13,6 +13,7 @@ again (systemd restarts it) it stands by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -158,11 +159,54 @@ class Leadership:
         self._drop()
 
 
-async def stand_by(url: str, scope: str, holder: str) -> Leadership | None:
-    """For a store in PostgreSQL: wait until this process is the active `scope`, then watch that it stays so;
-    None for SQLite (one file on one host: nothing to share, nobody to stand by). SIGTERM or SIGINT while
-    standing by stops it (NotActive)."""
+_held_files: list[int] = []  # the lock files of SQLite stores this process is the active daemon of
+
+
+def _lock_file(path: str, holder: str) -> bool:
+    """Take the lock beside a SQLite store (PATH.active, 0600); whether it was free. Held until the process
+    ends: kill -9 included, the kernel lets it go."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        fd = os.open(path + ".active", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    finally:
+        os.umask(old)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{holder}\n".encode())
+    _held_files.append(fd)
+    return True
+
+
+async def stand_by(url: str, scope: str, holder: str, sqlite_path: str = "") -> Leadership | None:
+    """Wait until this process is the active `scope`. For a store in PostgreSQL, through the database (the
+    Leadership, watched from then on); for one in SQLite (`sqlite_path`), through a lock beside its file, so
+    a second daemon started on the same store by mistake stands by instead of serving beside the first
+    (None then: one host, nothing to fence). SIGTERM or SIGINT while standing by stops it quietly."""
     if not url.startswith(("postgresql://", "postgres://")):
+        if sqlite_path and not _lock_file(sqlite_path, holder):
+            log.info("standing by: another %s uses %s", scope, sqlite_path)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            try:
+                while not _lock_file(sqlite_path, holder):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), POLL)
+                    if stop.is_set():
+                        log.info("stopped while standing by as %s", scope)
+                        raise SystemExit(0)
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            log.info("active %s: %s", scope, holder)
         return None
     lead = Leadership(url, scope, holder)
     loop = asyncio.get_running_loop()

@@ -25,3 +25,13 @@ def open_url(what: str, backends: Mapping[str, Callable[[str], T]], url: str) ->
     if scheme not in backends:
         raise InvalidInput(f"no {what} store for {scheme!r}: use one of {', '.join(sorted(backends))}", field="db")
     return backends[scheme](rest if scheme == "sqlite" else url)
+
+
+def sqlite_file(url: str) -> str:
+    """The file a SQLite store's URL names (as open_url reads it); empty for another engine's."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if scheme != "sqlite":
+        return ""
+    return rest[1:] if rest.startswith("/") else rest

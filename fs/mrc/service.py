@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xos import leader
+from xos import leader, stores
 from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput, NotPermitted, Unavailable, XosError
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity, host_session
@@ -481,7 +481,8 @@ def make_app(mrc: MRC) -> httpd.App:
 async def serve_mrc(cfg: MrcConfig) -> None:
     """Run the MRC until SIGTERM or SIGINT. On PostgreSQL, only while it is the active one: it stands by
     (listening nowhere) while another MRC on that database is, and stops if it loses that."""
-    lead = await leader.stand_by(cfg.db, "mrc", f"{socket.gethostname()} {cfg.listen}")
+    lead = await leader.stand_by(cfg.db, "mrc", f"{socket.gethostname()} {cfg.listen}",
+                                 stores.sqlite_file(cfg.db or os.path.join(cfg.home, "mrc.db")))
     mrc = MRC(cfg)
     if lead is not None:
         mrc.cat.db.fence("mrc", lead.epoch, lead.deposed)

@@ -112,3 +112,45 @@ def test_the_successor_starts_from_a_write_in_flight(postgres) -> None:
         new.release()
         old.release()
         db.close()
+
+
+SQLITE_CHILD = """
+import asyncio, sys, time
+from xos import leader
+asyncio.run(leader.stand_by("", "aem", "child", sys.argv[1]))
+print("active", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_daemon_on_one_sqlite_store_stands_by(tmp_path) -> None:
+    """Two job managers started on one SQLite file by mistake: the second waits until the first is gone."""
+    import asyncio
+    import os
+    import stat
+
+    from xos import leader
+
+    store = str(tmp_path / "aem" / "jobs.db")
+    child = subprocess.Popen([sys.executable, "-c", SQLITE_CHILD, store], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "active"
+        assert stat.S_IMODE(os.stat(store + ".active").st_mode) == 0o600
+        assert not leader._lock_file(store, "me")  # held: this one would stand by
+
+        async def second() -> None:
+            waiting = asyncio.ensure_future(leader.stand_by("", "aem", "second", store))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # standing by while the first lives
+            child.kill()  # SIGKILL: the kernel lets its lock go
+            await asyncio.wait_for(waiting, 15)
+
+        asyncio.run(second())
+        with open(store + ".active") as f:
+            assert f.read() == "second\n"
+    finally:
+        child.kill()
+        child.wait()
+        for fd in leader._held_files:
+            os.close(fd)
+        leader._held_files.clear()

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from xos import leader
+from xos import leader, stores
 from xos.aem import stdio
 from xos.aem.classad import NodeAd, Wants
 from xos.aem.jobs import Job, State
@@ -272,7 +272,8 @@ def make_peer_app(aem: Aem) -> web.Application:
 async def serve_aem(cfg: AemConfig) -> None:
     """Run the job manager until SIGTERM or SIGINT. On PostgreSQL, only while it is the active one: it stands
     by (listening nowhere) while another job manager on that database is, and stops if it loses that."""
-    lead = await leader.stand_by(cfg.db, "aem", f"{socket.gethostname()} {cfg.listen}")
+    lead = await leader.stand_by(cfg.db, "aem", f"{socket.gethostname()} {cfg.listen}",
+                                 stores.sqlite_file(cfg.db or os.path.join(cfg.home, "aem", "jobs.db")))
     aem = Aem(cfg)
     if lead is not None:
         aem.store.db.fence("aem", lead.epoch, lead.deposed)  # type: ignore[attr-defined]
