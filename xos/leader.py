@@ -72,10 +72,18 @@ class Leadership:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         told = ""
+        reached = False  # a database never reached is a wrong URL or a server down: said at once, not waited on
         while not self._stop.is_set():
             try:
                 if self._conn is None:
-                    self._conn = self._connect()
+                    try:
+                        self._conn = self._connect()
+                    except psycopg.Error as e:
+                        if not reached:
+                            raise Unavailable(f"PostgreSQL at {safe_url(self.url)} is not reachable: "
+                                              f"{str(e).strip()}") from None
+                        raise
+                    reached = True
                     self._conn.execute(TABLE)
                 if self._conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
                                       (f"xos_leader:{self.scope}",)).fetchone()[0]:
@@ -245,3 +253,10 @@ async def while_active(work: Coroutine[Any, Any, Any], lead: Leadership | None) 
     for t in (lost, task):
         if t.done() and not t.cancelled() and t.exception() is not None:
             raise t.exception()  # type: ignore[misc]
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, where = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':')[0]}{at}{where}" if at else url

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from xos.errors import BadConfig, Unavailable
-from xos.leader import NotActive
+from xos.leader import NotActive, safe_url
 
 SCHEMA_TABLE = "CREATE TABLE IF NOT EXISTS xos_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
@@ -75,7 +75,7 @@ class Database:
         try:  # once by hand first: the server's own reason now, not a pool's timeout later
             psycopg.connect(url, connect_timeout=10).close()
         except (psycopg.Error, ValueError) as e:
-            raise Unavailable(f"PostgreSQL at {_safe(url)} is not reachable: {str(e).strip()}") from None
+            raise Unavailable(f"PostgreSQL at {safe_url(url)} is not reachable: {str(e).strip()}") from None
         self._fence: tuple[str, int, Callable[[str], None]] | None = None
         self.pool = ConnectionPool(url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True},
                                    name=store)
@@ -83,7 +83,7 @@ class Database:
             self.pool.open(wait=True, timeout=10)
         except Exception as e:  # PoolTimeout: it went away meanwhile
             self.pool.close()
-            raise Unavailable(f"PostgreSQL at {_safe(url)} is not reachable: {e}") from None
+            raise Unavailable(f"PostgreSQL at {safe_url(url)} is not reachable: {e}") from None
         with self.tx() as db:
             # Two daemons starting on one database at once: one migrates, the other waits and finds it done.
             db.execute("SELECT pg_advisory_xact_lock(hashtext('xos_schema'))")
@@ -91,7 +91,7 @@ class Database:
             row = db.execute("SELECT version FROM xos_schema WHERE store=?", (store,)).fetchone()
             have = int(row[0]) if row else 0
             if have > len(steps):
-                raise BadConfig(f"the {store} tables at {_safe(url)} are at schema version {have}, newer than this "
+                raise BadConfig(f"the {store} tables at {safe_url(url)} are at schema version {have}, newer than this "
                                 f"xos knows ({len(steps)}): run the newer xos, or another database")
             for step in steps[have:]:
                 for statement in step:
@@ -161,9 +161,3 @@ class Database:
         """Close the pool's connections."""
         self.pool.close()
 
-
-def _safe(url: str) -> str:
-    """The URL without a password."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, where = rest.rpartition("@")
-    return f"{scheme}{sep}{creds.split(':')[0]}{at}{where}" if at else url

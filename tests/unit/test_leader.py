@@ -154,3 +154,13 @@ def test_a_second_daemon_on_one_sqlite_store_stands_by(tmp_path) -> None:
         for fd in leader._held_files:
             os.close(fd)
         leader._held_files.clear()
+
+
+def test_a_database_never_reached_is_one_clear_error(tmp_path) -> None:
+    """A wrong URL or a server down at start is said at once (with no password), not stood by for ever."""
+    from xos.errors import Unavailable
+
+    lead = Leadership(f"postgresql://xos:secret@/nowhere?host={tmp_path}&connect_timeout=2", "aem", "me")
+    with pytest.raises(Unavailable, match="PostgreSQL at postgresql://xos@/nowhere") as e:
+        lead.acquire(timeout=30)
+    assert "secret" not in str(e.value)
