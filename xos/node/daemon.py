@@ -17,6 +17,7 @@ from xos.node.config import NodeConfig
 from xos.node.peer_api import make_peer_app
 from xos.node.service import NodeService
 from xos.paths import node_socket
+from xos.wire import server as wire_server
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def serve_node(config: NodeConfig) -> None:
         host, _, port = config.listen.rpartition(":")
         peer_runner = web.AppRunner(make_peer_app(svc), access_log=None, handle_signals=False, shutdown_timeout=5)
         await peer_runner.setup()
-        await web.TCPSite(peer_runner, host or "0.0.0.0", int(port), ssl_context=tls).start()
+        await wire_server.start_site(peer_runner, host or "0.0.0.0", int(port), tls)
         log.info("node %s peer API on %s", config.name, config.listen)
     pushers = [asyncio.create_task(advertise(svc, url)) for url in config.aem_urls]
     if pushers:

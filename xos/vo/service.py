@@ -23,6 +23,7 @@ from xos.identity import credential
 from xos.paths import vo_socket
 from xos.vo.store import VO, Member, VOStore, open_store
 from xos.wire import codec, hostid, metrics
+from xos.wire import server as wire_server
 from xos.wire.metrics import Registry
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ async def serve_vo(home: str, run: str, listen: str | None, tls: ssl.SSLContext 
         await public.setup()
         runners.append(public)
         try:
-            await web.TCPSite(public, host or "0.0.0.0", int(port), ssl_context=tls).start()
+            await wire_server.start_site(public, host or "0.0.0.0", int(port), tls)
         except (OSError, ValueError) as e:
             raise InvalidInput(f"cannot listen on {listen!r}: {e}") from None
     stop = asyncio.Event()
