@@ -47,9 +47,8 @@ class _Gate(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.early.append(bytes(data))
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        return True
+    def eof_received(self) -> None:
+        self.eof = True  # (TLS closes the connection on EOF whatever this answers, and warns if it is True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = (exc,)
@@ -107,8 +106,8 @@ class TlsAcceptor(asyncio.Protocol):
         app_transport.set_protocol(proto)
         for data in gate.early:
             _feed(proto, data)
-        if gate.eof and hasattr(proto, "eof_received") and not proto.eof_received():
-            app_transport.close()
+        if gate.eof and hasattr(proto, "eof_received"):
+            proto.eof_received()
 
 
 class TlsSite(web.BaseSite):
