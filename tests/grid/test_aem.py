@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 
+from tests.grid.helpers import fresh_nodes
 from xos.aem.client import Session
 from xos.checkpoint import criu
 from xos.errors import XosError
@@ -52,7 +53,7 @@ def site():
         token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
         try:
             s = Session(AEM_URL, token, ca=grid.ca)
-            wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see three nodes")
+            wait_for(lambda: fresh_nodes(s) == 3, 30, "the job manager to see three nodes")
             yield grid, s, key, aem, base
             s.close()
             bad = aem.unexpected_warnings(["job .* refused by node", "not reachable", "refused an ad from"])
@@ -62,12 +63,6 @@ def site():
             aem.stop()
             shutil.rmtree(base, ignore_errors=True)
 
-
-def _fresh(s):
-    try:
-        return len([n for n in s.run(s.jm.nodes()) if n["fresh"]])
-    except XosError:
-        return 0
 
 
 def test_requirements_land_on_the_only_such_node_and_output_comes_back(site):
@@ -167,7 +162,7 @@ def test_job_manager_killed_and_restarted_loses_nothing_and_runs_nothing_twice(s
     s.wait_started(job, 60)
     aem.kill(signal.SIGKILL)
     aem.start()
-    wait_for(lambda: _fresh(s) == 3, 30, "the restarted job manager to see the nodes")
+    wait_for(lambda: fresh_nodes(s) == 3, 30, "the restarted job manager to see the nodes")
     open(m, "w").close()
     info = s.wait_terminated(job, 60)
     assert info["state"] == "done"
@@ -382,7 +377,7 @@ def test_a_lost_node_s_checkpointable_job_resumes_elsewhere_from_its_last_checkp
         info = s.wait_terminated(job, 60)
     finally:
         a.start()
-        wait_for(lambda: _fresh(s) == 3, 30, "the job manager to see node a again")
+        wait_for(lambda: fresh_nodes(s) == 3, 30, "the job manager to see node a again")
     assert info["state"] == "done", info
     rows = [line.split() for line in s.run(s.jm.output(job)).splitlines()]
     nums, stamps = [int(r[0]) for r in rows], [float(r[1]) for r in rows]

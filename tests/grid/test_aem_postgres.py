@@ -8,20 +8,14 @@ import shutil
 import signal
 import tempfile
 
+from tests.grid.helpers import fresh_nodes
 from xos.aem.client import Session
-from xos.errors import XosError
 from xos.identity import credential
 from xos.testing import AEM_URL, TestAem, TestGrid, wait_for
 from xos.testing.postgres import TestPostgres
 
 WAITER = 'echo started; while [ ! -e {m} ]; do sleep 0.05; done; echo finished'
 
-
-def _fresh(s: Session) -> int:
-    try:
-        return len([n for n in s.run(s.jm.nodes()) if n["fresh"]])
-    except XosError:
-        return 0
 
 
 def test_jobs_kept_in_postgresql_survive_a_killed_job_manager() -> None:
@@ -41,7 +35,7 @@ def test_jobs_kept_in_postgresql_survive_a_killed_job_manager() -> None:
             token, _ = credential.issue(key, "alice", "bio", ["member"], [], 3600)
             s = Session(AEM_URL, token, ca=grid.ca)
             try:
-                wait_for(lambda: _fresh(s) == 1, 30, "the job manager to see the node")
+                wait_for(lambda: fresh_nodes(s) == 1, 30, "the job manager to see the node")
                 done = [s.run_job({"executable": "/bin/echo", "arguments": [str(i)]}) for i in range(3)]
                 assert [s.wait_terminated(j, 60)["state"] for j in done] == ["done"] * 3
                 waiting = s.run_job({"executable": "/bin/sh", "arguments": ["-c", WAITER.format(m=marker)],
@@ -49,7 +43,7 @@ def test_jobs_kept_in_postgresql_survive_a_killed_job_manager() -> None:
                 s.wait_started(waiting, 60)
                 aem.kill(signal.SIGKILL)
                 aem.start()
-                wait_for(lambda: _fresh(s) == 1, 30, "the restarted job manager to see the node")
+                wait_for(lambda: fresh_nodes(s) == 1, 30, "the restarted job manager to see the node")
                 open(marker, "w").close()
                 info = s.wait_terminated(waiting, 60)
                 assert info["state"] == "done" and s.run(s.jm.output(waiting)) == "started\nfinished\n"

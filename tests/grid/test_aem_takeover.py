@@ -12,6 +12,7 @@ import signal
 import tempfile
 import threading
 
+from tests.grid.helpers import fresh_nodes
 from xos.aem.client import Session
 from xos.errors import XosError
 from xos.identity import credential
@@ -21,12 +22,6 @@ from xos.testing.postgres import TestPostgres
 # Each run of job I adds a line to runs/I: one line is one run.
 JOB = 'echo "$1" >> {runs}/"$1"; echo "$1"'
 
-
-def _fresh(s: Session) -> int:
-    try:
-        return len([n for n in s.run(s.jm.nodes()) if n["fresh"]])
-    except XosError:
-        return 0
 
 
 def _log(aem: TestAem) -> str:
@@ -54,7 +49,7 @@ def test_the_standby_takes_over_a_killed_job_manager_mid_storm() -> None:
             first.start()
             s = Session(f"{first.url},{second.url}", token, ca=grid.ca)
             try:
-                wait_for(lambda: _fresh(s) == 1, 30, "the first job manager to see the node")
+                wait_for(lambda: fresh_nodes(s) == 1, 30, "the first job manager to see the node")
                 second.start()
                 wait_for(lambda: "standing by: the active aem is" in _log(second), 30, "the second to stand by")
                 acknowledged: list[tuple[int, str]] = []

@@ -64,6 +64,14 @@ def test_the_standby_mrc_takes_over_a_killed_one_mid_storm() -> None:
         for i in written[::50]:  # and the mount sees them so
             with open(os.path.join(mp, "out", f"f{i}"), "rb") as f:
                 assert f.read() == f"file {i}\n".encode() * (1 + i % 300)
+        # Files past what the MRC keeps inline go to the OSDs, which beat to the new MRC now: written and read
+        # back through the mount, and every OSD alive in the new MRC's eyes.
+        big = os.urandom(3 << 20)
+        with open(os.path.join(mp, "out", "big"), "wb") as f:
+            f.write(big)
+        with open(os.path.join(mp, "out", "big"), "rb") as f:
+            assert f.read() == big
+        wait_for(lambda: all(o["alive"] for o in grid.osd_list()), 30, "the OSDs to beat to the new MRC")
         assert len(failures) <= 2, failures
         bad = grid.unexpected_warnings(["not reachable", "does not answer", "standing by", "not-active",
                                         "no longer the active"])

@@ -42,18 +42,19 @@ def test_one_active_the_other_stands_by_until_it_goes(postgres) -> None:
 
 
 CHILD = """
-import sys, time
+import sys
 from xos.leader import Leadership
 lead = Leadership(sys.argv[1], "aem", "child")
 lead.acquire(timeout=30)
 print("active", lead.epoch, flush=True)
-time.sleep(600)
+sys.stdin.read()  # holds it until killed (or its stdin closes)
 """
 
 
 def test_a_killed_active_is_replaced(postgres) -> None:
     url = postgres.url("lead")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     standby = Leadership(url, "aem", "standby")
     try:
         assert child.stdout is not None and child.stdout.readline().split() == ["active", "1"]
@@ -115,11 +116,11 @@ def test_the_successor_starts_from_a_write_in_flight(postgres) -> None:
 
 
 SQLITE_CHILD = """
-import asyncio, sys, time
+import asyncio, sys
 from xos import leader
 asyncio.run(leader.stand_by("", "aem", "child", sys.argv[1]))
 print("active", flush=True)
-time.sleep(600)
+sys.stdin.read()  # holds it until killed (or its stdin closes)
 """
 
 
@@ -132,7 +133,8 @@ def test_a_second_daemon_on_one_sqlite_store_stands_by(tmp_path) -> None:
     from xos import leader
 
     store = str(tmp_path / "aem" / "jobs.db")
-    child = subprocess.Popen([sys.executable, "-c", SQLITE_CHILD, store], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", SQLITE_CHILD, store], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "active"
         assert stat.S_IMODE(os.stat(store + ".active").st_mode) == 0o600
