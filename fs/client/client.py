@@ -221,8 +221,10 @@ class Client(ObjectIO):
     def rmdir(self, path: str) -> dict[str, Any]:
         return dict(self.op("rmdir", path=path))
 
-    def unlink(self, path: str) -> dict[str, Any]:
-        return dict(self.op("unlink", path=path))
+    def unlink(self, path: str, lease: bool = False) -> dict[str, Any]:
+        """Remove a name: its directory's attributes after (`dirs`), its listing versions before and after
+        (`dir_version`); with `lease`, a lease on the directory if the MRC grants one now (`lease`)."""
+        return dict(self.op("unlink", path=path, lease=lease) if lease else self.op("unlink", path=path))
 
     def rename(self, old: str, new: str, noreplace: bool = False) -> dict[str, Any]:
         return dict(self.op("rename", old=old, new=new, noreplace=noreplace))

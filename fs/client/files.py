@@ -129,7 +129,7 @@ class OpenFiles(MadeHere):
         lib.xf_touch_dir(c.node, 0)
         if len(st.dir_version) == 2:  # the listing here, if it was current, is current with the new name
             lib.xf_advance(c.node, *st.dir_version)
-        self._take_lease(c.node, os.path.dirname(path), st, sent)
+        self._take_lease(c.node, os.path.dirname(path), st.lease, st.dir_version, sent)
         if not lib.xf_reply_create(req, c.node, c.name, self._attr(st.attrs), self.ttl, c.fi, fh):
             self._close(fh, 0)  # not created, or interrupted: no release will come for it
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from xos._native._fuse import ffi, lib
 from xos.errors import Unavailable, XosError
-from xos.fs.client.client import Client, Open
+from xos.fs.client.client import Client
 from xos.fs.layout import INLINE_MAX
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,18 @@ class Unborn:
                 "mtime": a.mtime_ns / 1e9, "ctime": a.ctime_ns / 1e9}
 
 
+class Run:
+    """Changes made here in a row in one directory, of one kind (XF_MADE_FILE or XF_MADE_UNLINK): (name, inode
+    number, mode, time, node) each; `body`: how the MRC takes them."""
+
+    def __init__(self, kind: int, dir_ino: int, dir_node: int) -> None:
+        self.kind, self.dir_ino, self.dir_node = kind, dir_ino, dir_node
+        self.items: list[tuple[str, int, int, float, int]] = []
+        self.described: list[list[Any]] = []
+        self.size = 0
+        self.body: dict[str, Any] = {}
+
+
 class MadeHere:
     """The part of the mount that keeps files made here until the MRC has them."""
 
@@ -74,6 +86,8 @@ class MadeHere:
         """Whether request `c` is on a file made here that may not need the MRC."""
         if c.op in (lib.XF_WRITE, lib.XF_READ, lib.XF_FLUSH, lib.XF_RELEASE, lib.XF_FSYNC):
             return bool(c.fh & lib.XF_LOCAL_FH)
+        if c.op == lib.XF_UNLINK:  # under a lease, answered here and queued behind the files made here
+            return True
         if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
             u = self._unborn.get(c.node)
             return u is not None and not u.sent
@@ -140,69 +154,109 @@ class MadeHere:
         lib.fuse_reply_write(req, c.len)
         return True
 
-    def _take_lease(self, node: int, path: str, st: Open, sent: float) -> None:
-        """Use the lease a create brought on directory `node`: the native loop answers absent names there
-        and makes files there itself, once the table holds the directory's listing as it is now."""
-        lease = st.lease
+    def _take_lease(self, node: int, path: str, lease: dict[str, Any] | None, dir_version: tuple[int, ...],
+                    sent: float) -> None:
+        """Use the lease a create or unlink brought on directory `node`: the native loop answers absent names
+        there, and makes files and removes names there itself, once the table holds the directory's listing
+        as it is now (`dir_version`: its listing version before and after that change)."""
         if not lease or not lease.get("term"):
             return
         had = ffi.new("uint64_t *")
-        if not lib.xf_listing(node, had) or len(st.dir_version) != 2 or had[0] != st.dir_version[1]:
+        if not lib.xf_listing(node, had) or len(dir_version) != 2 or had[0] != dir_version[1]:
             self._fill(node, self.c.listing(path))  # the lease holds the names still: this listing is whole
         lo, hi = lease.get("inos") or (0, 0)
         self._leased[lease["dir"]] = node
         lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
 
     def send_made(self) -> None:
-        """Tell the MRC about the files made here, in the order they were made, a call per directory."""
+        """Tell the MRC about the files made and the names removed here, in the order they were: runs of one
+        directory and kind, as many as fit in one call (git removes a temporary name and makes the next one
+        between two links: a call per run cost a round trip more per object)."""
         with self._made_lock:
             while n := lib.xf_take_made(self._made_buf, MADE_BATCH, 0):
-                batches: dict[tuple[int, int], list[tuple[str, int, int, float, int]]] = {}
+                runs: list[Run] = []
                 for m in self._made_buf[0:n]:
-                    batches.setdefault((m.dir_ino, m.dir_node), []).append(
-                        (os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
-                for (dir_ino, dir_node), files in batches.items():
-                    self._send_batch(dir_ino, dir_node, files)
+                    if not runs or (runs[-1].kind, runs[-1].dir_ino, runs[-1].dir_node) != (m.kind, m.dir_ino,
+                                                                                              m.dir_node):
+                        runs.append(Run(m.kind, m.dir_ino, m.dir_node))
+                    runs[-1].items.append((os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
+                call: list[Run] = []
+                size = 0
+                for run in runs:
+                    for part in self._described(run):
+                        if call and size + part.size > MADE_BYTES:
+                            self._send(call)
+                            call, size = [], 0
+                        call.append(part)
+                        size += part.size
+                self._send(call)
 
-    def _described(self, f: tuple[str, int, int, float, int]) -> list[Any]:
-        """A made file as the MRC takes it: with its content, mode and times if it was used here."""
-        with self._lock:
-            u = self._unborn.get(f[4])
-        if u is None:
-            return list(f[:4])
-        with u.lock:
-            u.sent = True
-            return [f[0], f[1], u.attr.mode, f[3], u.content()]
-
-    def _send_batch(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]]) -> None:
-        """Send files made in one directory, in calls that stay well within what the MRC takes in one body."""
-        described = [self._described(f) for f in files]
-        start, size = 0, 0
-        for i, d in enumerate(described):
+    def _described(self, run: Run) -> list[Run]:
+        """A run as the MRC takes it, in parts that stay well within what it takes in one body: made files
+        with their content, mode and times if they were used here."""
+        if run.kind == lib.XF_MADE_UNLINK:
+            run.body = {"op": "unlinked", "dir": run.dir_ino, "names": [[f[0], f[1], f[3]] for f in run.items]}
+            run.size = 100 * len(run.items)
+            return [run]
+        parts: list[Run] = []
+        part = Run(run.kind, run.dir_ino, run.dir_node)
+        for f in run.items:
+            with self._lock:
+                u = self._unborn.get(f[4])
+            if u is None:
+                d: list[Any] = list(f[:4])
+            else:
+                with u.lock:
+                    u.sent = True
+                    d = [f[0], f[1], u.attr.mode, f[3], u.content()]
             more = 300 + (len(d[4]["inline"]) if len(d) == 5 else 0)
-            if i > start and size + more > MADE_BYTES:
-                self._send_part(dir_ino, dir_node, files[start:i], described[start:i])
-                start, size = i, 0
-            size += more
-        self._send_part(dir_ino, dir_node, files[start:], described[start:])
+            if part.items and part.size + more > MADE_BYTES:
+                parts.append(part)
+                part = Run(run.kind, run.dir_ino, run.dir_node)
+            part.items.append(f)
+            part.described.append(d)
+            part.size += more
+        for p in parts + [part]:
+            p.body = {"op": "made", "dir": p.dir_ino, "files": p.described}
+        return parts + [part]
 
-    def _send_part(self, dir_ino: int, dir_node: int, files: list[tuple[str, int, int, float, int]],
-                   described: list[list[Any]]) -> None:
-        deadline = time.monotonic() + self.c.deadline
-        while True:
-            try:
-                r = self.c.op("made", dir=dir_ino, files=described)
-                break
-            except Unavailable as e:
-                if time.monotonic() < deadline and not self.stopping.is_set():
-                    time.sleep(0.2)
-                    continue
-                r, err = {"made": {}, "refused": {}}, str(e)
-            except XosError as e:
-                r, err = {"made": {}, "refused": {}}, str(e)
-            log.error("files made here in directory %d are lost, the MRC did not take them: %s", dir_ino, err)
-            break
-        for name, _, _, _, node in files:
+    def _send(self, runs: list[Run]) -> None:
+        """One call with these runs, in order; then what the MRC said of each."""
+        if not runs:
+            return
+        answers: list[dict[str, Any]] = []
+        try:
+            answers = self._call("changes", changes=[r.body for r in runs])["answers"]
+        except XosError as e:
+            answers = [{"error": {"code": e.code, "message": str(e)}}] * len(runs)
+        for run, r in zip(runs, answers, strict=True):
+            if run.kind == lib.XF_MADE_UNLINK:
+                self._unlinks_sent(run, r)
+            else:
+                self._made_sent(run, r)
+
+    def _unlinks_sent(self, run: Run, r: dict[str, Any]) -> None:
+        """Names removed in one directory, as the MRC took them. One it refused is there still: the listing
+        here is dropped, so that the name shows again."""
+        if "error" in r:
+            log.error("names removed here in directory %d are back, the MRC did not take their removal: %s",
+                      run.dir_ino, r["error"].get("message"))
+            lib.xf_unlist(run.dir_node, _listed(run.dir_node))
+            return
+        for name, code in r["refused"].items():
+            log.error("name %s removed here in directory %d was not removed at the MRC (%s)", name, run.dir_ino, code)
+        if r["refused"]:
+            lib.xf_unlist(run.dir_node, _listed(run.dir_node))
+        elif len(r.get("dir_version") or ()) == 2:
+            lib.xf_advance(run.dir_node, *r["dir_version"])
+
+    def _made_sent(self, run: Run, r: dict[str, Any]) -> None:
+        """Files made in one directory, as the MRC took them."""
+        if "error" in r:
+            log.error("files made here in directory %d are lost, the MRC did not take them: %s", run.dir_ino,
+                      r["error"].get("message"))
+            r = {"made": {}, "refused": {}}
+        for name, _, _, _, node in run.items:
             lib.xf_confirm(node, r["made"].get(name, 0))
             u = self._unborn.get(node)
             if u is not None:
@@ -211,11 +265,25 @@ class MadeHere:
                     with self._lock:
                         self._unborn.pop(node, None)
         for name, code in r["refused"].items():
-            log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, dir_ino, code)
+            log.error("file %s made here in directory %d is lost (%s): the lease had run out", name, run.dir_ino,
+                      code)
         if len(r.get("dir_version") or ()) == 2:
-            lib.xf_advance(dir_node, *r["dir_version"])
+            lib.xf_advance(run.dir_node, *r["dir_version"])
         # The directory's times need no refresh: each create here set them to the file's time, which the MRC
         # took as the directory's too (asking again cut creates across 10 directories from 15,900/s to 1,100).
+
+    def _call(self, op: str, **body: Any) -> dict[str, Any]:
+        """An MRC call of the sender, tried again while the MRC is unavailable (restarting, or a standby
+        taking over), up to the client's deadline."""
+        deadline = time.monotonic() + self.c.deadline
+        while True:
+            try:
+                return dict(self.c.op(op, **body))
+            except Unavailable:
+                if time.monotonic() < deadline and not self.stopping.is_set():
+                    time.sleep(0.2)
+                    continue
+                raise
 
     def sender(self) -> None:
         """Send files made here as they come, a few milliseconds' worth at a time."""
@@ -252,3 +320,9 @@ class MadeHere:
                 self.hand_back(list(self._leased))
             except XosError as e:
                 log.warning("directory leases not handed back (they run out): %s", e)
+
+
+def _listed(node: int) -> int:
+    """The listing version the table holds of directory `node` (0 if none)."""
+    had = ffi.new("uint64_t *")
+    return had[0] if lib.xf_listing(node, had) else 0

@@ -90,10 +90,12 @@ class GridFS(OpenFiles):
         """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
         _tl.req = req
         try:
-            # Whatever this asks the MRC, it knows the files made here first: those still queued, and those
-            # the sender took and is sending (it holds the lock until the MRC has them). A request on a file
-            # made here that it may serve alone sends them only if it goes to the MRC after all.
-            if (lib.xf_made_count() or self._made_lock.locked()) and not self._may_stay_here(c):
+            # Whatever this asks the MRC, it knows the changes made here first where its answer shows them:
+            # those still queued, and those the sender took and is sending (it holds the lock until the MRC
+            # has them). A request on a file made here that it may serve alone sends them only if it goes to
+            # the MRC after all. git reads its work tree between objects it makes and unlinks elsewhere.
+            if not self._may_stay_here(c) and (self._made_lock.locked() or lib.xf_made_touches(
+                    c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK) else 0)):
                 self.send_made()
             self.ops[c.op](req, c)
         except XosError as e:
@@ -361,16 +363,43 @@ class GridFS(OpenFiles):
         self._moved(path, hidden)
         return True, known
 
+    def _unlink_here(self, c: Any) -> bool:
+        """Remove a name in a directory leased here without asking the MRC (the native loop queues it for
+        the MRC behind the files made here): whether it could be. A file open here cannot."""
+        known = ffi.new("struct xf_attr *")
+        if not lib.xf_peek(c.node, c.name, known) or self.c.opened(known.ino) is not None:
+            return False
+        node = lib.xf_node_of(c.node, c.name)
+        u = self._unborn.get(node) if node else None
+        if u is not None and not u.closed:
+            return False
+        done = lib.xf_unlink_here(c.node, c.name)
+        if done == 2:
+            lib.xf_stale_ino(known.ino)  # its other names show a link count one lower
+        return bool(done)
+
     def unlink(self, req: Any, c: Any) -> None:
+        if self._unlink_here(c):
+            lib.fuse_reply_err(req, 0)
+            return
+        if self._made_lock.locked() or lib.xf_made_touches(c.node, 0):
+            self.send_made()  # skipped for it on the way in
         path, _ = self.child(c.node, c.name)
         hidden, known = self._hide(c.node, c.name, path)
+        r: dict[str, Any] = {}
+        sent = time.monotonic()
         if not hidden:
-            self._dirs_now((c.node,), self.c.unlink(path))
+            # a listing held here is worth a lease: the names after this one go without a call each (rm -rf)
+            r = self.c.unlink(path, lease=bool(lib.xf_listing(c.node, ffi.new("uint64_t *"))))
+            self._dirs_now((c.node,), r)
         if known.ino and known.nlink > 1:
             lib.xf_stale_ino(known.ino)  # its other names show a link count one lower
         elif not known.ino:
             lib.xf_forget_all()  # not known here: it may have other names
         lib.xf_drop(c.node, c.name)
+        if len(r.get("dir_version") or ()) == 2:  # the listing here, if it was current, is current without it
+            lib.xf_advance(c.node, *r["dir_version"])
+        self._take_lease(c.node, os.path.dirname(path), r.get("lease"), tuple(r.get("dir_version") or ()), sent)
         lib.fuse_reply_err(req, 0)
 
     def rmdir(self, req: Any, c: Any) -> None:

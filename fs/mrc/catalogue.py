@@ -25,6 +25,7 @@ from xos.errors import (
     NotADirectory,
     NotPermitted,
     TooManyLinks,
+    XosError,
 )
 from xos.fs.layout import INLINE_MAX
 from xos.fs.mrc.made import make_many
@@ -293,10 +294,13 @@ class SQLCatalogue(VolumeTable):
         if parent.mode & stat.S_ISVTX and c.who not in (node.owner, parent.owner):
             raise NotPermitted(f"the sticky directory lets only {node.owner} remove this")
 
-    def unlink(self, volume: str, path: str, c: Caller) -> list[dict[str, Any]]:
-        """Remove a name; its directory's attributes after."""
+    def unlink(self, volume: str, path: str, c: Caller, dir_version: list[int] | None = None) -> list[dict[str, Any]]:
+        """Remove a name; its directory's attributes after (and its listing versions before and after, into
+        `dir_version`)."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
+            if dir_version is not None:
+                dir_version[:] = [self._cver(tx, parent.ino)] * 2
             node = self._child(tx, parent, name, c)
             if node is None:
                 raise NoSuchFile(f"{path} does not exist")
@@ -307,7 +311,46 @@ class SQLCatalogue(VolumeTable):
             self._drop_link(tx, node)
             now = time.time()
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+            if dir_version is not None:
+                dir_version[1] = self._cver(tx, parent.ino)
             return self._dirs(tx, parent.ino)
+
+    def unlinked(self, volume: str, dir_ino: int, names: list[tuple[str, int, float]], c: Caller) -> dict[str, Any]:
+        """Names a lease holder removed in directory `dir_ino` under its lease, as (name, the inode number it
+        named there, time), in one transaction and in that order: the names removed, {name: error code} of
+        those refused (gone already, or naming another file: the lease had run out), and the directory's
+        listing version before and after."""
+        with self.db.tx() as tx:
+            parent = self._get(dir_ino, tx)
+            if self.volume_of(parent.ino).name != volume:
+                raise InvalidInput("that directory is in another volume", field="dir")
+            before = self._cver(tx, parent.ino)
+            removed: list[str] = []
+            refused: dict[str, str] = {}
+            last = None
+            for name, ino, when in names:
+                if split("/" + name) != [name]:
+                    raise BadPath(f"{name!r} is not a file name")
+                node = self._child(tx, parent, name, c)
+                if node is None or node.ino != ino:
+                    refused[name] = NoSuchFile.code
+                    continue
+                if node.is_dir:
+                    refused[name] = IsADirectory.code
+                    continue
+                try:
+                    self._may_remove(parent, node, c)
+                except XosError as e:
+                    refused[name] = e.code
+                    continue
+                tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
+                self._drop_link(tx, node)
+                removed.append(name)
+                last = when
+            if last is not None:
+                tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (last, last, parent.ino))
+            versions = [before, self._cver(tx, parent.ino)]
+        return {"unlinked": removed, "refused": refused, "dir_version": versions}
 
     def rmdir(self, volume: str, path: str, c: Caller) -> list[dict[str, Any]]:
         """Remove an empty directory; its parent's attributes after."""

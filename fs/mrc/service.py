@@ -283,6 +283,30 @@ class MRC:
             self.leases.grant(dir_ino, c)
         return out
 
+    async def op_changes(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """What a lease holder changed by itself, in the order it did: {"op": "made" or "unlinked", and that
+        op's body} each, each in its own transaction; an answer each, an error one's {"error": ...}. A lease
+        in the way of one is recalled and waited for here: the call as a whole never runs twice."""
+        changes = field(b, "changes", list)
+        if not all(isinstance(ch, dict) and ch.get("op") in ("made", "unlinked") for ch in changes):
+            raise InvalidInput('each change is {"op": "made" or "unlinked", ...}', field="changes")
+        answers = []
+        for ch in changes:
+            op = self.op_made if ch["op"] == "made" else self.op_unlinked
+            self.counts[ch["op"]] += 1
+            for _ in range(16):
+                try:
+                    answers.append(await op(v, c, ch))
+                    break
+                except Recall as r:
+                    await self.leases.recall(r.lease, c.session)
+                except XosError as e:
+                    answers.append(e.to_json())
+                    break
+            else:
+                answers.append(Unavailable("waited on too many directory leases").to_json())
+        return {"answers": answers}
+
     async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """The directories this session is to hand back (waits a while for some)."""
         if not c.session:
@@ -309,9 +333,28 @@ class MRC:
         return self.cat.link(v, field(b, "old", str), field(b, "new", str), c)
 
     async def op_unlink(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        dirs = self.cat.unlink(v, field(b, "path", str), c)
+        """Remove a name; with `lease`, the caller's mount may go on removing names there by itself."""
+        dir_version: list[int] = []
+        dirs = self.cat.unlink(v, field(b, "path", str), c, dir_version)
         self.replicas.wake()
-        return {"dirs": dirs}
+        out: dict[str, Any] = {"dirs": dirs, "dir_version": dir_version}
+        if field(b, "lease", bool, False):
+            parent = self.cat.resolve(v, posixpath.dirname(field(b, "path", str)), c)
+            out["lease"] = self._lease(parent.ino, c, False)
+        return out
+
+    async def op_unlinked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Names a lease holder removed in a directory, in order: [name, inode number, time] each."""
+        dir_ino = field(b, "dir", int)
+        names = field(b, "names", list)
+        if not all(isinstance(n, list) and len(n) == 3 and isinstance(n[0], str) and isinstance(n[1], int)
+                   and isinstance(n[2], (int, float)) for n in names):
+            raise InvalidInput("each of names is [name, inode number, time]", field="names")
+        out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2])) for n in names], c)
+        self.replicas.wake()
+        if "w" in c.rights and not self.leases.renew(dir_ino, c):  # as for files made: see op_made
+            self.leases.grant(dir_ino, c)
+        return out
 
     async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return {"dirs": self.cat.rmdir(v, field(b, "path", str), c)}

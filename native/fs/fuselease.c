@@ -22,10 +22,33 @@ static struct xf_made *made;
  * the backlog grew to seconds and another client's listing waited on it past its timeout. */
 #define MADE_BACKLOG 1024
 static size_t made_n, made_cap;
+static size_t made_multi; /* names removed in the queue whose file has other names */
 static pthread_cond_t made_cond = PTHREAD_COND_INITIALIZER;
 static uint64_t local_fh;
 
 void xf_owner(uint32_t uid) { owner_uid = uid; }
+
+/* Room for one more change in the queue (under `lock`): 0 when memory ran out. */
+static int made_room(void)
+{
+    if (made_n < made_cap)
+        return 1;
+    size_t ncap = made_cap ? made_cap * 2 : 256;
+    struct xf_made *m = realloc(made, ncap * sizeof *m);
+    if (!m)
+        return 0;
+    made = m;
+    made_cap = ncap;
+    return 1;
+}
+
+static int64_t wall_us_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return wall - wall % 1000; /* microseconds: what the MRC's times (seconds in a double) carry exactly */
+}
 
 void xf_lease(uint64_t dir, uint64_t dir_ino, double until, uint32_t gid, uint64_t ino_lo, uint64_t ino_hi)
 {
@@ -80,15 +103,48 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
     }
     size_t n = made_n < max ? made_n : max;
     for (size_t i = 0; i < n; i++) {
-        struct node *f = find_id(made[i].node);
+        struct node *f = made[i].kind == XF_MADE_FILE ? find_id(made[i].node) : NULL;
         if (f)
             f->taken = 1;
     }
+    for (size_t i = 0; i < n; i++)
+        if (made[i].kind == XF_MADE_UNLINK && made[i].nlink > 1)
+            made_multi--;
     memcpy(out, made, n * sizeof *made);
     memmove(made, made + n, (made_n - n) * sizeof *made);
     made_n -= n;
     pthread_mutex_unlock(&lock);
     return n;
+}
+
+/* Whether a change waiting in the queue shows in what the MRC would answer about `node` (under `lock`): one in
+ * it or in a directory on its path, one in a directory it lists, or a name removed whose file has other names
+ * (anywhere). A request about anything else goes to the MRC without sending the queue first. */
+static int touches(uint64_t node)
+{
+    if (made_multi)
+        return 1;
+    for (size_t i = 0; i < made_n; i++) {
+        struct node *d = find_id(made[i].dir_node);
+        if (d && d != &root && d->parent == node)
+            return 1;
+    }
+    for (struct node *n = find_id(node); n; n = n != &root && n->name ? find_id(n->parent) : NULL) {
+        for (size_t i = 0; i < made_n; i++)
+            if (made[i].dir_node == n->id || made[i].node == n->id)
+                return 1;
+        if (n == &root)
+            break;
+    }
+    return 0;
+}
+
+int xf_made_touches(uint64_t node, uint64_t node2)
+{
+    pthread_mutex_lock(&lock);
+    int t = made_n && (touches(node) || (node2 && touches(node2)));
+    pthread_mutex_unlock(&lock);
+    return t;
 }
 
 /* The MRC has the file made here as inode `ino` (0: it refused it, the name was taken meanwhile). */
@@ -163,6 +219,18 @@ void drop_local(uint64_t fh)
     written_unlock_();
 }
 
+/* Whether a handle the native loop gave out is open on `node` (under `lock`; takes the handles' lock). */
+static int has_local(uint64_t node)
+{
+    int found = 0;
+    written_lock_();
+    for (size_t i = 0; i < 256 && !found; i++)
+        for (struct local *l = locals[i]; l && !found; l = l->next)
+            found = l->node == node;
+    written_unlock_();
+    return found;
+}
+
 size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max)
 {
     size_t n = 0;
@@ -184,10 +252,7 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
     if (strlen(name) > 255)
         return 0;
     double t = now();
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t wall = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    wall -= wall % 1000; /* microseconds: what the MRC's times (seconds in a double) carry exactly */
+    int64_t wall = wall_us_ns();
     pthread_mutex_lock(&lock);
     struct node *d = find_id(parent);
     /* More made here than the MRC has taken so far than MADE_BACKLOG: asked of the MRC itself until the
@@ -197,15 +262,9 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
         pthread_mutex_unlock(&lock);
         return 0;
     }
-    if (made_n == made_cap) {
-        size_t ncap = made_cap ? made_cap * 2 : 256;
-        struct xf_made *m = realloc(made, ncap * sizeof *m);
-        if (!m) {
-            pthread_mutex_unlock(&lock);
-            return 0;
-        }
-        made = m;
-        made_cap = ncap;
+    if (!made_room()) {
+        pthread_mutex_unlock(&lock);
+        return 0;
     }
     struct xf_attr a = {.ino = d->ino_next, .mode = S_IFREG | (mode & 07777), .nlink = 1, .uid = owner_uid,
                         .gid = d->attr.mode & S_ISGID ? d->attr.gid : d->lease_gid,
@@ -224,6 +283,8 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
     m->node = n->id;
     m->ino = a.ino;
     m->fh = fh;
+    m->kind = XF_MADE_FILE;
+    m->nlink = 1;
     m->mode = a.mode;
     m->time_ns = wall;
     strcpy(m->name, name);
@@ -243,6 +304,50 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
         pthread_mutex_unlock(&lock);
     }
     return 1;
+}
+
+/* UNLINK answered here, under the same lease and in the same queue as files made here: rm -rf and git (which
+ * links each object into place and unlinks its temporary name) otherwise wait on the MRC's transaction for
+ * every name. The queue keeps the order: a file made, removed and made again under one name reaches the
+ * MRC so. Only where the MRC would agree without a doubt: the directory is this mount user's own and
+ * writable to it (no sticky bit, group or other rights to weigh), and the name's inode number is known.
+ * A file open here is left to Python, which moves it aside until its last close. */
+int xf_unlink_here(uint64_t parent, const char *name)
+{
+    if (strlen(name) > 255)
+        return 0;
+    double t = now();
+    int64_t wall = wall_us_ns();
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(parent), *n = find_name(parent, name);
+    if (!d || !n || d->lease_until <= t || !d->list_until || made_n >= MADE_BACKLOG || d->attr.uid != owner_uid ||
+        (d->attr.mode & (S_IWUSR | S_IXUSR)) != (S_IWUSR | S_IXUSR) || !n->attr_until || !n->attr.ino ||
+        S_ISDIR(n->attr.mode) || n->writers || has_local(n->id) || !made_room()) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    struct xf_made *m = &made[made_n++];
+    m->kind = XF_MADE_UNLINK;
+    m->dir_ino = d->lease_ino;
+    m->dir_node = parent;
+    m->node = n->id;
+    m->ino = n->attr.ino;
+    m->fh = 0;
+    m->mode = n->attr.mode;
+    /* attributes no longer fresh (a link made since marks them stale): it may have other names */
+    m->nlink = n->attr_until > t ? n->attr.nlink : 2;
+    made_multi += m->nlink > 1;
+    int multi = m->nlink > 1;
+    m->time_ns = wall;
+    strcpy(m->name, name);
+    unhash_name(n);
+    n->attr_until = 0;
+    if (!n->nlookup && !n->writers)
+        free_node(n);
+    d->attr.mtime_ns = d->attr.ctime_ns = wall;
+    pthread_cond_signal(&made_cond);
+    pthread_mutex_unlock(&lock);
+    return 1 + multi;
 }
 
 /* Handles that wrote since they were opened: only their FLUSH (every close sends one) has work for

@@ -67,11 +67,14 @@ void xf_touch_dir(uint64_t dir, int links);
 void xf_writers(uint64_t node, int delta);
 void xf_written(uint64_t fh, int on);
 
-/* A file this mount created by itself under a directory lease, for Python to tell the MRC. */
+/* A change this mount made by itself under a directory lease, for Python to tell the MRC: a file created
+ * (XF_MADE_FILE) or a name removed (XF_MADE_UNLINK). */
+#define XF_MADE_FILE 0
+#define XF_MADE_UNLINK 1
 struct xf_made {
     uint64_t dir_ino, dir_node; /* the directory: the MRC's inode number, the table's node */
-    uint64_t node, ino, fh;     /* the new file's node, the inode number it was given, its handle */
-    uint32_t mode;
+    uint64_t node, ino, fh;     /* the file's node, its inode number, the new file's handle (0 for an unlink) */
+    uint32_t kind, mode, nlink; /* nlink: the file's link count before (an unlink) */
     int64_t time_ns;
     char name[256];
 };
@@ -92,6 +95,13 @@ void xf_confirm(uint64_t node, uint64_t ino);
 int xf_queued(uint64_t node);
 size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max);
 uint64_t xf_node_of(uint64_t parent, const char *name);
+/* UNLINK answered here: `name` in leased directory `parent` was removed from the table and queued for the MRC
+ * (a name known with its inode number, not a directory, open by no handle here, in a directory owned by
+ * this mount's user): 1, or 2 when its file may have other names; 0: ask the MRC. */
+int xf_unlink_here(uint64_t parent, const char *name);
+/* Whether a request about `node` (and `node2`, or 0) must wait until the changes queued here reach the MRC:
+ * what it would answer shows one of them. */
+int xf_made_touches(uint64_t node, uint64_t node2);
 
 /* Reach the OSDs over TLS 1.3 from now on, their certificates checked against the CA in `ca_file` and the
  * address each is reached at. 0, or -errno. */

@@ -329,3 +329,61 @@ def test_changes_of_names_answer_their_directories_attributes(grid, mounts, name
     assert (here.st_mtime_ns, here.st_ctime_ns, here.st_nlink) == \
         (round(there["mtime"] * 1e6) * 1000, round(there["ctime"] * 1e6) * 1000, there["nlink"])
     assert sorted(os.listdir(d)) == sorted([f"warm{i}" for i in range(20)] + [f"m{i}" for i in range(50)])
+
+
+def test_names_removed_under_a_lease_reach_the_mrc_in_order(grid, mounts, name, api):
+    """A mount holding a directory's lease removes names there by itself and sends the removals in one call
+    with the files it made, in the order it made them (rm -rf and git asked the MRC once per name)."""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    for i in range(100):
+        with open(os.path.join(d, f"f{i}"), "w") as f:
+            f.write(f"old{i}")
+    os.mkdir(os.path.join(d, "sub"))  # sent what was made: the removals below are all that is queued
+    os.link(os.path.join(d, "f7"), os.path.join(d, "sub", "g7"))
+    before = stats(api, grid)["ops"]
+    for i in range(100):
+        os.unlink(os.path.join(d, f"f{i}"))
+    with open(os.path.join(d, "f5"), "w") as f:  # made, removed and made again under one name
+        f.write("new5")
+    assert not os.path.exists(os.path.join(d, "f6"))
+    # the other name of a file whose name was removed here shows one link less, here and elsewhere
+    assert os.stat(os.path.join(d, "sub", "g7")).st_nlink == 1
+    # another client's listing recalls the lease: it sees the removals and the new file
+    assert sorted(api.listdir(f"/{name}")) == sorted([f"warm{i}" for i in range(20)] + ["f5", "sub"])
+    after = stats(api, grid)["ops"]
+    unlinks = after.get("unlink", 0) - before.get("unlink", 0)
+    assert unlinks < 5, f"{unlinks} unlinks went to the MRC one by one"
+    assert after.get("unlinked", 0) > before.get("unlinked", 0)
+    assert api.stat(f"/{name}/sub/g7")["nlink"] == 1
+    with open(os.path.join(mounts[1], name, "f5")) as f:
+        assert f.read() == "new5"
+    with open(os.path.join(mounts[1], name, "sub", "g7")) as f:
+        assert f.read() == "old7"
+    assert not os.path.exists(os.path.join(mounts[1], name, "f6"))
+
+
+def test_a_removal_names_the_file_it_removes(grid, name, api):
+    """A removal a lease holder sends late (its lease ran out meanwhile) never removes another file that
+    took the name: the MRC removes a name only if it still names the inode the holder saw there."""
+    dir_ino = api.stat(f"/{name}")["ino"]
+    with api.open(f"/{name}/x", "wb") as f:
+        f.write(b"someone else's")
+    ino = api.stat(f"/{name}/x")["ino"]
+    r = api.op("changes", changes=[{"op": "unlinked", "dir": dir_ino, "names": [["x", ino + 1000, 1.0]]},
+                                   {"op": "unlinked", "dir": dir_ino, "names": [["gone", 5, 1.0]]}])
+    assert r["answers"][0]["refused"] == {"x": "no-such-file"} and r["answers"][0]["unlinked"] == []
+    assert r["answers"][1]["refused"] == {"gone": "no-such-file"}
+    with api.open(f"/{name}/x") as f:
+        assert f.read() == b"someone else's"
+    for changes, code in (("x", "invalid-input"), ([{"op": "rmdir", "dir": dir_ino}], "invalid-input"),
+                          ([{"op": "unlinked", "dir": dir_ino, "names": [["x", "one", 1.0]]}], "invalid-input"),
+                          ([{"op": "unlinked", "dir": dir_ino, "names": [["../x", ino, 1.0]]}], "bad-path")):
+        r = None
+        try:
+            r = api.op("changes", changes=changes)
+        except XosError as e:
+            assert e.code == code, (changes, e)
+        else:
+            assert r["answers"][0]["error"]["code"] == code, (changes, r)
+    assert api.stat(f"/{name}/x")["ino"] == ino
