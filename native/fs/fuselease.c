@@ -118,15 +118,16 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
 }
 
 /* Whether a change waiting in the queue shows in what the MRC would answer about `node` (under `lock`): one in
- * it or in a directory on its path, one in a directory it lists, or a name removed whose file has other names
- * (anywhere). A request about anything else goes to the MRC without sending the queue first. */
+ * it or in a directory on its path, one in a directory it lists, or another name of its file removed. A
+ * request about anything else goes to the MRC without sending the queue first. */
 static int touches(uint64_t node)
 {
-    if (made_multi)
-        return 1;
+    struct node *self = find_id(node);
     for (size_t i = 0; i < made_n; i++) {
         struct node *d = find_id(made[i].dir_node);
         if (d && d != &root && d->parent == node)
+            return 1;
+        if (made_multi && made[i].kind == XF_MADE_UNLINK && made[i].nlink > 1 && self && self->attr.ino == made[i].ino)
             return 1;
     }
     for (struct node *n = find_id(node); n; n = n != &root && n->name ? find_id(n->parent) : NULL) {
