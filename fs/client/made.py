@@ -78,6 +78,7 @@ class MadeHere:
     _handles: dict[int, Any]
     _unborn: dict[int, Unborn]
     _leased: dict[int, int]
+    _lease_lock: threading.Lock  # the leases used here against their hand-back
 
     def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
         raise NotImplementedError  # the mount's
@@ -165,8 +166,9 @@ class MadeHere:
         if not lib.xf_listing(node, had) or len(dir_version) != 2 or had[0] != dir_version[1]:
             self._fill(node, self.c.listing(path))  # the lease holds the names still: this listing is whole
         lo, hi = lease.get("inos") or (0, 0)
-        self._leased[lease["dir"]] = node
-        lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
+        with self._lease_lock:
+            self._leased[lease["dir"]] = node
+            lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
 
     def send_made(self) -> None:
         """Tell the MRC about the files made and the names removed here, in the order they were: runs of one
@@ -225,6 +227,7 @@ class MadeHere:
         if not runs:
             return
         answers: list[dict[str, Any]] = []
+        sent = time.monotonic()
         try:
             answers = self._call("changes", changes=[r.body for r in runs])["answers"]
         except XosError as e:
@@ -234,6 +237,16 @@ class MadeHere:
                 self._unlinks_sent(run, r)
             else:
                 self._made_sent(run, r)
+            self._renew(run, r.get("lease"), sent)
+
+    def _renew(self, run: Run, lease: dict[str, Any] | None, sent: float) -> None:
+        """The MRC renewed the lease on the run's directory for as long as `lease` says: used here, unless the
+        directory was handed back meanwhile."""
+        if not lease or not lease.get("term") or lease.get("dir") != run.dir_ino:
+            return
+        with self._lease_lock:
+            if self._leased.get(run.dir_ino) == run.dir_node:
+                lib.xf_lease(run.dir_node, run.dir_ino, sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, 0, 0)
 
     def _unlinks_sent(self, run: Run, r: dict[str, Any]) -> None:
         """Names removed in one directory, as the MRC took them. One it refused is there still: the listing
@@ -304,10 +317,11 @@ class MadeHere:
                 self.stopping.wait(0.5)
 
     def hand_back(self, dirs: list[int]) -> None:
-        for ino in dirs:
-            node = self._leased.pop(ino, None)
-            if node is not None:
-                lib.xf_lease(node, ino, 0, 0, 0, 0)
+        with self._lease_lock:
+            for ino in dirs:
+                node = self._leased.pop(ino, None)
+                if node is not None:
+                    lib.xf_lease(node, ino, 0, 0, 0, 0)
         self.send_made()
         self.c.op("hand_back", dirs=dirs)
 

@@ -111,6 +111,17 @@ class Leases:
         self._note_horizon()
         return True
 
+    def lasts(self, ino: int, c: Caller) -> float:
+        """How long the caller's session may go on using its lease on directory `ino` by itself: 0 if it holds
+        none, or it is recalled, or another session waits for it."""
+        lease = self._by_dir.get(ino)
+        left = lease.until - time.monotonic() if lease is not None else 0.0
+        if lease is None or not c.session or lease.session != c.session or left <= 0:
+            return 0.0
+        if ino in self._recalls.get(c.session, ()) or any(s != c.session for s in self._waiting.get(ino, ())):
+            return 0.0
+        return left
+
     def _note_horizon(self) -> None:
         """Write down how far granted terms reach, rarely: at most once per half term."""
         reach = time.time() + TERM

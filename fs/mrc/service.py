@@ -275,13 +275,18 @@ class MRC:
             files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
                           _made_content(f[4]) if len(f) == 5 else None))
         out = self.cat.made(v, dir_ino, files, c)
-        # The sender holds the directory one more term (it makes nothing more there by itself: only a create's
-        # answer tells it it may): whoever looks meanwhile recalls it and waits while it sends what it made. A
-        # sender lagging its creates by more than a term (a catalogue on PostgreSQL, a standby taking over)
-        # would otherwise have its newest files missing from others' listings.
+        out["lease"] = self._renewed(dir_ino, c)
+        return out
+
+    def _renewed(self, dir_ino: int, c: Caller) -> dict[str, Any]:
+        """The sender of changes in a directory holds it one more term: whoever looks meanwhile recalls it and
+        waits while it sends what it made. A sender lagging its changes by more than a term (a catalogue on
+        PostgreSQL, a standby taking over) would otherwise have its newest files missing from others'
+        listings. The answer's term is how long it may go on changing the directory by itself (0: recalled,
+        or others wait): a program revisiting many directories (git's objects) keeps them leased."""
         if "w" in c.rights and not self.leases.renew(dir_ino, c):
             self.leases.grant(dir_ino, c)
-        return out
+        return {"dir": dir_ino, "term": self.leases.lasts(dir_ino, c)}
 
     async def op_changes(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """What a lease holder changed by itself, in the order it did: {"op": "made" or "unlinked", and that
@@ -352,8 +357,7 @@ class MRC:
             raise InvalidInput("each of names is [name, inode number, time]", field="names")
         out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2])) for n in names], c)
         self.replicas.wake()
-        if "w" in c.rights and not self.leases.renew(dir_ino, c):  # as for files made: see op_made
-            self.leases.grant(dir_ino, c)
+        out["lease"] = self._renewed(dir_ino, c)
         return out
 
     async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ import base64
 import os
 import signal
 import stat
+import time
 from typing import Any
 
 import pytest
@@ -387,3 +388,24 @@ def test_a_removal_names_the_file_it_removes(grid, name, api):
         else:
             assert r["answers"][0]["error"]["code"] == code, (changes, r)
     assert api.stat(f"/{name}/x")["ino"] == ino
+
+
+def test_a_directory_changed_now_and_then_stays_leased(grid, mounts, name, api):
+    """Each batch of changes the MRC takes renews the sender's lease on their directory for another term,
+    here as at the MRC: a program coming back to a directory every so often (git's objects) makes its
+    files there by itself past the first term, instead of asking the MRC again once a term ran out."""
+    from xos.fs.mrc.leases import TERM
+
+    d = os.path.join(mounts[0], name)
+    create(os.path.join(d, "first"))  # the create brings the lease
+    before = stats(api, grid)["ops"]
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < 2.5 * TERM:
+        made = stats(api, grid)["ops"].get("made", 0)
+        create(os.path.join(d, f"f{i}"))
+        wait_for(lambda m=made: stats(api, grid)["ops"].get("made", 0) > m, 10, "the file to reach the MRC")
+        i += 1
+    after = stats(api, grid)["ops"]
+    assert after.get("create", 0) - before.get("create", 0) == 0, "a create went to the MRC: the lease ran out"
+    assert sorted(api.listdir(f"/{name}")) == sorted(["first"] + [f"f{k}" for k in range(i)])
