@@ -38,6 +38,7 @@ HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
+LIST_HERE = 1024  # the most names of a directory an opendir takes from the table (larger ones: from the MRC)
 
 _tl = threading.local()
 
@@ -486,10 +487,24 @@ class GridFS(OpenFiles):
     # directories
 
     def opendir(self, req: Any, c: Any) -> None:
-        listing = self.c.listing(self.path(c.node))
-        self._fill(c.node, listing)
-        if lib.xf_reply_open(req, c.fi, self._handle(Dir(listing[1])), 0) != 0:
+        rows = self._listed_here(c.node)
+        if rows is None:
+            listing = self.c.listing(self.path(c.node))
+            self._fill(c.node, listing)
+            rows = listing[1]
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(rows)), 0) != 0:
             pass  # interrupted: no releasedir will come; the listing is dropped with the next ones
+
+    def _listed_here(self, node: int) -> list[list[Any]] | None:
+        """Directory `node`'s rows (name, inode number, mode) as the table holds them while the directory is
+        leased here (rm -rf opens each directory twice); None: ask the MRC."""
+        names = ffi.new("char[]", LIST_HERE * 64)
+        inos, modes = ffi.new("uint64_t[]", LIST_HERE), ffi.new("uint32_t[]", LIST_HERE)
+        n = lib.xf_list(node, names, LIST_HERE * 64, inos, modes, LIST_HERE)
+        if n < 0:
+            return None
+        raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0")[:n]
+        return sorted(([os.fsdecode(raw[i]), inos[i], modes[i]] for i in range(n)), key=lambda r: str(r[0]))
 
     def readdir(self, req: Any, c: Any) -> None:
         d = self._handles[c.fh]

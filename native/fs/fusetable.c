@@ -284,6 +284,34 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
     pthread_mutex_unlock(&lock);
 }
 
+long xf_list(uint64_t dir, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max)
+{
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(dir);
+    double t = now();
+    long n = -1;
+    if (d && d->list_until && d->lease_until > t) {
+        size_t at = 0;
+        n = 0;
+        for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid) {
+            if (m->parent != dir || !m->name)
+                continue;
+            size_t len = strlen(m->name) + 1;
+            if ((size_t)n == max || at + len > size || !m->attr.ino) {
+                n = -1;
+                break;
+            }
+            memcpy(names + at, m->name, len);
+            at += len;
+            inos[n] = m->attr.ino;
+            modes[n] = m->attr.mode;
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return n;
+}
+
 int xf_listing(uint64_t dir, uint64_t *version)
 {
     pthread_mutex_lock(&lock);

@@ -409,3 +409,24 @@ def test_a_directory_changed_now_and_then_stays_leased(grid, mounts, name, api):
     after = stats(api, grid)["ops"]
     assert after.get("create", 0) - before.get("create", 0) == 0, "a create went to the MRC: the lease ran out"
     assert sorted(api.listdir(f"/{name}")) == sorted(["first"] + [f"f{k}" for k in range(i)])
+
+
+def test_a_leased_directory_is_listed_from_what_the_mount_holds(grid, mounts, name, api):
+    """While its lease holds, nobody else changes a directory's names: its holder lists it without asking the
+    MRC, with the files it made and without the names it removed; once another mount changed it, the
+    holder's listing shows that change."""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    for i in range(30):
+        create(os.path.join(d, f"f{i}"))
+    os.unlink(os.path.join(d, "f3"))
+    before = stats(api, grid)["ops"]
+    want = sorted([f"warm{i}" for i in range(20)] + [f"f{i}" for i in range(30) if i != 3])
+    assert sorted(os.listdir(d)) == want
+    with os.scandir(d) as it:
+        kinds = {e.name: e.is_file(follow_symlinks=False) for e in it}
+    assert kinds == dict.fromkeys(want, True)
+    after = stats(api, grid)["ops"]
+    assert after.get("readdir", 0) == before.get("readdir", 0)
+    create(os.path.join(mounts[1], name, "theirs"))  # recalls the lease
+    assert sorted(os.listdir(d)) == sorted(want + ["theirs"])
