@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class Dir:
-    """An open directory: its listing as of opendir (rows: name, then LISTING), which readdir pages through."""
+    """An open directory: its listing as of its first readdir (rows: name, then LISTING; None before), which
+    readdir pages through."""
 
-    def __init__(self, rows: list[list[Any]]) -> None:
+    def __init__(self, rows: list[list[Any]] | None) -> None:
         self.rows = rows
 
 

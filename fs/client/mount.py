@@ -38,7 +38,10 @@ HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
-LIST_HERE = 1024  # the most names of a directory an opendir takes from the table (larger ones: from the MRC)
+LIST_HERE = 1024  # the most names of a directory a listing takes from the table (larger ones: from the MRC)
+# A listing the MRC gave this long ago is as good as a new one: a change elsewhere meanwhile is one whose answer
+# could have taken that long to come (a lookup trusts a listing for the whole attribute TTL)
+LIST_AGAIN = 0.005
 
 _tl = threading.local()
 
@@ -487,20 +490,19 @@ class GridFS(OpenFiles):
     # directories
 
     def opendir(self, req: Any, c: Any) -> None:
-        rows = self._listed_here(c.node)
-        if rows is None:
-            listing = self.c.listing(self.path(c.node))
-            self._fill(c.node, listing)
-            rows = listing[1]
-        if lib.xf_reply_open(req, c.fi, self._handle(Dir(rows)), 0) != 0:
-            pass  # interrupted: no releasedir will come; the listing is dropped with the next ones
+        # The listing is taken at the first readdir: a directory opened only to be a descriptor (fts's
+        # openat base, fchdir; rm -rf opens each directory twice) costs the MRC nothing. The kernel checked
+        # the read permission already.
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(None)), 0) != 0:
+            pass  # interrupted: no releasedir will come
 
     def _listed_here(self, node: int) -> list[list[Any]] | None:
         """Directory `node`'s rows (name, inode number, mode) as the table holds them while the directory is
-        leased here (rm -rf opens each directory twice); None: ask the MRC."""
+        leased here, or its listing came from the MRC a moment ago (rm -rf reads each directory twice, back
+        to back); None: ask the MRC."""
         names = ffi.new("char[]", LIST_HERE * 64)
         inos, modes = ffi.new("uint64_t[]", LIST_HERE), ffi.new("uint32_t[]", LIST_HERE)
-        n = lib.xf_list(node, names, LIST_HERE * 64, inos, modes, LIST_HERE)
+        n = lib.xf_list(node, LIST_AGAIN, names, LIST_HERE * 64, inos, modes, LIST_HERE)
         if n < 0:
             return None
         raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0")[:n]
@@ -509,6 +511,13 @@ class GridFS(OpenFiles):
     def readdir(self, req: Any, c: Any) -> None:
         d = self._handles[c.fh]
         assert isinstance(d, Dir)
+        if d.rows is None or c.off == 0:  # opened, or rewound: the listing as it is now
+            rows = self._listed_here(c.node)
+            if rows is None:
+                listing = self.c.listing(self.path(c.node))
+                self._fill(c.node, listing)
+                rows = listing[1]
+            d.rows = rows
         out = bytearray()
         names = [(".", stat.S_IFDIR, 1), ("..", stat.S_IFDIR, 1)] if c.off < 2 else []
         first = max(c.off - 2, 0)

@@ -284,13 +284,14 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
     pthread_mutex_unlock(&lock);
 }
 
-long xf_list(uint64_t dir, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max)
+long xf_list(uint64_t dir, double recent, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max)
 {
     pthread_mutex_lock(&lock);
     struct node *d = find_id(dir);
     double t = now();
     long n = -1;
-    if (d && d->list_until && d->lease_until > t) {
+    /* list_until is a TTL past when the MRC last vouched for the listing */
+    if (d && d->list_until && (d->lease_until > t || d->list_until - default_ttl > t - recent)) {
         size_t at = 0;
         n = 0;
         for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid) {

@@ -59,10 +59,11 @@ int xf_peek(uint64_t parent, const char *name, struct xf_attr *out);
 int xf_attr_of(uint64_t node, struct xf_attr *out);
 void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl);
 /* The names of directory `dir` as the table holds them, while the directory is leased here (nobody else changes
- * them: a listing merely fresh could miss another mount's change, which a listing from the MRC shows at once):
- * each NUL-terminated into `names` (`size` bytes), their inode numbers and modes into `inos` and `modes` (room
- * for `max`); how many, or -1 (not held, or more than the room given). */
-long xf_list(uint64_t dir, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max);
+ * them) or the MRC gave or confirmed its listing less than `recent` seconds ago (a listing merely fresh
+ * within the TTL could miss another mount's change, which a listing shows at once): each NUL-terminated
+ * into `names` (`size` bytes), their inode numbers and modes into `inos` and `modes` (room for `max`); how
+ * many, or -1 (not held, or more than the room given). */
+long xf_list(uint64_t dir, double recent, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max);
 void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);

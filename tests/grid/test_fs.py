@@ -517,6 +517,33 @@ def test_a_file_created_on_another_node_opens_here_at_once_though_listed_just_be
         grid.umount(other)
 
 
+def test_a_directory_read_twice_in_a_row_is_listed_once(grid, mnt, d):
+    """rm -rf reads each directory twice, back to back, and fts opens directories only to hold them: one
+    listing from the MRC serves both reads, and a directory opened costs none until it is read. Another
+    mount's change shows in a listing taken a moment later."""
+    names = [f"f{i}" for i in range(5)]
+    api = grid.client("data")
+    for n in names:  # made elsewhere: this mount holds no lease on the directory
+        with api.open(f"/{os.path.relpath(d, mnt)}/{n}", "wb"):
+            pass
+    other = grid.mount(1, "data")
+    try:
+        def readdirs():
+            return api._json("GET", f"{grid.mrc_url}/v1/stats")["ops"].get("readdir", 0)
+
+        before = readdirs()
+        os.close(os.open(d, os.O_RDONLY | os.O_DIRECTORY))
+        assert readdirs() == before
+        assert sorted(os.listdir(d)) == names and sorted(os.listdir(d)) == names
+        assert readdirs() - before == 1
+        with open(os.path.join(other, os.path.relpath(d, mnt), "new"), "wb"):
+            pass
+        wait_for(lambda: sorted(os.listdir(d)) == names + ["new"], 0.5, "the other mount's file in a listing here")
+    finally:
+        grid.umount(other)
+        api.close()
+
+
 def test_a_listing_kept_by_its_version_still_shows_changes_made_elsewhere(grid, mnt, d):
     """A listing is kept past its TTL when the MRC's listing version has not moved: every change that a
     listing shows must move it (chmod, a write's size, a rename, a removal), or this mount would show
