@@ -89,7 +89,7 @@ class GridFS(OpenFiles):
             lib.XF_FSYNC: self.fsync, lib.XF_OPENDIR: self.opendir, lib.XF_READDIR: self.readdir,
             lib.XF_RELEASEDIR: self.releasedir, lib.XF_STATFS: self.statfs, lib.XF_SETXATTR: self.setxattr,
             lib.XF_GETXATTR: self.getxattr, lib.XF_LISTXATTR: self.listxattr,
-            lib.XF_REMOVEXATTR: self.removexattr, lib.XF_CREATE: self.create}
+            lib.XF_REMOVEXATTR: self.removexattr, lib.XF_CREATE: self.create, lib.XF_FSYNCDIR: self.fsyncdir}
 
     def dispatch(self, req: Any, c: Any) -> None:
         """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
@@ -531,6 +531,11 @@ class GridFS(OpenFiles):
             i += 1
             out += struct.pack("<QQII", ino, i, len(raw), stat.S_IFMT(mode) >> 12) + raw + bytes(padded - size)
         lib.fuse_reply_buf(req, bytes(out), len(out))
+
+    def fsyncdir(self, req: Any, c: Any) -> None:
+        """The names made and removed here are at the MRC, on its disk (every MRC change is, once answered)."""
+        self.send_made()
+        lib.fuse_reply_err(req, 0)
 
     def releasedir(self, req: Any, c: Any) -> None:
         with self._lock:

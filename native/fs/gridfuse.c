@@ -404,6 +404,11 @@ static void ll_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
     CALL(.op = XF_RELEASEDIR, .node = ino, .fh = fi->fh, .fi = fi);
 }
 
+static void ll_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    CALL(.op = XF_FSYNCDIR, .node = ino, .datasync = datasync, .fh = fi->fh, .fi = fi);
+}
+
 static void ll_statfs(fuse_req_t req, fuse_ino_t ino) { CALL(.op = XF_STATFS, .node = ino); }
 
 static void ll_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size,
@@ -468,6 +473,7 @@ static const struct fuse_lowlevel_ops ops = {
     .opendir = ll_opendir,
     .readdir = ll_readdir,
     .releasedir = ll_releasedir,
+    .fsyncdir = ll_fsyncdir,
     .statfs = ll_statfs,
     .setxattr = ll_setxattr,
     .getxattr = ll_getxattr,

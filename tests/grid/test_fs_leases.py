@@ -430,3 +430,27 @@ def test_a_leased_directory_is_listed_from_what_the_mount_holds(grid, mounts, na
     assert after.get("readdir", 0) == before.get("readdir", 0)
     create(os.path.join(mounts[1], name, "theirs"))  # recalls the lease
     assert sorted(os.listdir(d)) == sorted(want + ["theirs"])
+
+
+def test_fsync_of_a_directory_puts_what_was_changed_there_at_the_mrc(grid, name, api):
+    """Names made and removed under a lease reach the MRC in batches; fsync of their directory returns only
+    once they are there (and on its disk: the MRC answers a change once it is). The mount killed right
+    after the fsync loses none of them."""
+    mp = grid.mount(1, "data", user="bob")
+    os.chmod(os.path.join(grid.mounts[0][0], name), 0o777)
+    d = os.path.join(mp, name)
+    lease(d, "bob")
+    proc = next(p for m, p in grid.mounts if m == mp)
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # opened first: an open asks the MRC after what is queued
+        try:
+            os.unlink(os.path.join(d, "bob0"))
+            create(os.path.join(d, "made"))
+            os.fsync(fd)
+            proc.stop(signal.SIGKILL)
+        finally:
+            os.close(fd)
+        names = api.listdir(f"/{name}")  # waits out the dead holder's term
+        assert "made" in names and "bob0" not in names and "bob1" in names
+    finally:
+        grid.umount(mp)
