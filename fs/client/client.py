@@ -218,8 +218,9 @@ class Client(ObjectIO):
         """Make a directory; its attributes (and `dirs`)."""
         return dict(self.op("mkdir", path=path, mode=mode))
 
-    def rmdir(self, path: str) -> dict[str, Any]:
-        return dict(self.op("rmdir", path=path))
+    def rmdir(self, path: str, lease: bool = False) -> dict[str, Any]:
+        """Remove an empty directory: as `unlink`."""
+        return dict(self.op("rmdir", path=path, lease=lease) if lease else self.op("rmdir", path=path))
 
     def unlink(self, path: str, lease: bool = False) -> dict[str, Any]:
         """Remove a name: its directory's attributes after (`dirs`), its listing versions before and after

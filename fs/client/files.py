@@ -36,6 +36,7 @@ class OpenFiles(MadeHere):
     _adopting: threading.Lock
     _plans: dict[int, set[int]]
     _hidden: dict[int, str]
+    _hidden_gone: threading.Condition  # notified when a file moved aside here is removed at its last close
 
     def path(self, node: int) -> str:
         raise NotImplementedError  # the mount's
@@ -221,8 +222,12 @@ class OpenFiles(MadeHere):
                 lib.xf_writers(node, -1)
             hidden = self._hidden.get(st.ino)
             if hidden is not None and self.c.opened(st.ino) is None:
-                del self._hidden[st.ino]
-                self.c.unlink(hidden)
+                try:
+                    self.c.unlink(hidden)
+                finally:
+                    with self._hidden_gone:
+                        del self._hidden[st.ino]
+                        self._hidden_gone.notify_all()
 
     def release(self, req: Any, c: Any) -> None:
         self._close(c.fh, c.node)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any
@@ -87,7 +88,7 @@ class MadeHere:
         """Whether request `c` is on a file made here that may not need the MRC."""
         if c.op in (lib.XF_WRITE, lib.XF_READ, lib.XF_FLUSH, lib.XF_RELEASE, lib.XF_FSYNC):
             return bool(c.fh & lib.XF_LOCAL_FH)
-        if c.op == lib.XF_UNLINK:  # under a lease, answered here and queued behind the files made here
+        if c.op in (lib.XF_UNLINK, lib.XF_RMDIR):  # under a lease, answered here, queued behind the files made here
             return True
         if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
             u = self._unborn.get(c.node)
@@ -197,7 +198,8 @@ class MadeHere:
         """A run as the MRC takes it, in parts that stay well within what it takes in one body: made files
         with their content, mode and times if they were used here."""
         if run.kind == lib.XF_MADE_UNLINK:
-            run.body = {"op": "unlinked", "dir": run.dir_ino, "names": [[f[0], f[1], f[3]] for f in run.items]}
+            run.body = {"op": "unlinked", "dir": run.dir_ino,
+                        "names": [[f[0], f[1], f[3]] + ([True] if stat.S_ISDIR(f[2]) else []) for f in run.items]}
             run.size = 100 * len(run.items)
             return [run]
         parts: list[Run] = []

@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from xos._native._fuse import ffi, lib
 from xos.errors import XosError
 from xos.fs.client.accounts import Accounts
 from xos.fs.client.client import Client, Open, errno_of, row_attrs
+from xos.fs.client.dirs import Listings
 from xos.fs.client.files import Dir, OpenFiles
 from xos.fs.client.made import MADE_BATCH, Unborn
 from xos.fs.layout import ALSO
@@ -38,10 +38,7 @@ HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
-LIST_HERE = 1024  # the most names of a directory a listing takes from the table (larger ones: from the MRC)
-# A listing the MRC gave this long ago is as good as a new one: a change elsewhere meanwhile is one whose answer
-# could have taken that long to come (a lookup trusts a listing for the whole attribute TTL)
-LIST_AGAIN = 0.005
+RELEASE_WAIT = 2.0  # seconds an rmdir waits for the RELEASE of a file moved aside in the directory
 
 _tl = threading.local()
 
@@ -52,7 +49,7 @@ def interrupted() -> bool:
     return req is not None and bool(lib.fuse_req_interrupted(req))
 
 
-class GridFS(OpenFiles):
+class GridFS(OpenFiles, Listings):
     """The requests the native loop passes on, by node id."""
 
     def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL, sync_close: bool = False) -> None:
@@ -67,6 +64,7 @@ class GridFS(OpenFiles):
         self._handles: dict[int, Open | Dir | Unborn] = {}
         self._unborn: dict[int, Unborn] = {}  # node -> a file made here, used, and still open or unsent
         self._hidden: dict[int, str] = {}  # ino -> the hidden path of a file unlinked while open
+        self._hidden_gone = threading.Condition()
         self._next = 1
         self._lock = threading.Lock()
         self._misses: dict[int, tuple[float, int]] = {}
@@ -99,8 +97,8 @@ class GridFS(OpenFiles):
             # those still queued, and those the sender took and is sending (it holds the lock until the MRC
             # has them). A request on a file made here that it may serve alone sends them only if it goes to
             # the MRC after all. git reads its work tree between objects it makes and unlinks elsewhere.
-            if not self._may_stay_here(c) and (self._made_lock.locked() or lib.xf_made_touches(
-                    c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK) else 0)):
+            if not self._may_stay_here(c) and self._made_behind(c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK)
+                                                                 else 0):
                 self.send_made()
             self.ops[c.op](req, c)
         except XosError as e:
@@ -116,6 +114,12 @@ class GridFS(OpenFiles):
             _tl.req = None
 
     # helpers
+
+    def _made_behind(self, node: int, node2: int) -> bool:
+        """Whether a request about `node` (and `node2`) must wait for changes made here to reach the MRC:
+        queued ones its answer shows, or any the sender took and is sending. In that order: the sender
+        holds its lock from before it takes changes from the queue until the MRC has them."""
+        return bool(lib.xf_made_touches(node, node2)) or self._made_lock.locked()
 
     def _attr(self, a: dict[str, Any], out: Any = None) -> Any:
         x = out if out is not None else ffi.new("struct xf_attr *")
@@ -387,7 +391,7 @@ class GridFS(OpenFiles):
         if self._unlink_here(c):
             lib.fuse_reply_err(req, 0)
             return
-        if self._made_lock.locked() or lib.xf_made_touches(c.node, 0):
+        if self._made_behind(c.node, 0):
             self.send_made()  # skipped for it on the way in
         path, _ = self.child(c.node, c.name)
         hidden, known = self._hide(c.node, c.name, path)
@@ -409,8 +413,27 @@ class GridFS(OpenFiles):
 
     def rmdir(self, req: Any, c: Any) -> None:
         path, _ = self.child(c.node, c.name)
-        self._dirs_now((c.node,), self.c.rmdir(path))
+        # A file closed just before its name was removed was moved aside if the kernel's RELEASE, which
+        # comes after close() returns, had not come yet (rm -rf after git fsck): it goes with that RELEASE.
+        inside = path.rstrip("/") + "/" + HIDDEN
+        with self._hidden_gone:
+            self._hidden_gone.wait_for(lambda: not any(h.startswith(inside) for h in list(self._hidden.values())),
+                                       RELEASE_WAIT)
+        ino = lib.xf_rmdir_here(c.node, c.name)
+        if ino:  # queued behind the removals in it; its own lease ends with it
+            with self._lease_lock:
+                self._leased.pop(ino, None)
+            lib.fuse_reply_err(req, 0)
+            return
+        if self._made_behind(c.node, 0):
+            self.send_made()  # skipped for it on the way in
+        sent = time.monotonic()
+        r = self.c.rmdir(path, lease=bool(lib.xf_listing(c.node, ffi.new("uint64_t *"))))
+        self._dirs_now((c.node,), r)
         lib.xf_drop(c.node, c.name)
+        if len(r.get("dir_version") or ()) == 2:
+            lib.xf_advance(c.node, *r["dir_version"])
+        self._take_lease(c.node, os.path.dirname(path), r.get("lease"), tuple(r.get("dir_version") or ()), sent)
         lib.fuse_reply_err(req, 0)
 
     def _moved(self, old: str, new: str) -> None:
@@ -485,61 +508,6 @@ class GridFS(OpenFiles):
 
     def removexattr(self, req: Any, c: Any) -> None:
         self.c.removexattr(self.path(c.node), os.fsdecode(ffi.string(c.name)))
-        lib.fuse_reply_err(req, 0)
-
-    # directories
-
-    def opendir(self, req: Any, c: Any) -> None:
-        # The listing is taken at the first readdir: a directory opened only to be a descriptor (fts's
-        # openat base, fchdir; rm -rf opens each directory twice) costs the MRC nothing. The kernel checked
-        # the read permission already.
-        if lib.xf_reply_open(req, c.fi, self._handle(Dir(None)), 0) != 0:
-            pass  # interrupted: no releasedir will come
-
-    def _listed_here(self, node: int) -> list[list[Any]] | None:
-        """Directory `node`'s rows (name, inode number, mode) as the table holds them while the directory is
-        leased here, or its listing came from the MRC a moment ago (rm -rf reads each directory twice, back
-        to back); None: ask the MRC."""
-        names = ffi.new("char[]", LIST_HERE * 64)
-        inos, modes = ffi.new("uint64_t[]", LIST_HERE), ffi.new("uint32_t[]", LIST_HERE)
-        n = lib.xf_list(node, LIST_AGAIN, names, LIST_HERE * 64, inos, modes, LIST_HERE)
-        if n < 0:
-            return None
-        raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0")[:n]
-        return sorted(([os.fsdecode(raw[i]), inos[i], modes[i]] for i in range(n)), key=lambda r: str(r[0]))
-
-    def readdir(self, req: Any, c: Any) -> None:
-        d = self._handles[c.fh]
-        assert isinstance(d, Dir)
-        if d.rows is None or c.off == 0:  # opened, or rewound: the listing as it is now
-            rows = self._listed_here(c.node)
-            if rows is None:
-                listing = self.c.listing(self.path(c.node))
-                self._fill(c.node, listing)
-                rows = listing[1]
-            d.rows = rows
-        out = bytearray()
-        names = [(".", stat.S_IFDIR, 1), ("..", stat.S_IFDIR, 1)] if c.off < 2 else []
-        first = max(c.off - 2, 0)
-        i = c.off
-        for name, mode, ino in names[c.off:] + [(r[0], r[2], r[1]) for r in d.rows[first:]]:
-            raw = os.fsencode(name)
-            size = 24 + len(raw)
-            padded = (size + 7) & ~7
-            if len(out) + padded > c.size:
-                break
-            i += 1
-            out += struct.pack("<QQII", ino, i, len(raw), stat.S_IFMT(mode) >> 12) + raw + bytes(padded - size)
-        lib.fuse_reply_buf(req, bytes(out), len(out))
-
-    def fsyncdir(self, req: Any, c: Any) -> None:
-        """The names made and removed here are at the MRC, on its disk (every MRC change is, once answered)."""
-        self.send_made()
-        lib.fuse_reply_err(req, 0)
-
-    def releasedir(self, req: Any, c: Any) -> None:
-        with self._lock:
-            self._handles.pop(c.fh, None)
         lib.fuse_reply_err(req, 0)
 
 

@@ -315,11 +315,12 @@ class SQLCatalogue(VolumeTable):
                 dir_version[1] = self._cver(tx, parent.ino)
             return self._dirs(tx, parent.ino)
 
-    def unlinked(self, volume: str, dir_ino: int, names: list[tuple[str, int, float]], c: Caller) -> dict[str, Any]:
+    def unlinked(self, volume: str, dir_ino: int, names: list[tuple[str, int, float, bool]],
+                 c: Caller) -> dict[str, Any]:
         """Names a lease holder removed in directory `dir_ino` under its lease, as (name, the inode number it
-        named there, time), in one transaction and in that order: the names removed, {name: error code} of
-        those refused (gone already, or naming another file: the lease had run out), and the directory's
-        listing version before and after."""
+        named there, time, whether it is an empty directory), in one transaction and in that order: the names
+        removed, {name: error code} of those refused (gone already, naming another file: the lease had run
+        out; a directory not empty), and the directory's listing version before and after."""
         with self.db.tx() as tx:
             parent = self._get(dir_ino, tx)
             if self.volume_of(parent.ino).name != volume:
@@ -328,23 +329,29 @@ class SQLCatalogue(VolumeTable):
             removed: list[str] = []
             refused: dict[str, str] = {}
             last = None
-            for name, ino, when in names:
+            for name, ino, when, is_dir in names:
                 if split("/" + name) != [name]:
                     raise BadPath(f"{name!r} is not a file name")
                 node = self._child(tx, parent, name, c)
                 if node is None or node.ino != ino:
                     refused[name] = NoSuchFile.code
                     continue
-                if node.is_dir:
-                    refused[name] = IsADirectory.code
+                if node.is_dir != is_dir:
+                    refused[name] = (IsADirectory if node.is_dir else NotADirectory).code
                     continue
                 try:
                     self._may_remove(parent, node, c)
+                    if is_dir:
+                        self.guard(node.ino, c)
+                        if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
+                            raise DirectoryNotEmpty(f"{name} is not empty")
                 except XosError as e:
                     refused[name] = e.code
                     continue
                 tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
                 self._drop_link(tx, node)
+                if is_dir:
+                    tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (parent.ino,))
                 removed.append(name)
                 last = when
             if last is not None:
@@ -352,10 +359,13 @@ class SQLCatalogue(VolumeTable):
             versions = [before, self._cver(tx, parent.ino)]
         return {"unlinked": removed, "refused": refused, "dir_version": versions}
 
-    def rmdir(self, volume: str, path: str, c: Caller) -> list[dict[str, Any]]:
-        """Remove an empty directory; its parent's attributes after."""
+    def rmdir(self, volume: str, path: str, c: Caller, dir_version: list[int] | None = None) -> list[dict[str, Any]]:
+        """Remove an empty directory; its parent's attributes after (and the parent's listing versions before
+        and after, into `dir_version`)."""
         with self.db.tx() as tx:
             parent, name = self._parent(tx, volume, path, c)
+            if dir_version is not None:
+                dir_version[:] = [self._cver(tx, parent.ino)] * 2
             node = self._child(tx, parent, name, c)
             if node is None:
                 raise NoSuchFile(f"{path} does not exist")
@@ -369,6 +379,8 @@ class SQLCatalogue(VolumeTable):
             self._drop_link(tx, node)
             now = time.time()
             tx.execute("UPDATE inodes SET nlink=nlink-1, mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
+            if dir_version is not None:
+                dir_version[1] = self._cver(tx, parent.ino)
             return self._dirs(tx, parent.ino)
 
     def rename(self, volume: str, old: str, new: str, c: Caller, noreplace: bool = False) -> list[dict[str, Any]]:

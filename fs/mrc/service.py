@@ -349,19 +349,28 @@ class MRC:
         return out
 
     async def op_unlinked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Names a lease holder removed in a directory, in order: [name, inode number, time] each."""
+        """Names a lease holder removed in a directory, in order: [name, inode number, time] each, and a fourth
+        element true for an empty directory."""
         dir_ino = field(b, "dir", int)
         names = field(b, "names", list)
-        if not all(isinstance(n, list) and len(n) == 3 and isinstance(n[0], str) and isinstance(n[1], int)
-                   and isinstance(n[2], (int, float)) for n in names):
-            raise InvalidInput("each of names is [name, inode number, time]", field="names")
-        out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2])) for n in names], c)
+        if not all(isinstance(n, list) and len(n) in (3, 4) and isinstance(n[0], str) and isinstance(n[1], int)
+                   and isinstance(n[2], (int, float)) and (len(n) == 3 or isinstance(n[3], bool)) for n in names):
+            raise InvalidInput("each of names is [name, inode number, time(, directory)]", field="names")
+        out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2]), len(n) == 4 and n[3]) for n in names], c)
         self.replicas.wake()
         out["lease"] = self._renewed(dir_ino, c)
         return out
 
     async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        return {"dirs": self.cat.rmdir(v, field(b, "path", str), c)}
+        """Remove an empty directory; with `lease`, the caller's mount may go on removing names in its parent
+        by itself."""
+        dir_version: list[int] = []
+        out: dict[str, Any] = {"dirs": self.cat.rmdir(v, field(b, "path", str), c, dir_version),
+                               "dir_version": dir_version}
+        if field(b, "lease", bool, False):
+            parent = self.cat.resolve(v, posixpath.dirname(field(b, "path", str)), c)
+            out["lease"] = self._lease(parent.ino, c, False)
+        return out
 
     async def op_rename(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         dirs = self.cat.rename(v, field(b, "old", str), field(b, "new", str), c, field(b, "noreplace", bool, False))

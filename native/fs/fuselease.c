@@ -313,6 +313,37 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
  * MRC so. Only where the MRC would agree without a doubt: the directory is this mount user's own and
  * writable to it (no sticky bit, group or other rights to weigh), and the name's inode number is known.
  * A file open here is left to Python, which moves it aside until its last close. */
+/* Whether names may be removed in directory `d` here (under `lock`): leased, its listing known, and the mount
+ * user's own and writable to it. */
+static int removable_in(const struct node *d, double t)
+{
+    return d && d->lease_until > t && d->list_until && made_n < MADE_BACKLOG && d->attr.uid == owner_uid &&
+           (d->attr.mode & (S_IWUSR | S_IXUSR)) == (S_IWUSR | S_IXUSR) && made_room();
+}
+
+/* Queue the removal of `n` from `d` and drop it from the table (under `lock`). */
+static void queue_removal(struct node *d, struct node *n, uint32_t nlink, int64_t wall)
+{
+    struct xf_made *m = &made[made_n++];
+    m->kind = XF_MADE_UNLINK;
+    m->dir_ino = d->lease_ino;
+    m->dir_node = d->id;
+    m->node = n->id;
+    m->ino = n->attr.ino;
+    m->fh = 0;
+    m->mode = n->attr.mode;
+    m->nlink = nlink;
+    made_multi += !S_ISDIR(m->mode) && nlink > 1;
+    m->time_ns = wall;
+    strcpy(m->name, n->name);
+    unhash_name(n);
+    n->attr_until = 0;
+    if (!n->nlookup && !n->writers)
+        free_node(n);
+    d->attr.mtime_ns = d->attr.ctime_ns = wall;
+    pthread_cond_signal(&made_cond);
+}
+
 int xf_unlink_here(uint64_t parent, const char *name)
 {
     if (strlen(name) > 255)
@@ -321,34 +352,42 @@ int xf_unlink_here(uint64_t parent, const char *name)
     int64_t wall = wall_us_ns();
     pthread_mutex_lock(&lock);
     struct node *d = find_id(parent), *n = find_name(parent, name);
-    if (!d || !n || d->lease_until <= t || !d->list_until || made_n >= MADE_BACKLOG || d->attr.uid != owner_uid ||
-        (d->attr.mode & (S_IWUSR | S_IXUSR)) != (S_IWUSR | S_IXUSR) || !n->attr_until || !n->attr.ino ||
-        S_ISDIR(n->attr.mode) || n->writers || has_local(n->id) || !made_room()) {
+    if (!n || !removable_in(d, t) || !n->attr_until || !n->attr.ino || S_ISDIR(n->attr.mode) || n->writers ||
+        has_local(n->id)) {
         pthread_mutex_unlock(&lock);
         return 0;
     }
-    struct xf_made *m = &made[made_n++];
-    m->kind = XF_MADE_UNLINK;
-    m->dir_ino = d->lease_ino;
-    m->dir_node = parent;
-    m->node = n->id;
-    m->ino = n->attr.ino;
-    m->fh = 0;
-    m->mode = n->attr.mode;
     /* attributes no longer fresh (a link made since marks them stale): it may have other names */
-    m->nlink = n->attr_until > t ? n->attr.nlink : 2;
-    made_multi += m->nlink > 1;
-    int multi = m->nlink > 1;
-    m->time_ns = wall;
-    strcpy(m->name, name);
-    unhash_name(n);
-    n->attr_until = 0;
-    if (!n->nlookup && !n->writers)
-        free_node(n);
-    d->attr.mtime_ns = d->attr.ctime_ns = wall;
-    pthread_cond_signal(&made_cond);
+    uint32_t nlink = n->attr_until > t ? n->attr.nlink : 2;
+    queue_removal(d, n, nlink, wall);
     pthread_mutex_unlock(&lock);
-    return 1 + multi;
+    return nlink > 1 ? 2 : 1;
+}
+
+/* RMDIR answered here, as UNLINK is: the directory removed is leased here too and its listing here is empty
+ * (nobody else can have made a name in it), so the MRC will find it empty once the removals queued before
+ * this one reach it. Its inode number, or 0: ask the MRC. */
+uint64_t xf_rmdir_here(uint64_t parent, const char *name)
+{
+    if (strlen(name) > 255)
+        return 0;
+    double t = now();
+    int64_t wall = wall_us_ns();
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(parent), *n = find_name(parent, name);
+    int empty = n && S_ISDIR(n->attr.mode) && n->attr.ino && n->lease_until > t && n->list_until &&
+                !has_names(n->id);
+    if (!empty || !removable_in(d, t)) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    uint64_t ino = n->attr.ino;
+    n->lease_until = 0;
+    queue_removal(d, n, 2, wall);
+    if (d->attr.nlink > 2)
+        d->attr.nlink--;
+    pthread_mutex_unlock(&lock);
+    return ino;
 }
 
 /* Handles that wrote since they were opened: only their FLUSH (every close sends one) has work for

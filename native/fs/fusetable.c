@@ -284,6 +284,14 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
     pthread_mutex_unlock(&lock);
 }
 
+int has_names(uint64_t dir)
+{
+    for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid)
+        if (m->parent == dir && m->name)
+            return 1;
+    return 0;
+}
+
 long xf_list(uint64_t dir, double recent, char *names, size_t size, uint64_t *inos, uint32_t *modes, size_t max)
 {
     pthread_mutex_lock(&lock);

@@ -105,6 +105,9 @@ uint64_t xf_node_of(uint64_t parent, const char *name);
  * (a name known with its inode number, not a directory, open by no handle here, in a directory owned by
  * this mount's user): 1, or 2 when its file may have other names; 0: ask the MRC. */
 int xf_unlink_here(uint64_t parent, const char *name);
+/* RMDIR answered here, as UNLINK: the directory is leased here too and holds no name. Its inode number, or 0:
+ * ask the MRC. */
+uint64_t xf_rmdir_here(uint64_t parent, const char *name);
 /* Whether a request about `node` (and `node2`, or 0) must wait until the changes queued here reach the MRC:
  * what it would answer shows one of them. */
 int xf_made_touches(uint64_t node, uint64_t node2);

@@ -44,6 +44,7 @@ struct node *find_name(uint64_t parent, const char *name);
 struct node *record(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
 void fill_stat(const struct xf_attr *a, struct stat *st, unsigned blksize);
 void unhash_name(struct node *n);
+int has_names(uint64_t dir); /* whether the table holds a name in directory `dir` (under `lock`) */
 void write_around(struct fuse_file_info *fi);
 int table_init(void);
 void free_node(struct node *n);

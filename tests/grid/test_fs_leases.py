@@ -11,6 +11,7 @@ import base64
 import os
 import signal
 import stat
+import subprocess
 import time
 from typing import Any
 
@@ -454,3 +455,39 @@ def test_fsync_of_a_directory_puts_what_was_changed_there_at_the_mrc(grid, name,
         assert "made" in names and "bob0" not in names and "bob1" in names
     finally:
         grid.umount(mp)
+
+
+def test_a_tree_removed_under_leases_reaches_the_mrc_in_order(grid, mounts, name, api):
+    """rm -rf of a tree whose directories are leased here: names and then empty directories removed here,
+    the directory after what was in it, in one call or few; another mount sees none of it after."""
+    top = os.path.join(mounts[0], name, "tree")
+    os.mkdir(top)
+    for i in range(20):
+        os.mkdir(os.path.join(top, f"d{i}"))
+        for k in range(10):
+            with open(os.path.join(top, f"d{i}", f"f{k}"), "w") as f:
+                f.write("x")
+    before = stats(api, grid)["ops"]
+    subprocess.run(["rm", "-rf", top], check=True)
+    after = stats(api, grid)["ops"]
+    rmdirs = after.get("rmdir", 0) - before.get("rmdir", 0)
+    assert rmdirs < 5, f"{rmdirs} rmdirs went to the MRC one by one"
+    assert not os.path.exists(os.path.join(mounts[1], name, "tree"))
+    assert api.listdir(f"/{name}") == []
+
+
+def test_the_mrc_removes_only_an_empty_directory_a_holder_removed(grid, name, api):
+    dir_ino = api.stat(f"/{name}")["ino"]
+    api.mkdir(f"/{name}/full")
+    with api.open(f"/{name}/full/x", "wb") as f:
+        f.write(b"x")
+    api.mkdir(f"/{name}/empty")
+    full, empty = api.stat(f"/{name}/full")["ino"], api.stat(f"/{name}/empty")["ino"]
+    x = api.stat(f"/{name}/full/x")["ino"]
+    r = api.op("changes", changes=[{"op": "unlinked", "dir": dir_ino, "names": [["full", full, 1.0, True],
+                                                                             ["empty", empty, 1.0, True]]},
+                                   {"op": "unlinked", "dir": full, "names": [["x", x, 1.0, True]]}])
+    assert r["answers"][0]["refused"] == {"full": "directory-not-empty"} and r["answers"][0]["unlinked"] == ["empty"]
+    assert r["answers"][1]["refused"] == {"x": "not-a-directory"}
+    assert api.listdir(f"/{name}") == ["full"] and api.listdir(f"/{name}/full") == ["x"]
+    assert api.stat(f"/{name}")["nlink"] == 3

@@ -1,0 +1,93 @@
+"""Directories on a mount: listings read through an open directory, from the MRC or, where they hold, from
+the native table; and fsync of a directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import threading
+from typing import Any
+
+from xos._native._fuse import ffi, lib
+from xos.fs.client.client import Client
+from xos.fs.client.files import Dir
+
+LIST_HERE = 1024  # the most names of a directory a listing takes from the table (larger ones: from the MRC)
+# A listing the MRC gave this long ago is as good as a new one: a change elsewhere meanwhile is one whose answer
+# could have taken that long to come (a lookup trusts a listing for the whole attribute TTL)
+LIST_AGAIN = 0.005
+
+
+class Listings:
+    """The part of the mount that serves open directories."""
+
+    c: Client
+    _lock: threading.Lock
+    _handles: dict[int, Any]
+
+    def path(self, node: int) -> str:
+        raise NotImplementedError  # the mount's
+
+    def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
+        raise NotImplementedError  # the mount's
+
+    def _handle(self, what: Any) -> int:
+        raise NotImplementedError  # the mount's
+
+    def send_made(self) -> None:
+        raise NotImplementedError  # the mount's
+
+    def opendir(self, req: Any, c: Any) -> None:
+        # The listing is taken at the first readdir: a directory opened only to be a descriptor (fts's
+        # openat base, fchdir; rm -rf opens each directory twice) costs the MRC nothing. The kernel checked
+        # the read permission already.
+        if lib.xf_reply_open(req, c.fi, self._handle(Dir(None)), 0) != 0:
+            pass  # interrupted: no releasedir will come
+
+    def _listed_here(self, node: int) -> list[list[Any]] | None:
+        """Directory `node`'s rows (name, inode number, mode) as the table holds them while the directory is
+        leased here, or its listing came from the MRC a moment ago (rm -rf reads each directory twice, back
+        to back); None: ask the MRC."""
+        names = ffi.new("char[]", LIST_HERE * 64)
+        inos, modes = ffi.new("uint64_t[]", LIST_HERE), ffi.new("uint32_t[]", LIST_HERE)
+        n = lib.xf_list(node, LIST_AGAIN, names, LIST_HERE * 64, inos, modes, LIST_HERE)
+        if n < 0:
+            return None
+        raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0")[:n]
+        return sorted(([os.fsdecode(raw[i]), inos[i], modes[i]] for i in range(n)), key=lambda r: str(r[0]))
+
+    def readdir(self, req: Any, c: Any) -> None:
+        d = self._handles[c.fh]
+        assert isinstance(d, Dir)
+        if d.rows is None or c.off == 0:  # opened, or rewound: the listing as it is now
+            rows = self._listed_here(c.node)
+            if rows is None:
+                listing = self.c.listing(self.path(c.node))
+                self._fill(c.node, listing)
+                rows = listing[1]
+            d.rows = rows
+        out = bytearray()
+        names = [(".", stat.S_IFDIR, 1), ("..", stat.S_IFDIR, 1)] if c.off < 2 else []
+        first = max(c.off - 2, 0)
+        i = c.off
+        for name, mode, ino in names[c.off:] + [(r[0], r[2], r[1]) for r in d.rows[first:]]:
+            raw = os.fsencode(name)
+            size = 24 + len(raw)
+            padded = (size + 7) & ~7
+            if len(out) + padded > c.size:
+                break
+            i += 1
+            out += struct.pack("<QQII", ino, i, len(raw), stat.S_IFMT(mode) >> 12) + raw + bytes(padded - size)
+        lib.fuse_reply_buf(req, bytes(out), len(out))
+
+    def fsyncdir(self, req: Any, c: Any) -> None:
+        """The names made and removed here are at the MRC, on its disk (every MRC change is, once answered)."""
+        self.send_made()
+        lib.fuse_reply_err(req, 0)
+
+    def releasedir(self, req: Any, c: Any) -> None:
+        with self._lock:
+            self._handles.pop(c.fh, None)
+        lib.fuse_reply_err(req, 0)
+
