@@ -172,7 +172,9 @@ TREE = ("json", "email", "xml", "unittest", "asyncio", "concurrent", "importlib"
 
 
 def _sh(argv: list[str], cwd: str | None = None) -> None:
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if p.returncode:  # diff exits 1 on a difference: a wrong byte
+        raise RuntimeError(f"{' '.join(argv)} failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
 
 
 def programs(d: str) -> dict[str, float]:
@@ -194,7 +196,9 @@ def programs(d: str) -> dict[str, float]:
     timed("cp -a s", lambda: [_sh(["cp", "-a", os.path.join(lib, sub), tree]) for sub in TREE])
     timed("diff -r s", lambda: [_sh(["diff", "-r", os.path.join(lib, sub), os.path.join(tree, sub)]) for sub in TREE])
     timed("tar c s", lambda: _sh(["tar", "cf", os.path.join(d, "t.tar"), "-C", tree, "."]))
-    git = ["git", "-c", "user.name=b", "-c", "user.email=b@example.org", "-c", "init.defaultBranch=main"]
+    # no maintenance in the background: it held a file open in .git/objects while rm -rf ran, on every peer
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@example.org", "-c", "init.defaultBranch=main",
+           "-c", "maintenance.auto=false", "-c", "gc.auto=0"]
     timed("git add+commit+fsck s", lambda: [_sh(git + a, cwd=tree) for a in
                                              (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "x"], ["fsck"])])
 
