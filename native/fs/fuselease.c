@@ -108,8 +108,8 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
             f->taken = 1;
     }
     for (size_t i = 0; i < n; i++)
-        if (made[i].kind == XF_MADE_UNLINK && made[i].nlink > 1)
-            made_multi--;
+        if (made[i].kind == XF_MADE_UNLINK && !S_ISDIR(made[i].mode) && made[i].nlink > 1)
+            made_multi--; /* as queue_removal counted it */
     memcpy(out, made, n * sizeof *made);
     memmove(made, made + n, (made_n - n) * sizeof *made);
     made_n -= n;
@@ -127,7 +127,8 @@ static int touches(uint64_t node)
         struct node *d = find_id(made[i].dir_node);
         if (d && d != &root && d->parent == node)
             return 1;
-        if (made_multi && made[i].kind == XF_MADE_UNLINK && made[i].nlink > 1 && self && self->attr.ino == made[i].ino)
+        if (made_multi && made[i].kind == XF_MADE_UNLINK && !S_ISDIR(made[i].mode) && made[i].nlink > 1 && self &&
+            self->attr.ino == made[i].ino)
             return 1;
     }
     for (struct node *n = find_id(node); n; n = n != &root && n->name ? find_id(n->parent) : NULL) {
