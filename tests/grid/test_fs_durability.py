@@ -11,7 +11,9 @@ import pytest
 from xos.fs.layout import INLINE_MAX
 from xos.testing.fsgrid import FsGrid, fs_grid
 
-PROVOKED = ["unreachable", "refused", "replica", "not reachable", "dropped", "disconnect", "mount"]
+# an OSD killed and restarted answers "not heard from its MRC yet" until its first heartbeat's answer
+PROVOKED = ["unreachable", "refused", "replica", "not reachable", "dropped", "disconnect", "mount",
+            "has not heard from its MRC"]
 
 
 @pytest.fixture
