@@ -80,6 +80,7 @@ class MadeHere:
     _unborn: dict[int, Unborn]
     _leased: dict[int, int]
     _lease_lock: threading.Lock  # the leases used here against their hand-back
+    _renumbered: dict[int, int]  # a file made here that the MRC gave another number: number here -> the MRC's
 
     def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
         raise NotImplementedError  # the mount's
@@ -198,8 +199,10 @@ class MadeHere:
         """A run as the MRC takes it, in parts that stay well within what it takes in one body: made files
         with their content, mode and times if they were used here."""
         if run.kind == lib.XF_MADE_UNLINK:
+            number = self._renumbered.get
             run.body = {"op": "unlinked", "dir": run.dir_ino,
-                        "names": [[f[0], f[1], f[3]] + ([True] if stat.S_ISDIR(f[2]) else []) for f in run.items]}
+                        "names": [[f[0], number(f[1], f[1]), f[3]] + ([True] if stat.S_ISDIR(f[2]) else [])
+                                  for f in run.items]}
             run.size = 100 * len(run.items)
             return [run]
         parts: list[Run] = []
@@ -271,8 +274,13 @@ class MadeHere:
             log.error("files made here in directory %d are lost, the MRC did not take them: %s", run.dir_ino,
                       r["error"].get("message"))
             r = {"made": {}, "refused": {}}
-        for name, _, _, _, node in run.items:
-            lib.xf_confirm(node, r["made"].get(name, 0))
+        for name, ino, _, _, node in run.items:
+            got = r["made"].get(name, 0)
+            lib.xf_confirm(node, got)
+            if got and got != ino:  # removals queued since name it by the number it was made with here
+                if len(self._renumbered) > 65536:
+                    self._renumbered.clear()
+                self._renumbered[ino] = got
             u = self._unborn.get(node)
             if u is not None:
                 u.lost = name not in r["made"]

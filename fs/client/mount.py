@@ -72,6 +72,7 @@ class GridFS(OpenFiles, Listings):
         self._recent_lock = threading.Lock()
         self._leased: dict[int, int] = {}  # directory inode number -> its node, while leased here
         self._lease_lock = threading.Lock()
+        self._renumbered: dict[int, int] = {}
         self._made_lock = threading.Lock()  # files made here go to the MRC in the order they were made
         self._made_buf = ffi.new("struct xf_made[]", MADE_BATCH)
         self._adopting = threading.Lock()

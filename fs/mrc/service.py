@@ -296,12 +296,18 @@ class MRC:
         if not all(isinstance(ch, dict) and ch.get("op") in ("made", "unlinked") for ch in changes):
             raise InvalidInput('each change is {"op": "made" or "unlinked", ...}', field="changes")
         answers = []
+        renumbered: dict[int, int] = {}  # a file made here under a number it could not have: the number it got
         for ch in changes:
             op = self.op_made if ch["op"] == "made" else self.op_unlinked
+            if ch["op"] == "unlinked" and renumbered and isinstance(ch.get("names"), list):
+                ch = {**ch, "names": [[n[0], renumbered.get(n[1], n[1]), *n[2:]] if isinstance(n, list) and len(n) > 1
+                                      and isinstance(n[1], int) else n for n in ch["names"]]}
             self.counts[ch["op"]] += 1
             for _ in range(16):
                 try:
                     answers.append(await op(v, c, ch))
+                    if ch["op"] == "made":
+                        renumbered.update(_renumbered(ch, answers[-1]))
                     break
                 except Recall as r:
                     await self.leases.recall(r.lease, c.session)
@@ -508,6 +514,18 @@ def metrics(mrc: MRC) -> Registry:
     reg.gauge("replica_passes_total", "Passes of the replica manager.", lambda: [({}, mrc.replicas.passes)],
               "counter")
     return reg
+
+
+def _renumbered(made: dict[str, Any], answer: dict[str, Any]) -> dict[int, int]:
+    """{number asked for: number given} of the files of a `made` change that got another number than the one
+    their maker gave them (a reservation the MRC no longer kept): the changes after it name them so."""
+    out = {}
+    for f in made.get("files") or ():
+        if isinstance(f, list) and len(f) > 1 and isinstance(f[1], int):
+            got = answer.get("made", {}).get(f[0])
+            if isinstance(got, int) and got != f[1]:
+                out[f[1]] = got
+    return out
 
 
 def make_app(mrc: MRC) -> httpd.App:

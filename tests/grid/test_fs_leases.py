@@ -491,3 +491,24 @@ def test_the_mrc_removes_only_an_empty_directory_a_holder_removed(grid, name, ap
     assert r["answers"][1]["refused"] == {"x": "not-a-directory"}
     assert api.listdir(f"/{name}") == ["full"] and api.listdir(f"/{name}/full") == ["x"]
     assert api.stat(f"/{name}")["nlink"] == 3
+
+
+def test_a_file_made_and_removed_here_stays_removed_when_the_mrc_renumbers_it(grid, mounts, name, api):
+    """The MRC keeps only a mount's newest reservations of inode numbers: a file made here under an older one
+    gets another number there, and its removal, queued with the number it had here, still removes it."""
+    base = os.path.join(mounts[0], name)
+    dirs = [os.path.join(base, f"d{i}") for i in range(8)]
+    for d in dirs:  # each brings a reservation of its own: the first ones are forgotten at the MRC
+        os.mkdir(d)
+        lease(d)
+    for k in range(40):
+        p = os.path.join(dirs[0], f"t{k}")
+        with open(p, "w") as f:
+            f.write("x")
+        os.unlink(p)
+    assert sorted(api.listdir(f"/{name}/d0")) == sorted(f"warm{i}" for i in range(20))
+    dir_ino = api.stat(f"/{name}/d0")["ino"]
+    r = api.op("changes", changes=[{"op": "made", "dir": dir_ino, "files": [["r", 1, 0o644, 0.0]]},
+                                   {"op": "unlinked", "dir": dir_ino, "names": [["r", 1, 1.0]]}])
+    assert r["answers"][0]["made"]["r"] != 1 and r["answers"][1]["unlinked"] == ["r"]
+    assert "r" not in api.listdir(f"/{name}/d0")
