@@ -109,7 +109,12 @@ def test_a_c_build_with_make(mnt: str) -> None:
     objs = " ".join(f"part{i}.o" for i in range(8))
     with open(os.path.join(src, "Makefile"), "w") as f:
         f.write(f"prog: main.o {objs}\n\tcc -o $@ $^\n%.o: %.c\n\tcc -O2 -c -o $@ $<\n")
-    run("make", "-j2", "-s", cwd=src)
+    p = subprocess.run(["make", "-j2", "-s"], cwd=src, capture_output=True, text=True, timeout=300)
+    if p.returncode:  # what each object holds as read back now: which one is not what `as` wrote
+        seen = {f"part{i}.o": (os.path.getsize(os.path.join(src, f"part{i}.o")),
+                               subprocess.run(["nm", f"part{i}.o"], cwd=src, capture_output=True, text=True).stdout)
+                for i in range(8)}
+        raise AssertionError(f"make -j2: {p.returncode}\n{p.stderr[-2000:]}\nobjects now: {seen}")
     assert run(os.path.join(src, "prog")).strip() == str(sum(1 + i for i in range(8)))
     # nothing to do when nothing changed: make compares the times the mount keeps
     assert subprocess.run(["make", "-q"], cwd=src).returncode == 0
