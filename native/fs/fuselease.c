@@ -345,14 +345,27 @@ static void queue_removal(struct node *d, struct node *n, uint32_t nlink, int64_
     pthread_cond_signal(&made_cond);
 }
 
-int xf_unlink_here(uint64_t parent, const char *name)
+/* A removal's start: the clocks, `lock` taken, the directory and the name's node (either NULL if unknown).
+ * 0 (nothing taken) for a name longer than the queue holds. */
+static int removal(uint64_t parent, const char *name, double *t, int64_t *wall, struct node **d, struct node **n)
 {
     if (strlen(name) > 255)
         return 0;
-    double t = now();
-    int64_t wall = wall_us_ns();
+    *t = now();
+    *wall = wall_us_ns();
     pthread_mutex_lock(&lock);
-    struct node *d = find_id(parent), *n = find_name(parent, name);
+    *d = find_id(parent);
+    *n = find_name(parent, name);
+    return 1;
+}
+
+int xf_unlink_here(uint64_t parent, const char *name)
+{
+    double t;
+    int64_t wall;
+    struct node *d, *n;
+    if (!removal(parent, name, &t, &wall, &d, &n))
+        return 0;
     if (!n || !removable_in(d, t) || !n->attr_until || !n->attr.ino || S_ISDIR(n->attr.mode) || n->writers ||
         has_local(n->id)) {
         pthread_mutex_unlock(&lock);
@@ -370,12 +383,11 @@ int xf_unlink_here(uint64_t parent, const char *name)
  * this one reach it. Its inode number, or 0: ask the MRC. */
 uint64_t xf_rmdir_here(uint64_t parent, const char *name)
 {
-    if (strlen(name) > 255)
+    double t;
+    int64_t wall;
+    struct node *d, *n;
+    if (!removal(parent, name, &t, &wall, &d, &n))
         return 0;
-    double t = now();
-    int64_t wall = wall_us_ns();
-    pthread_mutex_lock(&lock);
-    struct node *d = find_id(parent), *n = find_name(parent, name);
     int empty = n && S_ISDIR(n->attr.mode) && n->attr.ino && n->lease_until > t && n->list_until &&
                 !has_names(n->id);
     if (!empty || !removable_in(d, t)) {

@@ -512,3 +512,28 @@ def test_a_file_made_and_removed_here_stays_removed_when_the_mrc_renumbers_it(gr
                                    {"op": "unlinked", "dir": dir_ino, "names": [["r", 1, 1.0]]}])
     assert r["answers"][0]["made"]["r"] != 1 and r["answers"][1]["unlinked"] == ["r"]
     assert "r" not in api.listdir(f"/{name}/d0")
+
+
+def test_rmdir_waits_for_the_last_close_of_a_file_removed_while_open(mounts, name):
+    """A file removed while open is moved aside until its last close (whose RELEASE the kernel sends after
+    close() returns): an rmdir of its directory waits for that close, for a while, and then says it is not
+    empty."""
+    import errno
+    import threading
+
+    from xos.fs.client.mount import RELEASE_WAIT
+
+    d = os.path.join(mounts[0], name, "sub")
+    os.mkdir(d)
+    fd = os.open(os.path.join(d, "f"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.unlink(os.path.join(d, "f"))
+    with pytest.raises(OSError) as e:  # still open past the wait
+        os.rmdir(d)
+    assert e.value.errno == errno.ENOTEMPTY
+    closer = threading.Timer(RELEASE_WAIT / 4, os.close, (fd,))
+    closer.start()
+    try:
+        os.rmdir(d)  # returns once the close came
+    finally:
+        closer.join()
+    assert not os.path.exists(d) and not os.path.exists(os.path.join(mounts[1], name, "sub"))

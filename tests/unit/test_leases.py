@@ -42,16 +42,20 @@ def test_a_lease_stands_in_the_way_of_others_only(horizon):
     asyncio.run(run())
 
 
+def _held_by_a_wanted_by_b(ls: Leases, ino: int) -> tuple[float, asyncio.Future[None]]:
+    """Directory `ino` leased to A, and B's request recalling it: when B began to wait, and its wait."""
+    ls.grant(ino, A)
+    with pytest.raises(Recall) as r:
+        ls.check(ino, B)
+    return time.monotonic(), asyncio.ensure_future(ls.recall(r.value.lease, B.session))
+
+
 def test_a_recall_comes_after_the_holders_slice_and_waits_for_the_hand_back(horizon, monkeypatch):
     monkeypatch.setattr(leases, "MIN_HOLD", 0.2)
 
     async def run():
         ls = Leases(horizon)
-        ls.grant(7, A)
-        with pytest.raises(Recall) as r:
-            ls.check(7, B)
-        t0 = time.monotonic()
-        waiter = asyncio.ensure_future(ls.recall(r.value.lease, B.session))
+        t0, waiter = _held_by_a_wanted_by_b(ls, 7)
         assert ls.grant(7, C) == 0.0  # B waits for this directory: nobody else is given it meanwhile
         assert await ls.recalls(A) == [7]  # the holder's long poll answers once its slice is over
         assert time.monotonic() - t0 >= 0.15
@@ -75,11 +79,7 @@ def test_a_holder_still_sending_what_it_made_is_waited_for(horizon, monkeypatch)
 
     async def run():
         ls = Leases(horizon)
-        ls.grant(7, A)
-        with pytest.raises(Recall) as r:
-            ls.check(7, B)
-        t0 = time.monotonic()
-        waiter = asyncio.ensure_future(ls.recall(r.value.lease, B.session))
+        t0, waiter = _held_by_a_wanted_by_b(ls, 7)
         await asyncio.sleep(0)  # B waits from here on
         assert ls.grant(7, A) == 0.0  # no new term for the holder while B waits: only renewals of sends
         for _ in range(6):  # 0.6 s of sends, twice the term
