@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -62,6 +62,11 @@ def _unb64(text: Any, name: str) -> bytes:
         raise InvalidInput(f"field {name!r} is not base64", field=name) from None
 
 
+def _seconds(t: Any) -> TypeGuard[float]:
+    """Whether `t` is a time a lease holder may give: seconds since 1970, a number within 2^40 either way."""
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and abs(t) < 1 << 40
+
+
 def _made_content(x: Any) -> Made:
     """The content and times a lease holder gave a file it wrote before it sent it."""
     if not isinstance(x, dict):
@@ -72,7 +77,7 @@ def _made_content(x: Any) -> Made:
     times: list[float] = []
     for k in ("atime", "mtime", "ctime"):
         t = x.get(k)
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not abs(t) < 1 << 40:
+        if not _seconds(t):
             raise InvalidInput("a made file's atime, mtime and ctime are seconds since 1970", field="files")
         times.append(float(t))
     return Made(data, *times)
@@ -270,7 +275,7 @@ class MRC:
         files = []
         for f in field(b, "files", list):
             if not (isinstance(f, list) and len(f) in (4, 5) and isinstance(f[1], int) and isinstance(f[2], int)
-                    and isinstance(f[3], (int, float))):
+                    and _seconds(f[3])):
                 raise InvalidInput("each of files is [name, inode number, mode, time(, content)]", field="files")
             files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
                           _made_content(f[4]) if len(f) == 5 else None))
@@ -360,7 +365,7 @@ class MRC:
         dir_ino = field(b, "dir", int)
         names = field(b, "names", list)
         if not all(isinstance(n, list) and len(n) in (3, 4) and isinstance(n[0], str) and isinstance(n[1], int)
-                   and isinstance(n[2], (int, float)) and (len(n) == 3 or isinstance(n[3], bool)) for n in names):
+                   and _seconds(n[2]) and (len(n) == 3 or isinstance(n[3], bool)) for n in names):
             raise InvalidInput("each of names is [name, inode number, time(, directory)]", field="names")
         out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2]), len(n) == 4 and n[3]) for n in names], c)
         self.replicas.wake()

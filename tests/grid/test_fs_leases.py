@@ -380,6 +380,8 @@ def test_a_removal_names_the_file_it_removes(grid, name, api):
         assert f.read() == b"someone else's"
     for changes, code in (("x", "invalid-input"), ([{"op": "rmdir", "dir": dir_ino}], "invalid-input"),
                           ([{"op": "unlinked", "dir": dir_ino, "names": [["x", "one", 1.0]]}], "invalid-input"),
+                          ([{"op": "unlinked", "dir": dir_ino, "names": [["x", ino, 1e300]]}], "invalid-input"),
+                          ([{"op": "made", "dir": dir_ino, "files": [["y", 1, 0o644, 1e300]]}], "invalid-input"),
                           ([{"op": "unlinked", "dir": dir_ino, "names": [["../x", ino, 1.0]]}], "bad-path")):
         r = None
         try:
