@@ -351,12 +351,15 @@ class Client(ObjectIO):
         st.inline = bytearray(base64.b64decode(r["inline"])) if r.get("inline") is not None else None
         st.cache.clear()
 
-    def release(self, st: Open) -> None:
-        """Close a handle: everything written goes out and the MRC learns the new size."""
+    def release(self, st: Open, committed: Callable[[], None] | None = None) -> None:
+        """Close a handle: everything written goes out and the MRC learns the new size; then `committed` is
+        called, before the file stops counting as open here (what this client says of it until then)."""
         with st.lock:
             try:
                 self.flush(st)
             finally:
+                if committed is not None and st.write:
+                    committed()
                 with self._opens_lock:
                     st.refs -= 1
                     ino = st.ino

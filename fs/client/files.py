@@ -214,11 +214,10 @@ class OpenFiles(MadeHere):
             return
         if not isinstance(st, Open):
             return
-        try:
-            self.c.release(st)
+        try:  # its size and times as the MRC now has them, asked for again: forgotten before it counts as closed
+            self.c.release(st, committed=lambda: lib.xf_forget_attr(node))
         finally:
             if st.write:
-                lib.xf_forget_attr(node)  # its size and times as the MRC now has them
                 lib.xf_writers(node, -1)
             hidden = self._hidden.get(st.ino)
             if hidden is not None and self.c.opened(st.ino) is None:

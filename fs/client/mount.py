@@ -39,6 +39,7 @@ RECENT = 10.0  # seconds a directory counts as in use here after its listing was
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
 RELEASE_WAIT = 2.0  # seconds an rmdir waits for the RELEASE of a file moved aside in the directory
+ANSWER_TRIES = 8  # a lookup or getattr asks the MRC again while changes made here overtake its answers
 
 _tl = threading.local()
 
@@ -47,6 +48,10 @@ def interrupted() -> bool:
     """Whether the kernel interrupted the FUSE request this thread serves (its caller got a signal)."""
     req = getattr(_tl, "req", None)
     return req is not None and bool(lib.fuse_req_interrupted(req))
+
+
+class Overtaken(Exception):
+    """A change made here overtook the MRC's answer to this request: it is asked again."""
 
 
 class GridFS(OpenFiles, Listings):
@@ -101,7 +106,7 @@ class GridFS(OpenFiles, Listings):
             if not self._may_stay_here(c) and self._made_behind(c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK)
                                                                  else 0):
                 self.send_made()
-            self.ops[c.op](req, c)
+            self._answer(req, c)
         except XosError as e:
             err = errno_of(e)
             if err == errno.EIO:  # the file system failed, not the caller: say why
@@ -115,6 +120,22 @@ class GridFS(OpenFiles, Listings):
             _tl.req = None
 
     # helpers
+
+    def _answer(self, req: Any, c: Any) -> None:
+        """Serve a request telling what the MRC holds, again while a change made here (a close that sent a new
+        size) overtook the MRC's answer: told to the kernel, that answer would undo the change there."""
+        if c.op not in (lib.XF_LOOKUP, lib.XF_GETATTR, lib.XF_READDIR):
+            return self.ops[c.op](req, c)
+        for _ in range(ANSWER_TRIES - 1):
+            lib.xf_begin()
+            try:
+                self.ops[c.op](req, c)
+                return
+            except Overtaken:
+                continue
+            finally:
+                lib.xf_end()
+        self.ops[c.op](req, c)  # unchecked: what the MRC says now, after that many changes to this one file
 
     def _made_behind(self, node: int, node2: int) -> bool:
         """Whether a request about `node` (and `node2`) must wait for changes made here to reach the MRC:
@@ -228,13 +249,16 @@ class GridFS(OpenFiles, Listings):
         return n + 1 >= HOT
 
     def _entry(self, req: Any, parent: int, name: Any, a: dict[str, Any]) -> None:
-        lib.xf_reply_entry(req, parent, name, self._attr(self._open_size(a)), self.ttl)
+        if lib.xf_reply_entry(req, parent, name, self._attr(self._open_size(a)), self.ttl) == -errno.EAGAIN:
+            raise Overtaken
 
     # metadata
 
     def lookup(self, req: Any, c: Any) -> None:
         path, name = self.child(c.node, c.name)
-        if self._revalidated(c.node, self.path(c.node)) and lib.xf_try_lookup(req, c.node, c.name, 1):
+        # a name whose attributes changed here is asked for as it is: no listing brings them back
+        if (not lib.xf_changed(lib.xf_node_of(c.node, c.name)) and self._revalidated(c.node, self.path(c.node))
+                and lib.xf_try_lookup(req, c.node, c.name, 1)):
             return
         if self._hot(c.node):
             version, rows = self.c.listing(os.path.dirname(path))
@@ -256,7 +280,8 @@ class GridFS(OpenFiles, Listings):
                     return
             self.send_made()  # skipped for it on the way in
         parent = lib.xf_parent(c.node)
-        if parent and self._revalidated(parent, self.path(parent)) and lib.xf_try_getattr(req, c.node):
+        if (parent and not lib.xf_changed(c.node) and self._revalidated(parent, self.path(parent))
+                and lib.xf_try_getattr(req, c.node)):
             return
         st = self._handles.get(c.fh) if c.fh else None
         try:
@@ -269,7 +294,8 @@ class GridFS(OpenFiles, Listings):
             if not isinstance(st, Open):  # its name is gone; an open handle still knows it
                 if held and stat.S_ISDIR(known.mode) and lib.xf_path(c.node, ffi.NULL, 0) == -errno.ENOENT:
                     known.nlink = 0  # a directory removed while open here: as a local disk shows it
-                    lib.xf_reply_attr(req, c.node, known, self.ttl, 1)
+                    if lib.xf_reply_attr(req, c.node, known, self.ttl, 1) == -errno.EAGAIN:
+                        raise Overtaken from None
                     return
                 raise
             a = st.attrs
@@ -278,8 +304,9 @@ class GridFS(OpenFiles, Listings):
     def _reply_attr(self, req: Any, node: int, a: dict[str, Any]) -> None:
         if a["ino"] in self._hidden:  # unlinked while open: the name it is kept under is no link
             a = {**a, "nlink": max(0, a["nlink"] - 1)}
-        opened = self.c.opened(a["ino"])
-        lib.xf_reply_attr(req, node, self._attr(self._open_size(a)), self.ttl, opened is None)
+        opened = self.c.opened(a["ino"])  # asked after the MRC: a file closed here since then is overtaken
+        if lib.xf_reply_attr(req, node, self._attr(self._open_size(a)), self.ttl, opened is None) == -errno.EAGAIN:
+            raise Overtaken
 
     def setattr(self, req: Any, c: Any) -> None:
         u = self._unborn.get(c.node)

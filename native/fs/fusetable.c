@@ -28,6 +28,41 @@ struct node root = {.id = FUSE_ROOT_ID, .name = "", .nlookup = 1};
 /* attr_until of attributes known but to be asked again (0 is: not known at all) */
 #define STALE 1e-9
 
+/* Changes made here to files' attributes (a close that sent a new size, a rename, a link), counted. A
+ * request that asks the MRC about a file may get an answer taken before such a change reached it, and
+ * hand it over after the change made the table forget the file's attributes: that answer must neither go
+ * back into the table nor to the kernel (which would take a size of 0 from it for a file just written
+ * here, and read it as empty). A request counts from the changes made before it began (xf_begin). */
+static uint64_t changes;
+static __thread uint64_t begun = UINT64_MAX;
+
+void changed_here(struct node *n)
+{
+    if (n->attr_until)
+        n->attr_until = STALE;
+    n->changed = ++changes;
+}
+
+int overtaken(const struct node *n) { return n->changed > begun; }
+
+void xf_begin(void)
+{
+    pthread_mutex_lock(&lock);
+    begun = changes;
+    pthread_mutex_unlock(&lock);
+}
+
+void xf_end(void) { begun = UINT64_MAX; }
+
+int xf_changed(uint64_t node)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = node ? find_id(node) : NULL;
+    int changed = n && (n->attr_until == STALE || overtaken(n));
+    pthread_mutex_unlock(&lock);
+    return changed;
+}
+
 double now(void)
 {
     struct timespec ts;
@@ -239,8 +274,10 @@ struct node *record(uint64_t parent, const char *name, const struct xf_attr *a, 
     }
     if (!n && !(n = new_node(parent, name)))
         return NULL;
-    n->attr = *a;
-    n->attr_until = now() + ttl;
+    if (!overtaken(n)) {
+        n->attr = *a;
+        n->attr_until = now() + ttl;
+    }
     n->listed = generation;
     if (lookup)
         n->nlookup++;
@@ -341,8 +378,8 @@ void xf_refresh(uint64_t dir, double ttl)
     struct node *d = find_id(dir);
     if (d && d->list_until) {
         for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid)
-            if (m->parent == dir && m->attr_until)
-                m->attr_until = until;
+            if (m->parent == dir && m->attr_until && m->attr_until != STALE && !overtaken(m))
+                m->attr_until = until; /* not those known to have changed since: the listing never had that */
         d->list_until = until;
     }
     pthread_mutex_unlock(&lock);
@@ -435,7 +472,7 @@ void xf_set_attr(uint64_t node, const struct xf_attr *a, double ttl)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
-    if (n) {
+    if (n && !overtaken(n)) {
         n->attr = *a;
         n->attr_until = now() + ttl;
     }
@@ -470,8 +507,7 @@ void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *
         unhash_name(n);
         n->name = copy;
         n->parent = newparent;
-        if (n->attr_until)
-            n->attr_until = STALE; /* its ctime changed */
+        changed_here(n); /* its ctime changed */
         if (copy)
             name_in(n);
     }
@@ -482,8 +518,8 @@ void xf_forget_attr(uint64_t node)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
-    if (n && n->attr_until)
-        n->attr_until = STALE;
+    if (n)
+        changed_here(n);
     pthread_mutex_unlock(&lock);
 }
 
@@ -497,7 +533,7 @@ void xf_stale_ino(uint64_t ino)
     for (size_t i = 0; i < cap; i++)
         for (struct node *n = ids[i]; n; n = n->next_id)
             if (n->attr_until && n->attr.ino == ino) {
-                n->attr_until = STALE;
+                changed_here(n);
                 if (k < sizeof found / sizeof *found)
                     found[k++] = n->id;
             }
@@ -512,12 +548,10 @@ void xf_forget_all(void)
     pthread_mutex_lock(&lock);
     for (size_t i = 0; i < cap; i++)
         for (struct node *n = ids[i]; n; n = n->next_id) {
-            if (n->attr_until)
-                n->attr_until = STALE;
+            changed_here(n);
             n->list_until = 0;
         }
-    if (root.attr_until)
-        root.attr_until = STALE;
+    changed_here(&root);
     root.list_until = 0;
     pthread_mutex_unlock(&lock);
 }
@@ -533,8 +567,7 @@ void xf_touch_dir(uint64_t dir, int links)
         d->attr.nlink += links;
         /* Its times are the MRC's from now on, asked for again: times made up here differed from them, and a
          * directory whose times move when nothing changes it is one tar says "changed as we read it". */
-        if (d->attr_until)
-            d->attr_until = STALE;
+        changed_here(d);
     }
     pthread_mutex_unlock(&lock);
 }

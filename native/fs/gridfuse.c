@@ -47,7 +47,12 @@ int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const stru
 {
     struct fuse_entry_param e;
     pthread_mutex_lock(&lock);
-    struct node *n = record(parent, name, a, ttl, 1);
+    struct node *n = find_name(parent, name);
+    if (n && n->attr.ino == a->ino && overtaken(n)) { /* the answer is older than a change made here: ask again */
+        pthread_mutex_unlock(&lock);
+        return -EAGAIN;
+    }
+    n = record(parent, name, a, ttl, 1);
     pthread_mutex_unlock(&lock);
     if (!n)
         return fuse_reply_err(req, ENOMEM);
@@ -90,8 +95,18 @@ uint64_t xf_reply_create(fuse_req_t req, uint64_t parent, const char *name, cons
 int xf_reply_attr(fuse_req_t req, uint64_t node, const struct xf_attr *a, double ttl, int cache)
 {
     struct stat st;
-    if (cache)
-        xf_set_attr(node, a, ttl);
+    if (cache) { /* an answer of the MRC's: not one older than a change made here (ask again) */
+        pthread_mutex_lock(&lock);
+        struct node *n = find_id(node);
+        int old = n && overtaken(n);
+        if (n && !old) {
+            n->attr = *a;
+            n->attr_until = now() + ttl;
+        }
+        pthread_mutex_unlock(&lock);
+        if (old)
+            return -EAGAIN;
+    }
     fill_stat(a, &st, io_size);
     return fuse_reply_attr(req, &st, ttl);
 }

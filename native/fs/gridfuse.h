@@ -67,6 +67,11 @@ long xf_list(uint64_t dir, double recent, char *names, size_t size, uint64_t *in
 void xf_drop(uint64_t parent, const char *name);
 void xf_move(uint64_t parent, const char *name, uint64_t newparent, const char *newname);
 void xf_forget_attr(uint64_t node);
+/* This thread's request begins (its MRC answers older than changes made here after now are not taken), ends. */
+void xf_begin(void);
+void xf_end(void);
+/* Whether what the table holds of `node`'s attributes is known to have changed here since. */
+int xf_changed(uint64_t node);
 void xf_forget_all(void);
 void xf_stale_ino(uint64_t ino);
 void xf_touch_dir(uint64_t dir, int links);
@@ -126,7 +131,8 @@ void xf_unplan(uint64_t fh);
 /* Whether read-only handles may be direct I/O: the kernel lets such handles be mapped shared. */
 int xf_direct_reads(void);
 
-/* Replies that also record what they tell the kernel. */
+/* Replies that also record what they tell the kernel. An entry, or attributes to be cached, that the MRC gave
+ * before a change made here to the same file (after xf_begin in this thread) is not told: -EAGAIN. */
 int xf_reply_entry(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl);
 uint64_t xf_reply_create(fuse_req_t req, uint64_t parent, const char *name, const struct xf_attr *a, double ttl,
                     struct fuse_file_info *fi, uint64_t fh);

@@ -28,6 +28,7 @@ struct node {
     uint32_t lease_gid;            /* the group of files made here (unless the directory is setgid) */
     int pending;                   /* made here under a lease, not yet at the MRC */
     int taken;                     /* ... and taken from the queue to be sent */
+    uint64_t changed;              /* the count of changes made here when its attributes last changed here */
     struct node *next_id, *next_name;
     struct node *next_kid, **pprev_kid; /* named nodes, chained by their parent's id: a directory's names */
 };
@@ -43,6 +44,8 @@ struct node *find_id(uint64_t id);
 struct node *find_name(uint64_t parent, const char *name);
 struct node *record(uint64_t parent, const char *name, const struct xf_attr *a, double ttl, int lookup);
 void fill_stat(const struct xf_attr *a, struct stat *st, unsigned blksize);
+void changed_here(struct node *n); /* its attributes changed here: to be asked again (under `lock`) */
+int overtaken(const struct node *n); /* changed here since this thread's request began (under `lock`) */
 void unhash_name(struct node *n);
 int has_names(uint64_t dir); /* whether the table holds a name in directory `dir` (under `lock`) */
 void write_around(struct fuse_file_info *fi);

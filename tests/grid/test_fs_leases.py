@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from xos.errors import XosError
+from xos.fs.client.mount import ATTR_TTL
 from xos.fs.layout import INLINE_MAX
 from xos.testing import wait_for
 from xos.testing.fsgrid import FsGrid, fs_grid
@@ -539,3 +540,30 @@ def test_rmdir_waits_for_the_last_close_of_a_file_removed_while_open(mounts, nam
     finally:
         closer.join()
     assert not os.path.exists(d) and not os.path.exists(os.path.join(mounts[1], name, "sub"))
+
+
+def test_files_sent_while_open_keep_what_was_written_after_their_close(mounts, name):
+    """Files made here, written, sent to the MRC with that content while still open (fsync of their
+    directory), then closed: once the kernel's attributes run out, each still shows its size and content.
+    (The table kept each file's attributes from when it was made, empty; the directory's listing, found
+    unchanged at the MRC, brought them back, and the kernel read the files as empty: a linker saw an object
+    file without its symbols.)"""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files = [open(os.path.join(d, f"o{i}"), "wb") for i in range(10)]
+        for i, f in enumerate(files):
+            f.write(bytes([i]) * 500)
+            f.flush()
+        os.fsync(dfd)
+        for f in files:
+            f.close()
+    finally:
+        os.close(dfd)
+    time.sleep(ATTR_TTL + 0.2)  # the kernel asks again
+    for i in range(10):
+        p = os.path.join(d, f"o{i}")
+        assert os.stat(p).st_size == 500
+        with open(p, "rb") as f:
+            assert f.read() == bytes([i]) * 500

@@ -142,3 +142,36 @@ def test_a_path_that_does_not_fit_is_refused_not_cut():
     buf = ffi.new("char[]", 256)
     assert lib.xf_path(node, buf, 256) == -errno.ENAMETOOLONG
     assert _path(node).count("/") == 20
+
+
+def _sized(ino: int, size: int) -> object:
+    a = ffi.new("struct xf_attr *")
+    a.ino, a.mode, a.nlink, a.size = ino, 0o100644, 1, size
+    return a
+
+
+def test_an_answer_older_than_a_change_made_here_is_neither_kept_nor_told():
+    """A request that asked the MRC before a change made here (a close sending a new size) reached it must
+    not put that answer in the table, nor tell it to the kernel (-EAGAIN: asked again); one that began
+    after the change may."""
+    ino = 8 * 10**9
+    node = lib.xf_entry(ROOT, b"overtaken", _sized(ino, 0), TTL, 0)
+    seen = ffi.new("struct xf_attr *")
+    lib.xf_begin()
+    try:
+        lib.xf_forget_attr(node)  # closed here: its new size is at the MRC now
+        lib.xf_set_attr(node, _sized(ino, 5), TTL)  # what the MRC said before
+        assert lib.xf_attr_of(node, seen) and seen.size == 0
+        assert lib.xf_entry(ROOT, b"overtaken", _sized(ino, 5), TTL, 0) == node
+        assert lib.xf_attr_of(node, seen) and seen.size == 0
+        assert lib.xf_reply_attr(ffi.NULL, node, _sized(ino, 5), TTL, 1) == -errno.EAGAIN
+        assert lib.xf_reply_entry(ffi.NULL, ROOT, b"overtaken", _sized(ino, 5), TTL) == -errno.EAGAIN
+    finally:
+        lib.xf_end()
+    lib.xf_begin()
+    try:
+        lib.xf_set_attr(node, _sized(ino, 7), TTL)  # asked after the change
+        assert lib.xf_attr_of(node, seen) and seen.size == 7
+    finally:
+        lib.xf_end()
+    lib.xf_drop(ROOT, b"overtaken")
