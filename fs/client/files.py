@@ -37,6 +37,7 @@ class OpenFiles(MadeHere):
     _plans: dict[int, set[int]]
     _hidden: dict[int, str]
     _hidden_gone: threading.Condition  # notified when a file moved aside here is removed at its last close
+    _reading: set[int]
 
     def path(self, node: int) -> str:
         raise NotImplementedError  # the mount's
@@ -141,12 +142,16 @@ class OpenFiles(MadeHere):
         st = self.c.open_handle(path, write)
         if c.flags & os.O_TRUNC and write and st.size:
             self.c.truncate(path, 0)
+        elif st.refs == 1:  # close-to-open: what another mount wrote shows (to a reader always, a writer if changed)
+            lib.xf_opened(c.node, self._attr(st.attrs), self.ttl, int(not write))
         fh = self._handle(st)
         direct = False
         if write:
             self._unplan(st.ino)
             lib.xf_writers(c.node, 1)
         else:  # read around the page cache where the native loop fetches ahead itself (gridfuse.c)
+            with self._lock:
+                self._reading.add(fh)
             direct = self._plan(fh, st) and bool(lib.xf_direct_reads())
         if lib.xf_reply_open(req, c.fi, fh, int(direct)) != 0:
             self._close(fh, c.node)
@@ -201,6 +206,9 @@ class OpenFiles(MadeHere):
             st = self._handles.pop(fh, None)
             if isinstance(st, Open):
                 self._plans.get(st.ino, set()).discard(fh)
+            # the Open is shared: written through another handle, it says so, but this one counted no writer
+            wrote = fh not in self._reading
+            self._reading.discard(fh)
         if isinstance(st, Unborn):
             with st.lock:
                 st.closed = True
@@ -217,7 +225,7 @@ class OpenFiles(MadeHere):
         try:  # its size and times as the MRC now has them, asked for again: forgotten before it counts as closed
             self.c.release(st, committed=lambda: lib.xf_forget_attr(node))
         finally:
-            if st.write:
+            if st.write and wrote:
                 lib.xf_writers(node, -1)
             hidden = self._hidden.get(st.ino)
             if hidden is not None and self.c.opened(st.ino) is None:

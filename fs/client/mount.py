@@ -64,9 +64,9 @@ class GridFS(OpenFiles, Listings):
         self.sync_close = sync_close
         client.interrupted = interrupted
         client.checked = True  # default_permissions: the kernel checks the mode bits first
-        self.accounts = accounts
-        self.ttl = ttl
+        self.accounts, self.ttl = accounts, ttl
         self._handles: dict[int, Open | Dir | Unborn] = {}
+        self._reading: set[int] = set()  # handles open to read only: their Open is the file's, shared with writers
         self._unborn: dict[int, Unborn] = {}  # node -> a file made here, used, and still open or unsent
         self._hidden: dict[int, str] = {}  # ino -> the hidden path of a file unlinked while open
         self._hidden_gone = threading.Condition()

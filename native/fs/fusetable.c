@@ -543,6 +543,20 @@ void xf_stale_ino(uint64_t ino)
             fuse_lowlevel_notify_inval_inode(se_of_loop, found[i], -1, 0);
 }
 
+void xf_opened(uint64_t node, const struct xf_attr *a, double ttl, int always)
+{
+    pthread_mutex_lock(&lock);
+    struct node *n = find_id(node);
+    int changed = always || (n && (n->attr.size != a->size || n->attr.mtime_ns != a->mtime_ns));
+    if (n && !overtaken(n) && !n->writers) {
+        n->attr = *a;
+        n->attr_until = now() + ttl;
+    }
+    pthread_mutex_unlock(&lock);
+    if (changed && se_of_loop) /* as above: attributes only, safe inside the OPEN */
+        fuse_lowlevel_notify_inval_inode(se_of_loop, node, -1, 0);
+}
+
 void xf_forget_all(void)
 {
     pthread_mutex_lock(&lock);

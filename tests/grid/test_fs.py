@@ -1130,3 +1130,42 @@ def test_truncate_epochs_come_from_the_capability_and_survive_an_osd_restart(gri
     assert _osd_post(grid, url, f"/v1/o/{st.fid}/0?off=0", old, cred, None, b"stale") == (409, "capability-stale")
     with open(os.path.join(mp, "fenced"), "rb") as f:
         assert len(f.read()) == 1000
+
+
+def test_a_file_rewritten_elsewhere_reads_whole_here_at_once(grid, mnt, d):
+    """Close-to-open within the attribute TTL: a file read here, then rewritten longer on another mount and
+    closed there, opens here with all of its new bytes (the kernel had kept its old end)."""
+    other = grid.mount(1, "data")
+    try:
+        there = os.path.join(other, os.path.relpath(d, mnt), "f")
+        for i in range(1, 6):
+            with open(there, "wb") as f:
+                f.write(b"x" * (100 * i))
+            with open(os.path.join(d, "f"), "rb") as f:
+                assert f.read() == b"x" * (100 * i)
+    finally:
+        grid.umount(other)
+
+
+def test_a_file_read_while_open_for_writing_keeps_its_size_after_the_reader_closes(grid, mnt, d):
+    """A handle opened to read and closed while another writes: the writer still counts, so the size written
+    and not yet at the MRC is what a stat shows, also once the directory was listed again from the MRC (whose
+    listing has the size of the reader's close)."""
+    from xos.fs.client.mount import ATTR_TTL
+
+    p = os.path.join(d, "f")
+    other = grid.mount(1, "data")
+    try:
+        with open(p, "wb") as w:
+            w.write(b"a" * 10)
+            w.flush()
+            with open(p, "rb") as r:
+                r.read()
+            w.write(b"b" * 5000)
+            w.flush()
+            time.sleep(ATTR_TTL + 0.2)  # the kernel asks again
+            os.listdir(os.path.join(other, os.path.relpath(d, mnt)))  # the lease on the directory goes back
+            os.listdir(d)  # listed by the MRC
+            assert os.stat(p).st_size == 5010
+    finally:
+        grid.umount(other)
