@@ -260,9 +260,10 @@ class Client(ObjectIO):
         """An open or truncate, saying whether the kernel checked permissions already."""
         return self.op(name, checked=True, **args) if self.checked else self.op(name, **args)
 
-    def truncate(self, path: str, size: int) -> None:
-        """Set a file's size; a file open here is written out first, an inline file moved to OSDs if it must."""
-        st = next((s for s in list(self._opens.values()) if s.path == path), None)
+    def truncate(self, path: str, size: int, ino: int | None = None) -> None:
+        """Set a file's size; a file open here (found by `ino` if given: it may be open under another name of
+        it) is written out first, an inline file moved to OSDs if it must."""
+        st = self._opens.get(ino) if ino else next((s for s in list(self._opens.values()) if s.path == path), None)
         if st is not None:
             with st.lock:
                 self._drain(st)

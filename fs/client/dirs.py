@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from xos._native._fuse import ffi, lib
+from xos.errors import XosError
 from xos.fs.client.client import Client
 from xos.fs.client.files import Dir
 
@@ -27,6 +28,9 @@ class Listings:
     _handles: dict[int, Any]
 
     def path(self, node: int) -> str:
+        raise NotImplementedError  # the mount's
+
+    def child(self, parent: int, name: Any) -> tuple[str, str]:
         raise NotImplementedError  # the mount's
 
     def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
@@ -80,6 +84,18 @@ class Listings:
             i += 1
             out += struct.pack("<QQII", ino, i, len(raw), stat.S_IFMT(mode) >> 12) + raw + bytes(padded - size)
         lib.fuse_reply_buf(req, bytes(out), len(out))
+
+    def _same_file(self, parent: int, name: Any, parent2: int, name2: Any) -> dict[str, Any] | None:
+        """The attributes of the file two names are of, if they are of one (the table's inode numbers say so,
+        the MRC's agree)."""
+        a, b = ffi.new("struct xf_attr *"), ffi.new("struct xf_attr *")
+        if not (lib.xf_peek(parent, name, a) and lib.xf_peek(parent2, name2, b) and a.ino == b.ino):
+            return None
+        try:
+            one = self.c.op("getattr", path=self.child(parent, name)[0])
+            return dict(one) if one["ino"] == self.c.op("getattr", path=self.child(parent2, name2)[0])["ino"] else None
+        except XosError:
+            return None
 
     def fsyncdir(self, req: Any, c: Any) -> None:
         """The names made and removed here are at the MRC, on its disk (every MRC change is, once answered)."""

@@ -18,6 +18,7 @@ from xos.fs.client.made import MadeHere, Unborn
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
 
 log = logging.getLogger(__name__)
+HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 
 
 class Dir:
@@ -35,11 +36,14 @@ class OpenFiles(MadeHere):
     _next: int
     _adopting: threading.Lock
     _plans: dict[int, set[int]]
-    _hidden: dict[int, str]
+    _hidden: dict[int, list[str]]
     _hidden_gone: threading.Condition  # notified when a file moved aside here is removed at its last close
     _reading: set[int]
 
     def path(self, node: int) -> str:
+        raise NotImplementedError  # the mount's
+
+    def _dirs_now(self, nodes: tuple[int, ...], r: dict[str, Any]) -> None:
         raise NotImplementedError  # the mount's
 
     def child(self, parent: int, name: Any) -> tuple[str, str]:
@@ -126,7 +130,8 @@ class OpenFiles(MadeHere):
                 raise
             st = self.c.open_handle(path, True)
             if c.flags & os.O_TRUNC and st.size:
-                self.c.truncate(path, 0)
+                self.c.truncate(path, 0, st.ino)
+                self._resized(st)
         fh = self._handle(st)
         self._unplan(st.ino)  # an existing file opened to write (not O_EXCL)
         lib.xf_touch_dir(c.node, 0)
@@ -141,7 +146,8 @@ class OpenFiles(MadeHere):
         path = self.path(c.node)
         st = self.c.open_handle(path, write)
         if c.flags & os.O_TRUNC and write and st.size:
-            self.c.truncate(path, 0)
+            self.c.truncate(path, 0, st.ino)
+            self._resized(st)
         elif st.refs == 1:  # close-to-open: what another mount wrote shows (to a reader always, a writer if changed)
             lib.xf_opened(c.node, self._attr(st.attrs), self.ttl, int(not write))
         fh = self._handle(st)
@@ -170,12 +176,22 @@ class OpenFiles(MadeHere):
         if c.fh in self._plans.get(st.ino, ()):  # the native loop gave this read up: perhaps a renewed capability
             self._plan(c.fh, st)
 
+    @staticmethod
+    def _resized(st: Open) -> None:
+        """A file open here was written or truncated: its other names are other nodes here (and in the kernel),
+        whose attributes are asked for again."""
+        if st.attrs.get("nlink", 1) > 1:
+            lib.xf_stale_ino(st.ino)
+
     def write(self, req: Any, c: Any) -> None:
         u = self._unborn_of(c.fh, c.node)
         if u is not None and self._write_here(req, u, c):
             return
         lib.xf_written(c.fh, 1)  # before the reply: the close after it must come here to flush
-        lib.fuse_reply_write(req, self.c.write(self._file(c.fh, c.node), ffi.unpack(c.buf, c.len), c.off))
+        st = self._file(c.fh, c.node)
+        n = self.c.write(st, ffi.unpack(c.buf, c.len), c.off)
+        self._resized(st)
+        lib.fuse_reply_write(req, n)
 
     def flush(self, req: Any, c: Any) -> None:
         st = self._handles.get(c.fh)  # an Unborn's is nothing: it goes to the MRC whole, with the others
@@ -230,11 +246,52 @@ class OpenFiles(MadeHere):
             hidden = self._hidden.get(st.ino)
             if hidden is not None and self.c.opened(st.ino) is None:
                 try:
-                    self.c.unlink(hidden)
+                    for h in hidden:
+                        self.c.unlink(h)
                 finally:
                     with self._hidden_gone:
                         del self._hidden[st.ino]
                         self._hidden_gone.notify_all()
+
+    def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
+        """If the file at `path` is open here, move it aside, each of its names apart (its data must outlive its
+        names until the last close, as libfuse's high level does it): (whether it was, what the table knew)."""
+        node = lib.xf_node_of(parent, name)
+        if node:  # handles the native loop gave out on a file it made: Python's from now
+            fhs = ffi.new("uint64_t[64]")
+            for i in range(lib.xf_local_handles(node, fhs, 64)):
+                self._file(fhs[i], node)
+            u = self._unborn.get(node)
+            if u is not None and not u.closed:
+                self._file(u.fh, node)
+        known = ffi.new("struct xf_attr *")
+        ino = known.ino if lib.xf_peek(parent, name, known) else None
+        if ino is None and self.c._opens:
+            try:
+                ino = self.c.op("getattr", path=path)["ino"]
+            except XosError as e:
+                if errno_of(e) != errno.ENOENT:
+                    raise
+        if ino is None or self.c.opened(ino) is None or os.path.basename(path).startswith(HIDDEN):
+            return False, known
+        kept = self._hidden.get(ino, [])
+        hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}.{len(kept)}"
+        self._dirs_now((parent,), self.c.rename(path, hidden))
+        self._hidden[ino] = kept + [hidden]
+        self._moved(path, hidden)
+        return True, known
+
+    def _moved(self, old: str, new: str) -> None:
+        for st in self._handles.values():
+            if isinstance(st, Open):
+                if st.path == old:
+                    st.path = new
+                elif st.path.startswith(old + "/"):
+                    st.path = new + st.path[len(old):]
+
+    def _hidden_in(self, prefix: str) -> bool:
+        """Whether a file unlinked while open here was moved aside to a path starting with `prefix`."""
+        return any(h.startswith(prefix) for kept in list(self._hidden.values()) for h in kept)
 
     def release(self, req: Any, c: Any) -> None:
         self._close(c.fh, c.node)

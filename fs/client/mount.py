@@ -25,7 +25,7 @@ from xos.errors import XosError
 from xos.fs.client.accounts import Accounts
 from xos.fs.client.client import Client, Open, errno_of, row_attrs
 from xos.fs.client.dirs import Listings
-from xos.fs.client.files import Dir, OpenFiles
+from xos.fs.client.files import HIDDEN, Dir, OpenFiles
 from xos.fs.client.made import MADE_BATCH, Unborn
 from xos.fs.layout import ALSO
 from xos.wire import hostid
@@ -36,7 +36,6 @@ IO_SIZE = 1 << 20
 ATTR_TTL = 1.0
 HOT = 8  # misses in one directory within a TTL that make it worth listing whole
 RECENT = 10.0  # seconds a directory counts as in use here after its listing was last needed
-HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
 MAX_PATH = 1 << 20  # the longest path inside a volume this mount passes on
 RELEASE_WAIT = 2.0  # seconds an rmdir waits for the RELEASE of a file moved aside in the directory
 ANSWER_TRIES = 8  # a lookup or getattr asks the MRC again while changes made here overtake its answers
@@ -59,8 +58,7 @@ class GridFS(OpenFiles, Listings):
 
     def __init__(self, client: Client, accounts: Accounts, ttl: float = ATTR_TTL, sync_close: bool = False) -> None:
         self.c = client
-        # close() as fsync(): files are then made at the MRC, not under a directory lease (whose files reach
-        # the MRC in batches after their close)
+        # close() as fsync(): files are made at the MRC, not under a directory lease (batched after their close)
         self.sync_close = sync_close
         client.interrupted = interrupted
         client.checked = True  # default_permissions: the kernel checks the mode bits first
@@ -68,7 +66,7 @@ class GridFS(OpenFiles, Listings):
         self._handles: dict[int, Open | Dir | Unborn] = {}
         self._reading: set[int] = set()  # handles open to read only: their Open is the file's, shared with writers
         self._unborn: dict[int, Unborn] = {}  # node -> a file made here, used, and still open or unsent
-        self._hidden: dict[int, str] = {}  # ino -> the hidden path of a file unlinked while open
+        self._hidden: dict[int, list[str]] = {}  # ino -> where the names of a file unlinked while open went
         self._hidden_gone = threading.Condition()
         self._next = 1
         self._lock = threading.Lock()
@@ -99,10 +97,9 @@ class GridFS(OpenFiles, Listings):
         """Serve one request; every failure becomes its errno (and a log line when it is ours)."""
         _tl.req = req
         try:
-            # Whatever this asks the MRC, it knows the changes made here first where its answer shows them:
-            # those still queued, and those the sender took and is sending (it holds the lock until the MRC
-            # has them). A request on a file made here that it may serve alone sends them only if it goes to
-            # the MRC after all. git reads its work tree between objects it makes and unlinks elsewhere.
+            # Whatever this asks the MRC, it knows the changes made here first where its answer shows them: those
+            # queued, and those the sender is sending (it holds the lock until the MRC has them). A request on a
+            # file made here that it may serve alone sends them only if it goes to the MRC after all.
             if not self._may_stay_here(c) and self._made_behind(c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK)
                                                                  else 0):
                 self.send_made()
@@ -152,8 +149,12 @@ class GridFS(OpenFiles, Listings):
         return x
 
     def _open_size(self, a: dict[str, Any]) -> dict[str, Any]:
+        """A file's attributes as the MRC gave them, as they are here if it is open here: the size written, and
+        the names it was unlinked under while open (kept aside until its last close) not counted as links."""
         st = self.c.opened(a["ino"])
-        return {**a, "size": st.size} if st is not None else a
+        if st is None:
+            return a
+        return {**a, "size": st.size, "nlink": max(0, a["nlink"] - len(self._hidden.get(a["ino"], ())))}
 
     def path(self, node: int) -> str:
         size = 4096
@@ -177,9 +178,10 @@ class GridFS(OpenFiles, Listings):
         """Tell the native table that directory `node` holds exactly these entries (a version and rows)."""
         version, rows = listing
         uid, gid = self.accounts.uid_of, self.accounts.gid_of
+        here = [self._open_size({"ino": r[1], "nlink": r[6], "size": r[5]}) for r in rows]  # (under any name)
         attrs = ffi.new("struct xf_attr[]", [
-            (r[1], r[2], r[6], uid(r[3]), gid(r[4]), r[5], _ns(r[7]), _ns(r[8]), _ns(r[9]), r[12])
-            for r in rows] or 1)
+            (r[1], r[2], h["nlink"], uid(r[3]), gid(r[4]), h["size"], _ns(r[7]), _ns(r[8]), _ns(r[9]), r[12])
+            for r, h in zip(rows, here, strict=True)] or 1)
         names = b"".join(os.fsencode(r[0]) + b"\0" for r in rows)
         lib.xf_fill(node, names, attrs, len(rows), self.ttl, version)
         self._misses.pop(node, None)
@@ -302,8 +304,6 @@ class GridFS(OpenFiles, Listings):
         self._reply_attr(req, c.node, a)
 
     def _reply_attr(self, req: Any, node: int, a: dict[str, Any]) -> None:
-        if a["ino"] in self._hidden:  # unlinked while open: the name it is kept under is no link
-            a = {**a, "nlink": max(0, a["nlink"] - 1)}
         opened = self.c.opened(a["ino"])  # asked after the MRC: a file closed here since then is overtaken
         if lib.xf_reply_attr(req, node, self._attr(self._open_size(a)), self.ttl, opened is None) == -errno.EAGAIN:
             raise Overtaken
@@ -321,7 +321,7 @@ class GridFS(OpenFiles, Listings):
             known = ffi.new("struct xf_attr *")
             if lib.xf_attr_of(c.node, known):
                 self._unplan(known.ino)
-            self.c.truncate(path, c.size)
+            self.c.truncate(path, c.size, known.ino or None)
         changes: dict[str, Any] = {}
         if c.to_set & lib.FUSE_SET_ATTR_MODE:
             changes["mode"] = c.mode & 0o7777
@@ -337,6 +337,8 @@ class GridFS(OpenFiles, Listings):
         a = self.c.setattr(path, **changes) if changes else self.c.op("getattr", path=path)
         if "ino" not in a:
             a = self.c.op("getattr", path=path)
+        if a["nlink"] > 1 and not stat.S_ISDIR(a["mode"]):
+            lib.xf_stale_ino(a["ino"])  # its other names: their size, mode and ctime
         self._reply_attr(req, c.node, a)
 
     def readlink(self, req: Any, c: Any) -> None:
@@ -373,33 +375,6 @@ class GridFS(OpenFiles, Listings):
         for node in nodes[len(dirs):]:
             lib.xf_touch_dir(node, 0)  # not answered: asked for again
 
-    def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
-        """If the file at `path` is open here, move it aside (its data must outlive its name until the last
-        close, as libfuse's high level does it): (whether it was, what the table knew of it)."""
-        node = lib.xf_node_of(parent, name)
-        if node:  # handles the native loop gave out on a file it made: Python's from now
-            fhs = ffi.new("uint64_t[64]")
-            for i in range(lib.xf_local_handles(node, fhs, 64)):
-                self._file(fhs[i], node)
-            u = self._unborn.get(node)
-            if u is not None and not u.closed:
-                self._file(u.fh, node)
-        known = ffi.new("struct xf_attr *")
-        ino = known.ino if lib.xf_peek(parent, name, known) else None
-        if ino is None and self.c._opens:
-            try:
-                ino = self.c.op("getattr", path=path)["ino"]
-            except XosError as e:
-                if errno_of(e) != errno.ENOENT:
-                    raise
-        if ino is None or self.c.opened(ino) is None or os.path.basename(path).startswith(HIDDEN):
-            return False, known
-        hidden = f"{os.path.dirname(path).rstrip('/')}/{HIDDEN}{ino:016x}"
-        self._dirs_now((parent,), self.c.rename(path, hidden))
-        self._hidden[ino] = hidden
-        self._moved(path, hidden)
-        return True, known
-
     def _unlink_here(self, c: Any) -> bool:
         """Remove a name in a directory leased here without asking the MRC (the native loop queues it for
         the MRC behind the files made here): whether it could be. A file open here cannot."""
@@ -422,6 +397,7 @@ class GridFS(OpenFiles, Listings):
         if self._made_behind(c.node, 0):
             self.send_made()  # skipped for it on the way in
         path, _ = self.child(c.node, c.name)
+        changed = lib.xf_changed(lib.xf_node_of(c.node, c.name))  # its link count as known here may be old
         hidden, known = self._hide(c.node, c.name, path)
         r: dict[str, Any] = {}
         sent = time.monotonic()
@@ -429,7 +405,7 @@ class GridFS(OpenFiles, Listings):
             # a listing held here is worth a lease: the names after this one go without a call each (rm -rf)
             r = self.c.unlink(path, lease=bool(lib.xf_listing(c.node, ffi.new("uint64_t *"))))
             self._dirs_now((c.node,), r)
-        if known.ino and known.nlink > 1:
+        if known.ino and (known.nlink > 1 or changed):
             lib.xf_stale_ino(known.ino)  # its other names show a link count one lower
         elif not known.ino:
             lib.xf_forget_all()  # not known here: it may have other names
@@ -445,8 +421,7 @@ class GridFS(OpenFiles, Listings):
         # comes after close() returns, had not come yet (rm -rf after git fsck): it goes with that RELEASE.
         inside = path.rstrip("/") + "/" + HIDDEN
         with self._hidden_gone:
-            self._hidden_gone.wait_for(lambda: not any(h.startswith(inside) for h in list(self._hidden.values())),
-                                       RELEASE_WAIT)
+            self._hidden_gone.wait_for(lambda: not self._hidden_in(inside), RELEASE_WAIT)
         ino = lib.xf_rmdir_here(c.node, c.name)
         if ino:  # queued behind the removals in it; its own lease ends with it
             with self._lease_lock:
@@ -464,24 +439,22 @@ class GridFS(OpenFiles, Listings):
         self._take_lease(c.node, os.path.dirname(path), r.get("lease"), tuple(r.get("dir_version") or ()), sent)
         lib.fuse_reply_err(req, 0)
 
-    def _moved(self, old: str, new: str) -> None:
-        for st in self._handles.values():
-            if isinstance(st, Open):
-                if st.path == old:
-                    st.path = new
-                elif st.path.startswith(old + "/"):
-                    st.path = new + st.path[len(old):]
-
     def rename(self, req: Any, c: Any) -> None:
         if c.flags & ~lib.RENAME_NOREPLACE:
             raise OSError(errno.EINVAL, "only RENAME_NOREPLACE")
         old, _ = self.child(c.node, c.name)
         new, _ = self.child(c.node2, c.name2)
-        replaced = None
+        replaced, changed = None, lib.xf_changed(lib.xf_node_of(c.node2, c.name2))
+        same = None if c.flags & lib.RENAME_NOREPLACE else self._same_file(c.node, c.name, c.node2, c.name2)
+        if same is not None:  # two names of one file: rename does nothing, both stay (POSIX); the kernel moves
+            lib.xf_move(c.node, c.name, c.node2, c.name2)  # its entry for the old name to the new one, as here
+            lib.xf_entry(c.node, c.name, self._attr(self._open_size(same)), self.ttl, 0)  # the old name: a node anew
+            lib.fuse_reply_err(req, 0)
+            return
         if not c.flags & lib.RENAME_NOREPLACE:
             _, replaced = self._hide(c.node2, c.name2, new)  # a file replaced while open here stays readable
         r = self.c.rename(old, new, noreplace=bool(c.flags & lib.RENAME_NOREPLACE))
-        if replaced is not None and replaced.ino and replaced.nlink > 1:
+        if replaced is not None and replaced.ino and (replaced.nlink > 1 or changed):
             lib.xf_stale_ino(replaced.ino)  # its other names show a link count one lower
         self._moved(old, new)
         lib.xf_move(c.node, c.name, c.node2, c.name2)
@@ -493,6 +466,9 @@ class GridFS(OpenFiles, Listings):
         target, _ = self.child(c.node2, c.name)
         a = self.c.link(source, target)
         lib.xf_stale_ino(a["ino"])  # its other names: their link count and ctime
+        st = self.c.opened(a["ino"])
+        if st is not None:  # its writes from now on make the other names ask again (OpenFiles.write)
+            st.attrs = {**st.attrs, "nlink": a["nlink"]}
         self._dirs_now((c.node2,), a)
         self._entry(req, c.node2, c.name, a)
 

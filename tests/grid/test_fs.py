@@ -1169,3 +1169,40 @@ def test_a_file_read_while_open_for_writing_keeps_its_size_after_the_reader_clos
             assert os.stat(p).st_size == 5010
     finally:
         grid.umount(other)
+
+
+def test_two_names_of_one_file_open_here(grid, mnt, d):
+    """Hard links as a local disk keeps them, each name being its own node here: what is written or truncated
+    through one shows at once through the other, a rename of one onto the other does nothing (both stay), and
+    both removed while the file is open leave no name behind and a link count that counts what is left."""
+    a, b, c = (os.path.join(d, n) for n in ("a", "b", "c"))
+    fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 100)
+        os.link(a, b)
+        assert os.stat(b).st_size == 100
+        os.write(fd, b"y" * 1000)
+        assert os.stat(b).st_size == 1100
+        os.truncate(b, 50)
+        assert os.stat(a).st_size == 50 and os.fstat(fd).st_size == 50
+        os.close(os.open(b, os.O_WRONLY | os.O_TRUNC))
+        assert os.stat(a).st_size == 0
+        os.rename(a, b)  # two names of one file: nothing happens
+        assert os.stat(a).st_ino == os.stat(b).st_ino and os.stat(a).st_nlink == 2
+        os.link(b, c)
+        os.unlink(a)  # open here: kept aside
+        assert os.stat(b).st_nlink == 2 and os.stat(c).st_nlink == 2
+        os.unlink(b)  # the same file's second name kept aside
+        assert not os.path.exists(b) and not os.path.exists(a)
+        assert os.stat(c).st_nlink == 1
+        os.unlink(c)
+        os.pwrite(fd, b"still open", 0)
+        assert os.pread(fd, 10, 0) == b"still open"
+    finally:
+        os.close(fd)
+    assert os.listdir(d) == []
+    api = grid.client("data")
+    try:
+        assert api.listdir("/" + os.path.relpath(d, mnt)) == []  # as the MRC has it
+    finally:
+        api.close()

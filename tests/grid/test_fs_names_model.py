@@ -1,5 +1,6 @@
 """A random-operation model of a directory's names on a grid mount: files made, written through descriptors
-held open, closed, renamed, truncated and removed, the directory fsynced, time let pass so the mount's
+held open, closed, renamed, linked, truncated and removed, there and in subdirectories that are made and
+removed, the directory fsynced, time let pass so the mount's
 cached attributes and listings run out, and every stat, read and listing checked against the model. Files
 made here go to the MRC under the directory's lease in batches, with what was written to them: what a
 program sees of a file must never depend on where its bytes are on their way.
@@ -12,13 +13,15 @@ import errno
 import os
 import random
 import time
+from collections.abc import Callable
 
 import pytest
 
 from xos.testing.fsgrid import FsGrid, fs_grid
 
 OPS = int(os.environ.get("XOS_NAMES_OPS", "3000"))
-NAMES = [f"n{i}" for i in range(24)]
+NAMES = [f"n{i}" for i in range(16)]
+SUBDIRS = ("s0", "s1")
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +31,17 @@ def grid():
 
 
 class Names:
-    """The directory as it must look: name -> inode (a number of the model's), inode -> content, and the
-    descriptors held open, each on an inode (a name removed while open keeps its inode for them)."""
+    """The directory as it must look: a name (in it or in one of two subdirectories, which come and go) ->
+    an inode (a number of the model's), an inode -> its content, and the descriptors held open, each on an
+    inode (a file whose names are all gone keeps its inode for them)."""
 
     def __init__(self, d: str, other: str, rng: random.Random) -> None:
         self.d, self.other, self.rng = d, other, rng
         self.names: dict[str, int] = {}
         self.data: dict[int, bytearray] = {}
         self.fds: list[tuple[int, int]] = []
+        self.dirs: set[str] = set()
+        self.hidden: dict[int, str] = {}  # inode open here whose last name went -> the directory it was in
         self.next = 1
         self.log: list[tuple[object, ...]] = []
         self.dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -49,25 +55,68 @@ class Names:
     def path(self, name: str) -> str:
         return os.path.join(self.d, name)
 
+    def pick(self) -> str:
+        return self.rng.choice(("", "", "s0/", "s1/")) + self.rng.choice(NAMES)
+
+    def placed(self, name: str) -> bool:
+        """Whether the directory a name would be in is there."""
+        parent = os.path.dirname(name)
+        return not parent or parent in self.dirs
+
+    def links(self, ino: int) -> int:
+        return sum(1 for i in self.names.values() if i == ino)
+
+    def open_on(self, ino: int) -> bool:
+        return any(i == ino for _, i in self.fds)
+
+    def gone(self, ino: int, name: str) -> None:
+        """Name `name` of inode `ino` was removed: the inode goes with its last name unless open here."""
+        if self.links(ino):
+            return
+        if self.open_on(ino):
+            self.hidden[ino] = os.path.dirname(name)
+        else:
+            del self.data[ino]
+
+    def expect(self, what: tuple[object, ...], fn: Callable[[], object], err: int) -> bool:
+        """Run `fn`; whether it did what the model says (err 0) or failed with `err`, as the model says."""
+        self.log.append(what)
+        try:
+            fn()
+        except OSError as e:
+            if e.errno != err:
+                said = errno.errorcode.get(err, "done")
+                self.fail(f"{what}: {errno.errorcode.get(e.errno or 0)}, the model says {said}")
+            return False
+        if err:
+            self.fail(f"{what}: done, the model says {errno.errorcode[err]}")
+        return True
+
     def step(self) -> None:
         r = self.rng.random()
-        name = self.rng.choice(NAMES)
-        if r < 0.16:
+        name = self.pick()
+        if r < 0.15:
             self.create(name)
-        elif r < 0.40 and self.fds:
+        elif r < 0.37 and self.fds:
             self.write()
-        elif r < 0.52 and self.fds:
+        elif r < 0.48 and self.fds:
             self.close(self.rng.randrange(len(self.fds)))
-        elif r < 0.66:
+        elif r < 0.61:
             self.stat(name)
-        elif r < 0.74:
+        elif r < 0.68:
             self.read(name)
-        elif r < 0.79:
+        elif r < 0.73:
             self.unlink(name)
-        elif r < 0.84:
-            self.rename(name, self.rng.choice(NAMES))
-        elif r < 0.87:
+        elif r < 0.78:
+            self.rename(name, self.pick())
+        elif r < 0.81:
+            self.link(name, self.pick())
+        elif r < 0.83:
             self.truncate(name)
+        elif r < 0.86:
+            self.mkdir(self.rng.choice(SUBDIRS))
+        elif r < 0.88:
+            self.rmdir(self.rng.choice(SUBDIRS))
         elif r < 0.91:
             self.log.append(("fsync dir",))
             os.fsync(self.dfd)
@@ -84,8 +133,16 @@ class Names:
 
     def create(self, name: str) -> None:
         trunc = self.rng.random() < 0.5
-        self.log.append(("open O_CREAT", name, "O_TRUNC" if trunc else ""))
-        fd = os.open(self.path(name), os.O_RDWR | os.O_CREAT | (os.O_TRUNC if trunc else 0), 0o644)
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if trunc else 0)
+        fd = -1
+
+        def do() -> None:
+            nonlocal fd
+            fd = os.open(self.path(name), flags, 0o644)
+
+        if not self.expect(("open O_CREAT", name, "O_TRUNC" if trunc else ""), do,
+                           0 if self.placed(name) else errno.ENOENT):
+            return
         ino = self.names.get(name)
         if ino is None:
             ino = self.names[name] = self.next
@@ -111,93 +168,97 @@ class Names:
         fd, ino = self.fds.pop(i)
         self.log.append(("close", ino))
         os.close(fd)
-        if not any(i2 == ino for _, i2 in self.fds) and ino not in self.names.values():
+        if not self.open_on(ino) and not self.links(ino):
             del self.data[ino]
+            self.hidden.pop(ino, None)
 
     def stat(self, name: str) -> None:
-        self.log.append(("stat", name))
-        try:
-            size = os.stat(self.path(name)).st_size
-        except FileNotFoundError:
-            if name in self.names:
-                self.fail(f"stat {name}: missing")
+        st: list[os.stat_result] = []
+        if not self.expect(("stat", name), lambda: st.append(os.stat(self.path(name))),
+                           0 if name in self.names else errno.ENOENT):
             return
-        if name not in self.names:
-            self.fail(f"stat {name}: there, though removed")
-        want = len(self.data[self.names[name]])
-        if size != want:
-            held = [os.fstat(fd).st_size for fd, i in self.fds if i == self.names[name]]
-            self.fail(f"stat {name}: size {size}, written {want} (its descriptors held open here say {held})")
+        ino = self.names[name]
+        want = len(self.data[ino])
+        if st[0].st_size != want:
+            held = [os.fstat(fd).st_size for fd, i in self.fds if i == ino]
+            self.fail(f"stat {name}: size {st[0].st_size}, written {want} (its descriptors here say {held})")
+        if st[0].st_nlink != self.links(ino):
+            self.fail(f"stat {name}: {st[0].st_nlink} links, the model has {self.links(ino)}")
 
     def read(self, name: str) -> None:
-        self.log.append(("read", name))
-        try:
+        got: list[bytes] = []
+
+        def do() -> None:
             with open(self.path(name), "rb") as f:
-                got = f.read()
-        except FileNotFoundError:
-            if name in self.names:
-                self.fail(f"read {name}: missing")
+                got.append(f.read())
+
+        if not self.expect(("read", name), do, 0 if name in self.names else errno.ENOENT):
             return
-        if name not in self.names:
-            self.fail(f"read {name}: there, though removed")
         want = self.data[self.names[name]]
-        if got != want:
-            at = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), min(len(got), len(want)))
-            self.fail(f"read {name}: {len(got)} bytes, differing at {at} from the {len(want)} written")
+        if got[0] != want:
+            at = next((i for i, (x, y) in enumerate(zip(got[0], want, strict=False)) if x != y),
+                      min(len(got[0]), len(want)))
+            self.fail(f"read {name}: {len(got[0])} bytes, differing at {at} from the {len(want)} written")
 
     def unlink(self, name: str) -> None:
-        self.log.append(("unlink", name))
-        try:
-            os.unlink(self.path(name))
-        except FileNotFoundError:
-            if name in self.names:
-                self.fail(f"unlink {name}: missing")
-            return
-        ino = self.names.pop(name, None)
-        if ino is None:
-            self.fail(f"unlink {name}: there, though removed")
-        if not any(i == ino for _, i in self.fds):
-            del self.data[ino]
+        if self.expect(("unlink", name), lambda: os.unlink(self.path(name)), 0 if name in self.names else errno.ENOENT):
+            self.gone(self.names.pop(name), name)
 
     def rename(self, old: str, new: str) -> None:
-        self.log.append(("rename", old, new))
-        try:
-            os.rename(self.path(old), self.path(new))
-        except FileNotFoundError:
-            if old in self.names:
-                self.fail(f"rename {old}: missing")
+        err = errno.ENOENT if old not in self.names or not self.placed(new) else 0
+        if not self.expect(("rename", old, new), lambda: os.rename(self.path(old), self.path(new)), err):
             return
-        if old == new:
+        ino, was = self.names[old], self.names.get(new)
+        if was == ino:  # two names of one file: rename does nothing
             return
-        ino = self.names.pop(old)
-        gone = self.names.get(new)
+        del self.names[old]
         self.names[new] = ino
-        if gone is not None and not any(i == gone for _, i in self.fds):
-            del self.data[gone]
+        if was is not None:
+            self.gone(was, new)
+
+    def link(self, old: str, new: str) -> None:
+        err = (errno.ENOENT if old not in self.names or not self.placed(new) else
+               errno.EEXIST if new in self.names else 0)
+        if self.expect(("link", old, new), lambda: os.link(self.path(old), self.path(new)), err):
+            self.names[new] = self.names[old]
 
     def truncate(self, name: str) -> None:
         size = self.rng.randrange(0, 5000)
-        self.log.append(("truncate", name, size))
-        try:
-            os.truncate(self.path(name), size)
-        except FileNotFoundError:
-            if name in self.names:
-                self.fail(f"truncate {name}: missing")
+        if not self.expect(("truncate", name, size), lambda: os.truncate(self.path(name), size),
+                           0 if name in self.names else errno.ENOENT):
             return
         data = self.data[self.names[name]]
         del data[size:]
         data.extend(bytes(size - len(data)))
 
+    def mkdir(self, sub: str) -> None:
+        if self.expect(("mkdir", sub), lambda: os.mkdir(self.path(sub)), errno.EEXIST if sub in self.dirs else 0):
+            self.dirs.add(sub)
+
+    def rmdir(self, sub: str) -> None:
+        if sub in self.hidden.values():  # a file removed there is still open: kept aside there (as NFS does)
+            return
+        err = (errno.ENOENT if sub not in self.dirs else
+               errno.ENOTEMPTY if any(n.startswith(sub + "/") for n in self.names) else 0)
+        if self.expect(("rmdir", sub), lambda: os.rmdir(self.path(sub)), err):
+            self.dirs.discard(sub)
+
     def listing(self) -> None:
-        self.log.append(("listdir",))
-        got = sorted(n for n in os.listdir(self.d) if not n.startswith(".fuse_hidden"))
-        if got != sorted(self.names):
-            self.fail(f"listdir: {got}, the model has {sorted(self.names)}")
+        sub = self.rng.choice(("",) + SUBDIRS)
+        want = sorted([n[len(sub) + 1:] if sub else n for n in self.names if os.path.dirname(n) == sub]
+                      + ([] if sub else sorted(self.dirs)))
+        got: list[list[str]] = []
+        if not self.expect(("listdir", sub), lambda: got.append(os.listdir(self.path(sub))),
+                           0 if not sub or sub in self.dirs else errno.ENOENT):
+            return
+        seen = sorted(n for n in got[0] if not n.startswith(".fuse_hidden"))
+        if seen != want:
+            self.fail(f"listdir {sub or '.'}: {seen}, the model has {want}")
 
     def other_mount(self, name: str) -> None:
         """A file closed here reads whole on another mount (close-to-open); one open here is not looked at."""
         ino = self.names.get(name)
-        if ino is None or any(i == ino for _, i in self.fds):
+        if ino is None or self.open_on(ino):
             return
         self.log.append(("read on the other mount", name))
         try:
@@ -225,7 +286,7 @@ def test_random_changes_of_names_match_the_model(grid: FsGrid) -> None:
         for _ in range(OPS):
             m.step()
         m.close_all()
-        for name in NAMES:
+        for name in [p + n for p in ("", "s0/", "s1/") for n in NAMES]:
             m.stat(name)
             m.read(name)
     finally:
