@@ -148,8 +148,8 @@ class OpenFiles(MadeHere):
         if c.flags & os.O_TRUNC and write and st.size:
             self.c.truncate(path, 0, st.ino)
             self._resized(st)
-        elif st.refs == 1:  # close-to-open: what another mount wrote shows (to a reader always, a writer if changed)
-            lib.xf_opened(c.node, self._attr(st.attrs), self.ttl, int(not write))
+        elif st.refs == 1:  # close-to-open: what another mount wrote shows here
+            lib.xf_opened(c.node, self._attr(st.attrs), self.ttl)
         fh = self._handle(st)
         direct = False
         if write:

@@ -301,10 +301,23 @@ uint64_t xf_entry(uint64_t parent, const char *name, const struct xf_attr *a, do
 void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size_t n, double ttl,
              uint64_t version)
 {
+    uint64_t *tell = NULL; /* nodes the kernel holds whose size or mtime the listing changed (ids: a sweep
+                            * may free nodes meanwhile) */
+    size_t k = 0;
     pthread_mutex_lock(&lock);
     generation++;
-    for (size_t i = 0; i < n; i++, names_ += strlen(names_) + 1)
-        record(dir, names_, &attrs[i], ttl, 0);
+    for (size_t i = 0; i < n; i++, names_ += strlen(names_) + 1) {
+        struct node *was = find_name(dir, names_);
+        int differs = was && was->nlookup && was->attr.ino == attrs[i].ino &&
+                      (was->attr.size != attrs[i].size || was->attr.mtime_ns != attrs[i].mtime_ns);
+        if (record(dir, names_, &attrs[i], ttl, 0) == was && differs && !overtaken(was)) {
+            uint64_t *more = k % 64 ? tell : realloc(tell, (k + 64) * sizeof *tell);
+            if (more) {
+                tell = more;
+                tell[k++] = was->id;
+            }
+        }
+    }
     struct node *d = find_id(dir);
     if (d) {
         for (struct node *m = cap ? kids[hash_id(dir)] : NULL, *next; m; m = next) {
@@ -319,6 +332,11 @@ void xf_fill(uint64_t dir, const char *names_, const struct xf_attr *attrs, size
         d->version = version;
     }
     pthread_mutex_unlock(&lock);
+    /* what the table holds of a file is what the kernel was told (xf_opened relies on it): told again */
+    for (size_t i = 0; i < k; i++)
+        if (se_of_loop) /* attributes only: takes no inode lock, safe inside the request */
+            fuse_lowlevel_notify_inval_inode(se_of_loop, tell[i], -1, 0);
+    free(tell);
 }
 
 int has_names(uint64_t dir)
@@ -543,11 +561,11 @@ void xf_stale_ino(uint64_t ino)
             fuse_lowlevel_notify_inval_inode(se_of_loop, found[i], -1, 0);
 }
 
-void xf_opened(uint64_t node, const struct xf_attr *a, double ttl, int always)
+void xf_opened(uint64_t node, const struct xf_attr *a, double ttl)
 {
     pthread_mutex_lock(&lock);
     struct node *n = find_id(node);
-    int changed = always || (n && (n->attr.size != a->size || n->attr.mtime_ns != a->mtime_ns));
+    int changed = !n || n->attr.size != a->size || n->attr.mtime_ns != a->mtime_ns;
     if (n && !overtaken(n) && !n->writers) {
         n->attr = *a;
         n->attr_until = now() + ttl;

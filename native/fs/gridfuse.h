@@ -72,10 +72,11 @@ void xf_begin(void);
 void xf_end(void);
 /* Whether what the table holds of `node`'s attributes is known to have changed here since. */
 int xf_changed(uint64_t node);
-/* A file opened here where nothing else has it open, as the MRC has it now (close-to-open): the kernel is told
- * to ask for its attributes again (`always`, or if its size or mtime changed since the table had them), or
- * it would read up to the end it knew from before another mount wrote more. */
-void xf_opened(uint64_t node, const struct xf_attr *a, double ttl, int always);
+/* A file opened here where nothing else has it open, as the MRC has it now (close-to-open): if its size or
+ * mtime is not what the table had, which is what the kernel was told (listings tell it of changes they
+ * bring), the kernel is told to ask again, or it would read up to the end it knew before another mount
+ * wrote more. */
+void xf_opened(uint64_t node, const struct xf_attr *a, double ttl);
 void xf_forget_all(void);
 void xf_stale_ino(uint64_t ino);
 void xf_touch_dir(uint64_t dir, int links);
