@@ -260,15 +260,20 @@ def test_forged_image_from_a_peer_asking_for_root_is_refused(node: TestNode, gri
 
 
 def _criu_dump_pid() -> int | None:
+    """The CRIU dumping, not a child it forked for a moment (same command line): killing one of those once
+    let the dump finish."""
+    dumps: dict[int, int] = {}  # pid -> parent
     for p in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{p}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{p}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if argv and argv[0].endswith(b"criu") and b"dump" in argv[1:3]:
-            return int(p)
-    return None
+            dumps[int(p)] = parent
+    return next((p for p, parent in sorted(dumps.items()) if parent not in dumps), None)
 
 
 def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> None:
