@@ -195,6 +195,11 @@ class Client(ObjectIO):
         r = self.op("readdir", path=path)
         return int(r["version"]), list(r["rows"])
 
+    def leased_listing(self, path: str) -> tuple[tuple[int, list[list[Any]]], dict[str, Any] | None]:
+        """A directory's listing (as `listing`) and a lease on it if the MRC grants one now."""
+        r = self.op("readdir", path=path, lease=True)
+        return (int(r["version"]), list(r["rows"])), r.get("lease")
+
     def listing_version(self, path: str) -> int:
         """The listing version of a directory now: equal to one seen, the listing then is still right."""
         return int(self.op("dirversion", path=path)["version"])

@@ -7,6 +7,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from typing import Any
 
 from xos._native._fuse import ffi, lib
@@ -26,6 +27,7 @@ class Listings:
     c: Client
     _lock: threading.Lock
     _handles: dict[int, Any]
+    _lately: set[int]  # directories leased here of late and not recalled
 
     def path(self, node: int) -> str:
         raise NotImplementedError  # the mount's
@@ -41,6 +43,13 @@ class Listings:
 
     def send_made(self) -> None:
         raise NotImplementedError  # the mount's
+
+    def _made_behind(self, node: int, node2: int) -> bool:
+        raise NotImplementedError  # the mount's
+
+    def _take_lease(self, node: int, path: str, lease: dict[str, Any] | None, dir_version: tuple[int, ...],
+                    sent: float) -> None:
+        raise NotImplementedError  # the made files'
 
     def opendir(self, req: Any, c: Any) -> None:
         # The listing is taken at the first readdir: a directory opened only to be a descriptor (fts's
@@ -58,8 +67,23 @@ class Listings:
         n = lib.xf_list(node, LIST_AGAIN, names, LIST_HERE * 64, inos, modes, LIST_HERE)
         if n < 0:
             return None
-        raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0")[:n]
+        raw = ffi.buffer(names, LIST_HERE * 64)[:].split(b"\0", n)[:n]  # not the zeros after them: 65,536 pieces
         return sorted(([os.fsdecode(raw[i]), inos[i], modes[i]] for i in range(n)), key=lambda r: str(r[0]))
+
+    def _listing(self, node: int) -> tuple[int, list[list[Any]]]:
+        """Directory `node`'s listing from the MRC, into the table. A directory this mount held a lease on of late,
+        and was not asked to hand back, is leased again with it if the MRC grants it: rm -rf lists a directory,
+        then removes every name in it, and each name removed then goes without a call."""
+        path = self.path(node)
+        if node not in self._lately:
+            listing = self.c.listing(path)
+            self._fill(node, listing)
+            return listing
+        sent = time.monotonic()
+        listing, lease = self.c.leased_listing(path)
+        self._fill(node, listing)
+        self._take_lease(node, path, lease, (listing[0], listing[0]), sent)
+        return listing
 
     def readdir(self, req: Any, c: Any) -> None:
         d = self._handles[c.fh]
@@ -67,8 +91,9 @@ class Listings:
         if d.rows is None or c.off == 0:  # opened, or rewound: the listing as it is now
             rows = self._listed_here(c.node)
             if rows is None:
-                listing = self.c.listing(self.path(c.node))
-                self._fill(c.node, listing)
+                if self._made_behind(c.node, 0):
+                    self.send_made()  # skipped for it on the way in: the MRC's listing shows what was made here
+                listing = self._listing(c.node)
                 rows = listing[1]
             d.rows = rows
         out = bytearray()

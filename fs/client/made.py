@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN = 0.25  # a lease ends here this long before the MRC's term, which counts from later
 MADE_BATCH = 512
 MADE_BYTES = 512 << 10  # a call's worth of made files (content in base64): half of what the MRC takes (codec.MAX_BODY)
+LATELY = 65536  # directories remembered as leased here of late, at most
 GATHER = 0.01  # seconds the sender lets files made here gather before it sends them: a batch per call
 
 
@@ -79,6 +80,7 @@ class MadeHere:
     _handles: dict[int, Any]
     _unborn: dict[int, Unborn]
     _leased: dict[int, int]
+    _lately: set[int]  # directories leased here of late and not recalled: a listing asks for their lease again
     _lease_lock: threading.Lock  # the leases used here against their hand-back
     _renumbered: dict[int, int]  # a file made here that the MRC gave another number: number here -> the MRC's
 
@@ -91,6 +93,8 @@ class MadeHere:
             return bool(c.fh & lib.XF_LOCAL_FH)
         if c.op in (lib.XF_UNLINK, lib.XF_RMDIR):  # under a lease, answered here, queued behind the files made here
             return True
+        if c.op in (lib.XF_OPENDIR, lib.XF_RELEASEDIR, lib.XF_READDIR):  # a listing asks the MRC only if the
+            return True  # table has none, and sends what was made here first (Listings.readdir)
         if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
             u = self._unborn.get(c.node)
             return u is not None and not u.sent
@@ -169,6 +173,9 @@ class MadeHere:
             self._fill(node, self.c.listing(path))  # the lease holds the names still: this listing is whole
         lo, hi = lease.get("inos") or (0, 0)
         with self._lease_lock:
+            if len(self._lately) > LATELY:
+                self._lately.clear()
+            self._lately.add(node)
             self._leased[lease["dir"]] = node
             lib.xf_lease(node, lease["dir"], sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, lo, hi)
 
@@ -178,22 +185,29 @@ class MadeHere:
         between two links: a call per run cost a round trip more per object)."""
         with self._made_lock:
             while n := lib.xf_take_made(self._made_buf, MADE_BATCH, 0):
-                runs: list[Run] = []
-                for m in self._made_buf[0:n]:
-                    if not runs or (runs[-1].kind, runs[-1].dir_ino, runs[-1].dir_node) != (m.kind, m.dir_ino,
-                                                                                              m.dir_node):
-                        runs.append(Run(m.kind, m.dir_ino, m.dir_node))
-                    runs[-1].items.append((os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
-                call: list[Run] = []
-                size = 0
-                for run in runs:
-                    for part in self._described(run):
-                        if call and size + part.size > MADE_BYTES:
-                            self._send(call)
-                            call, size = [], 0
-                        call.append(part)
-                        size += part.size
-                self._send(call)
+                try:
+                    self._send_taken(n)
+                finally:
+                    lib.xf_made_sent()  # what asked about them goes on (xf_made_touches held it)
+
+    def _send_taken(self, n: int) -> None:
+        """Send the `n` changes taken into the made buffer."""
+        runs: list[Run] = []
+        for m in self._made_buf[0:n]:
+            if not runs or (runs[-1].kind, runs[-1].dir_ino, runs[-1].dir_node) != (m.kind, m.dir_ino,
+                                                                                      m.dir_node):
+                runs.append(Run(m.kind, m.dir_ino, m.dir_node))
+            runs[-1].items.append((os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
+        call: list[Run] = []
+        size = 0
+        for run in runs:
+            for part in self._described(run):
+                if call and size + part.size > MADE_BYTES:
+                    self._send(call)
+                    call, size = [], 0
+                call.append(part)
+                size += part.size
+        self._send(call)
 
     def _described(self, run: Run) -> list[Run]:
         """A run as the MRC takes it, in parts that stay well within what it takes in one body: made files
@@ -331,6 +345,7 @@ class MadeHere:
             for ino in dirs:
                 node = self._leased.pop(ino, None)
                 if node is not None:
+                    self._lately.discard(node)  # another mount wants it: not leased again by a listing
                     lib.xf_lease(node, ino, 0, 0, 0, 0)
         self.send_made()
         self.c.op("hand_back", dirs=dirs)

@@ -74,6 +74,7 @@ class GridFS(OpenFiles, Listings):
         self._recent: dict[int, float] = {}  # directory node -> when its listing was last needed, oldest first
         self._recent_lock = threading.Lock()
         self._leased: dict[int, int] = {}  # directory inode number -> its node, while leased here
+        self._lately: set[int] = set()
         self._lease_lock = threading.Lock()
         self._renumbered: dict[int, int] = {}
         self._made_lock = threading.Lock()  # files made here go to the MRC in the order they were made
@@ -135,10 +136,10 @@ class GridFS(OpenFiles, Listings):
         self.ops[c.op](req, c)  # unchecked: what the MRC says now, after that many changes to this one file
 
     def _made_behind(self, node: int, node2: int) -> bool:
-        """Whether a request about `node` (and `node2`) must wait for changes made here to reach the MRC:
-        queued ones its answer shows, or any the sender took and is sending. In that order: the sender
-        holds its lock from before it takes changes from the queue until the MRC has them."""
-        return bool(lib.xf_made_touches(node, node2)) or self._made_lock.locked()
+        """Whether a request about `node` (and `node2`) must wait for changes made here to reach the MRC: queued
+        ones its answer shows, or ones the sender took and the MRC has not answered for yet (until then the
+        sender holds its lock, which send_made waits for)."""
+        return bool(lib.xf_made_touches(node, node2))
 
     def _attr(self, a: dict[str, Any], out: Any = None) -> Any:
         x = out if out is not None else ffi.new("struct xf_attr *")
@@ -425,7 +426,7 @@ class GridFS(OpenFiles, Listings):
         ino = lib.xf_rmdir_here(c.node, c.name)
         if ino:  # queued behind the removals in it; its own lease ends with it
             with self._lease_lock:
-                self._leased.pop(ino, None)
+                self._lately.discard(self._leased.pop(ino, 0))
             lib.fuse_reply_err(req, 0)
             return
         if self._made_behind(c.node, 0):

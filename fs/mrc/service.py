@@ -220,8 +220,13 @@ class MRC:
         return self.cat.getattr(v, field(b, "path", str), c)
 
     async def op_readdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        version, rows = self.cat.readdir(v, field(b, "path", str), c)
-        return {"columns": LISTING, "version": version, "rows": rows}
+        """A directory's listing; with `lease`, the caller's mount may go on removing names there by itself."""
+        path = field(b, "path", str)
+        version, rows = self.cat.readdir(v, path, c)
+        out: dict[str, Any] = {"columns": LISTING, "version": version, "rows": rows}
+        if field(b, "lease", bool, False):
+            out["lease"] = self._lease(self.cat.resolve(v, path, c).ino, c, False)
+        return out
 
     async def op_dirversion(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """A directory's listing version; with `also` (up to ALSO paths), theirs too in one answer, each

@@ -23,6 +23,11 @@ static struct xf_made *made;
 #define MADE_BACKLOG 1024
 static size_t made_n, made_cap;
 static size_t made_multi; /* names removed in the queue whose file has other names */
+/* Changes the sender took from the queue and the MRC has not answered yet: a request they show in is held
+ * until then, as one they are queued for (a request about anything else goes on at once). */
+static struct xf_made *flying;
+static size_t flying_n, flying_cap;
+static int flying_unknown; /* memory ran out for the list: anything may be on its way */
 static pthread_cond_t made_cond = PTHREAD_COND_INITIALIZER;
 static uint64_t local_fh;
 
@@ -111,42 +116,72 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
         if (made[i].kind == XF_MADE_UNLINK && !S_ISDIR(made[i].mode) && made[i].nlink > 1)
             made_multi--; /* as queue_removal counted it */
     memcpy(out, made, n * sizeof *made);
+    if (flying_n + n > flying_cap) {
+        size_t ncap = flying_n + n > 2 * flying_cap ? flying_n + n : 2 * flying_cap;
+        struct xf_made *f = realloc(flying, ncap * sizeof *f);
+        if (f) {
+            flying = f;
+            flying_cap = ncap;
+        }
+    }
+    if (flying_n + n <= flying_cap) {
+        memcpy(flying + flying_n, made, n * sizeof *made);
+        flying_n += n;
+    } else {
+        flying_unknown = 1;
+    }
     memmove(made, made + n, (made_n - n) * sizeof *made);
     made_n -= n;
     pthread_mutex_unlock(&lock);
     return n;
 }
 
-/* Whether a change waiting in the queue shows in what the MRC would answer about `node` (under `lock`): one in
- * it or in a directory on its path, one in a directory it lists, or another name of its file removed. A
- * request about anything else goes to the MRC without sending the queue first. */
-static int touches(uint64_t node)
+/* Whether one of the `n` changes at `m` shows in what the MRC would answer about `node` (under `lock`): one in
+ * it, one in a directory it lists, one of a name on its path, or another name of its file removed (`multi`:
+ * whether any removal there is of a file with other names). A change elsewhere in a directory on its path
+ * does not: rm -rf listing a directory waited for the removals queued in its parent to reach the MRC. */
+static int touches(const struct xf_made *m, size_t n, int multi, uint64_t node)
 {
     struct node *self = find_id(node);
-    for (size_t i = 0; i < made_n; i++) {
-        struct node *d = find_id(made[i].dir_node);
+    for (size_t i = 0; i < n; i++) {
+        struct node *d = find_id(m[i].dir_node);
         if (d && d != &root && d->parent == node)
             return 1;
-        if (made_multi && made[i].kind == XF_MADE_UNLINK && !S_ISDIR(made[i].mode) && made[i].nlink > 1 && self &&
-            self->attr.ino == made[i].ino)
+        if (multi && m[i].kind == XF_MADE_UNLINK && !S_ISDIR(m[i].mode) && m[i].nlink > 1 && self &&
+            self->attr.ino == m[i].ino)
             return 1;
     }
-    for (struct node *n = find_id(node); n; n = n != &root && n->name ? find_id(n->parent) : NULL) {
-        for (size_t i = 0; i < made_n; i++)
-            if (made[i].dir_node == n->id || made[i].node == n->id)
+    for (struct node *p = find_id(node); p; p = p != &root && p->name ? find_id(p->parent) : NULL) {
+        for (size_t i = 0; i < n; i++)
+            if ((p == self && m[i].dir_node == p->id) || m[i].node == p->id)
                 return 1;
-        if (n == &root)
+        if (p == &root)
             break;
     }
     return 0;
 }
 
+/* Whether a request about `node` (and `node2`) must wait for changes made here to reach the MRC: ones queued
+ * or on their way that show in its answer. A request about anything else goes to the MRC at once. */
 int xf_made_touches(uint64_t node, uint64_t node2)
 {
     pthread_mutex_lock(&lock);
-    int t = made_n && (touches(node) || (node2 && touches(node2)));
+    int t = flying_unknown;
+    for (int k = 0; k < 2 && !t; k++) {
+        uint64_t x = k ? node2 : node;
+        t = x && (touches(made, made_n, made_multi > 0, x) || touches(flying, flying_n, 1, x));
+    }
     pthread_mutex_unlock(&lock);
     return t;
+}
+
+/* The MRC answered for the changes the sender took: none is on its way any more. */
+void xf_made_sent(void)
+{
+    pthread_mutex_lock(&lock);
+    flying_n = 0;
+    flying_unknown = 0;
+    pthread_mutex_unlock(&lock);
 }
 
 /* The MRC has the file made here as inode `ino` (0: it refused it, the name was taken meanwhile). */

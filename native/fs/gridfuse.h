@@ -106,6 +106,7 @@ void xf_lease(uint64_t dir, uint64_t dir_ino, double until, uint32_t gid, uint64
 uint64_t xf_lease_left(uint64_t dir);
 size_t xf_take_made(struct xf_made *out, size_t max, double wait);
 size_t xf_made_count(void);
+void xf_made_sent(void);
 void xf_confirm(uint64_t node, uint64_t ino);
 /* Whether the file made here at `node` waits in the queue still (not taken to be sent). */
 int xf_queued(uint64_t node);

@@ -479,6 +479,39 @@ def test_a_tree_removed_under_leases_reaches_the_mrc_in_order(grid, mounts, name
     assert api.listdir(f"/{name}") == []
 
 
+def test_a_tree_made_here_is_removed_name_by_name_here_after_its_leases_ran_out(grid, mounts, name, api):
+    """rm -rf lists each directory, then removes every name in it. A directory this mount held a lease on, and
+    was not asked to hand back, is leased again by its listing, so no name there goes to the MRC by itself
+    (the first removal in each directory did, a round trip each); another mount sees none of it after."""
+    top = os.path.join(mounts[0], name, "tree")
+    os.mkdir(top)
+    for i in range(20):
+        os.mkdir(os.path.join(top, f"d{i}"))
+        for k in range(10):
+            with open(os.path.join(top, f"d{i}", f"f{k}"), "w") as f:
+                f.write("x")
+    wait_for(lambda: stats(api, grid)["leases"] == 0, 10, "the tree's leases to run out")
+    before = stats(api, grid)["ops"]
+    subprocess.run(["rm", "-rf", top], check=True)
+    after = stats(api, grid)["ops"]
+    unlinks = after.get("unlink", 0) - before.get("unlink", 0)
+    assert unlinks == 0, f"{unlinks} names went to the MRC one by one"
+    assert after.get("unlinked", 0) > before.get("unlinked", 0)
+    assert not os.path.exists(os.path.join(mounts[1], name, "tree"))
+    assert api.listdir(f"/{name}") == []
+
+
+def test_a_directory_another_mount_asked_for_is_not_leased_by_a_listing(grid, mounts, name, api):
+    """Only a directory nobody else wanted of late is leased again when it is listed: a listing that took the
+    lease of a directory others use would have them wait for its hand-back."""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    create(os.path.join(mounts[1], name, "theirs"))  # recalled from mount 0
+    wait_for(lambda: stats(api, grid)["leases"] == 0, 10, "the leases to run out")
+    assert "theirs" in os.listdir(d)
+    assert stats(api, grid)["leases"] == 0
+
+
 def test_the_mrc_removes_only_an_empty_directory_a_holder_removed(grid, name, api):
     dir_ino = api.stat(f"/{name}")["ino"]
     api.mkdir(f"/{name}/full")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
+import stat
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -175,3 +178,46 @@ def test_an_answer_older_than_a_change_made_here_is_neither_kept_nor_told():
     finally:
         lib.xf_end()
     lib.xf_drop(ROOT, b"overtaken")
+
+
+def _owned(ino: int, mode: int) -> object:
+    a = ffi.new("struct xf_attr *")
+    a.ino, a.mode, a.nlink, a.size = ino, mode, 2 if stat.S_ISDIR(mode) else 1, 0
+    a.uid = os.getuid()
+    return a
+
+
+def test_a_change_queued_here_holds_back_only_requests_it_shows_in():
+    """A name removed here under a lease waits in a queue for the MRC; a request whose answer it shows (about
+    its directory, or a name on its path) must wait until the MRC has it, queued or taken by the sender and
+    not answered yet. A listing of a sibling directory must not: rm -rf lists each directory right after
+    removing names beside it, and waited for every batch."""
+    lib.xf_owner(os.getuid())
+    ino = 7 * 10**9
+    top = lib.xf_entry(ROOT, b"queued", _owned(ino, 0o40755), TTL, 1)
+    kids = [(b"a", _owned(ino + 1, 0o40755)), (b"b", _owned(ino + 2, 0o40755)), (b"f", _owned(ino + 3, 0o100644))]
+    a, b, f = (lib.xf_entry(top, n, attr, TTL, 1) for n, attr in kids)
+    lib.xf_fill(top, b"a\0b\0f\0", ffi.new("struct xf_attr[]", [attr[0] for _, attr in kids]), 3, TTL, 1)
+    lib.xf_fill(b, b"", ffi.new("struct xf_attr[]", 1), 0, TTL, 1)
+    inner = lib.xf_entry(a, b"inner", _owned(ino + 4, 0o40755), TTL, 1)
+    taken = ffi.new("struct xf_made[]", 16)
+    lib.xf_lease(top, ino, time.monotonic() + 60, 0, 0, 0)
+    lib.xf_lease(b, ino + 2, time.monotonic() + 60, 0, 0, 0)
+    try:
+        assert lib.xf_unlink_here(top, b"f") == 1
+        assert lib.xf_made_touches(top, 0) and lib.xf_made_touches(ROOT, 0)  # its directory, and the one listing it
+        assert lib.xf_made_touches(f, 0)  # the name removed
+        assert not lib.xf_made_touches(a, 0) and not lib.xf_made_touches(inner, 0)
+        assert lib.xf_take_made(taken, 16, 0) == 1  # on its way: still shown until the MRC answers
+        assert lib.xf_made_touches(top, 0) and not lib.xf_made_touches(a, 0)
+        lib.xf_made_sent()
+        assert not lib.xf_made_touches(top, 0) and not lib.xf_made_touches(f, 0)
+        assert lib.xf_rmdir_here(top, b"b") == ino + 2
+        assert lib.xf_made_touches(b, 0) and lib.xf_made_touches(top, 0)
+        assert not lib.xf_made_touches(a, 0) and not lib.xf_made_touches(inner, 0)
+    finally:
+        lib.xf_lease(top, ino, 0, 0, 0, 0)
+        while lib.xf_take_made(taken, 16, 0):
+            pass
+        lib.xf_made_sent()
+        lib.xf_drop(ROOT, b"queued")
