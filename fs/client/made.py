@@ -56,12 +56,13 @@ class Unborn:
 
 
 class Run:
-    """Changes made here in a row in one directory, of one kind (XF_MADE_FILE or XF_MADE_UNLINK): (name, inode
-    number, mode, time, node) each; `body`: how the MRC takes them."""
+    """Changes made here in a row in one directory, of one kind (XF_MADE_FILE, XF_MADE_UNLINK, XF_MADE_LINK): (name,
+    inode number, mode, time, node) each; `body`: how the MRC takes them."""
 
     def __init__(self, kind: int, dir_ino: int, dir_node: int) -> None:
         self.kind, self.dir_ino, self.dir_node = kind, dir_ino, dir_node
         self.items: list[tuple[str, int, int, float, int]] = []
+        self.new_names: list[str] = []  # a run of links: the new name of each
         self.described: list[list[Any]] = []
         self.size = 0
         self.body: dict[str, Any] = {}
@@ -91,14 +92,34 @@ class MadeHere:
         """Whether request `c` is on a file made here that may not need the MRC."""
         if c.op in (lib.XF_WRITE, lib.XF_READ, lib.XF_FLUSH, lib.XF_RELEASE, lib.XF_FSYNC):
             return bool(c.fh & lib.XF_LOCAL_FH)
-        if c.op in (lib.XF_UNLINK, lib.XF_RMDIR):  # under a lease, answered here, queued behind the files made here
-            return True
+        if c.op in (lib.XF_UNLINK, lib.XF_RMDIR, lib.XF_LINK):  # under a lease: answered here, queued behind the
+            return True  # files made here
         if c.op in (lib.XF_OPENDIR, lib.XF_RELEASEDIR, lib.XF_READDIR):  # a listing asks the MRC only if the
             return True  # table has none, and sends what was made here first (Listings.readdir)
         if c.op in (lib.XF_GETATTR, lib.XF_SETATTR):
             u = self._unborn.get(c.node)
             return u is not None and not u.sent
         return False
+
+    def _link_here(self, req: Any, c: Any) -> bool:
+        """Make a hard link in a directory leased here without asking the MRC (the native loop queues it behind
+        the files made here) and answer it: whether it could be. A file open here cannot."""
+        u = self._unborn.get(c.node)
+        known = ffi.new("struct xf_attr *")
+        if (u is not None and not u.closed) or not lib.xf_attr_of(c.node, known) or \
+                self.c.opened(known.ino) is not None:
+            return False
+        if u is not None:
+            with u.lock:  # answered from here until it is sent: the link count with it
+                done = lib.xf_link_here(req, c.node, c.node2, c.name)
+                if done and not u.sent:
+                    u.attr.nlink += 1
+                    u.attr.ctime_ns = wall_ns()
+        else:
+            done = lib.xf_link_here(req, c.node, c.node2, c.name)
+        if done == 2:
+            lib.xf_stale_ino(known.ino)  # its other names show a link count one higher
+        return bool(done)
 
     def _unborn_of(self, fh: int, node: int) -> Unborn | None:
         """The Unborn behind local handle `fh`: made on its first use while the file is still queued for
@@ -198,6 +219,8 @@ class MadeHere:
                                                                                       m.dir_node):
                 runs.append(Run(m.kind, m.dir_ino, m.dir_node))
             runs[-1].items.append((os.fsdecode(ffi.string(m.name)), m.ino, m.mode, m.time_ns / 1e9, m.node))
+            if m.kind == lib.XF_MADE_LINK:
+                runs[-1].new_names.append(os.fsdecode(ffi.string(m.name2)))
         call: list[Run] = []
         size = 0
         for run in runs:
@@ -218,6 +241,12 @@ class MadeHere:
                         "names": [[f[0], number(f[1], f[1]), f[3]] + ([True] if stat.S_ISDIR(f[2]) else [])
                                   for f in run.items]}
             run.size = 100 * len(run.items)
+            return [run]
+        if run.kind == lib.XF_MADE_LINK:
+            run.body = {"op": "linked", "dir": run.dir_ino,
+                        "links": [[f[0], self._renumbered.get(f[1], f[1]), new, f[3]]
+                                  for f, new in zip(run.items, run.new_names, strict=True)]}
+            run.size = 600 * len(run.items)
             return [run]
         parts: list[Run] = []
         part = Run(run.kind, run.dir_ino, run.dir_node)
@@ -252,10 +281,10 @@ class MadeHere:
         except XosError as e:
             answers = [{"error": {"code": e.code, "message": str(e)}}] * len(runs)
         for run, r in zip(runs, answers, strict=True):
-            if run.kind == lib.XF_MADE_UNLINK:
-                self._unlinks_sent(run, r)
-            else:
+            if run.kind == lib.XF_MADE_FILE:
                 self._made_sent(run, r)
+            else:
+                self._names_sent(run, r)
             self._renew(run, r.get("lease"), sent)
 
     def _renew(self, run: Run, lease: dict[str, Any] | None, sent: float) -> None:
@@ -267,17 +296,20 @@ class MadeHere:
             if self._leased.get(run.dir_ino) == run.dir_node:
                 lib.xf_lease(run.dir_node, run.dir_ino, sent + lease["term"] - LEASE_MARGIN, self.accounts.gid, 0, 0)
 
-    def _unlinks_sent(self, run: Run, r: dict[str, Any]) -> None:
-        """Names removed in one directory, as the MRC took them. One it refused is there still: the listing
-        here is dropped, so that the name shows again."""
+    def _names_sent(self, run: Run, r: dict[str, Any]) -> None:
+        """Names removed or linked in one directory, as the MRC took them. One it refused is as the MRC has it:
+        the listing here is dropped, so that the directory shows as the MRC has it, and the file is asked for
+        again (its link count)."""
+        what = "removed" if run.kind == lib.XF_MADE_UNLINK else "linked"
         if "error" in r:
-            log.error("names removed here in directory %d are back, the MRC did not take their removal: %s",
-                      run.dir_ino, r["error"].get("message"))
-            lib.xf_unlist(run.dir_node, _listed(run.dir_node))
-            return
+            log.error("names %s here in directory %d are not, the MRC did not take them: %s", what, run.dir_ino,
+                      r["error"].get("message"))
+            r = {"refused": {f[0]: "" for f in run.items}}
         for name, code in r["refused"].items():
-            log.error("name %s removed here in directory %d was not removed at the MRC (%s)", name, run.dir_ino, code)
+            log.error("name %s %s here in directory %d was not at the MRC (%s)", name, what, run.dir_ino, code)
         if r["refused"]:
+            for f in run.items:
+                lib.xf_stale_ino(self._renumbered.get(f[1], f[1]))
             lib.xf_unlist(run.dir_node, _listed(run.dir_node))
         elif len(r.get("dir_version") or ()) == 2:
             lib.xf_advance(run.dir_node, *r["dir_version"])
@@ -291,7 +323,8 @@ class MadeHere:
         for name, ino, _, _, node in run.items:
             got = r["made"].get(name, 0)
             lib.xf_confirm(node, got)
-            if got and got != ino:  # removals queued since name it by the number it was made with here
+            if got and got != ino:  # removals and links queued since name it by the number it was made with here
+                lib.xf_renumber(run.dir_node, ino, got)  # so do the names linked to it here
                 if len(self._renumbered) > 65536:
                     self._renumbered.clear()
                 self._renumbered[ino] = got

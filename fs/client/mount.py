@@ -463,6 +463,10 @@ class GridFS(OpenFiles, Listings):
         lib.fuse_reply_err(req, 0)
 
     def link(self, req: Any, c: Any) -> None:
+        if self._link_here(req, c):
+            return
+        if self._made_behind(c.node, c.node2):
+            self.send_made()  # skipped for it on the way in
         source = self.path(c.node)
         target, _ = self.child(c.node2, c.name)
         a = self.c.link(source, target)

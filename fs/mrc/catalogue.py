@@ -28,7 +28,7 @@ from xos.errors import (
     XosError,
 )
 from xos.fs.layout import INLINE_MAX
-from xos.fs.mrc.made import make_many
+from xos.fs.mrc.made import link_many, make_many
 from xos.fs.mrc.records import (
     COLUMNS,
     MAX_LINKS,
@@ -226,16 +226,29 @@ class SQLCatalogue(VolumeTable):
         because its answer was lost makes nothing twice and refuses nothing: a file already there under the
         inode number the maker gave it (numbers reserved to that maker alone) is the one it made."""
         with self.db.tx() as tx:
-            parent = self._get(dir_ino, tx)
-            if self.volume_of(parent.ino).name != volume:
-                raise InvalidInput("that directory is in another volume", field="dir")
-            if not parent.is_dir:
-                raise NotADirectory(f"inode {dir_ino} is not a directory")
-            self.guard(parent.ino, c)
+            parent = self._held(tx, volume, dir_ino, c)
             before = self._cver(tx, parent.ino)
             made, refused = make_many(tx, self.volume(volume), parent, files, c)
             versions = [before, self._cver(tx, parent.ino)]
         return {"made": made, "refused": refused, "dir_version": versions}
+
+    def linked(self, volume: str, dir_ino: int, links: list[tuple[str, int, str, float]], c: Caller) -> dict[str, Any]:
+        """Hard links a lease holder made in directory `dir_ino` under its lease, in one transaction (`link_many`)."""
+        with self.db.tx() as tx:
+            parent = self._held(tx, volume, dir_ino, c)
+            before = self._cver(tx, parent.ino)
+            linked, refused = link_many(tx, parent, links, c)
+            return {"linked": linked, "refused": refused, "dir_version": [before, self._cver(tx, parent.ino)]}
+
+    def _held(self, tx: Any, volume: str, dir_ino: int, c: Caller) -> Inode:
+        """Directory `dir_ino` of `volume`, leased to the caller or to nobody (else Recall)."""
+        parent = self._get(dir_ino, tx)
+        if self.volume_of(parent.ino).name != volume:
+            raise InvalidInput("that directory is in another volume", field="dir")
+        if not parent.is_dir:
+            raise NotADirectory(f"inode {dir_ino} is not a directory")
+        self.guard(parent.ino, c)
+        return parent
 
     def reserve(self, n: int) -> range:
         """`n` inode numbers no create will take but one that names them (a lease holder's own creates)."""
@@ -322,9 +335,7 @@ class SQLCatalogue(VolumeTable):
         removed, {name: error code} of those refused (gone already, naming another file: the lease had run
         out; a directory not empty), and the directory's listing version before and after."""
         with self.db.tx() as tx:
-            parent = self._get(dir_ino, tx)
-            if self.volume_of(parent.ino).name != volume:
-                raise InvalidInput("that directory is in another volume", field="dir")
+            parent = self._held(tx, volume, dir_ino, c)
             before = self._cver(tx, parent.ino)
             removed: list[str] = []
             refused: dict[str, str] = {}

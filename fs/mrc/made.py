@@ -9,8 +9,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from xos.errors import AccessDenied, BadPath, FileExists
-from xos.fs.mrc.records import Caller, Inode, Made, Volume, W, X, may, split
+from xos.errors import AccessDenied, BadPath, FileExists, NoSuchFile, NotPermitted, TooManyLinks
+from xos.fs.mrc.records import MAX_LINKS, Caller, Inode, Made, Volume, W, X, may, split
 
 ROWS = 200  # rows per statement: 16 values each, well within SQLite's and PostgreSQL's limits on parameters
 
@@ -85,3 +85,39 @@ def make_many(tx: Any, vol: Volume, parent: Inode, files: list[tuple[str, int | 
         last = todo[-1][3]
         tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (last, last, parent.ino))
     return made, refused
+
+
+def link_many(tx: Any, parent: Inode, links: list[tuple[str, int, str, float]],
+              c: Caller) -> tuple[list[str], dict[str, str]]:
+    """Hard links a lease holder made between names of directory `parent`, inside the transaction `tx`, as
+    (name, the inode number it named there, new name, time), in order: (new names made, {new name: error
+    code} of those refused: the name gone or naming another file, or the new name taken, the lease having
+    run out)."""
+    if c.rights.find("w") < 0:
+        raise AccessDenied(f"{c.who} may only read this volume")
+    may(parent, c, W | X)
+    linked: list[str] = []
+    refused: dict[str, str] = {}
+    last = None
+    for old, ino, new, when in links:
+        for name in (old, new):
+            if split("/" + name) != [name]:
+                raise BadPath(f"{name!r} is not a file name")
+        row = tx.execute("SELECT i.ino, i.mode, i.nlink FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE "
+                         "d.parent=? AND d.name=?", (parent.ino, old)).fetchone()
+        if row is None or int(row[0]) != ino:
+            refused[new] = NoSuchFile.code
+        elif stat.S_ISDIR(row[1]):
+            refused[new] = NotPermitted.code
+        elif row[2] >= MAX_LINKS:
+            refused[new] = TooManyLinks.code
+        elif tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, new)).fetchone():
+            refused[new] = FileExists.code
+        else:
+            tx.execute("INSERT INTO dentries VALUES (?,?,?)", (parent.ino, new, ino))
+            tx.execute("UPDATE inodes SET nlink=nlink+1, ctime=? WHERE ino=?", (when, ino))
+            linked.append(new)
+            last = when
+    if last is not None:  # the directory's times as the last link set them
+        tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (last, last, parent.ino))
+    return linked, refused

@@ -303,15 +303,16 @@ class MRC:
         op's body} each, each in its own transaction; an answer each, an error one's {"error": ...}. A lease
         in the way of one is recalled and waited for here: the call as a whole never runs twice."""
         changes = field(b, "changes", list)
-        if not all(isinstance(ch, dict) and ch.get("op") in ("made", "unlinked") for ch in changes):
-            raise InvalidInput('each change is {"op": "made" or "unlinked", ...}', field="changes")
+        ops = {"made": self.op_made, "unlinked": self.op_unlinked, "linked": self.op_linked}
+        if not all(isinstance(ch, dict) and ch.get("op") in ops for ch in changes):
+            raise InvalidInput('each change is {"op": "made", "unlinked" or "linked", ...}', field="changes")
         answers = []
         renumbered: dict[int, int] = {}  # a file made here under a number it could not have: the number it got
         for ch in changes:
-            op = self.op_made if ch["op"] == "made" else self.op_unlinked
-            if ch["op"] == "unlinked" and renumbered and isinstance(ch.get("names"), list):
-                ch = {**ch, "names": [[n[0], renumbered.get(n[1], n[1]), *n[2:]] if isinstance(n, list) and len(n) > 1
-                                      and isinstance(n[1], int) else n for n in ch["names"]]}
+            op, key = ops[ch["op"]], {"unlinked": "names", "linked": "links"}.get(ch["op"], "")
+            if key and renumbered and isinstance(ch.get(key), list):
+                ch = {**ch, key: [[n[0], renumbered.get(n[1], n[1]), *n[2:]] if isinstance(n, list) and len(n) > 1
+                                  and isinstance(n[1], int) else n for n in ch[key]]}
             self.counts[ch["op"]] += 1
             for _ in range(16):
                 try:
@@ -362,6 +363,16 @@ class MRC:
         if field(b, "lease", bool, False):
             parent = self.cat.resolve(v, posixpath.dirname(field(b, "path", str)), c)
             out["lease"] = self._lease(parent.ino, c, False)
+        return out
+
+    async def op_linked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Hard links a lease holder made in a directory, in order: [name, inode number, new name, time] each."""
+        links = field(b, "links", list)
+        if not all(isinstance(n, list) and len(n) == 4 and isinstance(n[0], str) and isinstance(n[1], int)
+                   and isinstance(n[2], str) and _seconds(n[3]) for n in links):
+            raise InvalidInput("each of links is [name, inode number, new name, time]", field="links")
+        out = self.cat.linked(v, dir_ino := field(b, "dir", int), [(n[0], n[1], n[2], float(n[3])) for n in links], c)
+        out["lease"] = self._renewed(dir_ino, c)
         return out
 
     async def op_unlinked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:

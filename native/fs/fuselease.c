@@ -22,7 +22,14 @@ static struct xf_made *made;
  * the backlog grew to seconds and another client's listing waited on it past its timeout. */
 #define MADE_BACKLOG 1024
 static size_t made_n, made_cap;
-static size_t made_multi; /* names removed in the queue whose file has other names */
+static size_t made_multi; /* changes in the queue to a file with other names, whose attributes they change */
+
+/* Whether change `m` changes what other names of its file show: a link always, a removal of a file with
+ * other names (nlink: its link count before, 2 if not known). */
+static int counts_multi(const struct xf_made *m)
+{
+    return m->kind == XF_MADE_LINK || (m->kind == XF_MADE_UNLINK && !S_ISDIR(m->mode) && m->nlink > 1);
+}
 /* Changes the sender took from the queue and the MRC has not answered yet: a request they show in is held
  * until then, as one they are queued for (a request about anything else goes on at once). */
 static struct xf_made *flying;
@@ -113,8 +120,7 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait)
             f->taken = 1;
     }
     for (size_t i = 0; i < n; i++)
-        if (made[i].kind == XF_MADE_UNLINK && !S_ISDIR(made[i].mode) && made[i].nlink > 1)
-            made_multi--; /* as queue_removal counted it */
+        made_multi -= counts_multi(&made[i]); /* as queued */
     memcpy(out, made, n * sizeof *made);
     if (flying_n + n > flying_cap) {
         size_t ncap = flying_n + n > 2 * flying_cap ? flying_n + n : 2 * flying_cap;
@@ -147,13 +153,12 @@ static int touches(const struct xf_made *m, size_t n, int multi, uint64_t node)
         struct node *d = find_id(m[i].dir_node);
         if (d && d != &root && d->parent == node)
             return 1;
-        if (multi && m[i].kind == XF_MADE_UNLINK && !S_ISDIR(m[i].mode) && m[i].nlink > 1 && self &&
-            self->attr.ino == m[i].ino)
+        if (multi && counts_multi(&m[i]) && self && self->attr.ino == m[i].ino)
             return 1;
     }
     for (struct node *p = find_id(node); p; p = p != &root && p->name ? find_id(p->parent) : NULL) {
         for (size_t i = 0; i < n; i++)
-            if ((p == self && m[i].dir_node == p->id) || m[i].node == p->id)
+            if ((p == self && m[i].dir_node == p->id) || m[i].node == p->id || (m[i].node2 && m[i].node2 == p->id))
                 return 1;
         if (p == &root)
             break;
@@ -320,6 +325,7 @@ int create_here(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
     m->node = n->id;
     m->ino = a.ino;
     m->fh = fh;
+    m->node2 = 0;
     m->kind = XF_MADE_FILE;
     m->nlink = 1;
     m->mode = a.mode;
@@ -369,7 +375,8 @@ static void queue_removal(struct node *d, struct node *n, uint32_t nlink, int64_
     m->fh = 0;
     m->mode = n->attr.mode;
     m->nlink = nlink;
-    made_multi += !S_ISDIR(m->mode) && nlink > 1;
+    m->node2 = 0;
+    made_multi += counts_multi(m);
     m->time_ns = wall;
     strcpy(m->name, n->name);
     unhash_name(n);
@@ -411,6 +418,69 @@ int xf_unlink_here(uint64_t parent, const char *name)
     queue_removal(d, n, nlink, wall);
     pthread_mutex_unlock(&lock);
     return nlink > 1 ? 2 : 1;
+}
+
+/* LINK answered here, as UNLINK is: git links each object into place from a temporary name it then removes,
+ * both in the object's directory, and each link was an MRC call behind the batch holding the file. The
+ * MRC makes the link with the changes queued before it. The new name is a node of its own (as every name
+ * of a file is here); its link count is known only if the file's attributes are fresh, else it is asked
+ * again, and the MRC's answer then waits for the link to reach it (xf_made_touches). */
+int xf_link_here(fuse_req_t req, uint64_t node, uint64_t parent, const char *name)
+{
+    if (strlen(name) > 255)
+        return 0;
+    double t = now();
+    int64_t wall = wall_us_ns();
+    pthread_mutex_lock(&lock);
+    struct node *d = find_id(parent), *n = find_id(node);
+    if (!n || !n->name || n->parent != parent || !removable_in(d, t) || !n->attr_until || !n->attr.ino ||
+        !S_ISREG(n->attr.mode) || n->writers || has_local(n->id) || find_name(parent, name)) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    int exact = n->attr_until > t && n->attr.nlink == 1;
+    struct xf_attr a = n->attr;
+    a.nlink = exact ? 2 : a.nlink + 1;
+    a.ctime_ns = wall;
+    struct node *m2 = record(parent, name, &a, exact ? n->attr_until - t : 0, 1);
+    if (!m2) {
+        pthread_mutex_unlock(&lock);
+        return 0;
+    }
+    struct xf_made *m = &made[made_n++];
+    m->kind = XF_MADE_LINK;
+    m->dir_ino = d->lease_ino;
+    m->dir_node = parent;
+    m->node = n->id;
+    m->node2 = m2->id;
+    m->ino = n->attr.ino;
+    m->fh = 0;
+    m->mode = n->attr.mode;
+    m->nlink = exact ? 1 : 2;
+    m->time_ns = wall;
+    strcpy(m->name, n->name);
+    strcpy(m->name2, name);
+    made_multi += counts_multi(m);
+    if (exact) {
+        n->attr.nlink = 2;
+        n->attr.ctime_ns = wall;
+    } else {
+        changed_here(n);
+        changed_here(m2);
+    }
+    d->attr.mtime_ns = d->attr.ctime_ns = wall;
+    struct fuse_entry_param e;
+    fill_entry(&e, m2->id, &a, exact ? m2->attr_until - t : 0);
+    pthread_cond_signal(&made_cond);
+    pthread_mutex_unlock(&lock);
+    if (fuse_reply_entry(req, &e) != 0) { /* interrupted: linked all the same, but the kernel holds nothing */
+        pthread_mutex_lock(&lock);
+        m2->nlookup--;
+        pthread_mutex_unlock(&lock);
+    }
+    if (se_of_loop) /* the name linked from is another inode to the kernel: its link count is asked again */
+        fuse_lowlevel_notify_inval_inode(se_of_loop, node, -1, 0);
+    return exact ? 1 : 2;
 }
 
 /* RMDIR answered here, as UNLINK is: the directory removed is leased here too and its listing here is empty

@@ -415,6 +415,17 @@ void xf_unlist(uint64_t dir, uint64_t version)
     pthread_mutex_unlock(&lock);
 }
 
+/* The MRC gave a file made here in `dir` inode number `now` instead of `was`: its names there have it too (a
+ * name linked here, whose node is not the one the file was made as). */
+void xf_renumber(uint64_t dir, uint64_t was, uint64_t now_)
+{
+    pthread_mutex_lock(&lock);
+    for (struct node *m = cap ? kids[hash_id(dir)] : NULL; m; m = m->next_kid)
+        if (m->parent == dir && m->attr.ino == was)
+            m->attr.ino = now_;
+    pthread_mutex_unlock(&lock);
+}
+
 void xf_advance(uint64_t dir, uint64_t before, uint64_t after)
 {
     pthread_mutex_lock(&lock);

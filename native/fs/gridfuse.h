@@ -84,15 +84,18 @@ void xf_writers(uint64_t node, int delta);
 void xf_written(uint64_t fh, int on);
 
 /* A change this mount made by itself under a directory lease, for Python to tell the MRC: a file created
- * (XF_MADE_FILE) or a name removed (XF_MADE_UNLINK). */
+ * (XF_MADE_FILE), a name removed (XF_MADE_UNLINK) or a hard link made in the same directory (XF_MADE_LINK). */
 #define XF_MADE_FILE 0
 #define XF_MADE_UNLINK 1
+#define XF_MADE_LINK 2
 struct xf_made {
     uint64_t dir_ino, dir_node; /* the directory: the MRC's inode number, the table's node */
     uint64_t node, ino, fh;     /* the file's node, its inode number, the new file's handle (0 for an unlink) */
-    uint32_t kind, mode, nlink; /* nlink: the file's link count before (an unlink) */
+    uint64_t node2;             /* a link's new name's node */
+    uint32_t kind, mode, nlink; /* nlink: the file's link count before (an unlink, a link) */
     int64_t time_ns;
     char name[256];
+    char name2[256]; /* a link's new name (name: the name it was made from) */
 };
 
 /* Handles of files created under a lease have this bit: Python has them only once it adopts one. */
@@ -108,6 +111,8 @@ size_t xf_take_made(struct xf_made *out, size_t max, double wait);
 size_t xf_made_count(void);
 void xf_made_sent(void);
 void xf_confirm(uint64_t node, uint64_t ino);
+/* The MRC gave a file made here in `dir` inode number `now_` instead of `was`: so do its other names there. */
+void xf_renumber(uint64_t dir, uint64_t was, uint64_t now_);
 /* Whether the file made here at `node` waits in the queue still (not taken to be sent). */
 int xf_queued(uint64_t node);
 size_t xf_local_handles(uint64_t node, uint64_t *fhs, size_t max);
@@ -116,6 +121,10 @@ uint64_t xf_node_of(uint64_t parent, const char *name);
  * (a name known with its inode number, not a directory, open by no handle here, in a directory owned by
  * this mount's user): 1, or 2 when its file may have other names; 0: ask the MRC. */
 int xf_unlink_here(uint64_t parent, const char *name);
+/* LINK answered here (the reply included), as UNLINK: `node`, a file known with its inode number, named in
+ * leased directory `parent` and open by no handle here, gets the new name `name` there, absent there. 1, or 2
+ * when its other names' attributes are to be asked again (xf_stale_ino); 0: nothing done, ask the MRC. */
+int xf_link_here(fuse_req_t req, uint64_t node, uint64_t parent, const char *name);
 /* RMDIR answered here, as UNLINK: the directory is leased here too and holds no name. Its inode number, or 0:
  * ask the MRC. */
 uint64_t xf_rmdir_here(uint64_t parent, const char *name);
