@@ -219,9 +219,10 @@ class Client(ObjectIO):
 
     # Each change of names answers the attributes of the directories it touched, after it (`dirs`).
 
-    def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
-        """Make a directory; its attributes (and `dirs`)."""
-        return dict(self.op("mkdir", path=path, mode=mode))
+    def mkdir(self, path: str, mode: int = 0o755, lease: bool = False) -> dict[str, Any]:
+        """Make a directory; its attributes (and `dirs`); with `lease`, a lease on it if the MRC grants one."""
+        return dict(self.op("mkdir", path=path, mode=mode, lease=True) if lease else self.op("mkdir", path=path,
+                                                                                             mode=mode))
 
     def rmdir(self, path: str, lease: bool = False) -> dict[str, Any]:
         """Remove an empty directory: as `unlink`."""

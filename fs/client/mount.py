@@ -360,11 +360,13 @@ class GridFS(OpenFiles, Listings):
 
     def mkdir(self, req: Any, c: Any) -> None:
         path, name = self.child(c.node, c.name)
-        a = self.c.mkdir(path, c.mode & 0o7777)
+        sent = time.monotonic()
+        a = self.c.mkdir(path, c.mode & 0o7777, lease=True)  # what is made in it next is made here (cp -a, git)
         self._dirs_now((c.node,), a)
         node = lib.xf_entry(c.node, c.name, self._attr(a), self.ttl, 0)
         if node:
             self._fill(node, (0, []))  # a directory made here is empty, at listing version 0
+            self._take_lease(node, path, a.get("lease"), (0, 0), sent)
         self._entry(req, c.node, c.name, a)
 
     def _dirs_now(self, nodes: tuple[int, ...], r: dict[str, Any]) -> None:

@@ -121,3 +121,15 @@ def link_many(tx: Any, parent: Inode, links: list[tuple[str, int, str, float]],
     if last is not None:  # the directory's times as the last link set them
         tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (last, last, parent.ino))
     return linked, refused
+
+
+def renumbered_by(made: dict[str, Any], answer: dict[str, Any]) -> dict[int, int]:
+    """{number asked for: number given} of the files of a `made` change that got another number than the one
+    their maker gave them (a reservation the MRC no longer kept): the changes after it name them so."""
+    out = {}
+    for f in made.get("files") or ():
+        if isinstance(f, list) and len(f) > 1 and isinstance(f[1], int):
+            got = answer.get("made", {}).get(f[0])
+            if isinstance(got, int) and got != f[1]:
+                out[f[1]] = got
+    return out

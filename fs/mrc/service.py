@@ -22,6 +22,7 @@ from xos.fs.auth import Authenticator, Identity, host_session
 from xos.fs.capability import Capability
 from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
 from xos.fs.mrc.leases import RESERVE, TERM, Leases, Recall
+from xos.fs.mrc.made import renumbered_by
 from xos.fs.mrc.records import Caller, Inode, Made
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.fs.mrc.store import open_store
@@ -247,7 +248,11 @@ class MRC:
             return None
 
     async def op_mkdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        return self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
+        """A new directory; with `lease`, the caller's mount may go on making files in it by itself."""
+        out = self.cat.mkdir(v, field(b, "path", str), field(b, "mode", int, 0o755), c)
+        if field(b, "lease", bool, False):
+            out["lease"] = self._lease(out["ino"], c, True)
+        return out
 
     async def op_create(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """A new file, open for writing; with `lease`, the caller's mount may go on creating in its
@@ -318,7 +323,7 @@ class MRC:
                 try:
                     answers.append(await op(v, c, ch))
                     if ch["op"] == "made":
-                        renumbered.update(_renumbered(ch, answers[-1]))
+                        renumbered.update(renumbered_by(ch, answers[-1]))
                     break
                 except Recall as r:
                     await self.leases.recall(r.lease, c.session)
@@ -535,18 +540,6 @@ def metrics(mrc: MRC) -> Registry:
     reg.gauge("replica_passes_total", "Passes of the replica manager.", lambda: [({}, mrc.replicas.passes)],
               "counter")
     return reg
-
-
-def _renumbered(made: dict[str, Any], answer: dict[str, Any]) -> dict[int, int]:
-    """{number asked for: number given} of the files of a `made` change that got another number than the one
-    their maker gave them (a reservation the MRC no longer kept): the changes after it name them so."""
-    out = {}
-    for f in made.get("files") or ():
-        if isinstance(f, list) and len(f) > 1 and isinstance(f[1], int):
-            got = answer.get("made", {}).get(f[0])
-            if isinstance(got, int) and got != f[1]:
-                out[f[1]] = got
-    return out
 
 
 def make_app(mrc: MRC) -> httpd.App:
