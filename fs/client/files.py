@@ -38,6 +38,7 @@ class OpenFiles(MadeHere):
     _plans: dict[int, set[int]]
     _hidden: dict[int, list[str]]
     _hidden_gone: threading.Condition  # notified when a file moved aside here is removed at its last close
+    _unhiding: set[int]  # files whose names moved aside a last close is removing (under _hidden_gone)
     _reading: set[int]
 
     def path(self, node: int) -> str:
@@ -243,27 +244,38 @@ class OpenFiles(MadeHere):
         finally:
             if st.write and wrote:
                 lib.xf_writers(node, -1)
-            hidden = self._hidden.get(st.ino)
-            if hidden is not None and self.c.opened(st.ino) is None:
+            with self._hidden_gone:  # two last closes at once (the kernel's RELEASEs come on any ring): one unlinks
+                hidden = self._hidden.get(st.ino)
+                if hidden is not None and (self.c.opened(st.ino) is not None or st.ino in self._unhiding):
+                    hidden = None
+                if hidden is not None:
+                    self._unhiding.add(st.ino)
+            if hidden is not None:
                 try:
                     for h in hidden:
                         self.c.unlink(h)
                 finally:
                     with self._hidden_gone:
                         del self._hidden[st.ino]
+                        self._unhiding.discard(st.ino)
                         self._hidden_gone.notify_all()
+
+    def _adopt_local(self, node: int) -> None:
+        """The handles the native loop gave out on a file it made, on `node`, Python's from now: adopting one
+        opens the file by the node's path, which a change of names is about to take from it."""
+        if not node:
+            return
+        fhs = ffi.new("uint64_t[64]")
+        for i in range(lib.xf_local_handles(node, fhs, 64)):
+            self._file(fhs[i], node)
+        u = self._unborn.get(node)
+        if u is not None and not u.closed:
+            self._file(u.fh, node)
 
     def _hide(self, parent: int, name: Any, path: str) -> tuple[bool, Any]:
         """If the file at `path` is open here, move it aside, each of its names apart (its data must outlive its
         names until the last close, as libfuse's high level does it): (whether it was, what the table knew)."""
-        node = lib.xf_node_of(parent, name)
-        if node:  # handles the native loop gave out on a file it made: Python's from now
-            fhs = ffi.new("uint64_t[64]")
-            for i in range(lib.xf_local_handles(node, fhs, 64)):
-                self._file(fhs[i], node)
-            u = self._unborn.get(node)
-            if u is not None and not u.closed:
-                self._file(u.fh, node)
+        self._adopt_local(lib.xf_node_of(parent, name))
         known = ffi.new("struct xf_attr *")
         ino = known.ino if lib.xf_peek(parent, name, known) else None
         if ino is None and self.c._opens:

@@ -68,6 +68,7 @@ class GridFS(OpenFiles, Listings):
         self._unborn: dict[int, Unborn] = {}  # node -> a file made here, used, and still open or unsent
         self._hidden: dict[int, list[str]] = {}  # ino -> where the names of a file unlinked while open went
         self._hidden_gone = threading.Condition()
+        self._unhiding: set[int] = set()  # files whose names moved aside a last close is removing
         self._next = 1
         self._lock = threading.Lock()
         self._misses: dict[int, tuple[float, int]] = {}
@@ -450,6 +451,7 @@ class GridFS(OpenFiles, Listings):
         replaced, changed = None, lib.xf_changed(lib.xf_node_of(c.node2, c.name2))
         same = None if c.flags & lib.RENAME_NOREPLACE else self._same_file(c.node, c.name, c.node2, c.name2)
         if same is not None:  # two names of one file: rename does nothing, both stay (POSIX); the kernel moves
+            self._adopt_local(lib.xf_node_of(c.node2, c.name2))  # the new name's node goes: its handles opened
             lib.xf_move(c.node, c.name, c.node2, c.name2)  # its entry for the old name to the new one, as here
             lib.xf_entry(c.node, c.name, self._attr(self._open_size(same)), self.ttl, 0)  # the old name: a node anew
             lib.fuse_reply_err(req, 0)

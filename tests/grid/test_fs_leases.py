@@ -647,6 +647,25 @@ def test_a_name_linked_here_to_a_file_the_mrc_renumbered_stays_that_file(grid, m
         assert os.stat(os.path.join(dirs[0], f"obj{k}")).st_ino == numbers[k]
 
 
+def test_a_file_made_here_keeps_its_open_handle_through_a_rename_onto_its_other_name(mounts, name):
+    """A rename of one name of a file onto another of its names does nothing (POSIX), but the kernel moves its
+    entry, and the name renamed onto loses its node here. A handle the native loop gave out when it made the
+    file on that node is opened at the MRC by the node's name on its first use: it is taken over first."""
+    d = os.path.join(mounts[0], name)
+    lease(d)
+    a, b = os.path.join(d, "a"), os.path.join(d, "b")
+    fd = os.open(a, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.link(a, b)
+        os.rename(b, a)
+        assert os.pwrite(fd, b"still here", 0) == 10
+    finally:
+        os.close(fd)
+    for p in (a, b, os.path.join(mounts[1], name, "a")):
+        with open(p, "rb") as f:
+            assert f.read() == b"still here"
+
+
 def test_rmdir_waits_for_the_last_close_of_a_file_removed_while_open(mounts, name):
     """A file removed while open is moved aside until its last close (whose RELEASE the kernel sends after
     close() returns): an rmdir of its directory waits for that close, for a while, and then says it is not

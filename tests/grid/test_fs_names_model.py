@@ -1,7 +1,8 @@
 """A random-operation model of a directory's names on a grid mount: files made, written through descriptors
 held open, closed, renamed, linked, truncated and removed, there and in subdirectories that are made and
 removed, the directory fsynced, time let pass so the mount's
-cached attributes and listings run out, and every stat, read and listing checked against the model. Files
+cached attributes and listings run out, names changed from a second mount (which recalls the first one's
+leases), and every stat, read and listing checked against the model. Files
 made here go to the MRC under the directory's lease in batches, with what was written to them: what a
 program sees of a file must never depend on where its bytes are on their way.
 
@@ -128,6 +129,8 @@ class Names:
             time.sleep(pause)
         elif r < 0.977:
             self.other_mount(name)
+        elif r < 0.9795:
+            self.other_change(name)
         else:
             self.stat(name)
 
@@ -158,7 +161,11 @@ class Names:
         off = self.rng.randrange(0, len(data) + 2000)
         chunk = os.urandom(self.rng.choice((1, 100, 3000, 70000)))  # past the inline limit at times
         self.log.append(("pwrite", ino, off, len(chunk)))
-        if os.pwrite(fd, chunk, off) != len(chunk):
+        try:
+            n = os.pwrite(fd, chunk, off)
+        except OSError as e:
+            self.fail(f"pwrite to inode {ino}: {errno.errorcode.get(e.errno or 0)}")
+        if n != len(chunk):
             self.fail("short write")
         if off > len(data):
             data.extend(bytes(off - len(data)))
@@ -268,6 +275,48 @@ class Names:
             self.fail(f"the other mount: {name}: {errno.errorcode.get(e.errno or 0)}")
         if got != self.data[ino]:
             self.fail(f"the other mount reads {len(got)} bytes of {name}, {len(self.data[ino])} written")
+
+    def other_change(self, name: str) -> None:
+        """The other mount changes a name whose file is not open here: writes a file whole, removes a name or
+        renames it. Its first request recalls this mount's lease on the directory (what was made here goes to
+        the MRC first). A change shows on another mount once what that one cached has run out (the TTL):
+        time passes before the other mount acts, and after."""
+        ino = self.names.get(name)
+        if ino is not None and self.open_on(ino):
+            return
+        there = os.path.join(self.other, name)
+        kind = self.rng.choice(("write", "unlink", "rename"))
+        self.log.append(("pause", 1.2))
+        time.sleep(1.2)  # past the other mount's TTL: what it cached of this one's changes has run out
+        if kind == "write" and self.placed(name):
+            data = os.urandom(self.rng.choice((10, 3000, 70000)))
+            self.log.append(("other mount: write", name, len(data)))
+            with open(there, "wb") as f:
+                f.write(data)
+            if ino is None:
+                ino = self.names[name] = self.next
+                self.next += 1
+            self.data[ino] = bytearray(data)
+        elif kind == "unlink" and ino is not None:
+            self.log.append(("other mount: unlink", name))
+            os.unlink(there)
+            self.gone(self.names.pop(name), name)
+        elif kind == "rename" and ino is not None:
+            new = self.pick()
+            was = self.names.get(new)
+            if not self.placed(new) or (was is not None and self.open_on(was)):
+                return
+            self.log.append(("other mount: rename", name, new))
+            os.rename(there, os.path.join(self.other, new))
+            if was != ino:
+                del self.names[name]
+                self.names[new] = ino
+                if was is not None:
+                    self.gone(was, new)
+        else:
+            return
+        self.log.append(("pause", 1.2))
+        time.sleep(1.2)  # past the attribute and listing TTL of both mounts
 
     def close_all(self) -> None:
         while self.fds:
