@@ -465,16 +465,22 @@ def test_fsync_of_a_directory_puts_what_was_changed_there_at_the_mrc(grid, name,
         grid.umount(mp)
 
 
-def test_a_tree_removed_under_leases_reaches_the_mrc_in_order(grid, mounts, name, api):
-    """rm -rf of a tree whose directories are leased here: names and then empty directories removed here,
-    the directory after what was in it, in one call or few; another mount sees none of it after."""
-    top = os.path.join(mounts[0], name, "tree")
+def tree(d: str) -> str:
+    """A tree made in `d`: 20 directories of 10 small files each."""
+    top = os.path.join(d, "tree")
     os.mkdir(top)
     for i in range(20):
         os.mkdir(os.path.join(top, f"d{i}"))
         for k in range(10):
             with open(os.path.join(top, f"d{i}", f"f{k}"), "w") as f:
                 f.write("x")
+    return top
+
+
+def test_a_tree_removed_under_leases_reaches_the_mrc_in_order(grid, mounts, name, api):
+    """rm -rf of a tree whose directories are leased here: names and then empty directories removed here,
+    the directory after what was in it, in one call or few; another mount sees none of it after."""
+    top = tree(os.path.join(mounts[0], name))
     before = stats(api, grid)["ops"]
     subprocess.run(["rm", "-rf", top], check=True)
     after = stats(api, grid)["ops"]
@@ -489,13 +495,7 @@ def test_a_tree_made_here_is_removed_name_by_name_here_after_its_leases_ran_out(
     was not asked to hand back, is leased again by its listing, so no name there goes to the MRC by itself
     (the first removal in each directory did, a round trip each; one whose listing is still fresh here, as a
     revalidation of another left it, still does); another mount sees none of it after."""
-    top = os.path.join(mounts[0], name, "tree")
-    os.mkdir(top)
-    for i in range(20):
-        os.mkdir(os.path.join(top, f"d{i}"))
-        for k in range(10):
-            with open(os.path.join(top, f"d{i}", f"f{k}"), "w") as f:
-                f.write("x")
+    top = tree(os.path.join(mounts[0], name))
     wait_for(lambda: stats(api, grid)["leases"] == 0, 10, "the tree's leases to run out")
     before = stats(api, grid)["ops"]
     subprocess.run(["rm", "-rf", top], check=True)
@@ -601,14 +601,20 @@ def test_the_mrc_removes_only_an_empty_directory_a_holder_removed(grid, name, ap
     assert api.stat(f"/{name}")["nlink"] == 3
 
 
+def forgotten(base: str) -> list[str]:
+    """Eight directories made and leased in `base`, each with a reservation of inode numbers of its own: the
+    MRC keeps the newest four, so what is made in the first one gets other numbers there."""
+    dirs = [os.path.join(base, f"d{i}") for i in range(8)]
+    for d in dirs:
+        os.mkdir(d)
+        lease(d)
+    return dirs
+
+
 def test_a_file_made_and_removed_here_stays_removed_when_the_mrc_renumbers_it(grid, mounts, name, api):
     """The MRC keeps only a mount's newest reservations of inode numbers: a file made here under an older one
     gets another number there, and its removal, queued with the number it had here, still removes it."""
-    base = os.path.join(mounts[0], name)
-    dirs = [os.path.join(base, f"d{i}") for i in range(8)]
-    for d in dirs:  # each brings a reservation of its own: the first ones are forgotten at the MRC
-        os.mkdir(d)
-        lease(d)
+    dirs = forgotten(os.path.join(mounts[0], name))
     for k in range(40):
         p = os.path.join(dirs[0], f"t{k}")
         with open(p, "w") as f:
@@ -626,11 +632,7 @@ def test_a_name_linked_here_to_a_file_the_mrc_renumbered_stays_that_file(grid, m
     """A file made here under a reservation the MRC forgot gets another inode number there: a name linked to it
     here takes that number too. git fsck failed to read objects linked so: a listing showing the new number
     made the linked name another file here, and the name the kernel held was gone."""
-    base = os.path.join(mounts[0], name)
-    dirs = [os.path.join(base, f"d{i}") for i in range(8)]
-    for d in dirs:  # each brings a reservation of its own: the first ones are forgotten at the MRC
-        os.mkdir(d)
-        lease(d)
+    dirs = forgotten(os.path.join(mounts[0], name))
     for k in range(10):
         tmp, obj = os.path.join(dirs[0], f"tmp{k}"), os.path.join(dirs[0], f"obj{k}")
         with open(tmp, "w") as f:
