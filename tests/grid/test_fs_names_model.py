@@ -18,11 +18,13 @@ from collections.abc import Callable
 
 import pytest
 
+from xos.fs.client.mount import ATTR_TTL
 from xos.testing.fsgrid import FsGrid, fs_grid
 
 OPS = int(os.environ.get("XOS_NAMES_OPS", "3000"))
 NAMES = [f"n{i}" for i in range(16)]
 SUBDIRS = ("s0", "s1")
+PAST_TTL = ATTR_TTL + 0.2  # what a mount cached (kernel entries and attributes, listings) has run out
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ class Names:
         elif r < 0.95:
             self.listing()
         elif r < 0.962:
-            pause = self.rng.choice((0.05, 0.3, 1.1))  # past the mount's attribute and listing TTL at times
+            pause = self.rng.choice((0.05, 0.3, ATTR_TTL + 0.1))  # past the mount's attribute and listing TTL at times
             self.log.append(("pause", pause))
             time.sleep(pause)
         elif r < 0.977:
@@ -286,8 +288,8 @@ class Names:
             return
         there = os.path.join(self.other, name)
         kind = self.rng.choice(("write", "unlink", "rename"))
-        self.log.append(("pause", 1.2))
-        time.sleep(1.2)  # past the other mount's TTL: what it cached of this one's changes has run out
+        self.log.append(("pause", PAST_TTL))
+        time.sleep(PAST_TTL)  # the TTL is a timer: what the other mount cached of this one's changes has run out
         if kind == "write" and self.placed(name):
             data = os.urandom(self.rng.choice((10, 3000, 70000)))
             self.log.append(("other mount: write", name, len(data)))
@@ -315,8 +317,8 @@ class Names:
                     self.gone(was, new)
         else:
             return
-        self.log.append(("pause", 1.2))
-        time.sleep(1.2)  # past the attribute and listing TTL of both mounts
+        self.log.append(("pause", PAST_TTL))
+        time.sleep(PAST_TTL)  # the TTL is a timer: what either mount cached before the change has run out
 
     def close_all(self) -> None:
         while self.fds:
