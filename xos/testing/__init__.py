@@ -227,7 +227,10 @@ class TestNode:
                 continue
             if rec.get("level") in ("warning", "error", "critical") and not any(
                     re.search(p, rec.get("msg", "")) for p in allowed):
-                bad.append(rec.get("msg", line))
+                # with where it was raised and what, when it carries an exception: a failed check says why
+                tb = [t.strip() for t in rec.get("exc", "").splitlines()]
+                where = [t for t in tb if t.startswith("File ")][-1:] + tb[-1:]
+                bad.append(" | ".join([rec.get("msg", line), *where]))
         return bad
 
     def teardown(self) -> None:
