@@ -23,6 +23,7 @@ from xos.aem.classad import Matchmaker, NodeAd, Wants
 from xos.aem.jobs import Job, JobStore, State, open_store
 from xos.aem.jobspec import JobSpec, grid_path, parse
 from xos.aem.nodes import Nodes, OutputTooLarge, ws_name
+from xos.aem.recovery import recover
 from xos.errors import (
     Conflict,
     IllegalTransition,
@@ -212,7 +213,7 @@ class Aem:
         try:
             main = await stdio.main_program(job.spec, self._grid(job))
         except XosError as e:
-            self.store.transition(job.id, State.FAILED, f"stdin {spec['stdin']}: {e.code}: {e.message}")
+            self._step(job.id, State.FAILED, f"stdin {spec['stdin']}: {e.code}: {e.message}")
             self.wake.set()
             return
         body = {"name": ws_name(job.id), "credential": self.store.credential(job.id), "allocation": alloc, "main": main,
@@ -220,17 +221,34 @@ class Aem:
         try:
             await self.nodes.call("POST", job.node, "/v1/peer/workspaces", body)
         except InvalidInput as e:  # the job itself (its stdio cannot be opened, say): no node will do better
-            self.store.transition(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
+            self._step(job.id, State.FAILED, f"node {job.node} could not start it: {e.code}: {e.message}")
             self.wake.set()
             return
         except XosError as e:
             log.warning("job %s refused by node %s: %s", job.id, job.node, e)
             self.refused.setdefault(job.id, {})[job.node] = time.monotonic() + REFUSAL_MEMORY
-            self.store.transition(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
+            self._step(job.id, State.QUEUED, f"node {job.node} refused: {e.code}: {e.message}")
             self.wake.set()  # matched again at once, elsewhere
             return
         step = (job.id, State.RUNNING, f"started on node {job.node}", None)
-        started.append(step) if started is not None else self.store.transition(*step)
+        started.append(step) if started is not None else self._step(*step)
+
+    def _step(self, job_id: str, to: State, reason: str, node: str | None = None) -> None:
+        """A job's transition after its node was asked something: the job may have moved on meanwhile
+        (cancelled by its owner, say), and then it stays as it is."""
+        try:
+            self.store.transition(job_id, to, reason, node)
+        except IllegalTransition as e:
+            log.info("job %s: %s", job_id, e)
+
+    def _moved(self, job: Job) -> bool:
+        """Whether `job` left the state or node it had when its node was asked about it (migrated, being
+        checkpointed, cancelled, purged): what the node answered is no longer about it."""
+        try:
+            now = self.store.get(job.id)
+        except NotFound:
+            return True
+        return now.state != job.state or now.node != job.node
 
     def _grid(self, job: Job) -> stdio.GridFiles:
         """The grid file system as the job's owner: with the credential the job was submitted with."""
@@ -251,9 +269,9 @@ class Aem:
             else:  # the image itself (corrupt, incompatible, CRIU failing on it): never retried
                 os.unlink(path)
                 why = f"its checkpoint was refused ({e.code}: {e.message}); it starts from the beginning"
-            self.store.transition(job.id, State.QUEUED, why)
+            self._step(job.id, State.QUEUED, why)
             return
-        self.store.transition(job.id, State.RUNNING, f"restored on node {job.node} from its checkpoint of {taken}")
+        self._step(job.id, State.RUNNING, f"restored on node {job.node} from its checkpoint of {taken}")
 
     async def monitor(self) -> None:
         """Finished main programs make done or failed jobs; their output is kept and the workspace goes.
@@ -281,7 +299,7 @@ class Aem:
 
         work = []
         for job in running:
-            if job.node not in reached:
+            if job.node not in reached or self._moved(job):
                 continue
             ws = seen.get(f"{job.node}/{ws_name(job.id)}")
             if ws is not None:
@@ -373,34 +391,6 @@ class Aem:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.image_path(job_id))
 
-    async def recover(self) -> None:
-        """After a restart (SIGKILL included): a job left matched either started on its node (running now)
-        or did not (queued again) — never started twice. A job caught checkpointing or migrating runs
-        wherever its workspace is now."""
-        for job in self.store.ls(State.CHECKPOINTING) + self.store.ls(State.MIGRATING):
-            where = None
-            for name in self.nodes.urls:
-                try:
-                    await self.nodes.call("GET", name, f"/v1/peer/workspaces/{ws_name(job.id)}")
-                    where = name
-                    break
-                except XosError:
-                    continue
-            if where is None:
-                self.store.transition(job.id, State.REQUEUED, "lost while the job manager was down")
-            else:
-                self.store.transition(job.id, State.RUNNING, f"found on node {where} after a restart", node=where)
-        for job in self.store.ls(State.MATCHED):
-            try:
-                await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
-            except NotFound:
-                self.store.transition(job.id, State.QUEUED, "the job manager restarted before it started")
-                continue
-            except XosError as e:
-                log.warning("job %s: node %s unknown after restart: %s", job.id, job.node, e)
-                continue
-            self.store.transition(job.id, State.RUNNING, f"found running on node {job.node} after a restart")
-
     async def lost_nodes(self) -> None:
         """Jobs on a node whose ad has not been refreshed for `ad_ttl` are queued again, to restart elsewhere."""
         now = time.monotonic()
@@ -485,7 +475,7 @@ class Aem:
         # Every node it knows, those that push their ads too: after a restart or a takeover, their jobs are
         # watched and matching resumes without waiting for their next push.
         await self.refresh_ads(list(self.nodes.urls))
-        await self.recover()
+        await recover(self.store, self.nodes)
         rounds = 0
         while True:
             try:

@@ -1,0 +1,71 @@
+"""The job manager's passes when a job changes while a node is being asked about it: what the node
+answers about the job as it was must not undo what happened to it meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from xos.aem import jobspec
+from xos.aem.jobs import Job, JobStore, State, open_store
+from xos.aem.service import Aem
+from xos.errors import Unavailable
+
+
+class Nodes:
+    """Stand-in nodes: each call is answered by `answer`, which may change the store first."""
+
+    def __init__(self, answer: Callable[[str, str, str], Awaitable[Any]]) -> None:
+        self.answer, self.urls = answer, {"n1": "https://n1", "n2": "https://n2"}
+
+    async def call(self, method: str, node: str, path: str, body: Any = None) -> Any:
+        return await self.answer(method, node, path)
+
+
+def _aem(store: JobStore, nodes: Nodes, home: str) -> Aem:
+    """The job manager's passes over a store and stand-in nodes (its listeners, host identity and ads are not
+    used by them), keeping images and outputs under `home`."""
+    a = object.__new__(Aem)
+    a.cfg = types.SimpleNamespace(home=home)  # type: ignore[assignment]
+    a.store, a.nodes, a.ads = store, nodes, {}  # type: ignore[assignment]
+    a.last_usage, a.refused, a.checkpoint_due, a.busy = {}, {}, {}, set()
+    a.wake = asyncio.Event()
+    a._grid = lambda job: None  # type: ignore[method-assign]  # no grid stdio in these jobs
+    return a
+
+
+def _running(store: JobStore) -> Job:
+    job = store.submit(jobspec.parse({"executable": "/bin/sleep", "arguments": ["60"]}), "alice@bio", "bio")[0]
+    store.transition(job.id, State.MATCHED, "matched node n1", node="n1")
+    return store.transition(job.id, State.RUNNING, "started on node n1")
+
+
+def test_a_job_migrated_while_its_node_was_listed_is_not_failed_as_vanished(tmp_path) -> None:
+    store = open_store(str(tmp_path / "jobs.db"))
+    job = _running(store)
+
+    async def answer(method: str, node: str, path: str) -> Any:
+        # the migration went on meanwhile: the job left n1, and the listing no longer shows it there
+        store.transition(job.id, State.MIGRATING, "migrating to node n2")
+        return []
+
+    asyncio.run(_aem(store, Nodes(answer), str(tmp_path)).monitor())
+    assert store.get(job.id).state is State.MIGRATING
+    store.close()
+
+
+def test_a_job_cancelled_while_its_node_refused_it_stays_cancelled_and_the_pass_goes_on(tmp_path) -> None:
+    store = open_store(str(tmp_path / "jobs.db"))
+    job = store.submit(jobspec.parse({"executable": "/bin/true"}), "alice@bio", "bio")[0]
+    job = store.transition(job.id, State.MATCHED, "matched node n1", node="n1")
+
+    async def answer(method: str, node: str, path: str) -> Any:
+        store.control(job.id, "cancel", "by its owner")
+        raise Unavailable("node n1 refused it")
+
+    started: list[tuple[str, State, str, str | None]] = []
+    asyncio.run(_aem(store, Nodes(answer), str(tmp_path)).dispatch(job, started))
+    assert store.get(job.id).state is State.CANCELLED and started == []
+    store.close()
