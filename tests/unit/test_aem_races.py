@@ -8,10 +8,13 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from xos.aem import jobspec
 from xos.aem.jobs import Job, JobStore, State, open_store
+from xos.aem.nodes import ws_name
 from xos.aem.service import Aem
-from xos.errors import Unavailable
+from xos.errors import Conflict, Unavailable
 
 
 class Nodes:
@@ -23,14 +26,17 @@ class Nodes:
     async def call(self, method: str, node: str, path: str, body: Any = None) -> Any:
         return await self.answer(method, node, path)
 
+    async def collect(self, node: str, job_id: str, name: str, dest: str, cap: int) -> None:
+        await self.answer("COLLECT", node, name)
+
 
 def _aem(store: JobStore, nodes: Nodes, home: str) -> Aem:
     """The job manager's passes over a store and stand-in nodes (its listeners, host identity and ads are not
     used by them), keeping images and outputs under `home`."""
     a = object.__new__(Aem)
-    a.cfg = types.SimpleNamespace(home=home)  # type: ignore[assignment]
+    a.cfg = types.SimpleNamespace(home=home, max_output=1 << 20)  # type: ignore[assignment]
     a.store, a.nodes, a.ads = store, nodes, {}  # type: ignore[assignment]
-    a.last_usage, a.refused, a.checkpoint_due, a.busy = {}, {}, {}, set()
+    a.last_usage, a.refused, a.checkpoint_due, a.busy, a.ending = {}, {}, {}, set(), set()
     a.wake = asyncio.Event()
     a._grid = lambda job: None  # type: ignore[method-assign]  # no grid stdio in these jobs
     return a
@@ -68,4 +74,29 @@ def test_a_job_cancelled_while_its_node_refused_it_stays_cancelled_and_the_pass_
     started: list[tuple[str, State, str, str | None]] = []
     asyncio.run(_aem(store, Nodes(answer), str(tmp_path)).dispatch(job, started))
     assert store.get(job.id).state is State.CANCELLED and started == []
+    store.close()
+
+
+def test_a_job_that_ended_is_neither_checkpointed_nor_migrated_while_its_end_is_collected(tmp_path) -> None:
+    """A checkpoint taken while the job's output is collected would bring it back to running after its
+    workspace went (and the next pass would fail it as vanished): it is refused instead."""
+    store = open_store(str(tmp_path / "jobs.db"))
+    job = _running(store)
+    refused: list[str] = []
+    a: Aem
+
+    async def answer(method: str, node: str, path: str) -> Any:
+        if method == "GET" and path == "/v1/peer/workspaces":
+            return [{"name": ws_name(job.id), "main_exit": {"exit": 0}}]
+        if method == "COLLECT":  # its owner asks for a checkpoint, and a migration, while its output comes
+            for verb in (a.checkpoint(store.get(job.id)), a.migrate(store.get(job.id), "n2")):
+                with pytest.raises(Conflict) as e:
+                    await verb
+                refused.append(e.value.message)
+        return {}
+
+    a = _aem(store, Nodes(answer), str(tmp_path))
+    asyncio.run(a.monitor())
+    assert refused == [f"job {job.id} has ended; its output and usage are being collected"] * 2
+    assert store.get(job.id).state is State.DONE and a.ending == set()
     store.close()

@@ -94,6 +94,7 @@ class Aem:
             os.chmod(os.path.join(self.cfg.home, "aem", sub), 0o700)
         self.checkpoint_due: dict[str, float] = {}  # job -> monotonic time of its next periodic checkpoint
         self.busy: set[str] = set()  # jobs with a checkpoint under way
+        self.ending: set[str] = set()  # ended jobs whose output and usage are being collected
         self.last_usage: dict[str, dict[str, Any]] = {}  # job -> its workspace as last listed (for a lost node)
         self.refused: dict[str, dict[str, float]] = {}  # job -> node -> until when it is not offered there again
         # Every node's peer URL: those named at start (their ads are fetched) and those that push theirs,
@@ -250,6 +251,11 @@ class Aem:
             return True
         return now.state != job.state or now.node != job.node
 
+    def _not_ending(self, job: Job) -> None:
+        """Conflict if the job's program has ended and its end is being collected: its workspace is going."""
+        if job.id in self.ending:
+            raise Conflict(f"job {job.id} has ended; its output and usage are being collected")
+
     def _grid(self, job: Job) -> stdio.GridFiles:
         """The grid file system as the job's owner: with the credential the job was submitted with."""
         return stdio.GridFiles(self.cfg.mrc, self.store.credential(job.id),
@@ -294,8 +300,11 @@ class Aem:
         limit = asyncio.Semaphore(16)
 
         async def finish(job: Job, ws: dict[str, Any]) -> None:
-            async with limit:
-                await self._finish(job, ws)
+            try:
+                async with limit:
+                    await self._finish(job, ws)
+            finally:
+                self.ending.discard(job.id)
 
         work = []
         for job in running:
@@ -307,8 +316,10 @@ class Aem:
             if ws is None:
                 self.store.transition(job.id, State.FAILED, f"its workspace vanished from node {job.node}")
             elif ws.get("main_exit") is not None:
+                self.ending.add(job.id)  # from now: no checkpoint or migration of what has ended
                 work.append(finish(job, ws))
             elif self._over_walltime(job):
+                self.ending.add(job.id)
                 work.append(finish(job, {**ws, "main_exit": {"walltime": 1}}))
         await asyncio.gather(*work)
 
@@ -501,6 +512,7 @@ class Aem:
         """Checkpoint a running job where it runs; it goes on running. The image comes here, streamed, and
         replaces the job's previous one only once it arrived whole."""
         job = self.store.may(job.id, "checkpoint")
+        self._not_ending(job)
         if job.id in self.busy:
             raise Conflict(f"job {job.id} is being checkpointed already")
         self.busy.add(job.id)
@@ -551,6 +563,7 @@ class Aem:
         """Move a running job to node `to`, or to the best other node that matches it; on failure it runs on
         where it was (the node keeps it until the target confirms)."""
         job = self.store.may(job.id, "migrate")
+        self._not_ending(job)
         if to is None:
             w = self.wants(job)
             others = [a for a in self.fresh_ads() if a.name != job.node]
