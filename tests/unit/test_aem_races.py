@@ -4,42 +4,16 @@ answers about the job as it was must not undo what happened to it meanwhile."""
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from tests.aempasses import Nodes, passes
 from xos.aem import jobspec
 from xos.aem.jobs import Job, JobStore, State, open_store
 from xos.aem.nodes import ws_name
 from xos.aem.service import Aem
 from xos.errors import Conflict, Unavailable
-
-
-class Nodes:
-    """Stand-in nodes: each call is answered by `answer`, which may change the store first."""
-
-    def __init__(self, answer: Callable[[str, str, str], Awaitable[Any]]) -> None:
-        self.answer, self.urls = answer, {"n1": "https://n1", "n2": "https://n2"}
-
-    async def call(self, method: str, node: str, path: str, body: Any = None) -> Any:
-        return await self.answer(method, node, path)
-
-    async def collect(self, node: str, job_id: str, name: str, dest: str, cap: int) -> None:
-        await self.answer("COLLECT", node, name)
-
-
-def _aem(store: JobStore, nodes: Nodes, home: str) -> Aem:
-    """The job manager's passes over a store and stand-in nodes (its listeners, host identity and ads are not
-    used by them), keeping images and outputs under `home`."""
-    a = object.__new__(Aem)
-    a.cfg = types.SimpleNamespace(home=home, max_output=1 << 20)  # type: ignore[assignment]
-    a.store, a.nodes, a.ads = store, nodes, {}  # type: ignore[assignment]
-    a.last_usage, a.refused, a.checkpoint_due, a.busy, a.ending = {}, {}, {}, set(), set()
-    a.wake = asyncio.Event()
-    a._grid = lambda job: None  # type: ignore[method-assign]  # no grid stdio in these jobs
-    return a
 
 
 def _running(store: JobStore) -> Job:
@@ -57,7 +31,7 @@ def test_a_job_migrated_while_its_node_was_listed_is_not_failed_as_vanished(tmp_
         store.transition(job.id, State.MIGRATING, "migrating to node n2")
         return []
 
-    asyncio.run(_aem(store, Nodes(answer), str(tmp_path)).monitor())
+    asyncio.run(passes(store, Nodes(answer), str(tmp_path)).monitor())
     assert store.get(job.id).state is State.MIGRATING
     store.close()
 
@@ -72,7 +46,7 @@ def test_a_job_cancelled_while_its_node_refused_it_stays_cancelled_and_the_pass_
         raise Unavailable("node n1 refused it")
 
     started: list[tuple[str, State, str, str | None]] = []
-    asyncio.run(_aem(store, Nodes(answer), str(tmp_path)).dispatch(job, started))
+    asyncio.run(passes(store, Nodes(answer), str(tmp_path)).dispatch(job, started))
     assert store.get(job.id).state is State.CANCELLED and started == []
     store.close()
 
@@ -95,7 +69,7 @@ def test_a_job_that_ended_is_neither_checkpointed_nor_migrated_while_its_end_is_
                 refused.append(e.value.message)
         return {}
 
-    a = _aem(store, Nodes(answer), str(tmp_path))
+    a = passes(store, Nodes(answer), str(tmp_path))
     asyncio.run(a.monitor())
     assert refused == [f"job {job.id} has ended; its output and usage are being collected"] * 2
     assert store.get(job.id).state is State.DONE and a.ending == set()

@@ -18,7 +18,7 @@ from xos.aem.classad import NodeAd, Wants
 from xos.aem.jobs import Job, State
 from xos.aem.jobspec import grid_path, load, parse
 from xos.aem.service import Ad, Aem, AemConfig, NoMatch, wants_of, ws_name
-from xos.errors import Conflict, InvalidInput, NotFound, PermissionDenied, XosError
+from xos.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from xos.identity import credential
 from xos.vo.follow import RevocationFeeds
 from xos.wire import codec, hostid, metrics
@@ -206,14 +206,7 @@ async def take_ad(request: web.Request) -> web.Response:
         raise InvalidInput("an ad push needs the node's peer url and its ad")
     if name in aem.cfg.nodes and aem.cfg.nodes[name] != url:
         raise Conflict(f"node {name} is configured at {aem.cfg.nodes[name]}, not {url}")
-    try:
-        ad = NodeAd.of(attrs)
-        ad.classad()  # what matching will evaluate: refused now if it cannot be
-    except XosError as e:
-        raise InvalidInput(f"ad of node {name}: {e.message}") from None
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"ad of node {name} is not a ClassAd: {e}") from None
-    ad.name = name
+    ad = NodeAd.checked(name, attrs)
     if aem.nodes.urls.get(name) != url:
         aem.store.remember_node(name, url)
         aem.nodes.urls[name] = url

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xos.errors import InvalidInput
+from xos.errors import InvalidInput, XosError
 
 try:
     import classad2
@@ -81,6 +81,22 @@ class NodeAd:
         """A node's ad as it sends it (JSON, its Requirements as expression text)."""
         rest = {k: v for k, v in attrs.items() if k != "Requirements"}
         return cls(str(attrs.get("Name", "")), rest, str(attrs.get("Requirements", "")))
+
+    @classmethod
+    def checked(cls, name: str, attrs: Any) -> NodeAd:
+        """Node `name`'s ad as it sent it (pushed or fetched), InvalidInput unless it is a JSON object that
+        matching can evaluate: one node's garbage must not stop matching for the others."""
+        if not isinstance(attrs, dict):
+            raise InvalidInput(f"ad of node {name} is not a JSON object")
+        try:
+            ad = cls.of(attrs)
+            ad.classad()  # what matching will evaluate: refused now if it cannot be
+        except XosError as e:
+            raise InvalidInput(f"ad of node {name}: {e.message}") from None
+        except (TypeError, ValueError) as e:
+            raise InvalidInput(f"ad of node {name} is not a ClassAd: {e}") from None
+        ad.name = name
+        return ad
 
     def classad(self) -> Any:
         if self._ad is None:

@@ -119,13 +119,14 @@ class Aem:
         again."""
         async def one(name: str) -> None:
             try:
-                attrs = await self.nodes.call("GET", name, "/v1/peer/ad")
+                ad = NodeAd.checked(name, await self.nodes.call("GET", name, "/v1/peer/ad"))
+            except InvalidInput as e:
+                log.warning("refused the ad node %s sent: %s", name, e.message)
+                return
             except XosError as e:
                 log.info("no ad from node %s: %s", name, e)
                 return
             old = self.ads.get(name)
-            ad = NodeAd.of(attrs)
-            ad.name = name
             self.ads[name] = Ad(ad, self.nodes.urls[name], time.monotonic() + self.cfg.ad_ttl)
             if old is None or old.node.attrs != ad.attrs:
                 self.wake.set()
