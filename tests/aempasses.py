@@ -4,19 +4,23 @@ function of the test's, which may change the job store first (a job moving on wh
 from __future__ import annotations
 
 import asyncio
+import ssl
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from xos.aem import nodes
 from xos.aem.jobs import JobStore
 from xos.aem.service import Aem
 
 
-class Nodes:
-    """Stand-in nodes: each call is answered by `answer`, which may change the store first."""
+class Nodes(nodes.Nodes):
+    """Stand-in nodes: each call is answered by `answer`, which may change the store first; what the job
+    manager makes of the answers (their checks) is the real link's."""
 
     def __init__(self, answer: Callable[[str, str, str], Awaitable[Any]]) -> None:
-        self.answer, self.urls = answer, {"n1": "https://n1", "n2": "https://n2"}
+        super().__init__({"n1": "https://n1", "n2": "https://n2"}, ssl.create_default_context())
+        self.answer = answer
 
     async def call(self, method: str, node: str, path: str, body: Any = None) -> Any:
         return await self.answer(method, node, path)

@@ -10,9 +10,10 @@ import pytest
 
 from tests.aempasses import Nodes, passes
 from xos.aem import jobspec
+from xos.aem.classad import NodeAd
 from xos.aem.jobs import Job, JobStore, State, open_store
 from xos.aem.nodes import ws_name
-from xos.aem.service import Aem
+from xos.aem.service import Ad, Aem
 from xos.errors import Conflict, Unavailable
 
 
@@ -73,4 +74,21 @@ def test_a_job_that_ended_is_neither_checkpointed_nor_migrated_while_its_end_is_
     asyncio.run(a.monitor())
     assert refused == [f"job {job.id} has ended; its output and usage are being collected"] * 2
     assert store.get(job.id).state is State.DONE and a.ending == set()
+    store.close()
+
+
+def test_a_node_whose_first_ad_arrives_while_strays_are_swept_does_not_break_the_sweep(tmp_path) -> None:
+    store = open_store(str(tmp_path / "jobs.db"))
+    a: Aem
+
+    async def answer(method: str, node: str, path: str) -> Any:
+        # a node not seen before pushes its first ad while this one is being asked
+        a.ads["n3"] = Ad(NodeAd("n3", {"Cpus": 1}), "https://n3", 1e18)
+        return []
+
+    a = passes(store, Nodes(answer), str(tmp_path))
+    for n in ("n1", "n2"):
+        a.ads[n] = Ad(NodeAd(n, {"Cpus": 1}), f"https://{n}", 1e18)
+    asyncio.run(a.sweep_strays())
+    assert sorted(a.ads) == ["n1", "n2", "n3"]
     store.close()

@@ -145,7 +145,7 @@ async def control(request: web.Request) -> web.Response:
     # The workspace first, then the record: a node that fails leaves the job as it really is.
     if verb == "cancel" and job.state in (State.MATCHED, State.RUNNING, State.SUSPENDED):
         try:
-            aem.account(job, await aem.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}"))
+            aem.account(job, await aem.nodes.workspace(job.node, job.id))
             await aem.nodes.call("DELETE", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         except NotFound:
             pass

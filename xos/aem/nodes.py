@@ -4,6 +4,8 @@ credential goes), a job's files and checkpoint image fetched, a checkpoint sent 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import ssl
 import urllib.parse
@@ -16,7 +18,10 @@ from xos.errors import InvalidInput, NotFound, Unavailable
 from xos.leader import EPOCH_HEADER
 from xos.wire import codec, hostid
 
+log = logging.getLogger(__name__)
+
 MAX_OUTPUT_PART = 16 << 20  # what a node sends of a file at once
+USAGE = ("cpu_seconds", "memory_peak", "bytes_in", "bytes_out", "wall_seconds")  # what accounting reads of it
 
 
 class OutputTooLarge(InvalidInput):
@@ -77,6 +82,17 @@ class Nodes:
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise Unavailable(f"node {node} at {url} is not reachable: {e}") from None
 
+    async def workspaces(self, node: str) -> list[dict[str, Any]]:
+        """The workspaces `node` lists, each checked (`checked_workspace`)."""
+        listing = await self.call("GET", node, "/v1/peer/workspaces")
+        if not isinstance(listing, list):
+            raise _malformed(node, "its workspace listing is not a list")
+        return [checked_workspace(node, ws) for ws in listing]
+
+    async def workspace(self, node: str, job_id: str) -> dict[str, Any]:
+        """A job's workspace as `node` describes it, checked (`checked_workspace`)."""
+        return checked_workspace(node, await self.call("GET", node, f"/v1/peer/workspaces/{ws_name(job_id)}"))
+
     async def read_file(self, node: str, job_id: str, name: str, offset: int | str = 0) -> bytes:
         """Up to MAX_OUTPUT_PART bytes of the file `name` of a job's directory, from `offset` on."""
         data = await self.call("GET", node, f"/v1/peer/workspaces/{ws_name(job_id)}/file?"
@@ -124,3 +140,29 @@ class Nodes:
     async def restore(self, node: str, job_id: str, image: str) -> None:
         """Have `node` restore the job from the checkpoint image file `image`."""
         await transfer.peer_restore(self.url(node), self.tls, image, ws_name(job_id))
+
+
+def checked_workspace(node: str, ws: Any) -> dict[str, Any]:
+    """A workspace as node `node` described it, if it has the shape the job manager acts on: a name, how its
+    program ended (an exit status or a signal number) once it has, and usage figures that are finite and
+    not negative. Unavailable otherwise: a node's answer is hostile until checked, and one node's garbage
+    must not stop the passes over every node's jobs."""
+    if not isinstance(ws, dict) or not isinstance(ws.get("name"), str):
+        raise _malformed(node, "a workspace without a name")
+    ended = ws.get("main_exit")
+    if ended is not None and not (isinstance(ended, dict) and len(ended) == 1 and
+                                  all(k in ("exit", "signal") and _count(v) for k, v in ended.items())):
+        raise _malformed(node, f"workspace {ws['name']!r} ended neither with an exit status nor a signal")
+    usage = ws.get("usage", {})
+    if not isinstance(usage, dict) or not all(_count(usage.get(k, 0)) for k in USAGE):
+        raise _malformed(node, f"workspace {ws['name']!r} has usage figures that are not counts")
+    return ws
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1e18
+
+
+def _malformed(node: str, what: str) -> Unavailable:
+    log.warning("node %s answered %s", node, what)
+    return Unavailable(f"node {node} answered {what}")

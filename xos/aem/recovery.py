@@ -17,7 +17,7 @@ async def recover(store: JobStore, nodes: Nodes) -> None:
     twice. A job caught checkpointing or migrating runs wherever its workspace is now."""
     for job in store.ls(State.CHECKPOINTING) + store.ls(State.MIGRATING):
         where = None
-        for name in nodes.urls:
+        for name in list(nodes.urls):  # a node's first push adds to them while this waits
             try:
                 await nodes.call("GET", name, f"/v1/peer/workspaces/{ws_name(job.id)}")
                 where = name

@@ -291,7 +291,7 @@ class Aem:
 
         async def listing(node: str) -> None:
             try:
-                for ws in await self.nodes.call("GET", node, "/v1/peer/workspaces"):
+                for ws in await self.nodes.workspaces(node):
                     seen[f"{node}/{ws['name']}"] = ws
                 reached.add(node)
             except XosError:
@@ -357,7 +357,7 @@ class Aem:
                 except XosError as e:
                     notes.append(f"{stream} not written to {where} ({e.message}); xos job output has it")
         try:  # the listing's usage may be a sampling period old: ask for it fresh
-            ws = await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
+            ws = await self.nodes.workspace(job.node, job.id)
         except XosError as e:
             log.info("usage of job %s from the listing: %s", job.id, e)
         status = ended.get("exit", 128 + ended.get("signal", 0))
@@ -451,7 +451,7 @@ class Aem:
 
     async def _evict(self, job: Job, why: str) -> None:
         """Stop a running job on its node and queue it again (from its checkpoint, when it has one)."""
-        self.account(job, await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}"))
+        self.account(job, await self.nodes.workspace(job.node, job.id))
         await self.nodes.call("DELETE", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
         then = "from its checkpoint" if os.path.exists(self.image_path(job.id)) else "from the beginning"
         self.store.transition(job.id, State.REQUEUED, f"{why}: queued again, to run elsewhere {then}")
@@ -460,11 +460,11 @@ class Aem:
     async def sweep_strays(self) -> None:
         """Workspaces of jobs that no longer run there (a node back after its jobs were requeued) go, so no
         job runs twice."""
-        for name, ad in self.ads.items():
+        for name, ad in list(self.ads.items()):  # a node's first push adds to them while this waits
             if ad.expires <= time.monotonic():
                 continue
             try:
-                listing = await self.nodes.call("GET", name, "/v1/peer/workspaces")
+                listing = await self.nodes.workspaces(name)
             except XosError:
                 continue
             jobs = {ws_name(j.id): j for j in self.store.ls()} if listing else {}  # once a listing, after it
@@ -577,7 +577,7 @@ class Aem:
         self.store.transition(job.id, State.MIGRATING, f"{why}: migrating to node {to}" if why else
                               f"migrating to node {to}")
         try:
-            before = await self.nodes.call("GET", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}")
+            before = await self.nodes.workspace(job.node, job.id)
             await self.nodes.call("POST", job.node, f"/v1/peer/workspaces/{ws_name(job.id)}/migrate",
                                   {"to": to, "live": live})
         except XosError as e:
