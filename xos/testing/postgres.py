@@ -74,15 +74,19 @@ class TestPostgres:
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: "fast" shuts down cleanly, "immediate" as a crash would (recovery at the next start)."""
         self.as_postgres([_bin("pg_ctl"), "-D", self.data, "-m", mode, "-w", "stop"])
-        self.started = False
+        self.started, self.pid = False, 0
 
     def crash(self) -> None:
         """Stop the server as a crash would, without its cluster's files (their file system may be gone): the
         postmaster told to quit at once, no checkpoint written, and waited for with its processes."""
+        if self.pid <= 0:  # never started (a pid of 0 would signal this process group)
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGQUIT)
+        # gone from /proc, reaped: a new postmaster takes a pid file naming a process that still exists
+        # (a zombie included) for another server's
         wait_for(lambda: not os.path.exists(f"/proc/{self.pid}"), 60, "the postmaster to quit")
-        self.started = False
+        self.started, self.pid = False, 0
 
     def url(self, name: str) -> str:
         """A new, empty database: its URL."""
