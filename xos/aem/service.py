@@ -28,7 +28,6 @@ from xos.errors import (
     Conflict,
     IllegalTransition,
     InvalidInput,
-    NotFound,
     OverCapacity,
     Unavailable,
     XosError,
@@ -243,15 +242,6 @@ class Aem:
         except IllegalTransition as e:
             log.info("job %s: %s", job_id, e)
 
-    def _moved(self, job: Job) -> bool:
-        """Whether `job` left the state or node it had when its node was asked about it (migrated, being
-        checkpointed, cancelled, purged): what the node answered is no longer about it."""
-        try:
-            now = self.store.get(job.id)
-        except NotFound:
-            return True
-        return now.state != job.state or now.node != job.node
-
     def _not_ending(self, job: Job) -> None:
         """Conflict if the job's program has ended and its end is being collected: its workspace is going."""
         if job.id in self.ending:
@@ -308,8 +298,11 @@ class Aem:
                 self.ending.discard(job.id)
 
         work = []
+        # a job that left running there while its node was asked (migrated, being checkpointed, cancelled):
+        # what the node answered is no longer about it
+        still = {j.id: j.node for j in self.store.ls(State.RUNNING)}
         for job in running:
-            if job.node not in reached or self._moved(job):
+            if job.node not in reached or still.get(job.id) != job.node:
                 continue
             ws = seen.get(f"{job.node}/{ws_name(job.id)}")
             if ws is not None:
