@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ INLINE_MAX = 64 << 10  # files up to this size live in the MRC, not on OSDs
 # A directory listing's row: the name, then these attributes (getattr's keys) in this order.
 LISTING = ("ino", "mode", "owner", "group", "size", "nlink", "atime", "mtime", "ctime", "inline", "readonly", "rdev")
 ALSO = 64  # directories whose listing versions one dirversion call may ask for besides its own
+FID = re.compile(r"[0-9a-f]{8,64}")  # a file's id, as its OSDs name it
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
 import aiohttp
 
 from xos.errors import InvalidInput, NoReplica, NoSpace, NotFound, Unavailable
-from xos.fs.layout import Replica, Xloc
+from xos.fs.layout import FID, Replica, Xloc
 from xos.fs.mrc.records import Inode
 from xos.fs.mrc.store import Catalogue
 
 log = logging.getLogger(__name__)
+
+READS_KEPT = 200_000  # files per OSD whose last read is remembered (a replica unread for long may go)
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=2)
 PASS = 1.0  # seconds between passes of the manager
@@ -34,7 +37,7 @@ class ReplicaManager:
         self.idle = idle
         self.session: aiohttp.ClientSession | None = None
         self.started = time.time()
-        self.last_read: dict[tuple[str, str], float] = {}  # (fid, osd) -> last read the OSD reported
+        self.last_read: dict[str, dict[str, float]] = {}  # osd -> fid -> last read the OSD reported
         self.progress: dict[str, list[int]] = {}  # fid -> [bytes copied, bytes to copy] of a replica being made
         self.copying: dict[str, asyncio.Event] = {}  # fid -> set when the copy for its new replica is over
         self._wake = asyncio.Event()
@@ -47,9 +50,16 @@ class ReplicaManager:
         self._wake.set()
 
     def seen(self, osd: str, reads: dict[str, Any]) -> None:
-        for fid, at in list(reads.items())[:100000]:
-            if isinstance(at, (int, float)):
-                self.last_read[(str(fid), osd)] = float(at)
+        """The files `osd` says it read since its last heartbeat, and when. Kept per OSD, at most READS_KEPT
+        (those read longest ago go first): an OSD's flood fills its own table, and decides only which
+        replicas on it look unread."""
+        mine = self.last_read.setdefault(osd, {})
+        for fid, at in list(reads.items())[:READS_KEPT]:
+            if (isinstance(fid, str) and FID.fullmatch(fid) and isinstance(at, int | float) and
+                    not isinstance(at, bool) and math.isfinite(at)):
+                mine[fid] = float(at)
+        if len(mine) > READS_KEPT:
+            self.last_read[osd] = dict(sorted(mine.items(), key=lambda kv: kv[1])[-(READS_KEPT // 2):])
 
     def _url(self, osd: str) -> str:
         url = self.cat.urls().get(osd)
@@ -245,7 +255,7 @@ class ReplicaManager:
             elif len(xloc.replicas) > want:
                 now = time.time()
                 for r in xloc.replicas:
-                    last = max([self.last_read.get((node.fid, o), self.started) for o in r.osds])
+                    last = max([self.last_read.get(o, {}).get(node.fid, self.started) for o in r.osds])
                     if now - last > self.idle and len(xloc.replicas) > want:
                         xloc = await self.remove(self.cat.inode(node.ino), r.osds[0])
                         log.info("file %s: unread replica on %s dropped", node.fid, ",".join(r.osds))

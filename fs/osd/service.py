@@ -16,7 +16,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import re
 import socket
 import ssl
 import time
@@ -38,6 +37,7 @@ from xos.errors import (
 )
 from xos.fs.auth import PLAINTEXT_HOST, Authenticator, Identity, host_session
 from xos.fs.capability import Capability, Verifier
+from xos.fs.layout import FID
 from xos.fs.osd.store import HEARTBEAT, MAX_OBJECT, SMALL, ObjectStore
 from xos.vo.follow import RevocationFeeds
 from xos.wire import hostid
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 OBJECTS_EVERY = 30  # heartbeats between counts of the objects stored
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
-FID = re.compile(r"[0-9a-f]{8,64}")
 
 
 def _fid(text: str) -> str:
