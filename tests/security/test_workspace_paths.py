@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -298,8 +299,12 @@ def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> Non
 
         t = threading.Thread(target=checkpoint)
         t.start()
-        wait_for(lambda: _criu_dump_pid() is not None or not t.is_alive(), 30, "CRIU to start dumping")
-        pid = _criu_dump_pid()
+        # looked for every few milliseconds, not at wait_for's growing intervals: a 64 MiB dump is over in a
+        # fraction of a second, and found late it was once done before the kill landed
+        deadline, pid = time.monotonic() + 30, None
+        while pid is None and t.is_alive() and time.monotonic() < deadline:
+            pid = _criu_dump_pid()
+            time.sleep(0.002)
         assert pid is not None, "the dump ended before it could be killed"
         os.kill(pid, signal.SIGKILL)
         t.join(60)
