@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-import time
 
 import pytest
 
@@ -299,12 +298,16 @@ def test_criu_killed_mid_dump_leaves_the_workload_running(node: TestNode) -> Non
 
         t = threading.Thread(target=checkpoint)
         t.start()
-        # looked for every few milliseconds, not at wait_for's growing intervals: a 64 MiB dump is over in a
+        # looked for every few milliseconds, not at intervals grown to 0.2 s: a 64 MiB dump is over in a
         # fraction of a second, and found late it was once done before the kill landed
-        deadline, pid = time.monotonic() + 30, None
-        while pid is None and t.is_alive() and time.monotonic() < deadline:
-            pid = _criu_dump_pid()
-            time.sleep(0.002)
+        found: list[int | None] = [None]
+
+        def dumping() -> bool:
+            found[0] = _criu_dump_pid()
+            return found[0] is not None or not t.is_alive()
+
+        wait_for(dumping, 30, "CRIU to start dumping", interval=0.002, cap=0.002)
+        pid = found[0]
         assert pid is not None, "the dump ended before it could be killed"
         os.kill(pid, signal.SIGKILL)
         t.join(60)

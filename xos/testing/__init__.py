@@ -52,15 +52,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01) -> None:
-    """Poll a condition until true; TimeoutError naming `what` otherwise."""
+def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01, cap: float = 0.2) -> None:
+    """Poll a condition until true, the interval growing from `interval` up to `cap` (a condition that holds
+    only briefly wants both small); TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     delay = interval
     while not cond():  # type: ignore[operator]
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+        delay = min(delay * 1.5, cap)
 
 
 @dataclass
