@@ -53,8 +53,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def wait_for(cond: object, timeout: float, what: str, interval: float = 0.01, cap: float = 0.2) -> None:
-    """Poll a condition until true, the interval growing from `interval` up to `cap` (a condition that holds
-    only briefly wants both small); TimeoutError naming `what` otherwise."""
+    """Poll a condition until true, every `interval` growing to `cap`; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     delay = interval
     while not cond():  # type: ignore[operator]
