@@ -357,6 +357,7 @@ class Client(ObjectIO):
         st.xloc = Xloc.from_json(r["xloc"]) if r.get("xloc") else None
         st.inline = bytearray(base64.b64decode(r["inline"])) if r.get("inline") is not None else None
         st.cache.clear()
+        st.unsynced = None  # the truncate's cuts at the OSDs were not synced here
 
     def release(self, st: Open, committed: Callable[[], None] | None = None) -> None:
         """Close a handle: everything written goes out and the MRC learns the new size; then `committed` is
@@ -380,19 +381,33 @@ class Client(ObjectIO):
             self._commit(st)
 
     def fsync(self, st: Open, datasync: bool = False) -> None:
-        """Write out what is buffered; then, at once, have every OSD holding the file put it on disk and the
-        MRC commit its size (both must hold before this returns; one after the other cost a round trip more
-        per fsync). `datasync` (fdatasync): the MRC is told only if the size it has changed."""
+        """Have every OSD holding the file put what this client wrote on disk and the MRC commit its size, at
+        once: all must hold before this returns. What is still buffered goes out as writes the OSDs sync
+        before they answer; an OSD that took writes unsynced before (or all of them, the first time) is
+        asked to sync. `datasync` (fdatasync): the MRC is told only if the size it has changed."""
         with st.lock:
-            self._drain(st)
-            syncs = [self._pool.submit(self._osd_fsync, st, osd) for osd in st.xloc.osds()] if st.xloc else []
+            tell = not (datasync and st.inline is None and st.size == st.committed)
+            earlier = list(st.pending.values())  # writes under way, unsynced
+            for objno in list(st.wbuf):
+                self._send(st, objno, sync=True)
+            for fut in earlier:
+                self._wait(st, fut)
+            syncs = []
+            if st.xloc is not None and st.unsynced != set():
+                osds = st.xloc.osds() if st.unsynced is None else st.unsynced & st.xloc.osds()
+                st.unsynced = set()
+                syncs = [self._pool.submit(self._osd_fsync, st, osd) for osd in osds]
             try:
-                if not (datasync and st.inline is None and st.size == st.committed):
-                    self._commit(st)
+                try:
+                    if tell:
+                        self._commit(st)
+                finally:
+                    self._drain(st)
             finally:
                 errors = [f.exception() for f in syncs]
             for e in errors:
                 if e is not None:
+                    st.unsynced = None
                     raise e
 
     def _osd_fsync(self, st: Open, osd: str) -> None:
@@ -412,8 +427,16 @@ class Client(ObjectIO):
         if not st.dirty:
             return
         inline = base64.b64encode(bytes(st.inline)).decode() if st.inline is not None else None
-        self.op("commit", ino=st.ino, cap=st.cap, size=st.size, mtime=time.time(), inline=inline,
-                spilled=st.inline is None)
+        for attempt in (0, 1):
+            cap = st.cap
+            try:
+                self.op("commit", ino=st.ino, cap=cap, size=st.size, mtime=time.time(), inline=inline,
+                        spilled=st.inline is None)
+                break
+            except XosError as err:  # expired: a write beside this commit may have renewed it already
+                if attempt or not self._renewable(err):
+                    raise
+                self._renew(st, cap)
         st.dirty = False
         st.committed = st.size
 

@@ -90,18 +90,22 @@ class ObjectIO:
         if start + len(buf) >= st.xloc.striping.size:
             self._send(st, objno)
 
-    def _send(self, st: Open, objno: int) -> None:
+    def _send(self, st: Open, objno: int, sync: bool = False) -> None:
         start, buf = st.wbuf.pop(objno)
-        self._submit(st, objno, start, memoryview(buf))
+        self._submit(st, objno, start, memoryview(buf), sync)
 
-    def _submit(self, st: Open, objno: int, start: int, buf: memoryview) -> None:
+    def _submit(self, st: Open, objno: int, start: int, buf: memoryview, sync: bool = False) -> None:
+        """Send a write in the background; with `sync`, one the OSDs put on disk before they answer."""
+        if not sync and st.unsynced is not None:
+            assert st.xloc is not None
+            st.unsynced.update(r.osd_of(objno) for r in st.xloc.replicas)
         prev = st.pending.get(objno)
         if prev is not None:
             self._wait(st, prev)  # one write per object in flight, so they land in order
         while len(st.pending) >= WINDOW:
             oldest = next(iter(st.pending))
             self._wait(st, st.pending[oldest])
-        fut = self._pool.submit(self._put, st, objno, start, buf)
+        fut = self._pool.submit(self._put, st, objno, start, buf, sync)
         st.pending[objno] = fut
 
         def done(f: concurrent.futures.Future[None], n: int = objno) -> None:
@@ -114,6 +118,7 @@ class ObjectIO:
         try:
             fut.result()
         except BaseException as e:  # reported by the next write, flush or close
+            st.unsynced = None  # what reached which OSD, and whether on disk, is not known
             if st.error is None:
                 st.error = e
         for n, f in list(st.pending.items()):
@@ -138,7 +143,10 @@ class ObjectIO:
             # the capability held: proof it was opened
             r = self._op_checked("renew", ino=st.ino, write=st.write, cap=used)
             if r.get("xloc"):
-                st.xloc = Xloc.from_json(r["xloc"])
+                xloc = Xloc.from_json(r["xloc"])
+                if st.xloc is None or xloc.osds() != st.xloc.osds():
+                    st.unsynced = None  # an OSD new to the file: what it holds was copied, not synced here
+                st.xloc = xloc
             st.cap, st.epoch = r["cap"], r["epoch"]
 
     def _still_there(self, st: Open) -> None:
@@ -159,8 +167,9 @@ class ObjectIO:
     def _osd_headers(self, st: Open) -> dict[str, str]:
         return {**self._auth, "X-Xos-Cap": st.cap}
 
-    def _put(self, st: Open, objno: int, offset: int, data: memoryview) -> None:
-        """Send one object write to the first replica that answers, which forwards it to the others."""
+    def _put(self, st: Open, objno: int, offset: int, data: memoryview, sync: bool = False) -> None:
+        """Send one object write to the first replica that answers, which forwards it to the others; with
+        `sync`, each of them puts the file on disk before it answers."""
         deadline = time.monotonic() + self.deadline
         renewed = False
         while True:
@@ -170,6 +179,8 @@ class ObjectIO:
                 # the OSD that takes it sends it on to every other replica, and reports those that miss it
                 headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
                            "X-Xos-Forward": ",".join(urls[:i] + urls[i + 1:])}
+                if sync:
+                    headers["X-Xos-Sync"] = "1"
                 try:
                     status, _, raw = self._http("PUT", f"{url}/v1/o/{st.fid}/{objno}?off={offset}", data, headers)
                 except Unavailable:

@@ -39,4 +39,6 @@ class Open:
     dir_version: tuple[int, ...] = ()  # a create's: its directory's listing version before and after
     lease: dict[str, Any] | None = None  # a create's: the lease on its directory the MRC granted, if asked
     error: BaseException | None = None
+    # the OSDs that took writes of this client's it has not had them sync yet; None: any (unknown)
+    unsynced: set[str] | None = None
     committed: int = -1  # the size the MRC has: an fdatasync that leaves it so need not tell the MRC

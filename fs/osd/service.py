@@ -108,6 +108,7 @@ class OSD:
         self.reads: dict[str, float] = {}  # files read since the last heartbeat
         self.busy = 0
         self.fsyncs = 0  # fsync requests served: the files put on stable storage at a client's asking
+        self.synced_writes = 0  # writes put on stable storage before they were answered, at a client's asking
         self.written = 0  # bytes written into objects here
         self.read_bytes = 0  # bytes of objects the service read (the native read threads count apart)
         self.object_count = 0  # objects stored, as last counted
@@ -182,8 +183,9 @@ class OSD:
             if strangers:  # a write goes on only to the file's replicas, as the MRC named them
                 raise CapabilityInvalid(f"a write of {fid} is forwarded only to the OSDs of its replicas, which "
                                         f"its capability names; not to {', '.join(strangers)}")
+            sync = request.headers.get("X-Xos-Sync") == "1"  # on disk before the answer: an fsync's last writes
             sends = [self._forward(u, request, fid, objno, offset, data) for u in forwards]
-            results = await asyncio.gather(asyncio.to_thread(self.store.write, fid, objno, offset, data), *sends,
+            results = await asyncio.gather(asyncio.to_thread(self._write, fid, objno, offset, data, sync), *sends,
                                            return_exceptions=True)
         finally:
             self.busy -= 1
@@ -194,11 +196,17 @@ class OSD:
                     self.quiet.notify_all()
         if isinstance(results[0], BaseException):
             raise results[0]
+        self.synced_writes += sync
         behind = [u for u, r in zip(forwards, results[1:], strict=True) if r is not True]
         if behind:  # stale from now on: the MRC drops them before this write is acknowledged
             await self._report_behind(fid, behind)
         self.written += len(data)
         return json_response({"written": len(data), "behind": behind})
+
+    def _write(self, fid: str, objno: int, offset: int, data: bytes, sync: bool) -> None:
+        self.store.write(fid, objno, offset, data)
+        if sync:
+            self.store.fsync(fid)
 
     async def _report_behind(self, fid: str, urls: list[str]) -> None:
         """Tell the MRC that the replicas at `urls` missed a write of `fid` this OSD took (it drops them; they
@@ -219,7 +227,7 @@ class OSD:
     async def _forward(self, url: str, request: web.Request, fid: str, objno: int, offset: int, data: bytes) -> bool:
         """Send a write on to another replica; whether it has it."""
         assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Xos-Cap")}
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Xos-Cap", "X-Xos-Sync")}
         headers["X-Xos-Forwarded"] = "1"
         try:
             async with self.session.put(f"{url}/v1/o/{fid}/{objno}", params={"off": str(offset)}, data=data,
@@ -317,6 +325,7 @@ class OSD:
 
     async def info(self, request: web.Request) -> web.Response:
         return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "fsyncs": self.fsyncs,
+                              "synced_writes": self.synced_writes,
                               "http": httpd.stats()})
 
     async def heartbeat(self) -> None:
