@@ -357,6 +357,7 @@ class Client(ObjectIO):
         st.xloc = Xloc.from_json(r["xloc"]) if r.get("xloc") else None
         st.inline = bytearray(base64.b64decode(r["inline"])) if r.get("inline") is not None else None
         st.cache.clear()
+        st.recent.clear()
         st.unsynced = None  # the truncate's cuts at the OSDs were not synced here
 
     def release(self, st: Open, committed: Callable[[], None] | None = None) -> None:

@@ -22,6 +22,9 @@ WINDOW = 8  # objects in flight per open file
 READ_AHEAD = 6  # whole objects fetched ahead of a sequential reader: 2 read 366-409 MB/s cold, 6 433-444
 READ_AHEAD_BYTES = 2 << 20  # and at least this much, when objects are small
 CACHED_OBJECTS = 8
+RECENT_PIECE = 64 << 10  # writes up to this size are kept for reading back (a WAL frame is 4 KiB and a bit)
+RECENT_RUN = 1 << 20  # bytes kept per object, the last written
+RECENT_OBJECTS = 2  # objects kept so
 ALIVE_FOR = 1.0  # seconds a file the MRC said exists is taken to (a sparse file's holes ask once a TTL)
 
 
@@ -66,6 +69,7 @@ class ObjectIO:
             pos = 0
             for objno, inner, take in st.xloc.striping.objects(offset, n):
                 self._buffer(st, objno, inner, mv[pos:pos + take])
+                self._remember(st, objno, inner, mv[pos:pos + take])
                 pos += take
             st.size = max(st.size, end)
             st.dirty = True
@@ -73,6 +77,25 @@ class ObjectIO:
             for objno, _, _ in st.xloc.striping.objects(offset, n):
                 st.cache.pop(objno, None)
             return n
+
+    @staticmethod
+    def _remember(st: Open, objno: int, inner: int, data: memoryview) -> None:
+        """Keep the bytes small writes put in an object, one run per object for the last few objects, so
+        that reading them back (a database reading its log) needs no OSD; a large write only forgets."""
+        run = st.recent.pop(objno, None)
+        if len(data) > RECENT_PIECE:
+            return
+        if run is not None and run[0] <= inner <= run[0] + len(run[1]):
+            start, buf = run
+            buf[inner - start:inner - start + len(data)] = data  # within the run, or over its end
+        else:
+            start, buf = inner, bytearray(data)
+        if len(buf) > RECENT_RUN:
+            start += len(buf) - RECENT_RUN
+            del buf[:len(buf) - RECENT_RUN]
+        st.recent[objno] = (start, buf)
+        while len(st.recent) > RECENT_OBJECTS:
+            st.recent.popitem(last=False)
 
     def _buffer(self, st: Open, objno: int, inner: int, data: memoryview) -> None:
         assert st.xloc is not None
@@ -119,6 +142,7 @@ class ObjectIO:
             fut.result()
         except BaseException as e:  # reported by the next write, flush or close
             st.unsynced = None  # what reached which OSD, and whether on disk, is not known
+            st.recent.clear()
             if st.error is None:
                 st.error = e
         for n, f in list(st.pending.items()):
@@ -229,6 +253,12 @@ class ObjectIO:
                 return bytes(st.inline[offset:offset + size]).ljust(size, b"\0")
             assert st.xloc is not None
             pieces = st.xloc.striping.objects(offset, size)
+            if len(pieces) == 1:
+                objno, inner, take = pieces[0]
+                run = st.recent.get(objno)
+                if run is not None and run[0] <= inner and inner + take <= run[0] + len(run[1]):
+                    st.last_end = offset + size
+                    return bytes(run[1][inner - run[0]:inner - run[0] + take])
             for objno, _, _ in pieces:
                 if objno in st.wbuf or objno in st.pending:
                     if objno in st.wbuf:

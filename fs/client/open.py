@@ -33,6 +33,9 @@ class Open:
     pending: dict[int, concurrent.futures.Future[None]] = field(default_factory=dict)
     cache: collections.OrderedDict[int, concurrent.futures.Future[bytes]] = field(
         default_factory=collections.OrderedDict)
+    # objno -> (offset, bytes): the run of bytes small writes last put in each of a few objects (ordered by
+    # the last write), what a read of them gives without an OSD
+    recent: collections.OrderedDict[int, tuple[int, bytearray]] = field(default_factory=collections.OrderedDict)
     last_end: int = -1
     prefer: int = 0  # replica that answered last
     alive_at: float = 0.0  # when the MRC last said the file still exists (monotonic)

@@ -325,7 +325,7 @@ class OSD:
 
     async def info(self, request: web.Request) -> web.Response:
         return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "fsyncs": self.fsyncs,
-                              "synced_writes": self.synced_writes,
+                              "synced_writes": self.synced_writes, "read_bytes": self.read_bytes,
                               "http": httpd.stats()})
 
     async def heartbeat(self) -> None:

@@ -392,6 +392,56 @@ def test_a_sequential_reader_gets_whole_chunks_fetched_ahead_and_can_map_the_fil
         assert m[:] == payload
 
 
+def test_bytes_written_lately_read_back_without_the_osds_and_right_after_overwrites(grid, d):
+    """A log written in small pieces reads back from what the mount wrote (no OSD read), and what later
+    writes (large or small, over it or past its end) and a truncate made of it reads back, through a second
+    descriptor whose open dropped the kernel's pages."""
+    p = os.path.join(d, "log")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    want = bytearray(os.urandom(1 << 20))
+    os.write(fd, want)
+    os.fsync(fd)
+
+    def put(data: bytes, off: int) -> None:
+        os.pwrite(fd, data, off)
+        want[off:off + len(data)] = data
+
+    for i in range(60):  # frames of a write-ahead log
+        put(os.urandom(4120), 300000 + i * 4120)
+
+    def check(*offsets: int) -> None:
+        other = os.open(p, os.O_RDONLY)
+        try:
+            for off in offsets:
+                assert os.pread(other, 4096, off) == bytes(want[off:off + 4096]), off
+        finally:
+            os.close(other)
+
+    def osd_reads() -> tuple[int, int]:
+        out = [0, 0]
+        for i in range(len(grid.osds)):
+            with grid.urlopen(f"{grid.osd_url(i)}/v1/status", timeout=5) as r:
+                st = json.loads(r.read())
+            out[0] += st["native_reads"]
+            out[1] += st["read_bytes"]
+        return out[0], out[1]
+
+    before = osd_reads()
+    check(303104, 401408, 540672)
+    assert osd_reads() == before  # from what the mount wrote
+    put(os.urandom(200000), 350000)  # a large write over part of it
+    put(os.urandom(3000), 500000)  # a small one inside
+    check(352256, 401408, 499712, 540672)
+    put(os.urandom(9000), 545000)  # past its end
+    check(540672, 548864)
+    os.ftruncate(fd, 520000)
+    del want[520000:]
+    os.ftruncate(fd, 560000)
+    want.extend(bytes(40000))
+    check(503808, 516096, 548864)
+    os.close(fd)
+
+
 def test_flock_and_fcntl_locks_among_processes(d):
     p = os.path.join(d, "lock")
     open(p, "wb").close()

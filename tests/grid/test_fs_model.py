@@ -1,6 +1,8 @@
-"""A random-operation model of one file on a grid mount (after fsx): writes, reads, truncates up and
-down, fallocate, copy_file_range, mmap reads and writes through several descriptors, every read checked
-against the model, and at every close the whole file read through a second mount (close-to-open).
+"""A random-operation model of one file on a grid mount (after fsx): writes (runs of small ones too, as a
+log is written), reads (small ones of what was written lately too), truncates up and down, fallocate,
+copy_file_range, mmap reads and writes through several descriptors opened and closed while the file stays
+open, every read checked against the model, and at every close the whole file read through a second
+mount (close-to-open).
 
 The seed is printed; XOS_FSX_SEED replays one, XOS_FSX_OPS sets the number of operations per volume
 (`bench/fsx.py` runs millions)."""
@@ -37,6 +39,7 @@ class Model:
         self.data = bytearray()
         self.fds: list[int] = []
         self.log: list[tuple[object, ...]] = []
+        self.written: list[tuple[int, int]] = []  # the last few writes' offsets and lengths
         self.src = path + ".src"  # copy_file_range's source, on the same mount
         with open(self.src, "wb") as f:
             f.write(bytes(rng.randrange(256) for _ in range(4096)) * 256)
@@ -63,11 +66,21 @@ class Model:
 
     def step(self) -> None:
         r, fd = self.rng.random(), self.rng.choice(self.fds)
-        if r < 0.35:
+        if r < 0.07:  # a run of small writes one after another, as a log is written
+            off, n, k = self.rng.randrange(MAX_OFFSET), self.rng.choice([24, 4120, 8192]), self.rng.randint(2, 80)
+            self.log.append(("pwrite-run", off, n, k))
+            self.written = (self.written + [(off, n * k)])[-4:]
+            for i in range(k):
+                data = self.rng.randbytes(n)
+                assert os.pwrite(fd, data, off + i * n) == n
+                self._grow(off + (i + 1) * n)
+                self.data[off + i * n:off + (i + 1) * n] = data
+        elif r < 0.35:
             off = self.rng.randrange(MAX_OFFSET)
             n = self.rng.choice([1, 17, 4096, 65536, self.rng.randrange(1, 1 << 20)])
             data = self.rng.randbytes(n)
             self.log.append(("pwrite", off, n))
+            self.written = (self.written + [(off, n)])[-4:]
             assert os.pwrite(fd, data, off) == n
             self._grow(off + n)
             self.data[off:off + n] = data
@@ -95,8 +108,19 @@ class Model:
             self.data[off:off + n] = self.src_data[soff:soff + n]
         elif r < 0.58 and self.data:
             self._mmap(fd, write=self.rng.random() < 0.5)
+        elif r < 0.60:  # another descriptor, the file open throughout (an open drops the kernel's cached pages)
+            self.log.append(("reopen-one",))
+            self.fds.append(os.open(self.path, os.O_RDWR))
+            if len(self.fds) > 3:
+                victim = next(f for f in self.fds if f != fd)
+                self.fds.remove(victim)
+                os.close(victim)
         else:
             off, n = self.rng.randrange(MAX_OFFSET), self.rng.randrange(1, 1 << 20)
+            if self.written and self.rng.random() < 0.5:  # a small read of what was written lately
+                woff, wn = self.rng.choice(self.written)
+                off, n = woff + self.rng.randrange(-100, wn + 100), self.rng.choice([1, 17, 4096, 5000])
+                off = max(0, off)
             self.log.append(("pread", off, n))
             got = os.pread(fd, n, off)
             want = bytes(self.data[off:off + n])
