@@ -594,6 +594,31 @@ def test_a_directory_read_twice_in_a_row_is_listed_once(grid, mnt, d):
         api.close()
 
 
+def test_a_listing_that_shows_a_new_size_replaces_what_the_kernel_holds_at_once(grid, mnt, d):
+    """`ls -l` then `stat`: once a listing shows that a file grew elsewhere, a stat here says so too, not
+    the size the kernel was told before, while that answer's TTL still runs (the mount tells the kernel)."""
+    from xos.fs.client.mount import ATTR_TTL
+
+    other = grid.mount(1, "data")
+    try:
+        for attempt in range(5):  # each attempt must fit in one attribute TTL: a slow one is tried again
+            name = f"f{attempt}"
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(b"x")  # its close has the kernel forget the attributes: the stat below asks anew
+            t0 = time.monotonic()
+            assert os.stat(os.path.join(d, name)).st_size == 1  # the kernel holds this for a TTL
+            with open(os.path.join(other, os.path.relpath(d, mnt), name), "ab") as f:
+                f.write(b"more")
+            assert name in os.listdir(d)
+            size = os.stat(os.path.join(d, name)).st_size
+            if time.monotonic() - t0 < ATTR_TTL:
+                assert size == 5, "a stat right after a listing showed the size the kernel held before"
+                return
+        pytest.fail(f"no attempt fitted in one attribute TTL ({ATTR_TTL} s)")
+    finally:
+        grid.umount(other)
+
+
 def test_a_listing_kept_by_its_version_still_shows_changes_made_elsewhere(grid, mnt, d):
     """A listing is kept past its TTL when the MRC's listing version has not moved: every change that a
     listing shows must move it (chmod, a write's size, a rename, a removal), or this mount would show
