@@ -126,6 +126,32 @@ def test_unlink_of_an_open_file_keeps_its_data_until_close(d):
     assert [n for n in os.listdir(d) if not n.startswith(".fuse_hidden")] == []
 
 
+def test_last_closes_at_once_of_a_removed_file_remove_it_once(d):
+    """A file removed while open lives under a hidden name until its last close; when its last handles
+    close at once (their releases come on different threads), one of them removes it, the other leaves it
+    be: no name is left behind and the mount raises nothing (the grid's log check)."""
+    import threading
+
+    for i in range(30):
+        p = os.path.join(d, f"f{i}")
+        with open(p, "wb") as f:
+            f.write(b"x" * 100)
+        fds = [os.open(p, os.O_RDONLY) for _ in range(4)]
+        os.unlink(p)
+        go = threading.Barrier(len(fds))
+
+        def close(fd: int) -> None:
+            go.wait()
+            os.close(fd)
+
+        threads = [threading.Thread(target=close, args=(fd,)) for fd in fds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    wait_for(lambda: os.listdir(d) == [], 10, "every file moved aside to go at its last close")
+
+
 def test_a_file_renamed_over_while_open_keeps_its_data_until_close(d):
     old, new = os.path.join(d, "cur"), os.path.join(d, "next")
     data = os.urandom(300 << 10)  # past the inline size: its objects are on OSDs, which drop orphans
