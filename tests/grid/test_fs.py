@@ -140,7 +140,7 @@ def test_last_closes_at_once_of_a_removed_file_remove_it_once(d):
         os.unlink(p)
         go = threading.Barrier(len(fds))
 
-        def close(fd: int) -> None:
+        def close(fd: int, go: threading.Barrier = go) -> None:
             go.wait()
             os.close(fd)
 
