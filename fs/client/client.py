@@ -96,35 +96,12 @@ class Client(ObjectIO):
 
         The pool is shared by all threads: libfuse starts and ends its threads as load comes and
         goes, and a connection per thread made a TCP handshake part of many calls."""
-        scheme, _, rest = url.partition("://")
-        netloc, _, rest = rest.partition("/")
-        target = "/" + rest
-        tls = self.tls if scheme == "https" else None
-        if tls is None and self.tls is not None:
-            raise Unavailable(f"{url} is not a TLS (https) address: this grid's file system speaks TLS only")
+        netloc, target = self._target(url)
         while True:
-            with self._pool_lock:
-                if self._crl_seen != hostid.crl_taken():  # a newer revocation list: every link checked again
-                    self._crl_seen = hostid.crl_taken()
-                    self._sessions.clear()
-                    for conns in self._idle.values():
-                        for old in conns:
-                            old.close()
-                    self._idle.clear()
-                idle = self._idle.setdefault(netloc, [])
-                c = idle.pop() if idle else None
-            if c is None:
-                try:
-                    c = Connection(netloc, self.timeout, tls, self._sessions.get(netloc))
-                except ssl.SSLError as e:
-                    raise Unavailable(f"{netloc} refused the TLS handshake or showed no certificate of the grid's "
-                                      f"CA for that address: {e}") from None
-                except OSError as e:
-                    raise Unreached(f"{netloc} does not answer: {e}") from None
+            c = self._take(url, netloc)
             reused = c.used
-            c.interrupted = self.interrupted
             try:
-                status, got, data = c.request(method, target, headers or {}, body)
+                got = c.request(method, target, headers or {}, body)
             except InterruptedError:
                 c.close()  # the answer may still come: this connection is out of step
                 raise
@@ -133,16 +110,86 @@ class Client(ObjectIO):
                 if reused and not isinstance(e, TimeoutError):
                     continue  # a kept-alive connection the server had closed: once more on a fresh one
                 raise Unavailable(f"{netloc} does not answer: {e}") from None
-            if tls is not None and not reused:
-                session = c.session()
-                if session is not None:
-                    self._sessions[netloc] = session
-            with self._pool_lock:
-                if len(idle) < 64:
-                    idle.append(c)
-                else:
-                    c.close()
-            return status, got, data
+            self._give_back(netloc, c, reused)
+            return got
+
+    def _both(self, *calls: tuple[str, str, bytes | memoryview, dict[str, str]]) -> list[Any]:
+        """Requests to different servers sent one after the other, then their answers read: one round trip
+        for all, from this thread. Each answer (status, headers, body), or the exception its call met
+        (nothing is tried again: the caller takes the careful way for that one)."""
+        sent: list[Any] = []
+        for method, url, body, headers in calls:
+            try:
+                netloc, target = self._target(url)
+                c = self._take(url, netloc)
+                reused = c.used
+                c.send(method, target, headers, body)
+                sent.append((netloc, c, reused))
+            except (OSError, XosError) as e:
+                sent.append(e)
+        out: list[Any] = []
+        for i, one in enumerate(sent):
+            if isinstance(one, BaseException):
+                out.append(one)
+                continue
+            netloc, c, reused = one
+            try:
+                out.append(c.response())
+            except InterruptedError:
+                for rest in sent[i:]:  # answers that may still come: those connections are out of step
+                    if not isinstance(rest, BaseException):
+                        rest[1].close()
+                raise
+            except OSError as e:
+                c.close()
+                out.append(e)
+                continue
+            self._give_back(netloc, c, reused)
+        return out
+
+    def _target(self, url: str) -> tuple[str, str]:
+        scheme, _, rest = url.partition("://")
+        netloc, _, rest = rest.partition("/")
+        if scheme != "https" and self.tls is not None:
+            raise Unavailable(f"{url} is not a TLS (https) address: this grid's file system speaks TLS only")
+        return netloc, "/" + rest
+
+    def _take(self, url: str, netloc: str) -> Connection:
+        """A kept-alive connection to `netloc` from the pool, or a new one."""
+        tls = self.tls if url.startswith("https://") else None
+        with self._pool_lock:
+            if self._crl_seen != hostid.crl_taken():  # a newer revocation list: every link checked again
+                self._crl_seen = hostid.crl_taken()
+                self._sessions.clear()
+                for conns in self._idle.values():
+                    for old in conns:
+                        old.close()
+                self._idle.clear()
+            idle = self._idle.setdefault(netloc, [])
+            c = idle.pop() if idle else None
+        if c is None:
+            try:
+                c = Connection(netloc, self.timeout, tls, self._sessions.get(netloc))
+            except ssl.SSLError as e:
+                raise Unavailable(f"{netloc} refused the TLS handshake or showed no certificate of the grid's "
+                                  f"CA for that address: {e}") from None
+            except OSError as e:
+                raise Unreached(f"{netloc} does not answer: {e}") from None
+        c.interrupted = self.interrupted
+        return c
+
+    def _give_back(self, netloc: str, c: Connection, reused: bool) -> None:
+        """A connection whose answer was read whole, back to the pool (its TLS session kept for new ones)."""
+        if not reused:
+            session = c.session()
+            if session is not None:
+                self._sessions[netloc] = session
+        with self._pool_lock:
+            idle = self._idle.setdefault(netloc, [])
+            if len(idle) < 64:
+                idle.append(c)
+            else:
+                c.close()
 
     def _json(self, method: str, url: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -388,6 +435,10 @@ class Client(ObjectIO):
         asked to sync. `datasync` (fdatasync): the MRC is told only if the size it has changed."""
         with st.lock:
             tell = not (datasync and st.inline is None and st.size == st.committed)
+            if tell and st.unsynced == set() and not st.pending and len(st.wbuf) == 1 and st.xloc is not None \
+                    and st.inline is None:
+                self._fsync_one(st)
+                return
             earlier = list(st.pending.values())  # writes under way, unsynced
             for objno in list(st.wbuf):
                 self._send(st, objno, sync=True)
@@ -410,6 +461,32 @@ class Client(ObjectIO):
                 if e is not None:
                     st.unsynced = None
                     raise e
+
+    def _fsync_one(self, st: Open) -> None:
+        """An fsync of a file written within one object since the last (a log's append): its write, to be
+        synced, and the size commit sent from this thread one after the other, then both answers read (no
+        hand-off to the pool). Either one refused or unanswered goes again the careful way."""
+        assert st.xloc is not None
+        objno, (start, buf) = st.wbuf.popitem()
+        data = memoryview(buf)
+        body = json.dumps({"ino": st.ino, "cap": st.cap, "size": st.size, "mtime": time.time(), "inline": None,
+                           "spilled": True}).encode()
+        try:
+            wrote, committed = self._both(
+                self._put_call(st, objno, start, data, True),
+                ("POST", f"{self.url}/v1/volumes/{self.volume}/fs/commit", body,
+                 {**self._auth, "Content-Type": "application/json"}))
+            if not (isinstance(wrote, tuple) and wrote[0] == 200):
+                self._put(st, objno, start, data, True)  # another replica, a renewed capability
+        except BaseException:
+            st.unsynced = None  # what reached which OSD, and whether on disk, is not known
+            st.recent.clear()
+            raise
+        if isinstance(committed, tuple) and committed[0] == 200:
+            st.dirty = False
+            st.committed = st.size
+        else:
+            self._commit(st)
 
     def _osd_fsync(self, st: Open, osd: str) -> None:
         assert st.xloc is not None

@@ -191,6 +191,17 @@ class ObjectIO:
     def _osd_headers(self, st: Open) -> dict[str, str]:
         return {**self._auth, "X-Xos-Cap": st.cap}
 
+    def _put_call(self, st: Open, objno: int, offset: int, data: memoryview,
+                  sync: bool) -> tuple[str, str, memoryview, dict[str, str]]:
+        """The request that writes to the object's first replica, which forwards it to the others."""
+        assert st.xloc is not None
+        urls = [st.xloc.urls[r.osd_of(objno)] for r in st.xloc.replicas]
+        headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
+                   "X-Xos-Forward": ",".join(urls[1:])}
+        if sync:
+            headers["X-Xos-Sync"] = "1"
+        return "PUT", f"{urls[0]}/v1/o/{st.fid}/{objno}?off={offset}", data, headers
+
     def _put(self, st: Open, objno: int, offset: int, data: memoryview, sync: bool = False) -> None:
         """Send one object write to the first replica that answers, which forwards it to the others; with
         `sync`, each of them puts the file on disk before it answers."""

@@ -55,6 +55,15 @@ class Connection:
     def request(self, method: str, target: str, headers: dict[str, str],
                 body: bytes | memoryview | None = None) -> tuple[int, dict[str, str], bytes]:
         """Send one request and read its whole response."""
+        self.send(method, target, headers, body)
+        return self._response()
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        """The whole response to the request sent last."""
+        return self._response()
+
+    def send(self, method: str, target: str, headers: dict[str, str], body: bytes | memoryview | None = None) -> None:
+        """Send one request (its response is read by `response`)."""
         n = len(body) if body is not None else 0
         head = [f"{method} {target} HTTP/1.1\r\nHost: {self.netloc}\r\nContent-Length: {n}\r\n"]
         head.extend(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -67,7 +76,6 @@ class Connection:
             if body is not None:
                 self.sock.sendall(body)
         self.used = True
-        return self._response()
 
     def _recv_into(self, view: memoryview) -> int:
         """Bytes received into `view` (at least one; HttpError if the peer closed)."""

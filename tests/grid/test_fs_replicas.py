@@ -272,6 +272,38 @@ def test_files_kept_open_past_their_capability_go_on_reading_and_writing():
             c.close()
 
 
+def test_an_appended_file_fsynced_past_its_capability_has_its_bytes_and_size_taken():
+    """A log appended and fsynced sends the write and the size commit at once; with the capability expired,
+    both are refused, and both go again under a renewed one: the bytes and the size are at the MRC and
+    the OSDs when the fsync returns (another client reads them before the file is closed)."""
+    from xos.fs import capability
+
+    with FsGrid(osds=2, clients=1, cap_ttl=2.0) as g:
+        g.mkvol("short", replicas=2)
+        mp = g.mount(0, "short")
+        c = g.client("short")
+        data = bytearray(os.urandom(INLINE_MAX + 100))
+        try:
+            with open(os.path.join(mp, "log"), "wb") as f:
+                f.write(data)
+                os.fsync(f.fileno())  # every replica synced: the fsyncs after it send their writes synced
+                for i in range(2):
+                    more = os.urandom(4120)
+                    f.write(more)
+                    f.flush()
+                    data += more
+                    if i:
+                        h = c.open_handle("/log")  # a capability issued after the mount's
+                        cap = capability.verify(open(g.key, "rb").read().strip(), h.cap)
+                        c.release(h)
+                        wait_for(lambda exp=cap.exp: time.time() > exp + 0.5, 10, "the capabilities to expire")
+                    os.fdatasync(f.fileno())
+                    with c.open("/log") as other:
+                        assert other.read() == bytes(data), i
+        finally:
+            c.close()
+
+
 def _object_files(grid, fid, osd_name):
     i = next(i for i, h in enumerate(grid.osds) if h.name == osd_name)
     d = os.path.join(grid.osd_dir(i), "objects", fid[:2], fid)
