@@ -122,11 +122,17 @@ class Client(ObjectIO):
             try:
                 netloc, target = self._target(url)
                 c = self._take(url, netloc)
-                reused = c.used
-                c.send(method, target, headers, body)
-                sent.append((netloc, c, reused))
-            except (OSError, XosError) as e:
+            except XosError as e:
                 sent.append(e)
+                continue
+            reused = c.used
+            try:
+                c.send(method, target, headers, body)
+            except OSError as e:
+                c.close()
+                sent.append(e)
+                continue
+            sent.append((netloc, c, reused))
         out: list[Any] = []
         for i, one in enumerate(sent):
             if isinstance(one, BaseException):
