@@ -475,8 +475,7 @@ class Client(ObjectIO):
         assert st.xloc is not None
         objno, (start, buf) = st.wbuf.popitem()
         data = memoryview(buf)
-        body = json.dumps({"ino": st.ino, "cap": st.cap, "size": st.size, "mtime": time.time(), "inline": None,
-                           "spilled": True}).encode()
+        body = json.dumps(self._commit_args(st, st.cap)).encode()
         try:
             wrote, committed = self._both(
                 self._put_call(st, objno, start, data, True),
@@ -494,6 +493,13 @@ class Client(ObjectIO):
         else:
             self._commit(st)
 
+    @staticmethod
+    def _commit_args(st: Open, cap: str) -> dict[str, Any]:
+        """What a commit tells the MRC of an open file: its size and mtime now, its content if inline."""
+        inline = base64.b64encode(bytes(st.inline)).decode() if st.inline is not None else None
+        return {"ino": st.ino, "cap": cap, "size": st.size, "mtime": time.time(), "inline": inline,
+                "spilled": st.inline is None}
+
     def _osd_fsync(self, st: Open, osd: str) -> None:
         assert st.xloc is not None
         for attempt in (0, 1):
@@ -510,12 +516,10 @@ class Client(ObjectIO):
     def _commit(self, st: Open) -> None:
         if not st.dirty:
             return
-        inline = base64.b64encode(bytes(st.inline)).decode() if st.inline is not None else None
         for attempt in (0, 1):
             cap = st.cap
             try:
-                self.op("commit", ino=st.ino, cap=cap, size=st.size, mtime=time.time(), inline=inline,
-                        spilled=st.inline is None)
+                self.op("commit", **self._commit_args(st, cap))
                 break
             except XosError as err:  # expired: a write beside this commit may have renewed it already
                 if attempt or not self._renewable(err):

@@ -191,16 +191,19 @@ class ObjectIO:
     def _osd_headers(self, st: Open) -> dict[str, str]:
         return {**self._auth, "X-Xos-Cap": st.cap}
 
-    def _put_call(self, st: Open, objno: int, offset: int, data: memoryview,
-                  sync: bool) -> tuple[str, str, memoryview, dict[str, str]]:
-        """The request that writes to the object's first replica, which forwards it to the others."""
-        assert st.xloc is not None
-        urls = [st.xloc.urls[r.osd_of(objno)] for r in st.xloc.replicas]
+    def _put_call(self, st: Open, objno: int, offset: int, data: memoryview, sync: bool, first: int = 0,
+                  xloc: Xloc | None = None) -> tuple[str, str, memoryview, dict[str, str]]:
+        """The request that writes to the object's replica number `first` (of `xloc`, the file's replicas
+        as taken), which sends it on to every other replica (and reports those that miss it); with `sync`,
+        each puts the file on disk before it answers."""
+        xloc = xloc or st.xloc
+        assert xloc is not None
+        urls = [xloc.urls[r.osd_of(objno)] for r in xloc.replicas]
         headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
-                   "X-Xos-Forward": ",".join(urls[1:])}
+                   "X-Xos-Forward": ",".join(urls[:first] + urls[first + 1:])}
         if sync:
             headers["X-Xos-Sync"] = "1"
-        return "PUT", f"{urls[0]}/v1/o/{st.fid}/{objno}?off={offset}", data, headers
+        return "PUT", f"{urls[first]}/v1/o/{st.fid}/{objno}?off={offset}", data, headers
 
     def _put(self, st: Open, objno: int, offset: int, data: memoryview, sync: bool = False) -> None:
         """Send one object write to the first replica that answers, which forwards it to the others; with
@@ -208,16 +211,12 @@ class ObjectIO:
         deadline = time.monotonic() + self.deadline
         renewed = False
         while True:
-            assert st.xloc is not None
-            urls = [st.xloc.urls[r.osd_of(objno)] for r in st.xloc.replicas]
-            for i, url in enumerate(urls):
-                # the OSD that takes it sends it on to every other replica, and reports those that miss it
-                headers = {**self._osd_headers(st), "Content-Type": "application/octet-stream",
-                           "X-Xos-Forward": ",".join(urls[:i] + urls[i + 1:])}
-                if sync:
-                    headers["X-Xos-Sync"] = "1"
+            xloc = st.xloc  # as it is now: a renewal by another thread may change it meanwhile
+            assert xloc is not None
+            for i in range(len(xloc.replicas)):
+                method, url, _, headers = self._put_call(st, objno, offset, data, sync, i, xloc)
                 try:
-                    status, _, raw = self._http("PUT", f"{url}/v1/o/{st.fid}/{objno}?off={offset}", data, headers)
+                    status, _, raw = self._http(method, url, data, headers)
                 except Unavailable:
                     continue
                 reply = json.loads(raw or b"{}")
