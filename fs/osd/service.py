@@ -183,7 +183,10 @@ class OSD:
             if strangers:  # a write goes on only to the file's replicas, as the MRC named them
                 raise CapabilityInvalid(f"a write of {fid} is forwarded only to the OSDs of its replicas, which "
                                         f"its capability names; not to {', '.join(strangers)}")
-            sync = request.headers.get("X-Xos-Sync") == "1"  # on disk before the answer: an fsync's last writes
+            said = request.headers.get("X-Xos-Sync", "0")  # "1": on disk before the answer (an fsync's writes)
+            if said not in ("0", "1"):
+                raise BadRequest(f"X-Xos-Sync is 0 or 1, not {said[:20]!r}")
+            sync = said == "1"
             sends = [self._forward(u, request, fid, objno, offset, data) for u in forwards]
             results = await asyncio.gather(asyncio.to_thread(self._write, fid, objno, offset, data, sync), *sends,
                                            return_exceptions=True)

@@ -248,3 +248,31 @@ def test_an_osd_forwards_a_write_only_to_the_files_replicas(grid: FsGrid) -> Non
     finally:
         a.close()
         srv.shutdown()
+
+
+def test_an_osd_refuses_a_write_whose_sync_header_is_neither_0_nor_1(grid: FsGrid) -> None:
+    """X-Xos-Sync says whether a write is put on disk before it is answered: any other value is refused with
+    a clear error, and the write is not taken."""
+    import urllib.error
+    import urllib.request
+
+    a: Any = grid.client("shared", "alice")
+    try:
+        with a.open("/synced", "wb") as f:
+            f.write(b"s" * (1 << 20))
+        st = a.open_handle("/synced", write=True)
+        for value, taken in (("yes", False), ("1", True)):
+            req = urllib.request.Request(f"{grid.osd_url(0)}/v1/o/{st.fid}/0?off=0", data=value.encode(),
+                                         method="PUT", headers={**a._osd_headers(st), "X-Xos-Sync": value})
+            if taken:
+                with grid.urlopen(req, timeout=10) as r:
+                    assert r.status == 200
+            else:
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    grid.urlopen(req, timeout=10)
+                assert e.value.code == 400 and b"X-Xos-Sync is 0 or 1" in e.value.read()
+        a.release(st)
+        with a.open("/synced", "rb") as f:
+            assert f.read() == b"1" + b"s" * ((1 << 20) - 1)  # the refused "yes" wrote nothing
+    finally:
+        a.close()
