@@ -2,7 +2,7 @@
 
     xos._native._sys   spawn, namespaces, pidfd, keyring, checksums, safe paths (node/)
     xos._native._fuse  the grid file system's FUSE loop on libfuse 3 (fs/gridfuse.c and its parts)
-    xos._native._osd   an OSD's object reads on native threads (fs/osdread.c)
+    xos._native._osd   an OSD's object reads and writes on native threads (fs/osdread.c and its parts)
 
 setup.py names each as native/build.py:NAME."""
 

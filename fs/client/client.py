@@ -504,7 +504,7 @@ class Client(ObjectIO):
         assert st.xloc is not None
         for attempt in (0, 1):
             cap = st.cap
-            status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", b"{}",
+            status, _, raw = self._http("POST", f"{st.xloc.urls[osd]}/v1/o/{st.fid}/fsync", None,
                                         {**self._auth, "X-Xos-Cap": cap})
             if status == 200:
                 return

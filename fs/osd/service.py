@@ -124,10 +124,10 @@ class OSD:
         return self._grant(request.headers.get("Authorization", ""), request.headers.get("X-Xos-Cap", ""), fid,
                            write, forwarded)
 
-    def read_grant(self, authorization: str, cap_token: str, fid: str) -> float:
-        """Until when (epoch seconds) a user's client sending these headers may read file `fid` (hosts' reads
-        never come this way); XosError if it may not."""
-        who, cap = self._grant(authorization, cap_token, fid, write=False, forwarded=False)
+    def grant_until(self, authorization: str, cap_token: str, fid: str, write: bool) -> float:
+        """Until when (epoch seconds) a user's client sending these headers may read, or write, file `fid`
+        (hosts' requests never come this way); XosError if it may not."""
+        who, cap = self._grant(authorization, cap_token, fid, write=write, forwarded=False)
         assert cap is not None
         return min(who.exp, cap.exp)
 
@@ -166,6 +166,7 @@ class OSD:
         if (new_epoch, new_xver) != (self.epochs[fid], self.xvers[fid]):
             self.store.set_fences(fid, new_epoch, new_xver)
             self.epochs[fid], self.xvers[fid] = new_epoch, new_xver
+            _osd.xo_forget_file(fid.encode())  # the native threads' writes ask again, under the new state
 
     async def put(self, request: web.Request) -> web.Response:
         fid = _fid(request.match_info["fid"])
@@ -302,6 +303,7 @@ class OSD:
         await asyncio.to_thread(self._fence, fid, None, int(body["xver"]))
         async with self.quiet:
             await self.quiet.wait_for(lambda: fid not in self.writing)
+        await asyncio.to_thread(_osd.xo_quiet, fid.encode())  # and for those the native threads took
         return json_response({"xver": self.xvers[fid]})
 
     async def fsync(self, request: web.Request) -> web.Response:
@@ -317,6 +319,7 @@ class OSD:
         if who.service != "mrc":
             raise CapabilityInvalid("only the MRC deletes files")
         await asyncio.to_thread(self.store.delete, fid)
+        _osd.xo_forget_file(fid.encode())
         self.epochs.pop(fid, None)
         self.xvers.pop(fid, None)
         return json_response({})
@@ -327,8 +330,10 @@ class OSD:
                 "free": st.f_bavail * st.f_frsize, "load": float(self.busy + _osd.xo_busy())}
 
     async def info(self, request: web.Request) -> web.Response:
-        return json_response({**self.status(), "native_reads": int(_osd.xo_served()), "fsyncs": self.fsyncs,
-                              "synced_writes": self.synced_writes, "read_bytes": self.read_bytes,
+        return json_response({**self.status(), "native_reads": int(_osd.xo_served()),
+                              "native_writes": int(_osd.xo_writes()), "fsyncs": self.fsyncs + int(_osd.xo_fsyncs()),
+                              "synced_writes": self.synced_writes + int(_osd.xo_synced()),
+                              "read_bytes": self.read_bytes,
                               "http": httpd.stats()})
 
     async def heartbeat(self) -> None:
@@ -384,12 +389,13 @@ class OSD:
         reg = Registry("osd")
         osd = {"osd": self.cfg.id}
         reg.gauge("written_bytes_total", "Bytes written into objects here (forwarded copies included).",
-                  lambda: [(osd, self.written)], "counter")
+                  lambda: [(osd, self.written + int(_osd.xo_written()))], "counter")
         reg.gauge("read_bytes_total", "Bytes of objects read here by the service (the native reads aside).",
                   lambda: [(osd, self.read_bytes)], "counter")
         reg.gauge("native_reads_total", "Object reads answered by the native read threads.",
                   lambda: [(osd, int(_osd.xo_served()))], "counter")
-        reg.gauge("fsyncs_total", "Files synced to stable storage on request.", lambda: [(osd, self.fsyncs)],
+        reg.gauge("fsyncs_total", "Files synced to stable storage on request.",
+                  lambda: [(osd, self.fsyncs + int(_osd.xo_fsyncs()))],
                   "counter")
         reg.gauge("objects", "Objects stored here (counted every 30 s).", lambda: [(osd, self.object_count)])
         reg.gauge("capacity_bytes", "Size of the file system the objects live on.",
@@ -511,14 +517,14 @@ def native_reads() -> list[str]:
 
 
 @_ffi.def_extern(error=1)  # type: ignore[misc]
-def xo_check(auth: Any, cap: Any, fid: Any, until: Any) -> int:
-    """Whether a native thread may answer reads of `fid` for these headers, and until when."""
+def xo_check(auth: Any, cap: Any, fid: Any, write: int, until: Any) -> int:
+    """Whether a native thread may answer reads, or writes, of `fid` for these headers, and until when."""
     reads = _native
     if reads is None:
         return 1
     try:
-        until[0] = reads.osd.read_grant(_ffi.string(auth).decode("latin-1"), _ffi.string(cap).decode("latin-1"),
-                                        _ffi.string(fid).decode())
+        until[0] = reads.osd.grant_until(_ffi.string(auth).decode("latin-1"), _ffi.string(cap).decode("latin-1"),
+                                         _ffi.string(fid).decode(), bool(write))
     except Exception:  # the event loop's handler answers it, with the reason
         return 1
     return 0

@@ -1,20 +1,21 @@
-/* The OSD's object reads on native threads.
+/* The OSD's object reads and writes on native threads.
  *
  * An OSD's Python spent ~0.8 ms of CPU on each 1 MiB GET (parsing, routing, the read and its
  * checksums, the hand-off to a thread and back) and ~250 us on each 4 KiB one: a third of the
  * OSD's CPU in a sequential read and most of it in a random one. Here the listening socket is
- * accepted by a C thread and each connection served by one of its own: a request of the one
- * shape the data path sends, `GET /v1/o/<fid>/<objno>?off=N&len=N` with the client's credential
- * and capability, is answered without Python. Policy stays in Python: the first time a
- * (credential, capability) pair is seen, xo_check asks OSD.read_grant whether it may read the file
- * and until when, and the answer is cached. Anything else (another request, a refusal, a missing
- * file, a corrupt block, a malformed number) hands the connection with the bytes already read to
- * Python's server (xo_adopt), which answers it as it always did, error bodies and codes included.
- * Nothing is sent before that decision, so a request is answered whole by one side or the other.
+ * accepted by a C thread and each connection served by one of its own: a request of the shapes
+ * the data path sends, `GET /v1/o/<fid>/<objno>?off=N&len=N` and `PUT /v1/o/<fid>/<objno>?off=N`
+ * (to no other replica: osdwrite.c) with the client's credential and capability, is answered
+ * without Python. Policy stays in Python: whether a (credential, capability) pair may read or write
+ * a file is Python's word, cached (osdgrant.c). Anything else (another request, a refusal, a
+ * missing file, a corrupt block, a malformed number) hands the connection with the bytes already
+ * read to Python's server (xo_adopt), which answers it as it always did, error bodies and codes
+ * included. Nothing is sent before that decision, so a request is answered whole by one side or
+ * the other.
  */
 #define _GNU_SOURCE
 #include "osdread.h"
-#include "osdtls.h"
+#include "osdint.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -40,62 +41,25 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 
-/* Python's side (fs/osd/service.py). xo_check: 0 if the pair may read `fid`, and until when (epoch seconds).
- * xo_adopt: the connection `fd` is Python's from now on, with the `n` bytes read of it; `peer`: the name and
+/* Python's side (fs/osd/service.py). xo_adopt: the connection `fd` is Python's from now on, with the `n` bytes read of it; `peer`: the name and
  * roles of the host certificate its TLS peer showed ("NAME\nROLE,ROLE"), "" for none, or NOT_BEGUN. */
-extern int xo_check(const char *auth, const char *cap, const char *fid, double *until);
 extern void xo_adopt(int fd, const char *buf, size_t n, const char *peer);
 #define NOT_BEGUN "\001" /* xo_adopt's peer for a TLS connection nothing was read of: Python does its TLS */
 
-#define BLOCK (64 << 10)        /* fs/osd/store.py's BLOCK: one CRC-32 per block */
-#define MAX_OBJECT (16 << 20)   /* fs/osd/store.py's MAX_OBJECT */
-#define DIRECT_MIN (256 << 10)  /* fs/osd/store.py's DIRECT_MIN */
-#define ALIGN 4096
-#define CRC_ATTR "user.xos.crc32"
 #define HEAD_MAX (16 << 10)     /* longer heads go to Python, which takes 64 KiB */
 #define IDLE_SECONDS 300        /* a kept-alive connection silent this long is closed */
 #define SEND_SECONDS 30         /* a client that takes nothing of an answer this long is cut off */
 #define MAX_CONNS 1024          /* past it, connections go to Python's loop */
-#define MAX_GRANTS 65536
-#define GRANT_BUCKETS 4096
 #define SPARE_BUFFERS 16
 
-static char root[PATH_MAX];
-static atomic_int direct_ok;
+char root[PATH_MAX];
+atomic_int direct_ok;
+atomic_int stopping;
 static int listen_fd = -1;
-static atomic_int stopping;
 static pthread_t acceptor;
 static int accepting;
 static atomic_int busy;
 static atomic_ullong served;
-
-static uint64_t fnv(const char *s, size_t n, uint64_t h)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
-
-static double wall(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* object locks, shared with Python's writes */
-
-static pthread_mutex_t locks[64] = {[0 ... 63] = PTHREAD_MUTEX_INITIALIZER};
-
-static pthread_mutex_t *lock_of(const char *fid, uint64_t objno)
-{
-    uint64_t h = fnv(fid, strlen(fid), 1469598103934665603ull);
-    h = fnv((const char *)&objno, sizeof objno, h);
-    return &locks[(h ^ (h >> 32)) % 64];
-}
-
-void xo_lock(const char *fid, uint64_t objno) { pthread_mutex_lock(lock_of(fid, objno)); }
-void xo_unlock(const char *fid, uint64_t objno) { pthread_mutex_unlock(lock_of(fid, objno)); }
 
 /* connections held here, so xo_stop can end them */
 
@@ -122,85 +86,6 @@ static void let_go(int fd)
             break;
         }
     pthread_mutex_unlock(&conns_lock);
-}
-
-/* grants: (credential, capability) pairs Python let read a file, until when */
-
-struct grant {
-    uint64_t hash;
-    char *key; /* auth "\n" cap */
-    char fid[65];
-    double until;
-    struct grant *next;
-};
-
-static struct grant *grants[GRANT_BUCKETS];
-static int ngrants;
-static pthread_mutex_t grants_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void forget_locked(void)
-{
-    for (int i = 0; i < GRANT_BUCKETS; i++)
-        for (struct grant *g = grants[i], *next; g; g = next) {
-            next = g->next;
-            free(g->key);
-            free(g);
-        }
-    memset(grants, 0, sizeof grants);
-    ngrants = 0;
-}
-
-void xo_forget(void)
-{
-    pthread_mutex_lock(&grants_lock);
-    forget_locked();
-    pthread_mutex_unlock(&grants_lock);
-}
-
-static int granted(const char *key, size_t keylen, uint64_t hash, const char *fid)
-{
-    double t = wall();
-    int ok = 0;
-    pthread_mutex_lock(&grants_lock);
-    for (struct grant *g = grants[hash % GRANT_BUCKETS]; g; g = g->next)
-        if (g->hash == hash && strlen(g->key) == keylen && memcmp(g->key, key, keylen) == 0) {
-            ok = strcmp(g->fid, fid) == 0 && t < g->until;
-            break;
-        }
-    pthread_mutex_unlock(&grants_lock);
-    return ok;
-}
-
-static void grant(const char *key, size_t keylen, uint64_t hash, const char *fid, double until)
-{
-    struct grant *g = calloc(1, sizeof *g);
-    if (!g || !(g->key = strndup(key, keylen))) {
-        free(g);
-        return; /* not cached: Python is asked again next time */
-    }
-    g->hash = hash;
-    snprintf(g->fid, sizeof g->fid, "%s", fid);
-    g->until = until;
-    pthread_mutex_lock(&grants_lock);
-    struct grant **pp = &grants[hash % GRANT_BUCKETS];
-    for (; *pp; pp = &(*pp)->next)
-        if ((*pp)->hash == hash && strcmp((*pp)->key, g->key) == 0) { /* another thread asked too, or a new fid */
-            struct grant *old = *pp;
-            g->next = old->next;
-            *pp = g;
-            free(old->key);
-            free(old);
-            g = NULL;
-            break;
-        }
-    if (g) {
-        if (ngrants >= MAX_GRANTS)
-            forget_locked();
-        g->next = grants[hash % GRANT_BUCKETS];
-        grants[hash % GRANT_BUCKETS] = g;
-        ngrants++;
-    }
-    pthread_mutex_unlock(&grants_lock);
 }
 
 /* files read since the heartbeat last asked (the replica manager drops replicas nobody reads) */
@@ -252,17 +137,11 @@ uint64_t xo_served(void) { return served; }
 
 /* page-aligned buffers for object reads, reused: fresh pages cost ~2 us each to touch here */
 
-struct buffer {
-    char *p;
-    size_t cap;
-    struct buffer *next;
-};
-
 static struct buffer *spare;
 static int nspare;
 static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static struct buffer *take_buffer(size_t n)
+struct buffer *take_buffer(size_t n)
 {
     pthread_mutex_lock(&spare_lock);
     for (struct buffer **pp = &spare; *pp; pp = &(*pp)->next)
@@ -284,7 +163,7 @@ static struct buffer *take_buffer(size_t n)
     return b;
 }
 
-static void give_buffer(struct buffer *b)
+void give_buffer(struct buffer *b)
 {
     pthread_mutex_lock(&spare_lock);
     if (nspare < SPARE_BUFFERS) {
@@ -301,14 +180,6 @@ static void give_buffer(struct buffer *b)
 }
 
 /* one request */
-
-struct request {
-    char fid[65];
-    unsigned long long objno, off, len;
-    const char *auth, *cap; /* values inside the head; lengths beside */
-    size_t auth_len, cap_len;
-    int close;
-};
 
 /* A whole number of at most `digits` digits in [s, s+n) into *out: 0, or -1. */
 static int number(const char *s, size_t n, size_t digits, unsigned long long *out)
@@ -342,27 +213,34 @@ static void value_of(const char *line, size_t n, size_t name_len, const char **v
     *vlen = (size_t)(end - p);
 }
 
-/* The head [head, head+n) (ending in its blank line) as an object GET this file serves: 0, or -1. */
+/* The head [head, head+n) (ending in its blank line) as an object GET or PUT served here: 0, or -1. */
 static int parse(const char *head, size_t n, struct request *r)
 {
     memset(r, 0, sizeof *r);
     r->len = MAX_OBJECT;
     const char *end = head + n - 2, *line = head;
     const char *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
-    if (!eol || (size_t)(eol - line) < 14 || memcmp(line, "GET /v1/o/", 10) != 0 ||
-        memcmp(eol - 9, " HTTP/1.1", 9) != 0)
+    if (!eol || (size_t)(eol - line) < 14 || memcmp(eol - 9, " HTTP/1.1", 9) != 0)
         return -1;
-    const char *p = line + 10, *target_end = eol - 9;
+    r->put = memcmp(line, "PUT /v1/o/", 10) == 0;
+    r->fsync = memcmp(line, "POST /v1/o/", 11) == 0;
+    if (!r->put && !r->fsync && memcmp(line, "GET /v1/o/", 10) != 0)
+        return -1;
+    const char *p = line + 10 + r->fsync, *target_end = eol - 9;
     size_t f = 0;
     while (p < target_end && ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')) && f < 64)
         r->fid[f++] = *p++;
     if (f < 8 || p >= target_end || *p != '/')
         return -1;
     p++;
+    if (r->fsync && (target_end - p != 5 || memcmp(p, "fsync", 5) != 0))
+        return -1;
+    if (r->fsync)
+        p = target_end;
     const char *num = p;
     while (p < target_end && *p >= '0' && *p <= '9')
         p++;
-    if (number(num, (size_t)(p - num), 18, &r->objno) < 0)
+    if (!r->fsync && number(num, (size_t)(p - num), 18, &r->objno) < 0)
         return -1;
     int seen_off = 0, seen_len = 0; /* a name twice: which one counts is Python's to say */
     if (p < target_end) {
@@ -374,13 +252,16 @@ static int parse(const char *head, size_t n, struct request *r)
             unsigned long long *dst = NULL;
             if (stop - p > 4 && memcmp(p, "off=", 4) == 0)
                 dst = &r->off;
-            else if (stop - p > 4 && memcmp(p, "len=", 4) == 0)
+            else if (stop - p > 4 && memcmp(p, "len=", 4) == 0 && !r->put)
                 dst = &r->len;
             if (!dst || (dst == &r->off ? seen_off++ : seen_len++) || number(p + 4, (size_t)(stop - p - 4), 8, dst) < 0 || *dst > MAX_OBJECT)
                 return -1; /* Python says what is wrong with it */
             p = amp ? amp + 1 : target_end;
         }
     }
+    int seen_length = 0, seen_sync = 0, seen_forward = 0;
+    if (r->put)
+        r->len = 0;
     for (line = eol + 2; line < end; line = eol + 2) {
         eol = memmem(line, (size_t)(end - line) + 2, "\r\n", 2);
         if (!eol)
@@ -405,38 +286,24 @@ static int parse(const char *head, size_t n, struct request *r)
             r->close = vlen == 5 && strncasecmp(v, "close", 5) == 0;
         } else if (header_is(line, ln, "Content-Length")) {
             value_of(line, ln, 14, &v, &vlen);
-            if (vlen != 1 || v[0] != '0')
-                return -1; /* a GET with a body: Python's */
-        } else if (header_is(line, ln, "Transfer-Encoding") || header_is(line, ln, "Expect")) {
+            if (seen_length++ || (r->put ? number(v, vlen, 8, &r->len) < 0 || !r->len || r->off + r->len > MAX_OBJECT
+                                         : vlen != 1 || v[0] != '0'))
+                return -1; /* a GET or fsync with a body, a write past an object's end or of nothing: Python's */
+        } else if (header_is(line, ln, "X-Xos-Sync")) {
+            value_of(line, ln, 10, &v, &vlen);
+            if (seen_sync++ || vlen != 1 || (v[0] != '0' && v[0] != '1'))
+                return -1;
+            r->sync = v[0] == '1';
+        } else if (header_is(line, ln, "X-Xos-Forward")) {
+            value_of(line, ln, 13, &v, &vlen);
+            if (seen_forward++ || vlen)
+                return -1; /* a write the other replicas are to have: Python sends it on */
+        } else if (header_is(line, ln, "Transfer-Encoding") || header_is(line, ln, "Expect") ||
+                   header_is(line, ln, "X-Xos-Forwarded") || header_is(line, ln, "X-Xos-Host")) {
             return -1;
         }
     }
-    return r->auth ? 0 : -1;
-}
-
-static int may_read(const struct request *r)
-{
-    size_t keylen = r->auth_len + 1 + r->cap_len;
-    if (keylen > 16384)
-        return 0;
-    char key[keylen + 1];
-    memcpy(key, r->auth, r->auth_len);
-    key[r->auth_len] = '\n';
-    if (r->cap_len)
-        memcpy(key + r->auth_len + 1, r->cap, r->cap_len);
-    key[keylen] = 0;
-    uint64_t hash = fnv(key, keylen, 1469598103934665603ull);
-    if (granted(key, keylen, hash, r->fid))
-        return 1;
-    if (stopping)
-        return 0;
-    key[r->auth_len] = 0;
-    double until = 0;
-    if (xo_check(key, key + r->auth_len + 1, r->fid, &until) != 0)
-        return 0;
-    key[r->auth_len] = '\n';
-    grant(key, keylen, hash, r->fid, until);
-    return 1;
+    return r->auth && (!r->put || seen_length) ? 0 : -1;
 }
 
 enum loaded { LOADED, HOLE, CORRUPT, OTHER };
@@ -523,7 +390,7 @@ out:
 /* 1: answered, the connection goes on; 0: close it; -1: nothing sent, Python is to answer it. */
 static int answer(struct link l, const struct request *r)
 {
-    if (!may_read(r))
+    if (!may(r, 0))
         return -1;
     busy++;
     struct buffer *buf = NULL;
@@ -556,8 +423,8 @@ static void *serve(void *arg)
 {
     int fd = (int)(intptr_t)arg;
     struct link l = {fd, NULL};
-    char head[HEAD_MAX], peer[512] = "";
-    size_t have = 0;
+    char head[HEAD_MAX], peer[512] = "", *handoff = NULL; /* handoff: a write's head and body, Python's to do */
+    size_t have = 0, handoff_n = 0;
     if (osd_tls) {
         if (!(l.ssl = SSL_new(osd_tls)) || SSL_set_fd(l.ssl, fd) != 1)
             goto close;
@@ -607,29 +474,41 @@ static void *serve(void *arg)
         struct request r;
         if (parse(head, hn, &r) < 0)
             goto adopt;
-        int rc = answer(l, &r);
+        int rc;
+        if (r.put) {
+            busy++;
+            rc = put(l, &r, head, &have, hn, &handoff, &handoff_n);
+            busy--;
+        } else if ((rc = r.fsync ? sync_file(l, &r) : answer(l, &r)) > 0) {
+            memmove(head, head + hn, have - hn);
+            have -= hn;
+        }
         if (rc < 0)
             goto adopt;
         if (rc == 0)
             goto close;
-        memmove(head, head + hn, have - hn);
-        have -= hn;
     }
 adopt:
     if (stopping)
         goto close;
+    const char *give = handoff ? handoff : head;
+    size_t give_n = handoff ? handoff_n : have;
     if (!l.ssl) {
         let_go(fd);
-        xo_adopt(fd, head, have, ""); /* Python's now, with what came of it */
+        xo_adopt(fd, give, give_n, ""); /* Python's now, with what came of it */
+        free(handoff);
         return NULL;
     }
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0)
         goto close;
-    xo_adopt(pair[1], head, have, peer);
+    xo_adopt(pair[1], give, give_n, peer);
+    free(handoff);
+    handoff = NULL;
     relay(l.ssl, fd, pair[0], IDLE_SECONDS, &stopping);
     close(pair[0]);
 close:
+    free(handoff);
     let_go(fd);
     if (l.ssl)
         SSL_free(l.ssl);

@@ -1,4 +1,4 @@
-/* The OSD's object reads on native threads (osdread.c): what Python sees of it. */
+/* The OSD's object reads and writes on native threads (osdread.c, osdgrant.c, osdwrite.c): what Python sees of them. */
 #ifndef XOS_OSDREAD_H
 #define XOS_OSDREAD_H
 
@@ -20,14 +20,24 @@ void xo_stop(void);
 /* The lock one object's bytes and checksums change under, shared with Python's writes. */
 void xo_lock(const char *fid, uint64_t objno);
 void xo_unlock(const char *fid, uint64_t objno);
-/* Forget every cached grant (a key change, a test). */
+/* Forget every cached grant (a key change, a revocation, a test). */
 void xo_forget(void);
+/* Forget the grants cached for file `fid` (its truncate epoch or replica list raised). */
+void xo_forget_file(const char *fid);
+/* Wait until no native write of file `fid` is in flight. */
+void xo_quiet(const char *fid);
 /* The ids of files read natively since the last call, NUL-terminated one after the other; their count. */
 int xo_reads(char *out, size_t size);
 /* Reads being served now. */
 int xo_busy(void);
-/* Requests answered natively since the start (for tests and the stats). */
+/* Reads answered natively since the start (for tests and the stats). */
 uint64_t xo_served(void);
+/* Writes done natively since the start; the bytes they wrote; those synced before their answer. */
+uint64_t xo_writes(void);
+uint64_t xo_written(void);
+uint64_t xo_synced(void);
+/* Files synced natively at a client's asking since the start. */
+uint64_t xo_fsyncs(void);
 
 /* cdef end */
 

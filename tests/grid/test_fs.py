@@ -895,31 +895,52 @@ def _file_on_an_osd(grid, path, size, mode):
     return payload, st, url, f"Authorization: Bearer {grid.credential('alice')}\r\nX-Xos-Cap: {token}\r\n"
 
 
-def test_object_reads_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
+def test_object_reads_and_writes_are_served_natively_and_the_rest_on_the_same_connection_by_python(grid):
 
     payload, st, url, auth = _file_on_an_osd(grid, "/native", 300_000, "rw")
 
     def native():
         with grid.urlopen(f"{url}/v1/status", timeout=5) as r:
-            return json.loads(r.read())["native_reads"]
+            got = json.loads(r.read())
+            return got["native_reads"], got["native_writes"], got["fsyncs"]
 
     def get(objno, off, n):
         return f"GET /v1/o/{st.fid}/{objno}?off={off}&len={n} HTTP/1.1\r\n{auth}\r\n".encode()
 
+    def put(objno, off, data):
+        head = f"PUT /v1/o/{st.fid}/{objno}?off={off} HTTP/1.1\r\n{auth}Content-Length: {len(data)}\r\n\r\n"
+        return head.encode() + data
+
+    fsync = f"POST /v1/o/{st.fid}/fsync HTTP/1.1\r\n{auth}Content-Length: 0\r\n\r\n".encode()
+    listing = f"GET /v1/o/{st.fid} HTTP/1.1\r\n{auth}\r\n".encode()
     before = native()
     host, _, port = url.partition("//")[2].rpartition(":")
     with grid.connect(host, int(port)) as s:
-        put = (f"PUT /v1/o/{st.fid}/5?off=0 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\n").encode() + b"new"
-        # three reads pipelined, a write, a read behind the write: all on one connection, answered in order
-        s.sendall(get(0, 0, 4096) + get(0, 100_000, 50_000) + get(9, 0, 10) + put + get(0, 4096, 4096))
-        answers = _answers(s, 5)
-    assert [a[0] for a in answers] == [200] * 5
+        # reads, writes (one within a block, one across a block's end and past the object's), an fsync, the
+        # object's listing, a read behind it: all pipelined on one connection, answered in order
+        s.sendall(get(0, 0, 4096) + get(0, 100_000, 50_000) + get(9, 0, 10) + put(5, 0, b"new")
+                  + put(0, 65_530, b"across") + put(0, 299_998, b"beyond") + get(0, 65_528, 10) + fsync
+                  + listing + get(0, 299_990, 20))
+        answers = _answers(s, 10)
+    assert [a[0] for a in answers] == [200] * 10
     assert answers[0][2] == payload[:4096] and answers[1][2] == payload[100_000:150_000]
     assert answers[2][1].get("x-xos-hole") == "1" and answers[2][2] == b""  # no such object: a hole
-    assert json.loads(answers[3][2])["written"] == 3
-    assert answers[4][2] == payload[4096:8192]
-    # the three before the write came from the native threads; the write, and what followed it, from Python
-    assert native() - before == 3
+    assert [json.loads(a[2])["written"] for a in answers[3:6]] == [3, 6, 6]
+    assert answers[6][2] == payload[65_528:65_530] + b"across" + payload[65_536:65_538]
+    assert json.loads(answers[7][2]) == {}
+    assert [5, 3] in json.loads(answers[8][2])["objects"] and [0, 300_004] in json.loads(answers[8][2])["objects"]
+    assert answers[9][2] == payload[299_990:299_998] + b"beyond"
+    # all but the listing and what followed it were answered by the native threads
+    reads, writes, fsyncs = native()
+    assert (reads - before[0], writes - before[1], fsyncs - before[2]) == (4, 3, 1)
+    # and the checksums they wrote are those the OSD's Python checks: the whole object, read by its store
+    from xos.fs.osd.store import ObjectStore
+
+    want = bytearray(payload)
+    want[65_530:65_536] = b"across"
+    want[299_998:] = b"beyond"
+    i = next(i for i in range(len(grid.osds)) if grid.osd_url(i) == url)
+    assert ObjectStore(grid.osd_dir(i)).read(st.fid, 0, 0, 1 << 20) == bytes(want)
 
 
 def test_connections_past_what_the_native_threads_hold_are_answered_by_python(grid):
