@@ -333,7 +333,7 @@ class OSD:
         return json_response({**self.status(), "native_reads": int(_osd.xo_served()),
                               "native_writes": int(_osd.xo_writes()), "fsyncs": self.fsyncs + int(_osd.xo_fsyncs()),
                               "synced_writes": self.synced_writes + int(_osd.xo_synced()),
-                              "read_bytes": self.read_bytes,
+                              "read_bytes": self.read_bytes, "native_body_bytes": int(_osd.xo_body_bytes()),
                               "http": httpd.stats()})
 
     async def heartbeat(self) -> None:

@@ -47,7 +47,7 @@ extern void xo_adopt(int fd, const char *buf, size_t n, const char *peer);
 #define NOT_BEGUN "\001" /* xo_adopt's peer for a TLS connection nothing was read of: Python does its TLS */
 
 #define HEAD_MAX (16 << 10)     /* longer heads go to Python, which takes 64 KiB */
-#define IDLE_SECONDS 300        /* a kept-alive connection silent this long is closed */
+#define IDLE_SECONDS 300        /* a kept-alive connection silent this long is closed (osdwrite.c has it too) */
 #define SEND_SECONDS 30         /* a client that takes nothing of an answer this long is cut off */
 #define MAX_CONNS 1024          /* past it, connections go to Python's loop */
 #define SPARE_BUFFERS 16

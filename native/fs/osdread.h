@@ -38,6 +38,8 @@ uint64_t xo_written(void);
 uint64_t xo_synced(void);
 /* Files synced natively at a client's asking since the start. */
 uint64_t xo_fsyncs(void);
+/* Bytes of write bodies the native threads hold now (declared; bounded). */
+uint64_t xo_body_bytes(void);
 
 /* cdef end */
 

@@ -20,12 +20,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #define BODY_BUDGET (64 << 20) /* bytes of write bodies held here at once; past it, writes are Python's */
+#define STALLED_SECONDS 30      /* a body no byte of which came this long: its connection is closed (as lean.py) */
+#define IDLE_SECONDS 300        /* osdread.c's: how long a kept-alive connection may be silent */
 
 static atomic_llong budget = BODY_BUDGET;
 static atomic_ullong written, synced, writes, fsyncs;
@@ -34,6 +38,7 @@ uint64_t xo_written(void) { return written; }
 uint64_t xo_synced(void) { return synced; }
 uint64_t xo_writes(void) { return writes; }
 uint64_t xo_fsyncs(void) { return fsyncs; }
+uint64_t xo_body_bytes(void) { return (uint64_t)(BODY_BUDGET - budget); }
 
 static int reply(struct link l, const struct request *r, const char *json)
 {
@@ -186,8 +191,14 @@ int put(struct link l, const struct request *r, char *head, size_t *have, size_t
     if (!body)
         goto out;
     memcpy(body->p, head + hn, early);
-    if (recv_all(l, body->p + early, len - early) < 0)
-        goto out;
+    if (early < len) { /* the rest of the body, with less patience than for a next request */
+        struct timeval stall = {.tv_sec = STALLED_SECONDS}, idle = {.tv_sec = IDLE_SECONDS};
+        setsockopt(l.fd, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof stall);
+        int got = recv_all(l, body->p + early, len - early);
+        setsockopt(l.fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
+        if (got < 0)
+            goto out;
+    }
     size_t after = *have - hn - early; /* what followed the body (a pipelined request) */
     int entered = may(r, 1);
     if (!entered || store(r, body->p, len) < 0) {

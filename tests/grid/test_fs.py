@@ -943,6 +943,34 @@ def test_object_reads_and_writes_are_served_natively_and_the_rest_on_the_same_co
     assert ObjectStore(grid.osd_dir(i)).read(st.fid, 0, 0, 1 << 20) == bytes(want)
 
 
+def test_a_write_the_native_threads_give_up_after_its_body_is_done_by_python_whole(grid):
+    """A write onto an object a write cut short left with pending checksums is Python's to do (it finds which
+    blocks are as they were and which as they were to be): the native threads hand it over with its body
+    and the request pipelined behind it, and both are answered in order."""
+    payload, st, url, auth = _file_on_an_osd(grid, "/pending", 200_000, "rw")
+    i = next(i for i in range(len(grid.osds)) if grid.osd_url(i) == url)
+    obj = os.path.join(grid.osd_dir(i), "objects", st.fid[:2], st.fid, "0")
+    os.setxattr(obj, "user.xos.crc32.pending", os.getxattr(obj, "user.xos.crc32"))  # cut short, nothing changed
+
+    def writes():
+        with grid.urlopen(f"{url}/v1/status", timeout=5) as r:
+            return json.loads(r.read())["native_writes"]
+
+    before = writes()
+    host, _, port = url.partition("//")[2].rpartition(":")
+    data = os.urandom(3000)  # the request behind it comes in the same read as the write: the hand-over has it
+    with grid.connect(host, int(port)) as s:
+        s.sendall(f"PUT /v1/o/{st.fid}/0?off=1000 HTTP/1.1\r\n{auth}Content-Length: {len(data)}\r\n\r\n".encode()
+                  + data + f"GET /v1/o/{st.fid}/0?off=0&len=80000 HTTP/1.1\r\n{auth}\r\n".encode())
+        answers = _answers(s, 2)
+    assert [a[0] for a in answers] == [200, 200], answers
+    assert json.loads(answers[0][2])["written"] == len(data)
+    assert answers[1][2] == payload[:1000] + data + payload[4000:80_000]
+    assert writes() == before  # Python wrote it
+    with pytest.raises(OSError):
+        os.getxattr(obj, "user.xos.crc32.pending")  # and settled the checksums
+
+
 def test_connections_past_what_the_native_threads_hold_are_answered_by_python(grid):
     import resource
 
