@@ -23,6 +23,7 @@ import urllib.request
 
 import pytest
 
+from tests.grid.helpers import http_answers
 from xos.fs import capability
 from xos.fs.capability import Capability
 from xos.fs.client.mount import IO_SIZE
@@ -856,27 +857,6 @@ def _osd_get(grid, fid, token, cred, query="", objno="0"):
         return e.code, json.loads(e.read())["error"]
 
 
-def _answers(sock, n):
-    """`n` HTTP answers read off `sock`: (status, headers, body) each."""
-    got, out = b"", []
-    while len(out) < n:
-        while b"\r\n\r\n" not in got:
-            chunk = sock.recv(1 << 16)
-            assert chunk, f"connection closed after {len(out)} answers"
-            got += chunk
-        head, _, got = got.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        length = int(headers["content-length"])
-        while len(got) < length:
-            chunk = sock.recv(1 << 16)
-            assert chunk
-            got += chunk
-        out.append((int(lines[0].split()[1]), headers, got[:length]))
-        got = got[length:]
-    return out
-
-
 def _file_on_an_osd(grid, path, size, mode):
     """A file of `size` random bytes written by alice: its bytes, handle, first OSD's URL and the request
     headers (her credential, a capability of `mode` signed with the grid's key)."""
@@ -921,7 +901,7 @@ def test_object_reads_and_writes_are_served_natively_and_the_rest_on_the_same_co
         s.sendall(get(0, 0, 4096) + get(0, 100_000, 50_000) + get(9, 0, 10) + put(5, 0, b"new")
                   + put(0, 65_530, b"across") + put(0, 299_998, b"beyond") + get(0, 65_528, 10) + fsync
                   + listing + get(0, 299_990, 20))
-        answers = _answers(s, 10)
+        answers = http_answers(s, 10)
     assert [a[0] for a in answers] == [200] * 10
     assert answers[0][2] == payload[:4096] and answers[1][2] == payload[100_000:150_000]
     assert answers[2][1].get("x-xos-hole") == "1" and answers[2][2] == b""  # no such object: a hole
@@ -962,7 +942,7 @@ def test_a_write_the_native_threads_give_up_after_its_body_is_done_by_python_who
     with grid.connect(host, int(port)) as s:
         s.sendall(f"PUT /v1/o/{st.fid}/0?off=1000 HTTP/1.1\r\n{auth}Content-Length: {len(data)}\r\n\r\n".encode()
                   + data + f"GET /v1/o/{st.fid}/0?off=0&len=80000 HTTP/1.1\r\n{auth}\r\n".encode())
-        answers = _answers(s, 2)
+        answers = http_answers(s, 2)
     assert [a[0] for a in answers] == [200, 200], answers
     assert json.loads(answers[0][2])["written"] == len(data)
     assert answers[1][2] == payload[:1000] + data + payload[4000:80_000]
@@ -988,7 +968,7 @@ def test_connections_past_what_the_native_threads_hold_are_answered_by_python(gr
     def read(n=4096):
         with grid.connect(host, int(port)) as s:
             s.sendall(f"GET /v1/o/{st.fid}/0?off=0&len={n} HTTP/1.1\r\n{auth}\r\n".encode())
-            return _answers(s, 1)[0]
+            return http_answers(s, 1)[0]
 
     before = native()
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1033,7 +1013,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
     for request, statuses, body in cases:
         with grid.connect(host, int(port)) as s:
             s.sendall(request.encode("latin-1"))
-            [(status, _, got)] = _answers(s, 1)
+            [(status, _, got)] = http_answers(s, 1)
         assert status in statuses, (request[:80], status, got[:200])
         if status == 200 and body is not None:
             assert got == body, request[:80]
@@ -1042,7 +1022,7 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
     before = _native_reads(grid)
     with grid.connect(host, int(port)) as s:  # and the native threads still answer
         s.sendall(f"GET {target}?off=0&len=4096 HTTP/1.1\r\n{auth}\r\n".encode())
-        [(status, _, got)] = _answers(s, 1)
+        [(status, _, got)] = http_answers(s, 1)
     assert status == 200 and got == payload[:4096] and _native_reads(grid) == before + 1
 
 

@@ -22,7 +22,9 @@ PROVOKED = ["unreachable", "refused", "replica", "not reachable", "dropped", "di
 
 @pytest.fixture
 def grid():
-    with fs_grid({"dur": {"replicas": 2}}, PROVOKED, osds=2, clients=2, grace=2.0) as g:
+    # "one": one replica, whose writes and fsyncs the OSDs' native threads answer; "dur": two, which Python's
+    # forwarding writes
+    with fs_grid({"dur": {"replicas": 2}, "one": {"replicas": 1}}, PROVOKED, osds=2, clients=2, grace=2.0) as g:
         yield g
 
 
@@ -46,8 +48,8 @@ def _write_and_fsync(mp: str) -> tuple[dict[str, bytes], list[int]]:
     return files, fds
 
 
-def _check(grid: FsGrid, files: dict[str, bytes]) -> None:
-    other = grid.mount(1, "dur")
+def _check(grid: FsGrid, files: dict[str, bytes], volume: str = "dur") -> None:
+    other = grid.mount(1, volume)
     for name, data in files.items():
         with open(os.path.join(other, name), "rb") as f:
             got = f.read()
@@ -63,11 +65,12 @@ def _close(fds: list[int]) -> None:
             pass
 
 
-def test_fsync_survives_kill_9_of_the_mount(grid):
-    mp = grid.mount(0, "dur")
+@pytest.mark.parametrize("volume", ["dur", "one"])
+def test_fsync_survives_kill_9_of_the_mount(grid, volume):
+    mp = grid.mount(0, volume)
     files, fds = _write_and_fsync(mp)
     grid.mount_proc(mp).stop(signal.SIGKILL)
-    _check(grid, files)
+    _check(grid, files, volume)
     _close(fds)
     grid.umount(mp)
 
@@ -97,14 +100,15 @@ def test_fsync_of_files_written_under_a_lease_survives_kill_9_of_the_mount(grid)
     grid.umount(mp)
 
 
-def test_fsync_survives_kill_9_of_the_mrc_and_the_mount(grid):
-    mp = grid.mount(0, "dur")
+@pytest.mark.parametrize("volume", ["dur", "one"])
+def test_fsync_survives_kill_9_of_the_mrc_and_the_mount(grid, volume):
+    mp = grid.mount(0, volume)
     files, fds = _write_and_fsync(mp)
     grid.mount_proc(mp).stop(signal.SIGKILL)  # nothing it still holds can make up for the MRC's loss
     grid.mrc.procs[0].stop(signal.SIGKILL)
     grid.mrc.procs.pop(0)
     grid.start_mrc()
-    _check(grid, files)
+    _check(grid, files, volume)
     _close(fds)
     grid.umount(mp)
 
@@ -120,6 +124,22 @@ def test_fsync_survives_kill_9_of_an_osd_and_reaches_every_replica(grid):
     grid.osds[1].procs[0].stop(signal.SIGKILL)
     _check(grid, files)
     _close(fds)
+
+
+def test_fsync_of_one_replica_survives_kill_9_of_the_mount_and_every_osd(grid):
+    """The native threads' synced writes: the mount and both OSDs killed right after the fsyncs, the OSDs
+    started again, every acknowledged byte read back."""
+    mp = grid.mount(0, "one")
+    files, fds = _write_and_fsync(mp)
+    grid.mount_proc(mp).stop(signal.SIGKILL)
+    for i in range(2):
+        grid.osds[i].procs[0].stop(signal.SIGKILL)
+        grid.osds[i].procs.pop(0)
+    for i in range(2):
+        grid.start_osd(i)
+    _check(grid, files, "one")
+    _close(fds)
+    grid.umount(mp)
 
 
 def _fsyncs(grid: FsGrid, what: str = "fsyncs") -> int:

@@ -418,3 +418,35 @@ def test_deleting_a_tree_does_not_walk_every_file_per_name(grid):
         assert passes >= 1 and walked < passes, f"{walked} of {passes} passes walked every file"
     finally:
         c.close()
+
+
+def test_an_append_fsynced_after_its_osd_restarted_goes_again_on_a_new_connection(grid):
+    """A mount keeps its connections to the OSDs: with the OSD of a log's last object killed and started
+    again, the one kept is dead, and the append's synced write (sent with the size commit at once) meets
+    it. The write goes again on a new connection: the fsync holds, and another client reads every byte."""
+    mp = grid.mount(0, "rep")
+    c = grid.client("rep")
+    data = bytearray(os.urandom(INLINE_MAX + 100))
+    try:
+        with open(os.path.join(mp, "log"), "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+            for i in range(2):
+                if i:  # the OSD the append goes to first, killed and started again
+                    st = c.open_handle("/log")
+                    url = st.xloc.urls[st.xloc.replicas[0].osd_of(0)]
+                    c.release(st)
+                    k = next(k for k in range(len(grid.osds)) if grid.osd_url(k) == url)
+                    grid.osds[k].procs[0].stop(signal.SIGKILL)
+                    grid.osds[k].procs.pop(0)
+                    proc = grid.start_osd(k)
+                    wait_for(lambda proc=proc, url=url: grid._answers(proc, url), 20, "the OSD to answer again")
+                more = os.urandom(4120)
+                f.write(more)
+                f.flush()
+                data += more
+                os.fdatasync(f.fileno())
+                with c.open("/log") as other:
+                    assert other.read() == bytes(data), i
+    finally:
+        c.close()

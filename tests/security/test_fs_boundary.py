@@ -296,3 +296,49 @@ def test_an_osd_refuses_a_write_whose_sync_header_is_neither_0_nor_1(grid: FsGri
             assert f.read() == b"1" + b"s" * ((1 << 20) - 1)  # the refused "yes" wrote nothing
     finally:
         a.close()
+
+
+def test_a_capability_to_read_writes_nothing_through_the_native_threads(grid: FsGrid) -> None:
+    """The OSD's native threads cache what Python let a (credential, capability) pair do: a pair that read a
+    file (its grant cached) is still refused a write with a read-only capability, a capability is refused
+    for another file, and another member is refused alice's capability; the object keeps its bytes."""
+    import json
+    import os
+    import urllib.parse
+
+    from tests.grid.helpers import http_answers
+
+    a: Any = grid.client("shared", "alice")
+    try:
+        first, second = os.urandom(200 << 10), os.urandom(200 << 10)
+        for path, data in (("/read-only-cap", first), ("/other-file", second)):
+            with a.open(path, "wb") as f:
+                f.write(data)
+        st = a.open_handle("/read-only-cap")  # to read: a capability of mode "r"
+        other = a.open_handle("/other-file", write=True)
+    finally:
+        a.close()
+    url = urllib.parse.urlsplit(st.xloc.urls[st.xloc.replicas[0].osds[0]])
+    alice, bob = (f"Authorization: Bearer {grid.credential(u)}\r\n" for u in ("alice", "bob"))
+
+    def request(method: str, fid: str, who: str, cap: str, body: bytes = b"") -> bytes:
+        query = "?off=0&len=16" if method == "GET" else "?off=0"
+        return (f"{method} /v1/o/{fid}/0{query} HTTP/1.1\r\n{who}X-Xos-Cap: {cap}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    with grid.connect(url.hostname, url.port) as s:
+        s.sendall(request("GET", st.fid, alice, st.cap) + request("PUT", st.fid, alice, st.cap, b"overwritten")
+                  + request("PUT", st.fid, alice, other.cap, b"overwritten")
+                  + request("PUT", other.fid, bob, other.cap, b"overwritten"))
+        answers = http_answers(s, 4)
+    assert answers[0][0] == 200 and answers[0][2] == first[:16]
+    for status, _, body in answers[1:]:
+        assert status in (401, 403), (status, body)
+        assert json.loads(body)["error"]["code"], body
+    b: Any = grid.client("shared", "alice")
+    try:
+        for path, data in (("/read-only-cap", first), ("/other-file", second)):
+            with b.open(path, "rb") as f:
+                assert f.read() == data
+    finally:
+        b.close()
