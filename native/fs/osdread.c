@@ -4,9 +4,9 @@
  * checksums, the hand-off to a thread and back) and ~250 us on each 4 KiB one: a third of the
  * OSD's CPU in a sequential read and most of it in a random one. Here the listening socket is
  * accepted by a C thread and each connection served by one of its own: a request of the shapes
- * the data path sends, `GET /v1/o/<fid>/<objno>?off=N&len=N` and `PUT /v1/o/<fid>/<objno>?off=N`
- * (to no other replica: osdwrite.c) with the client's credential and capability, is answered
- * without Python. Policy stays in Python: whether a (credential, capability) pair may read or write
+ * the data path sends, `GET /v1/o/<fid>/<objno>?off=N&len=N`, `PUT /v1/o/<fid>/<objno>?off=N` (to no
+ * other replica) and `POST /v1/o/<fid>/fsync` (osdwrite.c) with the client's credential and capability,
+ * is answered without Python. Policy stays in Python: whether a (credential, capability) pair may read or write
  * a file is Python's word, cached (osdgrant.c). Anything else (another request, a refusal, a
  * missing file, a corrupt block, a malformed number) hands the connection with the bytes already
  * read to Python's server (xo_adopt), which answers it as it always did, error bodies and codes
@@ -41,8 +41,9 @@
 #include <openssl/x509v3.h>
 #include <poll.h>
 
-/* Python's side (fs/osd/service.py). xo_adopt: the connection `fd` is Python's from now on, with the `n` bytes read of it; `peer`: the name and
- * roles of the host certificate its TLS peer showed ("NAME\nROLE,ROLE"), "" for none, or NOT_BEGUN. */
+/* Python's side (fs/osd/service.py). xo_adopt: the connection `fd` is Python's from now on, with the `n` bytes
+ * read of it; `peer`: the name and roles of the host certificate its TLS peer showed ("NAME\nROLE,ROLE"), ""
+ * for none, or NOT_BEGUN. */
 extern void xo_adopt(int fd, const char *buf, size_t n, const char *peer);
 #define NOT_BEGUN "\001" /* xo_adopt's peer for a TLS connection nothing was read of: Python does its TLS */
 
@@ -213,7 +214,8 @@ static void value_of(const char *line, size_t n, size_t name_len, const char **v
     *vlen = (size_t)(end - p);
 }
 
-/* The head [head, head+n) (ending in its blank line) as an object GET or PUT served here: 0, or -1. */
+/* The head [head, head+n) (ending in its blank line) as an object GET or PUT, or a file's fsync, served
+ * here: 0, or -1. */
 static int parse(const char *head, size_t n, struct request *r)
 {
     memset(r, 0, sizeof *r);

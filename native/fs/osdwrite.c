@@ -43,7 +43,8 @@ uint64_t xo_body_bytes(void) { return (uint64_t)(BODY_BUDGET - budget); }
 static int reply(struct link l, const struct request *r, const char *json)
 {
     char head[256];
-    int k = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
+    int k = snprintf(head, sizeof head,
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n%s\r\n",
                      strlen(json), r->close ? "Connection: close\r\n" : "");
     struct iovec iov[2] = {{head, (size_t)k}, {(void *)json, strlen(json)}};
     return send_all(l, iov, 2) == 0 && !r->close;
