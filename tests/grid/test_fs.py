@@ -1026,6 +1026,55 @@ def test_odd_object_requests_go_from_the_native_threads_to_python_and_get_a_clea
     assert status == 200 and got == payload[:4096] and _native_reads(grid) == before + 1
 
 
+def test_odd_writes_get_a_clear_answer_and_change_only_what_they_say(grid):
+    """Writes of shapes the native threads do not take go to Python and get its answer; a write refused, or
+    whose body never came whole, changes no byte; and the native threads still write after them."""
+    from xos.fs.osd.store import ObjectStore
+
+    payload, st, url, auth = _file_on_an_osd(grid, "/odd-writes", 200_000, "rw")
+    t = f"/v1/o/{st.fid}/0"
+    cases = [  # (offset written, request, statuses it may get): each at its own offset, 3 bytes "abc"
+        (1000, f"PUT {t}?off=1000&len=3 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc", {200, 400}),
+        (2000, f"PUT {t}?off=2000 HTTP/1.1\r\n{auth}Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", {200, 400}),
+        (3000, f"PUT {t}?off=3000 HTTP/1.1\r\n{auth}X-Xos-Sync: yes\r\nContent-Length: 3\r\n\r\nabc", {400}),
+        (4000, f"PUT {t}?off=4000 HTTP/1.1\r\n{auth}X-Xos-Forward: https://198.51.100.1:1\r\n"
+               f"Content-Length: 3\r\n\r\nabc", {403}),
+        (5000, f"PUT {t}?off=5000 HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+         {400, 411}),
+        (6000, f"PUT {t}?off=6000 HTTP/1.1\r\nX-Xos-Cap: x\r\nContent-Length: 3\r\n\r\nabc", {401, 403}),
+        (None, f"PUT {t}?off=16777215 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc", {400}),
+        (None, f"PUT {t}?off=7000 HTTP/1.1\r\n{auth}Content-Length: 0\r\n\r\n", {200}),
+        (None, f"PUT /v1/o/{st.fid}/fsync HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nabc", {404, 405}),
+        (None, f"POST {t[:-2]}/fsync?now=1 HTTP/1.1\r\n{auth}Content-Length: 2\r\n\r\n{{}}", {200}),
+    ]
+    host, _, port = url.partition("//")[2].rpartition(":")
+    want = bytearray(payload)
+    for at, request, statuses in cases:
+        with grid.connect(host, int(port)) as s:
+            s.sendall(request.encode("latin-1"))
+            [(status, _, got)] = http_answers(s, 1)
+        assert status in statuses, (request[:90], status, got[:200])
+        if status != 200:
+            assert json.loads(got)["error"]["code"], got
+        elif at is not None:
+            want[at:at + 3] = b"abc"
+    def held():
+        with grid.urlopen(f"{url}/v1/status", timeout=5) as r:
+            return json.loads(r.read())["native_body_bytes"]
+
+    with grid.connect(host, int(port)) as s:  # a body that never comes whole: nothing written
+        s.sendall(f"PUT {t}?off=8000 HTTP/1.1\r\n{auth}Content-Length: 10\r\n\r\nabcde".encode())
+        wait_for(lambda: held() == 10, 10, "the native threads to wait for the rest of the body")
+    wait_for(lambda: held() == 0, 10, "the native threads to let the closed connection go")
+    with grid.connect(host, int(port)) as s:  # and the native threads still write
+        s.sendall(f"PUT {t}?off=9000 HTTP/1.1\r\n{auth}Content-Length: 3\r\n\r\nxyz".encode())
+        [(status, _, got)] = http_answers(s, 1)
+    assert status == 200
+    want[9000:9003] = b"xyz"
+    i = next(i for i in range(len(grid.osds)) if grid.osd_url(i) == url)
+    assert ObjectStore(grid.osd_dir(i)).read(st.fid, 0, 0, 1 << 20) == bytes(want)
+
+
 @pytest.mark.parametrize("listen", ["192.0.2.1:32640", "127.0.0.1:99999", "127.0.0.1:port"])
 def test_an_osd_that_cannot_listen_says_so_in_one_line(grid, tmp_path, listen):
     p = subprocess.run([sys.executable, "-m", "xos", "serve", "osd", "--dir", str(tmp_path),
