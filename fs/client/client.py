@@ -486,6 +486,9 @@ class Client(ObjectIO):
         except BaseException:
             st.unsynced = None  # what reached which OSD, and whether on disk, is not known
             st.recent.clear()
+            # Held again, to go with the next fsync or the close: an interrupted fsync is tried again, and the
+            # write may never have landed (a write is the same bytes at the same place however often it goes).
+            st.wbuf[objno] = (start, bytearray(buf))
             raise
         if isinstance(committed, tuple) and committed[0] == 200:
             st.dirty = False

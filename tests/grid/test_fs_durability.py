@@ -4,6 +4,7 @@ a PostgreSQL server's every acknowledged transaction survives the kill of its mo
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import re
@@ -139,6 +140,70 @@ def test_fsync_of_one_replica_survives_kill_9_of_the_mount_and_every_osd(grid):
         grid.start_osd(i)
     _check(grid, files, "one")
     _close(fds)
+    grid.umount(mp)
+
+
+APPENDER = """
+import ctypes, os, signal, sys
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.siginterrupt(signal.SIGALRM, True)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+for i, part in enumerate(sys.argv[2:]):
+    os.write(fd, bytes.fromhex(part))
+    if i:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+    print(libc.fdatasync(fd), ctypes.get_errno(), flush=True)
+    sys.stdin.readline()
+print(libc.fdatasync(fd), ctypes.get_errno(), flush=True)  # again, after the interrupted one
+os.close(fd)
+"""
+
+
+def test_an_interrupted_fsync_of_an_append_loses_nothing_when_tried_again(grid):
+    """An append's fsync interrupted while its OSD does not answer returns EINTR; the OSD is then killed,
+    and what was on its way to it with it, and started again. The fsync tried again holds: every byte is
+    there (the mount had given the append up with the interrupted call, and the retry synced nothing)."""
+    import subprocess
+    import sys
+
+    mp = grid.mount(0, "one")
+    path = os.path.join(mp, "log")
+    data = os.urandom(INLINE_MAX + 100)
+    with open(path, "wb") as f:  # on the OSDs, not inline
+        f.write(data)
+    first, second = os.urandom(4120), os.urandom(4120)
+    p = subprocess.Popen([sys.executable, "-c", APPENDER, path, first.hex(), second.hex()], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        assert p.stdout.readline().split()[0] == "0"  # the first append synced: the next goes the short way
+        for osd in grid.osds:
+            osd.procs[0].send(signal.SIGSTOP)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().split() == ["-1", str(errno.EINTR)]
+        for i, osd in enumerate(grid.osds):  # what the frozen OSDs had not read yet goes with them
+            osd.procs[0].stop(signal.SIGKILL)
+            osd.procs.pop(0)
+            grid.start_osd(i)
+        c = grid.client("one")
+        try:  # a read waits until the OSDs take capabilities again (their first heartbeat's answer)
+            with c.open("/log") as f:
+                assert f.read(100) == data[:100]
+        finally:
+            c.close()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().split()[0] == "0"
+        assert p.wait(30) == 0
+    finally:
+        for osd in grid.osds:
+            if osd.procs:
+                osd.procs[0].send(signal.SIGCONT)
+        if p.poll() is None:
+            p.kill()
+    _check(grid, {"log": data + first + second}, "one")
     grid.umount(mp)
 
 
