@@ -331,8 +331,10 @@ class Client(ObjectIO):
                     self._spill(st)
                     self._drain(st)
                     self._commit(st)
-                self._op_checked("setattr", path=path, size=size)
-                self._reopen(st)
+                try:
+                    self._op_checked("setattr", path=path, size=size)
+                finally:  # also when it failed: interrupted, it may be done at the MRC all the same
+                    self._reopen(st)
             return
         if size > INLINE_MAX and self.op("getattr", path=path)["inline"]:
             h = self.open_handle(path, write=True)

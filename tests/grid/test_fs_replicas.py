@@ -450,3 +450,50 @@ def test_an_append_fsynced_after_its_osd_restarted_goes_again_on_a_new_connectio
                     assert other.read() == bytes(data), i
     finally:
         c.close()
+
+
+def test_a_truncate_interrupted_while_the_mrc_is_slow_leaves_the_handle_as_the_mrc_has_the_file(grid):
+    """A truncate of a file open for writing, interrupted while the MRC has not answered yet (the caller got
+    a signal), may still be done there: the handle is opened again either way, so what it commits later
+    does not bring the old size back."""
+    c = grid.client("rep")
+    try:
+        st = c.create_handle("/shrunk")
+        c.write(st, os.urandom(300_000), 0)
+        c.flush(st)
+        fired = threading.Event()
+
+        def once() -> bool:  # the first look after the MRC froze says "interrupted", none after
+            if fired.is_set():
+                return False
+            fired.set()
+            return True
+
+        mrc = grid.mrc.procs[0]
+        mrc.send(signal.SIGSTOP)
+        failed: list[BaseException] = []
+
+        def shrink() -> None:
+            try:
+                c.truncate("/shrunk", 1000, st.ino)
+            except BaseException as e:  # what the caller gets is the point
+                failed.append(e)
+
+        c.interrupted = once
+        t = threading.Thread(target=shrink)
+        try:
+            t.start()
+            assert fired.wait(10), "the truncate did not wait for the MRC"
+        finally:
+            mrc.send(signal.SIGCONT)
+        t.join(30)
+        c.interrupted = lambda: False
+        assert len(failed) == 1 and isinstance(failed[0], InterruptedError), failed
+        now = c.stat("/shrunk")["size"]
+        assert now == 1000, "the truncate the MRC was sent does not show"
+        c.write(st, b"y" * 10, 0)
+        c.flush(st)
+        assert c.stat("/shrunk")["size"] == 1000
+        c.release(st)
+    finally:
+        c.close()
