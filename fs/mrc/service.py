@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 from aiohttp import web
 
@@ -20,16 +20,16 @@ from xos.errors import AccessDenied, BadRequest, CapabilityInvalid, InvalidInput
 from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity, host_session
 from xos.fs.capability import Capability
-from xos.fs.layout import ALSO, INLINE_MAX, LISTING, Striping, Xloc
-from xos.fs.mrc.leases import RESERVE, TERM, Leases, Recall
-from xos.fs.mrc.made import renumbered_by
-from xos.fs.mrc.records import Caller, Inode, Made
+from xos.fs.layout import ALSO, LISTING, Striping, Xloc
+from xos.fs.mrc.leaseops import LeaseOps
+from xos.fs.mrc.leases import TERM, Leases, Recall
+from xos.fs.mrc.records import Caller, Inode
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.fs.mrc.store import open_store
 from xos.vo.follow import RevocationFeeds
 from xos.wire import lean as httpd
 from xos.wire import server as wire_server
-from xos.wire.codec import field, json_response, read_body
+from xos.wire.codec import field, json_response, read_body, unb64
 from xos.wire.hostid import HostIdentity
 from xos.wire.metrics import Registry
 
@@ -54,37 +54,7 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode()
 
 
-def _unb64(text: Any, name: str) -> bytes:
-    if not isinstance(text, str):
-        raise InvalidInput(f"field {name!r} must be base64 text", field=name)
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise InvalidInput(f"field {name!r} is not base64", field=name) from None
-
-
-def _seconds(t: Any) -> TypeGuard[float]:
-    """Whether `t` is a time a lease holder may give: seconds since 1970, a number within 2^40 either way."""
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and abs(t) < 1 << 40
-
-
-def _made_content(x: Any) -> Made:
-    """The content and times a lease holder gave a file it wrote before it sent it."""
-    if not isinstance(x, dict):
-        raise InvalidInput("a made file's content is an object", field="files")
-    data = _unb64(x.get("inline"), "inline")
-    if len(data) > INLINE_MAX:
-        raise InvalidInput(f"a made file's content is over {INLINE_MAX} bytes", field="files")
-    times: list[float] = []
-    for k in ("atime", "mtime", "ctime"):
-        t = x.get(k)
-        if not _seconds(t):
-            raise InvalidInput("a made file's atime, mtime and ctime are seconds since 1970", field="files")
-        times.append(float(t))
-    return Made(data, *times)
-
-
-class MRC:
+class MRC(LeaseOps):
     """Request handlers over the catalogue."""
 
     def __init__(self, cfg: MrcConfig) -> None:
@@ -266,87 +236,6 @@ class MRC:
             out["lease"] = self._lease(parent.ino, c, field(b, "inos", bool, False))
         return out
 
-    def _lease(self, dir_ino: int, c: Caller, inos: bool) -> dict[str, Any]:
-        """A lease on directory `dir_ino` for the caller's session if it may have one now (term 0: not)."""
-        term = self.leases.grant(dir_ino, c) if dir_ino and "w" in c.rights else 0.0
-        out: dict[str, Any] = {"dir": dir_ino, "term": term}
-        if term and inos:
-            r = self.cat.reserve(RESERVE)
-            self.leases.reserve(c, r)
-            out["inos"] = [r.start, r.stop]
-        return out
-
-    async def op_made(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Files a lease holder made in a directory: [name, inode number, mode, time] each, and for a file
-        written before it was sent, a fifth element: {"inline": its content in base64, "atime", "mtime",
-        "ctime"}. Each that names an inode number reserved for it gets that number."""
-        dir_ino = field(b, "dir", int)
-        mine = self.leases.reserved(c)
-        files = []
-        for f in field(b, "files", list):
-            if not (isinstance(f, list) and len(f) in (4, 5) and isinstance(f[1], int) and isinstance(f[2], int)
-                    and _seconds(f[3])):
-                raise InvalidInput("each of files is [name, inode number, mode, time(, content)]", field="files")
-            files.append((f[0], f[1] if any(f[1] in r for r in mine) else None, f[2], float(f[3]),
-                          _made_content(f[4]) if len(f) == 5 else None))
-        out = self.cat.made(v, dir_ino, files, c)
-        out["lease"] = self._renewed(dir_ino, c)
-        return out
-
-    def _renewed(self, dir_ino: int, c: Caller) -> dict[str, Any]:
-        """The sender of changes in a directory holds it one more term: whoever looks meanwhile recalls it and
-        waits while it sends what it made. A sender lagging its changes by more than a term (a catalogue on
-        PostgreSQL, a standby taking over) would otherwise have its newest files missing from others'
-        listings. The answer's term is how long it may go on changing the directory by itself (0: recalled,
-        or others wait): a program revisiting many directories (git's objects) keeps them leased."""
-        if "w" in c.rights and not self.leases.renew(dir_ino, c):
-            self.leases.grant(dir_ino, c)
-        return {"dir": dir_ino, "term": self.leases.lasts(dir_ino, c)}
-
-    async def op_changes(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """What a lease holder changed by itself, in the order it did: {"op": "made" or "unlinked", and that
-        op's body} each, each in its own transaction; an answer each, an error one's {"error": ...}. A lease
-        in the way of one is recalled and waited for here: the call as a whole never runs twice."""
-        changes = field(b, "changes", list)
-        ops = {"made": self.op_made, "unlinked": self.op_unlinked, "linked": self.op_linked}
-        if not all(isinstance(ch, dict) and ch.get("op") in ops for ch in changes):
-            raise InvalidInput('each change is {"op": "made", "unlinked" or "linked", ...}', field="changes")
-        answers = []
-        renumbered: dict[int, int] = {}  # a file made here under a number it could not have: the number it got
-        for ch in changes:
-            op, key = ops[ch["op"]], {"unlinked": "names", "linked": "links"}.get(ch["op"], "")
-            if key and renumbered and isinstance(ch.get(key), list):
-                ch = {**ch, key: [[n[0], renumbered.get(n[1], n[1]), *n[2:]] if isinstance(n, list) and len(n) > 1
-                                  and isinstance(n[1], int) else n for n in ch[key]]}
-            self.counts[ch["op"]] += 1
-            for _ in range(16):
-                try:
-                    answers.append(await op(v, c, ch))
-                    if ch["op"] == "made":
-                        renumbered.update(renumbered_by(ch, answers[-1]))
-                    break
-                except Recall as r:
-                    await self.leases.recall(r.lease, c.session)
-                except XosError as e:
-                    answers.append(e.to_json())
-                    break
-            else:
-                answers.append(Unavailable("waited on too many directory leases").to_json())
-        return {"answers": answers}
-
-    async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """The directories this session is to hand back (waits a while for some)."""
-        if not c.session:
-            raise InvalidInput("recalls are per session: send X-Xos-Session", field="X-Xos-Session")
-        return {"dirs": await self.leases.recalls(c)}
-
-    async def op_hand_back(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        dirs = field(b, "dirs", list)
-        if not all(isinstance(d, int) for d in dirs):
-            raise InvalidInput("dirs are inode numbers", field="dirs")
-        self.leases.hand_back(c, dirs)
-        return {}
-
     async def op_mknod(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         return self.cat.mknod(v, field(b, "path", str), field(b, "mode", int, 0), field(b, "rdev", int, 0), c)
 
@@ -368,29 +257,6 @@ class MRC:
         if field(b, "lease", bool, False):
             parent = self.cat.resolve(v, posixpath.dirname(field(b, "path", str)), c)
             out["lease"] = self._lease(parent.ino, c, False)
-        return out
-
-    async def op_linked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Hard links a lease holder made in a directory, in order: [name, inode number, new name, time] each."""
-        links = field(b, "links", list)
-        if not all(isinstance(n, list) and len(n) == 4 and isinstance(n[0], str) and isinstance(n[1], int)
-                   and isinstance(n[2], str) and _seconds(n[3]) for n in links):
-            raise InvalidInput("each of links is [name, inode number, new name, time]", field="links")
-        out = self.cat.linked(v, dir_ino := field(b, "dir", int), [(n[0], n[1], n[2], float(n[3])) for n in links], c)
-        out["lease"] = self._renewed(dir_ino, c)
-        return out
-
-    async def op_unlinked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Names a lease holder removed in a directory, in order: [name, inode number, time] each, and a fourth
-        element true for an empty directory."""
-        dir_ino = field(b, "dir", int)
-        names = field(b, "names", list)
-        if not all(isinstance(n, list) and len(n) in (3, 4) and isinstance(n[0], str) and isinstance(n[1], int)
-                   and _seconds(n[2]) and (len(n) == 3 or isinstance(n[3], bool)) for n in names):
-            raise InvalidInput("each of names is [name, inode number, time(, directory)]", field="names")
-        out = self.cat.unlinked(v, dir_ino, [(n[0], n[1], float(n[2]), len(n) == 4 and n[3]) for n in names], c)
-        self.replicas.wake()
-        out["lease"] = self._renewed(dir_ino, c)
         return out
 
     async def op_rmdir(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
@@ -465,7 +331,7 @@ class MRC:
         """A client's close or fsync: size and mtime, the content of an inline file. (Replicas that missed a
         write are the primary OSD's to report, not the client's.)"""
         node, _ = self._held(b, c)
-        inline = _unb64(b["inline"], "inline") if b.get("inline") is not None else None
+        inline = unb64(b["inline"], "inline") if b.get("inline") is not None else None
         node = self.cat.commit(node.ino, field(b, "size", int, 0), float(field(b, "mtime", (int, float), time.time())),
                                inline, field(b, "spilled", bool, False))
         return node.attrs()
@@ -474,7 +340,7 @@ class MRC:
         return self.cat.statfs()
 
     async def op_setxattr(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        self.cat.setxattr(v, field(b, "path", str), field(b, "name", str), _unb64(b.get("value"), "value"), c,
+        self.cat.setxattr(v, field(b, "path", str), field(b, "name", str), unb64(b.get("value"), "value"), c,
                           field(b, "flags", int, 0))
         return {}
 

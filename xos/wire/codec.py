@@ -4,6 +4,8 @@ failures turned into {"error": {"code", "message"}} with a stable code and back 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import struct
@@ -82,6 +84,16 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise InvalidInput(f"field {name!r} has the wrong type", field=name)
     return value
+
+
+def unb64(text: Any, name: str) -> bytes:
+    """The bytes a field holds as base64 text; InvalidInput naming the field otherwise."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"field {name!r} must be base64 text", field=name)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidInput(f"field {name!r} is not base64", field=name) from None
 
 
 def dumps(data: Any) -> bytes:
