@@ -77,6 +77,9 @@ class Client(ObjectIO):
         # One per client: the MRC lets a mount's own directory leases stand for its own calls.
         self.session = secrets.token_hex(16)
         self._auth = {"Authorization": f"Bearer {self.credential}", "X-Xos-Session": self.session}
+        # Told the inode of a file whose size or content this client committed (a mount forgets what the MRC
+        # delegated of it).
+        self.changed: Callable[[int], None] = lambda ino: None
         # Whether the call this thread serves was interrupted (the FUSE layer sets it; never for I/O threads).
         self.interrupted: Callable[[], bool] = lambda: False
         # A mount's kernel checks POSIX permissions before anything reaches this client: a file's owner then
@@ -335,6 +338,7 @@ class Client(ObjectIO):
                     self._op_checked("setattr", path=path, size=size)
                 finally:  # also when it failed: interrupted, it may be done at the MRC all the same
                     self._reopen(st)
+                    self.changed(st.ino)
             return
         if size > INLINE_MAX and self.op("getattr", path=path)["inline"]:
             h = self.open_handle(path, write=True)
@@ -344,7 +348,7 @@ class Client(ObjectIO):
                 self._commit(h)
             finally:
                 self.release(h)
-        self._op_checked("setattr", path=path, size=size)
+        self.changed(int(self._op_checked("setattr", path=path, size=size)["ino"]))
 
     def getxattr(self, path: str, name: str) -> bytes:
         return base64.b64decode(self.op("getxattr", path=path, name=name)["value"])
@@ -367,7 +371,8 @@ class Client(ObjectIO):
 
     # open files
 
-    def _adopt(self, path: str, r: dict[str, Any], write: bool) -> Open:
+    def adopt(self, path: str, r: dict[str, Any], write: bool) -> Open:
+        """The open state of a file opened with answer `r`: the one open here already, or a new one."""
         attrs = r["attrs"]
         inline = bytearray(base64.b64decode(r["inline"])) if r.get("inline") is not None else None
         with self._opens_lock:
@@ -396,14 +401,19 @@ class Client(ObjectIO):
         if lease:
             body.update(lease=True, inos=inos)
         r = self.op("create", **body)
-        st = self._adopt(path, r, True)
+        st = self.adopt(path, r, True)
         st.dir_version = tuple(r.get("dir_version") or ())
         st.lease = r.get("lease")
         return st
 
     def open_handle(self, path: str, write: bool = False) -> Open:
         """Open a file: the MRC's view of it now (close-to-open)."""
-        return self._adopt(path, self._op_checked("open", path=path, write=write), write)
+        return self.adopt(path, self.open_answer(path, write), write)
+
+    def open_answer(self, path: str, write: bool = False, delegate: bool = False) -> dict[str, Any]:
+        """The MRC's answer to an open; with `delegate` (to read), asking it to delegate the file to this client."""
+        return dict(self._op_checked("open", path=path, write=write, delegate=True) if delegate
+                    else self._op_checked("open", path=path, write=write))
 
     def _reopen(self, st: Open) -> None:
         r = self._op_checked("open", path=st.path, write=st.write)
@@ -479,10 +489,13 @@ class Client(ObjectIO):
         data = memoryview(buf)
         body = json.dumps(self._commit_args(st, st.cap)).encode()
         try:
-            wrote, committed = self._both(
-                self._put_call(st, objno, start, data, True),
-                ("POST", f"{self.url}/v1/volumes/{self.volume}/fs/commit", body,
-                 {**self._auth, "Content-Type": "application/json"}))
+            try:
+                wrote, committed = self._both(
+                    self._put_call(st, objno, start, data, True),
+                    ("POST", f"{self.url}/v1/volumes/{self.volume}/fs/commit", body,
+                     {**self._auth, "Content-Type": "application/json"}))
+            finally:
+                self.changed(st.ino)
             if not (isinstance(wrote, tuple) and wrote[0] == 200):
                 self._put(st, objno, start, data, True)  # another replica, a renewed capability
         except BaseException:
@@ -521,15 +534,18 @@ class Client(ObjectIO):
     def _commit(self, st: Open) -> None:
         if not st.dirty:
             return
-        for attempt in (0, 1):
-            cap = st.cap
-            try:
-                self.op("commit", **self._commit_args(st, cap))
-                break
-            except XosError as err:  # expired: a write beside this commit may have renewed it already
-                if attempt or not self._renewable(err):
-                    raise
-                self._renew(st, cap)
+        try:
+            for attempt in (0, 1):
+                cap = st.cap
+                try:
+                    self.op("commit", **self._commit_args(st, cap))
+                    break
+                except XosError as err:  # expired: a write beside this commit may have renewed it already
+                    if attempt or not self._renewable(err):
+                        raise
+                    self._renew(st, cap)
+        finally:  # after the MRC has it: an answer to an open here asked for before is not kept either
+            self.changed(st.ino)
         st.dirty = False
         st.committed = st.size
 

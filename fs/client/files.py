@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any
@@ -13,9 +14,13 @@ from typing import Any
 from xos._native._fuse import ffi, lib
 from xos.errors import XosError
 from xos.fs.client.client import Open, errno_of
+from xos.fs.client.delegated import Delegated
 from xos.fs.client.made import MadeHere, Unborn
 
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
+# Requests that may change a file the MRC delegated here (OpenFiles._forget_changed)
+CHANGES = frozenset((lib.XF_SETATTR, lib.XF_UNLINK, lib.XF_RMDIR, lib.XF_RENAME, lib.XF_LINK, lib.XF_SETXATTR,
+                     lib.XF_REMOVEXATTR))
 
 log = logging.getLogger(__name__)
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
@@ -40,6 +45,7 @@ class OpenFiles(MadeHere):
     _hidden_gone: threading.Condition  # notified when a file moved aside here is removed at its last close
     _unhiding: set[int]  # files whose names moved aside a last close is removing (under _hidden_gone)
     _reading: set[int]
+    delegated: Delegated
 
     def path(self, node: int) -> str:
         raise NotImplementedError  # the mount's
@@ -145,7 +151,7 @@ class OpenFiles(MadeHere):
     def open(self, req: Any, c: Any) -> None:
         write = (c.flags & os.O_ACCMODE) != os.O_RDONLY
         path = self.path(c.node)
-        st = self.c.open_handle(path, write)
+        st = self.c.open_handle(path, True) if write else self._open_to_read(path, c.node)
         if c.flags & os.O_TRUNC and write and st.size:
             self.c.truncate(path, 0, st.ino)
             self._resized(st)
@@ -162,6 +168,43 @@ class OpenFiles(MadeHere):
             direct = self._plan(fh, st) and bool(lib.xf_direct_reads())
         if lib.xf_reply_open(req, c.fi, fh, int(direct)) != 0:
             self._close(fh, c.node)
+
+    def _open_to_read(self, path: str, node: int) -> Open:
+        """What the MRC delegated to this mount of the file, if it still holds it (no call), else the MRC's
+        answer, kept if it delegates the file (tar, diff and git open the same files one after another)."""
+        known = ffi.new("struct xf_attr *")
+        r = self.delegated.get(known.ino, path) if lib.xf_attr_of(node, known) else None
+        if r is None:
+            mark, sent = self.delegated.mark(), time.monotonic()
+            r = self.c.open_answer(path, delegate=True)
+            self.delegated.keep(r, path, sent, mark)
+        return self.c.adopt(path, r, False)
+
+    def _forget_changed(self, c: Any) -> None:
+        """Before a change made here, forget what was kept of the delegated files it may change: the MRC
+        recalls only other mounts' delegations. A directory's mode or owners, or a name or file not known
+        here, forget everything."""
+        if not len(self.delegated):
+            return
+        known = ffi.new("struct xf_attr *")
+        if c.op in (lib.XF_UNLINK, lib.XF_RMDIR, lib.XF_RENAME):  # the files named: a name not known names no
+            for parent, name in ((c.node, c.name), (c.node2, c.name2))[:2 if c.op == lib.XF_RENAME else 1]:
+                node = lib.xf_node_of(parent, name)  # file kept by a path here (only its link count changes)
+                if node and lib.xf_attr_of(node, known):
+                    self._forget_node(known)
+        elif c.op in (lib.XF_SETATTR, lib.XF_SETXATTR, lib.XF_REMOVEXATTR, lib.XF_LINK):
+            times_only = c.op == lib.XF_SETATTR and not c.to_set & (
+                lib.FUSE_SET_ATTR_MODE | lib.FUSE_SET_ATTR_UID | lib.FUSE_SET_ATTR_GID)
+            if not lib.xf_attr_of(c.node, known):
+                self.delegated.drop_all()
+            elif not (times_only and stat.S_ISDIR(known.mode)):
+                self._forget_node(known)
+
+    def _forget_node(self, known: Any) -> None:
+        if stat.S_ISDIR(known.mode):
+            self.delegated.drop_all()
+        else:
+            self.delegated.drop(known.ino)
 
     def read(self, req: Any, c: Any) -> None:
         u = self._unborn_of(c.fh, c.node)

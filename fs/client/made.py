@@ -16,6 +16,7 @@ from typing import Any
 from xos._native._fuse import ffi, lib
 from xos.errors import Unavailable, XosError
 from xos.fs.client.client import Client
+from xos.fs.client.delegated import Delegated
 from xos.fs.layout import INLINE_MAX
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class MadeHere:
     _lately: set[int]  # directories leased here of late and not recalled: a listing asks for their lease again
     _lease_lock: threading.Lock  # the leases used here against their hand-back
     _renumbered: dict[int, int]  # a file made here that the MRC gave another number: number here -> the MRC's
+    delegated: Delegated
 
     def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
         raise NotImplementedError  # the mount's
@@ -363,13 +365,19 @@ class MadeHere:
                 self.send_made()
 
     def recaller(self) -> None:
-        """Hand back the directories the MRC recalls: made files first, so whoever waits finds them."""
+        """Hand back the directories the MRC recalls (made files first, so whoever waits finds them) and forget
+        the delegated files it recalls, which the next poll acknowledges."""
+        ack = ""
         while not self.stopping.is_set():
             try:
-                dirs = self.c.op("recalls")["dirs"]
-                if dirs:
-                    self.hand_back(dirs)
+                sent = time.monotonic()
+                r = self.c.op("recalls", wait=self.delegated.wait(), ack=ack)
+                ack = self.delegated.polled(r, sent)
+                if r["dirs"]:
+                    self.hand_back(r["dirs"])
             except XosError as e:
+                self.delegated.drop_all()  # what the MRC recalls meanwhile is not heard
+                ack = ""
                 log.warning("directory leases: %s", e)
                 self.stopping.wait(0.5)
 

@@ -24,8 +24,9 @@ from xos._native._fuse import ffi, lib
 from xos.errors import XosError
 from xos.fs.client.accounts import Accounts
 from xos.fs.client.client import Client, Open, errno_of, row_attrs
+from xos.fs.client.delegated import Delegated
 from xos.fs.client.dirs import Listings
-from xos.fs.client.files import HIDDEN, Dir, OpenFiles
+from xos.fs.client.files import CHANGES, HIDDEN, Dir, OpenFiles
 from xos.fs.client.made import MADE_BATCH, Unborn
 from xos.fs.layout import ALSO
 from xos.wire import hostid
@@ -83,6 +84,8 @@ class GridFS(OpenFiles, Listings):
         self._adopting = threading.Lock()
         self.stopping = threading.Event()
         self._plans: dict[int, set[int]] = {}  # inode number -> handles the native loop reads for from OSDs
+        self.delegated = Delegated()  # files the MRC delegated here: opened again to read without a call
+        client.changed = self.delegated.drop
         lib.xf_owner(accounts.uid)
         self.ops: dict[int, Callable[[Any, Any], None]] = {
             lib.XF_LOOKUP: self.lookup, lib.XF_GETATTR: self.getattr, lib.XF_SETATTR: self.setattr,
@@ -105,6 +108,8 @@ class GridFS(OpenFiles, Listings):
             if not self._may_stay_here(c) and self._made_behind(c.node, c.node2 if c.op in (lib.XF_RENAME, lib.XF_LINK)
                                                                  else 0):
                 self.send_made()
+            if c.op in CHANGES:
+                self._forget_changed(c)
             self._answer(req, c)
         except XosError as e:
             err = errno_of(e)

@@ -54,6 +54,9 @@ class SQLCatalogue(XattrTable):
         # Called with a directory's inode before its names are read or changed: raises when another
         # client holds them (a lease) and must hand them back first (the MRC's Leases.check).
         self.guard: Callable[[int, Caller], None] = lambda ino, c: None
+        # Called before an inode (ino, whether a directory) is changed: raises when other clients hold what
+        # they must forget first (a file's delegation, or those beneath a directory: the MRC's Delegations).
+        self.changing: Callable[[int, bool, Caller], None] = lambda ino, is_dir, c: None
 
     def close(self) -> None:
         self.db.close()
@@ -75,9 +78,12 @@ class SQLCatalogue(XattrTable):
                            "AND name=?)", (parent.ino, name)).fetchone()
         return Inode(*row) if row else None
 
-    def _walk(self, conn: Any, vol: Volume, parts: list[str], c: Caller) -> Inode:
+    def _walk(self, conn: Any, vol: Volume, parts: list[str], c: Caller, trail: list[int] | None = None) -> Inode:
+        """The inode at `parts` from the volume's root; the directories passed through go into `trail`."""
         node = self._get(vol.root, conn)
         for i, p in enumerate(parts):
+            if trail is not None:
+                trail.append(node.ino)
             nxt = self._child(conn, node, p, c)
             if nxt is None:
                 raise NoSuchFile(f"/{'/'.join(parts[:i + 1])} does not exist")
@@ -234,6 +240,8 @@ class SQLCatalogue(XattrTable):
         """Hard links a lease holder made in directory `dir_ino` under its lease, in one transaction (`link_many`)."""
         with self.db.tx() as tx:
             parent = self._held(tx, volume, dir_ino, c)
+            for _, ino, _, _ in links:
+                self.changing(ino, False, c)
             before = self._cver(tx, parent.ino)
             linked, refused = link_many(tx, parent, links, c)
             return {"linked": linked, "refused": refused, "dir_version": [before, self._cver(tx, parent.ino)]}
@@ -280,6 +288,7 @@ class SQLCatalogue(XattrTable):
                 raise NotPermitted("hard links to directories are not allowed")
             if node.nlink >= MAX_LINKS:
                 raise TooManyLinks(f"{old} has {node.nlink} links")
+            self.changing(node.ino, False, c)
             parent, name = self._parent(tx, volume, new, c)
             may(parent, c, W | X)
             if tx.execute("SELECT 1 FROM dentries WHERE parent=? AND name=?", (parent.ino, name)).fetchone():
@@ -290,7 +299,8 @@ class SQLCatalogue(XattrTable):
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
             return {**self._get(node.ino, tx).attrs(), "dirs": self._dirs(tx, parent.ino)}
 
-    def _drop_link(self, tx: Any, node: Inode) -> None:
+    def _drop_link(self, tx: Any, node: Inode, c: Caller) -> None:
+        self.changing(node.ino, node.is_dir, c)
         if node.nlink > 1 and not node.is_dir:
             tx.execute("UPDATE inodes SET nlink=nlink-1, ctime=? WHERE ino=?", (time.time(), node.ino))
             return
@@ -319,7 +329,7 @@ class SQLCatalogue(XattrTable):
                 raise IsADirectory(f"{path} is a directory")
             self._may_remove(parent, node, c)
             tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
-            self._drop_link(tx, node)
+            self._drop_link(tx, node, c)
             now = time.time()
             tx.execute("UPDATE inodes SET mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
             if dir_version is not None:
@@ -358,7 +368,7 @@ class SQLCatalogue(XattrTable):
                     refused[name] = e.code
                     continue
                 tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
-                self._drop_link(tx, node)
+                self._drop_link(tx, node, c)
                 if is_dir:
                     tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (parent.ino,))
                 removed.append(name)
@@ -385,7 +395,7 @@ class SQLCatalogue(XattrTable):
             if tx.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (node.ino,)).fetchone():
                 raise DirectoryNotEmpty(f"{path} is not empty")
             tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent.ino, name))
-            self._drop_link(tx, node)
+            self._drop_link(tx, node, c)
             now = time.time()
             tx.execute("UPDATE inodes SET nlink=nlink-1, mtime=?, ctime=? WHERE ino=?", (now, now, parent.ino))
             if dir_version is not None:
@@ -402,6 +412,7 @@ class SQLCatalogue(XattrTable):
                 raise NoSuchFile(f"{old} does not exist")
             dparent, dname = self._parent(tx, volume, new, c)
             self._may_remove(sparent, node, c)
+            self.changing(node.ino, node.is_dir, c)
             may(dparent, c, W | X)
             if node.is_dir:  # never into itself
                 up = dparent
@@ -427,7 +438,7 @@ class SQLCatalogue(XattrTable):
                         raise DirectoryNotEmpty(f"{new} is not empty")
                     tx.execute("UPDATE inodes SET nlink=nlink-1 WHERE ino=?", (dparent.ino,))
                 tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (dparent.ino, dname))
-                self._drop_link(tx, victim)
+                self._drop_link(tx, victim, c)
             now = time.time()
             tx.execute("DELETE FROM dentries WHERE parent=? AND name=?", (sparent.ino, sname))
             tx.execute("INSERT INTO dentries VALUES (?,?,?)", (dparent.ino, dname, node.ino))
@@ -448,6 +459,8 @@ class SQLCatalogue(XattrTable):
             node = self._walk(tx, self.volume(volume), split(path), c)
             if node.is_dir:  # a lease holder creates in it by the permissions it had
                 self.guard(node.ino, c)
+            if not node.is_dir or mode is not None or owner is not None or group is not None:
+                self.changing(node.ino, node.is_dir, c)  # what decides who may open files beneath
             owned = c.who == node.owner
             sets: dict[str, Any] = {"ctime": time.time()}
             if mode is not None:
@@ -499,9 +512,11 @@ class SQLCatalogue(XattrTable):
 
     # file contents
 
-    def open(self, volume: str, path: str, c: Caller, write: bool, checked: bool = False) -> Inode:
-        """The inode of a regular file the caller may read (and write, if asked)."""
-        node = self.resolve(volume, path, c)
+    def open(self, volume: str, path: str, c: Caller, write: bool, checked: bool = False,
+             trail: list[int] | None = None) -> Inode:
+        """The inode of a regular file the caller may read (and write, if asked); the directories on its path
+        go into `trail`."""
+        node = self._walk(self.db, self.volume(volume), split(path), c, trail)
         if node.is_dir:
             raise IsADirectory(f"{path} is a directory")
         self.may_open(node, c, write, checked)
@@ -526,6 +541,7 @@ class SQLCatalogue(XattrTable):
                 raise InvalidInput(f"{path} is not a regular file")
             if c.who != node.owner:
                 raise NotPermitted(f"only {node.owner} may make this file read-only")
+            self.changing(node.ino, False, c)
             tx.execute("UPDATE inodes SET readonly=1, ctime=? WHERE ino=?", (time.time(), node.ino))
             return self._get(node.ino, tx)
 

@@ -8,7 +8,8 @@ from typing import Any, TypeGuard
 
 from xos.errors import InvalidInput, Unavailable, XosError
 from xos.fs.layout import INLINE_MAX
-from xos.fs.mrc.leases import RESERVE, Leases, Recall
+from xos.fs.mrc.delegations import Delegations
+from xos.fs.mrc.leases import POLL, RESERVE, TERM, Leases, Recall
 from xos.fs.mrc.made import renumbered_by
 from xos.fs.mrc.records import Caller, Made
 from xos.fs.mrc.replicas import ReplicaManager
@@ -42,6 +43,7 @@ class LeaseOps:
 
     cat: Catalogue
     leases: Leases
+    delegations: Delegations
     replicas: ReplicaManager
     counts: collections.Counter[str]
 
@@ -105,7 +107,7 @@ class LeaseOps:
                         renumbered.update(renumbered_by(ch, answers[-1]))
                     break
                 except Recall as r:
-                    await self.leases.recall(r.lease, c.session)
+                    await r.wait(c.session)
                 except XosError as e:
                     answers.append(e.to_json())
                     break
@@ -114,10 +116,17 @@ class LeaseOps:
         return {"answers": answers}
 
     async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """The directories this session is to hand back (waits a while for some)."""
+        """The directories this session is to hand back and the files it is to forget (waits up to `wait`
+        seconds for some). `ack`: the token of the last answer, whose files the session forgot."""
         if not c.session:
             raise InvalidInput("recalls are per session: send X-Xos-Session", field="X-Xos-Session")
-        return {"dirs": await self.leases.recalls(c)}
+        wait = field(b, "wait", (int, float), POLL)
+        self.delegations.polling(c, field(b, "ack", str, ""))
+        try:
+            dirs = await self.leases.recalls(c, wait, lambda: self.delegations.pending(c))
+        finally:
+            token, files = self.delegations.polled(c)
+        return {"dirs": dirs, "files": files, "token": token, "instance": self.delegations.instance, "term": TERM}
 
     async def op_hand_back(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         dirs = field(b, "dirs", list)

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from xos.fs.mrc.records import Caller
@@ -34,10 +35,12 @@ POLL = 3.0  # seconds a holder's wait for recalls is answered after at most (und
 
 
 class Recall(Exception):
-    """A lease stands in the way of a request: the request waits for it to be handed back, then runs again."""
+    """A lease or a delegation stands in the way of a request: the request waits for it to be handed back
+    (`wait`, given the session waiting), then runs again."""
 
-    def __init__(self, lease: Lease) -> None:
-        super().__init__(f"directory {lease.ino} is leased")
+    def __init__(self, what: str, wait: Callable[[str], Awaitable[None]], lease: Lease | None = None) -> None:
+        super().__init__(what)
+        self.wait = wait
         self.lease = lease
 
 
@@ -82,7 +85,7 @@ class Leases:
         if lease.until <= time.monotonic():
             del self._by_dir[ino]
             return
-        raise Recall(lease)
+        raise Recall(f"directory {ino} is leased", lambda session: self.recall(lease, session), lease)
 
     def grant(self, ino: int, c: Caller) -> float:
         """Lease directory `ino` to the caller's session: the term in seconds, or 0 (not now)."""
@@ -97,7 +100,7 @@ class Leases:
         if lease is None or lease.session != c.session:
             lease = self._by_dir[ino] = Lease(c.session, c.who, ino, 0.0, now)
         lease.until = now + TERM
-        self._note_horizon()
+        self.note_horizon()
         return TERM
 
     def renew(self, ino: int, c: Caller) -> bool:
@@ -108,7 +111,7 @@ class Leases:
         if lease is None or not c.session or lease.session != c.session or lease.until <= now:
             return False
         lease.until = now + TERM
-        self._note_horizon()
+        self.note_horizon()
         return True
 
     def lasts(self, ino: int, c: Caller) -> float:
@@ -122,7 +125,7 @@ class Leases:
             return 0.0
         return left
 
-    def _note_horizon(self) -> None:
+    def note_horizon(self) -> None:
         """Write down how far granted terms reach, rarely: at most once per half term."""
         reach = time.time() + TERM
         if reach <= self._horizon - TERM / 2:
@@ -188,12 +191,17 @@ class Leases:
                 lease.returned.set()
             self._recalls.get(c.session, set()).discard(ino)
 
-    async def recalls(self, c: Caller) -> list[int]:
-        """The directories the caller's session is asked to hand back: at once if any, else within POLL."""
+    def wake(self, session: str) -> None:
+        """Answer `session`'s poll for recalls now (or its next one at once)."""
+        self._wake.setdefault(session, asyncio.Event()).set()
+
+    async def recalls(self, c: Caller, wait: float = POLL, also: Callable[[], bool] = lambda: False) -> list[int]:
+        """The directories the caller's session is asked to hand back: at once if any (or if `also` says there
+        is something else to answer), else within `wait` seconds (POLL at most)."""
         wake = self._wake.setdefault(c.session, asyncio.Event())
-        if not self._recalls.get(c.session):
+        if not self._recalls.get(c.session) and not also():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), POLL)
+                await asyncio.wait_for(wake.wait(), max(0.0, min(wait, POLL)))
         wake.clear()
         dirs = sorted(self._recalls.pop(c.session, set()))
         if self._wake.get(c.session) is wake:

@@ -21,6 +21,7 @@ from xos.fs import capability
 from xos.fs.auth import Authenticator, Identity, host_session
 from xos.fs.capability import Capability
 from xos.fs.layout import ALSO, LISTING, Striping, Xloc
+from xos.fs.mrc.delegations import Delegations
 from xos.fs.mrc.leaseops import LeaseOps
 from xos.fs.mrc.leases import TERM, Leases, Recall
 from xos.fs.mrc.records import Caller, Inode
@@ -65,6 +66,8 @@ class MRC(LeaseOps):
         self.replicas = ReplicaManager(self.cat, cfg.secret, cfg.idle)
         self.leases = Leases(os.path.join(cfg.home, "leases.horizon"))
         self.cat.guard = self.leases.check
+        self.delegations = Delegations(self.leases)
+        self.cat.changing = self.delegations.changing
         self.counts: collections.Counter[str] = collections.Counter()  # file-system operations served, by name
         self.ops: dict[str, Callable[[str, Caller, dict[str, Any]], Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
@@ -112,8 +115,8 @@ class MRC(LeaseOps):
             try:
                 return json_response(await op(volume, caller, body))
             except Recall as r:
-                await self.leases.recall(r.lease, caller.session)
-        raise Unavailable(f"{request.match_info['op']} waited on too many directory leases; try again")
+                await r.wait(caller.session)
+        raise Unavailable(f"{request.match_info['op']} waited on too many leases and delegations; try again")
 
     async def create_volume(self, request: web.Request) -> web.Response:
         ident = self.auth.request(request)
@@ -179,6 +182,8 @@ class MRC(LeaseOps):
         """What this MRC served: file-system operations by name, files made under leases, leases held."""
         self.auth.request(request, service_ok=True)
         return json_response({"ops": dict(self.counts), "leases": self.leases.held(),
+                              "delegated": self.delegations.held(), "delegations": self.delegations.granted,
+                              "delegation_recalls": self.delegations.recalls,
                               "replica_passes": self.replicas.passes, "replica_walks": self.replicas.walks})
 
     async def list_osds(self, request: web.Request) -> web.Response:
@@ -286,9 +291,15 @@ class MRC(LeaseOps):
         return node.attrs()
 
     async def op_open(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
+        """Open a file; with `delegate` (to read), the caller's mount may open it again by itself while the
+        answer's `delegated` lasts (fs/mrc/delegations.py)."""
         write = field(b, "write", bool, False)
-        node = self.cat.open(v, field(b, "path", str), c, write, field(b, "checked", bool, False))
-        return await self._opened(node, c, write)
+        trail: list[int] = []
+        node = self.cat.open(v, field(b, "path", str), c, write, field(b, "checked", bool, False), trail)
+        out = await self._opened(node, c, write)
+        if not write and field(b, "delegate", bool, False) and self.delegations.grant(node.ino, trail, c):
+            out["delegated"] = {"term": TERM, "instance": self.delegations.instance}
+        return out
 
     async def _opened(self, node: Inode, c: Caller, write: bool) -> dict[str, Any]:
         if write and node.fid in self.replicas.copying:
@@ -323,6 +334,7 @@ class MRC(LeaseOps):
     async def op_place(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """Give a file growing past the inline limit its OSDs."""
         node, _ = self._held(b, c)
+        self.delegations.changing(node.ino, False, c)
         await self.replicas.writable(node.fid)
         node = self.cat.place(node.ino, self.cat.volume(v).replicas)
         return {"xloc": self.xloc(node), "cap": self.cap(node, c, True), "epoch": node.epoch}
@@ -331,6 +343,7 @@ class MRC(LeaseOps):
         """A client's close or fsync: size and mtime, the content of an inline file. (Replicas that missed a
         write are the primary OSD's to report, not the client's.)"""
         node, _ = self._held(b, c)
+        self.delegations.changing(node.ino, False, c)
         inline = unb64(b["inline"], "inline") if b.get("inline") is not None else None
         node = self.cat.commit(node.ino, field(b, "size", int, 0), float(field(b, "mtime", (int, float), time.time())),
                                inline, field(b, "spilled", bool, False))

@@ -17,6 +17,7 @@ class XattrTable(VolumeTable):
     db: Any
     _walk: Callable[[Any, Volume, list[str], Caller], Inode]
     resolve: Callable[..., Inode]
+    changing: Callable[[int, bool, Caller], None]
 
     def setxattr(self, volume: str, path: str, name: str, value: bytes, c: Caller, flags: int = 0) -> None:
         if not name.startswith("user.") or len(name) > 255:
@@ -26,6 +27,7 @@ class XattrTable(VolumeTable):
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
             may(node, c, W)
+            self.changing(node.ino, node.is_dir, c)
             have = tx.execute("SELECT 1 FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).fetchone()
             if flags == 1 and have:  # XATTR_CREATE
                 raise FileExists(f"attribute {name} exists")
@@ -52,5 +54,6 @@ class XattrTable(VolumeTable):
         with self.db.tx() as tx:
             node = self._walk(tx, self.volume(volume), split(path), c)
             may(node, c, W)
+            self.changing(node.ino, node.is_dir, c)
             if tx.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (node.ino, name)).rowcount == 0:
                 raise NoSuchAttribute(f"no attribute {name}")

@@ -1,0 +1,100 @@
+"""Files the MRC delegated to this mount: its answers to opens to read, to open the files again by itself.
+
+The MRC recalls a delegation before another mount changes the file (or a directory on its path) and
+waits until this mount forgot it (fs/mrc/delegations.py); changes made here forget what they touch
+themselves. What is kept is used only while this mount's session surely lives at the MRC: for the term
+after it sent the last call the MRC answered (a poll for recalls or a delegated open), and only from the
+MRC process that granted it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+MARGIN = 0.25  # seconds of the term not used: the MRC's clock and scheduling
+POLL = 3.0  # seconds a poll for recalls waits while nothing is kept
+
+
+class Delegated:
+    """Answers of delegated opens, by inode number, with the path each was opened by."""
+
+    def __init__(self, most: int = 8192) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._mark = 0  # one more at each forgetting: an answer asked for before one is not kept
+        self._instance = ""  # the MRC process the kept answers are from
+        self._until = 0.0  # monotonic: the end of the term the MRC answered for last
+        self._term = 2.0
+        self.most = most
+        self.hits = 0
+
+    def get(self, ino: int, path: str) -> dict[str, Any] | None:
+        """The answer kept for file `ino` opened by `path`, if it may be used now."""
+        with self._lock:
+            kept = self._kept.get(ino)
+            if kept is None or kept[0] != path or time.monotonic() >= self._until:
+                return None
+            self.hits += 1
+            r = kept[1]
+        return {**r, "attrs": dict(r["attrs"])}
+
+    def mark(self) -> int:
+        """To give `keep` with an answer asked for after this."""
+        return self._mark
+
+    def keep(self, r: dict[str, Any], path: str, sent: float, mark: int) -> None:
+        """Keep an open's answer if the MRC delegated the file (`sent`: when the open was sent) and nothing
+        was forgotten since `mark`."""
+        d = r.get("delegated")
+        if not isinstance(d, dict):
+            return
+        with self._lock:
+            if mark != self._mark:
+                return
+            self._renewed(str(d.get("instance", "")), float(d.get("term", 0.0)), sent)
+            self._kept[int(r["attrs"]["ino"])] = (path, r)
+            while len(self._kept) > self.most:
+                del self._kept[next(iter(self._kept))]
+
+    def _renewed(self, instance: str, term: float, sent: float) -> None:
+        if instance != self._instance:
+            self._forget_all()
+            self._instance, self._until = instance, 0.0
+        self._term = max(0.0, min(term, 60.0))
+        self._until = max(self._until, sent + self._term - MARGIN)
+
+    def polled(self, r: dict[str, Any], sent: float) -> str:
+        """A poll for recalls sent at `sent` was answered `r`: the files it recalls are forgotten; the token
+        the next poll acknowledges it with."""
+        with self._lock:
+            files = r.get("files") or []
+            if files:
+                self._mark += 1
+                for ino in files:
+                    self._kept.pop(ino, None)
+            self._renewed(str(r.get("instance", "")), float(r.get("term", 0.0)), sent)
+        return str(r.get("token", ""))
+
+    def wait(self) -> float:
+        """How long the next poll for recalls may wait: well within the term while anything is kept."""
+        return self._term / 3 if self._kept else POLL
+
+    def drop(self, ino: int) -> None:
+        """Forget what was kept of file `ino` (changed here)."""
+        with self._lock:
+            self._mark += 1
+            self._kept.pop(ino, None)
+
+    def drop_all(self) -> None:
+        """Forget everything kept (a directory changed here, the MRC unreachable)."""
+        with self._lock:
+            self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._mark += 1
+        self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)
