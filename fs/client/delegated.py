@@ -23,7 +23,10 @@ class Delegated:
     def __init__(self, most: int = 8192) -> None:
         self._lock = threading.Lock()
         self._kept: dict[int, tuple[str, dict[str, Any]]] = {}
-        self._mark = 0  # one more at each forgetting: an answer asked for before one is not kept
+        # Forgetting is counted: an answer asked for before a file was forgotten (or everything) is not kept.
+        self._mark = 0
+        self._dropped: dict[int, int] = {}  # file -> the count when it was last forgotten
+        self._all = 0  # the count when everything was
         self._instance = ""  # the MRC process the kept answers are from
         self._until = 0.0  # monotonic: the end of the term the MRC answered for last
         self._term = 2.0
@@ -45,22 +48,23 @@ class Delegated:
         return self._mark
 
     def keep(self, r: dict[str, Any], path: str, sent: float, mark: int) -> None:
-        """Keep an open's answer if the MRC delegated the file (`sent`: when the open was sent) and nothing
-        was forgotten since `mark`."""
+        """Keep an open's answer if the MRC delegated the file (`sent`: when the open was sent) and the file
+        was not forgotten since `mark`."""
         d = r.get("delegated")
         if not isinstance(d, dict):
             return
+        ino = int(r["attrs"]["ino"])
         with self._lock:
-            if mark != self._mark:
+            if self._all > mark or self._dropped.get(ino, 0) > mark:
                 return
             self._renewed(str(d.get("instance", "")), float(d.get("term", 0.0)), sent)
-            self._kept[int(r["attrs"]["ino"])] = (path, r)
+            self._kept[ino] = (path, r)
             while len(self._kept) > self.most:
                 del self._kept[next(iter(self._kept))]
 
     def _renewed(self, instance: str, term: float, sent: float) -> None:
-        if instance != self._instance:
-            self._forget_all()
+        if instance != self._instance:  # answers of another MRC process: those kept are void, not those coming
+            self._kept.clear()
             self._instance, self._until = instance, 0.0
         self._term = max(0.0, min(term, 60.0))
         self._until = max(self._until, sent + self._term - MARGIN)
@@ -69,11 +73,8 @@ class Delegated:
         """A poll for recalls sent at `sent` was answered `r`: the files it recalls are forgotten; the token
         the next poll acknowledges it with."""
         with self._lock:
-            files = r.get("files") or []
-            if files:
-                self._mark += 1
-                for ino in files:
-                    self._kept.pop(ino, None)
+            for ino in r.get("files") or []:
+                self._forget(ino)
             self._renewed(str(r.get("instance", "")), float(r.get("term", 0.0)), sent)
         return str(r.get("token", ""))
 
@@ -84,8 +85,14 @@ class Delegated:
     def drop(self, ino: int) -> None:
         """Forget what was kept of file `ino` (changed here)."""
         with self._lock:
-            self._mark += 1
-            self._kept.pop(ino, None)
+            self._forget(ino)
+
+    def _forget(self, ino: int) -> None:
+        self._mark += 1
+        self._kept.pop(ino, None)
+        self._dropped[ino] = self._mark
+        if len(self._dropped) > 4 * self.most:  # as good as forgetting everything now
+            self._forget_all()
 
     def drop_all(self) -> None:
         """Forget everything kept (a directory changed here, the MRC unreachable)."""
@@ -94,7 +101,9 @@ class Delegated:
 
     def _forget_all(self) -> None:
         self._mark += 1
+        self._all = self._mark
         self._kept.clear()
+        self._dropped.clear()
 
     def __len__(self) -> int:
         return len(self._kept)

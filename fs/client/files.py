@@ -19,8 +19,7 @@ from xos.fs.client.made import MadeHere, Unborn
 
 LEASE_INOS = 4096  # inode numbers asked for with a lease when fewer than half of these are left
 # Requests that may change a file the MRC delegated here (OpenFiles._forget_changed)
-CHANGES = frozenset((lib.XF_SETATTR, lib.XF_UNLINK, lib.XF_RMDIR, lib.XF_RENAME, lib.XF_LINK, lib.XF_SETXATTR,
-                     lib.XF_REMOVEXATTR))
+CHANGES = frozenset((lib.XF_SETATTR, lib.XF_UNLINK, lib.XF_RENAME, lib.XF_LINK, lib.XF_SETXATTR, lib.XF_REMOVEXATTR))
 
 log = logging.getLogger(__name__)
 HIDDEN = ".fuse_hidden"  # where a file unlinked while open here lives until its last close
@@ -182,28 +181,20 @@ class OpenFiles(MadeHere):
 
     def _forget_changed(self, c: Any) -> None:
         """Before a change made here, forget what was kept of the delegated files it may change: the MRC
-        recalls only other mounts' delegations. A directory's mode or owners, or a name or file not known
-        here, forget everything."""
+        recalls only other mounts' delegations. A directory changed here needs nothing forgotten: the kernel
+        checks its mode as it is now on the way to a file (default_permissions), and a file kept by a path
+        through it that was renamed is not found by the path it has now. A file not known here forgets all."""
         if not len(self.delegated):
             return
         known = ffi.new("struct xf_attr *")
-        if c.op in (lib.XF_UNLINK, lib.XF_RMDIR, lib.XF_RENAME):  # the files named: a name not known names no
+        if c.op in (lib.XF_UNLINK, lib.XF_RENAME):  # the files named: a name not known names no file kept by
             for parent, name in ((c.node, c.name), (c.node2, c.name2))[:2 if c.op == lib.XF_RENAME else 1]:
-                node = lib.xf_node_of(parent, name)  # file kept by a path here (only its link count changes)
-                if node and lib.xf_attr_of(node, known):
-                    self._forget_node(known)
-        elif c.op in (lib.XF_SETATTR, lib.XF_SETXATTR, lib.XF_REMOVEXATTR, lib.XF_LINK):
-            times_only = c.op == lib.XF_SETATTR and not c.to_set & (
-                lib.FUSE_SET_ATTR_MODE | lib.FUSE_SET_ATTR_UID | lib.FUSE_SET_ATTR_GID)
-            if not lib.xf_attr_of(c.node, known):
-                self.delegated.drop_all()
-            elif not (times_only and stat.S_ISDIR(known.mode)):
-                self._forget_node(known)
-
-    def _forget_node(self, known: Any) -> None:
-        if stat.S_ISDIR(known.mode):
+                node = lib.xf_node_of(parent, name)  # a path here (only its link count changes)
+                if node and lib.xf_attr_of(node, known) and not stat.S_ISDIR(known.mode):
+                    self.delegated.drop(known.ino)
+        elif not lib.xf_attr_of(c.node, known):
             self.delegated.drop_all()
-        else:
+        elif not stat.S_ISDIR(known.mode):
             self.delegated.drop(known.ino)
 
     def read(self, req: Any, c: Any) -> None:

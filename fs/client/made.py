@@ -87,6 +87,9 @@ class MadeHere:
     _renumbered: dict[int, int]  # a file made here that the MRC gave another number: number here -> the MRC's
     delegated: Delegated
 
+    def path(self, node: int) -> str:
+        raise NotImplementedError  # the mount's
+
     def _fill(self, node: int, listing: tuple[int, list[list[Any]]]) -> None:
         raise NotImplementedError  # the mount's
 
@@ -268,8 +271,8 @@ class MadeHere:
             part.items.append(f)
             part.described.append(d)
             part.size += more
-        for p in parts + [part]:
-            p.body = {"op": "made", "dir": p.dir_ino, "files": p.described}
+        for p in parts + [part]:  # files written here: delegated to this mount as they are made
+            p.body = {"op": "made", "dir": p.dir_ino, "files": p.described, "delegate": True}
         return parts + [part]
 
     def _send(self, runs: list[Run]) -> None:
@@ -277,7 +280,7 @@ class MadeHere:
         if not runs:
             return
         answers: list[dict[str, Any]] = []
-        sent = time.monotonic()
+        sent, mark = time.monotonic(), self.delegated.mark()
         try:
             answers = self._call("changes", changes=[r.body for r in runs])["answers"]
         except XosError as e:
@@ -285,6 +288,7 @@ class MadeHere:
         for run, r in zip(runs, answers, strict=True):
             if run.kind == lib.XF_MADE_FILE:
                 self._made_sent(run, r)
+                self._keep_made(run, r, sent, mark)
             else:
                 self._names_sent(run, r)
             self._renew(run, r.get("lease"), sent)
@@ -315,6 +319,22 @@ class MadeHere:
             lib.xf_unlist(run.dir_node, _listed(run.dir_node))
         elif len(r.get("dir_version") or ()) == 2:
             lib.xf_advance(run.dir_node, *r["dir_version"])
+
+    def _keep_made(self, run: Run, r: dict[str, Any], sent: float, mark: int) -> None:
+        """Keep what the MRC delegated of the files made here as the answers of opens to read them (a program
+        reads back what it copied: diff -r after cp -a)."""
+        opened = r.get("opened")
+        if not isinstance(opened, dict) or not opened:
+            return
+        try:
+            base = self.path(run.dir_node)
+        except OSError:  # the directory is gone here
+            return
+        for (name, ino, _, _, _), d in zip(run.items, run.described, strict=True):
+            o = opened.get(str(ino)) if len(d) == 5 and r["made"].get(name) == ino else None
+            if o is not None:
+                self.delegated.keep({**o, "inline": d[4]["inline"], "xloc": None, "delegated": r["delegated"]},
+                                    base + name if base == "/" else f"{base}/{name}", sent, mark)
 
     def _made_sent(self, run: Run, r: dict[str, Any]) -> None:
         """Files made in one directory, as the MRC took them."""

@@ -548,6 +548,22 @@ class SQLCatalogue(XattrTable):
     def inode(self, ino: int) -> Inode:
         return self._get(ino)
 
+    def inodes(self, inos: list[int]) -> list[Inode]:
+        """The inodes of those numbers that name one."""
+        out: list[Inode] = []
+        for i in range(0, len(inos), 500):
+            part = inos[i:i + 500]
+            out += [Inode(*r) for r in self.db.execute(
+                f"SELECT {COLUMNS} FROM inodes WHERE ino IN ({','.join('?' * len(part))})", part)]
+        return out
+
+    def ancestors(self, ino: int) -> list[int]:
+        """Directory `ino` and those above it, up to its volume's root."""
+        out = [ino]
+        while (up := self._get(out[-1]).parent) and up not in out:
+            out.append(up)
+        return out
+
     def by_fid(self, fid: str) -> Inode:
         """The inode of file `fid` (a scan: only for the rare reports of replicas that missed writes)."""
         row = self.db.execute(f"SELECT {COLUMNS} FROM inodes WHERE fid=?", (fid,)).fetchone()

@@ -4,6 +4,7 @@ and removed by itself, and the recalls it is to answer."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from xos.errors import InvalidInput, Unavailable, XosError
@@ -11,7 +12,7 @@ from xos.fs.layout import INLINE_MAX
 from xos.fs.mrc.delegations import Delegations
 from xos.fs.mrc.leases import POLL, RESERVE, TERM, Leases, Recall
 from xos.fs.mrc.made import renumbered_by
-from xos.fs.mrc.records import Caller, Made
+from xos.fs.mrc.records import Caller, Inode, Made
 from xos.fs.mrc.replicas import ReplicaManager
 from xos.fs.mrc.store import Catalogue
 from xos.wire.codec import field, unb64
@@ -46,6 +47,7 @@ class LeaseOps:
     delegations: Delegations
     replicas: ReplicaManager
     counts: collections.Counter[str]
+    cap: Callable[[Inode, Caller, bool], str]
 
     def _lease(self, dir_ino: int, c: Caller, inos: bool) -> dict[str, Any]:
         """A lease on directory `dir_ino` for the caller's session if it may have one now (term 0: not)."""
@@ -72,7 +74,20 @@ class LeaseOps:
                           _made_content(f[4]) if len(f) == 5 else None))
         out = self.cat.made(v, dir_ino, files, c)
         out["lease"] = self._renewed(dir_ino, c)
+        if field(b, "delegate", bool, False):
+            out.update(self._delegated(dir_ino, [out["made"][f[0]] for f in files
+                                                 if f[4] is not None and f[0] in out["made"]], c))
         return out
+
+    def _delegated(self, dir_ino: int, inos: list[int], c: Caller) -> dict[str, Any]:
+        """Files a lease holder made and wrote, delegated to it as an open to read would be: what that open
+        answers but their content, which the holder sent ({"opened": {inode number: ...}, "delegated"})."""
+        trail = self.cat.ancestors(dir_ino)
+        opened = {node.ino: {"attrs": node.attrs(), "fid": node.fid, "cap": self.cap(node, c, False),
+                             "epoch": node.epoch}
+                  for node in self.cat.inodes(inos) if node.inline is not None and self.delegations.grant(
+                      node.ino, trail, c)}
+        return {"opened": opened, "delegated": {"term": TERM, "instance": self.delegations.instance}}
 
     def _renewed(self, dir_ino: int, c: Caller) -> dict[str, Any]:
         """The sender of changes in a directory holds it one more term: whoever looks meanwhile recalls it and

@@ -164,3 +164,18 @@ def test_a_bad_delegate_flag_is_refused(mounts, name, api):
         api.op("open", path=f"/{name}/f", delegate="yes")
     assert e.value.code == "invalid-input"
     assert "delegated" not in api.op("open", path=f"/{name}/f", write=True, delegate=True)  # to write: never
+
+
+def test_files_written_here_are_read_back_without_asking(mounts, api):
+    m1 = mounts[1]
+    d = os.path.join(m1, "copied")
+    os.mkdir(d)  # leased here: the files are made here and sent in batches, delegated to this mount
+    for i in range(20):
+        write(os.path.join(d, f"c{i}"), b"copy %d" % i)
+    assert sorted(api.listdir("/copied")) == sorted(f"c{i}" for i in range(20))  # recalled: all sent
+    before = opens(api)
+    assert [read(os.path.join(d, f"c{i}")) for i in range(20)] == [b"copy %d" % i for i in range(20)]
+    assert opens(api) == before
+    with api.open("/copied/c3", "wb") as f:  # and recalled like any other
+        f.write(b"changed")
+    assert read(os.path.join(d, "c3")) == b"changed"

@@ -118,12 +118,18 @@ def test_a_mount_keeps_only_delegated_answers_and_uses_them_within_the_term():
     assert old.get(5, "/a/f") is None
 
 
-def test_a_mount_keeps_no_answer_asked_for_before_a_forgetting():
+def test_a_mount_keeps_no_answer_asked_for_before_its_file_was_forgotten():
     d = Delegated()
     mark = d.mark()
-    d.drop(9)  # a recall or a change here while the open was under way
+    d.drop(5)  # a recall or a change here while the open was under way
+    d.drop(9)
     d.keep(answer(5), "/a/f", time.monotonic(), mark)
-    assert d.get(5, "/a/f") is None
+    d.keep(answer(6), "/a/g", time.monotonic(), mark)  # another file's forgetting is not its
+    assert d.get(5, "/a/f") is None and d.get(6, "/a/g") is not None
+    mark = d.mark()
+    d.drop_all()
+    d.keep(answer(7), "/a/h", time.monotonic(), mark)
+    assert d.get(7, "/a/h") is None
 
 
 def test_a_poll_answer_forgets_what_it_recalls_and_another_mrc_forgets_all():
