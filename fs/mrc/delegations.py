@@ -46,6 +46,9 @@ class Delegations:
         self._dirs: dict[int, set[int]] = {}  # file -> those directories
         self._recalled: dict[str, set[int]] = {}  # session -> files its next poll answer recalls
         self._delivered: dict[str, tuple[str, set[int]]] = {}  # session -> (answer token, files it recalled)
+        # session -> when it was first answered with recalls it has not acknowledged: a TERM after, it counts as
+        # gone (what it holds is dropped, nothing more is delegated to it) however often it polls
+        self._overdue: dict[str, float] = {}
         self._alive: dict[str, float] = {}  # session -> monotonic time it lives until, with no poll pending
         self._polling: collections.Counter[str] = collections.Counter()
         self._recalling: collections.Counter[int] = collections.Counter()
@@ -63,7 +66,7 @@ class Delegations:
         """Delegate file `ino`, opened by a path through directories `dirs`, to the caller's session: whether
         it was (not without a session, while the file is recalled or cooling, or past the bounds)."""
         now, me = time.monotonic(), holder(c)
-        if not me or self._recalling[ino] or self._cool.get(ino, 0.0) > now:
+        if not me or self._recalling[ino] or self._cool.get(ino, 0.0) > now or self._overdue.get(me, now) + TERM <= now:
             return False
         mine = self._of.setdefault(me, set())
         if ino not in mine:
@@ -87,7 +90,9 @@ class Delegations:
         self.leases.note_horizon()
 
     def _gone(self, session: str) -> bool:
-        return not self._polling[session] and time.monotonic() >= self._alive.get(session, 0.0)
+        now = time.monotonic()
+        return (not self._polling[session] and now >= self._alive.get(session, 0.0)
+                or now >= self._overdue.get(session, now) + TERM)
 
     def _drop(self, ino: int, session: str) -> None:
         holders = self._holders.get(ino)
@@ -121,6 +126,7 @@ class Delegations:
             del self._alive[s]
             self._recalled.pop(s, None)
             self._delivered.pop(s, None)
+            self._overdue.pop(s, None)
         return bool(gone)
 
     def changing(self, ino: int, is_dir: bool, c: Caller) -> None:
@@ -170,6 +176,8 @@ class Delegations:
                 if self._recalling[ino] <= 0:
                     del self._recalling[ino]
                 self._cool[ino] = now + COOL
+            if len(self._cool) > PER_SESSION:
+                self._cool = {ino: t for ino, t in self._cool.items() if t > now}
 
     def polling(self, c: Caller, ack: str) -> None:
         """A poll of the caller's session arrived; `ack`, the token of the answer it last had: the files that
@@ -180,6 +188,7 @@ class Delegations:
         if files and ack != token:  # that answer was lost: recalled again
             self._recalled.setdefault(session, set()).update(files)
         elif files:
+            self._overdue.pop(session, None)
             for ino in files:
                 self._drop(ino, session)
 
@@ -197,5 +206,6 @@ class Delegations:
         token = secrets.token_hex(8)
         if files:
             self._delivered[session] = (token, files)
+            self._overdue.setdefault(session, time.monotonic())
         self.lives(session)
         return token, sorted(files)

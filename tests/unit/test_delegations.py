@@ -99,6 +99,28 @@ def test_a_pending_poll_keeps_its_session_alive(ds, monkeypatch):
     asyncio.run(run())
 
 
+def test_a_holder_that_polls_without_acknowledging_a_recall_loses_it_after_a_term(ds, monkeypatch):
+    monkeypatch.setattr(delegations, "TERM", 0.3)
+
+    async def run():
+        ds.grant(5, [1], A)
+        ds.grant(6, [1], A)
+        with pytest.raises(Recall) as r:
+            ds.changing(5, False, B)
+        waiting = asyncio.ensure_future(r.value.wait(B.session))
+        t0 = time.monotonic()
+        while not waiting.done():  # polls on and on, never with the token of the answer that recalled 5
+            ds.polling(A, "not the token")
+            ds.polled(A)
+            await asyncio.sleep(0.02)
+            assert time.monotonic() - t0 < 2, "a holder that polls is waited for without end"
+        assert time.monotonic() - t0 >= 0.25
+        assert not ds.grant(7, [1], A)  # nothing more for it: a mount always acknowledges what it was told
+        ds.changing(6, False, B)  # and what it held is gone too
+
+    asyncio.run(run())
+
+
 def test_delegations_per_session_are_bounded(ds, monkeypatch):
     monkeypatch.setattr(delegations, "PER_SESSION", 3)
     assert [ds.grant(i, [1], A) for i in range(5)] == [True, True, True, False, False]
