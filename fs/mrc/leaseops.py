@@ -63,7 +63,7 @@ class LeaseOps:
         """Files a lease holder made in a directory: [name, inode number, mode, time] each, and for a file
         written before it was sent, a fifth element: {"inline": its content in base64, "atime", "mtime",
         "ctime"}. Each that names an inode number reserved for it gets that number."""
-        dir_ino = field(b, "dir", int)
+        dir_ino, delegate = field(b, "dir", int), field(b, "delegate", bool, False)
         mine = self.leases.reserved(c)
         files = []
         for f in field(b, "files", list):
@@ -74,7 +74,7 @@ class LeaseOps:
                           _made_content(f[4]) if len(f) == 5 else None))
         out = self.cat.made(v, dir_ino, files, c)
         out["lease"] = self._renewed(dir_ino, c)
-        if field(b, "delegate", bool, False):
+        if delegate:
             out.update(self._delegated(dir_ino, [out["made"][f[0]] for f in files
                                                  if f[4] is not None and f[0] in out["made"]], c))
         return out

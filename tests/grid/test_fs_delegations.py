@@ -179,3 +179,10 @@ def test_files_written_here_are_read_back_without_asking(mounts, api):
     with api.open("/copied/c3", "wb") as f:  # and recalled like any other
         f.write(b"changed")
     assert read(os.path.join(d, "c3")) == b"changed"
+
+
+def test_a_made_batch_with_a_bad_delegate_flag_makes_nothing(mounts, name, api):
+    ino = api.op("getattr", path=f"/{name}")["ino"]
+    r = api.op("changes", changes=[{"op": "made", "dir": ino, "files": [["x", 0, 0o644, 1.0e9]], "delegate": "yes"}])
+    assert r["answers"][0]["error"]["code"] == "invalid-input"
+    assert "x" not in api.listdir(f"/{name}")

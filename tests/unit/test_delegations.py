@@ -127,6 +127,16 @@ def test_delegations_per_session_are_bounded(ds, monkeypatch):
     assert ds.grant(9, [1], B)
 
 
+def test_delegations_in_all_are_bounded_and_those_of_sessions_gone_make_room(ds, monkeypatch):
+    monkeypatch.setattr(delegations, "TOTAL", 3)
+    monkeypatch.setattr(delegations, "TERM", 0.1)
+    assert [ds.grant(i, [1], A) for i in range(4)] == [True, True, True, False]
+    assert not ds.grant(9, [1], B)
+    time.sleep(0.15)  # A polls no more: gone
+    assert ds.grant(9, [1], B)
+    assert ds.held() == 1
+
+
 def test_a_mount_keeps_only_delegated_answers_and_uses_them_within_the_term():
     d = Delegated()
     now = time.monotonic()
@@ -135,6 +145,10 @@ def test_a_mount_keeps_only_delegated_answers_and_uses_them_within_the_term():
     d.keep(answer(5), "/a/f", now, d.mark())
     assert d.get(5, "/a/f")["attrs"]["ino"] == 5
     assert d.get(5, "/b/f") is None  # opened by another path now
+    small = Delegated(most=2)
+    for ino in (1, 2, 3):
+        small.keep(answer(ino), f"/{ino}", now, small.mark())
+    assert len(small) == 2 and small.get(1, "/1") is None and small.get(3, "/3") is not None  # the oldest goes
     old = Delegated()
     old.keep(answer(5), "/a/f", now - 2.0 + MARGIN / 2, old.mark())  # sent a term ago: the MRC may have let go
     assert old.get(5, "/a/f") is None
