@@ -47,15 +47,15 @@ class Delegated:
         """To give `keep` with an answer asked for after this."""
         return self._mark
 
-    def keep(self, r: dict[str, Any], path: str, sent: float, mark: int) -> None:
+    def keep(self, r: dict[str, Any], path: str, sent: float, mark: int, was: int = 0) -> None:
         """Keep an open's answer if the MRC delegated the file (`sent`: when the open was sent) and the file
-        was not forgotten since `mark`."""
+        was not forgotten since `mark` (nor under the number `was` it had here before the MRC's)."""
         d = r.get("delegated")
         if not isinstance(d, dict):
             return
         ino = int(r["attrs"]["ino"])
         with self._lock:
-            if self._all > mark or self._dropped.get(ino, 0) > mark:
+            if self._all > mark or self._dropped.get(ino, 0) > mark or self._dropped.get(was, 0) > mark:
                 return
             self._renewed(str(d.get("instance", "")), float(d.get("term", 0.0)), sent)
             self._kept[ino] = (path, r)

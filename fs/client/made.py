@@ -248,7 +248,7 @@ class MadeHere:
             run.size = 100 * len(run.items)
             return [run]
         if run.kind == lib.XF_MADE_LINK:
-            run.body = {"op": "linked", "dir": run.dir_ino,
+            run.body = {"op": "linked", "dir": run.dir_ino, "delegate": True,
                         "links": [[f[0], self._renumbered.get(f[1], f[1]), new, f[3]]
                                   for f, new in zip(run.items, run.new_names, strict=True)]}
             run.size = 600 * len(run.items)
@@ -279,19 +279,20 @@ class MadeHere:
         """One call with these runs, in order; then what the MRC said of each."""
         if not runs:
             return
-        answers: list[dict[str, Any]] = []
+        got: dict[str, Any] = {}
         sent, mark = time.monotonic(), self.delegated.mark()
         try:
-            answers = self._call("changes", changes=[r.body for r in runs])["answers"]
+            got = self._call("changes", changes=[r.body for r in runs])
+            answers = got["answers"]
         except XosError as e:
             answers = [{"error": {"code": e.code, "message": str(e)}}] * len(runs)
         for run, r in zip(runs, answers, strict=True):
             if run.kind == lib.XF_MADE_FILE:
                 self._made_sent(run, r)
-                self._keep_made(run, r, sent, mark)
             else:
                 self._names_sent(run, r)
             self._renew(run, r.get("lease"), sent)
+        self._keep_opened(runs, answers, got, sent, mark)
 
     def _renew(self, run: Run, lease: dict[str, Any] | None, sent: float) -> None:
         """The MRC renewed the lease on the run's directory for as long as `lease` says: used here, unless the
@@ -320,21 +321,44 @@ class MadeHere:
         elif len(r.get("dir_version") or ()) == 2:
             lib.xf_advance(run.dir_node, *r["dir_version"])
 
-    def _keep_made(self, run: Run, r: dict[str, Any], sent: float, mark: int) -> None:
-        """Keep what the MRC delegated of the files made here as the answers of opens to read them (a program
-        reads back what it copied: diff -r after cp -a)."""
-        opened = r.get("opened")
+    def _keep_opened(self, runs: list[Run], answers: list[dict[str, Any]], got: dict[str, Any], sent: float,
+                     mark: int) -> None:
+        """Keep what the MRC delegated of the files made (and written) or linked here, as the answers of opens
+        to read them, under the name each has after the call (a program reads back what it copied: diff -r
+        after cp -a; git writes each object under a temporary name and links it into place)."""
+        opened = got.get("opened")
         if not isinstance(opened, dict) or not opened:
             return
-        try:
-            base = self.path(run.dir_node)
-        except OSError:  # the directory is gone here
-            return
-        for (name, ino, _, _, _), d in zip(run.items, run.described, strict=True):
-            o = opened.get(str(ino)) if len(d) == 5 and r["made"].get(name) == ino else None
-            if o is not None:
-                self.delegated.keep({**o, "inline": d[4]["inline"], "xloc": None, "delegated": r["delegated"]},
-                                    base + name if base == "/" else f"{base}/{name}", sent, mark)
+        paths: dict[int, str] = {}
+        content: dict[int, str] = {}
+        here: dict[int, int] = {}  # the MRC's number of a file made here under another -> that one
+        for run, r in zip(runs, answers, strict=True):
+            if "error" in r:
+                continue
+            try:
+                base = self.path(run.dir_node)
+            except OSError:  # a directory gone here: which names stand is not known
+                return
+            if run.kind == lib.XF_MADE_FILE:
+                for (name, ino, _, _, _), d in zip(run.items, run.described, strict=True):
+                    num = r["made"].get(name)
+                    if len(d) == 5 and num:  # under the MRC's number, as the table has it now
+                        paths[num], content[num], here[num] = _joined(base, name), d[4]["inline"], ino
+            elif run.kind == lib.XF_MADE_LINK:
+                for f, new in zip(run.items, run.new_names, strict=True):
+                    if new in r["linked"]:
+                        num = self._renumbered.get(f[1], f[1])
+                        paths[num], here[num] = _joined(base, new), f[1]
+            else:
+                for f in run.items:
+                    ino = self._renumbered.get(f[1], f[1])
+                    if paths.get(ino) == _joined(base, f[0]):
+                        del paths[ino]
+        for key, o in opened.items():
+            ino = int(key)
+            if ino in paths and ("inline" in o or ino in content or o.get("xloc")):
+                self.delegated.keep({"inline": content.get(ino), **o, "delegated": got["delegated"]}, paths[ino],
+                                    sent, mark, here.get(ino, ino))
 
     def _made_sent(self, run: Run, r: dict[str, Any]) -> None:
         """Files made in one directory, as the MRC took them."""
@@ -420,6 +444,11 @@ class MadeHere:
                 self.hand_back(list(self._leased))
             except XosError as e:
                 log.warning("directory leases not handed back (they run out): %s", e)
+
+
+def _joined(base: str, name: str) -> str:
+    """The path of `name` in the directory at `base`."""
+    return base + name if base == "/" else f"{base}/{name}"
 
 
 def _listed(node: int) -> int:

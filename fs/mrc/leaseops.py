@@ -3,7 +3,9 @@ and removed by itself, and the recalls it is to answer."""
 
 from __future__ import annotations
 
+import base64
 import collections
+import stat
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
@@ -48,6 +50,7 @@ class LeaseOps:
     replicas: ReplicaManager
     counts: collections.Counter[str]
     cap: Callable[[Inode, Caller, bool], str]
+    xloc: Callable[[Inode], dict[str, Any] | None]
 
     def _lease(self, dir_ino: int, c: Caller, inos: bool) -> dict[str, Any]:
         """A lease on directory `dir_ino` for the caller's session if it may have one now (term 0: not)."""
@@ -75,19 +78,42 @@ class LeaseOps:
         out = self.cat.made(v, dir_ino, files, c)
         out["lease"] = self._renewed(dir_ino, c)
         if delegate:
-            out.update(self._delegated(dir_ino, [out["made"][f[0]] for f in files
-                                                 if f[4] is not None and f[0] in out["made"]], c))
+            wrote = {out["made"][f[0]] for f in files if f[4] is not None and f[0] in out["made"]}
+            out.update(self._delegated(dict.fromkeys(wrote, dir_ino), wrote, c))
         return out
 
-    def _delegated(self, dir_ino: int, inos: list[int], c: Caller) -> dict[str, Any]:
-        """Files a lease holder made and wrote, delegated to it as an open to read would be: what that open
-        answers but their content, which the holder sent ({"opened": {inode number: ...}, "delegated"})."""
-        trail = self.cat.ancestors(dir_ino)
-        opened = {node.ino: {"attrs": node.attrs(), "fid": node.fid, "cap": self.cap(node, c, False),
-                             "epoch": node.epoch}
-                  for node in self.cat.inodes(inos) if node.inline is not None and self.delegations.grant(
-                      node.ino, trail, c)}
+    def _delegated(self, files: dict[int, int], wrote: set[int], c: Caller) -> dict[str, Any]:
+        """Files a lease holder made or linked ({file: the directory it did so in}), delegated to it as an open
+        to read would be: what that open answers as they are now, but the content of those it sent (`wrote`)
+        ({"opened": {inode number: ...}, "delegated"})."""
+        trails: dict[int, list[int]] = {}
+        opened: dict[int, dict[str, Any]] = {}
+        for node in self.cat.inodes(list(files)):
+            d = files[node.ino]
+            trail = trails[d] if d in trails else trails.setdefault(d, self.cat.ancestors(d))
+            try:  # a link needs no right to read the file: nor does its delegation give one
+                self.cat.may_open(node, c, False)
+            except XosError:
+                continue
+            if not stat.S_ISREG(node.mode) or not self.delegations.grant(node.ino, trail, c):
+                continue
+            o = opened[node.ino] = {"attrs": node.attrs(), "fid": node.fid, "cap": self.cap(node, c, False),
+                                    "epoch": node.epoch, "xloc": self.xloc(node)}
+            if node.inline is not None and node.ino not in wrote:
+                o["inline"] = base64.b64encode(node.inline).decode()
         return {"opened": opened, "delegated": {"term": TERM, "instance": self.delegations.instance}}
+
+    @staticmethod
+    def _to_delegate(ch: dict[str, Any], out: dict[str, Any], files: dict[int, int], wrote: set[int]) -> None:
+        """The files a made or linked change (`ch`, answered `out`) made or linked, into `files` and `wrote`."""
+        if ch["op"] == "made":
+            for f in ch["files"]:
+                if len(f) == 5 and f[0] in out["made"]:
+                    files[out["made"][f[0]]] = ch["dir"]
+                    wrote.add(out["made"][f[0]])
+        else:
+            linked = set(out["linked"])
+            files.update((n[1], ch["dir"]) for n in ch["links"] if n[2] in linked)
 
     def _renewed(self, dir_ino: int, c: Caller) -> dict[str, Any]:
         """The sender of changes in a directory holds it one more term: whoever looks meanwhile recalls it and
@@ -109,8 +135,15 @@ class LeaseOps:
             raise InvalidInput('each change is {"op": "made", "unlinked" or "linked", ...}', field="changes")
         answers = []
         renumbered: dict[int, int] = {}  # a file made here under a number it could not have: the number it got
+        # Files made (and written) or linked in this call, to be delegated once all of it is done: as they
+        # are after the names removed in it too ({file: its directory}, and the files written).
+        files: dict[int, int] = {}
+        wrote: set[int] = set()
         for ch in changes:
             op, key = ops[ch["op"]], {"unlinked": "names", "linked": "links"}.get(ch["op"], "")
+            delegate = ch.get("delegate") is True and ch["op"] != "unlinked"
+            if delegate:
+                ch = {**ch, "delegate": False}
             if key and renumbered and isinstance(ch.get(key), list):
                 ch = {**ch, key: [[n[0], renumbered.get(n[1], n[1]), *n[2:]] if isinstance(n, list) and len(n) > 1
                                   and isinstance(n[1], int) else n for n in ch[key]]}
@@ -120,6 +153,8 @@ class LeaseOps:
                     answers.append(await op(v, c, ch))
                     if ch["op"] == "made":
                         renumbered.update(renumbered_by(ch, answers[-1]))
+                    if delegate:
+                        self._to_delegate(ch, answers[-1], files, wrote)
                     break
                 except Recall as r:
                     await r.wait(c.session)
@@ -128,7 +163,7 @@ class LeaseOps:
                     break
             else:
                 answers.append(Unavailable("waited on too many directory leases").to_json())
-        return {"answers": answers}
+        return {"answers": answers, **(self._delegated(files, wrote, c) if files else {})}
 
     async def op_recalls(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
         """The directories this session is to hand back and the files it is to forget (waits up to `wait`
@@ -151,13 +186,17 @@ class LeaseOps:
         return {}
 
     async def op_linked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:
-        """Hard links a lease holder made in a directory, in order: [name, inode number, new name, time] each."""
-        links = field(b, "links", list)
+        """Hard links a lease holder made in a directory, in order: [name, inode number, new name, time] each;
+        with `delegate`, the files linked are delegated to it (as `op_made`'s)."""
+        links, delegate = field(b, "links", list), field(b, "delegate", bool, False)
         if not all(isinstance(n, list) and len(n) == 4 and isinstance(n[0], str) and isinstance(n[1], int)
                    and isinstance(n[2], str) and _seconds(n[3]) for n in links):
             raise InvalidInput("each of links is [name, inode number, new name, time]", field="links")
         out = self.cat.linked(v, dir_ino := field(b, "dir", int), [(n[0], n[1], n[2], float(n[3])) for n in links], c)
         out["lease"] = self._renewed(dir_ino, c)
+        if delegate:
+            linked = set(out["linked"])
+            out.update(self._delegated({n[1]: dir_ino for n in links if n[2] in linked}, set(), c))
         return out
 
     async def op_unlinked(self, v: str, c: Caller, b: dict[str, Any]) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from xos.errors import XosError
+from xos.testing import wait_for
 from xos.testing.fsgrid import fs_grid
 
 
@@ -186,3 +187,26 @@ def test_a_made_batch_with_a_bad_delegate_flag_makes_nothing(mounts, name, api):
     r = api.op("changes", changes=[{"op": "made", "dir": ino, "files": [["x", 0, 0o644, 1.0e9]], "delegate": "yes"}])
     assert r["answers"][0]["error"]["code"] == "invalid-input"
     assert "x" not in api.listdir(f"/{name}")
+
+
+def test_files_linked_into_place_here_are_read_back_without_asking(mounts, api):
+    m1 = mounts[1]
+    d = os.path.join(m1, "objects")
+    os.mkdir(d)  # as git makes an object: written under a temporary name, linked into place, the name removed
+    write(os.path.join(d, "tmp_a"), b"object a")
+    os.link(os.path.join(d, "tmp_a"), os.path.join(d, "a"))
+    os.unlink(os.path.join(d, "tmp_a"))
+    made = made_batches(api)
+    write(os.path.join(d, "tmp_b"), b"object b")
+    wait_for(lambda: made_batches(api) > made, 10, "the file made here to reach the MRC")  # the lease stays
+    os.link(os.path.join(d, "tmp_b"), os.path.join(d, "b"))  # in a later batch than the file
+    os.unlink(os.path.join(d, "tmp_b"))
+    assert sorted(api.listdir("/objects")) == ["a", "b"]  # recalled: all sent
+    before = opens(api)
+    assert read(os.path.join(d, "a")) == b"object a" and read(os.path.join(d, "b")) == b"object b"
+    assert opens(api) == before
+    assert os.stat(os.path.join(d, "a")).st_nlink == 1 and os.stat(os.path.join(d, "b")).st_nlink == 1
+
+
+def made_batches(api: Any) -> int:
+    return int(api.mrc("GET", "/v1/stats")["ops"].get("made", 0))

@@ -342,3 +342,25 @@ def test_a_capability_to_read_writes_nothing_through_the_native_threads(grid: Fs
                 assert f.read() == data
     finally:
         b.close()
+
+
+def test_a_link_does_not_delegate_a_file_its_maker_may_not_read(grid: FsGrid) -> None:
+    """A hard link needs only write access to the directory; the delegation a lease holder's linked batch
+    asks for would hand out a capability to read the file."""
+    a: Any = grid.client("shared", "alice")
+    b: Any = grid.client("shared", "bob")
+    try:
+        a.mkdir("/links", 0o777)
+        with a.open("/links/secret", "wb") as f:
+            f.write(b"alice only")
+        a.setattr("/links/secret", mode=0o600)
+        ino, dir_ino = a.op("getattr", path="/links/secret")["ino"], a.op("getattr", path="/links")["ino"]
+        r = b.op("changes", changes=[{"op": "linked", "dir": dir_ino, "delegate": True,
+                                      "links": [["secret", ino, "mine", 1.0e9]]}])
+        assert r["answers"][0]["linked"] == ["mine"]  # a link bob may make, as on a system without protected links
+        assert not r.get("opened") and not r["answers"][0].get("opened")
+        with pytest.raises(XosError):
+            b.open("/links/mine", "rb")
+    finally:
+        a.close()
+        b.close()
