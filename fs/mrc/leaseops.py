@@ -90,10 +90,10 @@ class LeaseOps:
         opened: dict[int, dict[str, Any]] = {}
         for node in self.cat.inodes(list(files)):
             d = files[node.ino]
-            trail = trails[d] if d in trails else trails.setdefault(d, self.cat.ancestors(d))
             try:  # a link needs no right to read the file: nor does its delegation give one
                 self.cat.may_open(node, c, False)
-            except XosError:
+                trail = trails[d] if d in trails else trails.setdefault(d, self.cat.ancestors(d))
+            except XosError:  # or its directory removed since, in the same call: not delegated, the rest stands
                 continue
             if not stat.S_ISREG(node.mode) or not self.delegations.grant(node.ino, trail, c):
                 continue
