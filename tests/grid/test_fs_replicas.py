@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -282,26 +283,42 @@ def test_an_appended_file_fsynced_past_its_capability_has_its_bytes_and_size_tak
         g.mkvol("short", replicas=2)
         mp = g.mount(0, "short")
         c = g.client("short")
-        data = bytearray(os.urandom(INLINE_MAX + 100))
         try:
             with open(os.path.join(mp, "log"), "wb") as f:
-                f.write(data)
-                os.fsync(f.fileno())  # every replica synced: the fsyncs after it send their writes synced
+                data = _log_synced(f)  # every replica synced: the fsyncs after it send their writes synced
                 for i in range(2):
-                    more = os.urandom(4120)
-                    f.write(more)
-                    f.flush()
-                    data += more
+                    _append(f, data)
                     if i:
                         h = c.open_handle("/log")  # a capability issued after the mount's
                         cap = capability.verify(open(g.key, "rb").read().strip(), h.cap)
                         c.release(h)
                         wait_for(lambda exp=cap.exp: time.time() > exp + 0.5, 10, "the capabilities to expire")
-                    os.fdatasync(f.fileno())
-                    with c.open("/log") as other:
-                        assert other.read() == bytes(data), i
+                    _synced_reads_back(f, c, data)
         finally:
             c.close()
+
+
+def _log_synced(f: Any) -> bytearray:
+    """Write a file past the inline limit through `f` and fsync it; what it holds."""
+    data = bytearray(os.urandom(INLINE_MAX + 100))
+    f.write(data)
+    os.fsync(f.fileno())
+    return data
+
+
+def _append(f: Any, data: bytearray) -> None:
+    """Append a few KiB through `f` (to the mount: flushed), and to `data`."""
+    more = os.urandom(4120)
+    f.write(more)
+    f.flush()
+    data += more
+
+
+def _synced_reads_back(f: Any, c: Any, data: bytearray) -> None:
+    """fdatasync `f`: another client then reads `data` from the file whole."""
+    os.fdatasync(f.fileno())
+    with c.open("/log") as other:
+        assert other.read() == bytes(data)
 
 
 def _object_files(grid, fid, osd_name):
@@ -426,11 +443,9 @@ def test_an_append_fsynced_after_its_osd_restarted_goes_again_on_a_new_connectio
     it. The write goes again on a new connection: the fsync holds, and another client reads every byte."""
     mp = grid.mount(0, "rep")
     c = grid.client("rep")
-    data = bytearray(os.urandom(INLINE_MAX + 100))
     try:
         with open(os.path.join(mp, "log"), "wb") as f:
-            f.write(data)
-            os.fsync(f.fileno())
+            data = _log_synced(f)
             for i in range(2):
                 if i:  # the OSD the append goes to first, killed and started again
                     st = c.open_handle("/log")
@@ -441,13 +456,8 @@ def test_an_append_fsynced_after_its_osd_restarted_goes_again_on_a_new_connectio
                     grid.osds[k].procs.pop(0)
                     proc = grid.start_osd(k)
                     wait_for(lambda proc=proc, url=url: grid._answers(proc, url), 20, "the OSD to answer again")
-                more = os.urandom(4120)
-                f.write(more)
-                f.flush()
-                data += more
-                os.fdatasync(f.fileno())
-                with c.open("/log") as other:
-                    assert other.read() == bytes(data), i
+                _append(f, data)
+                _synced_reads_back(f, c, data)
     finally:
         c.close()
 
